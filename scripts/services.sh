@@ -1,0 +1,137 @@
+# shellcheck shell=bash
+# Start and stop the real services the test suite talks to: a throwaway PostgreSQL
+# cluster and SeaweedFS (`weed mini`: S3 + Iceberg REST catalog), each on free
+# loopback ports, all state under one run directory.
+#
+# Source this file, then call `services_start RUN_DIR`; it exports the
+# PERMAFROST_TEST_* variables the tests read.  `services_stop` stops everything
+# that `services_start` started (it is safe to call twice).
+
+PF_CACHE="${PERMAFROST_CACHE:-$HOME/.cache/permafrost}"
+PF_VENV="${PERMAFROST_VENV:-$PF_CACHE/venv}"
+PF_REQUIREMENTS="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/requirements.txt"
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+# Print N distinct free TCP ports on 127.0.0.1.
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+n = int(sys.argv[1]); socks = []; ports = []
+while len(ports) < n:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
+    # weed derives nothing from these because every port is given explicitly
+    if p not in ports and p < 55000:
+        ports.append(p); socks.append(s)
+    else:
+        s.close()
+print(" ".join(map(str, ports)))
+PY
+}
+
+venv_install() {
+  local stamp="$PF_VENV/.requirements.sha"
+  local want; want="$(sha256sum "$PF_REQUIREMENTS" | cut -d' ' -f1)"
+  if [ -x "$PF_VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  log "installing test tools into $PF_VENV"
+  python3 -m venv "$PF_VENV"
+  "$PF_VENV/bin/pip" install --quiet --upgrade pip
+  "$PF_VENV/bin/pip" install --quiet -r "$PF_REQUIREMENTS"
+  echo "$want" > "$stamp"
+}
+
+pg_bin_dir() {
+  local d
+  if command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; then
+    pg_config --bindir; return
+  fi
+  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    [ -x "$d/initdb" ] && { echo "$d"; return; }
+  done
+  return 1
+}
+
+# Run a command as the unprivileged owner of the cluster when we are root
+# (initdb and postgres refuse to run as root).
+as_pg_user() {
+  if [ "$(id -u)" = 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+start_postgres() {
+  local dir="$1/pg" bin port
+  bin="$(pg_bin_dir)" || { log "PostgreSQL binaries not found; installing"; apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; bin="$(pg_bin_dir)"; }
+  if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+    useradd --system --no-create-home postgres
+  fi
+  port="$(free_ports 1)"
+  mkdir -p "$dir"
+  [ "$(id -u)" = 0 ] && chown postgres "$dir" "$1"
+  as_pg_user "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+    || { cat "$dir/initdb.log" >&2; return 1; }
+  as_pg_user "$bin/pg_ctl" -D "$dir/data" -w -t 60 -l "$dir/postgres.log" \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" start >/dev/null \
+    || { cat "$dir/postgres.log" >&2; return 1; }
+  PF_PG_CTL="$bin/pg_ctl"; PF_PG_DATA="$dir/data"
+  export PERMAFROST_TEST_PG="postgresql://postgres@127.0.0.1:$port/postgres"
+  log "postgres on 127.0.0.1:$port"
+}
+
+start_seaweed() {
+  local dir="$1/seaweed" ports
+  mkdir -p "$dir"
+  read -r -a ports <<<"$(free_ports 16)"
+  export PERMAFROST_TEST_S3_KEY="permafrost-test-key"
+  export PERMAFROST_TEST_S3_SECRET="permafrost-test-secret"
+  AWS_ACCESS_KEY_ID="$PERMAFROST_TEST_S3_KEY" AWS_SECRET_ACCESS_KEY="$PERMAFROST_TEST_S3_SECRET" \
+  "$PF_VENV/bin/weed" mini -dir="$dir" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -tableBucket=warehouse -bucket=archive -admin.ui=false -master.telemetry=false \
+    -master.port="${ports[0]}" -master.port.grpc="${ports[1]}" \
+    -volume.port="${ports[2]}" -volume.port.grpc="${ports[3]}" \
+    -filer.port="${ports[4]}" -filer.port.grpc="${ports[5]}" \
+    -s3.port="${ports[6]}" -s3.port.grpc="${ports[7]}" -s3.port.iceberg="${ports[8]}" \
+    -admin.port="${ports[9]}" -admin.port.grpc="${ports[10]}" \
+    -webdav.port="${ports[11]}" -debug.port="${ports[12]}" -s3.debug.port="${ports[13]}" \
+    -metricsPort="${ports[14]}" -s3.port.lance="${ports[15]}" \
+    >"$dir/weed.log" 2>&1 &
+  PF_WEED_PID=$!
+  export PERMAFROST_TEST_S3_ENDPOINT="http://127.0.0.1:${ports[6]}"
+  export PERMAFROST_TEST_REST_URI="http://127.0.0.1:${ports[8]}"
+  export PERMAFROST_TEST_WEED_PID="$PF_WEED_PID"
+  # Ready when the REST catalog answers (403 without a token is an answer).
+  local i
+  for i in $(seq 1 120); do
+    if ! kill -0 "$PF_WEED_PID" 2>/dev/null; then log "weed exited:"; tail -30 "$dir/weed.log" >&2; return 1; fi
+    if curl -s -o /dev/null -w '%{http_code}' "$PERMAFROST_TEST_REST_URI/v1/config" 2>/dev/null | grep -qE '^(200|401|403)$' \
+       && curl -s -o /dev/null "$PERMAFROST_TEST_S3_ENDPOINT" 2>/dev/null; then
+      log "seaweedfs: s3 $PERMAFROST_TEST_S3_ENDPOINT, iceberg rest $PERMAFROST_TEST_REST_URI"
+      return 0
+    fi
+    sleep 0.5
+  done
+  log "seaweedfs did not become ready; log:"; tail -30 "$dir/weed.log" >&2
+  return 1
+}
+
+services_start() {
+  PF_RUN_DIR="$1"
+  mkdir -p "$PF_RUN_DIR"
+  venv_install
+  export PERMAFROST_TEST_PYTHON="$PF_VENV/bin/python"
+  start_postgres "$PF_RUN_DIR"
+  start_seaweed "$PF_RUN_DIR"
+}
+
+services_stop() {
+  if [ -n "${PF_WEED_PID:-}" ]; then
+    kill "$PF_WEED_PID" 2>/dev/null; wait "$PF_WEED_PID" 2>/dev/null; PF_WEED_PID=""
+  fi
+  if [ -n "${PF_PG_DATA:-}" ]; then
+    as_pg_user "$PF_PG_CTL" -D "$PF_PG_DATA" -m immediate stop >/dev/null 2>&1; PF_PG_DATA=""
+  fi
+}

@@ -1,0 +1,770 @@
+//! The archive use case: plan → extract → write → commit → verify → delete.
+//!
+//! # Contract (see README, "Data safety")
+//! For each planned batch, one Postgres transaction streams
+//! `COPY (DELETE … RETURNING …)` — the rows it streams are exactly the rows it
+//! deletes.  The rows are written to data files and committed as one Iceberg
+//! snapshot whose summary records the batch (and that transaction's id); the
+//! snapshot is read back from the catalog and verified (row count and content
+//! checksum); only then is the Postgres transaction committed.  Any failure
+//! before that commit rolls the transaction back: nothing is deleted.  A crash
+//! after the Iceberg commit leaves a committed snapshot whose transaction never
+//! committed; the next run sees that (`txid_status`) and removes those rows
+//! from Postgres without archiving them again.
+//!
+//! `--no-delete` streams a `SELECT` instead and deletes nothing (a *copy*
+//! batch); a later normal run removes the copied rows without re-archiving them.
+//! `--dry-run` writes nothing and only reports the plan.
+//!
+//! Idempotent: a re-run after success commits nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::{BooleanArray, RecordBatch};
+use iceberg::Catalog;
+use serde::Serialize;
+
+use crate::checksum::{Checksum, HashBag};
+use crate::config::{Config, OnBusy, TableConfig};
+use crate::error::{Error, ErrorKind, Result};
+use crate::fault;
+use crate::lake::{self, ArchiveTable};
+use crate::notify;
+use crate::plan::window::{Micros, Window, rfc3339};
+use crate::plan::{self, BatchMode, PlanOptions, PlannedBatch, TableFacts, keys};
+use crate::progress::Progress;
+use crate::source::{self, extract, windows};
+
+/// Options of one `archive` run.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveOptions {
+    /// Only this table (name, schema.name or namespace.table).
+    pub table: Option<String>,
+    /// Plan and report; write and delete nothing.
+    pub dry_run: bool,
+    /// Archive and verify, keep the rows in Postgres.
+    pub no_delete: bool,
+    /// Retry windows blocked by failed batches.
+    pub force: bool,
+    /// Override the server's clock (tests, demos).
+    pub now: Option<Micros>,
+}
+
+/// What happened to one table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    pub source: String,
+    pub iceberg_table: String,
+    pub outcome: Outcome,
+    pub cutoff: Option<String>,
+    pub batches: Vec<BatchReport>,
+    /// Dry run: what would be archived.
+    pub planned: Vec<PlannedReport>,
+    pub blocked: Vec<BlockedReport>,
+}
+
+/// Outcome of one table.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// All planned batches are done (possibly none).
+    Done,
+    /// Another instance holds the table.
+    Skipped { reason: String },
+    /// A batch or a preparation step failed; earlier batches stand.
+    Failed { error: String, hint: Option<String> },
+}
+
+/// One committed batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchReport {
+    pub batch_id: String,
+    pub window_start: String,
+    pub window_end: String,
+    pub sequence: u32,
+    pub mode: BatchMode,
+    pub rows: u64,
+    /// Rows removed from Postgres that an earlier, unsettled batch had already archived.
+    pub reconciled_rows: u64,
+    pub files: usize,
+    pub snapshot_id: Option<i64>,
+    pub checksum: String,
+    pub seconds: f64,
+}
+
+/// A batch a dry run would archive.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedReport {
+    pub batch_id: String,
+    pub window_start: String,
+    pub window_end: String,
+    pub windows: usize,
+    pub rows: u64,
+    pub reconcile: Vec<String>,
+}
+
+/// A window left alone because of a failed batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockedReport {
+    pub window_start: String,
+    pub window_end: String,
+    pub batch_id: String,
+    pub reason: String,
+}
+
+/// Runs `archive` over the selected tables, `global.max_table_concurrency` at a time.
+pub async fn run(
+    cfg: &Config,
+    opts: &ArchiveOptions,
+    progress: &Progress,
+) -> Result<Vec<TableReport>> {
+    let tables = cfg.select_tables(opts.table.as_deref())?;
+    let catalog = lake::open_catalog(&cfg.catalog).await?;
+    lake::catalog::ping(catalog.as_ref(), &cfg.catalog).await?;
+    use futures::StreamExt;
+    let reports: Vec<TableReport> = futures::stream::iter(tables.into_iter().map(|t| {
+        let catalog = catalog.clone();
+        async move { archive_table(cfg, &t, catalog, opts, progress).await }
+    }))
+    .buffered(cfg.global.max_table_concurrency)
+    .collect()
+    .await;
+    Ok(reports)
+}
+
+async fn archive_table(
+    cfg: &Config,
+    t: &TableConfig,
+    catalog: Arc<dyn Catalog>,
+    opts: &ArchiveOptions,
+    progress: &Progress,
+) -> TableReport {
+    let mut report = TableReport {
+        source: t.source_name(),
+        iceberg_table: t.iceberg_name(),
+        outcome: Outcome::Done,
+        cutoff: None,
+        batches: vec![],
+        planned: vec![],
+        blocked: vec![],
+    };
+    if let Err(e) = archive_table_inner(cfg, t, catalog.as_ref(), opts, progress, &mut report).await
+    {
+        tracing::error!("{}: {e}", t.source_name());
+        notify::send(
+            cfg.notify.webhook_url.as_deref(),
+            &notify::Event {
+                service: "permafrost",
+                event: if e.kind() == ErrorKind::Verification {
+                    "batch_failed"
+                } else {
+                    "table_failed"
+                },
+                table: t.source_name(),
+                batch_id: e
+                    .context()
+                    .iter()
+                    .find(|(k, _)| *k == "batch")
+                    .map(|(_, v)| v.clone()),
+                window_start: e
+                    .context()
+                    .iter()
+                    .find(|(k, _)| *k == "window_start")
+                    .map(|(_, v)| v.clone()),
+                window_end: e
+                    .context()
+                    .iter()
+                    .find(|(k, _)| *k == "window_end")
+                    .map(|(_, v)| v.clone()),
+                error: crate::secret::redact(&e.to_string()),
+            },
+        )
+        .await;
+        report.outcome = Outcome::Failed {
+            error: e.message().to_string(),
+            hint: e.hint().map(str::to_string),
+        };
+    }
+    report
+}
+
+/// Everything a batch needs.
+struct Ctx<'a> {
+    cfg: &'a TableConfig,
+    catalog: &'a dyn Catalog,
+    client: &'a mut tokio_postgres::Client,
+    src: &'a source::SourceTable,
+    table: ArchiveTable,
+    mode: BatchMode,
+    webhook: Option<&'a str>,
+}
+
+async fn archive_table_inner(
+    cfg: &Config,
+    t: &TableConfig,
+    catalog: &dyn Catalog,
+    opts: &ArchiveOptions,
+    progress: &Progress,
+    report: &mut TableReport,
+) -> Result<()> {
+    let mut client = source::connect(&cfg.database).await?;
+    let (_, server_now) = source::server_facts(&client).await?;
+    let now = opts.now.unwrap_or(server_now);
+    let src = source::introspect::introspect(&client, t).await?;
+    let source_id = src.source_id();
+    let cutoff = windows::cutoff(t.partition_by, now, t.lag);
+    report.cutoff = Some(rfc3339(cutoff));
+
+    let Some(table) = lake::table::ensure_table(catalog, t, &src, !opts.dry_run).await? else {
+        // Dry run against a table that does not exist yet: everything is pending.
+        let _ = lake::table::derive_schema(&src)?;
+        let counts = windows::window_counts(&client, &src, t.partition_by, cutoff).await?;
+        let facts = TableFacts {
+            source: source_id,
+            granularity: t.partition_by,
+            batches: vec![],
+            xact: HashMap::new(),
+            failed: Default::default(),
+            pending: counts.iter().map(|(w, _)| *w).collect(),
+        };
+        fill_dry_run(report, &facts, t, opts, &counts);
+        return Ok(());
+    };
+
+    if !opts.dry_run {
+        let wait = cfg.database.on_busy == OnBusy::Wait;
+        if !source::lock_table(&client, src.oid, wait).await? {
+            let holder = source::lock_holder(&client, src.oid)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "another session".into());
+            let reason = format!("another permafrost instance is archiving this table: {holder}");
+            tracing::warn!("{}: skipped, {reason}", t.source_name());
+            report.outcome = Outcome::Skipped { reason };
+            return Ok(());
+        }
+    }
+
+    let facts = gather_facts(&client, &table, &src, t, cutoff).await?;
+    let mode = if opts.no_delete {
+        BatchMode::Copy
+    } else {
+        BatchMode::Move
+    };
+    let plan = plan::plan(
+        &facts,
+        PlanOptions {
+            force: opts.force,
+            batch_windows: t.batch_windows,
+            mode,
+        },
+    );
+    if !plan.in_progress.is_empty() {
+        report.outcome = Outcome::Skipped {
+            reason: format!(
+                "the Postgres transaction of batch {} is still running (another instance?)",
+                plan.in_progress.join(", ")
+            ),
+        };
+        return Ok(());
+    }
+    report.blocked = plan
+        .blocked
+        .iter()
+        .map(|b| BlockedReport {
+            window_start: rfc3339(b.window.start),
+            window_end: rfc3339(b.window.end),
+            batch_id: b.batch_id.clone(),
+            reason: b.reason.clone(),
+        })
+        .collect();
+    for b in &report.blocked {
+        tracing::warn!(
+            "{}: window {} is blocked by failed batch {} ({}); run `archive --force` after review",
+            t.source_name(),
+            b.window_start,
+            b.batch_id,
+            b.reason
+        );
+    }
+    if opts.dry_run {
+        let counts = windows::window_counts(&client, &src, t.partition_by, cutoff).await?;
+        fill_dry_run(report, &facts, t, opts, &counts);
+        return Ok(());
+    }
+    if plan.batches.is_empty() {
+        tracing::info!(
+            "{}: nothing to archive (cutoff {})",
+            t.source_name(),
+            rfc3339(cutoff)
+        );
+    }
+
+    let bar = progress.table_bar(&t.source_name(), plan.batches.len() as u64);
+    let mut ctx = Ctx {
+        cfg: t,
+        catalog,
+        client: &mut client,
+        src: &src,
+        table,
+        mode,
+        webhook: cfg.notify.webhook_url.as_deref(),
+    };
+    let mut result = Ok(());
+    for planned in &plan.batches {
+        match run_planned(&mut ctx, &facts, planned, &bar).await {
+            Ok(mut done) => report.batches.append(&mut done),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let _ = source::unlock_table(ctx.client, src.oid).await;
+    result
+}
+
+fn fill_dry_run(
+    report: &mut TableReport,
+    facts: &TableFacts,
+    t: &TableConfig,
+    opts: &ArchiveOptions,
+    counts: &[(Window, u64)],
+) {
+    let mode = if opts.no_delete {
+        BatchMode::Copy
+    } else {
+        BatchMode::Move
+    };
+    let plan = plan::plan(
+        facts,
+        PlanOptions {
+            force: opts.force,
+            batch_windows: t.batch_windows,
+            mode,
+        },
+    );
+    report.planned = plan
+        .batches
+        .iter()
+        .map(|b| PlannedReport {
+            batch_id: b.batch_id.clone(),
+            window_start: rfc3339(b.range.start),
+            window_end: rfc3339(b.range.end),
+            windows: b.windows.len(),
+            rows: counts
+                .iter()
+                .filter(|(w, _)| b.range.overlaps(w))
+                .map(|(_, n)| n)
+                .sum(),
+            reconcile: b.reconcile.clone(),
+        })
+        .collect();
+}
+
+/// Reads the ledger from the catalog and the pending windows and transaction
+/// statuses from Postgres.
+pub async fn gather_facts(
+    client: &tokio_postgres::Client,
+    table: &ArchiveTable,
+    src: &source::SourceTable,
+    t: &TableConfig,
+    cutoff: Micros,
+) -> Result<TableFacts> {
+    let source_id = src.source_id();
+    let batches = lake::commit::read_ledger(&table.table, &source_id)?;
+    let failed = lake::commit::failed_batches(&table.table);
+    let xids: Vec<u64> = batches.iter().filter_map(|b| b.xid).collect();
+    let xact = source::xact_status(client, &xids)
+        .await?
+        .into_iter()
+        .collect();
+    let pending = windows::nonempty_windows(client, src, t.partition_by, None, cutoff).await?;
+    Ok(TableFacts {
+        source: source_id,
+        granularity: t.partition_by,
+        batches,
+        xact,
+        failed,
+        pending,
+    })
+}
+
+/// Runs one planned batch (several when `max_batch_rows` splits it).
+async fn run_planned(
+    ctx: &mut Ctx<'_>,
+    facts: &TableFacts,
+    planned: &PlannedBatch,
+    bar: &indicatif::ProgressBar,
+) -> Result<Vec<BatchReport>> {
+    // Rows of open batches are already archived: collect their hashes.
+    let mut bag = if planned.reconcile.is_empty() {
+        None
+    } else {
+        let snaps: Vec<_> = planned
+            .reconcile
+            .iter()
+            .filter_map(|id| lake::commit::find_batch(&ctx.table.table, id))
+            .collect();
+        let hashes = lake::readback::row_hashes(&ctx.table.table, &snaps).await?;
+        tracing::info!(
+            "{}: reconciling {} archived row(s) of unsettled batch(es) {}",
+            ctx.cfg.source_name(),
+            hashes.len(),
+            planned.reconcile.join(", ")
+        );
+        Some(HashBag::new(hashes))
+    };
+    let mut out = Vec::new();
+    let mut sequence = planned.sequence;
+    let mut batch_id = planned.batch_id.clone();
+    loop {
+        let limit = if ctx.mode == BatchMode::Move {
+            ctx.cfg.max_batch_rows
+        } else {
+            None
+        };
+        let done = run_batch(ctx, planned, &batch_id, sequence, limit, bag.as_mut(), bar)
+            .await
+            .map_err(|e| {
+                e.with_context("batch", &batch_id)
+                    .with_context("window_start", rfc3339(planned.range.start))
+                    .with_context("window_end", rfc3339(planned.range.end))
+            })?;
+        let streamed = done.streamed;
+        if let Some(r) = done.report {
+            out.push(r);
+        }
+        match limit {
+            Some(n) if streamed >= n => {
+                sequence += 1;
+                batch_id = plan::batch_id(&facts.source, &planned.range, sequence);
+            }
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+struct BatchDone {
+    report: Option<BatchReport>,
+    streamed: u64,
+}
+
+/// One Postgres transaction, one snapshot.
+async fn run_batch(
+    ctx: &mut Ctx<'_>,
+    planned: &PlannedBatch,
+    batch_id: &str,
+    sequence: u32,
+    limit: Option<u64>,
+    mut bag: Option<&mut HashBag>,
+    bar: &indicatif::ProgressBar,
+) -> Result<BatchDone> {
+    let started = Instant::now();
+    let src = ctx.src;
+    let mode = ctx.mode;
+    let range = planned.range;
+    let pred = windows::range_predicate(src, &range);
+    let cols = ctx.table.select_list();
+    let query = match (mode, limit) {
+        (BatchMode::Copy, _) => format!("SELECT {cols} FROM {} WHERE {pred}", src.qualified()),
+        (BatchMode::Move, None) => format!(
+            "DELETE FROM {} WHERE {pred} RETURNING {cols}",
+            src.qualified()
+        ),
+        (BatchMode::Move, Some(n)) => {
+            let time = crate::filter::quote_ident(&src.time_column().name);
+            if src.relkind == 'p' {
+                format!(
+                    "DELETE FROM {t} WHERE (tableoid, ctid) IN (SELECT tableoid, ctid FROM {t} WHERE {pred} ORDER BY {time} LIMIT {n}) RETURNING {cols}",
+                    t = src.qualified()
+                )
+            } else {
+                format!(
+                    "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {pred} ORDER BY {time} LIMIT {n})) AND {pred} RETURNING {cols}",
+                    t = src.qualified()
+                )
+            }
+        }
+    };
+    let isolation = match mode {
+        BatchMode::Copy => tokio_postgres::IsolationLevel::RepeatableRead,
+        BatchMode::Move => tokio_postgres::IsolationLevel::ReadCommitted,
+    };
+    let tx = ctx
+        .client
+        .build_transaction()
+        .isolation_level(isolation)
+        .start()
+        .await
+        .map_err(|e| Error::postgres("cannot begin the batch transaction", e))?;
+    let xid: Option<i64> = match mode {
+        BatchMode::Move => Some(
+            tx.query_one("SELECT txid_current()", &[])
+                .await
+                .map_err(|e| Error::postgres("cannot read the transaction id", e))?
+                .get(0),
+        ),
+        BatchMode::Copy => None,
+    };
+
+    // Extract on its own task (decode + hash) while this task writes Parquet.
+    let sql = format!("COPY ({query}) TO STDOUT (FORMAT binary)");
+    let stream = tx
+        .copy_out(sql.as_str())
+        .await
+        .map_err(|e| Error::postgres("cannot start COPY", e))?;
+    let decoder = extract::CopyDecoder::new(
+        ctx.table.arrow_schema.clone(),
+        ctx.table.columns.clone(),
+        &ctx.table.kinds,
+    );
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<(RecordBatch, Vec<u128>)>(4);
+    let reader = tokio::spawn(extract::decode_stream(stream, decoder, sender));
+
+    let prefix = format!("{batch_id}-{}", uuid::Uuid::new_v4().simple());
+    let mut writer = lake::write::BatchWriter::new(
+        &ctx.table,
+        &prefix,
+        ctx.cfg.target_file_size,
+        ctx.cfg.zstd_level,
+    )?;
+    let mut checksum = Checksum::default();
+    let mut reconciled = 0u64;
+    let mut write_err = None;
+    while let Some((batch, hashes)) = receiver.recv().await {
+        let (batch, hashes) = match bag.as_deref_mut() {
+            Some(bag) => {
+                let keep: Vec<bool> = hashes.iter().map(|h| !bag.take(*h)).collect();
+                let kept = keep.iter().filter(|k| **k).count();
+                reconciled += (keep.len() - kept) as u64;
+                if kept == keep.len() {
+                    (batch, hashes)
+                } else {
+                    let mask = BooleanArray::from(keep.clone());
+                    let b = arrow_select::filter::filter_record_batch(&batch, &mask)
+                        .map_err(|e| Error::arrow("cannot filter reconciled rows", e))?;
+                    let h: Vec<u128> = hashes
+                        .iter()
+                        .zip(&keep)
+                        .filter(|(_, k)| **k)
+                        .map(|(h, _)| *h)
+                        .collect();
+                    (b, h)
+                }
+            }
+            None => (batch, hashes),
+        };
+        checksum.add_hashes(&hashes);
+        if let Err(e) = writer.write(batch).await {
+            write_err = Some(e);
+            break;
+        }
+    }
+    drop(receiver);
+    let streamed = match reader.await {
+        Ok(r) => r?,
+        Err(e) => return Err(Error::internal(format!("extract task failed: {e}"))),
+    };
+    if let Some(e) = write_err {
+        return Err(e);
+    }
+    bar.set_message(format!(
+        "{batch_id}: {written} rows",
+        written = checksum.rows
+    ));
+    fault::point("after-extract");
+    let (files, written) = writer.close().await?;
+    fault::point("after-write");
+    if written != checksum.rows || streamed != written + reconciled {
+        return Err(Error::internal(format!(
+            "row accounting mismatch: streamed {streamed}, written {written}, reconciled {reconciled}, hashed {}",
+            checksum.rows
+        )));
+    }
+    if streamed == 0 {
+        // Nothing in the range any more (rows deleted by someone else meanwhile).
+        tx.rollback()
+            .await
+            .map_err(|e| Error::postgres("cannot end the batch transaction", e))?;
+        return Ok(BatchDone {
+            report: None,
+            streamed,
+        });
+    }
+    // Only the batch that finishes a range settles the open batches it reconciled.
+    let final_part = limit.is_none_or(|n| streamed < n);
+    let reconciles: Vec<String> = if mode == BatchMode::Move && final_part {
+        planned.reconcile.clone()
+    } else {
+        vec![]
+    };
+    if written == 0 && (mode == BatchMode::Copy || reconciles.is_empty()) {
+        // Every row was already archived; for a copy there is nothing to record.
+        if mode == BatchMode::Move {
+            tx.commit()
+                .await
+                .map_err(|e| Error::postgres("cannot commit the delete", e))?;
+        } else {
+            tx.rollback()
+                .await
+                .map_err(|e| Error::postgres("cannot end the batch transaction", e))?;
+        }
+        return Ok(BatchDone {
+            report: None,
+            streamed,
+        });
+    }
+
+    let mut summary = HashMap::new();
+    summary.insert(keys::BATCH_ID.to_string(), batch_id.to_string());
+    summary.insert(keys::SOURCE.to_string(), src.source_id());
+    summary.insert(keys::WINDOW_START.to_string(), rfc3339(range.start));
+    summary.insert(keys::WINDOW_END.to_string(), rfc3339(range.end));
+    summary.insert(keys::SEQUENCE.to_string(), sequence.to_string());
+    summary.insert(keys::ROWS.to_string(), written.to_string());
+    summary.insert(keys::CHECKSUM.to_string(), checksum.hex());
+    summary.insert(keys::MODE.to_string(), mode.as_str().to_string());
+    summary.insert(keys::WINDOWS.to_string(), planned.windows.len().to_string());
+    summary.insert(
+        keys::PARTITION_BY.to_string(),
+        ctx.cfg.partition_by.name().to_string(),
+    );
+    summary.insert(keys::VERSION.to_string(), crate::VERSION.to_string());
+    if let Some(x) = xid {
+        summary.insert(keys::PG_XID.to_string(), x.to_string());
+    }
+    if !reconciles.is_empty() {
+        summary.insert(keys::RECONCILES.to_string(), reconciles.join(","));
+        summary.insert(keys::RECONCILED_ROWS.to_string(), reconciled.to_string());
+    }
+    let nfiles = files.len();
+    let snapshot_id =
+        lake::commit::commit_batch(ctx.catalog, &ctx.table.table, files, summary).await?;
+    fault::point("after-commit");
+
+    // Verify from the catalog, not from memory.
+    let fresh = lake::commit::reload(ctx.catalog, &ctx.table.ident).await?;
+    let verified = verify(&fresh, batch_id, written, &checksum).await;
+    ctx.table.table = fresh;
+    if let Err(e) = verified {
+        let reason = e.message().to_string();
+        let _ = tx.rollback().await;
+        if let Err(me) =
+            lake::commit::mark_failed(ctx.catalog, &ctx.table.ident, batch_id, &reason).await
+        {
+            tracing::error!("cannot record the failure of batch {batch_id}: {me}");
+        }
+        notify::send(
+            ctx.webhook,
+            &notify::Event {
+                service: "permafrost",
+                event: "batch_failed",
+                table: ctx.cfg.source_name(),
+                batch_id: Some(batch_id.to_string()),
+                window_start: Some(rfc3339(range.start)),
+                window_end: Some(rfc3339(range.end)),
+                error: reason.clone(),
+            },
+        )
+        .await;
+        return Err(e.with_hint(
+            "the rows stay in Postgres; the window is blocked until `archive --force`",
+        ));
+    }
+    fault::point("after-verify");
+    fault::point("before-pg-commit");
+    tx.commit()
+        .await
+        .map_err(|e| Error::postgres("cannot commit the Postgres transaction (the batch is archived; the next run settles it)", e))?;
+    fault::point("after-pg-commit");
+    let resolved_failures: Vec<String> = reconciles
+        .iter()
+        .filter(|id| lake::commit::failed_batches(&ctx.table.table).contains_key(*id))
+        .cloned()
+        .collect();
+    if !resolved_failures.is_empty() {
+        lake::commit::clear_failed(ctx.catalog, &ctx.table.ident, &resolved_failures).await?;
+        ctx.table.table = lake::commit::reload(ctx.catalog, &ctx.table.ident).await?;
+    }
+    tracing::info!(
+        "{}: batch {batch_id} {} archived {written} row(s){} in {:.1}s",
+        ctx.cfg.source_name(),
+        range,
+        if reconciled > 0 {
+            format!(", settled {reconciled} already archived")
+        } else {
+            String::new()
+        },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(BatchDone {
+        report: Some(BatchReport {
+            batch_id: batch_id.to_string(),
+            window_start: rfc3339(range.start),
+            window_end: rfc3339(range.end),
+            sequence,
+            mode,
+            rows: written,
+            reconciled_rows: reconciled,
+            files: nfiles,
+            snapshot_id: Some(snapshot_id),
+            checksum: checksum.hex(),
+            seconds: started.elapsed().as_secs_f64(),
+        }),
+        streamed,
+    })
+}
+
+/// Reads the committed batch back and compares count and checksum.
+async fn verify(
+    table: &iceberg::table::Table,
+    batch_id: &str,
+    rows: u64,
+    expected: &Checksum,
+) -> Result<()> {
+    let snap = lake::commit::find_batch(table, batch_id).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Verification,
+            format!("batch {batch_id} is not in the table"),
+        )
+    })?;
+    let (got, _) = lake::readback::checksum_snapshot(table, &snap).await?;
+    let mut expected = *expected;
+    if std::env::var("PERMAFROST_FAULT").ok().as_deref() == Some("corrupt-checksum")
+        && cfg!(feature = "fault-injection")
+    {
+        expected.sum = expected.sum.wrapping_add(1);
+    }
+    if got.rows != rows || got.sum != expected.sum {
+        return Err(Error::new(
+            ErrorKind::Verification,
+            format!(
+                "verification failed: read back {} row(s) with checksum {}, expected {rows} with {}",
+                got.rows,
+                got.hex(),
+                expected.hex()
+            ),
+        ));
+    }
+    let added = snap
+        .summary()
+        .additional_properties
+        .get("added-records")
+        .and_then(|v| v.parse::<u64>().ok());
+    if added.is_some_and(|a| a != rows) {
+        return Err(Error::new(
+            ErrorKind::Verification,
+            format!(
+                "verification failed: snapshot summary says {added:?} added records, expected {rows}"
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! `check`: is the configuration usable?  Config valid, Postgres and the
+//! catalog reachable with our credentials, every table present with a
+//! timestamp time column, supported column types, the privileges archiving
+//! needs, and an existing Iceberg table compatible with the source.
+//! Read-only: creates and deletes nothing.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::lake;
+use crate::source;
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub ok: bool,
+    pub postgres: Probe,
+    pub catalog: Probe,
+    pub tables: Vec<TableCheck>,
+}
+
+/// Reachability of one service.
+#[derive(Debug, Clone, Serialize)]
+pub struct Probe {
+    pub ok: bool,
+    pub target: String,
+    pub error: Option<String>,
+    pub hint: Option<String>,
+}
+
+/// One column and its mapping.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColumnCheck {
+    pub name: String,
+    pub postgres_type: String,
+    pub not_null: bool,
+    /// The Iceberg type, or null when unsupported.
+    pub iceberg_type: Option<String>,
+    pub error: Option<String>,
+}
+
+/// One table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableCheck {
+    pub source: String,
+    pub iceberg_table: String,
+    pub ok: bool,
+    pub errors: Vec<String>,
+    pub hints: Vec<String>,
+    pub warnings: Vec<String>,
+    pub time_column: String,
+    pub partition_by: String,
+    pub primary_key: Vec<String>,
+    pub columns: Vec<ColumnCheck>,
+    /// `exists`, `will be created`, or empty when unknown.
+    pub iceberg_state: String,
+}
+
+fn probe_err(target: String, e: &Error) -> Probe {
+    Probe {
+        ok: false,
+        target,
+        error: Some(e.message().to_string()),
+        hint: e.hint().map(str::to_string),
+    }
+}
+
+/// Runs every check; never fails on what it checks (failures are in the report).
+pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
+    let tables = cfg.select_tables(table)?;
+    let pg_target = cfg.database.describe();
+    let client = match source::connect(&cfg.database).await {
+        Ok(c) => match source::server_facts(&c).await {
+            Ok(_) => Some(c),
+            Err(e) => return Ok(failed_report(probe_err(pg_target, &e), None)),
+        },
+        Err(e) => return Ok(failed_report(probe_err(pg_target, &e), None)),
+    };
+    let postgres = Probe {
+        ok: true,
+        target: pg_target,
+        error: None,
+        hint: None,
+    };
+    let cat_target = cfg.catalog.describe();
+    let catalog = match lake::open_catalog(&cfg.catalog).await {
+        Ok(c) => match lake::catalog::ping(c.as_ref(), &cfg.catalog).await {
+            Ok(()) => Some(c),
+            Err(e) => return Ok(failed_report(postgres, Some(probe_err(cat_target, &e)))),
+        },
+        Err(e) => return Ok(failed_report(postgres, Some(probe_err(cat_target, &e)))),
+    };
+    let catalog_probe = Probe {
+        ok: true,
+        target: cat_target,
+        error: None,
+        hint: None,
+    };
+    let (Some(client), Some(catalog)) = (client, catalog) else {
+        return Err(Error::internal("check lost its connections"));
+    };
+
+    let mut out = Vec::new();
+    for t in &tables {
+        let mut tc = TableCheck {
+            source: t.source_name(),
+            iceberg_table: t.iceberg_name(),
+            ok: true,
+            errors: vec![],
+            hints: vec![],
+            warnings: vec![],
+            time_column: t.timestamp_column.clone(),
+            partition_by: t.partition_by.name().to_string(),
+            primary_key: vec![],
+            columns: vec![],
+            iceberg_state: String::new(),
+        };
+        let fail = |tc: &mut TableCheck, e: &Error| {
+            tc.ok = false;
+            tc.errors.push(e.message().to_string());
+            if let Some(h) = e.hint() {
+                tc.hints.push(h.to_string());
+            }
+        };
+        match source::introspect::introspect(&client, t).await {
+            Err(e) => fail(&mut tc, &e),
+            Ok(src) => {
+                tc.primary_key = src.primary_key.clone();
+                for c in &src.columns {
+                    tc.columns.push(ColumnCheck {
+                        name: c.name.clone(),
+                        postgres_type: c.pg_type.clone(),
+                        not_null: c.not_null,
+                        iceberg_type: c.kind.as_ref().ok().map(|k| k.iceberg_type().to_string()),
+                        error: c.kind.as_ref().err().cloned(),
+                    });
+                }
+                for u in src.unsupported() {
+                    tc.ok = false;
+                    tc.errors.push(format!("{}: {u}", src.qualified()));
+                }
+                if !src.time_indexed {
+                    tc.warnings.push(format!(
+                        "no index leads with `{}`: finding windows and deleting them will scan the table",
+                        t.timestamp_column
+                    ));
+                }
+                if !src.time_column().not_null {
+                    tc.warnings.push(format!(
+                        "`{}` is nullable: rows with a NULL time are never archived",
+                        t.timestamp_column
+                    ));
+                }
+                match client
+                    .query_one(
+                        "SELECT has_table_privilege($1::oid, 'SELECT'), has_table_privilege($1::oid, 'DELETE')",
+                        &[&src.oid],
+                    )
+                    .await
+                {
+                    Ok(r) => {
+                        let (sel, del): (bool, bool) = (r.get(0), r.get(1));
+                        if !sel || !del {
+                            tc.ok = false;
+                            tc.errors.push(format!(
+                                "the connecting role lacks {} on {}",
+                                [(!sel).then_some("SELECT"), (!del).then_some("DELETE")]
+                                    .into_iter()
+                                    .flatten()
+                                    .collect::<Vec<_>>()
+                                    .join(" and "),
+                                src.qualified()
+                            ));
+                            tc.hints.push(format!("GRANT SELECT, DELETE ON {} TO <role>", src.qualified()));
+                        }
+                    }
+                    Err(e) => fail(&mut tc, &Error::postgres("cannot check privileges", e)),
+                }
+                if src.unsupported().is_empty() {
+                    match lake::table::ensure_table(catalog.as_ref(), t, &src, false).await {
+                        Ok(Some(_)) => tc.iceberg_state = "exists".into(),
+                        Ok(None) => tc.iceberg_state = "will be created".into(),
+                        Err(e) => fail(&mut tc, &e),
+                    }
+                }
+            }
+        }
+        out.push(tc);
+    }
+    Ok(CheckReport {
+        ok: out.iter().all(|t| t.ok),
+        postgres,
+        catalog: catalog_probe,
+        tables: out,
+    })
+}
+
+fn failed_report(postgres: Probe, catalog: Option<Probe>) -> CheckReport {
+    CheckReport {
+        ok: false,
+        postgres,
+        catalog: catalog.unwrap_or(Probe {
+            ok: false,
+            target: String::new(),
+            error: Some("not checked".into()),
+            hint: None,
+        }),
+        tables: vec![],
+    }
+}

@@ -1,0 +1,112 @@
+//! Command-line definitions (clap derive).  Resolution into settings and the
+//! command functions live in [`super::commands`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Move old rows of PostgreSQL time-series tables into Apache Iceberg tables,
+/// verified before anything is deleted, and bring them back on demand.
+#[derive(Debug, Parser)]
+#[command(name = "permafrost", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log level for stderr (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info", env = "PERMAFROST_LOG")]
+    pub log_level: String,
+
+    /// No progress bars and only warnings/errors on stderr.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The config file option shared by most commands.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArg {
+    /// Configuration file (YAML).
+    #[arg(
+        long,
+        short = 'c',
+        env = "PERMAFROST_CONFIG",
+        default_value = "permafrost.yaml"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Archive sample sensor data into an embedded catalog, end to end, on this machine.
+    Demo(DemoArgs),
+    /// Validate the config and check Postgres, the catalog and every table.
+    Check(CheckArgs),
+    /// Archive every window older than the lag: extract, write, commit, verify, delete.
+    Archive(ArchiveArgs),
+    /// Per-table state derived from the catalog and Postgres.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Use this Postgres instead of starting a throwaway one.
+    #[arg(long, env = "PERMAFROST_DEMO_DSN")]
+    pub dsn: Option<String>,
+    /// Where to put the embedded catalog and warehouse (default: ./permafrost-demo).
+    #[arg(long, default_value = "permafrost-demo")]
+    pub dir: PathBuf,
+    /// Sample rows to generate.
+    #[arg(long, default_value_t = 200_000)]
+    pub rows: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only this table.
+    #[arg(long, short = 't')]
+    pub table: Option<String>,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only this table (name, schema.name or namespace.table).
+    #[arg(long, short = 't')]
+    pub table: Option<String>,
+    /// Show the windows and row counts that would be archived; write and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Archive and verify, but keep the rows in Postgres.
+    #[arg(long)]
+    pub no_delete: bool,
+    /// Retry windows blocked by a batch that failed verification.
+    #[arg(long)]
+    pub force: bool,
+    /// Machine-readable report on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Pretend the current time is this (RFC 3339); for tests and demos.
+    #[arg(long, hide = true)]
+    pub now: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only this table.
+    #[arg(long, short = 't')]
+    pub table: Option<String>,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Pretend the current time is this (RFC 3339); for tests and demos.
+    #[arg(long, hide = true)]
+    pub now: Option<String>,
+}

@@ -1,0 +1,452 @@
+//! One function per command: resolve settings, call the use case, render.
+
+use std::process::ExitCode;
+
+use crate::archive::{self, ArchiveOptions, Outcome};
+use crate::cli::args::{ArchiveArgs, CheckArgs, Cli, Command, DemoArgs, StatusArgs};
+use crate::cli::output::{self, num};
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::plan::window::parse_instant;
+use crate::progress::Progress;
+use crate::{check, demo, inspect, lake, secret, source};
+
+/// Sets up logging to stderr (redacted); `RUST_LOG` overrides `--log-level`.
+pub fn init_logging(cli: &Cli) {
+    let level = if cli.quiet {
+        "warn"
+    } else {
+        cli.log_level.as_str()
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "warn,permafrost={level},iceberg=warn,iceberg_catalog_rest=warn,iceberg_catalog_sql=warn"
+        ))
+    });
+    let ansi = std::env::var_os("NO_COLOR").is_none()
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(secret::RedactingStderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .try_init();
+}
+
+/// Runs the command; maps errors to `error: …` / `hint: …` and an exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let progress = Progress::new(!cli.quiet);
+    let result = match cli.command {
+        Command::Demo(a) => demo_cmd(a, &progress).await,
+        Command::Check(a) => check_cmd(a).await,
+        Command::Archive(a) => archive_cmd(a, &progress).await,
+        Command::Status(a) => status_cmd(a).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            output::error(&e);
+            ExitCode::from(e.kind().exit_code())
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config> {
+    Config::load(path)
+}
+
+fn parse_now(now: Option<&str>) -> Result<Option<i64>> {
+    now.map(|s| {
+        parse_instant(s).ok_or_else(|| Error::config(format!("--now: `{s}` is not a timestamp")))
+    })
+    .transpose()
+}
+
+async fn check_cmd(a: CheckArgs) -> Result<ExitCode> {
+    let cfg = load(&a.config.config)?;
+    let report = check::check(&cfg, a.table.as_deref()).await?;
+    if a.json {
+        output::json(&report)?;
+    } else {
+        let mark = |ok: bool| if ok { "ok" } else { "FAILED" };
+        output::line(&format!(
+            "config      ok      {}",
+            a.config.config.display()
+        ));
+        output::line(&format!(
+            "postgres    {:<6}  {}",
+            mark(report.postgres.ok),
+            report.postgres.target
+        ));
+        if let Some(e) = &report.postgres.error {
+            output::line(&format!("  error: {e}"));
+        }
+        if let Some(h) = &report.postgres.hint {
+            output::line(&format!("  hint: {h}"));
+        }
+        output::line(&format!(
+            "catalog     {:<6}  {}",
+            mark(report.catalog.ok),
+            report.catalog.target
+        ));
+        if let Some(e) = &report.catalog.error {
+            output::line(&format!("  error: {e}"));
+        }
+        if let Some(h) = &report.catalog.hint {
+            output::line(&format!("  hint: {h}"));
+        }
+        for t in &report.tables {
+            output::line("");
+            output::line(&format!(
+                "table {} -> {}  {}  ({}({}){})",
+                t.source,
+                t.iceberg_table,
+                mark(t.ok),
+                t.partition_by,
+                t.time_column,
+                if t.iceberg_state.is_empty() {
+                    String::new()
+                } else {
+                    format!(", Iceberg table {}", t.iceberg_state)
+                }
+            ));
+            if !t.columns.is_empty() {
+                let rows: Vec<Vec<String>> = t
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.name.clone(),
+                            c.postgres_type.clone(),
+                            if c.not_null {
+                                "not null".into()
+                            } else {
+                                String::new()
+                            },
+                            c.iceberg_type.clone().unwrap_or_else(|| {
+                                format!("UNSUPPORTED: {}", c.error.clone().unwrap_or_default())
+                            }),
+                        ]
+                    })
+                    .collect();
+                output::table(&["COLUMN", "POSTGRES", "NULL", "ICEBERG"], &rows);
+            }
+            for e in &t.errors {
+                output::line(&format!("  error: {e}"));
+            }
+            for h in &t.hints {
+                output::line(&format!("  hint: {h}"));
+            }
+            for w in &t.warnings {
+                output::line(&format!("  warning: {w}"));
+            }
+        }
+    }
+    if report.ok {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let first = report
+            .postgres
+            .error
+            .clone()
+            .or(report.catalog.error.clone())
+            .or_else(|| report.tables.iter().find_map(|t| t.errors.first().cloned()))
+            .unwrap_or_else(|| "check failed".into());
+        let hint = report
+            .postgres
+            .hint
+            .clone()
+            .or(report.catalog.hint.clone())
+            .or_else(|| report.tables.iter().find_map(|t| t.hints.first().cloned()));
+        let kind = if !report.postgres.ok {
+            ErrorKind::Postgres
+        } else if !report.catalog.ok {
+            ErrorKind::Catalog
+        } else {
+            ErrorKind::Schema
+        };
+        let mut e = Error::new(kind, first);
+        if let Some(h) = hint {
+            e = e.with_hint(h);
+        }
+        output::error(&e);
+        Ok(ExitCode::from(kind.exit_code()))
+    }
+}
+
+async fn archive_cmd(a: ArchiveArgs, progress: &Progress) -> Result<ExitCode> {
+    let cfg = load(&a.config.config)?;
+    let opts = ArchiveOptions {
+        table: a.table.clone(),
+        dry_run: a.dry_run,
+        no_delete: a.no_delete,
+        force: a.force,
+        now: parse_now(a.now.as_deref())?,
+    };
+    let progress = if a.json {
+        Progress::hidden()
+    } else {
+        progress.clone()
+    };
+    let reports = archive::run(&cfg, &opts, &progress).await?;
+    if a.json {
+        output::json(&reports)?;
+    } else {
+        print_archive(&reports, a.dry_run);
+    }
+    let failed: Vec<_> = reports
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Failed { error, hint } => {
+                Some((r.source.clone(), error.clone(), hint.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    if let Some((table, error, hint)) = failed.first() {
+        let mut e = Error::new(ErrorKind::Internal, format!("{table}: {error}"));
+        if failed.len() > 1 {
+            e = e.with_context("failed tables", failed.len());
+        }
+        if let Some(h) = hint {
+            e = e.with_hint(h.clone());
+        }
+        output::error(&e);
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_archive(reports: &[archive::TableReport], dry_run: bool) {
+    for r in reports {
+        match &r.outcome {
+            Outcome::Skipped { reason } => {
+                output::line(&format!("{}: skipped: {reason}", r.source))
+            }
+            Outcome::Failed { error, .. } => {
+                output::line(&format!("{}: FAILED: {error}", r.source))
+            }
+            Outcome::Done => {}
+        }
+        if dry_run {
+            output::line(&format!(
+                "{} -> {}: {} batch(es) would be archived (cutoff {}); nothing was written or deleted",
+                r.source,
+                r.iceberg_table,
+                r.planned.len(),
+                r.cutoff.clone().unwrap_or_default()
+            ));
+            if !r.planned.is_empty() {
+                let rows: Vec<Vec<String>> = r
+                    .planned
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.window_start.clone(),
+                            p.window_end.clone(),
+                            p.windows.to_string(),
+                            num(p.rows),
+                            p.batch_id.clone(),
+                            if p.reconcile.is_empty() {
+                                String::new()
+                            } else {
+                                format!("settles {}", p.reconcile.join(","))
+                            },
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &[
+                        "WINDOW START",
+                        "WINDOW END",
+                        "WINDOWS",
+                        "ROWS",
+                        "BATCH",
+                        "NOTE",
+                    ],
+                    &rows,
+                );
+                let total: u64 = r.planned.iter().map(|p| p.rows).sum();
+                output::line(&format!("{} row(s) in total", num(total)));
+            }
+        } else if matches!(r.outcome, Outcome::Done) || !r.batches.is_empty() {
+            let rows: u64 = r.batches.iter().map(|b| b.rows).sum();
+            let settled: u64 = r.batches.iter().map(|b| b.reconciled_rows).sum();
+            output::line(&format!(
+                "{} -> {}: {} batch(es), {} row(s) archived{}",
+                r.source,
+                r.iceberg_table,
+                r.batches.len(),
+                num(rows),
+                if settled > 0 {
+                    format!(", {} already-archived row(s) settled", num(settled))
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        for b in &r.blocked {
+            output::line(&format!(
+                "  blocked: window {} .. {} by failed batch {} ({}) — review, then `archive --force`",
+                b.window_start, b.window_end, b.batch_id, b.reason
+            ));
+        }
+    }
+}
+
+async fn status_cmd(a: StatusArgs) -> Result<ExitCode> {
+    let cfg = load(&a.config.config)?;
+    let st = inspect::status(&cfg, a.table.as_deref(), parse_now(a.now.as_deref())?).await?;
+    if a.json {
+        output::json(&st)?;
+    } else {
+        print_status(&st);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(st: &[inspect::TableStatus]) {
+    let rows: Vec<Vec<String>> = st
+        .iter()
+        .map(|s| {
+            vec![
+                s.source.clone(),
+                s.iceberg_table.clone(),
+                s.windows_archived.to_string(),
+                s.windows_pending.to_string(),
+                s.windows_kept.to_string(),
+                s.windows_failed.to_string(),
+                num(s.rows_archived),
+                num(s.rows_pending),
+                s.latest_window.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "TABLE",
+            "ICEBERG",
+            "ARCHIVED",
+            "PENDING",
+            "KEPT",
+            "FAILED",
+            "ROWS ARCHIVED",
+            "ROWS PENDING",
+            "LATEST WINDOW",
+        ],
+        &rows,
+    );
+    for s in st {
+        for f in &s.failed_batches {
+            output::line(&format!(
+                "{}: batch {} ({} .. {}) FAILED: {}",
+                s.source, f.batch_id, f.window_start, f.window_end, f.reason
+            ));
+        }
+        if !s.unsettled_batches.is_empty() {
+            output::line(&format!(
+                "{}: {} batch(es) committed but not yet settled in Postgres (the next archive run settles them): {}",
+                s.source,
+                s.unsettled_batches.len(),
+                s.unsettled_batches.join(", ")
+            ));
+        }
+        if s.rows_null_time > 0 {
+            output::line(&format!(
+                "{}: {} row(s) have a NULL time and are never archived",
+                s.source,
+                num(s.rows_null_time)
+            ));
+        }
+    }
+}
+
+async fn demo_cmd(a: DemoArgs, progress: &Progress) -> Result<ExitCode> {
+    let dir = demo::absolute(&a.dir)?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let throwaway = match &a.dsn {
+        Some(_) => None,
+        None => {
+            tracing::info!("starting a throwaway PostgreSQL cluster");
+            Some(demo::ThrowawayPostgres::start()?)
+        }
+    };
+    let dsn = a
+        .dsn
+        .clone()
+        .or_else(|| throwaway.as_ref().map(|p| p.dsn()))
+        .unwrap_or_default();
+    let cfg_path = dir.join("permafrost.yaml");
+    std::fs::write(&cfg_path, demo::demo_config(&dsn))
+        .map_err(|e| Error::io(format!("cannot write {}", cfg_path.display()), e))?;
+    let cfg = Config::load(&cfg_path)?;
+    let client = source::connect(&cfg.database).await?;
+    tracing::info!("loading {} sample sensor readings", num(a.rows));
+    demo::load_sample(&client, a.rows).await?;
+
+    let reports = archive::run(&cfg, &ArchiveOptions::default(), progress).await?;
+    print_archive(&reports, false);
+    if let Some(r) = reports
+        .iter()
+        .find(|r| matches!(r.outcome, Outcome::Failed { .. }))
+    {
+        return Err(Error::new(
+            ErrorKind::Internal,
+            format!("demo archive of {} failed", r.source),
+        ));
+    }
+    output::line("");
+    print_status(&inspect::status(&cfg, None, None).await?);
+
+    let catalog = lake::open_catalog(&cfg.catalog).await?;
+    let t = &cfg.tables[0];
+    let table = catalog
+        .load_table(&lake::table::ident(t)?)
+        .await
+        .map_err(|e| Error::iceberg("cannot load the demo table", e))?;
+    output::line("");
+    output::line(&format!("snapshots of {}:", t.iceberg_name()));
+    let mut rows = Vec::new();
+    for s in lake::commit::ancestry(&table).iter().rev().take(10) {
+        let p = &s.summary().additional_properties;
+        let g = |k: &str| p.get(k).cloned().unwrap_or_default();
+        rows.push(vec![
+            s.snapshot_id().to_string(),
+            g(crate::plan::keys::BATCH_ID),
+            g(crate::plan::keys::WINDOW_START),
+            g(crate::plan::keys::WINDOW_END),
+            g(crate::plan::keys::ROWS),
+        ]);
+    }
+    output::table(
+        &["SNAPSHOT", "BATCH", "WINDOW START", "WINDOW END", "ROWS"],
+        &rows,
+    );
+
+    let uri = &cfg.catalog.properties["uri"];
+    let sqlite = uri.trim_end_matches("?mode=rwc");
+    let warehouse = &cfg.catalog.properties["warehouse"];
+    output::line("");
+    output::line("Read the archive with PyIceberg (pip install 'pyiceberg[pyarrow,sql-sqlite]'):");
+    output::line(&format!(
+        "  python3 -c \"from pyiceberg.catalog.sql import SqlCatalog; c = SqlCatalog('{}', uri='{}', warehouse='{}'); t = c.load_table('{}'); print(t.scan().to_arrow().num_rows, 'rows'); print(t.current_snapshot().summary)\"",
+        cfg.catalog.name,
+        sqlite,
+        warehouse,
+        t.iceberg_name()
+    ));
+    output::line("Read it with DuckDB (duckdb + its iceberg extension):");
+    output::line(&format!(
+        "  duckdb -c \"INSTALL iceberg; LOAD iceberg; SELECT date_trunc('day', recorded_at) AS day, count(*) FROM iceberg_scan('{}') GROUP BY 1 ORDER BY 1\"",
+        table.metadata_location().unwrap_or_default()
+    ));
+    output::line(&format!(
+        "Config: {}   (try: permafrost status -c {})",
+        cfg_path.display(),
+        cfg_path.display()
+    ));
+    drop(client);
+    drop(throwaway);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,996 @@
+//! The configuration file: parsing, `${VAR}` expansion and validation.
+//!
+//! One YAML file describes the source database, the Iceberg catalog and the
+//! tables to archive.  `${VAR}` (required), `${VAR:-default}` and
+//! `${VAR:=default}` are expanded before parsing; `$${` writes a literal `${`.
+//! Every error names the offending key (`tables[1].lag`) or line.
+//!
+//! Secrets (the DSN password, catalog credentials, S3 keys) are registered
+//! with [`crate::secret`] as soon as they are read, so they are masked in every
+//! message and log line the program prints.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::plan::window::Granularity;
+use crate::secret;
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub catalog: CatalogConfig,
+    pub tables: Vec<TableConfig>,
+    pub global: GlobalConfig,
+    pub notify: NotifyConfig,
+}
+
+/// How to reach PostgreSQL.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// libpq-style DSN (URL or key=value); holds the password, never printed.
+    pub dsn: String,
+    /// Connections opened at most at the same time.
+    pub pool_size: usize,
+    /// `statement_timeout` applied to every statement permafrost runs (0 = none).
+    pub statement_timeout: Duration,
+    /// What to do when another instance holds a table's advisory lock.
+    pub on_busy: OnBusy,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("dsn", &describe_dsn(&self.dsn))
+            .field("pool_size", &self.pool_size)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("on_busy", &self.on_busy)
+            .finish()
+    }
+}
+
+impl DatabaseConfig {
+    /// The DSN with the password removed, for messages: `user@host:port/db`.
+    pub fn describe(&self) -> String {
+        describe_dsn(&self.dsn)
+    }
+}
+
+/// Behaviour when another permafrost instance is archiving the same table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBusy {
+    /// Skip the table and say so (default).
+    Skip,
+    /// Wait for the other instance to finish.
+    Wait,
+}
+
+/// Which catalog implementation to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogKind {
+    Rest,
+    Sql,
+}
+
+/// The Iceberg catalog; `properties` go to iceberg-rust unchanged.
+#[derive(Clone)]
+pub struct CatalogConfig {
+    pub kind: CatalogKind,
+    pub name: String,
+    pub properties: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for CatalogConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let props: BTreeMap<_, _> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    if is_secret_property(k) {
+                        "***".to_string()
+                    } else {
+                        secret::redact(v)
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("CatalogConfig")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("properties", &props)
+            .finish()
+    }
+}
+
+impl CatalogConfig {
+    /// The embedded default: a SQL catalog in SQLite under `dir/permafrost/`
+    /// with a `file://` warehouse beside it.
+    pub fn embedded(dir: &Path) -> Result<Self> {
+        let root = absolute(&dir.join("permafrost"))?;
+        let db = root.join("catalog.db");
+        let warehouse = root.join("warehouse");
+        let mut properties = BTreeMap::new();
+        properties.insert("uri".into(), format!("sqlite://{}?mode=rwc", db.display()));
+        properties.insert(
+            "warehouse".into(),
+            format!("file://{}", warehouse.display()),
+        );
+        properties.insert("sql_bind_style".into(), "QMark".into());
+        Ok(Self {
+            kind: CatalogKind::Sql,
+            name: "permafrost".into(),
+            properties,
+        })
+    }
+
+    /// A short description for messages, without secrets.
+    pub fn describe(&self) -> String {
+        let kind = match self.kind {
+            CatalogKind::Rest => "rest",
+            CatalogKind::Sql => "sql",
+        };
+        let uri = self
+            .properties
+            .get("uri")
+            .map(|u| secret::redact(&redact_url_password(u)))
+            .unwrap_or_default();
+        format!("{kind} catalog `{}` at {uri}", self.name)
+    }
+}
+
+/// One table to archive.
+#[derive(Debug, Clone)]
+pub struct TableConfig {
+    /// Postgres schema of the source table.
+    pub schema: String,
+    /// Postgres name of the source table.
+    pub name: String,
+    /// The column windows are cut on (`timestamp` or `timestamptz`).
+    pub timestamp_column: String,
+    /// Window size and Iceberg partition transform.
+    pub partition_by: Granularity,
+    /// Only windows entirely older than `now - lag` are archived.
+    pub lag: Duration,
+    /// Iceberg namespace of the archive table.
+    pub namespace: Vec<String>,
+    /// Iceberg table name of the archive table.
+    pub table: String,
+    /// Optional row filter (validated, rendered by permafrost, never pasted raw).
+    pub filter: Option<String>,
+    /// Roll data files at about this size.
+    pub target_file_size: u64,
+    /// At most this many rows per batch (one Postgres transaction, one snapshot).
+    pub max_batch_rows: Option<u64>,
+    /// At most this many consecutive windows per batch.
+    pub batch_windows: u32,
+    /// Parquet compression level (zstd).
+    pub zstd_level: i32,
+}
+
+impl TableConfig {
+    /// `schema.name` as written in the config.
+    pub fn source_name(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    /// `namespace.table` in the catalog.
+    pub fn iceberg_name(&self) -> String {
+        format!("{}.{}", self.namespace.join("."), self.table)
+    }
+}
+
+/// Settings for the whole run.
+#[derive(Debug, Clone)]
+pub struct GlobalConfig {
+    /// Tables archived in parallel.
+    pub max_table_concurrency: usize,
+}
+
+/// Failure notifications.
+#[derive(Debug, Clone, Default)]
+pub struct NotifyConfig {
+    /// POST a JSON payload here when a batch fails.
+    pub webhook_url: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Raw file shape
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    database: RawDatabase,
+    #[serde(default)]
+    catalog: Option<BTreeMap<String, serde_norway::Value>>,
+    tables: Vec<RawTable>,
+    #[serde(default)]
+    global: RawGlobal,
+    #[serde(default)]
+    notify: RawNotify,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    dsn: String,
+    #[serde(default = "default_pool_size")]
+    pool_size: usize,
+    #[serde(default)]
+    statement_timeout: Option<String>,
+    #[serde(default)]
+    on_busy: Option<OnBusy>,
+}
+
+fn default_pool_size() -> usize {
+    4
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    name: String,
+    #[serde(default = "default_schema")]
+    schema: String,
+    timestamp_column: String,
+    #[serde(default)]
+    partition_by: Option<String>,
+    #[serde(default)]
+    lag: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default, alias = "extra_filters")]
+    filter: Option<String>,
+    #[serde(default)]
+    target_file_size: Option<serde_norway::Value>,
+    #[serde(default)]
+    max_batch_rows: Option<u64>,
+    #[serde(default)]
+    batch_windows: Option<u32>,
+    #[serde(default)]
+    zstd_level: Option<i32>,
+}
+
+fn default_schema() -> String {
+    "public".into()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGlobal {
+    #[serde(default)]
+    max_table_concurrency: Option<usize>,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    #[serde(default)]
+    webhook_url: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+
+impl Config {
+    /// Reads, expands and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(format!("cannot read config file {}: {e}", path.display()))
+                .with_hint("pass the file with `-c FILE`; `permafrost demo` runs without one")
+        })?;
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        Self::from_str_with(&text, &dir, &|k| std::env::var(k).ok())
+            .map_err(|e| e.prefixed(format!("config {}", path.display())))
+    }
+
+    /// Parses configuration text; `dir` anchors the embedded catalog, `env` looks up variables.
+    pub fn from_str_with(
+        text: &str,
+        dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        let expanded = expand_env(text, env)?;
+        let de = serde_norway::Deserializer::from_str(&expanded);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.to_string();
+            let key = if path.is_empty() || path == "." {
+                String::new()
+            } else {
+                format!("`{path}`: ")
+            };
+            Error::config(format!("{key}{msg}"))
+                .with_hint("see schemas/permafrost.schema.json for every key and its type")
+        })?;
+        Self::from_raw(raw, dir)
+    }
+
+    fn from_raw(raw: RawConfig, dir: &Path) -> Result<Self> {
+        let dsn = raw.database.dsn.trim().to_string();
+        if dsn.is_empty() {
+            return Err(Error::config("`database.dsn` is empty").with_hint(
+                "e.g. dsn: \"${PG_DSN:-postgresql://postgres@localhost:5432/postgres}\"",
+            ));
+        }
+        let pg = tokio_postgres::Config::from_str(&dsn).map_err(|e| {
+            Error::config(format!(
+                "`database.dsn` is not a valid PostgreSQL connection string: {e}"
+            ))
+        })?;
+        if let Some(pw) = pg.get_password() {
+            secret::register(String::from_utf8_lossy(pw).into_owned());
+        }
+        if raw.database.pool_size == 0 {
+            return Err(Error::config("`database.pool_size` must be at least 1"));
+        }
+        let statement_timeout = match &raw.database.statement_timeout {
+            Some(s) => parse_duration(s)
+                .map_err(|m| Error::config(format!("`database.statement_timeout`: {m}")))?,
+            None => Duration::ZERO,
+        };
+        let database = DatabaseConfig {
+            dsn,
+            pool_size: raw.database.pool_size,
+            statement_timeout,
+            on_busy: raw.database.on_busy.unwrap_or(OnBusy::Skip),
+        };
+
+        let catalog = match raw.catalog {
+            None => CatalogConfig::embedded(dir)?,
+            Some(map) => parse_catalog(map)?,
+        };
+
+        let default_namespace = raw
+            .global
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "archive".into());
+        if raw.tables.is_empty() {
+            return Err(Error::config("`tables` is empty: nothing to archive"));
+        }
+        let mut tables = Vec::with_capacity(raw.tables.len());
+        for (i, t) in raw.tables.into_iter().enumerate() {
+            tables.push(parse_table(i, t, &default_namespace)?);
+        }
+        for (i, a) in tables.iter().enumerate() {
+            for b in &tables[..i] {
+                if a.schema == b.schema && a.name == b.name {
+                    return Err(Error::config(format!(
+                        "table {} is configured twice",
+                        a.source_name()
+                    )));
+                }
+                if a.namespace == b.namespace && a.table == b.table {
+                    return Err(Error::config(format!(
+                        "tables {} and {} both archive into {}",
+                        b.source_name(),
+                        a.source_name(),
+                        a.iceberg_name()
+                    ))
+                    .with_hint("give one of them its own `table:` name in the catalog"));
+                }
+            }
+        }
+
+        let max_table_concurrency = raw.global.max_table_concurrency.unwrap_or(2);
+        if max_table_concurrency == 0 {
+            return Err(Error::config(
+                "`global.max_table_concurrency` must be at least 1",
+            ));
+        }
+        if let Some(url) = &raw.notify.webhook_url {
+            url::Url::parse(url)
+                .map_err(|e| Error::config(format!("`notify.webhook_url` is not a URL: {e}")))?;
+        }
+        Ok(Config {
+            database,
+            catalog,
+            tables,
+            global: GlobalConfig {
+                max_table_concurrency,
+            },
+            notify: NotifyConfig {
+                webhook_url: raw.notify.webhook_url,
+            },
+        })
+    }
+
+    /// The tables selected by `--table` (all when `None`); `name` may be
+    /// `table` or `schema.table`.
+    pub fn select_tables(&self, name: Option<&str>) -> Result<Vec<TableConfig>> {
+        match name {
+            None => Ok(self.tables.clone()),
+            Some(n) => {
+                let found: Vec<_> = self
+                    .tables
+                    .iter()
+                    .filter(|t| t.name == n || t.source_name() == n || t.iceberg_name() == n)
+                    .cloned()
+                    .collect();
+                if found.is_empty() {
+                    let names: Vec<_> = self.tables.iter().map(|t| t.source_name()).collect();
+                    Err(Error::config(format!("no table `{n}` in the config"))
+                        .with_hint(format!("configured tables: {}", names.join(", "))))
+                } else {
+                    Ok(found)
+                }
+            }
+        }
+    }
+}
+
+fn parse_catalog(map: BTreeMap<String, serde_norway::Value>) -> Result<CatalogConfig> {
+    let mut properties = BTreeMap::new();
+    let mut kind = None;
+    let mut name = None;
+    for (k, v) in map {
+        let value = match v {
+            serde_norway::Value::String(s) => s,
+            serde_norway::Value::Number(n) => n.to_string(),
+            serde_norway::Value::Bool(b) => b.to_string(),
+            serde_norway::Value::Null => continue,
+            _ => {
+                return Err(Error::config(format!(
+                    "`catalog.{k}` must be a string, number or boolean (catalog properties are passed to iceberg-rust as strings)"
+                )));
+            }
+        };
+        match k.as_str() {
+            "type" => kind = Some(value),
+            "name" => name = Some(value),
+            _ => {
+                if is_secret_property(&k) {
+                    secret::register(value.clone());
+                    if let Some((_, s)) = value.split_once(':') {
+                        secret::register(s.to_string());
+                    }
+                }
+                if let Some(pw) = url_password(&value) {
+                    secret::register(pw);
+                }
+                properties.insert(k, value);
+            }
+        }
+    }
+    let kind = match kind.as_deref() {
+        Some("rest") => CatalogKind::Rest,
+        Some("sql") => CatalogKind::Sql,
+        Some("glue") => {
+            return Err(Error::config("`catalog.type: glue` is not supported yet")
+                .with_hint("use `rest` or `sql`; Glue support is tracked in issue 7"));
+        }
+        Some(other) => {
+            return Err(
+                Error::config(format!("`catalog.type`: unknown catalog type `{other}`"))
+                    .with_hint("expected one of: rest, sql"),
+            );
+        }
+        None => {
+            return Err(
+                Error::config("`catalog.type` is missing").with_hint("expected one of: rest, sql")
+            );
+        }
+    };
+    let name = name.unwrap_or_else(|| "permafrost".into());
+    if name.trim().is_empty() {
+        return Err(Error::config("`catalog.name` is empty"));
+    }
+    if !properties.contains_key("uri") {
+        return Err(Error::config("`catalog.uri` is missing").with_hint(match kind {
+            CatalogKind::Rest => "the REST catalog's base URL, e.g. http://localhost:8181",
+            CatalogKind::Sql => "a sqlx URL, e.g. sqlite:///var/lib/permafrost/catalog.db?mode=rwc or postgresql://…",
+        }));
+    }
+    if kind == CatalogKind::Sql {
+        if !properties.contains_key("warehouse") {
+            return Err(Error::config("`catalog.warehouse` is missing")
+                .with_hint("where table data goes, e.g. file:///var/lib/permafrost/warehouse or s3://bucket/path"));
+        }
+        if !properties.contains_key("sql_bind_style") {
+            let uri = &properties["uri"];
+            let style = if uri.starts_with("postgres") {
+                "DollarNumeric"
+            } else {
+                "QMark"
+            };
+            properties.insert("sql_bind_style".into(), style.into());
+        }
+    }
+    Ok(CatalogConfig {
+        kind,
+        name,
+        properties,
+    })
+}
+
+fn parse_table(i: usize, t: RawTable, default_namespace: &str) -> Result<TableConfig> {
+    let key = |k: &str| format!("`tables[{i}].{k}`");
+    let nonempty = |k: &str, v: &str| -> Result<()> {
+        if v.trim().is_empty() {
+            Err(Error::config(format!("{} is empty", key(k))))
+        } else {
+            Ok(())
+        }
+    };
+    nonempty("name", &t.name)?;
+    nonempty("schema", &t.schema)?;
+    nonempty("timestamp_column", &t.timestamp_column)?;
+    let partition_by = match t.partition_by.as_deref() {
+        None => Granularity::Day,
+        Some(s) => Granularity::parse(s).ok_or_else(|| {
+            Error::config(format!(
+                "{}: unknown granularity `{s}`",
+                key("partition_by")
+            ))
+            .with_hint("expected one of: hour, day, month, year")
+        })?,
+    };
+    let lag = match t.lag.as_deref() {
+        None => Duration::from_secs(15 * 86400),
+        Some(s) => parse_duration(s).map_err(|m| Error::config(format!("{}: {m}", key("lag"))))?,
+    };
+    let namespace_str = t.namespace.unwrap_or_else(|| default_namespace.to_string());
+    let namespace: Vec<String> = namespace_str.split('.').map(str::to_string).collect();
+    if namespace.iter().any(|p| p.trim().is_empty()) {
+        return Err(Error::config(format!(
+            "{}: `{namespace_str}` is not a valid namespace",
+            key("namespace")
+        )));
+    }
+    let table = t.table.unwrap_or_else(|| t.name.clone());
+    nonempty("table", &table)?;
+    let target_file_size = match t.target_file_size {
+        None => 128 * 1024 * 1024,
+        Some(serde_norway::Value::Number(n)) => n.as_u64().ok_or_else(|| {
+            Error::config(format!(
+                "{} must be a positive size",
+                key("target_file_size")
+            ))
+        })?,
+        Some(serde_norway::Value::String(s)) => parse_size(&s)
+            .map_err(|m| Error::config(format!("{}: {m}", key("target_file_size"))))?,
+        Some(_) => {
+            return Err(Error::config(format!(
+                "{} must be a size like 128MiB",
+                key("target_file_size")
+            )));
+        }
+    };
+    if target_file_size < 1024 * 1024 {
+        return Err(Error::config(format!(
+            "{} must be at least 1MiB",
+            key("target_file_size")
+        )));
+    }
+    if t.max_batch_rows == Some(0) {
+        return Err(Error::config(format!(
+            "{} must be at least 1",
+            key("max_batch_rows")
+        )));
+    }
+    let batch_windows = t.batch_windows.unwrap_or(match partition_by {
+        Granularity::Hour => 24,
+        _ => 1,
+    });
+    if batch_windows == 0 {
+        return Err(Error::config(format!(
+            "{} must be at least 1",
+            key("batch_windows")
+        )));
+    }
+    let zstd_level = t.zstd_level.unwrap_or(3);
+    if !(1..=22).contains(&zstd_level) {
+        return Err(Error::config(format!(
+            "{} must be between 1 and 22",
+            key("zstd_level")
+        )));
+    }
+    if let Some(f) = &t.filter {
+        // Syntax is checked here; columns are checked against the table by `check`/`archive`.
+        crate::filter::Filter::parse(f).map_err(|e| e.prefixed(key("filter")))?;
+    }
+    Ok(TableConfig {
+        schema: t.schema,
+        name: t.name,
+        timestamp_column: t.timestamp_column,
+        partition_by,
+        lag,
+        namespace,
+        table,
+        filter: t.filter,
+        target_file_size,
+        max_batch_rows: t.max_batch_rows,
+        batch_windows,
+        zstd_level,
+    })
+}
+
+/// Catalog property names whose values are secret.
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k == "credential"
+        || k == "token"
+        || k.ends_with("secret-access-key")
+        || k.ends_with("session-token")
+        || k.ends_with("password")
+        || k.contains("secret")
+}
+
+/// Expands `${VAR}`, `${VAR:-default}` and `${VAR:=default}`; `$${` is a literal `${`.
+/// Lines that are YAML comments are left alone.
+pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    for (lineno, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        let mut rest = line;
+        while let Some(pos) = rest.find('$') {
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos..];
+            if after.starts_with("$${") {
+                out.push_str("${");
+                rest = &after[3..];
+                continue;
+            }
+            if !after.starts_with("${") {
+                out.push('$');
+                rest = &after[1..];
+                continue;
+            }
+            let Some(end) = after.find('}') else {
+                return Err(Error::config(format!(
+                    "line {}: unterminated `${{` in config",
+                    lineno + 1
+                )));
+            };
+            let inner = &after[2..end];
+            let (name, default) = if let Some((n, d)) = inner.split_once(":-") {
+                (n, Some(d))
+            } else if let Some((n, d)) = inner.split_once(":=") {
+                (n, Some(d))
+            } else {
+                (inner, None)
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(Error::config(format!(
+                    "line {}: `${{{inner}}}` is not a valid variable reference",
+                    lineno + 1
+                )));
+            }
+            match (env(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(Error::config(format!(
+                        "line {}: environment variable {name} is not set",
+                        lineno + 1
+                    ))
+                    .with_hint(format!(
+                        "export {name}=…, or write ${{{name}:-default}} in the config"
+                    )));
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+/// Parses `15d`, `6h`, `30m`, `10s`, `2w`, `1d12h`, `500ms`.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("`{s}` is not a duration like 15d, 6h, 30m or 10s"));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("`{s}`: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let secs = match unit {
+            "ms" => {
+                total += Duration::from_millis(n);
+                continue;
+            }
+            "s" => 1,
+            "m" | "min" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            "w" => 7 * 86400,
+            "" => return Err(format!("`{s}`: missing unit (s, m, h, d or w)")),
+            u => return Err(format!("`{s}`: unknown unit `{u}` (use s, m, h, d or w)")),
+        };
+        total += Duration::from_secs(
+            n.checked_mul(secs)
+                .ok_or_else(|| format!("`{s}` is too long"))?,
+        );
+    }
+    Ok(total)
+}
+
+/// Parses `134217728`, `128MiB`, `128MB`, `1GiB`, `512KiB`.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    if digits == 0 {
+        return Err(format!("`{s}` is not a size like 128MiB"));
+    }
+    let n: u64 = t[..digits]
+        .parse()
+        .map_err(|_| format!("`{s}`: number too large"))?;
+    let mult: u64 = match t[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1024,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1024 * 1024,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1024 * 1024 * 1024,
+        u => return Err(format!("`{s}`: unknown unit `{u}` (use KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// `user@host:port/db` from a DSN, without the password.
+pub fn describe_dsn(dsn: &str) -> String {
+    match tokio_postgres::Config::from_str(dsn) {
+        Ok(c) => {
+            let host = c
+                .get_hosts()
+                .first()
+                .map(|h| match h {
+                    tokio_postgres::config::Host::Tcp(s) => s.clone(),
+                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                })
+                .unwrap_or_else(|| "localhost".into());
+            let port = c.get_ports().first().copied().unwrap_or(5432);
+            let user = c.get_user().unwrap_or("?");
+            let db = c.get_dbname().unwrap_or(user);
+            format!("{user}@{host}:{port}/{db}")
+        }
+        Err(_) => "<invalid dsn>".into(),
+    }
+}
+
+fn url_password(s: &str) -> Option<String> {
+    let u = url::Url::parse(s).ok()?;
+    u.password().map(percent_decode)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Replaces a password in a URL by `***`.
+pub fn redact_url_password(s: &str) -> String {
+    match url::Url::parse(s) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => s.to_string(),
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        Ok(p.to_path_buf())
+    } else {
+        let cwd = std::env::current_dir()
+            .map_err(|e| Error::io("cannot read the current directory", e))?;
+        Ok(cwd.join(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(map: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: BTreeMap<String, String> = map
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn expands_required_and_defaults() {
+        let e = env(&[("A", "x"), ("EMPTY", "")]);
+        assert_eq!(
+            expand_env("a=${A} b=${B:-d} c=${C:=e}", &e).unwrap(),
+            "a=x b=d c=e"
+        );
+        assert_eq!(expand_env("v=${EMPTY:-dflt}", &e).unwrap(), "v=dflt");
+        assert_eq!(
+            expand_env("cost $5 and $${A}", &e).unwrap(),
+            "cost $5 and ${A}"
+        );
+        assert_eq!(
+            expand_env("# ${UNSET} in a comment\nx: 1\n", &e).unwrap(),
+            "# ${UNSET} in a comment\nx: 1\n"
+        );
+    }
+
+    #[test]
+    fn unset_required_variable_is_named() {
+        let e = env(&[]);
+        let err = expand_env("x: 1\ndsn: ${PG_DSN}\n", &e).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        assert!(err.to_string().contains("PG_DSN"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("15d").unwrap(),
+            Duration::from_secs(15 * 86400)
+        );
+        assert_eq!(parse_duration("6h").unwrap(), Duration::from_secs(6 * 3600));
+        assert_eq!(
+            parse_duration("1d12h").unwrap(),
+            Duration::from_secs(36 * 3600)
+        );
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("15").is_err());
+        assert!(parse_duration("15y").is_err());
+        assert!(parse_duration("d").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("128MiB").unwrap(), 128 * 1024 * 1024);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("12XB").is_err());
+    }
+
+    const MINIMAL: &str = r#"
+database:
+  dsn: "postgresql://u:hunter2@db:5433/app"
+tables:
+  - name: readings
+    timestamp_column: ts
+"#;
+
+    #[test]
+    fn minimal_config_uses_embedded_catalog_and_defaults() {
+        let c = Config::from_str_with(MINIMAL, Path::new("/srv/pf"), &env(&[])).unwrap();
+        assert_eq!(c.catalog.kind, CatalogKind::Sql);
+        assert_eq!(
+            c.catalog.properties["uri"],
+            "sqlite:///srv/pf/permafrost/catalog.db?mode=rwc"
+        );
+        assert_eq!(
+            c.catalog.properties["warehouse"],
+            "file:///srv/pf/permafrost/warehouse"
+        );
+        let t = &c.tables[0];
+        assert_eq!(t.schema, "public");
+        assert_eq!(t.partition_by, Granularity::Day);
+        assert_eq!(t.lag, Duration::from_secs(15 * 86400));
+        assert_eq!(t.namespace, vec!["archive".to_string()]);
+        assert_eq!(t.table, "readings");
+        assert_eq!(c.database.describe(), "u@db:5433/app");
+        assert!(!format!("{:?}", c).contains("hunter2"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad = MINIMAL.replace(
+            "timestamp_column: ts",
+            "timestamp_column: ts\n    partition_by: weekly",
+        );
+        let err = Config::from_str_with(&bad, Path::new("."), &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("tables[0].partition_by"), "{err}");
+
+        let bad = MINIMAL.replace("timestamp_column: ts", "timestamp_column: ts\n    lagg: 3d");
+        let err = Config::from_str_with(&bad, Path::new("."), &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("lagg"), "{err}");
+
+        let bad = MINIMAL.replace("timestamp_column: ts", "timestamp_column: ts\n    lag: 3x");
+        let err = Config::from_str_with(&bad, Path::new("."), &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("tables[0].lag"), "{err}");
+
+        let bad = "database:\n  dsn: x\ntables: [";
+        let err = Config::from_str_with(bad, Path::new("."), &env(&[])).unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Config);
+    }
+
+    #[test]
+    fn catalog_properties_pass_through_and_secrets_hide() {
+        let text = format!(
+            "{MINIMAL}catalog:\n  type: rest\n  uri: http://localhost:8181\n  credential: key:s3cr3t-value\n  s3.path-style-access: true\n"
+        );
+        let c = Config::from_str_with(&text, Path::new("."), &env(&[])).unwrap();
+        assert_eq!(c.catalog.kind, CatalogKind::Rest);
+        assert_eq!(c.catalog.properties["s3.path-style-access"], "true");
+        assert_eq!(c.catalog.properties["credential"], "key:s3cr3t-value");
+        assert!(!format!("{:?}", c.catalog).contains("s3cr3t-value"));
+        assert_eq!(secret::redact("token key:s3cr3t-value"), "token ***");
+    }
+
+    #[test]
+    fn sql_catalog_bind_style_follows_uri() {
+        let text = format!(
+            "{MINIMAL}catalog:\n  type: sql\n  uri: postgresql://a:pw@h/cat\n  warehouse: s3://b/w\n"
+        );
+        let c = Config::from_str_with(&text, Path::new("."), &env(&[])).unwrap();
+        assert_eq!(c.catalog.properties["sql_bind_style"], "DollarNumeric");
+        assert!(!c.catalog.describe().contains("pw"));
+    }
+
+    #[test]
+    fn seed_compatible_names() {
+        let text = MINIMAL.replace(
+            "timestamp_column: ts",
+            "timestamp_column: ts\n    partition_by: hourly\n    extra_filters: \"kind = 'a'\"",
+        );
+        let c = Config::from_str_with(&text, Path::new("."), &env(&[])).unwrap();
+        assert_eq!(c.tables[0].partition_by, Granularity::Hour);
+        assert_eq!(c.tables[0].batch_windows, 24);
+        assert_eq!(c.tables[0].filter.as_deref(), Some("kind = 'a'"));
+    }
+
+    #[test]
+    fn duplicate_targets_are_refused() {
+        let text =
+            format!("{MINIMAL}  - name: other\n    timestamp_column: ts\n    table: readings\n");
+        let err = Config::from_str_with(&text, Path::new("."), &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("archive.readings"), "{err}");
+    }
+}

@@ -1,0 +1,318 @@
+//! The one error type of the library.
+//!
+//! An [`Error`] has a [`ErrorKind`] (what went wrong, which decides the exit code
+//! and whether a retry can help), a one-line message, optional context lines
+//! (`table`, `window`, …), an optional hint for the user and an optional source.
+//! Foreign errors (Postgres, Iceberg, I/O) are converted in exactly one place
+//! each ([`Error::postgres`], [`Error::iceberg`], …), which is where secrets are
+//! kept out of messages and retryability is decided.
+
+use std::fmt;
+
+/// What kind of failure this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The configuration file is missing, malformed or inconsistent.
+    Config,
+    /// The source table does not fit what permafrost needs (missing column,
+    /// unsupported type, non-timestamp time column, …).
+    Schema,
+    /// PostgreSQL refused or failed a request.
+    Postgres,
+    /// The Iceberg catalog refused or failed a request.
+    Catalog,
+    /// Reading or writing data files failed.
+    Storage,
+    /// The committed data did not read back as written.
+    Verification,
+    /// Another permafrost instance holds the table.
+    Busy,
+    /// A value cannot be represented losslessly.
+    Unsupported,
+    /// Local I/O (files, processes).
+    Io,
+    /// A bug or an impossible state.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Exit code used by the binary for this kind of failure.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Config => 2,
+            ErrorKind::Schema | ErrorKind::Unsupported => 3,
+            ErrorKind::Postgres | ErrorKind::Catalog | ErrorKind::Storage => 4,
+            ErrorKind::Verification => 5,
+            ErrorKind::Busy => 6,
+            ErrorKind::Io | ErrorKind::Internal => 1,
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            ErrorKind::Config => "config",
+            ErrorKind::Schema => "schema",
+            ErrorKind::Postgres => "postgres",
+            ErrorKind::Catalog => "catalog",
+            ErrorKind::Storage => "storage",
+            ErrorKind::Verification => "verification",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Io => "io",
+            ErrorKind::Internal => "internal",
+        };
+        f.write_str(s)
+    }
+}
+
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The library's error.
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    context: Vec<(&'static str, String)>,
+    hint: Option<String>,
+    source: Option<Source>,
+}
+
+/// Result alias used throughout permafrost.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A new error of `kind` with a one-line `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            context: Vec::new(),
+            hint: None,
+            source: None,
+        }
+    }
+
+    /// Shorthand for a configuration error.
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+
+    /// Shorthand for an internal error (a bug).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    /// Attach a key/value of context (shown after the message).
+    pub fn with_context(mut self, key: &'static str, value: impl fmt::Display) -> Self {
+        self.context.push((key, value.to_string()));
+        self
+    }
+
+    /// Attach a hint telling the user what to do about it.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Attach the underlying cause.
+    pub fn with_source(mut self, source: impl Into<Source>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The one-line message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The hint, if any.
+    pub fn hint(&self) -> Option<&str> {
+        self.hint.as_deref()
+    }
+
+    /// Context key/values.
+    pub fn context(&self) -> &[(&'static str, String)] {
+        &self.context
+    }
+
+    /// Prefix the message with more specific information, keeping kind, hint and source.
+    pub fn prefixed(mut self, prefix: impl fmt::Display) -> Self {
+        self.message = format!("{prefix}: {}", self.message);
+        self
+    }
+
+    /// Converts a tokio-postgres error. Postgres never echoes passwords in its
+    /// errors, and the DSN is not part of the message.
+    pub fn postgres(what: impl fmt::Display, err: tokio_postgres::Error) -> Self {
+        let (message, hint) = match err.as_db_error() {
+            Some(db) => {
+                let hint = db
+                    .hint()
+                    .map(str::to_string)
+                    .or_else(|| postgres_hint(db.code()));
+                (format!("{what}: {}", db.message()), hint)
+            }
+            None => {
+                let text = err.to_string();
+                let hint = if err.is_closed()
+                    || text.contains("connect")
+                    || text.contains("Connection refused")
+                {
+                    Some("is PostgreSQL running and is `database.dsn` right?".to_string())
+                } else {
+                    None
+                };
+                (format!("{what}: {}", flatten_source(&err)), hint)
+            }
+        };
+        let mut e = Error::new(ErrorKind::Postgres, message);
+        e.hint = hint;
+        e.with_source(err)
+    }
+
+    /// Converts an iceberg-rust error; `what` says what we were doing.
+    pub fn iceberg(what: impl fmt::Display, err: iceberg::Error) -> Self {
+        use iceberg::ErrorKind as K;
+        let kind = match err.kind() {
+            K::TableNotFound
+            | K::NamespaceNotFound
+            | K::TableAlreadyExists
+            | K::NamespaceAlreadyExists => ErrorKind::Catalog,
+            K::CatalogCommitConflicts => ErrorKind::Catalog,
+            K::FeatureUnsupported => ErrorKind::Unsupported,
+            K::DataInvalid => ErrorKind::Catalog,
+            _ => ErrorKind::Catalog,
+        };
+        let text = one_line(&err.to_string());
+        let hint = iceberg_hint(&text);
+        let mut e = Error::new(kind, format!("{what}: {text}"));
+        e.hint = hint;
+        e
+    }
+
+    /// Converts a local I/O error.
+    pub fn io(what: impl fmt::Display, err: std::io::Error) -> Self {
+        Error::new(ErrorKind::Io, format!("{what}: {err}")).with_source(err)
+    }
+
+    /// Converts an Arrow error (a bug or an unsupported value).
+    pub fn arrow(what: impl fmt::Display, err: arrow_schema::ArrowError) -> Self {
+        Error::new(ErrorKind::Internal, format!("{what}: {err}"))
+    }
+}
+
+fn flatten_source(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Collapses a multi-line message into one line.
+fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+fn postgres_hint(code: &tokio_postgres::error::SqlState) -> Option<String> {
+    use tokio_postgres::error::SqlState as S;
+    let h = if *code == S::INVALID_PASSWORD || *code == S::INVALID_AUTHORIZATION_SPECIFICATION {
+        "check the user and password in `database.dsn`"
+    } else if *code == S::INSUFFICIENT_PRIVILEGE {
+        "the archiving role needs SELECT and DELETE on the table (GRANT SELECT, DELETE ON … TO …)"
+    } else if *code == S::INVALID_CATALOG_NAME {
+        "the database named in `database.dsn` does not exist"
+    } else if *code == S::QUERY_CANCELED {
+        "raise `database.statement_timeout` or lower `max_batch_rows`"
+    } else if *code == S::T_R_SERIALIZATION_FAILURE || *code == S::T_R_DEADLOCK_DETECTED {
+        "a concurrent writer touched the same rows; nothing was deleted, run again"
+    } else {
+        return None;
+    };
+    Some(h.to_string())
+}
+
+fn iceberg_hint(text: &str) -> Option<String> {
+    let t = text.to_ascii_lowercase();
+    let h = if t.contains("403")
+        || t.contains("401")
+        || t.contains("unauthorized")
+        || t.contains("forbidden")
+    {
+        "the catalog refused the credentials: check `credential`/`token` in the `catalog` section"
+    } else if t.contains("connection refused")
+        || t.contains("error sending request")
+        || t.contains("dns error")
+    {
+        "is the catalog reachable? check `uri` in the `catalog` section"
+    } else if t.contains("unable to open database file") {
+        "the SQL catalog's `uri` points to a file that cannot be created or opened"
+    } else {
+        return None;
+    };
+    Some(h.to_string())
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        for (k, v) in &self.context {
+            write!(f, " [{k}: {v}]")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} error: {self}", self.kind)?;
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {h})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_has_message_and_context() {
+        let e = Error::config("bad value")
+            .with_context("key", "tables[0].lag")
+            .with_hint("use 15d");
+        assert_eq!(e.to_string(), "bad value [key: tables[0].lag]");
+        assert_eq!(e.hint(), Some("use 15d"));
+        assert_eq!(e.kind().exit_code(), 2);
+    }
+
+    #[test]
+    fn one_line_collapses() {
+        assert_eq!(one_line("a\n  b\n\nc"), "a | b | c");
+    }
+}

@@ -1,0 +1,149 @@
+//! Inspecting archives: `status` (and, later, snapshots/list/show/fetch).
+//!
+//! Everything shown is derived from what the catalog and Postgres say now —
+//! there is no state of our own to drift.
+
+use serde::Serialize;
+
+use crate::config::{Config, TableConfig};
+use crate::error::Result;
+use crate::lake;
+use crate::plan::window::{Micros, rfc3339};
+use crate::plan::{self, BatchState, TableFacts, WindowState};
+use crate::source::{self, windows};
+
+/// The state of one table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableStatus {
+    pub source: String,
+    pub iceberg_table: String,
+    /// False until the first archive run creates the Iceberg table.
+    pub table_exists: bool,
+    pub partition_by: String,
+    pub cutoff: String,
+    pub windows_archived: usize,
+    /// Copied with `--no-delete`, rows still in Postgres.
+    pub windows_kept: usize,
+    pub windows_pending: usize,
+    pub windows_failed: usize,
+    pub batches: usize,
+    pub rows_archived: u64,
+    pub rows_pending: u64,
+    /// Rows newer than the cutoff (kept by the lag).
+    pub rows_recent: u64,
+    /// Rows whose time column is NULL: never archived.
+    pub rows_null_time: u64,
+    /// End of the newest archived window.
+    pub latest_window: Option<String>,
+    pub failed_batches: Vec<FailedBatch>,
+    /// Batches committed whose Postgres transaction did not commit; the next
+    /// archive run removes their rows from Postgres without re-archiving them.
+    pub unsettled_batches: Vec<String>,
+}
+
+/// A batch that failed verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedBatch {
+    pub batch_id: String,
+    pub window_start: String,
+    pub window_end: String,
+    pub reason: String,
+}
+
+/// `status` for the selected tables.
+pub async fn status(
+    cfg: &Config,
+    table: Option<&str>,
+    now: Option<Micros>,
+) -> Result<Vec<TableStatus>> {
+    let tables = cfg.select_tables(table)?;
+    let catalog = lake::open_catalog(&cfg.catalog).await?;
+    let client = source::connect(&cfg.database).await?;
+    let (_, server_now) = source::server_facts(&client).await?;
+    let now = now.unwrap_or(server_now);
+    let mut out = Vec::new();
+    for t in &tables {
+        out.push(table_status(catalog.as_ref(), &client, t, now).await?);
+    }
+    Ok(out)
+}
+
+async fn table_status(
+    catalog: &dyn iceberg::Catalog,
+    client: &tokio_postgres::Client,
+    t: &TableConfig,
+    now: Micros,
+) -> Result<TableStatus> {
+    let src = source::introspect::introspect(client, t).await?;
+    let cutoff = windows::cutoff(t.partition_by, now, t.lag);
+    let counts = windows::window_counts(client, &src, t.partition_by, cutoff).await?;
+    let (rows_null_time, rows_recent) = windows::unarchivable_counts(client, &src, cutoff).await?;
+    let table = lake::table::ensure_table(catalog, t, &src, false).await?;
+    let mut facts = TableFacts {
+        source: src.source_id(),
+        granularity: t.partition_by,
+        batches: vec![],
+        xact: Default::default(),
+        failed: Default::default(),
+        pending: counts.iter().map(|(w, _)| *w).collect(),
+    };
+    if let Some(table) = &table {
+        facts.batches = lake::commit::read_ledger(&table.table, &facts.source)?;
+        facts.failed = lake::commit::failed_batches(&table.table);
+        let xids: Vec<u64> = facts.batches.iter().filter_map(|b| b.xid).collect();
+        facts.xact = source::xact_status(client, &xids)
+            .await?
+            .into_iter()
+            .collect();
+    }
+    let ws = plan::window_states(&facts);
+    let states = plan::batch_states(&facts);
+    let count = |s: WindowState| ws.iter().filter(|w| w.state == s).count();
+    let rows_pending = counts
+        .iter()
+        .filter(|(w, _)| {
+            ws.iter()
+                .any(|x| x.window == *w && x.state == WindowState::Pending)
+        })
+        .map(|(_, n)| n)
+        .sum();
+    let latest = ws
+        .iter()
+        .filter(|w| w.state == WindowState::Archived)
+        .map(|w| w.window.end)
+        .max();
+    Ok(TableStatus {
+        source: t.source_name(),
+        iceberg_table: t.iceberg_name(),
+        table_exists: table.is_some(),
+        partition_by: t.partition_by.name().to_string(),
+        cutoff: rfc3339(cutoff),
+        windows_archived: count(WindowState::Archived),
+        windows_kept: count(WindowState::Kept),
+        windows_pending: count(WindowState::Pending),
+        windows_failed: count(WindowState::Failed),
+        batches: facts.batches.len(),
+        rows_archived: facts.batches.iter().map(|b| b.rows).sum(),
+        rows_pending,
+        rows_recent,
+        rows_null_time,
+        latest_window: latest.map(rfc3339),
+        failed_batches: facts
+            .batches
+            .iter()
+            .filter(|b| states.get(&b.batch_id) == Some(&BatchState::Failed))
+            .map(|b| FailedBatch {
+                batch_id: b.batch_id.clone(),
+                window_start: rfc3339(b.range.start),
+                window_end: rfc3339(b.range.end),
+                reason: facts.failed.get(&b.batch_id).cloned().unwrap_or_default(),
+            })
+            .collect(),
+        unsettled_batches: facts
+            .batches
+            .iter()
+            .filter(|b| states.get(&b.batch_id) == Some(&BatchState::Unsettled))
+            .map(|b| b.batch_id.clone())
+            .collect(),
+    })
+}

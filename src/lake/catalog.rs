@@ -1,0 +1,103 @@
+//! Building an iceberg-rust catalog from the `catalog` section.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use iceberg::{Catalog, CatalogBuilder};
+use iceberg_catalog_rest::RestCatalogBuilder;
+use iceberg_catalog_sql::SqlCatalogBuilder;
+use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
+
+use crate::config::{CatalogConfig, CatalogKind};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Opens the configured catalog.  Properties are passed to iceberg-rust
+/// unchanged; storage (`file://`, `s3://`) is chosen per path by OpenDAL.
+pub async fn open_catalog(cfg: &CatalogConfig) -> Result<Arc<dyn Catalog>> {
+    let props: HashMap<String, String> = cfg.properties.clone().into_iter().collect();
+    let factory = Arc::new(OpenDalResolvingStorageFactory::new());
+    let catalog: Arc<dyn Catalog> = match cfg.kind {
+        CatalogKind::Rest => Arc::new(
+            RestCatalogBuilder::default()
+                .with_storage_factory(factory)
+                .load(cfg.name.clone(), props)
+                .await
+                .map_err(|e| Error::iceberg(format!("cannot open the {}", cfg.describe()), e))?,
+        ),
+        CatalogKind::Sql => {
+            if let Some(path) = sqlite_path(&cfg.properties["uri"]) {
+                if let Some(dir) = std::path::Path::new(&path).parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        Error::io(
+                            format!(
+                                "cannot create the directory of the SQLite catalog {}",
+                                dir.display()
+                            ),
+                            e,
+                        )
+                    })?;
+                }
+            }
+            if let Some(dir) = cfg
+                .properties
+                .get("warehouse")
+                .and_then(|w| w.strip_prefix("file://"))
+            {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::io(format!("cannot create the warehouse directory {dir}"), e)
+                })?;
+            }
+            Arc::new(
+                SqlCatalogBuilder::default()
+                    .with_storage_factory(factory)
+                    .load(cfg.name.clone(), props)
+                    .await
+                    .map_err(|e| {
+                        Error::iceberg(format!("cannot open the {}", cfg.describe()), e)
+                    })?,
+            )
+        }
+    };
+    Ok(catalog)
+}
+
+/// Checks the catalog answers (and accepts our credentials) with a cheap call.
+pub async fn ping(catalog: &dyn Catalog, cfg: &CatalogConfig) -> Result<()> {
+    catalog
+        .list_namespaces(None)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::iceberg(format!("the {} does not answer", cfg.describe()), e))
+        .map_err(|e| {
+            if e.kind() == ErrorKind::Catalog && e.hint().is_none() {
+                e.with_hint("check the `catalog` section: uri, warehouse and credentials")
+            } else {
+                e
+            }
+        })
+}
+
+fn sqlite_path(uri: &str) -> Option<String> {
+    let rest = uri.strip_prefix("sqlite://")?;
+    let path = rest.split('?').next()?;
+    if path.is_empty() || path == ":memory:" {
+        None
+    } else {
+        Some(path.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_path("sqlite:///a/b/c.db?mode=rwc").as_deref(),
+            Some("/a/b/c.db")
+        );
+        assert_eq!(sqlite_path("sqlite://rel.db").as_deref(), Some("rel.db"));
+        assert_eq!(sqlite_path("postgresql://x/y"), None);
+    }
+}

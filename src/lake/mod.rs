@@ -1,0 +1,11 @@
+//! The Iceberg side: catalogs, the archive table's layout, writing data files,
+//! committing batches and reading them back.
+
+pub mod catalog;
+pub mod commit;
+pub mod readback;
+pub mod table;
+pub mod write;
+
+pub use catalog::open_catalog;
+pub use table::ArchiveTable;

@@ -1,0 +1,348 @@
+//! The archive table: schema, partition spec, sort order and properties
+//! derived from the source table, created once and checked on every run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_schema::SchemaRef as ArrowSchemaRef;
+use iceberg::spec::{
+    NestedField, NullOrder, Schema, SortDirection, SortField, SortOrder, UnboundPartitionSpec,
+};
+use iceberg::table::Table;
+use iceberg::{Catalog, NamespaceIdent, TableCreation, TableIdent};
+use serde::{Deserialize, Serialize};
+
+use crate::config::TableConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::plan::window::Granularity;
+use crate::source::SourceTable;
+use crate::types::PgKind;
+
+/// Table property keys.
+pub mod props {
+    pub const SOURCE: &str = "permafrost.source";
+    pub const TIME_COLUMN: &str = "permafrost.time-column";
+    pub const PARTITION_BY: &str = "permafrost.partition-by";
+    /// JSON array of `{name, type, not_null}`, in table order.
+    pub const PG_COLUMNS: &str = "permafrost.pg-columns";
+    /// JSON array of primary key column names.
+    pub const PG_PRIMARY_KEY: &str = "permafrost.pg-primary-key";
+    pub const VERSION: &str = "permafrost.version";
+}
+
+/// A column as recorded in `permafrost.pg-columns`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedColumn {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub pg_type: String,
+    pub not_null: bool,
+}
+
+/// The archive table, ready for writing batches of the source table.
+#[derive(Clone)]
+pub struct ArchiveTable {
+    pub ident: TableIdent,
+    pub table: Table,
+    /// Arrow schema of the rows (with Iceberg field ids), in write order.
+    pub arrow_schema: ArrowSchemaRef,
+    /// Source column names, in write order (the COPY select list).
+    pub columns: Vec<String>,
+    /// Decoder kind per column, in write order.
+    pub kinds: Vec<PgKind>,
+    /// Index of the time column in `columns`.
+    pub time_index: usize,
+    pub granularity: Granularity,
+    /// Name of the partition field, e.g. `recorded_at_day`.
+    pub partition_field: String,
+}
+
+/// The table identifier in the catalog.
+pub fn ident(t: &TableConfig) -> Result<TableIdent> {
+    let ns = NamespaceIdent::from_vec(t.namespace.clone())
+        .map_err(|e| Error::iceberg(format!("invalid namespace for {}", t.source_name()), e))?;
+    Ok(TableIdent::new(ns, t.table.clone()))
+}
+
+/// The Iceberg schema for `src`: field ids 1..n in column order, `required`
+/// for NOT NULL columns, the primary key as identifier fields.
+pub fn derive_schema(src: &SourceTable) -> Result<Schema> {
+    if let Some(bad) = src.unsupported().into_iter().next() {
+        return Err(
+            Error::new(ErrorKind::Schema, format!("{}: {bad}", src.qualified()))
+                .with_hint("unsupported columns cannot be archived yet; nothing was changed"),
+        );
+    }
+    let mut fields = Vec::with_capacity(src.columns.len());
+    for (i, c) in src.columns.iter().enumerate() {
+        let id = i as i32 + 1;
+        let kind = c
+            .kind
+            .clone()
+            .map_err(|e| Error::new(ErrorKind::Schema, e))?;
+        let f = if c.not_null {
+            NestedField::required(id, &c.name, kind.iceberg_type())
+        } else {
+            NestedField::optional(id, &c.name, kind.iceberg_type())
+        };
+        fields.push(Arc::new(f.with_doc(format!("postgres: {}", c.pg_type))));
+    }
+    let pk_ids: Vec<i32> = src
+        .primary_key
+        .iter()
+        .filter_map(|k| {
+            src.columns
+                .iter()
+                .position(|c| &c.name == k)
+                .map(|p| p as i32 + 1)
+        })
+        .collect();
+    let mut b = Schema::builder().with_schema_id(0).with_fields(fields);
+    if !pk_ids.is_empty() && pk_ids.len() == src.primary_key.len() {
+        b = b.with_identifier_field_ids(pk_ids);
+    }
+    b.build()
+        .map_err(|e| Error::iceberg("cannot build the Iceberg schema", e))
+}
+
+/// Table properties recorded at creation.
+fn creation_properties(cfg: &TableConfig, src: &SourceTable) -> Result<HashMap<String, String>> {
+    let cols: Vec<RecordedColumn> = src
+        .columns
+        .iter()
+        .map(|c| RecordedColumn {
+            name: c.name.clone(),
+            pg_type: c.pg_type.clone(),
+            not_null: c.not_null,
+        })
+        .collect();
+    let mut p = HashMap::new();
+    p.insert(props::SOURCE.into(), src.source_id());
+    p.insert(props::TIME_COLUMN.into(), src.time_column().name.clone());
+    p.insert(props::PARTITION_BY.into(), cfg.partition_by.name().into());
+    p.insert(
+        props::PG_COLUMNS.into(),
+        serde_json::to_string(&cols).map_err(|e| Error::internal(e.to_string()))?,
+    );
+    p.insert(
+        props::PG_PRIMARY_KEY.into(),
+        serde_json::to_string(&src.primary_key).map_err(|e| Error::internal(e.to_string()))?,
+    );
+    p.insert(props::VERSION.into(), crate::VERSION.into());
+    p.insert("write.format.default".into(), "parquet".into());
+    p.insert("write.parquet.compression-codec".into(), "zstd".into());
+    p.insert(
+        "write.parquet.compression-level".into(),
+        cfg.zstd_level.to_string(),
+    );
+    p.insert(
+        "write.target-file-size-bytes".into(),
+        cfg.target_file_size.to_string(),
+    );
+    Ok(p)
+}
+
+/// Loads the archive table of `cfg`, creating namespace and table when
+/// missing and `create` is true.  An existing table must match the source:
+/// same columns and types, and partitioned by the configured transform of the
+/// time column; otherwise this fails and nothing is written.
+pub async fn ensure_table(
+    catalog: &dyn Catalog,
+    cfg: &TableConfig,
+    src: &SourceTable,
+    create: bool,
+) -> Result<Option<ArchiveTable>> {
+    let ident = ident(cfg)?;
+    let exists = catalog
+        .table_exists(&ident)
+        .await
+        .map_err(|e| Error::iceberg(format!("cannot look up {ident} in the catalog"), e))?;
+    let table = if exists {
+        catalog
+            .load_table(&ident)
+            .await
+            .map_err(|e| Error::iceberg(format!("cannot load {ident}"), e))?
+    } else if !create {
+        return Ok(None);
+    } else {
+        let schema = derive_schema(src)?;
+        let ns = ident.namespace();
+        let ns_exists = catalog
+            .namespace_exists(ns)
+            .await
+            .map_err(|e| Error::iceberg(format!("cannot look up namespace {ns}"), e))?;
+        if !ns_exists {
+            if let Err(e) = catalog.create_namespace(ns, HashMap::new()).await {
+                // Another instance may have created it meanwhile.
+                if e.kind() != iceberg::ErrorKind::NamespaceAlreadyExists {
+                    return Err(Error::iceberg(format!("cannot create namespace {ns}"), e));
+                }
+            }
+        }
+        let time_id = src.time_index as i32 + 1;
+        let partition_field = format!("{}_{}", src.time_column().name, cfg.partition_by.name());
+        let spec = UnboundPartitionSpec::builder()
+            .add_partition_field(time_id, &partition_field, cfg.partition_by.transform())
+            .map_err(|e| Error::iceberg("cannot build the partition spec", e))?
+            .build();
+        let sort = SortOrder::builder()
+            .with_order_id(1)
+            .with_sort_field(
+                SortField::builder()
+                    .source_id(time_id)
+                    .direction(SortDirection::Ascending)
+                    .null_order(NullOrder::First)
+                    .transform(iceberg::spec::Transform::Identity)
+                    .build(),
+            )
+            .build(&schema)
+            .map_err(|e| Error::iceberg("cannot build the sort order", e))?;
+        let creation = TableCreation::builder()
+            .name(ident.name().to_string())
+            .schema(schema)
+            .partition_spec(spec)
+            .sort_order(sort)
+            .properties(creation_properties(cfg, src)?)
+            .build();
+        match catalog.create_table(ns, creation).await {
+            Ok(t) => {
+                tracing::info!("created Iceberg table {ident}");
+                t
+            }
+            Err(e) if e.kind() == iceberg::ErrorKind::TableAlreadyExists => catalog
+                .load_table(&ident)
+                .await
+                .map_err(|e| Error::iceberg(format!("cannot load {ident}"), e))?,
+            Err(e) => return Err(Error::iceberg(format!("cannot create {ident}"), e)),
+        }
+    };
+    bind(cfg, src, ident, table).map(Some)
+}
+
+/// Checks an existing table against the source and prepares the write layout.
+pub fn bind(
+    cfg: &TableConfig,
+    src: &SourceTable,
+    ident: TableIdent,
+    table: Table,
+) -> Result<ArchiveTable> {
+    let md = table.metadata();
+    let schema = md.current_schema().clone();
+    let incompatible = |what: String| {
+        Error::new(ErrorKind::Schema, format!("Iceberg table {ident} does not match {}: {what}", src.qualified()))
+            .with_hint("point `namespace`/`table` of this table at a new Iceberg table, or align the source; nothing was written")
+    };
+    if let Some(recorded) = md.properties().get(props::SOURCE) {
+        if recorded != &src.source_id() {
+            return Err(incompatible(format!("it archives {recorded}")));
+        }
+    }
+    if let Some(bad) = src.unsupported().into_iter().next() {
+        return Err(
+            Error::new(ErrorKind::Schema, format!("{}: {bad}", src.qualified()))
+                .with_hint("unsupported columns cannot be archived yet; nothing was changed"),
+        );
+    }
+    let mut columns = Vec::new();
+    let mut kinds = Vec::new();
+    for c in &src.columns {
+        let kind = c
+            .kind
+            .clone()
+            .map_err(|e| Error::new(ErrorKind::Schema, e))?;
+        let Some(field) = schema.field_by_name(&c.name) else {
+            return Err(incompatible(format!(
+                "column `{}` is not in the Iceberg schema",
+                c.name
+            )));
+        };
+        if *field.field_type != kind.iceberg_type() {
+            return Err(incompatible(format!(
+                "column `{}` is {} in Postgres ({}) but {} in Iceberg",
+                c.name,
+                c.pg_type,
+                kind.iceberg_type(),
+                field.field_type
+            )));
+        }
+        if field.required && !c.not_null {
+            return Err(incompatible(format!(
+                "column `{}` is required in Iceberg but nullable in Postgres",
+                c.name
+            )));
+        }
+    }
+    for f in schema.as_struct().fields() {
+        if !src.columns.iter().any(|c| c.name == f.name) {
+            return Err(incompatible(format!(
+                "Iceberg column `{}` is not in the source table",
+                f.name
+            )));
+        }
+    }
+    // Write order = Iceberg schema order.
+    for f in schema.as_struct().fields() {
+        let c = src
+            .columns
+            .iter()
+            .find(|c| c.name == f.name)
+            .ok_or_else(|| Error::internal("column vanished"))?;
+        columns.push(c.name.clone());
+        kinds.push(
+            c.kind
+                .clone()
+                .map_err(|e| Error::new(ErrorKind::Schema, e))?,
+        );
+    }
+    let time_name = &src.time_column().name;
+    let time_index = columns
+        .iter()
+        .position(|c| c == time_name)
+        .ok_or_else(|| Error::internal("time column vanished"))?;
+    let time_field = schema
+        .field_by_name(time_name)
+        .ok_or_else(|| Error::internal("time field vanished"))?;
+    let spec = md.default_partition_spec();
+    let fields = spec.fields();
+    let ok = fields.len() == 1
+        && fields[0].source_id == time_field.id
+        && fields[0].transform == cfg.partition_by.transform();
+    if !ok {
+        let desc: Vec<String> = fields
+            .iter()
+            .map(|f| format!("{}({})", f.transform, f.source_id))
+            .collect();
+        return Err(incompatible(format!(
+            "it is partitioned by [{}], not {}({})",
+            desc.join(", "),
+            cfg.partition_by.name(),
+            time_name
+        )));
+    }
+    let partition_field = fields[0].name.clone();
+    let arrow_schema = Arc::new(
+        iceberg::arrow::schema_to_arrow_schema(&schema)
+            .map_err(|e| Error::iceberg("cannot derive the Arrow schema", e))?,
+    );
+    Ok(ArchiveTable {
+        ident,
+        table,
+        arrow_schema,
+        columns,
+        kinds,
+        time_index,
+        granularity: cfg.partition_by,
+        partition_field,
+    })
+}
+
+impl ArchiveTable {
+    /// The select list in write order, quoted.
+    pub fn select_list(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| crate::filter::quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

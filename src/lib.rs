@@ -1,0 +1,30 @@
+//! permafrost: archive old rows of PostgreSQL time-series tables into Apache
+//! Iceberg tables, verified before anything is deleted.
+//!
+//! The module tree follows the data flow:
+//! [`config`] → [`plan`] (pure) → [`source`] (Postgres: introspect, extract,
+//! delete) → [`lake`] (Iceberg: table, write, commit, read back) → the use
+//! cases [`archive`], [`inspect`], [`check`], [`demo`] → [`cli`].
+
+pub mod archive;
+pub mod check;
+pub mod checksum;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod fault;
+pub mod filter;
+pub mod inspect;
+pub mod lake;
+pub mod notify;
+pub mod plan;
+pub mod progress;
+pub mod secret;
+pub mod source;
+pub mod types;
+
+/// The version written into snapshot summaries and table properties.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub use error::{Error, ErrorKind, Result};

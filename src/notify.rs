@@ -1,0 +1,41 @@
+//! Failure notifications: a JSON POST to `notify.webhook_url`.
+//!
+//! The payload follows the seed tool's shape (`service`, `event`, `table`,
+//! `batch_id`, `window_start`, `window_end`, `error`).  A notification that
+//! cannot be delivered is logged and never fails the run.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// One failure event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub service: &'static str,
+    pub event: &'static str,
+    pub table: String,
+    pub batch_id: Option<String>,
+    pub window_start: Option<String>,
+    pub window_end: Option<String>,
+    pub error: String,
+}
+
+/// Posts `event` to `url`; logs and swallows any failure.
+pub async fn send(url: Option<&str>, event: &Event) {
+    let Some(url) = url else { return };
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("webhook client: {e}");
+            return;
+        }
+    };
+    match client.post(url).json(event).send().await {
+        Ok(r) if r.status().is_success() => tracing::debug!("webhook delivered ({})", r.status()),
+        Ok(r) => tracing::warn!("webhook answered {}; continuing", r.status()),
+        Err(e) => tracing::warn!("webhook could not be delivered: {e}; continuing"),
+    }
+}

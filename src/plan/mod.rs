@@ -1,0 +1,782 @@
+//! Planning: pure functions from what the catalog and Postgres say now to what
+//! to do next.  No I/O here; everything is unit-tested without services.
+//!
+//! # The ledger
+//! Every archive batch is one Iceberg snapshot whose summary carries a
+//! [`BatchRecord`] (`permafrost.*` keys).  A batch covers a time range of whole
+//! windows.  A *move* batch was written from a Postgres transaction that
+//! deleted the rows it streamed (`DELETE … RETURNING`); that transaction's id is
+//! recorded (`permafrost.pg-xid`) and committed only after the snapshot was
+//! committed and verified.  A *copy* batch (`--no-delete`) deleted nothing.
+//!
+//! A batch is **settled** when its rows are certainly gone from Postgres:
+//! it is a move batch whose transaction committed, or a later settled batch
+//! lists it in `permafrost.reconciles`.  Every other batch is **open**: some of
+//! its rows may still be in Postgres (the process died between the Iceberg
+//! commit and the Postgres commit, the batch failed verification, or it was a
+//! copy).  Before a range with open batches is archived again, rows identical to
+//! rows of those open batches are removed from the stream (they are already in
+//! the archive) — this is what keeps a crash at any point from archiving a row
+//! twice.
+
+pub mod window;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+
+use self::window::{Granularity, Micros, Window, rfc3339};
+
+/// Snapshot summary keys written by permafrost.
+pub mod keys {
+    pub const BATCH_ID: &str = "permafrost.batch-id";
+    pub const SOURCE: &str = "permafrost.source";
+    pub const WINDOW_START: &str = "permafrost.window-start";
+    pub const WINDOW_END: &str = "permafrost.window-end";
+    pub const SEQUENCE: &str = "permafrost.sequence";
+    pub const ROWS: &str = "permafrost.rows";
+    pub const CHECKSUM: &str = "permafrost.checksum";
+    pub const MODE: &str = "permafrost.mode";
+    pub const PG_XID: &str = "permafrost.pg-xid";
+    pub const RECONCILES: &str = "permafrost.reconciles";
+    pub const RECONCILED_ROWS: &str = "permafrost.reconciled-rows";
+    pub const WINDOWS: &str = "permafrost.windows";
+    pub const PARTITION_BY: &str = "permafrost.partition-by";
+    pub const VERSION: &str = "permafrost.version";
+    /// Table property prefix marking a batch that failed verification.
+    pub const FAILED_PREFIX: &str = "permafrost.failed.";
+}
+
+/// How a batch treated the source rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchMode {
+    /// Rows were deleted in the same Postgres transaction that streamed them.
+    Move,
+    /// Rows were only copied (`--no-delete`).
+    Copy,
+}
+
+impl BatchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Move => "move",
+            Self::Copy => "copy",
+        }
+    }
+}
+
+/// One committed batch, as recorded in its snapshot summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchRecord {
+    pub batch_id: String,
+    pub snapshot_id: i64,
+    /// Commit time of the snapshot, milliseconds since the epoch.
+    pub committed_at_ms: i64,
+    #[serde(skip)]
+    pub range: Window,
+    pub sequence: u32,
+    pub mode: BatchMode,
+    pub xid: Option<u64>,
+    pub reconciles: Vec<String>,
+    pub rows: u64,
+    pub checksum: String,
+}
+
+impl BatchRecord {
+    /// Reads a batch from a snapshot summary; `None` when the snapshot is not a
+    /// permafrost batch of `source` (other writers may append to the table too).
+    pub fn from_summary(
+        source: &str,
+        snapshot_id: i64,
+        committed_at_ms: i64,
+        props: &HashMap<String, String>,
+    ) -> Option<Result<Self, String>> {
+        let batch_id = props.get(keys::BATCH_ID)?;
+        if props.get(keys::SOURCE).map(String::as_str) != Some(source) {
+            return None;
+        }
+        Some(Self::parse(batch_id, snapshot_id, committed_at_ms, props))
+    }
+
+    fn parse(
+        batch_id: &str,
+        snapshot_id: i64,
+        committed_at_ms: i64,
+        props: &HashMap<String, String>,
+    ) -> Result<Self, String> {
+        let get = |k: &str| {
+            props
+                .get(k)
+                .ok_or_else(|| format!("snapshot {snapshot_id}: `{k}` missing"))
+        };
+        let instant = |k: &str| -> Result<Micros, String> {
+            window::parse_instant(get(k)?)
+                .ok_or_else(|| format!("snapshot {snapshot_id}: `{k}` is not a timestamp"))
+        };
+        let num = |k: &str| -> Result<u64, String> {
+            get(k)?
+                .parse()
+                .map_err(|_| format!("snapshot {snapshot_id}: `{k}` is not a number"))
+        };
+        let mode = match get(keys::MODE)?.as_str() {
+            "move" => BatchMode::Move,
+            "copy" => BatchMode::Copy,
+            m => return Err(format!("snapshot {snapshot_id}: unknown mode `{m}`")),
+        };
+        let xid = match props.get(keys::PG_XID) {
+            Some(x) => Some(
+                x.parse()
+                    .map_err(|_| format!("snapshot {snapshot_id}: bad `{}`", keys::PG_XID))?,
+            ),
+            None => None,
+        };
+        let reconciles = props
+            .get(keys::RECONCILES)
+            .map(|s| {
+                s.split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            batch_id: batch_id.to_string(),
+            snapshot_id,
+            committed_at_ms,
+            range: Window {
+                start: instant(keys::WINDOW_START)?,
+                end: instant(keys::WINDOW_END)?,
+            },
+            sequence: num(keys::SEQUENCE)? as u32,
+            mode,
+            xid,
+            reconciles,
+            rows: num(keys::ROWS)?,
+            checksum: get(keys::CHECKSUM)?.clone(),
+        })
+    }
+}
+
+/// What Postgres says about a batch's transaction (`txid_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum XactStatus {
+    Committed,
+    Aborted,
+    InProgress,
+    /// Too old for Postgres to remember.
+    Unknown,
+}
+
+/// Everything the planner needs to know about one table, gathered by I/O code.
+#[derive(Debug, Clone)]
+pub struct TableFacts {
+    pub source: String,
+    pub granularity: Granularity,
+    /// Batches of this source, in commit order.
+    pub batches: Vec<BatchRecord>,
+    /// Status of the transaction of every move batch.
+    pub xact: HashMap<u64, XactStatus>,
+    /// Batches that failed verification: batch id → reason.
+    pub failed: BTreeMap<String, String>,
+    /// Windows entirely older than the cutoff that hold rows in Postgres, sorted.
+    pub pending: Vec<Window>,
+}
+
+/// The state of a batch, derived from [`TableFacts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BatchState {
+    /// Rows are in the archive and gone from Postgres.
+    Settled,
+    /// Copied with `--no-delete`; rows are still in Postgres.
+    Kept,
+    /// Committed, but its Postgres transaction did not commit: rows may still
+    /// be in Postgres and are removed (not archived again) by the next run.
+    Unsettled,
+    /// Failed verification; blocks its windows until `archive --force`.
+    Failed,
+    /// Its Postgres transaction is still running (another process).
+    InProgress,
+}
+
+/// Derives the state of every batch.
+pub fn batch_states(facts: &TableFacts) -> HashMap<String, BatchState> {
+    let mut settled_by_later: HashSet<&str> = HashSet::new();
+    let mut states = HashMap::new();
+    for b in facts.batches.iter().rev() {
+        let own = match (b.mode, b.xid) {
+            (BatchMode::Move, Some(x)) => {
+                facts.xact.get(&x).copied().unwrap_or(XactStatus::Unknown)
+            }
+            _ => XactStatus::Aborted,
+        };
+        let settled =
+            settled_by_later.contains(b.batch_id.as_str()) || own == XactStatus::Committed;
+        let state = if settled {
+            BatchState::Settled
+        } else if own == XactStatus::InProgress {
+            BatchState::InProgress
+        } else if facts.failed.contains_key(&b.batch_id) {
+            BatchState::Failed
+        } else if b.mode == BatchMode::Copy {
+            BatchState::Kept
+        } else {
+            BatchState::Unsettled
+        };
+        if settled {
+            for r in &b.reconciles {
+                settled_by_later.insert(r.as_str());
+            }
+        }
+        states.insert(b.batch_id.clone(), state);
+    }
+    states
+}
+
+/// Options of one planning pass.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanOptions {
+    /// Retry windows blocked by failed batches.
+    pub force: bool,
+    /// At most this many consecutive windows per batch.
+    pub batch_windows: u32,
+    /// Move (delete) or copy (`--no-delete`).
+    pub mode: BatchMode,
+}
+
+/// One batch to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedBatch {
+    pub batch_id: String,
+    #[serde(skip)]
+    pub range: Window,
+    pub sequence: u32,
+    /// Windows in the range that hold rows.
+    #[serde(skip)]
+    pub windows: Vec<Window>,
+    /// Open batches overlapping the range: rows identical to theirs are
+    /// already archived and are not written again.
+    pub reconcile: Vec<String>,
+}
+
+/// A window that will not be archived this run, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Blocked {
+    #[serde(skip)]
+    pub window: Window,
+    pub batch_id: String,
+    pub reason: String,
+}
+
+/// The planner's answer.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub batches: Vec<PlannedBatch>,
+    pub blocked: Vec<Blocked>,
+    /// Batches whose Postgres transaction is still running elsewhere.
+    pub in_progress: Vec<String>,
+}
+
+/// Deterministic batch id for (source, range, sequence).
+pub fn batch_id(source: &str, range: &Window, sequence: u32) -> String {
+    let key = format!(
+        "{source}|{}|{}|{sequence}",
+        rfc3339(range.start),
+        rfc3339(range.end)
+    );
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(key.as_bytes()))
+}
+
+/// Plans the batches of one run.
+///
+/// Contract: a planned batch never covers a window blocked by a failed batch
+/// (unless `force`), every open batch overlapping a planned range is listed in
+/// its `reconcile`, and nothing is planned while another transaction of this
+/// table is in progress.
+pub fn plan(facts: &TableFacts, opts: PlanOptions) -> Plan {
+    let states = batch_states(facts);
+    let in_progress: Vec<String> = facts
+        .batches
+        .iter()
+        .filter(|b| states.get(&b.batch_id) == Some(&BatchState::InProgress))
+        .map(|b| b.batch_id.clone())
+        .collect();
+    if !in_progress.is_empty() {
+        return Plan {
+            batches: vec![],
+            blocked: vec![],
+            in_progress,
+        };
+    }
+    let is_open = |b: &BatchRecord| match states.get(&b.batch_id) {
+        Some(BatchState::Settled) | None => false,
+        Some(BatchState::Failed) => true,
+        Some(_) => true,
+    };
+
+    let g = facts.granularity;
+    let mut blocked = Vec::new();
+    let mut runnable: Vec<Window> = Vec::new();
+    for w in &facts.pending {
+        let failed = facts
+            .batches
+            .iter()
+            .find(|b| b.range.overlaps(w) && states.get(&b.batch_id) == Some(&BatchState::Failed));
+        match failed {
+            Some(b) if !opts.force => blocked.push(Blocked {
+                window: *w,
+                batch_id: b.batch_id.clone(),
+                reason: facts.failed.get(&b.batch_id).cloned().unwrap_or_default(),
+            }),
+            _ => runnable.push(*w),
+        }
+    }
+
+    // Group consecutive runnable windows, never across a blocked one.
+    let mut groups: Vec<Vec<Window>> = Vec::new();
+    for w in runnable {
+        let extend = groups.last().is_some_and(|grp| {
+            let first = grp[0];
+            let span_ok = g.ordinal(w.start) - g.ordinal(first.start) < opts.batch_windows as i64;
+            let last = grp[grp.len() - 1];
+            let crosses_blocked = blocked
+                .iter()
+                .any(|b| b.window.start >= last.end && b.window.end <= w.start);
+            span_ok && !crosses_blocked
+        });
+        if extend {
+            if let Some(grp) = groups.last_mut() {
+                grp.push(w);
+            }
+        } else {
+            groups.push(vec![w]);
+        }
+    }
+
+    let batches = groups
+        .into_iter()
+        .map(|windows| {
+            let range = Window {
+                start: windows[0].start,
+                end: windows[windows.len() - 1].end,
+            };
+            let sequence = facts
+                .batches
+                .iter()
+                .filter(|b| b.range.overlaps(&range))
+                .map(|b| b.sequence)
+                .max()
+                .unwrap_or(0)
+                + 1;
+            let reconcile = facts
+                .batches
+                .iter()
+                .filter(|b| b.range.overlaps(&range) && is_open(b))
+                .map(|b| b.batch_id.clone())
+                .collect();
+            PlannedBatch {
+                batch_id: batch_id(&facts.source, &range, sequence),
+                range,
+                sequence,
+                windows,
+                reconcile,
+            }
+        })
+        .collect();
+    Plan {
+        batches,
+        blocked,
+        in_progress: vec![],
+    }
+}
+
+/// The state of a window, for `status` and `list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WindowState {
+    /// In the archive, gone from Postgres.
+    Archived,
+    /// In the archive (copied with `--no-delete`), rows still in Postgres.
+    Kept,
+    /// Rows in Postgres wait to be archived.
+    Pending,
+    /// A batch of this window failed verification.
+    Failed,
+}
+
+/// Per-window summary derived from the facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSummary {
+    pub window: Window,
+    pub state: WindowState,
+    /// Rows archived in batches whose range is this window or covers it.
+    pub batches: Vec<String>,
+}
+
+/// Every window known to the catalog or waiting in Postgres, with its state.
+pub fn window_states(facts: &TableFacts) -> Vec<WindowSummary> {
+    let states = batch_states(facts);
+    let g = facts.granularity;
+    let mut windows: BTreeMap<Micros, WindowSummary> = BTreeMap::new();
+    for b in &facts.batches {
+        let mut n = g.ordinal(b.range.start);
+        loop {
+            let w = g.window(n);
+            if w.start >= b.range.end {
+                break;
+            }
+            windows
+                .entry(w.start)
+                .or_insert(WindowSummary {
+                    window: w,
+                    state: WindowState::Archived,
+                    batches: vec![],
+                })
+                .batches
+                .push(b.batch_id.clone());
+            n += 1;
+        }
+    }
+    let pending: HashSet<Micros> = facts.pending.iter().map(|w| w.start).collect();
+    for w in &facts.pending {
+        windows.entry(w.start).or_insert(WindowSummary {
+            window: *w,
+            state: WindowState::Pending,
+            batches: vec![],
+        });
+    }
+    for ws in windows.values_mut() {
+        let st: Vec<BatchState> = ws
+            .batches
+            .iter()
+            .filter_map(|id| states.get(id).copied())
+            .collect();
+        ws.state = if st.contains(&BatchState::Failed) {
+            WindowState::Failed
+        } else if !pending.contains(&ws.window.start) {
+            WindowState::Archived
+        } else if st.contains(&BatchState::Kept) {
+            WindowState::Kept
+        } else {
+            WindowState::Pending
+        };
+    }
+    windows.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window::parse_instant;
+    use super::*;
+
+    fn day(s: &str) -> Window {
+        Granularity::Day.window_of(parse_instant(s).unwrap())
+    }
+
+    fn rec(
+        id: &str,
+        range: Window,
+        seq: u32,
+        mode: BatchMode,
+        xid: Option<u64>,
+        reconciles: &[&str],
+    ) -> BatchRecord {
+        BatchRecord {
+            batch_id: id.into(),
+            snapshot_id: 1,
+            committed_at_ms: 0,
+            range,
+            sequence: seq,
+            mode,
+            xid,
+            reconciles: reconciles.iter().map(|s| s.to_string()).collect(),
+            rows: 10,
+            checksum: "x".into(),
+        }
+    }
+
+    fn facts(
+        batches: Vec<BatchRecord>,
+        xact: &[(u64, XactStatus)],
+        pending: Vec<Window>,
+    ) -> TableFacts {
+        TableFacts {
+            source: "db.public.t".into(),
+            granularity: Granularity::Day,
+            batches,
+            xact: xact.iter().copied().collect(),
+            failed: BTreeMap::new(),
+            pending,
+        }
+    }
+
+    const MOVE: PlanOptions = PlanOptions {
+        force: false,
+        batch_windows: 1,
+        mode: BatchMode::Move,
+    };
+
+    #[test]
+    fn batch_ids_are_deterministic_and_distinct() {
+        let w = day("2024-01-01");
+        assert_eq!(batch_id("s", &w, 1), batch_id("s", &w, 1));
+        assert_ne!(batch_id("s", &w, 1), batch_id("s", &w, 2));
+        assert_ne!(batch_id("s", &w, 1), batch_id("t", &w, 1));
+        assert_eq!(batch_id("s", &w, 1).len(), 16);
+    }
+
+    #[test]
+    fn fresh_table_plans_one_batch_per_pending_window() {
+        let f = facts(
+            vec![],
+            &[],
+            vec![day("2024-01-01"), day("2024-01-02"), day("2024-01-05")],
+        );
+        let p = plan(&f, MOVE);
+        assert_eq!(p.batches.len(), 3);
+        assert!(
+            p.batches
+                .iter()
+                .all(|b| b.sequence == 1 && b.reconcile.is_empty())
+        );
+    }
+
+    #[test]
+    fn groups_consecutive_windows_up_to_batch_windows() {
+        let f = facts(
+            vec![],
+            &[],
+            vec![
+                day("2024-01-01"),
+                day("2024-01-02"),
+                day("2024-01-03"),
+                day("2024-01-09"),
+            ],
+        );
+        let p = plan(
+            &f,
+            PlanOptions {
+                batch_windows: 2,
+                ..MOVE
+            },
+        );
+        let ranges: Vec<_> = p
+            .batches
+            .iter()
+            .map(|b| (rfc3339(b.range.start), rfc3339(b.range.end)))
+            .collect();
+        assert_eq!(
+            ranges,
+            vec![
+                (
+                    "2024-01-01T00:00:00Z".to_string(),
+                    "2024-01-03T00:00:00Z".to_string()
+                ),
+                (
+                    "2024-01-03T00:00:00Z".to_string(),
+                    "2024-01-04T00:00:00Z".to_string()
+                ),
+                (
+                    "2024-01-09T00:00:00Z".to_string(),
+                    "2024-01-10T00:00:00Z".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn committed_move_batch_is_settled_and_late_rows_get_next_sequence() {
+        let w = day("2024-01-01");
+        let f = facts(
+            vec![rec("a", w, 1, BatchMode::Move, Some(7), &[])],
+            &[(7, XactStatus::Committed)],
+            vec![w],
+        );
+        assert_eq!(batch_states(&f)["a"], BatchState::Settled);
+        let p = plan(&f, MOVE);
+        assert_eq!(p.batches.len(), 1);
+        assert_eq!(p.batches[0].sequence, 2);
+        assert!(p.batches[0].reconcile.is_empty());
+    }
+
+    #[test]
+    fn aborted_move_batch_must_be_reconciled() {
+        let w = day("2024-01-01");
+        let f = facts(
+            vec![rec("a", w, 1, BatchMode::Move, Some(7), &[])],
+            &[(7, XactStatus::Aborted)],
+            vec![w],
+        );
+        assert_eq!(batch_states(&f)["a"], BatchState::Unsettled);
+        let p = plan(&f, MOVE);
+        assert_eq!(p.batches[0].reconcile, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn unknown_xact_is_treated_as_open() {
+        let w = day("2024-01-01");
+        let f = facts(
+            vec![rec("a", w, 1, BatchMode::Move, Some(7), &[])],
+            &[],
+            vec![w],
+        );
+        assert_eq!(plan(&f, MOVE).batches[0].reconcile, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn settled_reconciler_settles_what_it_lists() {
+        let w = day("2024-01-01");
+        let f = facts(
+            vec![
+                rec("a", w, 1, BatchMode::Move, Some(7), &[]),
+                rec("c", w, 2, BatchMode::Copy, None, &[]),
+                rec("b", w, 3, BatchMode::Move, Some(9), &["a", "c"]),
+            ],
+            &[(7, XactStatus::Aborted), (9, XactStatus::Committed)],
+            vec![w],
+        );
+        let s = batch_states(&f);
+        assert_eq!(
+            (s["a"], s["b"], s["c"]),
+            (
+                BatchState::Settled,
+                BatchState::Settled,
+                BatchState::Settled
+            )
+        );
+        let p = plan(&f, MOVE);
+        assert!(p.batches[0].reconcile.is_empty());
+        assert_eq!(p.batches[0].sequence, 4);
+    }
+
+    #[test]
+    fn unsettled_reconciler_settles_nothing() {
+        let w = day("2024-01-01");
+        let f = facts(
+            vec![
+                rec("a", w, 1, BatchMode::Move, Some(7), &[]),
+                rec("b", w, 2, BatchMode::Move, Some(9), &["a"]),
+            ],
+            &[(7, XactStatus::Aborted), (9, XactStatus::Aborted)],
+            vec![w],
+        );
+        assert_eq!(
+            plan(&f, MOVE).batches[0].reconcile,
+            vec!["a".to_string(), "b".to_string()]
+        );
+    }
+
+    #[test]
+    fn in_progress_transaction_plans_nothing() {
+        let w = day("2024-01-01");
+        let f = facts(
+            vec![rec("a", w, 1, BatchMode::Move, Some(7), &[])],
+            &[(7, XactStatus::InProgress)],
+            vec![w],
+        );
+        let p = plan(&f, MOVE);
+        assert!(p.batches.is_empty());
+        assert_eq!(p.in_progress, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn failed_batch_blocks_until_force() {
+        let (w1, w2, w3) = (day("2024-01-01"), day("2024-01-02"), day("2024-01-03"));
+        let mut f = facts(
+            vec![rec("a", w2, 1, BatchMode::Move, Some(7), &[])],
+            &[(7, XactStatus::Aborted)],
+            vec![w1, w2, w3],
+        );
+        f.failed.insert("a".into(), "checksum mismatch".into());
+        let p = plan(
+            &f,
+            PlanOptions {
+                batch_windows: 5,
+                ..MOVE
+            },
+        );
+        assert_eq!(p.blocked.len(), 1);
+        assert_eq!(p.blocked[0].window, w2);
+        // The group is split around the blocked window.
+        assert_eq!(p.batches.len(), 2);
+        assert!(p.batches.iter().all(|b| !b.range.overlaps(&w2)));
+
+        let p = plan(
+            &f,
+            PlanOptions {
+                batch_windows: 5,
+                force: true,
+                ..MOVE
+            },
+        );
+        assert!(p.blocked.is_empty());
+        assert_eq!(p.batches.len(), 1);
+        assert_eq!(p.batches[0].reconcile, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn window_states_follow_batches_and_postgres() {
+        let (w1, w2, w3, w4) = (
+            day("2024-01-01"),
+            day("2024-01-02"),
+            day("2024-01-03"),
+            day("2024-01-04"),
+        );
+        let mut f = facts(
+            vec![
+                rec("a", w1, 1, BatchMode::Move, Some(7), &[]),
+                rec("k", w2, 1, BatchMode::Copy, None, &[]),
+                rec("f", w3, 1, BatchMode::Move, Some(8), &[]),
+            ],
+            &[(7, XactStatus::Committed), (8, XactStatus::Aborted)],
+            vec![w2, w3, w4],
+        );
+        f.failed.insert("f".into(), "bad".into());
+        let st: Vec<_> = window_states(&f).into_iter().map(|s| s.state).collect();
+        assert_eq!(
+            st,
+            vec![
+                WindowState::Archived,
+                WindowState::Kept,
+                WindowState::Failed,
+                WindowState::Pending
+            ]
+        );
+    }
+
+    #[test]
+    fn summary_roundtrip() {
+        let mut props = HashMap::new();
+        props.insert(keys::BATCH_ID.to_string(), "abc".to_string());
+        props.insert(keys::SOURCE.to_string(), "db.public.t".to_string());
+        props.insert(
+            keys::WINDOW_START.to_string(),
+            "2024-01-01T00:00:00Z".to_string(),
+        );
+        props.insert(
+            keys::WINDOW_END.to_string(),
+            "2024-01-02T00:00:00Z".to_string(),
+        );
+        props.insert(keys::SEQUENCE.to_string(), "2".to_string());
+        props.insert(keys::MODE.to_string(), "move".to_string());
+        props.insert(keys::PG_XID.to_string(), "12345".to_string());
+        props.insert(keys::RECONCILES.to_string(), "x,y".to_string());
+        props.insert(keys::ROWS.to_string(), "10".to_string());
+        props.insert(keys::CHECKSUM.to_string(), "ff".to_string());
+        let r = BatchRecord::from_summary("db.public.t", 5, 6, &props)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.range, day("2024-01-01"));
+        assert_eq!(r.xid, Some(12345));
+        assert_eq!(r.reconciles, vec!["x".to_string(), "y".to_string()]);
+        assert!(BatchRecord::from_summary("db.public.other", 5, 6, &props).is_none());
+        props.remove(keys::ROWS);
+        assert!(
+            BatchRecord::from_summary("db.public.t", 5, 6, &props)
+                .unwrap()
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! The Postgres side: connections, table introspection, window discovery,
+//! streaming extraction (binary COPY → Arrow) and the delete transaction.
+
+pub mod extract;
+pub mod introspect;
+pub mod windows;
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::DatabaseConfig;
+use crate::error::{Error, ErrorKind, Result};
+
+pub use introspect::{SourceColumn, SourceTable};
+
+/// Opens one connection with permafrost's session settings:
+/// UTC, standard-conforming strings, `statement_timeout` from the config and
+/// `application_name = permafrost`.
+pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
+    let mut cfg: tokio_postgres::Config = db
+        .dsn
+        .parse()
+        .map_err(|e| Error::config(format!("`database.dsn` is not valid: {e}")))?;
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("permafrost");
+    }
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(Duration::from_secs(10));
+    }
+    cfg.keepalives(true)
+        .keepalives_idle(Duration::from_secs(30));
+    let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
+        Error::postgres(
+            format!("cannot connect to PostgreSQL at {}", db.describe()),
+            e,
+        )
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("postgres connection ended: {e}");
+        }
+    });
+    let timeout_ms = db.statement_timeout.as_millis();
+    let setup = format!(
+        "SET TimeZone = 'UTC'; SET standard_conforming_strings = on; SET DateStyle = 'ISO'; \
+         SET extra_float_digits = 3; SET statement_timeout = {timeout_ms}; \
+         SET idle_in_transaction_session_timeout = 0"
+    );
+    client
+        .batch_execute(&setup)
+        .await
+        .map_err(|e| Error::postgres("cannot configure the PostgreSQL session", e))?;
+    Ok(client)
+}
+
+/// The database name and the server's current time (µs since the epoch, UTC).
+pub async fn server_facts(client: &Client) -> Result<(String, i64)> {
+    let row = client
+        .query_one(
+            "SELECT current_database()::text, (extract(epoch from now()) * 1000000)::int8, \
+             current_setting('server_version_num')::int",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot query the server", e))?;
+    let version: i32 = row.get(2);
+    if version < 120000 {
+        return Err(Error::new(
+            ErrorKind::Postgres,
+            format!("PostgreSQL {} is too old", version / 10000),
+        )
+        .with_hint("permafrost needs PostgreSQL 12 or newer"));
+    }
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Key of the session advisory lock that guards one source table.
+pub fn lock_key(table_oid: u32) -> i64 {
+    // "pf" in the high bits keeps us away from other applications' keys.
+    (0x7066_i64 << 32) | table_oid as i64
+}
+
+/// Tries to take the table's advisory lock on `client`'s session; with `wait`,
+/// blocks until it is free.  The lock is held until [`unlock_table`] or until
+/// the session ends — a crashed process never leaves it behind.
+pub async fn lock_table(client: &Client, table_oid: u32, wait: bool) -> Result<bool> {
+    let key = lock_key(table_oid);
+    if wait {
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&key])
+            .await
+            .map_err(|e| Error::postgres("cannot take the table's advisory lock", e))?;
+        Ok(true)
+    } else {
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await
+            .map_err(|e| Error::postgres("cannot take the table's advisory lock", e))?;
+        Ok(row.get(0))
+    }
+}
+
+/// Releases the lock taken by [`lock_table`].
+pub async fn unlock_table(client: &Client, table_oid: u32) -> Result<()> {
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&lock_key(table_oid)])
+        .await
+        .map_err(|e| Error::postgres("cannot release the table's advisory lock", e))?;
+    Ok(())
+}
+
+/// The application name and pid of the session holding the table's lock, if any.
+pub async fn lock_holder(client: &Client, table_oid: u32) -> Result<Option<String>> {
+    let key = lock_key(table_oid);
+    let rows = client
+        .query(
+            "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text, 'local'), a.backend_start::text \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid",
+            &[&key],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot look up the advisory lock holder", e))?;
+    Ok(rows.first().map(|r| {
+        let pid: i32 = r.get(0);
+        let app: String = r.get(1);
+        let addr: String = r.get(2);
+        let since: String = r.get(3);
+        format!("pid {pid} ({app}, from {addr}, connected since {since})")
+    }))
+}
+
+/// `txid_status` for each transaction id.
+pub async fn xact_status(
+    client: &Client,
+    xids: &[u64],
+) -> Result<Vec<(u64, crate::plan::XactStatus)>> {
+    use crate::plan::XactStatus;
+    let mut out = Vec::with_capacity(xids.len());
+    for x in xids {
+        let xi = *x as i64;
+        let status = match client.query_one("SELECT txid_status($1)", &[&xi]).await {
+            Ok(row) => match row.get::<_, Option<String>>(0).as_deref() {
+                Some("committed") => XactStatus::Committed,
+                Some("aborted") => XactStatus::Aborted,
+                Some("in progress") => XactStatus::InProgress,
+                _ => XactStatus::Unknown,
+            },
+            // "transaction ID … is in the future": not this cluster's history.
+            Err(e) if e.as_db_error().is_some() => XactStatus::Unknown,
+            Err(e) => return Err(Error::postgres("cannot read transaction status", e)),
+        };
+        out.push((*x, status));
+    }
+    Ok(out)
+}
