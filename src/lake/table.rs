@@ -173,8 +173,10 @@ pub async fn ensure_table(
             .map_err(|e| Error::iceberg(format!("cannot look up namespace {ns}"), e))?;
         if !ns_exists {
             if let Err(e) = catalog.create_namespace(ns, HashMap::new()).await {
-                // Another instance may have created it meanwhile.
-                if e.kind() != iceberg::ErrorKind::NamespaceAlreadyExists {
+                // Another table (or instance) may have created it meanwhile; the
+                // SQL catalog reports that as a generic constraint error.
+                let now_exists = catalog.namespace_exists(ns).await.unwrap_or(false);
+                if e.kind() != iceberg::ErrorKind::NamespaceAlreadyExists && !now_exists {
                     return Err(Error::iceberg(format!("cannot create namespace {ns}"), e));
                 }
             }

@@ -339,7 +339,10 @@ pub fn plan(facts: &TableFacts, opts: PlanOptions) -> Plan {
     for w in runnable {
         let extend = groups.last().is_some_and(|grp| {
             let first = grp[0];
-            let span_ok = g.ordinal(w.start) - g.ordinal(first.start) < opts.batch_windows as i64;
+            // Groups are aligned: with 24 hourly windows per batch, a batch is one UTC day.
+            let bw = opts.batch_windows.max(1) as i64;
+            let span_ok =
+                g.ordinal(w.start).div_euclid(bw) == g.ordinal(first.start).div_euclid(bw);
             let last = grp[grp.len() - 1];
             let crosses_blocked = blocked
                 .iter()
@@ -567,20 +570,65 @@ mod tests {
             .iter()
             .map(|b| (rfc3339(b.range.start), rfc3339(b.range.end)))
             .collect();
+        // Day ordinals 19723..: groups of two are aligned on even ordinals.
         assert_eq!(
             ranges,
             vec![
                 (
                     "2024-01-01T00:00:00Z".to_string(),
-                    "2024-01-03T00:00:00Z".to_string()
+                    "2024-01-02T00:00:00Z".to_string()
                 ),
                 (
-                    "2024-01-03T00:00:00Z".to_string(),
+                    "2024-01-02T00:00:00Z".to_string(),
                     "2024-01-04T00:00:00Z".to_string()
                 ),
                 (
                     "2024-01-09T00:00:00Z".to_string(),
                     "2024-01-10T00:00:00Z".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn hourly_batches_are_whole_days() {
+        let g = Granularity::Hour;
+        let start = parse_instant("2024-01-01T05:00:00Z").unwrap();
+        let pending: Vec<Window> = (0..30)
+            .map(|i| g.window_of(start + i * 3_600_000_000))
+            .collect();
+        let mut f = facts(vec![], &[], pending);
+        f.granularity = g;
+        let p = plan(
+            &f,
+            PlanOptions {
+                batch_windows: 24,
+                ..MOVE
+            },
+        );
+        let ranges: Vec<_> = p
+            .batches
+            .iter()
+            .map(|b| {
+                (
+                    rfc3339(b.range.start),
+                    rfc3339(b.range.end),
+                    b.windows.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ranges,
+            vec![
+                (
+                    "2024-01-01T05:00:00Z".to_string(),
+                    "2024-01-02T00:00:00Z".to_string(),
+                    19
+                ),
+                (
+                    "2024-01-02T00:00:00Z".to_string(),
+                    "2024-01-02T11:00:00Z".to_string(),
+                    11
                 ),
             ]
         );
@@ -693,7 +741,7 @@ mod tests {
         let p = plan(
             &f,
             PlanOptions {
-                batch_windows: 5,
+                batch_windows: 30,
                 ..MOVE
             },
         );
@@ -706,7 +754,7 @@ mod tests {
         let p = plan(
             &f,
             PlanOptions {
-                batch_windows: 5,
+                batch_windows: 30,
                 force: true,
                 ..MOVE
             },

@@ -1,0 +1,327 @@
+//! Shared helpers for the integration tests: service endpoints (from the
+//! environment `scripts/test` sets up), per-test databases and workspaces,
+//! running the binary, catalog configurations and the Python interop reader.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+use tokio_postgres::{Client, NoTls};
+
+/// Endpoints of the services started by `scripts/test`.
+#[derive(Clone, Debug)]
+pub struct Services {
+    /// DSN of the cluster's `postgres` database (superuser).
+    pub pg: String,
+    pub s3: String,
+    pub rest: String,
+    pub key: String,
+    pub secret: String,
+    pub python: String,
+}
+
+/// The services, or `None` when the environment does not name them (plain
+/// `cargo test`); with `PERMAFROST_TEST_REQUIRE=1` a missing service panics.
+pub fn services() -> Option<Services> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let s = (|| {
+        Some(Services {
+            pg: get("PERMAFROST_TEST_PG")?,
+            s3: get("PERMAFROST_TEST_S3_ENDPOINT")?,
+            rest: get("PERMAFROST_TEST_REST_URI")?,
+            key: get("PERMAFROST_TEST_S3_KEY")?,
+            secret: get("PERMAFROST_TEST_S3_SECRET")?,
+            python: get("PERMAFROST_TEST_PYTHON")?,
+        })
+    })();
+    if s.is_none() && get("PERMAFROST_TEST_REQUIRE").is_some() {
+        panic!(
+            "PERMAFROST_TEST_REQUIRE is set but the PERMAFROST_TEST_* service variables are missing"
+        );
+    }
+    s
+}
+
+/// Returns the services or skips the test (returns) with a note.
+#[macro_export]
+macro_rules! services {
+    () => {
+        match $crate::common::services() {
+            Some(s) => s,
+            None => {
+                eprintln!("skipped: test services are not configured (run scripts/test)");
+                return;
+            }
+        }
+    };
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test run.
+pub fn unique(tag: &str) -> String {
+    format!(
+        "{tag}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+pub async fn connect(dsn: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(dsn, NoTls)
+        .await
+        .expect("connect to test postgres");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A fresh database in the test cluster.
+pub struct TestDb {
+    pub name: String,
+    pub dsn: String,
+}
+
+impl TestDb {
+    pub async fn create(s: &Services, tag: &str) -> Self {
+        let name = unique(tag);
+        let admin = connect(&s.pg).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create database");
+        let dsn =
+            s.pg.rsplit_once('/')
+                .map(|(base, _)| format!("{base}/{name}"))
+                .expect("dsn has a database");
+        Self { name, dsn }
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.dsn).await
+    }
+}
+
+/// A temporary directory for configs, catalogs and warehouses.
+pub struct Ws {
+    pub dir: tempfile::TempDir,
+}
+
+/// Output of one run of the binary.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// The lines starting with `error:`.
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect()
+    }
+}
+
+impl Ws {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("permafrost-test-")
+                .tempdir()
+                .expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `permafrost.yaml` (or `name`) and returns its path.
+    pub fn config(&self, name: &str, yaml: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, yaml).expect("write config");
+        p
+    }
+
+    /// Runs the binary in this directory.
+    pub fn run(&self, args: &[&str]) -> Out {
+        self.run_env(args, &[])
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_permafrost"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run permafrost");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// Which catalog a test archives into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cat {
+    Sqlite,
+    Postgres,
+    Rest,
+}
+
+/// A catalog set up for one test.
+pub struct CatalogSetup {
+    pub kind: Cat,
+    /// The `catalog:` section of the config.
+    pub yaml: String,
+    /// PyIceberg `load_catalog` name and properties.
+    pub py_name: String,
+    pub py_props: Value,
+    pub namespace: String,
+}
+
+impl CatalogSetup {
+    pub async fn new(kind: Cat, s: &Services, ws: &Ws) -> Self {
+        let namespace = unique("ns");
+        let warehouse = format!("file://{}/warehouse", ws.path().display());
+        match kind {
+            Cat::Sqlite => {
+                let db = format!("{}/catalog.db", ws.path().display());
+                Self {
+                    kind,
+                    yaml: format!(
+                        "catalog:\n  type: sql\n  name: permafrost\n  uri: \"sqlite://{db}?mode=rwc\"\n  warehouse: \"{warehouse}\"\n"
+                    ),
+                    py_name: "permafrost".into(),
+                    py_props: serde_json::json!({"type": "sql", "uri": format!("sqlite:///{db}"), "warehouse": warehouse}),
+                    namespace,
+                }
+            }
+            Cat::Postgres => {
+                let cat_db = TestDb::create(s, "catalog").await;
+                let sa = cat_db
+                    .dsn
+                    .replacen("postgresql://", "postgresql+psycopg2://", 1);
+                Self {
+                    kind,
+                    yaml: format!(
+                        "catalog:\n  type: sql\n  name: permafrost\n  uri: \"{}\"\n  warehouse: \"{warehouse}\"\n",
+                        cat_db.dsn
+                    ),
+                    py_name: "permafrost".into(),
+                    py_props: serde_json::json!({"type": "sql", "uri": sa, "warehouse": warehouse}),
+                    namespace,
+                }
+            }
+            Cat::Rest => Self {
+                kind,
+                yaml: format!(
+                    "catalog:\n  type: rest\n  name: rest\n  uri: {}\n  warehouse: s3://warehouse\n  credential: \"${{TEST_S3_KEY}}:${{TEST_S3_SECRET}}\"\n  s3.endpoint: {}\n  s3.access-key-id: \"${{TEST_S3_KEY}}\"\n  s3.secret-access-key: \"${{TEST_S3_SECRET}}\"\n  s3.region: us-east-1\n  s3.path-style-access: true\n",
+                    s.rest, s.s3
+                ),
+                py_name: "rest".into(),
+                py_props: serde_json::json!({
+                    "type": "rest", "uri": s.rest, "warehouse": "s3://warehouse",
+                    "credential": format!("{}:{}", s.key, s.secret),
+                    "s3.endpoint": s.s3, "s3.access-key-id": s.key, "s3.secret-access-key": s.secret,
+                    "s3.region": "us-east-1",
+                }),
+                namespace,
+            },
+        }
+    }
+
+    /// Environment the config expects (credentials come from variables, like in production).
+    pub fn env(s: &Services) -> Vec<(&'static str, String)> {
+        vec![
+            ("TEST_S3_KEY", s.key.clone()),
+            ("TEST_S3_SECRET", s.secret.clone()),
+        ]
+    }
+
+    /// The DuckDB REST attach parameters (only for the REST catalog).
+    pub fn duckdb_rest(&self, s: &Services) -> Value {
+        if self.kind == Cat::Rest {
+            serde_json::json!({"key": s.key, "secret": s.secret, "uri": s.rest, "s3_host": s.s3.trim_start_matches("http://")})
+        } else {
+            Value::Null
+        }
+    }
+}
+
+/// Runs `tests/py/interop.py` with `request`; returns its JSON answer.
+pub fn interop(s: &Services, request: &Value) -> Value {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let req = dir.path().join("req.json");
+    std::fs::write(&req, request.to_string()).expect("write request");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/interop.py");
+    let out = Command::new(&s.python)
+        .arg(script)
+        .arg(&req)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "interop.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("interop output is JSON")
+}
+
+/// Compares JSON values, treating numbers as equal when their f64 values are.
+pub fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// Micros since the epoch of Postgres' `now()`.
+pub async fn pg_now(c: &Client) -> i64 {
+    c.query_one("SELECT (extract(epoch FROM now()) * 1000000)::int8", &[])
+        .await
+        .expect("now")
+        .get(0)
+}
+
+/// RFC 3339 of micros.
+pub fn rfc3339(t: i64) -> String {
+    permafrost::plan::window::rfc3339(t)
+}
+
+/// `SELECT count(*)` with a WHERE clause.
+pub async fn count(c: &Client, table: &str, cond: &str) -> i64 {
+    c.query_one(&format!("SELECT count(*) FROM {table} WHERE {cond}"), &[])
+        .await
+        .expect("count")
+        .get(0)
+}

@@ -1,0 +1,7 @@
+//! Integration tests against real services (PostgreSQL, SeaweedFS S3 + Iceberg
+//! REST catalog, SQL catalogs on SQLite and Postgres), with tables read back by
+//! PyIceberg and DuckDB.  `scripts/test` starts the services and sets the
+//! `PERMAFROST_TEST_*` variables; without them these tests skip.
+
+mod archive;
+mod common;

@@ -1,0 +1,137 @@
+"""Reads a permafrost archive table with PyIceberg and DuckDB and prints JSON.
+
+Usage: interop.py REQUEST.json
+
+The request names the catalog (PyIceberg properties), the table, and what to
+compute: row count, aggregates per time bucket, sample rows by key, the
+number of data files a one-window scan plans, the partition spec and the
+snapshot summaries.  Both readers' answers are printed so the Rust test can
+compare each with what Postgres held.
+"""
+
+import decimal
+import glob
+import json
+import site
+import sys
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.catalog import load_catalog
+from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
+
+
+def canon(v):
+    if v is None:
+        return None
+    if isinstance(v, decimal.Decimal):
+        return str(v)
+    if isinstance(v, (bytes, bytearray)):
+        return v.hex()
+    if hasattr(v, "hex") and type(v).__name__ == "UUID":
+        return str(v)
+    return v
+
+
+def table_rows(tbl, time_col):
+    """Arrow table -> list of dicts, timestamps as epoch microseconds."""
+    cols = {}
+    for name in tbl.column_names:
+        col = tbl.column(name)
+        if pa.types.is_timestamp(col.type):
+            col = col.cast(pa.timestamp("us")).cast(pa.int64())
+        cols[name] = col.to_pylist()
+    n = tbl.num_rows
+    return [{k: canon(v[i]) for k, v in cols.items()} for i in range(n)]
+
+
+def aggregates(tbl, time_col, unit, sum_cols):
+    ts = tbl.column(time_col)
+    if pa.types.is_timestamp(ts.type) and ts.type.tz is not None:
+        ts = ts.cast(pa.timestamp("us", tz="UTC"))
+    bucket = pc.floor_temporal(ts, multiple=1, unit=unit)
+    bucket = bucket.cast(pa.timestamp("us")).cast(pa.int64())
+    t = pa.table({"b": bucket, **{c: tbl.column(c) for c in sum_cols}})
+    aggs = [("b", "count")] + [(c, "sum") for c in sum_cols]
+    g = t.group_by("b").aggregate(aggs)
+    out = {}
+    for row in g.to_pylist():
+        key = str(row["b"])
+        out[key] = [row["b_count"]] + [canon(row[f"{c}_sum"]) for c in sum_cols]
+    return out
+
+
+def main():
+    req = json.load(open(sys.argv[1]))
+    cat = load_catalog(req["catalog_name"], **req["catalog"])
+    t = cat.load_table(req["table"])
+    time_col = req["time_column"]
+    res = {"pyiceberg": {}, "duckdb": {}}
+    p = res["pyiceberg"]
+    arrow = t.scan().to_arrow()
+    p["count"] = arrow.num_rows
+    p["spec"] = [
+        {"name": f.name, "transform": str(f.transform), "source_id": f.source_id}
+        for f in t.spec().fields
+    ]
+    p["schema"] = [
+        {"id": f.field_id, "name": f.name, "type": str(f.field_type), "required": f.required}
+        for f in t.schema().fields
+    ]
+    p["properties"] = dict(t.properties)
+    p["snapshots"] = [
+        {"snapshot_id": s.snapshot_id, "summary": dict(s.summary.additional_properties),
+         "operation": str(s.summary.operation)}
+        for s in sorted(t.snapshots(), key=lambda s: (s.sequence_number or 0, s.timestamp_ms))
+    ]
+    cur = t.current_snapshot()
+    p["current_snapshot"] = None if cur is None else {
+        "snapshot_id": cur.snapshot_id, "summary": dict(cur.summary.additional_properties)}
+    p["windows"] = aggregates(arrow, time_col, req["unit"], req["sum_columns"])
+    key = req.get("key_column")
+    keys = set(req.get("sample_keys", []))
+    if key:
+        sel = arrow.filter(pc.is_in(arrow.column(key), value_set=pa.array(list(keys), type=arrow.column(key).type)))
+        p["rows"] = {str(r[key]): r for r in table_rows(sel, time_col)}
+    if req.get("prune"):
+        lo, hi = (x.replace("Z", "+00:00") for x in req["prune"])
+        scan = t.scan(row_filter=And(GreaterThanOrEqual(time_col, lo), LessThan(time_col, hi)))
+        p["pruned_files"] = len(list(scan.plan_files()))
+        p["pruned_rows"] = scan.to_arrow().num_rows
+        p["all_files"] = len(list(t.scan().plan_files()))
+
+    if req.get("duckdb", True):
+        import duckdb
+
+        sp = site.getsitepackages()[0]
+        con = duckdb.connect()
+        for ext in ["avro", "httpfs", "iceberg"]:
+            path = glob.glob(f"{sp}/duckdb_extension_{ext}/extensions/*/{ext}.duckdb_extension")
+            if path:
+                con.execute(f"LOAD '{path[0]}'")
+        d = res["duckdb"]
+        rest = req.get("duckdb_rest")
+        if rest:
+            con.execute(
+                f"CREATE SECRET s3s (TYPE s3, KEY_ID '{rest['key']}', SECRET '{rest['secret']}', "
+                f"ENDPOINT '{rest['s3_host']}', URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')"
+            )
+            con.execute(
+                f"CREATE SECRET ice (TYPE iceberg, CLIENT_ID '{rest['key']}', CLIENT_SECRET '{rest['secret']}', "
+                f"OAUTH2_SERVER_URI '{rest['uri']}/v1/oauth/tokens')"
+            )
+            con.execute(f"ATTACH 's3://warehouse' AS w (TYPE iceberg, ENDPOINT '{rest['uri']}', SECRET ice)")
+            src = "w." + req["table"]
+        else:
+            src = f"iceberg_scan('{t.metadata_location}')"
+        d["count"] = con.execute(f"SELECT count(*) FROM {src}").fetchone()[0]
+        dtbl = con.execute(f"SELECT * FROM {src}").fetch_arrow_table()
+        d["windows"] = aggregates(dtbl, time_col, req["unit"], req["sum_columns"])
+        if key:
+            sel = dtbl.filter(pc.is_in(dtbl.column(key), value_set=pa.array(list(keys), type=dtbl.column(key).type)))
+            d["rows"] = {str(r[key]): r for r in table_rows(sel, time_col)}
+    print(json.dumps(res, default=str))
+
+
+if __name__ == "__main__":
+    main()
