@@ -140,6 +140,11 @@ pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
                     tc.ok = false;
                     tc.errors.push(format!("{}: {u}", src.qualified()));
                 }
+                if !src.unsupported().is_empty() {
+                    tc.hints.push(
+                        "permafrost refuses columns it cannot store losslessly; change the column's type or archive another table (see README, \"Types\")".into(),
+                    );
+                }
                 if !src.time_indexed {
                     tc.warnings.push(format!(
                         "no index leads with `{}`: finding windows and deleting them will scan the table",

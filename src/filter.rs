@@ -187,11 +187,11 @@ impl Parser {
     }
 
     fn keyword(&mut self, kw: &str) -> bool {
-        if let Some(Tok::Ident(w)) = self.peek() {
-            if w.eq_ignore_ascii_case(kw) {
-                self.pos += 1;
-                return true;
-            }
+        if let Some(Tok::Ident(w)) = self.peek()
+            && w.eq_ignore_ascii_case(kw)
+        {
+            self.pos += 1;
+            return true;
         }
         false
     }

@@ -424,13 +424,17 @@ async fn demo_cmd(a: DemoArgs, progress: &Progress) -> Result<ExitCode> {
         &rows,
     );
 
+    // SQLAlchemy (PyIceberg) spells an absolute SQLite path with four slashes.
     let uri = &cfg.catalog.properties["uri"];
-    let sqlite = uri.trim_end_matches("?mode=rwc");
+    let path = uri
+        .trim_start_matches("sqlite://")
+        .trim_end_matches("?mode=rwc");
+    let sqlite = format!("sqlite:///{path}");
     let warehouse = &cfg.catalog.properties["warehouse"];
     output::line("");
     output::line("Read the archive with PyIceberg (pip install 'pyiceberg[pyarrow,sql-sqlite]'):");
     output::line(&format!(
-        "  python3 -c \"from pyiceberg.catalog.sql import SqlCatalog; c = SqlCatalog('{}', uri='{}', warehouse='{}'); t = c.load_table('{}'); print(t.scan().to_arrow().num_rows, 'rows'); print(t.current_snapshot().summary)\"",
+        "  python3 -c \"from pyiceberg.catalog.sql import SqlCatalog; c = SqlCatalog('{}', uri='{}', warehouse='{}'); t = c.load_table('{}'); print(t.scan().to_arrow().num_rows, 'rows'); print(t.current_snapshot().summary.additional_properties)\"",
         cfg.catalog.name,
         sqlite,
         warehouse,

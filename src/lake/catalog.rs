@@ -25,18 +25,18 @@ pub async fn open_catalog(cfg: &CatalogConfig) -> Result<Arc<dyn Catalog>> {
                 .map_err(|e| Error::iceberg(format!("cannot open the {}", cfg.describe()), e))?,
         ),
         CatalogKind::Sql => {
-            if let Some(path) = sqlite_path(&cfg.properties["uri"]) {
-                if let Some(dir) = std::path::Path::new(&path).parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        Error::io(
-                            format!(
-                                "cannot create the directory of the SQLite catalog {}",
-                                dir.display()
-                            ),
-                            e,
-                        )
-                    })?;
-                }
+            if let Some(path) = sqlite_path(&cfg.properties["uri"])
+                && let Some(dir) = std::path::Path::new(&path).parent()
+            {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::io(
+                        format!(
+                            "cannot create the directory of the SQLite catalog {}",
+                            dir.display()
+                        ),
+                        e,
+                    )
+                })?;
             }
             if let Some(dir) = cfg
                 .properties

@@ -70,7 +70,7 @@ pub fn derive_schema(src: &SourceTable) -> Result<Schema> {
     if let Some(bad) = src.unsupported().into_iter().next() {
         return Err(
             Error::new(ErrorKind::Schema, format!("{}: {bad}", src.qualified()))
-                .with_hint("unsupported columns cannot be archived yet; nothing was changed"),
+                .with_hint("permafrost refuses columns it cannot store losslessly; nothing was changed (see README, \"Types\")"),
         );
     }
     let mut fields = Vec::with_capacity(src.columns.len());
@@ -171,14 +171,12 @@ pub async fn ensure_table(
             .namespace_exists(ns)
             .await
             .map_err(|e| Error::iceberg(format!("cannot look up namespace {ns}"), e))?;
-        if !ns_exists {
-            if let Err(e) = catalog.create_namespace(ns, HashMap::new()).await {
-                // Another table (or instance) may have created it meanwhile; the
-                // SQL catalog reports that as a generic constraint error.
-                let now_exists = catalog.namespace_exists(ns).await.unwrap_or(false);
-                if e.kind() != iceberg::ErrorKind::NamespaceAlreadyExists && !now_exists {
-                    return Err(Error::iceberg(format!("cannot create namespace {ns}"), e));
-                }
+        if !ns_exists && let Err(e) = catalog.create_namespace(ns, HashMap::new()).await {
+            // Another table (or instance) may have created it meanwhile; the
+            // SQL catalog reports that as a generic constraint error.
+            let now_exists = catalog.namespace_exists(ns).await.unwrap_or(false);
+            if e.kind() != iceberg::ErrorKind::NamespaceAlreadyExists && !now_exists {
+                return Err(Error::iceberg(format!("cannot create namespace {ns}"), e));
             }
         }
         let time_id = src.time_index as i32 + 1;
@@ -234,15 +232,15 @@ pub fn bind(
         Error::new(ErrorKind::Schema, format!("Iceberg table {ident} does not match {}: {what}", src.qualified()))
             .with_hint("point `namespace`/`table` of this table at a new Iceberg table, or align the source; nothing was written")
     };
-    if let Some(recorded) = md.properties().get(props::SOURCE) {
-        if recorded != &src.source_id() {
-            return Err(incompatible(format!("it archives {recorded}")));
-        }
+    if let Some(recorded) = md.properties().get(props::SOURCE)
+        && recorded != &src.source_id()
+    {
+        return Err(incompatible(format!("it archives {recorded}")));
     }
     if let Some(bad) = src.unsupported().into_iter().next() {
         return Err(
             Error::new(ErrorKind::Schema, format!("{}: {bad}", src.qualified()))
-                .with_hint("unsupported columns cannot be archived yet; nothing was changed"),
+                .with_hint("permafrost refuses columns it cannot store losslessly; nothing was changed (see README, \"Types\")"),
         );
     }
     let mut columns = Vec::new();

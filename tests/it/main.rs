@@ -5,3 +5,6 @@
 
 mod archive;
 mod common;
+mod demo;
+mod errors;
+mod modes;

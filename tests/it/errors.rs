@@ -1,0 +1,274 @@
+//! Bad input: one clear error line (plus a hint), a non-zero exit, nothing deleted.
+
+use crate::common::*;
+use crate::modes::small_setup;
+use crate::services;
+
+/// Asserts a clean failure: non-zero exit, exactly one `error:` line that
+/// contains `needle`, and no secret on any output.
+fn assert_fails(out: &Out, needle: &str, secrets: &[&str]) {
+    assert_ne!(
+        out.code, 0,
+        "expected failure; stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "one error line expected:\n{}", out.stderr);
+    assert!(
+        errors[0].contains(needle),
+        "error line should mention `{needle}`: {}",
+        errors[0]
+    );
+    assert!(!errors[0].contains('\n'));
+    for s in secrets {
+        assert!(
+            !out.stderr.contains(s) && !out.stdout.contains(s),
+            "secret leaked:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn table_yaml(dsn: &str, catalog: &str, ns: &str, table: &str) -> String {
+    format!("database:\n  dsn: \"{dsn}\"\n{catalog}global:\n  namespace: {ns}\ntables:\n{table}")
+}
+
+const SENSOR: &str = "  - name: sensor_readings\n    timestamp_column: recorded_at\n    lag: 15d\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_inputs_fail_clearly_and_delete_nothing() {
+    let s = services!();
+    let (db, ws, cat, _cfg, _now) = small_setup(&s, 5_000).await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE shapes (ts timestamptz NOT NULL, p point); INSERT INTO shapes SELECT now() - interval '40 days', point(1,2);",
+    )
+    .await
+    .expect("shapes");
+    let total = count(&c, "sensor_readings", "true").await;
+    let ns = &cat.namespace;
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "missing table",
+            table_yaml(
+                &db.dsn,
+                &cat.yaml,
+                ns,
+                "  - name: nope\n    timestamp_column: ts\n",
+            ),
+            "table public.nope does not exist",
+        ),
+        (
+            "missing column",
+            table_yaml(
+                &db.dsn,
+                &cat.yaml,
+                ns,
+                "  - name: sensor_readings\n    timestamp_column: taken_at\n",
+            ),
+            "column `taken_at` does not exist",
+        ),
+        (
+            "non-timestamp time column",
+            table_yaml(
+                &db.dsn,
+                &cat.yaml,
+                ns,
+                "  - name: sensor_readings\n    timestamp_column: sensor_name\n",
+            ),
+            "not timestamp or timestamptz",
+        ),
+        (
+            "unsupported type",
+            table_yaml(
+                &db.dsn,
+                &cat.yaml,
+                ns,
+                "  - name: shapes\n    timestamp_column: ts\n",
+            ),
+            "column `p` (point)",
+        ),
+        (
+            "filter on an unknown column",
+            table_yaml(
+                &db.dsn,
+                &cat.yaml,
+                ns,
+                &format!("{SENSOR}    filter: \"colour = 'red'\"\n"),
+            ),
+            "unknown column `colour`",
+        ),
+        (
+            "filter that is not an expression",
+            table_yaml(
+                &db.dsn,
+                &cat.yaml,
+                ns,
+                &format!("{SENSOR}    filter: \"1=1; DELETE FROM sensor_readings\"\n"),
+            ),
+            "invalid filter",
+        ),
+        (
+            "unreachable postgres",
+            table_yaml(
+                &format!(
+                    "postgresql://postgres:pw-unreach@127.0.0.1:{}/x",
+                    free_port()
+                ),
+                &cat.yaml,
+                ns,
+                SENSOR,
+            ),
+            "cannot connect to PostgreSQL",
+        ),
+        (
+            "malformed yaml",
+            format!("database:\n  dsn: \"{}\"\ntables: [\n", db.dsn),
+            "config",
+        ),
+        (
+            "unknown key",
+            table_yaml(
+                &db.dsn,
+                &cat.yaml,
+                ns,
+                &format!("{SENSOR}    partiton_by: day\n"),
+            ),
+            "partiton_by",
+        ),
+        (
+            "bad lag",
+            table_yaml(
+                &db.dsn,
+                &cat.yaml,
+                ns,
+                "  - name: sensor_readings\n    timestamp_column: recorded_at\n    lag: soon\n",
+            ),
+            "tables[0].lag",
+        ),
+        (
+            "unset variable",
+            table_yaml("${PERMAFROST_NO_SUCH_VAR}", &cat.yaml, ns, SENSOR),
+            "PERMAFROST_NO_SUCH_VAR is not set",
+        ),
+        (
+            "unreachable catalog",
+            table_yaml(
+                &db.dsn,
+                &format!(
+                    "catalog:\n  type: rest\n  uri: http://127.0.0.1:{}\n  warehouse: s3://warehouse\n",
+                    free_port()
+                ),
+                ns,
+                SENSOR,
+            ),
+            "catalog",
+        ),
+        (
+            "wrong catalog credentials",
+            table_yaml(
+                &db.dsn,
+                &format!(
+                    "catalog:\n  type: rest\n  uri: {}\n  warehouse: s3://warehouse\n  credential: \"{}:wrong-secret-xyz\"\n",
+                    s.rest, s.key
+                ),
+                ns,
+                SENSOR,
+            ),
+            "catalog",
+        ),
+    ];
+    for (name, yaml, needle) in &cases {
+        let cfg = ws.config(&format!("{}.yaml", name.replace(' ', "-")), yaml);
+        let cfg = cfg.to_string_lossy().to_string();
+        for cmd in ["check", "archive"] {
+            let out = ws.run(&[cmd, "-c", &cfg]);
+            eprintln!(
+                "--- {name} / {cmd}:\n{}",
+                out.stderr
+                    .lines()
+                    .filter(|l| l.starts_with("error") || l.starts_with("hint"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            assert_fails(&out, needle, &["wrong-secret-xyz", "pw-unreach"]);
+            if *name != "malformed yaml" && *name != "unknown key" {
+                assert!(
+                    out.stderr.contains("hint:")
+                        || *name == "filter that is not an expression"
+                        || *name == "bad lag",
+                    "{name}/{cmd} has a hint:\n{}",
+                    out.stderr
+                );
+            }
+        }
+        assert_eq!(
+            count(&c, "sensor_readings", "true").await,
+            total,
+            "{name}: nothing deleted"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incompatible_existing_iceberg_table_is_refused() {
+    let s = services!();
+    let (db, ws, cat, cfg, now) = small_setup(&s, 5_000).await;
+    let c = db.client().await;
+    let now_s = rfc3339(now);
+    let out = ws.run(&["archive", "-c", &cfg, "--now", &now_s]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Late rows wait in an archived window, then the source changes incompatibly.
+    c.batch_execute(
+        "INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit) \
+         SELECT now() - interval '30 days', 1, 'x', 1, 'c' FROM generate_series(1, 10); \
+         ALTER TABLE sensor_readings ALTER COLUMN sensor_id TYPE text",
+    )
+    .await
+    .expect("alter");
+    let total = count(&c, "sensor_readings", "true").await;
+    for cmd in ["check", "archive"] {
+        let out = ws.run(
+            &[cmd, "-c", &cfg, "--now", &now_s]
+                .iter()
+                .copied()
+                .filter(|a| cmd == "archive" || !a.starts_with("--now") && *a != now_s)
+                .collect::<Vec<_>>(),
+        );
+        assert_fails(&out, "does not match", &[]);
+        assert!(out.stderr.contains("sensor_id"), "{}", out.stderr);
+    }
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        total,
+        "nothing deleted"
+    );
+
+    // A different partition transform for the same Iceberg table is refused too.
+    c.batch_execute(
+        "ALTER TABLE sensor_readings ALTER COLUMN sensor_id TYPE integer USING sensor_id::integer",
+    )
+    .await
+    .expect("alter back");
+    let monthly = std::fs::read_to_string(&cfg)
+        .expect("cfg")
+        .replace("partition_by: day", "partition_by: month");
+    let mcfg = ws.config("monthly.yaml", &monthly);
+    let out = ws.run(&["archive", "-c", &mcfg.to_string_lossy(), "--now", &now_s]);
+    assert_fails(&out, "partitioned by", &[]);
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        total,
+        "nothing deleted"
+    );
+    let _ = cat;
+}
