@@ -128,7 +128,8 @@ pub async fn run(
         let catalog = catalog.clone();
         async move { archive_table(cfg, &t, catalog, opts, progress).await }
     }))
-    .buffered(cfg.global.max_table_concurrency)
+    // One connection per table in flight: `database.pool_size` caps it too.
+    .buffered(cfg.global.max_table_concurrency.min(cfg.database.pool_size))
     .collect()
     .await;
     Ok(reports)

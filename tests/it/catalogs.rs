@@ -1,0 +1,156 @@
+//! Every ready-to-copy config in `catalogs/` works against the real services,
+//! and `docker-compose.yml` agrees with `catalogs/` and `trino/`.
+
+use std::path::Path;
+
+use crate::common::*;
+use crate::services;
+
+fn repo(p: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+async fn exercise(file: &str, extra_env: Vec<(String, String)>, s: &Services) {
+    let db = TestDb::create(s, "catalogs").await;
+    let c = db.client().await;
+    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
+        .await
+        .expect("schema");
+    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "5000"))
+        .await
+        .expect("data");
+    let ws = Ws::new();
+    let mut env = vec![
+        ("PG_DSN".to_string(), db.dsn.clone()),
+        ("PERMAFROST_NAMESPACE".to_string(), unique("cat")),
+    ];
+    env.extend(extra_env);
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let cfg = repo(file).to_string_lossy().to_string();
+    let out = ws.run_env(&["check", "-c", &cfg], &env_ref);
+    assert_eq!(
+        out.code, 0,
+        "{file}: check failed:\n{}\n{}",
+        out.stdout, out.stderr
+    );
+    let out = ws.run_env(&["archive", "-c", &cfg, "--json"], &env_ref);
+    assert_eq!(out.code, 0, "{file}: archive failed:\n{}", out.stderr);
+    let r = out.json();
+    assert_eq!(r[0]["outcome"]["status"], "done", "{file}: {r}");
+    let rows: i64 = r[0]["batches"]
+        .as_array()
+        .expect("batches")
+        .iter()
+        .map(|b| b["rows"].as_i64().unwrap_or(0))
+        .sum();
+    let left = count(&c, "sensor_readings", "true").await;
+    assert!(
+        rows > 3000 && rows + left == 5000,
+        "{file}: archived {rows}, left {left}"
+    );
+    assert!(!out.stderr.contains(&s.secret), "{file}: secret in logs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rest_catalog_example() {
+    let s = services!();
+    let env = vec![
+        ("ICEBERG_REST_URI".into(), s.rest.clone()),
+        ("S3_ENDPOINT".into(), s.s3.clone()),
+        ("AWS_ACCESS_KEY_ID".into(), s.key.clone()),
+        ("AWS_SECRET_ACCESS_KEY".into(), s.secret.clone()),
+    ];
+    exercise("catalogs/rest.yaml", env, &s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_sqlite_catalog_example() {
+    let s = services!();
+    let home = tempfile::tempdir().expect("tempdir");
+    exercise(
+        "catalogs/sql-sqlite.yaml",
+        vec![(
+            "PERMAFROST_HOME".into(),
+            home.path().to_string_lossy().into(),
+        )],
+        &s,
+    )
+    .await;
+    assert!(home.path().join("catalog.db").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_postgres_catalog_example_with_s3_warehouse() {
+    let s = services!();
+    let cat_db = TestDb::create(&s, "pgcat").await;
+    let env = vec![
+        ("CATALOG_DSN".into(), cat_db.dsn.clone()),
+        (
+            "ICEBERG_WAREHOUSE".into(),
+            format!("s3://archive/{}", unique("wh")),
+        ),
+        ("S3_ENDPOINT".into(), s.s3.clone()),
+        ("AWS_ACCESS_KEY_ID".into(), s.key.clone()),
+        ("AWS_SECRET_ACCESS_KEY".into(), s.secret.clone()),
+    ];
+    exercise("catalogs/sql-postgres.yaml", env, &s).await;
+    let c = cat_db.client().await;
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM iceberg_tables WHERE catalog_name = 'permafrost'",
+            &[],
+        )
+        .await
+        .expect("catalog rows")
+        .get(0);
+    assert_eq!(n, 1, "the table is registered in the Postgres catalog");
+}
+
+#[test]
+fn compose_file_agrees_with_catalogs_and_trino() {
+    let compose: serde_json::Value = serde_norway::from_str(
+        &std::fs::read_to_string(repo("docker-compose.yml")).expect("compose"),
+    )
+    .expect("compose parses");
+    let services = compose["services"].as_object().expect("services");
+    for name in ["postgres", "seaweedfs", "trino", "permafrost"] {
+        assert!(services.contains_key(name), "service {name}");
+    }
+    let ports: Vec<String> = services["seaweedfs"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| p.as_str().unwrap_or("").to_string())
+        .collect();
+    let rest = std::fs::read_to_string(repo("catalogs/rest.yaml")).expect("rest.yaml");
+    let trino = std::fs::read_to_string(repo("trino/iceberg-rest.properties")).expect("trino");
+    for port in ["8181", "8333"] {
+        assert!(
+            ports.iter().any(|p| p.starts_with(&format!("{port}:"))),
+            "seaweedfs publishes {port}"
+        );
+        assert!(
+            rest.contains(&format!("localhost:{port}")),
+            "catalogs/rest.yaml defaults to {port}"
+        );
+        assert!(
+            trino.contains(&format!("seaweedfs:{port}")),
+            "trino talks to seaweedfs:{port}"
+        );
+    }
+    let pf_env = &services["permafrost"]["environment"];
+    assert_eq!(pf_env["ICEBERG_REST_URI"], "http://seaweedfs:8181");
+    assert_eq!(pf_env["S3_ENDPOINT"], "http://seaweedfs:8333");
+    let mounts = services["trino"]["volumes"].as_array().expect("volumes");
+    for m in mounts {
+        let src = m.as_str().unwrap_or("").split(':').next().unwrap_or("");
+        assert!(
+            repo(src.trim_start_matches("./")).exists(),
+            "mounted file {src} exists"
+        );
+    }
+    // Credentials match between the services.
+    let key = &services["seaweedfs"]["environment"]["AWS_ACCESS_KEY_ID"];
+    assert_eq!(&services["trino"]["environment"]["AWS_ACCESS_KEY_ID"], key);
+    assert_eq!(&pf_env["AWS_ACCESS_KEY_ID"], key);
+}
