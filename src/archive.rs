@@ -599,10 +599,11 @@ async fn run_batch(
             streamed,
         });
     }
-    // Only the batch that finishes a range settles the open batches it reconciled.
+    // Only the batch that finishes a range settles the open batches it
+    // covers whole (see `plan::PlannedBatch::settles`).
     let final_part = limit.is_none_or(|n| streamed < n);
     let reconciles: Vec<String> = if mode == BatchMode::Move && final_part {
-        planned.reconcile.clone()
+        planned.settles.clone()
     } else {
         vec![]
     };

@@ -42,6 +42,8 @@ pub struct DatabaseConfig {
     pub statement_timeout: Duration,
     /// What to do when another instance holds a table's advisory lock.
     pub on_busy: OnBusy,
+    /// Extra trusted CA certificates (PEM); turns server certificate verification on.
+    pub ssl_root_cert: Option<PathBuf>,
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -51,6 +53,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("pool_size", &self.pool_size)
             .field("statement_timeout", &self.statement_timeout)
             .field("on_busy", &self.on_busy)
+            .field("ssl_root_cert", &self.ssl_root_cert)
             .finish()
     }
 }
@@ -228,6 +231,8 @@ struct RawDatabase {
     statement_timeout: Option<String>,
     #[serde(default)]
     on_busy: Option<OnBusy>,
+    #[serde(default)]
+    ssl_root_cert: Option<String>,
 }
 
 fn default_pool_size() -> usize {
@@ -333,7 +338,8 @@ impl Config {
                 "e.g. dsn: \"${PG_DSN:-postgresql://postgres@localhost:5432/postgres}\"",
             ));
         }
-        let pg = tokio_postgres::Config::from_str(&dsn).map_err(|e| {
+        let (parseable, _) = crate::source::tls::normalize_dsn(&dsn);
+        let pg = tokio_postgres::Config::from_str(&parseable).map_err(|e| {
             Error::config(format!(
                 "`database.dsn` is not a valid PostgreSQL connection string: {e}"
             ))
@@ -354,6 +360,7 @@ impl Config {
             pool_size: raw.database.pool_size,
             statement_timeout,
             on_busy: raw.database.on_busy.unwrap_or(OnBusy::Skip),
+            ssl_root_cert: raw.database.ssl_root_cert.map(|p| dir.join(p)),
         };
 
         let catalog = match raw.catalog {
@@ -774,7 +781,8 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 
 /// `user@host:port/db` from a DSN, without the password.
 pub fn describe_dsn(dsn: &str) -> String {
-    match tokio_postgres::Config::from_str(dsn) {
+    let (dsn, _) = crate::source::tls::normalize_dsn(dsn);
+    match tokio_postgres::Config::from_str(&dsn) {
         Ok(c) => {
             let host = c
                 .get_hosts()

@@ -21,6 +21,9 @@
 
 pub mod window;
 
+#[cfg(test)]
+mod sim;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
@@ -259,6 +262,10 @@ pub struct PlannedBatch {
     /// Open batches overlapping the range: rows identical to theirs are
     /// already archived and are not written again.
     pub reconcile: Vec<String>,
+    /// The open batches whose whole range this batch covers: once this batch
+    /// is settled, they are settled too (`permafrost.reconciles`).  A batch
+    /// only partly covered is used as a filter but stays open.
+    pub settles: Vec<String>,
 }
 
 /// A window that will not be archived this run, and why.
@@ -291,10 +298,11 @@ pub fn batch_id(source: &str, range: &Window, sequence: u32) -> String {
 
 /// Plans the batches of one run.
 ///
-/// Contract: a planned batch never covers a window blocked by a failed batch
-/// (unless `force`), every open batch overlapping a planned range is listed in
-/// its `reconcile`, and nothing is planned while another transaction of this
-/// table is in progress.
+/// Contract: a planned range never touches the range of a failed batch (unless
+/// `force`); every open batch overlapping a planned range is listed in its
+/// `reconcile` (rows identical to its rows are not archived again); a batch
+/// is listed in `settles` only when the planned range covers its whole range;
+/// nothing is planned while another transaction of this table is in progress.
 pub fn plan(facts: &TableFacts, opts: PlanOptions) -> Plan {
     let states = batch_states(facts);
     let in_progress: Vec<String> = facts
@@ -317,54 +325,91 @@ pub fn plan(facts: &TableFacts, opts: PlanOptions) -> Plan {
     };
 
     let g = facts.granularity;
+    // Failed batches are barriers unless forced: no planned range touches them.
+    let barriers: Vec<&BatchRecord> = if opts.force {
+        vec![]
+    } else {
+        facts
+            .batches
+            .iter()
+            .filter(|b| states.get(&b.batch_id) == Some(&BatchState::Failed))
+            .collect()
+    };
     let mut blocked = Vec::new();
     let mut runnable: Vec<Window> = Vec::new();
     for w in &facts.pending {
-        let failed = facts
-            .batches
-            .iter()
-            .find(|b| b.range.overlaps(w) && states.get(&b.batch_id) == Some(&BatchState::Failed));
-        match failed {
-            Some(b) if !opts.force => blocked.push(Blocked {
+        match barriers.iter().find(|b| b.range.overlaps(w)) {
+            Some(b) => blocked.push(Blocked {
                 window: *w,
                 batch_id: b.batch_id.clone(),
                 reason: facts.failed.get(&b.batch_id).cloned().unwrap_or_default(),
             }),
-            _ => runnable.push(*w),
+            None => runnable.push(*w),
         }
     }
+    let hits_barrier = |r: &Window| barriers.iter().any(|b| b.range.overlaps(r));
 
-    // Group consecutive runnable windows, never across a blocked one.
+    // Group consecutive runnable windows, aligned on `batch_windows`, never across a barrier.
+    let bw = opts.batch_windows.max(1) as i64;
     let mut groups: Vec<Vec<Window>> = Vec::new();
     for w in runnable {
         let extend = groups.last().is_some_and(|grp| {
             let first = grp[0];
-            // Groups are aligned: with 24 hourly windows per batch, a batch is one UTC day.
-            let bw = opts.batch_windows.max(1) as i64;
+            // Aligned: with 24 hourly windows per batch, a batch is one UTC day.
             let span_ok =
                 g.ordinal(w.start).div_euclid(bw) == g.ordinal(first.start).div_euclid(bw);
-            let last = grp[grp.len() - 1];
-            let crosses_blocked = blocked
-                .iter()
-                .any(|b| b.window.start >= last.end && b.window.end <= w.start);
-            span_ok && !crosses_blocked
+            span_ok
+                && !hits_barrier(&Window {
+                    start: first.start,
+                    end: w.end,
+                })
         });
-        if extend {
-            if let Some(grp) = groups.last_mut() {
-                grp.push(w);
-            }
-        } else {
-            groups.push(vec![w]);
+        match groups.last_mut() {
+            Some(grp) if extend => grp.push(w),
+            _ => groups.push(vec![w]),
         }
     }
 
-    let batches = groups
+    // Stretch each range over the open batches it touches, so it can settle
+    // them whole (unless that would touch a barrier); merge ranges that meet.
+    let mut ranged: Vec<(Window, Vec<Window>)> = Vec::new();
+    for windows in groups {
+        let mut range = Window {
+            start: windows[0].start,
+            end: windows[windows.len() - 1].end,
+        };
+        loop {
+            let mut grown = range;
+            for b in facts
+                .batches
+                .iter()
+                .filter(|b| is_open(b) && b.range.overlaps(&range))
+            {
+                let candidate = Window {
+                    start: grown.start.min(b.range.start),
+                    end: grown.end.max(b.range.end),
+                };
+                if !hits_barrier(&candidate) {
+                    grown = candidate;
+                }
+            }
+            if grown == range {
+                break;
+            }
+            range = grown;
+        }
+        match ranged.last_mut() {
+            Some((r, ws)) if r.end > range.start => {
+                r.end = r.end.max(range.end);
+                ws.extend(windows);
+            }
+            _ => ranged.push((range, windows)),
+        }
+    }
+
+    let batches = ranged
         .into_iter()
-        .map(|windows| {
-            let range = Window {
-                start: windows[0].start,
-                end: windows[windows.len() - 1].end,
-            };
+        .map(|(range, windows)| {
             let sequence = facts
                 .batches
                 .iter()
@@ -373,10 +418,15 @@ pub fn plan(facts: &TableFacts, opts: PlanOptions) -> Plan {
                 .max()
                 .unwrap_or(0)
                 + 1;
-            let reconcile = facts
+            let open: Vec<&BatchRecord> = facts
                 .batches
                 .iter()
                 .filter(|b| b.range.overlaps(&range) && is_open(b))
+                .collect();
+            let reconcile = open.iter().map(|b| b.batch_id.clone()).collect();
+            let settles = open
+                .iter()
+                .filter(|b| range.start <= b.range.start && b.range.end <= range.end)
                 .map(|b| b.batch_id.clone())
                 .collect();
             PlannedBatch {
@@ -385,6 +435,7 @@ pub fn plan(facts: &TableFacts, opts: PlanOptions) -> Plan {
                 sequence,
                 windows,
                 reconcile,
+                settles,
             }
         })
         .collect();
@@ -762,6 +813,62 @@ mod tests {
         assert!(p.blocked.is_empty());
         assert_eq!(p.batches.len(), 1);
         assert_eq!(p.batches[0].reconcile, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn a_range_stretches_to_settle_an_open_batch_whole() {
+        let (d1, d3) = (day("2024-01-01"), day("2024-01-03"));
+        let u = Window {
+            start: d1.start,
+            end: d3.start,
+        }; // two days
+        let f = facts(
+            vec![rec("u", u, 1, BatchMode::Move, Some(7), &[])],
+            &[(7, XactStatus::Aborted)],
+            vec![d1],
+        );
+        let p = plan(&f, MOVE);
+        assert_eq!(p.batches.len(), 1);
+        assert_eq!(p.batches[0].range, u, "stretched over the open batch");
+        assert_eq!(p.batches[0].settles, vec!["u".to_string()]);
+    }
+
+    #[test]
+    fn a_partly_covered_open_batch_filters_but_is_not_settled() {
+        let (d1, d2, d3) = (day("2024-01-01"), day("2024-01-02"), day("2024-01-03"));
+        let u = Window {
+            start: d1.start,
+            end: d3.start,
+        };
+        let mut f = facts(
+            vec![
+                rec("u", u, 1, BatchMode::Move, Some(7), &[]),
+                rec("x", d2, 2, BatchMode::Move, Some(8), &[]),
+            ],
+            &[(7, XactStatus::Aborted), (8, XactStatus::Aborted)],
+            vec![d1, d2],
+        );
+        f.failed.insert("x".into(), "bad".into());
+        let p = plan(&f, MOVE);
+        assert_eq!(p.blocked.len(), 1, "d2 is blocked by the failed batch");
+        assert_eq!(p.batches.len(), 1);
+        assert_eq!(
+            p.batches[0].range, d1,
+            "cannot stretch over the failed batch"
+        );
+        assert_eq!(p.batches[0].reconcile, vec!["u".to_string()]);
+        assert!(p.batches[0].settles.is_empty(), "u is only partly covered");
+        // Forced, the range covers both and settles both.
+        let p = plan(
+            &f,
+            PlanOptions {
+                force: true,
+                ..MOVE
+            },
+        );
+        assert_eq!(p.batches.len(), 1);
+        assert_eq!(p.batches[0].range, u);
+        assert_eq!(p.batches[0].settles, vec!["u".to_string(), "x".to_string()]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod extract;
 pub mod introspect;
+pub mod tls;
 pub mod windows;
 
 use std::time::Duration;
@@ -18,8 +19,8 @@ pub use introspect::{SourceColumn, SourceTable};
 /// UTC, standard-conforming strings, `statement_timeout` from the config and
 /// `application_name = permafrost`.
 pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
-    let mut cfg: tokio_postgres::Config = db
-        .dsn
+    let (dsn, verify) = tls::normalize_dsn(&db.dsn);
+    let mut cfg: tokio_postgres::Config = dsn
         .parse()
         .map_err(|e| Error::config(format!("`database.dsn` is not valid: {e}")))?;
     if cfg.get_application_name().is_none() {
@@ -30,17 +31,35 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
     }
     cfg.keepalives(true)
         .keepalives_idle(Duration::from_secs(30));
-    let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
-        Error::postgres(
-            format!("cannot connect to PostgreSQL at {}", db.describe()),
-            e,
-        )
-    })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!("postgres connection ended: {e}");
-        }
-    });
+    let what = || format!("cannot connect to PostgreSQL at {}", db.describe());
+    let client = if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+        let (client, connection) = cfg
+            .connect(NoTls)
+            .await
+            .map_err(|e| Error::postgres(what(), e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("postgres connection ended: {e}");
+            }
+        });
+        client
+    } else {
+        let policy = tls::TlsPolicy {
+            verify: verify || db.ssl_root_cert.is_some(),
+            root_cert: db.ssl_root_cert.clone(),
+        };
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls::client_config(&policy)?);
+        let (client, connection) = cfg
+            .connect(tls)
+            .await
+            .map_err(|e| Error::postgres(what(), e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("postgres connection ended: {e}");
+            }
+        });
+        client
+    };
     let timeout_ms = db.statement_timeout.as_millis();
     let setup = format!(
         "SET TimeZone = 'UTC'; SET standard_conforming_strings = on; SET DateStyle = 'ISO'; \

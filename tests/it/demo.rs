@@ -58,7 +58,7 @@ async fn demo_runs_and_its_pyiceberg_command_works() {
     // The status the demo printed agrees.
     assert!(
         out.stdout
-            .contains(&format!("{}", permafrost::cli::output::num(rows as u64))),
+            .contains(&permafrost::cli::output::num(rows as u64)),
         "{}",
         out.stdout
     );
