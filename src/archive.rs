@@ -589,16 +589,6 @@ async fn run_batch(
             checksum.rows
         )));
     }
-    if streamed == 0 {
-        // Nothing in the range any more (rows deleted by someone else meanwhile).
-        tx.rollback()
-            .await
-            .map_err(|e| Error::postgres("cannot end the batch transaction", e))?;
-        return Ok(BatchDone {
-            report: None,
-            streamed,
-        });
-    }
     // Only the batch that finishes a range settles the open batches it
     // covers whole (see `plan::PlannedBatch::settles`).
     let final_part = limit.is_none_or(|n| streamed < n);
@@ -607,17 +597,16 @@ async fn run_batch(
     } else {
         vec![]
     };
-    if written == 0 && (mode == BatchMode::Copy || reconciles.is_empty()) {
-        // Every row was already archived; for a copy there is nothing to record.
-        if mode == BatchMode::Move {
-            tx.commit()
-                .await
-                .map_err(|e| Error::postgres("cannot commit the delete", e))?;
+    // Nothing to record: the range is empty now (rows deleted by someone else
+    // meanwhile), or every row streamed is already archived in an open batch
+    // that this part does not settle (a copy never settles anything).
+    if streamed == 0 || (written == 0 && (mode == BatchMode::Copy || reconciles.is_empty())) {
+        let end = if mode == BatchMode::Move && streamed > 0 {
+            tx.commit().await
         } else {
-            tx.rollback()
-                .await
-                .map_err(|e| Error::postgres("cannot end the batch transaction", e))?;
-        }
+            tx.rollback().await
+        };
+        end.map_err(|e| Error::postgres("cannot end the batch transaction", e))?;
         return Ok(BatchDone {
             report: None,
             streamed,

@@ -31,35 +31,21 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
     }
     cfg.keepalives(true)
         .keepalives_idle(Duration::from_secs(30));
-    let what = || format!("cannot connect to PostgreSQL at {}", db.describe());
+    let what = format!("cannot connect to PostgreSQL at {}", db.describe());
     let client = if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
-        let (client, connection) = cfg
-            .connect(NoTls)
-            .await
-            .map_err(|e| Error::postgres(what(), e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("postgres connection ended: {e}");
-            }
-        });
-        client
+        start(&cfg, NoTls).await
     } else {
         let policy = tls::TlsPolicy {
             verify: verify || db.ssl_root_cert.is_some(),
             root_cert: db.ssl_root_cert.clone(),
         };
-        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls::client_config(&policy)?);
-        let (client, connection) = cfg
-            .connect(tls)
-            .await
-            .map_err(|e| Error::postgres(what(), e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("postgres connection ended: {e}");
-            }
-        });
-        client
-    };
+        start(
+            &cfg,
+            tokio_postgres_rustls::MakeRustlsConnect::new(tls::client_config(&policy)?),
+        )
+        .await
+    }
+    .map_err(|e| Error::postgres(what, e))?;
     let timeout_ms = db.statement_timeout.as_millis();
     let setup = format!(
         "SET TimeZone = 'UTC'; SET standard_conforming_strings = on; SET DateStyle = 'ISO'; \
@@ -70,6 +56,24 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
         .batch_execute(&setup)
         .await
         .map_err(|e| Error::postgres("cannot configure the PostgreSQL session", e))?;
+    Ok(client)
+}
+
+/// Connects and drives the connection on its own task.
+async fn start<T>(
+    cfg: &tokio_postgres::Config,
+    tls: T,
+) -> std::result::Result<Client, tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = cfg.connect(tls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("postgres connection ended: {e}");
+        }
+    });
     Ok(client)
 }
 
