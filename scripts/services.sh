@@ -103,11 +103,18 @@ start_seaweed() {
   export PERMAFROST_TEST_S3_ENDPOINT="http://127.0.0.1:${ports[6]}"
   export PERMAFROST_TEST_REST_URI="http://127.0.0.1:${ports[8]}"
   export PERMAFROST_TEST_WEED_PID="$PF_WEED_PID"
-  # Ready when the REST catalog answers (403 without a token is an answer).
-  local i
-  for i in $(seq 1 120); do
+  export PERMAFROST_TEST_WEED="$PF_VENV/bin/weed"
+  # Ready when S3 answers and the REST catalog lists the namespaces of the
+  # `warehouse` table bucket (created a moment after the ports open).
+  local i token
+  for i in $(seq 1 240); do
     if ! kill -0 "$PF_WEED_PID" 2>/dev/null; then log "weed exited:"; tail -30 "$dir/weed.log" >&2; return 1; fi
-    if curl -s -o /dev/null -w '%{http_code}' "$PERMAFROST_TEST_REST_URI/v1/config" 2>/dev/null | grep -qE '^(200|401|403)$' \
+    token="$(curl -s -X POST "$PERMAFROST_TEST_REST_URI/v1/oauth/tokens" \
+      -d "grant_type=client_credentials&client_id=$PERMAFROST_TEST_S3_KEY&client_secret=$PERMAFROST_TEST_S3_SECRET" 2>/dev/null \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' 2>/dev/null || true)"
+    if [ -n "$token" ] \
+       && curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" \
+            "$PERMAFROST_TEST_REST_URI/v1/warehouse/namespaces" 2>/dev/null | grep -q '^200$' \
        && curl -s -o /dev/null "$PERMAFROST_TEST_S3_ENDPOINT" 2>/dev/null; then
       log "seaweedfs: s3 $PERMAFROST_TEST_S3_ENDPOINT, iceberg rest $PERMAFROST_TEST_REST_URI"
       return 0

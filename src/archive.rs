@@ -50,6 +50,8 @@ pub struct ArchiveOptions {
     pub force: bool,
     /// Override the server's clock (tests, demos).
     pub now: Option<Micros>,
+    /// `replay`: only windows overlapping this range, whatever the lag.
+    pub range: Option<Window>,
 }
 
 /// What happened to one table.
@@ -158,7 +160,7 @@ async fn archive_table(
             cfg.notify.webhook_url.as_deref(),
             &notify::Event {
                 service: "permafrost",
-                event: if e.kind() == ErrorKind::Verification {
+                event: if e.context().iter().any(|(k, _)| *k == "batch") {
                     "batch_failed"
                 } else {
                     "table_failed"
@@ -199,7 +201,6 @@ struct Ctx<'a> {
     src: &'a source::SourceTable,
     table: ArchiveTable,
     mode: BatchMode,
-    webhook: Option<&'a str>,
 }
 
 async fn archive_table_inner(
@@ -215,7 +216,19 @@ async fn archive_table_inner(
     let now = opts.now.unwrap_or(server_now);
     let src = source::introspect::introspect(&client, t).await?;
     let source_id = src.source_id();
-    let cutoff = windows::cutoff(t.partition_by, now, t.lag);
+    // `replay` widens the range to whole windows and ignores the lag.
+    let g = t.partition_by;
+    let (lower, cutoff) = match opts.range {
+        Some(r) => (
+            Some(g.floor(r.start)),
+            if g.floor(r.end) == r.end {
+                r.end
+            } else {
+                g.window_of(r.end).end
+            },
+        ),
+        None => (None, windows::cutoff(g, now, t.lag)),
+    };
     report.cutoff = Some(rfc3339(cutoff));
 
     let Some(table) = lake::table::ensure_table(catalog, t, &src, !opts.dry_run).await? else {
@@ -249,7 +262,7 @@ async fn archive_table_inner(
         }
     }
 
-    let facts = gather_facts(&client, &table, &src, t, cutoff).await?;
+    let facts = gather_facts(&client, &table, &src, t, lower, cutoff).await?;
     let mode = if opts.no_delete {
         BatchMode::Copy
     } else {
@@ -312,7 +325,6 @@ async fn archive_table_inner(
         src: &src,
         table,
         mode,
-        webhook: cfg.notify.webhook_url.as_deref(),
     };
     let mut result = Ok(());
     for planned in &plan.batches {
@@ -375,6 +387,7 @@ pub async fn gather_facts(
     table: &ArchiveTable,
     src: &source::SourceTable,
     t: &TableConfig,
+    lower: Option<Micros>,
     cutoff: Micros,
 ) -> Result<TableFacts> {
     let source_id = src.source_id();
@@ -385,7 +398,7 @@ pub async fn gather_facts(
         .await?
         .into_iter()
         .collect();
-    let pending = windows::nonempty_windows(client, src, t.partition_by, None, cutoff).await?;
+    let pending = windows::nonempty_windows(client, src, t.partition_by, lower, cutoff).await?;
     Ok(TableFacts {
         source: source_id,
         granularity: t.partition_by,
@@ -424,12 +437,26 @@ async fn run_planned(
     let mut out = Vec::new();
     let mut sequence = planned.sequence;
     let mut batch_id = planned.batch_id.clone();
+    let limit = if ctx.mode == BatchMode::Move {
+        ctx.cfg.max_batch_rows
+    } else {
+        None
+    };
+    // A run takes the rows the range holds when it starts: rows that keep
+    // arriving meanwhile wait for the next run, so a run always ends.
+    let max_parts = match limit {
+        Some(n) => {
+            windows::count_in_range(ctx.client, ctx.src, &planned.range)
+                .await?
+                .div_ceil(n)
+                .max(1)
+                + 1
+        }
+        None => 1,
+    };
+    let mut parts = 0;
     loop {
-        let limit = if ctx.mode == BatchMode::Move {
-            ctx.cfg.max_batch_rows
-        } else {
-            None
-        };
+        parts += 1;
         let done = run_batch(ctx, planned, &batch_id, sequence, limit, bag.as_mut(), bar)
             .await
             .map_err(|e| {
@@ -442,7 +469,7 @@ async fn run_planned(
             out.push(r);
         }
         match limit {
-            Some(n) if streamed >= n => {
+            Some(n) if streamed >= n && parts < max_parts => {
                 sequence += 1;
                 batch_id = plan::batch_id(&facts.source, &planned.range, sequence);
             }
@@ -539,7 +566,12 @@ async fn run_batch(
     let mut checksum = Checksum::default();
     let mut reconciled = 0u64;
     let mut write_err = None;
+    let mut first = true;
     while let Some((batch, hashes)) = receiver.recv().await {
+        if first {
+            fault::point("after-extract");
+            first = false;
+        }
         let (batch, hashes) = match bag.as_deref_mut() {
             Some(bag) => {
                 let keep: Vec<bool> = hashes.iter().map(|h| !bag.take(*h)).collect();
@@ -580,7 +612,7 @@ async fn run_batch(
         "{batch_id}: {written} rows",
         written = checksum.rows
     ));
-    fault::point("after-extract");
+    fault::point("during-delete");
     let (files, written) = writer.close().await?;
     fault::point("after-write");
     if written != checksum.rows || streamed != written + reconciled {
@@ -652,25 +684,11 @@ async fn run_batch(
         {
             tracing::error!("cannot record the failure of batch {batch_id}: {me}");
         }
-        notify::send(
-            ctx.webhook,
-            &notify::Event {
-                service: "permafrost",
-                event: "batch_failed",
-                table: ctx.cfg.source_name(),
-                batch_id: Some(batch_id.to_string()),
-                window_start: Some(rfc3339(range.start)),
-                window_end: Some(rfc3339(range.end)),
-                error: reason.clone(),
-            },
-        )
-        .await;
         return Err(e.with_hint(
             "the rows stay in Postgres; the window is blocked until `archive --force`",
         ));
     }
     fault::point("after-verify");
-    fault::point("before-pg-commit");
     tx.commit()
         .await
         .map_err(|e| Error::postgres("cannot commit the Postgres transaction (the batch is archived; the next run settles it)", e))?;
@@ -728,9 +746,7 @@ async fn verify(
     })?;
     let (got, _) = lake::readback::checksum_snapshot(table, &snap).await?;
     let mut expected = *expected;
-    if std::env::var("PERMAFROST_FAULT").ok().as_deref() == Some("corrupt-checksum")
-        && cfg!(feature = "fault-injection")
-    {
+    if fault::injected("corrupt-checksum") {
         expected.sum = expected.sum.wrapping_add(1);
     }
     if got.rows != rows || got.sum != expected.sum {

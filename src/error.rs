@@ -189,8 +189,9 @@ impl Error {
             K::DataInvalid => ErrorKind::Catalog,
             _ => ErrorKind::Catalog,
         };
-        let text = one_line(&err.to_string());
-        let hint = iceberg_hint(&text);
+        let full = one_line(&err.to_string());
+        let hint = iceberg_hint(&full);
+        let text = concise(&full);
         let mut e = Error::new(kind, format!("{what}: {text}"));
         e.hint = hint;
         e
@@ -219,6 +220,41 @@ fn flatten_source(err: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// A catalog's JSON error (`"message":"…"`) says more in fewer words than the
+/// HTTP context iceberg-rust wraps around it; keep the kind and that message.
+fn concise(text: &str) -> String {
+    let Some(start) = text.find("\"message\":\"") else {
+        return text.to_string();
+    };
+    let rest = &text[start + 11..];
+    let mut msg = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    msg.push(n);
+                }
+            }
+            '"' => break,
+            c => msg.push(c),
+        }
+    }
+    let kind = text
+        .split(',')
+        .next()
+        .unwrap_or("")
+        .split(" =>")
+        .next()
+        .unwrap_or("")
+        .trim();
+    if kind.is_empty() {
+        msg
+    } else {
+        format!("{kind}: {msg}")
+    }
 }
 
 /// Collapses a multi-line message into one line.
@@ -309,6 +345,16 @@ mod tests {
         assert_eq!(e.to_string(), "bad value [key: tables[0].lag]");
         assert_eq!(e.hint(), Some("use 15d"));
         assert_eq!(e.kind().exit_code(), 2);
+    }
+
+    #[test]
+    fn catalog_json_messages_are_kept_short() {
+        let t = r#"Unexpected, context: { status: 404 Not Found, headers: {"a": "b"}, json: {"error":{"message":"table bucket warehouse not found: x","type":"NoSuch","code":404}} } => Received response"#;
+        assert_eq!(
+            concise(t),
+            "Unexpected: table bucket warehouse not found: x"
+        );
+        assert_eq!(concise("plain"), "plain");
     }
 
     #[test]

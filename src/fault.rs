@@ -1,14 +1,38 @@
-//! Named fault points for crash tests.
+//! Named fault points for crash and outage tests.
 //!
-//! Built with the `fault-injection` feature, [`point`] aborts the process (no
-//! unwinding, no cleanup: like a kill -9) when the environment variable
-//! `PERMAFROST_FAULT` names it.  Without the feature it compiles to nothing.
+//! Built with the `fault-injection` feature, [`point`]:
+//! - aborts the process (no unwinding, no cleanup: like `kill -9`) when the
+//!   environment variable `PERMAFROST_FAULT` names the point;
+//! - pauses when `PERMAFROST_PAUSE=<point>:<fifo>` names it: it opens the
+//!   named pipe and waits for one byte, so a test can stop a service or kill
+//!   a backend at exactly that step, then let the run continue.
+//!
+//! Without the feature, [`point`] compiles to nothing.
 //!
 //! Points, in the order a batch passes them:
-//! `after-extract`, `after-write`, `after-commit`, `after-verify`,
-//! `before-pg-commit`, `after-pg-commit`.
+//!
+//! | point             | state |
+//! |-------------------|-------|
+//! | `after-extract`   | the first rows are streamed (and deleted in the open transaction); nothing written |
+//! | `during-delete`   | the `DELETE … RETURNING` statement has finished; its transaction is open; files not closed |
+//! | `after-write`     | data files written and closed; nothing committed |
+//! | `after-commit`    | snapshot committed; not verified; Postgres transaction open |
+//! | `after-verify`    | verified; Postgres transaction open (about to commit) |
+//! | `after-pg-commit` | Postgres committed: the batch is complete |
+//!
+//! `PERMAFROST_FAULT=corrupt-checksum` makes verification see a wrong checksum.
 
-/// Aborts the process if `PERMAFROST_FAULT` is `name` (fault-injection builds only).
+/// Every named point, in order.
+pub const POINTS: [&str; 6] = [
+    "after-extract",
+    "during-delete",
+    "after-write",
+    "after-commit",
+    "after-verify",
+    "after-pg-commit",
+];
+
+/// Aborts or pauses at `name` (fault-injection builds only).
 #[inline]
 pub fn point(name: &str) {
     #[cfg(feature = "fault-injection")]
@@ -17,7 +41,26 @@ pub fn point(name: &str) {
             eprintln!("permafrost: fault injected at `{name}`, aborting");
             std::process::abort();
         }
+        let pause = std::env::var("PERMAFROST_PAUSE").ok();
+        if let Some((p, fifo)) = pause.as_deref().and_then(|s| s.split_once(':'))
+            && p == name
+        {
+            use std::io::Read;
+            eprintln!("permafrost: paused at `{name}`");
+            if let Ok(mut f) = std::fs::File::open(fifo) {
+                let mut b = [0u8; 1];
+                let _ = f.read(&mut b);
+            }
+            eprintln!("permafrost: resumed after `{name}`");
+        }
     }
     #[cfg(not(feature = "fault-injection"))]
     let _ = name;
+}
+
+/// True when the fault `name` is injected (fault-injection builds only).
+#[inline]
+pub fn injected(name: &str) -> bool {
+    cfg!(feature = "fault-injection")
+        && std::env::var("PERMAFROST_FAULT").ok().as_deref() == Some(name)
 }

@@ -43,6 +43,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Archive every window older than the lag: extract, write, commit, verify, delete.
     Archive(ArchiveArgs),
+    /// Archive the windows of a time range that still hold rows, whatever the lag.
+    Replay(ReplayArgs),
     /// Per-table state derived from the catalog and Postgres.
     Status(StatusArgs),
 }
@@ -109,4 +111,31 @@ pub struct StatusArgs {
     /// Pretend the current time is this (RFC 3339); for tests and demos.
     #[arg(long, hide = true)]
     pub now: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The table (name, schema.name or namespace.table).
+    #[arg(long, short = 't')]
+    pub table: String,
+    /// Start of the range (date or RFC 3339); widened to the start of its window.
+    #[arg(long)]
+    pub from: String,
+    /// End of the range, exclusive; widened to the end of its window.
+    #[arg(long)]
+    pub to: String,
+    /// Show what would be archived; write and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Archive and verify, but keep the rows in Postgres.
+    #[arg(long)]
+    pub no_delete: bool,
+    /// Also retry windows blocked by a batch that failed verification.
+    #[arg(long)]
+    pub force: bool,
+    /// Machine-readable report on stdout.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use crate::archive::{self, ArchiveOptions, Outcome};
-use crate::cli::args::{ArchiveArgs, CheckArgs, Cli, Command, DemoArgs, StatusArgs};
+use crate::cli::args::{ArchiveArgs, CheckArgs, Cli, Command, DemoArgs, ReplayArgs, StatusArgs};
 use crate::cli::output::{self, num};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
@@ -40,6 +40,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Demo(a) => demo_cmd(a, &progress).await,
         Command::Check(a) => check_cmd(a).await,
         Command::Archive(a) => archive_cmd(a, &progress).await,
+        Command::Replay(a) => replay_cmd(a, &progress).await,
         Command::Status(a) => status_cmd(a).await,
     };
     match result {
@@ -182,17 +183,56 @@ async fn archive_cmd(a: ArchiveArgs, progress: &Progress) -> Result<ExitCode> {
         no_delete: a.no_delete,
         force: a.force,
         now: parse_now(a.now.as_deref())?,
+        range: None,
     };
-    let progress = if a.json {
+    run_archive(&cfg, &opts, a.json, progress).await
+}
+
+async fn replay_cmd(a: ReplayArgs, progress: &Progress) -> Result<ExitCode> {
+    let cfg = load(&a.config.config)?;
+    let instant = |flag: &str, v: &str| {
+        parse_instant(v).ok_or_else(|| {
+            Error::config(format!("--{flag}: `{v}` is not a date or timestamp"))
+                .with_hint("e.g. 2024-01-01 or 2024-01-01T06:00:00Z")
+        })
+    };
+    let (from, to) = (instant("from", &a.from)?, instant("to", &a.to)?);
+    if from >= to {
+        return Err(Error::config(format!(
+            "--from {} is not before --to {}",
+            a.from, a.to
+        )));
+    }
+    let opts = ArchiveOptions {
+        table: Some(a.table.clone()),
+        dry_run: a.dry_run,
+        no_delete: a.no_delete,
+        force: a.force,
+        now: None,
+        range: Some(crate::plan::window::Window {
+            start: from,
+            end: to,
+        }),
+    };
+    run_archive(&cfg, &opts, a.json, progress).await
+}
+
+async fn run_archive(
+    cfg: &Config,
+    opts: &ArchiveOptions,
+    json: bool,
+    progress: &Progress,
+) -> Result<ExitCode> {
+    let progress = if json {
         Progress::hidden()
     } else {
         progress.clone()
     };
-    let reports = archive::run(&cfg, &opts, &progress).await?;
-    if a.json {
+    let reports = archive::run(cfg, opts, &progress).await?;
+    if json {
         output::json(&reports)?;
     } else {
-        print_archive(&reports, a.dry_run);
+        print_archive(&reports, opts.dry_run);
     }
     let failed: Vec<_> = reports
         .iter()

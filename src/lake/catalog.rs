@@ -62,19 +62,22 @@ pub async fn open_catalog(cfg: &CatalogConfig) -> Result<Arc<dyn Catalog>> {
 }
 
 /// Checks the catalog answers (and accepts our credentials) with a cheap call.
+/// An empty catalog may answer "namespace not found": that is an answer.
 pub async fn ping(catalog: &dyn Catalog, cfg: &CatalogConfig) -> Result<()> {
-    catalog
-        .list_namespaces(None)
-        .await
-        .map(|_| ())
-        .map_err(|e| Error::iceberg(format!("the {} does not answer", cfg.describe()), e))
-        .map_err(|e| {
-            if e.kind() == ErrorKind::Catalog && e.hint().is_none() {
-                e.with_hint("check the `catalog` section: uri, warehouse and credentials")
-            } else {
-                e
-            }
-        })
+    match catalog.list_namespaces(None).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == iceberg::ErrorKind::NamespaceNotFound => Ok(()),
+        Err(e) => {
+            let err = Error::iceberg(format!("the {} does not answer", cfg.describe()), e);
+            Err(
+                if err.kind() == ErrorKind::Catalog && err.hint().is_none() {
+                    err.with_hint("check the `catalog` section: uri, warehouse and credentials")
+                } else {
+                    err
+                },
+            )
+        }
+    }
 }
 
 fn sqlite_path(uri: &str) -> Option<String> {

@@ -140,7 +140,7 @@ pub async fn lock_holder(client: &Client, table_oid: u32) -> Result<Option<Strin
         .query(
             "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text, 'local'), a.backend_start::text \
              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'advisory' AND l.granted AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid",
+             WHERE l.locktype = 'advisory' AND l.granted AND l.classid = ($1::int8 >> 32)::oid AND l.objid = ($1::int8 & 4294967295)::oid",
             &[&key],
         )
         .await

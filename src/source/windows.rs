@@ -145,6 +145,20 @@ pub async fn window_counts(
         .collect())
 }
 
+/// Rows of `t` in `range` passing the filter.
+pub async fn count_in_range(client: &Client, t: &SourceTable, range: &Window) -> Result<u64> {
+    let sql = format!(
+        "SELECT count(*) FROM {} WHERE {}",
+        t.qualified(),
+        range_predicate(t, range)
+    );
+    let row = client
+        .query_one(sql.as_str(), &[])
+        .await
+        .map_err(|e| Error::postgres(format!("cannot count rows of {}", t.qualified()), e))?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
 /// Rows whose time column is NULL (never archived) and rows newer than the cutoff.
 pub async fn unarchivable_counts(
     client: &Client,

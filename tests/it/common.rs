@@ -164,21 +164,10 @@ impl Ws {
         self.run_env(args, &[])
     }
 
+    /// Runs the binary and waits; a run still going after [`WATCHDOG`] is
+    /// killed (the test then fails on its exit code instead of hanging).
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_permafrost"));
-        cmd.args(args)
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().expect("run permafrost");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        finish(self.spawn(args, env))
     }
 }
 
@@ -234,21 +223,25 @@ impl CatalogSetup {
                     namespace,
                 }
             }
-            Cat::Rest => Self {
-                kind,
-                yaml: format!(
-                    "catalog:\n  type: rest\n  name: rest\n  uri: {}\n  warehouse: s3://warehouse\n  credential: \"${{TEST_S3_KEY}}:${{TEST_S3_SECRET}}\"\n  s3.endpoint: {}\n  s3.access-key-id: \"${{TEST_S3_KEY}}\"\n  s3.secret-access-key: \"${{TEST_S3_SECRET}}\"\n  s3.region: us-east-1\n  s3.path-style-access: true\n",
-                    s.rest, s.s3
-                ),
-                py_name: "rest".into(),
-                py_props: serde_json::json!({
-                    "type": "rest", "uri": s.rest, "warehouse": "s3://warehouse",
-                    "credential": format!("{}:{}", s.key, s.secret),
-                    "s3.endpoint": s.s3, "s3.access-key-id": s.key, "s3.secret-access-key": s.secret,
-                    "s3.region": "us-east-1",
-                }),
-                namespace,
-            },
+            Cat::Rest => Self::rest_at(s, &s.rest, &s.s3, namespace),
+        }
+    }
+
+    /// A REST catalog at `rest` with S3 at `s3` (the shared SeaweedFS or a test's own).
+    pub fn rest_at(s: &Services, rest: &str, s3: &str, namespace: String) -> Self {
+        Self {
+            kind: Cat::Rest,
+            yaml: format!(
+                "catalog:\n  type: rest\n  name: rest\n  uri: {rest}\n  warehouse: s3://warehouse\n  credential: \"${{TEST_S3_KEY}}:${{TEST_S3_SECRET}}\"\n  s3.endpoint: {s3}\n  s3.access-key-id: \"${{TEST_S3_KEY}}\"\n  s3.secret-access-key: \"${{TEST_S3_SECRET}}\"\n  s3.region: us-east-1\n  s3.path-style-access: true\n"
+            ),
+            py_name: "rest".into(),
+            py_props: serde_json::json!({
+                "type": "rest", "uri": rest, "warehouse": "s3://warehouse",
+                "credential": format!("{}:{}", s.key, s.secret),
+                "s3.endpoint": s3, "s3.access-key-id": s.key, "s3.secret-access-key": s.secret,
+                "s3.region": "us-east-1",
+            }),
+            namespace,
         }
     }
 
@@ -324,4 +317,227 @@ pub async fn count(c: &Client, table: &str, cond: &str) -> i64 {
         .await
         .expect("count")
         .get(0)
+}
+
+/// A SeaweedFS (`weed mini`) of a test's own, which the test may kill and restart.
+pub struct Weed {
+    bin: String,
+    pub dir: tempfile::TempDir,
+    ports: Vec<u16>,
+    child: Option<std::process::Child>,
+    key: String,
+    secret: String,
+    pub s3: String,
+    pub rest: String,
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    ls.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+impl Weed {
+    pub async fn start(s: &Services) -> Self {
+        let bin = std::env::var("PERMAFROST_TEST_WEED")
+            .expect("PERMAFROST_TEST_WEED (scripts/test sets it)");
+        let ports = free_ports(16);
+        let mut w = Self {
+            bin,
+            dir: tempfile::Builder::new()
+                .prefix("permafrost-weed-")
+                .tempdir()
+                .expect("tempdir"),
+            s3: format!("http://127.0.0.1:{}", ports[6]),
+            rest: format!("http://127.0.0.1:{}", ports[8]),
+            ports,
+            child: None,
+            key: s.key.clone(),
+            secret: s.secret.clone(),
+        };
+        w.spawn().await;
+        w
+    }
+
+    async fn spawn(&mut self) {
+        let p = &self.ports;
+        let args = [
+            format!("-dir={}", self.dir.path().display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            "-tableBucket=warehouse".into(),
+            "-bucket=archive".into(),
+            "-admin.ui=false".into(),
+            "-master.telemetry=false".into(),
+            format!("-master.port={}", p[0]),
+            format!("-master.port.grpc={}", p[1]),
+            format!("-volume.port={}", p[2]),
+            format!("-volume.port.grpc={}", p[3]),
+            format!("-filer.port={}", p[4]),
+            format!("-filer.port.grpc={}", p[5]),
+            format!("-s3.port={}", p[6]),
+            format!("-s3.port.grpc={}", p[7]),
+            format!("-s3.port.iceberg={}", p[8]),
+            format!("-admin.port={}", p[9]),
+            format!("-admin.port.grpc={}", p[10]),
+            format!("-webdav.port={}", p[11]),
+            format!("-debug.port={}", p[12]),
+            format!("-s3.debug.port={}", p[13]),
+            format!("-metricsPort={}", p[14]),
+            format!("-s3.port.lance={}", p[15]),
+        ];
+        let log = std::fs::File::create(self.dir.path().join("weed.log")).expect("log");
+        let child = Command::new(&self.bin)
+            .arg("mini")
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", &self.key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start weed");
+        self.child = Some(child);
+        // Ready when S3 answers and the REST catalog lists the namespaces of
+        // the `warehouse` table bucket (created a moment after the ports open).
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let s3_ok = client.get(&self.s3).send().await.is_ok();
+            let token = match client
+                .post(format!("{}/v1/oauth/tokens", self.rest))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", &self.key),
+                    ("client_secret", &self.secret),
+                ])
+                .send()
+                .await
+            {
+                Ok(r) => r
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["access_token"].as_str().map(str::to_string)),
+                Err(_) => None,
+            };
+            let ns_ok = match token {
+                Some(t) => client
+                    .get(format!("{}/v1/warehouse/namespaces", self.rest))
+                    .bearer_auth(t)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success()),
+                None => false,
+            };
+            if s3_ok && ns_ok {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "weed did not start; see {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Weed {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A named pipe a paused permafrost waits on (`PERMAFROST_PAUSE=<point>:<fifo>`).
+pub struct Pause {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Pause {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pause.fifo");
+        let st = Command::new("mkfifo").arg(&path).status().expect("mkfifo");
+        assert!(st.success());
+        Self { path, _dir: dir }
+    }
+
+    pub fn env(&self, point: &str) -> String {
+        format!("{point}:{}", self.path.display())
+    }
+
+    /// Blocks until the process opened the pipe (it reached the point), or
+    /// `None` after `timeout`.
+    pub fn wait_reached(&self, timeout: std::time::Duration) -> Option<std::fs::File> {
+        let path = self.path.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(path);
+            let _ = tx.send(f);
+        });
+        rx.recv_timeout(timeout).ok().and_then(|r| r.ok())
+    }
+
+    /// Lets the paused process continue.
+    pub fn resume(mut f: std::fs::File) {
+        use std::io::Write;
+        let _ = f.write_all(b"x");
+    }
+}
+
+impl Ws {
+    /// Starts the binary without waiting.
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_permafrost"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("spawn permafrost")
+    }
+}
+
+/// How long one permafrost run may take in a test before it is killed.
+pub const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Collects a spawned child's output; kills it after [`WATCHDOG`].
+pub fn finish(child: std::process::Child) -> Out {
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if done_rx.recv_timeout(WATCHDOG).is_err() {
+            eprintln!("watchdog: permafrost (pid {pid}) ran longer than {WATCHDOG:?}; killing it");
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = done_tx.send(());
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }

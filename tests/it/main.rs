@@ -9,3 +9,4 @@ mod common;
 mod demo;
 mod errors;
 mod modes;
+mod safety;

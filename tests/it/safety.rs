@@ -1,0 +1,713 @@
+//! Exactly-once under crashes, concurrent writers, a second instance and
+//! outages.  Every scenario ends with a reconciliation: the multiset of rows
+//! (Postgres before + every row inserted during the test) equals the rows in
+//! the Iceberg table plus the rows still in Postgres, none in both, none twice.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+use crate::services;
+
+const DAY_US: i64 = 86_400_000_000;
+
+/// A sensor table with `windows` daily windows of exactly `per_window` rows, all older
+/// than the lag, a copy of it (`before_rows`) and a log of rows inserted later.
+struct Fixture {
+    s: Services,
+    db: TestDb,
+    ws: Ws,
+    cat: CatalogSetup,
+    cfg: String,
+    env: Vec<(String, String)>,
+}
+
+impl Fixture {
+    async fn new(
+        s: &Services,
+        cat: Option<CatalogSetup>,
+        kind: Cat,
+        per_window: u64,
+        windows: u64,
+        table_extra: &str,
+        extra: &str,
+    ) -> Self {
+        let db = TestDb::create(s, "safety").await;
+        let c = db.client().await;
+        c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
+            .await
+            .expect("schema");
+        let n = per_window * windows;
+        c.batch_execute(&format!(
+            "INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit, quality, payload) \
+             SELECT date_trunc('day', now()) - interval '20 days' - (i / {per_window}) * interval '1 day' \
+                    + (i % {per_window}) * (interval '1 day' / {per_window}), i % 8, 'sensor-' || (i % 8), \
+                    (i % 1000) / 7.0, 'celsius', (i % 10000) / 100.0, jsonb_build_object('i', i) \
+             FROM generate_series(0, {n} - 1) AS i; \
+             CREATE TABLE before_rows AS SELECT * FROM sensor_readings; \
+             CREATE TABLE inserted_log (LIKE sensor_readings);"
+        ))
+        .await
+        .expect("data");
+        let ws = Ws::new();
+        let cat = match cat {
+            Some(c) => c,
+            None => CatalogSetup::new(kind, s, &ws).await,
+        };
+        let cfg = ws
+            .config(
+                "permafrost.yaml",
+                &format!(
+                    "database:\n  dsn: \"{}\"\n{}global:\n  namespace: {}\n{extra}tables:\n\
+                     \x20 - name: sensor_readings\n    timestamp_column: recorded_at\n    partition_by: day\n    lag: 15d\n{table_extra}",
+                    db.dsn, cat.yaml, cat.namespace
+                ),
+            )
+            .to_string_lossy()
+            .to_string();
+        let env = CatalogSetup::env(s)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        Self {
+            s: s.clone(),
+            db,
+            ws,
+            cat,
+            cfg,
+            env,
+        }
+    }
+
+    fn env_with<'a>(&'a self, more: &'a [(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut e: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        e.extend_from_slice(more);
+        e
+    }
+
+    fn archive(&self, extra_args: &[&str], more_env: &[(&str, &str)]) -> Out {
+        let mut args = vec!["archive", "-c", self.cfg.as_str(), "--json"];
+        args.extend_from_slice(extra_args);
+        self.ws.run_env(&args, &self.env_with(more_env))
+    }
+
+    fn spawn_archive(&self, extra_args: &[&str], more_env: &[(&str, &str)]) -> std::process::Child {
+        let mut args = vec!["archive", "-c", self.cfg.as_str(), "--json"];
+        args.extend_from_slice(extra_args);
+        self.ws.spawn(&args, &self.env_with(more_env))
+    }
+
+    fn reconcile(&self) -> Value {
+        let req = json!({
+            "catalog_name": self.cat.py_name,
+            "catalog": self.cat.py_props,
+            "table": format!("{}.sensor_readings", self.cat.namespace),
+            "pg_dsn": self.db.dsn,
+            "source_table": "sensor_readings",
+            "expected_tables": ["before_rows", "inserted_log"],
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("req.json");
+        std::fs::write(&p, req.to_string()).expect("write");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/reconcile.py");
+        let out = std::process::Command::new(&self.s.python)
+            .arg(script)
+            .arg(&p)
+            .output()
+            .expect("python");
+        assert!(
+            out.status.success(),
+            "reconcile.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
+    fn assert_reconciled(&self, what: &str) -> Value {
+        let r = self.reconcile();
+        assert_eq!(r["ok"], true, "{what}: not exactly once: {r}");
+        r
+    }
+}
+
+/// Inserts rows into the archived windows (and logs them) until stopped.
+struct Inserter {
+    stop: Arc<AtomicBool>,
+    handle: tokio::task::JoinHandle<u64>,
+}
+
+impl Inserter {
+    async fn start(dsn: &str) -> Self {
+        let c = connect(dsn).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = tokio::spawn(async move {
+            let mut n = 0u64;
+            while !flag.load(Ordering::SeqCst) {
+                let r = c
+                    .batch_execute(
+                        "WITH r AS (INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit, quality, payload) \
+                         VALUES (date_trunc('day', now()) - interval '25 days' + random() * interval '6 days', 77, 'live', random(), 'celsius', 1.25, '{\"live\": true}') \
+                         RETURNING *) INSERT INTO inserted_log SELECT * FROM r",
+                    )
+                    .await;
+                if r.is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        });
+        Self { stop, handle }
+    }
+
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.await.unwrap_or(0)
+    }
+}
+
+/// Every fault point × {quiet table, concurrent inserts}: crash there, run
+/// again to completion, reconcile.
+async fn fault_matrix(kind: Cat) {
+    let s = services!();
+    let mut lines = Vec::new();
+    for inserts in [false, true] {
+        for point in permafrost::fault::POINTS {
+            let f = Fixture::new(&s, None, kind, 400, 6, "    max_batch_rows: 300\n", "").await;
+            let inserter = if inserts {
+                Some(Inserter::start(&f.db.dsn).await)
+            } else {
+                None
+            };
+            let out = f.archive(&[], &[("PERMAFROST_FAULT", point)]);
+            assert_ne!(
+                out.code, 0,
+                "{point}: the fault should kill the run:\n{}",
+                out.stderr
+            );
+            assert!(
+                out.stderr.contains(&format!("fault injected at `{point}`")),
+                "{point}: {}",
+                out.stderr
+            );
+            let out = f.archive(&[], &[]);
+            let inserted = match inserter {
+                Some(i) => i.stop().await,
+                None => 0,
+            };
+            assert_eq!(
+                out.code, 0,
+                "{point}: the next run completes:\n{}",
+                out.stderr
+            );
+            let r = f.assert_reconciled(&format!("{kind:?} {point} inserts={inserts}"));
+            let line = format!(
+                "{kind:?} | {point:<15} | {} | ok: expected {} = iceberg {} + postgres {} ({} inserted during the test)",
+                if inserts {
+                    "concurrent inserts"
+                } else {
+                    "quiet table       "
+                },
+                r["expected"],
+                r["iceberg"],
+                r["postgres"],
+                inserted
+            );
+            eprintln!("MATRIX {line}");
+            lines.push(line);
+        }
+    }
+    eprintln!(
+        "fault matrix ({} cases, all green):\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_matrix_rest_catalog() {
+    fault_matrix(Cat::Rest).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_matrix_sql_catalog() {
+    fault_matrix(Cat::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_at_once_archive_each_row_once() {
+    let s = services!();
+    let f = Fixture::new(&s, None, Cat::Rest, 4000, 25, "", "").await;
+    let inserter = Inserter::start(&f.db.dsn).await;
+    let a = f.spawn_archive(&[], &[]);
+    let b = f.spawn_archive(&[], &[]);
+    let (a, b) = (finish(a), finish(b));
+    inserter.stop().await;
+    assert_eq!(
+        (a.code, b.code),
+        (0, 0),
+        "both exit cleanly:\n{}\n{}",
+        a.stderr,
+        b.stderr
+    );
+    let (ra, rb) = (a.json(), b.json());
+    let mut windows: Vec<String> = Vec::new();
+    for r in [&ra, &rb] {
+        for bt in r[0]["batches"].as_array().expect("batches") {
+            windows.push(format!("{}#{}", bt["window_start"], bt["sequence"]));
+        }
+    }
+    let n = windows.len();
+    windows.sort();
+    windows.dedup();
+    assert_eq!(windows.len(), n, "no batch archived by both");
+    let skipped: Vec<&Value> = [&ra, &rb]
+        .into_iter()
+        .filter(|r| r[0]["outcome"]["status"] == "skipped")
+        .collect();
+    for r in &skipped {
+        let reason = r[0]["outcome"]["reason"].as_str().unwrap_or("");
+        assert!(
+            reason.contains("another permafrost instance") && reason.contains("pid"),
+            "the loser says why: {reason}"
+        );
+    }
+    eprintln!(
+        "two instances: {} skipped, {} batches in all",
+        skipped.len(),
+        n
+    );
+    f.assert_reconciled("two instances");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verification_failure_blocks_notifies_and_force_recovers() {
+    let s = services!();
+    // A local webhook receiver.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!(
+        "http://127.0.0.1:{}/hook",
+        listener.local_addr().expect("addr").port()
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        let _ = tx.send(body.to_string());
+                        break;
+                    }
+                }
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let f = Fixture::new(
+        &s,
+        None,
+        Cat::Sqlite,
+        300,
+        4,
+        "",
+        &format!("notify:\n  webhook_url: {url}\n"),
+    )
+    .await;
+    let c = f.db.client().await;
+    let total = count(&c, "sensor_readings", "true").await;
+
+    let out = f.archive(&[], &[("PERMAFROST_FAULT", "corrupt-checksum")]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("verification failed"), "{}", out.stderr);
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        total,
+        "rows kept"
+    );
+    let hook: Value = serde_json::from_str(
+        &rx.recv_timeout(Duration::from_secs(30))
+            .expect("webhook received"),
+    )
+    .expect("json");
+    assert_eq!(hook["service"], "permafrost");
+    assert_eq!(hook["event"], "batch_failed");
+    assert_eq!(hook["table"], "public.sensor_readings");
+    assert!(
+        hook["batch_id"].as_str().is_some_and(|b| b.len() == 16),
+        "{hook}"
+    );
+    assert!(
+        hook["window_start"].as_str().is_some() && hook["window_end"].as_str().is_some(),
+        "{hook}"
+    );
+    assert!(
+        hook["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("verification failed"),
+        "{hook}"
+    );
+    let failed_window = hook["window_start"].as_str().unwrap_or("").to_string();
+
+    let st =
+        f.ws.run_env(&["status", "-c", &f.cfg, "--json"], &f.env_with(&[]))
+            .json();
+    assert_eq!(st[0]["windows_failed"], 1, "{st}");
+    assert_eq!(st[0]["failed_batches"][0]["batch_id"], hook["batch_id"]);
+
+    // Without --force the failed window stays blocked; the others go.
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rep = out.json();
+    assert_eq!(
+        rep[0]["blocked"][0]["window_start"],
+        failed_window.as_str(),
+        "{rep}"
+    );
+    assert_eq!(rep[0]["batches"].as_array().map(Vec::len), Some(3));
+    assert!(
+        count(&c, "sensor_readings", "true").await > 0,
+        "the failed window's rows are still there"
+    );
+
+    let out = f.archive(&["--force"], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rep = out.json();
+    assert_eq!(
+        rep[0]["batches"][0]["reconciled_rows"].as_i64(),
+        Some(300),
+        "the failed batch's rows settled, not re-archived: {rep}"
+    );
+    let st =
+        f.ws.run_env(&["status", "-c", &f.cfg, "--json"], &f.env_with(&[]))
+            .json();
+    assert_eq!(
+        (
+            st[0]["windows_failed"].as_u64(),
+            st[0]["windows_pending"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{st}"
+    );
+    assert_eq!(count(&c, "sensor_readings", "true").await, 0);
+    f.assert_reconciled("verification failure + --force");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_batch_rows_splits_a_window() {
+    let s = services!();
+    let f = Fixture::new(
+        &s,
+        None,
+        Cat::Sqlite,
+        1000,
+        1,
+        "    max_batch_rows: 300\n",
+        "",
+    )
+    .await;
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rep = out.json();
+    let b = rep[0]["batches"].as_array().expect("batches");
+    let rows: Vec<i64> = b.iter().map(|x| x["rows"].as_i64().unwrap_or(0)).collect();
+    let seqs: Vec<i64> = b
+        .iter()
+        .map(|x| x["sequence"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(rows, vec![300, 300, 300, 100]);
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+    f.assert_reconciled("max_batch_rows");
+}
+
+/// Runs an archive paused at `point`, applies `outage` there, lets it continue.
+async fn paused_run(f: &Fixture, point: &str, outage: impl AsyncFnOnce()) -> Out {
+    let pause = Pause::new();
+    let spec = pause.env(point);
+    let child = f.spawn_archive(&[], &[("PERMAFROST_PAUSE", spec.as_str())]);
+    let Some(handle) = pause.wait_reached(Duration::from_secs(120)) else {
+        let out = finish(child);
+        panic!("never reached {point}:\n{}", out.stderr);
+    };
+    outage().await;
+    Pause::resume(handle);
+    finish(child)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outages_delete_nothing_unverified_and_the_next_run_recovers() {
+    let s = services!();
+    let mut weed = Weed::start(&s).await;
+    let cat = CatalogSetup::rest_at(&s, &weed.rest, &weed.s3, unique("outage"));
+    // Windows larger than one record batch, so a backend can die mid-stream.
+    let f = Fixture::new(&s, Some(cat), Cat::Rest, 40_000, 3, "", "").await;
+    let c = f.db.client().await;
+    let total = count(&c, "sensor_readings", "true").await;
+    // The table exists and one window is archived before the outages.
+    let out = f.archive(&["--dry-run"], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // 1. SeaweedFS stopped mid-upload (rows deleted in the open transaction, nothing written yet).
+    let out = paused_run(&f, "after-extract", async || weed.kill()).await;
+    assert_ne!(out.code, 0, "fails with storage down");
+    assert_eq!(out.error_lines().len(), 1, "{}", out.stderr);
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        total,
+        "nothing deleted"
+    );
+    weed.restart().await;
+
+    // 2. Catalog unreachable at commit (files written).
+    let out = paused_run(&f, "after-write", async || weed.kill()).await;
+    assert_ne!(out.code, 0);
+    assert!(
+        out.error_lines()[0].contains("catalog") || out.error_lines()[0].contains("commit"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        total,
+        "nothing deleted"
+    );
+    weed.restart().await;
+
+    // 3. The extracting backend is terminated mid-stream. Depending on how far
+    //    the stream got, the run fails before the commit or at the Postgres
+    //    commit (an unsettled batch); either way nothing is deleted.
+    let kill_backend = async || {
+        let admin = connect(&s.pg).await;
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'permafrost' AND datname = $1",
+                &[&f.db.name],
+            )
+            .await
+            .expect("terminate")
+            .get(0);
+        assert!(n >= 1, "a backend was terminated");
+    };
+    let out = paused_run(&f, "after-extract", kill_backend).await;
+    assert_ne!(out.code, 0);
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        total,
+        "nothing deleted"
+    );
+    f.assert_reconciled_allowing_unsettled();
+
+    // 4. The deleting backend is terminated after commit and verify, before the Postgres commit.
+    let out = paused_run(&f, "after-verify", kill_backend).await;
+    assert_ne!(out.code, 0);
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        total,
+        "the delete did not commit"
+    );
+    let st =
+        f.ws.run_env(&["status", "-c", &f.cfg, "--json"], &f.env_with(&[]))
+            .json();
+    let unsettled = st[0]["unsettled_batches"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    assert!(unsettled >= 1, "a batch committed but unsettled: {st}");
+    f.assert_reconciled_allowing_unsettled();
+
+    // The next run completes, settles the unsettled batches (their rows are
+    // deleted, not archived again), and reconciles exactly.
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rep = out.json();
+    let settled: i64 = rep[0]["batches"]
+        .as_array()
+        .expect("b")
+        .iter()
+        .map(|b| b["reconciled_rows"].as_i64().unwrap_or(0))
+        .sum();
+    assert!(settled >= 40_000, "the unsettled rows were settled: {rep}");
+    assert_eq!(count(&c, "sensor_readings", "true").await, 0);
+    let st =
+        f.ws.run_env(&["status", "-c", &f.cfg, "--json"], &f.env_with(&[]))
+            .json();
+    assert_eq!(
+        st[0]["unsettled_batches"].as_array().map(Vec::len),
+        Some(0),
+        "{st}"
+    );
+    f.assert_reconciled("outages");
+}
+
+impl Fixture {
+    /// While a batch is unsettled its rows are in both places; nothing is lost.
+    fn assert_reconciled_allowing_unsettled(&self) {
+        let r = self.reconcile();
+        assert_eq!(
+            r["missing"].as_array().map(Vec::len),
+            Some(0),
+            "nothing lost: {r}"
+        );
+        assert_eq!(
+            r["twice"].as_array().map(Vec::len),
+            Some(0),
+            "nothing archived twice: {r}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_archives_a_range_regardless_of_the_lag() {
+    let s = services!();
+    let f = Fixture::new(&s, None, Cat::Sqlite, 100, 3, "", "").await;
+    let c = f.db.client().await;
+    // Recent rows (inside the lag) in two windows.
+    c.batch_execute(
+        "WITH r AS (INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit) \
+         SELECT date_trunc('day', now()) - interval '3 days' + (i * interval '1 minute'), 1, 'recent', 1, 'c' FROM generate_series(1, 50) i \
+         UNION ALL SELECT date_trunc('day', now()) - interval '2 days' + (i * interval '1 minute'), 1, 'recent', 1, 'c' FROM generate_series(1, 50) i \
+         RETURNING *) INSERT INTO inserted_log SELECT * FROM r",
+    )
+    .await
+    .expect("recent rows");
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        100,
+        "recent rows stay (lag)"
+    );
+    let now = pg_now(&c).await;
+    let day = now.div_euclid(DAY_US) * DAY_US;
+    let from = rfc3339(day - 3 * DAY_US + 3_600_000_000); // widened to the window start
+    let to = rfc3339(day - 2 * DAY_US);
+    let out = f.ws.run_env(
+        &[
+            "replay",
+            "-c",
+            &f.cfg,
+            "-t",
+            "sensor_readings",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--json",
+        ],
+        &f.env_with(&[]),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rep = out.json();
+    assert_eq!(rep[0]["batches"].as_array().map(Vec::len), Some(1), "{rep}");
+    assert_eq!(rep[0]["batches"][0]["rows"], 50);
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        50,
+        "only the replayed window left Postgres"
+    );
+    f.assert_reconciled("replay");
+}
+
+/// Another writer commits to the same Iceberg table between our write and our
+/// commit: the commit is retried on the refreshed table, nothing is duplicated.
+async fn commit_conflict(kind: Cat) {
+    let s = services!();
+    let f = Fixture::new(&s, None, kind, 200, 2, "", "").await;
+    // First run creates the table (and archives window 1 so it has a snapshot).
+    let out = f.archive(&["--dry-run"], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let c = f.db.client().await;
+    let ts: i64 = c
+        .query_one(
+            "SELECT (extract(epoch FROM min(recorded_at)) * 1000000)::int8 FROM sensor_readings",
+            &[],
+        )
+        .await
+        .expect("ts")
+        .get(0);
+    // The external row is expected in the end result: log it.
+    c.batch_execute(&format!(
+        "INSERT INTO inserted_log (id, recorded_at, sensor_id, sensor_name, value, unit, quality, payload) \
+         VALUES (-1, to_timestamp({ts}::float8 / 1e6), 1, 'external', 0.5, 'celsius', 1.00, '{{\"external\": true}}')"
+    ))
+    .await
+    .expect("log");
+    let append = || {
+        let req = json!({
+            "catalog_name": f.cat.py_name, "catalog": f.cat.py_props,
+            "table": format!("{}.sensor_readings", f.cat.namespace),
+            "row": {"id": -1, "recorded_at": ts, "sensor_id": 1, "sensor_name": "external", "value": 0.5,
+                    "unit": "celsius", "quality": "1.00", "payload": "{\"external\": true}"},
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("req.json");
+        std::fs::write(&p, req.to_string()).expect("write");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/append.py");
+        let out = std::process::Command::new(&s.python)
+            .arg(script)
+            .arg(&p)
+            .output()
+            .expect("python");
+        assert!(
+            out.status.success(),
+            "append.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // Create the table with a first batch, so the external writer has something to append to.
+    let first = f.archive(&["--now", &rfc3339(pg_now(&c).await)], &[]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    // Put rows back into a window and pause the next run right before its commit.
+    c.batch_execute(
+        "WITH r AS (INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit) \
+         SELECT date_trunc('day', now()) - interval '20 days' + i * interval '1 minute', 2, 'late', 1, 'c' FROM generate_series(1, 100) i \
+         RETURNING *) INSERT INTO inserted_log SELECT * FROM r",
+    )
+    .await
+    .expect("late rows");
+    let out = paused_run(&f, "after-write", async || append()).await;
+    assert_eq!(
+        out.code, 0,
+        "the conflicting commit was retried:\n{}",
+        out.stderr
+    );
+    assert_eq!(out.json()[0]["batches"][0]["rows"], 100);
+    let r = f.assert_reconciled("commit conflict");
+    assert_eq!(r["postgres"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commit_conflicts_with_another_writer_rest() {
+    commit_conflict(Cat::Rest).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commit_conflicts_with_another_writer_sql() {
+    commit_conflict(Cat::Sqlite).await;
+}
