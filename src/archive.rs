@@ -464,12 +464,11 @@ async fn run_planned(
                     .with_context("window_start", rfc3339(planned.range.start))
                     .with_context("window_end", rfc3339(planned.range.end))
             })?;
-        let streamed = done.streamed;
         if let Some(r) = done.report {
             out.push(r);
         }
         match limit {
-            Some(n) if streamed >= n && parts < max_parts => {
+            Some(_) if !done.exhausted && parts < max_parts => {
                 sequence += 1;
                 batch_id = plan::batch_id(&facts.source, &planned.range, sequence);
             }
@@ -481,7 +480,8 @@ async fn run_planned(
 
 struct BatchDone {
     report: Option<BatchReport>,
-    streamed: u64,
+    /// No row of the range is left in Postgres (as this transaction sees it).
+    exhausted: bool,
 }
 
 /// One Postgres transaction, one snapshot.
@@ -621,18 +621,36 @@ async fn run_batch(
             checksum.rows
         )));
     }
-    // Only the batch that finishes a range settles the open batches it
-    // covers whole (see `plan::PlannedBatch::settles`).
-    let final_part = limit.is_none_or(|n| streamed < n);
+    // Only the part that empties the range settles the open batches the range
+    // covers whole (see `plan::PlannedBatch::settles`): a part can come back
+    // short while rows remain (rows updated or deleted concurrently), so ask.
+    // A DELETE of the whole range (no limit) removes every row that existed
+    // when it started, so it always empties the range of earlier rows.
+    let exhausted = match limit {
+        None => true,
+        Some(_) if mode == BatchMode::Copy => true,
+        Some(_) => {
+            let sql = format!(
+                "SELECT NOT EXISTS (SELECT 1 FROM {} WHERE {pred})",
+                src.qualified()
+            );
+            tx.query_one(sql.as_str(), &[])
+                .await
+                .map_err(|e| Error::postgres("cannot check the range is empty", e))?
+                .get(0)
+        }
+    };
+    let final_part = exhausted;
     let reconciles: Vec<String> = if mode == BatchMode::Move && final_part {
         planned.settles.clone()
     } else {
         vec![]
     };
-    // Nothing to record: the range is empty now (rows deleted by someone else
-    // meanwhile), or every row streamed is already archived in an open batch
-    // that this part does not settle (a copy never settles anything).
-    if streamed == 0 || (written == 0 && (mode == BatchMode::Copy || reconciles.is_empty())) {
+    // Nothing to record: nothing was written and nothing is settled (the range
+    // is empty, or every row streamed is already archived in an open batch that
+    // this part does not settle; a copy never settles anything).  When open
+    // batches are settled, even an empty part is recorded, as a marker.
+    if written == 0 && (mode == BatchMode::Copy || reconciles.is_empty()) {
         let end = if mode == BatchMode::Move && streamed > 0 {
             tx.commit().await
         } else {
@@ -641,7 +659,7 @@ async fn run_batch(
         end.map_err(|e| Error::postgres("cannot end the batch transaction", e))?;
         return Ok(BatchDone {
             report: None,
-            streamed,
+            exhausted,
         });
     }
 
@@ -727,7 +745,7 @@ async fn run_batch(
             checksum: checksum.hex(),
             seconds: started.elapsed().as_secs_f64(),
         }),
-        streamed,
+        exhausted,
     })
 }
 

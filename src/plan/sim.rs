@@ -57,6 +57,8 @@ struct Model {
     next_row: u64,
     next_xid: u64,
     every_row: Vec<u64>,
+    /// Rows the application deleted itself (legitimately in neither place).
+    app_deleted: Vec<u64>,
     log: Vec<String>,
 }
 
@@ -72,6 +74,7 @@ impl Model {
             next_row: 1,
             next_xid: 100,
             every_row: vec![],
+            app_deleted: vec![],
             log: vec![],
         }
     }
@@ -81,6 +84,18 @@ impl Model {
             self.pg.insert(self.next_row, window);
             self.every_row.push(self.next_row);
             self.next_row += 1;
+        }
+    }
+
+    fn app_delete(&mut self, rng: &mut Rng) {
+        if self.pg.is_empty() {
+            return;
+        }
+        let i = rng.below(self.pg.len() as u64) as usize;
+        if let Some(id) = self.pg.keys().nth(i).copied() {
+            self.pg.remove(&id);
+            self.app_deleted.push(id);
+            self.log.push(format!("app deleted row {id}"));
         }
     }
 
@@ -106,101 +121,141 @@ impl Model {
             .collect()
     }
 
-    /// One planned batch, executed like `archive::run_batch`, stopping at `stop`.
-    fn execute(&mut self, p: &PlannedBatch, mode: BatchMode, stop: Stop) {
+    /// One planned batch, executed like `archive::run_planned`/`run_batch`:
+    /// parts of at most `limit` rows (move mode), each stopping at `stop()`.
+    /// Returns false when a part did not complete (the run ends).
+    fn execute(
+        &mut self,
+        p: &PlannedBatch,
+        mode: BatchMode,
+        limit: Option<usize>,
+        stop: &mut dyn FnMut() -> Stop,
+    ) -> bool {
         let mut bag: Vec<u64> = p
             .reconcile
             .iter()
             .flat_map(|id| self.archived.get(id).cloned().unwrap_or_default())
             .collect();
-        let streamed = self.in_range(&p.range);
-        let mut new = vec![];
-        for id in &streamed {
-            if let Some(i) = bag.iter().position(|b| b == id) {
-                bag.swap_remove(i);
-            } else {
-                new.push(*id);
-            }
-        }
-        if streamed.is_empty() {
-            return;
-        }
-        let reconciles = if mode == BatchMode::Move {
-            p.settles.clone()
-        } else {
-            vec![]
-        };
-        if new.is_empty() && (mode == BatchMode::Copy || reconciles.is_empty()) {
-            if mode == BatchMode::Move && stop == Stop::Complete {
-                for id in &streamed {
-                    self.pg.remove(id);
+        let limit = if mode == BatchMode::Move { limit } else { None };
+        let max_parts = limit
+            .map(|n| self.in_range(&p.range).len().div_ceil(n).max(1) + 1)
+            .unwrap_or(1);
+        let mut sequence = p.sequence;
+        for part in 1..=max_parts {
+            let mut streamed = self.in_range(&p.range);
+            if let Some(n) = limit {
+                streamed.truncate(n);
+                // A concurrent UPDATE of a selected row between the part's
+                // SELECT of row ids and its DELETE: the old version is gone (not
+                // deleted by us), a new version stays; the part comes back short.
+                if streamed.len() > 1 && self.next_row % 3 == 0 {
+                    let victim = streamed.remove(0);
+                    if let Some(w) = self.pg.remove(&victim) {
+                        self.app_deleted.push(victim);
+                        self.insert(w, 1);
+                        self.log.push(format!("row {victim} updated concurrently"));
+                    }
                 }
             }
-            return;
-        }
-        if stop == Stop::BeforeCommit {
-            self.log.push(format!("{} crash before commit", p.batch_id));
-            return;
-        }
-        let xid = (mode == BatchMode::Move).then(|| {
-            self.next_xid += 1;
-            self.next_xid
-        });
-        self.batches.push(BatchRecord {
-            batch_id: p.batch_id.clone(),
-            snapshot_id: self.batches.len() as i64,
-            committed_at_ms: 0,
-            range: p.range,
-            sequence: p.sequence,
-            mode,
-            xid,
-            reconciles,
-            rows: new.len() as u64,
-            checksum: String::new(),
-        });
-        assert!(
-            !self.archived.contains_key(&p.batch_id),
-            "batch id {} committed twice",
-            p.batch_id
-        );
-        self.archived.insert(p.batch_id.clone(), new.clone());
-        let rolled_back = match stop {
-            Stop::CommitLandsAnswerLost | Stop::AfterCommit => true,
-            Stop::VerifyFails => {
-                self.failed.insert(p.batch_id.clone(), "mismatch".into());
-                true
-            }
-            _ => false,
-        };
-        if let Some(x) = xid {
-            self.xact.insert(
-                x,
-                if rolled_back {
-                    XactStatus::Aborted
-                } else {
-                    XactStatus::Committed
-                },
-            );
-        }
-        if rolled_back {
-            self.log.push(format!("{} {stop:?}", p.batch_id));
-            return;
-        }
-        if mode == BatchMode::Move {
+            let mut new = vec![];
             for id in &streamed {
-                self.pg.remove(id);
+                if let Some(i) = bag.iter().position(|b| b == id) {
+                    bag.swap_remove(i);
+                } else {
+                    new.push(*id);
+                }
             }
-            // A settled reconciliation clears the failures it resolved.
-            for r in &p.settles {
-                self.failed.remove(r);
+            // Is the range empty once this part's rows are gone?
+            let exhausted = limit.is_none() || self.in_range(&p.range).len() == streamed.len();
+            let reconciles = if mode == BatchMode::Move && exhausted {
+                p.settles.clone()
+            } else {
+                vec![]
+            };
+            let stop = stop();
+            let batch_id = if part == 1 {
+                p.batch_id.clone()
+            } else {
+                batch_id("db.s.t", &p.range, sequence)
+            };
+            if new.is_empty() && (mode == BatchMode::Copy || reconciles.is_empty()) {
+                if stop != Stop::Complete {
+                    return false;
+                }
+                if mode == BatchMode::Move {
+                    for id in &streamed {
+                        self.pg.remove(id);
+                    }
+                }
+            } else {
+                if stop == Stop::BeforeCommit {
+                    self.log.push(format!("{batch_id} crash before commit"));
+                    return false;
+                }
+                let xid = (mode == BatchMode::Move).then(|| {
+                    self.next_xid += 1;
+                    self.next_xid
+                });
+                assert!(
+                    !self.archived.contains_key(&batch_id),
+                    "batch id {batch_id} committed twice"
+                );
+                self.batches.push(BatchRecord {
+                    batch_id: batch_id.clone(),
+                    snapshot_id: self.batches.len() as i64,
+                    committed_at_ms: 0,
+                    range: p.range,
+                    sequence,
+                    mode,
+                    xid,
+                    reconciles: reconciles.clone(),
+                    rows: new.len() as u64,
+                    checksum: String::new(),
+                });
+                self.archived.insert(batch_id.clone(), new.clone());
+                let rolled_back = match stop {
+                    Stop::CommitLandsAnswerLost | Stop::AfterCommit => true,
+                    Stop::VerifyFails => {
+                        self.failed.insert(batch_id.clone(), "mismatch".into());
+                        true
+                    }
+                    _ => false,
+                };
+                if let Some(x) = xid {
+                    self.xact.insert(
+                        x,
+                        if rolled_back {
+                            XactStatus::Aborted
+                        } else {
+                            XactStatus::Committed
+                        },
+                    );
+                }
+                if rolled_back {
+                    self.log.push(format!("{batch_id} {stop:?}"));
+                    return false;
+                }
+                if mode == BatchMode::Move {
+                    for id in &streamed {
+                        self.pg.remove(id);
+                    }
+                    for r in &reconciles {
+                        self.failed.remove(r);
+                    }
+                }
+                self.log.push(format!(
+                    "{batch_id} {mode:?} part {part} {} new, {} settled, exhausted={exhausted}",
+                    new.len(),
+                    streamed.len() - new.len()
+                ));
             }
+            self.check_safe();
+            if exhausted {
+                break;
+            }
+            sequence += 1;
         }
-        self.log.push(format!(
-            "{} {mode:?} {} new, {} settled",
-            p.batch_id,
-            new.len(),
-            streamed.len() - new.len()
-        ));
+        true
     }
 
     fn run(&mut self, rng: &mut Rng, mode: BatchMode, force: bool, crashes: bool) {
@@ -213,11 +268,17 @@ impl Model {
             },
         );
         assert!(plan.in_progress.is_empty());
+        let limit = if rng.below(2) == 0 {
+            Some(1 + rng.below(4) as usize)
+        } else {
+            None
+        };
         for p in &plan.batches {
-            let stop = if !crashes {
-                Stop::Complete
-            } else {
-                match rng.below(10) {
+            let mut stop = || {
+                if !crashes {
+                    return Stop::Complete;
+                }
+                match rng.below(12) {
                     0 => Stop::BeforeCommit,
                     1 => Stop::CommitLandsAnswerLost,
                     2 => Stop::AfterCommit,
@@ -225,9 +286,9 @@ impl Model {
                     _ => Stop::Complete,
                 }
             };
-            self.execute(p, mode, stop);
+            let completed = self.execute(p, mode, limit, &mut stop);
             self.check_safe();
-            if stop != Stop::Complete {
+            if !completed {
                 return; // the process is gone (or the run ends with an error)
             }
         }
@@ -251,7 +312,7 @@ impl Model {
         }
         for id in &self.every_row {
             assert!(
-                self.pg.contains_key(id) || seen.contains_key(id),
+                self.pg.contains_key(id) || seen.contains_key(id) || self.app_deleted.contains(id),
                 "row {id} lost\n{}",
                 self.log.join("\n")
             );
@@ -266,12 +327,15 @@ impl Model {
             self.pg,
             self.log.join("\n")
         );
-        let total: usize = self.archived.values().map(Vec::len).sum();
-        assert_eq!(
-            total,
-            self.every_row.len(),
-            "every row archived exactly once"
-        );
+        let archived: std::collections::HashSet<u64> =
+            self.archived.values().flatten().copied().collect();
+        for id in &self.every_row {
+            assert!(
+                archived.contains(id) || self.app_deleted.contains(id),
+                "row {id} neither archived nor deleted by the application\n{}",
+                self.log.join("\n")
+            );
+        }
     }
 }
 
@@ -284,7 +348,8 @@ fn simulate(seed: u64) {
         m.insert(base + w, n);
     }
     for _ in 0..(5 + rng.below(25)) {
-        match rng.below(6) {
+        match rng.below(7) {
+            6 => m.app_delete(&mut rng),
             0 => {
                 let w = base + rng.below(8) as i64;
                 let n = 1 + rng.below(3);
@@ -296,7 +361,7 @@ fn simulate(seed: u64) {
         }
     }
     // Operators review failures and force; runs without crashes converge.
-    for _ in 0..3 {
+    for _ in 0..6 {
         m.run(&mut rng, BatchMode::Move, true, false);
     }
     m.check_final();
