@@ -140,15 +140,14 @@ impl Model {
         let max_parts = limit
             .map(|n| self.in_range(&p.range).len().div_ceil(n).max(1) + 1)
             .unwrap_or(1);
-        let mut sequence = p.sequence;
-        for part in 1..=max_parts {
+        for (part, sequence) in (1..=max_parts).zip(p.sequence..) {
             let mut streamed = self.in_range(&p.range);
             if let Some(n) = limit {
                 streamed.truncate(n);
                 // A concurrent UPDATE of a selected row between the part's
                 // SELECT of row ids and its DELETE: the old version is gone (not
                 // deleted by us), a new version stays; the part comes back short.
-                if streamed.len() > 1 && self.next_row % 3 == 0 {
+                if streamed.len() > 1 && self.next_row.is_multiple_of(3) {
                     let victim = streamed.remove(0);
                     if let Some(w) = self.pg.remove(&victim) {
                         self.app_deleted.push(victim);
@@ -253,7 +252,6 @@ impl Model {
             if exhausted {
                 break;
             }
-            sequence += 1;
         }
         true
     }
