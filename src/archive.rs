@@ -248,7 +248,10 @@ async fn archive_table_inner(
     };
 
     if !opts.dry_run {
-        let wait = cfg.database.on_busy == OnBusy::Wait;
+        let wait = match cfg.database.on_busy {
+            OnBusy::Wait => None,
+            OnBusy::Skip => Some(cfg.database.lock_wait),
+        };
         if !source::lock_table(&client, src.oid, wait).await? {
             let holder = source::lock_holder(&client, src.oid)
                 .await
@@ -262,6 +265,12 @@ async fn archive_table_inner(
         }
     }
 
+    // Plan from the table as it is now that we hold the lock (another instance
+    // may have committed while we waited).
+    let mut table = table;
+    if !opts.dry_run {
+        table.table = lake::commit::reload(catalog, &table.ident).await?;
+    }
     let facts = gather_facts(&client, &table, &src, t, lower, cutoff).await?;
     let mode = if opts.no_delete {
         BatchMode::Copy
@@ -686,12 +695,12 @@ async fn run_batch(
         summary.insert(keys::RECONCILED_ROWS.to_string(), reconciled.to_string());
     }
     let nfiles = files.len();
-    let snapshot_id =
-        lake::commit::commit_batch(ctx.catalog, &ctx.table.table, files, summary).await?;
+    let (snapshot_id, committed) =
+        lake::commit::commit_batch(ctx.catalog, &ctx.table.ident, files, summary).await?;
     fault::point("after-commit");
 
     // Verify from the catalog, not from memory.
-    let fresh = lake::commit::reload(ctx.catalog, &ctx.table.ident).await?;
+    let fresh = committed;
     let verified = verify(&fresh, batch_id, written, &checksum).await;
     ctx.table.table = fresh;
     if let Err(e) = verified {

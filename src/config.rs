@@ -42,6 +42,8 @@ pub struct DatabaseConfig {
     pub statement_timeout: Duration,
     /// What to do when another instance holds a table's advisory lock.
     pub on_busy: OnBusy,
+    /// With `on_busy: skip`, how long to wait for the lock before skipping.
+    pub lock_wait: Duration,
     /// Extra trusted CA certificates (PEM); turns server certificate verification on.
     pub ssl_root_cert: Option<PathBuf>,
 }
@@ -53,6 +55,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("pool_size", &self.pool_size)
             .field("statement_timeout", &self.statement_timeout)
             .field("on_busy", &self.on_busy)
+            .field("lock_wait", &self.lock_wait)
             .field("ssl_root_cert", &self.ssl_root_cert)
             .finish()
     }
@@ -232,6 +235,8 @@ struct RawDatabase {
     #[serde(default)]
     on_busy: Option<OnBusy>,
     #[serde(default)]
+    lock_wait: Option<String>,
+    #[serde(default)]
     ssl_root_cert: Option<String>,
 }
 
@@ -360,6 +365,11 @@ impl Config {
             pool_size: raw.database.pool_size,
             statement_timeout,
             on_busy: raw.database.on_busy.unwrap_or(OnBusy::Skip),
+            lock_wait: match &raw.database.lock_wait {
+                Some(s) => parse_duration(s)
+                    .map_err(|m| Error::config(format!("`database.lock_wait`: {m}")))?,
+                None => Duration::from_secs(10),
+            },
             ssl_root_cert: raw.database.ssl_root_cert.map(|p| dir.join(p)),
         };
 

@@ -67,9 +67,10 @@ pub fn failed_batches(table: &Table) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Finds the snapshot of `batch_id`, if committed.
+/// Finds the snapshot of `batch_id`, if committed (the newest, should a
+/// foreign tool ever have copied a summary).
 pub fn find_batch(table: &Table, batch_id: &str) -> Option<SnapshotRef> {
-    ancestry(table).into_iter().find(|s| {
+    ancestry(table).into_iter().rev().find(|s| {
         s.summary()
             .additional_properties
             .get(keys::BATCH_ID)
@@ -83,23 +84,31 @@ pub async fn reload(catalog: &dyn Catalog, ident: &TableIdent) -> Result<Table> 
     catalog
         .load_table(ident)
         .await
-        .map_err(|e| Error::iceberg(format!("cannot load {ident}"), e))
+        .map_err(|e| Error::iceberg(format!("cannot load {ident} from the catalog"), e))
 }
 
 /// Appends one snapshot with `files` and `summary`; see the module contract.
-/// Returns the committed snapshot id.
+/// Refuses a batch id the table already holds (a plan made from stale
+/// metadata).  Returns the committed snapshot id and the table as the catalog
+/// serves it after the commit.
 pub async fn commit_batch(
     catalog: &dyn Catalog,
-    table: &Table,
+    ident: &TableIdent,
     files: Vec<DataFile>,
     summary: HashMap<String, String>,
-) -> Result<i64> {
+) -> Result<(i64, Table)> {
     let batch_id = summary
         .get(keys::BATCH_ID)
         .cloned()
         .ok_or_else(|| Error::internal("summary without batch id"))?;
-    let ident = table.identifier().clone();
-    let tx = Transaction::new(table);
+    let table = reload(catalog, ident).await?;
+    if let Some(s) = find_batch(&table, &batch_id) {
+        return Err(Error::internal(format!(
+            "batch {batch_id} is already committed (snapshot {}); the plan was made from stale metadata — run again",
+            s.snapshot_id()
+        )));
+    }
+    let tx = Transaction::new(&table);
     let action = tx
         .fast_append()
         // File names are unique per batch attempt; skip re-reading every manifest.
@@ -109,30 +118,26 @@ pub async fn commit_batch(
     let tx = action
         .apply(tx)
         .map_err(|e| Error::iceberg("cannot prepare the commit", e))?;
-    match tx.commit(catalog).await {
-        Ok(_) => {}
-        Err(e) => {
-            // Did it land anyway?
-            let err = Error::iceberg(format!("cannot commit batch {batch_id} to {ident}"), e);
-            match reload(catalog, &ident).await {
-                Ok(t) if find_batch(&t, &batch_id).is_some() => {
-                    tracing::warn!(
-                        "commit of batch {batch_id} reported an error but landed: {err}"
-                    );
-                }
-                _ => return Err(err),
+    if let Err(e) = tx.commit(catalog).await {
+        // Did it land anyway?
+        let err = Error::iceberg(format!("cannot commit batch {batch_id} to {ident}"), e);
+        match reload(catalog, ident).await {
+            Ok(t) if find_batch(&t, &batch_id).is_some() => {
+                tracing::warn!("commit of batch {batch_id} reported an error but landed: {err}");
             }
+            _ => return Err(err),
         }
     }
-    let t = reload(catalog, &ident).await?;
-    find_batch(&t, &batch_id)
+    let t = reload(catalog, ident).await?;
+    let id = find_batch(&t, &batch_id)
         .map(|s| s.snapshot_id())
         .ok_or_else(|| {
             Error::new(
                 ErrorKind::Catalog,
                 format!("batch {batch_id} is not in {ident} after its commit"),
             )
-        })
+        })?;
+    Ok((id, t))
 }
 
 /// Records that `batch_id` failed verification (a table property), so the

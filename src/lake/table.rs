@@ -161,7 +161,7 @@ pub async fn ensure_table(
         catalog
             .load_table(&ident)
             .await
-            .map_err(|e| Error::iceberg(format!("cannot load {ident}"), e))?
+            .map_err(|e| Error::iceberg(format!("cannot load {ident} from the catalog"), e))?
     } else if !create {
         return Ok(None);
     } else {
@@ -212,7 +212,7 @@ pub async fn ensure_table(
             Err(e) if e.kind() == iceberg::ErrorKind::TableAlreadyExists => catalog
                 .load_table(&ident)
                 .await
-                .map_err(|e| Error::iceberg(format!("cannot load {ident}"), e))?,
+                .map_err(|e| Error::iceberg(format!("cannot load {ident} from the catalog"), e))?,
             Err(e) => return Err(Error::iceberg(format!("cannot create {ident}"), e)),
         }
     };

@@ -104,24 +104,33 @@ pub fn lock_key(table_oid: u32) -> i64 {
     (0x7066_i64 << 32) | table_oid as i64
 }
 
-/// Tries to take the table's advisory lock on `client`'s session; with `wait`,
-/// blocks until it is free.  The lock is held until [`unlock_table`] or until
-/// the session ends — a crashed process never leaves it behind.
-pub async fn lock_table(client: &Client, table_oid: u32, wait: bool) -> Result<bool> {
+/// Takes the table's advisory lock on `client`'s session, waiting at most
+/// `wait` (`None`: as long as it takes).  Returns false when another session
+/// still holds it after that.  The lock is held until [`unlock_table`] or until
+/// the session ends — a crashed process never leaves it behind (once Postgres
+/// has noticed the dead connection, which is why a short wait helps right
+/// after a crash).
+pub async fn lock_table(client: &Client, table_oid: u32, wait: Option<Duration>) -> Result<bool> {
     let key = lock_key(table_oid);
-    if wait {
-        client
-            .execute("SELECT pg_advisory_lock($1)", &[&key])
-            .await
-            .map_err(|e| Error::postgres("cannot take the table's advisory lock", e))?;
-        Ok(true)
-    } else {
-        let row = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-            .await
-            .map_err(|e| Error::postgres("cannot take the table's advisory lock", e))?;
-        Ok(row.get(0))
-    }
+    let err = |e| Error::postgres("cannot take the table's advisory lock", e);
+    let ms = wait.map(|w| w.as_millis().max(1) as i64).unwrap_or(0);
+    client
+        .execute(
+            "SELECT set_config('lock_timeout', $1, false)",
+            &[&ms.to_string()],
+        )
+        .await
+        .map_err(err)?;
+    let taken = match client.execute("SELECT pg_advisory_lock($1)", &[&key]).await {
+        Ok(_) => true,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => false,
+        Err(e) => return Err(err(e)),
+    };
+    client
+        .execute("SELECT set_config('lock_timeout', '0', false)", &[])
+        .await
+        .map_err(err)?;
+    Ok(taken)
 }
 
 /// Releases the lock taken by [`lock_table`].
