@@ -557,11 +557,22 @@ async fn run_batch(
         .copy_out(sql.as_str())
         .await
         .map_err(|e| Error::postgres("cannot start COPY", e))?;
-    let decoder = extract::CopyDecoder::new(
-        ctx.table.arrow_schema.clone(),
-        ctx.table.columns.clone(),
-        &ctx.table.kinds,
-    );
+    let labels = ctx
+        .table
+        .columns
+        .iter()
+        .map(|c| {
+            let ty = src
+                .columns
+                .iter()
+                .find(|s| &s.name == c)
+                .map(|s| s.pg_type.as_str())
+                .unwrap_or("?");
+            format!("`{c}` ({ty})")
+        })
+        .collect();
+    let decoder =
+        extract::CopyDecoder::new(ctx.table.arrow_schema.clone(), labels, &ctx.table.kinds)?;
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<(RecordBatch, Vec<u128>)>(4);
     let reader = tokio::spawn(extract::decode_stream(stream, decoder, sender));
 

@@ -35,8 +35,12 @@ pub struct ColumnCheck {
     pub name: String,
     pub postgres_type: String,
     pub not_null: bool,
-    /// The Iceberg type, or null when unsupported.
+    /// The Iceberg type, or null when unsupported or excluded.
     pub iceberg_type: Option<String>,
+    /// `binary`, `text`, `numeric`, `int8`: how the value is read.
+    pub encoding: Option<String>,
+    /// Listed in `exclude_columns`.
+    pub excluded: bool,
     pub error: Option<String>,
 }
 
@@ -132,8 +136,18 @@ pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
                         name: c.name.clone(),
                         postgres_type: c.pg_type.clone(),
                         not_null: c.not_null,
-                        iceberg_type: c.kind.as_ref().ok().map(|k| k.iceberg_type().to_string()),
-                        error: c.kind.as_ref().err().cloned(),
+                        iceberg_type: if c.excluded {
+                            None
+                        } else {
+                            c.mapping.as_ref().ok().map(|m| m.kind.describe())
+                        },
+                        encoding: c.mapping.as_ref().ok().map(|m| m.encoding().to_string()),
+                        excluded: c.excluded,
+                        error: if c.excluded {
+                            None
+                        } else {
+                            c.mapping.as_ref().err().cloned()
+                        },
                     });
                 }
                 for u in src.unsupported() {

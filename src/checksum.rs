@@ -11,7 +11,7 @@
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
     Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
-    TimestampMicrosecondType,
+    Time64MicrosecondType, TimestampMicrosecondType,
 };
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
@@ -118,6 +118,14 @@ fn encode_column(arr: &dyn Array, bufs: &mut [Vec<u8>]) -> Result<()> {
         DataType::Timestamp(TimeUnit::Microsecond, _) => {
             fixed!(arr, bufs, TimestampMicrosecondType, |v: i64| v)
         }
+        DataType::Time64(TimeUnit::Microsecond) => {
+            fixed!(arr, bufs, Time64MicrosecondType, |v: i64| v)
+        }
+        DataType::List(_) | DataType::LargeList(_) | DataType::Struct(_) => {
+            for (i, buf) in bufs.iter_mut().enumerate() {
+                encode_value(arr, i, buf)?;
+            }
+        }
         DataType::Utf8 => {
             let a = arr.as_string::<i32>();
             for (i, buf) in bufs.iter_mut().enumerate() {
@@ -186,6 +194,82 @@ fn encode_column(arr: &dyn Array, bufs: &mut [Vec<u8>]) -> Result<()> {
                 } else {
                     put_var(buf, a.value(i))
                 }
+            }
+        }
+        other => {
+            return Err(Error::internal(format!(
+                "checksum: Arrow type {other} is not handled"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Encodes one value of any supported type (used for nested values).  Must
+/// produce the same bytes as the column-wise fast paths above.
+fn encode_value(arr: &dyn Array, i: usize, buf: &mut Vec<u8>) -> Result<()> {
+    if arr.is_null(i) {
+        buf.push(0);
+        return Ok(());
+    }
+    macro_rules! prim {
+        ($t:ty, $conv:expr) => {{
+            buf.push(1);
+            let v = $conv(arr.as_primitive::<$t>().value(i));
+            buf.extend_from_slice(&v.to_le_bytes());
+        }};
+    }
+    match arr.data_type() {
+        DataType::Boolean => buf.push(if arr.as_boolean().value(i) { 2 } else { 1 }),
+        DataType::Int16 => prim!(Int16Type, |v: i16| v as i64),
+        DataType::Int32 => prim!(Int32Type, |v: i32| v as i64),
+        DataType::Int64 => prim!(Int64Type, |v: i64| v),
+        DataType::Float32 => prim!(Float32Type, |v: f32| if v.is_nan() {
+            f32::NAN.to_bits()
+        } else {
+            v.to_bits()
+        }),
+        DataType::Float64 => prim!(Float64Type, |v: f64| if v.is_nan() {
+            f64::NAN.to_bits()
+        } else {
+            v.to_bits()
+        }),
+        DataType::Decimal128(_, _) => prim!(Decimal128Type, |v: i128| v),
+        DataType::Date32 => prim!(Date32Type, |v: i32| v as i64),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            prim!(TimestampMicrosecondType, |v: i64| v)
+        }
+        DataType::Time64(TimeUnit::Microsecond) => prim!(Time64MicrosecondType, |v: i64| v),
+        DataType::Utf8 => put_var(buf, arr.as_string::<i32>().value(i).as_bytes()),
+        DataType::LargeUtf8 => put_var(buf, arr.as_string::<i64>().value(i).as_bytes()),
+        DataType::Utf8View => put_var(buf, arr.as_string_view().value(i).as_bytes()),
+        DataType::Binary => put_var(buf, arr.as_binary::<i32>().value(i)),
+        DataType::LargeBinary => put_var(buf, arr.as_binary::<i64>().value(i)),
+        DataType::BinaryView => put_var(buf, arr.as_binary_view().value(i)),
+        DataType::FixedSizeBinary(_) => put_var(buf, arr.as_fixed_size_binary().value(i)),
+        DataType::List(_) => {
+            let l = arr.as_list::<i32>();
+            let items = l.value(i);
+            buf.push(1);
+            buf.extend_from_slice(&(items.len() as u32).to_le_bytes());
+            for j in 0..items.len() {
+                encode_value(items.as_ref(), j, buf)?;
+            }
+        }
+        DataType::LargeList(_) => {
+            let l = arr.as_list::<i64>();
+            let items = l.value(i);
+            buf.push(1);
+            buf.extend_from_slice(&(items.len() as u32).to_le_bytes());
+            for j in 0..items.len() {
+                encode_value(items.as_ref(), j, buf)?;
+            }
+        }
+        DataType::Struct(_) => {
+            let st = arr.as_struct();
+            buf.push(1);
+            for c in st.columns() {
+                encode_value(c.as_ref(), i, buf)?;
             }
         }
         other => {

@@ -180,6 +180,10 @@ pub struct TableConfig {
     pub batch_windows: u32,
     /// Parquet compression level (zstd).
     pub zstd_level: i32,
+    /// Columns not archived (their values are dropped with the rows).
+    pub exclude_columns: Vec<String>,
+    /// Columns archived in their Postgres text form (any type).
+    pub text_columns: Vec<String>,
 }
 
 impl TableConfig {
@@ -269,6 +273,10 @@ struct RawTable {
     batch_windows: Option<u32>,
     #[serde(default)]
     zstd_level: Option<i32>,
+    #[serde(default)]
+    exclude_columns: Vec<String>,
+    #[serde(default)]
+    text_columns: Vec<String>,
 }
 
 fn default_schema() -> String {
@@ -640,6 +648,8 @@ fn parse_table(i: usize, t: RawTable, default_namespace: &str) -> Result<TableCo
         max_batch_rows: t.max_batch_rows,
         batch_windows,
         zstd_level,
+        exclude_columns: t.exclude_columns,
+        text_columns: t.text_columns,
     })
 }
 

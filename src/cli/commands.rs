@@ -124,9 +124,19 @@ async fn check_cmd(a: CheckArgs) -> Result<ExitCode> {
                             } else {
                                 String::new()
                             },
-                            c.iceberg_type.clone().unwrap_or_else(|| {
-                                format!("UNSUPPORTED: {}", c.error.clone().unwrap_or_default())
-                            }),
+                            if c.excluded {
+                                "(excluded)".to_string()
+                            } else {
+                                match (&c.iceberg_type, c.encoding.as_deref()) {
+                                    (Some(t), Some("binary")) => t.clone(),
+                                    (Some(t), Some(e)) => format!("{t} (via ::{e})"),
+                                    (Some(t), None) => t.clone(),
+                                    (None, _) => format!(
+                                        "UNSUPPORTED: {}",
+                                        c.error.clone().unwrap_or_default()
+                                    ),
+                                }
+                            },
                         ]
                     })
                     .collect();

@@ -30,13 +30,28 @@ pub mod props {
     pub const VERSION: &str = "permafrost.version";
 }
 
-/// A column as recorded in `permafrost.pg-columns`.
+/// A column as recorded in `permafrost.pg-columns`: enough to recreate the
+/// Postgres DDL and to read the archived values back into it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedColumn {
     pub name: String,
+    /// `format_type` of the Postgres type, e.g. `numeric(12,2)`, `inet[]`.
     #[serde(rename = "type")]
     pub pg_type: String,
     pub not_null: bool,
+    /// `pg_attribute.attnum`.
+    #[serde(default)]
+    pub attnum: i16,
+    /// `binary`, `text`, `numeric` or `int8`: how the value was read.
+    #[serde(default)]
+    pub encoding: String,
+    /// False for `exclude_columns`: not in the archive.
+    #[serde(default = "yes")]
+    pub archived: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The archive table, ready for writing batches of the source table.
@@ -50,6 +65,8 @@ pub struct ArchiveTable {
     pub columns: Vec<String>,
     /// Decoder kind per column, in write order.
     pub kinds: Vec<PgKind>,
+    /// Select-list expression per column, in write order (`"c"` or `"c"::text`).
+    pub select: Vec<String>,
     /// Index of the time column in `columns`.
     pub time_index: usize,
     pub granularity: Granularity,
@@ -64,26 +81,26 @@ pub fn ident(t: &TableConfig) -> Result<TableIdent> {
     Ok(TableIdent::new(ns, t.table.clone()))
 }
 
-/// The Iceberg schema for `src`: field ids 1..n in column order, `required`
-/// for NOT NULL columns, the primary key as identifier fields.
+/// The Iceberg schema for `src`: field ids 1..n for the archived columns in
+/// table order (nested fields numbered after them), `required` for NOT NULL
+/// columns, the primary key as identifier fields.
 pub fn derive_schema(src: &SourceTable) -> Result<Schema> {
     if let Some(bad) = src.unsupported().into_iter().next() {
-        return Err(
-            Error::new(ErrorKind::Schema, format!("{}: {bad}", src.qualified()))
-                .with_hint("permafrost refuses columns it cannot store losslessly; nothing was changed (see README, \"Types\")"),
-        );
+        return Err(Error::new(ErrorKind::Schema, format!("{}: {bad}", src.qualified())).with_hint(
+            "permafrost refuses columns it cannot store losslessly; nothing was changed (see README, \"Types\")",
+        ));
     }
-    let mut fields = Vec::with_capacity(src.columns.len());
-    for (i, c) in src.columns.iter().enumerate() {
+    let archived: Vec<_> = src.archived_columns().collect();
+    let mut next_id = archived.len() as i32;
+    let mut fields = Vec::with_capacity(archived.len());
+    for (i, c) in archived.iter().enumerate() {
         let id = i as i32 + 1;
-        let kind = c
-            .kind
-            .clone()
-            .map_err(|e| Error::new(ErrorKind::Schema, e))?;
+        let kind = c.kind().map_err(|e| Error::new(ErrorKind::Schema, e))?;
+        let ty = kind.iceberg_type(&mut next_id);
         let f = if c.not_null {
-            NestedField::required(id, &c.name, kind.iceberg_type())
+            NestedField::required(id, &c.name, ty)
         } else {
-            NestedField::optional(id, &c.name, kind.iceberg_type())
+            NestedField::optional(id, &c.name, ty)
         };
         fields.push(Arc::new(f.with_doc(format!("postgres: {}", c.pg_type))));
     }
@@ -91,7 +108,7 @@ pub fn derive_schema(src: &SourceTable) -> Result<Schema> {
         .primary_key
         .iter()
         .filter_map(|k| {
-            src.columns
+            archived
                 .iter()
                 .position(|c| &c.name == k)
                 .map(|p| p as i32 + 1)
@@ -105,17 +122,28 @@ pub fn derive_schema(src: &SourceTable) -> Result<Schema> {
         .map_err(|e| Error::iceberg("cannot build the Iceberg schema", e))
 }
 
-/// Table properties recorded at creation.
-fn creation_properties(cfg: &TableConfig, src: &SourceTable) -> Result<HashMap<String, String>> {
-    let cols: Vec<RecordedColumn> = src
-        .columns
+/// The columns as recorded in `permafrost.pg-columns`.
+pub fn recorded_columns(src: &SourceTable) -> Vec<RecordedColumn> {
+    src.columns
         .iter()
         .map(|c| RecordedColumn {
             name: c.name.clone(),
             pg_type: c.pg_type.clone(),
             not_null: c.not_null,
+            attnum: c.attnum,
+            encoding: c
+                .mapping
+                .as_ref()
+                .map(|m| m.encoding().to_string())
+                .unwrap_or_default(),
+            archived: !c.excluded,
         })
-        .collect();
+        .collect()
+}
+
+/// Table properties recorded at creation.
+fn creation_properties(cfg: &TableConfig, src: &SourceTable) -> Result<HashMap<String, String>> {
+    let cols = recorded_columns(src);
     let mut p = HashMap::new();
     p.insert(props::SOURCE.into(), src.source_id());
     p.insert(props::TIME_COLUMN.into(), src.time_column().name.clone());
@@ -216,7 +244,29 @@ pub async fn ensure_table(
             Err(e) => return Err(Error::iceberg(format!("cannot create {ident}"), e)),
         }
     };
-    bind(cfg, src, ident, table).map(Some)
+    match bind(cfg, src, ident.clone(), table.clone()) {
+        Ok(t) => Ok(Some(t)),
+        // A table permafrost created for this source that never received a
+        // batch (a first run refused a value, say) holds nothing: recreate it
+        // to match the source as it is now.
+        Err(e)
+            if create
+                && e.kind() == ErrorKind::Schema
+                && table.metadata().current_snapshot().is_none()
+                && table.metadata().properties().get(props::SOURCE) == Some(&src.source_id()) =>
+        {
+            tracing::info!(
+                "recreating the empty Iceberg table {ident} to match {}",
+                src.qualified()
+            );
+            catalog
+                .drop_table(&ident)
+                .await
+                .map_err(|e| Error::iceberg(format!("cannot drop the empty table {ident}"), e))?;
+            Box::pin(ensure_table(catalog, cfg, src, create)).await
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Checks an existing table against the source and prepares the write layout.
@@ -243,25 +293,21 @@ pub fn bind(
                 .with_hint("permafrost refuses columns it cannot store losslessly; nothing was changed (see README, \"Types\")"),
         );
     }
-    let mut columns = Vec::new();
-    let mut kinds = Vec::new();
-    for c in &src.columns {
-        let kind = c
-            .kind
-            .clone()
-            .map_err(|e| Error::new(ErrorKind::Schema, e))?;
+    let archived: Vec<_> = src.archived_columns().collect();
+    for c in &archived {
+        let kind = c.kind().map_err(|e| Error::new(ErrorKind::Schema, e))?;
         let Some(field) = schema.field_by_name(&c.name) else {
             return Err(incompatible(format!(
                 "column `{}` is not in the Iceberg schema",
                 c.name
             )));
         };
-        if *field.field_type != kind.iceberg_type() {
+        if !kind.matches_iceberg(&field.field_type) {
             return Err(incompatible(format!(
                 "column `{}` is {} in Postgres ({}) but {} in Iceberg",
                 c.name,
                 c.pg_type,
-                kind.iceberg_type(),
+                kind.describe(),
                 field.field_type
             )));
         }
@@ -273,26 +319,33 @@ pub fn bind(
         }
     }
     for f in schema.as_struct().fields() {
-        if !src.columns.iter().any(|c| c.name == f.name) {
+        if !archived.iter().any(|c| c.name == f.name) {
             return Err(incompatible(format!(
-                "Iceberg column `{}` is not in the source table",
+                "Iceberg column `{}` is not archived from the source table",
                 f.name
             )));
         }
     }
     // Write order = Iceberg schema order.
+    let mut columns = Vec::new();
+    let mut kinds = Vec::new();
+    let mut select = Vec::new();
     for f in schema.as_struct().fields() {
-        let c = src
-            .columns
+        let c = archived
             .iter()
             .find(|c| c.name == f.name)
             .ok_or_else(|| Error::internal("column vanished"))?;
+        let m = c
+            .mapping
+            .clone()
+            .map_err(|e| Error::new(ErrorKind::Schema, e))?;
+        let quoted = crate::filter::quote_ident(&c.name);
+        select.push(match &m.cast {
+            Some(cast) => format!("{quoted}::{cast}"),
+            None => quoted,
+        });
         columns.push(c.name.clone());
-        kinds.push(
-            c.kind
-                .clone()
-                .map_err(|e| Error::new(ErrorKind::Schema, e))?,
-        );
+        kinds.push(m.kind);
     }
     let time_name = &src.time_column().name;
     let time_index = columns
@@ -330,6 +383,7 @@ pub fn bind(
         arrow_schema,
         columns,
         kinds,
+        select,
         time_index,
         granularity: cfg.partition_by,
         partition_field,
@@ -337,12 +391,9 @@ pub fn bind(
 }
 
 impl ArchiveTable {
-    /// The select list in write order, quoted.
+    /// The select list in write order: quoted names, with casts where the
+    /// mapping reads a text (or other) form.
     pub fn select_list(&self) -> String {
-        self.columns
-            .iter()
-            .map(|c| crate::filter::quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.select.join(", ")
     }
 }

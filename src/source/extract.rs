@@ -12,10 +12,11 @@ use std::sync::Arc;
 use arrow_array::builder::{
     BooleanBuilder, Date32Builder, Decimal128Builder, FixedSizeBinaryBuilder, Float32Builder,
     Float64Builder, Int32Builder, Int64Builder, LargeBinaryBuilder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::SchemaRef;
+use arrow_array::{ArrayRef, ListArray, RecordBatch, StructArray};
+use arrow_buffer::{NullBufferBuilder, OffsetBuffer, ScalarBuffer};
+use arrow_schema::{DataType, FieldRef, Fields, SchemaRef};
 use bytes::{Buf, BytesMut};
 use futures::StreamExt;
 
@@ -47,14 +48,46 @@ enum Col {
     Bytea(LargeBinaryBuilder),
     Uuid(FixedSizeBinaryBuilder),
     Date(Date32Builder),
+    Time(Time64MicrosecondBuilder),
     Timestamp(TimestampMicrosecondBuilder),
     Timestamptz(TimestampMicrosecondBuilder),
+    Interval(Box<IntervalCol>),
+    List {
+        child: Box<Col>,
+        offsets: Vec<i32>,
+        nulls: NullBufferBuilder,
+        field: FieldRef,
+    },
+    Struct {
+        children: Vec<Col>,
+        nulls: NullBufferBuilder,
+        fields: Fields,
+    },
+}
+
+/// The builders of an interval column (boxed: it is the largest variant).
+struct IntervalCol {
+    months: Int32Builder,
+    days: Int32Builder,
+    micros: Int64Builder,
+    nulls: NullBufferBuilder,
+    fields: Fields,
+}
+
+fn be_i32(v: &[u8], at: usize) -> std::result::Result<i32, String> {
+    v.get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(i32::from_be_bytes)
+        .ok_or_else(|| "truncated value".to_string())
 }
 
 impl Col {
-    fn new(kind: PgKind) -> Self {
+    /// A builder for `kind`, producing arrays of exactly `dt` (the table's Arrow type).
+    fn new(kind: &PgKind, dt: &DataType) -> Result<Self> {
         let n = BATCH_ROWS;
-        match kind {
+        let mismatch =
+            || Error::internal(format!("column kind {kind:?} does not fit Arrow type {dt}"));
+        Ok(match kind {
             PgKind::Bool => Col::Bool(BooleanBuilder::with_capacity(n)),
             PgKind::Int2 => Col::Int2(Int32Builder::with_capacity(n)),
             PgKind::Int4 => Col::Int4(Int32Builder::with_capacity(n)),
@@ -62,16 +95,50 @@ impl Col {
             PgKind::Float4 => Col::Float4(Float32Builder::with_capacity(n)),
             PgKind::Float8 => Col::Float8(Float64Builder::with_capacity(n)),
             PgKind::Numeric { precision, scale } => {
-                Col::Numeric(Decimal128Builder::with_capacity(n), precision, scale)
+                Col::Numeric(Decimal128Builder::with_capacity(n), *precision, *scale)
             }
             PgKind::Text => Col::Text(StringBuilder::with_capacity(n, n * 16)),
             PgKind::Jsonb => Col::Jsonb(StringBuilder::with_capacity(n, n * 32)),
             PgKind::Bytea => Col::Bytea(LargeBinaryBuilder::with_capacity(n, n * 16)),
             PgKind::Uuid => Col::Uuid(FixedSizeBinaryBuilder::with_capacity(n, 16)),
             PgKind::Date => Col::Date(Date32Builder::with_capacity(n)),
+            PgKind::Time => Col::Time(Time64MicrosecondBuilder::with_capacity(n)),
             PgKind::Timestamp => Col::Timestamp(TimestampMicrosecondBuilder::with_capacity(n)),
             PgKind::Timestamptz => Col::Timestamptz(TimestampMicrosecondBuilder::with_capacity(n)),
-        }
+            PgKind::Interval => match dt {
+                DataType::Struct(fields) if fields.len() == 3 => {
+                    Col::Interval(Box::new(IntervalCol {
+                        months: Int32Builder::with_capacity(n),
+                        days: Int32Builder::with_capacity(n),
+                        micros: Int64Builder::with_capacity(n),
+                        nulls: NullBufferBuilder::new(n),
+                        fields: fields.clone(),
+                    }))
+                }
+                _ => return Err(mismatch()),
+            },
+            PgKind::Array { element } => match dt {
+                DataType::List(field) => Col::List {
+                    child: Box::new(Col::new(element, field.data_type())?),
+                    offsets: vec![0],
+                    nulls: NullBufferBuilder::new(n),
+                    field: field.clone(),
+                },
+                _ => return Err(mismatch()),
+            },
+            PgKind::Composite { fields: kinds } => match dt {
+                DataType::Struct(fields) if fields.len() == kinds.len() => Col::Struct {
+                    children: kinds
+                        .iter()
+                        .zip(fields.iter())
+                        .map(|(k, f)| Col::new(&k.kind, f.data_type()))
+                        .collect::<Result<_>>()?,
+                    nulls: NullBufferBuilder::new(n),
+                    fields: fields.clone(),
+                },
+                _ => return Err(mismatch()),
+            },
+        })
     }
 
     fn append_null(&mut self) {
@@ -86,7 +153,34 @@ impl Col {
             Col::Bytea(b) => b.append_null(),
             Col::Uuid(b) => b.append_null(),
             Col::Date(b) => b.append_null(),
+            Col::Time(b) => b.append_null(),
             Col::Timestamp(b) | Col::Timestamptz(b) => b.append_null(),
+            Col::Interval(c) => {
+                let IntervalCol {
+                    months,
+                    days,
+                    micros,
+                    nulls,
+                    ..
+                } = c.as_mut();
+                // Required children need a value even under a NULL parent.
+                months.append_value(0);
+                days.append_value(0);
+                micros.append_value(0);
+                nulls.append_null();
+            }
+            Col::List { offsets, nulls, .. } => {
+                offsets.push(*offsets.last().unwrap_or(&0));
+                nulls.append_null();
+            }
+            Col::Struct {
+                children, nulls, ..
+            } => {
+                for c in children {
+                    c.append_null();
+                }
+                nulls.append_null();
+            }
         }
     }
 
@@ -120,17 +214,24 @@ impl Col {
                 let d = i32::from_be_bytes(fixed(v)?);
                 if d == i32::MAX || d == i32::MIN {
                     return Err(format!(
-                        "date {} cannot be stored in Iceberg",
+                        "value {} cannot be stored in an Iceberg date",
                         if d > 0 { "infinity" } else { "-infinity" }
                     ));
                 }
                 b.append_value(d.checked_add(PG_EPOCH_DAYS).ok_or("date out of range")?)
             }
+            Col::Time(b) => {
+                let t = i64::from_be_bytes(fixed(v)?);
+                if !(0..86_400_000_000).contains(&t) {
+                    return Err("value 24:00:00 cannot be stored in an Iceberg time, whose range ends at 23:59:59.999999".into());
+                }
+                b.append_value(t)
+            }
             Col::Timestamp(b) | Col::Timestamptz(b) => {
                 let t = i64::from_be_bytes(fixed(v)?);
                 if t == i64::MAX || t == i64::MIN {
                     return Err(format!(
-                        "timestamp {} cannot be stored in Iceberg",
+                        "value {} cannot be stored in an Iceberg timestamp",
                         if t > 0 { "infinity" } else { "-infinity" }
                     ));
                 }
@@ -139,34 +240,172 @@ impl Col {
                         .ok_or("timestamp out of range")?,
                 )
             }
+            Col::Interval(c) => {
+                let IntervalCol {
+                    months,
+                    days,
+                    micros,
+                    nulls,
+                    ..
+                } = c.as_mut();
+                let raw: [u8; 16] = fixed(v)?;
+                micros.append_value(i64::from_be_bytes(
+                    raw[0..8].try_into().map_err(|_| "bad interval")?,
+                ));
+                days.append_value(i32::from_be_bytes(
+                    raw[8..12].try_into().map_err(|_| "bad interval")?,
+                ));
+                months.append_value(i32::from_be_bytes(
+                    raw[12..16].try_into().map_err(|_| "bad interval")?,
+                ));
+                nulls.append_non_null();
+            }
+            Col::List {
+                child,
+                offsets,
+                nulls,
+                ..
+            } => {
+                let ndim = be_i32(v, 0)?;
+                let mut count = 0;
+                if ndim > 1 {
+                    return Err(format!(
+                        "{ndim}-dimensional array: only one-dimensional arrays map to Iceberg lists (list the column in `text_columns` to keep its text form)"
+                    ));
+                }
+                let mut pos = 12;
+                if ndim == 1 {
+                    count = be_i32(v, 12)?;
+                    let lower = be_i32(v, 16)?;
+                    if lower != 1 {
+                        return Err(format!(
+                            "array with lower bound {lower}: Iceberg lists start at 1 (list the column in `text_columns` to keep its text form)"
+                        ));
+                    }
+                    pos = 20;
+                }
+                for i in 0..count {
+                    let len = be_i32(v, pos)?;
+                    pos += 4;
+                    if len < 0 {
+                        child.append_null();
+                    } else {
+                        let e = v.get(pos..pos + len as usize).ok_or("truncated array")?;
+                        child
+                            .append(e)
+                            .map_err(|why| format!("element {}: {why}", i + 1))?;
+                        pos += len as usize;
+                    }
+                }
+                let last = *offsets.last().unwrap_or(&0);
+                offsets.push(last + count);
+                nulls.append_non_null();
+            }
+            Col::Struct {
+                children,
+                nulls,
+                fields,
+            } => {
+                let n = be_i32(v, 0)? as usize;
+                if n != children.len() {
+                    return Err(format!(
+                        "composite value has {n} fields, expected {}",
+                        children.len()
+                    ));
+                }
+                let mut pos = 4;
+                for (c, f) in children.iter_mut().zip(fields.iter()) {
+                    let len = be_i32(v, pos + 4)?;
+                    pos += 8;
+                    if len < 0 {
+                        c.append_null();
+                    } else {
+                        let e = v
+                            .get(pos..pos + len as usize)
+                            .ok_or("truncated composite")?;
+                        c.append(e)
+                            .map_err(|why| format!("field `{}`: {why}", f.name()))?;
+                        pos += len as usize;
+                    }
+                }
+                nulls.append_non_null();
+            }
         }
         Ok(())
     }
 
-    fn finish(&mut self) -> ArrayRef {
-        match self {
+    fn finish(&mut self) -> Result<ArrayRef> {
+        let built: ArrayRef = match self {
             Col::Bool(b) => Arc::new(b.finish()),
             Col::Int2(b) | Col::Int4(b) => Arc::new(b.finish()),
             Col::Int8(b) => Arc::new(b.finish()),
             Col::Float4(b) => Arc::new(b.finish()),
             Col::Float8(b) => Arc::new(b.finish()),
-            Col::Numeric(b, p, s) => {
-                // Precision/scale are validated when the kind is built (p ≤ 38).
-                let arr = b.finish();
-                match arr.clone().with_precision_and_scale(*p, *s as i8) {
-                    Ok(a) => Arc::new(a),
-                    Err(_) => Arc::new(arr),
-                }
-            }
+            Col::Numeric(b, p, s) => Arc::new(
+                b.finish()
+                    .with_precision_and_scale(*p, *s as i8)
+                    .map_err(|e| Error::arrow("decimal precision", e))?,
+            ),
             Col::Text(b) | Col::Jsonb(b) => Arc::new(b.finish()),
             Col::Bytea(b) => Arc::new(b.finish()),
             Col::Uuid(b) => Arc::new(b.finish()),
             Col::Date(b) => Arc::new(b.finish()),
+            Col::Time(b) => Arc::new(b.finish()),
             Col::Timestamp(b) => Arc::new(b.finish()),
             Col::Timestamptz(b) => {
                 Arc::new(b.finish().with_timezone(iceberg::arrow::UTC_TIME_ZONE))
             }
-        }
+            Col::Interval(c) => {
+                let IntervalCol {
+                    months,
+                    days,
+                    micros,
+                    nulls,
+                    fields,
+                } = c.as_mut();
+                Arc::new(
+                    StructArray::try_new(
+                        fields.clone(),
+                        vec![
+                            Arc::new(months.finish()),
+                            Arc::new(days.finish()),
+                            Arc::new(micros.finish()),
+                        ],
+                        nulls.finish(),
+                    )
+                    .map_err(|e| Error::arrow("cannot build interval values", e))?,
+                )
+            }
+            Col::List {
+                child,
+                offsets,
+                nulls,
+                field,
+            } => {
+                let values = child.finish()?;
+                let offs =
+                    OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
+                Arc::new(
+                    ListArray::try_new(field.clone(), offs, values, nulls.finish())
+                        .map_err(|e| Error::arrow("cannot build list values", e))?,
+                )
+            }
+            Col::Struct {
+                children,
+                nulls,
+                fields,
+            } => {
+                let arrays = children
+                    .iter_mut()
+                    .map(Col::finish)
+                    .collect::<Result<Vec<_>>>()?;
+                Arc::new(
+                    StructArray::try_new(fields.clone(), arrays, nulls.finish())
+                        .map_err(|e| Error::arrow("cannot build composite values", e))?,
+                )
+            }
+        };
+        Ok(built)
     }
 }
 
@@ -180,9 +419,9 @@ fn decode_numeric(v: &[u8], precision: u8, scale: u8) -> std::result::Result<i12
     let sign = u16::from_be_bytes([v[4], v[5]]);
     match sign {
         0x0000 | 0x4000 => {}
-        0xC000 => return Err("numeric NaN cannot be stored in an Iceberg decimal".into()),
-        0xD000 => return Err("numeric Infinity cannot be stored in an Iceberg decimal".into()),
-        0xF000 => return Err("numeric -Infinity cannot be stored in an Iceberg decimal".into()),
+        0xC000 => return Err("value NaN cannot be stored in an Iceberg decimal (list the column in `text_columns` to keep it)".into()),
+        0xD000 => return Err("value Infinity cannot be stored in an Iceberg decimal (list the column in `text_columns` to keep it)".into()),
+        0xF000 => return Err("value -Infinity cannot be stored in an Iceberg decimal (list the column in `text_columns` to keep it)".into()),
         s => return Err(format!("unknown numeric sign {s:#x}")),
     }
     if v.len() < 8 + 2 * ndigits {
@@ -218,6 +457,7 @@ fn decode_numeric(v: &[u8], precision: u8, scale: u8) -> std::result::Result<i12
 /// Incremental decoder of a binary COPY stream.
 pub struct CopyDecoder {
     schema: SchemaRef,
+    /// `column (type)` per field, for messages.
     names: Vec<String>,
     cols: Vec<Col>,
     header_done: bool,
@@ -229,17 +469,22 @@ pub struct CopyDecoder {
 
 impl CopyDecoder {
     /// A decoder producing batches of `schema`, whose fields are `kinds` in order.
-    pub fn new(schema: SchemaRef, names: Vec<String>, kinds: &[PgKind]) -> Self {
-        Self {
+    pub fn new(schema: SchemaRef, names: Vec<String>, kinds: &[PgKind]) -> Result<Self> {
+        let cols = kinds
+            .iter()
+            .zip(schema.fields().iter())
+            .map(|(k, f)| Col::new(k, f.data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
             schema,
             names,
-            cols: kinds.iter().map(|k| Col::new(*k)).collect(),
+            cols,
             header_done: false,
             finished: false,
             rows: 0,
             bytes: 0,
             total_rows: 0,
-        }
+        })
     }
 
     /// Rows decoded so far.
@@ -309,8 +554,8 @@ impl CopyDecoder {
                     let v = &buf[p..p + len as usize];
                     p += len as usize;
                     col.append(v).map_err(|why| {
-                        Error::new(ErrorKind::Unsupported, format!("column `{}`: {why}", self.names[i]))
-                            .with_hint("nothing was deleted; exclude or fix the value, or wait for wider type support")
+                        Error::new(ErrorKind::Unsupported, format!("column {}: {why}", self.names[i]))
+                            .with_hint("nothing was deleted; fix the value, or list the column in `text_columns` (its text form keeps any value) or `exclude_columns`")
                     })?;
                 }
             }
@@ -326,7 +571,11 @@ impl CopyDecoder {
 
     /// The rows decoded since the last flush, as a record batch.
     pub fn flush(&mut self) -> Result<RecordBatch> {
-        let arrays: Vec<ArrayRef> = self.cols.iter_mut().map(Col::finish).collect();
+        let arrays: Vec<ArrayRef> = self
+            .cols
+            .iter_mut()
+            .map(Col::finish)
+            .collect::<Result<_>>()?;
         self.rows = 0;
         self.bytes = 0;
         RecordBatch::try_new(self.schema.clone(), arrays)
@@ -485,7 +734,7 @@ mod tests {
         ]));
         CopyDecoder::new(
             schema,
-            vec!["a".into(), "t".into(), "n".into()],
+            vec!["`a`".into(), "`t`".into(), "`n`".into()],
             &[
                 PgKind::Int8,
                 PgKind::Timestamptz,
@@ -495,6 +744,7 @@ mod tests {
                 },
             ],
         )
+        .unwrap()
     }
 
     #[test]
@@ -526,6 +776,104 @@ mod tests {
             let n = b.column(2).as_primitive::<Decimal128Type>();
             assert_eq!(n.value(0), 1250);
         }
+    }
+
+    fn array_bytes(dims: &[(i32, i32)], elems: &[Option<i32>]) -> Vec<u8> {
+        let mut v = vec![];
+        v.extend_from_slice(&(dims.len() as i32).to_be_bytes());
+        v.extend_from_slice(&(elems.iter().any(Option::is_none) as i32).to_be_bytes());
+        v.extend_from_slice(&23u32.to_be_bytes());
+        for (len, lower) in dims {
+            v.extend_from_slice(&len.to_be_bytes());
+            v.extend_from_slice(&lower.to_be_bytes());
+        }
+        for e in elems {
+            match e {
+                Some(x) => {
+                    v.extend_from_slice(&4i32.to_be_bytes());
+                    v.extend_from_slice(&x.to_be_bytes());
+                }
+                None => v.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        v
+    }
+
+    fn list_col() -> Col {
+        let el = Arc::new(Field::new("element", DataType::Int32, true));
+        Col::new(
+            &PgKind::Array {
+                element: Box::new(PgKind::Int4),
+            },
+            &DataType::List(el),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn arrays_keep_nulls_and_empties_and_refuse_two_dimensions() {
+        let mut c = list_col();
+        c.append(&array_bytes(&[(3, 1)], &[Some(1), None, Some(3)]))
+            .unwrap();
+        c.append(&array_bytes(&[], &[])).unwrap();
+        c.append_null();
+        let a = c.finish().unwrap();
+        let l = a.as_list::<i32>();
+        assert_eq!(l.len(), 3);
+        let first = l.value(0);
+        let first = first.as_primitive::<arrow_array::types::Int32Type>();
+        assert_eq!(
+            (first.value(0), first.is_null(1), first.value(2)),
+            (1, true, 3)
+        );
+        assert_eq!(l.value(1).len(), 0);
+        assert!(l.is_null(2));
+        let mut c = list_col();
+        let e = c
+            .append(&array_bytes(
+                &[(2, 1), (2, 1)],
+                &[Some(1), Some(2), Some(3), Some(4)],
+            ))
+            .unwrap_err();
+        assert!(e.contains("2-dimensional"), "{e}");
+        let e = c.append(&array_bytes(&[(1, 0)], &[Some(1)])).unwrap_err();
+        assert!(e.contains("lower bound 0"), "{e}");
+    }
+
+    #[test]
+    fn intervals_are_three_parts() {
+        let fields: Fields = vec![
+            Field::new("months", DataType::Int32, false),
+            Field::new("days", DataType::Int32, false),
+            Field::new("microseconds", DataType::Int64, false),
+        ]
+        .into();
+        let mut c = Col::new(&PgKind::Interval, &DataType::Struct(fields)).unwrap();
+        let mut v = vec![];
+        v.extend_from_slice(&3_600_000_001i64.to_be_bytes());
+        v.extend_from_slice(&(-2i32).to_be_bytes());
+        v.extend_from_slice(&14i32.to_be_bytes());
+        c.append(&v).unwrap();
+        c.append_null();
+        let a = c.finish().unwrap();
+        let st = a.as_struct();
+        assert_eq!(
+            st.column(0)
+                .as_primitive::<arrow_array::types::Int32Type>()
+                .value(0),
+            14
+        );
+        assert_eq!(
+            st.column(1)
+                .as_primitive::<arrow_array::types::Int32Type>()
+                .value(0),
+            -2
+        );
+        assert_eq!(
+            st.column(2).as_primitive::<Int64Type>().value(0),
+            3_600_000_001
+        );
+        assert!(st.is_null(1));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use tokio_postgres::Client;
 use crate::config::TableConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::{Filter, quote_ident};
-use crate::types::PgKind;
+use crate::types::{MapContext, Mapping, PgKind, TypeInfo, map_type, text_mapping};
 
 /// One column of the source table.
 #[derive(Debug, Clone, Serialize)]
@@ -15,9 +15,32 @@ pub struct SourceColumn {
     /// `format_type` of the declared type, e.g. `numeric(12,2)`.
     pub pg_type: String,
     pub not_null: bool,
+    /// `pg_attribute.attnum`: stable across renames.
+    pub attnum: i16,
+    /// Listed in `exclude_columns`: not archived.
+    pub excluded: bool,
     /// The mapping, or why the column cannot be archived.
     #[serde(skip)]
-    pub kind: std::result::Result<PgKind, String>,
+    pub mapping: std::result::Result<Mapping, String>,
+}
+
+impl SourceColumn {
+    /// The decoder kind, when the column can be archived.
+    pub fn kind(&self) -> std::result::Result<PgKind, String> {
+        self.mapping
+            .as_ref()
+            .map(|m| m.kind.clone())
+            .map_err(Clone::clone)
+    }
+}
+
+/// The type of the time column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeKind {
+    /// `timestamp`: values read as UTC.
+    Timestamp,
+    /// `timestamptz`.
+    Timestamptz,
 }
 
 /// A source table as permafrost needs it.
@@ -55,12 +78,17 @@ impl SourceTable {
         &self.columns[self.time_index]
     }
 
-    /// The time column's kind (always a timestamp kind).
-    pub fn time_kind(&self) -> PgKind {
-        self.columns[self.time_index]
-            .kind
-            .clone()
-            .unwrap_or(PgKind::Timestamptz)
+    /// Whether the time column is `timestamp` or `timestamptz`.
+    pub fn time_kind(&self) -> TimeKind {
+        match self.columns[self.time_index].kind() {
+            Ok(PgKind::Timestamp) => TimeKind::Timestamp,
+            _ => TimeKind::Timestamptz,
+        }
+    }
+
+    /// Columns that are archived (not excluded), in table order.
+    pub fn archived_columns(&self) -> impl Iterator<Item = &SourceColumn> {
+        self.columns.iter().filter(|c| !c.excluded)
     }
 
     /// The select list: every column, quoted, in table order.
@@ -72,12 +100,11 @@ impl SourceTable {
             .join(", ")
     }
 
-    /// Columns whose type cannot be archived, as `column (type): reason`.
+    /// Archived columns whose type cannot be archived, as `column (type): reason`.
     pub fn unsupported(&self) -> Vec<String> {
-        self.columns
-            .iter()
+        self.archived_columns()
             .filter_map(|c| {
-                c.kind
+                c.mapping
                     .as_ref()
                     .err()
                     .map(|why| format!("column `{}` ({}): {why}", c.name, c.pg_type))
@@ -142,57 +169,62 @@ pub async fn introspect(client: &Client, t: &TableConfig) -> Result<SourceTable>
 
     let cols = client
         .query(
-            "SELECT a.attname::text, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
-             t.typtype::text, a.attnum \
-             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            "SELECT a.attname::text, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attnum \
+             FROM pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             &[&oid],
         )
         .await
         .map_err(|e| Error::postgres("cannot read the table's columns", e))?;
+    let ctx = map_context(client).await?;
+    let names: Vec<String> = cols.iter().map(|r| r.get::<_, String>(0)).collect();
+    for (key, list) in [
+        ("exclude_columns", &t.exclude_columns),
+        ("text_columns", &t.text_columns),
+    ] {
+        if let Some(bad) = list.iter().find(|c| !names.contains(c)) {
+            return Err(Error::config(format!(
+                "`{key}` of {}.{} names `{bad}`, which is not a column",
+                t.schema, t.name
+            ))
+            .with_hint(format!("columns: {}", names.join(", "))));
+        }
+    }
+    if t.exclude_columns.contains(&t.timestamp_column)
+        || t.text_columns.contains(&t.timestamp_column)
+    {
+        return Err(Error::config(format!(
+            "the time column `{}` cannot be excluded or archived as text",
+            t.timestamp_column
+        )));
+    }
     let mut columns = Vec::with_capacity(cols.len());
-    let mut attnums = Vec::with_capacity(cols.len());
     for r in &cols {
         let name: String = r.get(0);
-        let mut type_oid: u32 = r.get(1);
-        let mut typmod: i32 = r.get(2);
+        let type_oid: u32 = r.get(1);
+        let typmod: i32 = r.get(2);
         let pg_type: String = r.get(3);
         let not_null: bool = r.get(4);
-        let mut typtype: String = r.get(5);
-        attnums.push(r.get::<_, i16>(6));
-        // Domains are stored as their base type.
-        let mut base_name = pg_type.clone();
-        let mut depth = 0;
-        while typtype == "d" && depth < 16 {
-            let b = client
-                .query_one(
-                    "SELECT t.typbasetype, t.typtypmod, format_type(t.typbasetype, t.typtypmod), b.typtype::text \
-                     FROM pg_type t JOIN pg_type b ON b.oid = t.typbasetype WHERE t.oid = $1",
-                    &[&type_oid],
-                )
-                .await
-                .map_err(|e| Error::postgres("cannot resolve a domain type", e))?;
-            type_oid = b.get(0);
-            let tm: i32 = b.get(1);
-            if tm >= 0 {
-                typmod = tm;
-            }
-            base_name = b.get(2);
-            typtype = b.get(3);
-            depth += 1;
-        }
-        let kind = PgKind::from_pg(type_oid, typmod, &base_name);
+        let attnum: i16 = r.get(5);
+        let info = resolve_type(client, type_oid, typmod, 0).await?;
+        let mapping = if t.text_columns.contains(&name) {
+            Ok(text_mapping(&info))
+        } else {
+            map_type(&info, ctx)
+        };
+        let excluded = t.exclude_columns.contains(&name);
         columns.push(SourceColumn {
             name,
             pg_type,
             not_null,
-            kind,
+            attnum,
+            excluded,
+            mapping,
         });
     }
-    if columns.is_empty() {
+    if columns.iter().all(|c| c.excluded) {
         return Err(Error::new(
             ErrorKind::Schema,
-            format!("table {}.{} has no columns", t.schema, t.name),
+            format!("table {}.{} has no archived columns", t.schema, t.name),
         ));
     }
 
@@ -211,7 +243,7 @@ pub async fn introspect(client: &Client, t: &TableConfig) -> Result<SourceTable>
         )));
     };
     let tc = &columns[time_index];
-    if !matches!(tc.kind, Ok(k) if k.is_timestamp()) {
+    if !matches!(&tc.mapping, Ok(m) if m.kind.is_timestamp() && m.cast.is_none()) {
         return Err(Error::new(
             ErrorKind::Schema,
             format!(
@@ -234,7 +266,7 @@ pub async fn introspect(client: &Client, t: &TableConfig) -> Result<SourceTable>
         .map_err(|e| Error::postgres("cannot read the primary key", e))?;
     let primary_key = pk_rows.iter().map(|r| r.get::<_, String>(0)).collect();
 
-    let time_attnum = attnums[time_index];
+    let time_attnum = columns[time_index].attnum;
     let idx = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = $1 AND i.indkey[0] = $2) \
@@ -286,5 +318,83 @@ pub async fn introspect(client: &Client, t: &TableConfig) -> Result<SourceTable>
         time_index,
         time_indexed,
         filter_sql,
+    })
+}
+
+/// Session facts the mappings depend on.
+async fn map_context(client: &Client) -> Result<MapContext> {
+    let row = client
+        .query_one("SELECT scale('1'::money::numeric)", &[])
+        .await
+        .map_err(|e| Error::postgres("cannot read the money format", e))?;
+    let scale: i32 = row.get(0);
+    Ok(MapContext {
+        money_scale: scale.clamp(0, 18) as u8,
+    })
+}
+
+/// What the Postgres catalog says about type `oid` (recursively: domains,
+/// array elements, composite fields).
+pub fn resolve_type<'a>(
+    client: &'a Client,
+    oid: u32,
+    typmod: i32,
+    depth: u32,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<TypeInfo>> + Send + 'a>> {
+    Box::pin(async move {
+        if depth > 16 {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                format!("type {oid} nests too deeply"),
+            ));
+        }
+        let r = client
+            .query_one(
+                "SELECT t.typname::text, t.typtype::text, t.typcategory::text, t.typelem, t.typbasetype, t.typtypmod, \
+                 t.typrelid, format_type(t.oid, $2) FROM pg_type t WHERE t.oid = $1",
+                &[&oid, &typmod],
+            )
+            .await
+            .map_err(|e| Error::postgres("cannot read a column type", e))?;
+        let typname: String = r.get(0);
+        let typtype = r.get::<_, String>(1).chars().next().unwrap_or('b');
+        let category = r.get::<_, String>(2).chars().next().unwrap_or('X');
+        let elem: u32 = r.get(3);
+        let basetype: u32 = r.get(4);
+        let typtypmod: i32 = r.get(5);
+        let relid: u32 = r.get(6);
+        let display: String = r.get(7);
+        let mut info = TypeInfo {
+            oid,
+            typmod,
+            display,
+            typname,
+            typtype,
+            ..Default::default()
+        };
+        if typtype == 'd' {
+            let m = if typtypmod >= 0 { typtypmod } else { typmod };
+            info.base = Some(Box::new(
+                resolve_type(client, basetype, m, depth + 1).await?,
+            ));
+        } else if category == 'A' && elem != 0 {
+            info.element = Some(Box::new(
+                resolve_type(client, elem, typmod, depth + 1).await?,
+            ));
+        } else if typtype == 'c' {
+            let fields = client
+                .query(
+                    "SELECT attname::text, atttypid, atttypmod FROM pg_attribute \
+                     WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                    &[&relid],
+                )
+                .await
+                .map_err(|e| Error::postgres("cannot read a composite type", e))?;
+            for f in fields {
+                let ft = resolve_type(client, f.get(1), f.get(2), depth + 1).await?;
+                info.fields.push((f.get(0), ft));
+            }
+        }
+        Ok(info)
     })
 }

@@ -11,15 +11,15 @@ use crate::error::{Error, Result};
 use crate::filter::quote_ident;
 use crate::plan::window::{Granularity, Micros, Window};
 use crate::source::SourceTable;
-use crate::types::PgKind;
+use crate::source::introspect::TimeKind;
 
 /// A literal of the time column's type for instant `t` (rendered by us from an
 /// integer, so safe to embed in `COPY (…)`, which takes no parameters).
-pub fn time_literal(kind: PgKind, t: Micros) -> String {
+pub fn time_literal(kind: TimeKind, t: Micros) -> String {
     let d = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(t).unwrap_or_default();
     let s = d.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
     match kind {
-        PgKind::Timestamp => format!("'{s}'::timestamp"),
+        TimeKind::Timestamp => format!("'{s}'::timestamp"),
         _ => format!("'{s}+00'::timestamptz"),
     }
 }
@@ -41,16 +41,16 @@ pub fn range_predicate(t: &SourceTable, range: &Window) -> String {
 }
 
 /// The naive-UTC expression of the time column value `x`.
-fn utc_naive(kind: PgKind, x: &str) -> String {
+fn utc_naive(kind: TimeKind, x: &str) -> String {
     match kind {
-        PgKind::Timestamp => x.to_string(),
+        TimeKind::Timestamp => x.to_string(),
         _ => format!("({x} AT TIME ZONE 'UTC')"),
     }
 }
 
-fn from_utc_naive(kind: PgKind, x: &str) -> String {
+fn from_utc_naive(kind: TimeKind, x: &str) -> String {
     match kind {
-        PgKind::Timestamp => x.to_string(),
+        TimeKind::Timestamp => x.to_string(),
         _ => format!("({x} AT TIME ZONE 'UTC')"),
     }
 }
@@ -201,11 +201,11 @@ mod tests {
     fn literals() {
         let t = parse_instant("2024-01-02T03:04:05.000006Z").unwrap();
         assert_eq!(
-            time_literal(PgKind::Timestamptz, t),
+            time_literal(TimeKind::Timestamptz, t),
             "'2024-01-02 03:04:05.000006+00'::timestamptz"
         );
         assert_eq!(
-            time_literal(PgKind::Timestamp, t),
+            time_literal(TimeKind::Timestamp, t),
             "'2024-01-02 03:04:05.000006'::timestamp"
         );
     }

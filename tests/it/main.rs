@@ -10,3 +10,4 @@ mod demo;
 mod errors;
 mod modes;
 mod safety;
+mod types;
