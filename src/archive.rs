@@ -30,6 +30,7 @@ use crate::checksum::{Checksum, HashBag};
 use crate::config::{Config, OnBusy, TableConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault;
+use crate::lake::table::TableState;
 use crate::lake::{self, ArchiveTable};
 use crate::notify;
 use crate::plan::window::{Micros, Window, rfc3339};
@@ -65,6 +66,9 @@ pub struct TableReport {
     /// Dry run: what would be archived.
     pub planned: Vec<PlannedReport>,
     pub blocked: Vec<BlockedReport>,
+    /// Dry run: schema changes the next run makes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schema_changes: Vec<String>,
 }
 
 /// Outcome of one table.
@@ -152,6 +156,7 @@ async fn archive_table(
         batches: vec![],
         planned: vec![],
         blocked: vec![],
+        schema_changes: vec![],
     };
     if let Err(e) = archive_table_inner(cfg, t, catalog.as_ref(), opts, progress, &mut report).await
     {
@@ -231,47 +236,50 @@ async fn archive_table_inner(
     };
     report.cutoff = Some(rfc3339(cutoff));
 
-    let Some(table) = lake::table::ensure_table(catalog, t, &src, !opts.dry_run).await? else {
-        // Dry run against a table that does not exist yet: everything is pending.
-        let _ = lake::table::derive_schema(&src)?;
+    if opts.dry_run {
+        // Read-only: what the catalog holds now, and what would change.
+        let state = lake::table::inspect_table(catalog, t, &src).await?;
         let counts = windows::window_counts(&client, &src, t.partition_by, cutoff).await?;
-        let facts = TableFacts {
-            source: source_id,
-            granularity: t.partition_by,
-            batches: vec![],
-            xact: HashMap::new(),
-            failed: Default::default(),
-            pending: counts.iter().map(|(w, _)| *w).collect(),
+        let facts = match &state {
+            TableState::Missing => TableFacts {
+                source: source_id,
+                granularity: t.partition_by,
+                batches: vec![],
+                xact: HashMap::new(),
+                failed: Default::default(),
+                pending: counts.iter().map(|(w, _)| *w).collect(),
+            },
+            TableState::Ready(at) => {
+                gather_facts(&client, &at.table, &src, t, lower, cutoff).await?
+            }
+            TableState::Evolves { table, changes } => {
+                report.schema_changes = changes.iter().map(ToString::to_string).collect();
+                gather_facts(&client, table, &src, t, lower, cutoff).await?
+            }
         };
         fill_dry_run(report, &facts, t, opts, &counts);
         return Ok(());
+    }
+
+    let wait = match cfg.database.on_busy {
+        OnBusy::Wait => None,
+        OnBusy::Skip => Some(cfg.database.lock_wait),
     };
-
-    if !opts.dry_run {
-        let wait = match cfg.database.on_busy {
-            OnBusy::Wait => None,
-            OnBusy::Skip => Some(cfg.database.lock_wait),
-        };
-        if !source::lock_table(&client, src.oid, wait).await? {
-            let holder = source::lock_holder(&client, src.oid)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| "another session".into());
-            let reason = format!("another permafrost instance is archiving this table: {holder}");
-            tracing::warn!("{}: skipped, {reason}", t.source_name());
-            report.outcome = Outcome::Skipped { reason };
-            return Ok(());
-        }
+    if !source::lock_table(&client, src.oid, wait).await? {
+        let holder = source::lock_holder(&client, src.oid)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "another session".into());
+        let reason = format!("another permafrost instance is archiving this table: {holder}");
+        tracing::warn!("{}: skipped, {reason}", t.source_name());
+        report.outcome = Outcome::Skipped { reason };
+        return Ok(());
     }
-
-    // Plan from the table as it is now that we hold the lock (another instance
-    // may have committed while we waited).
-    let mut table = table;
-    if !opts.dry_run {
-        table.table = lake::commit::reload(catalog, &table.ident).await?;
-    }
-    let facts = gather_facts(&client, &table, &src, t, lower, cutoff).await?;
+    // Under the lock: create or evolve the table, then plan from it as it is
+    // now (another instance may have committed while we waited).
+    let table = lake::table::ensure_table(catalog, &cfg.catalog, t, &src).await?;
+    let facts = gather_facts(&client, &table.table, &src, t, lower, cutoff).await?;
     let mode = if opts.no_delete {
         BatchMode::Copy
     } else {
@@ -393,15 +401,15 @@ fn fill_dry_run(
 /// statuses from Postgres.
 pub async fn gather_facts(
     client: &tokio_postgres::Client,
-    table: &ArchiveTable,
+    table: &iceberg::table::Table,
     src: &source::SourceTable,
     t: &TableConfig,
     lower: Option<Micros>,
     cutoff: Micros,
 ) -> Result<TableFacts> {
     let source_id = src.source_id();
-    let batches = lake::commit::read_ledger(&table.table, &source_id)?;
-    let failed = lake::commit::failed_batches(&table.table);
+    let batches = lake::commit::read_ledger(table, &source_id)?;
+    let failed = lake::commit::failed_batches(table);
     let xids: Vec<u64> = batches.iter().filter_map(|b| b.xid).collect();
     let xact = source::xact_status(client, &xids)
         .await?

@@ -197,9 +197,16 @@ pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
                     Err(e) => fail(&mut tc, &Error::postgres("cannot check privileges", e)),
                 }
                 if src.unsupported().is_empty() {
-                    match lake::table::ensure_table(catalog.as_ref(), t, &src, false).await {
-                        Ok(Some(_)) => tc.iceberg_state = "exists".into(),
-                        Ok(None) => tc.iceberg_state = "will be created".into(),
+                    match lake::table::inspect_table(catalog.as_ref(), t, &src).await {
+                        Ok(lake::table::TableState::Ready(_)) => tc.iceberg_state = "exists".into(),
+                        Ok(lake::table::TableState::Missing) => {
+                            tc.iceberg_state = "will be created".into()
+                        }
+                        Ok(lake::table::TableState::Evolves { changes, .. }) => {
+                            let c: Vec<String> = changes.iter().map(ToString::to_string).collect();
+                            tc.iceberg_state =
+                                format!("exists; the next archive run will {}", c.join(", "));
+                        }
                         Err(e) => fail(&mut tc, &e),
                     }
                 }

@@ -78,7 +78,11 @@ async fn table_status(
     let cutoff = windows::cutoff(t.partition_by, now, t.lag);
     let counts = windows::window_counts(client, &src, t.partition_by, cutoff).await?;
     let (rows_null_time, rows_recent) = windows::unarchivable_counts(client, &src, cutoff).await?;
-    let table = lake::table::ensure_table(catalog, t, &src, false).await?;
+    let table = match lake::table::inspect_table(catalog, t, &src).await? {
+        lake::table::TableState::Missing => None,
+        lake::table::TableState::Ready(at) => Some(at.table),
+        lake::table::TableState::Evolves { table, .. } => Some(*table),
+    };
     let mut facts = TableFacts {
         source: src.source_id(),
         granularity: t.partition_by,
@@ -88,8 +92,8 @@ async fn table_status(
         pending: counts.iter().map(|(w, _)| *w).collect(),
     };
     if let Some(table) = &table {
-        facts.batches = lake::commit::read_ledger(&table.table, &facts.source)?;
-        facts.failed = lake::commit::failed_batches(&table.table);
+        facts.batches = lake::commit::read_ledger(table, &facts.source)?;
+        facts.failed = lake::commit::failed_batches(table);
         let xids: Vec<u64> = facts.batches.iter().filter_map(|b| b.xid).collect();
         facts.xact = source::xact_status(client, &xids)
             .await?

@@ -3,6 +3,8 @@
 
 pub mod catalog;
 pub mod commit;
+pub mod evolve;
+pub mod metadata_commit;
 pub mod readback;
 pub mod table;
 pub mod write;

@@ -9,11 +9,14 @@ use iceberg::spec::{
     NestedField, NullOrder, Schema, SortDirection, SortField, SortOrder, UnboundPartitionSpec,
 };
 use iceberg::table::Table;
-use iceberg::{Catalog, NamespaceIdent, TableCreation, TableIdent};
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::{Catalog, NamespaceIdent, TableCreation, TableIdent, TableRequirement, TableUpdate};
 use serde::{Deserialize, Serialize};
 
-use crate::config::TableConfig;
+use crate::config::{CatalogConfig, TableConfig};
 use crate::error::{Error, ErrorKind, Result};
+use crate::lake::evolve::{self, Change, ColumnNow, Evolution};
+use crate::lake::metadata_commit;
 use crate::plan::window::Granularity;
 use crate::source::SourceTable;
 use crate::types::PgKind;
@@ -170,88 +173,163 @@ fn creation_properties(cfg: &TableConfig, src: &SourceTable) -> Result<HashMap<S
     Ok(p)
 }
 
-/// Loads the archive table of `cfg`, creating namespace and table when
-/// missing and `create` is true.  An existing table must match the source:
-/// same columns and types, and partitioned by the configured transform of the
-/// time column; otherwise this fails and nothing is written.
-pub async fn ensure_table(
+/// What the catalog holds for a configured table (read-only view).
+pub enum TableState {
+    /// No table yet: the first archive run creates it.
+    Missing,
+    /// The table matches the source.
+    Ready(Box<ArchiveTable>),
+    /// The source changed; the next archive run evolves the schema so.
+    Evolves {
+        table: Box<Table>,
+        changes: Vec<Change>,
+    },
+}
+
+async fn load(catalog: &dyn Catalog, ident: &TableIdent) -> Result<Option<Table>> {
+    let exists = catalog
+        .table_exists(ident)
+        .await
+        .map_err(|e| Error::iceberg(format!("cannot look up {ident} in the catalog"), e))?;
+    if !exists {
+        return Ok(None);
+    }
+    catalog
+        .load_table(ident)
+        .await
+        .map(Some)
+        .map_err(|e| Error::iceberg(format!("cannot load {ident} from the catalog"), e))
+}
+
+fn incompatible(ident: &TableIdent, src: &SourceTable, what: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Schema, format!("Iceberg table {ident} does not match {}: {what}", src.qualified())).with_hint(
+        "point `namespace`/`table` of this table at a new Iceberg table, or align the source; nothing was written",
+    )
+}
+
+/// The schema evolution `src` needs from `table`, and the columns to record.
+fn evolution_for(
+    table: &Table,
+    src: &SourceTable,
+) -> Result<(Option<Evolution>, Vec<RecordedColumn>)> {
+    let md = table.metadata();
+    let recorded: Vec<RecordedColumn> = md
+        .properties()
+        .get(props::PG_COLUMNS)
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default();
+    let mut now = Vec::new();
+    for c in src.archived_columns() {
+        let kind = c.kind().map_err(|e| Error::new(ErrorKind::Schema, e))?;
+        now.push(ColumnNow {
+            attnum: c.attnum,
+            name: c.name.clone(),
+            pg_type: c.pg_type.clone(),
+            kind,
+            not_null: c.not_null,
+        });
+    }
+    let ev = evolve::plan(
+        md.current_schema(),
+        md.last_column_id(),
+        &now,
+        &recorded,
+        &src.primary_key,
+    )
+    .map_err(|e| incompatible(table.identifier(), src, e))?;
+    Ok((ev, recorded))
+}
+
+/// The state of the archive table of `cfg`, without changing anything.
+pub async fn inspect_table(
     catalog: &dyn Catalog,
     cfg: &TableConfig,
     src: &SourceTable,
-    create: bool,
-) -> Result<Option<ArchiveTable>> {
+) -> Result<TableState> {
     let ident = ident(cfg)?;
-    let exists = catalog
-        .table_exists(&ident)
-        .await
-        .map_err(|e| Error::iceberg(format!("cannot look up {ident} in the catalog"), e))?;
-    let table = if exists {
-        catalog
-            .load_table(&ident)
-            .await
-            .map_err(|e| Error::iceberg(format!("cannot load {ident} from the catalog"), e))?
-    } else if !create {
-        return Ok(None);
-    } else {
-        let schema = derive_schema(src)?;
-        let ns = ident.namespace();
-        let ns_exists = catalog
-            .namespace_exists(ns)
-            .await
-            .map_err(|e| Error::iceberg(format!("cannot look up namespace {ns}"), e))?;
-        if !ns_exists && let Err(e) = catalog.create_namespace(ns, HashMap::new()).await {
-            // Another table (or instance) may have created it meanwhile; the
-            // SQL catalog reports that as a generic constraint error.
-            let now_exists = catalog.namespace_exists(ns).await.unwrap_or(false);
-            if e.kind() != iceberg::ErrorKind::NamespaceAlreadyExists && !now_exists {
-                return Err(Error::iceberg(format!("cannot create namespace {ns}"), e));
-            }
-        }
-        let time_id = src.time_index as i32 + 1;
-        let partition_field = format!("{}_{}", src.time_column().name, cfg.partition_by.name());
-        let spec = UnboundPartitionSpec::builder()
-            .add_partition_field(time_id, &partition_field, cfg.partition_by.transform())
-            .map_err(|e| Error::iceberg("cannot build the partition spec", e))?
-            .build();
-        let sort = SortOrder::builder()
-            .with_order_id(1)
-            .with_sort_field(
-                SortField::builder()
-                    .source_id(time_id)
-                    .direction(SortDirection::Ascending)
-                    .null_order(NullOrder::First)
-                    .transform(iceberg::spec::Transform::Identity)
-                    .build(),
-            )
-            .build(&schema)
-            .map_err(|e| Error::iceberg("cannot build the sort order", e))?;
-        let creation = TableCreation::builder()
-            .name(ident.name().to_string())
-            .schema(schema)
-            .partition_spec(spec)
-            .sort_order(sort)
-            .properties(creation_properties(cfg, src)?)
-            .build();
-        match catalog.create_table(ns, creation).await {
-            Ok(t) => {
-                tracing::info!("created Iceberg table {ident}");
-                t
-            }
-            Err(e) if e.kind() == iceberg::ErrorKind::TableAlreadyExists => catalog
-                .load_table(&ident)
-                .await
-                .map_err(|e| Error::iceberg(format!("cannot load {ident} from the catalog"), e))?,
-            Err(e) => return Err(Error::iceberg(format!("cannot create {ident}"), e)),
-        }
+    let Some(table) = load(catalog, &ident).await? else {
+        derive_schema(src)?;
+        return Ok(TableState::Missing);
     };
-    match bind(cfg, src, ident.clone(), table.clone()) {
-        Ok(t) => Ok(Some(t)),
+    check_layout(cfg, src, &table)?;
+    match evolution_for(&table, src)? {
+        (None, _) => Ok(TableState::Ready(Box::new(bind(cfg, src, ident, table)?))),
+        (Some(ev), _) => Ok(TableState::Evolves {
+            table: Box::new(table),
+            changes: ev.changes,
+        }),
+    }
+}
+
+/// The archive table of `cfg`, ready to write: created when missing (with its
+/// namespace), its schema evolved when the source changed (see
+/// [`crate::lake::evolve`]).  Refuses a table whose layout or schema cannot
+/// follow the source; nothing is written then.  Call under the table's lock.
+pub async fn ensure_table(
+    catalog: &dyn Catalog,
+    catalog_cfg: &CatalogConfig,
+    cfg: &TableConfig,
+    src: &SourceTable,
+) -> Result<ArchiveTable> {
+    let ident = ident(cfg)?;
+    let table = match load(catalog, &ident).await? {
+        Some(t) => t,
+        None => create(catalog, cfg, src, &ident).await?,
+    };
+    let prepared = async {
+        check_layout(cfg, src, &table)?;
+        let (ev, recorded) = evolution_for(&table, src)?;
+        let now = recorded_columns(src);
+        let cols = serde_json::to_string(&now).map_err(|e| Error::internal(e.to_string()))?;
+        match ev {
+            Some(ev) => {
+                let current = table.metadata().current_schema_id();
+                metadata_commit::commit(
+                    catalog_cfg,
+                    &table,
+                    vec![TableRequirement::CurrentSchemaIdMatch {
+                        current_schema_id: current,
+                    }],
+                    vec![
+                        TableUpdate::AddSchema {
+                            schema: ev.schema.clone(),
+                        },
+                        TableUpdate::SetCurrentSchema { schema_id: -1 },
+                        metadata_commit::set_property(props::PG_COLUMNS, cols),
+                    ],
+                )
+                .await?;
+                let changes: Vec<String> = ev.changes.iter().map(ToString::to_string).collect();
+                tracing::info!("evolved the schema of {ident}: {}", changes.join(", "));
+            }
+            None if now != recorded => {
+                // Same Iceberg types, new Postgres types (varchar(10) → text, …).
+                let tx = Transaction::new(&table);
+                let action = tx
+                    .update_table_properties()
+                    .set(props::PG_COLUMNS.to_string(), cols);
+                let tx = action
+                    .apply(tx)
+                    .map_err(|e| Error::iceberg("cannot prepare the commit", e))?;
+                tx.commit(catalog).await.map_err(|e| {
+                    Error::iceberg(format!("cannot record the column types of {ident}"), e)
+                })?;
+            }
+            None => return bind(cfg, src, ident.clone(), table.clone()),
+        }
+        let fresh = load(catalog, &ident)
+            .await?
+            .ok_or_else(|| Error::internal("table vanished"))?;
+        bind(cfg, src, ident.clone(), fresh)
+    }
+    .await;
+    match prepared {
+        Ok(t) => Ok(t),
         // A table permafrost created for this source that never received a
         // batch (a first run refused a value, say) holds nothing: recreate it
         // to match the source as it is now.
         Err(e)
-            if create
-                && e.kind() == ErrorKind::Schema
+            if e.kind() == ErrorKind::Schema
                 && table.metadata().current_snapshot().is_none()
                 && table.metadata().properties().get(props::SOURCE) == Some(&src.source_id()) =>
         {
@@ -263,10 +341,109 @@ pub async fn ensure_table(
                 .drop_table(&ident)
                 .await
                 .map_err(|e| Error::iceberg(format!("cannot drop the empty table {ident}"), e))?;
-            Box::pin(ensure_table(catalog, cfg, src, create)).await
+            let t = create(catalog, cfg, src, &ident).await?;
+            bind(cfg, src, ident, t)
         }
         Err(e) => Err(e),
     }
+}
+
+async fn create(
+    catalog: &dyn Catalog,
+    cfg: &TableConfig,
+    src: &SourceTable,
+    ident: &TableIdent,
+) -> Result<Table> {
+    let schema = derive_schema(src)?;
+    let ns = ident.namespace();
+    let ns_exists = catalog
+        .namespace_exists(ns)
+        .await
+        .map_err(|e| Error::iceberg(format!("cannot look up namespace {ns}"), e))?;
+    if !ns_exists && let Err(e) = catalog.create_namespace(ns, HashMap::new()).await {
+        // Another table (or instance) may have created it meanwhile; the
+        // SQL catalog reports that as a generic constraint error.
+        let now_exists = catalog.namespace_exists(ns).await.unwrap_or(false);
+        if e.kind() != iceberg::ErrorKind::NamespaceAlreadyExists && !now_exists {
+            return Err(Error::iceberg(format!("cannot create namespace {ns}"), e));
+        }
+    }
+    let time_id = schema
+        .field_by_name(&src.time_column().name)
+        .map(|f| f.id)
+        .ok_or_else(|| Error::internal("time column not in schema"))?;
+    let partition_field = format!("{}_{}", src.time_column().name, cfg.partition_by.name());
+    let spec = UnboundPartitionSpec::builder()
+        .add_partition_field(time_id, &partition_field, cfg.partition_by.transform())
+        .map_err(|e| Error::iceberg("cannot build the partition spec", e))?
+        .build();
+    let sort = SortOrder::builder()
+        .with_order_id(1)
+        .with_sort_field(
+            SortField::builder()
+                .source_id(time_id)
+                .direction(SortDirection::Ascending)
+                .null_order(NullOrder::First)
+                .transform(iceberg::spec::Transform::Identity)
+                .build(),
+        )
+        .build(&schema)
+        .map_err(|e| Error::iceberg("cannot build the sort order", e))?;
+    let creation = TableCreation::builder()
+        .name(ident.name().to_string())
+        .schema(schema)
+        .partition_spec(spec)
+        .sort_order(sort)
+        .properties(creation_properties(cfg, src)?)
+        .build();
+    match catalog.create_table(ns, creation).await {
+        Ok(t) => {
+            tracing::info!("created Iceberg table {ident}");
+            Ok(t)
+        }
+        Err(e) if e.kind() == iceberg::ErrorKind::TableAlreadyExists => load(catalog, ident)
+            .await?
+            .ok_or_else(|| Error::internal("table vanished")),
+        Err(e) => Err(Error::iceberg(format!("cannot create {ident}"), e)),
+    }
+}
+
+/// The table archives this source and is partitioned by the configured
+/// transform of the time column.
+fn check_layout(cfg: &TableConfig, src: &SourceTable, table: &Table) -> Result<()> {
+    let md = table.metadata();
+    let ident = table.identifier();
+    if let Some(recorded) = md.properties().get(props::SOURCE)
+        && recorded != &src.source_id()
+    {
+        return Err(incompatible(ident, src, format!("it archives {recorded}")));
+    }
+    let schema = md.current_schema();
+    let time_name = &src.time_column().name;
+    // The time column may have been renamed: find its field by the partition's source id.
+    let spec = md.default_partition_spec();
+    let fields = spec.fields();
+    let time_field = fields.first().and_then(|f| schema.field_by_id(f.source_id));
+    let ok = fields.len() == 1
+        && time_field.is_some()
+        && fields[0].transform == cfg.partition_by.transform();
+    if !ok {
+        let desc: Vec<String> = fields
+            .iter()
+            .map(|f| format!("{}({})", f.transform, f.source_id))
+            .collect();
+        return Err(incompatible(
+            ident,
+            src,
+            format!(
+                "it is partitioned by [{}], not {}({})",
+                desc.join(", "),
+                cfg.partition_by.name(),
+                time_name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks an existing table against the source and prepares the write layout.

@@ -8,6 +8,7 @@ mod catalogs;
 mod common;
 mod demo;
 mod errors;
+mod evolution;
 mod modes;
 mod safety;
 mod types;

@@ -1,0 +1,288 @@
+//! Committing metadata updates that iceberg-rust 0.10.1 has no transaction
+//! action for (renaming a column, widening a type, making a column optional).
+//!
+//! The updates are iceberg-rust's own [`TableUpdate`]s and the requirements
+//! its [`TableRequirement`]s; iceberg-rust applies them to the metadata and
+//! serializes it.  What this module adds is only the catalog's side of a
+//! commit, the same two steps iceberg-rust's catalogs take:
+//! - **SQL catalog**: write the new metadata file next to the current one and
+//!   swap the table's pointer row with a compare-and-set on the old location;
+//! - **REST catalog**: `POST /v1/{prefix}/namespaces/{ns}/tables/{table}` with
+//!   the requirements and updates (the REST spec's commit).
+//!
+//! A lost race (another writer committed first) is a `CatalogCommitConflicts`
+//! error; nothing is half-applied.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use iceberg::table::Table;
+use iceberg::{MetadataLocation, TableRequirement, TableUpdate};
+use serde_json::json;
+
+use crate::config::{CatalogConfig, CatalogKind};
+use crate::error::{Error, ErrorKind, Result};
+
+fn ice(what: &str, e: iceberg::Error) -> Error {
+    Error::iceberg(what, e)
+}
+
+/// Commits `updates` to `table` under `requirements`.
+pub async fn commit(
+    cfg: &CatalogConfig,
+    table: &Table,
+    requirements: Vec<TableRequirement>,
+    updates: Vec<TableUpdate>,
+) -> Result<()> {
+    for r in &requirements {
+        r.check(Some(table.metadata()))
+            .map_err(|e| ice("the table changed under us", e).with_hint("run again"))?;
+    }
+    match cfg.kind {
+        CatalogKind::Sql => commit_sql(cfg, table, updates).await,
+        CatalogKind::Rest => commit_rest(cfg, table, requirements, updates).await,
+    }
+}
+
+async fn commit_sql(cfg: &CatalogConfig, table: &Table, updates: Vec<TableUpdate>) -> Result<()> {
+    let current = table
+        .metadata_location()
+        .ok_or_else(|| Error::internal("the table has no metadata location"))?
+        .to_string();
+    let mut builder = table.metadata().clone().into_builder(Some(current.clone()));
+    for u in updates {
+        builder = u
+            .apply(builder)
+            .map_err(|e| ice("cannot apply the schema update", e))?;
+    }
+    let metadata = builder
+        .build()
+        .map_err(|e| ice("cannot build the new metadata", e))?
+        .metadata;
+    let next = MetadataLocation::from_str(&current)
+        .map_err(|e| ice("cannot parse the metadata location", e))?
+        .with_next_version()
+        .with_new_metadata(&metadata);
+    metadata
+        .write_to(table.file_io(), &next)
+        .await
+        .map_err(|e| ice("cannot write the new metadata", e))?;
+
+    let uri = &cfg.properties["uri"];
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(uri)
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Catalog,
+                format!("cannot open the SQL catalog: {e}"),
+            )
+        })?;
+    let postgres = uri.starts_with("postgres");
+    let p = |n: usize| {
+        if postgres {
+            format!("${n}")
+        } else {
+            "?".to_string()
+        }
+    };
+    let sql = format!(
+        "UPDATE iceberg_tables SET metadata_location = {}, previous_metadata_location = {} \
+         WHERE catalog_name = {} AND table_namespace = {} AND table_name = {} \
+         AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = {}",
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5),
+        p(6)
+    );
+    let ident = table.identifier();
+    let next_s = next.to_string();
+    let done = sqlx::query(&sql)
+        .bind(&next_s)
+        .bind(&current)
+        .bind(&cfg.name)
+        .bind(ident.namespace().join("."))
+        .bind(ident.name())
+        .bind(&current)
+        .execute(&pool)
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Catalog,
+                format!("cannot update the SQL catalog: {e}"),
+            )
+        })?;
+    pool.close().await;
+    if done.rows_affected() != 1 {
+        return Err(Error::new(
+            ErrorKind::Catalog,
+            format!("commit conflict on {ident}: another writer committed first"),
+        )
+        .with_hint("run again"));
+    }
+    Ok(())
+}
+
+/// An access token for the REST catalog: `token`, or OAuth2 client
+/// credentials from `credential` (`id:secret` or `secret`).
+async fn rest_token(
+    client: &reqwest::Client,
+    props: &std::collections::BTreeMap<String, String>,
+    base: &str,
+) -> Result<Option<String>> {
+    if let Some(t) = props.get("token") {
+        return Ok(Some(t.clone()));
+    }
+    let Some(cred) = props.get("credential") else {
+        return Ok(None);
+    };
+    let (id, secret) = cred
+        .split_once(':')
+        .map(|(a, b)| (Some(a), b))
+        .unwrap_or((None, cred.as_str()));
+    let endpoint = props
+        .get("oauth2-server-uri")
+        .cloned()
+        .unwrap_or_else(|| format!("{base}/v1/oauth/tokens"));
+    let scope = props.get("scope").map(String::as_str).unwrap_or("catalog");
+    let mut form: Vec<(&str, &str)> = vec![
+        ("grant_type", "client_credentials"),
+        ("client_secret", secret),
+        ("scope", scope),
+    ];
+    if let Some(id) = id {
+        form.push(("client_id", id));
+    }
+    let body = serde_urlencoded_pairs(&form);
+    let resp = client
+        .post(endpoint)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Catalog,
+                format!("cannot reach the catalog's token endpoint: {e}"),
+            )
+        })?;
+    if !resp.status().is_success() {
+        return Err(Error::new(
+            ErrorKind::Catalog,
+            format!("the catalog refused the credentials ({})", resp.status()),
+        )
+        .with_hint("check `credential` in the `catalog` section"));
+    }
+    let v: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| Error::new(ErrorKind::Catalog, format!("bad token response: {e}")))?;
+    Ok(v["access_token"].as_str().map(str::to_string))
+}
+
+fn serde_urlencoded_pairs(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+async fn commit_rest(
+    cfg: &CatalogConfig,
+    table: &Table,
+    requirements: Vec<TableRequirement>,
+    updates: Vec<TableUpdate>,
+) -> Result<()> {
+    let props = &cfg.properties;
+    let base = props["uri"].trim_end_matches('/').to_string();
+    let client = reqwest::Client::new();
+    let token = rest_token(&client, props, &base).await?;
+    let auth = |rb: reqwest::RequestBuilder| match &token {
+        Some(t) => rb.bearer_auth(t),
+        None => rb,
+    };
+    // The prefix comes from the catalog's config endpoint.
+    let mut config_url = url::Url::parse(&format!("{base}/v1/config"))
+        .map_err(|e| Error::config(format!("`catalog.uri`: {e}")))?;
+    if let Some(w) = props.get("warehouse") {
+        config_url.query_pairs_mut().append_pair("warehouse", w);
+    }
+    let conf: serde_json::Value = auth(client.get(config_url))
+        .send()
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Catalog,
+                format!("cannot reach the REST catalog: {e}"),
+            )
+        })?
+        .json()
+        .await
+        .map_err(|e| Error::new(ErrorKind::Catalog, format!("bad config response: {e}")))?;
+    let pick = |k: &str| {
+        conf["overrides"][k]
+            .as_str()
+            .or(conf["defaults"][k].as_str())
+            .map(str::to_string)
+    };
+    let root = pick("uri")
+        .map(|u| u.trim_end_matches('/').to_string())
+        .unwrap_or(base);
+    let ident = table.identifier();
+    let mut url = url::Url::parse(&format!("{root}/v1"))
+        .map_err(|e| Error::config(format!("`catalog.uri`: {e}")))?;
+    {
+        let mut segs = url
+            .path_segments_mut()
+            .map_err(|_| Error::config("`catalog.uri` cannot be a base URL"))?;
+        if let Some(prefix) = pick("prefix") {
+            segs.push(&prefix);
+        }
+        segs.push("namespaces");
+        segs.push(&ident.namespace().join("\u{1f}"));
+        segs.push("tables");
+        segs.push(ident.name());
+    }
+    let body = json!({
+        "identifier": {"namespace": ident.namespace().as_ref(), "name": ident.name()},
+        "requirements": requirements,
+        "updates": updates,
+    });
+    let resp = auth(client.post(url).json(&body))
+        .send()
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Catalog,
+                format!("cannot reach the REST catalog: {e}"),
+            )
+        })?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or(text);
+    let e = Error::new(
+        ErrorKind::Catalog,
+        format!("the REST catalog refused the schema commit on {ident} ({status}): {message}"),
+    );
+    Err(if status.as_u16() == 409 {
+        e.with_hint("another writer committed first; run again")
+    } else {
+        e
+    })
+}
+
+/// `SetProperties` for one key.
+pub fn set_property(key: &str, value: String) -> TableUpdate {
+    TableUpdate::SetProperties {
+        updates: HashMap::from([(key.to_string(), value)]),
+    }
+}
