@@ -317,6 +317,7 @@ impl Config {
         } else {
             dir
         };
+        let dir = dir.canonicalize().unwrap_or(dir);
         Self::from_str_with(&text, &dir, &|k| std::env::var(k).ok())
             .map_err(|e| e.prefixed(format!("config {}", path.display())))
     }

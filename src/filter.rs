@@ -460,6 +460,141 @@ impl Filter {
     }
 }
 
+impl Filter {
+    /// The filter as an Iceberg predicate over `schema` (for `fetch --where`):
+    /// literals are converted to each column's type, exactly; `LIKE` takes
+    /// `'prefix%'` patterns.
+    pub fn to_predicate(&self, schema: &iceberg::spec::Schema) -> Result<iceberg::expr::Predicate> {
+        use iceberg::expr::{Predicate, Reference};
+        fn column_type<'a>(
+            schema: &'a iceberg::spec::Schema,
+            c: &str,
+        ) -> Result<&'a iceberg::spec::PrimitiveType> {
+            let f = schema.field_by_name(c).ok_or_else(|| {
+                let names: Vec<String> = schema
+                    .as_struct()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name.clone())
+                    .collect();
+                err(format!("unknown column `{c}`"))
+                    .with_hint(format!("columns: {}", names.join(", ")))
+            })?;
+            match f.field_type.as_ref() {
+                iceberg::spec::Type::Primitive(p) => Ok(p),
+                other => Err(err(format!("cannot filter on `{c}` of type {other}"))),
+            }
+        }
+        fn datum(
+            c: &str,
+            l: &Lit,
+            t: &iceberg::spec::PrimitiveType,
+        ) -> Result<iceberg::spec::Datum> {
+            use iceberg::spec::{Datum, PrimitiveType as P};
+            let text = match l {
+                Lit::Number(n) | Lit::Str(n) => n.clone(),
+                Lit::Bool(b) => b.to_string(),
+            };
+            let bad = |e: String| {
+                err(format!(
+                    "`{text}` is not a valid value for `{c}` ({t}): {e}"
+                ))
+            };
+            let r = match t {
+                P::Boolean => Datum::bool_from_str(&text).map_err(|e| bad(e.to_string()))?,
+                P::Int => Datum::int(text.parse::<i32>().map_err(|e| bad(e.to_string()))?),
+                P::Long => Datum::long(text.parse::<i64>().map_err(|e| bad(e.to_string()))?),
+                P::Float => Datum::float(text.parse::<f32>().map_err(|e| bad(e.to_string()))?),
+                P::Double => Datum::double(text.parse::<f64>().map_err(|e| bad(e.to_string()))?),
+                P::Decimal { precision, scale } => {
+                    let mut d = rust_decimal::Decimal::from_str_exact(&text)
+                        .map_err(|e| bad(e.to_string()))?;
+                    if d.scale() > *scale {
+                        return Err(bad(format!("more than {scale} decimal places")));
+                    }
+                    d.rescale(*scale);
+                    let _ = precision;
+                    Datum::decimal_from_str(d.to_string()).map_err(|e| bad(e.to_string()))?
+                }
+                P::String => Datum::string(text),
+                P::Date => Datum::date_from_str(&text).map_err(|e| bad(e.to_string()))?,
+                P::Time => Datum::time_from_str(&text).map_err(|e| bad(e.to_string()))?,
+                P::Timestamp | P::Timestamptz => {
+                    let t2 = crate::plan::window::parse_instant(&text)
+                        .ok_or_else(|| bad("not a timestamp".into()))?;
+                    if *t == P::Timestamp {
+                        Datum::timestamp_micros(t2)
+                    } else {
+                        Datum::timestamptz_micros(t2)
+                    }
+                }
+                P::Uuid => Datum::uuid_from_str(&text).map_err(|e| bad(e.to_string()))?,
+                other => return Err(err(format!("cannot filter on `{c}` of type {other}"))),
+            };
+            Ok(r)
+        }
+        fn go(e: &Expr, schema: &iceberg::spec::Schema) -> Result<Predicate> {
+            Ok(match e {
+                Expr::And(a, b) => go(a, schema)?.and(go(b, schema)?),
+                Expr::Or(a, b) => go(a, schema)?.or(go(b, schema)?),
+                Expr::Not(a) => go(a, schema)?.negate(),
+                Expr::Cmp(c, op, l) => {
+                    let d = datum(c, l, column_type(schema, c)?)?;
+                    let r = Reference::new(c.clone());
+                    match op {
+                        CmpOp::Eq => r.equal_to(d),
+                        CmpOp::Ne => r.not_equal_to(d),
+                        CmpOp::Lt => r.less_than(d),
+                        CmpOp::Le => r.less_than_or_equal_to(d),
+                        CmpOp::Gt => r.greater_than(d),
+                        CmpOp::Ge => r.greater_than_or_equal_to(d),
+                    }
+                }
+                Expr::IsNull(c, not) => {
+                    column_type(schema, c)?;
+                    let r = Reference::new(c.clone());
+                    if *not { r.is_not_null() } else { r.is_null() }
+                }
+                Expr::In(c, not, items) => {
+                    let t = column_type(schema, c)?;
+                    let ds = items
+                        .iter()
+                        .map(|l| datum(c, l, t))
+                        .collect::<Result<Vec<_>>>()?;
+                    let r = Reference::new(c.clone());
+                    if *not { r.is_not_in(ds) } else { r.is_in(ds) }
+                }
+                Expr::Between(c, not, lo, hi) => {
+                    let t = column_type(schema, c)?;
+                    let p = Reference::new(c.clone())
+                        .greater_than_or_equal_to(datum(c, lo, t)?)
+                        .and(Reference::new(c.clone()).less_than_or_equal_to(datum(c, hi, t)?));
+                    if *not { p.negate() } else { p }
+                }
+                Expr::Like(c, not, pattern) => {
+                    column_type(schema, c)?;
+                    let prefix = pattern
+                        .strip_suffix('%')
+                        .filter(|p| !p.contains(['%', '_']));
+                    let Some(prefix) = prefix else {
+                        return Err(err(format!(
+                            "LIKE '{pattern}': only 'prefix%' patterns can be pushed down"
+                        )));
+                    };
+                    let r = Reference::new(c.clone());
+                    let d = iceberg::spec::Datum::string(prefix);
+                    if *not {
+                        r.not_starts_with(d)
+                    } else {
+                        r.starts_with(d)
+                    }
+                }
+            })
+        }
+        go(&self.expr, schema)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,6 +632,60 @@ mod tests {
         assert!(Filter::parse("1 = 1").is_err());
         assert!(Filter::parse("").is_err());
         assert!(Filter::parse("a = 'open").is_err());
+    }
+
+    #[test]
+    fn predicates_convert_literals_to_column_types() {
+        use std::sync::Arc;
+
+        use iceberg::expr::Bind;
+        use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
+        let schema = Schema::builder()
+            .with_fields(vec![
+                Arc::new(NestedField::optional(
+                    1,
+                    "n",
+                    Type::Primitive(PrimitiveType::Long),
+                )),
+                Arc::new(NestedField::optional(
+                    2,
+                    "q",
+                    Type::Primitive(PrimitiveType::Decimal {
+                        precision: 5,
+                        scale: 2,
+                    }),
+                )),
+                Arc::new(NestedField::optional(
+                    3,
+                    "s",
+                    Type::Primitive(PrimitiveType::String),
+                )),
+                Arc::new(NestedField::optional(
+                    4,
+                    "t",
+                    Type::Primitive(PrimitiveType::Timestamptz),
+                )),
+            ])
+            .build()
+            .unwrap();
+        let p = Filter::parse(
+            "n > 5 AND q = 1.5 AND s LIKE 'ab%' AND t < '2024-01-02' AND n IN (1, 2)",
+        )
+        .unwrap()
+        .to_predicate(&schema)
+        .unwrap();
+        let text = p.to_string();
+        assert!(
+            text.contains("n > 5") && text.contains("q = 1.50") && text.contains("STARTS WITH"),
+            "{text}"
+        );
+        assert!(p.bind(Arc::new(schema.clone()), true).is_ok());
+        for bad in ["q = 1.234", "n = 'x'", "zz = 1", "s LIKE '%x'"] {
+            assert!(
+                Filter::parse(bad).unwrap().to_predicate(&schema).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -47,6 +47,133 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Per-table state derived from the catalog and Postgres.
     Status(StatusArgs),
+    /// Every snapshot of an archive table with its permafrost properties, newest first.
+    Snapshots(SnapshotsArgs),
+    /// One line per window: partition, rows, files, size, snapshot, state.
+    List(ListArgs),
+    /// Schema (with Postgres types), partition spec, sort order, properties, schema history.
+    Show(ShowArgs),
+    /// What changed between two snapshots: windows, files, rows.
+    Diff(DiffArgs),
+    /// Rows of a time range at any snapshot, as CSV, JSON, JSON Lines or Parquet.
+    Fetch(FetchArgs),
+}
+
+/// Window states for `list --status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateArg {
+    Archived,
+    Kept,
+    Pending,
+    Failed,
+}
+
+/// `--snapshot ID` or `--as-of TIME`.
+#[derive(Debug, Args, Clone)]
+pub struct SnapshotArg {
+    /// Read this snapshot (time travel); `permafrost snapshots` lists them.
+    #[arg(long, conflicts_with = "as_of")]
+    pub snapshot: Option<i64>,
+    /// Read the snapshot that was current at this time (date or RFC 3339).
+    #[arg(long)]
+    pub as_of: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The table (name, schema.name or namespace.table).
+    #[arg(long, short = 't')]
+    pub table: String,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only this table.
+    #[arg(long, short = 't')]
+    pub table: Option<String>,
+    /// Windows starting at or after this date.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Windows starting before this date.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only windows in this state.
+    #[arg(long, value_enum)]
+    pub status: Option<StateArg>,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Pretend the current time is this (RFC 3339); for tests and demos.
+    #[arg(long, hide = true)]
+    pub now: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The table.
+    #[arg(long, short = 't')]
+    pub table: String,
+    #[command(flatten)]
+    pub at: SnapshotArg,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The table.
+    #[arg(long, short = 't')]
+    pub table: String,
+    /// The older snapshot (exclusive).
+    #[arg(long)]
+    pub from_snapshot: i64,
+    /// The newer snapshot (inclusive).
+    #[arg(long)]
+    pub to_snapshot: i64,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The table.
+    #[arg(long, short = 't')]
+    pub table: String,
+    /// Start of the range (inclusive): date or RFC 3339.
+    #[arg(long)]
+    pub from: String,
+    /// End of the range (exclusive).
+    #[arg(long)]
+    pub to: String,
+    #[command(flatten)]
+    pub at: SnapshotArg,
+    /// Only these columns (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Option<Vec<String>>,
+    /// A row filter, e.g. "sensor_id = 3 AND value > 20" (pushed down to the scan).
+    #[arg(long = "where")]
+    pub filter: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "csv")]
+    pub format: crate::inspect::fetch::Format,
+    /// Write here instead of stdout (`-` is stdout).
+    #[arg(long, short = 'o')]
+    pub output: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

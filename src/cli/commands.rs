@@ -3,7 +3,10 @@
 use std::process::ExitCode;
 
 use crate::archive::{self, ArchiveOptions, Outcome};
-use crate::cli::args::{ArchiveArgs, CheckArgs, Cli, Command, DemoArgs, ReplayArgs, StatusArgs};
+use crate::cli::args::{
+    ArchiveArgs, CheckArgs, Cli, Command, DemoArgs, DiffArgs, FetchArgs, ListArgs, ReplayArgs,
+    ShowArgs, SnapshotArg, SnapshotsArgs, StateArg, StatusArgs,
+};
 use crate::cli::output::{self, num};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
@@ -42,6 +45,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Archive(a) => archive_cmd(a, &progress).await,
         Command::Replay(a) => replay_cmd(a, &progress).await,
         Command::Status(a) => status_cmd(a).await,
+        Command::Snapshots(a) => snapshots_cmd(a).await,
+        Command::List(a) => list_cmd(a).await,
+        Command::Show(a) => show_cmd(a).await,
+        Command::Diff(a) => diff_cmd(a).await,
+        Command::Fetch(a) => fetch_cmd(a, &progress).await,
     };
     match result {
         Ok(code) => code,
@@ -502,5 +510,296 @@ async fn demo_cmd(a: DemoArgs, progress: &Progress) -> Result<ExitCode> {
     ));
     drop(client);
     drop(throwaway);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn snapshot_choice(a: &SnapshotArg) -> Result<inspect::SnapshotChoice> {
+    Ok(match (a.snapshot, &a.as_of) {
+        (Some(id), _) => inspect::SnapshotChoice::Id(id),
+        (None, Some(t)) => inspect::SnapshotChoice::AsOf(inspect::fetch::instant("as-of", t)?),
+        (None, None) => inspect::SnapshotChoice::Current,
+    })
+}
+
+fn opt(v: &Option<impl ToString>) -> String {
+    v.as_ref()
+        .map(|x| x.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+async fn snapshots_cmd(a: SnapshotsArgs) -> Result<ExitCode> {
+    let cfg = load(&a.config.config)?;
+    let (_, table) = inspect::open_table(&cfg, &a.table).await?;
+    let snaps = inspect::snapshots::snapshots(&table);
+    if a.json {
+        output::json(&snaps)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = snaps
+        .iter()
+        .map(|s| {
+            vec![
+                s.snapshot_id.to_string(),
+                s.committed_at.clone(),
+                s.operation.clone(),
+                opt(&s.batch_id),
+                opt(&s.window_start),
+                opt(&s.window_end),
+                s.rows.map(num).unwrap_or_else(|| "-".into()),
+                opt(&s.files),
+                s.bytes.map(output::bytes).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "SNAPSHOT",
+            "COMMITTED AT",
+            "OPERATION",
+            "BATCH",
+            "WINDOW START",
+            "WINDOW END",
+            "ROWS",
+            "FILES",
+            "SIZE",
+        ],
+        &rows,
+    );
+    output::line(&format!("{} snapshot(s)", snaps.len()));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list_cmd(a: ListArgs) -> Result<ExitCode> {
+    let cfg = load(&a.config.config)?;
+    let day = |flag: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| inspect::fetch::instant(flag, s))
+            .transpose()
+    };
+    let filter = inspect::list::ListFilter {
+        table: a.table.clone(),
+        from: day("from", &a.from)?,
+        to: day("to", &a.to)?,
+        state: a.status.map(|s| match s {
+            StateArg::Archived => crate::plan::WindowState::Archived,
+            StateArg::Kept => crate::plan::WindowState::Kept,
+            StateArg::Pending => crate::plan::WindowState::Pending,
+            StateArg::Failed => crate::plan::WindowState::Failed,
+        }),
+    };
+    let lines = inspect::list::list(&cfg, &filter, parse_now(a.now.as_deref())?).await?;
+    if a.json {
+        output::json(&lines)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = lines
+        .iter()
+        .map(|l| {
+            vec![
+                l.table.clone(),
+                l.partition.clone(),
+                serde_json::to_value(l.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_uppercase))
+                    .unwrap_or_default(),
+                num(l.rows),
+                l.files.to_string(),
+                output::bytes(l.bytes),
+                num(l.rows_in_postgres),
+                opt(&l.snapshot_id),
+                opt(&l.archived_at),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "TABLE",
+            "PARTITION",
+            "STATE",
+            "ROWS",
+            "FILES",
+            "SIZE",
+            "IN POSTGRES",
+            "SNAPSHOT",
+            "ARCHIVED AT",
+        ],
+        &rows,
+    );
+    output::line(&format!(
+        "{} window(s)  {} row(s) archived  {} file(s)  {}  {} row(s) in Postgres",
+        lines.len(),
+        num(lines.iter().map(|l| l.rows).sum()),
+        lines.iter().map(|l| l.files).sum::<u64>(),
+        output::bytes(lines.iter().map(|l| l.bytes).sum()),
+        num(lines.iter().map(|l| l.rows_in_postgres).sum()),
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show_cmd(a: ShowArgs) -> Result<ExitCode> {
+    let cfg = load(&a.config.config)?;
+    let (_, table) = inspect::open_table(&cfg, &a.table).await?;
+    let info = inspect::show::show(&table, snapshot_choice(&a.at)?)?;
+    if a.json {
+        output::json(&info)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    output::line(&format!("table        {}", info.table));
+    output::line(&format!("location     {}", info.location));
+    output::line(&format!("format       v{}", info.format_version));
+    output::line(&format!(
+        "snapshot     {}   schema {}",
+        opt(&info.snapshot_id),
+        info.schema_id
+    ));
+    output::line(&format!("partitioned  {}", info.partition_spec.join(", ")));
+    output::line(&format!("sorted       {}", info.sort_order.join(", ")));
+    output::line("");
+    let rows: Vec<Vec<String>> = info
+        .columns
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.to_string(),
+                c.name.clone(),
+                c.iceberg_type.clone(),
+                if c.required {
+                    "required".into()
+                } else {
+                    String::new()
+                },
+                opt(&c.postgres_type),
+            ]
+        })
+        .collect();
+    output::table(&["ID", "COLUMN", "ICEBERG", "REQUIRED", "POSTGRES"], &rows);
+    output::line("");
+    output::line("schema history:");
+    for s in &info.schema_history {
+        output::line(&format!(
+            "  schema {}: {} snapshot(s) {} .. {}  ({})",
+            s.schema_id,
+            s.snapshots,
+            s.first_snapshot,
+            s.last_snapshot,
+            s.columns.join(", ")
+        ));
+    }
+    output::line("");
+    output::line("properties:");
+    for (k, v) in &info.properties {
+        let v = if v.len() > 100 {
+            format!(
+                "{}…",
+                &v[..v.char_indices().nth(100).map(|(i, _)| i).unwrap_or(v.len())]
+            )
+        } else {
+            v.clone()
+        };
+        output::line(&format!("  {k} = {v}"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn diff_cmd(a: DiffArgs) -> Result<ExitCode> {
+    let cfg = load(&a.config.config)?;
+    let (_, table) = inspect::open_table(&cfg, &a.table).await?;
+    let d = inspect::snapshots::diff(&table, a.from_snapshot, a.to_snapshot).await?;
+    if a.json {
+        output::json(&d)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = d
+        .snapshots
+        .iter()
+        .map(|s| {
+            vec![
+                s.snapshot_id.to_string(),
+                s.committed_at.clone(),
+                opt(&s.batch_id),
+                opt(&s.window_start),
+                opt(&s.window_end),
+                s.rows.map(num).unwrap_or_else(|| "-".into()),
+                opt(&s.files),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "SNAPSHOT",
+            "COMMITTED AT",
+            "BATCH",
+            "WINDOW START",
+            "WINDOW END",
+            "ROWS",
+            "FILES",
+        ],
+        &rows,
+    );
+    output::line(&format!(
+        "{} snapshot(s) after {} up to {}: {} window(s), {} file(s), {} row(s), {} added",
+        d.snapshots.len(),
+        d.from_snapshot,
+        d.to_snapshot,
+        d.windows.len(),
+        d.files_added,
+        num(d.rows_added),
+        output::bytes(d.bytes_added)
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn fetch_cmd(a: FetchArgs, progress: &Progress) -> Result<ExitCode> {
+    let cfg = load(&a.config.config)?;
+    let (t, table) = inspect::open_table(&cfg, &a.table).await?;
+    let (from, to) = (
+        inspect::fetch::instant("from", &a.from)?,
+        inspect::fetch::instant("to", &a.to)?,
+    );
+    if from >= to {
+        return Err(Error::config(format!(
+            "--from {} is not before --to {}",
+            a.from, a.to
+        )));
+    }
+    let req = inspect::fetch::FetchRequest {
+        time_column: t.timestamp_column.clone(),
+        range: crate::plan::window::Window {
+            start: from,
+            end: to,
+        },
+        snapshot: snapshot_choice(&a.at)?,
+        columns: a.columns.clone(),
+        filter: a.filter.clone(),
+        format: a.format,
+    };
+    let bar = progress.rows_spinner(&format!("fetching {}", t.iceberg_name()));
+    let result = match a.output.as_deref().filter(|p| p.as_os_str() != "-") {
+        Some(path) => {
+            let f = std::fs::File::create(path)
+                .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
+            inspect::fetch::fetch(&table, &req, std::io::BufWriter::new(f), &bar).await
+        }
+        None => {
+            let out = std::io::BufWriter::new(std::io::stdout());
+            inspect::fetch::fetch(&table, &req, out, &bar).await
+        }
+    };
+    let stats = match result {
+        Ok(s) => s,
+        // The reader went away (`| head`): not an error.
+        Err(e) if e.kind() == ErrorKind::Io && e.message().contains("Broken pipe") => {
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e),
+    };
+    bar.finish_and_clear();
+    tracing::info!(
+        "fetched {} row(s) from {} file(s) of snapshot {} in {:.2}s",
+        num(stats.rows),
+        stats.files,
+        opt(&stats.snapshot_id),
+        stats.seconds
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -87,6 +87,22 @@ pub fn num(n: u64) -> String {
     out
 }
 
+/// Human sizes: 1.5 MiB.
+pub fn bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -94,5 +110,7 @@ mod tests {
         assert_eq!(super::num(0), "0");
         assert_eq!(super::num(999), "999");
         assert_eq!(super::num(1234567), "1,234,567");
+        assert_eq!(super::bytes(512), "512 B");
+        assert_eq!(super::bytes(1536), "1.5 KiB");
     }
 }

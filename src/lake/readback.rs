@@ -68,6 +68,54 @@ pub async fn added_files(table: &Table, snapshot: &SnapshotRef) -> Result<Vec<Ad
     Ok(out)
 }
 
+/// A live data file of the current snapshot.
+#[derive(Debug, Clone)]
+pub struct LiveFile {
+    pub path: String,
+    pub size: u64,
+    pub records: u64,
+    /// Partition values, in spec order.
+    pub partition: Vec<Option<iceberg::spec::Literal>>,
+    /// The snapshot that added it.
+    pub snapshot_id: Option<i64>,
+}
+
+/// Every live data file of the table's current snapshot.
+pub async fn live_files(table: &Table) -> Result<Vec<LiveFile>> {
+    let Some(snapshot) = table.metadata().current_snapshot().cloned() else {
+        return Ok(vec![]);
+    };
+    let list = table
+        .manifest_list_reader(&snapshot)
+        .load()
+        .await
+        .map_err(|e| read_err("cannot read the manifest list", e))?;
+    let mut out = Vec::new();
+    for m in list.entries() {
+        let manifest = m
+            .load_manifest(table.file_io())
+            .await
+            .map_err(|e| read_err(format!("cannot read manifest {}", m.manifest_path), e))?;
+        for e in manifest.entries() {
+            if e.is_alive() && e.content_type() == DataContentType::Data {
+                out.push(LiveFile {
+                    path: e.file_path().to_string(),
+                    size: e.file_size_in_bytes(),
+                    records: e.record_count(),
+                    partition: e
+                        .data_file()
+                        .partition()
+                        .iter()
+                        .map(|v| v.cloned())
+                        .collect(),
+                    snapshot_id: e.snapshot_id(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Streams the rows of `files` (all columns of the snapshot's schema) to `f`.
 pub async fn for_each_batch<F>(
     table: &Table,

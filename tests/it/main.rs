@@ -9,6 +9,7 @@ mod common;
 mod demo;
 mod errors;
 mod evolution;
+mod inspect;
 mod modes;
 mod safety;
 mod types;

@@ -95,6 +95,11 @@ def schema_of(schema):
 
 def main():
     req = json.load(open(sys.argv[1]))
+    if req.get("parquet_file"):
+        import pyarrow.parquet as pq
+
+        print(json.dumps({"parquet": rows(pq.read_table(req["parquet_file"]), req["key_column"])}))
+        return
     t = load_catalog(req["catalog_name"], **req["catalog"]).load_table(req["table"])
     res = {"pyiceberg": rows(t.scan().to_arrow(), req["key_column"])}
     if req.get("snapshots"):

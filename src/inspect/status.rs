@@ -1,7 +1,4 @@
-//! Inspecting archives: `status` (and, later, snapshots/list/show/fetch).
-//!
-//! Everything shown is derived from what the catalog and Postgres say now —
-//! there is no state of our own to drift.
+//! `status`: per table, what is archived, pending, kept or failed.
 
 use serde::Serialize;
 

@@ -1,0 +1,87 @@
+//! Inspecting archives: `status`, `snapshots`, `list`, `show`, `diff`, `fetch`.
+//!
+//! Everything shown is derived from what the catalog and Postgres say now —
+//! there is no state of our own to drift.
+
+pub mod fetch;
+pub mod list;
+pub mod show;
+pub mod snapshots;
+pub mod status;
+
+use iceberg::spec::SnapshotRef;
+use iceberg::table::Table;
+
+use crate::config::{Config, TableConfig};
+use crate::error::{Error, ErrorKind, Result};
+use crate::lake;
+use crate::plan::window::{Micros, rfc3339};
+
+pub use status::{TableStatus, status};
+
+/// Which snapshot to read: the current one, one by id, or the one current at a time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SnapshotChoice {
+    #[default]
+    Current,
+    Id(i64),
+    AsOf(Micros),
+}
+
+/// The one configured table `name` names, and its Iceberg table.
+pub async fn open_table(cfg: &Config, name: &str) -> Result<(TableConfig, Table)> {
+    let t = cfg
+        .select_tables(Some(name))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::config(format!("no table `{name}` in the config")))?;
+    let catalog = lake::open_catalog(&cfg.catalog).await?;
+    let ident = lake::table::ident(&t)?;
+    let exists = catalog
+        .table_exists(&ident)
+        .await
+        .map_err(|e| Error::iceberg(format!("cannot look up {ident} in the catalog"), e))?;
+    if !exists {
+        return Err(
+            Error::new(ErrorKind::Catalog, format!("{ident} does not exist yet"))
+                .with_hint("the first `permafrost archive` run creates it"),
+        );
+    }
+    let table = lake::commit::reload(catalog.as_ref(), &ident).await?;
+    Ok((t, table))
+}
+
+/// Resolves `choice` to a snapshot of the table's current history.
+pub fn resolve_snapshot(table: &Table, choice: SnapshotChoice) -> Result<Option<SnapshotRef>> {
+    let history = lake::commit::ancestry(table);
+    match choice {
+        SnapshotChoice::Current => Ok(history.last().cloned()),
+        SnapshotChoice::Id(id) => table
+            .metadata()
+            .snapshot_by_id(id)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Catalog,
+                    format!("{} has no snapshot {id}", table.identifier()),
+                )
+                .with_hint("`permafrost snapshots` lists them")
+            }),
+        SnapshotChoice::AsOf(t) => {
+            let ms = t.div_euclid(1000);
+            match history.iter().rev().find(|s| s.timestamp_ms() <= ms) {
+                Some(s) => Ok(Some(s.clone())),
+                None => Err(Error::new(
+                    ErrorKind::Catalog,
+                    format!(
+                        "{} had no snapshot yet at {}",
+                        table.identifier(),
+                        rfc3339(t)
+                    ),
+                )
+                .with_hint("`permafrost snapshots` lists when each was committed")),
+            }
+        }
+    }
+}
