@@ -149,6 +149,48 @@ async fn evolve_across_runs(kind: Cat) {
     assert_eq!(first["1"]["note"], "n1");
     assert_eq!(first["1"]["name"], "sensor-1");
 
+    // permafrost reads both windows with the right columns, now and as of the first snapshot.
+    let fetch = |extra: &[&str]| {
+        let mut a = vec![
+            "fetch",
+            "-c",
+            cfg.as_str(),
+            "-t",
+            "readings",
+            "--from",
+            "2000-01-01",
+            "--to",
+            "2100-01-01",
+            "--format",
+            "jsonl",
+        ];
+        a.extend_from_slice(extra);
+        let out = ws.run_env(&a, &env);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.stdout
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("jsonl"))
+            .collect::<Vec<_>>()
+    };
+    let now_rows = fetch(&[]);
+    assert_eq!(now_rows.len(), 30);
+    let one = now_rows.iter().find(|r| r["id"] == 1).expect("row 1");
+    assert_eq!(one["label"], "sensor-1");
+    assert!(one.get("note").is_none() && one.get("name").is_none());
+    let first_id = snaps[0]["snapshot_id"].to_string();
+    let then_rows = fetch(&["--snapshot", &first_id]);
+    assert_eq!(
+        then_rows.len(),
+        20,
+        "the first snapshot holds the first window only"
+    );
+    let one = then_rows.iter().find(|r| r["id"] == 1).expect("row 1");
+    assert_eq!(
+        one["note"], "n1",
+        "read with the first snapshot's own schema"
+    );
+    assert_eq!(one["name"], "sensor-1");
+
     // A change Iceberg cannot follow is refused, nothing deleted.
     c.batch_execute(
         "INSERT INTO readings (id, ts, sensor_id, label, unit) VALUES (999, date_trunc('day', now()) - interval '4 days', 1, 'z', 'c'); \

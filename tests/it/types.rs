@@ -187,9 +187,45 @@ async fn type_zoo_round_trips_value_by_value() {
         "values.py: {}",
         String::from_utf8_lossy(&py.stderr)
     );
-    let got: Value = serde_json::from_slice(&py.stdout).expect("json");
+    let mut got: Value = serde_json::from_slice(&py.stdout).expect("json");
+    // permafrost's own reader: `fetch --format parquet`, read back by pyarrow.
+    let pq = ws.path().join("zoo.parquet");
+    let f = ws.run(&[
+        "fetch",
+        "-c",
+        &cfg,
+        "-t",
+        "zoo",
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2100-01-01",
+        "--format",
+        "parquet",
+        "-o",
+        &pq.to_string_lossy(),
+    ]);
+    assert_eq!(f.code, 0, "{}", f.stderr);
+    std::fs::write(
+        &p,
+        json!({"parquet_file": pq, "key_column": "id"}).to_string(),
+    )
+    .expect("write");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/values.py");
+    let py = std::process::Command::new(&s.python)
+        .arg(script)
+        .arg(&p)
+        .output()
+        .expect("python");
+    assert!(
+        py.status.success(),
+        "values.py: {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let mine: Value = serde_json::from_slice(&py.stdout).expect("json");
+    got["permafrost"] = mine["parquet"].clone();
     let mut compared = 0;
-    for reader in ["pyiceberg", "duckdb"] {
+    for reader in ["permafrost", "pyiceberg", "duckdb"] {
         for (id, row) in &want {
             let r = &got[reader][id];
             assert!(r.is_object(), "{reader}: row {id} missing");
