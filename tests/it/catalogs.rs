@@ -7,7 +7,7 @@ use crate::common::*;
 use crate::services;
 
 fn repo(p: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+    crate::common::source_dir().join(p)
 }
 
 async fn exercise(file: &str, extra_env: Vec<(String, String)>, s: &Services) {

@@ -62,6 +62,14 @@ macro_rules! services {
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this test run.
+/// The source tree the tests run from, read at run time: a test binary reused
+/// from a shared target directory may have been compiled in another clone.
+pub fn source_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn unique(tag: &str) -> String {
     format!(
         "{tag}_{}_{}",
@@ -268,7 +276,7 @@ pub fn interop(s: &Services, request: &Value) -> Value {
     let dir = tempfile::tempdir().expect("tempdir");
     let req = dir.path().join("req.json");
     std::fs::write(&req, request.to_string()).expect("write request");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/interop.py");
+    let script = crate::common::source_dir().join("tests/py/interop.py");
     let out = Command::new(&s.python)
         .arg(script)
         .arg(&req)

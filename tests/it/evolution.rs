@@ -84,7 +84,7 @@ async fn evolve_across_runs(kind: Cat) {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("req.json");
     std::fs::write(&p, req.to_string()).expect("write");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/values.py");
+    let script = crate::common::source_dir().join("tests/py/values.py");
     let py = std::process::Command::new(&s.python)
         .arg(script)
         .arg(&p)

@@ -323,7 +323,7 @@ async fn snapshots_time_travel_diff_and_fetch_in_every_format() {
         json!({"parquet_file": pq, "key_column": "id"}).to_string(),
     )
     .expect("write");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/values.py");
+    let script = crate::common::source_dir().join("tests/py/values.py");
     let py = std::process::Command::new(&fx.s.python)
         .arg(script)
         .arg(&req)
@@ -506,6 +506,9 @@ fn mask(text: &str) -> String {
 async fn golden_cli_output() {
     let s = services!();
     let fx = fixture(&s, "golden").await;
+    let mut insta_settings = insta::Settings::clone_current();
+    insta_settings.set_snapshot_path(crate::common::source_dir().join("tests/it/snapshots"));
+    let _bound = insta_settings.bind_to_scope();
     let now = rfc3339(fx.day0 + 2 * DAY + 15 * DAY + 3_600_000_000);
     let check = fx.run(&["check"]);
     insta::assert_snapshot!("check", mask(&check.stdout));

@@ -116,7 +116,7 @@ impl Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("req.json");
         std::fs::write(&p, req.to_string()).expect("write");
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/reconcile.py");
+        let script = crate::common::source_dir().join("tests/py/reconcile.py");
         let out = std::process::Command::new(&self.s.python)
             .arg(script)
             .arg(&p)
@@ -668,7 +668,7 @@ async fn commit_conflict(kind: Cat) {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("req.json");
         std::fs::write(&p, req.to_string()).expect("write");
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/append.py");
+        let script = crate::common::source_dir().join("tests/py/append.py");
         let out = std::process::Command::new(&s.python)
             .arg(script)
             .arg(&p)
@@ -873,7 +873,7 @@ async fn concurrent_updates_and_deletes_keep_the_last_committed_version() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("req.json");
     std::fs::write(&p, req.to_string()).expect("write");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/reconcile.py");
+    let script = crate::common::source_dir().join("tests/py/reconcile.py");
     let out = std::process::Command::new(&s.python)
         .arg(script)
         .arg(&p)

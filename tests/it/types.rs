@@ -176,7 +176,7 @@ async fn type_zoo_round_trips_value_by_value() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("req.json");
     std::fs::write(&p, req.to_string()).expect("write");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/values.py");
+    let script = crate::common::source_dir().join("tests/py/values.py");
     let py = std::process::Command::new(&s.python)
         .arg(script)
         .arg(&p)
@@ -211,7 +211,7 @@ async fn type_zoo_round_trips_value_by_value() {
         json!({"parquet_file": pq, "key_column": "id"}).to_string(),
     )
     .expect("write");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/values.py");
+    let script = crate::common::source_dir().join("tests/py/values.py");
     let py = std::process::Command::new(&s.python)
         .arg(script)
         .arg(&p)
