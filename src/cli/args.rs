@@ -57,6 +57,8 @@ pub enum Command {
     Diff(DiffArgs),
     /// Rows of a time range at any snapshot, as CSV, JSON, JSON Lines or Parquet.
     Fetch(FetchArgs),
+    /// SQL over archived tables (`SELECT … FROM archive.<table>`), with time travel.
+    Query(QueryArgs),
 }
 
 /// Window states for `list --status`.
@@ -174,6 +176,40 @@ pub struct FetchArgs {
     /// Write here instead of stdout (`-` is stdout).
     #[arg(long, short = 'o')]
     pub output: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The SQL (DataFusion dialect); tables are `archive.<iceberg table name>`.
+    pub sql: String,
+    /// Read every table as it was at this instant (date or RFC 3339).
+    #[arg(long)]
+    pub as_of: Option<String>,
+    /// Output format (`table` shows at most 10,000 rows).
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: QueryFormatArg,
+    /// Write here instead of stdout (`-` is stdout).
+    #[arg(long, short = 'o')]
+    pub output: Option<std::path::PathBuf>,
+    /// Do not run: print each Iceberg scan the query would make (table,
+    /// snapshot, pushed-down filter, data files after pruning).
+    #[arg(long)]
+    pub explain: bool,
+    /// With `--explain`: machine-readable output on stdout.
+    #[arg(long, requires = "explain")]
+    pub json: bool,
+}
+
+/// Output formats of `query`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueryFormatArg {
+    Table,
+    Csv,
+    Json,
+    Jsonl,
+    Parquet,
 }
 
 #[derive(Debug, Args)]

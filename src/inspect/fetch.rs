@@ -88,7 +88,8 @@ pub fn predicate(table: &Table, req: &FetchRequest) -> Result<Predicate> {
     Ok(p)
 }
 
-enum Sink<W: Write + Send> {
+/// A streaming writer of record batches in one of the output formats.
+pub(crate) enum Sink<W: Write + Send> {
     Csv(arrow_csv::Writer<W>),
     Jsonl(arrow_json::LineDelimitedWriter<W>),
     Json(arrow_json::ArrayWriter<W>),
@@ -96,7 +97,7 @@ enum Sink<W: Write + Send> {
 }
 
 impl<W: Write + Send> Sink<W> {
-    fn new(format: Format, w: W) -> Self {
+    pub(crate) fn new(format: Format, w: W) -> Self {
         match format {
             Format::Csv => Sink::Csv(arrow_csv::WriterBuilder::new().with_header(true).build(w)),
             Format::Jsonl => Sink::Jsonl(arrow_json::LineDelimitedWriter::new(w)),
@@ -105,7 +106,7 @@ impl<W: Write + Send> Sink<W> {
         }
     }
 
-    fn write(&mut self, b: &RecordBatch) -> Result<()> {
+    pub(crate) fn write(&mut self, b: &RecordBatch) -> Result<()> {
         let err = |e: arrow_schema::ArrowError| {
             Error::new(ErrorKind::Io, format!("cannot write the output: {e}"))
         };
@@ -144,7 +145,7 @@ impl<W: Write + Send> Sink<W> {
         }
     }
 
-    fn finish(self, empty_schema: arrow_schema::SchemaRef) -> Result<()> {
+    pub(crate) fn finish(self, empty_schema: arrow_schema::SchemaRef) -> Result<()> {
         let err = |e: arrow_schema::ArrowError| {
             Error::new(ErrorKind::Io, format!("cannot write the output: {e}"))
         };

@@ -1,10 +1,13 @@
-//! Inspecting archives: `status`, `snapshots`, `list`, `show`, `diff`, `fetch`.
+//! Inspecting archives: `status`, `snapshots`, `list`, `show`, `diff`, `fetch`,
+//! and `query` (SQL, with the `query` cargo feature).
 //!
 //! Everything shown is derived from what the catalog and Postgres say now —
 //! there is no state of our own to drift.
 
 pub mod fetch;
 pub mod list;
+#[cfg(feature = "query")]
+pub mod query;
 pub mod show;
 pub mod snapshots;
 pub mod status;

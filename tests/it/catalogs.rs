@@ -1,8 +1,6 @@
 //! Every ready-to-copy config in `catalogs/` works against the real services,
 //! and `docker-compose.yml` agrees with `catalogs/` and `trino/`.
 
-use std::path::Path;
-
 use crate::common::*;
 use crate::services;
 

@@ -61,7 +61,6 @@ macro_rules! services {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A name unique to this test run.
 /// The source tree the tests run from, read at run time: a test binary reused
 /// from a shared target directory may have been compiled in another clone.
 pub fn source_dir() -> PathBuf {
@@ -70,6 +69,7 @@ pub fn source_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// A name unique to this test run.
 pub fn unique(tag: &str) -> String {
     format!(
         "{tag}_{}_{}",

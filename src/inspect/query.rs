@@ -1,0 +1,332 @@
+//! `query`: SQL over archived tables, on an embedded DataFusion engine
+//! (cargo feature `query`).
+//!
+//! Every configured table whose Iceberg table exists is registered as
+//! `archive.<table>` (and plain `<table>`), pinned to one snapshot: the current
+//! one, or the one current at `--as-of`.  Filters on any column, the time
+//! column included, are pushed down to the Iceberg scan, so partitions and
+//! files that cannot match are never read; the stats report how many data
+//! files each scan planned.  Read-only: nothing here writes to the catalog or
+//! to Postgres.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use futures::TryStreamExt;
+use iceberg::table::Table;
+use iceberg_datafusion::IcebergStaticTableProvider;
+use iceberg_datafusion::physical_plan::IcebergTableScan;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::inspect::fetch::{Format, Sink};
+use crate::inspect::{SnapshotChoice, resolve_snapshot};
+use crate::lake;
+use crate::plan::window::{Micros, rfc3339};
+
+/// The schema archived tables are registered under.
+pub const SCHEMA: &str = "archive";
+
+/// Rows printed by `--format table` (which must hold them to size columns).
+pub const TABLE_ROW_LIMIT: usize = 10_000;
+
+/// Output formats of `query`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueryFormat {
+    /// An aligned text table (at most 10,000 rows).
+    Table,
+    Csv,
+    Json,
+    Jsonl,
+    Parquet,
+}
+
+/// One Iceberg scan the query ran.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ScanStats {
+    pub table: String,
+    pub snapshot_id: Option<i64>,
+    /// The filter pushed down to the scan, as Iceberg prints it.
+    pub predicate: Option<String>,
+    /// Data files the scan planned, after partition pruning.
+    pub files: usize,
+}
+
+/// What a query did.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryStats {
+    pub rows: u64,
+    pub scans: Vec<ScanStats>,
+    /// Tables registered, with the snapshot each is pinned to.
+    pub tables: Vec<(String, Option<i64>)>,
+    /// Rows left out of `--format table` output.
+    pub truncated: u64,
+    pub seconds: f64,
+}
+
+impl QueryStats {
+    /// Data files planned over all scans.
+    pub fn files(&self) -> usize {
+        self.scans.iter().map(|s| s.files).sum()
+    }
+}
+
+/// A planned query: the tables it may read, pinned to their snapshots, and
+/// the Iceberg scans its physical plan makes.
+pub struct Prepared {
+    ctx: SessionContext,
+    plan: Arc<dyn ExecutionPlan>,
+    names: Vec<String>,
+    /// Tables registered, with the snapshot each is pinned to.
+    pub tables: Vec<(String, Option<i64>)>,
+    /// The scans, each with the data files it reads after pruning.
+    pub scans: Vec<ScanStats>,
+}
+
+/// Registers the archive tables (at `as_of`, or current) and plans `sql`.
+pub async fn prepare(cfg: &Config, sql: &str, as_of: Option<Micros>) -> Result<Prepared> {
+    let ctx = SessionContext::new_with_config(
+        SessionConfig::new()
+            .with_default_catalog_and_schema("permafrost", SCHEMA)
+            .with_create_default_catalog_and_schema(true)
+            .with_information_schema(true),
+    );
+    let tables = register_tables(cfg, &ctx, as_of).await?;
+    let names: Vec<String> = tables
+        .iter()
+        .map(|(n, _)| format!("{SCHEMA}.{n}"))
+        .collect();
+    let df = ctx.sql(sql).await.map_err(|e| sql_error(e, &names))?;
+    let plan = df
+        .create_physical_plan()
+        .await
+        .map_err(|e| sql_error(e, &names))?;
+    let scans = planned_scans(&plan).await?;
+    Ok(Prepared {
+        ctx,
+        plan,
+        names,
+        tables,
+        scans,
+    })
+}
+
+/// Runs a prepared query and writes its result to `out` in `format`.
+pub async fn run<W: Write + Send>(
+    prepared: Prepared,
+    format: QueryFormat,
+    out: W,
+    progress: &indicatif::ProgressBar,
+) -> Result<QueryStats> {
+    let started = Instant::now();
+    let Prepared {
+        ctx,
+        plan,
+        names,
+        tables,
+        scans,
+    } = prepared;
+    let mut stream =
+        execute_stream(plan.clone(), ctx.task_ctx()).map_err(|e| sql_error(e, &names))?;
+    let mut rows = 0u64;
+    let mut truncated = 0u64;
+    match format {
+        QueryFormat::Table => {
+            let mut kept = Vec::new();
+            let mut kept_rows = 0usize;
+            while let Some(batch) = stream.try_next().await.map_err(|e| sql_error(e, &names))? {
+                rows += batch.num_rows() as u64;
+                progress.inc(batch.num_rows() as u64);
+                let room = TABLE_ROW_LIMIT - kept_rows;
+                if batch.num_rows() <= room {
+                    kept_rows += batch.num_rows();
+                    kept.push(batch);
+                } else {
+                    if room > 0 {
+                        kept.push(batch.slice(0, room));
+                        kept_rows += room;
+                    }
+                    truncated += (batch.num_rows() - room) as u64;
+                }
+            }
+            if kept.is_empty() {
+                kept.push(arrow_array::RecordBatch::new_empty(plan.schema()));
+            }
+            let text = datafusion::arrow::util::pretty::pretty_format_batches(&kept)
+                .map_err(|e| Error::internal(format!("cannot format the result: {e}")))?;
+            let mut out = out;
+            writeln!(out, "{text}")
+                .and_then(|_| out.flush())
+                .map_err(|e| Error::io("cannot write the output", e))?;
+        }
+        other => {
+            let format = match other {
+                QueryFormat::Csv => Format::Csv,
+                QueryFormat::Json => Format::Json,
+                QueryFormat::Jsonl => Format::Jsonl,
+                _ => Format::Parquet,
+            };
+            let mut sink = Sink::new(format, out);
+            while let Some(batch) = stream.try_next().await.map_err(|e| sql_error(e, &names))? {
+                rows += batch.num_rows() as u64;
+                progress.inc(batch.num_rows() as u64);
+                sink.write(&batch)?;
+            }
+            sink.finish(plan.schema())?;
+        }
+    }
+    Ok(QueryStats {
+        rows,
+        scans,
+        tables,
+        truncated,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Registers every configured table that exists in the catalog, pinned to
+/// its snapshot; returns `(name, snapshot)` for each.
+async fn register_tables(
+    cfg: &Config,
+    ctx: &SessionContext,
+    as_of: Option<Micros>,
+) -> Result<Vec<(String, Option<i64>)>> {
+    let catalog = lake::open_catalog(&cfg.catalog).await?;
+    let mut registered: Vec<(String, Option<i64>)> = Vec::new();
+    for t in &cfg.tables {
+        let ident = lake::table::ident(t)?;
+        let exists = catalog
+            .table_exists(&ident)
+            .await
+            .map_err(|e| Error::iceberg(format!("cannot look up {ident} in the catalog"), e))?;
+        if !exists {
+            tracing::debug!("{ident} does not exist yet; not registered");
+            continue;
+        }
+        if registered.iter().any(|(n, _)| n == &t.table) {
+            return Err(Error::config(format!(
+                "two configured tables are both named `{}` in the archive",
+                t.table
+            ))
+            .with_hint("`query` registers tables by their Iceberg table name; give one another `iceberg.table`"));
+        }
+        let table = lake::commit::reload(catalog.as_ref(), &ident).await?;
+        let choice = match as_of {
+            Some(t) => SnapshotChoice::AsOf(t),
+            None => SnapshotChoice::Current,
+        };
+        let snapshot = match resolve_snapshot(&table, choice) {
+            Ok(s) => s.map(|s| s.snapshot_id()),
+            Err(_) if as_of.is_some() => {
+                tracing::info!(
+                    "{ident} had no snapshot at {}; not registered",
+                    rfc3339(as_of.unwrap_or_default())
+                );
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let provider = provider(table, snapshot).await?;
+        ctx.register_table(t.table.as_str(), Arc::new(provider))
+            .map_err(|e| Error::internal(format!("cannot register {}: {e}", t.table)))?;
+        registered.push((t.table.clone(), snapshot));
+    }
+    Ok(registered)
+}
+
+async fn provider(table: Table, snapshot: Option<i64>) -> Result<IcebergStaticTableProvider> {
+    let r = match snapshot {
+        Some(id) => IcebergStaticTableProvider::try_new_from_table_snapshot(table, id).await,
+        None => IcebergStaticTableProvider::try_new_from_table(table).await,
+    };
+    r.map_err(|e| Error::iceberg("cannot open the table for SQL", e))
+}
+
+/// The Iceberg scans of `plan`, each planned once more (metadata only) to
+/// count the data files it reads.
+async fn planned_scans(plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<ScanStats>> {
+    let mut found = Vec::new();
+    let mut stack = vec![plan.clone()];
+    while let Some(node) = stack.pop() {
+        if let Some(scan) = node.as_any().downcast_ref::<IcebergTableScan>() {
+            found.push(count_files(scan).await?);
+        }
+        stack.extend(node.children().into_iter().cloned());
+    }
+    Ok(found)
+}
+
+async fn count_files(scan: &IcebergTableScan) -> Result<ScanStats> {
+    let table = scan.table();
+    let name = table.identifier().name().to_string();
+    let snapshot_id = scan
+        .snapshot_id()
+        .or_else(|| table.metadata().current_snapshot_id());
+    if snapshot_id.is_none() {
+        return Ok(ScanStats {
+            table: name,
+            snapshot_id: None,
+            predicate: None,
+            files: 0,
+        });
+    }
+    let mut builder = table.scan();
+    if let Some(id) = snapshot_id {
+        builder = builder.snapshot_id(id);
+    }
+    if let Some(p) = scan.predicates() {
+        builder = builder.with_filter(p.clone());
+    }
+    let planned = builder
+        .select_all()
+        .build()
+        .map_err(|e| Error::iceberg("cannot plan the scan", e))?;
+    let files = planned
+        .plan_files()
+        .await
+        .map_err(|e| Error::iceberg("cannot plan the scan", e))?
+        .try_fold(0usize, |n, _| async move { Ok(n + 1) })
+        .await
+        .map_err(|e| Error::iceberg("cannot plan the scan", e))?;
+    Ok(ScanStats {
+        table: name,
+        snapshot_id,
+        predicate: scan.predicates().map(|p| p.to_string()),
+        files,
+    })
+}
+
+/// A DataFusion error as ours: SQL mistakes are the user's, with the tables
+/// they can use as the hint.
+fn sql_error(e: datafusion::error::DataFusionError, tables: &[String]) -> Error {
+    use datafusion::error::DataFusionError as D;
+    let hint = if tables.is_empty() {
+        "no archive table exists yet: run `permafrost archive` first".to_string()
+    } else {
+        format!("tables: {}", tables.join(", "))
+    };
+    match e.find_root() {
+        D::SQL(..) | D::Plan(..) | D::SchemaError(..) | D::NotImplemented(..) => {
+            Error::new(ErrorKind::Config, format!("query: {}", one_line(&e))).with_hint(hint)
+        }
+        D::IoError(io) if io.kind() == std::io::ErrorKind::BrokenPipe => {
+            Error::new(ErrorKind::Io, "cannot write the output: Broken pipe")
+        }
+        _ => Error::new(
+            ErrorKind::Catalog,
+            format!("query failed: {}", one_line(&e)),
+        ),
+    }
+}
+
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
