@@ -434,23 +434,26 @@ async fn run_planned(
     bar: &indicatif::ProgressBar,
 ) -> Result<Vec<BatchReport>> {
     // Rows of open batches are already archived: collect their hashes.
-    let mut bag = if planned.reconcile.is_empty() {
-        None
-    } else {
+    let mut archived = Vec::new();
+    if !planned.reconcile.is_empty() {
         let snaps: Vec<_> = planned
             .reconcile
             .iter()
             .filter_map(|id| lake::commit::find_batch(&ctx.table.table, id))
             .collect();
-        let hashes = lake::readback::row_hashes(&ctx.table.table, &snaps).await?;
+        archived = lake::readback::row_hashes(&ctx.table.table, &snaps).await?;
         tracing::info!(
             "{}: reconciling {} archived row(s) of unsettled batch(es) {}",
             ctx.cfg.source_name(),
-            hashes.len(),
+            archived.len(),
             planned.reconcile.join(", ")
         );
-        Some(HashBag::new(hashes))
-    };
+    }
+    // So are the rows of settled batches that a restore brought back.
+    if !planned.restorable.is_empty() {
+        archived.extend(restored_rows(ctx, planned).await?);
+    }
+    let mut bag = (!archived.is_empty()).then(|| HashBag::new(archived));
     let mut out = Vec::new();
     let mut sequence = planned.sequence;
     let mut batch_id = planned.batch_id.clone();
@@ -490,6 +493,78 @@ async fn run_planned(
                 batch_id = plan::batch_id(&facts.source, &planned.range, sequence);
             }
             _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Hashes of the rows of settled batches overlapping the range whose whole
+/// content is in Postgres again (a restore brought them back): those rows
+/// are already archived.  A batch counts only when every one of its rows is
+/// present (as a multiset), so new rows that merely equal some archived row
+/// are still archived.
+async fn restored_rows(ctx: &mut Ctx<'_>, planned: &PlannedBatch) -> Result<Vec<u128>> {
+    let src = ctx.src;
+    let pred = windows::range_predicate(src, &planned.range);
+    let query = format!(
+        "SELECT {} FROM {} WHERE {pred}",
+        ctx.table.select_list(),
+        src.qualified()
+    );
+    let stream = ctx
+        .client
+        .copy_out(format!("COPY ({query}) TO STDOUT (FORMAT binary)").as_str())
+        .await
+        .map_err(|e| Error::postgres("cannot start COPY", e))?;
+    let labels = ctx.table.columns.iter().map(|c| format!("`{c}`")).collect();
+    let decoder =
+        extract::CopyDecoder::new(ctx.table.arrow_schema.clone(), labels, &ctx.table.kinds)?;
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<(RecordBatch, Vec<u128>)>(4);
+    let reader = tokio::spawn(extract::decode_stream(stream, decoder, sender));
+    let mut present: HashMap<u128, u32> = HashMap::new();
+    while let Some((_, hashes)) = receiver.recv().await {
+        for h in hashes {
+            *present.entry(h).or_default() += 1;
+        }
+    }
+    reader
+        .await
+        .map_err(|e| Error::internal(format!("extract task failed: {e}")))??;
+    let in_pg: u64 = present.values().map(|n| u64::from(*n)).sum();
+    let mut out = Vec::new();
+    for id in &planned.restorable {
+        let Some(snap) = lake::commit::find_batch(&ctx.table.table, id) else {
+            continue;
+        };
+        let rows: u64 = snap
+            .summary()
+            .additional_properties
+            .get(plan::keys::ROWS)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        if rows == 0 || rows > in_pg {
+            continue;
+        }
+        let hashes = lake::readback::row_hashes(&ctx.table.table, &[snap]).await?;
+        let mut need: HashMap<u128, u32> = HashMap::new();
+        for h in &hashes {
+            *need.entry(*h).or_default() += 1;
+        }
+        if need
+            .iter()
+            .all(|(h, n)| present.get(h).is_some_and(|p| p >= n))
+        {
+            for (h, n) in need {
+                if let Some(p) = present.get_mut(&h) {
+                    *p -= n;
+                }
+            }
+            tracing::info!(
+                "{}: the {} row(s) of batch {id} are back in Postgres (restored); they are settled, not archived again",
+                ctx.cfg.source_name(),
+                hashes.len()
+            );
+            out.extend(hashes);
         }
     }
     Ok(out)

@@ -20,6 +20,7 @@ pub mod lake;
 pub mod notify;
 pub mod plan;
 pub mod progress;
+pub mod restore;
 pub mod secret;
 pub mod source;
 pub mod types;

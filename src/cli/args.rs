@@ -59,6 +59,8 @@ pub enum Command {
     Fetch(FetchArgs),
     /// SQL over archived tables (`SELECT … FROM archive.<table>`), with time travel.
     Query(QueryArgs),
+    /// Bring an archived range back into Postgres: staged, validated, then attached or merged.
+    Restore(RestoreArgs),
 }
 
 /// Window states for `list --status`.
@@ -176,6 +178,50 @@ pub struct FetchArgs {
     /// Write here instead of stdout (`-` is stdout).
     #[arg(long, short = 'o')]
     pub output: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The table.
+    #[arg(long, short = 't')]
+    pub table: String,
+    /// Start of the range (inclusive): date or RFC 3339.
+    #[arg(long)]
+    pub from: String,
+    /// End of the range (exclusive).
+    #[arg(long)]
+    pub to: String,
+    #[command(flatten)]
+    pub at: SnapshotArg,
+    /// The staging table (SCHEMA.TABLE or TABLE); default
+    /// `<table>_restore_<from>_<to>` beside the target.  Must not exist.
+    #[arg(long)]
+    pub into: Option<String>,
+    /// Where `--attach`/`--merge` put the rows (default: the configured source table).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Attach the staging table as the range partition of a range-partitioned target.
+    #[arg(long, conflicts_with = "merge")]
+    pub attach: bool,
+    /// With `--attach`: detach an existing partition of exactly this range first
+    /// (dropped when empty, kept under a new name otherwise).
+    #[arg(long, requires = "attach")]
+    pub replace_partition: bool,
+    /// Insert the staged rows into the target in one transaction.
+    #[arg(long)]
+    pub merge: bool,
+    /// With `--merge`: rows whose primary key is already in the target fail
+    /// validation (error), are left out (skip) or replace it (update).
+    #[arg(long, value_enum, default_value = "error", requires = "merge")]
+    pub on_conflict: crate::restore::OnConflict,
+    /// Keep the staging table after a merge.
+    #[arg(long)]
+    pub keep_staging: bool,
+    /// Machine-readable report on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

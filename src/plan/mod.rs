@@ -266,6 +266,10 @@ pub struct PlannedBatch {
     /// is settled, they are settled too (`permafrost.reconciles`).  A batch
     /// only partly covered is used as a filter but stays open.
     pub settles: Vec<String>,
+    /// Settled batches (with rows) overlapping the range.  Rows in Postgres
+    /// that contain the whole content of one of them were restored from the
+    /// archive: they are settled, not archived again.
+    pub restorable: Vec<String>,
 }
 
 /// A window that will not be archived this run, and why.
@@ -424,6 +428,12 @@ pub fn plan(facts: &TableFacts, opts: PlanOptions) -> Plan {
                 .filter(|b| b.range.overlaps(&range) && is_open(b))
                 .collect();
             let reconcile = open.iter().map(|b| b.batch_id.clone()).collect();
+            let restorable = facts
+                .batches
+                .iter()
+                .filter(|b| b.range.overlaps(&range) && !is_open(b) && b.rows > 0)
+                .map(|b| b.batch_id.clone())
+                .collect();
             let settles = open
                 .iter()
                 .filter(|b| range.start <= b.range.start && b.range.end <= range.end)
@@ -436,6 +446,7 @@ pub fn plan(facts: &TableFacts, opts: PlanOptions) -> Plan {
                 windows,
                 reconcile,
                 settles,
+                restorable,
             }
         })
         .collect();

@@ -322,7 +322,7 @@ pub async fn introspect(client: &Client, t: &TableConfig) -> Result<SourceTable>
 }
 
 /// Session facts the mappings depend on.
-async fn map_context(client: &Client) -> Result<MapContext> {
+pub async fn map_context(client: &Client) -> Result<MapContext> {
     let row = client
         .query_one("SELECT scale('1'::money::numeric)", &[])
         .await

@@ -11,5 +11,6 @@ mod errors;
 mod evolution;
 mod inspect;
 mod modes;
+mod restore;
 mod safety;
 mod types;

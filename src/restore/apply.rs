@@ -1,0 +1,393 @@
+//! Applying a validated restore: attach the staging table as a partition, or
+//! merge it into a plain table.  Each runs in one transaction.
+
+use tokio_postgres::Client;
+
+use super::validate::{primary_key, same_row, target_columns};
+use super::{OnConflict, StagedColumn, literal, pg};
+use crate::error::{Error, ErrorKind, Result};
+use crate::filter::quote_ident;
+use crate::plan::window::{Window, rfc3339};
+use crate::source::introspect::TimeKind;
+
+/// A partition of the target whose bounds overlap the range.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    pub name: String,
+    /// Its bounds are exactly the range.
+    pub exact: bool,
+}
+
+/// The `FROM (…) TO (…)` values of a range partition bound, `None` for
+/// MINVALUE/MAXVALUE; `None` overall for a default partition.
+fn bounds(expr: &str) -> Option<(Option<String>, Option<String>)> {
+    let from = expr.find("FROM (")? + 6;
+    let to_at = expr[from..].find(") TO (")? + from;
+    let to = to_at + 6;
+    let end = expr[to..].rfind(')')? + to;
+    let value = |s: &str| {
+        let s = s.trim();
+        s.strip_prefix('\'')
+            .and_then(|v| v.strip_suffix('\''))
+            .map(|v| v.replace("''", "'"))
+    };
+    Some((value(&expr[from..to_at]), value(&expr[to..end])))
+}
+
+/// The partitions of `target` whose range overlaps `range` (a default
+/// partition is not listed: rows it holds in the range are counted apart).
+pub async fn overlapping_partitions(
+    client: &Client,
+    target: &str,
+    kind: TimeKind,
+    range: &Window,
+) -> Result<Vec<Partition>> {
+    let rows = client
+        .query(
+            "SELECT c.oid::regclass::text, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i \
+             JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = $1::text::regclass",
+            &[&target],
+        )
+        .await
+        .map_err(pg("cannot read the target's partitions"))?;
+    let ty = match kind {
+        TimeKind::Timestamp => "timestamp",
+        TimeKind::Timestamptz => "timestamptz",
+    };
+    let (from, to) = (rfc3339(range.start), rfc3339(range.end));
+    let mut out = Vec::new();
+    for r in rows {
+        let name: String = r.get(0);
+        let bound: Option<String> = r.get(1);
+        let Some((lo, hi)) = bound.as_deref().and_then(bounds) else {
+            continue;
+        };
+        let sql = format!(
+            "SELECT ($1::text IS NULL OR $1::text::{ty} < $4::text::{ty}) \
+                    AND ($2::text IS NULL OR $2::text::{ty} > $3::text::{ty}), \
+                    coalesce($1::text::{ty} = $3::text::{ty} AND $2::text::{ty} = $4::text::{ty}, false)"
+        );
+        let row = client
+            .query_one(&sql, &[&lo, &hi, &from, &to])
+            .await
+            .map_err(pg("cannot compare partition bounds"))?;
+        if row.get::<_, bool>(0) {
+            out.push(Partition {
+                name,
+                exact: row.get(1),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// What `attach` did.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    /// The partition `--replace-partition` detached; `None` when it was empty
+    /// (and dropped) or there was none.
+    pub replaced: Option<String>,
+    /// The range constraint was valid before ATTACH.
+    pub validated_before: bool,
+}
+
+/// Attaches `staging` as the partition of `target` for `range`.
+///
+/// The staging table first gets the target's NOT NULL and CHECK constraints
+/// and a validated CHECK constraint matching the partition bounds, so that
+/// `ATTACH PARTITION` needs no scan.  With `replace`, the existing partition
+/// of exactly this range is detached first: dropped when empty, otherwise
+/// kept as `<name>_replaced_<unix time>`.
+#[allow(clippy::too_many_arguments)]
+pub async fn attach(
+    client: &Client,
+    staging: &str,
+    stage_name: &str,
+    target: &str,
+    ts: &str,
+    kind: TimeKind,
+    range: &Window,
+    replace: bool,
+) -> Result<Attached> {
+    let key: Option<String> = client
+        .query_one("SELECT pg_get_partkeydef($1::text::regclass)", &[&target])
+        .await
+        .map_err(pg("cannot read the target's partition key"))?
+        .get(0);
+    let want = [
+        format!("RANGE ({ts})"),
+        format!("RANGE ({})", quote_ident(ts)),
+    ];
+    match key.as_deref() {
+        Some(k) if want.iter().any(|w| w == k) => {}
+        Some(k) => {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                format!("{target} is partitioned by {k}, not by RANGE ({ts})"),
+            )
+            .with_hint("restore without --attach (the staging table is kept) or use --merge"));
+        }
+        None => {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                format!("{target} is not a partitioned table"),
+            )
+            .with_hint("use --merge for a plain table"));
+        }
+    }
+    let tcols = target_columns(client, target).await?;
+    let cons = client
+        .query(
+            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = $1::text::regclass AND contype = 'c'",
+            &[&target],
+        )
+        .await
+        .map_err(pg("cannot read the target's CHECK constraints"))?;
+    let parts = overlapping_partitions(client, target, kind, range).await?;
+
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(pg("cannot begin"))?;
+    let result = async {
+        let mut replaced = None;
+        if let Some(p) = parts.first() {
+            if !(replace && parts.len() == 1 && p.exact) {
+                return Err(Error::new(
+                    ErrorKind::Postgres,
+                    format!("partition {} already covers the range", p.name),
+                ));
+            }
+            client
+                .batch_execute(&format!("ALTER TABLE {target} DETACH PARTITION {}", p.name))
+                .await
+                .map_err(pg("cannot detach the existing partition"))?;
+            let n: i64 = client
+                .query_one(&format!("SELECT count(*) FROM {}", p.name), &[])
+                .await
+                .map_err(pg("cannot count the detached partition"))?
+                .get(0);
+            if n == 0 {
+                client
+                    .batch_execute(&format!("DROP TABLE {}", p.name))
+                    .await
+                    .map_err(pg("cannot drop the empty detached partition"))?;
+            } else {
+                let bare = p.name.rsplit('.').next().unwrap_or(&p.name).trim_matches('"');
+                let new = format!("{bare}_replaced_{}", chrono::Utc::now().timestamp());
+                client
+                    .batch_execute(&format!("ALTER TABLE {} RENAME TO {}", p.name, quote_ident(&new)))
+                    .await
+                    .map_err(pg("cannot rename the detached partition"))?;
+                replaced = Some(new);
+            }
+        }
+        let mut alters: Vec<String> = tcols
+            .iter()
+            .filter(|c| c.not_null)
+            .map(|c| format!("ALTER COLUMN {} SET NOT NULL", quote_ident(&c.name)))
+            .collect();
+        for r in &cons {
+            let name: String = r.get(0);
+            let def: String = r.get(1);
+            let def = def.strip_suffix(" NOT VALID").unwrap_or(&def);
+            alters.push(format!("ADD CONSTRAINT {} {def}", quote_ident(&name)));
+        }
+        let cname: String = format!("{stage_name}_range").chars().take(63).collect();
+        let c = quote_ident(ts);
+        alters.push(format!(
+            "ADD CONSTRAINT {} CHECK ({c} IS NOT NULL AND {c} >= {} AND {c} < {})",
+            quote_ident(&cname),
+            literal(kind, range.start),
+            literal(kind, range.end)
+        ));
+        client
+            .batch_execute(&format!("ALTER TABLE {staging} {}", alters.join(", ")))
+            .await
+            .map_err(pg("cannot add the partition constraints to the staging table"))?;
+        let validated_before: bool = client
+            .query_opt(
+                "SELECT convalidated FROM pg_constraint WHERE conrelid = $1::text::regclass AND conname = $2",
+                &[&staging, &cname],
+            )
+            .await
+            .map_err(pg("cannot read the range constraint"))?
+            .map(|r| r.get(0))
+            .unwrap_or(false);
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {target} ATTACH PARTITION {staging} FOR VALUES FROM ({}) TO ({})",
+                literal(kind, range.start),
+                literal(kind, range.end)
+            ))
+            .await
+            .map_err(pg("cannot attach the staging table as a partition"))?;
+        Ok(Attached {
+            replaced,
+            validated_before,
+        })
+    }
+    .await;
+    match result {
+        Ok(a) => {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(pg("cannot commit the attach"))?;
+            Ok(a)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// What `merge` did.
+#[derive(Debug, Clone, Copy)]
+pub struct Merged {
+    pub inserted: u64,
+    pub updated: u64,
+}
+
+/// Inserts the staged rows into `target` in one transaction with the
+/// conflict policy, then drops the staging table unless `keep`.
+pub async fn merge(
+    client: &Client,
+    staging: &str,
+    target: &str,
+    cols: &[StagedColumn],
+    policy: OnConflict,
+    keep: bool,
+) -> Result<Merged> {
+    let tcols = target_columns(client, target).await?;
+    let insertable: Vec<&str> = cols
+        .iter()
+        .filter(|c| tcols.iter().any(|t| t.name == c.name && !t.generated))
+        .map(|c| c.name.as_str())
+        .collect();
+    let shared: Vec<String> = insertable.iter().map(|s| s.to_string()).collect();
+    let list = insertable
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let overriding = if tcols
+        .iter()
+        .any(|t| t.identity_always && insertable.contains(&t.name.as_str()))
+    {
+        " OVERRIDING SYSTEM VALUE"
+    } else {
+        ""
+    };
+    let pk = primary_key(client, target).await?;
+    let conflict_target = pk
+        .iter()
+        .map(|k| quote_ident(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let select = format!("SELECT {list} FROM {staging} s");
+    let sql = match policy {
+        OnConflict::Error => format!("INSERT INTO {target} ({list}){overriding} {select}"),
+        OnConflict::Skip if pk.is_empty() => format!(
+            "INSERT INTO {target} ({list}){overriding} {select} WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {})",
+            same_row(&pk, &shared)
+        ),
+        OnConflict::Skip => format!(
+            "INSERT INTO {target} ({list}){overriding} {select} ON CONFLICT ({conflict_target}) DO NOTHING"
+        ),
+        OnConflict::Update => {
+            if pk.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::Schema,
+                    format!("--on-conflict update needs a primary key on {target}"),
+                ));
+            }
+            let sets: Vec<String> = insertable
+                .iter()
+                .filter(|c| !pk.iter().any(|k| k == *c))
+                .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(c)))
+                .collect();
+            let action = if sets.is_empty() {
+                "NOTHING".to_string()
+            } else {
+                format!("UPDATE SET {}", sets.join(", "))
+            };
+            format!(
+                "INSERT INTO {target} ({list}){overriding} {select} ON CONFLICT ({conflict_target}) DO {action}"
+            )
+        }
+    };
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(pg("cannot begin"))?;
+    let result = async {
+        let updated: i64 = if policy == OnConflict::Update {
+            client
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM {staging} s WHERE EXISTS (SELECT 1 FROM {target} t WHERE {})",
+                        same_row(&pk, &shared)
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(pg("cannot count the rows to update"))?
+                .get(0)
+        } else {
+            0
+        };
+        let affected = client
+            .execute(sql.as_str(), &[])
+            .await
+            .map_err(|e| Error::postgres(format!("cannot merge into {target}"), e))?;
+        if !keep {
+            client
+                .batch_execute(&format!("DROP TABLE {staging}"))
+                .await
+                .map_err(pg("cannot drop the staging table"))?;
+        }
+        let updated = updated.max(0) as u64;
+        Ok(Merged {
+            inserted: affected.saturating_sub(updated),
+            updated,
+        })
+    }
+    .await;
+    match result {
+        Ok(m) => {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(pg("cannot commit the merge"))?;
+            Ok(m)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_bounds() {
+        assert_eq!(
+            bounds("FOR VALUES FROM ('2024-01-01 00:00:00+00') TO ('2024-01-02 00:00:00+00')"),
+            Some((
+                Some("2024-01-01 00:00:00+00".into()),
+                Some("2024-01-02 00:00:00+00".into())
+            ))
+        );
+        assert_eq!(
+            bounds("FOR VALUES FROM (MINVALUE) TO ('2024-01-02')"),
+            Some((None, Some("2024-01-02".into())))
+        );
+        assert_eq!(bounds("DEFAULT"), None);
+    }
+}

@@ -1,0 +1,424 @@
+//! Arrow record batches → `COPY … FROM STDIN (FORMAT binary)`.
+//!
+//! The inverse of [`crate::source::extract`]: each column is written in the
+//! binary form of the Postgres type it was read from (its [`PgKind`]), so a
+//! restored value is bit-for-bit the archived one.  Array and composite values
+//! carry their element and field type OIDs, which Postgres checks, so the
+//! encoder is built against the staging table's own types.
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Date32Type, Decimal128Type, Float32Type, Float64Type, Int32Type, Int64Type,
+    Time64MicrosecondType, TimestampMicrosecondType,
+};
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::DataType;
+
+use crate::error::{Error, Result};
+use crate::types::{PgKind, TypeInfo, oid};
+
+/// Microseconds between 1970-01-01 and 2000-01-01 (Postgres' epoch).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+/// Days between 1970-01-01 and 2000-01-01.
+const PG_EPOCH_DAYS: i32 = 10_957;
+const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+/// How one value is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enc {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Numeric,
+    Text,
+    Jsonb,
+    Bytea,
+    Uuid,
+    Date,
+    Time,
+    Timestamp,
+    Interval,
+    Array { elem_oid: u32, elem: Box<Enc> },
+    Composite { fields: Vec<(u32, Enc)> },
+}
+
+impl Enc {
+    /// The encoder for a value archived as `kind` and loaded into a column of
+    /// type `info` (its own type, or the cast type the value was read as).
+    pub fn new(kind: &PgKind, info: &TypeInfo) -> Result<Self> {
+        let info = base(info);
+        Ok(match kind {
+            PgKind::Bool => Enc::Bool,
+            PgKind::Int2 => Enc::Int2,
+            PgKind::Int4 => Enc::Int4,
+            PgKind::Int8 => Enc::Int8,
+            PgKind::Float4 => Enc::Float4,
+            PgKind::Float8 => Enc::Float8,
+            PgKind::Numeric { .. } => Enc::Numeric,
+            PgKind::Text => Enc::Text,
+            PgKind::Jsonb => Enc::Jsonb,
+            PgKind::Bytea => Enc::Bytea,
+            PgKind::Uuid => Enc::Uuid,
+            PgKind::Date => Enc::Date,
+            PgKind::Time => Enc::Time,
+            PgKind::Timestamp | PgKind::Timestamptz => Enc::Timestamp,
+            PgKind::Interval => Enc::Interval,
+            PgKind::Array { element } => {
+                let el = info.element.as_deref().ok_or_else(|| {
+                    Error::internal(format!("{} is not an array type", info.display))
+                })?;
+                Enc::Array {
+                    elem_oid: el.oid,
+                    elem: Box::new(Enc::new(element, el)?),
+                }
+            }
+            PgKind::Composite { fields } => {
+                if fields.len() != info.fields.len() {
+                    return Err(Error::internal(format!(
+                        "{} has {} fields, the archive {}",
+                        info.display,
+                        info.fields.len(),
+                        fields.len()
+                    )));
+                }
+                let mut out = Vec::with_capacity(fields.len());
+                for (f, (_, ft)) in fields.iter().zip(&info.fields) {
+                    out.push((ft.oid, Enc::new(&f.kind, ft)?));
+                }
+                Enc::Composite { fields: out }
+            }
+        })
+    }
+
+    /// The encoder for a text value loaded into a `text` column.
+    pub fn text() -> (Self, u32) {
+        (Enc::Text, oid::TEXT)
+    }
+}
+
+/// A domain's base type (recursively); other types as they are.
+fn base(info: &TypeInfo) -> &TypeInfo {
+    match &info.base {
+        Some(b) => base(b),
+        None => info,
+    }
+}
+
+/// Writes COPY binary rows for record batches.
+pub struct CopyEncoder {
+    encs: Vec<Enc>,
+}
+
+impl CopyEncoder {
+    pub fn new(encs: Vec<Enc>) -> Self {
+        Self { encs }
+    }
+
+    /// The COPY header.
+    pub fn header(out: &mut Vec<u8>) {
+        out.extend_from_slice(SIGNATURE);
+        out.extend_from_slice(&0i32.to_be_bytes());
+        out.extend_from_slice(&0i32.to_be_bytes());
+    }
+
+    /// The COPY trailer.
+    pub fn trailer(out: &mut Vec<u8>) {
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+    }
+
+    /// Appends every row of `batch` (columns in encoder order).
+    pub fn encode(&self, batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
+        if batch.num_columns() != self.encs.len() {
+            return Err(Error::internal(format!(
+                "batch has {} columns, the COPY {}",
+                batch.num_columns(),
+                self.encs.len()
+            )));
+        }
+        let n = self.encs.len() as i16;
+        for row in 0..batch.num_rows() {
+            out.extend_from_slice(&n.to_be_bytes());
+            for (enc, col) in self.encs.iter().zip(batch.columns()) {
+                field(enc, col.as_ref(), row, out)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A length-prefixed value, or -1 for NULL.
+fn field(enc: &Enc, arr: &dyn Array, i: usize, out: &mut Vec<u8>) -> Result<()> {
+    if arr.is_null(i) {
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+        return Ok(());
+    }
+    let at = out.len();
+    out.extend_from_slice(&0i32.to_be_bytes());
+    value(enc, arr, i, out)?;
+    let len = (out.len() - at - 4) as i32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+fn mismatch(enc: &Enc, dt: &DataType) -> Error {
+    Error::internal(format!("cannot encode Arrow {dt} as {enc:?}"))
+}
+
+fn value(enc: &Enc, arr: &dyn Array, i: usize, out: &mut Vec<u8>) -> Result<()> {
+    let dt = arr.data_type();
+    match enc {
+        Enc::Bool => out.push(u8::from(arr.as_boolean().value(i))),
+        Enc::Int2 => {
+            let v = arr.as_primitive::<Int32Type>().value(i);
+            let v = i16::try_from(v).map_err(|_| Error::internal("smallint out of range"))?;
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        Enc::Int4 => out.extend_from_slice(&arr.as_primitive::<Int32Type>().value(i).to_be_bytes()),
+        Enc::Int8 => out.extend_from_slice(&arr.as_primitive::<Int64Type>().value(i).to_be_bytes()),
+        Enc::Float4 => out.extend_from_slice(
+            &arr.as_primitive::<Float32Type>()
+                .value(i)
+                .to_bits()
+                .to_be_bytes(),
+        ),
+        Enc::Float8 => out.extend_from_slice(
+            &arr.as_primitive::<Float64Type>()
+                .value(i)
+                .to_bits()
+                .to_be_bytes(),
+        ),
+        Enc::Numeric => {
+            let DataType::Decimal128(_, scale) = dt else {
+                return Err(mismatch(enc, dt));
+            };
+            let m = arr.as_primitive::<Decimal128Type>().value(i);
+            numeric(m, (*scale).max(0) as u16, out);
+        }
+        Enc::Text => out.extend_from_slice(text(arr, i).ok_or_else(|| mismatch(enc, dt))?),
+        Enc::Jsonb => {
+            out.push(1);
+            out.extend_from_slice(text(arr, i).ok_or_else(|| mismatch(enc, dt))?);
+        }
+        Enc::Bytea => out.extend_from_slice(bytes(arr, i).ok_or_else(|| mismatch(enc, dt))?),
+        Enc::Uuid => match dt {
+            DataType::FixedSizeBinary(16) => {
+                out.extend_from_slice(arr.as_fixed_size_binary().value(i))
+            }
+            _ => return Err(mismatch(enc, dt)),
+        },
+        Enc::Date => {
+            let d = arr.as_primitive::<Date32Type>().value(i) - PG_EPOCH_DAYS;
+            out.extend_from_slice(&d.to_be_bytes());
+        }
+        Enc::Time => out.extend_from_slice(
+            &arr.as_primitive::<Time64MicrosecondType>()
+                .value(i)
+                .to_be_bytes(),
+        ),
+        Enc::Timestamp => {
+            let t = arr.as_primitive::<TimestampMicrosecondType>().value(i) - PG_EPOCH_MICROS;
+            out.extend_from_slice(&t.to_be_bytes());
+        }
+        Enc::Interval => {
+            let s = arr.as_struct();
+            if s.num_columns() != 3 {
+                return Err(mismatch(enc, dt));
+            }
+            let months = s.column(0).as_primitive::<Int32Type>().value(i);
+            let days = s.column(1).as_primitive::<Int32Type>().value(i);
+            let micros = s.column(2).as_primitive::<Int64Type>().value(i);
+            out.extend_from_slice(&micros.to_be_bytes());
+            out.extend_from_slice(&days.to_be_bytes());
+            out.extend_from_slice(&months.to_be_bytes());
+        }
+        Enc::Array { elem_oid, elem } => {
+            let values = match dt {
+                DataType::List(_) => arr.as_list::<i32>().value(i),
+                DataType::LargeList(_) => arr.as_list::<i64>().value(i),
+                _ => return Err(mismatch(enc, dt)),
+            };
+            let len = values.len();
+            let has_null = values.null_count() > 0;
+            out.extend_from_slice(&i32::from(len > 0).to_be_bytes());
+            out.extend_from_slice(&i32::from(has_null).to_be_bytes());
+            out.extend_from_slice(&elem_oid.to_be_bytes());
+            if len > 0 {
+                out.extend_from_slice(&(len as i32).to_be_bytes());
+                out.extend_from_slice(&1i32.to_be_bytes());
+                for j in 0..len {
+                    field(elem, values.as_ref(), j, out)?;
+                }
+            }
+        }
+        Enc::Composite { fields } => {
+            let s = arr.as_struct();
+            if s.num_columns() != fields.len() {
+                return Err(mismatch(enc, dt));
+            }
+            out.extend_from_slice(&(fields.len() as i32).to_be_bytes());
+            for ((oid, fenc), col) in fields.iter().zip(s.columns()) {
+                out.extend_from_slice(&oid.to_be_bytes());
+                field(fenc, col.as_ref(), i, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn text(arr: &dyn Array, i: usize) -> Option<&[u8]> {
+    Some(match arr.data_type() {
+        DataType::Utf8 => arr.as_string::<i32>().value(i).as_bytes(),
+        DataType::LargeUtf8 => arr.as_string::<i64>().value(i).as_bytes(),
+        DataType::Utf8View => arr.as_string_view().value(i).as_bytes(),
+        _ => return None,
+    })
+}
+
+fn bytes(arr: &dyn Array, i: usize) -> Option<&[u8]> {
+    Some(match arr.data_type() {
+        DataType::Binary => arr.as_binary::<i32>().value(i),
+        DataType::LargeBinary => arr.as_binary::<i64>().value(i),
+        DataType::BinaryView => arr.as_binary_view().value(i),
+        DataType::FixedSizeBinary(_) => arr.as_fixed_size_binary().value(i),
+        _ => return None,
+    })
+}
+
+/// Postgres' binary numeric: base-10000 digits with a weight, a sign and the
+/// display scale, for the decimal `mantissa × 10^-scale`.
+fn numeric(mantissa: i128, scale: u16, out: &mut Vec<u8>) {
+    let negative = mantissa < 0;
+    let digits = mantissa.unsigned_abs().to_string();
+    let scale_us = scale as usize;
+    // Integer and fraction digits, the integer part at least "0".
+    let (int, frac) = if digits.len() > scale_us {
+        digits.split_at(digits.len() - scale_us)
+    } else {
+        ("", digits.as_str())
+    };
+    let frac = format!("{frac:0>scale_us$}");
+    let int_pad = (4 - int.len() % 4) % 4;
+    let frac_pad = (4 - frac.len() % 4) % 4;
+    let int = format!("{}{int}", "0".repeat(int_pad));
+    let frac = format!("{frac}{}", "0".repeat(frac_pad));
+    let mut groups: Vec<i16> = int
+        .as_bytes()
+        .chunks(4)
+        .chain(frac.as_bytes().chunks(4))
+        .map(|c| c.iter().fold(0i16, |a, d| a * 10 + i16::from(d - b'0')))
+        .collect();
+    let mut weight = (int.len() / 4) as i16 - 1;
+    // Strip leading and trailing zero groups.
+    let lead = groups.iter().take_while(|g| **g == 0).count();
+    groups.drain(..lead);
+    weight -= lead as i16;
+    while groups.last() == Some(&0) {
+        groups.pop();
+    }
+    if groups.is_empty() {
+        weight = 0;
+    }
+    let sign: u16 = if negative && !groups.is_empty() {
+        0x4000
+    } else {
+        0
+    };
+    out.extend_from_slice(&(groups.len() as i16).to_be_bytes());
+    out.extend_from_slice(&weight.to_be_bytes());
+    out.extend_from_slice(&sign.to_be_bytes());
+    out.extend_from_slice(&scale.to_be_bytes());
+    for g in groups {
+        out.extend_from_slice(&g.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn num(m: i128, scale: u16) -> (i16, i16, u16, u16, Vec<i16>) {
+        let mut v = vec![];
+        numeric(m, scale, &mut v);
+        let g = |at: usize| i16::from_be_bytes([v[at], v[at + 1]]);
+        let n = g(0);
+        let digits = (0..n as usize).map(|k| g(8 + 2 * k)).collect();
+        (n, g(2), g(4) as u16, g(6) as u16, digits)
+    }
+
+    #[test]
+    fn numerics_in_base_10000() {
+        // 12345.67 = [1, 2345, 6700] weight 1
+        assert_eq!(num(1_234_567, 2), (3, 1, 0, 2, vec![1, 2345, 6700]));
+        assert_eq!(num(-1_234_567, 2), (3, 1, 0x4000, 2, vec![1, 2345, 6700]));
+        assert_eq!(num(0, 3), (0, 0, 0, 3, vec![]));
+        // 0.0001 = [1] weight -1
+        assert_eq!(num(1, 4), (1, -1, 0, 4, vec![1]));
+        // 0.00001 = [0, 1000] → [1000] weight -2
+        assert_eq!(num(1, 5), (1, -2, 0, 5, vec![1000]));
+        // 10000 = [1] weight 1 (trailing zero group dropped)
+        assert_eq!(num(10_000, 0), (1, 1, 0, 0, vec![1]));
+        // 38 nines
+        let max = 10i128.pow(38) - 1;
+        let (n, w, _, s, d) = num(max, 10);
+        assert_eq!((s, w), (10, 6));
+        assert_eq!(n as usize, d.len());
+        assert_eq!(d[0], 99);
+        assert!(d[1..].iter().all(|g| *g == 9999), "{d:?}");
+    }
+
+    #[test]
+    fn rows_with_nulls_arrays_and_structs() {
+        use arrow_array::builder::{Int32Builder, ListBuilder};
+        use arrow_array::{ArrayRef, Int64Array, StringArray};
+        use std::sync::Arc;
+        let ids: ArrayRef = Arc::new(Int64Array::from(vec![Some(7), None]));
+        let names: ArrayRef = Arc::new(StringArray::from(vec![Some("é"), Some("")]));
+        let mut lb = ListBuilder::new(Int32Builder::new());
+        lb.values().append_value(1);
+        lb.values().append_null();
+        lb.append(true);
+        lb.append(true); // empty
+        let lists: ArrayRef = Arc::new(lb.finish());
+        let batch = RecordBatch::try_from_iter([("id", ids), ("name", names), ("xs", lists)])
+            .expect("batch");
+        let enc = CopyEncoder::new(vec![
+            Enc::Int8,
+            Enc::Text,
+            Enc::Array {
+                elem_oid: oid::INT4,
+                elem: Box::new(Enc::Int4),
+            },
+        ]);
+        let mut out = vec![];
+        enc.encode(&batch, &mut out).expect("encode");
+        let mut want: Vec<u8> = vec![];
+        let be32 = |v: i32| v.to_be_bytes().to_vec();
+        // row 1
+        want.extend(3i16.to_be_bytes());
+        want.extend(be32(8));
+        want.extend(7i64.to_be_bytes());
+        want.extend(be32(2));
+        want.extend("é".as_bytes());
+        want.extend(be32(4 * 5 + 4 + 4 + 4));
+        want.extend(be32(1)); // ndim
+        want.extend(be32(1)); // has nulls
+        want.extend(oid::INT4.to_be_bytes());
+        want.extend(be32(2)); // length
+        want.extend(be32(1)); // lower bound
+        want.extend(be32(4));
+        want.extend(be32(1));
+        want.extend(be32(-1));
+        // row 2
+        want.extend(3i16.to_be_bytes());
+        want.extend(be32(-1));
+        want.extend(be32(0));
+        want.extend(be32(12));
+        want.extend(be32(0));
+        want.extend(be32(0));
+        want.extend(oid::INT4.to_be_bytes());
+        assert_eq!(out, want);
+    }
+}

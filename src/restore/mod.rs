@@ -1,0 +1,741 @@
+//! Restore: bring an archived time range back into Postgres — staged,
+//! validated, then (on request) attached as a partition or merged.
+//!
+//! 1. **Scan** the Iceberg table at the chosen snapshot with a filter on the
+//!    time column: only the partitions and files of the range are read.
+//! 2. **Stage**: a new table with the archived columns' exact Postgres types
+//!    (recorded at archive time), loaded with binary `COPY … FROM STDIN`
+//!    streamed from Arrow, in one transaction (a failed load leaves nothing).
+//! 3. **Validate** ([`validate`]): row count and content checksum of the staged
+//!    rows (read back out of Postgres) against what the archive returned, and
+//!    of every batch the range covers whole against its snapshot summary; rows
+//!    outside the range; against the target: columns and types, NOT NULL and
+//!    CHECK constraints, rows already there.  Any failure stops here and keeps
+//!    the staging table for inspection.
+//! 4. **Apply** ([`apply`]): attach the staging table as the range partition of
+//!    a range-partitioned target (with a pre-validated CHECK constraint, so
+//!    Postgres skips its own scan), or merge it into a plain target in one
+//!    transaction with a conflict policy, then drop the staging table.
+//!
+//! Restoring never writes to the archive.  The next `archive` run recognises
+//! restored rows (a batch's whole content back in Postgres) and settles them
+//! without appending them again (see `archive::restored_rows`).
+
+pub mod apply;
+pub mod encode;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::{SinkExt, TryStreamExt};
+use iceberg::spec::{NestedFieldRef, PrimitiveType, Type};
+use iceberg::table::Table;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::checksum::{Checksum, RowHasher};
+use crate::config::{Config, TableConfig};
+use crate::error::{Error, ErrorKind, Result};
+use crate::filter::quote_ident;
+use crate::inspect::{SnapshotChoice, resolve_snapshot};
+use crate::lake::table::{RecordedColumn, props};
+use crate::plan::keys;
+use crate::plan::window::{Micros, Window, parse_instant, rfc3339};
+use crate::source::introspect::{TimeKind, map_context, resolve_type};
+use crate::types::{Mapping, PgKind, TypeInfo, map_type, text_mapping};
+
+use self::encode::{CopyEncoder, Enc};
+
+/// Conflict policy of `--merge`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnConflict {
+    /// Any row already in the target (same primary key) fails validation.
+    Error,
+    /// Rows whose primary key is already in the target are left out.
+    Skip,
+    /// Rows whose primary key is already in the target replace it.
+    Update,
+}
+
+/// What to do once the staged rows are valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apply {
+    /// Keep the staging table; touch nothing else.
+    Stage,
+    /// Attach the staging table as the range partition of the target.
+    Attach {
+        /// Detach an existing partition of exactly this range first (it is
+        /// dropped when empty, kept under a new name otherwise).
+        replace: bool,
+    },
+    /// Insert the staged rows into the target.
+    Merge(OnConflict),
+}
+
+/// One restore.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    pub range: Window,
+    pub snapshot: SnapshotChoice,
+    /// `(schema, table)` of the staging table; default
+    /// `<target schema>.<table>_restore_<from>_<to>`.
+    pub into: Option<(String, String)>,
+    /// `(schema, table)` of the target; default: the configured source table.
+    pub target: Option<(String, String)>,
+    pub apply: Apply,
+    pub keep_staging: bool,
+}
+
+/// A batch the range touches, checked against its snapshot summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchCheck {
+    pub batch_id: String,
+    pub snapshot_id: i64,
+    pub window_start: String,
+    pub window_end: String,
+    /// Rows the batch archived (its summary).
+    pub archived_rows: u64,
+    /// Rows of its files restored (inside the range).
+    pub restored_rows: u64,
+    /// `match`, `MISMATCH`, `partial` (the range covers part of the batch)
+    /// or `schema changed` (archived under another schema: rows compared only).
+    pub status: String,
+}
+
+/// One validation check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The outcome of a restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub table: String,
+    pub snapshot_id: i64,
+    pub from: String,
+    pub to: String,
+    pub staging: String,
+    pub target: String,
+    pub rows: u64,
+    pub files: usize,
+    pub batches: Vec<BatchCheck>,
+    pub checks: Vec<Check>,
+    /// True when every check passed.
+    pub valid: bool,
+    /// `staged`, `attached`, `merged`, or `none` (validation failed).
+    pub action: String,
+    pub inserted: Option<u64>,
+    pub updated: Option<u64>,
+    pub skipped: Option<u64>,
+    /// An existing partition `--replace-partition` detached (kept when not empty).
+    pub replaced_partition: Option<String>,
+    /// The range CHECK constraint was present and validated before ATTACH
+    /// (so Postgres did not scan the partition).
+    pub constraint_validated_before_attach: Option<bool>,
+    pub staging_kept: bool,
+    /// Seconds spent scanning the archive and loading the staging table.
+    pub load_seconds: f64,
+    pub seconds: f64,
+}
+
+/// A staged column: its name, Postgres type, archived Iceberg field and how
+/// values travel.
+#[derive(Debug, Clone)]
+struct StageCol {
+    name: String,
+    pg_type: String,
+    mapping: Mapping,
+}
+
+fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
+fn pg(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+    move |e| Error::postgres(what, e)
+}
+
+/// A compact, name-safe rendering of an instant: `20240101` or `2024010106`.
+fn stamp(t: Micros) -> String {
+    let s = rfc3339(t);
+    let digits: String = s.chars().filter(char::is_ascii_digit).collect();
+    let d = digits.trim_end_matches('0');
+    let keep = if d.len() <= 8 { 8 } else { d.len().min(14) };
+    digits.chars().take(keep.max(8)).collect()
+}
+
+/// A Postgres type for an Iceberg type, when no recorded type exists (a
+/// column the current recording no longer lists).
+fn fallback_type(t: &Type) -> Option<String> {
+    Some(match t {
+        Type::Primitive(p) => match p {
+            PrimitiveType::Boolean => "boolean".into(),
+            PrimitiveType::Int => "integer".into(),
+            PrimitiveType::Long => "bigint".into(),
+            PrimitiveType::Float => "real".into(),
+            PrimitiveType::Double => "double precision".into(),
+            PrimitiveType::Decimal { precision, scale } => format!("numeric({precision},{scale})"),
+            PrimitiveType::Date => "date".into(),
+            PrimitiveType::Time => "time".into(),
+            PrimitiveType::Timestamp => "timestamp".into(),
+            PrimitiveType::Timestamptz => "timestamptz".into(),
+            PrimitiveType::String => "text".into(),
+            PrimitiveType::Uuid => "uuid".into(),
+            PrimitiveType::Binary | PrimitiveType::Fixed(_) => "bytea".into(),
+            _ => return None,
+        },
+        Type::List(l) => match &*l.element_field.field_type {
+            Type::Primitive(_) => format!("{}[]", fallback_type(&l.element_field.field_type)?),
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// Restores `req.range` of `t` (whose Iceberg table is `table`).
+pub async fn restore(
+    cfg: &Config,
+    t: &TableConfig,
+    table: &Table,
+    req: &RestoreRequest,
+    progress: &indicatif::ProgressBar,
+) -> Result<RestoreReport> {
+    let started = Instant::now();
+    let md = table.metadata();
+    let snapshot = resolve_snapshot(table, req.snapshot)?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Catalog,
+            format!("{} has no snapshot yet", table.identifier()),
+        )
+        .with_hint("nothing was archived, so there is nothing to restore")
+    })?;
+    let schema = snapshot
+        .schema(md)
+        .map_err(|e| Error::iceberg("cannot find the snapshot's schema", e))?;
+    let recorded: Vec<RecordedColumn> = md
+        .properties()
+        .get(props::PG_COLUMNS)
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default();
+    let time_field = schema
+        .field_by_name(&t.timestamp_column)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "time column `{}` is not in {} at snapshot {}",
+                    t.timestamp_column,
+                    table.identifier(),
+                    snapshot.snapshot_id()
+                ),
+            )
+        })?
+        .clone();
+    let time_kind = match *time_field.field_type {
+        Type::Primitive(PrimitiveType::Timestamp) => TimeKind::Timestamp,
+        _ => TimeKind::Timestamptz,
+    };
+
+    let (target_schema, target_name) = req
+        .target
+        .clone()
+        .unwrap_or_else(|| (t.schema.clone(), t.name.clone()));
+    let (stage_schema, stage_name) = req.into.clone().unwrap_or_else(|| {
+        (
+            target_schema.clone(),
+            format!(
+                "{}_restore_{}_{}",
+                target_name,
+                stamp(req.range.start),
+                stamp(req.range.end)
+            ),
+        )
+    });
+    let staging = qualified(&stage_schema, &stage_name);
+    let target = qualified(&target_schema, &target_name);
+
+    let client = crate::source::connect(&cfg.database).await?;
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&staging])
+        .await
+        .map_err(pg("cannot look up the staging table"))?
+        .get(0);
+    if exists {
+        return Err(Error::new(
+            ErrorKind::Postgres,
+            format!("the staging table {staging} already exists"),
+        )
+        .with_hint(
+            "drop it (an earlier restore kept it for inspection) or choose another `--into`",
+        ));
+    }
+
+    // The staged columns: the snapshot's fields with their recorded types.
+    let by_name: HashMap<&str, &RecordedColumn> =
+        recorded.iter().map(|c| (c.name.as_str(), c)).collect();
+    let mut cols = Vec::new();
+    for f in schema.as_struct().fields() {
+        let (pg_type, not_null) = match by_name.get(f.name.as_str()) {
+            Some(r) => (r.pg_type.clone(), r.not_null),
+            None => (
+                fallback_type(&f.field_type).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Schema,
+                        format!(
+                            "column `{}` ({}) has no recorded Postgres type",
+                            f.name, f.field_type
+                        ),
+                    )
+                })?,
+                f.required,
+            ),
+        };
+        cols.push((f.clone(), pg_type, not_null));
+    }
+
+    // Stage and load in one transaction: a failed load leaves nothing behind.
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(pg("cannot begin"))?;
+    let loaded = stage_and_load(
+        &client,
+        table,
+        &snapshot,
+        &schema,
+        &staging,
+        cols,
+        req,
+        &time_field,
+        progress,
+    )
+    .await;
+    let loaded = match loaded {
+        Ok(l) => {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(pg("cannot commit the staging table"))?;
+            l
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    };
+    let load_seconds = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+
+    // Batches the range touches, checked against their summaries.
+    let batches = validate::batch_checks(table, &snapshot, &schema, &req.range, &loaded).await?;
+    let mut checks = vec![Check {
+        name: "rows".into(),
+        ok: loaded.copied == loaded.read.rows,
+        detail: format!(
+            "{} row(s) read from {} file(s), {} loaded",
+            loaded.read.rows, loaded.files, loaded.copied
+        ),
+    }];
+    checks.push(validate::staged_content(&client, &staging, &loaded).await?);
+    let bad_batches: Vec<&BatchCheck> = batches.iter().filter(|b| b.status == "MISMATCH").collect();
+    checks.push(Check {
+        name: "batches".into(),
+        ok: bad_batches.is_empty(),
+        detail: if bad_batches.is_empty() {
+            format!(
+                "{} batch(es) covered whole match their snapshot summaries ({} partly covered)",
+                batches.iter().filter(|b| b.status == "match").count(),
+                batches.iter().filter(|b| b.status == "partial").count()
+            )
+        } else {
+            format!(
+                "batch(es) {} do not match their snapshot summaries",
+                bad_batches
+                    .iter()
+                    .map(|b| b.batch_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+    });
+    checks.push(
+        validate::range(
+            &client,
+            &staging,
+            &t.timestamp_column,
+            time_kind,
+            &req.range,
+        )
+        .await?,
+    );
+    let target_exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&target])
+        .await
+        .map_err(pg("cannot look up the target table"))?
+        .get(0);
+    if target_exists {
+        let (more, _overlap) = validate::against_target(
+            &client,
+            &staging,
+            &target,
+            &loaded.cols,
+            &t.timestamp_column,
+            time_kind,
+            &req.range,
+            req.apply,
+        )
+        .await?;
+        checks.extend(more);
+    } else if req.apply != Apply::Stage {
+        checks.push(Check {
+            name: "target".into(),
+            ok: false,
+            detail: format!("{target} does not exist"),
+        });
+    }
+    let valid = checks.iter().all(|c| c.ok);
+    let mut report = RestoreReport {
+        table: t.iceberg_name(),
+        snapshot_id: snapshot.snapshot_id(),
+        from: rfc3339(req.range.start),
+        to: rfc3339(req.range.end),
+        staging: staging.clone(),
+        target: target.clone(),
+        rows: loaded.copied,
+        files: loaded.files,
+        batches,
+        checks,
+        valid,
+        action: if valid { "staged" } else { "none" }.into(),
+        inserted: None,
+        updated: None,
+        skipped: None,
+        replaced_partition: None,
+        constraint_validated_before_attach: None,
+        staging_kept: true,
+        load_seconds,
+        seconds: 0.0,
+    };
+    if valid {
+        match req.apply {
+            Apply::Stage => {}
+            Apply::Attach { replace } => {
+                let a = apply::attach(
+                    &client,
+                    &staging,
+                    &stage_name,
+                    &target,
+                    &t.timestamp_column,
+                    time_kind,
+                    &req.range,
+                    replace,
+                )
+                .await?;
+                report.action = "attached".into();
+                report.replaced_partition = a.replaced;
+                report.constraint_validated_before_attach = Some(a.validated_before);
+            }
+            Apply::Merge(policy) => {
+                let m = apply::merge(
+                    &client,
+                    &staging,
+                    &target,
+                    &loaded.cols,
+                    policy,
+                    req.keep_staging,
+                )
+                .await?;
+                report.action = "merged".into();
+                report.inserted = Some(m.inserted);
+                report.updated = Some(m.updated);
+                report.skipped = Some(loaded.copied - m.inserted - m.updated);
+                report.staging_kept = req.keep_staging;
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// What the load streamed.
+pub(crate) struct Loaded {
+    /// Count and checksum of the rows read from the archive.
+    read: Checksum,
+    /// Rows COPY reported.
+    copied: u64,
+    files: usize,
+    /// Per data file: count and checksum of its rows inside the range.
+    per_file: HashMap<String, Checksum>,
+    cols: Vec<StagedColumn>,
+    /// The Arrow schema of the rows (the snapshot's schema).
+    arrow_schema: arrow_schema::SchemaRef,
+}
+
+/// A column of the staging table, as validation and apply need it.
+#[derive(Debug, Clone)]
+pub struct StagedColumn {
+    pub name: String,
+    pub pg_type: String,
+    pub kind: PgKind,
+    /// The cast the value is read through (`text`, `numeric`, …), if any.
+    pub cast: Option<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stage_and_load(
+    client: &Client,
+    table: &Table,
+    snapshot: &iceberg::spec::SnapshotRef,
+    schema: &iceberg::spec::SchemaRef,
+    staging: &str,
+    cols: Vec<(NestedFieldRef, String, bool)>,
+    req: &RestoreRequest,
+    time_field: &NestedFieldRef,
+    progress: &indicatif::ProgressBar,
+) -> Result<Loaded> {
+    let ddl: Vec<String> = cols
+        .iter()
+        .map(|(f, ty, _)| format!("{} {ty}", quote_ident(&f.name)))
+        .collect();
+    client
+        .batch_execute(&format!("CREATE TABLE {staging} ({})", ddl.join(", ")))
+        .await
+        .map_err(|e| {
+            Error::postgres(format!("cannot create the staging table {staging}"), e)
+                .with_hint("the recorded Postgres types must exist in this database (enums, domains and composite types included)")
+        })?;
+    let ctx = map_context(client).await?;
+    let infos = staged_types(client, staging).await?;
+    let mut staged = Vec::with_capacity(cols.len());
+    for ((f, pg_type, _), info) in cols.iter().zip(&infos) {
+        let natural = map_type(info, ctx);
+        let mapping = match natural {
+            Ok(m) if m.kind.matches_iceberg(&f.field_type) => m,
+            _ if *f.field_type == Type::Primitive(PrimitiveType::String) => text_mapping(info),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Schema,
+                    format!(
+                        "column `{}`: archived as {}, which Postgres type {pg_type} cannot take back losslessly",
+                        f.name, f.field_type
+                    ),
+                ));
+            }
+        };
+        staged.push(StageCol {
+            name: f.name.clone(),
+            pg_type: pg_type.clone(),
+            mapping,
+        });
+    }
+    // Values read through a cast load into the cast type first.
+    let casts: Vec<String> = staged
+        .iter()
+        .filter_map(|c| {
+            c.mapping.cast.as_ref().map(|cast| {
+                format!(
+                    "ALTER COLUMN {} TYPE {cast} USING NULL",
+                    quote_ident(&c.name)
+                )
+            })
+        })
+        .collect();
+    let infos = if casts.is_empty() {
+        infos
+    } else {
+        client
+            .batch_execute(&format!("ALTER TABLE {staging} {}", casts.join(", ")))
+            .await
+            .map_err(pg("cannot prepare the staging table"))?;
+        staged_types(client, staging).await?
+    };
+    let encs = staged
+        .iter()
+        .zip(&infos)
+        .map(|(c, info)| Enc::new(&c.mapping.kind, info))
+        .collect::<Result<Vec<_>>>()?;
+    let encoder = CopyEncoder::new(encs);
+
+    // Scan: the range at the snapshot, file by file.
+    let req_fetch = crate::inspect::fetch::FetchRequest {
+        time_column: time_field.name.clone(),
+        range: req.range,
+        snapshot: SnapshotChoice::Id(snapshot.snapshot_id()),
+        columns: None,
+        filter: None,
+        format: crate::inspect::fetch::Format::Csv,
+    };
+    let predicate = crate::inspect::fetch::predicate(table, &req_fetch)?;
+    let scan = table
+        .scan()
+        .snapshot_id(snapshot.snapshot_id())
+        .with_filter(predicate)
+        .select(staged.iter().map(|c| c.name.clone()))
+        .build()
+        .map_err(|e| Error::iceberg("cannot plan the scan", e))?;
+    let tasks: Vec<_> = scan
+        .plan_files()
+        .await
+        .map_err(|e| Error::iceberg("cannot plan the scan", e))?
+        .try_collect()
+        .await
+        .map_err(|e| Error::iceberg("cannot plan the scan", e))?;
+    let files = tasks.len();
+    let names: Vec<String> = staged.iter().map(|c| quote_ident(&c.name)).collect();
+    let sink = client
+        .copy_in::<_, Bytes>(&format!(
+            "COPY {staging} ({}) FROM STDIN (FORMAT binary)",
+            names.join(", ")
+        ))
+        .await
+        .map_err(pg("cannot start COPY into the staging table"))?;
+    let mut sink = std::pin::pin!(sink);
+    let mut buf = Vec::with_capacity(1 << 20);
+    CopyEncoder::header(&mut buf);
+    let mut hasher = RowHasher::default();
+    let mut hashes = Vec::new();
+    let mut read = Checksum::default();
+    let mut per_file: HashMap<String, Checksum> = HashMap::new();
+    let reader = table
+        .reader_builder()
+        .with_batch_size(8192)
+        .with_data_file_concurrency_limit(2)
+        .build();
+    let read_err = |e: iceberg::Error| {
+        Error::new(
+            ErrorKind::Storage,
+            Error::iceberg("cannot read the archive", e)
+                .message()
+                .to_string(),
+        )
+    };
+    for task in tasks {
+        let path = task.data_file_path.clone();
+        let mut stream = reader
+            .clone()
+            .read(Box::pin(futures::stream::iter([Ok(task)])))
+            .map_err(read_err)?
+            .stream();
+        let mut file_sum = Checksum::default();
+        while let Some(batch) = stream.try_next().await.map_err(read_err)? {
+            hashes.clear();
+            hasher.hash_rows(&batch, &mut hashes)?;
+            file_sum.add_hashes(&hashes);
+            encoder.encode(&batch, &mut buf)?;
+            progress.inc(batch.num_rows() as u64);
+            if buf.len() >= 1 << 20 {
+                let chunk = Bytes::from(std::mem::replace(&mut buf, Vec::with_capacity(1 << 20)));
+                sink.send(chunk)
+                    .await
+                    .map_err(pg("COPY into the staging table failed"))?;
+            }
+        }
+        read.rows += file_sum.rows;
+        read.sum = read.sum.wrapping_add(file_sum.sum);
+        let e = per_file.entry(path).or_default();
+        e.rows += file_sum.rows;
+        e.sum = e.sum.wrapping_add(file_sum.sum);
+    }
+    CopyEncoder::trailer(&mut buf);
+    sink.send(Bytes::from(buf))
+        .await
+        .map_err(pg("COPY into the staging table failed"))?;
+    let copied = sink
+        .as_mut()
+        .finish()
+        .await
+        .map_err(pg("COPY into the staging table failed"))?;
+    // Cast columns take their own type back.
+    let back: Vec<String> = staged
+        .iter()
+        .filter(|c| c.mapping.cast.is_some())
+        .map(|c| {
+            format!(
+                "ALTER COLUMN {n} TYPE {t} USING {n}::{t}",
+                n = quote_ident(&c.name),
+                t = c.pg_type
+            )
+        })
+        .collect();
+    if !back.is_empty() {
+        client
+            .batch_execute(&format!("ALTER TABLE {staging} {}", back.join(", ")))
+            .await
+            .map_err(pg("cannot give the staging columns their own types back"))?;
+    }
+    let arrow_schema = std::sync::Arc::new(
+        iceberg::arrow::schema_to_arrow_schema(schema)
+            .map_err(|e| Error::iceberg("cannot derive the Arrow schema", e))?,
+    );
+    Ok(Loaded {
+        read,
+        copied,
+        files,
+        per_file,
+        cols: staged
+            .into_iter()
+            .map(|c| StagedColumn {
+                name: c.name,
+                pg_type: c.pg_type,
+                kind: c.mapping.kind,
+                cast: c.mapping.cast,
+            })
+            .collect(),
+        arrow_schema,
+    })
+}
+
+/// The resolved types of the staging table's columns, in order.
+async fn staged_types(client: &Client, staging: &str) -> Result<Vec<TypeInfo>> {
+    let rows = client
+        .query(
+            "SELECT atttypid, atttypmod FROM pg_attribute \
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&staging],
+        )
+        .await
+        .map_err(pg("cannot read the staging table's columns"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(resolve_type(client, r.get(0), r.get(1), 0).await?);
+    }
+    Ok(out)
+}
+
+/// The restore range from `--from`/`--to`.
+pub fn range(from: &str, to: &str) -> Result<Window> {
+    let parse = |flag: &str, s: &str| {
+        parse_instant(s).ok_or_else(|| {
+            Error::config(format!("--{flag}: `{s}` is not a date or timestamp"))
+                .with_hint("e.g. 2024-01-01 or 2024-01-01T06:00:00Z")
+        })
+    };
+    let (start, end) = (parse("from", from)?, parse("to", to)?);
+    if start >= end {
+        return Err(Error::config(format!(
+            "--from {from} is not before --to {to}"
+        )));
+    }
+    Ok(Window { start, end })
+}
+
+/// A time literal for SQL.
+pub(crate) fn literal(kind: TimeKind, t: Micros) -> String {
+    crate::source::windows::time_literal(kind, t)
+}
+
+/// The summary `(rows, checksum)` of the batch a snapshot committed.
+pub(crate) fn summary_of(s: &iceberg::spec::Snapshot) -> Option<(String, u64, String)> {
+    let p = &s.summary().additional_properties;
+    Some((
+        p.get(keys::BATCH_ID)?.clone(),
+        p.get(keys::ROWS)?.parse().ok()?,
+        p.get(keys::CHECKSUM)?.clone(),
+    ))
+}

@@ -1,0 +1,564 @@
+//! Validation of a staged restore: nothing is attached or merged unless every
+//! check passes, and a failure keeps the staging table for inspection.
+
+use std::collections::HashMap;
+
+use iceberg::spec::{SchemaRef, SnapshotRef};
+use iceberg::table::Table;
+use tokio_postgres::Client;
+
+use super::{Apply, BatchCheck, Check, Loaded, OnConflict, StagedColumn, apply, literal, pg};
+use crate::checksum::Checksum;
+use crate::error::{Error, Result};
+use crate::filter::quote_ident;
+use crate::lake;
+use crate::plan::keys;
+use crate::plan::window::{Window, parse_instant};
+use crate::source::introspect::TimeKind;
+
+/// The snapshot and its ancestors, oldest first.
+fn lineage(table: &Table, snapshot: &SnapshotRef) -> Vec<SnapshotRef> {
+    let md = table.metadata();
+    let mut out = vec![snapshot.clone()];
+    let mut cur = snapshot.parent_snapshot_id();
+    while let Some(id) = cur {
+        match md.snapshot_by_id(id) {
+            Some(s) => {
+                cur = s.parent_snapshot_id();
+                out.push(s.clone());
+            }
+            None => break,
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// Every permafrost batch at or before `snapshot` whose window overlaps
+/// `range`, with its restored rows compared to its summary: a batch covered
+/// whole must restore exactly its archived rows (count and checksum).
+pub(crate) async fn batch_checks(
+    table: &Table,
+    snapshot: &SnapshotRef,
+    schema: &SchemaRef,
+    range: &Window,
+    loaded: &Loaded,
+) -> Result<Vec<BatchCheck>> {
+    let mut out = Vec::new();
+    for s in lineage(table, snapshot) {
+        let Some((batch_id, rows, checksum)) = super::summary_of(&s) else {
+            continue;
+        };
+        let p = &s.summary().additional_properties;
+        let (Some(ws), Some(we)) = (
+            p.get(keys::WINDOW_START).and_then(|v| parse_instant(v)),
+            p.get(keys::WINDOW_END).and_then(|v| parse_instant(v)),
+        ) else {
+            continue;
+        };
+        let window = Window { start: ws, end: we };
+        if !window.overlaps(range) || rows == 0 {
+            continue;
+        }
+        let mut got = Checksum::default();
+        for f in lake::readback::added_files(table, &s).await? {
+            if let Some(c) = loaded.per_file.get(&f.path) {
+                got.rows += c.rows;
+                got.sum = got.sum.wrapping_add(c.sum);
+            }
+        }
+        let whole = range.start <= window.start && window.end <= range.end;
+        let status = if !whole {
+            "partial"
+        } else if got.rows == rows && got.hex() == checksum {
+            "match"
+        } else if got.rows == rows && s.schema_id() != Some(schema.schema_id()) {
+            "schema changed"
+        } else {
+            "MISMATCH"
+        };
+        out.push(BatchCheck {
+            batch_id,
+            snapshot_id: s.snapshot_id(),
+            window_start: crate::plan::window::rfc3339(ws),
+            window_end: crate::plan::window::rfc3339(we),
+            archived_rows: rows,
+            restored_rows: got.rows,
+            status: status.into(),
+        });
+    }
+    Ok(out)
+}
+
+/// The select list that reads the staging table the way the archive read
+/// the source (casts included).
+fn select_list(cols: &[StagedColumn]) -> String {
+    cols.iter()
+        .map(|c| match &c.cast {
+            Some(cast) => format!("{}::{cast}", quote_ident(&c.name)),
+            None => quote_ident(&c.name),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads the staged rows back out of Postgres with the archive's own
+/// extractor: count and checksum must equal what the archive returned.
+pub(crate) async fn staged_content(
+    client: &Client,
+    staging: &str,
+    loaded: &Loaded,
+) -> Result<Check> {
+    let sql = format!(
+        "COPY (SELECT {} FROM {staging}) TO STDOUT (FORMAT binary)",
+        select_list(&loaded.cols)
+    );
+    let stream = client
+        .copy_out(sql.as_str())
+        .await
+        .map_err(pg("cannot read the staging table back"))?;
+    let labels = loaded
+        .cols
+        .iter()
+        .map(|c| format!("`{}` ({})", c.name, c.pg_type))
+        .collect();
+    let kinds: Vec<_> = loaded.cols.iter().map(|c| c.kind.clone()).collect();
+    let decoder =
+        crate::source::extract::CopyDecoder::new(loaded.arrow_schema.clone(), labels, &kinds)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let reader = tokio::spawn(crate::source::extract::decode_stream(stream, decoder, tx));
+    let mut sum = Checksum::default();
+    while let Some((_, hashes)) = rx.recv().await {
+        sum.add_hashes(&hashes);
+    }
+    reader
+        .await
+        .map_err(|e| Error::internal(format!("read-back task failed: {e}")))??;
+    let ok = sum == loaded.read;
+    Ok(Check {
+        name: "content".into(),
+        ok,
+        detail: if ok {
+            format!(
+                "the {} staged row(s) read back from Postgres have the archive's checksum {}",
+                sum.rows,
+                sum.hex()
+            )
+        } else {
+            format!(
+                "staged rows read back: {} row(s), checksum {}; the archive returned {} row(s), checksum {}",
+                sum.rows,
+                sum.hex(),
+                loaded.read.rows,
+                loaded.read.hex()
+            )
+        },
+    })
+}
+
+fn in_range(ts: &str, kind: TimeKind, range: &Window) -> String {
+    let c = quote_ident(ts);
+    format!(
+        "{c} >= {} AND {c} < {}",
+        literal(kind, range.start),
+        literal(kind, range.end)
+    )
+}
+
+/// No staged row lies outside the range (or has no time).
+pub(crate) async fn range(
+    client: &Client,
+    staging: &str,
+    ts: &str,
+    kind: TimeKind,
+    range: &Window,
+) -> Result<Check> {
+    let n: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {staging} WHERE NOT ({}) OR {} IS NULL",
+                in_range(ts, kind, range),
+                quote_ident(ts)
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg("cannot check the staged range"))?
+        .get(0);
+    Ok(Check {
+        name: "range".into(),
+        ok: n == 0,
+        detail: if n == 0 {
+            "every staged row is inside the requested range".into()
+        } else {
+            format!("{n} staged row(s) lie outside the requested range")
+        },
+    })
+}
+
+/// A column of the target table.
+#[derive(Debug, Clone)]
+pub(crate) struct TargetColumn {
+    pub name: String,
+    pub pg_type: String,
+    pub not_null: bool,
+    pub has_default: bool,
+    /// `attgenerated` is set: Postgres computes it.
+    pub generated: bool,
+    /// `GENERATED ALWAYS AS IDENTITY`.
+    pub identity_always: bool,
+}
+
+pub(crate) async fn target_columns(client: &Client, target: &str) -> Result<Vec<TargetColumn>> {
+    let rows = client
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull, atthasdef, \
+                    attgenerated::text <> '', attidentity::text = 'a' \
+             FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&target],
+        )
+        .await
+        .map_err(pg("cannot read the target's columns"))?;
+    Ok(rows
+        .iter()
+        .map(|r| TargetColumn {
+            name: r.get(0),
+            pg_type: r.get(1),
+            not_null: r.get(2),
+            has_default: r.get(3),
+            generated: r.get(4),
+            identity_always: r.get(5),
+        })
+        .collect())
+}
+
+/// The target's primary key columns (empty without one).
+pub(crate) async fn primary_key(client: &Client, target: &str) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) ON true \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1::text::regclass AND i.indisprimary ORDER BY k.ord",
+            &[&target],
+        )
+        .await
+        .map_err(pg("cannot read the target's primary key"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The condition "staged row `s` is already in target `t`": by primary key,
+/// or (without one) every shared column equal in its text form.
+pub(crate) fn same_row(pk: &[String], shared: &[String]) -> String {
+    if pk.is_empty() {
+        shared
+            .iter()
+            .map(|c| {
+                let q = quote_ident(c);
+                format!("t.{q}::text IS NOT DISTINCT FROM s.{q}::text")
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    } else {
+        pk.iter()
+            .map(|c| {
+                let q = quote_ident(c);
+                format!("t.{q} = s.{q}")
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+}
+
+/// Checks against the target: columns and types, NOT NULL and CHECK
+/// constraints, rows already there.  Returns the checks and the number of
+/// staged rows already in the target.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn against_target(
+    client: &Client,
+    staging: &str,
+    target: &str,
+    cols: &[StagedColumn],
+    ts: &str,
+    kind: TimeKind,
+    range: &Window,
+    apply_how: Apply,
+) -> Result<(Vec<Check>, u64)> {
+    let mut checks = Vec::new();
+    let tcols = target_columns(client, target).await?;
+    let by_name: HashMap<&str, &TargetColumn> =
+        tcols.iter().map(|c| (c.name.as_str(), c)).collect();
+    let attach = matches!(apply_how, Apply::Attach { .. });
+
+    // Schema.
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    for c in cols {
+        match by_name.get(c.name.as_str()) {
+            None => problems.push(format!("archived column `{}` is not in the target", c.name)),
+            Some(t) if t.pg_type != c.pg_type => problems.push(format!(
+                "column `{}` is {} in the target but {} in the archive",
+                c.name, t.pg_type, c.pg_type
+            )),
+            Some(_) => {}
+        }
+    }
+    for t in &tcols {
+        if cols.iter().any(|c| c.name == t.name) {
+            continue;
+        }
+        if attach {
+            problems.push(format!(
+                "target column `{}` is not in the archive (a partition needs every column)",
+                t.name
+            ));
+        } else if t.not_null && !t.has_default && !t.generated {
+            problems.push(format!(
+                "target column `{}` is NOT NULL without a default and is not in the archive",
+                t.name
+            ));
+        } else {
+            notes.push(format!("`{}` takes its default", t.name));
+        }
+    }
+    checks.push(Check {
+        name: "schema".into(),
+        ok: problems.is_empty(),
+        detail: if problems.is_empty() {
+            let mut d = format!("the {} archived column(s) match {target}", cols.len());
+            if !notes.is_empty() {
+                d.push_str(&format!(" ({})", notes.join(", ")));
+            }
+            d
+        } else {
+            problems.join("; ")
+        },
+    });
+
+    // NOT NULL.
+    let nn: Vec<&StagedColumn> = cols
+        .iter()
+        .filter(|c| by_name.get(c.name.as_str()).is_some_and(|t| t.not_null))
+        .collect();
+    if !nn.is_empty() {
+        let counts = nn
+            .iter()
+            .map(|c| format!("count(*) FILTER (WHERE {} IS NULL)", quote_ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let row = client
+            .query_one(&format!("SELECT {counts} FROM {staging}"), &[])
+            .await
+            .map_err(pg("cannot check NOT NULL"))?;
+        let bad: Vec<String> = nn
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let n: i64 = row.get(i);
+                (n > 0).then(|| format!("{n} NULL(s) in `{}`", c.name))
+            })
+            .collect();
+        checks.push(Check {
+            name: "not_null".into(),
+            ok: bad.is_empty(),
+            detail: if bad.is_empty() {
+                format!("no NULL in the target's {} NOT NULL column(s)", nn.len())
+            } else {
+                bad.join("; ")
+            },
+        });
+    }
+
+    // CHECK constraints.
+    let cons = client
+        .query(
+            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = $1::text::regclass AND contype = 'c' ORDER BY conname",
+            &[&target],
+        )
+        .await
+        .map_err(pg("cannot read the target's CHECK constraints"))?;
+    if !cons.is_empty() {
+        let mut bad = Vec::new();
+        for r in &cons {
+            let name: String = r.get(0);
+            let def: String = r.get(1);
+            let expr = check_expr(&def);
+            match client
+                .query_one(
+                    &format!("SELECT count(*) FROM {staging} WHERE NOT ({expr})"),
+                    &[],
+                )
+                .await
+            {
+                Ok(row) => {
+                    let n: i64 = row.get(0);
+                    if n > 0 {
+                        bad.push(format!("{n} row(s) violate `{name}` {def}"));
+                    }
+                }
+                Err(e) => bad.push(format!(
+                    "`{name}` {def} cannot be evaluated on the staged rows: {}",
+                    Error::postgres("", e).message().trim_start_matches(": ")
+                )),
+            }
+        }
+        checks.push(Check {
+            name: "check_constraints".into(),
+            ok: bad.is_empty(),
+            detail: if bad.is_empty() {
+                format!(
+                    "the staged rows satisfy the target's {} CHECK constraint(s)",
+                    cons.len()
+                )
+            } else {
+                bad.join("; ")
+            },
+        });
+    }
+
+    // Rows already in the target.
+    let pk = primary_key(client, target).await?;
+    let shared: Vec<String> = cols
+        .iter()
+        .filter(|c| by_name.contains_key(c.name.as_str()))
+        .map(|c| c.name.clone())
+        .collect();
+    let overlap: i64 = if attach {
+        client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {target} WHERE {}",
+                    in_range(ts, kind, range)
+                ),
+                &[],
+            )
+            .await
+            .map_err(pg("cannot count the target's rows in the range"))?
+            .get(0)
+    } else if !pk.iter().all(|k| shared.contains(k)) || shared.is_empty() {
+        0
+    } else {
+        let limit = if pk.is_empty() {
+            format!(
+                " AND {}",
+                in_range(ts, kind, range)
+                    .replace(&quote_ident(ts), &format!("t.{}", quote_ident(ts)))
+            )
+        } else {
+            String::new()
+        };
+        client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {staging} s WHERE EXISTS (SELECT 1 FROM {target} t WHERE {}{limit})",
+                    same_row(&pk, &shared)
+                ),
+                &[],
+            )
+            .await
+            .map_err(pg("cannot look for staged rows already in the target"))?
+            .get(0)
+    };
+    let by = if pk.is_empty() {
+        "as identical rows".to_string()
+    } else {
+        format!("by primary key ({})", pk.join(", "))
+    };
+    let overlap_check = match apply_how {
+        Apply::Attach { replace } => {
+            let parts = apply::overlapping_partitions(client, target, kind, range).await?;
+            let exact: Vec<&apply::Partition> = parts.iter().filter(|p| p.exact).collect();
+            let ok_parts = parts.is_empty() || (replace && parts.len() == 1 && exact.len() == 1);
+            let ok = ok_parts && (overlap == 0 || replace);
+            Check {
+                name: "overlap".into(),
+                ok,
+                detail: match (parts.is_empty(), overlap) {
+                    (true, 0) => "no partition of the target covers the range yet".into(),
+                    (true, n) => format!(
+                        "the target already holds {n} row(s) in the range (in its default partition)"
+                    ),
+                    (false, n) => format!(
+                        "partition(s) {} already cover the range ({n} row(s)){}",
+                        parts
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        if ok {
+                            "; it will be detached (--replace-partition)"
+                        } else if replace {
+                            "; --replace-partition needs exactly one partition with the same bounds"
+                        } else {
+                            "; --replace-partition detaches it"
+                        }
+                    ),
+                },
+            }
+        }
+        Apply::Merge(policy) => {
+            let no_pk_update = policy == OnConflict::Update && pk.is_empty();
+            Check {
+                name: "overlap".into(),
+                ok: !no_pk_update && (overlap == 0 || policy != OnConflict::Error),
+                detail: if no_pk_update {
+                    "--on-conflict update needs a primary key on the target".into()
+                } else if overlap == 0 {
+                    format!("no staged row is already in the target ({by})")
+                } else {
+                    format!(
+                        "{overlap} staged row(s) are already in the target ({by}){}",
+                        match policy {
+                            OnConflict::Error => "; choose --on-conflict skip or update",
+                            OnConflict::Skip => "; they will be skipped",
+                            OnConflict::Update => "; they will be updated",
+                        }
+                    )
+                },
+            }
+        }
+        Apply::Stage => Check {
+            name: "overlap".into(),
+            ok: true,
+            detail: format!("{overlap} staged row(s) are already in the target ({by})"),
+        },
+    };
+    checks.push(overlap_check);
+    Ok((checks, overlap.max(0) as u64))
+}
+
+/// The expression of a `CHECK (…)` definition.
+pub(crate) fn check_expr(def: &str) -> &str {
+    let d = def.trim();
+    let d = d.strip_suffix(" NOT VALID").unwrap_or(d);
+    let d = d.strip_suffix(" NO INHERIT").unwrap_or(d);
+    d.strip_prefix("CHECK ").unwrap_or(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_expressions() {
+        assert_eq!(
+            check_expr("CHECK ((value > (0)::double precision))"),
+            "((value > (0)::double precision))"
+        );
+        assert_eq!(check_expr("CHECK ((a > 0)) NOT VALID"), "((a > 0))");
+        assert_eq!(check_expr("CHECK ((a > 0)) NO INHERIT"), "((a > 0))");
+    }
+
+    #[test]
+    fn same_row_by_key_or_by_value() {
+        assert_eq!(
+            same_row(&["id".into()], &["id".into(), "v".into()]),
+            "t.\"id\" = s.\"id\""
+        );
+        assert_eq!(
+            same_row(&[], &["a".into()]),
+            "t.\"a\"::text IS NOT DISTINCT FROM s.\"a\"::text"
+        );
+    }
+}

@@ -1,0 +1,543 @@
+//! Restore: archived ranges back into Postgres — staged and compared row by
+//! row with the originals, time travel, attach into a range-partitioned
+//! table, merge with each conflict policy, validation failures, and restored
+//! rows never archived twice.
+
+use serde_json::Value;
+
+use crate::common::*;
+use crate::services;
+
+const DAY: i64 = 86_400_000_000;
+
+struct Fx {
+    db: TestDb,
+    ws: Ws,
+    cfg: String,
+    env: Vec<(&'static str, String)>,
+    day0: i64,
+}
+
+impl Fx {
+    /// `table` (already created in `db`) archived through `cat` with `lag`.
+    async fn new(s: &Services, db: TestDb, kind: Cat, table: &str, ts: &str, lag: &str) -> Self {
+        let ws = Ws::new();
+        let cat = CatalogSetup::new(kind, s, &ws).await;
+        let cfg = ws
+            .config(
+                "permafrost.yaml",
+                &format!(
+                    "database:\n  dsn: \"{}\"\n{}global:\n  namespace: {}\ntables:\n  - name: {table}\n    timestamp_column: {ts}\n    lag: {lag}\n",
+                    db.dsn, cat.yaml, cat.namespace
+                ),
+            )
+            .to_string_lossy()
+            .to_string();
+        let c = db.client().await;
+        let day0: i64 = c
+            .query_one(
+                "SELECT (extract(epoch FROM date_trunc('day', now()) - interval '40 days') * 1000000)::int8",
+                &[],
+            )
+            .await
+            .expect("day0")
+            .get(0);
+        let env = CatalogSetup::env(s);
+        Self {
+            db,
+            ws,
+            cfg,
+            env,
+            day0,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        let mut a = vec![args[0], "-c", self.cfg.as_str()];
+        a.extend_from_slice(&args[1..]);
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.ws.run_env(&a, &env)
+    }
+
+    fn archive(&self) -> Value {
+        let out = self.run(&["archive", "--json"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.json()
+    }
+
+    /// `restore` of days `[from, to)` (relative to day0) with `extra` flags.
+    fn restore(&self, table: &str, from: i64, to: i64, extra: &[&str]) -> Out {
+        let (f, t) = (
+            rfc3339(self.day0 + from * DAY),
+            rfc3339(self.day0 + to * DAY),
+        );
+        let mut a = vec!["restore", "-t", table, "--from", &f, "--to", &t, "--json"];
+        a.extend_from_slice(extra);
+        self.run(&a)
+    }
+
+    fn range(&self, ts: &str, from: i64, to: i64) -> String {
+        format!(
+            "{ts} >= '{}' AND {ts} < '{}'",
+            rfc3339(self.day0 + from * DAY),
+            rfc3339(self.day0 + to * DAY)
+        )
+    }
+}
+
+/// Whole rows in Postgres' text form, ordered by `order`.
+async fn rows(c: &tokio_postgres::Client, table: &str, cond: &str, order: &str) -> Vec<String> {
+    c.query(
+        &format!("SELECT x::text FROM {table} x WHERE {cond} ORDER BY {order}"),
+        &[],
+    )
+    .await
+    .expect("rows")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no check {name}: {report}"))
+}
+
+/// 30 days × 200 rows of the sample table, and a copy kept before archiving.
+async fn sensor_db(s: &Services, tag: &str) -> TestDb {
+    let db = TestDb::create(s, tag).await;
+    let c = db.client().await;
+    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
+        .await
+        .expect("schema");
+    c.batch_execute(
+        "INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit, quality, payload) \
+         SELECT date_trunc('day', now()) - interval '40 days' + (i / 200) * interval '1 day' + (i % 200) * interval '7 minutes 3 seconds', \
+                i % 7, 'sensor-' || (i % 7), (i % 113) / 8.0, 'celsius', (i % 1000) / 100.0, jsonb_build_object('i', i, 'ü', 'ß') \
+         FROM generate_series(0, 5999) AS i; \
+         CREATE TABLE before_rows AS SELECT * FROM sensor_readings;",
+    )
+    .await
+    .expect("data");
+    db
+}
+
+async fn days_10_to_12_equal_the_originals_and_are_never_archived_twice(kind: Cat) {
+    let s = services!();
+    let db = sensor_db(&s, "restore").await;
+    let fx = Fx::new(&s, db, kind, "sensor_readings", "recorded_at", "5d").await;
+    let c = fx.db.client().await;
+    let out = fx.archive();
+    assert_eq!(out[0]["batches"].as_array().map(Vec::len), Some(30));
+    assert_eq!(count(&c, "sensor_readings", "true").await, 0);
+
+    // Stage days 10–12: every row equals the original row.
+    let out = fx.restore("sensor_readings", 10, 13, &["--into", "staged"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(r["valid"], true, "{r}");
+    assert_eq!(r["action"], "staged");
+    assert_eq!(r["rows"], 600);
+    assert_eq!(r["files"], 3, "only the three days' files are read");
+    let batches = r["batches"].as_array().expect("batches");
+    assert_eq!(batches.len(), 3);
+    assert!(batches.iter().all(|b| b["status"] == "match"), "{r}");
+    assert_eq!(check(&r, "content")["ok"], true);
+    let range = fx.range("recorded_at", 10, 13);
+    let want = rows(&c, "before_rows", &range, "id").await;
+    assert_eq!(want.len(), 600);
+    assert_eq!(rows(&c, "staged", "true", "id").await, want);
+    let types: Vec<String> = c
+        .query(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'staged'::regclass AND attnum > 0 ORDER BY attnum",
+            &[],
+        )
+        .await
+        .expect("types")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "bigint",
+            "timestamp with time zone",
+            "integer",
+            "text",
+            "double precision",
+            "character varying(16)",
+            "numeric(5,2)",
+            "jsonb"
+        ]
+    );
+
+    // Merge them back into the source; the next archive run settles them
+    // without appending them again.
+    let snaps_before = fx
+        .run(&["snapshots", "-t", "sensor_readings", "--json"])
+        .json();
+    let out = fx.restore("sensor_readings", 10, 13, &["--merge"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(
+        (r["action"].clone(), r["inserted"].clone()),
+        ("merged".into(), 600.into())
+    );
+    assert_eq!(r["staging_kept"], false);
+    assert_eq!(rows(&c, "sensor_readings", "true", "id").await, want);
+    let again = fx.archive();
+    assert_eq!(again[0]["batches"], Value::Array(vec![]), "{again}");
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        0,
+        "settled and deleted"
+    );
+    let snaps_after = fx
+        .run(&["snapshots", "-t", "sensor_readings", "--json"])
+        .json();
+    assert_eq!(snaps_after, snaps_before, "nothing appended to the archive");
+    // Every original row is in the archive exactly once.
+    let (from, to) = (rfc3339(fx.day0), rfc3339(fx.day0 + 30 * DAY));
+    let all = fx.run(&[
+        "fetch",
+        "-t",
+        "sensor_readings",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--format",
+        "jsonl",
+        "--columns",
+        "id",
+    ]);
+    assert_eq!(all.code, 0, "{}", all.stderr);
+    let mut ids: Vec<i64> = all
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("jsonl")["id"]
+                .as_i64()
+                .expect("id")
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=6000).collect::<Vec<i64>>());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_days_into_staging_rest_catalog() {
+    days_10_to_12_equal_the_originals_and_are_never_archived_twice(Cat::Rest).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_days_into_staging_sql_catalog() {
+    days_10_to_12_equal_the_originals_and_are_never_archived_twice(Cat::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_time_travels_to_the_first_batch() {
+    let s = services!();
+    let db = sensor_db(&s, "restore_tt").await;
+    let c = db.client().await;
+    // One day only, archived; then late rows in the same day, archived again.
+    c.batch_execute(
+        "DELETE FROM sensor_readings WHERE recorded_at >= date_trunc('day', now()) - interval '39 days'; \
+         DELETE FROM before_rows WHERE recorded_at >= date_trunc('day', now()) - interval '39 days';",
+    )
+    .await
+    .expect("one day");
+    let fx = Fx::new(&s, db, Cat::Sqlite, "sensor_readings", "recorded_at", "5d").await;
+    fx.archive();
+    c.batch_execute(
+        "INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit) \
+         SELECT date_trunc('day', now()) - interval '40 days' + i * interval '1 minute', 99, 'late', i, 'celsius' \
+         FROM generate_series(1, 50) AS i",
+    )
+    .await
+    .expect("late rows");
+    fx.archive();
+    let snaps = fx
+        .run(&["snapshots", "-t", "sensor_readings", "--json"])
+        .json();
+    let snaps = snaps.as_array().expect("snapshots");
+    assert_eq!(snaps.len(), 2);
+    let first = snaps[1]["snapshot_id"].to_string();
+    let out = fx.restore(
+        "sensor_readings",
+        0,
+        1,
+        &["--snapshot", &first, "--into", "first_only"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(r["rows"], 200, "{r}");
+    assert_eq!(r["batches"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        rows(&c, "first_only", "true", "id").await,
+        rows(&c, "before_rows", "true", "id").await
+    );
+    let out = fx.restore("sensor_readings", 0, 1, &["--into", "current"]);
+    assert_eq!(out.json()["rows"], 250);
+    assert_eq!(count(&c, "current", "sensor_id = 99").await, 50);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_into_a_range_partitioned_table() {
+    let s = services!();
+    let db = TestDb::create(&s, "restore_attach").await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE events (id bigint NOT NULL, ts timestamptz NOT NULL, v double precision CHECK (v >= 0), note text, \
+                              PRIMARY KEY (id, ts)) PARTITION BY RANGE (ts); \
+         DO $$ DECLARE d date; BEGIN \
+           FOR k IN 0..4 LOOP \
+             d := (date_trunc('day', now()) - interval '40 days')::date + k; \
+             EXECUTE format('CREATE TABLE events_%s PARTITION OF events FOR VALUES FROM (%L) TO (%L)', \
+                            to_char(d, 'YYYYMMDD'), d::timestamptz, (d + 1)::timestamptz); \
+           END LOOP; END $$; \
+         INSERT INTO events SELECT i, date_trunc('day', now()) - interval '40 days' + i * interval '17 minutes', i % 50, 'n' || i \
+         FROM generate_series(0, 400) AS i; \
+         CREATE TABLE before_rows AS SELECT * FROM events;",
+    )
+    .await
+    .expect("partitioned table");
+    let fx = Fx::new(&s, db, Cat::Sqlite, "events", "ts", "5d").await;
+    fx.archive();
+    assert_eq!(count(&c, "events", "true").await, 0);
+    let range = fx.range("ts", 2, 3);
+    let want = rows(&c, "before_rows", &range, "id").await;
+    assert!(want.len() > 50);
+
+    // The empty partition of day 2 is still attached: refused, nothing attached.
+    let out = fx.restore("events", 2, 3, &["--attach", "--into", "events_day2"]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(check(&r, "overlap")["ok"], false, "{r}");
+    assert_eq!(r["action"], "none");
+    assert_eq!(count(&c, "events", "true").await, 0);
+    assert_eq!(
+        count(&c, "events_day2", "true").await,
+        want.len() as i64,
+        "kept for inspection"
+    );
+    c.batch_execute("DROP TABLE events_day2")
+        .await
+        .expect("drop");
+
+    // Replacing it: the empty partition is dropped, the staging table attached.
+    let out = fx.restore(
+        "events",
+        2,
+        3,
+        &["--attach", "--replace-partition", "--into", "events_day2"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(r["action"], "attached", "{r}");
+    assert_eq!(r["constraint_validated_before_attach"], true);
+    assert_eq!(
+        r["replaced_partition"],
+        Value::Null,
+        "the old partition was empty"
+    );
+    let parent: String = c
+        .query_one(
+            "SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = 'events_day2'::regclass",
+            &[],
+        )
+        .await
+        .expect("attached")
+        .get(0);
+    assert_eq!(parent, "events");
+    let validated: bool = c
+        .query_one(
+            "SELECT convalidated FROM pg_constraint WHERE conrelid = 'events_day2'::regclass AND conname = 'events_day2_range'",
+            &[],
+        )
+        .await
+        .expect("range constraint")
+        .get(0);
+    assert!(validated);
+    assert_eq!(rows(&c, "events", &range, "id").await, want);
+    assert_eq!(count(&c, "events", "true").await, want.len() as i64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn merge_policies_and_validation_failures() {
+    let s = services!();
+    let db = sensor_db(&s, "restore_merge").await;
+    let c = db.client().await;
+    c.batch_execute(
+        "DELETE FROM sensor_readings WHERE recorded_at >= date_trunc('day', now()) - interval '38 days'; \
+         DELETE FROM before_rows WHERE recorded_at >= date_trunc('day', now()) - interval '38 days';",
+    )
+    .await
+    .expect("two days");
+    let fx = Fx::new(&s, db, Cat::Sqlite, "sensor_readings", "recorded_at", "5d").await;
+    fx.archive();
+    let want = rows(&c, "before_rows", "true", "id").await;
+    assert_eq!(want.len(), 400);
+    // A plain target holding 10 of the rows, changed.
+    let reset = "DROP TABLE IF EXISTS merged; CREATE TABLE merged (LIKE sensor_readings INCLUDING ALL); \
+                 INSERT INTO merged SELECT * FROM before_rows WHERE id <= 10; UPDATE merged SET value = -1;";
+    c.batch_execute(reset).await.expect("target");
+    let merge = |policy: &str, into: &str| {
+        fx.restore(
+            "sensor_readings",
+            0,
+            2,
+            &[
+                "--target",
+                "merged",
+                "--merge",
+                "--on-conflict",
+                policy,
+                "--into",
+                into,
+            ],
+        )
+    };
+
+    // error: the overlap fails validation; nothing merged, staging kept.
+    let out = merge("error", "st_error");
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    let r = out.json();
+    let ov = check(&r, "overlap");
+    assert_eq!(ov["ok"], false);
+    assert!(
+        ov["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("10 staged row(s)")),
+        "{ov}"
+    );
+    assert_eq!(count(&c, "merged", "true").await, 10);
+    assert_eq!(count(&c, "st_error", "true").await, 400);
+
+    // skip: the 10 changed rows stay as they are.
+    let out = merge("skip", "st_skip");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(
+        (
+            r["inserted"].clone(),
+            r["updated"].clone(),
+            r["skipped"].clone()
+        ),
+        (390.into(), 0.into(), 10.into())
+    );
+    assert_eq!(count(&c, "merged", "value = -1").await, 10);
+    assert_eq!(count(&c, "merged", "true").await, 400);
+    assert_eq!(
+        count(&c, "pg_class", "relname = 'st_skip'").await,
+        0,
+        "staging dropped"
+    );
+
+    // update: the 10 changed rows get the archived values back.
+    c.batch_execute(reset).await.expect("target");
+    let out = merge("update", "st_update");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(
+        (r["inserted"].clone(), r["updated"].clone()),
+        (390.into(), 10.into())
+    );
+    assert_eq!(rows(&c, "merged", "true", "id").await, want);
+
+    // Validation failures: nothing merged.
+    c.batch_execute(
+        "CREATE TABLE t_type (LIKE sensor_readings); ALTER TABLE t_type ALTER COLUMN sensor_id TYPE bigint; \
+         CREATE TABLE t_nn (LIKE sensor_readings); ALTER TABLE t_nn ADD COLUMN site text NOT NULL;",
+    )
+    .await
+    .expect("bad targets");
+    for (target, needle) in [
+        ("t_type", "`sensor_id` is bigint in the target but integer"),
+        ("t_nn", "`site` is NOT NULL"),
+    ] {
+        let out = fx.restore(
+            "sensor_readings",
+            0,
+            2,
+            &[
+                "--target",
+                target,
+                "--merge",
+                "--into",
+                &format!("st_{target}"),
+            ],
+        );
+        assert_eq!(out.code, 5, "{target}: {}", out.stderr);
+        let r = out.json();
+        let schema = check(&r, "schema");
+        assert_eq!(schema["ok"], false, "{r}");
+        assert!(
+            schema["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(needle)),
+            "{schema}"
+        );
+        assert_eq!(count(&c, target, "true").await, 0);
+        assert!(
+            out.stderr.contains("restore validation failed"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn type_zoo_restores_value_for_value() {
+    let s = services!();
+    let db = TestDb::create(&s, "restore_zoo").await;
+    let c = db.client().await;
+    c.batch_execute(include_str!("../sql/type_zoo.sql"))
+        .await
+        .expect("zoo");
+    c.batch_execute("CREATE TABLE zoo_before AS SELECT * FROM zoo")
+        .await
+        .expect("copy");
+    let fx = Fx::new(&s, db, Cat::Sqlite, "zoo", "ts", "1d").await;
+    fx.archive();
+    assert_eq!(count(&c, "zoo", "true").await, 0);
+    let out = fx.run(&[
+        "restore",
+        "-t",
+        "zoo",
+        "--from",
+        "1900-01-01",
+        "--to",
+        "2100-01-01",
+        "--into",
+        "zoo_back",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(r["valid"], true, "{r}");
+    assert_eq!(r["rows"], 4);
+    assert_eq!(
+        rows(&c, "zoo_back", "true", "id").await,
+        rows(&c, "zoo_before", "true", "id").await
+    );
+    // Merged back into the source, the rows are exactly the originals.
+    let out = fx.run(&[
+        "restore",
+        "-t",
+        "zoo",
+        "--from",
+        "1900-01-01",
+        "--to",
+        "2100-01-01",
+        "--merge",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        rows(&c, "zoo", "true", "id").await,
+        rows(&c, "zoo_before", "true", "id").await
+    );
+}
