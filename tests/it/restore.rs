@@ -187,6 +187,24 @@ async fn days_10_to_12_equal_the_originals_and_are_never_archived_twice(kind: Ca
     );
     assert_eq!(r["staging_kept"], false);
     assert_eq!(rows(&c, "sensor_readings", "true", "id").await, want);
+    // `list` and `status` agree with each other and with Postgres: the three
+    // restored windows are pending again, with their rows in Postgres.
+    let list = fx.run(&["list", "--json"]).json();
+    let status = fx.run(&["status", "--json"]).json();
+    let lines = list.as_array().expect("list");
+    let pending: Vec<&Value> = lines.iter().filter(|l| l["state"] == "pending").collect();
+    assert_eq!(pending.len(), 3, "{list}");
+    assert!(
+        pending.iter().all(|l| l["rows_in_postgres"] == 200),
+        "{list}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l["state"] == "archived").count(),
+        27
+    );
+    assert_eq!(status[0]["windows_pending"], 3, "{status}");
+    assert_eq!(status[0]["windows_archived"], 27, "{status}");
+    assert_eq!(status[0]["rows_pending"], 600, "{status}");
     let again = fx.archive();
     assert_eq!(again[0]["batches"], Value::Array(vec![]), "{again}");
     assert_eq!(
