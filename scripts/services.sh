@@ -125,6 +125,27 @@ start_seaweed() {
   return 1
 }
 
+# moto (`moto_server`): the AWS Glue API on a free loopback port.  It takes
+# any credentials and region (us-east-1 here); S3 stays on SeaweedFS.
+start_moto() {
+  local dir="$1/moto" port
+  mkdir -p "$dir"
+  port="$(free_ports 1)"
+  "$PF_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
+  PF_MOTO_PID=$!
+  export PERMAFROST_TEST_GLUE_URI="http://127.0.0.1:$port"
+  for _ in $(seq 1 120); do
+    if ! kill -0 "$PF_MOTO_PID" 2>/dev/null; then log "moto exited:"; tail -30 "$dir/moto.log" >&2; return 1; fi
+    if "$PF_VENV/bin/python" -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('$PERMAFROST_TEST_GLUE_URI/moto-api/data.json', timeout=2).status == 200 else 1)" 2>/dev/null; then
+      log "moto (glue): $PERMAFROST_TEST_GLUE_URI"
+      return 0
+    fi
+    sleep 0.5
+  done
+  log "moto did not become ready; log:"; tail -30 "$dir/moto.log" >&2
+  return 1
+}
+
 services_start() {
   PF_RUN_DIR="$1"
   mkdir -p "$PF_RUN_DIR"
@@ -132,9 +153,13 @@ services_start() {
   export PERMAFROST_TEST_PYTHON="$PF_VENV/bin/python"
   start_postgres "$PF_RUN_DIR"
   start_seaweed "$PF_RUN_DIR"
+  start_moto "$PF_RUN_DIR"
 }
 
 services_stop() {
+  if [ -n "${PF_MOTO_PID:-}" ]; then
+    kill "$PF_MOTO_PID" 2>/dev/null; wait "$PF_MOTO_PID" 2>/dev/null; PF_MOTO_PID=""
+  fi
   if [ -n "${PF_WEED_PID:-}" ]; then
     kill "$PF_WEED_PID" 2>/dev/null; wait "$PF_WEED_PID" 2>/dev/null; PF_WEED_PID=""
   fi

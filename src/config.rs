@@ -83,6 +83,7 @@ pub enum OnBusy {
 pub enum CatalogKind {
     Rest,
     Sql,
+    Glue,
 }
 
 /// The Iceberg catalog; `properties` go to iceberg-rust unchanged.
@@ -143,6 +144,7 @@ impl CatalogConfig {
         let kind = match self.kind {
             CatalogKind::Rest => "rest",
             CatalogKind::Sql => "sql",
+            CatalogKind::Glue => "glue",
         };
         let uri = self
             .properties
@@ -502,20 +504,16 @@ fn parse_catalog(map: BTreeMap<String, serde_norway::Value>) -> Result<CatalogCo
     let kind = match kind.as_deref() {
         Some("rest") => CatalogKind::Rest,
         Some("sql") => CatalogKind::Sql,
-        Some("glue") => {
-            return Err(Error::config("`catalog.type: glue` is not supported yet")
-                .with_hint("use `rest` or `sql`; Glue support is tracked in issue 7"));
-        }
+        Some("glue") => CatalogKind::Glue,
         Some(other) => {
             return Err(
                 Error::config(format!("`catalog.type`: unknown catalog type `{other}`"))
-                    .with_hint("expected one of: rest, sql"),
+                    .with_hint("expected one of: rest, sql, glue"),
             );
         }
         None => {
-            return Err(
-                Error::config("`catalog.type` is missing").with_hint("expected one of: rest, sql")
-            );
+            return Err(Error::config("`catalog.type` is missing")
+                .with_hint("expected one of: rest, sql, glue"));
         }
     };
     let name = name.unwrap_or_else(|| "permafrost".into());
@@ -523,10 +521,23 @@ fn parse_catalog(map: BTreeMap<String, serde_norway::Value>) -> Result<CatalogCo
         return Err(Error::config("`catalog.name` is empty"));
     }
     if !properties.contains_key("uri") {
-        return Err(Error::config("`catalog.uri` is missing").with_hint(match kind {
-            CatalogKind::Rest => "the REST catalog's base URL, e.g. http://localhost:8181",
-            CatalogKind::Sql => "a sqlx URL, e.g. sqlite:///var/lib/permafrost/catalog.db?mode=rwc or postgresql://…",
-        }));
+        match kind {
+            CatalogKind::Rest => {
+                return Err(Error::config("`catalog.uri` is missing")
+                    .with_hint("the REST catalog's base URL, e.g. http://localhost:8181"));
+            }
+            CatalogKind::Sql => {
+                return Err(Error::config("`catalog.uri` is missing").with_hint(
+                    "a sqlx URL, e.g. sqlite:///var/lib/permafrost/catalog.db?mode=rwc or postgresql://…",
+                ));
+            }
+            // Glue: the AWS endpoint of the region unless `uri` names another.
+            CatalogKind::Glue => {}
+        }
+    }
+    if kind == CatalogKind::Glue && !properties.contains_key("warehouse") {
+        return Err(Error::config("`catalog.warehouse` is missing")
+            .with_hint("where new tables go, e.g. s3://my-bucket/archive"));
     }
     if kind == CatalogKind::Sql {
         if !properties.contains_key("warehouse") {
@@ -661,6 +672,7 @@ pub fn is_secret_property(key: &str) -> bool {
         || k == "token"
         || k.ends_with("secret-access-key")
         || k.ends_with("session-token")
+        || k.ends_with("session_token")
         || k.ends_with("password")
         || k.contains("secret")
 }

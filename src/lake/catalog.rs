@@ -17,6 +17,11 @@ pub async fn open_catalog(cfg: &CatalogConfig) -> Result<Arc<dyn Catalog>> {
     let props: HashMap<String, String> = cfg.properties.clone().into_iter().collect();
     let factory = Arc::new(OpenDalResolvingStorageFactory::new());
     let catalog: Arc<dyn Catalog> = match cfg.kind {
+        CatalogKind::Glue => Arc::new(
+            super::glue::GlueCatalog::new(cfg.name.clone(), props, factory)
+                .await
+                .map_err(|e| Error::iceberg(format!("cannot open the {}", cfg.describe()), e))?,
+        ),
         CatalogKind::Rest => Arc::new(
             RestCatalogBuilder::default()
                 .with_storage_factory(factory)

@@ -41,7 +41,35 @@ pub async fn commit(
     match cfg.kind {
         CatalogKind::Sql => commit_sql(cfg, table, updates).await,
         CatalogKind::Rest => commit_rest(cfg, table, requirements, updates).await,
+        CatalogKind::Glue => commit_glue(cfg, table, updates).await,
     }
+}
+
+async fn commit_glue(cfg: &CatalogConfig, table: &Table, updates: Vec<TableUpdate>) -> Result<()> {
+    let current = table
+        .metadata_location()
+        .ok_or_else(|| Error::internal("the table has no metadata location"))?
+        .to_string();
+    let mut builder = table.metadata().clone().into_builder(Some(current.clone()));
+    for u in updates {
+        builder = u
+            .apply(builder)
+            .map_err(|e| ice("cannot apply the schema update", e))?;
+    }
+    let metadata = builder
+        .build()
+        .map_err(|e| ice("cannot build the new metadata", e))?
+        .metadata;
+    let props: HashMap<String, String> = cfg.properties.clone().into_iter().collect();
+    let factory =
+        std::sync::Arc::new(iceberg_storage_opendal::OpenDalResolvingStorageFactory::new());
+    let glue = super::glue::GlueCatalog::new(cfg.name.clone(), props, factory)
+        .await
+        .map_err(|e| ice("cannot open the Glue catalog", e))?;
+    glue.swap(table.identifier(), &current, metadata)
+        .await
+        .map_err(|e| ice("cannot commit the schema update", e))?;
+    Ok(())
 }
 
 async fn commit_sql(cfg: &CatalogConfig, table: &Table, updates: Vec<TableUpdate>) -> Result<()> {

@@ -21,6 +21,8 @@ pub struct Services {
     pub key: String,
     pub secret: String,
     pub python: String,
+    /// The AWS Glue API (moto server).
+    pub glue: String,
 }
 
 /// The services, or `None` when the environment does not name them (plain
@@ -35,6 +37,7 @@ pub fn services() -> Option<Services> {
             key: get("PERMAFROST_TEST_S3_KEY")?,
             secret: get("PERMAFROST_TEST_S3_SECRET")?,
             python: get("PERMAFROST_TEST_PYTHON")?,
+            glue: get("PERMAFROST_TEST_GLUE_URI")?,
         })
     })();
     if s.is_none() && get("PERMAFROST_TEST_REQUIRE").is_some() {
@@ -185,6 +188,8 @@ pub enum Cat {
     Sqlite,
     Postgres,
     Rest,
+    /// AWS Glue (moto) with S3 on SeaweedFS.
+    Glue,
 }
 
 /// A catalog set up for one test.
@@ -232,6 +237,24 @@ impl CatalogSetup {
                 }
             }
             Cat::Rest => Self::rest_at(s, &s.rest, &s.s3, namespace),
+            Cat::Glue => {
+                let warehouse = format!("s3://archive/{}", unique("glue"));
+                Self {
+                    kind,
+                    yaml: format!(
+                        "catalog:\n  type: glue\n  name: glue\n  uri: \"{}\"\n  warehouse: \"{warehouse}\"\n  region_name: us-east-1\n  aws_access_key_id: \"${{TEST_S3_KEY}}\"\n  aws_secret_access_key: \"${{TEST_S3_SECRET}}\"\n  s3.endpoint: \"{}\"\n  s3.path-style-access: true\n",
+                        s.glue, s.s3
+                    ),
+                    py_name: "glue".into(),
+                    py_props: serde_json::json!({
+                        "type": "glue", "glue.endpoint": s.glue, "glue.region": "us-east-1",
+                        "glue.access-key-id": s.key, "glue.secret-access-key": s.secret,
+                        "s3.endpoint": s.s3, "s3.access-key-id": s.key, "s3.secret-access-key": s.secret,
+                        "s3.region": "us-east-1"
+                    }),
+                    namespace,
+                }
+            }
         }
     }
 

@@ -219,3 +219,8 @@ async fn schema_evolves_across_runs_rest_catalog() {
 async fn schema_evolves_across_runs_sql_catalog() {
     evolve_across_runs(Cat::Sqlite).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schema_evolves_across_runs_glue_catalog() {
+    evolve_across_runs(Cat::Glue).await;
+}

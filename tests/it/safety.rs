@@ -713,6 +713,11 @@ async fn commit_conflicts_with_another_writer_sql() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn commit_conflicts_with_another_writer_glue() {
+    commit_conflict(Cat::Glue).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_held_lock_makes_archive_skip_or_wait() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Sqlite, 200, 2, "", "").await;
