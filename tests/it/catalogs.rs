@@ -69,6 +69,53 @@ async fn rest_catalog_example() {
     exercise("catalogs/rest.yaml", env, &s).await;
 }
 
+/// The REST catalog with a bearer token from the catalog's OAuth2 endpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn rest_catalog_with_a_bearer_token_example() {
+    let s = services!();
+    let resp: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/v1/oauth/tokens", s.rest))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", s.key.as_str()),
+            ("client_secret", s.secret.as_str()),
+            ("scope", "catalog"),
+        ])
+        .send()
+        .await
+        .expect("token request")
+        .json()
+        .await
+        .expect("token json");
+    let token = resp["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string();
+    let env = vec![
+        ("ICEBERG_REST_URI".into(), s.rest.clone()),
+        ("ICEBERG_REST_TOKEN".into(), token.clone()),
+        ("S3_ENDPOINT".into(), s.s3.clone()),
+        ("AWS_ACCESS_KEY_ID".into(), s.key.clone()),
+        ("AWS_SECRET_ACCESS_KEY".into(), s.secret.clone()),
+    ];
+    let (_, _, ws, _, env) = exercise("catalogs/rest-token.yaml", env, &s).await;
+    // A wrong token is refused with a clear error, and is never printed.
+    let mut bad: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    bad.retain(|(k, _)| *k != "ICEBERG_REST_TOKEN");
+    bad.push(("ICEBERG_REST_TOKEN", "not-a-valid-token-123"));
+    let cfg = repo("catalogs/rest-token.yaml")
+        .to_string_lossy()
+        .to_string();
+    let out = ws.run_env(&["check", "-c", &cfg], &bad);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(
+        !out.stderr.contains("not-a-valid-token-123"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(&token), "{}", out.stderr);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sql_sqlite_catalog_example() {
     let s = services!();
