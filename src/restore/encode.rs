@@ -360,13 +360,13 @@ mod tests {
         assert_eq!(num(1, 5), (1, -2, 0, 5, vec![1000]));
         // 10000 = [1] weight 1 (trailing zero group dropped)
         assert_eq!(num(10_000, 0), (1, 1, 0, 0, vec![1]));
-        // 38 nines
+        // 38 nines, scale 10: 28 integer digits (7 groups), 10 fraction
+        // digits padded to 12 (the last group 9900).
         let max = 10i128.pow(38) - 1;
         let (n, w, _, s, d) = num(max, 10);
-        assert_eq!((s, w), (10, 6));
-        assert_eq!(n as usize, d.len());
-        assert_eq!(d[0], 99);
-        assert!(d[1..].iter().all(|g| *g == 9999), "{d:?}");
+        assert_eq!((s, w, n), (10, 6, 10));
+        assert!(d[..9].iter().all(|g| *g == 9999), "{d:?}");
+        assert_eq!(d[9], 9900);
     }
 
     #[test]
