@@ -143,6 +143,7 @@ fn check_interop(
         "duckdb_rest": cat.duckdb_rest(s),
     });
     let res = interop(s, &req);
+    assert_engine_ready(spec.table, &res["pyiceberg"]["engine"]);
     for who in ["pyiceberg", "duckdb"] {
         let r = &res[who];
         assert_eq!(

@@ -294,6 +294,27 @@ impl CatalogSetup {
     }
 }
 
+/// Asserts PyIceberg's `engine` report (tests/py/interop.py): format v2,
+/// summary totals, field ids in every data file, microsecond timestamps with
+/// the right UTC flag, partition values and time bounds in every entry.
+pub fn assert_engine_ready(what: &str, eng: &Value) {
+    assert_eq!(eng["format_version"], 2, "{what}: {eng}");
+    assert!(eng["files"].as_u64().unwrap_or(0) > 0, "{what}: {eng}");
+    for k in [
+        "missing_field_ids",
+        "null_partitions",
+        "missing_bounds",
+        "summaries_without_totals",
+    ] {
+        assert_eq!(eng[k], 0, "{what}: {k}: {eng}");
+    }
+    assert_eq!(
+        eng["timestamp_issues"],
+        serde_json::json!([]),
+        "{what}: {eng}"
+    );
+}
+
 /// Runs `tests/py/interop.py` with `request`; returns its JSON answer.
 pub fn interop(s: &Services, request: &Value) -> Value {
     let dir = tempfile::tempdir().expect("tempdir");

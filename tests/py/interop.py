@@ -61,6 +61,50 @@ def aggregates(tbl, time_col, unit, sum_cols):
     return out
 
 
+def field_ids_missing(field):
+    """Fields (nested ones included) without a PARQUET:field_id."""
+    n = 0 if field.metadata and b"PARQUET:field_id" in field.metadata else 1
+    t = field.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        n += field_ids_missing(t.value_field)
+    elif pa.types.is_struct(t):
+        n += sum(field_ids_missing(t.field(i)) for i in range(t.num_fields))
+    return n
+
+
+def engine_ready(t, time_col):
+    """What every engine relies on: format v2, standard summary totals, field
+    ids in every data file, microsecond timestamps with the right UTC flag,
+    partition values and time-column bounds in every manifest entry."""
+    import pyarrow.parquet as pq
+
+    schema = t.schema()
+    time_id = schema.find_field(time_col).field_id
+    eng = {"format_version": t.metadata.format_version, "files": 0, "missing_field_ids": 0,
+           "timestamp_issues": [], "null_partitions": 0, "missing_bounds": 0,
+           "summaries_without_totals": 0}
+    for s in t.snapshots():
+        props = s.summary.additional_properties
+        if not all(k in props for k in ("total-records", "total-data-files", "added-records")):
+            eng["summaries_without_totals"] += 1
+    for task in t.scan().plan_files():
+        df = task.file
+        eng["files"] += 1
+        if any(df.partition[i] is None for i in range(len(df.partition))):
+            eng["null_partitions"] += 1
+        if time_id not in (df.lower_bounds or {}) or time_id not in (df.upper_bounds or {}):
+            eng["missing_bounds"] += 1
+        with t.io.new_input(df.file_path).open() as f:
+            sch = pq.read_schema(f)
+        for field in sch:
+            eng["missing_field_ids"] += field_ids_missing(field)
+            if pa.types.is_timestamp(field.type):
+                want_tz = str(schema.find_field(field.name).field_type) == "timestamptz"
+                if field.type.unit != "us" or (field.type.tz is not None) != want_tz:
+                    eng["timestamp_issues"].append(f"{field.name}: {field.type}")
+    return eng
+
+
 def main():
     req = json.load(open(sys.argv[1]))
     cat = load_catalog(req["catalog_name"], **req["catalog"])
@@ -88,6 +132,7 @@ def main():
     p["current_snapshot"] = None if cur is None else {
         "snapshot_id": cur.snapshot_id, "summary": dict(cur.summary.additional_properties)}
     p["windows"] = aggregates(arrow, time_col, req["unit"], req["sum_columns"])
+    p["engine"] = engine_ready(t, time_col)
     key = req.get("key_column")
     keys = set(req.get("sample_keys", []))
     if key:
