@@ -465,6 +465,29 @@ pub(crate) async fn against_target(
     } else {
         format!("by primary key ({})", pk.join(", "))
     };
+    if attach {
+        let key: Option<String> = client
+            .query_one("SELECT pg_get_partkeydef($1::text::regclass)", &[&target])
+            .await
+            .map_err(pg("cannot read the target's partition key"))?
+            .get(0);
+        let want = [
+            format!("RANGE ({ts})"),
+            format!("RANGE ({})", quote_ident(ts)),
+        ];
+        let ok = key.as_deref().is_some_and(|k| want.iter().any(|w| w == k));
+        checks.push(Check {
+            name: "partitioning".into(),
+            ok,
+            detail: match key {
+                Some(k) if ok => format!("{target} is partitioned by {k}"),
+                Some(k) => {
+                    format!("{target} is partitioned by {k}, not by RANGE ({ts}); use --merge")
+                }
+                None => format!("{target} is not a partitioned table; use --merge"),
+            },
+        });
+    }
     let overlap_check = match apply_how {
         Apply::Attach { replace } => {
             let parts = apply::overlapping_partitions(client, target, kind, range).await?;

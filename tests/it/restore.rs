@@ -465,6 +465,18 @@ async fn merge_policies_and_validation_failures() {
     );
     assert_eq!(rows(&c, "merged", "true", "id").await, want);
 
+    // --attach into a plain table: reported, nothing attached, staging kept.
+    let out = fx.restore(
+        "sensor_readings",
+        0,
+        2,
+        &["--target", "merged", "--attach", "--into", "st_attach"],
+    );
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(check(&r, "partitioning")["ok"], false, "{r}");
+    assert_eq!(count(&c, "st_attach", "true").await, 400);
+
     // Validation failures: nothing merged.
     c.batch_execute(
         "CREATE TABLE t_type (LIKE sensor_readings); ALTER TABLE t_type ALTER COLUMN sensor_id TYPE bigint; \
