@@ -592,8 +592,22 @@ async fn run_batch(
     let range = planned.range;
     let pred = windows::range_predicate(src, &range);
     let cols = ctx.table.select_list();
+    // Whole partitions that tile the range are exported under a write lock
+    // and dropped after verification, instead of having their rows deleted.
+    let drop_parts = if mode == BatchMode::Move
+        && limit.is_none()
+        && ctx.cfg.drop_partitions
+        && src.filter_sql.is_none()
+    {
+        crate::source::partitions::tiling(ctx.client, src, &range).await?
+    } else {
+        None
+    };
     let query = match (mode, limit) {
         (BatchMode::Copy, _) => format!("SELECT {cols} FROM {} WHERE {pred}", src.qualified()),
+        (BatchMode::Move, None) if drop_parts.is_some() => {
+            format!("SELECT {cols} FROM {} WHERE {pred}", src.qualified())
+        }
         (BatchMode::Move, None) => format!(
             "DELETE FROM {} WHERE {pred} RETURNING {cols}",
             src.qualified()
@@ -633,6 +647,16 @@ async fn run_batch(
         ),
         BatchMode::Copy => None,
     };
+    if let Some(parts) = &drop_parts {
+        // EXCLUSIVE: reads go on, writes to these partitions wait for us.
+        let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+        tx.batch_execute(&format!(
+            "LOCK TABLE {} IN EXCLUSIVE MODE",
+            names.join(", ")
+        ))
+        .await
+        .map_err(|e| Error::postgres("cannot lock the partitions to archive", e))?;
+    }
 
     // Extract on its own task (decode + hash) while this task writes Parquet.
     let sql = format!("COPY ({query}) TO STDOUT (FORMAT binary)");
@@ -754,6 +778,13 @@ async fn run_batch(
     // this part does not settle; a copy never settles anything).  When open
     // batches are settled, even an empty part is recorded, as a marker.
     if written == 0 && (mode == BatchMode::Copy || reconciles.is_empty()) {
+        if let Some(parts) = drop_parts.as_ref().filter(|_| streamed > 0) {
+            // Every row was already archived: the partitions can go.
+            let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+            tx.batch_execute(&format!("DROP TABLE {}", names.join(", ")))
+                .await
+                .map_err(|e| Error::postgres("cannot drop the archived partitions", e))?;
+        }
         let end = if mode == BatchMode::Move && streamed > 0 {
             tx.commit().await
         } else {
@@ -810,6 +841,19 @@ async fn run_batch(
         ));
     }
     fault::point("after-verify");
+    if let Some(parts) = &drop_parts {
+        let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+        tx.batch_execute(&format!("DROP TABLE {}", names.join(", ")))
+            .await
+            .map_err(|e| {
+                Error::postgres("cannot drop the archived partitions (the batch is archived; the next run settles it)", e)
+            })?;
+        tracing::info!(
+            "{}: dropping partition(s) {} of batch {batch_id}",
+            ctx.cfg.source_name(),
+            names.join(", ")
+        );
+    }
     tx.commit()
         .await
         .map_err(|e| Error::postgres("cannot commit the Postgres transaction (the batch is archived; the next run settles it)", e))?;

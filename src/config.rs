@@ -186,6 +186,11 @@ pub struct TableConfig {
     pub exclude_columns: Vec<String>,
     /// Columns archived in their Postgres text form (any type).
     pub text_columns: Vec<String>,
+    /// For a range-partitioned source: a batch whose range is exactly a run
+    /// of whole partitions exports them under a write lock and drops them
+    /// (in the batch transaction, after verification) instead of deleting
+    /// their rows.
+    pub drop_partitions: bool,
 }
 
 impl TableConfig {
@@ -279,6 +284,8 @@ struct RawTable {
     exclude_columns: Vec<String>,
     #[serde(default)]
     text_columns: Vec<String>,
+    #[serde(default)]
+    drop_partitions: bool,
 }
 
 fn default_schema() -> String {
@@ -662,6 +669,7 @@ fn parse_table(i: usize, t: RawTable, default_namespace: &str) -> Result<TableCo
         zstd_level,
         exclude_columns: t.exclude_columns,
         text_columns: t.text_columns,
+        drop_partitions: t.drop_partitions,
     })
 }
 

@@ -9,6 +9,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
 use crate::plan::window::{Window, rfc3339};
 use crate::source::introspect::TimeKind;
+use crate::source::partitions::bounds;
 
 /// A partition of the target whose bounds overlap the range.
 #[derive(Debug, Clone)]
@@ -16,22 +17,6 @@ pub struct Partition {
     pub name: String,
     /// Its bounds are exactly the range.
     pub exact: bool,
-}
-
-/// The `FROM (…) TO (…)` values of a range partition bound, `None` for
-/// MINVALUE/MAXVALUE; `None` overall for a default partition.
-fn bounds(expr: &str) -> Option<(Option<String>, Option<String>)> {
-    let from = expr.find("FROM (")? + 6;
-    let to_at = expr[from..].find(") TO (")? + from;
-    let to = to_at + 6;
-    let end = expr[to..].rfind(')')? + to;
-    let value = |s: &str| {
-        let s = s.trim();
-        s.strip_prefix('\'')
-            .and_then(|v| v.strip_suffix('\''))
-            .map(|v| v.replace("''", "'"))
-    };
-    Some((value(&expr[from..to_at]), value(&expr[to..end])))
 }
 
 /// The partitions of `target` whose range overlaps `range` (a default
@@ -368,26 +353,5 @@ pub async fn merge(
             let _ = client.batch_execute("ROLLBACK").await;
             Err(e)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partition_bounds() {
-        assert_eq!(
-            bounds("FOR VALUES FROM ('2024-01-01 00:00:00+00') TO ('2024-01-02 00:00:00+00')"),
-            Some((
-                Some("2024-01-01 00:00:00+00".into()),
-                Some("2024-01-02 00:00:00+00".into())
-            ))
-        );
-        assert_eq!(
-            bounds("FOR VALUES FROM (MINVALUE) TO ('2024-01-02')"),
-            Some((None, Some("2024-01-02".into())))
-        );
-        assert_eq!(bounds("DEFAULT"), None);
     }
 }

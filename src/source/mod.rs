@@ -3,6 +3,7 @@
 
 pub mod extract;
 pub mod introspect;
+pub mod partitions;
 pub mod tls;
 pub mod windows;
 
