@@ -75,10 +75,19 @@ where
     R: fmt::Debug + Send + Sync + 'static,
 {
     let code = e.code().unwrap_or("").to_string();
-    let message = e
-        .message()
-        .map(str::to_string)
-        .unwrap_or_else(|| aws_sdk_glue::error::DisplayErrorContext(&e).to_string());
+    let message = e.message().map(str::to_string).unwrap_or_else(|| {
+        // The causes, one line: "dispatch failure: … Connection refused".
+        let mut parts: Vec<String> = vec![e.to_string()];
+        let mut cur = std::error::Error::source(&e);
+        while let Some(c) = cur {
+            let m = c.to_string();
+            if !parts.iter().any(|p| p.contains(&m)) {
+                parts.push(m);
+            }
+            cur = c.source();
+        }
+        parts.join(": ")
+    });
     let kind = match code.as_str() {
         "EntityNotFoundException" => IceKind::TableNotFound,
         "AlreadyExistsException" => IceKind::TableAlreadyExists,
