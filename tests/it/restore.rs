@@ -592,34 +592,30 @@ async fn type_zoo_restores_value_for_value() {
     );
 }
 
-/// A range-partitioned source with `drop_partitions`: archived days leave as
-/// whole partitions (dropped after verification, in the batch transaction);
-/// a crash before the Postgres commit keeps them, and the next run settles
-/// the committed batch without archiving it twice; restore re-attaches a day.
-#[tokio::test(flavor = "multi_thread")]
-async fn partitioned_source_drops_whole_partitions_and_recovers() {
-    let s = services!();
-    let db = TestDb::create(&s, "restore_parts").await;
+const PARTITIONED: &str = "CREATE TABLE events (id bigint NOT NULL, ts timestamptz NOT NULL, v double precision, PRIMARY KEY (id, ts)) \
+         PARTITION BY RANGE (ts); \
+     DO $$ DECLARE d date; BEGIN \
+       FOR k IN 0..5 LOOP \
+         d := (date_trunc('day', now()) - interval '40 days')::date + k; \
+         EXECUTE format('CREATE TABLE events_%s PARTITION OF events FOR VALUES FROM (%L) TO (%L)', \
+                        to_char(d, 'YYYYMMDD'), d::timestamptz, (d + 1)::timestamptz); \
+       END LOOP; END $$; \
+     CREATE TABLE events_recent PARTITION OF events FOR VALUES FROM (date_trunc('day', now()) - interval '34 days') TO (MAXVALUE); \
+     INSERT INTO events SELECT i, date_trunc('day', now()) - interval '40 days' + i * interval '17 minutes', i % 50 \
+     FROM generate_series(0, 400) AS i; \
+     INSERT INTO events SELECT 1000 + i, now() - i * interval '1 hour', 1 FROM generate_series(0, 9) AS i; \
+     CREATE TABLE before_rows AS SELECT * FROM events;";
+
+/// Days 0–5 as partitions (rows in days 0–4), a recent partition with 10
+/// rows newer than the lag; `drop_partitions: true`.
+async fn partitioned_fixture(s: &Services, tag: &str) -> (Fx, tokio_postgres::Client) {
+    let db = TestDb::create(s, tag).await;
     let c = db.client().await;
-    c.batch_execute(
-        "CREATE TABLE events (id bigint NOT NULL, ts timestamptz NOT NULL, v double precision, PRIMARY KEY (id, ts)) \
-             PARTITION BY RANGE (ts); \
-         DO $$ DECLARE d date; BEGIN \
-           FOR k IN 0..5 LOOP \
-             d := (date_trunc('day', now()) - interval '40 days')::date + k; \
-             EXECUTE format('CREATE TABLE events_%s PARTITION OF events FOR VALUES FROM (%L) TO (%L)', \
-                            to_char(d, 'YYYYMMDD'), d::timestamptz, (d + 1)::timestamptz); \
-           END LOOP; END $$; \
-         CREATE TABLE events_recent PARTITION OF events FOR VALUES FROM (date_trunc('day', now()) - interval '34 days') TO (MAXVALUE); \
-         INSERT INTO events SELECT i, date_trunc('day', now()) - interval '40 days' + i * interval '17 minutes', i % 50 \
-         FROM generate_series(0, 400) AS i; \
-         INSERT INTO events SELECT 1000 + i, now() - i * interval '1 hour', 1 FROM generate_series(0, 9) AS i; \
-         CREATE TABLE before_rows AS SELECT * FROM events;",
-    )
-    .await
-    .expect("partitioned table");
+    c.batch_execute(PARTITIONED)
+        .await
+        .expect("partitioned table");
     let fx = Fx::with(
-        &s,
+        s,
         db,
         Cat::Sqlite,
         "events",
@@ -629,34 +625,22 @@ async fn partitioned_source_drops_whole_partitions_and_recovers() {
     )
     .await;
     assert_eq!(partitions(&c).await.len(), 7);
+    (fx, c)
+}
 
-    // Killed after verification, before the Postgres commit: nothing dropped.
-    let out = fx.archive_env(&[("PERMAFROST_FAULT", "after-verify")]);
-    assert_ne!(out.code, 0, "{}", out.stderr);
+/// Every archived id exactly once, the five archived days' partitions
+/// dropped, the recent rows still in Postgres.
+async fn assert_partitions_archived(fx: &Fx, c: &tokio_postgres::Client, what: &str) {
+    let left = partitions(c).await;
+    assert_eq!(left.len(), 2, "{what}: {left:?}");
     assert!(
-        out.stderr.contains("fault injected at `after-verify`"),
-        "{}",
-        out.stderr
+        left.contains(&"events_recent".to_string()),
+        "{what}: {left:?}"
     );
-    assert_eq!(partitions(&c).await.len(), 7);
-    assert_eq!(count(&c, "events", "true").await, 411);
-
-    // The next run settles that batch and archives the rest, dropping the
-    // five archived days' partitions.
-    let out = fx.archive_env(&[]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("dropping partition(s)"),
-        "{}",
-        out.stderr
-    );
-    let left = partitions(&c).await;
-    assert_eq!(left.len(), 2, "{left:?}");
-    assert!(left.contains(&"events_recent".to_string()), "{left:?}");
     assert_eq!(
-        count(&c, "events", "true").await,
+        count(c, "events", "true").await,
         10,
-        "only the recent rows remain"
+        "{what}: only the recent rows remain"
     );
     let (from, to) = (rfc3339(fx.day0), rfc3339(fx.day0 + 6 * DAY));
     let all = fx.run(&[
@@ -672,7 +656,7 @@ async fn partitioned_source_drops_whole_partitions_and_recovers() {
         "--columns",
         "id",
     ]);
-    assert_eq!(all.code, 0, "{}", all.stderr);
+    assert_eq!(all.code, 0, "{what}: {}", all.stderr);
     let mut ids: Vec<i64> = all
         .stdout
         .lines()
@@ -686,10 +670,56 @@ async fn partitioned_source_drops_whole_partitions_and_recovers() {
     assert_eq!(
         ids,
         (0..=400).collect::<Vec<i64>>(),
-        "every row archived exactly once"
+        "{what}: every row archived exactly once"
     );
+}
+
+/// A range-partitioned source with `drop_partitions`: archived days leave as
+/// whole partitions (dropped after verification, in the batch transaction);
+/// a run killed at any fault point is completed by the next run without
+/// losing or duplicating a row; restore re-attaches a day.
+#[tokio::test(flavor = "multi_thread")]
+async fn partitioned_source_drops_whole_partitions_and_recovers() {
+    let s = services!();
+    for point in [
+        "after-extract",
+        "during-delete",
+        "after-write",
+        "after-commit",
+        "after-verify",
+        "after-pg-commit",
+    ] {
+        let (fx, c) = partitioned_fixture(&s, "parts_fault").await;
+        let out = fx.archive_env(&[("PERMAFROST_FAULT", point)]);
+        assert_ne!(out.code, 0, "{point}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("fault injected at `{point}`")),
+            "{point}: {}",
+            out.stderr
+        );
+        if point != "after-pg-commit" {
+            assert_eq!(
+                partitions(&c).await.len(),
+                7,
+                "{point}: nothing dropped before the Postgres commit"
+            );
+            assert_eq!(count(&c, "events", "true").await, 411, "{point}");
+        }
+        let out = fx.archive_env(&[]);
+        assert_eq!(out.code, 0, "{point}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("dropping partition(s)"),
+            "{point}: {}",
+            out.stderr
+        );
+        assert_partitions_archived(&fx, &c, point).await;
+    }
 
     // Restore re-attaches a day into the same layout.
+    let (fx, c) = partitioned_fixture(&s, "parts_restore").await;
+    let out = fx.archive_env(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_partitions_archived(&fx, &c, "plain run").await;
     let out = fx.restore("events", 2, 3, &["--attach", "--into", "events_day2"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.json()["action"], "attached");
