@@ -486,6 +486,9 @@ fn mask(text: &str) -> String {
         (r"127\.0\.0\.1:\d+", "<HOST>"),
         (r"/tmp/[^\s?']+", "<PATH>"),
         (r"\d+(\.\d+)? (B|KiB|MiB)\b", "<SIZE>"),
+        (r"\b[0-9a-f]{32}\b", "<CHECKSUM>"),
+        (r"\(\d+\.\d+s\)", "(<SECONDS>)"),
+        (r"_restore_\d+_\d+", "_restore_<RANGE>"),
         (r" {2,}", "  "),
         (r"-{3,}", "---"),
     ];
@@ -525,6 +528,33 @@ async fn golden_cli_output() {
     insta::assert_snapshot!(
         "show",
         mask(&fx.run(&["show", "-t", "sensor_readings"]).stdout)
+    );
+    let (from, to) = (rfc3339(fx.day0), rfc3339(fx.day0 + DAY));
+    insta::assert_snapshot!(
+        "restore",
+        mask(
+            &fx.run(&[
+                "restore",
+                "-t",
+                "sensor_readings",
+                "--from",
+                &from,
+                "--to",
+                &to
+            ])
+            .stdout
+        )
+    );
+    #[cfg(feature = "query")]
+    insta::assert_snapshot!(
+        "query",
+        mask(
+            &fx.run(&[
+                "query",
+                "SELECT sensor_id, count(*) AS n, min(sensor_name) AS name FROM archive.sensor_readings GROUP BY sensor_id ORDER BY sensor_id",
+            ])
+            .stdout
+        )
     );
     let _ = &fx.cat;
 }
