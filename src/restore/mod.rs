@@ -342,7 +342,52 @@ pub async fn restore(
             loaded.read.rows, loaded.files, loaded.copied
         ),
     }];
-    checks.push(validate::staged_content(&client, &staging, &loaded).await?);
+    // Reading the staged rows back (the longest check) runs on a second
+    // connection while the checks in SQL run on this one.
+    let reader = crate::source::connect(&cfg.database).await?;
+    let sql_checks = async {
+        let mut out = vec![
+            validate::range(
+                &client,
+                &staging,
+                &t.timestamp_column,
+                time_kind,
+                &req.range,
+            )
+            .await?,
+        ];
+        let target_exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&target])
+            .await
+            .map_err(pg("cannot look up the target table"))?
+            .get(0);
+        if target_exists {
+            let (more, _overlap) = validate::against_target(
+                &client,
+                &staging,
+                &target,
+                &loaded.cols,
+                &t.timestamp_column,
+                time_kind,
+                &req.range,
+                req.apply,
+            )
+            .await?;
+            out.extend(more);
+        } else if req.apply != Apply::Stage {
+            out.push(Check {
+                name: "target".into(),
+                ok: false,
+                detail: format!("{target} does not exist"),
+            });
+        }
+        Ok::<_, Error>(out)
+    };
+    let (content, sql_checks) = tokio::join!(
+        validate::staged_content(&reader, &staging, &loaded),
+        sql_checks
+    );
+    checks.push(content?);
     let bad_batches: Vec<&BatchCheck> = batches.iter().filter(|b| b.status == "MISMATCH").collect();
     checks.push(Check {
         name: "batches".into(),
@@ -364,41 +409,7 @@ pub async fn restore(
             )
         },
     });
-    checks.push(
-        validate::range(
-            &client,
-            &staging,
-            &t.timestamp_column,
-            time_kind,
-            &req.range,
-        )
-        .await?,
-    );
-    let target_exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&target])
-        .await
-        .map_err(pg("cannot look up the target table"))?
-        .get(0);
-    if target_exists {
-        let (more, _overlap) = validate::against_target(
-            &client,
-            &staging,
-            &target,
-            &loaded.cols,
-            &t.timestamp_column,
-            time_kind,
-            &req.range,
-            req.apply,
-        )
-        .await?;
-        checks.extend(more);
-    } else if req.apply != Apply::Stage {
-        checks.push(Check {
-            name: "target".into(),
-            ok: false,
-            detail: format!("{target} does not exist"),
-        });
-    }
+    checks.extend(sql_checks?);
     let valid = checks.iter().all(|c| c.ok);
     let mut report = RestoreReport {
         table: t.iceberg_name(),
