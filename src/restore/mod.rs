@@ -346,23 +346,15 @@ pub async fn restore(
     // connection while the checks in SQL run on this one.
     let reader = crate::source::connect(&cfg.database).await?;
     let sql_checks = async {
-        let mut out = vec![
-            validate::range(
-                &client,
-                &staging,
-                &t.timestamp_column,
-                time_kind,
-                &req.range,
-            )
-            .await?,
-        ];
+        let mut out = vec![];
+        let mut not_null_cols = vec![];
         let target_exists: bool = client
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&target])
             .await
             .map_err(pg("cannot look up the target table"))?
             .get(0);
         if target_exists {
-            let (more, _overlap) = validate::against_target(
+            let (more, _overlap, nn) = validate::against_target(
                 &client,
                 &staging,
                 &target,
@@ -374,6 +366,7 @@ pub async fn restore(
             )
             .await?;
             out.extend(more);
+            not_null_cols = nn;
         } else if req.apply != Apply::Stage {
             out.push(Check {
                 name: "target".into(),
@@ -381,13 +374,15 @@ pub async fn restore(
                 detail: format!("{target} does not exist"),
             });
         }
-        Ok::<_, Error>(out)
+        Ok::<_, Error>((out, not_null_cols))
     };
-    let (content, sql_checks) = tokio::join!(
-        validate::staged_content(&reader, &staging, &loaded),
+    let (readback, sql_checks) = tokio::join!(
+        validate::staged_content(&reader, &staging, &loaded, &t.timestamp_column, &req.range),
         sql_checks
     );
-    checks.push(content?);
+    let readback = readback?;
+    let (sql_checks, not_null_cols) = sql_checks?;
+    checks.push(readback.content);
     let bad_batches: Vec<&BatchCheck> = batches.iter().filter(|b| b.status == "MISMATCH").collect();
     checks.push(Check {
         name: "batches".into(),
@@ -409,7 +404,9 @@ pub async fn restore(
             )
         },
     });
-    checks.extend(sql_checks?);
+    checks.push(readback.range);
+    checks.extend(sql_checks);
+    checks.extend(validate::not_null(&not_null_cols, &readback.nulls));
     let valid = checks.iter().all(|c| c.ok);
     let mut report = RestoreReport {
         table: t.iceberg_name(),

@@ -102,13 +102,29 @@ fn select_list(cols: &[StagedColumn]) -> String {
         .join(", ")
 }
 
+/// What reading the staged rows back found.
+pub(crate) struct Readback {
+    /// Count and checksum against what the archive returned.
+    pub content: Check,
+    /// Rows outside the range (or without a time).
+    pub range: Check,
+    /// NULLs per column.
+    pub nulls: HashMap<String, u64>,
+}
+
 /// Reads the staged rows back out of Postgres with the archive's own
-/// extractor: count and checksum must equal what the archive returned.
+/// extractor: count and checksum must equal what the archive returned; on
+/// the way, counts rows outside the range and NULLs per column.
 pub(crate) async fn staged_content(
     client: &Client,
     staging: &str,
     loaded: &Loaded,
-) -> Result<Check> {
+    ts: &str,
+    range: &Window,
+) -> Result<Readback> {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::TimestampMicrosecondType;
     let sql = format!(
         "COPY (SELECT {} FROM {staging}) TO STDOUT (FORMAT binary)",
         select_list(&loaded.cols)
@@ -128,30 +144,92 @@ pub(crate) async fn staged_content(
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let reader = tokio::spawn(crate::source::extract::decode_stream(stream, decoder, tx));
     let mut sum = Checksum::default();
-    while let Some((_, hashes)) = rx.recv().await {
+    let mut nulls: HashMap<String, u64> = HashMap::new();
+    let mut outside = 0u64;
+    let ts_index = loaded.cols.iter().position(|c| c.name == ts);
+    while let Some((batch, hashes)) = rx.recv().await {
         sum.add_hashes(&hashes);
+        for (c, col) in loaded.cols.iter().zip(batch.columns()) {
+            *nulls.entry(c.name.clone()).or_default() += col.null_count() as u64;
+        }
+        if let Some(i) = ts_index {
+            let col = batch.column(i);
+            if let Some(t) = col.as_primitive_opt::<TimestampMicrosecondType>() {
+                outside += t.null_count() as u64;
+                outside += t
+                    .iter()
+                    .flatten()
+                    .filter(|v| *v < range.start || *v >= range.end)
+                    .count() as u64;
+            }
+        }
     }
     reader
         .await
         .map_err(|e| Error::internal(format!("read-back task failed: {e}")))??;
     let ok = sum == loaded.read;
-    Ok(Check {
-        name: "content".into(),
-        ok,
-        detail: if ok {
+    Ok(Readback {
+        content: Check {
+            name: "content".into(),
+            ok,
+            detail: if ok {
+                format!(
+                    "the {} staged row(s) read back from Postgres have the archive's checksum {}",
+                    sum.rows,
+                    sum.hex()
+                )
+            } else {
+                format!(
+                    "staged rows read back: {} row(s), checksum {}; the archive returned {} row(s), checksum {}",
+                    sum.rows,
+                    sum.hex(),
+                    loaded.read.rows,
+                    loaded.read.hex()
+                )
+            },
+        },
+        range: Check {
+            name: "range".into(),
+            ok: outside == 0 && ts_index.is_some(),
+            detail: if ts_index.is_none() {
+                format!("the time column `{ts}` is not among the staged columns")
+            } else if outside == 0 {
+                "every staged row is inside the requested range".into()
+            } else {
+                format!("{outside} staged row(s) lie outside the requested range")
+            },
+        },
+        nulls,
+    })
+}
+
+/// The NOT NULL check: no NULL in the staged values of the target's NOT
+/// NULL columns (`None` when the target has none among them).
+pub(crate) fn not_null(not_null_cols: &[String], nulls: &HashMap<String, u64>) -> Option<Check> {
+    let present: Vec<&String> = not_null_cols
+        .iter()
+        .filter(|c| nulls.contains_key(*c))
+        .collect();
+    if present.is_empty() {
+        return None;
+    }
+    let bad: Vec<String> = present
+        .iter()
+        .filter_map(|c| {
+            let n = nulls[*c];
+            (n > 0).then(|| format!("{n} NULL(s) in `{c}`"))
+        })
+        .collect();
+    Some(Check {
+        name: "not_null".into(),
+        ok: bad.is_empty(),
+        detail: if bad.is_empty() {
             format!(
-                "the {} staged row(s) read back from Postgres have the archive's checksum {}",
-                sum.rows,
-                sum.hex()
+                "no NULL in the target's {} NOT NULL column(s)",
+                present.len()
             )
         } else {
-            format!(
-                "staged rows read back: {} row(s), checksum {}; the archive returned {} row(s), checksum {}",
-                sum.rows,
-                sum.hex(),
-                loaded.read.rows,
-                loaded.read.hex()
-            )
+            bad.join("; ")
         },
     })
 }
@@ -163,37 +241,6 @@ fn in_range(ts: &str, kind: TimeKind, range: &Window) -> String {
         literal(kind, range.start),
         literal(kind, range.end)
     )
-}
-
-/// No staged row lies outside the range (or has no time).
-pub(crate) async fn range(
-    client: &Client,
-    staging: &str,
-    ts: &str,
-    kind: TimeKind,
-    range: &Window,
-) -> Result<Check> {
-    let n: i64 = client
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {staging} WHERE NOT ({}) OR {} IS NULL",
-                in_range(ts, kind, range),
-                quote_ident(ts)
-            ),
-            &[],
-        )
-        .await
-        .map_err(pg("cannot check the staged range"))?
-        .get(0);
-    Ok(Check {
-        name: "range".into(),
-        ok: n == 0,
-        detail: if n == 0 {
-            "every staged row is inside the requested range".into()
-        } else {
-            format!("{n} staged row(s) lie outside the requested range")
-        },
-    })
 }
 
 /// A column of the target table.
@@ -270,9 +317,9 @@ pub(crate) fn same_row(pk: &[String], shared: &[String]) -> String {
     }
 }
 
-/// Checks against the target: columns and types, NOT NULL and CHECK
-/// constraints, rows already there.  Returns the checks and the number of
-/// staged rows already in the target.
+/// Checks against the target: columns and types, CHECK constraints, rows
+/// already there.  Returns the checks, the number of staged rows already in
+/// the target, and its NOT NULL columns (checked on the read-back).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn against_target(
     client: &Client,
@@ -283,7 +330,7 @@ pub(crate) async fn against_target(
     kind: TimeKind,
     range: &Window,
     apply_how: Apply,
-) -> Result<(Vec<Check>, u64)> {
+) -> Result<(Vec<Check>, u64, Vec<String>)> {
     let mut checks = Vec::new();
     let tcols = target_columns(client, target).await?;
     let by_name: HashMap<&str, &TargetColumn> =
@@ -335,39 +382,11 @@ pub(crate) async fn against_target(
         },
     });
 
-    // NOT NULL.
-    let nn: Vec<&StagedColumn> = cols
+    let not_null_cols: Vec<String> = tcols
         .iter()
-        .filter(|c| by_name.get(c.name.as_str()).is_some_and(|t| t.not_null))
+        .filter(|t| t.not_null)
+        .map(|t| t.name.clone())
         .collect();
-    if !nn.is_empty() {
-        let counts = nn
-            .iter()
-            .map(|c| format!("count(*) FILTER (WHERE {} IS NULL)", quote_ident(&c.name)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let row = client
-            .query_one(&format!("SELECT {counts} FROM {staging}"), &[])
-            .await
-            .map_err(pg("cannot check NOT NULL"))?;
-        let bad: Vec<String> = nn
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| {
-                let n: i64 = row.get(i);
-                (n > 0).then(|| format!("{n} NULL(s) in `{}`", c.name))
-            })
-            .collect();
-        checks.push(Check {
-            name: "not_null".into(),
-            ok: bad.is_empty(),
-            detail: if bad.is_empty() {
-                format!("no NULL in the target's {} NOT NULL column(s)", nn.len())
-            } else {
-                bad.join("; ")
-            },
-        });
-    }
 
     // CHECK constraints.
     let cons = client
@@ -548,7 +567,7 @@ pub(crate) async fn against_target(
         },
     };
     checks.push(overlap_check);
-    Ok((checks, overlap.max(0) as u64))
+    Ok((checks, overlap.max(0) as u64, not_null_cols))
 }
 
 /// The expression of a `CHECK (…)` definition.

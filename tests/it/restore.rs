@@ -320,6 +320,23 @@ async fn restore_time_travels_to_the_first_batch() {
     let out = fx.restore("sensor_readings", 0, 1, &["--into", "current"]);
     assert_eq!(out.json()["rows"], 250);
     assert_eq!(count(&c, "current", "sensor_id = 99").await, 50);
+    // The late rows have no quality: a target where it is NOT NULL fails
+    // validation, naming the column and the count; nothing is merged.
+    c.batch_execute("CREATE TABLE t_q (LIKE sensor_readings); ALTER TABLE t_q ALTER COLUMN quality SET NOT NULL")
+        .await
+        .expect("target");
+    let out = fx.restore(
+        "sensor_readings",
+        0,
+        1,
+        &["--target", "t_q", "--merge", "--into", "st_q"],
+    );
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    let r = out.json();
+    let nn = check(&r, "not_null");
+    assert_eq!(nn["ok"], false, "{r}");
+    assert_eq!(nn["detail"], "50 NULL(s) in `quality`", "{nn}");
+    assert_eq!(count(&c, "t_q", "true").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
