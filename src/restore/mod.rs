@@ -344,7 +344,11 @@ pub async fn restore(
     }];
     // Reading the staged rows back (the longest check) runs on a second
     // connection while the checks in SQL run on this one.
-    let reader = crate::source::connect(&cfg.database).await?;
+    let readers = [
+        crate::source::connect(&cfg.database).await?,
+        crate::source::connect(&cfg.database).await?,
+    ];
+    let reader_refs = [&readers[0], &readers[1]];
     let sql_checks = async {
         let mut out = vec![];
         let mut not_null_cols = vec![];
@@ -377,7 +381,13 @@ pub async fn restore(
         Ok::<_, Error>((out, not_null_cols))
     };
     let (readback, sql_checks) = tokio::join!(
-        validate::staged_content(&reader, &staging, &loaded, &t.timestamp_column, &req.range),
+        validate::staged_content(
+            &reader_refs,
+            &staging,
+            &loaded,
+            &t.timestamp_column,
+            &req.range
+        ),
         sql_checks
     );
     let readback = readback?;

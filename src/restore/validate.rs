@@ -116,57 +116,50 @@ pub(crate) struct Readback {
 /// extractor: count and checksum must equal what the archive returned; on
 /// the way, counts rows outside the range and NULLs per column.
 pub(crate) async fn staged_content(
-    client: &Client,
+    clients: &[&Client],
     staging: &str,
     loaded: &Loaded,
     ts: &str,
     range: &Window,
 ) -> Result<Readback> {
-    use arrow_array::Array;
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::TimestampMicrosecondType;
-    let sql = format!(
-        "COPY (SELECT {} FROM {staging}) TO STDOUT (FORMAT binary)",
-        select_list(&loaded.cols)
-    );
-    let stream = client
-        .copy_out(sql.as_str())
+    // One COPY per connection, each over its share of the table's blocks.
+    let blocks: i64 = clients[0]
+        .query_one(
+            "SELECT (pg_relation_size($1::text::regclass) / current_setting('block_size')::int8)",
+            &[&staging],
+        )
         .await
-        .map_err(pg("cannot read the staging table back"))?;
-    let labels = loaded
-        .cols
-        .iter()
-        .map(|c| format!("`{}` ({})", c.name, c.pg_type))
-        .collect();
-    let kinds: Vec<_> = loaded.cols.iter().map(|c| c.kind.clone()).collect();
-    let decoder =
-        crate::source::extract::CopyDecoder::new(loaded.arrow_schema.clone(), labels, &kinds)?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-    let reader = tokio::spawn(crate::source::extract::decode_stream(stream, decoder, tx));
+        .map_err(pg("cannot size the staging table"))?
+        .get(0);
+    let n = clients.len() as i64;
+    let step = (blocks / n).max(1);
+    let ts_index = loaded.cols.iter().position(|c| c.name == ts);
+    let parts = clients.iter().enumerate().map(|(i, client)| {
+        let i = i as i64;
+        let lo = format!("ctid >= '({},0)'::tid", i * step);
+        let cond = if i + 1 == n {
+            lo
+        } else {
+            format!("{lo} AND ctid < '({},0)'::tid", (i + 1) * step)
+        };
+        let sql = format!(
+            "COPY (SELECT {} FROM {staging} WHERE {cond}) TO STDOUT (FORMAT binary)",
+            select_list(&loaded.cols)
+        );
+        read_part(client, sql, loaded, ts_index, *range)
+    });
     let mut sum = Checksum::default();
     let mut nulls: HashMap<String, u64> = HashMap::new();
     let mut outside = 0u64;
-    let ts_index = loaded.cols.iter().position(|c| c.name == ts);
-    while let Some((batch, hashes)) = rx.recv().await {
-        sum.add_hashes(&hashes);
-        for (c, col) in loaded.cols.iter().zip(batch.columns()) {
-            *nulls.entry(c.name.clone()).or_default() += col.null_count() as u64;
+    for part in futures::future::join_all(parts).await {
+        let (s, nl, o) = part?;
+        sum.rows += s.rows;
+        sum.sum = sum.sum.wrapping_add(s.sum);
+        for (k, v) in nl {
+            *nulls.entry(k).or_default() += v;
         }
-        if let Some(i) = ts_index {
-            let col = batch.column(i);
-            if let Some(t) = col.as_primitive_opt::<TimestampMicrosecondType>() {
-                outside += t.null_count() as u64;
-                outside += t
-                    .iter()
-                    .flatten()
-                    .filter(|v| *v < range.start || *v >= range.end)
-                    .count() as u64;
-            }
-        }
+        outside += o;
     }
-    reader
-        .await
-        .map_err(|e| Error::internal(format!("read-back task failed: {e}")))??;
     let ok = sum == loaded.read;
     Ok(Readback {
         content: Check {
@@ -201,6 +194,59 @@ pub(crate) async fn staged_content(
         },
         nulls,
     })
+}
+
+/// Reads one part of the staged rows back: checksum, NULLs per column, rows
+/// outside the range.
+async fn read_part(
+    client: &Client,
+    sql: String,
+    loaded: &Loaded,
+    ts_index: Option<usize>,
+    range: Window,
+) -> Result<(Checksum, HashMap<String, u64>, u64)> {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::TimestampMicrosecondType;
+    let stream = client
+        .copy_out(sql.as_str())
+        .await
+        .map_err(pg("cannot read the staging table back"))?;
+    let labels = loaded
+        .cols
+        .iter()
+        .map(|c| format!("`{}` ({})", c.name, c.pg_type))
+        .collect();
+    let kinds: Vec<_> = loaded.cols.iter().map(|c| c.kind.clone()).collect();
+    let decoder =
+        crate::source::extract::CopyDecoder::new(loaded.arrow_schema.clone(), labels, &kinds)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let reader = tokio::spawn(crate::source::extract::decode_stream(stream, decoder, tx));
+    let mut sum = Checksum::default();
+    let mut nulls: HashMap<String, u64> = HashMap::new();
+    let mut outside = 0u64;
+    while let Some((batch, hashes)) = rx.recv().await {
+        sum.add_hashes(&hashes);
+        for (c, col) in loaded.cols.iter().zip(batch.columns()) {
+            *nulls.entry(c.name.clone()).or_default() += col.null_count() as u64;
+        }
+        if let Some(i) = ts_index
+            && let Some(t) = batch
+                .column(i)
+                .as_primitive_opt::<TimestampMicrosecondType>()
+        {
+            outside += t.null_count() as u64;
+            outside += t
+                .iter()
+                .flatten()
+                .filter(|v| *v < range.start || *v >= range.end)
+                .count() as u64;
+        }
+    }
+    reader
+        .await
+        .map_err(|e| Error::internal(format!("read-back task failed: {e}")))??;
+    Ok((sum, nulls, outside))
 }
 
 /// The NOT NULL check: no NULL in the staged values of the target's NOT
