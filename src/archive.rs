@@ -649,10 +649,9 @@ async fn run_batch(
     };
     if let Some(parts) = &drop_parts {
         // EXCLUSIVE: reads go on, writes to these partitions wait for us.
-        let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
         tx.batch_execute(&format!(
             "LOCK TABLE {} IN EXCLUSIVE MODE",
-            names.join(", ")
+            partition_names(parts)
         ))
         .await
         .map_err(|e| Error::postgres("cannot lock the partitions to archive", e))?;
@@ -780,10 +779,7 @@ async fn run_batch(
     if written == 0 && (mode == BatchMode::Copy || reconciles.is_empty()) {
         if let Some(parts) = drop_parts.as_ref().filter(|_| streamed > 0) {
             // Every row was already archived: the partitions can go.
-            let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
-            tx.batch_execute(&format!("DROP TABLE {}", names.join(", ")))
-                .await
-                .map_err(|e| Error::postgres("cannot drop the archived partitions", e))?;
+            drop_partitions(&tx, parts).await?;
         }
         let end = if mode == BatchMode::Move && streamed > 0 {
             tx.commit().await
@@ -842,17 +838,12 @@ async fn run_batch(
     }
     fault::point("after-verify");
     if let Some(parts) = &drop_parts {
-        let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
-        tx.batch_execute(&format!("DROP TABLE {}", names.join(", ")))
-            .await
-            .map_err(|e| {
-                Error::postgres("cannot drop the archived partitions (the batch is archived; the next run settles it)", e)
-            })?;
         tracing::info!(
             "{}: dropping partition(s) {} of batch {batch_id}",
             ctx.cfg.source_name(),
-            names.join(", ")
+            partition_names(parts)
         );
+        drop_partitions(&tx, parts).await?;
     }
     tx.commit()
         .await
@@ -894,6 +885,30 @@ async fn run_batch(
         }),
         exhausted,
     })
+}
+
+fn partition_names(parts: &[crate::source::partitions::Partition]) -> String {
+    parts
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Drops archived partitions inside the batch transaction.  If this fails
+/// the transaction rolls back: the batch is archived, the next run settles it.
+async fn drop_partitions(
+    tx: &tokio_postgres::Transaction<'_>,
+    parts: &[crate::source::partitions::Partition],
+) -> Result<()> {
+    tx.batch_execute(&format!("DROP TABLE {}", partition_names(parts)))
+        .await
+        .map_err(|e| {
+            Error::postgres(
+                "cannot drop the archived partitions (the batch is archived; the next run settles it)",
+                e,
+            )
+        })
 }
 
 /// Reads the committed batch back and compares count and checksum.

@@ -45,7 +45,12 @@ pub async fn commit(
     }
 }
 
-async fn commit_glue(cfg: &CatalogConfig, table: &Table, updates: Vec<TableUpdate>) -> Result<()> {
+/// The table's current metadata location, and its metadata with `updates`
+/// applied by iceberg-rust.
+fn applied(
+    table: &Table,
+    updates: Vec<TableUpdate>,
+) -> Result<(String, iceberg::spec::TableMetadata)> {
     let current = table
         .metadata_location()
         .ok_or_else(|| Error::internal("the table has no metadata location"))?
@@ -60,6 +65,11 @@ async fn commit_glue(cfg: &CatalogConfig, table: &Table, updates: Vec<TableUpdat
         .build()
         .map_err(|e| ice("cannot build the new metadata", e))?
         .metadata;
+    Ok((current, metadata))
+}
+
+async fn commit_glue(cfg: &CatalogConfig, table: &Table, updates: Vec<TableUpdate>) -> Result<()> {
+    let (current, metadata) = applied(table, updates)?;
     let props: HashMap<String, String> = cfg.properties.clone().into_iter().collect();
     let factory =
         std::sync::Arc::new(iceberg_storage_opendal::OpenDalResolvingStorageFactory::new());
@@ -73,20 +83,7 @@ async fn commit_glue(cfg: &CatalogConfig, table: &Table, updates: Vec<TableUpdat
 }
 
 async fn commit_sql(cfg: &CatalogConfig, table: &Table, updates: Vec<TableUpdate>) -> Result<()> {
-    let current = table
-        .metadata_location()
-        .ok_or_else(|| Error::internal("the table has no metadata location"))?
-        .to_string();
-    let mut builder = table.metadata().clone().into_builder(Some(current.clone()));
-    for u in updates {
-        builder = u
-            .apply(builder)
-            .map_err(|e| ice("cannot apply the schema update", e))?;
-    }
-    let metadata = builder
-        .build()
-        .map_err(|e| ice("cannot build the new metadata", e))?
-        .metadata;
+    let (current, metadata) = applied(table, updates)?;
     let next = MetadataLocation::from_str(&current)
         .map_err(|e| ice("cannot parse the metadata location", e))?
         .with_next_version()

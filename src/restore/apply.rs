@@ -4,12 +4,12 @@
 use tokio_postgres::Client;
 
 use super::validate::{primary_key, same_row, target_columns};
-use super::{OnConflict, StagedColumn, literal, pg};
+use super::{OnConflict, StagedColumn, in_transaction, literal, pg};
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
-use crate::plan::window::{Window, rfc3339};
+use crate::plan::window::Window;
 use crate::source::introspect::TimeKind;
-use crate::source::partitions::bounds;
+use crate::source::partitions;
 
 /// A partition of the target whose bounds overlap the range.
 #[derive(Debug, Clone)]
@@ -27,43 +27,15 @@ pub async fn overlapping_partitions(
     kind: TimeKind,
     range: &Window,
 ) -> Result<Vec<Partition>> {
-    let rows = client
-        .query(
-            "SELECT c.oid::regclass::text, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i \
-             JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = $1::text::regclass",
-            &[&target],
-        )
-        .await
-        .map_err(pg("cannot read the target's partitions"))?;
-    let ty = match kind {
-        TimeKind::Timestamp => "timestamp",
-        TimeKind::Timestamptz => "timestamptz",
-    };
-    let (from, to) = (rfc3339(range.start), rfc3339(range.end));
-    let mut out = Vec::new();
-    for r in rows {
-        let name: String = r.get(0);
-        let bound: Option<String> = r.get(1);
-        let Some((lo, hi)) = bound.as_deref().and_then(bounds) else {
-            continue;
-        };
-        let sql = format!(
-            "SELECT ($1::text IS NULL OR $1::text::{ty} < $4::text::{ty}) \
-                    AND ($2::text IS NULL OR $2::text::{ty} > $3::text::{ty}), \
-                    coalesce($1::text::{ty} = $3::text::{ty} AND $2::text::{ty} = $4::text::{ty}, false)"
-        );
-        let row = client
-            .query_one(&sql, &[&lo, &hi, &from, &to])
-            .await
-            .map_err(pg("cannot compare partition bounds"))?;
-        if row.get::<_, bool>(0) {
-            out.push(Partition {
-                name,
-                exact: row.get(1),
-            });
-        }
-    }
-    Ok(out)
+    Ok(partitions::list(client, target, kind)
+        .await?
+        .into_iter()
+        .filter(|p| p.overlaps(range))
+        .map(|p| Partition {
+            exact: p.window() == Some(*range),
+            name: p.name,
+        })
+        .collect())
 }
 
 /// What `attach` did.
@@ -82,7 +54,8 @@ pub struct Attached {
 /// and a validated CHECK constraint matching the partition bounds, so that
 /// `ATTACH PARTITION` needs no scan.  With `replace`, the existing partition
 /// of exactly this range is detached first: dropped when empty, otherwise
-/// kept as `<name>_replaced_<unix time>`.
+/// kept as `<name>_replaced_<unix time>`.  Validation has checked that
+/// `target` is range-partitioned on `ts` (`validate::against_target`).
 #[allow(clippy::too_many_arguments)]
 pub async fn attach(
     client: &Client,
@@ -94,32 +67,6 @@ pub async fn attach(
     range: &Window,
     replace: bool,
 ) -> Result<Attached> {
-    let key: Option<String> = client
-        .query_one("SELECT pg_get_partkeydef($1::text::regclass)", &[&target])
-        .await
-        .map_err(pg("cannot read the target's partition key"))?
-        .get(0);
-    let want = [
-        format!("RANGE ({ts})"),
-        format!("RANGE ({})", quote_ident(ts)),
-    ];
-    match key.as_deref() {
-        Some(k) if want.iter().any(|w| w == k) => {}
-        Some(k) => {
-            return Err(Error::new(
-                ErrorKind::Schema,
-                format!("{target} is partitioned by {k}, not by RANGE ({ts})"),
-            )
-            .with_hint("restore without --attach (the staging table is kept) or use --merge"));
-        }
-        None => {
-            return Err(Error::new(
-                ErrorKind::Schema,
-                format!("{target} is not a partitioned table"),
-            )
-            .with_hint("use --merge for a plain table"));
-        }
-    }
     let tcols = target_columns(client, target).await?;
     let cons = client
         .query(
@@ -131,11 +78,7 @@ pub async fn attach(
         .map_err(pg("cannot read the target's CHECK constraints"))?;
     let parts = overlapping_partitions(client, target, kind, range).await?;
 
-    client
-        .batch_execute("BEGIN")
-        .await
-        .map_err(pg("cannot begin"))?;
-    let result = async {
+    in_transaction(client, "the attach", async {
         let mut replaced = None;
         if let Some(p) = parts.first() {
             if !(replace && parts.len() == 1 && p.exact) {
@@ -212,21 +155,8 @@ pub async fn attach(
             replaced,
             validated_before,
         })
-    }
-    .await;
-    match result {
-        Ok(a) => {
-            client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(pg("cannot commit the attach"))?;
-            Ok(a)
-        }
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(e)
-        }
-    }
+    })
+    .await
 }
 
 /// What `merge` did.
@@ -304,11 +234,7 @@ pub async fn merge(
             )
         }
     };
-    client
-        .batch_execute("BEGIN")
-        .await
-        .map_err(pg("cannot begin"))?;
-    let result = async {
+    in_transaction(client, "the merge", async {
         let updated: i64 = if policy == OnConflict::Update {
             client
                 .query_one(
@@ -339,19 +265,6 @@ pub async fn merge(
             inserted: affected.saturating_sub(updated),
             updated,
         })
-    }
-    .await;
-    match result {
-        Ok(m) => {
-            client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(pg("cannot commit the merge"))?;
-            Ok(m)
-        }
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(e)
-        }
-    }
+    })
+    .await
 }

@@ -300,35 +300,22 @@ pub async fn restore(
     }
 
     // Stage and load in one transaction: a failed load leaves nothing behind.
-    client
-        .batch_execute("BEGIN")
-        .await
-        .map_err(pg("cannot begin"))?;
-    let loaded = stage_and_load(
+    let loaded = in_transaction(
         &client,
-        table,
-        &snapshot,
-        &schema,
-        &staging,
-        cols,
-        req,
-        &time_field,
-        progress,
+        "the staging table",
+        stage_and_load(
+            &client,
+            table,
+            &snapshot,
+            &schema,
+            &staging,
+            cols,
+            req,
+            &time_field,
+            progress,
+        ),
     )
-    .await;
-    let loaded = match loaded {
-        Ok(l) => {
-            client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(pg("cannot commit the staging table"))?;
-            l
-        }
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(e);
-        }
-    };
+    .await?;
     let load_seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
 
@@ -707,6 +694,32 @@ async fn stage_and_load(
             .collect(),
         arrow_schema,
     })
+}
+
+/// Runs `body` (statements on `client`) in one transaction: committed when it
+/// succeeds, rolled back when it fails.
+pub(crate) async fn in_transaction<T>(
+    client: &Client,
+    what: &str,
+    body: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(pg("cannot begin a transaction"))?;
+    match body.await {
+        Ok(v) => {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| Error::postgres(format!("cannot commit {what}"), e))?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
 }
 
 /// The resolved types of the staging table's columns, in order.

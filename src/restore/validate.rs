@@ -15,6 +15,7 @@ use crate::lake;
 use crate::plan::keys;
 use crate::plan::window::{Window, parse_instant};
 use crate::source::introspect::TimeKind;
+use crate::source::partitions;
 
 /// The snapshot and its ancestors, oldest first.
 fn lineage(table: &Table, snapshot: &SnapshotRef) -> Vec<SnapshotRef> {
@@ -531,16 +532,8 @@ pub(crate) async fn against_target(
         format!("by primary key ({})", pk.join(", "))
     };
     if attach {
-        let key: Option<String> = client
-            .query_one("SELECT pg_get_partkeydef($1::text::regclass)", &[&target])
-            .await
-            .map_err(pg("cannot read the target's partition key"))?
-            .get(0);
-        let want = [
-            format!("RANGE ({ts})"),
-            format!("RANGE ({})", quote_ident(ts)),
-        ];
-        let ok = key.as_deref().is_some_and(|k| want.iter().any(|w| w == k));
+        let key = partitions::partition_key(client, target).await?;
+        let ok = partitions::is_range_on(key.as_deref(), ts);
         checks.push(Check {
             name: "partitioning".into(),
             ok,

@@ -28,12 +28,95 @@ pub fn bounds(expr: &str) -> Option<(Option<String>, Option<String>)> {
     Some((value(&expr[from..to_at]), value(&expr[to..end])))
 }
 
-/// A leaf partition with finite bounds, in microseconds (UTC).
+/// A partition of a range-partitioned table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {
     /// `schema.name`, quoted as needed (`regclass` text).
     pub name: String,
-    pub range: Window,
+    /// `r` (a table) or `p` (itself partitioned).
+    pub relkind: char,
+    /// Its bounds in microseconds (UTC), `None` for MINVALUE/MAXVALUE;
+    /// `None` overall for a default partition.
+    pub bounds: Option<(Option<Micros>, Option<Micros>)>,
+}
+
+impl Partition {
+    /// True when its bounds overlap `range` (a default partition never does).
+    pub fn overlaps(&self, range: &Window) -> bool {
+        match self.bounds {
+            Some((lo, hi)) => {
+                lo.is_none_or(|lo| lo < range.end) && hi.is_none_or(|hi| hi > range.start)
+            }
+            None => false,
+        }
+    }
+
+    /// Its finite bounds as a window.
+    pub fn window(&self) -> Option<Window> {
+        match self.bounds {
+            Some((Some(start), Some(end))) => Some(Window { start, end }),
+            _ => None,
+        }
+    }
+}
+
+/// The partition key of `rel` (`regclass` text) as Postgres prints it,
+/// e.g. `RANGE (ts)`; `None` for a table that is not partitioned.
+pub async fn partition_key(client: &Client, rel: &str) -> Result<Option<String>> {
+    Ok(client
+        .query_one("SELECT pg_get_partkeydef($1::text::regclass)", &[&rel])
+        .await
+        .map_err(|e| Error::postgres("cannot read the partition key", e))?
+        .get(0))
+}
+
+/// True when `key` is a range partitioning on column `ts` alone.
+pub fn is_range_on(key: Option<&str>, ts: &str) -> bool {
+    key.is_some_and(|k| k == format!("RANGE ({ts})") || k == format!("RANGE ({})", quote_ident(ts)))
+}
+
+/// The direct partitions of `parent` (`regclass` text), their bounds read
+/// as the time column's type `kind` (`timestamp` bounds as UTC).
+pub async fn list(client: &Client, parent: &str, kind: TimeKind) -> Result<Vec<Partition>> {
+    let rows = client
+        .query(
+            "SELECT c.oid::regclass::text, c.relkind::text, pg_get_expr(c.relpartbound, c.oid) \
+             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = $1::text::regclass",
+            &[&parent],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the partitions", e))?;
+    let ty = match kind {
+        TimeKind::Timestamp => "timestamp",
+        TimeKind::Timestamptz => "timestamptz",
+    };
+    let micros = format!(
+        "SELECT (extract(epoch FROM $1::text::{ty}) * 1000000)::int8, (extract(epoch FROM $2::text::{ty}) * 1000000)::int8"
+    );
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let relkind: String = r.get(1);
+        let bound: Option<String> = r.get(2);
+        let bounds = match bound.as_deref().and_then(bounds) {
+            None => None,
+            Some((lo, hi)) => {
+                let row = client
+                    .query_one(&micros, &[&lo, &hi])
+                    .await
+                    .map_err(|e| Error::postgres("cannot read partition bounds", e))?;
+                Some((
+                    row.get::<_, Option<Micros>>(0),
+                    row.get::<_, Option<Micros>>(1),
+                ))
+            }
+        };
+        out.push(Partition {
+            name: r.get(0),
+            relkind: relkind.chars().next().unwrap_or('?'),
+            bounds,
+        });
+    }
+    Ok(out)
 }
 
 /// The partitions of `src` that tile `range` exactly (no gap, nothing
@@ -48,69 +131,33 @@ pub async fn tiling(
     if src.relkind != 'p' {
         return Ok(None);
     }
-    let key: Option<String> = client
-        .query_one("SELECT pg_get_partkeydef($1)", &[&src.oid])
-        .await
-        .map_err(|e| Error::postgres("cannot read the partition key", e))?
-        .get(0);
-    let ts = &src.time_column().name;
-    let want = [
-        format!("RANGE ({ts})"),
-        format!("RANGE ({})", quote_ident(ts)),
-    ];
-    if !key.as_deref().is_some_and(|k| want.iter().any(|w| w == k)) {
+    let parent = src.qualified();
+    let key = partition_key(client, &parent).await?;
+    if !is_range_on(key.as_deref(), &src.time_column().name) {
         return Ok(None);
     }
-    let ty = match src.time_kind() {
-        TimeKind::Timestamp => "timestamp",
-        TimeKind::Timestamptz => "timestamptz",
-    };
-    let rows = client
-        .query(
-            "SELECT c.oid::regclass::text, c.relkind::text, pg_get_expr(c.relpartbound, c.oid) \
-             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = $1",
-            &[&src.oid],
-        )
-        .await
-        .map_err(|e| Error::postgres("cannot read the partitions", e))?;
     let mut inside = Vec::new();
-    for r in rows {
-        let name: String = r.get(0);
-        let relkind: String = r.get(1);
-        let bound: Option<String> = r.get(2);
-        let Some((lo, hi)) = bound.as_deref().and_then(bounds) else {
+    for p in list(client, &parent, src.time_kind()).await? {
+        if p.bounds.is_none() {
             return Ok(None); // a default partition may hold rows of any range
-        };
-        let (Some(lo), Some(hi)) = (lo, hi) else {
-            // MINVALUE/MAXVALUE: inside no finite range; fine if it stays out.
-            continue;
-        };
-        let sql = format!(
-            "SELECT (extract(epoch FROM $1::text::{ty}) * 1000000)::int8, (extract(epoch FROM $2::text::{ty}) * 1000000)::int8"
-        );
-        let row = client
-            .query_one(&sql, &[&lo, &hi])
-            .await
-            .map_err(|e| Error::postgres("cannot read partition bounds", e))?;
-        let p = Window {
-            start: row.get::<_, Micros>(0),
-            end: row.get::<_, Micros>(1),
-        };
+        }
         if !p.overlaps(range) {
             continue;
         }
-        if p.start < range.start || p.end > range.end || relkind != "r" {
-            return Ok(None);
+        match p.window() {
+            Some(w) if range.start <= w.start && w.end <= range.end && p.relkind == 'r' => {
+                inside.push(p)
+            }
+            _ => return Ok(None),
         }
-        inside.push(Partition { name, range: p });
     }
-    inside.sort_by_key(|p| p.range.start);
+    inside.sort_by_key(|p| p.window().map(|w| w.start));
     let mut at = range.start;
     for p in &inside {
-        if p.range.start != at {
-            return Ok(None);
+        match p.window() {
+            Some(w) if w.start == at => at = w.end,
+            _ => return Ok(None),
         }
-        at = p.range.end;
     }
     Ok((at == range.end && !inside.is_empty()).then_some(inside))
 }

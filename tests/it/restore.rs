@@ -96,6 +96,37 @@ impl Fx {
         self.run(&a)
     }
 
+    /// The ids the archive of `table` holds for days `[0, days)`, sorted
+    /// (read with `fetch`).
+    fn archived_ids(&self, table: &str, days: i64) -> Vec<i64> {
+        let (from, to) = (rfc3339(self.day0), rfc3339(self.day0 + days * DAY));
+        let out = self.run(&[
+            "fetch",
+            "-t",
+            table,
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--format",
+            "jsonl",
+            "--columns",
+            "id",
+        ]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let mut ids: Vec<i64> = out
+            .stdout
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).expect("jsonl")["id"]
+                    .as_i64()
+                    .expect("id")
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     fn range(&self, ts: &str, from: i64, to: i64) -> String {
         format!(
             "{ts} >= '{}' AND {ts} < '{}'",
@@ -237,31 +268,7 @@ async fn days_10_to_12_equal_the_originals_and_are_never_archived_twice(kind: Ca
         .json();
     assert_eq!(snaps_after, snaps_before, "nothing appended to the archive");
     // Every original row is in the archive exactly once.
-    let (from, to) = (rfc3339(fx.day0), rfc3339(fx.day0 + 30 * DAY));
-    let all = fx.run(&[
-        "fetch",
-        "-t",
-        "sensor_readings",
-        "--from",
-        &from,
-        "--to",
-        &to,
-        "--format",
-        "jsonl",
-        "--columns",
-        "id",
-    ]);
-    assert_eq!(all.code, 0, "{}", all.stderr);
-    let mut ids: Vec<i64> = all
-        .stdout
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).expect("jsonl")["id"]
-                .as_i64()
-                .expect("id")
-        })
-        .collect();
-    ids.sort_unstable();
+    let ids = fx.archived_ids("sensor_readings", 30);
     assert_eq!(ids, (1..=6000).collect::<Vec<i64>>());
 }
 
@@ -659,31 +666,7 @@ async fn assert_partitions_archived(fx: &Fx, c: &tokio_postgres::Client, what: &
         10,
         "{what}: only the recent rows remain"
     );
-    let (from, to) = (rfc3339(fx.day0), rfc3339(fx.day0 + 6 * DAY));
-    let all = fx.run(&[
-        "fetch",
-        "-t",
-        "events",
-        "--from",
-        &from,
-        "--to",
-        &to,
-        "--format",
-        "jsonl",
-        "--columns",
-        "id",
-    ]);
-    assert_eq!(all.code, 0, "{what}: {}", all.stderr);
-    let mut ids: Vec<i64> = all
-        .stdout
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).expect("jsonl")["id"]
-                .as_i64()
-                .expect("id")
-        })
-        .collect();
-    ids.sort_unstable();
+    let ids = fx.archived_ids("events", 6);
     assert_eq!(
         ids,
         (0..=400).collect::<Vec<i64>>(),
