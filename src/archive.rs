@@ -30,6 +30,7 @@ use crate::checksum::{Checksum, HashBag};
 use crate::config::{Config, OnBusy, TableConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault;
+use crate::filter::quote_ident;
 use crate::lake::table::TableState;
 use crate::lake::{self, ArchiveTable};
 use crate::notify;
@@ -160,7 +161,6 @@ async fn archive_table(
     };
     if let Err(e) = archive_table_inner(cfg, t, catalog.as_ref(), opts, progress, &mut report).await
     {
-        tracing::error!("{}: {e}", t.source_name());
         notify::send(
             cfg.notify.webhook_url.as_deref(),
             &notify::Event {
@@ -217,9 +217,27 @@ async fn archive_table_inner(
     report: &mut TableReport,
 ) -> Result<()> {
     let mut client = source::connect(&cfg.database).await?;
-    let (_, server_now) = source::server_facts(&client).await?;
+    match archive_on(&mut client, cfg, t, catalog, opts, progress, report).await {
+        Err(e) => {
+            let name = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+            Err(source::explain_lock_timeout(&client, &name, e).await)
+        }
+        ok => ok,
+    }
+}
+
+async fn archive_on(
+    client: &mut tokio_postgres::Client,
+    cfg: &Config,
+    t: &TableConfig,
+    catalog: &dyn Catalog,
+    opts: &ArchiveOptions,
+    progress: &Progress,
+    report: &mut TableReport,
+) -> Result<()> {
+    let (_, server_now) = source::server_facts(client).await?;
     let now = opts.now.unwrap_or(server_now);
-    let src = source::introspect::introspect(&client, t).await?;
+    let src = source::introspect::introspect(client, t).await?;
     let source_id = src.source_id();
     // `replay` widens the range to whole windows and ignores the lag.
     let g = t.partition_by;
@@ -239,7 +257,7 @@ async fn archive_table_inner(
     if opts.dry_run {
         // Read-only: what the catalog holds now, and what would change.
         let state = lake::table::inspect_table(catalog, t, &src).await?;
-        let counts = windows::window_counts(&client, &src, t.partition_by, cutoff).await?;
+        let counts = windows::window_counts(client, &src, t.partition_by, cutoff).await?;
         let facts = match &state {
             TableState::Missing => TableFacts {
                 source: source_id,
@@ -250,11 +268,11 @@ async fn archive_table_inner(
                 pending: counts.iter().map(|(w, _)| *w).collect(),
             },
             TableState::Ready(at) => {
-                gather_facts(&client, &at.table, &src, t, lower, cutoff).await?
+                gather_facts(client, &at.table, &src, t, lower, cutoff).await?
             }
             TableState::Evolves { table, changes } => {
                 report.schema_changes = changes.iter().map(ToString::to_string).collect();
-                gather_facts(&client, table, &src, t, lower, cutoff).await?
+                gather_facts(client, table, &src, t, lower, cutoff).await?
             }
         };
         fill_dry_run(report, &facts, t, opts, &counts);
@@ -265,8 +283,8 @@ async fn archive_table_inner(
         OnBusy::Wait => None,
         OnBusy::Skip => Some(cfg.database.lock_wait),
     };
-    if !source::lock_table(&client, src.oid, wait).await? {
-        let holder = source::lock_holder(&client, src.oid)
+    if !source::lock_table(client, src.oid, wait).await? {
+        let holder = source::lock_holder(client, src.oid)
             .await
             .ok()
             .flatten()
@@ -279,7 +297,7 @@ async fn archive_table_inner(
     // Under the lock: create or evolve the table, then plan from it as it is
     // now (another instance may have committed while we waited).
     let table = lake::table::ensure_table(catalog, &cfg.catalog, t, &src).await?;
-    let facts = gather_facts(&client, &table.table, &src, t, lower, cutoff).await?;
+    let facts = gather_facts(client, &table.table, &src, t, lower, cutoff).await?;
     let mode = if opts.no_delete {
         BatchMode::Copy
     } else {
@@ -322,7 +340,7 @@ async fn archive_table_inner(
         );
     }
     if opts.dry_run {
-        let counts = windows::window_counts(&client, &src, t.partition_by, cutoff).await?;
+        let counts = windows::window_counts(client, &src, t.partition_by, cutoff).await?;
         fill_dry_run(report, &facts, t, opts, &counts);
         return Ok(());
     }
@@ -338,7 +356,7 @@ async fn archive_table_inner(
     let mut ctx = Ctx {
         cfg: t,
         catalog,
-        client: &mut client,
+        client,
         src: &src,
         table,
         mode,

@@ -74,9 +74,9 @@ fn probe_err(target: String, e: &Error) -> Probe {
 pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
     let tables = cfg.select_tables(table)?;
     let pg_target = cfg.database.describe();
-    let client = match source::connect(&cfg.database).await {
+    let (client, server_now) = match source::connect(&cfg.database).await {
         Ok(c) => match source::server_facts(&c).await {
-            Ok(_) => Some(c),
+            Ok((_, now)) => (Some(c), now),
             Err(e) => return Ok(failed_report(probe_err(pg_target, &e), None)),
         },
         Err(e) => return Ok(failed_report(probe_err(pg_target, &e), None)),
@@ -170,6 +170,15 @@ pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
                         "`{}` is nullable: rows with a NULL time are never archived",
                         t.timestamp_column
                     ));
+                }
+                let cutoff = source::windows::cutoff(t.partition_by, server_now, t.lag);
+                match source::windows::unarchivable_counts(&client, &src, cutoff).await {
+                    Ok(left) if left.infinite_time > 0 => tc.warnings.push(format!(
+                        "{} row(s) have an infinite `{}` (infinity or -infinity): they belong to no window and stay in Postgres",
+                        left.infinite_time, t.timestamp_column
+                    )),
+                    Ok(_) => {}
+                    Err(e) => fail(&mut tc, &e),
                 }
                 match client
                     .query_one(

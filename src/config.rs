@@ -44,6 +44,9 @@ pub struct DatabaseConfig {
     pub on_busy: OnBusy,
     /// With `on_busy: skip`, how long to wait for the lock before skipping.
     pub lock_wait: Duration,
+    /// `lock_timeout` of every statement: how long one waits for a table lock
+    /// another session holds before it fails (naming that session).
+    pub lock_timeout: Duration,
     /// Extra trusted CA certificates (PEM); turns server certificate verification on.
     pub ssl_root_cert: Option<PathBuf>,
 }
@@ -56,6 +59,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("statement_timeout", &self.statement_timeout)
             .field("on_busy", &self.on_busy)
             .field("lock_wait", &self.lock_wait)
+            .field("lock_timeout", &self.lock_timeout)
             .field("ssl_root_cert", &self.ssl_root_cert)
             .finish()
     }
@@ -248,6 +252,8 @@ struct RawDatabase {
     #[serde(default)]
     lock_wait: Option<String>,
     #[serde(default)]
+    lock_timeout: Option<String>,
+    #[serde(default)]
     ssl_root_cert: Option<String>,
 }
 
@@ -370,24 +376,36 @@ impl Config {
         if let Some(pw) = pg.get_password() {
             secret::register(String::from_utf8_lossy(pw).into_owned());
         }
-        if raw.database.pool_size == 0 {
-            return Err(Error::config("`database.pool_size` must be at least 1"));
+        if !(1..=MAX_POOL_SIZE).contains(&raw.database.pool_size) {
+            return Err(Error::config(format!(
+                "`database.pool_size` must be between 1 and {MAX_POOL_SIZE}"
+            )));
         }
-        let statement_timeout = match &raw.database.statement_timeout {
+        let pg_duration = |key: &str, v: &Option<String>, default: Duration| match v {
             Some(s) => parse_duration(s)
-                .map_err(|m| Error::config(format!("`database.statement_timeout`: {m}")))?,
-            None => Duration::ZERO,
+                .and_then(|d| at_most(d, MAX_PG_TIMEOUT, "24 days (PostgreSQL's limit)"))
+                .map_err(|m| Error::config(format!("`database.{key}`: {m}"))),
+            None => Ok(default),
         };
         let database = DatabaseConfig {
             dsn,
             pool_size: raw.database.pool_size,
-            statement_timeout,
+            statement_timeout: pg_duration(
+                "statement_timeout",
+                &raw.database.statement_timeout,
+                Duration::ZERO,
+            )?,
             on_busy: raw.database.on_busy.unwrap_or(OnBusy::Skip),
-            lock_wait: match &raw.database.lock_wait {
-                Some(s) => parse_duration(s)
-                    .map_err(|m| Error::config(format!("`database.lock_wait`: {m}")))?,
-                None => Duration::from_secs(10),
-            },
+            lock_wait: pg_duration(
+                "lock_wait",
+                &raw.database.lock_wait,
+                Duration::from_secs(10),
+            )?,
+            lock_timeout: pg_duration(
+                "lock_timeout",
+                &raw.database.lock_timeout,
+                DEFAULT_LOCK_TIMEOUT,
+            )?,
             ssl_root_cert: raw.database.ssl_root_cert.map(|p| dir.join(p)),
         };
 
@@ -429,10 +447,10 @@ impl Config {
         }
 
         let max_table_concurrency = raw.global.max_table_concurrency.unwrap_or(2);
-        if max_table_concurrency == 0 {
-            return Err(Error::config(
-                "`global.max_table_concurrency` must be at least 1",
-            ));
+        if !(1..=MAX_POOL_SIZE).contains(&max_table_concurrency) {
+            return Err(Error::config(format!(
+                "`global.max_table_concurrency` must be between 1 and {MAX_POOL_SIZE}"
+            )));
         }
         if let Some(url) = &raw.notify.webhook_url {
             url::Url::parse(url)
@@ -592,7 +610,9 @@ fn parse_table(i: usize, t: RawTable, default_namespace: &str) -> Result<TableCo
     };
     let lag = match t.lag.as_deref() {
         None => Duration::from_secs(15 * 86400),
-        Some(s) => parse_duration(s).map_err(|m| Error::config(format!("{}: {m}", key("lag"))))?,
+        Some(s) => parse_duration(s)
+            .and_then(|d| at_most(d, MAX_LAG, "1000 years"))
+            .map_err(|m| Error::config(format!("{}: {m}", key("lag"))))?,
     };
     let namespace_str = t.namespace.unwrap_or_else(|| default_namespace.to_string());
     let namespace: Vec<String> = namespace_str.split('.').map(str::to_string).collect();
@@ -621,25 +641,28 @@ fn parse_table(i: usize, t: RawTable, default_namespace: &str) -> Result<TableCo
             )));
         }
     };
-    if target_file_size < 1024 * 1024 {
+    if !(1024 * 1024..=MAX_FILE_SIZE).contains(&target_file_size) {
         return Err(Error::config(format!(
-            "{} must be at least 1MiB",
+            "{} must be between 1MiB and 64GiB",
             key("target_file_size")
         )));
     }
-    if t.max_batch_rows == Some(0) {
+    if let Some(n) = t.max_batch_rows
+        && !(1..=i64::MAX as u64).contains(&n)
+    {
         return Err(Error::config(format!(
-            "{} must be at least 1",
-            key("max_batch_rows")
+            "{} must be between 1 and {}",
+            key("max_batch_rows"),
+            i64::MAX
         )));
     }
     let batch_windows = t.batch_windows.unwrap_or(match partition_by {
         Granularity::Hour => 24,
         _ => 1,
     });
-    if batch_windows == 0 {
+    if !(1..=MAX_BATCH_WINDOWS).contains(&batch_windows) {
         return Err(Error::config(format!(
-            "{} must be at least 1",
+            "{} must be between 1 and {MAX_BATCH_WINDOWS}",
             key("batch_windows")
         )));
     }
@@ -746,6 +769,35 @@ pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<St
         out.push_str(rest);
     }
     Ok(out)
+}
+
+/// The longest `lag`: windows older than that are never archived anyway, and
+/// `now - lag` must stay inside PostgreSQL's timestamp range.
+pub const MAX_LAG: Duration = Duration::from_secs(1000 * 366 * 86400);
+/// PostgreSQL's timeouts are milliseconds in an `int`.
+pub const MAX_PG_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+/// The default `database.lock_timeout`.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_POOL_SIZE: usize = 1000;
+const MAX_BATCH_WINDOWS: u32 = 100_000;
+const MAX_FILE_SIZE: u64 = 64 * 1024 * 1024 * 1024;
+
+fn at_most(d: Duration, max: Duration, what: &str) -> std::result::Result<Duration, String> {
+    if d > max {
+        Err(format!(
+            "{} is too long (at most {what})",
+            humantime_secs(d)
+        ))
+    } else {
+        Ok(d)
+    }
+}
+
+fn humantime_secs(d: Duration) -> String {
+    match d.as_secs() {
+        s if s % 86400 == 0 && s > 0 => format!("{}d", s / 86400),
+        s => format!("{s}s"),
+    }
 }
 
 /// Parses `15d`, `6h`, `30m`, `10s`, `2w`, `1d12h`, `500ms`.

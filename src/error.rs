@@ -176,6 +176,22 @@ impl Error {
         e.with_source(err)
     }
 
+    /// True when this is Postgres' `lock_not_available` (a lock was not
+    /// granted within `lock_timeout`).
+    pub fn is_lock_timeout(&self) -> bool {
+        self.source
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
+            .and_then(|e| e.code())
+            == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+    }
+
+    /// Replaces the hint.
+    pub fn replace_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
     /// Converts an iceberg-rust error; `what` says what we were doing.
     pub fn iceberg(what: impl fmt::Display, err: iceberg::Error) -> Self {
         use iceberg::ErrorKind as K;
@@ -276,6 +292,8 @@ fn postgres_hint(code: &tokio_postgres::error::SqlState) -> Option<String> {
         "the database named in `database.dsn` does not exist"
     } else if *code == S::QUERY_CANCELED {
         "raise `database.statement_timeout` or lower `max_batch_rows`"
+    } else if *code == S::LOCK_NOT_AVAILABLE {
+        "another session holds a conflicting lock on the table: wait for it to finish, or raise `database.lock_timeout`; nothing was deleted"
     } else if *code == S::T_R_SERIALIZATION_FAILURE || *code == S::T_R_DEADLOCK_DETECTED {
         "a concurrent writer touched the same rows; nothing was deleted, run again"
     } else {

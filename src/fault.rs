@@ -20,7 +20,10 @@
 //! | `after-verify`    | verified; Postgres transaction open (about to commit) |
 //! | `after-pg-commit` | Postgres committed: the batch is complete |
 //!
-//! `PERMAFROST_FAULT=corrupt-checksum` makes verification see a wrong checksum.
+//! `PERMAFROST_FAULT=corrupt-checksum` makes verification see a wrong checksum;
+//! `PERMAFROST_FAULT=legacy-partition-name` creates tables the way permafrost
+//! did before partition field names were sanitised (`Recorded At_day`), to
+//! test the repair of tables stuck that way.
 
 /// Every named point, in order.
 pub const POINTS: [&str; 6] = [

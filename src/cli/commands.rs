@@ -254,27 +254,24 @@ async fn run_archive(
     } else {
         print_archive(&reports, opts.dry_run);
     }
-    let failed: Vec<_> = reports
-        .iter()
-        .filter_map(|r| match &r.outcome {
-            Outcome::Failed { error, hint } => {
-                Some((r.source.clone(), error.clone(), hint.clone()))
+    // One failure, one message: each failed table's error is printed once,
+    // here (the summary and the log leave it out).
+    let mut failed = 0;
+    for r in &reports {
+        if let Outcome::Failed { error, hint } = &r.outcome {
+            let mut e = Error::new(ErrorKind::Internal, format!("{}: {error}", r.source));
+            if let Some(h) = hint {
+                e = e.with_hint(h.clone());
             }
-            _ => None,
-        })
-        .collect();
-    if let Some((table, error, hint)) = failed.first() {
-        let mut e = Error::new(ErrorKind::Internal, format!("{table}: {error}"));
-        if failed.len() > 1 {
-            e = e.with_context("failed tables", failed.len());
+            output::error(&e);
+            failed += 1;
         }
-        if let Some(h) = hint {
-            e = e.with_hint(h.clone());
-        }
-        output::error(&e);
-        return Ok(ExitCode::from(1));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_archive(reports: &[archive::TableReport], dry_run: bool) {
@@ -283,9 +280,8 @@ fn print_archive(reports: &[archive::TableReport], dry_run: bool) {
             Outcome::Skipped { reason } => {
                 output::line(&format!("{}: skipped: {reason}", r.source))
             }
-            Outcome::Failed { error, .. } => {
-                output::line(&format!("{}: FAILED: {error}", r.source))
-            }
+            // Printed once, as the command's error.
+            Outcome::Failed { .. } => continue,
             Outcome::Done => {}
         }
         if dry_run {
@@ -416,6 +412,13 @@ fn print_status(st: &[inspect::TableStatus]) {
                 "{}: {} row(s) have a NULL time and are never archived",
                 s.source,
                 num(s.rows_null_time)
+            ));
+        }
+        if s.rows_infinite_time > 0 {
+            output::line(&format!(
+                "{}: {} row(s) have an infinite time (±infinity) and are never archived",
+                s.source,
+                num(s.rows_infinite_time)
             ));
         }
     }

@@ -30,6 +30,8 @@ pub struct TableStatus {
     pub rows_recent: u64,
     /// Rows whose time column is NULL: never archived.
     pub rows_null_time: u64,
+    /// Rows whose time is `infinity` or `-infinity`: never archived.
+    pub rows_infinite_time: u64,
     /// End of the newest archived window.
     pub latest_window: Option<String>,
     pub failed_batches: Vec<FailedBatch>,
@@ -74,7 +76,7 @@ async fn table_status(
     let src = source::introspect::introspect(client, t).await?;
     let cutoff = windows::cutoff(t.partition_by, now, t.lag);
     let counts = windows::window_counts(client, &src, t.partition_by, cutoff).await?;
-    let (rows_null_time, rows_recent) = windows::unarchivable_counts(client, &src, cutoff).await?;
+    let left = windows::unarchivable_counts(client, &src, cutoff).await?;
     let table = match lake::table::inspect_table(catalog, t, &src).await? {
         lake::table::TableState::Missing => None,
         lake::table::TableState::Ready(at) => Some(at.table),
@@ -126,8 +128,9 @@ async fn table_status(
         batches: facts.batches.len(),
         rows_archived: facts.batches.iter().map(|b| b.rows).sum(),
         rows_pending,
-        rows_recent,
-        rows_null_time,
+        rows_recent: left.recent,
+        rows_null_time: left.null_time,
+        rows_infinite_time: left.infinite_time,
         latest_window: latest.map(rfc3339),
         failed_batches: facts
             .batches

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod commit;
 pub mod evolve;
 pub mod glue;
+pub mod layout;
 pub mod metadata_commit;
 pub mod readback;
 pub mod table;

@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_schema::SchemaRef as ArrowSchemaRef;
-use iceberg::spec::{
-    NestedField, NullOrder, Schema, SortDirection, SortField, SortOrder, UnboundPartitionSpec,
-};
+use iceberg::spec::{NestedField, Schema};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, NamespaceIdent, TableCreation, TableIdent, TableRequirement, TableUpdate};
@@ -16,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{CatalogConfig, TableConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lake::evolve::{self, Change, ColumnNow, Evolution};
+use crate::lake::layout;
 use crate::lake::metadata_commit;
 use crate::plan::window::Granularity;
 use crate::source::SourceTable;
@@ -248,7 +247,9 @@ pub async fn inspect_table(
 ) -> Result<TableState> {
     let ident = ident(cfg)?;
     let Some(table) = load(catalog, &ident).await? else {
-        derive_schema(src)?;
+        layout::derive(src, cfg.partition_by)?
+            .prove_readable()
+            .await?;
         return Ok(TableState::Missing);
     };
     check_layout(cfg, src, &table)?;
@@ -273,6 +274,9 @@ pub async fn ensure_table(
 ) -> Result<ArchiveTable> {
     let ident = ident(cfg)?;
     let table = match load(catalog, &ident).await? {
+        Some(t) if unreadable_partition_field(&t).is_some() => {
+            repair_unreadable(catalog, cfg, src, &ident, &t).await?
+        }
         Some(t) => t,
         None => create(catalog, cfg, src, &ident).await?,
     };
@@ -354,7 +358,8 @@ async fn create(
     src: &SourceTable,
     ident: &TableIdent,
 ) -> Result<Table> {
-    let schema = derive_schema(src)?;
+    let layout = layout::derive(src, cfg.partition_by)?;
+    layout.prove_readable().await?;
     let ns = ident.namespace();
     let ns_exists = catalog
         .namespace_exists(ns)
@@ -368,32 +373,11 @@ async fn create(
             return Err(Error::iceberg(format!("cannot create namespace {ns}"), e));
         }
     }
-    let time_id = schema
-        .field_by_name(&src.time_column().name)
-        .map(|f| f.id)
-        .ok_or_else(|| Error::internal("time column not in schema"))?;
-    let partition_field = format!("{}_{}", src.time_column().name, cfg.partition_by.name());
-    let spec = UnboundPartitionSpec::builder()
-        .add_partition_field(time_id, &partition_field, cfg.partition_by.transform())
-        .map_err(|e| Error::iceberg("cannot build the partition spec", e))?
-        .build();
-    let sort = SortOrder::builder()
-        .with_order_id(1)
-        .with_sort_field(
-            SortField::builder()
-                .source_id(time_id)
-                .direction(SortDirection::Ascending)
-                .null_order(NullOrder::First)
-                .transform(iceberg::spec::Transform::Identity)
-                .build(),
-        )
-        .build(&schema)
-        .map_err(|e| Error::iceberg("cannot build the sort order", e))?;
     let creation = TableCreation::builder()
         .name(ident.name().to_string())
-        .schema(schema)
-        .partition_spec(spec)
-        .sort_order(sort)
+        .schema(layout.schema)
+        .partition_spec(layout.spec)
+        .sort_order(layout.sort)
         .properties(creation_properties(cfg, src)?)
         .build();
     match catalog.create_table(ns, creation).await {
@@ -408,6 +392,66 @@ async fn create(
     }
 }
 
+/// The name of the table's partition field when it is not a valid Avro name
+/// (tables created by permafrost before names were sanitised): no engine can
+/// read such a table's manifests.
+pub fn unreadable_partition_field(table: &Table) -> Option<String> {
+    table
+        .metadata()
+        .default_partition_spec()
+        .fields()
+        .iter()
+        .find(|f| !layout::is_avro_name(&f.name))
+        .map(|f| f.name.clone())
+}
+
+fn unreadable_error(table: &Table, field: &str) -> Error {
+    Error::new(
+        ErrorKind::Schema,
+        format!(
+            "Iceberg table {} has the partition field `{field}`, which is not a valid Avro name: no engine can read its manifests",
+            table.identifier()
+        ),
+    )
+}
+
+/// Replaces a table whose manifests nobody can read (see
+/// [`unreadable_partition_field`]) by a new one with a valid partition field
+/// name.  Safe because no batch of it ever read back, so none of its rows was
+/// deleted from Postgres: refused unless the table archives this source and
+/// every snapshot is a permafrost batch.
+async fn repair_unreadable(
+    catalog: &dyn Catalog,
+    cfg: &TableConfig,
+    src: &SourceTable,
+    ident: &TableIdent,
+    table: &Table,
+) -> Result<Table> {
+    let field = unreadable_partition_field(table).unwrap_or_default();
+    let md = table.metadata();
+    let ours = md.properties().get(props::SOURCE) == Some(&src.source_id())
+        && md.snapshots().all(|s| {
+            s.summary()
+                .additional_properties
+                .contains_key(crate::plan::keys::BATCH_ID)
+        });
+    if !ours {
+        return Err(unreadable_error(table, &field).with_hint(
+            "it holds snapshots permafrost did not write, so it is not replaced automatically; drop it in your engine and run `archive` again",
+        ));
+    }
+    tracing::warn!(
+        "replacing Iceberg table {ident}: its partition field `{field}` is not a valid Avro name, so its {} snapshot(s) never read back and none of their rows was deleted from {}",
+        md.snapshots().count(),
+        src.qualified()
+    );
+    catalog
+        .drop_table(ident)
+        .await
+        .map_err(|e| Error::iceberg(format!("cannot drop the unreadable table {ident}"), e))?;
+    create(catalog, cfg, src, ident).await
+}
+
 /// The table archives this source and is partitioned by the configured
 /// transform of the time column.
 fn check_layout(cfg: &TableConfig, src: &SourceTable, table: &Table) -> Result<()> {
@@ -417,6 +461,12 @@ fn check_layout(cfg: &TableConfig, src: &SourceTable, table: &Table) -> Result<(
         && recorded != &src.source_id()
     {
         return Err(incompatible(ident, src, format!("it archives {recorded}")));
+    }
+    if let Some(field) = unreadable_partition_field(table) {
+        return Err(unreadable_error(table, &field).with_hint(format!(
+            "run `permafrost archive -t {}`: it replaces the table (its batches never read back, so their rows are all still in Postgres)",
+            cfg.source_name()
+        )));
     }
     let schema = md.current_schema();
     let time_name = &src.time_column().name;

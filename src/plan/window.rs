@@ -156,11 +156,13 @@ pub fn rfc3339(t: Micros) -> String {
 }
 
 /// Parses RFC 3339 (`2024-01-15T00:00:00Z`), a naive date-time read as UTC, or a date.
+/// Years outside 0000–9999 take a sign, as [`rfc3339`] writes them (`-0044-03-15T00:00:00Z`).
 pub fn parse_instant(s: &str) -> Option<Micros> {
     let s = s.trim();
     if let Ok(d) = DateTime::parse_from_rfc3339(s) {
         return Some(d.timestamp_micros());
     }
+    let s = s.strip_suffix('Z').unwrap_or(s);
     for fmt in [
         "%Y-%m-%dT%H:%M:%S%.f",
         "%Y-%m-%d %H:%M:%S%.f",
@@ -248,6 +250,28 @@ mod tests {
         assert_eq!(t("2024-01-15 06:00:00"), t("2024-01-15T06:00:00+00:00"));
         assert_eq!(t("2024-01-15T08:00:00+02:00"), t("2024-01-15T06:00:00Z"));
         assert!(parse_instant("yesterday").is_none());
+    }
+
+    #[test]
+    fn years_before_1_and_after_9999_roundtrip() {
+        for s in [
+            "0000-01-01T00:00:00Z",
+            "-0001-12-31T23:00:00Z",
+            "-4712-11-24T00:00:00Z",
+            "+12345-06-01T00:00:00Z",
+            "-0044-03-15T12:00:00.000001Z",
+        ] {
+            let t = parse_instant(s).unwrap_or_else(|| panic!("{s}"));
+            assert_eq!(parse_instant(&rfc3339(t)), Some(t), "{s} -> {}", rfc3339(t));
+        }
+        // Postgres' first instant, 4714-11-24 00:00 BC, is ISO year -4713.
+        assert_eq!(
+            parse_instant("-4713-11-24T00:00:00Z"),
+            Some(crate::source::windows::PG_MIN_MICROS)
+        );
+        let w = Granularity::Year.window_of(t("0000-06-01T00:00:00Z"));
+        assert_eq!(rfc3339(w.start), "0000-01-01T00:00:00Z");
+        assert_eq!(Granularity::Year.ordinal(w.start), -1970);
     }
 
     #[test]

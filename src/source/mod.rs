@@ -48,10 +48,11 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
     }
     .map_err(|e| Error::postgres(what, e))?;
     let timeout_ms = db.statement_timeout.as_millis();
+    let lock_ms = db.lock_timeout.as_millis();
     let setup = format!(
         "SET TimeZone = 'UTC'; SET standard_conforming_strings = on; SET DateStyle = 'ISO'; \
          SET extra_float_digits = 3; SET statement_timeout = {timeout_ms}; \
-         SET idle_in_transaction_session_timeout = 0"
+         SET lock_timeout = {lock_ms}; SET idle_in_transaction_session_timeout = 0"
     );
     client
         .batch_execute(&setup)
@@ -115,20 +116,30 @@ pub async fn lock_table(client: &Client, table_oid: u32, wait: Option<Duration>)
     let key = lock_key(table_oid);
     let err = |e| Error::postgres("cannot take the table's advisory lock", e);
     let ms = wait.map(|w| w.as_millis().max(1) as i64).unwrap_or(0);
+    // SET LOCAL: the session's own lock_timeout comes back with the
+    // transaction's end; the session-level advisory lock outlives it.
     client
-        .execute(
-            "SELECT set_config('lock_timeout', $1, false)",
-            &[&ms.to_string()],
-        )
+        .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = {ms}"))
         .await
         .map_err(err)?;
     let taken = match client.execute("SELECT pg_advisory_lock($1)", &[&key]).await {
         Ok(_) => true,
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => false,
-        Err(e) => return Err(err(e)),
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(
+                if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
+                    err(e).replace_hint(
+                    "another permafrost instance held the table for longer than `database.statement_timeout`; with `on_busy: wait` raise it, or use `on_busy: skip`",
+                )
+                } else {
+                    err(e)
+                },
+            );
+        }
     };
     client
-        .execute("SELECT set_config('lock_timeout', '0', false)", &[])
+        .batch_execute(if taken { "COMMIT" } else { "ROLLBACK" })
         .await
         .map_err(err)?;
     Ok(taken)
@@ -162,6 +173,65 @@ pub async fn lock_holder(client: &Client, table_oid: u32) -> Result<Option<Strin
         let since: String = r.get(3);
         format!("pid {pid} ({app}, from {addr}, connected since {since})")
     }))
+}
+
+/// Sessions holding a lock on `table` (a quoted, qualified name) or one of its
+/// partitions that blocks our statements, described for a message: pid,
+/// application, user, lock mode and since when.  Never their query text,
+/// which may hold another application's secrets.
+pub async fn lock_blockers(client: &Client, table: &str) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "WITH t AS (SELECT to_regclass($1) AS oid) \
+             SELECT DISTINCT ON (a.pid) a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), \
+                    l.mode, coalesce(a.state, ''), coalesce(a.xact_start::text, a.backend_start::text, '') \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid, t \
+             WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid() \
+               AND l.mode NOT IN ('AccessShareLock', 'RowShareLock') \
+               AND (l.relation = t.oid OR l.relation IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = t.oid)) \
+             ORDER BY a.pid",
+            &[&table],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot look up the sessions locking the table", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let pid: i32 = r.get(0);
+            let (app, user, mode, state, since): (String, String, String, String, String) =
+                (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+            let app = if app.is_empty() {
+                "no application name".into()
+            } else {
+                app
+            };
+            format!("pid {pid} ({app}, user {user}, {mode}, {state} since {since})")
+        })
+        .collect())
+}
+
+/// `e` with the sessions that block `table` named, when it is a lock timeout.
+pub async fn explain_lock_timeout(client: &Client, table: &str, e: Error) -> Error {
+    if !e.is_lock_timeout() {
+        return e;
+    }
+    match lock_blockers(client, table).await {
+        Ok(b) if !b.is_empty() => {
+            let pid = b[0].split_whitespace().nth(1).unwrap_or("PID").to_string();
+            let msg = format!(
+                "{}: {table} is locked by {}",
+                e.message().replace(
+                    "canceling statement due to lock timeout",
+                    "no lock within `database.lock_timeout`"
+                ),
+                b.join("; ")
+            );
+            Error::new(ErrorKind::Postgres, msg).with_hint(format!(
+                "wait for that session to finish (or end it: SELECT pg_terminate_backend({pid})), or raise `database.lock_timeout`; nothing was deleted"
+            ))
+        }
+        _ => e,
+    }
 }
 
 /// `txid_status` for each transaction id.

@@ -90,8 +90,16 @@ pub async fn list(client: &Client, parent: &str, kind: TimeKind) -> Result<Vec<P
         TimeKind::Timestamp => "timestamp",
         TimeKind::Timestamptz => "timestamptz",
     };
+    // An infinite (or unrepresentably far) bound is unbounded, like MINVALUE/MAXVALUE.
+    let us = |x: &str| {
+        format!(
+            "CASE WHEN isfinite({x}) AND {x} < '200000-01-01' THEN (extract(epoch FROM {x}) * 1000000)::int8 END"
+        )
+    };
     let micros = format!(
-        "SELECT (extract(epoch FROM $1::text::{ty}) * 1000000)::int8, (extract(epoch FROM $2::text::{ty}) * 1000000)::int8"
+        "SELECT {}, {} FROM (SELECT $1::text::{ty} AS a, $2::text::{ty} AS b) v",
+        us("a"),
+        us("b")
     );
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {

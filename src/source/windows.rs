@@ -13,14 +13,38 @@ use crate::plan::window::{Granularity, Micros, Window};
 use crate::source::SourceTable;
 use crate::source::introspect::TimeKind;
 
+/// The earliest instant Postgres timestamps hold: 4714-11-24 00:00:00 BC (Julian day 0).
+pub const PG_MIN_MICROS: Micros = -210_866_803_200_000_000;
+
 /// A literal of the time column's type for instant `t` (rendered by us from an
 /// integer, so safe to embed in `COPY (…)`, which takes no parameters).
+///
+/// Years before 1 are written with `BC` (Postgres has no year 0: ISO year 0 is
+/// 1 BC); instants before Postgres' range become its first instant, instants
+/// past what we can render become `infinity`, so a bound never silently
+/// turns into another date.
 pub fn time_literal(kind: TimeKind, t: Micros) -> String {
-    let d = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(t).unwrap_or_default();
-    let s = d.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+    let s = pg_timestamp_text(t.max(PG_MIN_MICROS));
     match kind {
         TimeKind::Timestamp => format!("'{s}'::timestamp"),
-        _ => format!("'{s}+00'::timestamptz"),
+        _ if s == "infinity" => format!("'{s}'::timestamptz"),
+        _ => match s.strip_suffix(" BC") {
+            Some(ad) => format!("'{ad}+00 BC'::timestamptz"),
+            None => format!("'{s}+00'::timestamptz"),
+        },
+    }
+}
+
+/// `2024-01-02 03:04:05.000006`, `0001-01-01 00:00:00.000000 BC`, or `infinity`.
+fn pg_timestamp_text(t: Micros) -> String {
+    use chrono::Datelike;
+    let Some(d) = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(t) else {
+        return "infinity".into();
+    };
+    let rest = d.format("%m-%d %H:%M:%S%.6f");
+    match d.year() {
+        y if y <= 0 => format!("{:04}-{rest} BC", 1 - y),
+        y => format!("{y:04}-{rest}"),
     }
 }
 
@@ -84,24 +108,30 @@ pub async fn nonempty_windows(
     let lower = from
         .map(|f| format!(" AND {col} >= {}", time_literal(kind, f)))
         .unwrap_or_default();
-    let unit = g.name();
-    let sql = format!(
-        "WITH RECURSIVE w(s) AS ( \
-           SELECT date_trunc('{unit}', {first}) \
-           UNION ALL \
-           SELECT date_trunc('{unit}', {next}) FROM w WHERE w.s IS NOT NULL \
-         ) SELECT (extract(epoch FROM s) * 1000000)::int8 FROM w WHERE s IS NOT NULL",
-        first = utc_naive(
-            kind,
-            &format!("(SELECT min({col}) FROM {table} WHERE {col} < {cut}{lower}{filter})")
-        ),
-        next = utc_naive(
+    // `s` walks the oldest row of each non-empty window; Rust maps it to its
+    // window.  The first window of Postgres' range starts before Postgres'
+    // first instant (month and year windows of 4714 BC), so its end is
+    // given as a literal instead of being computed by `date_trunc`.
+    let first_end = time_literal(kind, g.window_of(PG_MIN_MICROS).end);
+    let next = format!(
+        "CASE WHEN w.s < {first_end} THEN {first_end} ELSE {} END",
+        from_utc_naive(
             kind,
             &format!(
-                "(SELECT min({col}) FROM {table} WHERE {col} >= {} AND {col} < {cut}{filter})",
-                from_utc_naive(kind, &format!("(w.s + {})", interval(g)))
+                "(date_trunc('{}', {}) + {})",
+                g.name(),
+                utc_naive(kind, "w.s"),
+                interval(g)
             )
-        ),
+        )
+    );
+    let sql = format!(
+        "WITH RECURSIVE w(s) AS ( \
+           SELECT (SELECT min({col}) FROM {table} WHERE {col} > '-infinity' AND {col} < {cut}{lower}{filter}) \
+           UNION ALL \
+           SELECT (SELECT min({col}) FROM {table} WHERE {col} >= {next} AND {col} < {cut}{filter}) \
+           FROM w WHERE w.s IS NOT NULL \
+         ) SELECT (extract(epoch FROM s) * 1000000)::int8 FROM w WHERE s IS NOT NULL",
     );
     let rows = client
         .query(sql.as_str(), &[])
@@ -111,6 +141,24 @@ pub async fn nonempty_windows(
         .iter()
         .map(|r| g.window_of(r.get::<_, i64>(0)))
         .collect())
+}
+
+/// The SQL of the epoch µs at which the window of `col`'s value starts, or
+/// NULL for the first window of Postgres' range (whose start Postgres cannot
+/// represent; see [`first_window`]).
+fn window_start_sql(kind: TimeKind, g: Granularity, col: &str) -> String {
+    let first_end = time_literal(kind, g.window_of(PG_MIN_MICROS).end);
+    format!(
+        "CASE WHEN {col} < {first_end} THEN NULL \
+         ELSE (extract(epoch FROM date_trunc('{}', {})) * 1000000)::int8 END",
+        g.name(),
+        utc_naive(kind, col)
+    )
+}
+
+/// The window holding Postgres' first instant.
+fn first_window(g: Granularity) -> Window {
+    g.window_of(PG_MIN_MICROS)
 }
 
 /// Row counts per non-empty window below `cutoff` (scans the archivable rows).
@@ -128,10 +176,9 @@ pub async fn window_counts(
         .map(|f| format!(" AND {f}"))
         .unwrap_or_default();
     let sql = format!(
-        "SELECT (extract(epoch FROM date_trunc('{}', {})) * 1000000)::int8 AS w, count(*) FROM {} \
-         WHERE {col} < {}{filter} GROUP BY 1 ORDER BY 1",
-        g.name(),
-        utc_naive(kind, &col),
+        "SELECT {} AS w, count(*) FROM {} \
+         WHERE {col} > '-infinity' AND {col} < {}{filter} GROUP BY 1 ORDER BY 1 NULLS FIRST",
+        window_start_sql(kind, g, &col),
         t.qualified(),
         time_literal(kind, cutoff)
     );
@@ -141,7 +188,13 @@ pub async fn window_counts(
         .map_err(|e| Error::postgres(format!("cannot count rows of {}", t.qualified()), e))?;
     Ok(rows
         .iter()
-        .map(|r| (g.window_of(r.get::<_, i64>(0)), r.get::<_, i64>(1) as u64))
+        .map(|r| {
+            let w = match r.get::<_, Option<i64>>(0) {
+                Some(start) => g.window_of(start),
+                None => first_window(g),
+            };
+            (w, r.get::<_, i64>(1) as u64)
+        })
         .collect())
 }
 
@@ -159,37 +212,53 @@ pub async fn count_in_range(client: &Client, t: &SourceTable, range: &Window) ->
     Ok(row.get::<_, i64>(0) as u64)
 }
 
-/// Rows whose time column is NULL (never archived) and rows newer than the cutoff.
+/// Rows that no window below the cutoff holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unarchivable {
+    /// The time is NULL: never archived.
+    pub null_time: u64,
+    /// The time is `infinity` or `-infinity`: never archived.
+    pub infinite_time: u64,
+    /// Finite and at or after the cutoff: archived once older than the lag.
+    pub recent: u64,
+}
+
+/// Counts the rows of `t` that stay in Postgres (see [`Unarchivable`]), in one scan.
 pub async fn unarchivable_counts(
     client: &Client,
     t: &SourceTable,
     cutoff: Micros,
-) -> Result<(u64, u64)> {
+) -> Result<Unarchivable> {
     let kind = t.time_kind();
     let col = quote_ident(&t.time_column().name);
-    let count = |cond: String| format!("SELECT count(*) FROM {} WHERE {cond}", t.qualified());
-    let nulls = if t.time_column().not_null {
-        0
-    } else {
-        let sql = count(format!("{col} IS NULL"));
-        let row = client
-            .query_one(sql.as_str(), &[])
-            .await
-            .map_err(|e| Error::postgres(format!("cannot count rows of {}", t.qualified()), e))?;
-        row.get::<_, i64>(0) as u64
-    };
-    let sql = count(format!("{col} >= {}", time_literal(kind, cutoff)));
+    // Each condition can use an index on the time column.
+    let sql = format!(
+        "SELECT count(*) FILTER (WHERE {col} IS NULL), \
+                count(*) FILTER (WHERE {infinite}), \
+                count(*) FILTER (WHERE {col} >= {cut} AND {col} < 'infinity') \
+         FROM {table} WHERE {col} IS NULL OR {infinite} OR {col} >= {cut}",
+        infinite = format!("{col} = 'infinity' OR {col} = '-infinity'"),
+        cut = time_literal(kind, cutoff),
+        table = t.qualified(),
+    );
     let row = client
         .query_one(sql.as_str(), &[])
         .await
         .map_err(|e| Error::postgres(format!("cannot count rows of {}", t.qualified()), e))?;
-    Ok((nulls, row.get::<_, i64>(0) as u64))
+    Ok(Unarchivable {
+        null_time: row.get::<_, i64>(0) as u64,
+        infinite_time: row.get::<_, i64>(1) as u64,
+        recent: row.get::<_, i64>(2) as u64,
+    })
 }
 
 /// The cutoff: the start of the window containing `now - lag`.  Every window
 /// that ends at or before it is entirely older than `now - lag`.
+///
+/// The config bounds `lag` (see `config::MAX_LAG`), so this cannot overflow.
 pub fn cutoff(g: Granularity, now: Micros, lag: std::time::Duration) -> Micros {
-    g.floor(now - lag.as_micros() as i64)
+    let lag = i64::try_from(lag.as_micros()).unwrap_or(i64::MAX);
+    g.floor(now.saturating_sub(lag).max(PG_MIN_MICROS))
 }
 
 #[cfg(test)]
@@ -207,6 +276,23 @@ mod tests {
         assert_eq!(
             time_literal(TimeKind::Timestamp, t),
             "'2024-01-02 03:04:05.000006'::timestamp"
+        );
+        let bc = parse_instant("0000-01-01T00:00:00Z").unwrap();
+        assert_eq!(
+            time_literal(TimeKind::Timestamptz, bc),
+            "'0001-01-01 00:00:00.000000+00 BC'::timestamptz"
+        );
+        assert_eq!(
+            time_literal(TimeKind::Timestamp, bc - 1),
+            "'0002-12-31 23:59:59.999999 BC'::timestamp"
+        );
+        assert_eq!(
+            time_literal(TimeKind::Timestamp, i64::MIN),
+            "'4714-11-24 00:00:00.000000 BC'::timestamp"
+        );
+        assert_eq!(
+            time_literal(TimeKind::Timestamptz, i64::MAX),
+            "'infinity'::timestamptz"
         );
     }
 

@@ -317,21 +317,26 @@ pub fn assert_engine_ready(what: &str, eng: &Value) {
 
 /// Runs `tests/py/interop.py` with `request`; returns its JSON answer.
 pub fn interop(s: &Services, request: &Value) -> Value {
+    python(s, "interop.py", request)
+}
+
+/// Runs `tests/py/<script>` with `request` (a JSON file); returns its JSON answer.
+pub fn python(s: &Services, script: &str, request: &Value) -> Value {
     let dir = tempfile::tempdir().expect("tempdir");
     let req = dir.path().join("req.json");
     std::fs::write(&req, request.to_string()).expect("write request");
-    let script = crate::common::source_dir().join("tests/py/interop.py");
+    let path = crate::common::source_dir().join("tests/py").join(script);
     let out = Command::new(&s.python)
-        .arg(script)
+        .arg(path)
         .arg(&req)
         .output()
         .expect("run python");
     assert!(
         out.status.success(),
-        "interop.py failed:\n{}",
+        "{script} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("interop output is JSON")
+    serde_json::from_slice(&out.stdout).expect("python output is JSON")
 }
 
 /// Compares JSON values, treating numbers as equal when their f64 values are.

@@ -9,6 +9,7 @@ mod common;
 mod demo;
 mod errors;
 mod evolution;
+mod hostile;
 mod inspect;
 mod modes;
 mod restore;
