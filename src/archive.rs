@@ -30,7 +30,6 @@ use crate::checksum::{Checksum, HashBag};
 use crate::config::{Config, OnBusy, TableConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault;
-use crate::filter::quote_ident;
 use crate::lake::table::TableState;
 use crate::lake::{self, ArchiveTable};
 use crate::notify;
@@ -218,10 +217,7 @@ async fn archive_table_inner(
 ) -> Result<()> {
     let mut client = source::connect(&cfg.database).await?;
     match archive_on(&mut client, cfg, t, catalog, opts, progress, report).await {
-        Err(e) => {
-            let name = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
-            Err(source::explain_lock_timeout(&client, &name, e).await)
-        }
+        Err(e) => Err(source::explain_lock_timeout(&client, &t.quoted_name(), e).await),
         ok => ok,
     }
 }

@@ -178,7 +178,10 @@ pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
                         left.infinite_time, t.timestamp_column
                     )),
                     Ok(_) => {}
-                    Err(e) => fail(&mut tc, &e),
+                    Err(e) => {
+                        let e = source::explain_lock_timeout(&client, &t.quoted_name(), e).await;
+                        fail(&mut tc, &e)
+                    }
                 }
                 match client
                     .query_one(

@@ -203,6 +203,12 @@ impl TableConfig {
         format!("{}.{}", self.schema, self.name)
     }
 
+    /// `"schema"."name"`, quoted for SQL.
+    pub fn quoted_name(&self) -> String {
+        use crate::filter::quote_ident;
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+
     /// `namespace.table` in the catalog.
     pub fn iceberg_name(&self) -> String {
         format!("{}.{}", self.namespace.join("."), self.table)

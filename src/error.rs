@@ -176,14 +176,19 @@ impl Error {
         e.with_source(err)
     }
 
-    /// True when this is Postgres' `lock_not_available` (a lock was not
-    /// granted within `lock_timeout`).
-    pub fn is_lock_timeout(&self) -> bool {
+    /// The SQLSTATE of the Postgres error this came from.
+    pub fn pg_code(&self) -> Option<&tokio_postgres::error::SqlState> {
         self.source
             .as_ref()
             .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
             .and_then(|e| e.code())
-            == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+    }
+
+    /// True when a statement gave up waiting: `lock_not_available` (a lock
+    /// not granted within `lock_timeout`) or `query_canceled` (`statement_timeout`).
+    pub fn is_pg_timeout(&self) -> bool {
+        use tokio_postgres::error::SqlState as S;
+        matches!(self.pg_code(), Some(c) if *c == S::LOCK_NOT_AVAILABLE || *c == S::QUERY_CANCELED)
     }
 
     /// Replaces the hint.

@@ -62,7 +62,12 @@ pub async fn status(
     let now = now.unwrap_or(server_now);
     let mut out = Vec::new();
     for t in &tables {
-        out.push(table_status(catalog.as_ref(), &client, t, now).await?);
+        match table_status(catalog.as_ref(), &client, t, now).await {
+            Ok(st) => out.push(st),
+            Err(e) => {
+                return Err(source::explain_lock_timeout(&client, &t.quoted_name(), e).await);
+            }
+        }
     }
     Ok(out)
 }

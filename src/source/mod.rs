@@ -205,14 +205,16 @@ pub async fn lock_blockers(client: &Client, table: &str) -> Result<Vec<String>> 
             } else {
                 app
             };
-            format!("pid {pid} ({app}, user {user}, {mode}, {state} since {since})")
+            format!("pid {pid} ({app}, user {user}, {mode}, {state}, transaction started {since})")
         })
         .collect())
 }
 
-/// `e` with the sessions that block `table` named, when it is a lock timeout.
+/// `e` with the sessions that block `table` named, when it is a timeout
+/// (`lock_timeout`, or `statement_timeout` while waiting for a lock) and
+/// other sessions hold locks on the table.
 pub async fn explain_lock_timeout(client: &Client, table: &str, e: Error) -> Error {
-    if !e.is_lock_timeout() {
+    if !e.is_pg_timeout() {
         return e;
     }
     match lock_blockers(client, table).await {
@@ -220,14 +222,19 @@ pub async fn explain_lock_timeout(client: &Client, table: &str, e: Error) -> Err
             let pid = b[0].split_whitespace().nth(1).unwrap_or("PID").to_string();
             let msg = format!(
                 "{}: {table} is locked by {}",
-                e.message().replace(
-                    "canceling statement due to lock timeout",
-                    "no lock within `database.lock_timeout`"
-                ),
+                e.message()
+                    .replace(
+                        "canceling statement due to lock timeout",
+                        "no lock within `database.lock_timeout`"
+                    )
+                    .replace(
+                        "canceling statement due to statement timeout",
+                        "no lock within `database.statement_timeout`"
+                    ),
                 b.join("; ")
             );
             Error::new(ErrorKind::Postgres, msg).with_hint(format!(
-                "wait for that session to finish (or end it: SELECT pg_terminate_backend({pid})), or raise `database.lock_timeout`; nothing was deleted"
+                "wait for that session to finish (or end it: SELECT pg_terminate_backend({pid})), or raise `database.lock_timeout` (and `database.statement_timeout`); nothing was deleted"
             ))
         }
         _ => e,

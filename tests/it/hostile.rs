@@ -398,6 +398,37 @@ async fn a_table_locked_by_another_session_fails_within_lock_timeout_naming_it()
         "{}",
         out.stderr
     );
+    // A dry run says the same once, and no "would be archived" line.
+    let dry = ws.run(&["archive", "-c", &cfg, "--dry-run"]);
+    assert_ne!(dry.code, 0, "{}\n{}", dry.stdout, dry.stderr);
+    assert_eq!(dry.error_lines().len(), 1, "{}", dry.stderr);
+    assert!(!dry.stdout.contains("would be archived"), "{}", dry.stdout);
+    // `statement_timeout` firing first (lock_timeout off) names the blocker too,
+    // not the advisory lock and not `max_batch_rows`.
+    let cfg2 = ws.config(
+        "statement.yaml",
+        &config(
+            &db,
+            &cat,
+            &[&src],
+            "  lock_timeout: 0\n  statement_timeout: 2s\n",
+        ),
+    );
+    let out = ws.run(&["archive", "-c", &cfg2.to_string_lossy()]);
+    assert_ne!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(
+        errors[0].contains(&format!("is locked by pid {pid}")),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[0].contains("statement_timeout"), "{}", errors[0]);
+    assert!(
+        !out.stderr.contains("advisory") && !out.stderr.contains("max_batch_rows"),
+        "{}",
+        out.stderr
+    );
     holder.batch_execute("ROLLBACK").await.expect("unlock");
     assert_eq!(count(&c, "locked", "true").await, 1, "nothing deleted");
     let again = ws.run(&["archive", "-c", &cfg]);
