@@ -210,6 +210,9 @@ impl Error {
             K::DataInvalid => ErrorKind::Catalog,
             _ => ErrorKind::Catalog,
         };
+        if let Some((cause, hint)) = tls_failure(&err) {
+            return Error::new(kind, format!("{what}: {cause}")).with_hint(hint);
+        }
         let full = one_line(&err.to_string());
         let hint = iceberg_hint(&full);
         let text = concise(&full);
@@ -227,6 +230,60 @@ impl Error {
     pub fn arrow(what: impl fmt::Display, err: arrow_schema::ArrowError) -> Self {
         Error::new(ErrorKind::Internal, format!("{what}: {err}"))
     }
+}
+
+/// A TLS failure in `err`'s cause chain: one line naming the host and the
+/// cause (untrusted CA, name mismatch, expired certificate, failed
+/// handshake), and a hint.
+pub fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<(String, String)> {
+    let mut host = None;
+    let mut tls = None;
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<reqwest::Error>()
+            && let Some(u) = r.url()
+        {
+            host = Some(match u.port() {
+                Some(p) => format!("{}:{p}", u.host_str().unwrap_or("?")),
+                None => u.host_str().unwrap_or("?").to_string(),
+            });
+        }
+        let text = e.to_string();
+        if tls.is_none()
+            && (text.contains("invalid peer certificate") || text.contains("received fatal alert"))
+        {
+            tls = Some(text);
+        }
+        cur = e.source();
+    }
+    let text = tls?;
+    let host = host.unwrap_or_else(|| "the server".into());
+    let (cause, hint) = if text.contains("UnknownIssuer") {
+        (
+            "the server's certificate is not trusted (its CA is unknown)".to_string(),
+            "trust the server's CA: `ssl.ca-cert: /path/to/ca.pem` in the `catalog` section, or SSL_CERT_FILE",
+        )
+    } else if text.contains("not valid for") || text.contains("NotValidForName") {
+        let detail = text
+            .rsplit("invalid peer certificate: ")
+            .next()
+            .unwrap_or(&text);
+        (
+            format!("the server's certificate is not valid for this name ({detail})"),
+            "connect with a host name the certificate carries (see `uri`), or fix the certificate",
+        )
+    } else if text.contains("Expired") {
+        (
+            "the server's certificate has expired".to_string(),
+            "the server must renew its certificate; check this machine's clock too",
+        )
+    } else {
+        (
+            format!("the TLS handshake failed ({text})"),
+            "check that the server speaks TLS on this port and accepts TLS 1.2 or 1.3",
+        )
+    };
+    Some((format!("TLS to {host} failed: {cause}"), hint.to_string()))
 }
 
 fn flatten_source(err: &dyn std::error::Error) -> String {

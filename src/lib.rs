@@ -15,6 +15,7 @@ pub mod demo;
 pub mod error;
 pub mod fault;
 pub mod filter;
+pub mod http;
 pub mod inspect;
 pub mod lake;
 pub mod notify;

@@ -23,16 +23,14 @@ pub struct Event {
 /// Posts `event` to `url`; logs and swallows any failure.
 pub async fn send(url: Option<&str>, event: &Event) {
     let Some(url) = url else { return };
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!("webhook client: {e}");
-            return;
-        }
-    };
+    let client =
+        match crate::http::client(None, "notify.webhook_url", Some(Duration::from_secs(10))) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("webhook client: {e}");
+                return;
+            }
+        };
     match client.post(url).json(event).send().await {
         Ok(r) if r.status().is_success() => tracing::debug!("webhook delivered ({})", r.status()),
         Ok(r) => tracing::warn!("webhook answered {}; continuing", r.status()),

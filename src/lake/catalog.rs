@@ -25,6 +25,7 @@ pub async fn open_catalog(cfg: &CatalogConfig) -> Result<Arc<dyn Catalog>> {
         CatalogKind::Rest => Arc::new(
             RestCatalogBuilder::default()
                 .with_storage_factory(factory)
+                .with_client(crate::http::catalog_client(cfg)?)
                 .load(cfg.name.clone(), props)
                 .await
                 .map_err(|e| Error::iceberg(format!("cannot open the {}", cfg.describe()), e))?,

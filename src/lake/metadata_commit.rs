@@ -223,7 +223,7 @@ async fn commit_rest(
 ) -> Result<()> {
     let props = &cfg.properties;
     let base = props["uri"].trim_end_matches('/').to_string();
-    let client = reqwest::Client::new();
+    let client = crate::http::catalog_client(cfg)?;
     let token = rest_token(&client, props, &base).await?;
     let auth = |rb: reqwest::RequestBuilder| match &token {
         Some(t) => rb.bearer_auth(t),

@@ -39,6 +39,7 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
         let policy = tls::TlsPolicy {
             verify: verify || db.ssl_root_cert.is_some(),
             root_cert: db.ssl_root_cert.clone(),
+            root_cert_key: "database.ssl_root_cert",
         };
         start(
             &cfg,

@@ -25,6 +25,20 @@ pub struct TlsPolicy {
     pub verify: bool,
     /// Extra trusted roots (PEM file).
     pub root_cert: Option<std::path::PathBuf>,
+    /// The config key that named `root_cert`, for messages.
+    pub root_cert_key: &'static str,
+}
+
+impl TlsPolicy {
+    /// Verified against the system roots (which honour `SSL_CERT_FILE`) plus
+    /// `root_cert` from config key `key`.
+    pub fn verified(root_cert: Option<std::path::PathBuf>, key: &'static str) -> Self {
+        Self {
+            verify: true,
+            root_cert,
+            root_cert_key: key,
+        }
+    }
 }
 
 /// Rewrites `sslmode=verify-ca|verify-full` (which tokio-postgres does not
@@ -60,17 +74,14 @@ pub fn client_config(policy: &TlsPolicy) -> Result<rustls::ClientConfig> {
         let _ = roots.add(cert);
     }
     if let Some(path) = &policy.root_cert {
-        let pem = std::fs::read(path).map_err(|e| {
-            Error::config(format!(
-                "`database.ssl_root_cert`: cannot read {}: {e}",
-                path.display()
-            ))
-        })?;
+        let key = policy.root_cert_key;
+        let pem = std::fs::read(path)
+            .map_err(|e| Error::config(format!("`{key}`: cannot read {}: {e}", path.display())))?;
         let mut n = 0;
         for cert in rustls_pemfile_certs(&pem) {
             roots.add(cert).map_err(|e| {
                 Error::config(format!(
-                    "`database.ssl_root_cert`: bad certificate in {}: {e}",
+                    "`{key}`: bad certificate in {}: {e}",
                     path.display()
                 ))
             })?;
@@ -78,7 +89,7 @@ pub fn client_config(policy: &TlsPolicy) -> Result<rustls::ClientConfig> {
         }
         if n == 0 {
             return Err(Error::config(format!(
-                "`database.ssl_root_cert`: no PEM certificate in {}",
+                "`{key}`: no PEM certificate in {}",
                 path.display()
             )));
         }
@@ -168,21 +179,16 @@ mod tests {
         assert!(
             client_config(&TlsPolicy {
                 verify: false,
-                root_cert: None
+                root_cert: None,
+                root_cert_key: "database.ssl_root_cert"
             })
             .is_ok()
         );
-        assert!(
-            client_config(&TlsPolicy {
-                verify: true,
-                root_cert: None
-            })
-            .is_ok()
-        );
-        let e = client_config(&TlsPolicy {
-            verify: true,
-            root_cert: Some("/nonexistent.pem".into()),
-        })
+        assert!(client_config(&TlsPolicy::verified(None, "database.ssl_root_cert")).is_ok());
+        let e = client_config(&TlsPolicy::verified(
+            Some("/nonexistent.pem".into()),
+            "database.ssl_root_cert",
+        ))
         .unwrap_err();
         assert!(e.to_string().contains("ssl_root_cert"));
     }

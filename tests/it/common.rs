@@ -326,9 +326,13 @@ pub fn python(s: &Services, script: &str, request: &Value) -> Value {
     let req = dir.path().join("req.json");
     std::fs::write(&req, request.to_string()).expect("write request");
     let path = crate::common::source_dir().join("tests/py").join(script);
+    // A machine-wide REQUESTS_CA_BUNDLE would override the CA bundle a
+    // catalog's properties give PyIceberg (a `requests` quirk).
     let out = Command::new(&s.python)
         .arg(path)
         .arg(&req)
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE")
         .output()
         .expect("run python");
     assert!(

@@ -14,4 +14,5 @@ mod inspect;
 mod modes;
 mod restore;
 mod safety;
+mod tls;
 mod types;
