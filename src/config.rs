@@ -36,6 +36,9 @@ pub struct Config {
 pub struct DatabaseConfig {
     /// libpq-style DSN (URL or key=value); holds the password, never printed.
     pub dsn: String,
+    /// `database.password`: overrides the DSN's password, taken as it is (no
+    /// quoting or percent-encoding); never printed.
+    pub password: Option<String>,
     /// Connections opened at most at the same time.
     pub pool_size: usize,
     /// `statement_timeout` applied to every statement permafrost runs (0 = none).
@@ -249,7 +252,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
     dsn: String,
-    #[serde(default = "default_pool_size")]
+    #[serde(default = "default_pool_size", deserialize_with = "scalar")]
     pool_size: usize,
     #[serde(default)]
     statement_timeout: Option<String>,
@@ -261,6 +264,39 @@ struct RawDatabase {
     lock_timeout: Option<String>,
     #[serde(default)]
     ssl_root_cert: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// A number or boolean, also when written as a string — which is what
+/// `${VAR}` expands to (`pool_size: ${POOL:-4}`).
+fn scalar<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: fmt::Display,
+{
+    use serde::de::Error as _;
+    let text = match serde_norway::Value::deserialize(d)? {
+        serde_norway::Value::String(s) => s,
+        serde_norway::Value::Number(n) => n.to_string(),
+        serde_norway::Value::Bool(b) => b.to_string(),
+        other => {
+            return Err(D::Error::custom(format!(
+                "expected a number or boolean, found {other:?}"
+            )));
+        }
+    };
+    text.trim().parse().map_err(D::Error::custom)
+}
+
+fn opt_scalar<'de, D, T>(d: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: fmt::Display,
+{
+    scalar(d).map(Some)
 }
 
 fn default_pool_size() -> usize {
@@ -286,17 +322,17 @@ struct RawTable {
     filter: Option<String>,
     #[serde(default)]
     target_file_size: Option<serde_norway::Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_scalar")]
     max_batch_rows: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_scalar")]
     batch_windows: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_scalar")]
     zstd_level: Option<i32>,
     #[serde(default)]
     exclude_columns: Vec<String>,
     #[serde(default)]
     text_columns: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalar")]
     drop_partitions: bool,
 }
 
@@ -307,7 +343,7 @@ fn default_schema() -> String {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawGlobal {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_scalar")]
     max_table_concurrency: Option<usize>,
     #[serde(default)]
     namespace: Option<String>,
@@ -349,9 +385,12 @@ impl Config {
         dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self> {
-        let expanded = expand_env(text, env)?;
-        let de = serde_norway::Deserializer::from_str(&expanded);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        // `${VAR}` is expanded in the parsed string values, so a value may
+        // hold any character (`"`, `\`, `#`, `: `, newlines) unchanged.
+        let mut doc: serde_norway::Value = serde_norway::from_str(text)
+            .map_err(|e| Error::config(format!("not valid YAML: {e}")))?;
+        expand_values(&mut doc, "", env)?;
+        let raw: RawConfig = serde_path_to_error::deserialize(doc).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             let msg = inner.to_string();
@@ -393,8 +432,13 @@ impl Config {
                 .map_err(|m| Error::config(format!("`database.{key}`: {m}"))),
             None => Ok(default),
         };
+        let password = raw.database.password.filter(|p| !p.is_empty());
+        if let Some(pw) = &password {
+            secret::register(pw.clone());
+        }
         let database = DatabaseConfig {
             dsn,
+            password,
             pool_size: raw.database.pool_size,
             statement_timeout: pg_duration(
                 "statement_timeout",
@@ -714,66 +758,96 @@ pub fn is_secret_property(key: &str) -> bool {
         || k.contains("secret")
 }
 
-/// Expands `${VAR}`, `${VAR:-default}` and `${VAR:=default}`; `$${` is a literal `${`.
-/// Lines that are YAML comments are left alone.
+/// Expands every string value of `doc` in place (see [`expand_env`]); errors
+/// name the key (`database.dsn`).
+fn expand_values(
+    doc: &mut serde_norway::Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<()> {
+    use serde_norway::Value;
+    match doc {
+        Value::String(s) if s.contains('$') => {
+            *s = expand_env(s, env).map_err(|e| {
+                let key = if path.is_empty() { "config" } else { path };
+                e.prefixed(format!("`{key}`"))
+            })?;
+        }
+        Value::Sequence(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                expand_values(v, &format!("{path}[{i}]"), env)?;
+            }
+        }
+        Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                let name = match k {
+                    Value::String(k) => k.clone(),
+                    other => format!("{other:?}"),
+                };
+                let p = if path.is_empty() {
+                    name
+                } else {
+                    format!("{path}.{name}")
+                };
+                expand_values(v, &p, env)?;
+            }
+        }
+        Value::Tagged(t) => expand_values(&mut t.value, path, env)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Expands `${VAR}`, `${VAR:-default}` and `${VAR:=default}` in one value;
+/// `$${` is a literal `${`.
 pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
     let mut out = String::with_capacity(text.len());
-    for (lineno, line) in text.split_inclusive('\n').enumerate() {
-        if line.trim_start().starts_with('#') {
-            out.push_str(line);
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if let Some(r) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = r;
             continue;
         }
-        let mut rest = line;
-        while let Some(pos) = rest.find('$') {
-            out.push_str(&rest[..pos]);
-            let after = &rest[pos..];
-            if let Some(r) = after.strip_prefix("$${") {
-                out.push_str("${");
-                rest = r;
-                continue;
-            }
-            if !after.starts_with("${") {
-                out.push('$');
-                rest = &after[1..];
-                continue;
-            }
-            let Some(end) = after.find('}') else {
-                return Err(Error::config(format!(
-                    "line {}: unterminated `${{` in config",
-                    lineno + 1
-                )));
-            };
-            let inner = &after[2..end];
-            let (name, default) = if let Some((n, d)) = inner.split_once(":-") {
-                (n, Some(d))
-            } else if let Some((n, d)) = inner.split_once(":=") {
-                (n, Some(d))
-            } else {
-                (inner, None)
-            };
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(Error::config(format!(
-                    "line {}: `${{{inner}}}` is not a valid variable reference",
-                    lineno + 1
-                )));
-            }
-            match (env(name).filter(|v| !v.is_empty()), default) {
-                (Some(v), _) => out.push_str(&v),
-                (None, Some(d)) => out.push_str(d),
-                (None, None) => {
-                    return Err(Error::config(format!(
-                        "line {}: environment variable {name} is not set",
-                        lineno + 1
-                    ))
-                    .with_hint(format!(
-                        "export {name}=…, or write ${{{name}:-default}} in the config"
-                    )));
-                }
-            }
-            rest = &after[end + 1..];
+        if !after.starts_with("${") {
+            out.push('$');
+            rest = &after[1..];
+            continue;
         }
-        out.push_str(rest);
+        let Some(end) = after.find('}') else {
+            return Err(Error::config(
+                "unterminated `${` (write `$${` for a literal `${`)",
+            ));
+        };
+        let inner = &after[2..end];
+        let (name, default) = if let Some((n, d)) = inner.split_once(":-") {
+            (n, Some(d))
+        } else if let Some((n, d)) = inner.split_once(":=") {
+            (n, Some(d))
+        } else {
+            (inner, None)
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(Error::config(format!(
+                "`${{{inner}}}` is not a valid variable reference"
+            )));
+        }
+        match (env(name).filter(|v| !v.is_empty()), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(
+                    Error::config(format!("environment variable {name} is not set")).with_hint(
+                        format!("export {name}=…, or write ${{{name}:-default}} in the config"),
+                    ),
+                );
+            }
+        }
+        rest = &after[end + 1..];
     }
+    out.push_str(rest);
     Ok(out)
 }
 
@@ -969,18 +1043,35 @@ mod tests {
             expand_env("cost $5 and $${A}", &e).unwrap(),
             "cost $5 and ${A}"
         );
-        assert_eq!(
-            expand_env("# ${UNSET} in a comment\nx: 1\n", &e).unwrap(),
-            "# ${UNSET} in a comment\nx: 1\n"
-        );
     }
 
     #[test]
-    fn unset_required_variable_is_named() {
+    fn unset_required_variable_is_named_with_its_key() {
         let e = env(&[]);
-        let err = expand_env("x: 1\ndsn: ${PG_DSN}\n", &e).unwrap_err();
-        assert!(err.to_string().contains("line 2"), "{err}");
+        let yaml = "database:\n  dsn: ${PG_DSN}\ntables:\n  - name: t\n    timestamp_column: ts\n";
+        let err = Config::from_str_with(yaml, Path::new("."), &e).unwrap_err();
+        assert!(err.to_string().contains("`database.dsn`"), "{err}");
         assert!(err.to_string().contains("PG_DSN"), "{err}");
+        // Comments are not expanded.
+        let yaml = format!(
+            "# ${{UNSET}} in a comment\n{}",
+            yaml.replace("${PG_DSN}", "host=h")
+        );
+        assert!(Config::from_str_with(&yaml, Path::new("."), &e).is_ok());
+    }
+
+    #[test]
+    fn values_are_expanded_after_parsing() {
+        let pw = "p\"a\\s#s: $x\nline2";
+        let vars = [("PG_PASSWORD", pw), ("POOL", "7"), ("DROP", "true")];
+        let e = env(&vars);
+        let yaml = "database:\n  dsn: \"host=h user=u password='${PG_PASSWORD}'\"\n  pool_size: ${POOL}\n\
+                    tables:\n  - name: t\n    timestamp_column: ts\n    drop_partitions: ${DROP}\n    batch_windows: \"${NOPE:-3}\"\n";
+        let c = Config::from_str_with(yaml, Path::new("."), &e).unwrap();
+        assert_eq!(c.database.dsn, format!("host=h user=u password='{pw}'"));
+        assert_eq!(c.database.pool_size, 7);
+        assert!(c.tables[0].drop_partitions);
+        assert_eq!(c.tables[0].batch_windows, 3);
     }
 
     #[test]

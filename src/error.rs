@@ -347,7 +347,7 @@ fn one_line(s: &str) -> String {
 fn postgres_hint(code: &tokio_postgres::error::SqlState) -> Option<String> {
     use tokio_postgres::error::SqlState as S;
     let h = if *code == S::INVALID_PASSWORD || *code == S::INVALID_AUTHORIZATION_SPECIFICATION {
-        "check the user and password in `database.dsn`"
+        "check the user in `database.dsn` and the password (`database.password`, the DSN's, or PGPASSWORD)"
     } else if *code == S::INSUFFICIENT_PRIVILEGE {
         "the archiving role needs SELECT and DELETE on the table (GRANT SELECT, DELETE ON … TO …)"
     } else if *code == S::INVALID_CATALOG_NAME {

@@ -27,6 +27,19 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
     if cfg.get_application_name().is_none() {
         cfg.application_name("permafrost");
     }
+    // `database.password`, else the DSN's, else libpq's PGPASSWORD.
+    match &db.password {
+        Some(pw) => {
+            cfg.password(pw.as_bytes());
+        }
+        None if cfg.get_password().is_none() => {
+            if let Some(pw) = std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()) {
+                crate::secret::register(pw.clone());
+                cfg.password(pw.as_bytes());
+            }
+        }
+        None => {}
+    }
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(Duration::from_secs(10));
     }

@@ -6,6 +6,7 @@
 mod archive;
 mod catalogs;
 mod common;
+mod connect;
 mod demo;
 mod errors;
 mod evolution;

@@ -1,0 +1,125 @@
+//! Postgres authentication the way users configure it: a password with every
+//! awkward character through `${VAR}` and `database.password`, libpq's
+//! PGPASSWORD, and a wrong password (one line, nothing deleted).
+
+use crate::common::*;
+use crate::modes::small_setup;
+use crate::services;
+
+/// Requires `scram-sha-256` for `role` from loopback (the test cluster trusts
+/// everyone else) and waits until the server has reloaded its rules.
+async fn require_password(admin: &tokio_postgres::Client, s: &Services, role: &str) {
+    let hba: String = admin
+        .query_one("SHOW hba_file", &[])
+        .await
+        .expect("hba_file")
+        .get(0);
+    let old = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    let rules = format!(
+        "host all {role} 127.0.0.1/32 scram-sha-256\nhost all {role} ::1/128 scram-sha-256\n"
+    );
+    std::fs::write(&hba, format!("{rules}{old}")).expect("write pg_hba.conf");
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .expect("reload");
+    // The reload is asynchronous: wait (bounded) until a login without a
+    // password is refused.
+    let dsn = s.pg.replacen("postgres@", &format!("{role}@"), 1);
+    for _ in 0..200 {
+        if tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::task::yield_now().await;
+        std::thread::park_timeout(std::time::Duration::from_millis(50));
+    }
+    panic!("the server did not start asking {role} for a password");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn awkward_passwords_connect_and_a_wrong_one_fails_clearly() {
+    let s = services!();
+    let (db, ws, cat, _cfg, _now) = small_setup(&s, 2_000).await;
+    let admin = connect(&s.pg).await;
+    let role = unique("pf_pw");
+    let password = r#"p"a\s#s: $x"#;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{}'",
+            password.replace('\'', "''")
+        ))
+        .await
+        .expect("role");
+    let c = db.client().await;
+    c.batch_execute(&format!(
+        "GRANT SELECT, DELETE ON sensor_readings TO {role}; GRANT USAGE ON SCHEMA public TO {role}"
+    ))
+    .await
+    .expect("grant");
+    require_password(&admin, &s, &role).await;
+    let total = count(&c, "sensor_readings", "true").await;
+    let dsn = db.dsn.replacen("postgres@", &format!("{role}@"), 1);
+    let yaml = |db_extra: &str| {
+        format!(
+            "database:\n  dsn: \"{dsn}\"\n{db_extra}{}global:\n  namespace: {}\ntables:\n\
+             \x20 - name: sensor_readings\n    timestamp_column: recorded_at\n    lag: 15d\n",
+            cat.yaml, cat.namespace
+        )
+    };
+    let with_var = ws.config("var.yaml", &yaml("  password: \"${PG_PASSWORD}\"\n"));
+    let bare = ws.config("bare.yaml", &yaml(""));
+    let (with_var, bare) = (with_var.to_string_lossy(), bare.to_string_lossy());
+
+    for (what, cfg, env) in [
+        (
+            "wrong ${PG_PASSWORD}",
+            &with_var,
+            ("PG_PASSWORD", "not-the-password"),
+        ),
+        (
+            "wrong PGPASSWORD",
+            &bare,
+            ("PGPASSWORD", "not-the-password"),
+        ),
+    ] {
+        let out = ws.run_env(&["archive", "-c", cfg], &[env]);
+        assert_ne!(out.code, 0, "{what}: {}", out.stderr);
+        let errors = out.error_lines();
+        assert_eq!(errors.len(), 1, "{what}: {}", out.stderr);
+        assert!(
+            errors[0].contains("password authentication failed"),
+            "{what}: {}",
+            errors[0]
+        );
+        assert!(
+            !out.stderr.contains("not-the-password"),
+            "{what}: password printed"
+        );
+        assert_eq!(
+            count(&c, "sensor_readings", "true").await,
+            total,
+            "{what}: nothing deleted"
+        );
+    }
+    // libpq's PGPASSWORD when the config has none.
+    let st = ws.run_env(
+        &["status", "-c", &bare, "--json"],
+        &[("PGPASSWORD", password)],
+    );
+    assert_eq!(st.code, 0, "{}", st.stderr);
+    assert!(!st.stdout.contains(password) && !st.stderr.contains(password));
+    // The password through ${PG_PASSWORD}, every character as it is.
+    let out = ws.run_env(
+        &["archive", "-c", &with_var, "--json"],
+        &[("PG_PASSWORD", password)],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stdout.contains(password) && !out.stderr.contains(password));
+    assert!(
+        count(&c, "sensor_readings", "true").await < total,
+        "rows archived and deleted"
+    );
+}
