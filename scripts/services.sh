@@ -82,6 +82,49 @@ start_postgres() {
   log "postgres on 127.0.0.1:$port"
 }
 
+# A second cluster for TLS and client-certificate authentication
+# (tests/it/connect.rs): a throwaway CA, a server certificate for `localhost`,
+# a client certificate for the role `certuser`, which may only log in over
+# TLS with that certificate (`hostssl ... cert`).
+start_postgres_tls() {
+  local dir="$1/pgtls" bin port ec
+  bin="$(pg_bin_dir)"
+  port="$(free_ports 1)"
+  mkdir -p "$dir/pki"
+  ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+  (
+    cd "$dir/pki" || exit 1
+    # shellcheck disable=SC2086
+    openssl req -x509 $ec -keyout ca.key -out ca.pem -days 2 -subj "/CN=permafrost test postgres CA" &&
+    printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext &&
+    # shellcheck disable=SC2086
+    openssl req $ec -keyout server.key -out server.csr -subj "/CN=localhost" &&
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile server.ext &&
+    printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' > client.ext &&
+    # shellcheck disable=SC2086
+    openssl req $ec -keyout client.key -out client.csr -subj "/CN=certuser" &&
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 -extfile client.ext &&
+    chmod 600 server.key client.key
+  ) >"$dir/pki.log" 2>&1 || { cat "$dir/pki.log" >&2; return 1; }
+  if [ "$(id -u)" = 0 ]; then chown -R postgres "$dir"; fi
+  as_pg_user "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+    || { cat "$dir/initdb.log" >&2; return 1; }
+  printf '%s\n' \
+    "local   all all                   trust" \
+    "hostssl all certuser 127.0.0.1/32 cert" \
+    "hostssl all certuser ::1/128      cert" \
+    "host    all postgres 127.0.0.1/32 trust" \
+    "host    all postgres ::1/128      trust" > "$dir/data/pg_hba.conf"
+  as_pg_user "$bin/pg_ctl" -D "$dir/data" -w -t 60 -l "$dir/postgres.log" \
+    -o "-p $port -k $dir -c listen_addresses=localhost -c ssl=on -c ssl_cert_file=$dir/pki/server.pem -c ssl_key_file=$dir/pki/server.key -c ssl_ca_file=$dir/pki/ca.pem -c fsync=off -c synchronous_commit=off" start >/dev/null \
+    || { cat "$dir/postgres.log" >&2; return 1; }
+  PF_PG_TLS_DATA="$dir/data"
+  as_pg_user "$bin/psql" -h "$dir" -p "$port" -U postgres -qc "CREATE ROLE certuser LOGIN" postgres >/dev/null
+  export PERMAFROST_TEST_PG_TLS="postgresql://postgres@127.0.0.1:$port/postgres"
+  export PERMAFROST_TEST_PG_TLS_PKI="$dir/pki"
+  log "postgres with TLS on localhost:$port"
+}
+
 start_seaweed() {
   local dir="$1/seaweed" ports
   mkdir -p "$dir"
@@ -152,6 +195,7 @@ services_start() {
   venv_install
   export PERMAFROST_TEST_PYTHON="$PF_VENV/bin/python"
   start_postgres "$PF_RUN_DIR"
+  start_postgres_tls "$PF_RUN_DIR"
   start_seaweed "$PF_RUN_DIR"
   start_moto "$PF_RUN_DIR"
 }
@@ -162,6 +206,9 @@ services_stop() {
   fi
   if [ -n "${PF_WEED_PID:-}" ]; then
     kill "$PF_WEED_PID" 2>/dev/null; wait "$PF_WEED_PID" 2>/dev/null; PF_WEED_PID=""
+  fi
+  if [ -n "${PF_PG_TLS_DATA:-}" ]; then
+    as_pg_user "$PF_PG_CTL" -D "$PF_PG_TLS_DATA" -m immediate stop >/dev/null 2>&1; PF_PG_TLS_DATA=""
   fi
   if [ -n "${PF_PG_DATA:-}" ]; then
     as_pg_user "$PF_PG_CTL" -D "$PF_PG_DATA" -m immediate stop >/dev/null 2>&1; PF_PG_DATA=""

@@ -25,6 +25,9 @@ pub struct CheckReport {
 pub struct Probe {
     pub ok: bool,
     pub target: String,
+    /// What the connection negotiated (Postgres), e.g. `TLSv1.3, certificate verified`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
     pub error: Option<String>,
     pub hint: Option<String>,
 }
@@ -65,6 +68,7 @@ fn probe_err(target: String, e: &Error) -> Probe {
     Probe {
         ok: false,
         target,
+        tls: None,
         error: Some(e.message().to_string()),
         hint: e.hint().map(str::to_string),
     }
@@ -81,9 +85,14 @@ pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
         },
         Err(e) => return Ok(failed_report(probe_err(pg_target, &e), None)),
     };
+    let tls = match &client {
+        Some(c) => source::tls_description(c, &cfg.database).await.ok(),
+        None => None,
+    };
     let postgres = Probe {
         ok: true,
         target: pg_target,
+        tls,
         error: None,
         hint: None,
     };
@@ -98,6 +107,7 @@ pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
     let catalog_probe = Probe {
         ok: true,
         target: cat_target,
+        tls: None,
         error: None,
         hint: None,
     };
@@ -241,6 +251,7 @@ fn failed_report(postgres: Probe, catalog: Option<Probe>) -> CheckReport {
         catalog: catalog.unwrap_or(Probe {
             ok: false,
             target: String::new(),
+            tls: None,
             error: Some("not checked".into()),
             hint: None,
         }),

@@ -412,7 +412,11 @@ impl Config {
                 "e.g. dsn: \"${PG_DSN:-postgresql://postgres@localhost:5432/postgres}\"",
             ));
         }
-        let (parseable, _) = crate::source::tls::normalize_dsn(&dsn);
+        let (parseable, _) = crate::source::dsn::split(&dsn).map_err(|e| {
+            Error::config(format!(
+                "`database.dsn` is not a valid PostgreSQL connection string: {e}"
+            ))
+        })?;
         let pg = tokio_postgres::Config::from_str(&parseable).map_err(|e| {
             Error::config(format!(
                 "`database.dsn` is not a valid PostgreSQL connection string: {e}"
@@ -758,8 +762,9 @@ pub fn is_secret_property(key: &str) -> bool {
         || k.contains("secret")
 }
 
-/// Expands every string value of `doc` in place (see [`expand_env`]); errors
-/// name the key (`database.dsn`).
+/// Expands every string value of `doc` in place (see [`expand_env`]) and
+/// turns numbers and booleans into their text; errors name the key
+/// (`database.dsn`).
 fn expand_values(
     doc: &mut serde_norway::Value,
     path: &str,
@@ -793,6 +798,10 @@ fn expand_values(
             }
         }
         Value::Tagged(t) => expand_values(&mut t.value, path, env)?,
+        // Every scalar is read as text, as the YAML text was before: string
+        // keys take `0` or `true`, and numeric keys parse their text.
+        Value::Number(n) => *doc = Value::String(n.to_string()),
+        Value::Bool(b) => *doc = Value::String(b.to_string()),
         _ => {}
     }
     Ok(())
@@ -954,7 +963,9 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 
 /// `user@host:port/db` from a DSN, without the password.
 pub fn describe_dsn(dsn: &str) -> String {
-    let (dsn, _) = crate::source::tls::normalize_dsn(dsn);
+    let Ok((dsn, _)) = crate::source::dsn::split(dsn) else {
+        return "<invalid dsn>".into();
+    };
     match tokio_postgres::Config::from_str(&dsn) {
         Ok(c) => {
             let host = c

@@ -152,11 +152,24 @@ impl Error {
     pub fn postgres(what: impl fmt::Display, err: tokio_postgres::Error) -> Self {
         let (message, hint) = match err.as_db_error() {
             Some(db) => {
-                let hint = db
-                    .hint()
-                    .map(str::to_string)
-                    .or_else(|| postgres_hint(db.code()));
+                let hint = db.hint().map(str::to_string).or_else(|| {
+                    if db.message().contains("client certificate") {
+                        Some("give a client certificate the server trusts: `sslcert=…` and `sslkey=…` in the DSN (or PGSSLCERT/PGSSLKEY)".into())
+                    } else {
+                        postgres_hint(db.code())
+                    }
+                });
                 (format!("{what}: {}", db.message()), hint)
+            }
+            None if tls_failure(&err).is_some() => {
+                let (cause, hint) = tls_failure(&err).unwrap_or_default();
+                let hint = hint
+                    .replace(
+                        "`ssl.ca-cert: /path/to/ca.pem` in the `catalog` section, or SSL_CERT_FILE",
+                        "`sslrootcert=/path/to/ca.pem` in the DSN or `database.ssl_root_cert`",
+                    )
+                    .replace("(see `uri`)", "(`host` in the DSN)");
+                (format!("{what}: {cause}"), Some(hint))
             }
             None => {
                 let text = err.to_string();

@@ -16,6 +16,16 @@ use crate::source::tls::{TlsPolicy, client_config};
 /// Catalog properties that name an extra CA bundle (PEM), ours and PyIceberg's.
 pub const CA_CERT_KEYS: [&str; 2] = ["ssl.ca-cert", "ssl.cabundle"];
 
+/// Installs aws-lc-rs as the process's rustls provider (once), so a client
+/// another crate builds with reqwest's defaults has one too instead of
+/// panicking.  [`client`] calls it; so does `main`.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
 /// A client trusting the system roots plus `extra_ca` (named by config key
 /// `key` in messages); `timeout` bounds each whole request.
 pub fn client(
@@ -23,6 +33,7 @@ pub fn client(
     key: &'static str,
     timeout: Option<Duration>,
 ) -> Result<reqwest::Client> {
+    install_crypto_provider();
     let tls = client_config(&TlsPolicy::verified(extra_ca, key))?;
     let mut b = reqwest::Client::builder()
         .use_preconfigured_tls(tls)

@@ -5,6 +5,7 @@ use permafrost::cli::{Cli, commands};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    permafrost::http::install_crypto_provider();
     commands::init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -85,9 +85,13 @@ async fn check_cmd(a: CheckArgs) -> Result<ExitCode> {
             a.config.config.display()
         ));
         output::line(&format!(
-            "postgres    {:<6}  {}",
+            "postgres    {:<6}  {}{}",
             mark(report.postgres.ok),
-            report.postgres.target
+            report.postgres.target,
+            match report.postgres.tls.as_deref() {
+                Some(t) if t != "no TLS" => format!("  ({t})"),
+                _ => String::new(),
+            }
         ));
         if let Some(e) = &report.postgres.error {
             output::line(&format!("  error: {e}"));

@@ -3,7 +3,7 @@
 
 use tokio_postgres::Client;
 
-use super::validate::{primary_key, same_row, target_columns};
+use super::validate::{conflict_policy_problem, primary_key, same_row, target_columns};
 use super::{OnConflict, StagedColumn, in_transaction, literal, pg};
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
@@ -55,7 +55,8 @@ pub struct Attached {
 /// `ATTACH PARTITION` needs no scan.  With `replace`, the existing partition
 /// of exactly this range is detached first: dropped when empty, otherwise
 /// kept as `<name>_replaced_<unix time>`.  Validation has checked that
-/// `target` is range-partitioned on `ts` (`validate::against_target`).
+/// `target` is range-partitioned on `ts` (`validate::preflight`, and again
+/// `validate::against_target` after staging).
 #[allow(clippy::too_many_arguments)]
 pub async fn attach(
     client: &Client,
@@ -197,6 +198,12 @@ pub async fn merge(
         ""
     };
     let pk = primary_key(client, target).await?;
+    if let Some(p) = conflict_policy_problem(policy, &pk) {
+        return Err(Error::new(
+            ErrorKind::Schema,
+            format!("{p} ({target} has none)"),
+        ));
+    }
     let conflict_target = pk
         .iter()
         .map(|k| quote_ident(k))
@@ -213,12 +220,6 @@ pub async fn merge(
             "INSERT INTO {target} ({list}){overriding} {select} ON CONFLICT ({conflict_target}) DO NOTHING"
         ),
         OnConflict::Update => {
-            if pk.is_empty() {
-                return Err(Error::new(
-                    ErrorKind::Schema,
-                    format!("--on-conflict update needs a primary key on {target}"),
-                ));
-            }
             let sets: Vec<String> = insertable
                 .iter()
                 .filter(|c| !pk.iter().any(|k| k == *c))

@@ -1,6 +1,10 @@
 //! Restore: bring an archived time range back into Postgres — staged,
 //! validated, then (on request) attached as a partition or merged.
 //!
+//! 0. **Preflight** ([`validate::preflight`]): the target fits the mode
+//!    (exists; for an attach, range-partitioned on the time column with no
+//!    partition in the way; the archived columns fit) and the range holds
+//!    archived rows — or the restore fails before anything is created.
 //! 1. **Scan** the Iceberg table at the chosen snapshot with a filter on the
 //!    time column: only the partitions and files of the range are read.
 //! 2. **Stage**: a new table with the archived columns' exact Postgres types
@@ -30,7 +34,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{SinkExt, TryStreamExt};
-use iceberg::spec::{NestedFieldRef, PrimitiveType, Type};
+use iceberg::scan::FileScanTask;
+use iceberg::spec::{NestedFieldRef, PrimitiveType, SchemaRef, SnapshotRef, Type};
 use iceberg::table::Table;
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -198,17 +203,21 @@ fn fallback_type(t: &Type) -> Option<String> {
     })
 }
 
-/// Restores `req.range` of `t` (whose Iceberg table is `table`).
-pub async fn restore(
-    cfg: &Config,
-    t: &TableConfig,
-    table: &Table,
-    req: &RestoreRequest,
-    progress: &indicatif::ProgressBar,
-) -> Result<RestoreReport> {
-    let started = Instant::now();
+/// The snapshot a restore reads and the columns it archived.
+struct Archived {
+    snapshot: SnapshotRef,
+    schema: SchemaRef,
+    time_field: NestedFieldRef,
+    time_kind: TimeKind,
+    /// Each field of the snapshot's schema with its Postgres type (recorded
+    /// at archive time) and NOT NULL flag.
+    cols: Vec<(NestedFieldRef, String, bool)>,
+}
+
+/// Resolves the snapshot of `choice` and the archived columns of `t` at it.
+fn archived(t: &TableConfig, table: &Table, choice: SnapshotChoice) -> Result<Archived> {
     let md = table.metadata();
-    let snapshot = resolve_snapshot(table, req.snapshot)?.ok_or_else(|| {
+    let snapshot = resolve_snapshot(table, choice)?.ok_or_else(|| {
         Error::new(
             ErrorKind::Catalog,
             format!("{} has no snapshot yet", table.identifier()),
@@ -241,42 +250,7 @@ pub async fn restore(
         Type::Primitive(PrimitiveType::Timestamp) => TimeKind::Timestamp,
         _ => TimeKind::Timestamptz,
     };
-
-    let (target_schema, target_name) = req
-        .target
-        .clone()
-        .unwrap_or_else(|| (t.schema.clone(), t.name.clone()));
-    let (stage_schema, stage_name) = req.into.clone().unwrap_or_else(|| {
-        (
-            target_schema.clone(),
-            format!(
-                "{}_restore_{}_{}",
-                target_name,
-                stamp(req.range.start),
-                stamp(req.range.end)
-            ),
-        )
-    });
-    let staging = qualified(&stage_schema, &stage_name);
-    let target = qualified(&target_schema, &target_name);
-
-    let client = crate::source::connect(&cfg.database).await?;
-    let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&staging])
-        .await
-        .map_err(pg("cannot look up the staging table"))?
-        .get(0);
-    if exists {
-        return Err(Error::new(
-            ErrorKind::Postgres,
-            format!("the staging table {staging} already exists"),
-        )
-        .with_hint(
-            "drop it (an earlier restore kept it for inspection) or choose another `--into`",
-        ));
-    }
-
-    // The staged columns: the snapshot's fields with their recorded types.
+    // The snapshot's fields with their recorded types.
     let by_name: HashMap<&str, &RecordedColumn> =
         recorded.iter().map(|c| (c.name.as_str(), c)).collect();
     let mut cols = Vec::new();
@@ -298,116 +272,132 @@ pub async fn restore(
         };
         cols.push((f.clone(), pg_type, not_null));
     }
+    Ok(Archived {
+        snapshot,
+        schema,
+        time_field,
+        time_kind,
+        cols,
+    })
+}
+
+/// `(schema, table)` of the target and of the staging table.
+fn names(t: &TableConfig, req: &RestoreRequest) -> ((String, String), (String, String)) {
+    let (target_schema, target_name) = req
+        .target
+        .clone()
+        .unwrap_or_else(|| (t.schema.clone(), t.name.clone()));
+    let stage = req.into.clone().unwrap_or_else(|| {
+        (
+            target_schema.clone(),
+            format!(
+                "{}_restore_{}_{}",
+                target_name,
+                stamp(req.range.start),
+                stamp(req.range.end)
+            ),
+        )
+    });
+    ((target_schema, target_name), stage)
+}
+
+/// The error of a range without archived rows at the snapshot.
+fn nothing_archived(t: &TableConfig, range: &Window, snapshot_id: i64) -> Error {
+    Error::config(format!(
+        "no archived rows of {} in [{}, {}) at snapshot {snapshot_id}",
+        t.iceberg_name(),
+        rfc3339(range.start),
+        rfc3339(range.end)
+    ))
+    .with_hint(format!(
+        "`permafrost list -t {}` shows the archived windows; `--snapshot`/`--as-of` restore from another snapshot",
+        t.name
+    ))
+}
+
+/// Restores `req.range` of `t` (whose Iceberg table is `table`).
+///
+/// Everything that can fail without the staged rows — the staging table
+/// already there, a target that does not fit the mode, a range without
+/// archived rows — fails before anything is created in Postgres.
+pub async fn restore(
+    cfg: &Config,
+    t: &TableConfig,
+    table: &Table,
+    req: &RestoreRequest,
+    progress: &indicatif::ProgressBar,
+) -> Result<RestoreReport> {
+    let started = Instant::now();
+    let src = archived(t, table, req.snapshot)?;
+    let ((target_schema, target_name), (stage_schema, stage_name)) = names(t, req);
+    let staging = qualified(&stage_schema, &stage_name);
+    let target = qualified(&target_schema, &target_name);
+
+    let client = crate::source::connect(&cfg.database).await?;
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&staging])
+        .await
+        .map_err(pg("cannot look up the staging table"))?
+        .get(0);
+    if exists {
+        return Err(Error::new(
+            ErrorKind::Postgres,
+            format!("the staging table {staging} already exists"),
+        )
+        .with_hint(
+            "drop it (an earlier restore kept it for inspection) or choose another `--into`",
+        ));
+    }
+    let types: Vec<(&str, &str)> = src
+        .cols
+        .iter()
+        .map(|(f, ty, _)| (f.name.as_str(), ty.as_str()))
+        .collect();
+    validate::preflight(
+        &client,
+        &target,
+        &types,
+        &t.timestamp_column,
+        src.time_kind,
+        &req.range,
+        req.apply,
+    )
+    .await?;
+    let tasks = plan_scan(table, &src, &req.range).await?;
+    tracing::debug!(
+        "{} data file(s) of the range at snapshot {}",
+        tasks.len(),
+        src.snapshot.snapshot_id()
+    );
+    let empty = || nothing_archived(t, &req.range, src.snapshot.snapshot_id());
+    if tasks.is_empty() {
+        return Err(empty());
+    }
 
     // Stage and load in one transaction: a failed load leaves nothing behind.
-    let loaded = in_transaction(
-        &client,
-        "the staging table",
-        stage_and_load(
-            &client,
-            table,
-            &snapshot,
-            &schema,
-            &staging,
-            cols,
-            req,
-            &time_field,
-            progress,
-        ),
-    )
+    let loaded = in_transaction(&client, "the staging table", async {
+        let loaded = stage_and_load(&client, table, &src, &staging, tasks, progress).await?;
+        // Files whose statistics overlap the range may hold no row in it.
+        if loaded.read.rows == 0 {
+            return Err(empty());
+        }
+        Ok(loaded)
+    })
     .await?;
     let load_seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
 
-    // Batches the range touches, checked against their summaries.
-    let batches = validate::batch_checks(table, &snapshot, &schema, &req.range, &loaded).await?;
-    let mut checks = vec![Check {
-        name: "rows".into(),
-        ok: loaded.copied == loaded.read.rows,
-        detail: format!(
-            "{} row(s) read from {} file(s), {} loaded",
-            loaded.read.rows, loaded.files, loaded.copied
-        ),
-    }];
-    // Reading the staged rows back (the longest check) runs on a second
-    // connection while the checks in SQL run on this one.
-    let readers = [
-        crate::source::connect(&cfg.database).await?,
-        crate::source::connect(&cfg.database).await?,
-    ];
-    let reader_refs = [&readers[0], &readers[1]];
-    let sql_checks = async {
-        let mut out = vec![];
-        let mut not_null_cols = vec![];
-        let target_exists: bool = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&target])
-            .await
-            .map_err(pg("cannot look up the target table"))?
-            .get(0);
-        if target_exists {
-            let (more, _overlap, nn) = validate::against_target(
-                &client,
-                &staging,
-                &target,
-                &loaded.cols,
-                &t.timestamp_column,
-                time_kind,
-                &req.range,
-                req.apply,
-            )
-            .await?;
-            out.extend(more);
-            not_null_cols = nn;
-        } else if req.apply != Apply::Stage {
-            out.push(Check {
-                name: "target".into(),
-                ok: false,
-                detail: format!("{target} does not exist"),
-            });
-        }
-        Ok::<_, Error>((out, not_null_cols))
+    let ctx = Staged {
+        client: &client,
+        staging: &staging,
+        target: &target,
+        loaded: &loaded,
     };
-    let (readback, sql_checks) = tokio::join!(
-        validate::staged_content(
-            &reader_refs,
-            &staging,
-            &loaded,
-            &t.timestamp_column,
-            &req.range
-        ),
-        sql_checks
-    );
-    let readback = readback?;
-    let (sql_checks, not_null_cols) = sql_checks?;
-    checks.push(readback.content);
-    let bad_batches: Vec<&BatchCheck> = batches.iter().filter(|b| b.status == "MISMATCH").collect();
-    checks.push(Check {
-        name: "batches".into(),
-        ok: bad_batches.is_empty(),
-        detail: if bad_batches.is_empty() {
-            format!(
-                "{} batch(es) covered whole match their snapshot summaries ({} partly covered)",
-                batches.iter().filter(|b| b.status == "match").count(),
-                batches.iter().filter(|b| b.status == "partial").count()
-            )
-        } else {
-            format!(
-                "batch(es) {} do not match their snapshot summaries",
-                bad_batches
-                    .iter()
-                    .map(|b| b.batch_id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        },
-    });
-    checks.push(readback.range);
-    checks.extend(sql_checks);
-    checks.extend(validate::not_null(&not_null_cols, &readback.nulls));
+    let (batches, checks) = ctx.validate(cfg, t, table, &src, req).await?;
     let valid = checks.iter().all(|c| c.ok);
     let mut report = RestoreReport {
         table: t.iceberg_name(),
-        snapshot_id: snapshot.snapshot_id(),
+        snapshot_id: src.snapshot.snapshot_id(),
         from: rfc3339(req.range.start),
         to: rfc3339(req.range.end),
         staging: staging.clone(),
@@ -428,14 +418,124 @@ pub async fn restore(
         seconds: 0.0,
     };
     if valid {
+        ctx.apply(t, &stage_name, src.time_kind, req, &mut report)
+            .await?;
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// A loaded staging table and the target it is checked against.
+struct Staged<'a> {
+    client: &'a Client,
+    staging: &'a str,
+    target: &'a str,
+    loaded: &'a Loaded,
+}
+
+impl Staged<'_> {
+    /// The batches the range touches and every validation check.
+    async fn validate(
+        &self,
+        cfg: &Config,
+        t: &TableConfig,
+        table: &Table,
+        src: &Archived,
+        req: &RestoreRequest,
+    ) -> Result<(Vec<BatchCheck>, Vec<Check>)> {
+        let loaded = self.loaded;
+        let batches =
+            validate::batch_checks(table, &src.snapshot, &src.schema, &req.range, loaded).await?;
+        let mut checks = vec![Check {
+            name: "rows".into(),
+            ok: loaded.copied == loaded.read.rows,
+            detail: format!(
+                "{} row(s) read from {} file(s), {} loaded",
+                loaded.read.rows, loaded.files, loaded.copied
+            ),
+        }];
+        // Reading the staged rows back (the longest check) runs on two more
+        // connections while the checks in SQL run on this one.
+        let readers = [
+            crate::source::connect(&cfg.database).await?,
+            crate::source::connect(&cfg.database).await?,
+        ];
+        let reader_refs = [&readers[0], &readers[1]];
+        let (readback, sql_checks) = tokio::join!(
+            validate::staged_content(
+                &reader_refs,
+                self.staging,
+                loaded,
+                &t.timestamp_column,
+                &req.range
+            ),
+            self.sql_checks(t, src.time_kind, req)
+        );
+        let readback = readback?;
+        let (sql_checks, not_null_cols) = sql_checks?;
+        checks.push(readback.content);
+        checks.push(batches_check(&batches));
+        checks.push(readback.range);
+        checks.extend(sql_checks);
+        checks.extend(validate::not_null(&not_null_cols, &readback.nulls));
+        Ok((batches, checks))
+    }
+
+    /// The checks against the target, and its NOT NULL columns.
+    async fn sql_checks(
+        &self,
+        t: &TableConfig,
+        time_kind: TimeKind,
+        req: &RestoreRequest,
+    ) -> Result<(Vec<Check>, Vec<String>)> {
+        let target_exists: bool = self
+            .client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&self.target])
+            .await
+            .map_err(pg("cannot look up the target table"))?
+            .get(0);
+        if target_exists {
+            validate::against_target(
+                self.client,
+                self.staging,
+                self.target,
+                &self.loaded.cols,
+                &t.timestamp_column,
+                time_kind,
+                &req.range,
+                req.apply,
+            )
+            .await
+        } else if req.apply != Apply::Stage {
+            // Checked before staging; gone since.
+            let check = Check {
+                name: "target".into(),
+                ok: false,
+                detail: format!("{} does not exist", self.target),
+            };
+            Ok((vec![check], vec![]))
+        } else {
+            Ok((vec![], vec![]))
+        }
+    }
+
+    /// Attaches or merges the valid staged rows as `req` asks.
+    async fn apply(
+        &self,
+        t: &TableConfig,
+        stage_name: &str,
+        time_kind: TimeKind,
+        req: &RestoreRequest,
+        report: &mut RestoreReport,
+    ) -> Result<()> {
         match req.apply {
             Apply::Stage => {}
             Apply::Attach { replace } => {
                 let a = apply::attach(
-                    &client,
-                    &staging,
-                    &stage_name,
-                    &target,
+                    self.client,
+                    self.staging,
+                    stage_name,
+                    self.target,
                     &t.timestamp_column,
                     time_kind,
                     &req.range,
@@ -448,10 +548,10 @@ pub async fn restore(
             }
             Apply::Merge(policy) => {
                 let m = apply::merge(
-                    &client,
-                    &staging,
-                    &target,
-                    &loaded.cols,
+                    self.client,
+                    self.staging,
+                    self.target,
+                    &self.loaded.cols,
                     policy,
                     req.keep_staging,
                 )
@@ -459,13 +559,63 @@ pub async fn restore(
                 report.action = "merged".into();
                 report.inserted = Some(m.inserted);
                 report.updated = Some(m.updated);
-                report.skipped = Some(loaded.copied - m.inserted - m.updated);
+                report.skipped = Some(self.loaded.copied - m.inserted - m.updated);
                 report.staging_kept = req.keep_staging;
             }
         }
+        Ok(())
     }
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+}
+
+/// The batches check: every batch the range covers whole matches its summary.
+fn batches_check(batches: &[BatchCheck]) -> Check {
+    let bad: Vec<&BatchCheck> = batches.iter().filter(|b| b.status == "MISMATCH").collect();
+    Check {
+        name: "batches".into(),
+        ok: bad.is_empty(),
+        detail: if bad.is_empty() {
+            format!(
+                "{} batch(es) covered whole match their snapshot summaries ({} partly covered)",
+                batches.iter().filter(|b| b.status == "match").count(),
+                batches.iter().filter(|b| b.status == "partial").count()
+            )
+        } else {
+            format!(
+                "batch(es) {} do not match their snapshot summaries",
+                bad.iter()
+                    .map(|b| b.batch_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+    }
+}
+
+/// The data files of the range at the snapshot (pruned by partition and
+/// column statistics: a file listed may still hold no row in the range).
+async fn plan_scan(table: &Table, src: &Archived, range: &Window) -> Result<Vec<FileScanTask>> {
+    let req_fetch = crate::inspect::fetch::FetchRequest {
+        time_column: src.time_field.name.clone(),
+        range: *range,
+        snapshot: SnapshotChoice::Id(src.snapshot.snapshot_id()),
+        columns: None,
+        filter: None,
+        format: crate::inspect::fetch::Format::Csv,
+    };
+    let predicate = crate::inspect::fetch::predicate(table, &req_fetch)?;
+    let scan = table
+        .scan()
+        .snapshot_id(src.snapshot.snapshot_id())
+        .with_filter(predicate)
+        .select(src.cols.iter().map(|(f, _, _)| f.name.clone()))
+        .build()
+        .map_err(|e| Error::iceberg("cannot plan the scan", e))?;
+    scan.plan_files()
+        .await
+        .map_err(|e| Error::iceberg("cannot plan the scan", e))?
+        .try_collect()
+        .await
+        .map_err(|e| Error::iceberg("cannot plan the scan", e))
 }
 
 /// What the load streamed.
@@ -492,18 +642,14 @@ pub struct StagedColumn {
     pub cast: Option<String>,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn stage_and_load(
+/// Creates the staging table with the archived columns' types (values read
+/// through a cast take the cast type until loaded); returns the columns and
+/// the COPY encoder of their values.
+async fn create_staging(
     client: &Client,
-    table: &Table,
-    snapshot: &iceberg::spec::SnapshotRef,
-    schema: &iceberg::spec::SchemaRef,
+    cols: &[(NestedFieldRef, String, bool)],
     staging: &str,
-    cols: Vec<(NestedFieldRef, String, bool)>,
-    req: &RestoreRequest,
-    time_field: &NestedFieldRef,
-    progress: &indicatif::ProgressBar,
-) -> Result<Loaded> {
+) -> Result<(Vec<StageCol>, CopyEncoder)> {
     let ddl: Vec<String> = cols
         .iter()
         .map(|(f, ty, _)| format!("{} {ty}", quote_ident(&f.name)))
@@ -565,32 +711,20 @@ async fn stage_and_load(
         .zip(&infos)
         .map(|(c, info)| Enc::new(&c.mapping.kind, info))
         .collect::<Result<Vec<_>>>()?;
-    let encoder = CopyEncoder::new(encs);
+    Ok((staged, CopyEncoder::new(encs)))
+}
 
-    // Scan: the range at the snapshot, file by file.
-    let req_fetch = crate::inspect::fetch::FetchRequest {
-        time_column: time_field.name.clone(),
-        range: req.range,
-        snapshot: SnapshotChoice::Id(snapshot.snapshot_id()),
-        columns: None,
-        filter: None,
-        format: crate::inspect::fetch::Format::Csv,
-    };
-    let predicate = crate::inspect::fetch::predicate(table, &req_fetch)?;
-    let scan = table
-        .scan()
-        .snapshot_id(snapshot.snapshot_id())
-        .with_filter(predicate)
-        .select(staged.iter().map(|c| c.name.clone()))
-        .build()
-        .map_err(|e| Error::iceberg("cannot plan the scan", e))?;
-    let tasks: Vec<_> = scan
-        .plan_files()
-        .await
-        .map_err(|e| Error::iceberg("cannot plan the scan", e))?
-        .try_collect()
-        .await
-        .map_err(|e| Error::iceberg("cannot plan the scan", e))?;
+/// Creates the staging table and loads the rows of `tasks` into it (inside
+/// the caller's transaction).
+async fn stage_and_load(
+    client: &Client,
+    table: &Table,
+    src: &Archived,
+    staging: &str,
+    tasks: Vec<FileScanTask>,
+    progress: &indicatif::ProgressBar,
+) -> Result<Loaded> {
+    let (staged, encoder) = create_staging(client, &src.cols, staging).await?;
     let files = tasks.len();
     let names: Vec<String> = staged.iter().map(|c| quote_ident(&c.name)).collect();
     let sink = client
@@ -656,26 +790,9 @@ async fn stage_and_load(
         .finish()
         .await
         .map_err(pg("COPY into the staging table failed"))?;
-    // Cast columns take their own type back.
-    let back: Vec<String> = staged
-        .iter()
-        .filter(|c| c.mapping.cast.is_some())
-        .map(|c| {
-            format!(
-                "ALTER COLUMN {n} TYPE {t} USING {n}::{t}",
-                n = quote_ident(&c.name),
-                t = c.pg_type
-            )
-        })
-        .collect();
-    if !back.is_empty() {
-        client
-            .batch_execute(&format!("ALTER TABLE {staging} {}", back.join(", ")))
-            .await
-            .map_err(pg("cannot give the staging columns their own types back"))?;
-    }
+    uncast(client, staging, &staged).await?;
     let arrow_schema = std::sync::Arc::new(
-        iceberg::arrow::schema_to_arrow_schema(schema)
+        iceberg::arrow::schema_to_arrow_schema(&src.schema)
             .map_err(|e| Error::iceberg("cannot derive the Arrow schema", e))?,
     );
     Ok(Loaded {
@@ -694,6 +811,28 @@ async fn stage_and_load(
             .collect(),
         arrow_schema,
     })
+}
+
+/// Gives the columns loaded through a cast their own types back.
+async fn uncast(client: &Client, staging: &str, staged: &[StageCol]) -> Result<()> {
+    let back: Vec<String> = staged
+        .iter()
+        .filter(|c| c.mapping.cast.is_some())
+        .map(|c| {
+            format!(
+                "ALTER COLUMN {n} TYPE {t} USING {n}::{t}",
+                n = quote_ident(&c.name),
+                t = c.pg_type
+            )
+        })
+        .collect();
+    if !back.is_empty() {
+        client
+            .batch_execute(&format!("ALTER TABLE {staging} {}", back.join(", ")))
+            .await
+            .map_err(pg("cannot give the staging columns their own types back"))?;
+    }
+    Ok(())
 }
 
 /// Runs `body` (statements on `client`) in one transaction: committed when it

@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 
 use super::{Apply, BatchCheck, Check, Loaded, OnConflict, StagedColumn, apply, literal, pg};
 use crate::checksum::Checksum;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
 use crate::lake;
 use crate::plan::keys;
@@ -364,41 +364,39 @@ pub(crate) fn same_row(pk: &[String], shared: &[String]) -> String {
     }
 }
 
-/// Checks against the target: columns and types, CHECK constraints, rows
-/// already there.  Returns the checks, the number of staged rows already in
-/// the target, and its NOT NULL columns (checked on the read-back).
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn against_target(
-    client: &Client,
-    staging: &str,
+/// The `(name, Postgres type)` of each archived column.
+pub(crate) fn archived_types(cols: &[StagedColumn]) -> Vec<(&str, &str)> {
+    cols.iter()
+        .map(|c| (c.name.as_str(), c.pg_type.as_str()))
+        .collect()
+}
+
+/// The schema check: every archived column (`(name, Postgres type)`) is in
+/// the target with the same type; a target column missing from the archive
+/// is nullable or has a default (for an attach: the same columns).  Needs no
+/// staging table, so it also runs before anything is staged ([`preflight`]).
+pub(crate) fn schema_check(
+    tcols: &[TargetColumn],
+    cols: &[(&str, &str)],
     target: &str,
-    cols: &[StagedColumn],
-    ts: &str,
-    kind: TimeKind,
-    range: &Window,
-    apply_how: Apply,
-) -> Result<(Vec<Check>, u64, Vec<String>)> {
-    let mut checks = Vec::new();
-    let tcols = target_columns(client, target).await?;
+    attach: bool,
+) -> Check {
     let by_name: HashMap<&str, &TargetColumn> =
         tcols.iter().map(|c| (c.name.as_str(), c)).collect();
-    let attach = matches!(apply_how, Apply::Attach { .. });
-
-    // Schema.
     let mut problems = Vec::new();
     let mut notes = Vec::new();
-    for c in cols {
-        match by_name.get(c.name.as_str()) {
-            None => problems.push(format!("archived column `{}` is not in the target", c.name)),
-            Some(t) if t.pg_type != c.pg_type => problems.push(format!(
-                "column `{}` is {} in the target but {} in the archive",
-                c.name, t.pg_type, c.pg_type
+    for &(name, pg_type) in cols {
+        match by_name.get(name) {
+            None => problems.push(format!("archived column `{name}` is not in the target")),
+            Some(t) if t.pg_type != pg_type => problems.push(format!(
+                "column `{name}` is {} in the target but {pg_type} in the archive",
+                t.pg_type
             )),
             Some(_) => {}
         }
     }
-    for t in &tcols {
-        if cols.iter().any(|c| c.name == t.name) {
+    for t in tcols {
+        if cols.iter().any(|(name, _)| *name == t.name) {
             continue;
         }
         if attach {
@@ -415,7 +413,7 @@ pub(crate) async fn against_target(
             notes.push(format!("`{}` takes its default", t.name));
         }
     }
-    checks.push(Check {
+    Check {
         name: "schema".into(),
         ok: problems.is_empty(),
         detail: if problems.is_empty() {
@@ -427,15 +425,236 @@ pub(crate) async fn against_target(
         } else {
             problems.join("; ")
         },
-    });
+    }
+}
 
+/// The partitioning check of an attach: `target` is range-partitioned on `ts`.
+pub(crate) async fn partitioning_check(client: &Client, target: &str, ts: &str) -> Result<Check> {
+    let key = partitions::partition_key(client, target).await?;
+    let ok = partitions::is_range_on(key.as_deref(), ts);
+    Ok(Check {
+        name: "partitioning".into(),
+        ok,
+        detail: match key {
+            Some(k) if ok => format!("{target} is partitioned by {k}"),
+            Some(k) => format!("{target} is partitioned by {k}, not by RANGE ({ts})"),
+            None => format!("{target} is not a partitioned table"),
+        },
+    })
+}
+
+/// The overlap check of an attach: no partition of `target` covers the range
+/// and it holds no row in it (with `replace`: exactly one partition with the
+/// range's bounds, which will be detached).  Returns the check and, for a
+/// failure, what to do about it.
+pub(crate) async fn attach_overlap_check(
+    client: &Client,
+    target: &str,
+    ts: &str,
+    kind: TimeKind,
+    range: &Window,
+    replace: bool,
+) -> Result<(Check, &'static str)> {
+    let parts = apply::overlapping_partitions(client, target, kind, range).await?;
+    let rows: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {target} WHERE {}",
+                in_range(ts, kind, range)
+            ),
+            &[],
+        )
+        .await
+        .map_err(pg("cannot count the target's rows in the range"))?
+        .get(0);
+    let exact = parts.iter().filter(|p| p.exact).count();
+    let ok_parts = parts.is_empty() || (replace && parts.len() == 1 && exact == 1);
+    let ok = ok_parts && (rows == 0 || replace);
+    let (detail, advice) = match (parts.is_empty(), rows) {
+        (true, 0) => (
+            "no partition of the target covers the range yet".to_string(),
+            "",
+        ),
+        (true, n) => (
+            format!("the target already holds {n} row(s) in the range (in its default partition)"),
+            "move them out of the default partition first",
+        ),
+        (false, n) => (
+            format!(
+                "partition(s) {} already cover the range ({n} row(s)){}",
+                parts
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if ok {
+                    "; it will be detached (--replace-partition)"
+                } else {
+                    ""
+                }
+            ),
+            if replace {
+                "--replace-partition needs exactly one partition with the same bounds"
+            } else {
+                "--replace-partition detaches it"
+            },
+        ),
+    };
+    let check = Check {
+        name: "overlap".into(),
+        ok,
+        detail,
+    };
+    Ok((check, advice))
+}
+
+/// Why `policy` cannot merge into a target with primary key `pk`, if it cannot.
+pub(crate) fn conflict_policy_problem(policy: OnConflict, pk: &[String]) -> Option<&'static str> {
+    (policy == OnConflict::Update && pk.is_empty())
+        .then_some("--on-conflict update needs a primary key on the target")
+}
+
+/// Validates the target and the mode of `apply_how` before anything is
+/// staged: the target exists; for an attach it is range-partitioned on
+/// `ts`, has the archived columns and no partition or row in the range yet
+/// (unless `--replace-partition` fits); for a merge it takes the archived
+/// columns (`cols`: name and Postgres type) and the conflict policy.  A
+/// failure is one `Schema` error with a hint, and nothing has been created.
+pub(crate) async fn preflight(
+    client: &Client,
+    target: &str,
+    cols: &[(&str, &str)],
+    ts: &str,
+    kind: TimeKind,
+    range: &Window,
+    apply_how: Apply,
+) -> Result<()> {
+    let flag = match apply_how {
+        Apply::Stage => return Ok(()),
+        Apply::Attach { .. } => "--attach",
+        Apply::Merge(_) => "--merge",
+    };
+    let refuse = |message: String, hint: String| {
+        Error::new(ErrorKind::Schema, format!("{flag}: {message}")).with_hint(hint)
+    };
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&target])
+        .await
+        .map_err(pg("cannot look up the target table"))?
+        .get(0);
+    if !exists {
+        return Err(refuse(
+            format!("the target {target} does not exist"),
+            format!(
+                "create it, or name an existing table with --target SCHEMA.TABLE (names are \
+                 case-sensitive); without {flag} the rows are only staged"
+            ),
+        ));
+    }
+    if let Apply::Attach { .. } = apply_how {
+        let p = partitioning_check(client, target, ts).await?;
+        if !p.ok {
+            return Err(refuse(
+                p.detail,
+                format!(
+                    "--attach needs a target partitioned by RANGE ({ts}); --merge inserts the rows into any table"
+                ),
+            ));
+        }
+    }
+    let tcols = target_columns(client, target).await?;
+    let attach = matches!(apply_how, Apply::Attach { .. });
+    let schema = schema_check(&tcols, cols, target, attach);
+    if !schema.ok {
+        return Err(refuse(
+            format!(
+                "{target} does not fit the archived columns: {}",
+                schema.detail
+            ),
+            format!(
+                "alter the target or choose another --target; without {flag} the rows are only \
+                 staged, for inspection"
+            ),
+        ));
+    }
+    match apply_how {
+        Apply::Attach { replace } => {
+            let (c, advice) =
+                attach_overlap_check(client, target, ts, kind, range, replace).await?;
+            if !c.ok {
+                return Err(refuse(c.detail, advice.to_string()));
+            }
+        }
+        Apply::Merge(policy) => {
+            let pk = primary_key(client, target).await?;
+            if let Some(p) = conflict_policy_problem(policy, &pk) {
+                return Err(refuse(
+                    format!("{p} ({target} has none)"),
+                    "add one, or choose --on-conflict skip or error".into(),
+                ));
+            }
+        }
+        Apply::Stage => {}
+    }
+    Ok(())
+}
+
+/// Checks against the target: columns and types, CHECK constraints, rows
+/// already there.  Returns the checks and the target's NOT NULL columns
+/// (checked on the read-back).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn against_target(
+    client: &Client,
+    staging: &str,
+    target: &str,
+    cols: &[StagedColumn],
+    ts: &str,
+    kind: TimeKind,
+    range: &Window,
+    apply_how: Apply,
+) -> Result<(Vec<Check>, Vec<String>)> {
+    let tcols = target_columns(client, target).await?;
+    let attach = matches!(apply_how, Apply::Attach { .. });
+    let mut checks = vec![schema_check(&tcols, &archived_types(cols), target, attach)];
     let not_null_cols: Vec<String> = tcols
         .iter()
         .filter(|t| t.not_null)
         .map(|t| t.name.clone())
         .collect();
+    checks.extend(check_constraints(client, staging, target).await?);
+    match apply_how {
+        Apply::Attach { replace } => {
+            checks.push(partitioning_check(client, target, ts).await?);
+            let (mut c, advice) =
+                attach_overlap_check(client, target, ts, kind, range, replace).await?;
+            if !c.ok {
+                c.detail = format!("{}; {advice}", c.detail);
+            }
+            checks.push(c);
+        }
+        Apply::Merge(_) | Apply::Stage => {
+            let shared: Vec<String> = cols
+                .iter()
+                .filter(|c| tcols.iter().any(|t| t.name == c.name))
+                .map(|c| c.name.clone())
+                .collect();
+            let o = MergeOverlap {
+                staging,
+                target,
+                shared: &shared,
+                ts,
+                kind,
+                range,
+            };
+            checks.push(o.check(client, apply_how).await?);
+        }
+    }
+    Ok((checks, not_null_cols))
+}
 
-    // CHECK constraints.
+/// The CHECK constraints check: no staged row violates one of the target's
+/// (`None` when it has none).
+async fn check_constraints(client: &Client, staging: &str, target: &str) -> Result<Option<Check>> {
     let cons = client
         .query(
             "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
@@ -444,169 +663,126 @@ pub(crate) async fn against_target(
         )
         .await
         .map_err(pg("cannot read the target's CHECK constraints"))?;
-    if !cons.is_empty() {
-        let mut bad = Vec::new();
-        for r in &cons {
-            let name: String = r.get(0);
-            let def: String = r.get(1);
-            let expr = check_expr(&def);
-            match client
-                .query_one(
-                    &format!("SELECT count(*) FROM {staging} WHERE NOT ({expr})"),
-                    &[],
-                )
-                .await
-            {
-                Ok(row) => {
-                    let n: i64 = row.get(0);
-                    if n > 0 {
-                        bad.push(format!("{n} row(s) violate `{name}` {def}"));
-                    }
-                }
-                Err(e) => bad.push(format!(
-                    "`{name}` {def} cannot be evaluated on the staged rows: {}",
-                    Error::postgres("", e).message().trim_start_matches(": ")
-                )),
-            }
-        }
-        checks.push(Check {
-            name: "check_constraints".into(),
-            ok: bad.is_empty(),
-            detail: if bad.is_empty() {
-                format!(
-                    "the staged rows satisfy the target's {} CHECK constraint(s)",
-                    cons.len()
-                )
-            } else {
-                bad.join("; ")
-            },
-        });
+    if cons.is_empty() {
+        return Ok(None);
     }
-
-    // Rows already in the target.
-    let pk = primary_key(client, target).await?;
-    let shared: Vec<String> = cols
-        .iter()
-        .filter(|c| by_name.contains_key(c.name.as_str()))
-        .map(|c| c.name.clone())
-        .collect();
-    let overlap: i64 = if attach {
-        client
+    let mut bad = Vec::new();
+    for r in &cons {
+        let name: String = r.get(0);
+        let def: String = r.get(1);
+        let expr = check_expr(&def);
+        match client
             .query_one(
-                &format!(
-                    "SELECT count(*) FROM {target} WHERE {}",
-                    in_range(ts, kind, range)
-                ),
+                &format!("SELECT count(*) FROM {staging} WHERE NOT ({expr})"),
                 &[],
             )
             .await
-            .map_err(pg("cannot count the target's rows in the range"))?
-            .get(0)
-    } else if !pk.iter().all(|k| shared.contains(k)) || shared.is_empty() {
-        0
-    } else {
+        {
+            Ok(row) => {
+                let n: i64 = row.get(0);
+                if n > 0 {
+                    bad.push(format!("{n} row(s) violate `{name}` {def}"));
+                }
+            }
+            Err(e) => bad.push(format!(
+                "`{name}` {def} cannot be evaluated on the staged rows: {}",
+                Error::postgres("", e).message().trim_start_matches(": ")
+            )),
+        }
+    }
+    Ok(Some(Check {
+        name: "check_constraints".into(),
+        ok: bad.is_empty(),
+        detail: if bad.is_empty() {
+            format!(
+                "the staged rows satisfy the target's {} CHECK constraint(s)",
+                cons.len()
+            )
+        } else {
+            bad.join("; ")
+        },
+    }))
+}
+
+/// The staged rows already in a plain target (by primary key; without one,
+/// identical rows in the range).
+struct MergeOverlap<'a> {
+    staging: &'a str,
+    target: &'a str,
+    /// Archived columns the target has.
+    shared: &'a [String],
+    ts: &'a str,
+    kind: TimeKind,
+    range: &'a Window,
+}
+
+impl MergeOverlap<'_> {
+    async fn count(&self, client: &Client, pk: &[String]) -> Result<i64> {
+        if !pk.iter().all(|k| self.shared.contains(k)) || self.shared.is_empty() {
+            return Ok(0);
+        }
         let limit = if pk.is_empty() {
             format!(
                 " AND {}",
-                in_range(ts, kind, range)
-                    .replace(&quote_ident(ts), &format!("t.{}", quote_ident(ts)))
+                in_range(self.ts, self.kind, self.range).replace(
+                    &quote_ident(self.ts),
+                    &format!("t.{}", quote_ident(self.ts))
+                )
             )
         } else {
             String::new()
         };
-        client
+        Ok(client
             .query_one(
                 &format!(
-                    "SELECT count(*) FROM {staging} s WHERE EXISTS (SELECT 1 FROM {target} t WHERE {}{limit})",
-                    same_row(&pk, &shared)
+                    "SELECT count(*) FROM {} s WHERE EXISTS (SELECT 1 FROM {} t WHERE {}{limit})",
+                    self.staging,
+                    self.target,
+                    same_row(pk, self.shared)
                 ),
                 &[],
             )
             .await
             .map_err(pg("cannot look for staged rows already in the target"))?
-            .get(0)
-    };
-    let by = if pk.is_empty() {
-        "as identical rows".to_string()
-    } else {
-        format!("by primary key ({})", pk.join(", "))
-    };
-    if attach {
-        let key = partitions::partition_key(client, target).await?;
-        let ok = partitions::is_range_on(key.as_deref(), ts);
-        checks.push(Check {
-            name: "partitioning".into(),
-            ok,
-            detail: match key {
-                Some(k) if ok => format!("{target} is partitioned by {k}"),
-                Some(k) => {
-                    format!("{target} is partitioned by {k}, not by RANGE ({ts}); use --merge")
-                }
-                None => format!("{target} is not a partitioned table; use --merge"),
-            },
-        });
+            .get(0))
     }
-    let overlap_check = match apply_how {
-        Apply::Attach { replace } => {
-            let parts = apply::overlapping_partitions(client, target, kind, range).await?;
-            let exact: Vec<&apply::Partition> = parts.iter().filter(|p| p.exact).collect();
-            let ok_parts = parts.is_empty() || (replace && parts.len() == 1 && exact.len() == 1);
-            let ok = ok_parts && (overlap == 0 || replace);
-            Check {
+
+    /// The overlap check of a merge (informational when only staging).
+    async fn check(&self, client: &Client, apply_how: Apply) -> Result<Check> {
+        let pk = primary_key(client, self.target).await?;
+        let overlap = self.count(client, &pk).await?;
+        let by = if pk.is_empty() {
+            "as identical rows".to_string()
+        } else {
+            format!("by primary key ({})", pk.join(", "))
+        };
+        let Apply::Merge(policy) = apply_how else {
+            return Ok(Check {
                 name: "overlap".into(),
-                ok,
-                detail: match (parts.is_empty(), overlap) {
-                    (true, 0) => "no partition of the target covers the range yet".into(),
-                    (true, n) => format!(
-                        "the target already holds {n} row(s) in the range (in its default partition)"
-                    ),
-                    (false, n) => format!(
-                        "partition(s) {} already cover the range ({n} row(s)){}",
-                        parts
-                            .iter()
-                            .map(|p| p.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        if ok {
-                            "; it will be detached (--replace-partition)"
-                        } else if replace {
-                            "; --replace-partition needs exactly one partition with the same bounds"
-                        } else {
-                            "; --replace-partition detaches it"
-                        }
-                    ),
-                },
-            }
-        }
-        Apply::Merge(policy) => {
-            let no_pk_update = policy == OnConflict::Update && pk.is_empty();
-            Check {
-                name: "overlap".into(),
-                ok: !no_pk_update && (overlap == 0 || policy != OnConflict::Error),
-                detail: if no_pk_update {
-                    "--on-conflict update needs a primary key on the target".into()
-                } else if overlap == 0 {
-                    format!("no staged row is already in the target ({by})")
-                } else {
-                    format!(
-                        "{overlap} staged row(s) are already in the target ({by}){}",
-                        match policy {
-                            OnConflict::Error => "; choose --on-conflict skip or update",
-                            OnConflict::Skip => "; they will be skipped",
-                            OnConflict::Update => "; they will be updated",
-                        }
-                    )
-                },
-            }
-        }
-        Apply::Stage => Check {
+                ok: true,
+                detail: format!("{overlap} staged row(s) are already in the target ({by})"),
+            });
+        };
+        let problem = conflict_policy_problem(policy, &pk);
+        Ok(Check {
             name: "overlap".into(),
-            ok: true,
-            detail: format!("{overlap} staged row(s) are already in the target ({by})"),
-        },
-    };
-    checks.push(overlap_check);
-    Ok((checks, overlap.max(0) as u64, not_null_cols))
+            ok: problem.is_none() && (overlap == 0 || policy != OnConflict::Error),
+            detail: if let Some(p) = problem {
+                p.into()
+            } else if overlap == 0 {
+                format!("no staged row is already in the target ({by})")
+            } else {
+                format!(
+                    "{overlap} staged row(s) are already in the target ({by}){}",
+                    match policy {
+                        OnConflict::Error => "; choose --on-conflict skip or update",
+                        OnConflict::Skip => "; they will be skipped",
+                        OnConflict::Update => "; they will be updated",
+                    }
+                )
+            },
+        })
+    }
 }
 
 /// The expression of a `CHECK (…)` definition.

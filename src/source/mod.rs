@@ -1,6 +1,7 @@
 //! The Postgres side: connections, table introspection, window discovery,
 //! streaming extraction (binary COPY → Arrow) and the delete transaction.
 
+pub mod dsn;
 pub mod extract;
 pub mod introspect;
 pub mod partitions;
@@ -20,25 +21,10 @@ pub use introspect::{SourceColumn, SourceTable};
 /// UTC, standard-conforming strings, `statement_timeout` from the config and
 /// `application_name = permafrost`.
 pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
-    let (dsn, verify) = tls::normalize_dsn(&db.dsn);
-    let mut cfg: tokio_postgres::Config = dsn
-        .parse()
-        .map_err(|e| Error::config(format!("`database.dsn` is not valid: {e}")))?;
+    let resolved = dsn::resolve(&db.dsn, db.password.as_deref(), &|k| std::env::var(k).ok())?;
+    let mut cfg = resolved.config;
     if cfg.get_application_name().is_none() {
         cfg.application_name("permafrost");
-    }
-    // `database.password`, else the DSN's, else libpq's PGPASSWORD.
-    match &db.password {
-        Some(pw) => {
-            cfg.password(pw.as_bytes());
-        }
-        None if cfg.get_password().is_none() => {
-            if let Some(pw) = std::env::var("PGPASSWORD").ok().filter(|p| !p.is_empty()) {
-                crate::secret::register(pw.clone());
-                cfg.password(pw.as_bytes());
-            }
-        }
-        None => {}
     }
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(Duration::from_secs(10));
@@ -49,10 +35,12 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
     let client = if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
         start(&cfg, NoTls).await
     } else {
+        let root_cert = db.ssl_root_cert.clone().or(resolved.root_cert);
         let policy = tls::TlsPolicy {
-            verify: verify || db.ssl_root_cert.is_some(),
-            root_cert: db.ssl_root_cert.clone(),
+            verify: resolved.sslmode.starts_with("verify-") || root_cert.is_some(),
+            root_cert,
             root_cert_key: "database.ssl_root_cert",
+            client_cert: resolved.client_cert,
         };
         start(
             &cfg,
@@ -73,6 +61,33 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
         .await
         .map_err(|e| Error::postgres("cannot configure the PostgreSQL session", e))?;
     Ok(client)
+}
+
+/// What the session negotiated, for `check`: `TLSv1.3, certificate verified`,
+/// `TLSv1.3, certificate not verified (sslmode=require)` or `no TLS`.
+pub async fn tls_description(client: &Client, db: &DatabaseConfig) -> Result<String> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(ssl, false), coalesce(version, '') FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the session's TLS state", e))?;
+    let (ssl, version): (bool, String) = (row.get(0), row.get(1));
+    if !ssl {
+        return Ok("no TLS".into());
+    }
+    let r = dsn::resolve(&db.dsn, db.password.as_deref(), &|k| std::env::var(k).ok())?;
+    Ok(
+        if r.sslmode.starts_with("verify-") || db.ssl_root_cert.is_some() || r.root_cert.is_some() {
+            format!("{version}, certificate verified")
+        } else {
+            format!(
+                "{version}, certificate not verified (sslmode={})",
+                r.sslmode
+            )
+        },
+    )
 }
 
 /// Connects and drives the connection on its own task.

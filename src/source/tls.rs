@@ -27,6 +27,8 @@ pub struct TlsPolicy {
     pub root_cert: Option<std::path::PathBuf>,
     /// The config key that named `root_cert`, for messages.
     pub root_cert_key: &'static str,
+    /// Client certificate and key (PEM files) to authenticate with.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl TlsPolicy {
@@ -37,23 +39,9 @@ impl TlsPolicy {
             verify: true,
             root_cert,
             root_cert_key: key,
+            client_cert: None,
         }
     }
-}
-
-/// Rewrites `sslmode=verify-ca|verify-full` (which tokio-postgres does not
-/// parse) to `require`, and says whether verification was asked for.
-pub fn normalize_dsn(dsn: &str) -> (String, bool) {
-    let mut verify = false;
-    let mut out = dsn.to_string();
-    for mode in ["verify-full", "verify-ca"] {
-        let needle = format!("sslmode={mode}");
-        if out.contains(&needle) {
-            verify = true;
-            out = out.replace(&needle, "sslmode=require");
-        }
-    }
-    (out, verify)
 }
 
 /// A rustls client configuration for `policy`.
@@ -63,10 +51,10 @@ pub fn client_config(policy: &TlsPolicy) -> Result<rustls::ClientConfig> {
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::internal(format!("TLS setup: {e}")))?;
     if !policy.verify {
-        return Ok(builder
+        let b = builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
-            .with_no_client_auth());
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)));
+        return with_client_auth(b, policy);
     }
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
@@ -94,7 +82,42 @@ pub fn client_config(policy: &TlsPolicy) -> Result<rustls::ClientConfig> {
             )));
         }
     }
-    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+    with_client_auth(builder.with_root_certificates(roots), policy)
+}
+
+/// Finishes `b` with the policy's client certificate, if any.
+fn with_client_auth(
+    b: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+    policy: &TlsPolicy,
+) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let Some((cert, key)) = &policy.client_cert else {
+        return Ok(b.with_no_client_auth());
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| {
+            Error::config(format!(
+                "`sslcert`/`sslkey`: cannot read {}: {e}",
+                p.display()
+            ))
+        })
+    };
+    let certs = rustls_pemfile_certs(&read(cert)?);
+    if certs.is_empty() {
+        return Err(Error::config(format!(
+            "`sslcert`: no PEM certificate in {}",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| {
+        Error::config(format!(
+            "`sslkey`: no PEM private key in {}: {e}",
+            key.display()
+        ))
+    })?;
+    b.with_client_auth_cert(certs, key)
+        .map_err(|e| Error::config(format!("`sslcert`/`sslkey` do not fit: {e}")))
 }
 
 /// Parses the PEM certificates in `pem`.
@@ -159,28 +182,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn verify_modes_become_require() {
-        assert_eq!(
-            normalize_dsn("postgresql://u@h/db?sslmode=verify-full"),
-            ("postgresql://u@h/db?sslmode=require".to_string(), true)
-        );
-        assert_eq!(
-            normalize_dsn("host=h sslmode=verify-ca"),
-            ("host=h sslmode=require".to_string(), true)
-        );
-        assert_eq!(
-            normalize_dsn("host=h sslmode=require"),
-            ("host=h sslmode=require".to_string(), false)
-        );
-    }
-
-    #[test]
     fn configs_build() {
         assert!(
             client_config(&TlsPolicy {
                 verify: false,
-                root_cert: None,
-                root_cert_key: "database.ssl_root_cert"
+                ..TlsPolicy::verified(None, "database.ssl_root_cert")
             })
             .is_ok()
         );

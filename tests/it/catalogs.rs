@@ -76,20 +76,23 @@ async fn rest_catalog_example() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rest_catalog_with_a_bearer_token_example() {
     let s = services!();
-    let resp: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/v1/oauth/tokens", s.rest))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", s.key.as_str()),
-            ("client_secret", s.secret.as_str()),
-            ("scope", "catalog"),
-        ])
-        .send()
-        .await
-        .expect("token request")
-        .json()
-        .await
-        .expect("token json");
+    let resp: serde_json::Value = {
+        permafrost::http::install_crypto_provider();
+        reqwest::Client::new()
+    }
+    .post(format!("{}/v1/oauth/tokens", s.rest))
+    .form(&[
+        ("grant_type", "client_credentials"),
+        ("client_id", s.key.as_str()),
+        ("client_secret", s.secret.as_str()),
+        ("scope", "catalog"),
+    ])
+    .send()
+    .await
+    .expect("token request")
+    .json()
+    .await
+    .expect("token json");
     let token = resp["access_token"]
         .as_str()
         .expect("access_token")

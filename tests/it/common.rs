@@ -463,7 +463,10 @@ impl Weed {
         self.child = Some(child);
         // Ready when S3 answers and the REST catalog lists the namespaces of
         // the `warehouse` table bucket (created a moment after the ports open).
-        let client = reqwest::Client::new();
+        let client = {
+            permafrost::http::install_crypto_provider();
+            reqwest::Client::new()
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         loop {
             let s3_ok = client.get(&self.s3).send().await.is_ok();

@@ -123,3 +123,114 @@ async fn awkward_passwords_connect_and_a_wrong_one_fails_clearly() {
         "rows archived and deleted"
     );
 }
+
+/// The TLS cluster of `scripts/services.sh` (`hostssl … cert` for `certuser`).
+fn tls_cluster() -> Option<(String, std::path::PathBuf)> {
+    let pg = std::env::var("PERMAFROST_TEST_PG_TLS").ok()?;
+    let pki = std::env::var("PERMAFROST_TEST_PG_TLS_PKI").ok()?;
+    Some((pg, pki.into()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificate_over_verified_tls_archives_and_bad_tls_fails_clearly() {
+    let s = services!();
+    let Some((admin_dsn, pki)) = tls_cluster() else {
+        assert!(
+            std::env::var("PERMAFROST_TEST_REQUIRE").is_err(),
+            "TLS cluster missing"
+        );
+        eprintln!("skipped: no TLS cluster");
+        return;
+    };
+    let admin = connect(&admin_dsn).await;
+    let dbname = unique("tlsdb");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {dbname}"))
+        .await
+        .expect("db");
+    let port = admin_dsn
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.split('/').next())
+        .expect("port")
+        .to_string();
+    let db_dsn = admin_dsn
+        .rsplit_once('/')
+        .map(|(base, _)| format!("{base}/{dbname}"))
+        .expect("dsn has a database");
+    let c = connect(&db_dsn).await;
+    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
+        .await
+        .expect("schema");
+    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "1000"))
+        .await
+        .expect("data");
+    c.batch_execute("GRANT SELECT, DELETE ON sensor_readings TO certuser")
+        .await
+        .expect("grant");
+    let total = count(&c, "sensor_readings", "true").await;
+    let ws = Ws::new();
+    let cat = CatalogSetup::new(Cat::Sqlite, &s, &ws).await;
+    let p = |f: &str| pki.join(f).display().to_string();
+    let dsn = |host: &str, extra: &str| {
+        format!(
+            "host={host} port={port} user=certuser dbname={dbname} sslmode=verify-full sslrootcert={}{extra}",
+            p("ca.pem")
+        )
+    };
+    let yaml = |dsn: String| {
+        format!(
+            "database:\n  dsn: \"{dsn}\"\n{}global:\n  namespace: {}\ntables:\n\
+             \x20 - name: sensor_readings\n    timestamp_column: recorded_at\n    lag: 15d\n",
+            cat.yaml, cat.namespace
+        )
+    };
+    let with_cert = format!(" sslcert={} sslkey={}", p("client.pem"), p("client.key"));
+    let cases = [
+        ("no client certificate", dsn("localhost", ""), "certuser"),
+        (
+            "wrong host name",
+            dsn("127.0.0.1", &with_cert),
+            "not valid for this name",
+        ),
+    ];
+    for (what, d, needle) in cases {
+        let cfg = ws.config("bad.yaml", &yaml(d));
+        let out = ws.run(&["archive", "-c", &cfg.to_string_lossy()]);
+        assert_ne!(out.code, 0, "{what}: {}", out.stderr);
+        let errors = out.error_lines();
+        assert_eq!(errors.len(), 1, "{what}: {}", out.stderr);
+        assert!(errors[0].contains(needle), "{what}: {}", errors[0]);
+        assert_eq!(
+            count(&c, "sensor_readings", "true").await,
+            total,
+            "{what}: nothing deleted"
+        );
+    }
+    let cfg = ws.config("good.yaml", &yaml(dsn("localhost", &with_cert)));
+    let cfg = cfg.to_string_lossy().to_string();
+    let check = ws.run(&["check", "-c", &cfg, "--json"]);
+    assert_eq!(check.code, 0, "{}\n{}", check.stdout, check.stderr);
+    let tls = check.json()["postgres"]["tls"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        tls.starts_with("TLSv1.") && tls.contains("verified"),
+        "{tls}"
+    );
+    let out = ws.run(&["archive", "-c", &cfg, "--json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let archived: u64 = out.json()[0]["batches"]
+        .as_array()
+        .expect("batches")
+        .iter()
+        .map(|b| b["rows"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(archived > 0);
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await as u64,
+        total as u64 - archived
+    );
+    // pg_hba lets certuser in only over TLS with a certificate the CA signed:
+    // the archive above could not have logged in otherwise.
+}

@@ -373,21 +373,19 @@ async fn attach_into_a_range_partitioned_table() {
     let want = rows(&c, "before_rows", &range, "id").await;
     assert!(want.len() > 50);
 
-    // The empty partition of day 2 is still attached: refused, nothing attached.
+    // The empty partition of day 2 is still attached: refused before
+    // anything is staged, nothing attached.
+    let before = relations(&c).await;
     let out = fx.restore("events", 2, 3, &["--attach", "--into", "events_day2"]);
-    assert_eq!(out.code, 5, "{}", out.stderr);
-    let r = out.json();
-    assert_eq!(check(&r, "overlap")["ok"], false, "{r}");
-    assert_eq!(r["action"], "none");
-    assert_eq!(count(&c, "events", "true").await, 0);
-    assert_eq!(
-        count(&c, "events_day2", "true").await,
-        want.len() as i64,
-        "kept for inspection"
+    assert_refused(
+        &out,
+        3,
+        "--attach: partition(s) events_",
+        "--replace-partition detaches it",
     );
-    c.batch_execute("DROP TABLE events_day2")
-        .await
-        .expect("drop");
+    assert!(out.error_lines()[0].contains("already cover the range (0 row(s))"));
+    assert_eq!(relations(&c).await, before, "nothing created");
+    assert_eq!(count(&c, "events", "true").await, 0);
 
     // Replacing it: the empty partition is dropped, the staging table attached.
     let out = fx.restore(
@@ -509,19 +507,7 @@ async fn merge_policies_and_validation_failures() {
     );
     assert_eq!(rows(&c, "merged", "true", "id").await, want);
 
-    // --attach into a plain table: reported, nothing attached, staging kept.
-    let out = fx.restore(
-        "sensor_readings",
-        0,
-        2,
-        &["--target", "merged", "--attach", "--into", "st_attach"],
-    );
-    assert_eq!(out.code, 5, "{}", out.stderr);
-    let r = out.json();
-    assert_eq!(check(&r, "partitioning")["ok"], false, "{r}");
-    assert_eq!(count(&c, "st_attach", "true").await, 400);
-
-    // Validation failures: nothing merged.
+    // A target whose columns do not fit: refused before anything is staged.
     c.batch_execute(
         "CREATE TABLE t_type (LIKE sensor_readings); ALTER TABLE t_type ALTER COLUMN sensor_id TYPE bigint; \
          CREATE TABLE t_nn (LIKE sensor_readings); ALTER TABLE t_nn ADD COLUMN site text NOT NULL;",
@@ -532,6 +518,7 @@ async fn merge_policies_and_validation_failures() {
         ("t_type", "`sensor_id` is bigint in the target but integer"),
         ("t_nn", "`site` is NOT NULL"),
     ] {
+        let before = relations(&c).await;
         let out = fx.restore(
             "sensor_readings",
             0,
@@ -544,22 +531,165 @@ async fn merge_policies_and_validation_failures() {
                 &format!("st_{target}"),
             ],
         );
-        assert_eq!(out.code, 5, "{target}: {}", out.stderr);
-        let r = out.json();
-        let schema = check(&r, "schema");
-        assert_eq!(schema["ok"], false, "{r}");
-        assert!(
-            schema["detail"]
-                .as_str()
-                .is_some_and(|d| d.contains(needle)),
-            "{schema}"
-        );
+        assert_refused(&out, 3, needle, "alter the target");
+        assert_eq!(relations(&c).await, before, "{target}: nothing created");
         assert_eq!(count(&c, target, "true").await, 0);
+    }
+}
+
+/// Every relation outside the system schemas, as `schema.name`.
+async fn relations(c: &tokio_postgres::Client) -> Vec<String> {
+    c.query(
+        "SELECT n.nspname::text || '.' || c.relname::text FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' ORDER BY 1",
+        &[],
+    )
+    .await
+    .expect("relations")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// A restore refused up front: exit `code`, exactly one `error:` line, which
+/// contains `cause`, and a hint containing `hint`.
+fn assert_refused(out: &Out, code: i32, cause: &str, hint: &str) {
+    assert_eq!(out.code, code, "{}", out.stderr);
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(errors[0].contains(cause), "{cause}: {}", out.stderr);
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with("hint:") && l.contains(hint)),
+        "{hint}: {}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "no report: {}", out.stdout);
+}
+
+/// A target that does not exist or does not fit the mode, and a range with
+/// no archived rows, fail before anything is created in Postgres: no staging
+/// table, the target untouched (issue 17).
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_refuses_up_front_and_creates_nothing() {
+    let s = services!();
+    let db = sensor_db(&s, "restore_refuse").await;
+    let c = db.client().await;
+    c.batch_execute(
+        "DELETE FROM sensor_readings WHERE recorded_at >= date_trunc('day', now()) - interval '38 days'; \
+         DELETE FROM before_rows WHERE recorded_at >= date_trunc('day', now()) - interval '38 days';",
+    )
+    .await
+    .expect("two days");
+    let fx = Fx::new(&s, db, Cat::Sqlite, "sensor_readings", "recorded_at", "5d").await;
+    fx.archive();
+    c.batch_execute(
+        "CREATE TABLE plain (LIKE sensor_readings INCLUDING ALL); \
+         INSERT INTO plain SELECT * FROM before_rows WHERE id <= 10; \
+         CREATE TABLE narrow (LIKE sensor_readings); ALTER TABLE narrow DROP COLUMN payload; \
+         CREATE TABLE no_key (LIKE sensor_readings);",
+    )
+    .await
+    .expect("targets");
+    let plain_rows = rows(&c, "plain", "true", "id").await;
+    // Newest first: the current snapshot, and the first one (day 0 only).
+    let snaps = fx
+        .run(&["snapshots", "-t", "sensor_readings", "--json"])
+        .json();
+    let snaps = snaps.as_array().expect("snapshots");
+    assert_eq!(snaps.len(), 2, "one batch a day");
+    let current = snaps[0]["snapshot_id"].to_string();
+    let first = snaps[1]["snapshot_id"].to_string();
+    assert_eq!(snaps[1]["window_start"], rfc3339(fx.day0), "{snaps:?}");
+
+    let cases: [(&[&str], i32, &str, &str); 5] = [
+        (
+            &["--merge", "--target", "nosuch"],
+            3,
+            "--merge: the target \"public\".\"nosuch\" does not exist",
+            "--target SCHEMA.TABLE",
+        ),
+        (
+            &["--attach", "--target", "nosuch"],
+            3,
+            "--attach: the target \"public\".\"nosuch\" does not exist",
+            "without --attach the rows are only staged",
+        ),
+        (
+            &["--attach", "--target", "plain"],
+            3,
+            "--attach: \"public\".\"plain\" is not a partitioned table",
+            "--attach needs a target partitioned by RANGE (recorded_at)",
+        ),
+        (
+            &["--merge", "--target", "narrow"],
+            3,
+            "--merge: \"public\".\"narrow\" does not fit the archived columns: archived column `payload` is not in the target",
+            "alter the target",
+        ),
+        (
+            &["--merge", "--target", "no_key", "--on-conflict", "update"],
+            3,
+            "--merge: --on-conflict update needs a primary key on the target (\"public\".\"no_key\" has none)",
+            "--on-conflict skip",
+        ),
+    ];
+    for (flags, code, cause, hint) in cases {
+        let before = relations(&c).await;
+        let out = fx.restore("sensor_readings", 0, 2, flags);
+        assert_refused(&out, code, cause, hint);
+        assert_eq!(relations(&c).await, before, "{flags:?}: nothing created");
+        assert_eq!(rows(&c, "plain", "true", "id").await, plain_rows);
+        for t in ["narrow", "no_key", "sensor_readings"] {
+            assert_eq!(count(&c, t, "true").await, 0, "{flags:?}: {t}");
+        }
+    }
+
+    // No archived rows at the snapshot: days without a file (before, after
+    // and between nothing), and a minute between two rows of an archived
+    // file (the file is read, no row is in the range; the load rolls back).
+    let minute = (fx.day0 + 60_000_000, fx.day0 + 120_000_000);
+    let days = |from: i64, to: i64| (fx.day0 + from * DAY, fx.day0 + to * DAY);
+    for ((from, to), flags) in [
+        (days(5, 7), &["--merge"][..]),
+        (days(-3, -1), &["--into", "st_empty"][..]),
+        (days(1, 2), &["--snapshot", first.as_str()][..]),
+        (minute, &["--merge", "--target", "plain"][..]),
+        (minute, &["--log-level", "debug"][..]),
+    ] {
+        let before = relations(&c).await;
+        let (f, t) = (rfc3339(from), rfc3339(to));
+        let mut args = vec!["restore", "-t", "sensor_readings", "--from", &f, "--to", &t];
+        args.extend_from_slice(flags);
+        let out = fx.run(&args);
+        let at = if flags.contains(&"--snapshot") {
+            &first
+        } else {
+            &current
+        };
+        assert_refused(
+            &out,
+            2,
+            &format!("sensor_readings in [{f}, {t}) at snapshot {at}"),
+            "permafrost list -t sensor_readings",
+        );
         assert!(
-            out.stderr.contains("restore validation failed"),
+            out.error_lines()[0].starts_with("error: no archived rows of "),
             "{}",
             out.stderr
         );
+        if flags.contains(&"debug") {
+            assert!(
+                out.stderr.contains("1 data file(s) of the range"),
+                "day 0's file was read: {}",
+                out.stderr
+            );
+        }
+        assert_eq!(relations(&c).await, before, "{flags:?}: nothing created");
+        assert_eq!(rows(&c, "plain", "true", "id").await, plain_rows);
+        assert_eq!(count(&c, "sensor_readings", "true").await, 0);
     }
 }
 
