@@ -605,3 +605,54 @@ pub fn finish(child: std::process::Child) -> Out {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// Rows archived by an `archive --json` run, over all tables.
+pub fn archived_rows(report: &Value) -> u64 {
+    report
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t["batches"].as_array().into_iter().flatten())
+        .map(|b| b["rows"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// A local HTTP receiver for webhooks: `(address, bodies)`; every request's
+/// body arrives on the channel and is answered `200 OK`.
+pub fn webhook_sink() -> (String, std::sync::mpsc::Receiver<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        let _ = tx.send(body.to_string());
+                        break;
+                    }
+                }
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (addr, rx)
+}

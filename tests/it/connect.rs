@@ -111,6 +111,42 @@ async fn awkward_passwords_connect_and_a_wrong_one_fails_clearly() {
     );
     assert_eq!(st.code, 0, "{}", st.stderr);
     assert!(!st.stdout.contains(password) && !st.stderr.contains(password));
+    // A password file (libpq's format: `:` and `\` escaped), then a service
+    // file naming host, port, database and user, with the DSN naming only
+    // the service.
+    let pgpass = ws.path().join("pgpass");
+    let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
+    std::fs::write(&pgpass, format!("*:*:*:{role}:{escaped}\n")).expect("pgpass");
+    std::fs::set_permissions(&pgpass, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let pgpass = pgpass.to_string_lossy().to_string();
+    let st = ws.run_env(
+        &["status", "-c", &bare, "--json"],
+        &[("PGPASSFILE", &pgpass)],
+    );
+    assert_eq!(st.code, 0, "PGPASSFILE: {}", st.stderr);
+    let (host_port, dbname) = dsn
+        .trim_start_matches("postgresql://")
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .expect("dsn shape");
+    let (host, port) = host_port.split_once(':').expect("host:port");
+    let services = ws.path().join("pg_service.conf");
+    std::fs::write(
+        &services,
+        format!("[archive]\nhost={host}\nport={port}\ndbname={dbname}\nuser={role}\n"),
+    )
+    .expect("service file");
+    let by_service = ws.config("service.yaml", &yaml("").replace(&dsn, "service=archive"));
+    let st = ws.run_env(
+        &["status", "-c", &by_service.to_string_lossy(), "--json"],
+        &[
+            ("PGSERVICEFILE", &services.to_string_lossy()),
+            ("PGPASSFILE", &pgpass),
+        ],
+    );
+    assert_eq!(st.code, 0, "PGSERVICE: {}", st.stderr);
+    assert_eq!(st.json()[0]["source"], "public.sensor_readings");
     // The password through ${PG_PASSWORD}, every character as it is.
     let out = ws.run_env(
         &["archive", "-c", &with_var, "--json"],
@@ -220,12 +256,7 @@ async fn client_certificate_over_verified_tls_archives_and_bad_tls_fails_clearly
     );
     let out = ws.run(&["archive", "-c", &cfg, "--json"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let archived: u64 = out.json()[0]["batches"]
-        .as_array()
-        .expect("batches")
-        .iter()
-        .map(|b| b["rows"].as_u64().unwrap_or(0))
-        .sum();
+    let archived = archived_rows(&out.json());
     assert!(archived > 0);
     assert_eq!(
         count(&c, "sensor_readings", "true").await as u64,

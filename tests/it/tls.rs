@@ -223,12 +223,7 @@ async fn rest_catalog_over_https_archives_and_refuses_untrusted_servers() {
     let cfg = cfg.to_string_lossy().to_string();
     let out = ws.run_env(&["archive", "-c", &cfg, "--json"], &env);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let archived: u64 = out.json()[0]["batches"]
-        .as_array()
-        .expect("batches")
-        .iter()
-        .map(|b| b["rows"].as_u64().unwrap_or(0))
-        .sum();
+    let archived = archived_rows(&out.json());
     assert!(archived > 0);
     let left = count(&c, "sensor_readings", "true").await;
     assert_eq!(
@@ -263,40 +258,7 @@ async fn rest_catalog_over_https_archives_and_refuses_untrusted_servers() {
 async fn failure_webhook_is_delivered_over_https() {
     let s = services!();
     let pki = Pki::new();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let plain = listener.local_addr().expect("addr").to_string();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = stream.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .and_then(|v| v.trim().parse::<usize>().ok())
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        let _ = tx.send(body.to_string());
-                        break;
-                    }
-                }
-            }
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
+    let (plain, rx) = webhook_sink();
     let proxy = Proxy::start(&s, &pki, &plain);
     let (db, ws, _cat, cfg, _now) = small_setup(&s, 300).await;
     let yaml = std::fs::read_to_string(&cfg).expect("config");
