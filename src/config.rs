@@ -599,6 +599,7 @@ fn parse_catalog(map: BTreeMap<String, serde_norway::Value>) -> Result<CatalogCo
     if name.trim().is_empty() {
         return Err(Error::config("`catalog.name` is empty"));
     }
+    let mut properties = canonical_keys(kind, properties)?;
     if !properties.contains_key("uri") {
         match kind {
             CatalogKind::Rest => {
@@ -748,6 +749,128 @@ fn parse_table(i: usize, t: RawTable, default_namespace: &str) -> Result<TableCo
         text_columns: t.text_columns,
         drop_partitions: t.drop_partitions,
     })
+}
+
+/// Catalog keys users bring from `.pyiceberg.yaml` and Spark/Java Iceberg,
+/// and the name permafrost reads them under.
+const KEY_ALIASES: [(CatalogKind, &str, &str); 14] = [
+    (CatalogKind::Glue, "glue.region", "region_name"),
+    (CatalogKind::Glue, "client.region", "region_name"),
+    (CatalogKind::Glue, "region", "region_name"),
+    (CatalogKind::Glue, "glue.endpoint", "uri"),
+    (CatalogKind::Glue, "glue.id", "catalog_id"),
+    (CatalogKind::Glue, "glue.profile-name", "profile_name"),
+    (CatalogKind::Glue, "glue.access-key-id", "aws_access_key_id"),
+    (
+        CatalogKind::Glue,
+        "client.access-key-id",
+        "aws_access_key_id",
+    ),
+    (
+        CatalogKind::Glue,
+        "glue.secret-access-key",
+        "aws_secret_access_key",
+    ),
+    (
+        CatalogKind::Glue,
+        "client.secret-access-key",
+        "aws_secret_access_key",
+    ),
+    (CatalogKind::Glue, "glue.session-token", "aws_session_token"),
+    (
+        CatalogKind::Glue,
+        "client.session-token",
+        "aws_session_token",
+    ),
+    (
+        CatalogKind::Rest,
+        "rest.oauth2-server-uri",
+        "oauth2-server-uri",
+    ),
+    (CatalogKind::Rest, "ssl.cabundle", "ssl.ca-cert"),
+];
+
+/// The keys each catalog reads (besides `s3.*`, `file.*`, `header.*`,
+/// `client.*` and `adls.*`/`gcs.*` storage keys, passed on as they are).
+fn known_keys(kind: CatalogKind) -> &'static [&'static str] {
+    match kind {
+        CatalogKind::Rest => &[
+            "uri",
+            "warehouse",
+            "credential",
+            "token",
+            "oauth2-server-uri",
+            "scope",
+            "audience",
+            "resource",
+            "prefix",
+            "ssl.ca-cert",
+        ],
+        CatalogKind::Sql => &["uri", "warehouse", "sql_bind_style"],
+        CatalogKind::Glue => &[
+            "uri",
+            "warehouse",
+            "region_name",
+            "profile_name",
+            "aws_access_key_id",
+            "aws_secret_access_key",
+            "aws_session_token",
+            "catalog_id",
+        ],
+    }
+}
+
+/// Renames alias keys to the names permafrost reads (refusing two spellings
+/// of one key) and warns about keys no catalog reads, naming the closest.
+fn canonical_keys(
+    kind: CatalogKind,
+    props: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in props {
+        let key = KEY_ALIASES
+            .iter()
+            .find(|(c, alias, _)| *c == kind && *alias == k)
+            .map(|(_, _, to)| to.to_string())
+            .unwrap_or(k.clone());
+        let passed_on = [
+            "s3.", "file.", "header.", "client.", "adls.", "gcs.", "oss.",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p));
+        if !passed_on && !known_keys(kind).contains(&key.as_str()) {
+            let closest = known_keys(kind)
+                .iter()
+                .chain(KEY_ALIASES.iter().filter(|a| a.0 == kind).map(|a| &a.1))
+                .min_by_key(|c| edit_distance(c, &key))
+                .copied()
+                .unwrap_or("uri");
+            tracing::warn!(
+                "`catalog.{k}` is not a key the {kind:?} catalog reads (passed on unchanged); did you mean `{closest}`?"
+            );
+        }
+        if out.insert(key.clone(), v).is_some() {
+            return Err(Error::config(format!(
+                "`catalog.{key}` is given twice (as `{k}` and under another name)"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// Catalog property names whose values are secret.
@@ -1069,6 +1192,24 @@ mod tests {
             yaml.replace("${PG_DSN}", "host=h")
         );
         assert!(Config::from_str_with(&yaml, Path::new("."), &e).is_ok());
+    }
+
+    #[test]
+    fn pyiceberg_glue_keys_are_aliases() {
+        let yaml = "database:\n  dsn: host=h\ncatalog:\n  type: glue\n  warehouse: s3://b/a\n  glue.region: eu-west-1\n  \
+                    glue.endpoint: http://127.0.0.1:5000\n  glue.id: \"123456789012\"\n  glue.access-key-id: AKIA1\n  \
+                    glue.secret-access-key: sekrit123\ntables:\n  - name: t\n    timestamp_column: ts\n";
+        let c = Config::from_str_with(yaml, Path::new("."), &env(&[])).unwrap();
+        let p = &c.catalog.properties;
+        assert_eq!(p["region_name"], "eu-west-1");
+        assert_eq!(p["uri"], "http://127.0.0.1:5000");
+        assert_eq!(p["catalog_id"], "123456789012");
+        assert_eq!(p["aws_access_key_id"], "AKIA1");
+        assert_eq!(p["aws_secret_access_key"], "sekrit123");
+        let twice = yaml.replace("glue.id: \"123456789012\"", "glue.id: a\n  catalog_id: b");
+        let e = Config::from_str_with(&twice, Path::new("."), &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("given twice"), "{e}");
+        assert_eq!(edit_distance("warehose", "warehouse"), 1);
     }
 
     #[test]

@@ -331,3 +331,50 @@ fn compose_file_agrees_with_catalogs_and_trino() {
     assert_eq!(&services["trino"]["environment"]["AWS_ACCESS_KEY_ID"], key);
     assert_eq!(&pf_env["AWS_ACCESS_KEY_ID"], key);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn glue_catalog_with_pyiceberg_property_names() {
+    let s = services!();
+    // No AWS_* variables: the glue.* keys alone must carry the credentials.
+    let env = vec![
+        ("GLUE_ENDPOINT".into(), s.glue.clone()),
+        ("S3_ENDPOINT".into(), s.s3.clone()),
+        ("S3_PATH_STYLE".into(), "true".into()),
+        (
+            "ICEBERG_WAREHOUSE".into(),
+            format!("s3://archive/{}", unique("gluepy")),
+        ),
+        ("GLUE_ACCESS_KEY_ID".into(), s.key.clone()),
+        ("GLUE_SECRET_ACCESS_KEY".into(), s.secret.clone()),
+    ];
+    let (namespace, rows, ws, _db, env) = exercise("catalogs/glue-pyiceberg.yaml", env, &s).await;
+    let req = serde_json::json!({
+        "catalog_name": "glue",
+        "catalog": {
+            "type": "glue", "glue.endpoint": s.glue, "glue.region": "us-east-1",
+            "glue.access-key-id": s.key, "glue.secret-access-key": s.secret,
+            "s3.endpoint": s.s3, "s3.access-key-id": s.key, "s3.secret-access-key": s.secret,
+            "s3.region": "us-east-1"
+        },
+        "table": format!("{namespace}.sensor_readings"),
+        "time_column": "recorded_at", "unit": "day", "sum_columns": [],
+        "duckdb": false,
+    });
+    assert_eq!(interop(&s, &req)["pyiceberg"]["count"].as_i64(), Some(rows));
+    // A misspelt key: passed on, with a warning naming the closest key.
+    let text = std::fs::read_to_string(repo("catalogs/glue-pyiceberg.yaml")).expect("read");
+    let typo = ws.config(
+        "typo.yaml",
+        &text.replace("  glue.region:", "  glue.regoin: x\n  glue.region:"),
+    );
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let out = ws.run_env(&["check", "-c", &typo.to_string_lossy()], &env_ref);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("`catalog.glue.regoin`")
+            && out.stderr.contains("did you mean `glue.region`"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(&s.secret));
+}
