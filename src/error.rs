@@ -161,14 +161,7 @@ impl Error {
                 });
                 (format!("{what}: {}", db.message()), hint)
             }
-            None if tls_failure(&err).is_some() => {
-                let (cause, hint) = tls_failure(&err).unwrap_or_default();
-                let hint = hint
-                    .replace(
-                        "`ssl.ca-cert: /path/to/ca.pem` in the `catalog` section, or SSL_CERT_FILE",
-                        "`sslrootcert=/path/to/ca.pem` in the DSN or `database.ssl_root_cert`",
-                    )
-                    .replace("(see `uri`)", "(`host` in the DSN)");
+            None if let Some((cause, hint)) = tls_failure(&err, &TlsHints::POSTGRES) => {
                 (format!("{what}: {cause}"), Some(hint))
             }
             None => {
@@ -223,7 +216,7 @@ impl Error {
             K::DataInvalid => ErrorKind::Catalog,
             _ => ErrorKind::Catalog,
         };
-        if let Some((cause, hint)) = tls_failure(&err) {
+        if let Some((cause, hint)) = tls_failure(&err, &TlsHints::CATALOG) {
             return Error::new(kind, format!("{what}: {cause}")).with_hint(hint);
         }
         let full = one_line(&err.to_string());
@@ -245,10 +238,32 @@ impl Error {
     }
 }
 
+/// Where a user fixes a TLS failure, per kind of endpoint.
+pub struct TlsHints {
+    /// How to trust the server's CA.
+    pub trust: &'static str,
+    /// Where the host name comes from.
+    pub host: &'static str,
+}
+
+impl TlsHints {
+    pub const CATALOG: TlsHints = TlsHints {
+        trust: "`ssl.ca-cert: /path/to/ca.pem` in the `catalog` section, or SSL_CERT_FILE",
+        host: "see `uri`",
+    };
+    pub const POSTGRES: TlsHints = TlsHints {
+        trust: "`sslrootcert=/path/to/ca.pem` in the DSN or `database.ssl_root_cert`",
+        host: "`host` in the DSN",
+    };
+}
+
 /// A TLS failure in `err`'s cause chain: one line naming the host and the
 /// cause (untrusted CA, name mismatch, expired certificate, failed
 /// handshake), and a hint.
-pub fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<(String, String)> {
+pub fn tls_failure(
+    err: &(dyn std::error::Error + 'static),
+    hints: &TlsHints,
+) -> Option<(String, String)> {
     let mut host = None;
     let mut tls = None;
     let mut cur = Some(err);
@@ -274,7 +289,7 @@ pub fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<(String, S
     let (cause, hint) = if text.contains("UnknownIssuer") {
         (
             "the server's certificate is not trusted (its CA is unknown)".to_string(),
-            "trust the server's CA: `ssl.ca-cert: /path/to/ca.pem` in the `catalog` section, or SSL_CERT_FILE",
+            format!("trust the server's CA: {}", hints.trust),
         )
     } else if text.contains("not valid for") || text.contains("NotValidForName") {
         let detail = text
@@ -283,20 +298,23 @@ pub fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<(String, S
             .unwrap_or(&text);
         (
             format!("the server's certificate is not valid for this name ({detail})"),
-            "connect with a host name the certificate carries (see `uri`), or fix the certificate",
+            format!(
+                "connect with a host name the certificate carries ({}), or fix the certificate",
+                hints.host
+            ),
         )
     } else if text.contains("Expired") {
         (
             "the server's certificate has expired".to_string(),
-            "the server must renew its certificate; check this machine's clock too",
+            "the server must renew its certificate; check this machine's clock too".to_string(),
         )
     } else {
         (
             format!("the TLS handshake failed ({text})"),
-            "check that the server speaks TLS on this port and accepts TLS 1.2 or 1.3",
+            "check that the server speaks TLS on this port and accepts TLS 1.2 or 1.3".to_string(),
         )
     };
-    Some((format!("TLS to {host} failed: {cause}"), hint.to_string()))
+    Some((format!("TLS to {host} failed: {cause}"), hint))
 }
 
 fn flatten_source(err: &dyn std::error::Error) -> String {

@@ -168,30 +168,42 @@ async fn sql_postgres_catalog_example_with_s3_warehouse() {
 /// Glue (moto) with S3 on SeaweedFS: a `timestamptz`-partitioned table is
 /// archived, PyIceberg's Glue catalog reads the same rows, spec, schema (still
 /// `timestamptz`) and snapshot properties, and a range restores from it.
-#[tokio::test(flavor = "multi_thread")]
-async fn glue_catalog_example_keeps_timestamptz() {
-    let s = services!();
-    let env = vec![
+/// The variables the Glue configs read for moto and SeaweedFS, a warehouse of their own.
+fn moto_env(s: &Services, tag: &str) -> Vec<(String, String)> {
+    vec![
         ("GLUE_ENDPOINT".into(), s.glue.clone()),
         ("S3_ENDPOINT".into(), s.s3.clone()),
         ("S3_PATH_STYLE".into(), "true".into()),
         (
             "ICEBERG_WAREHOUSE".into(),
-            format!("s3://archive/{}", unique("glue")),
+            format!("s3://archive/{}", unique(tag)),
         ),
+    ]
+}
+
+/// PyIceberg's Glue catalog on moto, with S3 on SeaweedFS.
+fn pyiceberg_glue(s: &Services) -> serde_json::Value {
+    serde_json::json!({
+        "type": "glue", "glue.endpoint": s.glue, "glue.region": "us-east-1",
+        "glue.access-key-id": s.key, "glue.secret-access-key": s.secret,
+        "s3.endpoint": s.s3, "s3.access-key-id": s.key, "s3.secret-access-key": s.secret,
+        "s3.region": "us-east-1"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn glue_catalog_example_keeps_timestamptz() {
+    let s = services!();
+    let mut env = moto_env(&s, "glue");
+    env.extend([
         ("AWS_ACCESS_KEY_ID".into(), s.key.clone()),
         ("AWS_SECRET_ACCESS_KEY".into(), s.secret.clone()),
         ("AWS_REGION".into(), "us-east-1".into()),
-    ];
+    ]);
     let (namespace, rows, ws, db, env) = exercise("catalogs/glue.yaml", env, &s).await;
     let req = serde_json::json!({
         "catalog_name": "glue",
-        "catalog": {
-            "type": "glue", "glue.endpoint": s.glue, "glue.region": "us-east-1",
-            "glue.access-key-id": s.key, "glue.secret-access-key": s.secret,
-            "s3.endpoint": s.s3, "s3.access-key-id": s.key, "s3.secret-access-key": s.secret,
-            "s3.region": "us-east-1"
-        },
+        "catalog": pyiceberg_glue(&s),
         "table": format!("{namespace}.sensor_readings"),
         "time_column": "recorded_at", "unit": "day", "sum_columns": ["sensor_id"],
         "duckdb": false,
@@ -336,26 +348,15 @@ fn compose_file_agrees_with_catalogs_and_trino() {
 async fn glue_catalog_with_pyiceberg_property_names() {
     let s = services!();
     // No AWS_* variables: the glue.* keys alone must carry the credentials.
-    let env = vec![
-        ("GLUE_ENDPOINT".into(), s.glue.clone()),
-        ("S3_ENDPOINT".into(), s.s3.clone()),
-        ("S3_PATH_STYLE".into(), "true".into()),
-        (
-            "ICEBERG_WAREHOUSE".into(),
-            format!("s3://archive/{}", unique("gluepy")),
-        ),
+    let mut env = moto_env(&s, "gluepy");
+    env.extend([
         ("GLUE_ACCESS_KEY_ID".into(), s.key.clone()),
         ("GLUE_SECRET_ACCESS_KEY".into(), s.secret.clone()),
-    ];
+    ]);
     let (namespace, rows, ws, _db, env) = exercise("catalogs/glue-pyiceberg.yaml", env, &s).await;
     let req = serde_json::json!({
         "catalog_name": "glue",
-        "catalog": {
-            "type": "glue", "glue.endpoint": s.glue, "glue.region": "us-east-1",
-            "glue.access-key-id": s.key, "glue.secret-access-key": s.secret,
-            "s3.endpoint": s.s3, "s3.access-key-id": s.key, "s3.secret-access-key": s.secret,
-            "s3.region": "us-east-1"
-        },
+        "catalog": pyiceberg_glue(&s),
         "table": format!("{namespace}.sensor_readings"),
         "time_column": "recorded_at", "unit": "day", "sum_columns": [],
         "duckdb": false,
