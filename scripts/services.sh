@@ -85,7 +85,8 @@ start_postgres() {
 # A second cluster for TLS and client-certificate authentication
 # (tests/it/connect.rs): a throwaway CA, a server certificate for `localhost`,
 # a client certificate for the role `certuser`, which may only log in over
-# TLS with that certificate (`hostssl ... cert`).
+# TLS with that certificate (`hostssl ... cert`); other roles log in over TLS
+# with a password (the RDS IAM test sets a role's password to the token).
 start_postgres_tls() {
   local dir="$1/pgtls" bin port ec
   bin="$(pg_bin_dir)"
@@ -114,7 +115,9 @@ start_postgres_tls() {
     "hostssl all certuser 127.0.0.1/32 cert" \
     "hostssl all certuser ::1/128      cert" \
     "host    all postgres 127.0.0.1/32 trust" \
-    "host    all postgres ::1/128      trust" > "$dir/data/pg_hba.conf"
+    "host    all postgres ::1/128      trust" \
+    "hostssl all all      127.0.0.1/32 scram-sha-256" \
+    "hostssl all all      ::1/128      scram-sha-256" > "$dir/data/pg_hba.conf"
   as_pg_user "$bin/pg_ctl" -D "$dir/data" -w -t 60 -l "$dir/postgres.log" \
     -o "-p $port -k $dir -c listen_addresses=localhost -c ssl=on -c ssl_cert_file=$dir/pki/server.pem -c ssl_key_file=$dir/pki/server.key -c ssl_ca_file=$dir/pki/ca.pem -c fsync=off -c synchronous_commit=off" start >/dev/null \
     || { cat "$dir/postgres.log" >&2; return 1; }

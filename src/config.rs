@@ -52,6 +52,11 @@ pub struct DatabaseConfig {
     pub lock_timeout: Duration,
     /// Extra trusted CA certificates (PEM); turns server certificate verification on.
     pub ssl_root_cert: Option<PathBuf>,
+    /// RDS/Aurora IAM authentication: every new connection logs in with a
+    /// fresh token signed from the AWS credential chain.
+    pub iam_auth: bool,
+    /// The region the IAM tokens are signed for (else the AWS chain's).
+    pub iam_region: Option<String>,
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -64,6 +69,8 @@ impl fmt::Debug for DatabaseConfig {
             .field("lock_wait", &self.lock_wait)
             .field("lock_timeout", &self.lock_timeout)
             .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("iam_auth", &self.iam_auth)
+            .field("iam_region", &self.iam_region)
             .finish()
     }
 }
@@ -266,6 +273,10 @@ struct RawDatabase {
     ssl_root_cert: Option<String>,
     #[serde(default)]
     password: Option<String>,
+    #[serde(default, deserialize_with = "scalar")]
+    iam_auth: bool,
+    #[serde(default)]
+    iam_region: Option<String>,
 }
 
 /// A number or boolean, also when written as a string — which is what
@@ -412,7 +423,7 @@ impl Config {
                 "e.g. dsn: \"${PG_DSN:-postgresql://postgres@localhost:5432/postgres}\"",
             ));
         }
-        let (parseable, _) = crate::source::dsn::split(&dsn).map_err(|e| {
+        let (parseable, taken) = crate::source::dsn::split(&dsn).map_err(|e| {
             Error::config(format!(
                 "`database.dsn` is not a valid PostgreSQL connection string: {e}"
             ))
@@ -440,6 +451,15 @@ impl Config {
         if let Some(pw) = &password {
             secret::register(pw.clone());
         }
+        if raw.database.iam_auth && (password.is_some() || pg.get_password().is_some()) {
+            return Err(Error::config(
+                "`database.iam_auth` logs in with IAM tokens, but a password is configured too",
+            )
+            .with_hint("remove the password from `database.dsn` / `database.password`"));
+        }
+        if raw.database.iam_auth && taken.get("sslmode").is_some_and(|m| m == "disable") {
+            return Err(iam_needs_tls());
+        }
         let database = DatabaseConfig {
             dsn,
             password,
@@ -461,6 +481,8 @@ impl Config {
                 DEFAULT_LOCK_TIMEOUT,
             )?,
             ssl_root_cert: raw.database.ssl_root_cert.map(|p| dir.join(p)),
+            iam_auth: raw.database.iam_auth,
+            iam_region: raw.database.iam_region.filter(|r| !r.is_empty()),
         };
 
         let catalog = match raw.catalog {
@@ -751,6 +773,12 @@ fn parse_table(i: usize, t: RawTable, default_namespace: &str) -> Result<TableCo
     })
 }
 
+/// IAM tokens over plain TCP: refused (RDS and Aurora do too).
+pub fn iam_needs_tls() -> Error {
+    Error::config("`database.iam_auth` needs TLS, but the DSN says sslmode=disable")
+        .with_hint("RDS and Aurora accept IAM tokens over TLS only: use sslmode=verify-full")
+}
+
 /// Catalog keys users bring from `.pyiceberg.yaml` and Spark/Java Iceberg,
 /// and the name permafrost reads them under.
 const KEY_ALIASES: [(CatalogKind, &str, &str); 14] = [
@@ -816,6 +844,7 @@ fn known_keys(kind: CatalogKind) -> &'static [&'static str] {
             "aws_secret_access_key",
             "aws_session_token",
             "catalog_id",
+            "glue.skip-archive",
         ],
     }
 }

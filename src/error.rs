@@ -317,7 +317,8 @@ pub fn tls_failure(
     Some((format!("TLS to {host} failed: {cause}"), hint))
 }
 
-fn flatten_source(err: &dyn std::error::Error) -> String {
+/// `err` and its causes on one line, each said once.
+pub fn flatten_source(err: &dyn std::error::Error) -> String {
     let mut s = err.to_string();
     let mut cur = err.source();
     while let Some(c) = cur {

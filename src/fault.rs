@@ -25,6 +25,20 @@
 //! did before partition field names were sanitised (`Recorded At_day`), to
 //! test the repair of tables stuck that way.
 
+/// The time credentials are signed at: now, or with `fault-injection` the
+/// Unix seconds in `PERMAFROST_FAULT_CLOCK` (a skewed clock, and a fixed one
+/// to compare signatures with another implementation's).
+pub fn signing_clock() -> std::time::SystemTime {
+    #[cfg(feature = "fault-injection")]
+    if let Some(secs) = std::env::var("PERMAFROST_FAULT_CLOCK")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        return std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    }
+    std::time::SystemTime::now()
+}
+
 /// Every named point, in order.
 pub const POINTS: [&str; 6] = [
     "after-extract",

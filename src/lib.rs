@@ -7,6 +7,7 @@
 //! cases [`archive`], [`inspect`], [`check`], [`demo`] → [`cli`].
 
 pub mod archive;
+pub mod aws;
 pub mod check;
 pub mod checksum;
 pub mod cli;

@@ -15,16 +15,16 @@ use crate::error::{Error, ErrorKind, Result};
 /// unchanged; storage (`file://`, `s3://`) is chosen per path by OpenDAL.
 pub async fn open_catalog(cfg: &CatalogConfig) -> Result<Arc<dyn Catalog>> {
     let props: HashMap<String, String> = cfg.properties.clone().into_iter().collect();
-    let factory = Arc::new(OpenDalResolvingStorageFactory::new());
+    let factory = || Arc::new(OpenDalResolvingStorageFactory::new());
     let catalog: Arc<dyn Catalog> = match cfg.kind {
         CatalogKind::Glue => Arc::new(
-            super::glue::GlueCatalog::new(cfg.name.clone(), props, factory)
+            super::glue::GlueCatalog::new(cfg.name.clone(), props)
                 .await
                 .map_err(|e| Error::iceberg(format!("cannot open the {}", cfg.describe()), e))?,
         ),
         CatalogKind::Rest => Arc::new(
             RestCatalogBuilder::default()
-                .with_storage_factory(factory)
+                .with_storage_factory(factory())
                 .with_client(crate::http::catalog_client(cfg)?)
                 .load(cfg.name.clone(), props)
                 .await
@@ -55,7 +55,7 @@ pub async fn open_catalog(cfg: &CatalogConfig) -> Result<Arc<dyn Catalog>> {
             }
             Arc::new(
                 SqlCatalogBuilder::default()
-                    .with_storage_factory(factory)
+                    .with_storage_factory(factory())
                     .load(cfg.name.clone(), props)
                     .await
                     .map_err(|e| {

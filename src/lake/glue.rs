@@ -20,8 +20,10 @@
 //! Properties: `warehouse` (required, e.g. `s3://bucket/path`), `uri` (a Glue
 //! endpoint, for tests or VPC endpoints), `region_name`, `profile_name`,
 //! `aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`,
-//! `catalog_id`, and `s3.*` for the data files.  Static keys and the region
-//! also serve S3 unless `s3.*` says otherwise.
+//! `catalog_id`, `glue.skip-archive` (default true), and `s3.*` for the data
+//! files.  Static keys and the region also serve S3 unless `s3.*` says
+//! otherwise; without static keys S3 signs with the same refreshing chain
+//! as Glue ([`crate::aws`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -39,6 +41,7 @@ use iceberg::{
     Catalog, Error as IcebergError, ErrorKind as IceKind, MetadataLocation, Namespace,
     NamespaceIdent, Result as IceResult, TableCommit, TableCreation, TableIdent,
 };
+use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
 
 /// The Glue table parameter naming the current metadata file.
 pub const METADATA_LOCATION: &str = "metadata_location";
@@ -50,6 +53,7 @@ pub struct GlueCatalog {
     name: String,
     client: Client,
     catalog_id: Option<String>,
+    skip_archive: bool,
     warehouse: String,
     file_io: FileIO,
     runtime: iceberg::Runtime,
@@ -166,12 +170,24 @@ pub fn glue_type(t: &Type) -> String {
     }
 }
 
-/// The Glue table input for `metadata` at `location`.
+/// What a Glue table says now: where its metadata is, its version, and what
+/// other tools set on it (kept on update).
+struct GlueTable {
+    location: String,
+    version_id: Option<String>,
+    parameters: HashMap<String, String>,
+    description: Option<String>,
+    owner: Option<String>,
+}
+
+/// The Glue table input for `metadata` at `location`.  On update
+/// (`existing`), the parameters, description and owner other tools (Athena,
+/// Lake Formation, crawlers, people) set stay; ours are overwritten.
 fn table_input(
     name: &str,
     metadata: &TableMetadata,
     location: &str,
-    previous: Option<&str>,
+    existing: Option<&GlueTable>,
 ) -> IceResult<TableInput> {
     let mut columns = Vec::new();
     for f in metadata.current_schema().as_struct().fields() {
@@ -194,15 +210,17 @@ fn table_input(
                 .map_err(|e| err(IceKind::Unexpected, format!("Glue column: {e}")))?,
         );
     }
-    let mut params = HashMap::new();
+    let mut params = existing.map(|t| t.parameters.clone()).unwrap_or_default();
     params.insert(TABLE_TYPE.to_string(), "ICEBERG".to_string());
     params.insert(METADATA_LOCATION.to_string(), location.to_string());
-    if let Some(p) = previous {
-        params.insert(PREVIOUS_METADATA_LOCATION.to_string(), p.to_string());
+    if let Some(t) = existing {
+        params.insert(PREVIOUS_METADATA_LOCATION.to_string(), t.location.clone());
     }
     TableInput::builder()
         .name(name)
         .table_type("EXTERNAL_TABLE")
+        .set_description(existing.and_then(|t| t.description.clone()))
+        .set_owner(existing.and_then(|t| t.owner.clone()))
         .set_parameters(Some(params))
         .storage_descriptor(
             StorageDescriptor::builder()
@@ -217,11 +235,7 @@ fn table_input(
 impl GlueCatalog {
     /// Connects with the standard AWS credential chain, overridden by the
     /// static keys, profile, region and endpoint in `props`.
-    pub async fn new(
-        name: String,
-        props: HashMap<String, String>,
-        factory: Arc<dyn StorageFactory>,
-    ) -> IceResult<Self> {
+    pub async fn new(name: String, props: HashMap<String, String>) -> IceResult<Self> {
         // `${VAR:-}` in a config leaves empty values: those are unset.
         let props: HashMap<String, String> =
             props.into_iter().filter(|(_, v)| !v.is_empty()).collect();
@@ -231,56 +245,29 @@ impl GlueCatalog {
             .ok_or_else(|| err(IceKind::DataInvalid, "the Glue catalog needs `warehouse`"))?
             .trim_end_matches('/')
             .to_string();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = props.get("region_name") {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(profile) = props.get("profile_name") {
-            loader = loader.profile_name(profile);
-        }
-        if let (Some(key), Some(secret)) = (
+        let static_keys = match (
             props.get("aws_access_key_id"),
             props.get("aws_secret_access_key"),
         ) {
-            loader = loader.credentials_provider(aws_sdk_glue::config::Credentials::new(
-                key,
-                secret,
-                props.get("aws_session_token").cloned(),
-                None,
-                "permafrost-config",
-            ));
-        }
-        if let Some(uri) = props.get("uri") {
-            loader = loader.endpoint_url(uri);
-        }
-        let sdk = loader.load().await;
+            (Some(k), Some(s)) => Some((
+                k.as_str(),
+                s.as_str(),
+                props.get("aws_session_token").map(String::as_str),
+            )),
+            _ => None,
+        };
+        let sdk = crate::aws::sdk_config(&crate::aws::ChainSettings {
+            region: props.get("region_name").map(String::as_str),
+            profile: props.get("profile_name").map(String::as_str),
+            static_keys,
+            endpoint: props.get("uri").map(String::as_str),
+        })
+        .await;
         let client = Client::new(&sdk);
-        let mut props = props;
-        // Credentials from the chain (environment, profile, IRSA…) serve S3
-        // too, unless the config gives S3 its own.
-        if !props.contains_key("aws_access_key_id")
-            && !props.contains_key("s3.access-key-id")
-            && let Some(provider) = sdk.credentials_provider()
-        {
-            use aws_credential_types::provider::ProvideCredentials;
-            if let Ok(c) = provider.provide_credentials().await {
-                props.insert("s3.access-key-id".into(), c.access_key_id().to_string());
-                props.insert(
-                    "s3.secret-access-key".into(),
-                    c.secret_access_key().to_string(),
-                );
-                if let Some(t) = c.session_token() {
-                    props.insert("s3.session-token".into(), t.to_string());
-                }
-            }
-        }
-        if !props.contains_key("s3.region")
-            && let Some(r) = sdk.region()
-        {
-            props.insert("s3.region".into(), r.to_string());
-        }
 
-        // Data files: `s3.*` as given; static keys and region serve S3 too.
+        // Data files: `s3.*` as given; static keys and the region serve S3
+        // too.  Without static keys S3 signs with the chain Glue uses,
+        // refreshed as it expires (never a copy of temporary keys).
         let mut io_props = props.clone();
         for (from, to) in [
             ("aws_access_key_id", "s3.access-key-id"),
@@ -292,6 +279,18 @@ impl GlueCatalog {
                 io_props.entry(to.to_string()).or_insert_with(|| v.clone());
             }
         }
+        if !io_props.contains_key("s3.region")
+            && let Some(r) = sdk.region()
+        {
+            io_props.insert("s3.region".into(), r.to_string());
+        }
+        let factory: Arc<dyn StorageFactory> = match sdk.credentials_provider() {
+            Some(chain) if !io_props.contains_key("s3.access-key-id") => Arc::new(
+                OpenDalResolvingStorageFactory::new()
+                    .with_s3_credential_loader(crate::aws::s3_credentials(chain)),
+            ),
+            _ => Arc::new(OpenDalResolvingStorageFactory::new()),
+        };
         let file_io = FileIOBuilder::new(factory).with_props(io_props).build();
         let runtime = iceberg::Runtime::try_current()?;
         Ok(Self {
@@ -299,6 +298,9 @@ impl GlueCatalog {
             runtime,
             client,
             catalog_id: props.get("catalog_id").cloned(),
+            skip_archive: props
+                .get("glue.skip-archive")
+                .is_none_or(|v| !v.eq_ignore_ascii_case("false")),
             warehouse,
             file_io,
         })
@@ -309,8 +311,8 @@ impl GlueCatalog {
         &self.name
     }
 
-    /// The Glue table of `ident`: its metadata location and version id.
-    async fn glue_table(&self, ident: &TableIdent) -> IceResult<(String, Option<String>)> {
+    /// The Glue table of `ident`, which must be an Iceberg table.
+    async fn glue_table(&self, ident: &TableIdent) -> IceResult<GlueTable> {
         let db = database(ident.namespace())?;
         let out = self
             .client
@@ -336,7 +338,13 @@ impl GlueCatalog {
             .is_some_and(|v| v.eq_ignore_ascii_case("iceberg"));
         let location = params.get(METADATA_LOCATION).cloned();
         match (is_iceberg, location) {
-            (true, Some(l)) => Ok((l, t.version_id().map(str::to_string))),
+            (true, Some(location)) => Ok(GlueTable {
+                location,
+                version_id: t.version_id().map(str::to_string),
+                parameters: params,
+                description: t.description().map(str::to_string),
+                owner: t.owner().map(str::to_string),
+            }),
             _ => Err(err(
                 IceKind::DataInvalid,
                 format!("Glue table {ident} is not an Iceberg table"),
@@ -361,15 +369,18 @@ impl GlueCatalog {
 
     /// Writes `metadata` as the next version after `current` and points the
     /// Glue table at it, if the table still points at `current` (and, where
-    /// Glue enforces it, its version is still `version_id`).
+    /// Glue enforces it, its version is still the one read).  Like PyIceberg,
+    /// the update skips Glue's table-version archive (`glue.skip-archive`,
+    /// default true): every commit would otherwise add a version, and Glue
+    /// caps them per table.
     pub async fn swap(
         &self,
         ident: &TableIdent,
         current: &str,
         metadata: TableMetadata,
     ) -> IceResult<Table> {
-        let (now, version_id) = self.glue_table(ident).await?;
-        if now != current {
+        let now = self.glue_table(ident).await?;
+        if now.location != current {
             return Err(err(
                 IceKind::CatalogCommitConflicts,
                 format!("{ident} changed in Glue since it was loaded"),
@@ -381,13 +392,14 @@ impl GlueCatalog {
             .with_new_metadata(&metadata);
         metadata.write_to(&self.file_io, &next).await?;
         let next = next.to_string();
-        let input = table_input(ident.name(), &metadata, &next, Some(current))?;
+        let input = table_input(ident.name(), &metadata, &next, Some(&now))?;
         self.client
             .update_table()
             .set_catalog_id(self.catalog_id.clone())
             .database_name(database(ident.namespace())?)
             .table_input(input)
-            .set_version_id(version_id)
+            .skip_archive(self.skip_archive)
+            .set_version_id(now.version_id)
             .send()
             .await
             .map_err(|e| glue_err("UpdateTable", e))?;
@@ -589,7 +601,7 @@ impl Catalog for GlueCatalog {
     }
 
     async fn load_table(&self, ident: &TableIdent) -> IceResult<Table> {
-        let (location, _) = self.glue_table(ident).await?;
+        let location = self.glue_table(ident).await?.location;
         let metadata = TableMetadata::read_from(&self.file_io, &location).await?;
         self.table(ident.clone(), location, metadata)
     }

@@ -71,9 +71,7 @@ fn applied(
 async fn commit_glue(cfg: &CatalogConfig, table: &Table, updates: Vec<TableUpdate>) -> Result<()> {
     let (current, metadata) = applied(table, updates)?;
     let props: HashMap<String, String> = cfg.properties.clone().into_iter().collect();
-    let factory =
-        std::sync::Arc::new(iceberg_storage_opendal::OpenDalResolvingStorageFactory::new());
-    let glue = super::glue::GlueCatalog::new(cfg.name.clone(), props, factory)
+    let glue = super::glue::GlueCatalog::new(cfg.name.clone(), props)
         .await
         .map_err(|e| ice("cannot open the Glue catalog", e))?;
     glue.swap(table.identifier(), &current, metadata)

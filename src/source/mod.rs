@@ -31,6 +31,14 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
     }
     cfg.keepalives(true)
         .keepalives_idle(Duration::from_secs(30));
+    if db.iam_auth {
+        if resolved.sslmode == "disable" {
+            return Err(crate::config::iam_needs_tls());
+        }
+        let (host, port, user) = iam_login(&cfg)?;
+        let token = crate::aws::rds_token_for(db.iam_region.as_deref(), &host, port, &user).await?;
+        cfg.password(token);
+    }
     let what = format!("cannot connect to PostgreSQL at {}", db.describe());
     let client = if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
         start(&cfg, NoTls).await
@@ -48,7 +56,21 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
         )
         .await
     }
-    .map_err(|e| Error::postgres(what, e))?;
+    .map_err(|e| {
+        let err = Error::postgres(what, e);
+        let auth = err.pg_code().is_some_and(|c| {
+            *c == tokio_postgres::error::SqlState::INVALID_PASSWORD
+                || *c == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        });
+        if db.iam_auth && auth {
+            err.replace_hint(
+                "the token was refused: the user needs `GRANT rds_iam`, the AWS identity an IAM \
+                 policy allowing rds-db:connect for this user, and this machine a correct clock",
+            )
+        } else {
+            err
+        }
+    })?;
     let timeout_ms = db.statement_timeout.as_millis();
     let lock_ms = db.lock_timeout.as_millis();
     let setup = format!(
@@ -61,6 +83,26 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
         .await
         .map_err(|e| Error::postgres("cannot configure the PostgreSQL session", e))?;
     Ok(client)
+}
+
+/// The one TCP host, port and user an IAM token is signed for.
+fn iam_login(cfg: &tokio_postgres::Config) -> Result<(String, u16, String)> {
+    use tokio_postgres::config::Host;
+    let host = match cfg.get_hosts() {
+        [Host::Tcp(h)] => h.clone(),
+        _ => {
+            return Err(Error::config(
+                "`database.iam_auth` needs exactly one TCP host in the DSN",
+            )
+            .with_hint("name the cluster's endpoint: host=mydb.cluster-xyz.eu-west-1.rds.amazonaws.com"));
+        }
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let user = cfg
+        .get_user()
+        .ok_or_else(|| Error::config("`database.iam_auth` needs a user in the DSN"))?
+        .to_string();
+    Ok((host, port, user))
 }
 
 /// What the session negotiated, for `check`: `TLSv1.3, certificate verified`,

@@ -161,7 +161,7 @@ async fn awkward_passwords_connect_and_a_wrong_one_fails_clearly() {
 }
 
 /// The TLS cluster of `scripts/services.sh` (`hostssl … cert` for `certuser`).
-fn tls_cluster() -> Option<(String, std::path::PathBuf)> {
+pub(crate) fn tls_cluster() -> Option<(String, std::path::PathBuf)> {
     let pg = std::env::var("PERMAFROST_TEST_PG_TLS").ok()?;
     let pki = std::env::var("PERMAFROST_TEST_PG_TLS_PKI").ok()?;
     Some((pg, pki.into()))

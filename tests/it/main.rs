@@ -4,6 +4,7 @@
 //! `PERMAFROST_TEST_*` variables; without them these tests skip.
 
 mod archive;
+mod aws;
 mod catalogs;
 mod common;
 mod connect;

@@ -1,0 +1,285 @@
+//! AWS credentials: the SDK's credential chain, asked again whenever what it
+//! gave is about to expire — never a one-time copy of temporary keys.
+//!
+//! One chain serves everything AWS in a run: the Glue client (the SDK's own
+//! identity cache refreshes it), S3 data files (OpenDAL's signer asks
+//! [`ChainCredentials`] whenever its cached keys are within two minutes of
+//! expiry) and RDS/Aurora IAM authentication (a token signed from the chain
+//! for every new Postgres connection, [`rds_auth_token`]).  The chain is the
+//! SDK's default: static keys when the config names them, else environment,
+//! profile (`credential_process`, SSO, `role_arn`), web identity (IRSA), ECS
+//! and instance metadata.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use aws_config::SdkConfig;
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use iceberg_storage_opendal::{AwsCredential, CustomAwsCredentialLoader, ProvideCredential};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Where the chain comes from: every field optional, the SDK's defaults
+/// fill the rest.
+#[derive(Default)]
+pub struct ChainSettings<'a> {
+    pub region: Option<&'a str>,
+    pub profile: Option<&'a str>,
+    /// Static keys `(access key id, secret, session token)` from the config.
+    pub static_keys: Option<(&'a str, &'a str, Option<&'a str>)>,
+    /// An endpoint other than AWS's (tests, VPC endpoints).
+    pub endpoint: Option<&'a str>,
+}
+
+/// The SDK configuration (region, credential chain, endpoint) of `s`.
+pub async fn sdk_config(s: &ChainSettings<'_>) -> SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = s.region {
+        loader = loader.region(aws_config::Region::new(region.to_string()));
+    }
+    if let Some(profile) = s.profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some((key, secret, token)) = s.static_keys {
+        loader = loader.credentials_provider(Credentials::new(
+            key,
+            secret,
+            token.map(str::to_string),
+            None,
+            "permafrost-config",
+        ));
+    }
+    if let Some(uri) = s.endpoint {
+        loader = loader.endpoint_url(uri);
+    }
+    loader.load().await
+}
+
+/// The chain as OpenDAL's S3 credential source: S3 requests are signed with
+/// whatever the chain holds now.
+pub fn s3_credentials(provider: SharedCredentialsProvider) -> CustomAwsCredentialLoader {
+    CustomAwsCredentialLoader::new(ChainCredentials(provider))
+}
+
+/// Adapts the SDK's credential provider to reqsign's (OpenDAL's signer).
+struct ChainCredentials(SharedCredentialsProvider);
+
+impl fmt::Debug for ChainCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChainCredentials")
+    }
+}
+
+impl ProvideCredential for ChainCredentials {
+    type Credential = AwsCredential;
+
+    async fn provide_credential(
+        &self,
+        _ctx: &reqsign_core::Context,
+    ) -> reqsign_core::Result<Option<AwsCredential>> {
+        let c = self.0.provide_credentials().await.map_err(|e| {
+            reqsign_core::Error::credential_invalid(format!(
+                "the AWS credential chain gave no credentials: {}",
+                crate::error::flatten_source(&e)
+            ))
+        })?;
+        let expires_in = match c.expiry() {
+            Some(t) => Some(timestamp(t)?),
+            None => None,
+        };
+        Ok(Some(AwsCredential {
+            access_key_id: c.access_key_id().to_string(),
+            secret_access_key: c.secret_access_key().to_string(),
+            session_token: c.session_token().map(str::to_string),
+            expires_in,
+        }))
+    }
+}
+
+fn timestamp(t: SystemTime) -> reqsign_core::Result<reqsign_core::time::Timestamp> {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    reqsign_core::time::Timestamp::from_second(secs)
+}
+
+/// How long an RDS IAM token is valid (AWS's fixed 15 minutes): it is only
+/// checked when a connection logs in, so a connection outlives it.
+const RDS_TOKEN_LIFETIME: Duration = Duration::from_secs(900);
+
+/// The RDS/Aurora IAM authentication token for `user` at `host:port`, signed
+/// at `at` — the password of one new connection.  Same as the AWS SDKs'
+/// generators (`generate_db_auth_token`): a SigV4 presigned
+/// `GET https://host:port/?Action=connect&DBUser=user` for the service
+/// `rds-db`, without its scheme.
+pub fn rds_auth_token(
+    credentials: Credentials,
+    region: &str,
+    host: &str,
+    port: u16,
+    user: &str,
+    at: SystemTime,
+) -> Result<String> {
+    use aws_sigv4::http_request::{
+        SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign,
+    };
+    let fail = |e: &dyn fmt::Display| {
+        Error::new(
+            ErrorKind::Config,
+            format!("cannot sign the RDS IAM token: {e}"),
+        )
+    };
+    let mut settings = SigningSettings::default();
+    settings.expires_in = Some(RDS_TOKEN_LIFETIME);
+    settings.signature_location = SignatureLocation::QueryParams;
+    let identity = credentials.into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("rds-db")
+        .time(at)
+        .settings(settings)
+        .build()
+        .map_err(|e| fail(&e))?
+        .into();
+    let base = format!("https://{host}:{port}/");
+    let mut url = url::Url::parse(&base).map_err(|e| fail(&e))?;
+    url.query_pairs_mut()
+        .append_pair("Action", "connect")
+        .append_pair("DBUser", user);
+    let request = SignableRequest::new(
+        "GET",
+        url.as_str(),
+        std::iter::empty(),
+        SignableBody::Bytes(&[]),
+    )
+    .map_err(|e| fail(&e))?;
+    let (instructions, _) = sign(request, &params).map_err(|e| fail(&e))?.into_parts();
+    // The signature last, as boto3 and the CLI write it (the order does
+    // not change what it signs).
+    let mut params = instructions.params().to_vec();
+    params.sort_by_key(|(name, _)| *name == "X-Amz-Signature");
+    for (name, value) in params {
+        url.query_pairs_mut().append_pair(name, &value);
+    }
+    Ok(url.as_str()["https://".len()..].to_string())
+}
+
+/// The database's credential chain, loaded once per process and cached
+/// until five minutes before its credentials expire.
+static DATABASE_CHAIN: tokio::sync::OnceCell<(SdkConfig, CachedCredentials)> =
+    tokio::sync::OnceCell::const_new();
+
+/// The IAM token for one new connection as `user` to `host:port` (RDS/Aurora
+/// IAM authentication), signed from the AWS credential chain for `region`
+/// (else the chain's own region).  Tokens are not reused: each connection
+/// gets its own, so a run may last longer than a token's 15 minutes.
+pub async fn rds_token_for(
+    region: Option<&str>,
+    host: &str,
+    port: u16,
+    user: &str,
+) -> Result<String> {
+    let (sdk, cache) = DATABASE_CHAIN
+        .get_or_init(|| async {
+            let sdk = sdk_config(&ChainSettings {
+                region,
+                ..ChainSettings::default()
+            })
+            .await;
+            let cache = CachedCredentials::new(sdk.credentials_provider());
+            (sdk, cache)
+        })
+        .await;
+    let region = region
+        .map(str::to_string)
+        .or_else(|| sdk.region().map(|r| r.to_string()))
+        .ok_or_else(|| {
+            Error::config("`database.iam_auth` needs a region to sign the token for")
+                .with_hint("set `database.iam_region` (the database's region) or AWS_REGION")
+        })?;
+    let credentials = cache.get().await?;
+    let token = rds_auth_token(
+        credentials,
+        &region,
+        host,
+        port,
+        user,
+        crate::fault::signing_clock(),
+    )?;
+    crate::secret::register(token.clone());
+    tracing::debug!("signed an RDS IAM token for {user}@{host}:{port} ({region})");
+    Ok(token)
+}
+
+/// Credentials from a provider, asked again five minutes before they expire.
+struct CachedCredentials {
+    provider: Option<SharedCredentialsProvider>,
+    held: tokio::sync::Mutex<Option<Credentials>>,
+}
+
+impl CachedCredentials {
+    fn new(provider: Option<SharedCredentialsProvider>) -> Self {
+        Self {
+            provider,
+            held: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn get(&self) -> Result<Credentials> {
+        let mut held = self.held.lock().await;
+        let margin = SystemTime::now() + Duration::from_secs(300);
+        if let Some(c) = held.as_ref()
+            && c.expiry().is_none_or(|e| e > margin)
+        {
+            return Ok(c.clone());
+        }
+        let provider = self.provider.as_ref().ok_or_else(|| {
+            Error::config("no AWS credential chain is configured").with_hint(CHAIN_HINT)
+        })?;
+        let c = current_credentials(provider).await?;
+        *held = Some(c.clone());
+        Ok(c)
+    }
+}
+
+const CHAIN_HINT: &str = "set AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a web \
+                          identity token (IRSA), or run where instance metadata answers";
+
+/// Credentials from `provider` now, as one error line naming the chain.
+async fn current_credentials(provider: &SharedCredentialsProvider) -> Result<Credentials> {
+    provider.provide_credentials().await.map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!(
+                "the AWS credential chain gave no credentials: {}",
+                crate::error::flatten_source(&e)
+            ),
+        )
+        .with_hint(CHAIN_HINT)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The token boto3's `generate_db_auth_token` gives for these inputs
+    /// (`tests/py/rds_token.py`); the integration test compares live too.
+    #[test]
+    fn rds_token_equals_the_sdk_generator() {
+        let creds = Credentials::new("AKIDEXAMPLE", "secret", None, None, "test");
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let token =
+            rds_auth_token(creds, "eu-west-1", "localhost", 5432, "app", at).expect("token");
+        assert_eq!(
+            token,
+            "localhost:5432/?Action=connect&DBUser=app&X-Amz-Algorithm=AWS4-HMAC-SHA256\
+             &X-Amz-Credential=AKIDEXAMPLE%2F20231114%2Feu-west-1%2Frds-db%2Faws4_request\
+             &X-Amz-Date=20231114T221320Z&X-Amz-Expires=900&X-Amz-SignedHeaders=host\
+             &X-Amz-Signature=0e99c9b414d41a3e636e0f692ca6ed2f1424e81176796aed22fe9d2e99f70c76"
+        );
+    }
+}

@@ -1,0 +1,454 @@
+//! AWS the way it runs in production.
+//! - RDS/Aurora IAM authentication: the token equals the AWS SDK's own
+//!   generator's (boto3) for fixed credentials and a fixed clock, logs in to a
+//!   TLS Postgres whose role has that token as its password, and every new
+//!   connection signs its own.
+//! - Temporary credentials that expire and rotate: a credential process hands
+//!   out keys living 12 seconds; a front in front of S3 and Glue refuses an
+//!   expired or unknown key as AWS does.  Glue and S3 both keep working over a
+//!   multi-batch archive because both sign with the refreshing chain.
+//! - Glue updates keep what other tools set and skip Glue's version archive.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+use crate::services;
+
+const KEY: &str = "AKIDPERMAFROSTTEST";
+const SECRET: &str = "permafrost/test/secret/key";
+const SESSION: &str = "permafrost-session-token";
+
+/// The TLS cluster, a database on it with two sensor tables (one connection
+/// each), and a role `iam_…` allowed to archive them over TLS with a password.
+async fn iam_setup() -> Option<(String, String, String, PathBuf, tokio_postgres::Client)> {
+    let (admin_dsn, pki) = crate::connect::tls_cluster()?;
+    let admin = connect(&admin_dsn).await;
+    let dbname = unique("iamdb");
+    let role = unique("iam");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {dbname}"))
+        .await
+        .expect("db");
+    admin
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+        .await
+        .expect("role");
+    let port = admin_dsn
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.split('/').next())
+        .expect("port")
+        .to_string();
+    let db_dsn = admin_dsn
+        .rsplit_once('/')
+        .map(|(base, _)| format!("{base}/{dbname}"))
+        .expect("dsn has a database");
+    let c = connect(&db_dsn).await;
+    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
+        .await
+        .expect("schema");
+    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "1000"))
+        .await
+        .expect("data");
+    c.batch_execute(&format!(
+        "CREATE TABLE sensor_readings_b (LIKE sensor_readings INCLUDING ALL);
+         INSERT INTO sensor_readings_b SELECT * FROM sensor_readings;
+         GRANT SELECT, DELETE ON sensor_readings, sensor_readings_b TO {role}"
+    ))
+    .await
+    .expect("second table");
+    Some((port, dbname, role, pki, c))
+}
+
+/// boto3's `generate_db_auth_token` for `user@localhost:port` at `time`.
+fn sdk_token(s: &Services, port: &str, user: &str, time: u64) -> String {
+    let r = python(
+        s,
+        "rds_token.py",
+        &json!({"host": "localhost", "port": port.parse::<u16>().expect("port"), "user": user,
+                "region": "eu-west-1", "key": KEY, "secret": SECRET, "session_token": SESSION,
+                "time": time}),
+    );
+    r["token"].as_str().expect("token").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rds_iam_tokens_equal_the_sdk_and_every_connection_signs_its_own() {
+    let s = services!();
+    let Some((port, dbname, role, pki, c)) = iam_setup().await else {
+        assert!(
+            std::env::var("PERMAFROST_TEST_REQUIRE").is_err(),
+            "TLS cluster missing"
+        );
+        eprintln!("skipped: no TLS cluster");
+        return;
+    };
+    let time = 1_790_000_000;
+    let token = sdk_token(&s, &port, &role, time);
+    let ours = permafrost::aws::rds_auth_token(
+        aws_credential_types::Credentials::new(KEY, SECRET, Some(SESSION.into()), None, "test"),
+        "eu-west-1",
+        "localhost",
+        port.parse().expect("port"),
+        &role,
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(time),
+    )
+    .expect("token");
+    assert_eq!(ours, token, "permafrost's token differs from boto3's");
+    let admin = connect(&crate::connect::tls_cluster().expect("tls").0).await;
+    admin
+        .batch_execute(&format!("ALTER ROLE {role} PASSWORD '{token}'"))
+        .await
+        .expect("password");
+
+    let ws = Ws::new();
+    let cat = CatalogSetup::new(Cat::Sqlite, &s, &ws).await;
+    let yaml = |extra: &str, sslmode: &str| {
+        format!(
+            "database:\n  dsn: \"host=localhost port={port} user={role} dbname={dbname} sslmode={sslmode} \
+             sslrootcert={}\"\n  iam_auth: true\n  iam_region: eu-west-1\n{extra}{}global:\n  namespace: {}\n\
+             tables:\n  - name: sensor_readings\n    timestamp_column: recorded_at\n    lag: 15d\n\
+             \x20 - name: sensor_readings_b\n    timestamp_column: recorded_at\n    lag: 15d\n",
+            pki.join("ca.pem").display(),
+            cat.yaml,
+            cat.namespace
+        )
+    };
+    let env = |clock: u64| {
+        vec![
+            ("AWS_ACCESS_KEY_ID", KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET.to_string()),
+            ("AWS_SESSION_TOKEN", SESSION.to_string()),
+            ("AWS_CONFIG_FILE", "/dev/null".to_string()),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".to_string()),
+            ("PERMAFROST_FAULT_CLOCK", clock.to_string()),
+        ]
+    };
+    let run = |cfg: &std::path::Path, env: &[(&str, String)], args: &[&str]| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut all = vec!["--log-level", "debug", "archive", "-c"];
+        let cfg = cfg.to_string_lossy().to_string();
+        all.push(&cfg);
+        all.extend_from_slice(args);
+        ws.run_env(&all, &env)
+    };
+    let total = count(&c, "sensor_readings", "true").await;
+
+    // Refused before connecting: a password besides IAM, TLS turned off.
+    for (what, cfg, needle) in [
+        (
+            "password too",
+            yaml("  password: hunter2\n", "verify-full"),
+            "a password is configured too",
+        ),
+        ("no TLS", yaml("", "disable"), "needs TLS"),
+    ] {
+        let out = run(&ws.config("bad.yaml", &cfg), &env(time), &[]);
+        assert_eq!(out.code, 2, "{what}: {}", out.stderr);
+        assert_eq!(out.error_lines().len(), 1, "{what}: {}", out.stderr);
+        assert!(
+            out.error_lines()[0].contains(needle),
+            "{what}: {}",
+            out.stderr
+        );
+    }
+    // A token signed a minute later is another password: one line, exit 4,
+    // nothing deleted.
+    let cfg = ws.config("iam.yaml", &yaml("", "verify-full"));
+    let out = run(&cfg, &env(time + 60), &[]);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("rds_iam"), "{}", out.stderr);
+    assert!(
+        out.error_lines()
+            .iter()
+            .all(|l| l.contains("password authentication failed")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(count(&c, "sensor_readings", "true").await, total);
+
+    // The right clock: both tables archive, each on its own connection with
+    // its own freshly signed token; the token never appears in the output.
+    let out = run(&cfg, &env(time), &["--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let archived = archived_rows(&out.json());
+    assert!(archived > 0 && archived.is_multiple_of(2), "{archived}");
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        total - archived as i64 / 2
+    );
+    let signed = out
+        .stderr
+        .matches(&format!(
+            "signed an RDS IAM token for {role}@localhost:{port}"
+        ))
+        .count();
+    assert_eq!(signed, 2, "one token per connection:\n{}", out.stderr);
+    let sig = token.rsplit('=').next().expect("signature");
+    assert!(
+        !out.stderr.contains(sig) && !out.stdout.contains(sig),
+        "token leaked"
+    );
+}
+
+/// A credential process whose keys live 12 seconds — shorter than both
+/// clients' refresh margins (the SDK's 10 s and more, reqsign's 2 min), so
+/// every few requests sign with new keys — and the checking front
+/// (`tests/py/aws_proxy.py`) for S3 (SeaweedFS) and Glue (moto).
+struct RotatingAws {
+    dir: tempfile::TempDir,
+    child: Child,
+    s3: String,
+    glue: String,
+}
+
+impl RotatingAws {
+    fn start(s: &Services) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::write(
+            d.join("cred.sh"),
+            format!(
+                "#!/bin/sh\n# Temporary credentials expiring in 11-12 s, recorded for the front.\n\
+                 now=$(date +%s); exp=$((now + 12)); key=\"ROT$(date +%s%N)$$\"\n\
+                 printf '{{\"key\":\"%s\",\"expires\":%s}}\\n' \"$key\" \"$exp\" >> {ledger}\n\
+                 printf '{{\"Version\":1,\"AccessKeyId\":\"%s\",\"SecretAccessKey\":\"s-%s\",\"SessionToken\":\"t-%s\",\"Expiration\":\"%s\"}}\\n' \
+                 \"$key\" \"$key\" \"$key\" \"$(date -u -d @$exp +%Y-%m-%dT%H:%M:%SZ)\"\n",
+                ledger = d.join("ledger").display()
+            ),
+        )
+        .expect("cred.sh");
+        std::fs::write(
+            d.join("config"),
+            format!(
+                "[profile rotating]\nregion = us-east-1\ncredential_process = sh {}\n",
+                d.join("cred.sh").display()
+            ),
+        )
+        .expect("aws config");
+        let mut child = Command::new(&s.python)
+            .arg(source_dir().join("tests/py/aws_proxy.py"))
+            .arg(d.join("ledger"))
+            .arg(d.join("log"))
+            .args([&s.s3, &s.glue])
+            .env("AWS_ACCESS_KEY_ID", &s.key)
+            .env("AWS_SECRET_ACCESS_KEY", &s.secret)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the AWS front");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ports");
+        let ports: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(ports.len(), 2, "front printed {line:?}");
+        Self {
+            s3: format!("http://127.0.0.1:{}", ports[0]),
+            glue: format!("http://127.0.0.1:{}", ports[1]),
+            dir,
+            child,
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "AWS_CONFIG_FILE",
+                self.dir.path().join("config").display().to_string(),
+            ),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".to_string()),
+        ]
+    }
+
+    /// A key the front knows, expired long ago.
+    fn expired_key(&self) -> String {
+        let key = "ROTEXPIRED".to_string();
+        let mut ledger = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("ledger"))
+            .expect("ledger");
+        use std::io::Write;
+        writeln!(ledger, "{{\"key\":\"{key}\",\"expires\":1}}").expect("write");
+        key
+    }
+
+    fn log(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("log line"))
+            .collect()
+    }
+}
+
+impl Drop for RotatingAws {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Glue client straight to moto, as another tool would use it.
+async fn glue_client(s: &Services) -> aws_sdk_glue::Client {
+    let sdk = permafrost::aws::sdk_config(&permafrost::aws::ChainSettings {
+        region: Some("us-east-1"),
+        static_keys: Some((&s.key, &s.secret, None)),
+        endpoint: Some(&s.glue),
+        ..Default::default()
+    })
+    .await;
+    aws_sdk_glue::Client::new(&sdk)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn glue_and_s3_keep_working_while_credentials_expire_and_rotate() {
+    let s = services!();
+    let front = RotatingAws::start(&s);
+    let db = TestDb::create(&s, "rotate").await;
+    let c = db.client().await;
+    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
+        .await
+        .expect("schema");
+    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "3000"))
+        .await
+        .expect("data");
+    let total = count(&c, "sensor_readings", "true").await;
+    let ws = Ws::new();
+    let ns = unique("rot");
+    let warehouse = format!("s3://archive/{}", unique("rot"));
+    let yaml = |keys: &str| {
+        format!(
+            "database:\n  dsn: \"{}\"\ncatalog:\n  type: glue\n  name: glue\n  uri: \"{}\"\n  warehouse: \"{warehouse}\"\n\
+             \x20 profile_name: rotating\n{keys}  s3.endpoint: \"{}\"\n  s3.path-style-access: true\nglobal:\n  namespace: {ns}\n\
+             tables:\n  - name: sensor_readings\n    timestamp_column: recorded_at\n    partition_by: day\n    lag: 15d\n    batch_windows: 1\n",
+            db.dsn, front.glue, front.s3
+        )
+    };
+    let env = front.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    // Keys the config pins that have expired: one line, nothing deleted.
+    let expired = front.expired_key();
+    let cfg = ws.config(
+        "expired.yaml",
+        &yaml(&format!(
+            "  aws_access_key_id: {expired}\n  aws_secret_access_key: x\n"
+        )),
+    );
+    let out = ws.run_env(&["archive", "-c", &cfg.to_string_lossy()], &env);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert_eq!(out.error_lines().len(), 1, "{}", out.stderr);
+    assert!(
+        out.error_lines()[0].contains("ExpiredToken"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(count(&c, "sensor_readings", "true").await, total);
+
+    // The chain (credential_process): every request signed with keys that
+    // are still valid, however long the run.
+    let cfg = ws.config("rotating.yaml", &yaml(""));
+    let cfg = cfg.to_string_lossy().to_string();
+    let before = front.log().len();
+    let out = ws.run_env(&["archive", "-c", &cfg, "--json"], &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = out.json();
+    let batches = report[0]["batches"].as_array().map(Vec::len).unwrap_or(0);
+    assert!(batches >= 3, "{report}");
+    let archived = archived_rows(&report);
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        total - archived as i64
+    );
+    let log: Vec<Value> = front.log().split_off(before);
+    let refused: Vec<&Value> = log.iter().filter(|e| e["ok"] != true).collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    for service in ["s3", "glue"] {
+        let keys: std::collections::BTreeSet<&str> = log
+            .iter()
+            .filter(|e| e["service"] == service)
+            .filter_map(|e| e["key"].as_str())
+            .collect();
+        assert!(
+            keys.len() >= 3,
+            "{service} signed with {} keys over {} requests: no rotation",
+            keys.len(),
+            log.len()
+        );
+    }
+    let updates: Vec<&Value> = log
+        .iter()
+        .filter(|e| {
+            e["target"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("UpdateTable"))
+        })
+        .collect();
+    assert!(updates.len() >= batches, "{updates:?}");
+    for u in &updates {
+        assert_eq!(u["body"]["SkipArchive"], true, "{u}");
+    }
+    assert!(!out.stderr.contains("s-ROT"), "secret in logs");
+
+    // Another tool sets a description, an owner and a parameter; our next
+    // commit keeps them and moves `previous_metadata_location` along.
+    let glue = glue_client(&s).await;
+    let table = glue
+        .get_table()
+        .database_name(&ns)
+        .name("sensor_readings")
+        .send()
+        .await
+        .expect("get_table")
+        .table
+        .expect("table");
+    let mut params = table.parameters().cloned().unwrap_or_default();
+    params.insert("team".into(), "sensors".into());
+    let location = params["metadata_location"].clone();
+    let input = aws_sdk_glue::types::TableInput::builder()
+        .name("sensor_readings")
+        .description("kept by other tools")
+        .owner("data-eng")
+        .table_type("EXTERNAL_TABLE")
+        .set_parameters(Some(params))
+        .set_storage_descriptor(table.storage_descriptor().cloned())
+        .build()
+        .expect("input");
+    glue.update_table()
+        .database_name(&ns)
+        .table_input(input)
+        .send()
+        .await
+        .expect("update_table");
+    c.batch_execute(
+        "INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit)
+         SELECT now() - interval '400 days' + g * interval '1 minute', 1, 'sensor-1', 1.5, 'celsius'
+         FROM generate_series(1, 10) g",
+    )
+    .await
+    .expect("older rows");
+    let out = ws.run_env(&["archive", "-c", &cfg, "--json"], &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(archived_rows(&out.json()), 10);
+    let after = glue
+        .get_table()
+        .database_name(&ns)
+        .name("sensor_readings")
+        .send()
+        .await
+        .expect("get_table")
+        .table
+        .expect("table");
+    let p = after.parameters().cloned().unwrap_or_default();
+    assert_eq!(p.get("team").map(String::as_str), Some("sensors"));
+    assert_eq!(after.description(), Some("kept by other tools"));
+    assert_eq!(after.owner(), Some("data-eng"));
+    assert_ne!(p["metadata_location"], location);
+    assert_eq!(p["previous_metadata_location"], location);
+    assert_eq!(p["table_type"], "ICEBERG");
+}

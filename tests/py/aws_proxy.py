@@ -1,0 +1,171 @@
+"""An AWS front for the tests that enforces credential expiry as AWS does.
+
+Usage: aws_proxy.py LEDGER LOG S3_URL GLUE_URL
+
+LEDGER is the file a test's credential process appends to, one JSON object
+per line: {"key": access key id, "expires": unix seconds}.  Every request is
+checked against it by the access key id in its SigV4 signature: an unknown
+key is refused (403 InvalidAccessKeyId), a key past its expiry too (403
+ExpiredToken), exactly as AWS refuses a client that keeps temporary
+credentials too long.  Accepted requests are forwarded: to S3_URL (SeaweedFS,
+which checks signatures against its one identity, so the request is signed
+again with this process's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) or to
+GLUE_URL (moto, which checks no signature) as they came.
+
+LOG gets one JSON object per request: {"t", "service", "key", "ok",
+"target"} and, for Glue CreateTable/UpdateTable, the request "body".
+
+Listens on two free loopback ports (S3, Glue) and prints them on one line.
+"""
+
+import http.client
+import json
+import os
+import re
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+LEDGER, LOG, S3_URL, GLUE_URL = sys.argv[1:5]
+LOG_LOCK = threading.Lock()
+SCOPE = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/]+)/([^/]+)/aws4_request")
+DROPPED = {
+    "authorization",
+    "x-amz-date",
+    "x-amz-security-token",
+    "x-amz-content-sha256",
+    "host",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+}
+
+
+def ledger():
+    keys = {}
+    try:
+        with open(LEDGER) as f:
+            for line in f:
+                if line.strip():
+                    e = json.loads(line)
+                    keys[e["key"]] = e["expires"]
+    except FileNotFoundError:
+        pass
+    return keys
+
+
+def log(entry):
+    with LOG_LOCK, open(LOG, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+class Front(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    service = "?"
+    target = ""
+
+    def log_message(self, *args):
+        pass
+
+    def body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+
+    def refuse(self, code, message):
+        if self.service == "s3":
+            body = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
+            ctype = "application/xml"
+        else:
+            body = json.dumps({"__type": code + "Exception", "message": message}).encode()
+            ctype = "application/x-amz-json-1.1"
+        self.send_response(403)
+        self.send_header("Content-Type", ctype)
+        self.send_header("x-amzn-ErrorType", code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def handle_any(self):
+        body = self.body()
+        auth = self.headers.get("Authorization", "")
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        auth += " Credential=" + query.get("X-Amz-Credential", [""])[0]
+        m = SCOPE.search(auth)
+        key, region = (m.group(1), m.group(2)) if m else ("", "us-east-1")
+        target = self.headers.get("X-Amz-Target", "")
+        entry = {"t": time.time(), "service": self.service, "key": key, "target": target}
+        if target.endswith(("CreateTable", "UpdateTable")):
+            entry["body"] = json.loads(body or b"{}")
+        expires = ledger().get(key)
+        if expires is None:
+            log({**entry, "ok": False, "why": "unknown key"})
+            return self.refuse("InvalidAccessKeyId", f"unknown access key {key!r}")
+        if time.time() > expires:
+            log({**entry, "ok": False, "why": "expired"})
+            return self.refuse("ExpiredToken", "The provided token has expired.")
+        log({**entry, "ok": True})
+        self.forward(body, region)
+
+    def forward(self, body, region):
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in DROPPED}
+        url = self.target + self.path
+        if self.service == "s3":
+            req = AWSRequest(method=self.command, url=url, data=body, headers=headers)
+            creds = Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
+            S3SigV4Auth(creds, "s3", region).add_auth(req)
+            headers = dict(req.headers.items())
+        else:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "transfer-encoding", "content-length")}
+        u = urllib.parse.urlsplit(self.target)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        conn.request(self.command, self.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        self.send_response(resp.status)
+        length_sent = False
+        for k, v in resp.getheaders():
+            lk = k.lower()
+            if lk in ("transfer-encoding", "connection"):
+                continue
+            if lk == "content-length":
+                if self.command != "HEAD":
+                    v = str(len(data))
+                length_sent = True
+            self.send_header(k, v)
+        if not length_sent:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        conn.close()
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = handle_any
+
+
+def serve(service, target):
+    handler = type(service, (Front,), {"service": service, "target": target.rstrip("/")})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
+
+
+if __name__ == "__main__":
+    ports = [serve("s3", S3_URL), serve("glue", GLUE_URL)]
+    print(*ports, flush=True)
+    threading.Event().wait()
