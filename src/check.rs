@@ -17,6 +17,9 @@ pub struct CheckReport {
     pub ok: bool,
     pub postgres: Probe,
     pub catalog: Probe,
+    /// Every HTTP endpoint the config names (catalog, OAuth2, S3, webhook)
+    /// and the TLS it negotiates.
+    pub endpoints: Vec<crate::http::EndpointTls>,
     pub tables: Vec<TableCheck>,
 }
 
@@ -74,6 +77,50 @@ fn probe_err(target: String, e: &Error) -> Probe {
     }
 }
 
+/// The HTTP endpoints of `cfg` with the CA bundle and hints of the client
+/// that talks to each, probed one after another.
+async fn probe_endpoints(cfg: &Config) -> Vec<crate::http::EndpointTls> {
+    use crate::config::CatalogKind;
+    use crate::error::TlsHints;
+    let props = &cfg.catalog.properties;
+    let catalog_ca = crate::http::CA_CERT_KEYS
+        .iter()
+        .find_map(|k| props.get(*k))
+        .map(std::path::PathBuf::from);
+    let mut list: Vec<(&'static str, String, Option<std::path::PathBuf>, &TlsHints)> = vec![];
+    match cfg.catalog.kind {
+        CatalogKind::Rest => {
+            for (role, key) in [("catalog", "uri"), ("oauth2", "oauth2-server-uri")] {
+                if let Some(u) = props.get(key) {
+                    list.push((role, u.clone(), catalog_ca.clone(), &TlsHints::CATALOG));
+                }
+            }
+        }
+        CatalogKind::Glue => {
+            let uri = props.get("uri").cloned().or_else(|| {
+                props
+                    .get("region_name")
+                    .map(|r| format!("https://glue.{r}.amazonaws.com"))
+            });
+            if let Some(u) = uri {
+                list.push(("catalog", u, None, &TlsHints::SYSTEM));
+            }
+        }
+        CatalogKind::Sql => {}
+    }
+    if let Some(u) = props.get("s3.endpoint") {
+        list.push(("s3", u.clone(), None, &TlsHints::SYSTEM));
+    }
+    if let Some(u) = &cfg.notify.webhook_url {
+        list.push(("webhook", u.clone(), None, &TlsHints::SYSTEM));
+    }
+    let mut out = Vec::new();
+    for (role, url, ca, hints) in list {
+        out.push(crate::http::probe_tls(role, &url, ca, "catalog.ssl.ca-cert", hints).await);
+    }
+    out
+}
+
 /// Runs every check; never fails on what it checks (failures are in the report).
 pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
     let tables = cfg.select_tables(table)?;
@@ -104,10 +151,14 @@ pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
         },
         Err(e) => return Ok(failed_report(postgres, Some(probe_err(cat_target, &e)))),
     };
+    let endpoints = probe_endpoints(cfg).await;
     let catalog_probe = Probe {
         ok: true,
         target: cat_target,
-        tls: None,
+        tls: endpoints
+            .iter()
+            .find(|e| e.role == "catalog")
+            .map(|e| e.tls.clone()),
         error: None,
         hint: None,
     };
@@ -237,9 +288,10 @@ pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
         out.push(tc);
     }
     Ok(CheckReport {
-        ok: out.iter().all(|t| t.ok),
+        ok: out.iter().all(|t| t.ok) && endpoints.iter().all(|e| e.ok),
         postgres,
         catalog: catalog_probe,
+        endpoints,
         tables: out,
     })
 }
@@ -255,6 +307,7 @@ fn failed_report(postgres: Probe, catalog: Option<Probe>) -> CheckReport {
             error: Some("not checked".into()),
             hint: None,
         }),
+        endpoints: vec![],
         tables: vec![],
     }
 }

@@ -251,6 +251,12 @@ impl TlsHints {
         trust: "`ssl.ca-cert: /path/to/ca.pem` in the `catalog` section, or SSL_CERT_FILE",
         host: "see `uri`",
     };
+    /// Endpoints whose clients trust the system store only (S3 through
+    /// OpenDAL, webhooks).
+    pub const SYSTEM: TlsHints = TlsHints {
+        trust: "add its CA to the system trust store, or point SSL_CERT_FILE at a bundle",
+        host: "see the endpoint's URL",
+    };
     pub const POSTGRES: TlsHints = TlsHints {
         trust: "`sslrootcert=/path/to/ca.pem` in the DSN or `database.ssl_root_cert`",
         host: "`host` in the DSN",
@@ -264,7 +270,17 @@ pub fn tls_failure(
     err: &(dyn std::error::Error + 'static),
     hints: &TlsHints,
 ) -> Option<(String, String)> {
-    let mut host = None;
+    tls_failure_at(err, hints, None)
+}
+
+/// [`tls_failure`] for an error that does not name its host (a bare TLS
+/// stream): `host` is named instead.
+pub fn tls_failure_at(
+    err: &(dyn std::error::Error + 'static),
+    hints: &TlsHints,
+    host_port: Option<String>,
+) -> Option<(String, String)> {
+    let mut host = host_port;
     let mut tls = None;
     let mut cur = Some(err);
     while let Some(e) = cur {

@@ -53,3 +53,91 @@ pub fn catalog_client(cfg: &CatalogConfig) -> Result<reqwest::Client> {
         .map(PathBuf::from);
     client(ca, "catalog.ssl.ca-cert", None)
 }
+
+/// What one HTTP endpoint negotiates, as `check` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndpointTls {
+    /// `catalog`, `oauth2`, `s3`, `webhook`.
+    pub role: &'static str,
+    /// `scheme://host:port`, nothing else of the URL (no credentials).
+    pub address: String,
+    /// `TLSv1.3, certificate verified`, `no TLS (http)`, or why TLS failed.
+    pub tls: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// Connects to `url` and completes a TLS handshake the way our clients do
+/// (system roots plus `extra_ca`, hostname verified), or says it is plain
+/// HTTP.  Reads nothing and sends no request.
+pub async fn probe_tls(
+    role: &'static str,
+    url: &str,
+    extra_ca: Option<PathBuf>,
+    key: &'static str,
+    hints: &crate::error::TlsHints,
+) -> EndpointTls {
+    let parsed = url::Url::parse(url).ok();
+    let (scheme, host, port) = match &parsed {
+        Some(u) => (
+            u.scheme().to_string(),
+            u.host_str().unwrap_or("").to_string(),
+            u.port_or_known_default().unwrap_or(443),
+        ),
+        None => (String::new(), String::new(), 0),
+    };
+    let address = format!("{scheme}://{host}:{port}");
+    let done = |ok: bool, tls: String, hint: Option<String>| EndpointTls {
+        role,
+        address: address.clone(),
+        tls,
+        ok,
+        hint,
+    };
+    match scheme.as_str() {
+        "http" => return done(true, "no TLS (http)".into(), None),
+        "https" => {}
+        _ => return done(false, format!("`{url}` is not an http(s) URL"), None),
+    }
+    match handshake(&host, port, extra_ca, key).await {
+        Ok(version) => done(true, format!("{version}, certificate verified"), None),
+        Err(e) => match crate::error::tls_failure_at(&e, hints, Some(format!("{host}:{port}"))) {
+            Some((line, hint)) => done(false, line, Some(hint)),
+            None => done(false, format!("cannot connect to {host}:{port}: {e}"), None),
+        },
+    }
+}
+
+async fn handshake(
+    host: &str,
+    port: u16,
+    extra_ca: Option<PathBuf>,
+    key: &'static str,
+) -> std::result::Result<String, std::io::Error> {
+    use std::io::{Error as IoError, ErrorKind as IoKind};
+    let config = client_config(&TlsPolicy::verified(extra_ca, key))
+        .map_err(|e| IoError::other(e.message().to_string()))?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| IoError::new(IoKind::InvalidInput, e))?;
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+    };
+    let tls = tokio::time::timeout(Duration::from_secs(10), connect)
+        .await
+        .map_err(|_| IoError::new(IoKind::TimedOut, "no answer within 10 s"))??;
+    let version = tls
+        .get_ref()
+        .1
+        .protocol_version()
+        .map(|v| match v {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
+            other => format!("{other:?}"),
+        })
+        .unwrap_or_else(|| "TLS".into());
+    Ok(version)
+}

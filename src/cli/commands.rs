@@ -110,6 +110,18 @@ async fn check_cmd(a: CheckArgs) -> Result<ExitCode> {
         if let Some(h) = &report.catalog.hint {
             output::line(&format!("  hint: {h}"));
         }
+        for e in &report.endpoints {
+            output::line(&format!(
+                "  {:<9} {:<6}  {}  ({})",
+                e.role,
+                mark(e.ok),
+                e.address,
+                e.tls
+            ));
+            if let Some(h) = &e.hint {
+                output::line(&format!("    hint: {h}"));
+            }
+        }
         for t in &report.tables {
             output::line("");
             output::line(&format!(

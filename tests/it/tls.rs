@@ -117,17 +117,20 @@ fn openssl(dir: &Path, args: &[&str]) {
 struct Proxy {
     child: Child,
     port: u16,
+    log: tempfile::NamedTempFile,
 }
 
 impl Proxy {
     fn start(s: &Services, pki: &Pki, target: &str) -> Self {
         let (host, port) = target.rsplit_once(':').expect("host:port");
         let script = source_dir().join("tests/py/tls_proxy.py");
+        let log = tempfile::NamedTempFile::new().expect("log");
         let mut child = Command::new(&s.python)
             .arg(script)
             .arg(pki.path("server.pem"))
             .arg(pki.path("server.key"))
             .args([host, port])
+            .arg(log.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -138,7 +141,15 @@ impl Proxy {
             .read_line(&mut line)
             .expect("proxy port");
         let port = line.trim().parse().expect("the proxy prints its port");
-        Self { child, port }
+        Self { child, port, log }
+    }
+
+    /// TLS connections accepted so far.
+    fn connections(&self) -> usize {
+        std::fs::read_to_string(self.log.path())
+            .unwrap_or_default()
+            .lines()
+            .count()
     }
 }
 
@@ -155,9 +166,10 @@ fn host_port(url: &str) -> String {
         .to_string()
 }
 
-/// The sensor table's config with the REST catalog at `uri`, trusting `ca`.
-fn rest_config(db: &TestDb, s: &Services, uri: &str, ca: &Path, ns: &str) -> String {
-    let cat = CatalogSetup::rest_at(s, uri, &s.s3, ns.to_string());
+/// The sensor table's config with the REST catalog at `uri`, trusting `ca`,
+/// and S3 at `s3`.
+fn rest_config(db: &TestDb, s: &Services, uri: &str, s3: &str, ca: &Path, ns: &str) -> String {
+    let cat = CatalogSetup::rest_at(s, uri, s3, ns.to_string());
     format!(
         "database:\n  dsn: \"{}\"\n{}  ssl.ca-cert: \"{}\"\nglobal:\n  namespace: {ns}\ntables:\n\
          \x20 - name: sensor_readings\n    timestamp_column: recorded_at\n    partition_by: day\n    lag: 15d\n",
@@ -197,7 +209,10 @@ async fn rest_catalog_over_https_archives_and_refuses_untrusted_servers() {
         ),
     ];
     for (name, uri, ca, needle) in &cases {
-        let cfg = ws.config(&format!("{name}.yaml"), &rest_config(&db, &s, uri, ca, &ns));
+        let cfg = ws.config(
+            &format!("{name}.yaml"),
+            &rest_config(&db, &s, uri, &s.s3, ca, &ns),
+        );
         for cmd in ["check", "archive"] {
             let out = ws.run_env(&[cmd, "-c", &cfg.to_string_lossy()], &env);
             assert_ne!(out.code, 0, "{name}/{cmd}: {}\n{}", out.stdout, out.stderr);
@@ -216,13 +231,45 @@ async fn rest_catalog_over_https_archives_and_refuses_untrusted_servers() {
         );
     }
 
+    // S3 over HTTPS too: data files through a second TLS front whose CA
+    // the S3 client (OpenDAL) trusts through SSL_CERT_FILE.
+    let s3_proxy = Proxy::start(&s, &pki, &host_port(&s.s3));
+    let s3 = format!("https://localhost:{}", s3_proxy.port);
     let cfg = ws.config(
         "https.yaml",
-        &rest_config(&db, &s, &https, &pki.path("ca.pem"), &ns),
+        &rest_config(&db, &s, &https, &s3, &pki.path("ca.pem"), &ns),
     );
     let cfg = cfg.to_string_lossy().to_string();
+    let ca = pki.path("ca.pem").display().to_string();
+    let mut env = env.clone();
+    env.push(("SSL_CERT_FILE", &ca));
+    let check = ws.run_env(&["check", "-c", &cfg, "--json"], &env);
+    assert_eq!(check.code, 0, "{}\n{}", check.stdout, check.stderr);
+    let endpoints = check.json()["endpoints"].clone();
+    for role in ["catalog", "s3"] {
+        let e = endpoints
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["role"] == role))
+            .unwrap_or_else(|| panic!("no {role} endpoint: {endpoints}"));
+        let tls = e["tls"].as_str().unwrap_or("");
+        assert!(
+            tls.starts_with("TLSv1.") && tls.ends_with("certificate verified"),
+            "{role}: {e}"
+        );
+        assert!(
+            e["address"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("https://localhost:")
+        );
+    }
+    let s3_before = s3_proxy.connections();
     let out = ws.run_env(&["archive", "-c", &cfg, "--json"], &env);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        s3_proxy.connections() > s3_before,
+        "the data files did not go through HTTPS"
+    );
     let archived = archived_rows(&out.json());
     assert!(archived > 0);
     let left = count(&c, "sensor_readings", "true").await;

@@ -1,10 +1,11 @@
 """A TLS-terminating TCP proxy for the tests: HTTPS in front of a plain service.
 
-Usage: tls_proxy.py CERT KEY TARGET_HOST TARGET_PORT
+Usage: tls_proxy.py CERT KEY TARGET_HOST TARGET_PORT [LOG]
 
 Listens on 127.0.0.1 on a free port, prints that port on one line once it
 accepts connections, and forwards every decrypted connection to the target
-(plain TCP) until it is killed.  Python's ssl module (OpenSSL) does the TLS.
+(plain TCP) until it is killed.  With LOG, one line per accepted TLS
+connection is appended to that file.  Python's ssl module (OpenSSL) does the TLS.
 """
 
 import asyncio
@@ -35,7 +36,12 @@ async def main():
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
 
+    log = sys.argv[5] if len(sys.argv) > 5 else None
+
     async def handle(client_reader, client_writer):
+        if log:
+            with open(log, "a") as f:
+                f.write("connection\n")
         try:
             up_reader, up_writer = await asyncio.open_connection(host, port)
         except OSError:
