@@ -368,12 +368,16 @@ async fn glue_and_s3_keep_working_while_credentials_expire_and_rotate() {
     let log: Vec<Value> = front.log().split_off(before);
     let refused: Vec<&Value> = log.iter().filter(|e| e["ok"] != true).collect();
     assert!(refused.is_empty(), "refused: {refused:?}");
+    let span = log.last().and_then(|e| e["t"].as_f64()).unwrap_or(0.0)
+        - log.first().and_then(|e| e["t"].as_f64()).unwrap_or(0.0);
+    eprintln!("{} requests over {span:.1} s, {batches} batches", log.len());
     for service in ["s3", "glue"] {
         let keys: std::collections::BTreeSet<&str> = log
             .iter()
             .filter(|e| e["service"] == service)
             .filter_map(|e| e["key"].as_str())
             .collect();
+        eprintln!("{service}: {} distinct keys", keys.len());
         assert!(
             keys.len() >= 3,
             "{service} signed with {} keys over {} requests: no rotation",
