@@ -18,7 +18,7 @@
 //!
 //! Idempotent: a re-run after success commits nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -205,6 +205,9 @@ struct Ctx<'a> {
     src: &'a source::SourceTable,
     table: ArchiveTable,
     mode: BatchMode,
+    /// Batches known to be settled (the ledger drops their files): settled
+    /// when the run started, and settled by this run's Postgres commits.
+    settled: HashSet<String>,
 }
 
 async fn archive_table_inner(
@@ -349,6 +352,11 @@ async fn archive_on(
     }
 
     let bar = progress.table_bar(&t.source_name(), plan.batches.len() as u64);
+    let settled = plan::batch_states(&facts)
+        .into_iter()
+        .filter(|(_, st)| *st == plan::BatchState::Settled)
+        .map(|(id, _)| id)
+        .collect();
     let mut ctx = Ctx {
         cfg: t,
         catalog,
@@ -356,6 +364,7 @@ async fn archive_on(
         src: &src,
         table,
         mode,
+        settled,
     };
     let mut result = Ok(());
     for planned in &plan.batches {
@@ -440,6 +449,49 @@ pub async fn gather_facts(
     })
 }
 
+/// Row hashes of the open batches `ids`: from their snapshots, or — when a
+/// snapshot was expired — from the files the durable ledger recorded.  A
+/// batch whose rows cannot be read is an error, never skipped: skipping
+/// would archive its rows a second time.
+async fn open_rows(ctx: &Ctx<'_>, ids: &[String]) -> Result<Vec<u128>> {
+    let table = &ctx.table.table;
+    let ledger = lake::commit::read_ledger_full(table, &ctx.src.source_id())?;
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some(snap) = lake::commit::find_batch(table, id) {
+            out.extend(lake::readback::row_hashes(table, &[snap]).await?);
+            continue;
+        }
+        let files = ledger.files_of(id).unwrap_or(&[]);
+        let missing = || {
+            Error::new(
+                ErrorKind::Storage,
+                format!(
+                    "the rows of unsettled batch {id} cannot be read: its snapshot was expired \
+                     and the ledger records no readable files for it"
+                ),
+            )
+            .with_hint(
+                "its data files were rewritten (compaction) and expired; nothing was deleted — \
+                 check the range by hand, then `archive --force`",
+            )
+        };
+        if files.is_empty() {
+            return Err(missing());
+        }
+        tracing::info!(
+            "{}: batch {id}'s snapshot was expired; reading its {} file(s) from the ledger",
+            ctx.cfg.source_name(),
+            files.len()
+        );
+        let hashes = lake::readback::row_hashes_of_files(table, files)
+            .await
+            .map_err(|e| missing().with_context("cause", e.message()))?;
+        out.extend(hashes);
+    }
+    Ok(out)
+}
+
 /// Runs one planned batch (several when `max_batch_rows` splits it).
 async fn run_planned(
     ctx: &mut Ctx<'_>,
@@ -450,12 +502,7 @@ async fn run_planned(
     // Rows of open batches are already archived: collect their hashes.
     let mut archived = Vec::new();
     if !planned.reconcile.is_empty() {
-        let snaps: Vec<_> = planned
-            .reconcile
-            .iter()
-            .filter_map(|id| lake::commit::find_batch(&ctx.table.table, id))
-            .collect();
-        archived = lake::readback::row_hashes(&ctx.table.table, &snaps).await?;
+        archived = open_rows(ctx, &planned.reconcile).await?;
         tracing::info!(
             "{}: reconciling {} archived row(s) of unsettled batch(es) {}",
             ctx.cfg.source_name(),
@@ -545,9 +592,20 @@ async fn restored_rows(ctx: &mut Ctx<'_>, planned: &PlannedBatch) -> Result<Vec<
         .await
         .map_err(|e| Error::internal(format!("extract task failed: {e}")))??;
     let in_pg: u64 = present.values().map(|n| u64::from(*n)).sum();
+    let table = &ctx.table.table;
+    let ledger = lake::commit::read_ledger_full(table, &src.source_id())?;
     let mut out = Vec::new();
+    // Batches whose snapshot was expired, by range: their rows are the live
+    // rows of the range's partitions (all batches of those windows together).
+    let mut expired: BTreeMap<(Micros, Micros), Vec<&str>> = BTreeMap::new();
     for id in &planned.restorable {
-        let Some(snap) = lake::commit::find_batch(&ctx.table.table, id) else {
+        let Some(snap) = lake::commit::find_batch(table, id) else {
+            if let Some((b, _)) = ledger.batches.iter().find(|(b, _)| &b.batch_id == id) {
+                expired
+                    .entry((b.range.start, b.range.end))
+                    .or_default()
+                    .push(id);
+            }
             continue;
         };
         let rows: u64 = snap
@@ -559,20 +617,8 @@ async fn restored_rows(ctx: &mut Ctx<'_>, planned: &PlannedBatch) -> Result<Vec<
         if rows == 0 || rows > in_pg {
             continue;
         }
-        let hashes = lake::readback::row_hashes(&ctx.table.table, &[snap]).await?;
-        let mut need: HashMap<u128, u32> = HashMap::new();
-        for h in &hashes {
-            *need.entry(*h).or_default() += 1;
-        }
-        if need
-            .iter()
-            .all(|(h, n)| present.get(h).is_some_and(|p| p >= n))
-        {
-            for (h, n) in need {
-                if let Some(p) = present.get_mut(&h) {
-                    *p -= n;
-                }
-            }
+        let hashes = lake::readback::row_hashes(table, &[snap]).await?;
+        if take_if_present(&mut present, &hashes) {
             tracing::info!(
                 "{}: the {} row(s) of batch {id} are back in Postgres (restored); they are settled, not archived again",
                 ctx.cfg.source_name(),
@@ -581,7 +627,43 @@ async fn restored_rows(ctx: &mut Ctx<'_>, planned: &PlannedBatch) -> Result<Vec<
             out.extend(hashes);
         }
     }
+    for ((start, end), ids) in expired {
+        let range = Window { start, end };
+        let hashes =
+            lake::readback::row_hashes_in_windows(table, ctx.cfg.partition_by, &range).await?;
+        if !hashes.is_empty() && take_if_present(&mut present, &hashes) {
+            tracing::info!(
+                "{}: the {} archived row(s) of {} (batches {}, snapshots expired) are back in Postgres (restored); they are settled, not archived again",
+                ctx.cfg.source_name(),
+                hashes.len(),
+                rfc3339(start),
+                ids.join(", ")
+            );
+            out.extend(hashes);
+        }
+    }
     Ok(out)
+}
+
+/// Whether every hash of `hashes` is in `present` (as a multiset); if so,
+/// takes them out.
+fn take_if_present(present: &mut HashMap<u128, u32>, hashes: &[u128]) -> bool {
+    let mut need: HashMap<u128, u32> = HashMap::new();
+    for h in hashes {
+        *need.entry(*h).or_default() += 1;
+    }
+    if !need
+        .iter()
+        .all(|(h, n)| present.get(h).is_some_and(|p| p >= n))
+    {
+        return false;
+    }
+    for (h, n) in need {
+        if let Some(p) = present.get_mut(&h) {
+            *p -= n;
+        }
+    }
+    true
 }
 
 struct BatchDone {
@@ -830,8 +912,13 @@ async fn run_batch(
         summary.insert(keys::RECONCILED_ROWS.to_string(), reconciled.to_string());
     }
     let nfiles = files.len();
+    let source_id = src.source_id();
+    let update = lake::commit::LedgerUpdate {
+        source: &source_id,
+        settled: &ctx.settled,
+    };
     let (snapshot_id, committed) =
-        lake::commit::commit_batch(ctx.catalog, &ctx.table.ident, files, summary).await?;
+        lake::commit::commit_batch(ctx.catalog, &ctx.table.ident, files, summary, update).await?;
     fault::point("after-commit");
 
     // Verify from the catalog, not from memory.
@@ -863,6 +950,10 @@ async fn run_batch(
         .await
         .map_err(|e| Error::postgres("cannot commit the Postgres transaction (the batch is archived; the next run settles it)", e))?;
     fault::point("after-pg-commit");
+    if mode == BatchMode::Move {
+        ctx.settled.insert(batch_id.to_string());
+        ctx.settled.extend(reconciles.iter().cloned());
+    }
     let resolved_failures: Vec<String> = reconciles
         .iter()
         .filter(|id| lake::commit::failed_batches(&ctx.table.table).contains_key(*id))

@@ -709,7 +709,12 @@ async fn show_cmd(a: ShowArgs) -> Result<ExitCode> {
     output::line("");
     output::line("properties:");
     for (k, v) in &info.properties {
-        let v = if v.len() > 100 {
+        let v = if k == crate::plan::keys::LEDGER {
+            match crate::plan::ledger::parse(v) {
+                Ok(b) => format!("{} batch(es) (the durable ledger)", b.len()),
+                Err(e) => e,
+            }
+        } else if v.len() > 100 {
             format!(
                 "{}…",
                 &v[..v.char_indices().nth(100).map(|(i, _)| i).unwrap_or(v.len())]

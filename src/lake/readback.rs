@@ -199,3 +199,67 @@ pub async fn row_hashes(table: &Table, snapshots: &[SnapshotRef]) -> Result<Vec<
     }
     Ok(hashes)
 }
+
+/// Row hashes of the rows in `files` (a batch whose snapshot was expired, as
+/// the durable ledger records its files), read with the current schema.
+pub async fn row_hashes_of_files(
+    table: &Table,
+    files: &[crate::plan::ledger::LedgerFile],
+) -> Result<Vec<u128>> {
+    let current = table
+        .metadata()
+        .current_snapshot()
+        .cloned()
+        .ok_or_else(|| Error::internal("a table with batches has no current snapshot"))?;
+    let files: Vec<AddedFile> = files
+        .iter()
+        .map(|f| AddedFile {
+            path: f.path.clone(),
+            size: f.size,
+            records: f.records,
+        })
+        .collect();
+    let mut hasher = RowHasher::default();
+    let mut hashes = Vec::new();
+    for_each_batch(table, &current, &files, |b| {
+        hasher.hash_rows(b, &mut hashes)
+    })
+    .await?;
+    Ok(hashes)
+}
+
+/// Row hashes of the live rows in the partitions (windows of `g`) that lie
+/// inside `range`: every batch of those windows together.
+pub async fn row_hashes_in_windows(
+    table: &Table,
+    g: crate::plan::window::Granularity,
+    range: &crate::plan::window::Window,
+) -> Result<Vec<u128>> {
+    use iceberg::spec::{Literal, PrimitiveLiteral};
+    let Some(current) = table.metadata().current_snapshot().cloned() else {
+        return Ok(vec![]);
+    };
+    let files: Vec<AddedFile> = live_files(table)
+        .await?
+        .into_iter()
+        .filter(|f| match f.partition.first() {
+            Some(Some(Literal::Primitive(PrimitiveLiteral::Int(n)))) => {
+                let w = g.window(*n as i64);
+                w.start >= range.start && w.end <= range.end
+            }
+            _ => false,
+        })
+        .map(|f| AddedFile {
+            path: f.path,
+            size: f.size,
+            records: f.records,
+        })
+        .collect();
+    let mut hasher = RowHasher::default();
+    let mut hashes = Vec::new();
+    for_each_batch(table, &current, &files, |b| {
+        hasher.hash_rows(b, &mut hashes)
+    })
+    .await?;
+    Ok(hashes)
+}

@@ -19,6 +19,7 @@
 //! the archive) — this is what keeps a crash at any point from archiving a row
 //! twice.
 
+pub mod ledger;
 pub mod window;
 
 #[cfg(test)]
@@ -48,10 +49,12 @@ pub mod keys {
     pub const VERSION: &str = "permafrost.version";
     /// Table property prefix marking a batch that failed verification.
     pub const FAILED_PREFIX: &str = "permafrost.failed.";
+    /// Table property holding the durable ledger ([`super::ledger`]).
+    pub const LEDGER: &str = "permafrost.ledger";
 }
 
 /// How a batch treated the source rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BatchMode {
     /// Rows were deleted in the same Postgres transaction that streamed them.

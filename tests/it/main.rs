@@ -15,6 +15,7 @@ mod hostile;
 mod inspect;
 mod modes;
 mod restore;
+mod retention;
 mod safety;
 mod tls;
 mod types;

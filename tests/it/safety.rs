@@ -16,17 +16,17 @@ const DAY_US: i64 = 86_400_000_000;
 
 /// A sensor table with `windows` daily windows of exactly `per_window` rows, all older
 /// than the lag, a copy of it (`before_rows`) and a log of rows inserted later.
-struct Fixture {
-    s: Services,
-    db: TestDb,
-    ws: Ws,
-    cat: CatalogSetup,
-    cfg: String,
-    env: Vec<(String, String)>,
+pub(crate) struct Fixture {
+    pub(crate) s: Services,
+    pub(crate) db: TestDb,
+    pub(crate) ws: Ws,
+    pub(crate) cat: CatalogSetup,
+    pub(crate) cfg: String,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Fixture {
-    async fn new(
+    pub(crate) async fn new(
         s: &Services,
         cat: Option<CatalogSetup>,
         kind: Cat,
@@ -82,7 +82,10 @@ impl Fixture {
         }
     }
 
-    fn env_with<'a>(&'a self, more: &'a [(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    pub(crate) fn env_with<'a>(
+        &'a self,
+        more: &'a [(&'a str, &'a str)],
+    ) -> Vec<(&'a str, &'a str)> {
         let mut e: Vec<(&str, &str)> = self
             .env
             .iter()
@@ -92,7 +95,7 @@ impl Fixture {
         e
     }
 
-    fn archive(&self, extra_args: &[&str], more_env: &[(&str, &str)]) -> Out {
+    pub(crate) fn archive(&self, extra_args: &[&str], more_env: &[(&str, &str)]) -> Out {
         let mut args = vec!["archive", "-c", self.cfg.as_str(), "--json"];
         args.extend_from_slice(extra_args);
         self.ws.run_env(&args, &self.env_with(more_env))
@@ -130,7 +133,7 @@ impl Fixture {
         serde_json::from_slice(&out.stdout).expect("json")
     }
 
-    fn assert_reconciled(&self, what: &str) -> Value {
+    pub(crate) fn assert_reconciled(&self, what: &str) -> Value {
         let r = self.reconcile();
         assert_eq!(r["ok"], true, "{what}: not exactly once: {r}");
         r
