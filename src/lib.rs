@@ -19,6 +19,7 @@ pub mod filter;
 pub mod http;
 pub mod inspect;
 pub mod lake;
+pub mod maintain;
 pub mod notify;
 pub mod plan;
 pub mod progress;

@@ -61,6 +61,8 @@ pub enum Command {
     Query(QueryArgs),
     /// Bring an archived range back into Postgres: staged, validated, then attached or merged.
     Restore(RestoreArgs),
+    /// Keep archive tables small: expire old snapshots, merge manifests (no file is deleted).
+    Maintain(MaintainArgs),
 }
 
 /// Window states for `list --status`.
@@ -320,6 +322,30 @@ pub struct StatusArgs {
     /// Pretend the current time is this (RFC 3339); for tests and demos.
     #[arg(long, hide = true)]
     pub now: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MaintainArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only this table.
+    #[arg(long, short = 't')]
+    pub table: Option<String>,
+    /// Say what would be done; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Expire snapshots older than this (`7d`, `12h`); time travel stays possible within it.
+    #[arg(long, default_value = "7d")]
+    pub older_than: String,
+    /// Snapshots always kept, however old.
+    #[arg(long, default_value_t = 10)]
+    pub retain_last: usize,
+    /// Merge the current snapshot's data manifests when there are more than this.
+    #[arg(long, default_value_t = 16)]
+    pub max_manifests: usize,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

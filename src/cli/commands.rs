@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use crate::archive::{self, ArchiveOptions, Outcome};
 use crate::cli::args::{
-    ArchiveArgs, CheckArgs, Cli, Command, DemoArgs, DiffArgs, FetchArgs, ListArgs, QueryArgs,
-    ReplayArgs, RestoreArgs, ShowArgs, SnapshotArg, SnapshotsArgs, StateArg, StatusArgs,
+    ArchiveArgs, CheckArgs, Cli, Command, DemoArgs, DiffArgs, FetchArgs, ListArgs, MaintainArgs,
+    QueryArgs, ReplayArgs, RestoreArgs, ShowArgs, SnapshotArg, SnapshotsArgs, StateArg, StatusArgs,
 };
 use crate::cli::output::{self, num};
 use crate::config::Config;
@@ -52,6 +52,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Fetch(a) => fetch_cmd(a, &progress).await,
         Command::Query(a) => query_cmd(a, &progress).await,
         Command::Restore(a) => restore_cmd(a, &progress).await,
+        Command::Maintain(a) => maintain_cmd(a).await,
     };
     match result {
         Ok(code) => code,
@@ -364,6 +365,50 @@ fn print_archive(reports: &[archive::TableReport], dry_run: bool) {
             ));
         }
     }
+}
+
+async fn maintain_cmd(a: MaintainArgs) -> Result<ExitCode> {
+    let cfg = load(&a.config.config)?;
+    let older_than = crate::config::parse_duration(&a.older_than)
+        .map_err(|m| Error::config(format!("--older-than: {m}")))?;
+    if a.retain_last == 0 {
+        return Err(Error::config("--retain-last must be at least 1"));
+    }
+    let opts = crate::maintain::MaintainOptions {
+        dry_run: a.dry_run,
+        older_than,
+        retain_last: a.retain_last,
+        max_manifests: a.max_manifests.max(1),
+        now_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    let reports = crate::maintain::run(&cfg, a.table.as_deref(), &opts).await?;
+    if a.json {
+        output::json(&reports)?;
+    } else {
+        let rows: Vec<Vec<String>> = reports
+            .iter()
+            .map(|r| {
+                vec![
+                    r.source.clone(),
+                    format!(
+                        "{} -> {}",
+                        r.snapshots_before,
+                        r.snapshots_before - r.snapshots_expired
+                    ),
+                    format!("{} -> {}", r.data_manifests_before, r.data_manifests_after),
+                    format!("{} -> {}", r.metadata_bytes_before, r.metadata_bytes_after),
+                ]
+            })
+            .collect();
+        output::table(
+            &["TABLE", "SNAPSHOTS", "DATA MANIFESTS", "METADATA BYTES"],
+            &rows,
+        );
+        if a.dry_run {
+            output::line("(dry run: nothing changed)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn status_cmd(a: StatusArgs) -> Result<ExitCode> {

@@ -6,6 +6,7 @@ pub mod commit;
 pub mod evolve;
 pub mod glue;
 pub mod layout;
+pub mod maintenance;
 pub mod metadata_commit;
 pub mod readback;
 pub mod table;

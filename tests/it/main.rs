@@ -13,6 +13,7 @@ mod errors;
 mod evolution;
 mod hostile;
 mod inspect;
+mod maintenance;
 mod modes;
 mod restore;
 mod retention;

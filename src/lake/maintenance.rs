@@ -1,0 +1,225 @@
+//! Table maintenance: what keeps a table that gets a snapshot per batch for
+//! years small enough to load fast.
+//!
+//! - [`expire_snapshots`]: iceberg-rust's `ExpireSnapshotsAction` (Java's
+//!   `RemoveSnapshots` rules: branch and tag heads are never expired).  Safe
+//!   for permafrost's own bookkeeping because the batch history lives in the
+//!   durable ledger property ([`crate::plan::ledger`]), not in snapshots.
+//!   Metadata only: no file is deleted.
+//! - [`rewrite_manifests`]: one fast append adds one manifest, so the current
+//!   snapshot lists one manifest per batch ever archived and every scan plan
+//!   opens them all.  This writes the live data entries into one manifest
+//!   per partition spec with iceberg-rust's manifest and manifest-list
+//!   writers (entries stay `EXISTING` with their snapshot ids and sequence
+//!   numbers), and commits a `replace` snapshot through the catalog's commit
+//!   protocol ([`super::metadata_commit`]) under the requirement that `main`
+//!   still points at the snapshot it read: a concurrent archive makes it
+//!   fail cleanly, and a crash before the commit leaves only unreferenced
+//!   files.  Table content is unchanged.
+//!
+//! Not yet: compacting small data files and deleting orphan files.
+
+use std::collections::{BTreeMap, HashMap};
+
+use iceberg::spec::{
+    DataContentType, ManifestContentType, ManifestFile, ManifestListWriter, ManifestWriterBuilder,
+    Operation, Snapshot, SnapshotReference, SnapshotRetention, Summary,
+};
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::{Catalog, TableRequirement, TableUpdate};
+
+use crate::config::CatalogConfig;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Summary key marking permafrost's maintenance snapshots.
+pub const MAINTENANCE: &str = "permafrost.maintenance";
+
+fn ice(what: &str, e: iceberg::Error) -> Error {
+    Error::iceberg(what, e)
+}
+
+/// Expires the snapshots older than `older_than_ms`, keeping at least the
+/// newest `retain_last` of `main`.  Returns the table after the commit and
+/// how many snapshots went.
+pub async fn expire_snapshots(
+    catalog: &dyn Catalog,
+    table: &Table,
+    older_than_ms: i64,
+    retain_last: usize,
+) -> Result<(Table, usize)> {
+    let before = table.metadata().snapshots().count();
+    let tx = Transaction::new(table);
+    let tx = tx
+        .expire_snapshots()
+        .expire_older_than_ms(older_than_ms)
+        .retain_last(retain_last.max(1))
+        .apply(tx)
+        .map_err(|e| ice("cannot prepare the snapshot expiry", e))?;
+    let after = tx
+        .commit(catalog)
+        .await
+        .map_err(|e| ice("cannot expire snapshots", e))?;
+    let expired = before.saturating_sub(after.metadata().snapshots().count());
+    Ok((after, expired))
+}
+
+/// The manifests of the current snapshot: (data, delete).
+pub async fn current_manifests(table: &Table) -> Result<(Vec<ManifestFile>, Vec<ManifestFile>)> {
+    let Some(snapshot) = table.metadata().current_snapshot() else {
+        return Ok((vec![], vec![]));
+    };
+    let list = table
+        .manifest_list_reader(snapshot)
+        .load()
+        .await
+        .map_err(|e| ice("cannot read the manifest list", e))?;
+    Ok(list
+        .entries()
+        .iter()
+        .cloned()
+        .partition(|m| m.content == ManifestContentType::Data))
+}
+
+/// Rewrites the current snapshot's data manifests into one per partition
+/// spec (see the module doc).  Returns the number of data manifests before
+/// and after; unchanged (and nothing committed) when there is at most one.
+pub async fn rewrite_manifests(cfg: &CatalogConfig, table: &Table) -> Result<(usize, usize)> {
+    let md = table.metadata();
+    let Some(current) = md.current_snapshot().cloned() else {
+        return Ok((0, 0));
+    };
+    let (data, deletes) = current_manifests(table).await?;
+    if data.len() <= 1 {
+        return Ok((data.len(), data.len()));
+    }
+    let snapshot_id = new_snapshot_id(table);
+    let sequence = md.next_sequence_number();
+    let commit = uuid::Uuid::now_v7();
+    let mut by_spec: BTreeMap<i32, Vec<&ManifestFile>> = BTreeMap::new();
+    for m in &data {
+        by_spec.entry(m.partition_spec_id).or_default().push(m);
+    }
+    let mut written = Vec::new();
+    let (mut files, mut rows) = (0u64, 0u64);
+    for (n, (spec_id, manifests)) in by_spec.into_iter().enumerate() {
+        let spec = md.partition_spec_by_id(spec_id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Catalog,
+                format!("a manifest names partition spec {spec_id}, which the table lacks"),
+            )
+        })?;
+        let path = format!("{}/metadata/{commit}-m{n}.avro", md.location());
+        let output = table
+            .file_io()
+            .new_output(&path)
+            .map_err(|e| ice("cannot create a manifest", e))?;
+        let mut writer = ManifestWriterBuilder::new(
+            output,
+            Some(snapshot_id),
+            md.current_schema().clone(),
+            spec.as_ref().clone(),
+        )
+        .build_v2_data();
+        for m in manifests {
+            let manifest = m
+                .load_manifest(table.file_io())
+                .await
+                .map_err(|e| ice(&format!("cannot read manifest {}", m.manifest_path), e))?;
+            for e in manifest.entries() {
+                if !e.is_alive() || e.content_type() != DataContentType::Data {
+                    continue;
+                }
+                let (Some(snap), Some(seq)) = (e.snapshot_id(), e.sequence_number()) else {
+                    return Err(Error::new(
+                        ErrorKind::Catalog,
+                        format!(
+                            "manifest {} has an entry without snapshot or sequence",
+                            m.manifest_path
+                        ),
+                    ));
+                };
+                files += 1;
+                rows += e.record_count();
+                writer
+                    .add_existing_file(e.data_file().clone(), snap, seq, e.file_sequence_number)
+                    .map_err(|e| ice("cannot add a manifest entry", e))?;
+            }
+        }
+        written.push(
+            writer
+                .write_manifest_file()
+                .await
+                .map_err(|e| ice("cannot write a manifest", e))?,
+        );
+    }
+    let after = written.len();
+    let list_path = format!(
+        "{}/metadata/snap-{snapshot_id}-0-{commit}.avro",
+        md.location()
+    );
+    let out = table
+        .file_io()
+        .new_output(&list_path)
+        .map_err(|e| ice("cannot create the manifest list", e))?
+        .writer()
+        .await
+        .map_err(|e| ice("cannot create the manifest list", e))?;
+    let mut list = ManifestListWriter::v2(out, snapshot_id, Some(current.snapshot_id()), sequence);
+    list.add_manifests(written.into_iter().chain(deletes))
+        .map_err(|e| ice("cannot write the manifest list", e))?;
+    list.close()
+        .await
+        .map_err(|e| ice("cannot write the manifest list", e))?;
+    let summary = Summary {
+        operation: Operation::Replace,
+        additional_properties: HashMap::from([
+            (MAINTENANCE.to_string(), "rewrite-manifests".to_string()),
+            ("total-data-files".to_string(), files.to_string()),
+            ("total-records".to_string(), rows.to_string()),
+            ("manifests-created".to_string(), after.to_string()),
+            ("manifests-replaced".to_string(), data.len().to_string()),
+        ]),
+    };
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(Some(current.snapshot_id()))
+        .with_sequence_number(sequence)
+        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+        .with_manifest_list(list_path)
+        .with_summary(summary)
+        .with_schema_id(md.current_schema_id())
+        .build();
+    crate::fault::point("maintain-before-commit");
+    super::metadata_commit::commit(
+        cfg,
+        table,
+        vec![TableRequirement::RefSnapshotIdMatch {
+            r#ref: "main".to_string(),
+            snapshot_id: Some(current.snapshot_id()),
+        }],
+        vec![
+            TableUpdate::AddSnapshot { snapshot },
+            TableUpdate::SetSnapshotRef {
+                ref_name: "main".to_string(),
+                reference: SnapshotReference::new(
+                    snapshot_id,
+                    SnapshotRetention::branch(None, None, None),
+                ),
+            },
+        ],
+    )
+    .await?;
+    Ok((data.len(), after))
+}
+
+/// A positive snapshot id the table does not have.
+fn new_snapshot_id(table: &Table) -> i64 {
+    loop {
+        let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
+        let id = ((a ^ b) >> 1) as i64;
+        if id != 0 && table.metadata().snapshot_by_id(id).is_none() {
+            return id;
+        }
+    }
+}
