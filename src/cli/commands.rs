@@ -460,6 +460,19 @@ fn print_status(st: &[inspect::TableStatus]) {
                 s.source, f.batch_id, f.window_start, f.window_end, f.reason
             ));
         }
+        if let Some(sh) = &s.shape {
+            output::line(&format!(
+                "{}: {} snapshot(s) since {}, {} data manifest(s), {} data file(s) ({} small), metadata {} (ledger {})",
+                s.source,
+                sh.snapshots,
+                sh.oldest_snapshot.as_deref().unwrap_or("-"),
+                sh.data_manifests,
+                sh.data_files,
+                sh.small_files,
+                output::bytes(sh.metadata_bytes),
+                output::bytes(sh.ledger_bytes as u64)
+            ));
+        }
         if !s.unsettled_batches.is_empty() {
             output::line(&format!(
                 "{}: {} batch(es) committed but not yet settled in Postgres (the next archive run settles them): {}",

@@ -38,6 +38,10 @@ pub struct TableStatus {
     /// Batches committed whose Postgres transaction did not commit; the next
     /// archive run removes their rows from Postgres without re-archiving them.
     pub unsettled_batches: Vec<String>,
+    /// Snapshots, manifests, files and metadata size of the archive table
+    /// (what `maintain` shrinks); absent before the first archive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shape: Option<lake::maintenance::TableShape>,
 }
 
 /// A batch that failed verification.
@@ -104,6 +108,10 @@ async fn table_status(
             .into_iter()
             .collect();
     }
+    let shape = match &table {
+        Some(t_) => Some(lake::maintenance::shape(t_, t.target_file_size / 4).await?),
+        None => None,
+    };
     let ws = plan::window_states(&facts);
     let states = plan::batch_states(&facts);
     let count = |s: WindowState| ws.iter().filter(|w| w.state == s).count();
@@ -154,5 +162,6 @@ async fn table_status(
             .filter(|b| states.get(&b.batch_id) == Some(&BatchState::Unsettled))
             .map(|b| b.batch_id.clone())
             .collect(),
+        shape,
     })
 }

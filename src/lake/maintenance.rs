@@ -223,3 +223,38 @@ fn new_snapshot_id(table: &Table) -> i64 {
         }
     }
 }
+
+/// How big a table's metadata has grown, for `status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableShape {
+    pub snapshots: usize,
+    /// Commit time of the oldest snapshot kept (RFC 3339).
+    pub oldest_snapshot: Option<String>,
+    pub data_manifests: usize,
+    pub data_files: usize,
+    /// Data files under a quarter of `target_file_size` (compaction candidates).
+    pub small_files: usize,
+    pub metadata_bytes: u64,
+    /// Size of the durable ledger property.
+    pub ledger_bytes: usize,
+}
+
+/// The shape of `table`; files below `small` bytes count as small.
+pub async fn shape(table: &Table, small: u64) -> Result<TableShape> {
+    let md = table.metadata();
+    let oldest = md.snapshots().map(|s| s.timestamp_ms()).min();
+    let (data, _) = current_manifests(table).await?;
+    let files = super::readback::live_files(table).await?;
+    Ok(TableShape {
+        snapshots: md.snapshots().count(),
+        oldest_snapshot: oldest.map(|ms| crate::plan::window::rfc3339(ms * 1000)),
+        data_manifests: data.len(),
+        data_files: files.len(),
+        small_files: files.iter().filter(|f| f.size < small).count(),
+        metadata_bytes: crate::maintain::metadata_bytes(table).await?,
+        ledger_bytes: md
+            .properties()
+            .get(crate::plan::keys::LEDGER)
+            .map_or(0, String::len),
+    })
+}
