@@ -595,16 +595,20 @@ async fn restored_rows(ctx: &mut Ctx<'_>, planned: &PlannedBatch) -> Result<Vec<
     let table = &ctx.table.table;
     let ledger = lake::commit::read_ledger_full(table, &src.source_id())?;
     let mut out = Vec::new();
-    // Batches whose snapshot was expired, by range: their rows are the live
-    // rows of the range's partitions (all batches of those windows together).
+    // Batches whose snapshot was expired (or rolled up), by range: their
+    // rows are the live rows of the range's partitions (all batches of those
+    // windows together).
     let mut expired: BTreeMap<(Micros, Micros), Vec<&str>> = BTreeMap::new();
     for id in &planned.restorable {
         let Some(snap) = lake::commit::find_batch(table, id) else {
+            // Only the part inside the planned range: a restore may have
+            // brought back a day of a batch (or roll-up) spanning more.
             if let Some((b, _)) = ledger.batches.iter().find(|(b, _)| &b.batch_id == id) {
-                expired
-                    .entry((b.range.start, b.range.end))
-                    .or_default()
-                    .push(id);
+                let start = b.range.start.max(planned.range.start);
+                let end = b.range.end.min(planned.range.end);
+                if start < end {
+                    expired.entry((start, end)).or_default().push(id);
+                }
             }
             continue;
         };

@@ -29,6 +29,7 @@ pub struct Config {
     pub tables: Vec<TableConfig>,
     pub global: GlobalConfig,
     pub notify: NotifyConfig,
+    pub maintenance: MaintenanceConfig,
 }
 
 /// How to reach PostgreSQL.
@@ -239,6 +240,20 @@ pub struct NotifyConfig {
     pub webhook_url: Option<String>,
 }
 
+/// `maintenance`: defaults of `permafrost maintain`, and whether `archive`
+/// runs it after archiving.
+#[derive(Debug, Clone)]
+pub struct MaintenanceConfig {
+    /// Run `maintain` after every successful `archive`.
+    pub after_archive: bool,
+    /// Snapshots older than this are expired.
+    pub older_than: Duration,
+    /// Snapshots always kept.
+    pub retain_last: usize,
+    /// Data manifests tolerated before they are merged.
+    pub max_manifests: usize,
+}
+
 // ---------------------------------------------------------------------------
 // Raw file shape
 
@@ -253,6 +268,21 @@ struct RawConfig {
     global: RawGlobal,
     #[serde(default)]
     notify: RawNotify,
+    #[serde(default)]
+    maintenance: RawMaintenance,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMaintenance {
+    #[serde(default, deserialize_with = "scalar")]
+    after_archive: bool,
+    #[serde(default)]
+    older_than: Option<String>,
+    #[serde(default, deserialize_with = "opt_scalar")]
+    retain_last: Option<usize>,
+    #[serde(default, deserialize_with = "opt_scalar")]
+    max_manifests: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -542,6 +572,7 @@ impl Config {
             notify: NotifyConfig {
                 webhook_url: raw.notify.webhook_url,
             },
+            maintenance: maintenance_config(raw.maintenance)?,
         })
     }
 
@@ -770,6 +801,32 @@ fn parse_table(i: usize, t: RawTable, default_namespace: &str) -> Result<TableCo
         exclude_columns: t.exclude_columns,
         text_columns: t.text_columns,
         drop_partitions: t.drop_partitions,
+    })
+}
+
+fn maintenance_config(raw: RawMaintenance) -> Result<MaintenanceConfig> {
+    let older_than = match &raw.older_than {
+        Some(s) => parse_duration(s)
+            .map_err(|m| Error::config(format!("`maintenance.older_than`: {m}")))?,
+        None => Duration::from_secs(7 * 86_400),
+    };
+    let retain_last = raw.retain_last.unwrap_or(10);
+    let max_manifests = raw.max_manifests.unwrap_or(16);
+    for (key, v) in [
+        ("retain_last", retain_last),
+        ("max_manifests", max_manifests),
+    ] {
+        if v == 0 {
+            return Err(Error::config(format!(
+                "`maintenance.{key}` must be at least 1"
+            )));
+        }
+    }
+    Ok(MaintenanceConfig {
+        after_archive: raw.after_archive,
+        older_than,
+        retain_last,
+        max_manifests,
     })
 }
 

@@ -334,15 +334,17 @@ pub struct MaintainArgs {
     /// Say what would be done; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Expire snapshots older than this (`7d`, `12h`); time travel stays possible within it.
-    #[arg(long, default_value = "7d")]
-    pub older_than: String,
-    /// Snapshots always kept, however old.
-    #[arg(long, default_value_t = 10)]
-    pub retain_last: usize,
-    /// Merge the current snapshot's data manifests when there are more than this.
-    #[arg(long, default_value_t = 16)]
-    pub max_manifests: usize,
+    /// Expire snapshots older than this (`7d`, `12h`); time travel stays
+    /// possible within it [default: `maintenance.older_than`, else 7d].
+    #[arg(long)]
+    pub older_than: Option<String>,
+    /// Snapshots always kept, however old [default: `maintenance.retain_last`, else 10].
+    #[arg(long)]
+    pub retain_last: Option<usize>,
+    /// Merge the current snapshot's data manifests when there are more than
+    /// this [default: `maintenance.max_manifests`, else 16].
+    #[arg(long)]
+    pub max_manifests: Option<usize>,
     /// Machine-readable output on stdout.
     #[arg(long)]
     pub json: bool,

@@ -284,11 +284,29 @@ async fn run_archive(
             failed += 1;
         }
     }
+    if failed == 0 && !opts.dry_run && cfg.maintenance.after_archive {
+        maintain_after_archive(cfg, opts).await?;
+    }
     Ok(if failed > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `maintenance.after_archive`: `maintain` with the config's settings over
+/// the tables just archived; reported on stderr (stdout is the archive's).
+async fn maintain_after_archive(cfg: &Config, opts: &ArchiveOptions) -> Result<()> {
+    let m = &cfg.maintenance;
+    let mopts = crate::maintain::MaintainOptions {
+        dry_run: false,
+        older_than: m.older_than,
+        retain_last: m.retain_last,
+        max_manifests: m.max_manifests,
+        now_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    crate::maintain::run(cfg, opts.table.as_deref(), &mopts).await?;
+    Ok(())
 }
 
 fn print_archive(reports: &[archive::TableReport], dry_run: bool) {
@@ -369,16 +387,22 @@ fn print_archive(reports: &[archive::TableReport], dry_run: bool) {
 
 async fn maintain_cmd(a: MaintainArgs) -> Result<ExitCode> {
     let cfg = load(&a.config.config)?;
-    let older_than = crate::config::parse_duration(&a.older_than)
-        .map_err(|m| Error::config(format!("--older-than: {m}")))?;
-    if a.retain_last == 0 {
-        return Err(Error::config("--retain-last must be at least 1"));
+    let m = &cfg.maintenance;
+    let older_than = match &a.older_than {
+        Some(s) => crate::config::parse_duration(s)
+            .map_err(|msg| Error::config(format!("--older-than: {msg}")))?,
+        None => m.older_than,
+    };
+    if a.retain_last == Some(0) || a.max_manifests == Some(0) {
+        return Err(Error::config(
+            "--retain-last and --max-manifests must be at least 1",
+        ));
     }
     let opts = crate::maintain::MaintainOptions {
         dry_run: a.dry_run,
         older_than,
-        retain_last: a.retain_last,
-        max_manifests: a.max_manifests.max(1),
+        retain_last: a.retain_last.unwrap_or(m.retain_last),
+        max_manifests: a.max_manifests.unwrap_or(m.max_manifests),
         now_ms: chrono::Utc::now().timestamp_millis(),
     };
     let reports = crate::maintain::run(&cfg, a.table.as_deref(), &opts).await?;

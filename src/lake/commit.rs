@@ -59,6 +59,8 @@ pub struct Ledger {
     pub batches: Vec<(BatchRecord, Vec<LedgerFile>)>,
     /// The stored entries of every source (rewritten on the next commit).
     pub stored: Vec<LedgerEntry>,
+    /// Batches whose snapshots are in the current ancestry.
+    pub in_history: HashSet<String>,
 }
 
 impl Ledger {
@@ -113,9 +115,11 @@ pub fn read_ledger_full(table: &Table, source: &str) -> Result<Ledger> {
         }
         None => vec![],
     };
+    let in_history = from_snapshots.iter().map(|b| b.batch_id.clone()).collect();
     Ok(Ledger {
         batches: ledger::merge(from_snapshots, &stored, source),
         stored,
+        in_history,
     })
 }
 
@@ -197,6 +201,7 @@ pub async fn commit_batch(
         &known.stored,
         update.source,
         update.settled,
+        &known.in_history,
         entry,
     ));
     let tx = Transaction::new(&table);

@@ -39,8 +39,19 @@ pub struct LedgerFile {
     pub records: u64,
 }
 
+/// A contiguous range of settled batches merged by the monthly roll-up:
+/// range (µs), rows, highest sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    pub start: i64,
+    pub end: i64,
+    pub rows: u64,
+    pub seq: u32,
+}
+
 /// One batch as the property records it (short keys: it is rewritten on
-/// every commit).
+/// every commit) — or, with `runs`, a month of settled batches whose
+/// snapshots were expired, rolled up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {
     pub id: String,
@@ -66,6 +77,9 @@ pub struct LedgerEntry {
     /// Files added, kept while the batch is not known to be settled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<LedgerFile>,
+    /// A roll-up: the runs it merged (then `id` is `rollup-YYYY-MM`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<Run>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -91,7 +105,31 @@ impl LedgerEntry {
             rec: rec.reconciles.clone(),
             sum: rec.checksum.clone(),
             files,
+            runs: vec![],
         }
+    }
+
+    /// The batch records of this entry: itself, or one per run of a roll-up
+    /// (`rollup-YYYY-MM.k`, settled).
+    pub fn records(&self) -> Vec<BatchRecord> {
+        if self.runs.is_empty() {
+            return vec![self.record()];
+        }
+        self.runs
+            .iter()
+            .enumerate()
+            .map(|(k, r)| BatchRecord {
+                batch_id: format!("{}.{k}", self.id),
+                range: Window {
+                    start: r.start,
+                    end: r.end,
+                },
+                sequence: r.seq,
+                rows: r.rows,
+                rolled_up: true,
+                ..self.record()
+            })
+            .collect()
     }
 
     /// The batch record (`snapshot_id` 0 when the snapshot is unknown).
@@ -110,6 +148,7 @@ impl LedgerEntry {
             reconciles: self.rec.clone(),
             rows: self.rows,
             checksum: self.sum.clone(),
+            rolled_up: false,
         }
     }
 }
@@ -151,7 +190,7 @@ pub fn merge(
     let mut out: Vec<(BatchRecord, Vec<LedgerFile>)> = stored
         .iter()
         .filter(|e| e.src == source && !seen.contains(e.id.as_str()))
-        .map(|e| (e.record(), e.files.clone()))
+        .flat_map(|e| e.records().into_iter().map(|r| (r, e.files.clone())))
         .collect();
     let files_of = |id: &str| {
         stored
@@ -172,24 +211,94 @@ pub fn merge(
 /// The property after committing `new`: every known batch (`known`, from
 /// [`merge`], plus other sources' stored entries), the new one last; batches
 /// in `settled` keep neither checksum nor files.
+///
+/// Settled batches whose snapshots are no longer in the ancestry
+/// (`in_history` lists those that are) are rolled up per calendar month of
+/// their start into one entry of contiguous runs: the ledger then grows with
+/// months, not batches, once snapshots are expired.  A batch still in the
+/// ancestry, or open, stays on its own.
 pub fn next(
     known: &[(BatchRecord, Vec<LedgerFile>)],
     others: &[LedgerEntry],
     source: &str,
     settled: &HashSet<String>,
+    in_history: &HashSet<String>,
     new: LedgerEntry,
 ) -> Vec<LedgerEntry> {
     let mut out: Vec<LedgerEntry> = others.iter().filter(|e| e.src != source).cloned().collect();
+    let mut months: std::collections::BTreeMap<String, LedgerEntry> = Default::default();
     for (b, files) in known {
+        let settled_now = b.rolled_up || settled.contains(&b.batch_id);
+        if settled_now && !in_history.contains(&b.batch_id) {
+            let month = month_of(b.range.start);
+            let e = months.entry(month.clone()).or_insert_with(|| LedgerEntry {
+                id: format!("rollup-{month}"),
+                src: source.to_string(),
+                snap: None,
+                at: b.committed_at_ms,
+                start: b.range.start,
+                end: b.range.end,
+                seq: 0,
+                mode: BatchMode::Move,
+                xid: None,
+                rows: 0,
+                rec: vec![],
+                sum: String::new(),
+                files: vec![],
+                runs: vec![],
+            });
+            add_run(
+                e,
+                Run {
+                    start: b.range.start,
+                    end: b.range.end,
+                    rows: b.rows,
+                    seq: b.sequence,
+                },
+            );
+            e.at = e.at.max(b.committed_at_ms);
+            continue;
+        }
         let mut e = LedgerEntry::of(b, source, files.clone());
-        if settled.contains(&b.batch_id) {
+        if settled_now {
             e.sum.clear();
             e.files.clear();
         }
         out.push(e);
     }
+    out.extend(months.into_values());
+    out.sort_by_key(|e| e.at);
     out.push(new);
     out
+}
+
+/// `YYYY-MM` of an instant (µs), UTC.
+fn month_of(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.format("%Y-%m").to_string())
+        .unwrap_or_else(|| "out-of-range".into())
+}
+
+/// Adds `run` to a roll-up, merging runs that touch or overlap.
+fn add_run(e: &mut LedgerEntry, run: Run) {
+    e.runs.push(run);
+    e.runs.sort_by_key(|r| (r.start, r.end));
+    let mut merged: Vec<Run> = Vec::with_capacity(e.runs.len());
+    for r in e.runs.drain(..) {
+        match merged.last_mut() {
+            Some(m) if r.start <= m.end => {
+                m.end = m.end.max(r.end);
+                m.rows += r.rows;
+                m.seq = m.seq.max(r.seq);
+            }
+            _ => merged.push(r),
+        }
+    }
+    e.runs = merged;
+    e.start = e.runs.first().map_or(e.start, |r| r.start);
+    e.end = e.runs.last().map_or(e.end, |r| r.end);
+    e.rows = e.runs.iter().map(|r| r.rows).sum();
+    e.seq = e.runs.iter().map(|r| r.seq).max().unwrap_or(0);
 }
 
 #[cfg(test)]
@@ -208,6 +317,7 @@ mod tests {
             reconciles: vec![],
             rows: 3,
             checksum: "abc".into(),
+            rolled_up: false,
         }
     }
 
@@ -262,11 +372,77 @@ mod tests {
             "t",
             vec![],
         )];
-        let out = next(&known, &others, "s", &settled, new);
+        let in_history = HashSet::from(["a".to_string(), "b".to_string()]);
+        let out = next(&known, &others, "s", &settled, &in_history, new);
         let ids: Vec<&str> = out.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["x", "a", "b", "c"]);
         assert!(out[1].files.is_empty() && out[1].sum.is_empty());
         assert_eq!(out[2].files, file());
         assert_eq!(out[3].snap, None);
+    }
+
+    #[test]
+    fn expired_settled_batches_roll_up_per_month() {
+        const HOUR: i64 = 3_600_000_000;
+        let jan = 1_704_067_200_000_000; // 2024-01-01
+        let feb = 1_706_745_600_000_000; // 2024-02-01
+        let batch = |id: &str, start: i64, seq: u32| BatchRecord {
+            range: Window {
+                start,
+                end: start + HOUR,
+            },
+            sequence: seq,
+            committed_at_ms: start / 1000,
+            ..rec(id, 0, 0, BatchMode::Move)
+        };
+        let known = vec![
+            (batch("j1", jan, 1), vec![]),
+            (batch("j2", jan + HOUR, 1), vec![]),
+            (batch("j2b", jan + HOUR, 2), vec![]),
+            (batch("j4", jan + 3 * HOUR, 1), vec![]),
+            (batch("open", jan + 5 * HOUR, 1), file()),
+            (batch("f1", feb, 1), vec![]),
+            (batch("kept", feb + HOUR, 1), vec![]),
+        ];
+        let settled: HashSet<String> = ["j1", "j2", "j2b", "j4", "f1", "kept"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let in_history = HashSet::from(["kept".to_string()]);
+        let new = LedgerEntry::of(&batch("new", feb + 2 * HOUR, 1), "s", file());
+        let out = next(&known, &[], "s", &settled, &in_history, new);
+        let ids: Vec<&str> = out.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["rollup-2024-01", "open", "rollup-2024-02", "kept", "new"]
+        );
+        let jan_runs = &out[0].runs;
+        assert_eq!(jan_runs.len(), 2, "a gap splits the runs: {jan_runs:?}");
+        assert_eq!(
+            (
+                jan_runs[0].start,
+                jan_runs[0].end,
+                jan_runs[0].rows,
+                jan_runs[0].seq
+            ),
+            (jan, jan + 2 * HOUR, 9, 2)
+        );
+        assert_eq!(out[0].rows, 12);
+        // Read back: settled records with the ranges, the open batch intact.
+        let text = render(&out);
+        let merged = merge(
+            vec![batch("kept", feb + HOUR, 1)],
+            &parse(&text).expect("parse"),
+            "s",
+        );
+        let recs: Vec<&BatchRecord> = merged.iter().map(|(b, _)| b).collect();
+        assert_eq!(recs.len(), 6, "{recs:?}");
+        assert!(recs.iter().filter(|b| b.rolled_up).count() == 3);
+        let open = merged
+            .iter()
+            .find(|(b, _)| b.batch_id == "open")
+            .expect("open");
+        assert_eq!(open.1, file());
+        assert!(!open.0.rolled_up);
     }
 }

@@ -87,6 +87,9 @@ pub struct BatchRecord {
     pub reconciles: Vec<String>,
     pub rows: u64,
     pub checksum: String,
+    /// Part of a month of settled batches the durable ledger merged into one
+    /// run (their snapshots expired): settled by definition.
+    pub rolled_up: bool,
 }
 
 impl BatchRecord {
@@ -160,6 +163,7 @@ impl BatchRecord {
             reconciles,
             rows: num(keys::ROWS)?,
             checksum: get(keys::CHECKSUM)?.clone(),
+            rolled_up: false,
         })
     }
 }
@@ -218,8 +222,9 @@ pub fn batch_states(facts: &TableFacts) -> HashMap<String, BatchState> {
             }
             _ => XactStatus::Aborted,
         };
-        let settled =
-            settled_by_later.contains(b.batch_id.as_str()) || own == XactStatus::Committed;
+        let settled = b.rolled_up
+            || settled_by_later.contains(b.batch_id.as_str())
+            || own == XactStatus::Committed;
         let state = if settled {
             BatchState::Settled
         } else if own == XactStatus::InProgress {
@@ -562,6 +567,7 @@ mod tests {
             reconciles: reconciles.iter().map(|s| s.to_string()).collect(),
             rows: 10,
             checksum: "x".into(),
+            rolled_up: false,
         }
     }
 

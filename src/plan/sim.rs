@@ -210,6 +210,7 @@ impl Model {
                     reconciles: reconciles.clone(),
                     rows: new.len() as u64,
                     checksum: String::new(),
+                    rolled_up: false,
                 });
                 self.archived.insert(batch_id.clone(), new.clone());
                 let rolled_back = match stop {

@@ -185,3 +185,100 @@ async fn maintain_racing_an_archive_fails_cleanly() {
     assert_eq!(out.json()[0]["data_manifests_after"], 1);
     f.assert_reconciled("after the second maintain");
 }
+
+/// Three days of hourly cron runs (`archive --now T` stepped hourly, lag
+/// 6h) with `maintain` after every 24: snapshots, manifests and the ledger
+/// stay bounded (settled batches whose snapshots expired are rolled up per
+/// month), and every row is archived exactly once.  Figures for longer
+/// histories: `scripts/scale`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_maintained_hourly_history_stays_small() {
+    let s = services!();
+    let db = TestDb::create(&s, "hourly").await;
+    let c = db.client().await;
+    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
+        .await
+        .expect("schema");
+    c.batch_execute(
+        "INSERT INTO device_events (occurred_at, device_id, event_type, severity) \
+         SELECT timestamptz '2026-01-01 00:00:00+00' + i * interval '1 minute', i % 5, 'tick', 1 \
+         FROM generate_series(0, 4 * 1440 - 1) i",
+    )
+    .await
+    .expect("rows");
+    let ws = Ws::new();
+    let cat = CatalogSetup::new(Cat::Sqlite, &s, &ws).await;
+    let cfg = ws.config(
+        "permafrost.yaml",
+        &format!(
+            "database:\n  dsn: \"{}\"\n{}global:\n  namespace: {}\ntables:\n\
+             \x20 - name: device_events\n    timestamp_column: occurred_at\n    partition_by: hour\n    lag: 6h\n",
+            db.dsn, cat.yaml, cat.namespace
+        ),
+    );
+    let cfg = cfg.to_string_lossy().to_string();
+    let env = CatalogSetup::env(&s);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let start = 1_767_250_800; // 2026-01-01T07:00:00Z
+    let mut archived = 0;
+    for i in 0..72 {
+        let now = rfc3339((start + i * 3600) * 1_000_000);
+        let out = ws.run_env(&["archive", "-c", &cfg, "--now", &now, "--json"], &env);
+        assert_eq!(out.code, 0, "run {i}: {}", out.stderr);
+        archived += archived_rows(&out.json());
+        if (i + 1) % 24 == 0 {
+            let m = ws.run_env(
+                &[
+                    "maintain",
+                    "-c",
+                    &cfg,
+                    "--older-than",
+                    "0s",
+                    "--retain-last",
+                    "24",
+                ],
+                &env,
+            );
+            assert_eq!(m.code, 0, "maintain: {}", m.stderr);
+        }
+    }
+    // The next cron run after the last maintain rolls up what it expired;
+    // with `maintenance.after_archive` it maintains too.
+    let now = rfc3339((start + 72 * 3600) * 1_000_000);
+    let yaml = std::fs::read_to_string(&cfg).expect("config");
+    let auto = ws.config(
+        "auto.yaml",
+        &format!(
+            "{yaml}maintenance:\n  after_archive: true\n  older_than: 0s\n  retain_last: 24\n  max_manifests: 1\n"
+        ),
+    );
+    let auto = auto.to_string_lossy().to_string();
+    let out = ws.run_env(&["archive", "-c", &auto, "--now", &now, "--json"], &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    archived += archived_rows(&out.json());
+    assert_eq!(archived, 73 * 60, "one hour of rows per run");
+    let status = ws
+        .run_env(&["status", "-c", &cfg, "--json", "--now", &now], &env)
+        .json();
+    let shape = &status[0]["shape"];
+    eprintln!("after 72 hourly runs: {shape}");
+    assert_eq!(status[0]["windows_archived"], 73, "{status}");
+    // 24 kept, the manifest rewrite's, and the run since.
+    assert!(shape["snapshots"].as_u64() <= Some(26), "{shape}");
+    assert_eq!(
+        shape["data_manifests"], 1,
+        "maintained after the archive: {shape}"
+    );
+    // 72 batches at ~200 bytes would be ~14 KB; rolled up it is the 24
+    // batches since the last maintain plus one month entry.
+    assert!(shape["ledger_bytes"].as_u64() < Some(8_000), "{shape}");
+    assert_eq!(
+        count(
+            &c,
+            "device_events",
+            "occurred_at < timestamptz '2026-01-04 01:00:00+00'"
+        )
+        .await,
+        0
+    );
+}
