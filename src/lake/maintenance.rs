@@ -96,12 +96,74 @@ pub async fn rewrite_manifests(cfg: &CatalogConfig, table: &Table) -> Result<(us
     let snapshot_id = new_snapshot_id(table);
     let sequence = md.next_sequence_number();
     let commit = uuid::Uuid::now_v7();
+    let merged = merge_manifests(table, &data, snapshot_id, commit).await?;
+    let after = merged.manifests.len();
+    let list_path = format!(
+        "{}/metadata/snap-{snapshot_id}-0-{commit}.avro",
+        md.location()
+    );
+    let mut list_writer = ManifestListWriter::v2(
+        output_writer(table, &list_path).await?,
+        snapshot_id,
+        Some(current.snapshot_id()),
+        sequence,
+    );
+    list_writer
+        .add_manifests(merged.manifests.into_iter().chain(deletes))
+        .map_err(|e| ice("cannot write the manifest list", e))?;
+    list_writer
+        .close()
+        .await
+        .map_err(|e| ice("cannot write the manifest list", e))?;
+    let summary = Summary {
+        operation: Operation::Replace,
+        additional_properties: HashMap::from([
+            (MAINTENANCE.to_string(), "rewrite-manifests".to_string()),
+            ("total-data-files".to_string(), merged.files.to_string()),
+            ("total-records".to_string(), merged.rows.to_string()),
+            ("manifests-created".to_string(), after.to_string()),
+            ("manifests-replaced".to_string(), data.len().to_string()),
+        ]),
+    };
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(Some(current.snapshot_id()))
+        .with_sequence_number(sequence)
+        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+        .with_manifest_list(list_path)
+        .with_summary(summary)
+        .with_schema_id(md.current_schema_id())
+        .build();
+    crate::fault::point("maintain-before-commit");
+    commit_replacing(cfg, table, current.snapshot_id(), snapshot).await?;
+    Ok((data.len(), after))
+}
+
+/// Manifests written by [`merge_manifests`], and the files and rows they hold.
+struct Merged {
+    manifests: Vec<ManifestFile>,
+    files: u64,
+    rows: u64,
+}
+
+/// Writes the live data entries of `data` into one manifest per partition
+/// spec, as `EXISTING` entries of `snapshot_id`.
+async fn merge_manifests(
+    table: &Table,
+    data: &[ManifestFile],
+    snapshot_id: i64,
+    commit: uuid::Uuid,
+) -> Result<Merged> {
+    let md = table.metadata();
     let mut by_spec: BTreeMap<i32, Vec<&ManifestFile>> = BTreeMap::new();
-    for m in &data {
+    for m in data {
         by_spec.entry(m.partition_spec_id).or_default().push(m);
     }
-    let mut written = Vec::new();
-    let (mut files, mut rows) = (0u64, 0u64);
+    let mut out = Merged {
+        manifests: Vec::new(),
+        files: 0,
+        rows: 0,
+    };
     for (n, (spec_id, manifests)) in by_spec.into_iter().enumerate() {
         let spec = md.partition_spec_by_id(spec_id).ok_or_else(|| {
             Error::new(
@@ -139,78 +201,60 @@ pub async fn rewrite_manifests(cfg: &CatalogConfig, table: &Table) -> Result<(us
                         ),
                     ));
                 };
-                files += 1;
-                rows += e.record_count();
+                out.files += 1;
+                out.rows += e.record_count();
                 writer
                     .add_existing_file(e.data_file().clone(), snap, seq, e.file_sequence_number)
                     .map_err(|e| ice("cannot add a manifest entry", e))?;
             }
         }
-        written.push(
+        out.manifests.push(
             writer
                 .write_manifest_file()
                 .await
                 .map_err(|e| ice("cannot write a manifest", e))?,
         );
     }
-    let after = written.len();
-    let list_path = format!(
-        "{}/metadata/snap-{snapshot_id}-0-{commit}.avro",
-        md.location()
-    );
-    let out = table
+    Ok(out)
+}
+
+async fn output_writer(table: &Table, path: &str) -> Result<Box<dyn iceberg::io::FileWrite>> {
+    table
         .file_io()
-        .new_output(&list_path)
+        .new_output(path)
         .map_err(|e| ice("cannot create the manifest list", e))?
         .writer()
         .await
-        .map_err(|e| ice("cannot create the manifest list", e))?;
-    let mut list = ManifestListWriter::v2(out, snapshot_id, Some(current.snapshot_id()), sequence);
-    list.add_manifests(written.into_iter().chain(deletes))
-        .map_err(|e| ice("cannot write the manifest list", e))?;
-    list.close()
-        .await
-        .map_err(|e| ice("cannot write the manifest list", e))?;
-    let summary = Summary {
-        operation: Operation::Replace,
-        additional_properties: HashMap::from([
-            (MAINTENANCE.to_string(), "rewrite-manifests".to_string()),
-            ("total-data-files".to_string(), files.to_string()),
-            ("total-records".to_string(), rows.to_string()),
-            ("manifests-created".to_string(), after.to_string()),
-            ("manifests-replaced".to_string(), data.len().to_string()),
-        ]),
-    };
-    let snapshot = Snapshot::builder()
-        .with_snapshot_id(snapshot_id)
-        .with_parent_snapshot_id(Some(current.snapshot_id()))
-        .with_sequence_number(sequence)
-        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
-        .with_manifest_list(list_path)
-        .with_summary(summary)
-        .with_schema_id(md.current_schema_id())
-        .build();
-    crate::fault::point("maintain-before-commit");
+        .map_err(|e| ice("cannot create the manifest list", e))
+}
+
+/// Commits `snapshot` as `main`'s new head, if `main` is still `parent`.
+async fn commit_replacing(
+    cfg: &CatalogConfig,
+    table: &Table,
+    parent: i64,
+    snapshot: Snapshot,
+) -> Result<()> {
+    let head = snapshot.snapshot_id();
     super::metadata_commit::commit(
         cfg,
         table,
         vec![TableRequirement::RefSnapshotIdMatch {
             r#ref: "main".to_string(),
-            snapshot_id: Some(current.snapshot_id()),
+            snapshot_id: Some(parent),
         }],
         vec![
             TableUpdate::AddSnapshot { snapshot },
             TableUpdate::SetSnapshotRef {
                 ref_name: "main".to_string(),
                 reference: SnapshotReference::new(
-                    snapshot_id,
+                    head,
                     SnapshotRetention::branch(None, None, None),
                 ),
             },
         ],
     )
-    .await?;
-    Ok((data.len(), after))
+    .await
 }
 
 /// A positive snapshot id the table does not have.
