@@ -134,7 +134,7 @@ async fn maintain_table(
 
 /// Snapshots of the ancestry older than `cutoff` beyond the newest
 /// `retain_last` (what the expiry removes from `main`).
-fn would_expire(table: &iceberg::table::Table, cutoff: i64, retain_last: usize) -> usize {
+pub fn would_expire(table: &iceberg::table::Table, cutoff: i64, retain_last: usize) -> usize {
     let history = lake::commit::ancestry(table);
     let keep_from = history.len().saturating_sub(retain_last.max(1));
     history[..keep_from]

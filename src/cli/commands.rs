@@ -497,6 +497,22 @@ fn print_status(st: &[inspect::TableStatus]) {
                 output::bytes(sh.ledger_bytes as u64)
             ));
         }
+        if let Some(m) = s
+            .maintain_would
+            .as_ref()
+            .filter(|m| m.expire_snapshots > 0 || m.merge_manifests)
+        {
+            output::line(&format!(
+                "{}: `maintain` would expire {} snapshot(s){}",
+                s.source,
+                m.expire_snapshots,
+                if m.merge_manifests {
+                    " and merge the data manifests"
+                } else {
+                    ""
+                }
+            ));
+        }
         if !s.unsettled_batches.is_empty() {
             output::line(&format!(
                 "{}: {} batch(es) committed but not yet settled in Postgres (the next archive run settles them): {}",

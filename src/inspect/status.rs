@@ -42,6 +42,16 @@ pub struct TableStatus {
     /// (what `maintain` shrinks); absent before the first archive.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shape: Option<lake::maintenance::TableShape>,
+    /// What `maintain` with the config's settings would do now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintain_would: Option<MaintainWould>,
+}
+
+/// What `maintain` would do.
+#[derive(Debug, Clone, Serialize)]
+pub struct MaintainWould {
+    pub expire_snapshots: usize,
+    pub merge_manifests: bool,
 }
 
 /// A batch that failed verification.
@@ -66,7 +76,7 @@ pub async fn status(
     let now = now.unwrap_or(server_now);
     let mut out = Vec::new();
     for t in &tables {
-        match table_status(catalog.as_ref(), &client, t, now).await {
+        match table_status(catalog.as_ref(), &client, t, &cfg.maintenance, now).await {
             Ok(st) => out.push(st),
             Err(e) => {
                 return Err(source::explain_lock_timeout(&client, &t.quoted_name(), e).await);
@@ -80,6 +90,7 @@ async fn table_status(
     catalog: &dyn iceberg::Catalog,
     client: &tokio_postgres::Client,
     t: &TableConfig,
+    maintenance: &crate::config::MaintenanceConfig,
     now: Micros,
 ) -> Result<TableStatus> {
     let src = source::introspect::introspect(client, t).await?;
@@ -111,6 +122,21 @@ async fn table_status(
     let shape = match &table {
         Some(t_) => Some(lake::maintenance::shape(t_, t.target_file_size / 4).await?),
         None => None,
+    };
+    let maintain_would = match (&table, &shape) {
+        (Some(t_), Some(sh)) => {
+            let cutoff =
+                chrono::Utc::now().timestamp_millis() - maintenance.older_than.as_millis() as i64;
+            Some(MaintainWould {
+                expire_snapshots: crate::maintain::would_expire(
+                    t_,
+                    cutoff,
+                    maintenance.retain_last,
+                ),
+                merge_manifests: sh.data_manifests > maintenance.max_manifests,
+            })
+        }
+        _ => None,
     };
     let ws = plan::window_states(&facts);
     let states = plan::batch_states(&facts);
@@ -163,5 +189,6 @@ async fn table_status(
             .map(|b| b.batch_id.clone())
             .collect(),
         shape,
+        maintain_would,
     })
 }

@@ -58,6 +58,18 @@ async fn maintain_shrinks_metadata_and_engines_read_the_same() {
     let before = read(&f, Some((&lo, &hi)));
     assert_eq!(before["pyiceberg"]["count"], WINDOWS * PER_WINDOW);
 
+    // `status` says what `maintain` would do with the defaults (keep 7 days:
+    // nothing to expire yet; 24 manifests > 16: merge).
+    let status =
+        f.ws.run_env(&["status", "-c", &f.cfg, "--json"], &f.env_with(&[]))
+            .json();
+    assert_eq!(
+        status[0]["maintain_would"],
+        json!({"expire_snapshots": 0, "merge_manifests": true}),
+        "{status}"
+    );
+    assert_eq!(status[0]["shape"]["data_manifests"], WINDOWS, "{status}");
+
     // A dry run changes nothing.
     let dry = maintain(&f, &["--dry-run"], &[]);
     assert_eq!(dry.code, 0, "{}", dry.stderr);
