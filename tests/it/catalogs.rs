@@ -379,3 +379,44 @@ async fn glue_catalog_with_pyiceberg_property_names() {
     );
     assert!(!out.stderr.contains(&s.secret));
 }
+
+/// The image recipe: hadolint finds nothing, the runtime stage runs as a
+/// non-root user with CA certificates and `permafrost` as its entry point,
+/// and `docker-compose.yml` builds it.
+#[test]
+fn dockerfile_lints_clean_and_runs_unprivileged() {
+    let s = services!();
+    let hadolint = std::path::Path::new(&s.python).with_file_name("hadolint");
+    let out = std::process::Command::new(&hadolint)
+        .arg(repo("Dockerfile"))
+        .output()
+        .expect("run hadolint (tests/requirements.txt installs it)");
+    assert!(
+        out.status.success(),
+        "hadolint: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(repo("Dockerfile")).expect("Dockerfile");
+    let runtime = text.rsplit("\nFROM ").next().expect("a runtime stage");
+    for needle in [
+        "ca-certificates",
+        "USER 10001",
+        "ENTRYPOINT [\"permafrost\"]",
+        "--features query",
+    ] {
+        assert!(
+            runtime.contains(needle) || text.contains(needle),
+            "Dockerfile lacks {needle}"
+        );
+    }
+    assert!(
+        runtime.contains("USER 10001"),
+        "the runtime stage is not root"
+    );
+    let compose = std::fs::read_to_string(repo("docker-compose.yml")).expect("compose");
+    assert!(
+        compose.contains("build: ."),
+        "compose builds the Dockerfile"
+    );
+}
