@@ -80,7 +80,13 @@ pub enum Outcome {
     /// Another instance holds the table.
     Skipped { reason: String },
     /// A batch or a preparation step failed; earlier batches stand.
-    Failed { error: String, hint: Option<String> },
+    Failed {
+        /// What kind of failure (decides the exit code): `config`,
+        /// `postgres`, `catalog`, `verification`, ….
+        kind: ErrorKind,
+        error: String,
+        hint: Option<String>,
+    },
 }
 
 /// One committed batch.
@@ -190,6 +196,7 @@ async fn archive_table(
         )
         .await;
         report.outcome = Outcome::Failed {
+            kind: e.kind(),
             error: e.message().to_string(),
             hint: e.hint().map(str::to_string),
         };

@@ -273,24 +273,25 @@ async fn run_archive(
     }
     // One failure, one message: each failed table's error is printed once,
     // here (the summary and the log leave it out).
-    let mut failed = 0;
+    // The exit code is the first failed table's kind's (see README "Exit codes").
+    let mut first_failure: Option<ErrorKind> = None;
     for r in &reports {
-        if let Outcome::Failed { error, hint } = &r.outcome {
-            let mut e = Error::new(ErrorKind::Internal, format!("{}: {error}", r.source));
+        if let Outcome::Failed { kind, error, hint } = &r.outcome {
+            let mut e = Error::new(*kind, format!("{}: {error}", r.source));
             if let Some(h) = hint {
                 e = e.with_hint(h.clone());
             }
             output::error(&e);
-            failed += 1;
+            first_failure.get_or_insert(*kind);
         }
     }
+    let failed = usize::from(first_failure.is_some());
     if failed == 0 && !opts.dry_run && cfg.maintenance.after_archive {
         maintain_after_archive(cfg, opts).await?;
     }
-    Ok(if failed > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
+    Ok(match first_failure {
+        Some(kind) => ExitCode::from(kind.exit_code()),
+        None => ExitCode::SUCCESS,
     })
 }
 

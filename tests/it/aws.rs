@@ -159,7 +159,7 @@ async fn rds_iam_tokens_equal_the_sdk_and_every_connection_signs_its_own() {
     // nothing deleted.
     let cfg = ws.config("iam.yaml", &yaml("", "verify-full"));
     let out = run(&cfg, &env(time + 60), &[]);
-    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.code, 4, "a refused login exits 4: {}", out.stderr);
     assert!(out.stderr.contains("rds_iam"), "{}", out.stderr);
     assert!(
         out.error_lines()

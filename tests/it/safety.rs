@@ -310,8 +310,15 @@ async fn verification_failure_blocks_notifies_and_force_recovers() {
     let total = count(&c, "sensor_readings", "true").await;
 
     let out = f.archive(&[], &[("PERMAFROST_FAULT", "corrupt-checksum")]);
-    assert_ne!(out.code, 0);
+    assert_eq!(
+        out.code, 5,
+        "a verification failure exits 5: {}",
+        out.stderr
+    );
     assert!(out.stderr.contains("verification failed"), "{}", out.stderr);
+    let report = out.json();
+    assert_eq!(report[0]["outcome"]["status"], "failed", "{report}");
+    assert_eq!(report[0]["outcome"]["kind"], "verification", "{report}");
     assert_eq!(
         count(&c, "sensor_readings", "true").await,
         total,
