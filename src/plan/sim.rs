@@ -1,13 +1,19 @@
 //! Randomised simulation of the planner against a model of Postgres and the
 //! archive: runs that crash at every possible step, copies (`--no-delete`),
-//! verification failures, late rows and `--force`.  After every step:
+//! verification failures, late rows, `--force`, and snapshot expiry by
+//! another engine: the planner sees the batches the way the real path reads
+//! them — the snapshots still in the history merged with the durable ledger
+//! ([`super::ledger`]), which every commit rewrites (and rolls up).  After
+//! every step:
 //! no row is archived twice and no row is lost; after a final clean run every
 //! row is archived exactly once and gone from Postgres.
 //!
 //! Time-budgeted (`PERMAFROST_SIM_SECONDS`, default 2) and replayable: a
 //! failure prints its seed; `PERMAFROST_SIM_SEED=N` runs exactly that seed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::ledger::{self, LedgerEntry};
 use std::time::{Duration, Instant};
 
 use super::window::{Granularity, Window};
@@ -51,7 +57,14 @@ struct Model {
     pg: BTreeMap<u64, i64>,
     /// Archive: batch id → row ids.
     archived: HashMap<String, Vec<u64>>,
+    /// Every batch committed, in order (the truth).
     batches: Vec<BatchRecord>,
+    /// Batches whose snapshots are still in the history (not expired).
+    in_history: HashSet<String>,
+    /// The durable ledger property.
+    stored: Vec<LedgerEntry>,
+    /// Commit clock, ms; advances by 0 or 1 per commit (ties happen).
+    clock: i64,
     xact: HashMap<u64, XactStatus>,
     failed: BTreeMap<String, String>,
     next_row: u64,
@@ -69,6 +82,9 @@ impl Model {
             pg: BTreeMap::new(),
             archived: HashMap::new(),
             batches: vec![],
+            in_history: HashSet::new(),
+            stored: vec![],
+            clock: 0,
             xact: HashMap::new(),
             failed: BTreeMap::new(),
             next_row: 1,
@@ -106,11 +122,58 @@ impl Model {
         TableFacts {
             source: "db.s.t".into(),
             granularity: self.g,
-            batches: self.batches.clone(),
+            batches: self.known().into_iter().map(|(b, _)| b).collect(),
             xact: self.xact.clone(),
             failed: self.failed.clone(),
             pending: pending.into_iter().map(|n| self.g.window(n)).collect(),
         }
+    }
+
+    /// The batches as the real path reads them: history merged with the ledger.
+    fn known(&self) -> Vec<(BatchRecord, Vec<ledger::LedgerFile>)> {
+        let history: Vec<BatchRecord> = self
+            .batches
+            .iter()
+            .filter(|b| self.in_history.contains(&b.batch_id))
+            .cloned()
+            .collect();
+        ledger::merge(history, &self.stored, "db.s.t")
+    }
+
+    /// Commits `rec` the way `lake::commit::commit_batch` does: snapshot and
+    /// rewritten ledger together.
+    fn commit(&mut self, mut rec: BatchRecord) {
+        self.clock += (self.next_row % 2) as i64;
+        rec.committed_at_ms = self.clock;
+        let settled: HashSet<String> = batch_states(&self.facts())
+            .into_iter()
+            .filter(|(_, st)| *st == BatchState::Settled)
+            .map(|(id, _)| id)
+            .collect();
+        let new = LedgerEntry::of(&rec, "db.s.t", vec![]);
+        self.stored = ledger::next(
+            &self.known(),
+            &self.stored,
+            "db.s.t",
+            &settled,
+            &self.in_history,
+            new,
+        );
+        self.in_history.insert(rec.batch_id.clone());
+        self.batches.push(rec);
+    }
+
+    /// Another engine expires snapshots: each but the current one goes with
+    /// probability 1/2.
+    fn expire(&mut self, rng: &mut Rng) {
+        let current = self.batches.last().map(|b| b.batch_id.clone());
+        let before = self.in_history.len();
+        self.in_history
+            .retain(|id| Some(id) == current.as_ref() || rng.below(2) == 0);
+        self.log.push(format!(
+            "expired {} snapshot(s)",
+            before - self.in_history.len()
+        ));
     }
 
     fn in_range(&self, range: &Window) -> Vec<u64> {
@@ -199,7 +262,7 @@ impl Model {
                     !self.archived.contains_key(&batch_id),
                     "batch id {batch_id} committed twice"
                 );
-                self.batches.push(BatchRecord {
+                self.commit(BatchRecord {
                     batch_id: batch_id.clone(),
                     snapshot_id: self.batches.len() as i64,
                     committed_at_ms: 0,
@@ -349,6 +412,10 @@ fn simulate(seed: u64) {
     for _ in 0..(5 + rng.below(25)) {
         match rng.below(7) {
             6 => m.app_delete(&mut rng),
+            5 => {
+                m.expire(&mut rng);
+                m.run(&mut rng, BatchMode::Move, false, true);
+            }
             0 => {
                 let w = base + rng.below(8) as i64;
                 let n = 1 + rng.below(3);
