@@ -206,12 +206,7 @@ pub async fn row_hashes_of_files(
     table: &Table,
     files: &[crate::plan::ledger::LedgerFile],
 ) -> Result<Vec<u128>> {
-    let current = table
-        .metadata()
-        .current_snapshot()
-        .cloned()
-        .ok_or_else(|| Error::internal("a table with batches has no current snapshot"))?;
-    let files: Vec<AddedFile> = files
+    let files = files
         .iter()
         .map(|f| AddedFile {
             path: f.path.clone(),
@@ -219,6 +214,19 @@ pub async fn row_hashes_of_files(
             records: f.records,
         })
         .collect();
+    hashes_with_current_schema(table, files).await
+}
+
+/// Row hashes of the rows in `files`, read with the current schema.
+async fn hashes_with_current_schema(table: &Table, files: Vec<AddedFile>) -> Result<Vec<u128>> {
+    if files.is_empty() {
+        return Ok(vec![]);
+    }
+    let current = table
+        .metadata()
+        .current_snapshot()
+        .cloned()
+        .ok_or_else(|| Error::internal("a table with batches has no current snapshot"))?;
     let mut hasher = RowHasher::default();
     let mut hashes = Vec::new();
     for_each_batch(table, &current, &files, |b| {
@@ -236,10 +244,7 @@ pub async fn row_hashes_in_windows(
     range: &crate::plan::window::Window,
 ) -> Result<Vec<u128>> {
     use iceberg::spec::{Literal, PrimitiveLiteral};
-    let Some(current) = table.metadata().current_snapshot().cloned() else {
-        return Ok(vec![]);
-    };
-    let files: Vec<AddedFile> = live_files(table)
+    let files = live_files(table)
         .await?
         .into_iter()
         .filter(|f| match f.partition.first() {
@@ -255,11 +260,5 @@ pub async fn row_hashes_in_windows(
             records: f.records,
         })
         .collect();
-    let mut hasher = RowHasher::default();
-    let mut hashes = Vec::new();
-    for_each_batch(table, &current, &files, |b| {
-        hasher.hash_rows(b, &mut hashes)
-    })
-    .await?;
-    Ok(hashes)
+    hashes_with_current_schema(table, files).await
 }

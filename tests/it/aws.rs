@@ -10,7 +10,6 @@
 //! - Glue updates keep what other tools set and skip Glue's version archive.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
@@ -22,45 +21,24 @@ const KEY: &str = "AKIDPERMAFROSTTEST";
 const SECRET: &str = "permafrost/test/secret/key";
 const SESSION: &str = "permafrost-session-token";
 
-/// The TLS cluster, a database on it with two sensor tables (one connection
+/// A database on the TLS cluster with two sensor tables (one connection
 /// each), and a role `iam_…` allowed to archive them over TLS with a password.
-async fn iam_setup() -> Option<(String, String, String, PathBuf, tokio_postgres::Client)> {
-    let (admin_dsn, pki) = crate::connect::tls_cluster()?;
-    let admin = connect(&admin_dsn).await;
-    let dbname = unique("iamdb");
+async fn iam_setup() -> Option<(crate::connect::TlsDb, String)> {
+    let db = crate::connect::tls_sample_db("iamdb").await?;
     let role = unique("iam");
-    admin
-        .batch_execute(&format!("CREATE DATABASE {dbname}"))
-        .await
-        .expect("db");
-    admin
+    db.admin
         .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
         .await
         .expect("role");
-    let port = admin_dsn
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.split('/').next())
-        .expect("port")
-        .to_string();
-    let db_dsn = admin_dsn
-        .rsplit_once('/')
-        .map(|(base, _)| format!("{base}/{dbname}"))
-        .expect("dsn has a database");
-    let c = connect(&db_dsn).await;
-    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
+    db.client
+        .batch_execute(&format!(
+            "CREATE TABLE sensor_readings_b (LIKE sensor_readings INCLUDING ALL);
+             INSERT INTO sensor_readings_b SELECT * FROM sensor_readings;
+             GRANT SELECT, DELETE ON sensor_readings, sensor_readings_b TO {role}"
+        ))
         .await
-        .expect("schema");
-    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "1000"))
-        .await
-        .expect("data");
-    c.batch_execute(&format!(
-        "CREATE TABLE sensor_readings_b (LIKE sensor_readings INCLUDING ALL);
-         INSERT INTO sensor_readings_b SELECT * FROM sensor_readings;
-         GRANT SELECT, DELETE ON sensor_readings, sensor_readings_b TO {role}"
-    ))
-    .await
-    .expect("second table");
-    Some((port, dbname, role, pki, c))
+        .expect("second table");
+    Some((db, role))
 }
 
 /// boto3's `generate_db_auth_token` for `user@localhost:port` at `time`.
@@ -78,7 +56,7 @@ fn sdk_token(s: &Services, port: &str, user: &str, time: u64) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn rds_iam_tokens_equal_the_sdk_and_every_connection_signs_its_own() {
     let s = services!();
-    let Some((port, dbname, role, pki, c)) = iam_setup().await else {
+    let Some((db, role)) = iam_setup().await else {
         assert!(
             std::env::var("PERMAFROST_TEST_REQUIRE").is_err(),
             "TLS cluster missing"
@@ -86,8 +64,9 @@ async fn rds_iam_tokens_equal_the_sdk_and_every_connection_signs_its_own() {
         eprintln!("skipped: no TLS cluster");
         return;
     };
+    let (port, dbname, pki, c) = (&db.port, &db.dbname, &db.pki, &db.client);
     let time = 1_790_000_000;
-    let token = sdk_token(&s, &port, &role, time);
+    let token = sdk_token(&s, port, &role, time);
     let ours = permafrost::aws::rds_auth_token(
         aws_credential_types::Credentials::new(KEY, SECRET, Some(SESSION.into()), None, "test"),
         "eu-west-1",
@@ -98,8 +77,7 @@ async fn rds_iam_tokens_equal_the_sdk_and_every_connection_signs_its_own() {
     )
     .expect("token");
     assert_eq!(ours, token, "permafrost's token differs from boto3's");
-    let admin = connect(&crate::connect::tls_cluster().expect("tls").0).await;
-    admin
+    db.admin
         .batch_execute(&format!("ALTER ROLE {role} PASSWORD '{token}'"))
         .await
         .expect("password");
@@ -135,7 +113,7 @@ async fn rds_iam_tokens_equal_the_sdk_and_every_connection_signs_its_own() {
         all.extend_from_slice(args);
         ws.run_env(&all, &env)
     };
-    let total = count(&c, "sensor_readings", "true").await;
+    let total = count(c, "sensor_readings", "true").await;
 
     // Refused before connecting: a password besides IAM, TLS turned off.
     for (what, cfg, needle) in [
@@ -168,7 +146,7 @@ async fn rds_iam_tokens_equal_the_sdk_and_every_connection_signs_its_own() {
         "{}",
         out.stderr
     );
-    assert_eq!(count(&c, "sensor_readings", "true").await, total);
+    assert_eq!(count(c, "sensor_readings", "true").await, total);
 
     // The right clock: both tables archive, each on its own connection with
     // its own freshly signed token; the token never appears in the output.
@@ -177,7 +155,7 @@ async fn rds_iam_tokens_equal_the_sdk_and_every_connection_signs_its_own() {
     let archived = archived_rows(&out.json());
     assert!(archived > 0 && archived.is_multiple_of(2), "{archived}");
     assert_eq!(
-        count(&c, "sensor_readings", "true").await,
+        count(c, "sensor_readings", "true").await,
         total - archived as i64 / 2
     );
     let signed = out
@@ -305,6 +283,18 @@ async fn glue_client(s: &Services) -> aws_sdk_glue::Client {
     aws_sdk_glue::Client::new(&sdk)
 }
 
+/// The Glue table `sensor_readings` of database `ns`.
+async fn sensor_table(glue: &aws_sdk_glue::Client, ns: &str) -> aws_sdk_glue::types::Table {
+    glue.get_table()
+        .database_name(ns)
+        .name("sensor_readings")
+        .send()
+        .await
+        .expect("get_table")
+        .table
+        .expect("table")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn glue_and_s3_keep_working_while_credentials_expire_and_rotate() {
     let s = services!();
@@ -402,15 +392,7 @@ async fn glue_and_s3_keep_working_while_credentials_expire_and_rotate() {
     // Another tool sets a description, an owner and a parameter; our next
     // commit keeps them and moves `previous_metadata_location` along.
     let glue = glue_client(&s).await;
-    let table = glue
-        .get_table()
-        .database_name(&ns)
-        .name("sensor_readings")
-        .send()
-        .await
-        .expect("get_table")
-        .table
-        .expect("table");
+    let table = sensor_table(&glue, &ns).await;
     let mut params = table.parameters().cloned().unwrap_or_default();
     params.insert("team".into(), "sensors".into());
     let location = params["metadata_location"].clone();
@@ -439,15 +421,7 @@ async fn glue_and_s3_keep_working_while_credentials_expire_and_rotate() {
     let out = ws.run_env(&["archive", "-c", &cfg, "--json"], &env);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(archived_rows(&out.json()), 10);
-    let after = glue
-        .get_table()
-        .database_name(&ns)
-        .name("sensor_readings")
-        .send()
-        .await
-        .expect("get_table")
-        .table
-        .expect("table");
+    let after = sensor_table(&glue, &ns).await;
     let p = after.parameters().cloned().unwrap_or_default();
     assert_eq!(p.get("team").map(String::as_str), Some("sensors"));
     assert_eq!(after.description(), Some("kept by other tools"));

@@ -167,19 +167,21 @@ pub(crate) fn tls_cluster() -> Option<(String, std::path::PathBuf)> {
     Some((pg, pki.into()))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn client_certificate_over_verified_tls_archives_and_bad_tls_fails_clearly() {
-    let s = services!();
-    let Some((admin_dsn, pki)) = tls_cluster() else {
-        assert!(
-            std::env::var("PERMAFROST_TEST_REQUIRE").is_err(),
-            "TLS cluster missing"
-        );
-        eprintln!("skipped: no TLS cluster");
-        return;
-    };
+/// A new database on the TLS cluster with 1,000 sample sensor readings.
+pub(crate) struct TlsDb {
+    pub(crate) pki: std::path::PathBuf,
+    pub(crate) port: String,
+    pub(crate) dbname: String,
+    /// Superuser on the cluster's `postgres` database.
+    pub(crate) admin: tokio_postgres::Client,
+    /// Superuser on the new database.
+    pub(crate) client: tokio_postgres::Client,
+}
+
+pub(crate) async fn tls_sample_db(tag: &str) -> Option<TlsDb> {
+    let (admin_dsn, pki) = tls_cluster()?;
     let admin = connect(&admin_dsn).await;
-    let dbname = unique("tlsdb");
+    let dbname = unique(tag);
     admin
         .batch_execute(&format!("CREATE DATABASE {dbname}"))
         .await
@@ -193,13 +195,42 @@ async fn client_certificate_over_verified_tls_archives_and_bad_tls_fails_clearly
         .rsplit_once('/')
         .map(|(base, _)| format!("{base}/{dbname}"))
         .expect("dsn has a database");
-    let c = connect(&db_dsn).await;
-    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
+    let client = connect(&db_dsn).await;
+    client
+        .batch_execute(permafrost::demo::SAMPLE_SCHEMA)
         .await
         .expect("schema");
-    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "1000"))
+    client
+        .batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "1000"))
         .await
         .expect("data");
+    Some(TlsDb {
+        pki,
+        port,
+        dbname,
+        admin,
+        client,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificate_over_verified_tls_archives_and_bad_tls_fails_clearly() {
+    let s = services!();
+    let Some(TlsDb {
+        pki,
+        port,
+        dbname,
+        client: c,
+        ..
+    }) = tls_sample_db("tlsdb").await
+    else {
+        assert!(
+            std::env::var("PERMAFROST_TEST_REQUIRE").is_err(),
+            "TLS cluster missing"
+        );
+        eprintln!("skipped: no TLS cluster");
+        return;
+    };
     c.batch_execute("GRANT SELECT, DELETE ON sensor_readings TO certuser")
         .await
         .expect("grant");
