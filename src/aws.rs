@@ -57,9 +57,22 @@ pub async fn sdk_config(s: &ChainSettings<'_>) -> SdkConfig {
 }
 
 /// The chain as OpenDAL's S3 credential source: S3 requests are signed with
-/// whatever the chain holds now.
+/// whatever the chain holds now.  Also remembered as this process's S3
+/// chain ([`s3_chain`]), for the storage listings iceberg-rust cannot make.
 pub fn s3_credentials(provider: SharedCredentialsProvider) -> CustomAwsCredentialLoader {
+    let _ = S3_CHAIN.set(provider.clone());
     CustomAwsCredentialLoader::new(ChainCredentials(provider))
+}
+
+/// The chain S3 data files are signed with when the catalog gives no static
+/// keys (set once, by the catalog handle of the run).
+static S3_CHAIN: std::sync::OnceLock<SharedCredentialsProvider> = std::sync::OnceLock::new();
+
+/// [`s3_credentials`]' chain for an OpenDAL operator of our own (listing
+/// orphan files), if the run's catalog signs S3 with the SDK chain.
+pub fn s3_chain() -> Option<reqsign_core::ProvideCredentialChain<AwsCredential>> {
+    let provider = S3_CHAIN.get()?.clone();
+    Some(reqsign_core::ProvideCredentialChain::new().push(ChainCredentials(provider)))
 }
 
 /// Adapts the SDK's credential provider to reqsign's (OpenDAL's signer).

@@ -193,7 +193,8 @@ pub struct TableConfig {
     pub target_file_size: u64,
     /// At most this many rows per batch (one Postgres transaction, one snapshot).
     pub max_batch_rows: Option<u64>,
-    /// At most this many consecutive windows per batch.
+    /// At most this many consecutive windows per batch; [`BATCH_WINDOWS_ALL`]:
+    /// every window a run archives, in one batch (one snapshot).
     pub batch_windows: u32,
     /// Parquet compression level (zstd).
     pub zstd_level: i32,
@@ -252,6 +253,10 @@ pub struct MaintenanceConfig {
     pub retain_last: usize,
     /// Data manifests tolerated before they are merged.
     pub max_manifests: usize,
+    /// Merge the small data files of each partition.
+    pub compact: bool,
+    /// Files nothing references are deleted once older than this.
+    pub orphan_older_than: Duration,
 }
 
 // ---------------------------------------------------------------------------
@@ -283,6 +288,10 @@ struct RawMaintenance {
     retain_last: Option<usize>,
     #[serde(default, deserialize_with = "opt_scalar")]
     max_manifests: Option<usize>,
+    #[serde(default, deserialize_with = "opt_scalar")]
+    compact: Option<bool>,
+    #[serde(default)]
+    orphan_older_than: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -366,7 +375,7 @@ struct RawTable {
     #[serde(default, deserialize_with = "opt_scalar")]
     max_batch_rows: Option<u64>,
     #[serde(default, deserialize_with = "opt_scalar")]
-    batch_windows: Option<u32>,
+    batch_windows: Option<String>,
     #[serde(default, deserialize_with = "opt_scalar")]
     zstd_level: Option<i32>,
     #[serde(default)]
@@ -764,16 +773,23 @@ fn parse_table(i: usize, t: RawTable, default_namespace: &str) -> Result<TableCo
             i64::MAX
         )));
     }
-    let batch_windows = t.batch_windows.unwrap_or(match partition_by {
-        Granularity::Hour => 24,
-        _ => 1,
-    });
-    if !(1..=MAX_BATCH_WINDOWS).contains(&batch_windows) {
-        return Err(Error::config(format!(
-            "{} must be between 1 and {MAX_BATCH_WINDOWS}",
-            key("batch_windows")
-        )));
-    }
+    let batch_windows = match t.batch_windows.as_deref().map(str::trim) {
+        None => match partition_by {
+            Granularity::Hour => 24,
+            _ => 1,
+        },
+        Some("all") => BATCH_WINDOWS_ALL,
+        Some(n) => n
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_BATCH_WINDOWS).contains(n))
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "{} must be between 1 and {MAX_BATCH_WINDOWS}, or `all`",
+                    key("batch_windows")
+                ))
+            })?,
+    };
     let zstd_level = t.zstd_level.unwrap_or(3);
     if !(1..=22).contains(&zstd_level) {
         return Err(Error::config(format!(
@@ -810,6 +826,17 @@ fn maintenance_config(raw: RawMaintenance) -> Result<MaintenanceConfig> {
             .map_err(|m| Error::config(format!("`maintenance.older_than`: {m}")))?,
         None => Duration::from_secs(7 * 86_400),
     };
+    let orphan_older_than = match &raw.orphan_older_than {
+        Some(s) => parse_duration(s)
+            .map_err(|m| Error::config(format!("`maintenance.orphan_older_than`: {m}")))?,
+        None => Duration::from_secs(3 * 86_400),
+    };
+    if orphan_older_than < crate::maintain::MIN_ORPHAN_AGE {
+        return Err(Error::config(
+            "`maintenance.orphan_older_than` must be at least 1h: younger files may belong to \
+             a commit in progress",
+        ));
+    }
     let retain_last = raw.retain_last.unwrap_or(10);
     let max_manifests = raw.max_manifests.unwrap_or(16);
     for (key, v) in [
@@ -827,6 +854,8 @@ fn maintenance_config(raw: RawMaintenance) -> Result<MaintenanceConfig> {
         older_than,
         retain_last,
         max_manifests,
+        compact: raw.compact.unwrap_or(true),
+        orphan_older_than,
     })
 }
 
@@ -1078,6 +1107,9 @@ pub const MAX_PG_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_POOL_SIZE: usize = 1000;
 const MAX_BATCH_WINDOWS: u32 = 100_000;
+/// `batch_windows: all`: one batch for every window of a run (the planner's
+/// alignment groups every ordinal of Postgres' range together).
+pub const BATCH_WINDOWS_ALL: u32 = u32::MAX;
 const MAX_FILE_SIZE: u64 = 64 * 1024 * 1024 * 1024;
 
 fn at_most(d: Duration, max: Duration, what: &str) -> std::result::Result<Duration, String> {

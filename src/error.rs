@@ -82,6 +82,8 @@ pub struct Error {
     context: Vec<(&'static str, String)>,
     hint: Option<String>,
     source: Option<Source>,
+    /// A lost optimistic-concurrency race: another writer committed first.
+    conflict: bool,
 }
 
 /// Result alias used throughout permafrost.
@@ -96,7 +98,20 @@ impl Error {
             context: Vec::new(),
             hint: None,
             source: None,
+            conflict: false,
         }
+    }
+
+    /// Marks a lost commit race (another writer committed first): the same
+    /// work may succeed on the table as it is now.
+    pub fn as_conflict(mut self) -> Self {
+        self.conflict = true;
+        self
+    }
+
+    /// Whether this is a lost commit race ([`Error::as_conflict`]).
+    pub fn is_conflict(&self) -> bool {
+        self.conflict
     }
 
     /// Shorthand for a configuration error.
@@ -230,6 +245,7 @@ impl Error {
         let text = concise(&full);
         let mut e = Error::new(kind, format!("{what}: {text}"));
         e.hint = hint;
+        e.conflict = err.kind() == K::CatalogCommitConflicts;
         e
     }
 

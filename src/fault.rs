@@ -3,7 +3,7 @@
 //! Built with the `fault-injection` feature, [`point`]:
 //! - aborts the process (no unwinding, no cleanup: like `kill -9`) when the
 //!   environment variable `PERMAFROST_FAULT` names the point;
-//! - pauses when `PERMAFROST_PAUSE=<point>:<fifo>` names it: it opens the
+//! - pauses (the first time only) when `PERMAFROST_PAUSE=<point>:<fifo>` names it: it opens the
 //!   named pipe and waits for one byte, so a test can stop a service or kill
 //!   a backend at exactly that step, then let the run continue.
 //!
@@ -49,6 +49,24 @@ pub const POINTS: [&str; 6] = [
     "after-pg-commit",
 ];
 
+/// The points this process has paused at: each pauses once (a retried step
+/// passes its point again and must not wait for a second resume).
+#[cfg(feature = "fault-injection")]
+static PAUSED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether `name` has not paused yet in this process (and now has).
+#[cfg(feature = "fault-injection")]
+fn first_pause(name: &str) -> bool {
+    let Ok(mut paused) = PAUSED.lock() else {
+        return false;
+    };
+    if paused.iter().any(|p| p == name) {
+        return false;
+    }
+    paused.push(name.to_string());
+    true
+}
+
 /// Aborts or pauses at `name` (fault-injection builds only).
 #[inline]
 pub fn point(name: &str) {
@@ -61,6 +79,7 @@ pub fn point(name: &str) {
         let pause = std::env::var("PERMAFROST_PAUSE").ok();
         if let Some((p, fifo)) = pause.as_deref().and_then(|s| s.split_once(':'))
             && p == name
+            && first_pause(name)
         {
             use std::io::Read;
             eprintln!("permafrost: paused at `{name}`");

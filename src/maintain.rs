@@ -1,20 +1,37 @@
 //! `maintain`: keep archive tables small for engines that load them on every
-//! query — expire old snapshots, then merge the current snapshot's manifests.
+//! query, and their storage free of files nothing references.
+//!
+//! Per table, in this order: compact the small data files of each partition
+//! ([`lake::compact`]), expire old snapshots, merge the current snapshot's
+//! manifests, then delete orphan files ([`lake::orphans`]) — after the
+//! expiry, so the files only expired snapshots referenced go in the same run.
 //!
 //! Needs only the catalog (no Postgres, no lock): every commit is optimistic
-//! (expiry re-applies itself on a conflict; the manifest rewrite requires
-//! `main` to be where it was read), so it is safe beside a running archive
-//! and after a crash at any point (a crashed rewrite leaves only files no
-//! snapshot references).  Deletes no file; the batch history stays in the
-//! durable ledger ([`crate::plan::ledger`]).
+//! (expiry re-applies itself on a conflict; compaction and the manifest
+//! rewrite require `main` to be where they read it, and are redone on the
+//! table as it is now, up to [`ATTEMPTS`] times, when another writer won),
+//! so it is safe beside a running archive and after a crash at any point
+//! (a crashed rewrite leaves only files no snapshot references, which a
+//! later run's orphan removal takes once they are older than the safety
+//! age).  The batch history stays in the durable ledger
+//! ([`crate::plan::ledger`]), whose open batches' files are never compacted
+//! nor deleted.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, TableConfig};
 use crate::error::{Error, Result};
 use crate::lake;
+use crate::lake::compact::Compacted;
+
+/// Tries of a commit that lost a race to another writer.
+pub const ATTEMPTS: usize = 3;
+
+/// Orphan files younger than this are never deleted, whatever the flags:
+/// an archive or another engine may be about to commit them.
+pub const MIN_ORPHAN_AGE: Duration = Duration::from_secs(3600);
 
 /// What `maintain` does.
 #[derive(Debug, Clone)]
@@ -26,7 +43,11 @@ pub struct MaintainOptions {
     pub retain_last: usize,
     /// Data manifests tolerated before they are merged.
     pub max_manifests: usize,
-    /// The current time, µs (tests simulate it).
+    /// Merge small data files within each partition.
+    pub compact: bool,
+    /// Unreferenced files older than this are deleted (at least [`MIN_ORPHAN_AGE`]).
+    pub orphan_older_than: Duration,
+    /// The current time, ms (tests simulate it).
     pub now_ms: i64,
 }
 
@@ -43,6 +64,15 @@ pub struct MaintainReport {
     pub data_manifests_after: usize,
     pub metadata_bytes_before: u64,
     pub metadata_bytes_after: u64,
+    /// Small files merged (dry run: would merge).
+    pub compacted: Compacted,
+    /// Unreferenced files older than the safety age, deleted (dry run: found).
+    pub orphan_files: usize,
+    pub orphan_bytes: u64,
+    /// Unreferenced files younger than the safety age, left for a later run.
+    pub orphan_files_young: usize,
+    /// Commits redone because another writer committed first.
+    pub retries: usize,
 }
 
 /// Runs `maintain` over the selected tables, one after another.
@@ -51,6 +81,14 @@ pub async fn run(
     table: Option<&str>,
     opts: &MaintainOptions,
 ) -> Result<Vec<MaintainReport>> {
+    if opts.orphan_older_than < MIN_ORPHAN_AGE {
+        return Err(Error::config(format!(
+            "the orphan-file age must be at least {} s: younger files may belong to a commit \
+             in progress",
+            MIN_ORPHAN_AGE.as_secs()
+        ))
+        .with_hint("use `--orphan-older-than 1h` or more (default 3d)"));
+    }
     let tables = cfg.select_tables(table)?;
     let catalog = lake::open_catalog(&cfg.catalog).await?;
     let mut out = Vec::new();
@@ -67,8 +105,7 @@ pub async fn run(
             );
             continue;
         }
-        let table = lake::commit::reload(catalog.as_ref(), &ident).await?;
-        let report = maintain_table(cfg, catalog.as_ref(), table, opts)
+        let report = maintain_table(cfg, &t, catalog.as_ref(), opts)
             .await
             .map_err(|e| e.prefixed(t.source_name()))?;
         out.push(MaintainReport {
@@ -82,54 +119,131 @@ pub async fn run(
 
 async fn maintain_table(
     cfg: &Config,
+    t: &TableConfig,
     catalog: &dyn iceberg::Catalog,
-    table: iceberg::table::Table,
     opts: &MaintainOptions,
 ) -> Result<MaintainReport> {
-    let ident = table.identifier().clone();
-    let snapshots_before = table.metadata().snapshots().count();
+    let ident = lake::table::ident(t)?;
+    let mut table = lake::commit::reload(catalog, &ident).await?;
     let metadata_bytes_before = metadata_bytes(&table).await?;
     let cutoff = opts.now_ms - opts.older_than.as_millis() as i64;
     let (data_before, _) = lake::maintenance::current_manifests(&table).await?;
+    let small = t.target_file_size / 4;
     let mut report = MaintainReport {
         source: String::new(),
         iceberg_table: String::new(),
         dry_run: opts.dry_run,
-        snapshots_before,
+        snapshots_before: table.metadata().snapshots().count(),
         snapshots_expired: would_expire(&table, cutoff, opts.retain_last),
         data_manifests_before: data_before.len(),
         data_manifests_after: data_before.len(),
         metadata_bytes_before,
         metadata_bytes_after: metadata_bytes_before,
+        compacted: Compacted::default(),
+        orphan_files: 0,
+        orphan_bytes: 0,
+        orphan_files_young: 0,
+        retries: 0,
     };
     if opts.dry_run {
-        if data_before.len() > opts.max_manifests {
+        if opts.compact {
+            report.compacted = lake::compact::compact(&cfg.catalog, t, &table, small, true).await?;
+        }
+        if data_before.len() > opts.max_manifests || report.compacted.files_in > 0 {
             report.data_manifests_after = 1;
         }
+        sweep_orphans(&table, opts, &mut report).await?;
         return Ok(report);
     }
-    let mut table = table;
+    if opts.compact {
+        let (c, tries) = with_retries(catalog, &ident, &mut table, |table| async move {
+            lake::compact::compact(&cfg.catalog, t, &table, small, false).await
+        })
+        .await?;
+        report.retries += tries;
+        report.compacted = c;
+    }
     if report.snapshots_expired > 0 {
-        let (t, n) =
+        let (after, n) =
             lake::maintenance::expire_snapshots(catalog, &table, cutoff, opts.retain_last).await?;
         report.snapshots_expired = n;
-        table = t;
+        table = after;
     }
-    if data_before.len() > opts.max_manifests {
-        let (_, after) = lake::maintenance::rewrite_manifests(&cfg.catalog, &table).await?;
+    let (data, _) = lake::maintenance::current_manifests(&table).await?;
+    report.data_manifests_after = data.len();
+    if data.len() > opts.max_manifests {
+        let ((_, after), tries) = with_retries(catalog, &ident, &mut table, |table| async move {
+            lake::maintenance::rewrite_manifests(&cfg.catalog, &table).await
+        })
+        .await?;
+        report.retries += tries;
         report.data_manifests_after = after;
-        table = lake::commit::reload(catalog, &ident).await?;
     }
+    sweep_orphans(&table, opts, &mut report).await?;
     report.metadata_bytes_after = metadata_bytes(&table).await?;
     tracing::info!(
-        "{ident}: expired {} snapshot(s), data manifests {} -> {}, metadata {} -> {} bytes",
+        "{ident}: compacted {} file(s) in {} partition(s) into {}, expired {} snapshot(s), \
+         data manifests {} -> {}, metadata {} -> {} bytes, {} orphan file(s) ({} bytes) deleted",
+        report.compacted.files_in,
+        report.compacted.partitions,
+        report.compacted.files_out,
         report.snapshots_expired,
         report.data_manifests_before,
         report.data_manifests_after,
         report.metadata_bytes_before,
-        report.metadata_bytes_after
+        report.metadata_bytes_after,
+        report.orphan_files,
+        report.orphan_bytes
     );
     Ok(report)
+}
+
+/// Runs `step` on the table; when its commit loses a race, reloads the
+/// table and runs it again, up to [`ATTEMPTS`] times.  Leaves `table` as the
+/// catalog has it after the step; returns the step's result and the retries.
+async fn with_retries<T, F, Fut>(
+    catalog: &dyn iceberg::Catalog,
+    ident: &iceberg::TableIdent,
+    table: &mut iceberg::table::Table,
+    mut step: F,
+) -> Result<(T, usize)>
+where
+    F: FnMut(iceberg::table::Table) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut retries = 0;
+    loop {
+        match step(table.clone()).await {
+            Ok(v) => {
+                *table = lake::commit::reload(catalog, ident).await?;
+                return Ok((v, retries));
+            }
+            Err(e) if e.is_conflict() && retries + 1 < ATTEMPTS => {
+                retries += 1;
+                tracing::warn!("{ident}: {}; trying again on the new state", e.message());
+                *table = lake::commit::reload(catalog, ident).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Finds the orphan files of `table` and, unless a dry run, deletes those
+/// older than the safety age.
+async fn sweep_orphans(
+    table: &iceberg::table::Table,
+    opts: &MaintainOptions,
+    report: &mut MaintainReport,
+) -> Result<()> {
+    let cutoff = opts.now_ms - opts.orphan_older_than.as_millis() as i64;
+    let sweep = lake::orphans::find(table, cutoff).await?;
+    report.orphan_files = sweep.old.len();
+    report.orphan_bytes = sweep.old.iter().map(|o| o.bytes).sum();
+    report.orphan_files_young = sweep.young;
+    if !opts.dry_run {
+        lake::orphans::delete(table, &sweep.old).await?;
+    }
+    Ok(())
 }
 
 /// Snapshots of the ancestry older than `cutoff` beyond the newest

@@ -345,9 +345,19 @@ pub struct MaintainArgs {
     /// this [default: `maintenance.max_manifests`, else 16].
     #[arg(long)]
     pub max_manifests: Option<usize>,
+    /// Leave small data files as they are [default: `maintenance.compact`, else compact].
+    #[arg(long)]
+    pub no_compact: bool,
+    /// Delete files no metadata references once older than this; at least
+    /// 1h [default: `maintenance.orphan_older_than`, else 3d].
+    #[arg(long)]
+    pub orphan_older_than: Option<String>,
     /// Machine-readable output on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Pretend the current time is this (RFC 3339); for tests and demos.
+    #[arg(long, hide = true)]
+    pub now: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -304,6 +304,10 @@ async fn maintain_after_archive(cfg: &Config, opts: &ArchiveOptions) -> Result<(
         older_than: m.older_than,
         retain_last: m.retain_last,
         max_manifests: m.max_manifests,
+        compact: m.compact,
+        orphan_older_than: m.orphan_older_than,
+        // Snapshot and file ages are wall-clock times, whatever `--now` says
+        // about the source's windows.
         now_ms: chrono::Utc::now().timestamp_millis(),
     };
     crate::maintain::run(cfg, opts.table.as_deref(), &mopts).await?;
@@ -404,7 +408,14 @@ async fn maintain_cmd(a: MaintainArgs) -> Result<ExitCode> {
         older_than,
         retain_last: a.retain_last.unwrap_or(m.retain_last),
         max_manifests: a.max_manifests.unwrap_or(m.max_manifests),
-        now_ms: chrono::Utc::now().timestamp_millis(),
+        compact: m.compact && !a.no_compact,
+        orphan_older_than: match &a.orphan_older_than {
+            Some(s) => crate::config::parse_duration(s)
+                .map_err(|msg| Error::config(format!("--orphan-older-than: {msg}")))?,
+            None => m.orphan_older_than,
+        },
+        now_ms: parse_now(a.now.as_deref())?
+            .map_or_else(|| chrono::Utc::now().timestamp_millis(), |us| us / 1000),
     };
     let reports = crate::maintain::run(&cfg, a.table.as_deref(), &opts).await?;
     if a.json {
@@ -422,11 +433,20 @@ async fn maintain_cmd(a: MaintainArgs) -> Result<ExitCode> {
                     ),
                     format!("{} -> {}", r.data_manifests_before, r.data_manifests_after),
                     format!("{} -> {}", r.metadata_bytes_before, r.metadata_bytes_after),
+                    format!("{} -> {}", r.compacted.files_in, r.compacted.files_out),
+                    format!("{} ({} bytes)", r.orphan_files, r.orphan_bytes),
                 ]
             })
             .collect();
         output::table(
-            &["TABLE", "SNAPSHOTS", "DATA MANIFESTS", "METADATA BYTES"],
+            &[
+                "TABLE",
+                "SNAPSHOTS",
+                "DATA MANIFESTS",
+                "METADATA BYTES",
+                "SMALL FILES",
+                "ORPHAN FILES",
+            ],
             &rows,
         );
         if a.dry_run {

@@ -52,6 +52,8 @@ pub struct TableStatus {
 pub struct MaintainWould {
     pub expire_snapshots: usize,
     pub merge_manifests: bool,
+    /// Small data files that would be merged (partitions with two or more).
+    pub compact_files: usize,
 }
 
 /// A batch that failed verification.
@@ -134,6 +136,15 @@ async fn table_status(
                     maintenance.retain_last,
                 ),
                 merge_manifests: sh.data_manifests > maintenance.max_manifests,
+                compact_files: if maintenance.compact {
+                    lake::compact::groups(t_, t.target_file_size / 4)
+                        .await?
+                        .iter()
+                        .map(Vec::len)
+                        .sum()
+                } else {
+                    0
+                },
             })
         }
         _ => None,

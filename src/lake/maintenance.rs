@@ -17,7 +17,11 @@
 //!   fail cleanly, and a crash before the commit leaves only unreferenced
 //!   files.  Table content is unchanged.
 //!
-//! Not yet: compacting small data files and deleting orphan files.
+//! - [`commit_rewrite`] also replaces data files: compaction
+//!   ([`super::compact`]) commits the small files it merged as `DELETED`
+//!   and their replacement as `ADDED` in the same kind of snapshot.
+//! - Orphan files (what expiry and crashed writes leave in storage):
+//!   [`super::orphans`].
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -85,18 +89,63 @@ pub async fn current_manifests(table: &Table) -> Result<(Vec<ManifestFile>, Vec<
 /// spec (see the module doc).  Returns the number of data manifests before
 /// and after; unchanged (and nothing committed) when there is at most one.
 pub async fn rewrite_manifests(cfg: &CatalogConfig, table: &Table) -> Result<(usize, usize)> {
-    let md = table.metadata();
-    let Some(current) = md.current_snapshot().cloned() else {
-        return Ok((0, 0));
-    };
-    let (data, deletes) = current_manifests(table).await?;
+    let (data, _) = current_manifests(table).await?;
     if data.len() <= 1 {
         return Ok((data.len(), data.len()));
     }
+    let merged = commit_rewrite(cfg, table, &Rewrite::default(), "rewrite-manifests").await?;
+    Ok((data.len(), merged.manifests))
+}
+
+/// Data files replaced by a rewrite: `remove` (paths) go, `add` come, in one
+/// `replace` snapshot.  Empty: the manifests are merged, nothing else.
+#[derive(Default)]
+pub struct Rewrite {
+    pub remove: std::collections::HashSet<String>,
+    pub add: Vec<iceberg::spec::DataFile>,
+}
+
+/// What a committed rewrite left: manifests, live files and rows.
+pub struct Rewritten {
+    pub manifests: usize,
+    pub files: u64,
+    pub rows: u64,
+}
+
+/// Writes the current snapshot's live data entries into one manifest per
+/// partition spec, less `rewrite.remove` (written as `DELETED` entries),
+/// plus `rewrite.add` (`ADDED`, in the default spec's manifest), and commits
+/// that as a `replace` snapshot of `main` — only if `main` is still the
+/// snapshot read (a concurrent commit makes it fail cleanly; a crash before
+/// the commit leaves only unreferenced files).
+pub async fn commit_rewrite(
+    cfg: &CatalogConfig,
+    table: &Table,
+    rewrite: &Rewrite,
+    what: &str,
+) -> Result<Rewritten> {
+    let md = table.metadata();
+    let current = md
+        .current_snapshot()
+        .cloned()
+        .ok_or_else(|| Error::internal("a rewrite of a table without snapshots"))?;
+    let (data, deletes) = current_manifests(table).await?;
     let snapshot_id = new_snapshot_id(table);
     let sequence = md.next_sequence_number();
     let commit = uuid::Uuid::now_v7();
-    let merged = merge_manifests(table, &data, snapshot_id, commit).await?;
+    let merged = merge_manifests(table, &data, rewrite, snapshot_id, sequence, commit).await?;
+    if merged.removed.0 != rewrite.remove.len() as u64 {
+        return Err(Error::new(
+            ErrorKind::Catalog,
+            format!(
+                "{what}: {} of the {} files to replace are no longer live",
+                rewrite.remove.len() as u64 - merged.removed.0,
+                rewrite.remove.len()
+            ),
+        )
+        .with_hint("another writer changed the table meanwhile; run `maintain` again")
+        .as_conflict());
+    }
     let after = merged.manifests.len();
     let list_path = format!(
         "{}/metadata/snap-{snapshot_id}-0-{commit}.avro",
@@ -115,43 +164,67 @@ pub async fn rewrite_manifests(cfg: &CatalogConfig, table: &Table) -> Result<(us
         .close()
         .await
         .map_err(|e| ice("cannot write the manifest list", e))?;
-    let summary = Summary {
-        operation: Operation::Replace,
-        additional_properties: HashMap::from([
-            (MAINTENANCE.to_string(), "rewrite-manifests".to_string()),
-            ("total-data-files".to_string(), merged.files.to_string()),
-            ("total-records".to_string(), merged.rows.to_string()),
-            ("manifests-created".to_string(), after.to_string()),
-            ("manifests-replaced".to_string(), data.len().to_string()),
-        ]),
-    };
+    let added_rows: u64 = rewrite.add.iter().map(|f| f.record_count()).sum();
+    let mut props = HashMap::from([
+        (MAINTENANCE.to_string(), what.to_string()),
+        ("total-data-files".to_string(), merged.files.to_string()),
+        ("total-records".to_string(), merged.rows.to_string()),
+        ("manifests-created".to_string(), after.to_string()),
+        ("manifests-replaced".to_string(), data.len().to_string()),
+    ]);
+    if !rewrite.add.is_empty() || !rewrite.remove.is_empty() {
+        props.extend([
+            (
+                "added-data-files".to_string(),
+                rewrite.add.len().to_string(),
+            ),
+            (
+                "deleted-data-files".to_string(),
+                merged.removed.0.to_string(),
+            ),
+            ("added-records".to_string(), added_rows.to_string()),
+            ("deleted-records".to_string(), merged.removed.1.to_string()),
+        ]);
+    }
     let snapshot = Snapshot::builder()
         .with_snapshot_id(snapshot_id)
         .with_parent_snapshot_id(Some(current.snapshot_id()))
         .with_sequence_number(sequence)
         .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
         .with_manifest_list(list_path)
-        .with_summary(summary)
+        .with_summary(Summary {
+            operation: Operation::Replace,
+            additional_properties: props,
+        })
         .with_schema_id(md.current_schema_id())
         .build();
     crate::fault::point("maintain-before-commit");
     commit_replacing(cfg, table, current.snapshot_id(), snapshot).await?;
-    Ok((data.len(), after))
+    Ok(Rewritten {
+        manifests: after,
+        files: merged.files,
+        rows: merged.rows,
+    })
 }
 
-/// Manifests written by [`merge_manifests`], and the files and rows they hold.
+/// Manifests written by [`merge_manifests`], and the files and rows they
+/// hold (live after the rewrite), and the files and rows removed.
 struct Merged {
     manifests: Vec<ManifestFile>,
     files: u64,
     rows: u64,
+    removed: (u64, u64),
 }
 
 /// Writes the live data entries of `data` into one manifest per partition
-/// spec, as `EXISTING` entries of `snapshot_id`.
+/// spec, as `EXISTING` entries (`DELETED` for `rewrite.remove`), plus
+/// `rewrite.add` as `ADDED` entries of `snapshot_id` in the default spec's.
 async fn merge_manifests(
     table: &Table,
     data: &[ManifestFile],
+    rewrite: &Rewrite,
     snapshot_id: i64,
+    sequence: i64,
     commit: uuid::Uuid,
 ) -> Result<Merged> {
     let md = table.metadata();
@@ -159,10 +232,14 @@ async fn merge_manifests(
     for m in data {
         by_spec.entry(m.partition_spec_id).or_default().push(m);
     }
+    if !rewrite.add.is_empty() {
+        by_spec.entry(md.default_partition_spec_id()).or_default();
+    }
     let mut out = Merged {
         manifests: Vec::new(),
         files: 0,
         rows: 0,
+        removed: (0, 0),
     };
     for (n, (spec_id, manifests)) in by_spec.into_iter().enumerate() {
         let spec = md.partition_spec_by_id(spec_id).ok_or_else(|| {
@@ -184,27 +261,14 @@ async fn merge_manifests(
         )
         .build_v2_data();
         for m in manifests {
-            let manifest = m
-                .load_manifest(table.file_io())
-                .await
-                .map_err(|e| ice(&format!("cannot read manifest {}", m.manifest_path), e))?;
-            for e in manifest.entries() {
-                if !e.is_alive() || e.content_type() != DataContentType::Data {
-                    continue;
-                }
-                let (Some(snap), Some(seq)) = (e.snapshot_id(), e.sequence_number()) else {
-                    return Err(Error::new(
-                        ErrorKind::Catalog,
-                        format!(
-                            "manifest {} has an entry without snapshot or sequence",
-                            m.manifest_path
-                        ),
-                    ));
-                };
+            copy_entries(table, m, rewrite, &mut writer, &mut out).await?;
+        }
+        if spec_id == md.default_partition_spec_id() {
+            for f in &rewrite.add {
                 out.files += 1;
-                out.rows += e.record_count();
+                out.rows += f.record_count();
                 writer
-                    .add_existing_file(e.data_file().clone(), snap, seq, e.file_sequence_number)
+                    .add_file(f.clone(), sequence)
                     .map_err(|e| ice("cannot add a manifest entry", e))?;
             }
         }
@@ -216,6 +280,49 @@ async fn merge_manifests(
         );
     }
     Ok(out)
+}
+
+/// Copies the live data entries of manifest `m` into `writer`: `EXISTING`,
+/// or `DELETED` when `rewrite` removes the file.
+async fn copy_entries(
+    table: &Table,
+    m: &ManifestFile,
+    rewrite: &Rewrite,
+    writer: &mut iceberg::spec::ManifestWriter,
+    out: &mut Merged,
+) -> Result<()> {
+    let manifest = m
+        .load_manifest(table.file_io())
+        .await
+        .map_err(|e| ice(&format!("cannot read manifest {}", m.manifest_path), e))?;
+    for e in manifest.entries() {
+        if !e.is_alive() || e.content_type() != DataContentType::Data {
+            continue;
+        }
+        let (Some(snap), Some(seq)) = (e.snapshot_id(), e.sequence_number()) else {
+            return Err(Error::new(
+                ErrorKind::Catalog,
+                format!(
+                    "manifest {} has an entry without snapshot or sequence",
+                    m.manifest_path
+                ),
+            ));
+        };
+        if rewrite.remove.contains(e.file_path()) {
+            out.removed.0 += 1;
+            out.removed.1 += e.record_count();
+            writer
+                .add_delete_file(e.data_file().clone(), seq, e.file_sequence_number)
+                .map_err(|e| ice("cannot add a manifest entry", e))?;
+            continue;
+        }
+        out.files += 1;
+        out.rows += e.record_count();
+        writer
+            .add_existing_file(e.data_file().clone(), snap, seq, e.file_sequence_number)
+            .map_err(|e| ice("cannot add a manifest entry", e))?;
+    }
+    Ok(())
 }
 
 async fn output_writer(table: &Table, path: &str) -> Result<Box<dyn iceberg::io::FileWrite>> {

@@ -35,8 +35,11 @@ pub async fn commit(
     updates: Vec<TableUpdate>,
 ) -> Result<()> {
     for r in &requirements {
-        r.check(Some(table.metadata()))
-            .map_err(|e| ice("the table changed under us", e).with_hint("run again"))?;
+        r.check(Some(table.metadata())).map_err(|e| {
+            ice("the table changed under us", e)
+                .with_hint("run again")
+                .as_conflict()
+        })?;
     }
     match cfg.kind {
         CatalogKind::Sql => commit_sql(cfg, table, updates).await,
@@ -145,7 +148,8 @@ async fn commit_sql(cfg: &CatalogConfig, table: &Table, updates: Vec<TableUpdate
             ErrorKind::Catalog,
             format!("commit conflict on {ident}: another writer committed first"),
         )
-        .with_hint("run again"));
+        .with_hint("run again")
+        .as_conflict());
     }
     Ok(())
 }
@@ -298,6 +302,7 @@ async fn commit_rest(
     );
     Err(if status.as_u16() == 409 {
         e.with_hint("another writer committed first; run again")
+            .as_conflict()
     } else {
         e
     })

@@ -3,11 +3,13 @@
 
 pub mod catalog;
 pub mod commit;
+pub mod compact;
 pub mod evolve;
 pub mod glue;
 pub mod layout;
 pub mod maintenance;
 pub mod metadata_commit;
+pub mod orphans;
 pub mod readback;
 pub mod table;
 pub mod write;

@@ -78,6 +78,8 @@ pub struct LiveFile {
     pub partition: Vec<Option<iceberg::spec::Literal>>,
     /// The snapshot that added it.
     pub snapshot_id: Option<i64>,
+    /// The partition spec it was written with.
+    pub spec_id: i32,
 }
 
 /// Every live data file of the table's current snapshot.
@@ -109,6 +111,7 @@ pub async fn live_files(table: &Table) -> Result<Vec<LiveFile>> {
                         .map(|v| v.cloned())
                         .collect(),
                     snapshot_id: e.snapshot_id(),
+                    spec_id: m.partition_spec_id,
                 });
             }
         }
@@ -126,8 +129,22 @@ pub async fn for_each_batch<F>(
 where
     F: FnMut(&arrow_array::RecordBatch) -> Result<()>,
 {
+    let mut stream = batches(table, snapshot, files)?;
+    while let Some(batch) = stream.try_next().await? {
+        f(&batch)?;
+    }
+    Ok(())
+}
+
+/// The rows of `files` as a stream, with every column of the snapshot's
+/// schema (columns added since a file was written read as NULL).
+pub fn batches(
+    table: &Table,
+    snapshot: &SnapshotRef,
+    files: &[AddedFile],
+) -> Result<futures::stream::BoxStream<'static, Result<arrow_array::RecordBatch>>> {
     if files.is_empty() {
-        return Ok(());
+        return Ok(futures::stream::empty().boxed());
     }
     let md = table.metadata();
     let schema = snapshot
@@ -155,18 +172,12 @@ where
         .with_data_file_concurrency_limit(1)
         .with_batch_size(8192)
         .build();
-    let mut stream = reader
+    Ok(reader
         .read(futures::stream::iter(tasks).boxed())
         .map_err(|e| read_err("cannot read the batch back", e))?
-        .stream();
-    while let Some(batch) = stream
-        .try_next()
-        .await
-        .map_err(|e| read_err("cannot read the batch back", e))?
-    {
-        f(&batch)?;
-    }
-    Ok(())
+        .stream()
+        .map_err(|e| read_err("cannot read the batch back", e))
+        .boxed())
 }
 
 /// Count and checksum of the rows `snapshot` added, read from storage.

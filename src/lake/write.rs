@@ -67,7 +67,27 @@ impl BatchWriter {
         target_file_size: u64,
         zstd_level: i32,
     ) -> Result<Self> {
-        let md = table.table.metadata();
+        Self::for_table(
+            &table.table,
+            table.granularity,
+            table.time_index,
+            prefix,
+            target_file_size,
+            zstd_level,
+        )
+    }
+
+    /// A writer for rows of `table`'s current schema whose time column is
+    /// column `time_index`, partitioned by `granularity` (the default spec).
+    pub fn for_table(
+        table: &iceberg::table::Table,
+        granularity: Granularity,
+        time_index: usize,
+        prefix: &str,
+        target_file_size: u64,
+        zstd_level: i32,
+    ) -> Result<Self> {
+        let md = table.metadata();
         let schema = md.current_schema().clone();
         let level = ZstdLevel::try_new(zstd_level)
             .map_err(|e| Error::config(format!("zstd level: {e}")))?;
@@ -84,7 +104,7 @@ impl BatchWriter {
         let rolling = RollingFileWriterBuilder::new(
             parquet,
             target_file_size as usize,
-            table.table.file_io().clone(),
+            table.file_io().clone(),
             location,
             names,
         );
@@ -92,8 +112,8 @@ impl BatchWriter {
             builder: DataFileWriterBuilder::new(rolling),
             spec: md.default_partition_spec().as_ref().clone(),
             schema,
-            granularity: table.granularity,
-            time_index: table.time_index,
+            granularity,
+            time_index,
             open: Vec::new(),
             tick: 0,
             files: Vec::new(),

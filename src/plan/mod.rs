@@ -368,8 +368,9 @@ pub fn plan(facts: &TableFacts, opts: PlanOptions) -> Plan {
         let extend = groups.last().is_some_and(|grp| {
             let first = grp[0];
             // Aligned: with 24 hourly windows per batch, a batch is one UTC day.
-            let span_ok =
-                g.ordinal(w.start).div_euclid(bw) == g.ordinal(first.start).div_euclid(bw);
+            // `batch_windows: all`: one group for the whole run.
+            let span_ok = opts.batch_windows == u32::MAX
+                || g.ordinal(w.start).div_euclid(bw) == g.ordinal(first.start).div_euclid(bw);
             span_ok
                 && !hits_barrier(&Window {
                     start: first.start,
@@ -659,6 +660,31 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn batch_windows_all_plans_one_batch_per_run() {
+        let f = facts(
+            vec![],
+            &[],
+            vec![
+                day("1969-12-31"),
+                day("2024-01-01"),
+                day("2024-01-02"),
+                day("2024-01-09"),
+            ],
+        );
+        let p = plan(
+            &f,
+            PlanOptions {
+                batch_windows: crate::config::BATCH_WINDOWS_ALL,
+                ..MOVE
+            },
+        );
+        assert_eq!(p.batches.len(), 1, "{:?}", p.batches);
+        assert_eq!(p.batches[0].windows.len(), 4);
+        assert_eq!(rfc3339(p.batches[0].range.start), "1969-12-31T00:00:00Z");
+        assert_eq!(rfc3339(p.batches[0].range.end), "2024-01-10T00:00:00Z");
     }
 
     #[test]

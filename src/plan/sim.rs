@@ -325,7 +325,12 @@ impl Model {
             &self.facts(),
             PlanOptions {
                 force,
-                batch_windows: 1 + rng.below(3) as u32,
+                // 1-3 windows per batch, or every window of the run in one
+                // (`batch_windows: all`, bounded by the row limit below).
+                batch_windows: match rng.below(4) {
+                    3 => crate::config::BATCH_WINDOWS_ALL,
+                    n => 1 + n as u32,
+                },
                 mode,
             },
         );

@@ -178,12 +178,12 @@ impl Inserter {
 
 /// Every fault point × {quiet table, concurrent inserts}: crash there, run
 /// again to completion, reconcile.
-async fn fault_matrix(kind: Cat) {
+async fn fault_matrix(kind: Cat, shape: &str) {
     let s = services!();
     let mut lines = Vec::new();
     for inserts in [false, true] {
         for point in permafrost::fault::POINTS {
-            let f = Fixture::new(&s, None, kind, 400, 6, "    max_batch_rows: 300\n", "").await;
+            let f = Fixture::new(&s, None, kind, 400, 6, shape, "").await;
             let inserter = if inserts {
                 Some(Inserter::start(&f.db.dsn).await)
             } else {
@@ -236,12 +236,68 @@ async fn fault_matrix(kind: Cat) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_matrix_rest_catalog() {
-    fault_matrix(Cat::Rest).await;
+    fault_matrix(Cat::Rest, "    max_batch_rows: 300\n").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fault_matrix_sql_catalog() {
-    fault_matrix(Cat::Sqlite).await;
+    fault_matrix(Cat::Sqlite, "    max_batch_rows: 300\n").await;
+}
+
+/// The same matrix with one batch per run: all six windows in one range,
+/// split by `max_batch_rows` into snapshots that each span windows.
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_matrix_one_batch_per_run() {
+    fault_matrix(
+        Cat::Sqlite,
+        "    batch_windows: all\n    max_batch_rows: 900\n",
+    )
+    .await;
+}
+
+/// `batch_windows: all`: a catch-up run over many windows commits one
+/// snapshot per `max_batch_rows` rows, not one per window.
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_windows_all_makes_fewer_fuller_snapshots() {
+    let s = services!();
+    let f = Fixture::new(
+        &s,
+        None,
+        Cat::Sqlite,
+        100,
+        30,
+        "    batch_windows: all\n    max_batch_rows: 1000\n",
+        "",
+    )
+    .await;
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rep = out.json();
+    let rows: Vec<u64> = rep[0]["batches"]
+        .as_array()
+        .expect("batches")
+        .iter()
+        .map(|b| b["rows"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(rows, vec![1000, 1000, 1000], "30 windows, 3 snapshots");
+    let snaps =
+        f.ws.run_env(
+            &["snapshots", "-c", &f.cfg, "-t", "sensor_readings", "--json"],
+            &f.env_with(&[]),
+        )
+        .json();
+    assert_eq!(snaps.as_array().map(Vec::len), Some(3), "{snaps}");
+    let list =
+        f.ws.run_env(&["list", "-c", &f.cfg, "--json"], &f.env_with(&[]))
+            .json();
+    let archived = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|w| w["state"] == "archived")
+        .count();
+    assert_eq!(archived, 30, "{list}");
+    f.assert_reconciled("batch_windows: all");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -145,6 +145,13 @@ def main():
         p["pruned_rows"] = scan.to_arrow().num_rows
         p["all_files"] = len(list(t.scan().plan_files()))
 
+    if req.get("time_travel"):
+        # Every retained snapshot must still read: no file it references is gone.
+        p["snapshot_counts"] = {
+            str(s.snapshot_id): t.scan(snapshot_id=s.snapshot_id).to_arrow().num_rows
+            for s in t.snapshots()
+        }
+
     if req.get("duckdb", True):
         import duckdb
 
