@@ -17,6 +17,10 @@
 //! `--dry-run` writes nothing and only reports the plan.
 //!
 //! Idempotent: a re-run after success commits nothing.
+//!
+//! Stoppable ([`crate::shutdown`]): after SIGTERM no batch or part starts;
+//! once the stop becomes an abort, a batch not yet committed rolls back.
+//! Either way the table's outcome is `interrupted` and the next run resumes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -36,7 +40,9 @@ use crate::notify;
 use crate::plan::window::{Micros, Window, rfc3339};
 use crate::plan::{self, BatchMode, PlanOptions, PlannedBatch, TableFacts, keys};
 use crate::progress::Progress;
+use crate::shutdown;
 use crate::source::{self, extract, windows};
+use tracing::Instrument;
 
 /// Options of one `archive` run.
 #[derive(Debug, Clone, Default)]
@@ -69,6 +75,44 @@ pub struct TableReport {
     /// Dry run: schema changes the next run makes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub schema_changes: Vec<String>,
+    /// What the run left older than the cutoff in Postgres (normally none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+/// Rows older than the cutoff still in Postgres after a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pending {
+    pub rows: u64,
+    /// The oldest one's time (RFC 3339).
+    pub oldest: Option<String>,
+    #[serde(skip)]
+    pub oldest_us: Option<Micros>,
+}
+
+/// Seconds a batch spent in each stage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stages {
+    /// Streaming out of Postgres (and deleting), writing data files.
+    pub extract_write: f64,
+    /// The Iceberg commit (and the ledger in it).
+    pub commit: f64,
+    /// Reading the snapshot back and checking it.
+    pub verify: f64,
+    /// The Postgres commit (and dropping partitions).
+    pub settle: f64,
+}
+
+impl Stages {
+    /// `(stage name, seconds)`, in order.
+    pub fn iter(&self) -> [(&'static str, f64); 4] {
+        [
+            ("extract_write", self.extract_write),
+            ("commit", self.commit),
+            ("verify", self.verify),
+            ("settle", self.settle),
+        ]
+    }
 }
 
 /// Outcome of one table.
@@ -101,9 +145,12 @@ pub struct BatchReport {
     /// Rows removed from Postgres that an earlier, unsettled batch had already archived.
     pub reconciled_rows: u64,
     pub files: usize,
+    /// Bytes of the data files committed.
+    pub bytes: u64,
     pub snapshot_id: Option<i64>,
     pub checksum: String,
     pub seconds: f64,
+    pub stages: Stages,
 }
 
 /// A batch a dry run would archive.
@@ -163,9 +210,28 @@ async fn archive_table(
         planned: vec![],
         blocked: vec![],
         schema_changes: vec![],
+        pending: None,
     };
-    if let Err(e) = archive_table_inner(cfg, t, catalog.as_ref(), opts, progress, &mut report).await
-    {
+    let span =
+        tracing::trace_span!(target: crate::logging::CONTEXT, "table", table = %t.source_name());
+    let result = if shutdown::stop_requested() {
+        Err(shutdown::interrupted(
+            "stopped by a signal before this table started",
+        ))
+    } else {
+        archive_table_inner(cfg, t, catalog.as_ref(), opts, progress, &mut report)
+            .instrument(span)
+            .await
+    };
+    if let Err(e) = result {
+        if e.kind() == ErrorKind::Interrupted {
+            report.outcome = Outcome::Failed {
+                kind: e.kind(),
+                error: e.message().to_string(),
+                hint: e.hint().map(str::to_string),
+            };
+            return report;
+        }
         notify::send(
             cfg.notify.webhook_url.as_deref(),
             &notify::Event {
@@ -374,9 +440,19 @@ async fn archive_on(
         settled,
     };
     let mut result = Ok(());
-    for planned in &plan.batches {
+    for (n, planned) in plan.batches.iter().enumerate() {
+        if shutdown::stop_requested() {
+            result = Err(stopped(plan.batches.len() - n));
+            break;
+        }
         match run_planned(&mut ctx, &facts, planned, &bar).await {
-            Ok(mut done) => report.batches.append(&mut done),
+            Ok((mut done, cut)) => {
+                report.batches.append(&mut done);
+                if cut {
+                    result = Err(stopped(plan.batches.len() - n));
+                    break;
+                }
+            }
             Err(e) => {
                 result = Err(e);
                 break;
@@ -385,8 +461,42 @@ async fn archive_on(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let finished = result
+        .as_ref()
+        .err()
+        .is_none_or(|e| e.kind() == ErrorKind::Interrupted);
+    if opts.range.is_none() && finished {
+        report.pending = left_behind(ctx.client, &src, cutoff).await;
+    }
     let _ = source::unlock_table(ctx.client, src.oid).await;
     result
+}
+
+/// The error of a table whose run a signal cut short, `left` batches early.
+fn stopped(left: usize) -> Error {
+    shutdown::interrupted(&format!(
+        "stopped by a signal; {left} planned batch(es) left for the next run"
+    ))
+}
+
+/// What a run left older than the cutoff (logged, not fatal, when the
+/// count itself fails).
+async fn left_behind(
+    client: &tokio_postgres::Client,
+    src: &source::SourceTable,
+    cutoff: Micros,
+) -> Option<Pending> {
+    match windows::pending(client, src, cutoff).await {
+        Ok((rows, oldest)) => Some(Pending {
+            rows,
+            oldest: oldest.map(rfc3339),
+            oldest_us: oldest,
+        }),
+        Err(e) => {
+            tracing::warn!("cannot count the rows left behind: {}", e.message());
+            None
+        }
+    }
 }
 
 fn fill_dry_run(
@@ -500,12 +610,13 @@ async fn open_rows(ctx: &Ctx<'_>, ids: &[String]) -> Result<Vec<u128>> {
 }
 
 /// Runs one planned batch (several when `max_batch_rows` splits it).
+/// Returns the committed parts, and whether a stop cut the parts short.
 async fn run_planned(
     ctx: &mut Ctx<'_>,
     facts: &TableFacts,
     planned: &PlannedBatch,
     bar: &indicatif::ProgressBar,
-) -> Result<Vec<BatchReport>> {
+) -> Result<(Vec<BatchReport>, bool)> {
     // Rows of open batches are already archived: collect their hashes.
     let mut archived = Vec::new();
     if !planned.reconcile.is_empty() {
@@ -545,7 +656,15 @@ async fn run_planned(
     let mut parts = 0;
     loop {
         parts += 1;
+        let span = tracing::trace_span!(
+            target: crate::logging::CONTEXT,
+            "batch",
+            batch = %batch_id,
+            window_start = %rfc3339(planned.range.start),
+            window_end = %rfc3339(planned.range.end),
+        );
         let done = run_batch(ctx, planned, &batch_id, sequence, limit, bag.as_mut(), bar)
+            .instrument(span)
             .await
             .map_err(|e| {
                 e.with_context("batch", &batch_id)
@@ -557,13 +676,16 @@ async fn run_planned(
         }
         match limit {
             Some(_) if !done.exhausted && parts < max_parts => {
+                if shutdown::stop_requested() {
+                    return Ok((out, true));
+                }
                 sequence += 1;
                 batch_id = plan::batch_id(&facts.source, &planned.range, sequence);
             }
             _ => break,
         }
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 /// Hashes of the rows of settled batches overlapping the range whose whole
@@ -805,6 +927,10 @@ async fn run_batch(
             fault::point("after-extract");
             first = false;
         }
+        if let Err(e) = shutdown::check_abort() {
+            write_err = Some(e);
+            break;
+        }
         let (batch, hashes) = match bag.as_deref_mut() {
             Some(bag) => {
                 let keep: Vec<bool> = hashes.iter().map(|h| !bag.take(*h)).collect();
@@ -923,7 +1049,15 @@ async fn run_batch(
         summary.insert(keys::RECONCILED_ROWS.to_string(), reconciled.to_string());
     }
     let nfiles = files.len();
+    let bytes: u64 = files.iter().map(|f| f.file_size_in_bytes()).sum();
     let source_id = src.source_id();
+    // The last moment a stop may still leave this batch: nothing committed.
+    shutdown::check_abort()?;
+    let mut stages = Stages {
+        extract_write: started.elapsed().as_secs_f64(),
+        ..Stages::default()
+    };
+    let mark = Instant::now();
     let update = lake::commit::LedgerUpdate {
         source: &source_id,
         settled: &ctx.settled,
@@ -931,10 +1065,14 @@ async fn run_batch(
     let (snapshot_id, committed) =
         lake::commit::commit_batch(ctx.catalog, &ctx.table.ident, files, summary, update).await?;
     fault::point("after-commit");
+    stages.commit = mark.elapsed().as_secs_f64();
+    let mark = Instant::now();
 
     // Verify from the catalog, not from memory.
     let fresh = committed;
     let verified = verify(&fresh, batch_id, written, &checksum).await;
+    stages.verify = mark.elapsed().as_secs_f64();
+    let mark = Instant::now();
     ctx.table.table = fresh;
     if let Err(e) = verified {
         let reason = e.message().to_string();
@@ -961,6 +1099,7 @@ async fn run_batch(
         .await
         .map_err(|e| Error::postgres("cannot commit the Postgres transaction (the batch is archived; the next run settles it)", e))?;
     fault::point("after-pg-commit");
+    stages.settle = mark.elapsed().as_secs_f64();
     if mode == BatchMode::Move {
         ctx.settled.insert(batch_id.to_string());
         ctx.settled.extend(reconciles.iter().cloned());
@@ -995,9 +1134,11 @@ async fn run_batch(
             rows: written,
             reconciled_rows: reconciled,
             files: nfiles,
+            bytes,
             snapshot_id: Some(snapshot_id),
             checksum: checksum.hex(),
             seconds: started.elapsed().as_secs_f64(),
+            stages,
         }),
         exhausted,
     })

@@ -30,6 +30,22 @@ pub struct Config {
     pub global: GlobalConfig,
     pub notify: NotifyConfig,
     pub maintenance: MaintenanceConfig,
+    pub schedule: ScheduleConfig,
+}
+
+/// `schedule`: defaults of `permafrost run` (flags override them).
+#[derive(Debug, Clone, Default)]
+pub struct ScheduleConfig {
+    /// An interval (`1h`) …
+    pub every: Option<String>,
+    /// … or a cron expression (`0 * * * *`, UTC).
+    pub cron: Option<String>,
+    /// Each run starts up to this much later, at random.
+    pub jitter: Duration,
+    /// Serve `/metrics`, `/healthz`, `/readyz` here.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// After SIGTERM, how long the batch in flight may take before it is aborted.
+    pub grace_period: Duration,
 }
 
 /// How to reach PostgreSQL.
@@ -239,6 +255,10 @@ pub struct GlobalConfig {
 pub struct NotifyConfig {
     /// POST a JSON payload here when a batch fails.
     pub webhook_url: Option<String>,
+    /// healthchecks.io-style pings: `URL/start` when a run starts, `URL`
+    /// when it succeeds, `URL/fail` when it fails, `URL/log` when it only
+    /// found its tables busy.
+    pub heartbeat_url: Option<String>,
 }
 
 /// `maintenance`: defaults of `permafrost maintain`, and whether `archive`
@@ -275,6 +295,23 @@ struct RawConfig {
     notify: RawNotify,
     #[serde(default)]
     maintenance: RawMaintenance,
+    #[serde(default)]
+    schedule: RawSchedule,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    #[serde(default)]
+    every: Option<String>,
+    #[serde(default)]
+    cron: Option<String>,
+    #[serde(default)]
+    jitter: Option<String>,
+    #[serde(default)]
+    metrics_listen: Option<String>,
+    #[serde(default)]
+    grace_period: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -404,6 +441,8 @@ struct RawGlobal {
 struct RawNotify {
     #[serde(default)]
     webhook_url: Option<String>,
+    #[serde(default)]
+    heartbeat_url: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -567,9 +606,14 @@ impl Config {
                 "`global.max_table_concurrency` must be between 1 and {MAX_POOL_SIZE}"
             )));
         }
-        if let Some(url) = &raw.notify.webhook_url {
-            url::Url::parse(url)
-                .map_err(|e| Error::config(format!("`notify.webhook_url` is not a URL: {e}")))?;
+        for (key, url) in [
+            ("webhook_url", &raw.notify.webhook_url),
+            ("heartbeat_url", &raw.notify.heartbeat_url),
+        ] {
+            if let Some(url) = url {
+                url::Url::parse(url)
+                    .map_err(|e| Error::config(format!("`notify.{key}` is not a URL: {e}")))?;
+            }
         }
         Ok(Config {
             database,
@@ -580,8 +624,10 @@ impl Config {
             },
             notify: NotifyConfig {
                 webhook_url: raw.notify.webhook_url,
+                heartbeat_url: raw.notify.heartbeat_url,
             },
             maintenance: maintenance_config(raw.maintenance)?,
+            schedule: schedule_config(raw.schedule)?,
         })
     }
 
@@ -857,6 +903,38 @@ fn maintenance_config(raw: RawMaintenance) -> Result<MaintenanceConfig> {
         compact: raw.compact.unwrap_or(true),
         orphan_older_than,
     })
+}
+
+fn schedule_config(raw: RawSchedule) -> Result<ScheduleConfig> {
+    let duration = |key: &str, v: &Option<String>, default: Duration| match v {
+        Some(s) => parse_duration(s).map_err(|m| Error::config(format!("`schedule.{key}`: {m}"))),
+        None => Ok(default),
+    };
+    let metrics_listen = match &raw.metrics_listen {
+        Some(a) => Some(a.parse().map_err(|e| {
+            Error::config(format!(
+                "`schedule.metrics_listen`: `{a}` is not an address: {e}"
+            ))
+            .with_hint("host:port, e.g. 127.0.0.1:9187 or 0.0.0.0:9187")
+        })?),
+        None => None,
+    };
+    let cfg = ScheduleConfig {
+        jitter: duration("jitter", &raw.jitter, Duration::ZERO)?,
+        grace_period: duration(
+            "grace_period",
+            &raw.grace_period,
+            crate::shutdown::DEFAULT_GRACE,
+        )?,
+        every: raw.every,
+        cron: raw.cron,
+        metrics_listen,
+    };
+    if cfg.every.is_some() || cfg.cron.is_some() {
+        crate::schedule::Schedule::parse(cfg.every.as_deref(), cfg.cron.as_deref())
+            .map_err(|e| e.prefixed("`schedule`"))?;
+    }
+    Ok(cfg)
 }
 
 /// IAM tokens over plain TCP: refused (RDS and Aurora do too).

@@ -27,6 +27,9 @@ pub enum ErrorKind {
     Verification,
     /// Another permafrost instance holds the table.
     Busy,
+    /// A signal stopped the run before it was done (the rest waits for the
+    /// next run; nothing is half-done).
+    Interrupted,
     /// A value cannot be represented losslessly.
     Unsupported,
     /// Local I/O (files, processes).
@@ -44,6 +47,7 @@ impl ErrorKind {
             ErrorKind::Postgres | ErrorKind::Catalog | ErrorKind::Storage => 4,
             ErrorKind::Verification => 5,
             ErrorKind::Busy => 6,
+            ErrorKind::Interrupted => 8,
             ErrorKind::Io | ErrorKind::Internal => 1,
         }
     }
@@ -65,6 +69,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Storage => "storage",
             ErrorKind::Verification => "verification",
             ErrorKind::Busy => "busy",
+            ErrorKind::Interrupted => "interrupted",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Io => "io",
             ErrorKind::Internal => "internal",

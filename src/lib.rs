@@ -4,7 +4,9 @@
 //! The module tree follows the data flow:
 //! [`config`] → [`plan`] (pure) → [`source`] (Postgres: introspect, extract,
 //! delete) → [`lake`] (Iceberg: table, write, commit, read back) → the use
-//! cases [`archive`], [`inspect`], [`check`], [`demo`] → [`cli`].
+//! cases [`archive`], [`inspect`], [`check`], [`demo`], [`maintain`] →
+//! operating them: [`run`] (on a [`schedule`], with [`metrics`]),
+//! [`shutdown`] (graceful stop), [`logging`] → [`cli`].
 
 pub mod archive;
 pub mod aws;
@@ -19,12 +21,17 @@ pub mod filter;
 pub mod http;
 pub mod inspect;
 pub mod lake;
+pub mod logging;
 pub mod maintain;
+pub mod metrics;
 pub mod notify;
 pub mod plan;
 pub mod progress;
 pub mod restore;
+pub mod run;
+pub mod schedule;
 pub mod secret;
+pub mod shutdown;
 pub mod source;
 pub mod types;
 

@@ -246,6 +246,25 @@ async fn sweep_orphans(
     Ok(())
 }
 
+/// `maintenance.after_archive`: `maintain` with the config's settings over
+/// the tables just archived (`table`: the one `-t` named); reported on
+/// stderr (stdout is the archive's).  Snapshot and file ages are wall-clock
+/// times, whatever `archive --now` says about the source's windows.
+pub async fn after_archive(cfg: &Config, table: Option<&str>) -> Result<()> {
+    let m = &cfg.maintenance;
+    let opts = MaintainOptions {
+        dry_run: false,
+        older_than: m.older_than,
+        retain_last: m.retain_last,
+        max_manifests: m.max_manifests,
+        compact: m.compact,
+        orphan_older_than: m.orphan_older_than,
+        now_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    run(cfg, table, &opts).await?;
+    Ok(())
+}
+
 /// Snapshots of the ancestry older than `cutoff` beyond the newest
 /// `retain_last` (what the expiry removes from `main`).
 pub fn would_expire(table: &iceberg::table::Table, cutoff: i64, retain_last: usize) -> usize {

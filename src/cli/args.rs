@@ -18,6 +18,17 @@ pub struct Cli {
     #[arg(long, short, global = true)]
     pub quiet: bool,
 
+    /// Log lines as text, or as one JSON object each (time, level, table,
+    /// batch, window, message) for log pipelines.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "PERMAFROST_LOG_FORMAT"
+    )]
+    pub log_format: crate::logging::LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -61,8 +72,67 @@ pub enum Command {
     Query(QueryArgs),
     /// Bring an archived range back into Postgres: staged, validated, then attached or merged.
     Restore(RestoreArgs),
-    /// Keep archive tables small: expire old snapshots, merge manifests (no file is deleted).
+    /// Keep archive tables and their storage small: compact small files, expire
+    /// old snapshots, merge manifests, delete orphan files.
     Maintain(MaintainArgs),
+    /// Archive on a schedule in one long-running process, with /metrics, /healthz and /readyz.
+    Run(RunArgs),
+    /// Shell completions (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(CompletionsArgs),
+    /// The man page (roff) on stdout.
+    Man,
+}
+
+/// What cron runs and `run` share: metrics out, graceful stop.
+#[derive(Debug, Args, Clone)]
+pub struct OperateArgs {
+    /// After SIGTERM/SIGINT, let the batch in flight finish this long before
+    /// aborting it before its commit [default: `schedule.grace_period`, else 25s].
+    #[arg(long)]
+    pub grace: Option<String>,
+    #[command(flatten)]
+    pub metrics: MetricsOutArgs,
+}
+
+/// Where a one-shot command's metrics go.
+#[derive(Debug, Args, Clone)]
+pub struct MetricsOutArgs {
+    /// Write the run's metrics here for node-exporter's textfile collector.
+    #[arg(long)]
+    pub metrics_textfile: Option<PathBuf>,
+    /// Push the run's metrics to this Prometheus Pushgateway (job `permafrost`).
+    #[arg(long)]
+    pub pushgateway: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Run every interval (`1h`, `15m`) [default: `schedule.every`].
+    #[arg(long, conflicts_with = "cron")]
+    pub every: Option<String>,
+    /// Run at the times of this cron expression, UTC (`"0 * * * *"`) [default: `schedule.cron`].
+    #[arg(long)]
+    pub cron: Option<String>,
+    /// Start each run up to this much later, at random [default: `schedule.jitter`, else 0s].
+    #[arg(long)]
+    pub jitter: Option<String>,
+    /// Serve /metrics, /healthz and /readyz on this address (`127.0.0.1:9187`)
+    /// [default: `schedule.metrics_listen`, else none].
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// After SIGTERM/SIGINT, let the batch in flight finish this long
+    /// [default: `schedule.grace_period`, else 25s].
+    #[arg(long)]
+    pub grace: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Window states for `list --status`.
@@ -224,6 +294,8 @@ pub struct RestoreArgs {
     /// Machine-readable report on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub metrics: MetricsOutArgs,
 }
 
 #[derive(Debug, Args)]
@@ -307,6 +379,8 @@ pub struct ArchiveArgs {
     /// Pretend the current time is this (RFC 3339); for tests and demos.
     #[arg(long, hide = true)]
     pub now: Option<String>,
+    #[command(flatten)]
+    pub operate: OperateArgs,
 }
 
 #[derive(Debug, Args)]

@@ -5,14 +5,15 @@ use std::process::ExitCode;
 use crate::archive::{self, ArchiveOptions, Outcome};
 use crate::cli::args::{
     ArchiveArgs, CheckArgs, Cli, Command, DemoArgs, DiffArgs, FetchArgs, ListArgs, MaintainArgs,
-    QueryArgs, ReplayArgs, RestoreArgs, ShowArgs, SnapshotArg, SnapshotsArgs, StateArg, StatusArgs,
+    MetricsOutArgs, OperateArgs, QueryArgs, ReplayArgs, RestoreArgs, RunArgs, ShowArgs,
+    SnapshotArg, SnapshotsArgs, StateArg, StatusArgs,
 };
 use crate::cli::output::{self, num};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::plan::window::parse_instant;
 use crate::progress::Progress;
-use crate::{check, demo, inspect, lake, secret, source};
+use crate::{check, demo, inspect, lake, source};
 
 /// Sets up logging to stderr (redacted); `RUST_LOG` overrides `--log-level`.
 pub fn init_logging(cli: &Cli) {
@@ -21,19 +22,7 @@ pub fn init_logging(cli: &Cli) {
     } else {
         cli.log_level.as_str()
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "warn,permafrost={level},iceberg=warn,iceberg_catalog_rest=warn,iceberg_catalog_sql=warn"
-        ))
-    });
-    let ansi = std::env::var_os("NO_COLOR").is_none()
-        && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(secret::RedactingStderr)
-        .with_target(false)
-        .with_ansi(ansi)
-        .try_init();
+    crate::logging::init(level, cli.log_format);
 }
 
 /// Runs the command; maps errors to `error: …` / `hint: …` and an exit code.
@@ -53,6 +42,17 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Query(a) => query_cmd(a, &progress).await,
         Command::Restore(a) => restore_cmd(a, &progress).await,
         Command::Maintain(a) => maintain_cmd(a).await,
+        Command::Run(a) => run_cmd(a).await,
+        Command::Completions(a) => {
+            clap_complete::generate(
+                a.shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "permafrost",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => man_cmd(),
     };
     match result {
         Ok(code) => code,
@@ -222,7 +222,7 @@ async fn archive_cmd(a: ArchiveArgs, progress: &Progress) -> Result<ExitCode> {
         now: parse_now(a.now.as_deref())?,
         range: None,
     };
-    run_archive(&cfg, &opts, a.json, progress).await
+    run_archive(&cfg, &opts, a.json, progress, Some(&a.operate)).await
 }
 
 async fn replay_cmd(a: ReplayArgs, progress: &Progress) -> Result<ExitCode> {
@@ -251,7 +251,7 @@ async fn replay_cmd(a: ReplayArgs, progress: &Progress) -> Result<ExitCode> {
             end: to,
         }),
     };
-    run_archive(&cfg, &opts, a.json, progress).await
+    run_archive(&cfg, &opts, a.json, progress, None).await
 }
 
 async fn run_archive(
@@ -259,13 +259,20 @@ async fn run_archive(
     opts: &ArchiveOptions,
     json: bool,
     progress: &Progress,
+    operate: Option<&OperateArgs>,
 ) -> Result<ExitCode> {
     let progress = if json {
         Progress::hidden()
     } else {
         progress.clone()
     };
-    let reports = archive::run(cfg, opts, &progress).await?;
+    let grace = match operate.and_then(|o| o.grace.as_deref()) {
+        Some(g) => parse_flag_duration("--grace", g)?,
+        None => cfg.schedule.grace_period,
+    };
+    crate::shutdown::install(grace);
+    let metrics = crate::metrics::Metrics::new();
+    let reports = crate::run::archive_once(cfg, opts, &progress, &metrics).await?;
     if json {
         output::json(&reports)?;
     } else {
@@ -273,8 +280,6 @@ async fn run_archive(
     }
     // One failure, one message: each failed table's error is printed once,
     // here (the summary and the log leave it out).
-    // The exit code is the first failed table's kind's (see README "Exit codes").
-    let mut first_failure: Option<ErrorKind> = None;
     for r in &reports {
         if let Outcome::Failed { kind, error, hint } = &r.outcome {
             let mut e = Error::new(*kind, format!("{}: {error}", r.source));
@@ -282,36 +287,34 @@ async fn run_archive(
                 e = e.with_hint(h.clone());
             }
             output::error(&e);
-            first_failure.get_or_insert(*kind);
         }
     }
-    let failed = usize::from(first_failure.is_some());
-    if failed == 0 && !opts.dry_run && cfg.maintenance.after_archive {
-        maintain_after_archive(cfg, opts).await?;
+    if let Some(o) = operate.filter(|_| !opts.dry_run) {
+        emit_metrics(&metrics, &o.metrics).await?;
     }
-    Ok(match first_failure {
-        Some(kind) => ExitCode::from(kind.exit_code()),
-        None => ExitCode::SUCCESS,
-    })
+    // The exit code: the first failed table's kind's, else 6 when a table
+    // was busy (see README "Exit codes").
+    Ok(ExitCode::from(
+        crate::run::RunOutcome::of(&reports).exit_code(),
+    ))
 }
 
-/// `maintenance.after_archive`: `maintain` with the config's settings over
-/// the tables just archived; reported on stderr (stdout is the archive's).
-async fn maintain_after_archive(cfg: &Config, opts: &ArchiveOptions) -> Result<()> {
-    let m = &cfg.maintenance;
-    let mopts = crate::maintain::MaintainOptions {
-        dry_run: false,
-        older_than: m.older_than,
-        retain_last: m.retain_last,
-        max_manifests: m.max_manifests,
-        compact: m.compact,
-        orphan_older_than: m.orphan_older_than,
-        // Snapshot and file ages are wall-clock times, whatever `--now` says
-        // about the source's windows.
-        now_ms: chrono::Utc::now().timestamp_millis(),
-    };
-    crate::maintain::run(cfg, opts.table.as_deref(), &mopts).await?;
+/// Writes and pushes a one-shot command's metrics where the flags say.
+async fn emit_metrics(metrics: &crate::metrics::Metrics, out: &MetricsOutArgs) -> Result<()> {
+    if let Some(path) = &out.metrics_textfile {
+        metrics.write_textfile(path)?;
+    }
+    if let Some(url) = &out.pushgateway {
+        // Monitoring must not fail the command: logged, not returned.
+        if let Err(e) = metrics.push(url).await {
+            tracing::warn!("{}", e.message());
+        }
+    }
     Ok(())
+}
+
+fn parse_flag_duration(flag: &str, v: &str) -> Result<std::time::Duration> {
+    crate::config::parse_duration(v).map_err(|m| Error::config(format!("{flag}: {m}")))
 }
 
 fn print_archive(reports: &[archive::TableReport], dry_run: bool) {
@@ -388,6 +391,46 @@ fn print_archive(reports: &[archive::TableReport], dry_run: bool) {
             ));
         }
     }
+}
+
+/// `run`: flags over the config's `schedule:` section.
+async fn run_cmd(a: RunArgs) -> Result<ExitCode> {
+    let cfg = load(&a.config.config)?;
+    let s = &cfg.schedule;
+    let (every, cron) = match (&a.every, &a.cron) {
+        (None, None) => (s.every.clone(), s.cron.clone()),
+        (e, c) => (e.clone(), c.clone()),
+    };
+    let schedule = crate::schedule::Schedule::parse(every.as_deref(), cron.as_deref())?;
+    let metrics_listen = match &a.metrics_listen {
+        Some(l) => Some(l.parse().map_err(|e| {
+            Error::config(format!("--metrics-listen: `{l}` is not an address: {e}"))
+                .with_hint("host:port, e.g. 127.0.0.1:9187")
+        })?),
+        None => s.metrics_listen,
+    };
+    let opts = crate::run::RunOptions {
+        config: a.config.config.clone(),
+        schedule,
+        jitter: match &a.jitter {
+            Some(j) => parse_flag_duration("--jitter", j)?,
+            None => s.jitter,
+        },
+        metrics_listen,
+        grace: match &a.grace {
+            Some(g) => parse_flag_duration("--grace", g)?,
+            None => s.grace_period,
+        },
+    };
+    crate::run::run(opts, cfg).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn man_cmd() -> Result<ExitCode> {
+    let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+    page.render(&mut std::io::stdout())
+        .map_err(|e| Error::io("cannot write the man page", e))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn maintain_cmd(a: MaintainArgs) -> Result<ExitCode> {
@@ -1083,6 +1126,9 @@ async fn restore_cmd(a: RestoreArgs, progress: &Progress) -> Result<ExitCode> {
     let bar = progress.rows_spinner(&format!("restoring {}", t.iceberg_name()));
     let report = restore::restore(&cfg, &t, &table, &req, &bar).await?;
     bar.finish_and_clear();
+    let metrics = crate::metrics::Metrics::new();
+    metrics.record_restore(&t.source_name(), report.rows_restored());
+    emit_metrics(&metrics, &a.metrics).await?;
     if a.json {
         output::json(&report)?;
     } else {

@@ -65,6 +65,37 @@ pub struct FailedBatch {
     pub reason: String,
 }
 
+/// The archive table's shape for each of `sources` (source names as
+/// [`TableConfig::source_name`] gives them) that has one — what metrics
+/// report after a run.  Catalog only; no Postgres.
+pub async fn shapes(
+    cfg: &Config,
+    sources: &[&str],
+) -> Result<Vec<(String, lake::maintenance::TableShape)>> {
+    let catalog = lake::open_catalog(&cfg.catalog).await?;
+    let mut out = Vec::new();
+    for t in cfg
+        .tables
+        .iter()
+        .filter(|t| sources.contains(&t.source_name().as_str()))
+    {
+        let ident = lake::table::ident(t)?;
+        if !catalog
+            .table_exists(&ident)
+            .await
+            .map_err(|e| crate::Error::iceberg(format!("cannot look up {ident}"), e))?
+        {
+            continue;
+        }
+        let table = lake::commit::reload(catalog.as_ref(), &ident).await?;
+        out.push((
+            t.source_name(),
+            lake::maintenance::shape(&table, t.target_file_size / 4).await?,
+        ));
+    }
+    Ok(out)
+}
+
 /// `status` for the selected tables.
 pub async fn status(
     cfg: &Config,

@@ -149,6 +149,18 @@ pub struct RestoreReport {
     pub seconds: f64,
 }
 
+impl RestoreReport {
+    /// Rows that landed in the target: all of them when attached, those
+    /// inserted or updated when merged, none when only staged.
+    pub fn rows_restored(&self) -> u64 {
+        match self.action.as_str() {
+            "attached" => self.rows,
+            "merged" => self.inserted.unwrap_or(0) + self.updated.unwrap_or(0),
+            _ => 0,
+        }
+    }
+}
+
 /// A staged column: its name, Postgres type, archived Iceberg field and how
 /// values travel.
 #[derive(Debug, Clone)]

@@ -252,6 +252,33 @@ pub async fn unarchivable_counts(
     })
 }
 
+/// Rows older than `cutoff` (finite, passing the filter) still in `t`, and
+/// the oldest one's time: what a run left behind (normally none).
+pub async fn pending(
+    client: &Client,
+    t: &SourceTable,
+    cutoff: Micros,
+) -> Result<(u64, Option<Micros>)> {
+    let kind = t.time_kind();
+    let col = quote_ident(&t.time_column().name);
+    let filter = t
+        .filter_sql
+        .as_ref()
+        .map(|f| format!(" AND {f}"))
+        .unwrap_or_default();
+    let sql = format!(
+        "SELECT count(*), (extract(epoch FROM min({col})) * 1000000)::bigint FROM {} \
+         WHERE {col} > '-infinity' AND {col} < {}{filter}",
+        t.qualified(),
+        time_literal(kind, cutoff)
+    );
+    let row = client
+        .query_one(sql.as_str(), &[])
+        .await
+        .map_err(|e| Error::postgres(format!("cannot count rows of {}", t.qualified()), e))?;
+    Ok((row.get::<_, i64>(0) as u64, row.get::<_, Option<i64>>(1)))
+}
+
 /// The cutoff: the start of the window containing `now - lag`.  Every window
 /// that ends at or before it is entirely older than `now - lag`.
 ///

@@ -620,6 +620,18 @@ pub fn archived_rows(report: &Value) -> u64 {
 /// A local HTTP receiver for webhooks: `(address, bodies)`; every request's
 /// body arrives on the channel and is answered `200 OK`.
 pub fn webhook_sink() -> (String, std::sync::mpsc::Receiver<String>) {
+    sink(false)
+}
+
+/// Like [`webhook_sink`], but each message is the request line, a newline,
+/// then the body (`POST /ping/abc/start HTTP/1.1\n…`), and the address is
+/// a URL (`http://127.0.0.1:PORT`).
+pub fn request_sink() -> (String, std::sync::mpsc::Receiver<String>) {
+    let (addr, rx) = sink(true);
+    (format!("http://{addr}"), rx)
+}
+
+fn sink(with_request_line: bool) -> (String, std::sync::mpsc::Receiver<String>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
@@ -645,7 +657,13 @@ pub fn webhook_sink() -> (String, std::sync::mpsc::Receiver<String>) {
                         })
                         .unwrap_or(0);
                     if body.len() >= len {
-                        let _ = tx.send(body.to_string());
+                        let msg = if with_request_line {
+                            let line = head.lines().next().unwrap_or_default();
+                            format!("{line}\n{body}")
+                        } else {
+                            body.to_string()
+                        };
+                        let _ = tx.send(msg);
                         break;
                     }
                 }

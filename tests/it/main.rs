@@ -15,6 +15,7 @@ mod hostile;
 mod inspect;
 mod maintenance;
 mod modes;
+mod operate;
 mod restore;
 mod retention;
 mod safety;

@@ -768,14 +768,15 @@ async fn a_held_lock_makes_archive_skip_or_wait() {
         .expect("pid")
         .get(0);
 
-    // skip (default): waits `lock_wait`, then says who holds it, archives nothing, exits 0.
+    // skip (default): waits `lock_wait`, then says who holds it, archives
+    // nothing, exits 6 (busy: monitoring can tell it from a run that did its work).
     let cfg = std::fs::read_to_string(&f.cfg)
         .expect("cfg")
         .replace("database:\n", "database:\n  lock_wait: 1s\n");
     let scfg = f.ws.config("skip.yaml", &cfg).to_string_lossy().to_string();
     let out =
         f.ws.run_env(&["archive", "-c", &scfg, "--json"], &f.env_with(&[]));
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.code, 6, "{}", out.stderr);
     let rep = out.json();
     assert_eq!(rep[0]["outcome"]["status"], "skipped");
     let reason = rep[0]["outcome"]["reason"].as_str().unwrap_or("");
