@@ -161,6 +161,21 @@ fn first_window(g: Granularity) -> Window {
     g.window_of(PG_MIN_MICROS)
 }
 
+/// The rows of `t` a run would archive below `cutoff`, as SQL: a finite
+/// time before it, passing the table's filter.
+fn archivable_below(t: &SourceTable, cutoff: Micros) -> String {
+    let col = quote_ident(&t.time_column().name);
+    let mut p = format!(
+        "{col} > '-infinity' AND {col} < {}",
+        time_literal(t.time_kind(), cutoff)
+    );
+    if let Some(f) = &t.filter_sql {
+        p.push_str(" AND ");
+        p.push_str(f);
+    }
+    p
+}
+
 /// Row counts per non-empty window below `cutoff` (scans the archivable rows).
 pub async fn window_counts(
     client: &Client,
@@ -168,19 +183,12 @@ pub async fn window_counts(
     g: Granularity,
     cutoff: Micros,
 ) -> Result<Vec<(Window, u64)>> {
-    let kind = t.time_kind();
     let col = quote_ident(&t.time_column().name);
-    let filter = t
-        .filter_sql
-        .as_ref()
-        .map(|f| format!(" AND {f}"))
-        .unwrap_or_default();
     let sql = format!(
-        "SELECT {} AS w, count(*) FROM {} \
-         WHERE {col} > '-infinity' AND {col} < {}{filter} GROUP BY 1 ORDER BY 1 NULLS FIRST",
-        window_start_sql(kind, g, &col),
+        "SELECT {} AS w, count(*) FROM {} WHERE {} GROUP BY 1 ORDER BY 1 NULLS FIRST",
+        window_start_sql(t.time_kind(), g, &col),
         t.qualified(),
-        time_literal(kind, cutoff)
+        archivable_below(t, cutoff)
     );
     let rows = client
         .query(sql.as_str(), &[])
@@ -259,18 +267,11 @@ pub async fn pending(
     t: &SourceTable,
     cutoff: Micros,
 ) -> Result<(u64, Option<Micros>)> {
-    let kind = t.time_kind();
     let col = quote_ident(&t.time_column().name);
-    let filter = t
-        .filter_sql
-        .as_ref()
-        .map(|f| format!(" AND {f}"))
-        .unwrap_or_default();
     let sql = format!(
-        "SELECT count(*), (extract(epoch FROM min({col})) * 1000000)::bigint FROM {} \
-         WHERE {col} > '-infinity' AND {col} < {}{filter}",
+        "SELECT count(*), (extract(epoch FROM min({col})) * 1000000)::bigint FROM {} WHERE {}",
         t.qualified(),
-        time_literal(kind, cutoff)
+        archivable_below(t, cutoff)
     );
     let row = client
         .query_one(sql.as_str(), &[])

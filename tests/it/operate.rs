@@ -198,6 +198,18 @@ async fn run_mode_archives_as_rows_age_and_serves_metrics() {
         sample(t, "permafrost_rows_archived_total", TABLE) == Some(60.0)
     });
     assert_eq!(sample(&text, "permafrost_rows_pending", TABLE), Some(0.0));
+    // SIGHUP: a config that does not load is refused, the old one kept; a
+    // good one is taken.
+    let good = std::fs::read_to_string(&f.cfg).expect("config");
+    std::fs::write(&f.cfg, "database: [not, a, mapping").expect("config");
+    run.signal("HUP");
+    run.wait_for(
+        "keeping the previous configuration",
+        Duration::from_secs(30),
+    );
+    std::fs::write(&f.cfg, &good).expect("config");
+    run.signal("HUP");
+    run.wait_for("configuration reloaded", Duration::from_secs(30));
     assert!(sample(&text, "permafrost_last_success_timestamp_seconds", TABLE) > Some(1.0e9));
     let c = f.db.client().await;
     c.batch_execute(
@@ -239,17 +251,12 @@ async fn run_mode_archives_as_rows_age_and_serves_metrics() {
     f.assert_reconciled("run mode");
 }
 
-/// SIGTERM while a batch is between its write and its commit: the batch
-/// finishes (committed, verified, deleted), no further batch starts, the
-/// process exits 8; the next run archives the rest exactly once.
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_lets_the_batch_in_flight_finish() {
-    let s = services!();
-    let f = Fixture::new(&s, None, Cat::Sqlite, 20, 3, "", "").await;
-    let pause = Pause::new();
+/// An `archive` of three windows paused after the first batch wrote its
+/// files, then sent SIGTERM (and seen to take it); the pipe resumes it.
+fn terminated_between_write_and_commit(f: &Fixture, pause: &Pause) -> (Running, std::fs::File) {
     let point = pause.env("after-write");
     let run = Running::start(
-        &f,
+        f,
         &["archive", "-c", &f.cfg, "--json"],
         &[("PERMAFROST_PAUSE", &point)],
     );
@@ -258,6 +265,18 @@ async fn sigterm_lets_the_batch_in_flight_finish() {
         .expect("the first batch reached its commit");
     run.signal("TERM");
     run.wait_for("SIGTERM received", Duration::from_secs(30));
+    (run, fifo)
+}
+
+/// SIGTERM while a batch is between its write and its commit: the batch
+/// finishes (committed, verified, deleted), no further batch starts, the
+/// process exits 8; the next run archives the rest exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_the_batch_in_flight_finish() {
+    let s = services!();
+    let f = Fixture::new(&s, None, Cat::Sqlite, 20, 3, "", "").await;
+    let pause = Pause::new();
+    let (run, fifo) = terminated_between_write_and_commit(&f, &pause);
     Pause::resume(fifo);
     let out = run.finish(Duration::from_secs(60));
     assert_eq!(out.code, 8, "{}", out.stderr);
@@ -279,17 +298,7 @@ async fn a_second_signal_aborts_the_batch_before_its_commit() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Sqlite, 20, 3, "", "").await;
     let pause = Pause::new();
-    let point = pause.env("after-write");
-    let run = Running::start(
-        &f,
-        &["archive", "-c", &f.cfg, "--json"],
-        &[("PERMAFROST_PAUSE", &point)],
-    );
-    let fifo = pause
-        .wait_reached(Duration::from_secs(120))
-        .expect("the first batch reached its commit");
-    run.signal("TERM");
-    run.wait_for("SIGTERM received", Duration::from_secs(30));
+    let (run, fifo) = terminated_between_write_and_commit(&f, &pause);
     run.signal("INT");
     run.wait_for("aborting the batch in flight", Duration::from_secs(30));
     Pause::resume(fifo);
@@ -383,13 +392,22 @@ async fn json_logs_heartbeats_and_the_metrics_textfile() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Sqlite, 20, 2, "", "").await;
     let (hook, bodies) = request_sink();
+    let (gateway, pushes) = request_sink();
     let password = "Pw-0f-the-archiver";
     let cfg = config_with(
         &f,
         "json.yaml",
-        &format!("  password: \"{password}\"\n"),
+        "",
         &format!("notify:\n  heartbeat_url: \"{hook}/ping/abc\"\n"),
     );
+    // A password-bearing DSN (the test cluster trusts the login anyway).
+    let yaml = std::fs::read_to_string(&cfg).expect("config");
+    assert!(yaml.contains("postgres@"), "{yaml}");
+    std::fs::write(
+        &cfg,
+        yaml.replacen("postgres@", &format!("postgres:{password}@"), 1),
+    )
+    .expect("config");
     let textfile = f.ws.path().join("permafrost.prom");
     let textfile_s = textfile.to_string_lossy().to_string();
     let out = f.ws.run_env(
@@ -404,6 +422,8 @@ async fn json_logs_heartbeats_and_the_metrics_textfile() {
             "debug",
             "--metrics-textfile",
             &textfile_s,
+            "--pushgateway",
+            &gateway,
         ],
         &f.env_with(&[]),
     );
@@ -448,6 +468,16 @@ async fn json_logs_heartbeats_and_the_metrics_textfile() {
     assert_eq!(
         parsed["samples"]["permafrost_rows_archived_total"][TABLE], 40.0,
         "{parsed}"
+    );
+    // The same exposition, pushed to the Pushgateway's job.
+    let push = pushes
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a push");
+    let (line, body) = push.split_once('\n').expect("request line");
+    assert!(line.starts_with("PUT /metrics/job/permafrost "), "{line}");
+    assert_eq!(
+        parse_exposition(&s, body)["samples"]["permafrost_rows_archived_total"][TABLE],
+        40.0
     );
 }
 
