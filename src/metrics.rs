@@ -277,7 +277,7 @@ impl Metrics {
     }
 
     /// Sets the archive table's shape.
-    pub fn set_shape(&self, source: &str, shape: &crate::lake::maintenance::TableShape) {
+    pub fn set_shape(&self, source: &str, shape: &crate::lake::maintenance::QuickShape) {
         let t = table(source);
         self.snapshots
             .get_or_create(&t)
@@ -285,9 +285,9 @@ impl Metrics {
         self.data_manifests
             .get_or_create(&t)
             .set(clamp(shape.data_manifests as u64));
-        self.data_files
-            .get_or_create(&t)
-            .set(clamp(shape.data_files as u64));
+        if let Some(n) = shape.data_files {
+            self.data_files.get_or_create(&t).set(clamp(n));
+        }
         self.metadata_bytes
             .get_or_create(&t)
             .set(clamp(shape.metadata_bytes));

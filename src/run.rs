@@ -87,7 +87,7 @@ async fn tick(cfg: &Config, metrics: &Metrics) -> bool {
         cfg,
         &ArchiveOptions::default(),
         &Progress::hidden(),
-        metrics,
+        Some(metrics),
     )
     .await
     {
@@ -152,7 +152,7 @@ pub async fn archive_once(
     cfg: &Config,
     opts: &ArchiveOptions,
     progress: &Progress,
-    metrics: &Metrics,
+    metrics: Option<&Metrics>,
 ) -> Result<Vec<TableReport>> {
     let beat = cfg
         .notify
@@ -168,7 +168,7 @@ pub async fn archive_once(
         }
     };
     let outcome = RunOutcome::of(&reports);
-    if !opts.dry_run {
+    if let Some(metrics) = metrics.filter(|_| !opts.dry_run) {
         metrics.record_archive(&reports, Utc::now().timestamp_millis() as f64 / 1000.0);
         record_tables(cfg, &reports, metrics).await;
     }

@@ -271,8 +271,12 @@ async fn run_archive(
         None => cfg.schedule.grace_period,
     };
     crate::shutdown::install(grace);
+    // Metrics only when they go somewhere: gathering them reads the catalog.
     let metrics = crate::metrics::Metrics::new();
-    let reports = crate::run::archive_once(cfg, opts, &progress, &metrics).await?;
+    let wanted = operate
+        .is_some_and(|o| o.metrics.metrics_textfile.is_some() || o.metrics.pushgateway.is_some());
+    let reports =
+        crate::run::archive_once(cfg, opts, &progress, wanted.then_some(&metrics)).await?;
     if json {
         output::json(&reports)?;
     } else {

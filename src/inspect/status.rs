@@ -65,13 +65,13 @@ pub struct FailedBatch {
     pub reason: String,
 }
 
-/// The archive table's shape for each of `sources` (source names as
+/// The archive table's quick shape for each of `sources` (source names as
 /// [`TableConfig::source_name`] gives them) that has one — what metrics
-/// report after a run.  Catalog only; no Postgres.
+/// report after a run.  Catalog only; no Postgres, no manifest read.
 pub async fn shapes(
     cfg: &Config,
     sources: &[&str],
-) -> Result<Vec<(String, lake::maintenance::TableShape)>> {
+) -> Result<Vec<(String, lake::maintenance::QuickShape)>> {
     let catalog = lake::open_catalog(&cfg.catalog).await?;
     let mut out = Vec::new();
     for t in cfg
@@ -90,7 +90,7 @@ pub async fn shapes(
         let table = lake::commit::reload(catalog.as_ref(), &ident).await?;
         out.push((
             t.source_name(),
-            lake::maintenance::shape(&table, t.target_file_size / 4).await?,
+            lake::maintenance::quick_shape(&table).await?,
         ));
     }
     Ok(out)

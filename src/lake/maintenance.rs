@@ -390,6 +390,35 @@ pub struct TableShape {
     pub ledger_bytes: usize,
 }
 
+/// What metrics report of a table after every run, cheaply: no manifest
+/// is read (an hourly table has thousands of data files), only the
+/// metadata, the current manifest list and the snapshot summary's totals.
+#[derive(Debug, Clone, Default)]
+pub struct QuickShape {
+    pub snapshots: usize,
+    pub data_manifests: usize,
+    /// The current snapshot summary's `total-data-files` (None if absent).
+    pub data_files: Option<u64>,
+    pub metadata_bytes: u64,
+}
+
+/// The [`QuickShape`] of `table`.
+pub async fn quick_shape(table: &Table) -> Result<QuickShape> {
+    let md = table.metadata();
+    let (data, _) = current_manifests(table).await?;
+    Ok(QuickShape {
+        snapshots: md.snapshots().count(),
+        data_manifests: data.len(),
+        data_files: md.current_snapshot().and_then(|s| {
+            s.summary()
+                .additional_properties
+                .get("total-data-files")
+                .and_then(|n| n.parse().ok())
+        }),
+        metadata_bytes: crate::maintain::metadata_bytes(table).await?,
+    })
+}
+
 /// The shape of `table`; files below `small` bytes count as small.
 pub async fn shape(table: &Table, small: u64) -> Result<TableShape> {
     let md = table.metadata();
