@@ -11,6 +11,7 @@
 //!   nothing deleted); one past its commit finishes (verify and Postgres
 //!   commit take moments; abandoning it would leave an unsettled batch for
 //!   the next run, which is safe but slower).
+//! - A third signal exits at once (130): a crash, which the next run resolves.
 //! - `archive` then exits [`crate::error::ErrorKind::Interrupted`]'s code (8)
 //!   if windows were left for the next run; `run` exits 0 after a clean stop.
 //!
@@ -59,6 +60,11 @@ pub fn install(grace: Duration) {
         }
         ABORT.store(true, Ordering::SeqCst);
         WAKE.notify_waiters();
+        // A third signal: the operator wants out now.  Exiting here is a
+        // crash like any other, which the ledger and the next run resolve.
+        let s = signals.next().await;
+        tracing::warn!("{s} received a third time: exiting now");
+        std::process::exit(130);
     });
 }
 
