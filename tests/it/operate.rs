@@ -317,6 +317,24 @@ async fn a_second_signal_aborts_the_batch_before_its_commit() {
     f.assert_reconciled("after an abort");
 }
 
+/// `permafrost run --every 1s` with its endpoints on `port`.
+fn run_every_second(f: &Fixture, cfg: &str, port: u16, env: &[(&str, &str)]) -> Running {
+    let listen = format!("127.0.0.1:{port}");
+    Running::start(
+        f,
+        &[
+            "run",
+            "-c",
+            cfg,
+            "--every",
+            "1s",
+            "--metrics-listen",
+            &listen,
+        ],
+        env,
+    )
+}
+
 /// Two `run` instances on one table: while one holds it (paused inside a
 /// batch), the other skips it, says so, and counts a lock-busy skip; a cron
 /// `archive` meanwhile exits 6 (busy).
@@ -328,35 +346,11 @@ async fn a_second_instance_reports_the_table_busy() {
     let pause = Pause::new();
     let point = pause.env("after-write");
     let (pa, pb) = (free_port(), free_port());
-    let a = Running::start(
-        &f,
-        &[
-            "run",
-            "-c",
-            &cfg,
-            "--every",
-            "1s",
-            "--metrics-listen",
-            &format!("127.0.0.1:{pa}"),
-        ],
-        &[("PERMAFROST_PAUSE", &point)],
-    );
+    let a = run_every_second(&f, &cfg, pa, &[("PERMAFROST_PAUSE", &point)]);
     let fifo = pause
         .wait_reached(Duration::from_secs(120))
         .expect("instance A holds the table");
-    let b = Running::start(
-        &f,
-        &[
-            "run",
-            "-c",
-            &cfg,
-            "--every",
-            "1s",
-            "--metrics-listen",
-            &format!("127.0.0.1:{pb}"),
-        ],
-        &[],
-    );
+    let b = run_every_second(&f, &cfg, pb, &[]);
     let text = metrics_until(pb, Duration::from_secs(120), |t| {
         sample(t, "permafrost_lock_busy_skips_total", TABLE) >= Some(1.0)
     });
