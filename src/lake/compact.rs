@@ -72,24 +72,6 @@ pub fn plan(
         .collect()
 }
 
-/// Files the durable ledger records (batches not yet known settled).
-pub fn protected(table: &Table) -> Result<HashSet<String>> {
-    let Some(text) = table.metadata().properties().get(crate::plan::keys::LEDGER) else {
-        return Ok(HashSet::new());
-    };
-    let entries = crate::plan::ledger::parse(text).map_err(|e| {
-        Error::new(
-            ErrorKind::Catalog,
-            format!("the ledger of {} is damaged: {e}", table.identifier()),
-        )
-    })?;
-    Ok(entries
-        .iter()
-        .flat_map(|e| &e.files)
-        .map(|f| path_key(&f.path))
-        .collect())
-}
-
 /// The groups of small files [`compact`] would merge in `table` now.
 pub async fn groups(table: &Table, small: u64) -> Result<Vec<Vec<LiveFile>>> {
     let files = super::readback::live_files(table).await?;
@@ -97,7 +79,7 @@ pub async fn groups(table: &Table, small: u64) -> Result<Vec<Vec<LiveFile>>> {
         &files,
         table.metadata().default_partition_spec_id(),
         small,
-        &protected(table)?,
+        &super::orphans::ledger_files(table)?,
     ))
 }
 

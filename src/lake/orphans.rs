@@ -86,17 +86,7 @@ pub async fn referenced(table: &Table) -> Result<HashSet<String>> {
     for s in md.partition_statistics_iter() {
         keep.insert(path_key(&s.statistics_path));
     }
-    if let Some(text) = md.properties().get(crate::plan::keys::LEDGER) {
-        let entries = crate::plan::ledger::parse(text).map_err(|e| {
-            Error::new(
-                ErrorKind::Catalog,
-                format!("the ledger of {} is damaged: {e}", table.identifier()),
-            )
-        })?;
-        for f in entries.iter().flat_map(|e| &e.files) {
-            keep.insert(path_key(&f.path));
-        }
-    }
+    keep.extend(ledger_files(table)?);
     let mut manifests_seen = HashSet::new();
     for snapshot in md.snapshots() {
         keep.insert(path_key(snapshot.manifest_list()));
@@ -127,6 +117,26 @@ pub async fn referenced(table: &Table) -> Result<HashSet<String>> {
         }
     }
     Ok(keep)
+}
+
+/// The files the durable ledger records for batches not yet known settled,
+/// as [`path_key`]s: reconciliation may need exactly them, so compaction
+/// never rewrites them and orphan removal never deletes them.
+pub fn ledger_files(table: &Table) -> Result<HashSet<String>> {
+    let Some(text) = table.metadata().properties().get(crate::plan::keys::LEDGER) else {
+        return Ok(HashSet::new());
+    };
+    let entries = crate::plan::ledger::parse(text).map_err(|e| {
+        Error::new(
+            ErrorKind::Catalog,
+            format!("the ledger of {} is damaged: {e}", table.identifier()),
+        )
+    })?;
+    Ok(entries
+        .iter()
+        .flat_map(|e| &e.files)
+        .map(|f| path_key(&f.path))
+        .collect())
 }
 
 /// An OpenDAL operator over the storage holding `location`, from the
