@@ -460,6 +460,113 @@ impl Filter {
     }
 }
 
+/// The operator of a field filter (`{"amount_gte": 1000}`): the suffix after
+/// the column name; no suffix is `eq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldOp {
+    Eq,
+    Ne,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+    In,
+    NotIn,
+    /// `'prefix%'` patterns only (pushed down as starts-with).
+    Like,
+    /// `true`: IS NULL; `false`: IS NOT NULL.
+    IsNull,
+}
+
+impl FieldOp {
+    /// Every operator with its suffix.
+    pub const ALL: [(&'static str, FieldOp); 10] = [
+        ("eq", FieldOp::Eq),
+        ("ne", FieldOp::Ne),
+        ("lt", FieldOp::Lt),
+        ("lte", FieldOp::Lte),
+        ("gt", FieldOp::Gt),
+        ("gte", FieldOp::Gte),
+        ("in", FieldOp::In),
+        ("not_in", FieldOp::NotIn),
+        ("like", FieldOp::Like),
+        ("is_null", FieldOp::IsNull),
+    ];
+
+    /// Splits `key` into a column of `columns` and an operator: the whole key
+    /// when it is a column (`status` is `status = …`), else `column_suffix`.
+    pub fn split<'a>(key: &'a str, columns: &[String]) -> Option<(&'a str, FieldOp)> {
+        if columns.iter().any(|c| c == key) {
+            return Some((key, FieldOp::Eq));
+        }
+        Self::ALL.iter().find_map(|(suffix, op)| {
+            let col = key.strip_suffix(suffix)?.strip_suffix('_')?;
+            columns.iter().any(|c| c == col).then_some((col, *op))
+        })
+    }
+}
+
+impl Filter {
+    /// A field filter: `column op values`.  Values are taken as text and
+    /// converted to the column's type by [`Filter::to_predicate`] (so they
+    /// are never SQL); `in`/`not_in` take one or more, `is_null` takes
+    /// `true` or `false`, the others exactly one.
+    pub fn field(column: &str, op: FieldOp, values: Vec<String>) -> Result<Self> {
+        let c = column.to_string();
+        let one = |values: Vec<String>| -> Result<Lit> {
+            match <[String; 1]>::try_from(values) {
+                Ok([v]) => Ok(Lit::Str(v)),
+                Err(v) => Err(err(format!(
+                    "`{column}` takes one value here, not {}",
+                    v.len()
+                ))),
+            }
+        };
+        let expr = match op {
+            FieldOp::Eq => Expr::Cmp(c, CmpOp::Eq, one(values)?),
+            FieldOp::Ne => Expr::Cmp(c, CmpOp::Ne, one(values)?),
+            FieldOp::Lt => Expr::Cmp(c, CmpOp::Lt, one(values)?),
+            FieldOp::Lte => Expr::Cmp(c, CmpOp::Le, one(values)?),
+            FieldOp::Gt => Expr::Cmp(c, CmpOp::Gt, one(values)?),
+            FieldOp::Gte => Expr::Cmp(c, CmpOp::Ge, one(values)?),
+            FieldOp::In | FieldOp::NotIn if values.is_empty() => {
+                return Err(err(format!("`{column}`: an empty list")));
+            }
+            FieldOp::In => Expr::In(c, false, values.into_iter().map(Lit::Str).collect()),
+            FieldOp::NotIn => Expr::In(c, true, values.into_iter().map(Lit::Str).collect()),
+            FieldOp::Like => match one(values)? {
+                Lit::Str(p) => Expr::Like(c, false, p),
+                _ => return Err(err("LIKE takes a string")),
+            },
+            FieldOp::IsNull => match one(values)?.as_bool() {
+                Some(b) => Expr::IsNull(c, !b),
+                None => return Err(err(format!("`{column}_is_null` takes true or false"))),
+            },
+        };
+        Ok(Self { expr })
+    }
+
+    /// Both filters.
+    pub fn and(self, other: Filter) -> Self {
+        Self {
+            expr: Expr::And(Box::new(self.expr), Box::new(other.expr)),
+        }
+    }
+}
+
+impl Lit {
+    fn as_bool(&self) -> Option<bool> {
+        match self {
+            Lit::Bool(b) => Some(*b),
+            Lit::Str(s) | Lit::Number(s) => match s.to_ascii_lowercase().as_str() {
+                "true" => Some(true),
+                "false" => Some(false),
+                _ => None,
+            },
+        }
+    }
+}
+
 impl Filter {
     /// The filter as an Iceberg predicate over `schema` (for `fetch --where`):
     /// literals are converted to each column's type, exactly; `LIKE` takes
@@ -598,6 +705,43 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_filters_split_keys_and_never_render_values_as_sql() {
+        let cols: Vec<String> = ["amount", "status", "created_at", "is_null"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            FieldOp::split("status", &cols),
+            Some(("status", FieldOp::Eq))
+        );
+        assert_eq!(
+            FieldOp::split("amount_gte", &cols),
+            Some(("amount", FieldOp::Gte))
+        );
+        assert_eq!(
+            FieldOp::split("status_not_in", &cols),
+            Some(("status", FieldOp::NotIn))
+        );
+        // A column named like an operator is the column.
+        assert_eq!(
+            FieldOp::split("is_null", &cols),
+            Some(("is_null", FieldOp::Eq))
+        );
+        assert_eq!(FieldOp::split("nope_gte", &cols), None);
+        assert_eq!(FieldOp::split("amount_between", &cols), None);
+        let f = Filter::field("status", FieldOp::Eq, vec!["x'; DROP TABLE t; --".into()])
+            .unwrap()
+            .and(Filter::field("amount", FieldOp::In, vec!["1".into(), "2".into()]).unwrap());
+        assert_eq!(
+            f.to_sql(),
+            "((\"status\" = 'x''; DROP TABLE t; --') AND (\"amount\" IN ('1', '2')))"
+        );
+        assert!(Filter::field("amount", FieldOp::Gte, vec![]).is_err());
+        assert!(Filter::field("amount", FieldOp::In, vec![]).is_err());
+        assert!(Filter::field("amount", FieldOp::IsNull, vec!["maybe".into()]).is_err());
+    }
 
     #[test]
     fn renders_quoted_sql() {

@@ -6,7 +6,8 @@
 //! delete) → [`lake`] (Iceberg: table, write, commit, read back) → the use
 //! cases [`archive`], [`inspect`], [`check`], [`demo`], [`maintain`] →
 //! operating them: [`run`] (on a [`schedule`], with [`metrics`]),
-//! [`shutdown`] (graceful stop), [`logging`] → [`cli`].
+//! [`shutdown`] (graceful stop), [`logging`]; [`serve`]ing queries over
+//! HTTP (feature `query`) → [`cli`].
 
 pub mod archive;
 pub mod aws;
@@ -31,6 +32,8 @@ pub mod restore;
 pub mod run;
 pub mod schedule;
 pub mod secret;
+#[cfg(feature = "query")]
+pub mod serve;
 pub mod shutdown;
 pub mod source;
 pub mod types;

@@ -42,12 +42,28 @@ struct StageLabels {
     stage: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
 type PerTable = Family<TableLabel, Counter>;
 type GaugeF = Gauge<f64, AtomicU64>;
 
 fn stage_histogram() -> Histogram {
     // 10 ms … ~5.5 min.
     Histogram::new(exponential_buckets(0.01, 2.0, 16))
+}
+
+fn api_histogram() -> Histogram {
+    // 1 ms … ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
 /// The process's metrics.
@@ -70,6 +86,11 @@ pub struct Metrics {
     data_manifests: Family<TableLabel, Gauge>,
     data_files: Family<TableLabel, Gauge>,
     metadata_bytes: Family<TableLabel, Gauge>,
+    api_requests: Family<RouteLabels, Counter>,
+    api_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    api_rows_matched: PerTable,
+    api_rows_returned: PerTable,
+    api_files_scanned: PerTable,
 }
 
 impl Default for Metrics {
@@ -107,6 +128,11 @@ impl Metrics {
             data_manifests: Default::default(),
             data_files: Default::default(),
             metadata_bytes: Default::default(),
+            api_requests: Default::default(),
+            api_seconds: Family::new_with_constructor(api_histogram),
+            api_rows_matched: Default::default(),
+            api_rows_returned: Default::default(),
+            api_files_scanned: Default::default(),
         };
         registry.register(
             "rows_archived",
@@ -193,6 +219,31 @@ impl Metrics {
             "Size of the archive table's current metadata.json",
             m.metadata_bytes.clone(),
         );
+        registry.register(
+            "api_requests",
+            "HTTP API requests (`serve`), by route and status",
+            m.api_requests.clone(),
+        );
+        registry.register(
+            "api_request_seconds",
+            "HTTP API request durations (to the first byte of a streamed answer)",
+            m.api_seconds.clone(),
+        );
+        registry.register(
+            "api_rows_matched",
+            "Rows HTTP API queries read that matched their filters",
+            m.api_rows_matched.clone(),
+        );
+        registry.register(
+            "api_rows_returned",
+            "Rows HTTP API queries answered",
+            m.api_rows_returned.clone(),
+        );
+        registry.register(
+            "api_files_scanned",
+            "Data files HTTP API queries read after pruning",
+            m.api_files_scanned.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -259,6 +310,34 @@ impl Metrics {
             self.runs.get_or_create(&outcome(&r.source, label)).inc();
             self.last_run.get_or_create(&t).set(now_s);
         }
+    }
+
+    /// Records one HTTP API request.
+    pub fn record_api(&self, route: &str, status: u16, seconds: f64) {
+        self.api_requests
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.api_seconds
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// Records what one HTTP API query read and answered.
+    pub fn record_api_rows(&self, source: &str, matched: u64, returned: u64, files: u64) {
+        self.api_rows_matched
+            .get_or_create(&table(source))
+            .inc_by(matched);
+        self.api_rows_returned
+            .get_or_create(&table(source))
+            .inc_by(returned);
+        self.api_files_scanned
+            .get_or_create(&table(source))
+            .inc_by(files);
     }
 
     /// Records rows restored into Postgres.

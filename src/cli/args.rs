@@ -70,6 +70,9 @@ pub enum Command {
     Fetch(FetchArgs),
     /// SQL over archived tables (`SELECT … FROM archive.<table>`), with time travel.
     Query(QueryArgs),
+    /// Serve a read-only HTTP API over the archives: metadata, queries, SQL
+    /// (needs the `query` feature).
+    Serve(ServeArgs),
     /// Bring an archived range back into Postgres: staged, validated, then attached or merged.
     Restore(RestoreArgs),
     /// Keep archive tables and their storage small: compact small files, expire
@@ -322,6 +325,22 @@ pub struct QueryArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Listen here (default `serve.listen`, else 127.0.0.1:8080); port 0
+    /// picks a free one.  The URL is printed on stdout.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Allow a non-loopback address without `serve.tokens`.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// Print the OpenAPI document and exit (needs no config).
+    #[arg(long)]
+    pub openapi: bool,
+}
+
 /// Output formats of `query`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum QueryFormatArg {
@@ -330,6 +349,8 @@ pub enum QueryFormatArg {
     Json,
     Jsonl,
     Parquet,
+    /// An Arrow IPC stream.
+    Arrow,
 }
 
 #[derive(Debug, Args)]

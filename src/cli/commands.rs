@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use crate::archive::{self, ArchiveOptions, Outcome};
 use crate::cli::args::{
     ArchiveArgs, CheckArgs, Cli, Command, DemoArgs, DiffArgs, FetchArgs, ListArgs, MaintainArgs,
-    MetricsOutArgs, OperateArgs, QueryArgs, ReplayArgs, RestoreArgs, RunArgs, ShowArgs,
+    MetricsOutArgs, OperateArgs, QueryArgs, ReplayArgs, RestoreArgs, RunArgs, ServeArgs, ShowArgs,
     SnapshotArg, SnapshotsArgs, StateArg, StatusArgs,
 };
 use crate::cli::output::{self, num};
@@ -40,6 +40,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Diff(a) => diff_cmd(a).await,
         Command::Fetch(a) => fetch_cmd(a, &progress).await,
         Command::Query(a) => query_cmd(a, &progress).await,
+        Command::Serve(a) => serve_cmd(a).await,
         Command::Restore(a) => restore_cmd(a, &progress).await,
         Command::Maintain(a) => maintain_cmd(a).await,
         Command::Run(a) => run_cmd(a).await,
@@ -1007,6 +1008,38 @@ async fn query_cmd(_a: QueryArgs, _progress: &Progress) -> Result<ExitCode> {
     ))
 }
 
+#[cfg(not(feature = "query"))]
+async fn serve_cmd(_a: ServeArgs) -> Result<ExitCode> {
+    Err(Error::new(
+        ErrorKind::Config,
+        "this permafrost was built without the HTTP API (cargo feature `query`)",
+    )
+    .with_hint("install it with `cargo install --path . --features query`"))
+}
+
+#[cfg(feature = "query")]
+async fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
+    if a.openapi {
+        println!("{}", crate::serve::openapi::json());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cfg = load(&a.config.config)?;
+    let listen = a
+        .listen
+        .as_deref()
+        .map(|l| crate::config::parse_listen("--listen", l))
+        .transpose()?;
+    crate::serve::serve(
+        cfg,
+        crate::serve::ServeOptions {
+            listen,
+            insecure_no_auth: a.insecure_no_auth,
+        },
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(feature = "query")]
 async fn query_cmd(a: QueryArgs, progress: &Progress) -> Result<ExitCode> {
     use crate::cli::args::QueryFormatArg;
@@ -1017,7 +1050,8 @@ async fn query_cmd(a: QueryArgs, progress: &Progress) -> Result<ExitCode> {
         .as_deref()
         .map(|t| inspect::fetch::instant("as-of", t))
         .transpose()?;
-    let prepared = query::prepare(&cfg, &a.sql, as_of).await?;
+    let catalog = crate::lake::open_catalog(&cfg.catalog).await?;
+    let prepared = query::prepare(&cfg, catalog.as_ref(), &a.sql, as_of).await?;
     if a.explain {
         if a.json {
             output::json(&prepared.scans)?;
@@ -1044,6 +1078,7 @@ async fn query_cmd(a: QueryArgs, progress: &Progress) -> Result<ExitCode> {
         QueryFormatArg::Json => QueryFormat::Json,
         QueryFormatArg::Jsonl => QueryFormat::Jsonl,
         QueryFormatArg::Parquet => QueryFormat::Parquet,
+        QueryFormatArg::Arrow => QueryFormat::Arrow,
     };
     let bar = progress.rows_spinner("querying");
     let result = match a.output.as_deref().filter(|p| p.as_os_str() != "-") {

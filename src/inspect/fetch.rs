@@ -29,6 +29,8 @@ pub enum Format {
     Json,
     Jsonl,
     Parquet,
+    /// An Arrow IPC stream.
+    Arrow,
 }
 
 /// What to fetch.
@@ -54,36 +56,52 @@ pub struct FetchStats {
 
 /// The scan predicate: the time range, and the `--where` filter if any.
 pub fn predicate(table: &Table, req: &FetchRequest) -> Result<Predicate> {
-    let schema = table.metadata().current_schema();
-    let field = schema.field_by_name(&req.time_column).ok_or_else(|| {
+    let filter = match &req.filter {
+        Some(w) => Some(Filter::parse(w)?),
+        None => None,
+    };
+    scan_predicate(
+        table.metadata().current_schema(),
+        &req.time_column,
+        (Some(req.range.start), Some(req.range.end)),
+        filter.as_ref(),
+    )
+    .map_err(|e| {
+        if filter.is_some() && e.message().starts_with("invalid filter") {
+            e.prefixed("--where")
+        } else {
+            e
+        }
+    })
+}
+
+/// The predicate of a scan over `[from, to)` of `time_column` (either end
+/// open) and `filter`, with literals converted to the schema's types.
+pub fn scan_predicate(
+    schema: &iceberg::spec::Schema,
+    time_column: &str,
+    (from, to): (Option<Micros>, Option<Micros>),
+    filter: Option<&Filter>,
+) -> Result<Predicate> {
+    let field = schema.field_by_name(time_column).ok_or_else(|| {
         Error::new(
             ErrorKind::Schema,
-            format!(
-                "time column `{}` is not in {}",
-                req.time_column,
-                table.identifier()
-            ),
+            format!("time column `{time_column}` is not in the archive table"),
         )
     })?;
-    let (lo, hi): (Datum, Datum) = match field.field_type.as_ref() {
-        Type::Primitive(PrimitiveType::Timestamp) => (
-            Datum::timestamp_micros(req.range.start),
-            Datum::timestamp_micros(req.range.end),
-        ),
-        _ => (
-            Datum::timestamptz_micros(req.range.start),
-            Datum::timestamptz_micros(req.range.end),
-        ),
+    let datum = |t: Micros| match field.field_type.as_ref() {
+        Type::Primitive(PrimitiveType::Timestamp) => Datum::timestamp_micros(t),
+        _ => Datum::timestamptz_micros(t),
     };
-    let mut p = Reference::new(req.time_column.clone())
-        .greater_than_or_equal_to(lo)
-        .and(Reference::new(req.time_column.clone()).less_than(hi));
-    if let Some(w) = &req.filter {
-        p = p.and(
-            Filter::parse(w)?
-                .to_predicate(schema)
-                .map_err(|e| e.prefixed("--where"))?,
-        );
+    let mut p = Predicate::AlwaysTrue;
+    if let Some(lo) = from {
+        p = p.and(Reference::new(time_column).greater_than_or_equal_to(datum(lo)));
+    }
+    if let Some(hi) = to {
+        p = p.and(Reference::new(time_column).less_than(datum(hi)));
+    }
+    if let Some(f) = filter {
+        p = p.and(f.to_predicate(schema)?);
     }
     Ok(p)
 }
@@ -94,6 +112,7 @@ pub(crate) enum Sink<W: Write + Send> {
     Jsonl(arrow_json::LineDelimitedWriter<W>),
     Json(arrow_json::ArrayWriter<W>),
     Parquet(Option<parquet::arrow::ArrowWriter<W>>, Option<W>),
+    Arrow(Option<arrow_ipc::writer::StreamWriter<W>>, Option<W>),
 }
 
 impl<W: Write + Send> Sink<W> {
@@ -103,6 +122,7 @@ impl<W: Write + Send> Sink<W> {
             Format::Jsonl => Sink::Jsonl(arrow_json::LineDelimitedWriter::new(w)),
             Format::Json => Sink::Json(arrow_json::ArrayWriter::new(w)),
             Format::Parquet => Sink::Parquet(None, Some(w)),
+            Format::Arrow => Sink::Arrow(None, Some(w)),
         }
     }
 
@@ -142,6 +162,20 @@ impl<W: Write + Send> Sink<W> {
                     None => Err(Error::internal("parquet writer missing")),
                 }
             }
+            Sink::Arrow(writer, out) => {
+                if writer.is_none() {
+                    let w = out
+                        .take()
+                        .ok_or_else(|| Error::internal("arrow output taken twice"))?;
+                    *writer = Some(
+                        arrow_ipc::writer::StreamWriter::try_new(w, &b.schema()).map_err(err)?,
+                    );
+                }
+                match writer {
+                    Some(w) => w.write(b).map_err(err),
+                    None => Err(Error::internal("arrow writer missing")),
+                }
+            }
         }
     }
 
@@ -173,9 +207,53 @@ impl<W: Write + Send> Sink<W> {
                     )
                 })?;
             }
+            Sink::Arrow(writer, out) => {
+                let mut writer = match (writer, out) {
+                    (Some(w), _) => w,
+                    (None, Some(o)) => {
+                        arrow_ipc::writer::StreamWriter::try_new(o, &empty_schema).map_err(err)?
+                    }
+                    (None, None) => return Err(Error::internal("arrow output missing")),
+                };
+                writer.finish().map_err(err)?;
+            }
         }
         Ok(())
     }
+}
+
+/// The record batches of a scan of `snapshot` filtered by `predicate` (pushed
+/// down: partitions, files and row groups that cannot match are skipped, rows
+/// that do not match are dropped), with `columns` or all; and how many data
+/// files it planned.
+pub async fn open_scan(
+    table: &Table,
+    snapshot: i64,
+    predicate: Predicate,
+    columns: Option<&[String]>,
+) -> Result<(iceberg::scan::ArrowRecordBatchStream, usize)> {
+    let mut builder = table.scan().snapshot_id(snapshot).with_filter(predicate);
+    builder = match columns {
+        Some(cols) => builder.select(cols.iter().cloned()),
+        None => builder.select_all(),
+    };
+    let scan = builder
+        .build()
+        .map_err(|e| Error::iceberg("cannot plan the scan", e))?;
+    let tasks: Vec<_> = scan
+        .plan_files()
+        .await
+        .map_err(|e| Error::iceberg("cannot plan the scan", e))?
+        .try_collect()
+        .await
+        .map_err(|e| Error::iceberg("cannot plan the scan", e))?;
+    let files = tasks.len();
+    let reader = table.reader_builder().with_batch_size(8192).build();
+    let stream = reader
+        .read(Box::pin(futures::stream::iter(tasks.into_iter().map(Ok))))
+        .map_err(|e| Error::iceberg("cannot read the archive", e))?
+        .stream();
+    Ok((stream, files))
 }
 
 /// Streams the rows of `req` to `out`.
@@ -213,30 +291,13 @@ pub async fn fetch<W: Write + Send>(
             seconds: started.elapsed().as_secs_f64(),
         });
     };
-    let mut builder = table
-        .scan()
-        .snapshot_id(snapshot.snapshot_id())
-        .with_filter(predicate(table, req)?);
-    builder = match &req.columns {
-        Some(cols) => builder.select(cols.iter().cloned()),
-        None => builder.select_all(),
-    };
-    let scan = builder
-        .build()
-        .map_err(|e| Error::iceberg("cannot plan the scan", e))?;
-    let tasks: Vec<_> = scan
-        .plan_files()
-        .await
-        .map_err(|e| Error::iceberg("cannot plan the scan", e))?
-        .try_collect()
-        .await
-        .map_err(|e| Error::iceberg("cannot plan the scan", e))?;
-    let files = tasks.len();
-    let reader = table.reader_builder().with_batch_size(8192).build();
-    let mut stream = reader
-        .read(Box::pin(futures::stream::iter(tasks.into_iter().map(Ok))))
-        .map_err(|e| Error::iceberg("cannot read the archive", e))?
-        .stream();
+    let (mut stream, files) = open_scan(
+        table,
+        snapshot.snapshot_id(),
+        predicate(table, req)?,
+        req.columns.as_deref(),
+    )
+    .await?;
     let mut sink = Sink::new(req.format, out);
     let mut rows = 0u64;
     let mut schema_seen = None;

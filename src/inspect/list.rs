@@ -17,6 +17,7 @@ use crate::source::{self, windows};
 
 /// One window.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "query", derive(utoipa::ToSchema))]
 pub struct WindowLine {
     pub table: String,
     pub partition: String,
@@ -46,8 +47,18 @@ pub struct ListFilter {
 
 /// Every window of the selected tables, oldest first.
 pub async fn list(cfg: &Config, f: &ListFilter, now: Option<Micros>) -> Result<Vec<WindowLine>> {
-    let tables = cfg.select_tables(f.table.as_deref())?;
     let catalog = lake::open_catalog(&cfg.catalog).await?;
+    list_in(cfg, catalog.as_ref(), f, now).await
+}
+
+/// [`list`] through an open catalog.
+pub async fn list_in(
+    cfg: &Config,
+    catalog: &dyn iceberg::Catalog,
+    f: &ListFilter,
+    now: Option<Micros>,
+) -> Result<Vec<WindowLine>> {
+    let tables = cfg.select_tables(f.table.as_deref())?;
     let client = source::connect(&cfg.database).await?;
     let (_, server_now) = source::server_facts(&client).await?;
     let now = now.unwrap_or(server_now);
@@ -57,7 +68,7 @@ pub async fn list(cfg: &Config, f: &ListFilter, now: Option<Micros>) -> Result<V
         let g = t.partition_by;
         let cutoff = windows::cutoff(g, now, t.lag);
         let counts = windows::window_counts(&client, &src, g, cutoff).await?;
-        let table = match lake::table::inspect_table(catalog.as_ref(), t, &src).await? {
+        let table = match lake::table::inspect_table(catalog, t, &src).await? {
             TableState::Missing => None,
             TableState::Ready(at) => Some(at.table),
             TableState::Evolves { table, .. } => Some(*table),

@@ -39,19 +39,36 @@ pub async fn open_table(cfg: &Config, name: &str) -> Result<(TableConfig, Table)
         .next()
         .ok_or_else(|| Error::config(format!("no table `{name}` in the config")))?;
     let catalog = lake::open_catalog(&cfg.catalog).await?;
-    let ident = lake::table::ident(&t)?;
+    match open_table_in(catalog.as_ref(), &t).await? {
+        Some(table) => Ok((t, table)),
+        None => Err(not_created(&t)),
+    }
+}
+
+/// The Iceberg table of `t` in an open catalog, or `None` when the first
+/// archive run has not created it yet.
+pub async fn open_table_in(
+    catalog: &dyn iceberg::Catalog,
+    t: &TableConfig,
+) -> Result<Option<Table>> {
+    let ident = lake::table::ident(t)?;
     let exists = catalog
         .table_exists(&ident)
         .await
         .map_err(|e| Error::iceberg(format!("cannot look up {ident} in the catalog"), e))?;
     if !exists {
-        return Err(
-            Error::new(ErrorKind::Catalog, format!("{ident} does not exist yet"))
-                .with_hint("the first `permafrost archive` run creates it"),
-        );
+        return Ok(None);
     }
-    let table = lake::commit::reload(catalog.as_ref(), &ident).await?;
-    Ok((t, table))
+    lake::commit::reload(catalog, &ident).await.map(Some)
+}
+
+/// The error for a table the first archive run has not created yet.
+pub fn not_created(t: &TableConfig) -> Error {
+    let ident = lake::table::ident(t)
+        .map(|i| i.to_string())
+        .unwrap_or_else(|_| t.table.clone());
+    Error::new(ErrorKind::Catalog, format!("{ident} does not exist yet"))
+        .with_hint("the first `permafrost archive` run creates it")
 }
 
 /// Resolves `choice` to a snapshot of the table's current history.

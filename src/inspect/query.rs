@@ -13,9 +13,10 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use futures::TryStreamExt;
+use iceberg::Catalog;
 use iceberg::table::Table;
 use iceberg_datafusion::IcebergStaticTableProvider;
 use iceberg_datafusion::physical_plan::IcebergTableScan;
@@ -44,6 +45,8 @@ pub enum QueryFormat {
     Json,
     Jsonl,
     Parquet,
+    /// An Arrow IPC stream.
+    Arrow,
 }
 
 /// One Iceberg scan the query ran.
@@ -88,20 +91,35 @@ pub struct Prepared {
     pub scans: Vec<ScanStats>,
 }
 
-/// Registers the archive tables (at `as_of`, or current) and plans `sql`.
-pub async fn prepare(cfg: &Config, sql: &str, as_of: Option<Micros>) -> Result<Prepared> {
+/// Registers the archive tables of `catalog` (at `as_of`, or current) and
+/// plans `sql`.  Only queries are accepted: DDL (`CREATE EXTERNAL TABLE`, which
+/// would read local files), DML (`COPY … TO`, `INSERT`) and statements (`SET`)
+/// are refused, so a query can read nothing but the archive and write nothing.
+pub async fn prepare(
+    cfg: &Config,
+    catalog: &dyn Catalog,
+    sql: &str,
+    as_of: Option<Micros>,
+) -> Result<Prepared> {
     let ctx = SessionContext::new_with_config(
         SessionConfig::new()
             .with_default_catalog_and_schema("permafrost", SCHEMA)
             .with_create_default_catalog_and_schema(true)
             .with_information_schema(true),
     );
-    let tables = register_tables(cfg, &ctx, as_of).await?;
+    let tables = register_tables(cfg, catalog, &ctx, as_of).await?;
     let names: Vec<String> = tables
         .iter()
         .map(|(n, _)| format!("{SCHEMA}.{n}"))
         .collect();
-    let df = ctx.sql(sql).await.map_err(|e| sql_error(e, &names))?;
+    let read_only = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = ctx
+        .sql_with_options(sql, read_only)
+        .await
+        .map_err(|e| sql_error(e, &names))?;
     let plan = df
         .create_physical_plan()
         .await
@@ -116,6 +134,36 @@ pub async fn prepare(cfg: &Config, sql: &str, as_of: Option<Micros>) -> Result<P
     })
 }
 
+/// A query under way.
+pub struct Running {
+    /// The result, batch by batch (errors already ours).
+    pub batches: futures::stream::BoxStream<'static, Result<arrow_array::RecordBatch>>,
+    /// The result's schema (also when it has no rows).
+    pub schema: arrow_schema::SchemaRef,
+    /// Tables registered, with the snapshot each is pinned to.
+    pub tables: Vec<(String, Option<i64>)>,
+    /// The scans, each with the data files it reads after pruning.
+    pub scans: Vec<ScanStats>,
+}
+
+/// Starts a prepared query.
+pub fn start(prepared: Prepared) -> Result<Running> {
+    let Prepared {
+        ctx,
+        plan,
+        names,
+        tables,
+        scans,
+    } = prepared;
+    let stream = execute_stream(plan.clone(), ctx.task_ctx()).map_err(|e| sql_error(e, &names))?;
+    Ok(Running {
+        batches: Box::pin(stream.map_err(move |e| sql_error(e, &names))),
+        schema: plan.schema(),
+        tables,
+        scans,
+    })
+}
+
 /// Runs a prepared query and writes its result to `out` in `format`.
 pub async fn run<W: Write + Send>(
     prepared: Prepared,
@@ -124,22 +172,19 @@ pub async fn run<W: Write + Send>(
     progress: &indicatif::ProgressBar,
 ) -> Result<QueryStats> {
     let started = Instant::now();
-    let Prepared {
-        ctx,
-        plan,
-        names,
+    let Running {
+        batches: mut stream,
+        schema,
         tables,
         scans,
-    } = prepared;
-    let mut stream =
-        execute_stream(plan.clone(), ctx.task_ctx()).map_err(|e| sql_error(e, &names))?;
+    } = start(prepared)?;
     let mut rows = 0u64;
     let mut truncated = 0u64;
     match format {
         QueryFormat::Table => {
             let mut kept = Vec::new();
             let mut kept_rows = 0usize;
-            while let Some(batch) = stream.try_next().await.map_err(|e| sql_error(e, &names))? {
+            while let Some(batch) = stream.try_next().await? {
                 rows += batch.num_rows() as u64;
                 progress.inc(batch.num_rows() as u64);
                 let room = TABLE_ROW_LIMIT - kept_rows;
@@ -155,7 +200,7 @@ pub async fn run<W: Write + Send>(
                 }
             }
             if kept.is_empty() {
-                kept.push(arrow_array::RecordBatch::new_empty(plan.schema()));
+                kept.push(arrow_array::RecordBatch::new_empty(schema.clone()));
             }
             let text = datafusion::arrow::util::pretty::pretty_format_batches(&kept)
                 .map_err(|e| Error::internal(format!("cannot format the result: {e}")))?;
@@ -169,15 +214,16 @@ pub async fn run<W: Write + Send>(
                 QueryFormat::Csv => Format::Csv,
                 QueryFormat::Json => Format::Json,
                 QueryFormat::Jsonl => Format::Jsonl,
+                QueryFormat::Arrow => Format::Arrow,
                 _ => Format::Parquet,
             };
             let mut sink = Sink::new(format, out);
-            while let Some(batch) = stream.try_next().await.map_err(|e| sql_error(e, &names))? {
+            while let Some(batch) = stream.try_next().await? {
                 rows += batch.num_rows() as u64;
                 progress.inc(batch.num_rows() as u64);
                 sink.write(&batch)?;
             }
-            sink.finish(plan.schema())?;
+            sink.finish(schema)?;
         }
     }
     Ok(QueryStats {
@@ -193,10 +239,10 @@ pub async fn run<W: Write + Send>(
 /// its snapshot; returns `(name, snapshot)` for each.
 async fn register_tables(
     cfg: &Config,
+    catalog: &dyn Catalog,
     ctx: &SessionContext,
     as_of: Option<Micros>,
 ) -> Result<Vec<(String, Option<i64>)>> {
-    let catalog = lake::open_catalog(&cfg.catalog).await?;
     let mut registered: Vec<(String, Option<i64>)> = Vec::new();
     for t in &cfg.tables {
         let ident = lake::table::ident(t)?;
@@ -215,7 +261,7 @@ async fn register_tables(
             ))
             .with_hint("`query` registers tables by their Iceberg table name; give one another `iceberg.table`"));
         }
-        let table = lake::commit::reload(catalog.as_ref(), &ident).await?;
+        let table = lake::commit::reload(catalog, &ident).await?;
         let choice = match as_of {
             Some(t) => SnapshotChoice::AsOf(t),
             None => SnapshotChoice::Current,

@@ -11,9 +11,11 @@ use crate::error::Result;
 use crate::inspect::{SnapshotChoice, resolve_snapshot};
 use crate::lake;
 use crate::lake::table::{RecordedColumn, props};
+use crate::plan::window::{Granularity, Window};
 
 /// The table as `show --json` prints it.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "query", derive(utoipa::ToSchema))]
 pub struct TableInfo {
     pub table: String,
     pub location: String,
@@ -31,6 +33,7 @@ pub struct TableInfo {
 
 /// A column of the shown schema.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "query", derive(utoipa::ToSchema))]
 pub struct ColumnInfo {
     pub id: i32,
     pub name: String,
@@ -42,6 +45,7 @@ pub struct ColumnInfo {
 
 /// Snapshots written with one schema.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "query", derive(utoipa::ToSchema))]
 pub struct SchemaSpan {
     pub schema_id: i32,
     pub first_snapshot: i64,
@@ -73,7 +77,8 @@ fn describe_type(t: &iceberg::spec::Type) -> String {
     }
 }
 
-fn columns(schema: &Schema, recorded: &[RecordedColumn]) -> Vec<ColumnInfo> {
+/// The columns of `schema`, with the Postgres types recorded for them.
+pub fn columns(schema: &Schema, recorded: &[RecordedColumn]) -> Vec<ColumnInfo> {
     schema
         .as_struct()
         .fields()
@@ -97,6 +102,48 @@ fn columns(schema: &Schema, recorded: &[RecordedColumn]) -> Vec<ColumnInfo> {
         .collect()
 }
 
+/// The windows the current snapshot's data spans, from the partition bounds
+/// of its manifest list (one small file read; no manifest is opened).
+/// `None` for an empty table or one partitioned some other way.
+pub async fn archived_range(table: &Table, g: Granularity) -> Result<Option<Window>> {
+    let spec_id = table.metadata().default_partition_spec_id();
+    let (data, _) = lake::maintenance::current_manifests(table).await?;
+    let mut range: Option<(i64, i64)> = None;
+    for m in data.iter().filter(|m| m.partition_spec_id == spec_id) {
+        let Some(Some(f)) = m.partitions.as_ref().map(|p| p.first()) else {
+            continue;
+        };
+        // Partition values of the time transforms are ints, stored little-endian.
+        let ordinal = |b: &[u8]| {
+            <[u8; 4]>::try_from(b)
+                .ok()
+                .map(|b| i32::from_le_bytes(b) as i64)
+        };
+        let lo = f.lower_bound.as_deref().and_then(|b| ordinal(b));
+        let hi = f.upper_bound.as_deref().and_then(|b| ordinal(b));
+        if let (Some(lo), Some(hi)) = (lo, hi) {
+            range = Some(match range {
+                Some((a, b)) => (a.min(lo), b.max(hi)),
+                None => (lo, hi),
+            });
+        }
+    }
+    Ok(range.map(|(lo, hi)| Window {
+        start: g.window(lo).start,
+        end: g.window(hi).end,
+    }))
+}
+
+/// The Postgres columns recorded in the table's properties.
+pub fn recorded_columns(table: &Table) -> Vec<RecordedColumn> {
+    table
+        .metadata()
+        .properties()
+        .get(props::PG_COLUMNS)
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default()
+}
+
 /// Describes the table at `choice`.
 pub fn show(table: &Table, choice: SnapshotChoice) -> Result<TableInfo> {
     let md = table.metadata();
@@ -107,11 +154,7 @@ pub fn show(table: &Table, choice: SnapshotChoice) -> Result<TableInfo> {
             .map_err(|e| crate::error::Error::iceberg("cannot find the snapshot's schema", e))?,
         None => md.current_schema().clone(),
     };
-    let recorded: Vec<RecordedColumn> = md
-        .properties()
-        .get(props::PG_COLUMNS)
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_default();
+    let recorded = recorded_columns(table);
     let spec = md.default_partition_spec();
     let partition_spec = spec
         .fields()

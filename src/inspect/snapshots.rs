@@ -14,6 +14,7 @@ use crate::plan::window::rfc3339;
 
 /// One snapshot, as `snapshots --json` prints it (newest first).
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "query", derive(utoipa::ToSchema))]
 pub struct SnapshotInfo {
     pub snapshot_id: i64,
     pub parent_id: Option<i64>,

@@ -467,7 +467,8 @@ pub fn plan(facts: &TableFacts, opts: PlanOptions) -> Plan {
 }
 
 /// The state of a window, for `status` and `list`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "query", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum WindowState {
     /// In the archive, gone from Postgres.

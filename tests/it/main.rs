@@ -19,5 +19,7 @@ mod operate;
 mod restore;
 mod retention;
 mod safety;
+#[cfg(feature = "query")]
+mod serve;
 mod tls;
 mod types;

@@ -525,6 +525,30 @@ fn the_helm_chart_renders_and_validates() {
         "arn:aws:iam::123456789012:role/permafrost"
     );
     assert!(full["manifests"]["ServiceMonitor"].is_object());
+    // The HTTP API beside the run Deployment, with its own selector.
+    let api = &full["manifests"]["Deployment/archiver-permafrost-api"]["spec"];
+    assert_eq!(api["replicas"], 2, "{full}");
+    assert_eq!(
+        api["template"]["spec"]["containers"][0]["args"],
+        json!(["serve", "--listen", "0.0.0.0:8080", "--log-format", "json"])
+    );
+    assert_eq!(
+        api["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "permafrost-api"
+    );
+    let run_selector = &full["manifests"]["Deployment/archiver-permafrost"]["spec"]["selector"];
+    assert_eq!(
+        run_selector["matchLabels"]["app.kubernetes.io/name"],
+        "permafrost"
+    );
+    assert_eq!(
+        full["manifests"]["Service/archiver-permafrost-api"]["spec"]["selector"]["app.kubernetes.io/name"],
+        "permafrost-api"
+    );
+    assert!(
+        defaults["manifests"]["Deployment/archiver-permafrost-api"].is_null(),
+        "off by default"
+    );
     let broken = check(json!({"podSecurityContext": {"runAsUser": "root"}}));
     assert!(
         broken["objects"]

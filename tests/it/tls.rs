@@ -16,12 +16,12 @@ use crate::services;
 
 /// A throwaway CA, a server certificate it signed for `localhost` only, and
 /// a second CA that signed nothing.
-struct Pki {
+pub struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         std::fs::write(
@@ -95,7 +95,7 @@ impl Pki {
         Self { dir }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 }

@@ -4,7 +4,7 @@ the Kubernetes API schemas (kubernetes-validate, offline).
 
 Request (JSON file, argv[1]): {"chart": DIR, "values": {...} | null,
 "kube_version": "1.30.0"}.  Prints {"lint": {...}, "objects": [{"kind",
-"name", "valid", "errors"}], "manifests": {kind: object}}.
+"name", "valid", "errors"}], "manifests": {kind: object, "kind/name": object}}.
 """
 import json
 import sys
@@ -41,6 +41,7 @@ def main():
                     errors.append(f"{type(e).__name__}: {e}")
             objects.append({"kind": kind, "name": name, "valid": not errors, "errors": errors})
             manifests[kind] = doc
+            manifests[f"{kind}/{name}"] = doc
     print(json.dumps({"lint": lint, "objects": objects, "manifests": manifests}, default=str))
 
 

@@ -21,6 +21,9 @@ use crate::error::{Error, Result};
 use crate::plan::window::Granularity;
 use crate::secret;
 
+mod serve;
+pub use serve::{DEFAULT_LISTEN, ServeConfig, ServeTls, parse_listen};
+
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -31,6 +34,7 @@ pub struct Config {
     pub notify: NotifyConfig,
     pub maintenance: MaintenanceConfig,
     pub schedule: ScheduleConfig,
+    pub serve: ServeConfig,
 }
 
 /// `schedule`: defaults of `permafrost run` (flags override them).
@@ -297,6 +301,8 @@ struct RawConfig {
     maintenance: RawMaintenance,
     #[serde(default)]
     schedule: RawSchedule,
+    #[serde(default)]
+    serve: serve::RawServe,
 }
 
 #[derive(Deserialize, Default)]
@@ -628,6 +634,7 @@ impl Config {
             },
             maintenance: maintenance_config(raw.maintenance)?,
             schedule: schedule_config(raw.schedule)?,
+            serve: serve::serve_config(raw.serve)?,
         })
     }
 
