@@ -106,7 +106,7 @@ async fn send(rb: reqwest::RequestBuilder) -> (u16, Value) {
     let r = rb.send().await.expect("request");
     let status = r.status().as_u16();
     let text = r.text().await.expect("body");
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text));
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, v)
 }
 
@@ -149,8 +149,8 @@ async fn fixture(s: &Services) -> Fx {
     c.batch_execute(
         "INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit, quality, payload) \
          SELECT date_trunc('day', now()) - interval '50 days' + i * interval '15 minutes', \
-                i % 5, 'sensor-' || (i % 5), (i % 97) / 4.0, CASE WHEN i % 7 = 0 THEN NULL ELSE 'celsius' END, \
-                (i % 1000) / 100.0, jsonb_build_object('i', i) \
+                i % 5, 'sensor-' || (i % 5), (i % 97) / 4.0, 'celsius', \
+                CASE WHEN i % 7 = 0 THEN NULL ELSE (i % 1000) / 100.0 END, jsonb_build_object('i', i) \
          FROM generate_series(0, 30 * 96 - 1) AS i; \
          CREATE TABLE before_rows AS SELECT * FROM sensor_readings;",
     )
@@ -180,9 +180,10 @@ async fn fixture(s: &Services) -> Fx {
     let fx = Fx { db, ws, cfg, day0 };
     for until in [10, 30] {
         let now = rfc3339(fx.day0 + until * DAY + 15 * DAY + 3_600_000_000);
-        let out = fx
-            .ws
-            .run(&["archive", "-c", &fx.cfg, "--json", "--now", &now]);
+        let out = fx.ws.run_env(
+            &["archive", "-c", &fx.cfg, "--json", "--now", &now],
+            &[("PF_API_TOKEN", TOKEN)],
+        );
         assert_eq!(out.code, 0, "{}", out.stderr);
     }
     let left = count(&c, "sensor_readings", "true").await;
@@ -348,12 +349,12 @@ async fn serve_answers_what_postgres_held() {
 
     // NULL filters and IN lists.
     let (st, page) = send(auth(http.post(srv.api("/tables/sensor_readings/query")).json(&json!({
-        "columns": ["id"], "filters": {"unit_is_null": true, "sensor_id_in": [1, 2]}, "limit": 200
+        "columns": ["id"], "filters": {"quality_is_null": true, "sensor_id_in": [1, 2]}, "limit": 200
     })))).await;
     assert_eq!(st, 200, "{page}");
     let want = pg_ids(
         &c,
-        "unit IS NULL AND sensor_id IN (1, 2)",
+        "quality IS NULL AND sensor_id IN (1, 2)",
         "recorded_at, id",
     )
     .await;
