@@ -67,7 +67,8 @@ assert len(got) == 1000
 duck_point, got = timed(lambda i: con.execute(f"SELECT * FROM {scan} WHERE id = {i}").fetchall(), ids)
 assert len(got) == 1
 
-print(f"rows={rows} profile={profile} (median / p95 of {N} requests, ms)")
+print(f"rows={rows} profile={profile} (median / p95 of {N} requests, ms); "
+      f"files scanned: one day {page['files_scanned']}, point {point['files_scanned']}")
 for name, a, d in [("one-day filtered query", api_day, duck_day), ("point lookup by id", api_point, duck_point)]:
     am, ap = stats(a)
     dm, dp = stats(d)

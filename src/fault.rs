@@ -20,6 +20,9 @@
 //! | `after-verify`    | verified; Postgres transaction open (about to commit) |
 //! | `after-pg-commit` | Postgres committed: the batch is complete |
 //!
+//! `serve-query` holds an HTTP API query after its table is loaded, with its
+//! query slot taken (pause only), for the timeout and busy tests.
+//!
 //! `PERMAFROST_FAULT=corrupt-checksum` makes verification see a wrong checksum;
 //! `PERMAFROST_FAULT=legacy-partition-name` creates tables the way permafrost
 //! did before partition field names were sanitised (`Recorded At_day`), to

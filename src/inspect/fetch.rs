@@ -248,7 +248,13 @@ pub async fn open_scan(
         .await
         .map_err(|e| Error::iceberg("cannot plan the scan", e))?;
     let files = tasks.len();
-    let reader = table.reader_builder().with_batch_size(8192).build();
+    // Row selection: the predicate is also checked against the Parquet page
+    // index, so a point lookup decodes pages, not whole row groups.
+    let reader = table
+        .reader_builder()
+        .with_batch_size(8192)
+        .with_row_selection_enabled(true)
+        .build();
     let stream = reader
         .read(Box::pin(futures::stream::iter(tasks.into_iter().map(Ok))))
         .map_err(|e| Error::iceberg("cannot read the archive", e))?

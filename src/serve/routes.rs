@@ -425,6 +425,8 @@ async fn run_query(
     let permit = state.slot().await?;
     let started = Instant::now();
     let deadline = started + state.timeout();
+    #[cfg(feature = "fault-injection")]
+    let permit = held_for_tests(&state, permit).await?;
     let work = async {
         let (t, table) = state.table(&name).await?;
         if let Some(w) = &window {
@@ -510,6 +512,27 @@ async fn run_query(
             annotate(&mut r, snapshot_id, files);
             Ok(r)
         }
+    }
+}
+
+/// Tests hold a query here, with its slot, on a blocking thread (the
+/// `serve-query` pause point): the request times out while the slot stays
+/// taken until the test resumes it.
+#[cfg(feature = "fault-injection")]
+async fn held_for_tests(
+    state: &AppState,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+    let held = tokio::task::spawn_blocking(move || {
+        crate::fault::point("serve-query");
+        permit
+    });
+    match tokio::time::timeout(state.timeout(), held).await {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(e)) => {
+            Err(crate::error::Error::internal(format!("the held query failed: {e}")).into())
+        }
+        Err(_) => Err(ApiError::timeout(state.timeout())),
     }
 }
 

@@ -719,6 +719,56 @@ async fn serve_refuses_bad_input_and_holds_under_load() {
     assert_eq!(st, 200, "still serving");
     assert_eq!(srv.stop(), 0);
 
+    // A query held past the timeout is a 504; another one waiting for the
+    // only slot meanwhile is a 503; the server answers again afterwards.
+    let slow = fx.ws.config(
+        "slow.yaml",
+        &std::fs::read_to_string(&fx.cfg).expect("cfg").replace(
+            "max_concurrent: 4",
+            "max_concurrent: 1\n  request_timeout: 2s",
+        ),
+    );
+    let pause = Pause::new();
+    let srv = Server::start(
+        &fx.ws,
+        &["-c", &slow.to_string_lossy(), "--listen", "127.0.0.1:0"],
+        &[
+            ("PF_API_TOKEN", TOKEN),
+            ("PERMAFROST_PAUSE", &pause.env("serve-query")),
+        ],
+    );
+    let q = srv.api("/tables/sensor_readings/query");
+    let held = tokio::spawn(send(
+        http.post(&q).bearer_auth(TOKEN).json(&json!({"limit": 1})),
+    ));
+    let reached = pause
+        .wait_reached(std::time::Duration::from_secs(60))
+        .expect("the query reached the pause");
+    let (st, e) = send(auth(http.post(&q)).json(&json!({"limit": 1}))).await;
+    assert_eq!(st, 503, "{e}");
+    assert!(
+        e["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("max_concurrent")),
+        "{e}"
+    );
+    let (st, e) = held.await.expect("held request");
+    assert_eq!(st, 504, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("did not finish within 2s")),
+        "{e}"
+    );
+    Pause::resume(reached);
+    let (st, page) = send(auth(http.post(&q)).json(&json!({"limit": 1}))).await;
+    assert_eq!(
+        (st, page["matched"].clone()),
+        (200, json!(30 * 96)),
+        "{page}"
+    );
+    assert_eq!(srv.stop(), 0);
+
     // Without tokens a non-loopback address is refused.
     let open = fx.ws.config(
         "open.yaml",
