@@ -105,6 +105,10 @@ pub fn check_exposure(cfg: &Config, listen: SocketAddr, insecure_no_auth: bool) 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let limit = state.cfg.serve.max_body_bytes;
     routes::routes()
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(openapi::openapi_json),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

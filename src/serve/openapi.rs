@@ -14,7 +14,7 @@ use crate::inspect::{list, show, snapshots};
         description = "Read-only queries over the Iceberg archives of PostgreSQL tables: metadata, snapshots, windows, filtered and time-travelling queries, and SQL."
     ),
     paths(
-        routes::openapi,
+        openapi_json,
         routes::tables,
         routes::table_info,
         routes::table_snapshots,
@@ -60,6 +60,13 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
+}
+
+/// `GET /api/v1/openapi.json`.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "This document", content_type = "application/json")))]
+pub(super) async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(document())
 }
 
 /// The document.

@@ -32,7 +32,6 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/tables", get(tables))
         .route("/api/v1/tables/{table}", get(table_info))
         .route("/api/v1/tables/{table}/snapshots", get(table_snapshots))
@@ -76,12 +75,6 @@ async fn metrics(State(state): Shared) -> impl IntoResponse {
         [(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         state.metrics.encode(),
     )
-}
-
-#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta",
-    responses((status = 200, description = "This document", content_type = "application/json")))]
-pub(super) async fn openapi() -> impl IntoResponse {
-    Json(super::openapi::document())
 }
 
 /// A configured archive, as `GET /tables` lists it.

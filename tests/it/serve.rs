@@ -714,7 +714,10 @@ async fn serve_refuses_bad_input_and_holds_under_load() {
         t.await.expect("client");
     }
     let rss = srv.peak_rss_kib();
-    eprintln!("serve: peak RSS after 50 concurrent clients: {} MiB", rss / 1024);
+    eprintln!(
+        "serve: peak RSS after 50 concurrent clients: {} MiB",
+        rss / 1024
+    );
     assert!(rss < 512 * 1024, "peak RSS {rss} KiB");
     let (st, _) = send(auth(http.get(srv.api("/tables")))).await;
     assert_eq!(st, 200, "still serving");
