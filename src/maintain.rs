@@ -29,9 +29,7 @@ use crate::lake::compact::Compacted;
 /// Tries of a commit that lost a race to another writer.
 pub const ATTEMPTS: usize = 3;
 
-/// Orphan files younger than this are never deleted, whatever the flags:
-/// an archive or another engine may be about to commit them.
-pub const MIN_ORPHAN_AGE: Duration = Duration::from_secs(3600);
+pub use crate::config::MIN_ORPHAN_AGE;
 
 /// What `maintain` does.
 #[derive(Debug, Clone)]
@@ -125,7 +123,7 @@ async fn maintain_table(
 ) -> Result<MaintainReport> {
     let ident = lake::table::ident(t)?;
     let mut table = lake::commit::reload(catalog, &ident).await?;
-    let metadata_bytes_before = metadata_bytes(&table).await?;
+    let metadata_bytes_before = lake::maintenance::metadata_bytes(&table).await?;
     let cutoff = opts.now_ms - opts.older_than.as_millis() as i64;
     let (data_before, _) = lake::maintenance::current_manifests(&table).await?;
     let small = t.target_file_size / 4;
@@ -180,7 +178,7 @@ async fn maintain_table(
         report.data_manifests_after = after;
     }
     sweep_orphans(&table, opts, &mut report).await?;
-    report.metadata_bytes_after = metadata_bytes(&table).await?;
+    report.metadata_bytes_after = lake::maintenance::metadata_bytes(&table).await?;
     tracing::info!(
         "{ident}: compacted {} file(s) in {} partition(s) into {}, expired {} snapshot(s), \
          data manifests {} -> {}, metadata {} -> {} bytes, {} orphan file(s) ({} bytes) deleted",
@@ -274,20 +272,4 @@ pub fn would_expire(table: &iceberg::table::Table, cutoff: i64, retain_last: usi
         .iter()
         .filter(|s| s.timestamp_ms() < cutoff)
         .count()
-}
-
-/// Size of the table's current metadata file.
-pub async fn metadata_bytes(table: &iceberg::table::Table) -> Result<u64> {
-    let Some(loc) = table.metadata_location() else {
-        return Ok(0);
-    };
-    let input = table
-        .file_io()
-        .new_input(loc)
-        .map_err(|e| Error::iceberg("cannot open the metadata file", e))?;
-    Ok(input
-        .metadata()
-        .await
-        .map_err(|e| Error::iceberg("cannot stat the metadata file", e))?
-        .size)
 }

@@ -25,7 +25,7 @@ impl Schedule {
                  (`--cron`, `schedule.cron`), not both",
             )),
             (Some(e), None) => {
-                let d = crate::config::parse_duration(e)
+                let d = crate::config::duration::parse_duration(e)
                     .map_err(|m| Error::config(format!("schedule interval `{e}`: {m}")))?;
                 if d < Duration::from_secs(1) {
                     return Err(Error::config("the schedule interval must be at least 1s"));

@@ -21,8 +21,14 @@ use crate::error::{Error, Result};
 use crate::plan::window::Granularity;
 use crate::secret;
 
+pub mod duration;
 mod serve;
+pub use duration::parse_duration;
 pub use serve::{DEFAULT_LISTEN, ServeConfig, ServeTls, parse_listen};
+
+/// `maintain` never deletes unreferenced files younger than this, whatever
+/// the configuration says: a writer may still be about to commit them.
+pub const MIN_ORPHAN_AGE: Duration = Duration::from_secs(3600);
 
 /// The resolved configuration.
 #[derive(Debug, Clone)]
@@ -884,7 +890,7 @@ fn maintenance_config(raw: RawMaintenance) -> Result<MaintenanceConfig> {
             .map_err(|m| Error::config(format!("`maintenance.orphan_older_than`: {m}")))?,
         None => Duration::from_secs(3 * 86_400),
     };
-    if orphan_older_than < crate::maintain::MIN_ORPHAN_AGE {
+    if orphan_older_than < MIN_ORPHAN_AGE {
         return Err(Error::config(
             "`maintenance.orphan_older_than` must be at least 1h: younger files may belong to \
              a commit in progress",
@@ -1213,54 +1219,6 @@ fn humantime_secs(d: Duration) -> String {
         s if s % 86400 == 0 && s > 0 => format!("{}d", s / 86400),
         s => format!("{s}s"),
     }
-}
-
-/// Parses `15d`, `6h`, `30m`, `10s`, `2w`, `1d12h`, `500ms`.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!("`{s}` is not a duration like 15d, 6h, 30m or 10s"));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("`{s}`: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let secs = match unit {
-            "ms" => {
-                total += Duration::from_millis(n);
-                continue;
-            }
-            "s" => 1,
-            "m" | "min" => 60,
-            "h" => 3600,
-            "d" => 86400,
-            "w" => 7 * 86400,
-            "" => return Err(format!("`{s}`: missing unit (s, m, h, d or w)")),
-            u => return Err(format!("`{s}`: unknown unit `{u}` (use s, m, h, d or w)")),
-        };
-        total += Duration::from_secs(
-            n.checked_mul(secs)
-                .ok_or_else(|| format!("`{s}` is too long"))?,
-        );
-    }
-    Ok(total)
 }
 
 /// Parses `134217728`, `128MiB`, `128MB`, `1GiB`, `512KiB`.

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use iceberg::spec::{NestedField, NestedFieldRef, PrimitiveType, Schema, Type};
 
-use crate::lake::table::RecordedColumn;
+use crate::lake::schema::RecordedColumn;
 use crate::types::PgKind;
 
 /// A source column as it is now.

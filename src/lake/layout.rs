@@ -32,7 +32,7 @@ pub struct Layout {
 
 /// The layout of a new archive table for `src`, partitioned by `g` of its time column.
 pub fn derive(src: &SourceTable, g: Granularity) -> Result<Layout> {
-    let schema = crate::lake::table::derive_schema(src)?;
+    let schema = crate::lake::schema::derive_schema(src)?;
     let time = &src.time_column().name;
     let time_id = schema
         .field_by_name(time)

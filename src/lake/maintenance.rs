@@ -415,7 +415,7 @@ pub async fn quick_shape(table: &Table) -> Result<QuickShape> {
                 .get("total-data-files")
                 .and_then(|n| n.parse().ok())
         }),
-        metadata_bytes: crate::maintain::metadata_bytes(table).await?,
+        metadata_bytes: metadata_bytes(table).await?,
     })
 }
 
@@ -431,10 +431,26 @@ pub async fn shape(table: &Table, small: u64) -> Result<TableShape> {
         data_manifests: data.len(),
         data_files: files.len(),
         small_files: files.iter().filter(|f| f.size < small).count(),
-        metadata_bytes: crate::maintain::metadata_bytes(table).await?,
+        metadata_bytes: metadata_bytes(table).await?,
         ledger_bytes: md
             .properties()
             .get(crate::plan::keys::LEDGER)
             .map_or(0, String::len),
     })
+}
+
+/// Size of the table's current metadata file.
+pub async fn metadata_bytes(table: &iceberg::table::Table) -> Result<u64> {
+    let Some(loc) = table.metadata_location() else {
+        return Ok(0);
+    };
+    let input = table
+        .file_io()
+        .new_input(loc)
+        .map_err(|e| Error::iceberg("cannot open the metadata file", e))?;
+    Ok(input
+        .metadata()
+        .await
+        .map_err(|e| Error::iceberg("cannot stat the metadata file", e))?
+        .size)
 }

@@ -11,6 +11,7 @@ pub mod maintenance;
 pub mod metadata_commit;
 pub mod orphans;
 pub mod readback;
+pub mod schema;
 pub mod table;
 pub mod write;
 

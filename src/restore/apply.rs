@@ -3,40 +3,13 @@
 
 use tokio_postgres::Client;
 
-use super::validate::{conflict_policy_problem, primary_key, same_row, target_columns};
+use super::target::{overlapping_partitions, primary_key, target_columns};
+use super::validate::{conflict_policy_problem, same_row};
 use super::{OnConflict, StagedColumn, in_transaction, literal, pg};
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
 use crate::plan::window::Window;
 use crate::source::introspect::TimeKind;
-use crate::source::partitions;
-
-/// A partition of the target whose bounds overlap the range.
-#[derive(Debug, Clone)]
-pub struct Partition {
-    pub name: String,
-    /// Its bounds are exactly the range.
-    pub exact: bool,
-}
-
-/// The partitions of `target` whose range overlaps `range` (a default
-/// partition is not listed: rows it holds in the range are counted apart).
-pub async fn overlapping_partitions(
-    client: &Client,
-    target: &str,
-    kind: TimeKind,
-    range: &Window,
-) -> Result<Vec<Partition>> {
-    Ok(partitions::list(client, target, kind)
-        .await?
-        .into_iter()
-        .filter(|p| p.overlaps(range))
-        .map(|p| Partition {
-            exact: p.window() == Some(*range),
-            name: p.name,
-        })
-        .collect())
-}
 
 /// What `attach` did.
 #[derive(Debug, Clone)]

@@ -27,6 +27,7 @@
 
 pub mod apply;
 pub mod encode;
+pub mod target;
 pub mod validate;
 
 use std::collections::HashMap;

@@ -7,7 +7,8 @@ use iceberg::spec::{SchemaRef, SnapshotRef};
 use iceberg::table::Table;
 use tokio_postgres::Client;
 
-use super::{Apply, BatchCheck, Check, Loaded, OnConflict, StagedColumn, apply, literal, pg};
+use super::target::{self, TargetColumn, primary_key, target_columns};
+use super::{Apply, BatchCheck, Check, Loaded, OnConflict, StagedColumn, literal, pg};
 use crate::checksum::Checksum;
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
@@ -290,57 +291,6 @@ fn in_range(ts: &str, kind: TimeKind, range: &Window) -> String {
     )
 }
 
-/// A column of the target table.
-#[derive(Debug, Clone)]
-pub(crate) struct TargetColumn {
-    pub name: String,
-    pub pg_type: String,
-    pub not_null: bool,
-    pub has_default: bool,
-    /// `attgenerated` is set: Postgres computes it.
-    pub generated: bool,
-    /// `GENERATED ALWAYS AS IDENTITY`.
-    pub identity_always: bool,
-}
-
-pub(crate) async fn target_columns(client: &Client, target: &str) -> Result<Vec<TargetColumn>> {
-    let rows = client
-        .query(
-            "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull, atthasdef, \
-                    attgenerated::text <> '', attidentity::text = 'a' \
-             FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[&target],
-        )
-        .await
-        .map_err(pg("cannot read the target's columns"))?;
-    Ok(rows
-        .iter()
-        .map(|r| TargetColumn {
-            name: r.get(0),
-            pg_type: r.get(1),
-            not_null: r.get(2),
-            has_default: r.get(3),
-            generated: r.get(4),
-            identity_always: r.get(5),
-        })
-        .collect())
-}
-
-/// The target's primary key columns (empty without one).
-pub(crate) async fn primary_key(client: &Client, target: &str) -> Result<Vec<String>> {
-    let rows = client
-        .query(
-            "SELECT a.attname::text FROM pg_index i \
-             JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) ON true \
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-             WHERE i.indrelid = $1::text::regclass AND i.indisprimary ORDER BY k.ord",
-            &[&target],
-        )
-        .await
-        .map_err(pg("cannot read the target's primary key"))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
 /// The condition "staged row `s` is already in target `t`": by primary key,
 /// or (without one) every shared column equal in its text form.
 pub(crate) fn same_row(pk: &[String], shared: &[String]) -> String {
@@ -455,7 +405,7 @@ pub(crate) async fn attach_overlap_check(
     range: &Window,
     replace: bool,
 ) -> Result<(Check, &'static str)> {
-    let parts = apply::overlapping_partitions(client, target, kind, range).await?;
+    let parts = target::overlapping_partitions(client, target, kind, range).await?;
     let rows: i64 = client
         .query_one(
             &format!(

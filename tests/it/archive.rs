@@ -399,16 +399,19 @@ async fn archive_million(kind: Cat) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn million_rows_into_rest_catalog() {
     archive_million(Cat::Rest).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn million_rows_into_sql_catalog_on_sqlite() {
     archive_million(Cat::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn million_rows_into_sql_catalog_on_postgres() {
     archive_million(Cat::Postgres).await;
 }

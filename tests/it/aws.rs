@@ -54,6 +54,7 @@ fn sdk_token(s: &Services, port: &str, user: &str, time: u64) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn rds_iam_tokens_equal_the_sdk_and_every_connection_signs_its_own() {
     let s = services!();
     let Some((db, role)) = iam_setup().await else {
@@ -296,6 +297,7 @@ async fn sensor_table(glue: &aws_sdk_glue::Client, ns: &str) -> aws_sdk_glue::ty
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn glue_and_s3_keep_working_while_credentials_expire_and_rotate() {
     let s = services!();
     let front = RotatingAws::start(&s);

@@ -61,6 +61,7 @@ async fn exercise(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn rest_catalog_example() {
     let s = services!();
     let env = vec![
@@ -74,6 +75,7 @@ async fn rest_catalog_example() {
 
 /// The REST catalog with a bearer token from the catalog's OAuth2 endpoint.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn rest_catalog_with_a_bearer_token_example() {
     let s = services!();
     let resp: serde_json::Value = {
@@ -123,6 +125,7 @@ async fn rest_catalog_with_a_bearer_token_example() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn sql_sqlite_catalog_example() {
     let s = services!();
     let home = tempfile::tempdir().expect("tempdir");
@@ -139,6 +142,7 @@ async fn sql_sqlite_catalog_example() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn sql_postgres_catalog_example_with_s3_warehouse() {
     let s = services!();
     let cat_db = TestDb::create(&s, "pgcat").await;
@@ -192,6 +196,7 @@ fn pyiceberg_glue(s: &Services) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn glue_catalog_example_keeps_timestamptz() {
     let s = services!();
     let mut env = moto_env(&s, "glue");
@@ -345,6 +350,7 @@ fn compose_file_agrees_with_catalogs_and_trino() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn glue_catalog_with_pyiceberg_property_names() {
     let s = services!();
     // No AWS_* variables: the glue.* keys alone must carry the credentials.
@@ -384,6 +390,7 @@ async fn glue_catalog_with_pyiceberg_property_names() {
 /// non-root user with CA certificates and `permafrost` as its entry point,
 /// and `docker-compose.yml` builds it.
 #[test]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 fn dockerfile_lints_clean_and_runs_unprivileged() {
     let s = services!();
     let hadolint = std::path::Path::new(&s.python).with_file_name("hadolint");

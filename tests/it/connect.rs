@@ -40,6 +40,7 @@ async fn require_password(admin: &tokio_postgres::Client, s: &Services, role: &s
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn awkward_passwords_connect_and_a_wrong_one_fails_clearly() {
     let s = services!();
     let (db, ws, cat, _cfg, _now) = small_setup(&s, 2_000).await;
@@ -214,6 +215,7 @@ pub(crate) async fn tls_sample_db(tag: &str) -> Option<TlsDb> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn client_certificate_over_verified_tls_archives_and_bad_tls_fails_clearly() {
     let s = services!();
     let Some(TlsDb {

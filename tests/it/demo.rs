@@ -6,6 +6,7 @@ use crate::common::*;
 use crate::services;
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn demo_runs_and_its_pyiceberg_command_works() {
     let s = services!();
     let ws = Ws::new();

@@ -45,6 +45,7 @@ fn table_yaml(dsn: &str, catalog: &str, ns: &str, table: &str) -> String {
 const SENSOR: &str = "  - name: sensor_readings\n    timestamp_column: recorded_at\n    lag: 15d\n";
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn bad_inputs_fail_clearly_and_delete_nothing() {
     let s = services!();
     let (db, ws, cat, _cfg, _now) = small_setup(&s, 5_000).await;
@@ -220,6 +221,7 @@ async fn bad_inputs_fail_clearly_and_delete_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn an_incompatible_existing_iceberg_table_is_refused() {
     let s = services!();
     let (db, ws, cat, cfg, now) = small_setup(&s, 5_000).await;

@@ -211,16 +211,19 @@ async fn evolve_across_runs(kind: Cat) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn schema_evolves_across_runs_rest_catalog() {
     evolve_across_runs(Cat::Rest).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn schema_evolves_across_runs_sql_catalog() {
     evolve_across_runs(Cat::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn schema_evolves_across_runs_glue_catalog() {
     evolve_across_runs(Cat::Glue).await;
 }

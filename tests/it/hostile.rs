@@ -162,6 +162,7 @@ async fn archive_and_reconcile(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn odd_time_column_names_archive_and_read_everywhere() {
     let s = services!();
     let db = TestDb::create(&s, "oddnames").await;
@@ -203,6 +204,7 @@ async fn odd_time_column_names_archive_and_read_everywhere() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_table_stuck_by_an_unreadable_partition_name_is_repaired_by_archive() {
     let s = services!();
     let db = TestDb::create(&s, "stuck").await;
@@ -282,6 +284,7 @@ fn edge_literals() -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn infinite_bc_and_extreme_times_are_archived_or_left_as_documented() {
     let s = services!();
     let db = TestDb::create(&s, "edges").await;
@@ -341,6 +344,7 @@ async fn infinite_bc_and_extreme_times_are_archived_or_left_as_documented() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_table_locked_by_another_session_fails_within_lock_timeout_naming_it() {
     let s = services!();
     let db = TestDb::create(&s, "locked").await;
@@ -437,6 +441,7 @@ async fn a_table_locked_by_another_session_fails_within_lock_timeout_naming_it()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn out_of_range_config_values_are_refused_naming_the_key() {
     let s = services!();
     let db = TestDb::create(&s, "bounds").await;

@@ -177,6 +177,7 @@ impl Fx {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn snapshots_time_travel_diff_and_fetch_in_every_format() {
     let s = services!();
     let fx = fixture(&s, "inspect").await;
@@ -393,6 +394,7 @@ async fn snapshots_time_travel_diff_and_fetch_in_every_format() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn list_and_status_agree_after_archive_and_after_a_failed_batch() {
     let s = services!();
     let fx = fixture(&s, "list").await;
@@ -506,6 +508,7 @@ fn mask(text: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn golden_cli_output() {
     let s = services!();
     let fx = fixture(&s, "golden").await;
@@ -593,6 +596,7 @@ fn canonical_rows(rows: &[Value]) -> Vec<std::collections::BTreeMap<String, Stri
 /// the files of the days it filters on, and time-travels with `--as-of`.
 #[cfg(feature = "query")]
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn query_matches_postgres_prunes_files_and_time_travels() {
     let s = services!();
     let fx = fixture(&s, "query").await;

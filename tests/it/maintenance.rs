@@ -42,6 +42,7 @@ fn maintain(f: &Fixture, extra: &[&str], env: &[(&str, &str)]) -> Out {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn maintain_shrinks_metadata_and_engines_read_the_same() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Sqlite, PER_WINDOW, WINDOWS, "", "").await;
@@ -151,6 +152,7 @@ async fn maintain_shrinks_metadata_and_engines_read_the_same() {
 /// rewrite: the stale rewrite must not land; `maintain` redoes it on the
 /// table as it is now, and nothing is lost or archived twice.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn maintain_racing_an_archive_retries_on_the_new_state() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Sqlite, PER_WINDOW, 8, "", "").await;
@@ -209,6 +211,7 @@ async fn maintain_racing_an_archive_retries_on_the_new_state() {
 /// month), and every row is archived exactly once.  Figures for longer
 /// histories: `scripts/scale`.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_maintained_hourly_history_stays_small() {
     let s = services!();
     let db = TestDb::create(&s, "hourly").await;
@@ -377,6 +380,7 @@ fn days_from_now(days: i64) -> String {
 /// keeps young orphans, deletes old ones — also after a crash half-way
 /// through — and engines read the same rows at every retained snapshot.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn maintain_compacts_small_files_and_deletes_orphans() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Sqlite, PER_WINDOW, 8, "", "").await;
@@ -489,6 +493,7 @@ async fn maintain_compacts_small_files_and_deletes_orphans() {
 /// On S3 behind a REST catalog: the crashed batch's files are found by
 /// listing the bucket and deleted once old enough; engines read the same.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn maintain_deletes_orphans_on_s3() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Rest, PER_WINDOW, 4, "", "").await;

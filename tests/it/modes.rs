@@ -47,6 +47,7 @@ fn iceberg_count(s: &Services, cat: &CatalogSetup) -> (i64, usize) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn dry_run_writes_nothing_and_reports_counts() {
     let s = services!();
     let (db, ws, _cat, cfg, now) = small_setup(&s, 30_000).await;
@@ -102,6 +103,7 @@ async fn dry_run_writes_nothing_and_reports_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn no_delete_keeps_rows_and_a_later_run_settles_them_without_rearchiving() {
     let s = services!();
     let (db, ws, cat, cfg, now) = small_setup(&s, 20_000).await;
@@ -194,6 +196,7 @@ async fn no_delete_keeps_rows_and_a_later_run_settles_them_without_rearchiving()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn late_rows_in_an_archived_window_become_a_new_batch() {
     let s = services!();
     let (db, ws, cat, cfg, now) = small_setup(&s, 10_000).await;

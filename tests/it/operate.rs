@@ -176,6 +176,7 @@ const TABLE: &str = "public.sensor_readings";
 /// the Prometheus parser; `/healthz` and `/readyz` answer; SIGTERM ends it
 /// with 0 and every row is archived exactly once.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn run_mode_archives_as_rows_age_and_serves_metrics() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Sqlite, 20, 3, "", "").await;
@@ -272,6 +273,7 @@ fn terminated_between_write_and_commit(f: &Fixture, pause: &Pause) -> (Running, 
 /// finishes (committed, verified, deleted), no further batch starts, the
 /// process exits 8; the next run archives the rest exactly once.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn sigterm_lets_the_batch_in_flight_finish() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Sqlite, 20, 3, "", "").await;
@@ -294,6 +296,7 @@ async fn sigterm_lets_the_batch_in_flight_finish() {
 /// A second signal turns the stop into an abort: the batch paused before
 /// its commit rolls back (nothing committed, nothing deleted).
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_second_signal_aborts_the_batch_before_its_commit() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Sqlite, 20, 3, "", "").await;
@@ -339,6 +342,7 @@ fn run_every_second(f: &Fixture, cfg: &str, port: u16, env: &[(&str, &str)]) -> 
 /// batch), the other skips it, says so, and counts a lock-busy skip; a cron
 /// `archive` meanwhile exits 6 (busy).
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_second_instance_reports_the_table_busy() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Sqlite, 20, 3, "", "").await;
@@ -382,6 +386,7 @@ async fn a_second_instance_reports_the_table_busy() {
 /// appears nowhere.  Cron extras: heartbeats (start, success) and the
 /// node-exporter textfile.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn json_logs_heartbeats_and_the_metrics_textfile() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Sqlite, 20, 2, "", "").await;
@@ -479,6 +484,7 @@ async fn json_logs_heartbeats_and_the_metrics_textfile() {
 /// and every object validates against the Kubernetes schemas — with the
 /// default values and with the full example; a wrong value is caught.
 #[test]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 fn the_helm_chart_renders_and_validates() {
     let s = services!();
     let chart = source_dir().join("deploy/helm/permafrost");

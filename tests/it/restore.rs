@@ -273,16 +273,19 @@ async fn days_10_to_12_equal_the_originals_and_are_never_archived_twice(kind: Ca
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn restore_days_into_staging_rest_catalog() {
     days_10_to_12_equal_the_originals_and_are_never_archived_twice(Cat::Rest).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn restore_days_into_staging_sql_catalog() {
     days_10_to_12_equal_the_originals_and_are_never_archived_twice(Cat::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn restore_time_travels_to_the_first_batch() {
     let s = services!();
     let db = sensor_db(&s, "restore_tt").await;
@@ -347,6 +350,7 @@ async fn restore_time_travels_to_the_first_batch() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn attach_into_a_range_partitioned_table() {
     let s = services!();
     let db = TestDb::create(&s, "restore_attach").await;
@@ -426,6 +430,7 @@ async fn attach_into_a_range_partitioned_table() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn merge_policies_and_validation_failures() {
     let s = services!();
     let db = sensor_db(&s, "restore_merge").await;
@@ -573,6 +578,7 @@ fn assert_refused(out: &Out, code: i32, cause: &str, hint: &str) {
 /// no archived rows, fail before anything is created in Postgres: no staging
 /// table, the target untouched (issue 17).
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn restore_refuses_up_front_and_creates_nothing() {
     let s = services!();
     let db = sensor_db(&s, "restore_refuse").await;
@@ -694,6 +700,7 @@ async fn restore_refuses_up_front_and_creates_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn type_zoo_restores_value_for_value() {
     let s = services!();
     let db = TestDb::create(&s, "restore_zoo").await;
@@ -809,6 +816,7 @@ async fn assert_partitions_archived(fx: &Fx, c: &tokio_postgres::Client, what: &
 /// a run killed at any fault point is completed by the next run without
 /// losing or duplicating a row; restore re-attaches a day.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn partitioned_source_drops_whole_partitions_and_recovers() {
     let s = services!();
     for point in [

@@ -55,6 +55,7 @@ fn assert_all_windows_archived(f: &Fixture, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn kept_rows_are_not_archived_twice_after_their_snapshots_expire() {
     let s = services!();
     let f = fixture(&s).await;
@@ -81,6 +82,7 @@ async fn kept_rows_are_not_archived_twice_after_their_snapshots_expire() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn an_unsettled_batch_whose_snapshot_expired_is_reconciled() {
     let s = services!();
     let f = fixture(&s).await;
@@ -113,6 +115,7 @@ async fn an_unsettled_batch_whose_snapshot_expired_is_reconciled() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn restored_rows_are_recognised_after_the_snapshots_expire() {
     let s = services!();
     let f = fixture(&s).await;
@@ -157,6 +160,7 @@ async fn restored_rows_are_recognised_after_the_snapshots_expire() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn an_expired_history_without_a_ledger_is_refused() {
     let s = services!();
     let f = fixture(&s).await;

@@ -235,11 +235,13 @@ async fn fault_matrix(kind: Cat, shape: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn fault_matrix_rest_catalog() {
     fault_matrix(Cat::Rest, "    max_batch_rows: 300\n").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn fault_matrix_sql_catalog() {
     fault_matrix(Cat::Sqlite, "    max_batch_rows: 300\n").await;
 }
@@ -247,6 +249,7 @@ async fn fault_matrix_sql_catalog() {
 /// The same matrix with one batch per run: all six windows in one range,
 /// split by `max_batch_rows` into snapshots that each span windows.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn fault_matrix_one_batch_per_run() {
     fault_matrix(
         Cat::Sqlite,
@@ -258,6 +261,7 @@ async fn fault_matrix_one_batch_per_run() {
 /// `batch_windows: all`: a catch-up run over many windows commits one
 /// snapshot per `max_batch_rows` rows, not one per window.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn batch_windows_all_makes_fewer_fuller_snapshots() {
     let s = services!();
     let f = Fixture::new(
@@ -301,6 +305,7 @@ async fn batch_windows_all_makes_fewer_fuller_snapshots() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn two_instances_at_once_archive_each_row_once() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Rest, 4000, 25, "", "").await;
@@ -347,6 +352,7 @@ async fn two_instances_at_once_archive_each_row_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn verification_failure_blocks_notifies_and_force_recovers() {
     let s = services!();
     // A local webhook receiver.
@@ -450,6 +456,7 @@ async fn verification_failure_blocks_notifies_and_force_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn max_batch_rows_splits_a_window() {
     let s = services!();
     let f = Fixture::new(
@@ -491,6 +498,7 @@ async fn paused_run(f: &Fixture, point: &str, outage: impl AsyncFnOnce()) -> Out
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn outages_delete_nothing_unverified_and_the_next_run_recovers() {
     let s = services!();
     let mut weed = Weed::start(&s).await;
@@ -613,6 +621,7 @@ impl Fixture {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn replay_archives_a_range_regardless_of_the_lag() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Sqlite, 100, 3, "", "").await;
@@ -733,21 +742,25 @@ async fn commit_conflict(kind: Cat) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn commit_conflicts_with_another_writer_rest() {
     commit_conflict(Cat::Rest).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn commit_conflicts_with_another_writer_sql() {
     commit_conflict(Cat::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn commit_conflicts_with_another_writer_glue() {
     commit_conflict(Cat::Glue).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_held_lock_makes_archive_skip_or_wait() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Sqlite, 200, 2, "", "").await;
@@ -829,6 +842,7 @@ async fn a_held_lock_makes_archive_skip_or_wait() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn concurrent_updates_and_deletes_keep_the_last_committed_version() {
     let s = services!();
     let f = Fixture::new(

@@ -213,6 +213,7 @@ impl Fx {
 /// filters, time travel, pruning, the window route, streamed formats (decoded
 /// by pyarrow), SQL, the OpenAPI document and metrics.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn serve_answers_what_postgres_held() {
     let s = services!();
     let fx = fixture(&s).await;
@@ -541,6 +542,7 @@ async fn serve_answers_what_postgres_held() {
 /// tokens are required; 50 concurrent clients all get correct answers with
 /// bounded memory; the server keeps serving throughout.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn serve_refuses_bad_input_and_holds_under_load() {
     let s = services!();
     let fx = fixture(&s).await;
@@ -794,6 +796,7 @@ async fn serve_refuses_bad_input_and_holds_under_load() {
 /// Over HTTPS with a certificate from a throwaway CA: a client trusting the
 /// CA is answered; the token is still required.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn serve_over_tls() {
     let s = services!();
     let db = TestDb::create(&s, "serve_tls").await;

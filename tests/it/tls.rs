@@ -180,6 +180,7 @@ fn rest_config(db: &TestDb, s: &Services, uri: &str, s3: &str, ca: &Path, ns: &s
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn rest_catalog_over_https_archives_and_refuses_untrusted_servers() {
     let s = services!();
     let pki = Pki::new();
@@ -302,6 +303,7 @@ async fn rest_catalog_over_https_archives_and_refuses_untrusted_servers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn failure_webhook_is_delivered_over_https() {
     let s = services!();
     let pki = Pki::new();

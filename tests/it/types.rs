@@ -88,6 +88,7 @@ fn canonical_sql() -> Vec<(&'static str, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn type_zoo_round_trips_value_by_value() {
     let s = services!();
     let db = TestDb::create(&s, "zoo").await;
@@ -256,6 +257,7 @@ async fn type_zoo_round_trips_value_by_value() {
 /// Values (or types) a mapping cannot hold: refused with table, column, type
 /// and value named, before anything is deleted.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn refused_values_and_types_fail_before_any_delete() {
     let s = services!();
     let db = TestDb::create(&s, "refuse").await;
