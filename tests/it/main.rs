@@ -21,5 +21,6 @@ mod retention;
 mod safety;
 #[cfg(feature = "query")]
 mod serve;
+mod structure;
 mod tls;
 mod types;
