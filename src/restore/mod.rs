@@ -607,15 +607,12 @@ fn batches_check(batches: &[BatchCheck]) -> Check {
 /// The data files of the range at the snapshot (pruned by partition and
 /// column statistics: a file listed may still hold no row in the range).
 async fn plan_scan(table: &Table, src: &Archived, range: &Window) -> Result<Vec<FileScanTask>> {
-    let req_fetch = crate::inspect::fetch::FetchRequest {
-        time_column: src.time_field.name.clone(),
-        range: *range,
-        snapshot: SnapshotChoice::Id(src.snapshot.snapshot_id()),
-        columns: None,
-        filter: None,
-        format: crate::inspect::fetch::Format::Csv,
-    };
-    let predicate = crate::inspect::fetch::predicate(table, &req_fetch)?;
+    let predicate = crate::inspect::fetch::scan_predicate(
+        table.metadata().current_schema(),
+        &src.time_field.name,
+        (Some(range.start), Some(range.end)),
+        None,
+    )?;
     let scan = table
         .scan()
         .snapshot_id(src.snapshot.snapshot_id())
