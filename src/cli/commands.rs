@@ -11,7 +11,6 @@ use crate::cli::args::{
 use crate::cli::output::{self, num};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::plan::window::parse_instant;
 use crate::progress::Progress;
 use crate::{check, demo, inspect, lake, source};
 
@@ -69,10 +68,7 @@ fn load(path: &std::path::Path) -> Result<Config> {
 }
 
 fn parse_now(now: Option<&str>) -> Result<Option<i64>> {
-    now.map(|s| {
-        parse_instant(s).ok_or_else(|| Error::config(format!("--now: `{s}` is not a timestamp")))
-    })
-    .transpose()
+    now.map(|s| inspect::fetch::instant("now", s)).transpose()
 }
 
 async fn check_cmd(a: CheckArgs) -> Result<ExitCode> {
@@ -228,12 +224,7 @@ async fn archive_cmd(a: ArchiveArgs, progress: &Progress) -> Result<ExitCode> {
 
 async fn replay_cmd(a: ReplayArgs, progress: &Progress) -> Result<ExitCode> {
     let cfg = load(&a.config.config)?;
-    let instant = |flag: &str, v: &str| {
-        parse_instant(v).ok_or_else(|| {
-            Error::config(format!("--{flag}: `{v}` is not a date or timestamp"))
-                .with_hint("e.g. 2024-01-01 or 2024-01-01T06:00:00Z")
-        })
-    };
+    let instant = inspect::fetch::instant;
     let (from, to) = (instant("from", &a.from)?, instant("to", &a.to)?);
     if from >= to {
         return Err(Error::config(format!(

@@ -226,13 +226,7 @@ impl QueryRequest {
     }
 
     fn instant(&self, key: &str, v: Option<&str>) -> Result<Option<Micros>, ApiError> {
-        v.map(|s| {
-            parse_instant(s).ok_or_else(|| {
-                ApiError::bad_request(format!("`{key}`: `{s}` is not a date or timestamp"))
-                    .with_hint("e.g. 2024-01-01 or 2024-01-01T06:00:00Z")
-            })
-        })
-        .transpose()
+        v.map(|s| instant(key, s)).transpose()
     }
 
     fn order(
@@ -282,6 +276,14 @@ impl QueryRequest {
         }
         Ok(keys)
     }
+}
+
+/// The instant a request parameter names (date or RFC 3339); 400 otherwise.
+pub fn instant(key: &str, s: &str) -> Result<Micros, ApiError> {
+    parse_instant(s).ok_or_else(|| {
+        ApiError::bad_request(format!("`{key}`: `{s}` is not a date or timestamp"))
+            .with_hint("e.g. 2024-01-01 or 2024-01-01T06:00:00Z")
+    })
 }
 
 fn unknown_column(c: &str, columns: &[String]) -> ApiError {

@@ -17,7 +17,7 @@ use iceberg::table::Table;
 use serde::{Deserialize, Serialize};
 
 use super::page::{self, Scan};
-use super::request::{Limits, QueryRequest};
+use super::request::{self, Limits, QueryRequest};
 use super::stream::{self, Answer};
 use super::{ApiError, AppState};
 use crate::config::TableConfig;
@@ -248,15 +248,8 @@ pub(super) async fn table_windows(
     let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let _permit = state.slot().await?;
     let (t, _) = state.table(&name).await?;
-    let instant = |k: &str, v: &Option<String>| -> ApiResult<_> {
-        v.as_deref()
-            .map(|s| {
-                parse_instant(s).ok_or_else(|| {
-                    ApiError::bad_request(format!("`{k}`: `{s}` is not a date or timestamp"))
-                })
-            })
-            .transpose()
-    };
+    let instant =
+        |k: &str, v: &Option<String>| v.as_deref().map(|s| request::instant(k, s)).transpose();
     let filter = list::ListFilter {
         table: Some(t.source_name()),
         from: instant("from", &p.from)?,
@@ -645,12 +638,11 @@ pub(super) async fn sql(
     let permit = state.slot().await?;
     let started = Instant::now();
     let deadline = started + state.timeout();
-    let as_of = match &req.as_of {
-        Some(s) => Some(parse_instant(s).ok_or_else(|| {
-            ApiError::bad_request(format!("`as_of`: `{s}` is not a date or timestamp"))
-        })?),
-        None => None,
-    };
+    let as_of = req
+        .as_of
+        .as_deref()
+        .map(|s| request::instant("as_of", s))
+        .transpose()?;
     let prepared = tokio::time::timeout(
         state.timeout(),
         query::prepare(&state.cfg, state.catalog.as_ref(), &req.sql, as_of),
