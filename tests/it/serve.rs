@@ -132,6 +132,8 @@ fn ids(page: &Value) -> Vec<i64> {
 }
 
 struct Fx {
+    /// The catalog's credentials and the API token, for every run.
+    env: Vec<(String, String)>,
     db: TestDb,
     ws: Ws,
     cfg: String,
@@ -140,7 +142,7 @@ struct Fx {
 
 /// 30 days (50 to 21 days ago) of 96 rows each, archived in two runs (the
 /// first 10 days, then the rest), one snapshot per day.
-async fn fixture(s: &Services) -> Fx {
+async fn fixture(s: &Services, kind: Cat) -> Fx {
     let db = TestDb::create(s, "serve").await;
     let c = db.client().await;
     c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
@@ -165,7 +167,7 @@ async fn fixture(s: &Services) -> Fx {
         .expect("day0")
         .get(0);
     let ws = Ws::new();
-    let cat = CatalogSetup::new(Cat::Sqlite, s, &ws).await;
+    let cat = CatalogSetup::new(kind, s, &ws).await;
     let cfg = ws
         .config(
             "permafrost.yaml",
@@ -177,12 +179,23 @@ async fn fixture(s: &Services) -> Fx {
         )
         .to_string_lossy()
         .to_string();
-    let fx = Fx { db, ws, cfg, day0 };
+    let mut env: Vec<(String, String)> = CatalogSetup::env(s)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    env.push(("PF_API_TOKEN".into(), TOKEN.into()));
+    let fx = Fx {
+        env,
+        db,
+        ws,
+        cfg,
+        day0,
+    };
     for until in [10, 30] {
         let now = rfc3339(fx.day0 + until * DAY + 15 * DAY + 3_600_000_000);
         let out = fx.ws.run_env(
             &["archive", "-c", &fx.cfg, "--json", "--now", &now],
-            &[("PF_API_TOKEN", TOKEN)],
+            &fx.env(),
         );
         assert_eq!(out.code, 0, "{}", out.stderr);
     }
@@ -196,14 +209,21 @@ impl Fx {
         Server::start(
             &self.ws,
             &["-c", &self.cfg, "--listen", "127.0.0.1:0"],
-            &[("PF_API_TOKEN", TOKEN)],
+            &self.env(),
         )
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
     }
 
     fn cli_json(&self, args: &[&str]) -> Value {
         let mut a = vec![args[0], "-c", self.cfg.as_str()];
         a.extend_from_slice(&args[1..]);
-        let out = self.ws.run_env(&a, &[("PF_API_TOKEN", TOKEN)]);
+        let out = self.ws.run_env(&a, &self.env());
         assert_eq!(out.code, 0, "{}", out.stderr);
         out.json()
     }
@@ -216,7 +236,7 @@ impl Fx {
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn serve_answers_what_postgres_held() {
     let s = services!();
-    let fx = fixture(&s).await;
+    let fx = fixture(&s, Cat::Sqlite).await;
     let c = fx.db.client().await;
     let srv = fx.serve();
     let http = client();
@@ -545,7 +565,7 @@ async fn serve_answers_what_postgres_held() {
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn serve_refuses_bad_input_and_holds_under_load() {
     let s = services!();
-    let fx = fixture(&s).await;
+    let fx = fixture(&s, Cat::Sqlite).await;
     let c = fx.db.client().await;
     let srv = fx.serve();
     let http = client();
@@ -849,5 +869,59 @@ async fn serve_over_tls() {
     assert!(r.is_err(), "untrusted certificate refused");
     let (st, _) = send(trusting.get(format!("{url}/healthz"))).await;
     assert_eq!(st, 200, "the server survived the failed handshake");
+    assert_eq!(srv.stop(), 0);
+}
+
+/// The same API over an archive on S3 behind the REST catalog (SeaweedFS):
+/// metadata, a pruned page, a streamed answer and SQL read through S3.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn serve_reads_an_archive_on_s3_behind_the_rest_catalog() {
+    let s = services!();
+    let fx = fixture(&s, Cat::Rest).await;
+    let c = fx.db.client().await;
+    let srv = fx.serve();
+    let http = client();
+    let auth = |rb: reqwest::RequestBuilder| rb.bearer_auth(TOKEN);
+    let (st, tables) = send(auth(http.get(srv.api("/tables")))).await;
+    assert_eq!(st, 200, "{tables}");
+    assert_eq!(tables[0]["rows"], 30 * 96, "{tables}");
+    let (from, to) = (rfc3339(fx.day0 + 7 * DAY), rfc3339(fx.day0 + 8 * DAY));
+    let (st, page) = send(
+        auth(http.post(srv.api("/tables/sensor_readings/query"))).json(&json!({
+            "columns": ["id"], "filters": {"sensor_id_in": [2, 4]}, "from": from, "to": to, "order_by": "id"
+        })),
+    )
+    .await;
+    assert_eq!(st, 200, "{page}");
+    let want = pg_ids(
+        &c,
+        &format!("sensor_id IN (2, 4) AND recorded_at >= '{from}' AND recorded_at < '{to}'"),
+        "id",
+    )
+    .await;
+    assert_eq!(ids(&page), want);
+    assert_eq!(page["files_scanned"], 1, "{page}");
+    let r = auth(http.post(srv.api("/tables/sensor_readings/query")))
+        .header("accept", "application/x-ndjson")
+        .json(&json!({"columns": ["id"]}))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(r.status().as_u16(), 200);
+    let text = r.text().await.expect("ndjson");
+    assert_eq!(text.lines().count(), 30 * 96, "every row streamed from S3");
+    let (st, ans) = send(auth(http.post(srv.api("/sql"))).json(&json!({
+        "sql": "SELECT count(*) AS n, sum(id) AS ids FROM archive.sensor_readings"
+    })))
+    .await;
+    assert_eq!(st, 200, "{ans}");
+    let sum: i64 = c
+        .query_one("SELECT sum(id)::int8 FROM before_rows", &[])
+        .await
+        .expect("sum")
+        .get(0);
+    assert_eq!(ans["rows"][0]["n"], 30 * 96, "{ans}");
+    assert_eq!(ans["rows"][0]["ids"], sum, "{ans}");
     assert_eq!(srv.stop(), 0);
 }
