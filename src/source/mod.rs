@@ -312,24 +312,58 @@ pub async fn explain_lock_timeout(client: &Client, table: &str, e: Error) -> Err
     }
 }
 
-/// `txid_status` for each transaction id.
+/// `txid_status` for each transaction id: one round trip for all of them;
+/// when Postgres refuses the set (an id "in the future": not this cluster's
+/// history), one per id, so only that id is `Unknown`.
 pub async fn xact_status(
     client: &Client,
     xids: &[u64],
 ) -> Result<Vec<(u64, crate::plan::XactStatus)>> {
+    if xids.is_empty() {
+        return Ok(vec![]);
+    }
+    let all: Vec<i64> = xids.iter().map(|x| *x as i64).collect();
+    let rows = client
+        .query(
+            "SELECT txid_status(x) FROM unnest($1::int8[]) WITH ORDINALITY AS t(x, n) ORDER BY n",
+            &[&all],
+        )
+        .await;
+    match rows {
+        Ok(rows) if rows.len() == xids.len() => Ok(xids
+            .iter()
+            .zip(&rows)
+            .map(|(x, r)| (*x, status_of(r.get::<_, Option<String>>(0).as_deref())))
+            .collect()),
+        Ok(_) => Err(Error::internal(
+            "txid_status answered a different number of rows",
+        )),
+        Err(e) if e.as_db_error().is_some() => xact_status_one_by_one(client, xids).await,
+        Err(e) => Err(Error::postgres("cannot read transaction status", e)),
+    }
+}
+
+fn status_of(s: Option<&str>) -> crate::plan::XactStatus {
     use crate::plan::XactStatus;
+    match s {
+        Some("committed") => XactStatus::Committed,
+        Some("aborted") => XactStatus::Aborted,
+        Some("in progress") => XactStatus::InProgress,
+        _ => XactStatus::Unknown,
+    }
+}
+
+async fn xact_status_one_by_one(
+    client: &Client,
+    xids: &[u64],
+) -> Result<Vec<(u64, crate::plan::XactStatus)>> {
     let mut out = Vec::with_capacity(xids.len());
     for x in xids {
         let xi = *x as i64;
         let status = match client.query_one("SELECT txid_status($1)", &[&xi]).await {
-            Ok(row) => match row.get::<_, Option<String>>(0).as_deref() {
-                Some("committed") => XactStatus::Committed,
-                Some("aborted") => XactStatus::Aborted,
-                Some("in progress") => XactStatus::InProgress,
-                _ => XactStatus::Unknown,
-            },
+            Ok(row) => status_of(row.get::<_, Option<String>>(0).as_deref()),
             // "transaction ID … is in the future": not this cluster's history.
-            Err(e) if e.as_db_error().is_some() => XactStatus::Unknown,
+            Err(e) if e.as_db_error().is_some() => crate::plan::XactStatus::Unknown,
             Err(e) => return Err(Error::postgres("cannot read transaction status", e)),
         };
         out.push((*x, status));

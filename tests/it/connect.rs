@@ -298,3 +298,56 @@ async fn client_certificate_over_verified_tls_archives_and_bad_tls_fails_clearly
     // pg_hba lets certuser in only over TLS with a certificate the CA signed:
     // the archive above could not have logged in otherwise.
 }
+
+/// Transaction statuses come back in one round trip, in order; an id from
+/// another cluster's history ("in the future") is `unknown` and does not
+/// hide the others' statuses.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn transaction_statuses_in_order_and_unknown_for_foreign_ids() {
+    use permafrost::plan::XactStatus;
+    let s = services!();
+    let db = TestDb::create(&s, "xact").await;
+    let c = db.client().await;
+    let committed: i64 = c
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .expect("txid")
+        .get(0);
+    c.batch_execute("BEGIN").await.expect("begin");
+    let aborted: i64 = c
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .expect("txid")
+        .get(0);
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    let future = committed + 1_000_000_000;
+    let ids = |v: &[i64]| v.iter().map(|x| *x as u64).collect::<Vec<u64>>();
+    let got = permafrost::source::xact_status(&c, &ids(&[aborted, committed]))
+        .await
+        .expect("statuses");
+    assert_eq!(
+        got,
+        vec![
+            (aborted as u64, XactStatus::Aborted),
+            (committed as u64, XactStatus::Committed)
+        ]
+    );
+    let got = permafrost::source::xact_status(&c, &ids(&[committed, future, aborted]))
+        .await
+        .expect("statuses");
+    assert_eq!(
+        got.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+        vec![
+            XactStatus::Committed,
+            XactStatus::Unknown,
+            XactStatus::Aborted
+        ]
+    );
+    assert!(
+        permafrost::source::xact_status(&c, &[])
+            .await
+            .expect("none")
+            .is_empty()
+    );
+}
