@@ -46,12 +46,12 @@ const LONG_FUNCTIONS: &[(&str, &str)] = &[
         "validation of every section; to be split per section (#13)",
     ),
     (
-        "cli/commands.rs::check_cmd",
-        "flag translation and rendering; one file per command (#13)",
+        "cli/commands/check.rs::check_cmd",
+        "flag translation and rendering in one function (#13)",
     ),
     (
-        "cli/commands.rs::restore_cmd",
-        "flag translation and rendering; one file per command (#13)",
+        "cli/commands/restore.rs::restore_cmd",
+        "flag translation and rendering in one function (#13)",
     ),
     (
         "plan/sim.rs::execute",
