@@ -343,10 +343,19 @@ pub fn python(s: &Services, script: &str, request: &Value) -> Value {
     serde_json::from_slice(&out.stdout).expect("python output is JSON")
 }
 
-/// Compares JSON values, treating numbers as equal when their f64 values are.
+/// Compares JSON values: integers exactly, other numbers as f64 to 12
+/// significant digits (engines add doubles in different orders).
 pub fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(p), Some(q)) => p == q,
+            // Sums of doubles depend on the order an engine adds them in:
+            // equal to 12 significant digits.
+            _ => match (x.as_f64(), y.as_f64()) {
+                (Some(p), Some(q)) => p == q || (p - q).abs() <= 1e-12 * p.abs().max(q.abs()),
+                _ => false,
+            },
+        },
         (Value::Array(x), Value::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
         }
