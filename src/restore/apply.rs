@@ -3,7 +3,7 @@
 
 use tokio_postgres::Client;
 
-use super::target::{overlapping_partitions, primary_key, target_columns};
+use super::target::{check_constraints, overlapping_partitions, primary_key, target_columns};
 use super::validate::{conflict_policy_problem, same_row};
 use super::{OnConflict, StagedColumn, in_transaction, literal, pg};
 use crate::error::{Error, ErrorKind, Result};
@@ -42,14 +42,7 @@ pub async fn attach(
     replace: bool,
 ) -> Result<Attached> {
     let tcols = target_columns(client, target).await?;
-    let cons = client
-        .query(
-            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
-             WHERE conrelid = $1::text::regclass AND contype = 'c'",
-            &[&target],
-        )
-        .await
-        .map_err(pg("cannot read the target's CHECK constraints"))?;
+    let cons = check_constraints(client, target).await?;
     let parts = overlapping_partitions(client, target, kind, range).await?;
 
     in_transaction(client, "the attach", async {
@@ -90,11 +83,9 @@ pub async fn attach(
             .filter(|c| c.not_null)
             .map(|c| format!("ALTER COLUMN {} SET NOT NULL", quote_ident(&c.name)))
             .collect();
-        for r in &cons {
-            let name: String = r.get(0);
-            let def: String = r.get(1);
-            let def = def.strip_suffix(" NOT VALID").unwrap_or(&def);
-            alters.push(format!("ADD CONSTRAINT {} {def}", quote_ident(&name)));
+        for (name, def) in &cons {
+            let def = def.strip_suffix(" NOT VALID").unwrap_or(def);
+            alters.push(format!("ADD CONSTRAINT {} {def}", quote_ident(name)));
         }
         let cname: String = format!("{stage_name}_range").chars().take(63).collect();
         let c = quote_ident(ts);

@@ -87,3 +87,19 @@ pub(crate) async fn primary_key(client: &Client, target: &str) -> Result<Vec<Str
         .map_err(pg("cannot read the target's primary key"))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
+
+/// The target's CHECK constraints: `(name, definition)`, by name.
+pub(crate) async fn check_constraints(
+    client: &Client,
+    target: &str,
+) -> Result<Vec<(String, String)>> {
+    let rows = client
+        .query(
+            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = $1::text::regclass AND contype = 'c' ORDER BY conname",
+            &[&target],
+        )
+        .await
+        .map_err(pg("cannot read the target's CHECK constraints"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

@@ -605,22 +605,13 @@ pub(crate) async fn against_target(
 /// The CHECK constraints check: no staged row violates one of the target's
 /// (`None` when it has none).
 async fn check_constraints(client: &Client, staging: &str, target: &str) -> Result<Option<Check>> {
-    let cons = client
-        .query(
-            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
-             WHERE conrelid = $1::text::regclass AND contype = 'c' ORDER BY conname",
-            &[&target],
-        )
-        .await
-        .map_err(pg("cannot read the target's CHECK constraints"))?;
+    let cons = target::check_constraints(client, target).await?;
     if cons.is_empty() {
         return Ok(None);
     }
     let mut bad = Vec::new();
-    for r in &cons {
-        let name: String = r.get(0);
-        let def: String = r.get(1);
-        let expr = check_expr(&def);
+    for (name, def) in &cons {
+        let expr = check_expr(def);
         match client
             .query_one(
                 &format!("SELECT count(*) FROM {staging} WHERE NOT ({expr})"),
