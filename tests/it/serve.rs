@@ -588,6 +588,16 @@ async fn serve_refuses_bad_input_and_holds_under_load() {
     assert_eq!(st, 200, "health needs no token");
 
     let auth = |rb: reqwest::RequestBuilder| rb.bearer_auth(TOKEN);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let copy_target = scratch.path().join("copy.csv");
+    let copy_sql = format!("COPY (SELECT 1) TO '{}'", copy_target.display());
+    // A local file the SQL endpoint must never read.
+    let local = scratch.path().join("secret.csv");
+    std::fs::write(&local, "secret\n").expect("write");
+    let ddl_sql = format!(
+        "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '{}'",
+        local.display()
+    );
     let bad: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
         (auth(http.get(srv.api("/tables/nope"))), 404, "nope"),
         (auth(http.get(srv.api("/nowhere"))), 404, "route"),
@@ -657,15 +667,12 @@ async fn serve_refuses_bad_input_and_holds_under_load() {
             "",
         ),
         (
-            auth(http.post(srv.api("/sql"))).json(
-                &json!({"sql": "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'"}),
-            ),
+            auth(http.post(srv.api("/sql"))).json(&json!({"sql": ddl_sql})),
             400,
             "",
         ),
         (
-            auth(http.post(srv.api("/sql")))
-                .json(&json!({"sql": "COPY (SELECT 1) TO '/tmp/permafrost-serve-copy.csv'"})),
+            auth(http.post(srv.api("/sql"))).json(&json!({"sql": copy_sql})),
             400,
             "",
         ),
@@ -683,10 +690,7 @@ async fn serve_refuses_bad_input_and_holds_under_load() {
             "{want}: {e}"
         );
     }
-    assert!(
-        !std::path::Path::new("/tmp/permafrost-serve-copy.csv").exists(),
-        "COPY TO wrote nothing"
-    );
+    assert!(!copy_target.exists(), "COPY TO wrote nothing");
     // Quotes in a value are a value, not SQL.
     let (st, page) =
         send(auth(http.post(&q)).json(&json!({"filters": {"sensor_name": "x' OR '1'='1"}}))).await;
