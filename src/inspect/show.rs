@@ -134,6 +134,23 @@ pub async fn archived_range(table: &Table, g: Granularity) -> Result<Option<Wind
     }))
 }
 
+/// The default partition spec, one `transform(column) as field` per field.
+pub fn partition_spec(table: &Table, schema: &Schema) -> Vec<String> {
+    table
+        .metadata()
+        .default_partition_spec()
+        .fields()
+        .iter()
+        .map(|f| {
+            let src = schema
+                .field_by_id(f.source_id)
+                .map(|s| s.name.clone())
+                .unwrap_or_else(|| f.source_id.to_string());
+            format!("{}({src}) as {}", f.transform, f.name)
+        })
+        .collect()
+}
+
 /// The Postgres columns recorded in the table's properties.
 pub fn recorded_columns(table: &Table) -> Vec<RecordedColumn> {
     table
@@ -155,18 +172,7 @@ pub fn show(table: &Table, choice: SnapshotChoice) -> Result<TableInfo> {
         None => md.current_schema().clone(),
     };
     let recorded = recorded_columns(table);
-    let spec = md.default_partition_spec();
-    let partition_spec = spec
-        .fields()
-        .iter()
-        .map(|f| {
-            let src = schema
-                .field_by_id(f.source_id)
-                .map(|s| s.name.clone())
-                .unwrap_or_else(|| f.source_id.to_string());
-            format!("{}({src}) as {}", f.transform, f.name)
-        })
-        .collect();
+    let partition_spec = partition_spec(table, &schema);
     let sort_order = md
         .default_sort_order()
         .fields

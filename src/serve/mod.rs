@@ -82,6 +82,22 @@ impl AppState {
     pub fn timeout(&self) -> Duration {
         self.cfg.serve.request_timeout
     }
+
+    /// `work`, cut off at the request's `deadline` (then 504).
+    pub async fn by<T, E>(
+        &self,
+        deadline: std::time::Instant,
+        work: impl Future<Output = std::result::Result<T, E>>,
+    ) -> std::result::Result<T, ApiError>
+    where
+        ApiError: From<E>,
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, work).await {
+            Ok(r) => r.map_err(ApiError::from),
+            Err(_) => Err(ApiError::timeout(self.timeout())),
+        }
+    }
 }
 
 /// Refuses to serve the archive to the network without authentication.

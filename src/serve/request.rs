@@ -153,8 +153,11 @@ impl QueryRequest {
         };
         let filter = self.filter(columns)?;
         let range = (
-            self.instant("from", self.from.as_deref())?,
-            self.instant("to", self.to.as_deref())?,
+            self.from
+                .as_deref()
+                .map(|s| instant("from", s))
+                .transpose()?,
+            self.to.as_deref().map(|s| instant("to", s)).transpose()?,
         );
         if let (Some(a), Some(b)) = range
             && a >= b
@@ -168,9 +171,7 @@ impl QueryRequest {
                 ));
             }
             (Some(id), None) => SnapshotChoice::Id(id),
-            (None, Some(t)) => {
-                SnapshotChoice::AsOf(self.instant("as_of", Some(t))?.unwrap_or_default())
-            }
+            (None, Some(t)) => SnapshotChoice::AsOf(instant("as_of", t)?),
             (None, None) => SnapshotChoice::Current,
         };
         let order = self.order(columns, time_column, &returned)?;
@@ -223,10 +224,6 @@ impl QueryRequest {
             add(f);
         }
         Ok(all)
-    }
-
-    fn instant(&self, key: &str, v: Option<&str>) -> Result<Option<Micros>, ApiError> {
-        v.map(|s| instant(key, s)).transpose()
     }
 
     fn order(

@@ -132,9 +132,8 @@ async fn summary(t: &TableConfig, table: Option<&Table>) -> crate::error::Result
     let Some(table) = table else {
         return Ok(s);
     };
-    let info = show::show(table, inspect::SnapshotChoice::Current)?;
     let current = table.metadata().current_snapshot();
-    s.partition_spec = info.partition_spec;
+    s.partition_spec = show::partition_spec(table, table.metadata().current_schema());
     s.current_snapshot_id = current.map(|c| c.snapshot_id());
     s.rows = current.and_then(|c| {
         c.summary()
@@ -262,27 +261,24 @@ pub(super) async fn table_windows(
             None => None,
         },
     };
+    let deadline = Instant::now() + state.timeout();
     let fut = list::list_in(&state.cfg, state.catalog.as_ref(), &filter, None);
-    match tokio::time::timeout(state.timeout(), fut).await {
-        Ok(r) => Ok(Json(r?)),
-        Err(_) => Err(ApiError::timeout(state.timeout())),
-    }
+    Ok(Json(state.by(deadline, fut).await?))
 }
 
-fn body(json: std::result::Result<Json<QueryRequest>, JsonRejection>) -> ApiResult<QueryRequest> {
-    match json {
-        Ok(Json(r)) => Ok(r),
-        Err(e) => Err(ApiError::new(
-            match e.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
-                StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                _ => StatusCode::BAD_REQUEST,
-            },
-            e.body_text(),
-        )
-        .with_hint("the body is a JSON object; /api/v1/openapi.json describes it")),
-    }
+/// A JSON body, or the rejection as an answer: 413 and 415 as they are,
+/// everything else (syntax, unknown field, wrong type) 400 with `hint`.
+fn body<T>(json: std::result::Result<Json<T>, JsonRejection>, hint: &str) -> ApiResult<T> {
+    json.map(|Json(r)| r).map_err(|e| {
+        let status = match e.status() {
+            s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.body_text()).with_hint(hint)
+    })
 }
+
+const QUERY_BODY: &str = "the body is a JSON object; /api/v1/openapi.json describes it";
 
 #[utoipa::path(post, path = "/api/v1/tables/{table}/query", tag = "query",
     params(("table" = String, Path)),
@@ -305,7 +301,7 @@ pub(super) async fn query_post(
     headers: HeaderMap,
     json: std::result::Result<Json<QueryRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
-    run_query(state, name, body(json)?, None, headers).await
+    run_query(state, name, body(json, QUERY_BODY)?, None, headers).await
 }
 
 #[utoipa::path(get, path = "/api/v1/tables/{table}/query", tag = "query",
@@ -343,7 +339,7 @@ pub(super) async fn window_query_post(
     headers: HeaderMap,
     json: std::result::Result<Json<QueryRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
-    run_query(state, name, body(json)?, Some(window), headers).await
+    run_query(state, name, body(json, QUERY_BODY)?, Some(window), headers).await
 }
 
 #[utoipa::path(get, path = "/api/v1/tables/{table}/windows/{window}/query", tag = "query",
@@ -412,7 +408,7 @@ async fn run_query(
     let started = Instant::now();
     let deadline = started + state.timeout();
     #[cfg(feature = "fault-injection")]
-    let permit = held_for_tests(&state, permit).await?;
+    let permit = held_for_tests(&state, deadline, permit).await?;
     let work = async {
         let (t, table) = state.table(&name).await?;
         if let Some(w) = &window {
@@ -443,17 +439,12 @@ async fn run_query(
         let scan = page::scan(&table, &spec, &t.timestamp_column, &scanned).await?;
         Ok::<_, ApiError>((t, table, spec, scan))
     };
-    let (t, table, spec, scan) = tokio::time::timeout(state.timeout(), work)
-        .await
-        .map_err(|_| ApiError::timeout(state.timeout()))??;
+    let (t, table, spec, scan) = state.by(deadline, work).await?;
     let (files, snapshot_id) = (scan.files, scan.snapshot_id);
     let source = t.source_name();
     match answer {
         Answer::Page => {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let p = tokio::time::timeout(left, page::page(scan, &spec))
-                .await
-                .map_err(|_| ApiError::timeout(state.timeout()))??;
+            let p = state.by(deadline, page::page(scan, &spec)).await?;
             drop(permit);
             let returned = p.batch.num_rows();
             state
@@ -476,10 +467,7 @@ async fn run_query(
         }
         Answer::Stream(format) => {
             let (batches, schema): (_, arrow_schema::SchemaRef) = if spec.paged {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let p = tokio::time::timeout(left, page::page(scan, &spec))
-                    .await
-                    .map_err(|_| ApiError::timeout(state.timeout()))??;
+                let p = state.by(deadline, page::page(scan, &spec)).await?;
                 let schema = p.batch.schema();
                 let one: futures::stream::BoxStream<'static, _> =
                     Box::pin(futures::stream::iter([Ok(p.batch)]));
@@ -507,19 +495,18 @@ async fn run_query(
 #[cfg(feature = "fault-injection")]
 async fn held_for_tests(
     state: &AppState,
+    deadline: Instant,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
     let held = tokio::task::spawn_blocking(move || {
         crate::fault::point("serve-query");
         permit
     });
-    match tokio::time::timeout(state.timeout(), held).await {
-        Ok(Ok(p)) => Ok(p),
-        Ok(Err(e)) => {
-            Err(crate::error::Error::internal(format!("the held query failed: {e}")).into())
-        }
-        Err(_) => Err(ApiError::timeout(state.timeout())),
-    }
+    let joined = async {
+        held.await
+            .map_err(|e| crate::error::Error::internal(format!("the held query failed: {e}")))
+    };
+    state.by(deadline, joined).await
 }
 
 /// Headers of a streamed answer: the snapshot read and the files scanned.
@@ -623,17 +610,7 @@ pub(super) async fn sql(
     headers: HeaderMap,
     json: std::result::Result<Json<SqlRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
-    let Json(req) = json.map_err(|e| {
-        ApiError::new(
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                e.status()
-            } else {
-                StatusCode::BAD_REQUEST
-            },
-            e.body_text(),
-        )
-        .with_hint("the body is {\"sql\": \"SELECT …\", \"as_of\": null}")
-    })?;
+    let req = body(json, "the body is {\"sql\": \"SELECT …\", \"as_of\": null}")?;
     let answer = stream::negotiate(&headers)?;
     let permit = state.slot().await?;
     let started = Instant::now();
@@ -643,12 +620,12 @@ pub(super) async fn sql(
         .as_deref()
         .map(|s| request::instant("as_of", s))
         .transpose()?;
-    let prepared = tokio::time::timeout(
-        state.timeout(),
-        query::prepare(&state.cfg, state.catalog.as_ref(), &req.sql, as_of),
-    )
-    .await
-    .map_err(|_| ApiError::timeout(state.timeout()))??;
+    let prepared = state
+        .by(
+            deadline,
+            query::prepare(&state.cfg, state.catalog.as_ref(), &req.sql, as_of),
+        )
+        .await?;
     let running = query::start(prepared)?;
     let files: usize = running.scans.iter().map(|s| s.files).sum();
     let tables = running
@@ -661,12 +638,9 @@ pub(super) async fn sql(
         .collect();
     match answer {
         Answer::Page => {
-            let left = deadline.saturating_duration_since(Instant::now());
             let cap = state.cfg.serve.max_rows;
-            let (batch, truncated) =
-                tokio::time::timeout(left, collect(running.batches, running.schema.clone(), cap))
-                    .await
-                    .map_err(|_| ApiError::timeout(state.timeout()))??;
+            let collected = collect(running.batches, running.schema.clone(), cap);
+            let (batch, truncated) = state.by(deadline, collected).await?;
             drop(permit);
             let columns = batch
                 .schema()

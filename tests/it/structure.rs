@@ -174,7 +174,6 @@ fn expand(prefix: &str, tree: &str, out: &mut Vec<String>) {
 fn resolve(
     path: &str,
     from: &[String],
-    is_dir_module: bool,
     modules: &BTreeMap<Vec<String>, PathBuf>,
 ) -> Option<PathBuf> {
     let mut segs: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
@@ -198,7 +197,6 @@ fn resolve(
         }
         _ => return None,
     };
-    let _ = is_dir_module;
     let mut best = modules.get(&base).cloned();
     for s in segs {
         if s == "self" {
@@ -227,9 +225,8 @@ fn src_has_no_import_circles() {
     for f in &files {
         let module = module_of(&src, f);
         let text = std::fs::read_to_string(f).expect("read");
-        let dir_module = f.ends_with("mod.rs");
         for p in paths(&code(&text)) {
-            let Some(to) = resolve(&p, &module, dir_module, &modules) else {
+            let Some(to) = resolve(&p, &module, &modules) else {
                 continue;
             };
             let target = module_of(&src, &to);
