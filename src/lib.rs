@@ -22,6 +22,7 @@ pub mod filter;
 pub mod http;
 pub mod inspect;
 pub mod lake;
+pub mod ledger;
 pub mod logging;
 pub mod maintain;
 pub mod metrics;

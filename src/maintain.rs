@@ -14,7 +14,7 @@
 //! (a crashed rewrite leaves only files no snapshot references, which a
 //! later run's orphan removal takes once they are older than the safety
 //! age).  The batch history stays in the durable ledger
-//! ([`crate::plan::ledger`]), whose open batches' files are never compacted
+//! ([`crate::ledger::durable`]), whose open batches' files are never compacted
 //! nor deleted.
 
 use std::time::Duration;
@@ -266,7 +266,7 @@ pub async fn after_archive(cfg: &Config, table: Option<&str>) -> Result<()> {
 /// Snapshots of the ancestry older than `cutoff` beyond the newest
 /// `retain_last` (what the expiry removes from `main`).
 pub fn would_expire(table: &iceberg::table::Table, cutoff: i64, retain_last: usize) -> usize {
-    let history = lake::commit::ancestry(table);
+    let history = crate::ledger::read::ancestry(table);
     let keep_from = history.len().saturating_sub(retain_last.max(1));
     history[..keep_from]
         .iter()

@@ -266,7 +266,7 @@ impl Metrics {
             }
             for b in &r.batches {
                 self.rows_archived.get_or_create(&t).inc_by(b.rows);
-                if b.mode == crate::plan::BatchMode::Move {
+                if b.mode == crate::ledger::BatchMode::Move {
                     self.rows_deleted
                         .get_or_create(&t)
                         .inc_by(b.rows + b.reconciled_rows);

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::lake;
 use crate::lake::table::TableState;
 use crate::plan::window::{Micros, Window, partition_path, rfc3339};
-use crate::plan::{self, TableFacts, WindowState};
+use crate::plan::{self, WindowState};
 use crate::source::{self, windows};
 
 /// One window.
@@ -73,25 +73,16 @@ pub async fn list_in(
             TableState::Ready(at) => Some(at.table),
             TableState::Evolves { table, .. } => Some(*table),
         };
-        let mut facts = TableFacts {
-            source: src.source_id(),
-            granularity: g,
-            batches: vec![],
-            xact: Default::default(),
-            failed: Default::default(),
-            pending: counts.iter().map(|(w, _)| *w).collect(),
-        };
+        let mut facts = crate::archive::facts::without_archive(
+            &src,
+            t,
+            counts.iter().map(|(w, _)| *w).collect(),
+        );
         // Per window: rows, files, bytes, last snapshot (from the live manifests).
         let mut stats: BTreeMap<Micros, (u64, u64, u64, i64, i64)> = BTreeMap::new();
         if let Some(table) = &table {
-            facts.batches = lake::commit::read_ledger(table, &facts.source)?;
-            facts.failed = lake::commit::failed_batches(table);
-            let xids: Vec<u64> = facts.batches.iter().filter_map(|b| b.xid).collect();
-            facts.xact = source::xact_status(&client, &xids)
-                .await?
-                .into_iter()
-                .collect();
-            let seq_of: BTreeMap<i64, i64> = lake::commit::ancestry(table)
+            crate::archive::facts::add_ledger(&mut facts, &client, table).await?;
+            let seq_of: BTreeMap<i64, i64> = crate::ledger::read::ancestry(table)
                 .iter()
                 .map(|s| (s.snapshot_id(), s.sequence_number()))
                 .collect();
@@ -118,7 +109,7 @@ pub async fn list_in(
         let snap_time: BTreeMap<i64, i64> = table
             .as_ref()
             .map(|t| {
-                lake::commit::ancestry(t)
+                crate::ledger::read::ancestry(t)
                     .iter()
                     .map(|s| (s.snapshot_id(), s.timestamp_ms()))
                     .collect()

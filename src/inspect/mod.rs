@@ -73,7 +73,7 @@ pub fn not_created(t: &TableConfig) -> Error {
 
 /// Resolves `choice` to a snapshot of the table's current history.
 pub fn resolve_snapshot(table: &Table, choice: SnapshotChoice) -> Result<Option<SnapshotRef>> {
-    let history = lake::commit::ancestry(table);
+    let history = crate::ledger::read::ancestry(table);
     match choice {
         SnapshotChoice::Current => Ok(history.last().cloned()),
         SnapshotChoice::Id(id) => table

@@ -10,7 +10,8 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::inspect::{SnapshotChoice, resolve_snapshot};
 use crate::lake;
-use crate::lake::table::{RecordedColumn, props};
+use crate::lake::table::RecordedColumn;
+use crate::ledger::props;
 use crate::plan::window::{Granularity, Window};
 
 /// The table as `show --json` prints it.
@@ -186,7 +187,7 @@ pub fn show(table: &Table, choice: SnapshotChoice) -> Result<TableInfo> {
         })
         .collect();
     let mut schema_history: Vec<SchemaSpan> = Vec::new();
-    for s in lake::commit::ancestry(table) {
+    for s in crate::ledger::read::ancestry(table) {
         let id = s.schema_id().unwrap_or(md.current_schema_id());
         match schema_history.last_mut() {
             Some(span) if span.schema_id == id => {

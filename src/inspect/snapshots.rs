@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::lake;
-use crate::plan::keys;
+use crate::ledger::keys;
 use crate::plan::window::rfc3339;
 
 /// One snapshot, as `snapshots --json` prints it (newest first).
@@ -73,7 +73,7 @@ pub fn describe(s: &SnapshotRef) -> SnapshotInfo {
 
 /// Every snapshot of the table's current history, newest first.
 pub fn snapshots(table: &Table) -> Vec<SnapshotInfo> {
-    lake::commit::ancestry(table)
+    crate::ledger::read::ancestry(table)
         .iter()
         .rev()
         .map(describe)
@@ -116,7 +116,7 @@ pub struct DiffFile {
 /// The diff between two snapshots of the table's history; `from` must be an
 /// ancestor of `to`.
 pub async fn diff(table: &Table, from: i64, to: i64) -> Result<Diff> {
-    let history = lake::commit::ancestry(table);
+    let history = crate::ledger::read::ancestry(table);
     let pos = |id: i64| history.iter().position(|s| s.snapshot_id() == id);
     let (Some(a), Some(b)) = (pos(from), pos(to)) else {
         return Err(Error::new(

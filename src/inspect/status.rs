@@ -6,7 +6,7 @@ use crate::config::{Config, TableConfig};
 use crate::error::Result;
 use crate::lake;
 use crate::plan::window::{Micros, rfc3339};
-use crate::plan::{self, BatchState, TableFacts, WindowState};
+use crate::plan::{self, BatchState, WindowState};
 use crate::source::{self, windows};
 
 /// The state of one table.
@@ -135,22 +135,13 @@ async fn table_status(
         lake::table::TableState::Ready(at) => Some(at.table),
         lake::table::TableState::Evolves { table, .. } => Some(*table),
     };
-    let mut facts = TableFacts {
-        source: src.source_id(),
-        granularity: t.partition_by,
-        batches: vec![],
-        xact: Default::default(),
-        failed: Default::default(),
-        pending: counts.iter().map(|(w, _)| *w).collect(),
-    };
+    let mut facts = crate::archive::facts::without_archive(
+        &src,
+        t,
+        counts.iter().map(|(w, _)| *w).collect(),
+    );
     if let Some(table) = &table {
-        facts.batches = lake::commit::read_ledger(table, &facts.source)?;
-        facts.failed = lake::commit::failed_batches(table);
-        let xids: Vec<u64> = facts.batches.iter().filter_map(|b| b.xid).collect();
-        facts.xact = source::xact_status(client, &xids)
-            .await?
-            .into_iter()
-            .collect();
+        crate::archive::facts::add_ledger(&mut facts, client, table).await?;
     }
     let shape = match &table {
         Some(t_) => Some(lake::maintenance::shape(t_, t.target_file_size / 4).await?),

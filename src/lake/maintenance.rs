@@ -4,7 +4,7 @@
 //! - [`expire_snapshots`]: iceberg-rust's `ExpireSnapshotsAction` (Java's
 //!   `RemoveSnapshots` rules: branch and tag heads are never expired).  Safe
 //!   for permafrost's own bookkeeping because the batch history lives in the
-//!   durable ledger property ([`crate::plan::ledger`]), not in snapshots.
+//!   durable ledger property ([`crate::ledger::durable`]), not in snapshots.
 //!   Metadata only: no file is deleted.
 //! - [`rewrite_manifests`]: one fast append adds one manifest, so the current
 //!   snapshot lists one manifest per batch ever archived and every scan plan
@@ -434,7 +434,7 @@ pub async fn shape(table: &Table, small: u64) -> Result<TableShape> {
         metadata_bytes: metadata_bytes(table).await?,
         ledger_bytes: md
             .properties()
-            .get(crate::plan::keys::LEDGER)
+            .get(crate::ledger::keys::LEDGER)
             .map_or(0, String::len),
     })
 }

@@ -215,7 +215,7 @@ pub async fn row_hashes(table: &Table, snapshots: &[SnapshotRef]) -> Result<Vec<
 /// the durable ledger records its files), read with the current schema.
 pub async fn row_hashes_of_files(
     table: &Table,
-    files: &[crate::plan::ledger::LedgerFile],
+    files: &[crate::ledger::durable::LedgerFile],
 ) -> Result<Vec<u128>> {
     let files = files
         .iter()

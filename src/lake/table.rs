@@ -14,22 +14,12 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::lake::evolve::{self, Change, ColumnNow, Evolution};
 use crate::lake::layout;
 use crate::lake::metadata_commit;
+use crate::ledger::props;
 pub use crate::lake::schema::{RecordedColumn, derive_schema, recorded_columns};
 use crate::plan::window::Granularity;
 use crate::source::SourceTable;
 use crate::types::PgKind;
 
-/// Table property keys.
-pub mod props {
-    pub const SOURCE: &str = "permafrost.source";
-    pub const TIME_COLUMN: &str = "permafrost.time-column";
-    pub const PARTITION_BY: &str = "permafrost.partition-by";
-    /// JSON array of `{name, type, not_null}`, in table order.
-    pub const PG_COLUMNS: &str = "permafrost.pg-columns";
-    /// JSON array of primary key column names.
-    pub const PG_PRIMARY_KEY: &str = "permafrost.pg-primary-key";
-    pub const VERSION: &str = "permafrost.version";
-}
 
 /// The archive table, ready for writing batches of the source table.
 #[derive(Clone)]
@@ -348,7 +338,7 @@ async fn repair_unreadable(
         && md.snapshots().all(|s| {
             s.summary()
                 .additional_properties
-                .contains_key(crate::plan::keys::BATCH_ID)
+                .contains_key(crate::ledger::keys::BATCH_ID)
         });
     if !ours {
         return Err(unreadable_error(table, &field).with_hint(

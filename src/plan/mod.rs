@@ -19,7 +19,7 @@
 //! the archive) — this is what keeps a crash at any point from archiving a row
 //! twice.
 
-pub mod ledger;
+pub mod batch;
 pub mod window;
 
 #[cfg(test)]
@@ -30,143 +30,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 
 use self::window::{Granularity, Micros, Window, rfc3339};
-
-/// Snapshot summary keys written by permafrost.
-pub mod keys {
-    pub const BATCH_ID: &str = "permafrost.batch-id";
-    pub const SOURCE: &str = "permafrost.source";
-    pub const WINDOW_START: &str = "permafrost.window-start";
-    pub const WINDOW_END: &str = "permafrost.window-end";
-    pub const SEQUENCE: &str = "permafrost.sequence";
-    pub const ROWS: &str = "permafrost.rows";
-    pub const CHECKSUM: &str = "permafrost.checksum";
-    pub const MODE: &str = "permafrost.mode";
-    pub const PG_XID: &str = "permafrost.pg-xid";
-    pub const RECONCILES: &str = "permafrost.reconciles";
-    pub const RECONCILED_ROWS: &str = "permafrost.reconciled-rows";
-    pub const WINDOWS: &str = "permafrost.windows";
-    pub const PARTITION_BY: &str = "permafrost.partition-by";
-    pub const VERSION: &str = "permafrost.version";
-    /// Table property prefix marking a batch that failed verification.
-    pub const FAILED_PREFIX: &str = "permafrost.failed.";
-    /// Table property holding the durable ledger ([`super::ledger`]).
-    pub const LEDGER: &str = "permafrost.ledger";
-}
-
-/// How a batch treated the source rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BatchMode {
-    /// Rows were deleted in the same Postgres transaction that streamed them.
-    Move,
-    /// Rows were only copied (`--no-delete`).
-    Copy,
-}
-
-impl BatchMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Move => "move",
-            Self::Copy => "copy",
-        }
-    }
-}
-
-/// One committed batch, as recorded in its snapshot summary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BatchRecord {
-    pub batch_id: String,
-    pub snapshot_id: i64,
-    /// Commit time of the snapshot, milliseconds since the epoch.
-    pub committed_at_ms: i64,
-    #[serde(skip)]
-    pub range: Window,
-    pub sequence: u32,
-    pub mode: BatchMode,
-    pub xid: Option<u64>,
-    pub reconciles: Vec<String>,
-    pub rows: u64,
-    pub checksum: String,
-    /// Part of a month of settled batches the durable ledger merged into one
-    /// run (their snapshots expired): settled by definition.
-    pub rolled_up: bool,
-}
-
-impl BatchRecord {
-    /// Reads a batch from a snapshot summary; `None` when the snapshot is not a
-    /// permafrost batch of `source` (other writers may append to the table too).
-    pub fn from_summary(
-        source: &str,
-        snapshot_id: i64,
-        committed_at_ms: i64,
-        props: &HashMap<String, String>,
-    ) -> Option<Result<Self, String>> {
-        let batch_id = props.get(keys::BATCH_ID)?;
-        if props.get(keys::SOURCE).map(String::as_str) != Some(source) {
-            return None;
-        }
-        Some(Self::parse(batch_id, snapshot_id, committed_at_ms, props))
-    }
-
-    fn parse(
-        batch_id: &str,
-        snapshot_id: i64,
-        committed_at_ms: i64,
-        props: &HashMap<String, String>,
-    ) -> Result<Self, String> {
-        let get = |k: &str| {
-            props
-                .get(k)
-                .ok_or_else(|| format!("snapshot {snapshot_id}: `{k}` missing"))
-        };
-        let instant = |k: &str| -> Result<Micros, String> {
-            window::parse_instant(get(k)?)
-                .ok_or_else(|| format!("snapshot {snapshot_id}: `{k}` is not a timestamp"))
-        };
-        let num = |k: &str| -> Result<u64, String> {
-            get(k)?
-                .parse()
-                .map_err(|_| format!("snapshot {snapshot_id}: `{k}` is not a number"))
-        };
-        let mode = match get(keys::MODE)?.as_str() {
-            "move" => BatchMode::Move,
-            "copy" => BatchMode::Copy,
-            m => return Err(format!("snapshot {snapshot_id}: unknown mode `{m}`")),
-        };
-        let xid = match props.get(keys::PG_XID) {
-            Some(x) => Some(
-                x.parse()
-                    .map_err(|_| format!("snapshot {snapshot_id}: bad `{}`", keys::PG_XID))?,
-            ),
-            None => None,
-        };
-        let reconciles = props
-            .get(keys::RECONCILES)
-            .map(|s| {
-                s.split(',')
-                    .filter(|x| !x.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(Self {
-            batch_id: batch_id.to_string(),
-            snapshot_id,
-            committed_at_ms,
-            range: Window {
-                start: instant(keys::WINDOW_START)?,
-                end: instant(keys::WINDOW_END)?,
-            },
-            sequence: num(keys::SEQUENCE)? as u32,
-            mode,
-            xid,
-            reconciles,
-            rows: num(keys::ROWS)?,
-            checksum: get(keys::CHECKSUM)?.clone(),
-            rolled_up: false,
-        })
-    }
-}
+use crate::ledger::{BatchMode, BatchRecord};
 
 /// What Postgres says about a batch's transaction (`txid_status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -244,6 +108,15 @@ pub fn batch_states(facts: &TableFacts) -> HashMap<String, BatchState> {
         states.insert(b.batch_id.clone(), state);
     }
     states
+}
+
+/// The batches whose rows are certainly gone from Postgres.
+pub fn settled_batches(facts: &TableFacts) -> HashSet<String> {
+    batch_states(facts)
+        .into_iter()
+        .filter(|(_, st)| *st == BatchState::Settled)
+        .map(|(id, _)| id)
+        .collect()
 }
 
 /// Options of one planning pass.
@@ -945,40 +818,6 @@ mod tests {
                 WindowState::Failed,
                 WindowState::Pending
             ]
-        );
-    }
-
-    #[test]
-    fn summary_roundtrip() {
-        let mut props = HashMap::new();
-        props.insert(keys::BATCH_ID.to_string(), "abc".to_string());
-        props.insert(keys::SOURCE.to_string(), "db.public.t".to_string());
-        props.insert(
-            keys::WINDOW_START.to_string(),
-            "2024-01-01T00:00:00Z".to_string(),
-        );
-        props.insert(
-            keys::WINDOW_END.to_string(),
-            "2024-01-02T00:00:00Z".to_string(),
-        );
-        props.insert(keys::SEQUENCE.to_string(), "2".to_string());
-        props.insert(keys::MODE.to_string(), "move".to_string());
-        props.insert(keys::PG_XID.to_string(), "12345".to_string());
-        props.insert(keys::RECONCILES.to_string(), "x,y".to_string());
-        props.insert(keys::ROWS.to_string(), "10".to_string());
-        props.insert(keys::CHECKSUM.to_string(), "ff".to_string());
-        let r = BatchRecord::from_summary("db.public.t", 5, 6, &props)
-            .unwrap()
-            .unwrap();
-        assert_eq!(r.range, day("2024-01-01"));
-        assert_eq!(r.xid, Some(12345));
-        assert_eq!(r.reconciles, vec!["x".to_string(), "y".to_string()]);
-        assert!(BatchRecord::from_summary("db.public.other", 5, 6, &props).is_none());
-        props.remove(keys::ROWS);
-        assert!(
-            BatchRecord::from_summary("db.public.t", 5, 6, &props)
-                .unwrap()
-                .is_err()
         );
     }
 }

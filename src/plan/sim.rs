@@ -13,7 +13,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::ledger::{self, LedgerEntry};
+use crate::ledger::durable::{self as ledger, LedgerEntry};
+use crate::checksum::HashBag;
+use crate::ledger::{BatchMode, BatchRecord};
+
+use super::batch;
 use std::time::{Duration, Instant};
 
 use super::window::{Granularity, Window};
@@ -145,11 +149,7 @@ impl Model {
     fn commit(&mut self, mut rec: BatchRecord) {
         self.clock += (self.next_row % 2) as i64;
         rec.committed_at_ms = self.clock;
-        let settled: HashSet<String> = batch_states(&self.facts())
-            .into_iter()
-            .filter(|(_, st)| *st == BatchState::Settled)
-            .map(|(id, _)| id)
-            .collect();
+        let settled = settled_batches(&self.facts());
         let new = LedgerEntry::of(&rec, "db.s.t", vec![]);
         self.stored = ledger::next(
             &self.known(),
@@ -184,139 +184,162 @@ impl Model {
             .collect()
     }
 
-    /// One planned batch, executed like `archive::run_planned`/`run_batch`:
-    /// parts of at most `limit` rows (move mode), each stopping at `stop()`.
-    /// Returns false when a part did not complete (the run ends).
+    /// The rows a part streams, as its statement ([`batch::Take`]) selects
+    /// them.  A limited `DELETE` may meet a concurrent UPDATE of a selected
+    /// row between its SELECT of row ids and its DELETE: the old version is
+    /// gone (not deleted by us), a new version stays; the part comes back
+    /// short.
+    fn stream(&mut self, range: &Window, take: batch::Take) -> Vec<u64> {
+        let mut streamed = self.in_range(range);
+        if let batch::Take::DeleteFirst(n) = take {
+            streamed.truncate(n as usize);
+            if streamed.len() > 1 && self.next_row.is_multiple_of(3) {
+                let victim = streamed.remove(0);
+                if let Some(w) = self.pg.remove(&victim) {
+                    self.app_deleted.push(victim);
+                    self.insert(w, 1);
+                    self.log.push(format!("row {victim} updated concurrently"));
+                }
+            }
+        }
+        streamed
+    }
+
+    /// One planned batch, run the way `archive::batch` runs it, with the
+    /// same decisions ([`super::batch`]): parts of at most `limit` rows
+    /// (move mode), each stopping at `stop()`.  Returns false when a part
+    /// did not complete (the run ends).
     fn execute(
         &mut self,
         p: &PlannedBatch,
         mode: BatchMode,
-        limit: Option<usize>,
+        max_batch_rows: Option<u64>,
         stop: &mut dyn FnMut() -> Stop,
     ) -> bool {
-        let mut bag: Vec<u64> = p
+        let archived: Vec<u128> = p
             .reconcile
             .iter()
             .flat_map(|id| self.archived.get(id).cloned().unwrap_or_default())
+            .map(u128::from)
             .collect();
-        let limit = if mode == BatchMode::Move { limit } else { None };
-        let max_parts = limit
-            .map(|n| self.in_range(&p.range).len().div_ceil(n).max(1) + 1)
-            .unwrap_or(1);
-        for (part, sequence) in (1..=max_parts).zip(p.sequence..) {
-            let mut streamed = self.in_range(&p.range);
-            if let Some(n) = limit {
-                streamed.truncate(n);
-                // A concurrent UPDATE of a selected row between the part's
-                // SELECT of row ids and its DELETE: the old version is gone (not
-                // deleted by us), a new version stays; the part comes back short.
-                if streamed.len() > 1 && self.next_row.is_multiple_of(3) {
-                    let victim = streamed.remove(0);
-                    if let Some(w) = self.pg.remove(&victim) {
-                        self.app_deleted.push(victim);
-                        self.insert(w, 1);
-                        self.log.push(format!("row {victim} updated concurrently"));
-                    }
-                }
-            }
-            let mut new = vec![];
-            for id in &streamed {
-                if let Some(i) = bag.iter().position(|b| b == id) {
-                    bag.swap_remove(i);
-                } else {
-                    new.push(*id);
-                }
-            }
+        let mut bag = (!archived.is_empty()).then(|| HashBag::new(archived));
+        let limit = batch::row_limit(mode, max_batch_rows);
+        let max_parts = batch::max_parts(limit, self.in_range(&p.range).len() as u64);
+        let mut part = batch::Part::first(p);
+        loop {
+            let take = batch::take(mode, limit, false);
+            let streamed = self.stream(&p.range, take);
+            let hashes: Vec<u128> = streamed.iter().map(|id| u128::from(*id)).collect();
+            let keep = batch::keep_unarchived(bag.as_mut(), &hashes);
+            let new: Vec<u64> = streamed
+                .iter()
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .map(|(id, _)| *id)
+                .collect();
             // Is the range empty once this part's rows are gone?
-            let exhausted = limit.is_none() || self.in_range(&p.range).len() == streamed.len();
-            let reconciles = if mode == BatchMode::Move && exhausted {
-                p.settles.clone()
-            } else {
-                vec![]
-            };
-            let stop = stop();
-            let batch_id = if part == 1 {
-                p.batch_id.clone()
-            } else {
-                batch_id("db.s.t", &p.range, sequence)
-            };
-            if new.is_empty() && (mode == BatchMode::Copy || reconciles.is_empty()) {
+            let exhausted = take
+                .exhausted()
+                .unwrap_or_else(|| self.in_range(&p.range).len() == streamed.len());
+            let decision = batch::settle(
+                p,
+                mode,
+                exhausted,
+                streamed.len() as u64,
+                new.len() as u64,
+                false,
+            );
+            if !self.finish_part(p, &part, mode, decision, &streamed, new, stop()) {
+                return false;
+            }
+            self.check_safe();
+            match part.next("db.s.t", p, limit, exhausted, max_parts) {
+                Some(next) => part = next,
+                None => return true,
+            }
+        }
+    }
+
+    /// The end of one part: no snapshot, or commit → verify → Postgres
+    /// commit, cut short by `stop`.  False when the part did not complete.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_part(
+        &mut self,
+        p: &PlannedBatch,
+        part: &batch::Part,
+        mode: BatchMode,
+        decision: batch::Settle,
+        streamed: &[u64],
+        new: Vec<u64>,
+        stop: Stop,
+    ) -> bool {
+        let settles = match decision {
+            batch::Settle::Skip {
+                commit_postgres, ..
+            } => {
                 if stop != Stop::Complete {
                     return false;
                 }
-                if mode == BatchMode::Move {
-                    for id in &streamed {
+                if commit_postgres {
+                    for id in streamed {
                         self.pg.remove(id);
                     }
                 }
-            } else {
-                if stop == Stop::BeforeCommit {
-                    self.log.push(format!("{batch_id} crash before commit"));
-                    return false;
-                }
-                let xid = (mode == BatchMode::Move).then(|| {
-                    self.next_xid += 1;
-                    self.next_xid
-                });
-                assert!(
-                    !self.archived.contains_key(&batch_id),
-                    "batch id {batch_id} committed twice"
-                );
-                self.commit(BatchRecord {
-                    batch_id: batch_id.clone(),
-                    snapshot_id: self.batches.len() as i64,
-                    committed_at_ms: 0,
-                    range: p.range,
-                    sequence,
-                    mode,
-                    xid,
-                    reconciles: reconciles.clone(),
-                    rows: new.len() as u64,
-                    checksum: String::new(),
-                    rolled_up: false,
-                });
-                self.archived.insert(batch_id.clone(), new.clone());
-                let rolled_back = match stop {
-                    Stop::CommitLandsAnswerLost | Stop::AfterCommit => true,
-                    Stop::VerifyFails => {
-                        self.failed.insert(batch_id.clone(), "mismatch".into());
-                        true
-                    }
-                    _ => false,
-                };
-                if let Some(x) = xid {
-                    self.xact.insert(
-                        x,
-                        if rolled_back {
-                            XactStatus::Aborted
-                        } else {
-                            XactStatus::Committed
-                        },
-                    );
-                }
-                if rolled_back {
-                    self.log.push(format!("{batch_id} {stop:?}"));
-                    return false;
-                }
-                if mode == BatchMode::Move {
-                    for id in &streamed {
-                        self.pg.remove(id);
-                    }
-                    for r in &reconciles {
-                        self.failed.remove(r);
-                    }
-                }
-                self.log.push(format!(
-                    "{batch_id} {mode:?} part {part} {} new, {} settled, exhausted={exhausted}",
-                    new.len(),
-                    streamed.len() - new.len()
-                ));
+                return true;
             }
-            self.check_safe();
-            if exhausted {
-                break;
+            batch::Settle::Record { settles } => settles,
+        };
+        let batch_id = part.batch_id.clone();
+        if stop == Stop::BeforeCommit {
+            self.log.push(format!("{batch_id} crash before commit"));
+            return false;
+        }
+        let xid = (mode == BatchMode::Move).then(|| {
+            self.next_xid += 1;
+            self.next_xid
+        });
+        assert!(
+            !self.archived.contains_key(&batch_id),
+            "batch id {batch_id} committed twice"
+        );
+        let mut rec = part.record(p, mode, xid, settles, new.len() as u64, String::new());
+        rec.snapshot_id = self.batches.len() as i64;
+        self.commit(rec.clone());
+        self.archived.insert(batch_id.clone(), new.clone());
+        let rolled_back = match stop {
+            Stop::CommitLandsAnswerLost | Stop::AfterCommit => true,
+            Stop::VerifyFails => {
+                self.failed.insert(batch_id.clone(), "mismatch".into());
+                true
+            }
+            _ => false,
+        };
+        if let Some(x) = xid {
+            let status = if rolled_back {
+                XactStatus::Aborted
+            } else {
+                XactStatus::Committed
+            };
+            self.xact.insert(x, status);
+        }
+        if rolled_back {
+            self.log.push(format!("{batch_id} {stop:?}"));
+            return false;
+        }
+        if mode == BatchMode::Move {
+            for id in streamed {
+                self.pg.remove(id);
+            }
+            for r in &rec.reconciles {
+                self.failed.remove(r);
             }
         }
+        self.log.push(format!(
+            "{batch_id} {mode:?} part {} {} new, {} settled",
+            part.number,
+            new.len(),
+            streamed.len() - new.len()
+        ));
         true
     }
 
@@ -336,7 +359,7 @@ impl Model {
         );
         assert!(plan.in_progress.is_empty());
         let limit = if rng.below(2) == 0 {
-            Some(1 + rng.below(4) as usize)
+            Some(1 + rng.below(4))
         } else {
             None
         };

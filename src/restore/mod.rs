@@ -46,10 +46,12 @@ use crate::config::{Config, TableConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
 use crate::inspect::{SnapshotChoice, resolve_snapshot};
-use crate::lake::table::{RecordedColumn, props};
-use crate::plan::keys;
+use crate::lake::table::RecordedColumn;
+use crate::ledger::props;
+use crate::ledger::keys;
 use crate::plan::window::{Micros, Window, parse_instant, rfc3339};
-use crate::source::introspect::{TimeKind, map_context, resolve_type};
+use crate::source::catalog::{self, map_context, resolve_type};
+use crate::source::introspect::TimeKind;
 use crate::types::{Mapping, PgKind, TypeInfo, map_type, text_mapping};
 
 use self::encode::{CopyEncoder, Enc};
@@ -873,17 +875,10 @@ pub(crate) async fn in_transaction<T>(
 
 /// The resolved types of the staging table's columns, in order.
 async fn staged_types(client: &Client, staging: &str) -> Result<Vec<TypeInfo>> {
-    let rows = client
-        .query(
-            "SELECT atttypid, atttypmod FROM pg_attribute \
-             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[&staging],
-        )
-        .await
-        .map_err(pg("cannot read the staging table's columns"))?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        out.push(resolve_type(client, r.get(0), r.get(1), 0).await?);
+    let cols = catalog::columns(client, catalog::oid_of(client, staging).await?).await?;
+    let mut out = Vec::with_capacity(cols.len());
+    for c in cols {
+        out.push(resolve_type(client, c.type_oid, c.typmod, 0).await?);
     }
     Ok(out)
 }

@@ -13,7 +13,7 @@ use crate::checksum::Checksum;
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
 use crate::lake;
-use crate::plan::keys;
+use crate::ledger::keys;
 use crate::plan::window::{Window, parse_instant};
 use crate::source::introspect::TimeKind;
 use crate::source::partitions;
@@ -222,12 +222,11 @@ async fn read_part(
     let kinds: Vec<_> = loaded.cols.iter().map(|c| c.kind.clone()).collect();
     let decoder =
         crate::source::extract::CopyDecoder::new(loaded.arrow_schema.clone(), labels, &kinds)?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-    let reader = tokio::spawn(crate::source::extract::decode_stream(stream, decoder, tx));
+    let mut rows = crate::source::extract::CopyRows::spawn(stream, decoder);
     let mut sum = Checksum::default();
     let mut nulls: HashMap<String, u64> = HashMap::new();
     let mut outside = 0u64;
-    while let Some((batch, hashes)) = rx.recv().await {
+    while let Some((batch, hashes)) = rows.next().await {
         sum.add_hashes(&hashes);
         for (c, col) in loaded.cols.iter().zip(batch.columns()) {
             *nulls.entry(c.name.clone()).or_default() += col.null_count() as u64;
@@ -245,9 +244,7 @@ async fn read_part(
                 .count() as u64;
         }
     }
-    reader
-        .await
-        .map_err(|e| Error::internal(format!("read-back task failed: {e}")))??;
+    rows.finish().await?;
     Ok((sum, nulls, outside))
 }
 

@@ -141,7 +141,7 @@ async fn summary(t: &TableConfig, table: Option<&Table>) -> crate::error::Result
             .get("total-records")
             .and_then(|v| v.parse().ok())
     });
-    s.snapshots = crate::lake::commit::ancestry(table).len();
+    s.snapshots = crate::ledger::read::ancestry(table).len();
     if let Some(w) = show::archived_range(table, t.partition_by).await? {
         s.range_start = Some(rfc3339(w.start));
         s.range_end = Some(rfc3339(w.end));

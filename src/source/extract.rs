@@ -596,7 +596,7 @@ impl CopyDecoder {
 /// Decodes a binary COPY stream into record batches and sends each with its
 /// row hashes (see [`crate::checksum`]) to `tx`.  Returns the number of rows
 /// streamed.  Stops early (with `Ok`) when the receiver is dropped.
-pub async fn decode_stream(
+async fn decode_stream(
     stream: tokio_postgres::CopyOutStream,
     mut decoder: CopyDecoder,
     tx: tokio::sync::mpsc::Sender<(RecordBatch, Vec<u128>)>,
@@ -632,6 +632,37 @@ pub async fn decode_stream(
         let _ = tx.send(item).await;
     }
     Ok(decoder.total_rows())
+}
+
+/// The rows of a binary COPY, decoded and hashed on their own task while the
+/// caller consumes them (at most 4 batches ahead: back-pressure).  The one
+/// COPY pipeline of archive, reconcile and restore validation.
+pub struct CopyRows {
+    receiver: tokio::sync::mpsc::Receiver<(RecordBatch, Vec<u128>)>,
+    task: tokio::task::JoinHandle<Result<u64>>,
+}
+
+impl CopyRows {
+    /// Starts decoding `stream` (a `COPY … TO STDOUT (FORMAT binary)`).
+    pub fn spawn(stream: tokio_postgres::CopyOutStream, decoder: CopyDecoder) -> Self {
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        let task = tokio::spawn(decode_stream(stream, decoder, sender));
+        Self { receiver, task }
+    }
+
+    /// The next batch and its row hashes; `None` at the end (or on an error,
+    /// which [`CopyRows::finish`] returns).
+    pub async fn next(&mut self) -> Option<(RecordBatch, Vec<u128>)> {
+        self.receiver.recv().await
+    }
+
+    /// Stops reading and returns the rows streamed, or the stream's error.
+    pub async fn finish(self) -> Result<u64> {
+        drop(self.receiver);
+        self.task
+            .await
+            .map_err(|e| Error::internal(format!("the COPY decoding task failed: {e}")))?
+    }
 }
 
 #[cfg(test)]

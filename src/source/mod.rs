@@ -1,6 +1,7 @@
 //! The Postgres side: connections, table introspection, window discovery,
 //! streaming extraction (binary COPY → Arrow) and the delete transaction.
 
+pub mod catalog;
 pub mod dsn;
 pub mod extract;
 pub mod introspect;

@@ -49,15 +49,15 @@ pub(super) async fn demo_cmd(a: DemoArgs, progress: &Progress) -> Result<ExitCod
     output::line("");
     output::line(&format!("snapshots of {}:", t.iceberg_name()));
     let mut rows = Vec::new();
-    for s in lake::commit::ancestry(&table).iter().rev().take(10) {
+    for s in crate::ledger::read::ancestry(&table).iter().rev().take(10) {
         let p = &s.summary().additional_properties;
         let g = |k: &str| p.get(k).cloned().unwrap_or_default();
         rows.push(vec![
             s.snapshot_id().to_string(),
-            g(crate::plan::keys::BATCH_ID),
-            g(crate::plan::keys::WINDOW_START),
-            g(crate::plan::keys::WINDOW_END),
-            g(crate::plan::keys::ROWS),
+            g(crate::ledger::keys::BATCH_ID),
+            g(crate::ledger::keys::WINDOW_START),
+            g(crate::ledger::keys::WINDOW_END),
+            g(crate::ledger::keys::ROWS),
         ]);
     }
     output::table(

@@ -54,8 +54,8 @@ pub(super) async fn show_cmd(a: ShowArgs) -> Result<ExitCode> {
     output::line("");
     output::line("properties:");
     for (k, v) in &info.properties {
-        let v = if k == crate::plan::keys::LEDGER {
-            match crate::plan::ledger::parse(v) {
+        let v = if k == crate::ledger::keys::LEDGER {
+            match crate::ledger::durable::parse(v) {
                 Ok(b) => format!("{} batch(es) (the durable ledger)", b.len()),
                 Err(e) => e,
             }

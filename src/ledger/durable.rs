@@ -15,14 +15,14 @@
 //!
 //! Reading merges both: a batch whose snapshot is in the current ancestry is
 //! read from its summary; one whose snapshot was expired from this property.
-//! Pure: parsing, rendering and the rewrite rule; the table I/O is in
-//! `lake::commit`.
+//! Pure: parsing, rendering and the rewrite rule; reading is in
+//! [`super::read`], the rewrite on commit in `lake::commit`.
 
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::window::Window;
+use crate::plan::window::Window;
 use super::{BatchMode, BatchRecord};
 
 /// Format version of the property.

@@ -1,0 +1,579 @@
+//! One planned batch, as typed stages per part:
+//! begin → extract + write → settle decision → commit → verify → Postgres
+//! commit.  The decisions between the stages are
+//! [`crate::plan::batch`]'s (the simulation runs the same ones); this module
+//! does the I/O.
+//!
+//! Contract: a part's rows leave Postgres only when its Postgres
+//! transaction commits, which happens after its snapshot is committed and
+//! read back equal (count and checksum).  Any error before that rolls the
+//! transaction back; a verification failure also marks the batch failed
+//! (its windows wait for `archive --force`).
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use arrow_array::BooleanArray;
+use iceberg::Catalog;
+use iceberg::spec::DataFile;
+use tracing::Instrument;
+
+use crate::checksum::{Checksum, HashBag};
+use crate::config::TableConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::fault;
+use crate::lake::{self, ArchiveTable};
+use crate::ledger::{self, BatchMode, BatchRecord, SummaryExtra};
+use crate::plan::batch::{self as decide, Part, Settle, Take};
+use crate::plan::window::{Window, rfc3339};
+use crate::plan::{PlannedBatch, TableFacts};
+use crate::shutdown;
+use crate::source::partitions::{self, Partition};
+use crate::source::{self, extract, windows};
+
+use super::{BatchReport, Stages, reconcile};
+
+/// Everything the batches of one table share (the Postgres client is
+/// passed on its own: a part's transaction borrows it).
+pub(super) struct Ctx<'a> {
+    pub cfg: &'a TableConfig,
+    pub catalog: &'a dyn Catalog,
+    pub src: &'a source::SourceTable,
+    pub table: ArchiveTable,
+    pub mode: BatchMode,
+    /// Batches known to be settled (the ledger drops their files): settled
+    /// when the run started, and settled by this run's Postgres commits.
+    pub settled: HashSet<String>,
+}
+
+/// Runs one planned batch (several parts when `max_batch_rows` splits it).
+/// Returns the committed parts, and whether a stop cut the parts short.
+pub(super) async fn run_planned(
+    ctx: &mut Ctx<'_>,
+    client: &mut tokio_postgres::Client,
+    facts: &TableFacts,
+    planned: &PlannedBatch,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Vec<BatchReport>, bool)> {
+    let mut bag = reconcile::archived_rows(ctx, client, planned).await?;
+    let limit = decide::row_limit(ctx.mode, ctx.cfg.max_batch_rows);
+    let rows_now = match limit {
+        Some(_) => windows::count_in_range(client, ctx.src, &planned.range).await?,
+        None => 0,
+    };
+    let max_parts = decide::max_parts(limit, rows_now);
+    let mut part = Part::first(planned);
+    let mut out = Vec::new();
+    loop {
+        let span = tracing::trace_span!(
+            target: crate::logging::CONTEXT,
+            "batch",
+            batch = %part.batch_id,
+            window_start = %rfc3339(planned.range.start),
+            window_end = %rfc3339(planned.range.end),
+        );
+        let done = run_part(ctx, client, planned, &part, limit, bag.as_mut(), bar)
+            .instrument(span)
+            .await
+            .map_err(|e| {
+                e.with_context("batch", &part.batch_id)
+                    .with_context("window_start", rfc3339(planned.range.start))
+                    .with_context("window_end", rfc3339(planned.range.end))
+            })?;
+        out.extend(done.report);
+        let Some(next) = part.next(&facts.source, planned, limit, done.exhausted, max_parts)
+        else {
+            break;
+        };
+        if shutdown::stop_requested() {
+            return Ok((out, true));
+        }
+        part = next;
+    }
+    Ok((out, false))
+}
+
+struct PartDone {
+    report: Option<BatchReport>,
+    /// No row of the range is left in Postgres (as this transaction sees it).
+    exhausted: bool,
+}
+
+/// What the extract + write stage produced.
+struct Extracted {
+    files: Vec<DataFile>,
+    streamed: u64,
+    written: u64,
+    /// Rows streamed that open batches had already archived (not written).
+    reconciled: u64,
+    checksum: Checksum,
+}
+
+/// One part: one Postgres transaction, at most one snapshot.
+async fn run_part(
+    ctx: &mut Ctx<'_>,
+    client: &mut tokio_postgres::Client,
+    planned: &PlannedBatch,
+    part: &Part,
+    limit: Option<u64>,
+    bag: Option<&mut HashBag>,
+    bar: &indicatif::ProgressBar,
+) -> Result<PartDone> {
+    let started = Instant::now();
+    let range = planned.range;
+    let drop_parts = partitions_to_drop(ctx, client, &range, limit).await?;
+    let take = decide::take(ctx.mode, limit, drop_parts.is_some());
+    let (tx, xid) = begin(client, ctx.mode, drop_parts.as_deref()).await?;
+    let query = take_query(ctx, &range, take);
+    let out = extract_write(ctx, &tx, &query, &part.batch_id, bag).await?;
+    bar.set_message(format!("{}: {} rows", part.batch_id, out.written));
+    let exhausted = match take.exhausted() {
+        Some(known) => known,
+        None => range_is_empty(&tx, ctx.src, &range).await?,
+    };
+    let settles = match decide::settle(
+        planned,
+        ctx.mode,
+        exhausted,
+        out.streamed,
+        out.written,
+        drop_parts.is_some(),
+    ) {
+        Settle::Skip {
+            commit_postgres,
+            drop_partitions,
+        } => {
+            if let Some(parts) = drop_parts.as_deref().filter(|_| drop_partitions) {
+                // Every row was already archived: the partitions can go.
+                drop_archived(&tx, parts).await?;
+            }
+            let end = if commit_postgres {
+                tx.commit().await
+            } else {
+                tx.rollback().await
+            };
+            end.map_err(|e| Error::postgres("cannot end the batch transaction", e))?;
+            return Ok(PartDone {
+                report: None,
+                exhausted,
+            });
+        }
+        Settle::Record { settles } => settles,
+    };
+    let rec = part.record(
+        planned,
+        ctx.mode,
+        xid,
+        settles,
+        out.written,
+        out.checksum.hex(),
+    );
+    // The last moment a stop may still leave this batch: nothing committed.
+    shutdown::check_abort()?;
+    let mut stages = Stages {
+        extract_write: started.elapsed().as_secs_f64(),
+        ..Stages::default()
+    };
+    let (nfiles, bytes) = (
+        out.files.len(),
+        out.files.iter().map(|f| f.file_size_in_bytes()).sum(),
+    );
+    let mark = Instant::now();
+    let extra = SummaryExtra {
+        windows: planned.windows.len(),
+        partition_by: ctx.cfg.partition_by,
+        reconciled_rows: out.reconciled,
+    };
+    let snapshot_id = commit(ctx, out.files, &rec, extra).await?;
+    stages.commit = mark.elapsed().as_secs_f64();
+    let mark = Instant::now();
+    if let Err(e) = verify(&ctx.table.table, &rec, &out.checksum).await {
+        let _ = tx.rollback().await;
+        return Err(mark_failed(ctx, &rec.batch_id, e).await);
+    }
+    stages.verify = mark.elapsed().as_secs_f64();
+    fault::point("after-verify");
+    let mark = Instant::now();
+    settle_postgres(ctx, tx, drop_parts.as_deref(), &rec).await?;
+    stages.settle = mark.elapsed().as_secs_f64();
+    let report = BatchReport {
+        batch_id: rec.batch_id.clone(),
+        window_start: rfc3339(range.start),
+        window_end: rfc3339(range.end),
+        sequence: rec.sequence,
+        mode: rec.mode,
+        rows: rec.rows,
+        reconciled_rows: out.reconciled,
+        files: nfiles,
+        bytes,
+        snapshot_id: Some(snapshot_id),
+        checksum: rec.checksum.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        stages,
+    };
+    log_done(ctx, &report, &range);
+    Ok(PartDone {
+        report: Some(report),
+        exhausted,
+    })
+}
+
+/// The partitions that tile the range, when the batch may export them whole
+/// and drop them after verification instead of deleting their rows.
+async fn partitions_to_drop(
+    ctx: &Ctx<'_>,
+    client: &tokio_postgres::Client,
+    range: &Window,
+    limit: Option<u64>,
+) -> Result<Option<Vec<Partition>>> {
+    let may = decide::may_drop_partitions(
+        ctx.mode,
+        limit,
+        ctx.cfg.drop_partitions,
+        ctx.src.filter_sql.is_some(),
+    );
+    if !may {
+        return Ok(None);
+    }
+    partitions::tiling(client, ctx.src, range).await
+}
+
+/// Begins the part's transaction: repeatable read for a copy (one
+/// consistent snapshot), read committed for a move (its `DELETE` sees rows
+/// committed meanwhile).  A move records its transaction id; partitions to
+/// drop are locked `EXCLUSIVE` (reads go on, writes wait for us).
+async fn begin<'c>(
+    client: &'c mut tokio_postgres::Client,
+    mode: BatchMode,
+    drop_parts: Option<&[Partition]>,
+) -> Result<(tokio_postgres::Transaction<'c>, Option<u64>)> {
+    let isolation = match mode {
+        BatchMode::Copy => tokio_postgres::IsolationLevel::RepeatableRead,
+        BatchMode::Move => tokio_postgres::IsolationLevel::ReadCommitted,
+    };
+    let tx = client
+        .build_transaction()
+        .isolation_level(isolation)
+        .start()
+        .await
+        .map_err(|e| Error::postgres("cannot begin the batch transaction", e))?;
+    let xid = match mode {
+        BatchMode::Move => {
+            let x: i64 = tx
+                .query_one("SELECT txid_current()", &[])
+                .await
+                .map_err(|e| Error::postgres("cannot read the transaction id", e))?
+                .get(0);
+            Some(x as u64)
+        }
+        BatchMode::Copy => None,
+    };
+    if let Some(parts) = drop_parts {
+        tx.batch_execute(&format!(
+            "LOCK TABLE {} IN EXCLUSIVE MODE",
+            partition_names(parts)
+        ))
+        .await
+        .map_err(|e| Error::postgres("cannot lock the partitions to archive", e))?;
+    }
+    Ok((tx, xid))
+}
+
+/// The statement whose rows the part streams (and, for a move, deletes).
+fn take_query(ctx: &Ctx<'_>, range: &Window, take: Take) -> String {
+    let src = ctx.src;
+    let t = src.qualified();
+    let pred = windows::range_predicate(src, range);
+    let cols = ctx.table.select_list();
+    match take {
+        Take::Select => format!("SELECT {cols} FROM {t} WHERE {pred}"),
+        Take::DeleteAll => format!("DELETE FROM {t} WHERE {pred} RETURNING {cols}"),
+        Take::DeleteFirst(n) => {
+            let time = crate::filter::quote_ident(&src.time_column().name);
+            if src.relkind == 'p' {
+                format!(
+                    "DELETE FROM {t} WHERE (tableoid, ctid) IN (SELECT tableoid, ctid FROM {t} WHERE {pred} ORDER BY {time} LIMIT {n}) RETURNING {cols}"
+                )
+            } else {
+                format!(
+                    "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {pred} ORDER BY {time} LIMIT {n})) AND {pred} RETURNING {cols}"
+                )
+            }
+        }
+    }
+}
+
+/// Streams `query` out of Postgres (decoded and hashed on its own task)
+/// while this task drops rows already archived and writes the rest to data
+/// files.  Checks that every row streamed is either written or reconciled.
+async fn extract_write(
+    ctx: &Ctx<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
+    query: &str,
+    batch_id: &str,
+    mut bag: Option<&mut HashBag>,
+) -> Result<Extracted> {
+    let stream = tx
+        .copy_out(format!("COPY ({query}) TO STDOUT (FORMAT binary)").as_str())
+        .await
+        .map_err(|e| Error::postgres("cannot start COPY", e))?;
+    let mut rows = extract::CopyRows::spawn(stream, decoder(ctx)?);
+    let prefix = format!("{batch_id}-{}", uuid::Uuid::new_v4().simple());
+    let cfg = ctx.cfg;
+    let mut writer =
+        lake::write::BatchWriter::new(&ctx.table, &prefix, cfg.target_file_size, cfg.zstd_level)?;
+    let mut checksum = Checksum::default();
+    let mut reconciled = 0u64;
+    let mut write_err = None;
+    let mut first = true;
+    while let Some((batch, hashes)) = rows.next().await {
+        if std::mem::take(&mut first) {
+            fault::point("after-extract");
+        }
+        let keep = decide::keep_unarchived(bag.as_deref_mut(), &hashes);
+        let step = async {
+            shutdown::check_abort()?;
+            let (batch, hashes) = keep_rows(batch, hashes, &keep)?;
+            reconciled += (keep.len() - hashes.len()) as u64;
+            checksum.add_hashes(&hashes);
+            writer.write(batch).await
+        };
+        if let Err(e) = step.await {
+            write_err = Some(e);
+            break;
+        }
+    }
+    let streamed = rows.finish().await?;
+    if let Some(e) = write_err {
+        return Err(e);
+    }
+    fault::point("during-delete");
+    let (files, written) = writer.close().await?;
+    fault::point("after-write");
+    if written != checksum.rows || streamed != written + reconciled {
+        return Err(Error::internal(format!(
+            "row accounting mismatch: streamed {streamed}, written {written}, reconciled {reconciled}, hashed {}",
+            checksum.rows
+        )));
+    }
+    Ok(Extracted {
+        files,
+        streamed,
+        written,
+        reconciled,
+        checksum,
+    })
+}
+
+/// The COPY decoder of the archive table's columns, errors naming the
+/// source column and its Postgres type.
+fn decoder(ctx: &Ctx<'_>) -> Result<extract::CopyDecoder> {
+    let labels = ctx
+        .table
+        .columns
+        .iter()
+        .map(|c| {
+            let ty = ctx
+                .src
+                .columns
+                .iter()
+                .find(|s| &s.name == c)
+                .map(|s| s.pg_type.as_str())
+                .unwrap_or("?");
+            format!("`{c}` ({ty})")
+        })
+        .collect();
+    extract::CopyDecoder::new(ctx.table.arrow_schema.clone(), labels, &ctx.table.kinds)
+}
+
+/// The rows of `batch` (and their hashes) whose `keep` is true.
+fn keep_rows(
+    batch: arrow_array::RecordBatch,
+    hashes: Vec<u128>,
+    keep: &[bool],
+) -> Result<(arrow_array::RecordBatch, Vec<u128>)> {
+    if keep.iter().all(|k| *k) {
+        return Ok((batch, hashes));
+    }
+    let mask = BooleanArray::from(keep.to_vec());
+    let batch = arrow_select::filter::filter_record_batch(&batch, &mask)
+        .map_err(|e| Error::arrow("cannot filter reconciled rows", e))?;
+    let hashes = hashes
+        .into_iter()
+        .zip(keep)
+        .filter(|(_, k)| **k)
+        .map(|(h, _)| h)
+        .collect();
+    Ok((batch, hashes))
+}
+
+/// Whether the range holds no row, as the part's transaction sees it.
+async fn range_is_empty(
+    tx: &tokio_postgres::Transaction<'_>,
+    src: &source::SourceTable,
+    range: &Window,
+) -> Result<bool> {
+    let sql = format!(
+        "SELECT NOT EXISTS (SELECT 1 FROM {} WHERE {})",
+        src.qualified(),
+        windows::range_predicate(src, range)
+    );
+    Ok(tx
+        .query_one(sql.as_str(), &[])
+        .await
+        .map_err(|e| Error::postgres("cannot check the range is empty", e))?
+        .get(0))
+}
+
+/// Commits the part's snapshot (and the ledger with it); the table as the
+/// catalog serves it afterwards replaces `ctx.table`'s.
+async fn commit(
+    ctx: &mut Ctx<'_>,
+    files: Vec<DataFile>,
+    rec: &BatchRecord,
+    extra: SummaryExtra,
+) -> Result<i64> {
+    let source_id = ctx.src.source_id();
+    let update = lake::commit::LedgerUpdate {
+        source: &source_id,
+        settled: &ctx.settled,
+    };
+    let (snapshot_id, committed) =
+        lake::commit::commit_batch(ctx.catalog, &ctx.table.ident, files, rec, extra, update)
+            .await?;
+    fault::point("after-commit");
+    ctx.table.table = committed;
+    Ok(snapshot_id)
+}
+
+/// Records that the batch failed verification (best effort) and returns
+/// the error to report.
+async fn mark_failed(ctx: &Ctx<'_>, batch_id: &str, e: Error) -> Error {
+    let reason = e.message().to_string();
+    if let Err(me) =
+        lake::commit::mark_failed(ctx.catalog, &ctx.table.ident, batch_id, &reason).await
+    {
+        tracing::error!("cannot record the failure of batch {batch_id}: {me}");
+    }
+    e.with_hint("the rows stay in Postgres; the window is blocked until `archive --force`")
+}
+
+/// The verified part's Postgres commit (dropping its partitions first):
+/// only now do its rows leave Postgres.  Then the batches it settled are
+/// settled for the rest of the run, and their failure marks are cleared.
+async fn settle_postgres(
+    ctx: &mut Ctx<'_>,
+    tx: tokio_postgres::Transaction<'_>,
+    drop_parts: Option<&[Partition]>,
+    rec: &BatchRecord,
+) -> Result<()> {
+    if let Some(parts) = drop_parts {
+        tracing::info!(
+            "{}: dropping partition(s) {} of batch {}",
+            ctx.cfg.source_name(),
+            partition_names(parts),
+            rec.batch_id
+        );
+        drop_archived(&tx, parts).await?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| Error::postgres("cannot commit the Postgres transaction (the batch is archived; the next run settles it)", e))?;
+    fault::point("after-pg-commit");
+    ctx.settled.extend(decide::settled_by(rec));
+    let failed = ledger::read::failed_batches(&ctx.table.table);
+    let resolved: Vec<String> = rec
+        .reconciles
+        .iter()
+        .filter(|id| failed.contains_key(*id))
+        .cloned()
+        .collect();
+    if !resolved.is_empty() {
+        lake::commit::clear_failed(ctx.catalog, &ctx.table.ident, &resolved).await?;
+        ctx.table.table = lake::commit::reload(ctx.catalog, &ctx.table.ident).await?;
+    }
+    Ok(())
+}
+
+fn log_done(ctx: &Ctx<'_>, r: &BatchReport, range: &Window) {
+    tracing::info!(
+        "{}: batch {} {} archived {} row(s){} in {:.1}s",
+        ctx.cfg.source_name(),
+        r.batch_id,
+        range,
+        r.rows,
+        if r.reconciled_rows > 0 {
+            format!(", settled {} already archived", r.reconciled_rows)
+        } else {
+            String::new()
+        },
+        r.seconds
+    );
+}
+
+fn partition_names(parts: &[Partition]) -> String {
+    parts
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Drops archived partitions inside the batch transaction.  If this fails
+/// the transaction rolls back: the batch is archived, the next run settles it.
+async fn drop_archived(tx: &tokio_postgres::Transaction<'_>, parts: &[Partition]) -> Result<()> {
+    tx.batch_execute(&format!("DROP TABLE {}", partition_names(parts)))
+        .await
+        .map_err(|e| {
+            Error::postgres(
+                "cannot drop the archived partitions (the batch is archived; the next run settles it)",
+                e,
+            )
+        })
+}
+
+/// Reads the committed batch back from the catalog's table (not from
+/// memory) and compares count and checksum.
+async fn verify(
+    table: &iceberg::table::Table,
+    rec: &BatchRecord,
+    expected: &Checksum,
+) -> Result<()> {
+    let (batch_id, rows) = (&rec.batch_id, rec.rows);
+    let snap = ledger::read::find_batch(table, batch_id).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Verification,
+            format!("batch {batch_id} is not in the table"),
+        )
+    })?;
+    let (got, _) = lake::readback::checksum_snapshot(table, &snap).await?;
+    let mut expected = *expected;
+    if fault::injected("corrupt-checksum") {
+        expected.sum = expected.sum.wrapping_add(1);
+    }
+    if got.rows != rows || got.sum != expected.sum {
+        return Err(Error::new(
+            ErrorKind::Verification,
+            format!(
+                "verification failed: read back {} row(s) with checksum {}, expected {rows} with {}",
+                got.rows,
+                got.hex(),
+                expected.hex()
+            ),
+        ));
+    }
+    let added = snap
+        .summary()
+        .additional_properties
+        .get("added-records")
+        .and_then(|v| v.parse::<u64>().ok());
+    if added.is_some_and(|a| a != rows) {
+        return Err(Error::new(
+            ErrorKind::Verification,
+            format!(
+                "verification failed: snapshot summary says {added:?} added records, expected {rows}"
+            ),
+        ));
+    }
+    Ok(())
+}

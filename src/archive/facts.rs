@@ -1,0 +1,57 @@
+//! What the planner needs of one table, read from the catalog and Postgres:
+//! the ledger's batches and failure marks, their transactions' status, and
+//! the windows that hold rows.  `archive`, `status` and `list` gather it
+//! here, the same way.
+
+use crate::config::TableConfig;
+use crate::error::Result;
+use crate::ledger;
+use crate::plan::TableFacts;
+use crate::plan::window::{Micros, Window};
+use crate::source::{self, windows};
+
+/// Facts of a table with no archive yet: only `pending` windows.
+pub fn without_archive(src: &source::SourceTable, t: &TableConfig, pending: Vec<Window>) -> TableFacts {
+    TableFacts {
+        source: src.source_id(),
+        granularity: t.partition_by,
+        batches: vec![],
+        xact: Default::default(),
+        failed: Default::default(),
+        pending,
+    }
+}
+
+/// Adds what the archive table's ledger says (batches in commit order,
+/// failure marks) and what Postgres says of the batches' transactions
+/// (`txid_status`, one round trip).
+pub async fn add_ledger(
+    facts: &mut TableFacts,
+    client: &tokio_postgres::Client,
+    table: &iceberg::table::Table,
+) -> Result<()> {
+    facts.batches = ledger::read::read_ledger(table, &facts.source)?;
+    facts.failed = ledger::read::failed_batches(table);
+    let xids: Vec<u64> = facts.batches.iter().filter_map(|b| b.xid).collect();
+    facts.xact = source::xact_status(client, &xids)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(())
+}
+
+/// Everything: the ledger, and the windows in `[lower, cutoff)` that hold
+/// rows in Postgres.
+pub async fn gather(
+    client: &tokio_postgres::Client,
+    table: &iceberg::table::Table,
+    src: &source::SourceTable,
+    t: &TableConfig,
+    lower: Option<Micros>,
+    cutoff: Micros,
+) -> Result<TableFacts> {
+    let mut facts = without_archive(src, t, vec![]);
+    add_ledger(&mut facts, client, table).await?;
+    facts.pending = windows::nonempty_windows(client, src, t.partition_by, lower, cutoff).await?;
+    Ok(facts)
+}

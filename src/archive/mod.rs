@@ -1,0 +1,542 @@
+//! The archive use case: plan → extract → write → commit → verify → delete.
+//!
+//! # Contract (see README, "Data safety")
+//! For each planned batch, one Postgres transaction streams
+//! `COPY (DELETE … RETURNING …)` — the rows it streams are exactly the rows it
+//! deletes.  The rows are written to data files and committed as one Iceberg
+//! snapshot whose summary records the batch (and that transaction's id); the
+//! snapshot is read back from the catalog and verified (row count and content
+//! checksum); only then is the Postgres transaction committed.  Any failure
+//! before that commit rolls the transaction back: nothing is deleted.  A crash
+//! after the Iceberg commit leaves a committed snapshot whose transaction never
+//! committed; the next run sees that (`txid_status`) and removes those rows
+//! from Postgres without archiving them again.
+//!
+//! `--no-delete` streams a `SELECT` instead and deletes nothing (a *copy*
+//! batch); a later normal run removes the copied rows without re-archiving them.
+//! `--dry-run` writes nothing and only reports the plan.
+//!
+//! Idempotent: a re-run after success commits nothing.
+//!
+//! Stoppable ([`crate::shutdown`]): after SIGTERM no batch or part starts;
+//! once the stop becomes an abort, a batch not yet committed rolls back.
+//! Either way the table's outcome is `interrupted` and the next run resumes.
+
+mod batch;
+pub mod facts;
+mod reconcile;
+
+use std::sync::Arc;
+
+use iceberg::Catalog;
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::config::{Config, OnBusy, TableConfig};
+use crate::error::{Error, ErrorKind, Result};
+use crate::lake;
+use crate::lake::table::TableState;
+use crate::ledger::BatchMode;
+use crate::notify;
+use crate::plan::window::{Micros, Window, rfc3339};
+use crate::plan::{self, Plan, PlanOptions, TableFacts};
+use crate::progress::Progress;
+use crate::shutdown;
+use crate::source::{self, windows};
+
+/// Options of one `archive` run.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveOptions {
+    /// Only this table (name, schema.name or namespace.table).
+    pub table: Option<String>,
+    /// Plan and report; write and delete nothing.
+    pub dry_run: bool,
+    /// Archive and verify, keep the rows in Postgres.
+    pub no_delete: bool,
+    /// Retry windows blocked by failed batches.
+    pub force: bool,
+    /// Override the server's clock (tests, demos).
+    pub now: Option<Micros>,
+    /// `replay`: only windows overlapping this range, whatever the lag.
+    pub range: Option<Window>,
+}
+
+/// What happened to one table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    pub source: String,
+    pub iceberg_table: String,
+    pub outcome: Outcome,
+    pub cutoff: Option<String>,
+    pub batches: Vec<BatchReport>,
+    /// Dry run: what would be archived.
+    pub planned: Vec<PlannedReport>,
+    pub blocked: Vec<BlockedReport>,
+    /// Dry run: schema changes the next run makes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schema_changes: Vec<String>,
+    /// What the run left older than the cutoff in Postgres (normally none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+/// Rows older than the cutoff still in Postgres after a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pending {
+    pub rows: u64,
+    /// The oldest one's time (RFC 3339).
+    pub oldest: Option<String>,
+    #[serde(skip)]
+    pub oldest_us: Option<Micros>,
+}
+
+/// Seconds a batch spent in each stage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stages {
+    /// Streaming out of Postgres (and deleting), writing data files.
+    pub extract_write: f64,
+    /// The Iceberg commit (and the ledger in it).
+    pub commit: f64,
+    /// Reading the snapshot back and checking it.
+    pub verify: f64,
+    /// The Postgres commit (and dropping partitions).
+    pub settle: f64,
+}
+
+impl Stages {
+    /// `(stage name, seconds)`, in order.
+    pub fn iter(&self) -> [(&'static str, f64); 4] {
+        [
+            ("extract_write", self.extract_write),
+            ("commit", self.commit),
+            ("verify", self.verify),
+            ("settle", self.settle),
+        ]
+    }
+}
+
+/// Outcome of one table.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// All planned batches are done (possibly none).
+    Done,
+    /// Another instance holds the table.
+    Skipped { reason: String },
+    /// A batch or a preparation step failed; earlier batches stand.
+    Failed {
+        /// What kind of failure (decides the exit code): `config`,
+        /// `postgres`, `catalog`, `verification`, ….
+        kind: ErrorKind,
+        error: String,
+        hint: Option<String>,
+    },
+}
+
+/// One committed batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchReport {
+    pub batch_id: String,
+    pub window_start: String,
+    pub window_end: String,
+    pub sequence: u32,
+    pub mode: BatchMode,
+    pub rows: u64,
+    /// Rows removed from Postgres that an earlier, unsettled batch had already archived.
+    pub reconciled_rows: u64,
+    pub files: usize,
+    /// Bytes of the data files committed.
+    pub bytes: u64,
+    pub snapshot_id: Option<i64>,
+    pub checksum: String,
+    pub seconds: f64,
+    pub stages: Stages,
+}
+
+/// A batch a dry run would archive.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedReport {
+    pub batch_id: String,
+    pub window_start: String,
+    pub window_end: String,
+    pub windows: usize,
+    pub rows: u64,
+    pub reconcile: Vec<String>,
+}
+
+/// A window left alone because of a failed batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockedReport {
+    pub window_start: String,
+    pub window_end: String,
+    pub batch_id: String,
+    pub reason: String,
+}
+
+/// Runs `archive` over the selected tables, `global.max_table_concurrency` at a time.
+pub async fn run(
+    cfg: &Config,
+    opts: &ArchiveOptions,
+    progress: &Progress,
+) -> Result<Vec<TableReport>> {
+    let tables = cfg.select_tables(opts.table.as_deref())?;
+    let catalog = lake::open_catalog(&cfg.catalog).await?;
+    lake::catalog::ping(catalog.as_ref(), &cfg.catalog).await?;
+    use futures::StreamExt;
+    let reports: Vec<TableReport> = futures::stream::iter(tables.into_iter().map(|t| {
+        let catalog = catalog.clone();
+        async move { archive_table(cfg, &t, catalog, opts, progress).await }
+    }))
+    // One connection per table in flight: `database.pool_size` caps it too.
+    .buffered(cfg.global.max_table_concurrency.min(cfg.database.pool_size))
+    .collect()
+    .await;
+    Ok(reports)
+}
+
+async fn archive_table(
+    cfg: &Config,
+    t: &TableConfig,
+    catalog: Arc<dyn Catalog>,
+    opts: &ArchiveOptions,
+    progress: &Progress,
+) -> TableReport {
+    let mut report = TableReport {
+        source: t.source_name(),
+        iceberg_table: t.iceberg_name(),
+        outcome: Outcome::Done,
+        cutoff: None,
+        batches: vec![],
+        planned: vec![],
+        blocked: vec![],
+        schema_changes: vec![],
+        pending: None,
+    };
+    let span =
+        tracing::trace_span!(target: crate::logging::CONTEXT, "table", table = %t.source_name());
+    let result = if shutdown::stop_requested() {
+        Err(shutdown::interrupted(
+            "stopped by a signal before this table started",
+        ))
+    } else {
+        archive_table_inner(cfg, t, catalog.as_ref(), opts, progress, &mut report)
+            .instrument(span)
+            .await
+    };
+    if let Err(e) = result {
+        if e.kind() != ErrorKind::Interrupted {
+            notify_failure(cfg, t, &e).await;
+        }
+        report.outcome = Outcome::Failed {
+            kind: e.kind(),
+            error: e.message().to_string(),
+            hint: e.hint().map(str::to_string),
+        };
+    }
+    report
+}
+
+/// Tells the webhook (if any) that a table or one of its batches failed.
+async fn notify_failure(cfg: &Config, t: &TableConfig, e: &Error) {
+    let context = |key: &str| {
+        e.context()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let batch_id = context("batch");
+    let event = notify::Event {
+        service: "permafrost",
+        event: if batch_id.is_some() {
+            "batch_failed"
+        } else {
+            "table_failed"
+        },
+        table: t.source_name(),
+        batch_id,
+        window_start: context("window_start"),
+        window_end: context("window_end"),
+        error: crate::secret::redact(&e.to_string()),
+    };
+    notify::send(cfg.notify.webhook_url.as_deref(), &event).await;
+}
+
+async fn archive_table_inner(
+    cfg: &Config,
+    t: &TableConfig,
+    catalog: &dyn Catalog,
+    opts: &ArchiveOptions,
+    progress: &Progress,
+    report: &mut TableReport,
+) -> Result<()> {
+    let mut client = source::connect(&cfg.database).await?;
+    match archive_on(&mut client, cfg, t, catalog, opts, progress, report).await {
+        Err(e) => Err(source::explain_lock_timeout(&client, &t.quoted_name(), e).await),
+        ok => ok,
+    }
+}
+
+/// The range a run covers: `[lower, cutoff)`.  `replay` widens its range to
+/// whole windows and ignores the lag.
+fn run_range(t: &TableConfig, opts: &ArchiveOptions, now: Micros) -> (Option<Micros>, Micros) {
+    let g = t.partition_by;
+    match opts.range {
+        Some(r) => (
+            Some(g.floor(r.start)),
+            if g.floor(r.end) == r.end {
+                r.end
+            } else {
+                g.window_of(r.end).end
+            },
+        ),
+        None => (None, windows::cutoff(g, now, t.lag)),
+    }
+}
+
+fn mode_of(opts: &ArchiveOptions) -> BatchMode {
+    if opts.no_delete {
+        BatchMode::Copy
+    } else {
+        BatchMode::Move
+    }
+}
+
+fn plan_of(facts: &TableFacts, t: &TableConfig, opts: &ArchiveOptions) -> Plan {
+    plan::plan(
+        facts,
+        PlanOptions {
+            force: opts.force,
+            batch_windows: t.batch_windows,
+            mode: mode_of(opts),
+        },
+    )
+}
+
+/// One table's run on its connection: introspect, then (under the table's
+/// advisory lock) create or evolve the archive table, plan from it as it is
+/// now (another instance may have committed while we waited), and run the
+/// batches.  A dry run only reads.
+async fn archive_on(
+    client: &mut tokio_postgres::Client,
+    cfg: &Config,
+    t: &TableConfig,
+    catalog: &dyn Catalog,
+    opts: &ArchiveOptions,
+    progress: &Progress,
+    report: &mut TableReport,
+) -> Result<()> {
+    let (_, server_now) = source::server_facts(client).await?;
+    let src = source::introspect::introspect(client, t).await?;
+    let (lower, cutoff) = run_range(t, opts, opts.now.unwrap_or(server_now));
+    report.cutoff = Some(rfc3339(cutoff));
+    if opts.dry_run {
+        return dry_run(client, t, catalog, &src, opts, (lower, cutoff), report).await;
+    }
+    if !lock_or_skip(client, cfg, t, &src, report).await? {
+        return Ok(());
+    }
+    let table = lake::table::ensure_table(catalog, &cfg.catalog, t, &src).await?;
+    let facts = facts::gather(client, &table.table, &src, t, lower, cutoff).await?;
+    let plan = plan_of(&facts, t, opts);
+    let ctx = batch::Ctx {
+        cfg: t,
+        catalog,
+        src: &src,
+        table,
+        mode: mode_of(opts),
+        settled: plan::settled_batches(&facts),
+    };
+    if !report_plan(t, &plan, report) {
+        let _ = source::unlock_table(client, src.oid).await;
+        return Ok(());
+    }
+    let result = run_batches(ctx, client, &facts, &plan, progress, report).await;
+    let finished = result
+        .as_ref()
+        .err()
+        .is_none_or(|e| e.kind() == ErrorKind::Interrupted);
+    if opts.range.is_none() && finished {
+        report.pending = left_behind(client, &src, cutoff).await;
+    }
+    let _ = source::unlock_table(client, src.oid).await;
+    result
+}
+
+/// Read-only: what the catalog holds now, and what a run would change.
+async fn dry_run(
+    client: &tokio_postgres::Client,
+    t: &TableConfig,
+    catalog: &dyn Catalog,
+    src: &source::SourceTable,
+    opts: &ArchiveOptions,
+    (lower, cutoff): (Option<Micros>, Micros),
+    report: &mut TableReport,
+) -> Result<()> {
+    let state = lake::table::inspect_table(catalog, t, src).await?;
+    let counts = windows::window_counts(client, src, t.partition_by, cutoff).await?;
+    let facts = match &state {
+        TableState::Missing => {
+            facts::without_archive(src, t, counts.iter().map(|(w, _)| *w).collect())
+        }
+        TableState::Ready(at) => facts::gather(client, &at.table, src, t, lower, cutoff).await?,
+        TableState::Evolves { table, changes } => {
+            report.schema_changes = changes.iter().map(ToString::to_string).collect();
+            facts::gather(client, table, src, t, lower, cutoff).await?
+        }
+    };
+    fill_dry_run(report, &facts, t, opts, &counts);
+    Ok(())
+}
+
+/// Takes the table's advisory lock; false (and the report says skipped)
+/// when another instance holds it and `database.on_busy` is `skip`.
+async fn lock_or_skip(
+    client: &tokio_postgres::Client,
+    cfg: &Config,
+    t: &TableConfig,
+    src: &source::SourceTable,
+    report: &mut TableReport,
+) -> Result<bool> {
+    let wait = match cfg.database.on_busy {
+        OnBusy::Wait => None,
+        OnBusy::Skip => Some(cfg.database.lock_wait),
+    };
+    if source::lock_table(client, src.oid, wait).await? {
+        return Ok(true);
+    }
+    let holder = source::lock_holder(client, src.oid)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "another session".into());
+    let reason = format!("another permafrost instance is archiving this table: {holder}");
+    tracing::warn!("{}: skipped, {reason}", t.source_name());
+    report.outcome = Outcome::Skipped { reason };
+    Ok(false)
+}
+
+/// Reports the plan's blocked windows; false (and the report says skipped)
+/// when a batch's transaction is still running elsewhere.
+fn report_plan(t: &TableConfig, plan: &Plan, report: &mut TableReport) -> bool {
+    if !plan.in_progress.is_empty() {
+        report.outcome = Outcome::Skipped {
+            reason: format!(
+                "the Postgres transaction of batch {} is still running (another instance?)",
+                plan.in_progress.join(", ")
+            ),
+        };
+        return false;
+    }
+    report.blocked = plan
+        .blocked
+        .iter()
+        .map(|b| BlockedReport {
+            window_start: rfc3339(b.window.start),
+            window_end: rfc3339(b.window.end),
+            batch_id: b.batch_id.clone(),
+            reason: b.reason.clone(),
+        })
+        .collect();
+    for b in &report.blocked {
+        tracing::warn!(
+            "{}: window {} is blocked by failed batch {} ({}); run `archive --force` after review",
+            t.source_name(),
+            b.window_start,
+            b.batch_id,
+            b.reason
+        );
+    }
+    true
+}
+
+/// Runs the planned batches in order until one fails or a stop comes.
+async fn run_batches(
+    mut ctx: batch::Ctx<'_>,
+    client: &mut tokio_postgres::Client,
+    facts: &TableFacts,
+    plan: &Plan,
+    progress: &Progress,
+    report: &mut TableReport,
+) -> Result<()> {
+    let name = ctx.cfg.source_name();
+    if plan.batches.is_empty() {
+        let cutoff = report.cutoff.as_deref().unwrap_or("?");
+        tracing::info!("{name}: nothing to archive (cutoff {cutoff})");
+    }
+    let bar = progress.table_bar(&name, plan.batches.len() as u64);
+    let mut result = Ok(());
+    for (n, planned) in plan.batches.iter().enumerate() {
+        if shutdown::stop_requested() {
+            result = Err(stopped(plan.batches.len() - n));
+            break;
+        }
+        match batch::run_planned(&mut ctx, client, facts, planned, &bar).await {
+            Ok((mut done, cut)) => {
+                report.batches.append(&mut done);
+                if cut {
+                    result = Err(stopped(plan.batches.len() - n));
+                    break;
+                }
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    result
+}
+
+/// The error of a table whose run a signal cut short, `left` batches early.
+fn stopped(left: usize) -> Error {
+    shutdown::interrupted(&format!(
+        "stopped by a signal; {left} planned batch(es) left for the next run"
+    ))
+}
+
+/// What a run left older than the cutoff (logged, not fatal, when the
+/// count itself fails).
+async fn left_behind(
+    client: &tokio_postgres::Client,
+    src: &source::SourceTable,
+    cutoff: Micros,
+) -> Option<Pending> {
+    match windows::pending(client, src, cutoff).await {
+        Ok((rows, oldest)) => Some(Pending {
+            rows,
+            oldest: oldest.map(rfc3339),
+            oldest_us: oldest,
+        }),
+        Err(e) => {
+            tracing::warn!("cannot count the rows left behind: {}", e.message());
+            None
+        }
+    }
+}
+
+fn fill_dry_run(
+    report: &mut TableReport,
+    facts: &TableFacts,
+    t: &TableConfig,
+    opts: &ArchiveOptions,
+    counts: &[(Window, u64)],
+) {
+    report.planned = plan_of(facts, t, opts)
+        .batches
+        .iter()
+        .map(|b| PlannedReport {
+            batch_id: b.batch_id.clone(),
+            window_start: rfc3339(b.range.start),
+            window_end: rfc3339(b.range.end),
+            windows: b.windows.len(),
+            rows: counts
+                .iter()
+                .filter(|(w, _)| b.range.overlaps(w))
+                .map(|(_, n)| n)
+                .sum(),
+            reconcile: b.reconcile.clone(),
+        })
+        .collect();
+}

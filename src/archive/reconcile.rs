@@ -1,0 +1,196 @@
+//! Rows a batch must not archive again: those of open batches overlapping
+//! its range (a crash left them committed but unsettled) and those of
+//! settled batches that a restore brought back to Postgres.  Their hashes
+//! form the bag the batch filters its stream with
+//! ([`crate::plan::batch::keep_unarchived`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::checksum::HashBag;
+use crate::error::{Error, ErrorKind, Result};
+use crate::lake;
+use crate::ledger::keys;
+use crate::ledger::read::{find_batch, read_ledger_full};
+use crate::plan::PlannedBatch;
+use crate::plan::window::{Micros, Window, rfc3339};
+use crate::source::{extract, windows};
+
+use super::batch::Ctx;
+
+/// The hashes of the rows the batch's range holds that are already
+/// archived (see the module doc); `None` when there are none.
+pub(super) async fn archived_rows(
+    ctx: &Ctx<'_>,
+    client: &tokio_postgres::Client,
+    planned: &PlannedBatch,
+) -> Result<Option<HashBag>> {
+    let mut archived = Vec::new();
+    if !planned.reconcile.is_empty() {
+        archived = open_rows(ctx, &planned.reconcile).await?;
+        tracing::info!(
+            "{}: reconciling {} archived row(s) of unsettled batch(es) {}",
+            ctx.cfg.source_name(),
+            archived.len(),
+            planned.reconcile.join(", ")
+        );
+    }
+    if !planned.restorable.is_empty() {
+        archived.extend(restored_rows(ctx, client, planned).await?);
+    }
+    Ok((!archived.is_empty()).then(|| HashBag::new(archived)))
+}
+
+/// Row hashes of the open batches `ids`: from their snapshots, or — when a
+/// snapshot was expired — from the files the durable ledger recorded.  A
+/// batch whose rows cannot be read is an error, never skipped: skipping
+/// would archive its rows a second time.
+async fn open_rows(ctx: &Ctx<'_>, ids: &[String]) -> Result<Vec<u128>> {
+    let table = &ctx.table.table;
+    let ledger = read_ledger_full(table, &ctx.src.source_id())?;
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some(snap) = find_batch(table, id) {
+            out.extend(lake::readback::row_hashes(table, &[snap]).await?);
+            continue;
+        }
+        let files = ledger.files_of(id).unwrap_or(&[]);
+        let missing = || {
+            Error::new(
+                ErrorKind::Storage,
+                format!(
+                    "the rows of unsettled batch {id} cannot be read: its snapshot was expired \
+                     and the ledger records no readable files for it"
+                ),
+            )
+            .with_hint(
+                "its data files were rewritten (compaction) and expired; nothing was deleted — \
+                 check the range by hand, then `archive --force`",
+            )
+        };
+        if files.is_empty() {
+            return Err(missing());
+        }
+        tracing::info!(
+            "{}: batch {id}'s snapshot was expired; reading its {} file(s) from the ledger",
+            ctx.cfg.source_name(),
+            files.len()
+        );
+        let hashes = lake::readback::row_hashes_of_files(table, files)
+            .await
+            .map_err(|e| missing().with_context("cause", e.message()))?;
+        out.extend(hashes);
+    }
+    Ok(out)
+}
+
+/// Hashes of the rows of settled batches overlapping the range whose whole
+/// content is in Postgres again (a restore brought them back): those rows
+/// are already archived.  A batch counts only when every one of its rows is
+/// present (as a multiset), so new rows that merely equal some archived row
+/// are still archived.
+async fn restored_rows(
+    ctx: &Ctx<'_>,
+    client: &tokio_postgres::Client,
+    planned: &PlannedBatch,
+) -> Result<Vec<u128>> {
+    let src = ctx.src;
+    let pred = windows::range_predicate(src, &planned.range);
+    let query = format!(
+        "SELECT {} FROM {} WHERE {pred}",
+        ctx.table.select_list(),
+        src.qualified()
+    );
+    let stream = client
+        .copy_out(format!("COPY ({query}) TO STDOUT (FORMAT binary)").as_str())
+        .await
+        .map_err(|e| Error::postgres("cannot start COPY", e))?;
+    let labels = ctx.table.columns.iter().map(|c| format!("`{c}`")).collect();
+    let decoder =
+        extract::CopyDecoder::new(ctx.table.arrow_schema.clone(), labels, &ctx.table.kinds)?;
+    let mut rows = extract::CopyRows::spawn(stream, decoder);
+    let mut present: HashMap<u128, u32> = HashMap::new();
+    while let Some((_, hashes)) = rows.next().await {
+        for h in hashes {
+            *present.entry(h).or_default() += 1;
+        }
+    }
+    rows.finish().await?;
+    let in_pg: u64 = present.values().map(|n| u64::from(*n)).sum();
+    let table = &ctx.table.table;
+    let ledger = read_ledger_full(table, &src.source_id())?;
+    let mut out = Vec::new();
+    // Batches whose snapshot was expired (or rolled up), by range: their
+    // rows are the live rows of the range's partitions (all batches of those
+    // windows together).
+    let mut expired: BTreeMap<(Micros, Micros), Vec<&str>> = BTreeMap::new();
+    for id in &planned.restorable {
+        let Some(snap) = find_batch(table, id) else {
+            // Only the part inside the planned range: a restore may have
+            // brought back a day of a batch (or roll-up) spanning more.
+            if let Some((b, _)) = ledger.batches.iter().find(|(b, _)| &b.batch_id == id) {
+                let start = b.range.start.max(planned.range.start);
+                let end = b.range.end.min(planned.range.end);
+                if start < end {
+                    expired.entry((start, end)).or_default().push(id);
+                }
+            }
+            continue;
+        };
+        let rows: u64 = snap
+            .summary()
+            .additional_properties
+            .get(keys::ROWS)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        if rows == 0 || rows > in_pg {
+            continue;
+        }
+        let hashes = lake::readback::row_hashes(table, &[snap]).await?;
+        if take_if_present(&mut present, &hashes) {
+            tracing::info!(
+                "{}: the {} row(s) of batch {id} are back in Postgres (restored); they are settled, not archived again",
+                ctx.cfg.source_name(),
+                hashes.len()
+            );
+            out.extend(hashes);
+        }
+    }
+    for ((start, end), ids) in expired {
+        let range = Window { start, end };
+        let hashes =
+            lake::readback::row_hashes_in_windows(table, ctx.cfg.partition_by, &range).await?;
+        if !hashes.is_empty() && take_if_present(&mut present, &hashes) {
+            tracing::info!(
+                "{}: the {} archived row(s) of {} (batches {}, snapshots expired) are back in Postgres (restored); they are settled, not archived again",
+                ctx.cfg.source_name(),
+                hashes.len(),
+                rfc3339(start),
+                ids.join(", ")
+            );
+            out.extend(hashes);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether every hash of `hashes` is in `present` (as a multiset); if so,
+/// takes them out.
+fn take_if_present(present: &mut HashMap<u128, u32>, hashes: &[u128]) -> bool {
+    let mut need: HashMap<u128, u32> = HashMap::new();
+    for h in hashes {
+        *need.entry(*h).or_default() += 1;
+    }
+    if !need
+        .iter()
+        .all(|(h, n)| present.get(h).is_some_and(|p| p >= n))
+    {
+        return false;
+    }
+    for (h, n) in need {
+        if let Some(p) = present.get_mut(&h) {
+            *p -= n;
+        }
+    }
+    true
+}
+

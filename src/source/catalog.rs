@@ -1,0 +1,217 @@
+//! The Postgres catalog, in one place: relations, columns, primary keys,
+//! CHECK constraints, indexes and types.  Source introspection, restore
+//! validation and attach all ask here, by relation oid
+//! ([`oid_of`] resolves a name).
+
+use tokio_postgres::Client;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::types::{MapContext, TypeInfo};
+
+/// A relation found by schema and name.
+#[derive(Debug, Clone)]
+pub struct Relation {
+    pub oid: u32,
+    /// `r` table, `p` partitioned table, `v` view, …
+    pub relkind: char,
+    pub database: String,
+}
+
+/// Looks up `schema.name` (case-sensitive); `None` when there is none.
+pub async fn find_relation(client: &Client, schema: &str, name: &str) -> Result<Option<Relation>> {
+    let rows = client
+        .query(
+            "SELECT c.oid, c.relkind::text, current_database()::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the Postgres catalog", e))?;
+    Ok(rows.first().map(|r| Relation {
+        oid: r.get(0),
+        relkind: r.get::<_, String>(1).chars().next().unwrap_or('?'),
+        database: r.get(2),
+    }))
+}
+
+/// Up to five `schema.name`s of relations named like `name` in another case.
+pub async fn similar_names(client: &Client, name: &str) -> Vec<String> {
+    client
+        .query(
+            "SELECT n.nspname::text || '.' || c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE lower(c.relname) = lower($1) AND c.relkind IN ('r','p','v','m','f') LIMIT 5",
+            &[&name],
+        )
+        .await
+        .map(|rs| rs.iter().map(|r| r.get::<_, String>(0)).collect())
+        .unwrap_or_default()
+}
+
+/// The oid of relation `name` (a quoted or search-path name, as `regclass`
+/// reads it).
+pub async fn oid_of(client: &Client, name: &str) -> Result<u32> {
+    Ok(client
+        .query_one("SELECT $1::text::regclass::oid", &[&name])
+        .await
+        .map_err(|e| Error::postgres(format!("cannot find {name}"), e))?
+        .get(0))
+}
+
+/// One column (`pg_attribute`, not dropped), in table order.
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub type_oid: u32,
+    pub typmod: i32,
+    /// `format_type` of the declared type, e.g. `numeric(12,2)`.
+    pub pg_type: String,
+    pub not_null: bool,
+    /// `pg_attribute.attnum`: stable across renames.
+    pub attnum: i16,
+    pub has_default: bool,
+    /// `attgenerated` is set: Postgres computes it.
+    pub generated: bool,
+    /// `GENERATED ALWAYS AS IDENTITY`.
+    pub identity_always: bool,
+}
+
+/// The columns of relation `oid` (a table or a composite type's relation).
+pub async fn columns(client: &Client, oid: u32) -> Result<Vec<Column>> {
+    let rows = client
+        .query(
+            "SELECT attname::text, atttypid, atttypmod, format_type(atttypid, atttypmod), attnotnull, attnum, \
+                    atthasdef, attgenerated::text <> '', attidentity::text = 'a' \
+             FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the columns of a table", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| Column {
+            name: r.get(0),
+            type_oid: r.get(1),
+            typmod: r.get(2),
+            pg_type: r.get(3),
+            not_null: r.get(4),
+            attnum: r.get(5),
+            has_default: r.get(6),
+            generated: r.get(7),
+            identity_always: r.get(8),
+        })
+        .collect())
+}
+
+/// The primary key's columns, in key order (empty without one).
+pub async fn primary_key(client: &Client, oid: u32) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) ON true \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the primary key", e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The CHECK constraints: `(name, definition)`, by name.
+pub async fn check_constraints(client: &Client, oid: u32) -> Result<Vec<(String, String)>> {
+    let rows = client
+        .query(
+            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = $1 AND contype = 'c' ORDER BY conname",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the CHECK constraints", e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Whether an index of the table (or, for a partitioned table, of each
+/// partition) leads with column `attnum` (named `name` in the partitions).
+pub async fn leads_an_index(client: &Client, oid: u32, attnum: i16, name: &str) -> Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = $1 AND i.indkey[0] = $2) \
+             OR EXISTS (SELECT 1 FROM pg_inherits h JOIN pg_index i ON i.indrelid = h.inhrelid \
+                        JOIN pg_attribute a ON a.attrelid = h.inhrelid AND a.attnum = i.indkey[0] \
+                        WHERE h.inhparent = $1 AND a.attname = $3)",
+            &[&oid, &attnum, &name],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the table's indexes", e))?
+        .get(0))
+}
+
+/// Session facts the mappings depend on.
+pub async fn map_context(client: &Client) -> Result<MapContext> {
+    let row = client
+        .query_one("SELECT scale('1'::money::numeric)", &[])
+        .await
+        .map_err(|e| Error::postgres("cannot read the money format", e))?;
+    let scale: i32 = row.get(0);
+    Ok(MapContext {
+        money_scale: scale.clamp(0, 18) as u8,
+    })
+}
+
+/// What the Postgres catalog says about type `oid` (recursively: domains,
+/// array elements, composite fields).
+pub fn resolve_type<'a>(
+    client: &'a Client,
+    oid: u32,
+    typmod: i32,
+    depth: u32,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<TypeInfo>> + Send + 'a>> {
+    Box::pin(async move {
+        if depth > 16 {
+            return Err(Error::new(
+                ErrorKind::Schema,
+                format!("type {oid} nests too deeply"),
+            ));
+        }
+        let r = client
+            .query_one(
+                "SELECT t.typname::text, t.typtype::text, t.typcategory::text, t.typelem, t.typbasetype, t.typtypmod, \
+                 t.typrelid, format_type(t.oid, $2) FROM pg_type t WHERE t.oid = $1",
+                &[&oid, &typmod],
+            )
+            .await
+            .map_err(|e| Error::postgres("cannot read a column type", e))?;
+        let typname: String = r.get(0);
+        let typtype = r.get::<_, String>(1).chars().next().unwrap_or('b');
+        let category = r.get::<_, String>(2).chars().next().unwrap_or('X');
+        let elem: u32 = r.get(3);
+        let basetype: u32 = r.get(4);
+        let typtypmod: i32 = r.get(5);
+        let relid: u32 = r.get(6);
+        let display: String = r.get(7);
+        let mut info = TypeInfo {
+            oid,
+            typmod,
+            display,
+            typname,
+            typtype,
+            ..Default::default()
+        };
+        if typtype == 'd' {
+            let m = if typtypmod >= 0 { typtypmod } else { typmod };
+            info.base = Some(Box::new(
+                resolve_type(client, basetype, m, depth + 1).await?,
+            ));
+        } else if category == 'A' && elem != 0 {
+            info.element = Some(Box::new(
+                resolve_type(client, elem, typmod, depth + 1).await?,
+            ));
+        } else if typtype == 'c' {
+            for f in columns(client, relid).await? {
+                let ft = resolve_type(client, f.type_oid, f.typmod, depth + 1).await?;
+                info.fields.push((f.name, ft));
+            }
+        }
+        Ok(info)
+    })
+}
