@@ -6,9 +6,10 @@
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, TableConfig};
 use crate::error::{Error, Result};
 use crate::lake;
+use crate::plan::window::Micros;
 use crate::source;
 
 /// The whole report.
@@ -127,28 +128,27 @@ pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
     let pg_target = cfg.database.describe();
     let (client, server_now) = match source::connect(&cfg.database).await {
         Ok(c) => match source::server_facts(&c).await {
-            Ok((_, now)) => (Some(c), now),
+            Ok((_, now)) => (c, now),
             Err(e) => return Ok(failed_report(probe_err(pg_target, &e), None)),
         },
         Err(e) => return Ok(failed_report(probe_err(pg_target, &e), None)),
     };
-    let tls = match &client {
-        Some(c) => source::tls_description(c, &cfg.database).await.ok(),
-        None => None,
-    };
     let postgres = Probe {
         ok: true,
         target: pg_target,
-        tls,
+        tls: source::tls_description(&client, &cfg.database).await.ok(),
         error: None,
         hint: None,
     };
     let cat_target = cfg.catalog.describe();
-    let catalog = match lake::open_catalog(&cfg.catalog).await {
-        Ok(c) => match lake::catalog::ping(c.as_ref(), &cfg.catalog).await {
-            Ok(()) => Some(c),
-            Err(e) => return Ok(failed_report(postgres, Some(probe_err(cat_target, &e)))),
-        },
+    let opened = match lake::open_catalog(&cfg.catalog).await {
+        Ok(c) => lake::catalog::ping(c.iceberg(), &cfg.catalog)
+            .await
+            .map(|()| c),
+        Err(e) => Err(e),
+    };
+    let catalog = match opened {
+        Ok(c) => c,
         Err(e) => return Ok(failed_report(postgres, Some(probe_err(cat_target, &e)))),
     };
     let endpoints = probe_endpoints(cfg).await;
@@ -162,130 +162,9 @@ pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
         error: None,
         hint: None,
     };
-    let (Some(client), Some(catalog)) = (client, catalog) else {
-        return Err(Error::internal("check lost its connections"));
-    };
-
     let mut out = Vec::new();
     for t in &tables {
-        let mut tc = TableCheck {
-            source: t.source_name(),
-            iceberg_table: t.iceberg_name(),
-            ok: true,
-            errors: vec![],
-            hints: vec![],
-            warnings: vec![],
-            time_column: t.timestamp_column.clone(),
-            partition_by: t.partition_by.name().to_string(),
-            primary_key: vec![],
-            columns: vec![],
-            iceberg_state: String::new(),
-        };
-        let fail = |tc: &mut TableCheck, e: &Error| {
-            tc.ok = false;
-            tc.errors.push(e.message().to_string());
-            if let Some(h) = e.hint() {
-                tc.hints.push(h.to_string());
-            }
-        };
-        match source::introspect::introspect(&client, t).await {
-            Err(e) => fail(&mut tc, &e),
-            Ok(src) => {
-                tc.primary_key = src.primary_key.clone();
-                for c in &src.columns {
-                    tc.columns.push(ColumnCheck {
-                        name: c.name.clone(),
-                        postgres_type: c.pg_type.clone(),
-                        not_null: c.not_null,
-                        iceberg_type: if c.excluded {
-                            None
-                        } else {
-                            c.mapping.as_ref().ok().map(|m| m.kind.describe())
-                        },
-                        encoding: c.mapping.as_ref().ok().map(|m| m.encoding().to_string()),
-                        excluded: c.excluded,
-                        error: if c.excluded {
-                            None
-                        } else {
-                            c.mapping.as_ref().err().cloned()
-                        },
-                    });
-                }
-                for u in src.unsupported() {
-                    tc.ok = false;
-                    tc.errors.push(format!("{}: {u}", src.qualified()));
-                }
-                if !src.unsupported().is_empty() {
-                    tc.hints.push(
-                        "permafrost refuses columns it cannot store losslessly; change the column's type or archive another table (see README, \"Types\")".into(),
-                    );
-                }
-                if !src.time_indexed {
-                    tc.warnings.push(format!(
-                        "no index leads with `{}`: finding windows and deleting them will scan the table",
-                        t.timestamp_column
-                    ));
-                }
-                if !src.time_column().not_null {
-                    tc.warnings.push(format!(
-                        "`{}` is nullable: rows with a NULL time are never archived",
-                        t.timestamp_column
-                    ));
-                }
-                let cutoff = source::windows::cutoff(t.partition_by, server_now, t.lag);
-                match source::windows::unarchivable_counts(&client, &src, cutoff).await {
-                    Ok(left) if left.infinite_time > 0 => tc.warnings.push(format!(
-                        "{} row(s) have an infinite `{}` (infinity or -infinity): they belong to no window and stay in Postgres",
-                        left.infinite_time, t.timestamp_column
-                    )),
-                    Ok(_) => {}
-                    Err(e) => {
-                        let e = source::explain_lock_timeout(&client, &t.quoted_name(), e).await;
-                        fail(&mut tc, &e)
-                    }
-                }
-                match client
-                    .query_one(
-                        "SELECT has_table_privilege($1::oid, 'SELECT'), has_table_privilege($1::oid, 'DELETE')",
-                        &[&src.oid],
-                    )
-                    .await
-                {
-                    Ok(r) => {
-                        let (sel, del): (bool, bool) = (r.get(0), r.get(1));
-                        if !sel || !del {
-                            tc.ok = false;
-                            tc.errors.push(format!(
-                                "the connecting role lacks {} on {}",
-                                [(!sel).then_some("SELECT"), (!del).then_some("DELETE")]
-                                    .into_iter()
-                                    .flatten()
-                                    .collect::<Vec<_>>()
-                                    .join(" and "),
-                                src.qualified()
-                            ));
-                            tc.hints.push(format!("GRANT SELECT, DELETE ON {} TO <role>", src.qualified()));
-                        }
-                    }
-                    Err(e) => fail(&mut tc, &Error::postgres("cannot check privileges", e)),
-                }
-                if src.unsupported().is_empty() {
-                    match lake::table::inspect_table(catalog.as_ref(), t, &src).await {
-                        Ok(lake::table::TableState::Ready(_)) => tc.iceberg_state = "exists".into(),
-                        Ok(lake::table::TableState::Missing) => {
-                            tc.iceberg_state = "will be created".into()
-                        }
-                        Ok(lake::table::TableState::Evolves { changes, .. }) => {
-                            let c: Vec<String> = changes.iter().map(ToString::to_string).collect();
-                            tc.iceberg_state =
-                                format!("exists; the next archive run will {}", c.join(", "));
-                        }
-                        Err(e) => fail(&mut tc, &e),
-                    }
-                }
-            }
-        }
-        out.push(tc);
+        out.push(check_table(&client, catalog.iceberg(), t, server_now).await);
     }
     Ok(CheckReport {
         ok: out.iter().all(|t| t.ok) && endpoints.iter().all(|e| e.ok),
@@ -294,6 +173,159 @@ pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
         endpoints,
         tables: out,
     })
+}
+
+impl TableCheck {
+    fn fail(&mut self, e: &Error) {
+        self.ok = false;
+        self.errors.push(e.message().to_string());
+        if let Some(h) = e.hint() {
+            self.hints.push(h.to_string());
+        }
+    }
+}
+
+/// Every check of one table, in order: the source's shape and types, its
+/// windows, privileges, and the archive table's state.
+async fn check_table(
+    client: &tokio_postgres::Client,
+    catalog: &dyn iceberg::Catalog,
+    t: &TableConfig,
+    server_now: Micros,
+) -> TableCheck {
+    let mut tc = TableCheck {
+        source: t.source_name(),
+        iceberg_table: t.iceberg_name(),
+        ok: true,
+        errors: vec![],
+        hints: vec![],
+        warnings: vec![],
+        time_column: t.timestamp_column.clone(),
+        partition_by: t.partition_by.name().to_string(),
+        primary_key: vec![],
+        columns: vec![],
+        iceberg_state: String::new(),
+    };
+    let src = match source::introspect::introspect(client, t).await {
+        Ok(src) => src,
+        Err(e) => {
+            tc.fail(&e);
+            return tc;
+        }
+    };
+    tc.primary_key = src.primary_key.clone();
+    tc.columns = src.columns.iter().map(column_check).collect();
+    check_types(&mut tc, &src);
+    check_time_column(&mut tc, t, &src);
+    let cutoff = source::windows::cutoff(t.partition_by, server_now, t.lag);
+    match source::windows::unarchivable_counts(client, &src, cutoff).await {
+        Ok(left) if left.infinite_time > 0 => tc.warnings.push(format!(
+            "{} row(s) have an infinite `{}` (infinity or -infinity): they belong to no window and stay in Postgres",
+            left.infinite_time, t.timestamp_column
+        )),
+        Ok(_) => {}
+        Err(e) => tc.fail(&source::explain_lock_timeout(client, &t.quoted_name(), e).await),
+    }
+    match source::catalog::privileges(client, src.oid).await {
+        Ok(p) => check_privileges(&mut tc, &src, p),
+        Err(e) => tc.fail(&e),
+    }
+    if src.unsupported().is_empty() {
+        match lake::table::inspect_table(catalog, t, &src).await {
+            Ok(state) => tc.iceberg_state = describe_state(&state),
+            Err(e) => tc.fail(&e),
+        }
+    }
+    tc
+}
+
+fn column_check(c: &source::SourceColumn) -> ColumnCheck {
+    ColumnCheck {
+        name: c.name.clone(),
+        postgres_type: c.pg_type.clone(),
+        not_null: c.not_null,
+        iceberg_type: if c.excluded {
+            None
+        } else {
+            c.mapping.as_ref().ok().map(|m| m.kind.describe())
+        },
+        encoding: c.mapping.as_ref().ok().map(|m| m.encoding().to_string()),
+        excluded: c.excluded,
+        error: if c.excluded {
+            None
+        } else {
+            c.mapping.as_ref().err().cloned()
+        },
+    }
+}
+
+/// Columns permafrost cannot store losslessly fail the table.
+fn check_types(tc: &mut TableCheck, src: &source::SourceTable) {
+    let unsupported = src.unsupported();
+    for u in &unsupported {
+        tc.ok = false;
+        tc.errors.push(format!("{}: {u}", src.qualified()));
+    }
+    if !unsupported.is_empty() {
+        tc.hints.push(
+            "permafrost refuses columns it cannot store losslessly; change the column's type or archive another table (see README, \"Types\")".into(),
+        );
+    }
+}
+
+/// An unindexed or nullable time column is a warning, not a failure.
+fn check_time_column(tc: &mut TableCheck, t: &TableConfig, src: &source::SourceTable) {
+    if !src.time_indexed {
+        tc.warnings.push(format!(
+            "no index leads with `{}`: finding windows and deleting them will scan the table",
+            t.timestamp_column
+        ));
+    }
+    if !src.time_column().not_null {
+        tc.warnings.push(format!(
+            "`{}` is nullable: rows with a NULL time are never archived",
+            t.timestamp_column
+        ));
+    }
+}
+
+/// Archiving needs SELECT and DELETE on the table.
+fn check_privileges(
+    tc: &mut TableCheck,
+    src: &source::SourceTable,
+    p: source::catalog::Privileges,
+) {
+    if p.select && p.delete {
+        return;
+    }
+    let missing: Vec<&str> = [
+        (!p.select).then_some("SELECT"),
+        (!p.delete).then_some("DELETE"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    tc.ok = false;
+    tc.errors.push(format!(
+        "the connecting role lacks {} on {}",
+        missing.join(" and "),
+        src.qualified()
+    ));
+    tc.hints.push(format!(
+        "GRANT SELECT, DELETE ON {} TO <role>",
+        src.qualified()
+    ));
+}
+
+fn describe_state(state: &lake::table::TableState) -> String {
+    match state {
+        lake::table::TableState::Ready(_) => "exists".into(),
+        lake::table::TableState::Missing => "will be created".into(),
+        lake::table::TableState::Evolves { changes, .. } => {
+            let c: Vec<String> = changes.iter().map(ToString::to_string).collect();
+            format!("exists; the next archive run will {}", c.join(", "))
+        }
+    }
 }
 
 fn failed_report(postgres: Probe, catalog: Option<Probe>) -> CheckReport {

@@ -93,6 +93,7 @@ pub async fn run(
     for t in tables {
         let ident = lake::table::ident(&t)?;
         if !catalog
+            .iceberg()
             .table_exists(&ident)
             .await
             .map_err(|e| Error::iceberg(format!("cannot look up {ident}"), e))?
@@ -103,7 +104,7 @@ pub async fn run(
             );
             continue;
         }
-        let report = maintain_table(cfg, &t, catalog.as_ref(), opts)
+        let report = maintain_table(&t, &catalog, opts)
             .await
             .map_err(|e| e.prefixed(t.source_name()))?;
         out.push(MaintainReport {
@@ -116,13 +117,12 @@ pub async fn run(
 }
 
 async fn maintain_table(
-    cfg: &Config,
     t: &TableConfig,
-    catalog: &dyn iceberg::Catalog,
+    catalog: &lake::catalog::CatalogHandle,
     opts: &MaintainOptions,
 ) -> Result<MaintainReport> {
     let ident = lake::table::ident(t)?;
-    let mut table = lake::commit::reload(catalog, &ident).await?;
+    let mut table = lake::commit::reload(catalog.iceberg(), &ident).await?;
     let metadata_bytes_before = lake::maintenance::metadata_bytes(&table).await?;
     let cutoff = opts.now_ms - opts.older_than.as_millis() as i64;
     let (data_before, _) = lake::maintenance::current_manifests(&table).await?;
@@ -145,7 +145,7 @@ async fn maintain_table(
     };
     if opts.dry_run {
         if opts.compact {
-            report.compacted = lake::compact::compact(&cfg.catalog, t, &table, small, true).await?;
+            report.compacted = lake::compact::compact(catalog, t, &table, small, true).await?;
         }
         if data_before.len() > opts.max_manifests || report.compacted.files_in > 0 {
             report.data_manifests_after = 1;
@@ -154,26 +154,32 @@ async fn maintain_table(
         return Ok(report);
     }
     if opts.compact {
-        let (c, tries) = with_retries(catalog, &ident, &mut table, |table| async move {
-            lake::compact::compact(&cfg.catalog, t, &table, small, false).await
+        let (c, tries) = with_retries(catalog.iceberg(), &ident, &mut table, |table| async move {
+            lake::compact::compact(catalog, t, &table, small, false).await
         })
         .await?;
         report.retries += tries;
         report.compacted = c;
     }
     if report.snapshots_expired > 0 {
-        let (after, n) =
-            lake::maintenance::expire_snapshots(catalog, &table, cutoff, opts.retain_last).await?;
+        let (after, n) = lake::maintenance::expire_snapshots(
+            catalog.iceberg(),
+            &table,
+            cutoff,
+            opts.retain_last,
+        )
+        .await?;
         report.snapshots_expired = n;
         table = after;
     }
     let (data, _) = lake::maintenance::current_manifests(&table).await?;
     report.data_manifests_after = data.len();
     if data.len() > opts.max_manifests {
-        let ((_, after), tries) = with_retries(catalog, &ident, &mut table, |table| async move {
-            lake::maintenance::rewrite_manifests(&cfg.catalog, &table).await
-        })
-        .await?;
+        let ((_, after), tries) =
+            with_retries(catalog.iceberg(), &ident, &mut table, |table| async move {
+                lake::maintenance::rewrite_manifests(catalog, &table).await
+            })
+            .await?;
         report.retries += tries;
         report.data_manifests_after = after;
     }

@@ -10,19 +10,16 @@
 //! transaction back; a verification failure also marks the batch failed
 //! (its windows wait for `archive --force`).
 
-use std::collections::HashSet;
 use std::time::Instant;
 
 use arrow_array::BooleanArray;
-use iceberg::Catalog;
 use iceberg::spec::DataFile;
 use tracing::Instrument;
 
 use crate::checksum::{Checksum, HashBag};
-use crate::config::TableConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault;
-use crate::lake::{self, ArchiveTable};
+use crate::lake;
 use crate::ledger::{self, BatchMode, BatchRecord, SummaryExtra};
 use crate::plan::batch::{self as decide, Part, Settle, Take};
 use crate::plan::window::{Window, rfc3339};
@@ -31,20 +28,7 @@ use crate::shutdown;
 use crate::source::partitions::{self, Partition};
 use crate::source::{self, extract, windows};
 
-use super::{BatchReport, Stages, reconcile};
-
-/// Everything the batches of one table share (the Postgres client is
-/// passed on its own: a part's transaction borrows it).
-pub(super) struct Ctx<'a> {
-    pub cfg: &'a TableConfig,
-    pub catalog: &'a dyn Catalog,
-    pub src: &'a source::SourceTable,
-    pub table: ArchiveTable,
-    pub mode: BatchMode,
-    /// Batches known to be settled (the ledger drops their files): settled
-    /// when the run started, and settled by this run's Postgres commits.
-    pub settled: HashSet<String>,
-}
+use super::{BatchReport, Ctx, Stages, reconcile};
 
 /// Runs one planned batch (several parts when `max_batch_rows` splits it).
 /// Returns the committed parts, and whether a stop cut the parts short.
@@ -81,8 +65,7 @@ pub(super) async fn run_planned(
                     .with_context("window_end", rfc3339(planned.range.end))
             })?;
         out.extend(done.report);
-        let Some(next) = part.next(&facts.source, planned, limit, done.exhausted, max_parts)
-        else {
+        let Some(next) = part.next(&facts.source, planned, limit, done.exhausted, max_parts) else {
             break;
         };
         if shutdown::stop_requested() {

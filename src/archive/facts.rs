@@ -11,7 +11,11 @@ use crate::plan::window::{Micros, Window};
 use crate::source::{self, windows};
 
 /// Facts of a table with no archive yet: only `pending` windows.
-pub fn without_archive(src: &source::SourceTable, t: &TableConfig, pending: Vec<Window>) -> TableFacts {
+pub fn without_archive(
+    src: &source::SourceTable,
+    t: &TableConfig,
+    pending: Vec<Window>,
+) -> TableFacts {
     TableFacts {
         source: src.source_id(),
         granularity: t.partition_by,

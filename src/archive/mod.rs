@@ -26,6 +26,7 @@ mod batch;
 pub mod facts;
 mod reconcile;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use iceberg::Catalog;
@@ -34,8 +35,9 @@ use tracing::Instrument;
 
 use crate::config::{Config, OnBusy, TableConfig};
 use crate::error::{Error, ErrorKind, Result};
-use crate::lake;
+use crate::lake::catalog::CatalogHandle;
 use crate::lake::table::TableState;
+use crate::lake::{self, ArchiveTable};
 use crate::ledger::BatchMode;
 use crate::notify;
 use crate::plan::window::{Micros, Window, rfc3339};
@@ -173,6 +175,19 @@ pub struct BlockedReport {
     pub reason: String,
 }
 
+/// Everything the batches of one table share (the Postgres client is
+/// passed on its own: a part's transaction borrows it).
+struct Ctx<'a> {
+    pub cfg: &'a TableConfig,
+    pub catalog: &'a dyn Catalog,
+    pub src: &'a source::SourceTable,
+    pub table: ArchiveTable,
+    pub mode: BatchMode,
+    /// Batches known to be settled (the ledger drops their files): settled
+    /// when the run started, and settled by this run's Postgres commits.
+    pub settled: HashSet<String>,
+}
+
 /// Runs `archive` over the selected tables, `global.max_table_concurrency` at a time.
 pub async fn run(
     cfg: &Config,
@@ -181,7 +196,7 @@ pub async fn run(
 ) -> Result<Vec<TableReport>> {
     let tables = cfg.select_tables(opts.table.as_deref())?;
     let catalog = lake::open_catalog(&cfg.catalog).await?;
-    lake::catalog::ping(catalog.as_ref(), &cfg.catalog).await?;
+    lake::catalog::ping(catalog.iceberg(), &cfg.catalog).await?;
     use futures::StreamExt;
     let reports: Vec<TableReport> = futures::stream::iter(tables.into_iter().map(|t| {
         let catalog = catalog.clone();
@@ -197,7 +212,7 @@ pub async fn run(
 async fn archive_table(
     cfg: &Config,
     t: &TableConfig,
-    catalog: Arc<dyn Catalog>,
+    catalog: Arc<CatalogHandle>,
     opts: &ArchiveOptions,
     progress: &Progress,
 ) -> TableReport {
@@ -264,7 +279,7 @@ async fn notify_failure(cfg: &Config, t: &TableConfig, e: &Error) {
 async fn archive_table_inner(
     cfg: &Config,
     t: &TableConfig,
-    catalog: &dyn Catalog,
+    catalog: &CatalogHandle,
     opts: &ArchiveOptions,
     progress: &Progress,
     report: &mut TableReport,
@@ -320,7 +335,7 @@ async fn archive_on(
     client: &mut tokio_postgres::Client,
     cfg: &Config,
     t: &TableConfig,
-    catalog: &dyn Catalog,
+    catalog: &CatalogHandle,
     opts: &ArchiveOptions,
     progress: &Progress,
     report: &mut TableReport,
@@ -330,17 +345,26 @@ async fn archive_on(
     let (lower, cutoff) = run_range(t, opts, opts.now.unwrap_or(server_now));
     report.cutoff = Some(rfc3339(cutoff));
     if opts.dry_run {
-        return dry_run(client, t, catalog, &src, opts, (lower, cutoff), report).await;
+        return dry_run(
+            client,
+            t,
+            catalog.iceberg(),
+            &src,
+            opts,
+            (lower, cutoff),
+            report,
+        )
+        .await;
     }
     if !lock_or_skip(client, cfg, t, &src, report).await? {
         return Ok(());
     }
-    let table = lake::table::ensure_table(catalog, &cfg.catalog, t, &src).await?;
+    let table = lake::table::ensure_table(catalog, t, &src).await?;
     let facts = facts::gather(client, &table.table, &src, t, lower, cutoff).await?;
     let plan = plan_of(&facts, t, opts);
-    let ctx = batch::Ctx {
+    let ctx = Ctx {
         cfg: t,
-        catalog,
+        catalog: catalog.iceberg(),
         src: &src,
         table,
         mode: mode_of(opts),
@@ -451,7 +475,7 @@ fn report_plan(t: &TableConfig, plan: &Plan, report: &mut TableReport) -> bool {
 
 /// Runs the planned batches in order until one fails or a stop comes.
 async fn run_batches(
-    mut ctx: batch::Ctx<'_>,
+    mut ctx: Ctx<'_>,
     client: &mut tokio_postgres::Client,
     facts: &TableFacts,
     plan: &Plan,

@@ -15,7 +15,7 @@ use crate::plan::PlannedBatch;
 use crate::plan::window::{Micros, Window, rfc3339};
 use crate::source::{extract, windows};
 
-use super::batch::Ctx;
+use super::Ctx;
 
 /// The hashes of the rows the batch's range holds that are already
 /// archived (see the module doc); `None` when there are none.
@@ -193,4 +193,3 @@ fn take_if_present(present: &mut HashMap<u128, u32>, hashes: &[u128]) -> bool {
     }
     true
 }
-

@@ -507,125 +507,22 @@ impl Config {
     }
 
     fn from_raw(raw: RawConfig, dir: &Path) -> Result<Self> {
-        let dsn = raw.database.dsn.trim().to_string();
-        if dsn.is_empty() {
-            return Err(Error::config("`database.dsn` is empty").with_hint(
-                "e.g. dsn: \"${PG_DSN:-postgresql://postgres@localhost:5432/postgres}\"",
-            ));
-        }
-        let (parseable, taken) = crate::source::dsn::split(&dsn).map_err(|e| {
-            Error::config(format!(
-                "`database.dsn` is not a valid PostgreSQL connection string: {e}"
-            ))
-        })?;
-        let pg = tokio_postgres::Config::from_str(&parseable).map_err(|e| {
-            Error::config(format!(
-                "`database.dsn` is not a valid PostgreSQL connection string: {e}"
-            ))
-        })?;
-        if let Some(pw) = pg.get_password() {
-            secret::register(String::from_utf8_lossy(pw).into_owned());
-        }
-        if !(1..=MAX_POOL_SIZE).contains(&raw.database.pool_size) {
-            return Err(Error::config(format!(
-                "`database.pool_size` must be between 1 and {MAX_POOL_SIZE}"
-            )));
-        }
-        let pg_duration = |key: &str, v: &Option<String>, default: Duration| match v {
-            Some(s) => parse_duration(s)
-                .and_then(|d| at_most(d, MAX_PG_TIMEOUT, "24 days (PostgreSQL's limit)"))
-                .map_err(|m| Error::config(format!("`database.{key}`: {m}"))),
-            None => Ok(default),
-        };
-        let password = raw.database.password.filter(|p| !p.is_empty());
-        if let Some(pw) = &password {
-            secret::register(pw.clone());
-        }
-        if raw.database.iam_auth && (password.is_some() || pg.get_password().is_some()) {
-            return Err(Error::config(
-                "`database.iam_auth` logs in with IAM tokens, but a password is configured too",
-            )
-            .with_hint("remove the password from `database.dsn` / `database.password`"));
-        }
-        if raw.database.iam_auth && taken.get("sslmode").is_some_and(|m| m == "disable") {
-            return Err(iam_needs_tls());
-        }
-        let database = DatabaseConfig {
-            dsn,
-            password,
-            pool_size: raw.database.pool_size,
-            statement_timeout: pg_duration(
-                "statement_timeout",
-                &raw.database.statement_timeout,
-                Duration::ZERO,
-            )?,
-            on_busy: raw.database.on_busy.unwrap_or(OnBusy::Skip),
-            lock_wait: pg_duration(
-                "lock_wait",
-                &raw.database.lock_wait,
-                Duration::from_secs(10),
-            )?,
-            lock_timeout: pg_duration(
-                "lock_timeout",
-                &raw.database.lock_timeout,
-                DEFAULT_LOCK_TIMEOUT,
-            )?,
-            ssl_root_cert: raw.database.ssl_root_cert.map(|p| dir.join(p)),
-            iam_auth: raw.database.iam_auth,
-            iam_region: raw.database.iam_region.filter(|r| !r.is_empty()),
-        };
-
+        let database = database_config(raw.database, dir)?;
         let catalog = match raw.catalog {
             None => CatalogConfig::embedded(dir)?,
             Some(map) => parse_catalog(map)?,
         };
-
         let default_namespace = raw
             .global
             .namespace
             .clone()
             .unwrap_or_else(|| "archive".into());
-        if raw.tables.is_empty() {
-            return Err(Error::config("`tables` is empty: nothing to archive"));
-        }
-        let mut tables = Vec::with_capacity(raw.tables.len());
-        for (i, t) in raw.tables.into_iter().enumerate() {
-            tables.push(parse_table(i, t, &default_namespace)?);
-        }
-        for (i, a) in tables.iter().enumerate() {
-            for b in &tables[..i] {
-                if a.schema == b.schema && a.name == b.name {
-                    return Err(Error::config(format!(
-                        "table {} is configured twice",
-                        a.source_name()
-                    )));
-                }
-                if a.namespace == b.namespace && a.table == b.table {
-                    return Err(Error::config(format!(
-                        "tables {} and {} both archive into {}",
-                        b.source_name(),
-                        a.source_name(),
-                        a.iceberg_name()
-                    ))
-                    .with_hint("give one of them its own `table:` name in the catalog"));
-                }
-            }
-        }
-
+        let tables = tables_config(raw.tables, &default_namespace)?;
         let max_table_concurrency = raw.global.max_table_concurrency.unwrap_or(2);
         if !(1..=MAX_POOL_SIZE).contains(&max_table_concurrency) {
             return Err(Error::config(format!(
                 "`global.max_table_concurrency` must be between 1 and {MAX_POOL_SIZE}"
             )));
-        }
-        for (key, url) in [
-            ("webhook_url", &raw.notify.webhook_url),
-            ("heartbeat_url", &raw.notify.heartbeat_url),
-        ] {
-            if let Some(url) = url {
-                url::Url::parse(url)
-                    .map_err(|e| Error::config(format!("`notify.{key}` is not a URL: {e}")))?;
-            }
         }
         Ok(Config {
             database,
@@ -634,10 +531,7 @@ impl Config {
             global: GlobalConfig {
                 max_table_concurrency,
             },
-            notify: NotifyConfig {
-                webhook_url: raw.notify.webhook_url,
-                heartbeat_url: raw.notify.heartbeat_url,
-            },
+            notify: notify_config(raw.notify)?,
             maintenance: maintenance_config(raw.maintenance)?,
             schedule: schedule_config(raw.schedule)?,
             serve: serve::serve_config(raw.serve)?,
@@ -666,6 +560,115 @@ impl Config {
             }
         }
     }
+}
+
+/// `database:`: the DSN parses (its password becomes a secret), the pool
+/// size and timeouts are in range, IAM login has no password and uses TLS.
+fn database_config(raw: RawDatabase, dir: &Path) -> Result<DatabaseConfig> {
+    let dsn = raw.dsn.trim().to_string();
+    if dsn.is_empty() {
+        return Err(Error::config("`database.dsn` is empty")
+            .with_hint("e.g. dsn: \"${PG_DSN:-postgresql://postgres@localhost:5432/postgres}\""));
+    }
+    let invalid = |e: &dyn std::fmt::Display| {
+        Error::config(format!(
+            "`database.dsn` is not a valid PostgreSQL connection string: {e}"
+        ))
+    };
+    let (parseable, taken) = crate::source::dsn::split(&dsn).map_err(|e| invalid(&e))?;
+    let pg = tokio_postgres::Config::from_str(&parseable).map_err(|e| invalid(&e))?;
+    if let Some(pw) = pg.get_password() {
+        secret::register(String::from_utf8_lossy(pw).into_owned());
+    }
+    if !(1..=MAX_POOL_SIZE).contains(&raw.pool_size) {
+        return Err(Error::config(format!(
+            "`database.pool_size` must be between 1 and {MAX_POOL_SIZE}"
+        )));
+    }
+    let password = raw.password.filter(|p| !p.is_empty());
+    if let Some(pw) = &password {
+        secret::register(pw.clone());
+    }
+    if raw.iam_auth && (password.is_some() || pg.get_password().is_some()) {
+        return Err(Error::config(
+            "`database.iam_auth` logs in with IAM tokens, but a password is configured too",
+        )
+        .with_hint("remove the password from `database.dsn` / `database.password`"));
+    }
+    if raw.iam_auth && taken.get("sslmode").is_some_and(|m| m == "disable") {
+        return Err(iam_needs_tls());
+    }
+    let pg_duration = |key: &str, v: &Option<String>, default: Duration| match v {
+        Some(s) => parse_duration(s)
+            .and_then(|d| at_most(d, MAX_PG_TIMEOUT, "24 days (PostgreSQL's limit)"))
+            .map_err(|m| Error::config(format!("`database.{key}`: {m}"))),
+        None => Ok(default),
+    };
+    Ok(DatabaseConfig {
+        dsn,
+        password,
+        pool_size: raw.pool_size,
+        statement_timeout: pg_duration(
+            "statement_timeout",
+            &raw.statement_timeout,
+            Duration::ZERO,
+        )?,
+        on_busy: raw.on_busy.unwrap_or(OnBusy::Skip),
+        lock_wait: pg_duration("lock_wait", &raw.lock_wait, Duration::from_secs(10))?,
+        lock_timeout: pg_duration("lock_timeout", &raw.lock_timeout, DEFAULT_LOCK_TIMEOUT)?,
+        ssl_root_cert: raw.ssl_root_cert.map(|p| dir.join(p)),
+        iam_auth: raw.iam_auth,
+        iam_region: raw.iam_region.filter(|r| !r.is_empty()),
+    })
+}
+
+/// `tables:`: at least one; no source configured twice, no two sources
+/// archiving into one Iceberg table.
+fn tables_config(raw: Vec<RawTable>, default_namespace: &str) -> Result<Vec<TableConfig>> {
+    if raw.is_empty() {
+        return Err(Error::config("`tables` is empty: nothing to archive"));
+    }
+    let mut tables = Vec::with_capacity(raw.len());
+    for (i, t) in raw.into_iter().enumerate() {
+        tables.push(parse_table(i, t, default_namespace)?);
+    }
+    for (i, a) in tables.iter().enumerate() {
+        for b in &tables[..i] {
+            if a.schema == b.schema && a.name == b.name {
+                return Err(Error::config(format!(
+                    "table {} is configured twice",
+                    a.source_name()
+                )));
+            }
+            if a.namespace == b.namespace && a.table == b.table {
+                return Err(Error::config(format!(
+                    "tables {} and {} both archive into {}",
+                    b.source_name(),
+                    a.source_name(),
+                    a.iceberg_name()
+                ))
+                .with_hint("give one of them its own `table:` name in the catalog"));
+            }
+        }
+    }
+    Ok(tables)
+}
+
+/// `notify:`: the URLs parse.
+fn notify_config(raw: RawNotify) -> Result<NotifyConfig> {
+    for (key, url) in [
+        ("webhook_url", &raw.webhook_url),
+        ("heartbeat_url", &raw.heartbeat_url),
+    ] {
+        if let Some(url) = url {
+            url::Url::parse(url)
+                .map_err(|e| Error::config(format!("`notify.{key}` is not a URL: {e}")))?;
+        }
+    }
+    Ok(NotifyConfig {
+        webhook_url: raw.webhook_url,
+        heartbeat_url: raw.heartbeat_url,
+    })
 }
 
 fn parse_catalog(map: BTreeMap<String, serde_norway::Value>) -> Result<CatalogConfig> {

@@ -48,7 +48,7 @@ pub struct ListFilter {
 /// Every window of the selected tables, oldest first.
 pub async fn list(cfg: &Config, f: &ListFilter, now: Option<Micros>) -> Result<Vec<WindowLine>> {
     let catalog = lake::open_catalog(&cfg.catalog).await?;
-    list_in(cfg, catalog.as_ref(), f, now).await
+    list_in(cfg, catalog.iceberg(), f, now).await
 }
 
 /// [`list`] through an open catalog.

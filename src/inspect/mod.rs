@@ -39,7 +39,7 @@ pub async fn open_table(cfg: &Config, name: &str) -> Result<(TableConfig, Table)
         .next()
         .ok_or_else(|| Error::config(format!("no table `{name}` in the config")))?;
     let catalog = lake::open_catalog(&cfg.catalog).await?;
-    match open_table_in(catalog.as_ref(), &t).await? {
+    match open_table_in(catalog.iceberg(), &t).await? {
         Some(table) => Ok((t, table)),
         None => Err(not_created(&t)),
     }

@@ -81,13 +81,14 @@ pub async fn shapes(
     {
         let ident = lake::table::ident(t)?;
         if !catalog
+            .iceberg()
             .table_exists(&ident)
             .await
             .map_err(|e| crate::Error::iceberg(format!("cannot look up {ident}"), e))?
         {
             continue;
         }
-        let table = lake::commit::reload(catalog.as_ref(), &ident).await?;
+        let table = lake::commit::reload(catalog.iceberg(), &ident).await?;
         out.push((
             t.source_name(),
             lake::maintenance::quick_shape(&table).await?,
@@ -109,7 +110,7 @@ pub async fn status(
     let now = now.unwrap_or(server_now);
     let mut out = Vec::new();
     for t in &tables {
-        match table_status(catalog.as_ref(), &client, t, &cfg.maintenance, now).await {
+        match table_status(catalog.iceberg(), &client, t, &cfg.maintenance, now).await {
             Ok(st) => out.push(st),
             Err(e) => {
                 return Err(source::explain_lock_timeout(&client, &t.quoted_name(), e).await);
@@ -135,11 +136,8 @@ async fn table_status(
         lake::table::TableState::Ready(at) => Some(at.table),
         lake::table::TableState::Evolves { table, .. } => Some(*table),
     };
-    let mut facts = crate::archive::facts::without_archive(
-        &src,
-        t,
-        counts.iter().map(|(w, _)| *w).collect(),
-    );
+    let mut facts =
+        crate::archive::facts::without_archive(&src, t, counts.iter().map(|(w, _)| *w).collect());
     if let Some(table) = &table {
         crate::archive::facts::add_ledger(&mut facts, client, table).await?;
     }

@@ -8,63 +8,112 @@ use iceberg_catalog_rest::RestCatalogBuilder;
 use iceberg_catalog_sql::SqlCatalogBuilder;
 use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
 
+use super::glue::GlueCatalog;
 use crate::config::{CatalogConfig, CatalogKind};
 use crate::error::{Error, ErrorKind, Result};
 
+/// The catalog of one command (`archive`, `serve`, `run`, …): opened once
+/// and shared: iceberg-rust's [`Catalog`] ([`CatalogHandle::iceberg`]); permafrost's own
+/// metadata commits ([`super::metadata_commit`]: iceberg-rust 0.10.1 has no
+/// public way to commit arbitrary table updates) go through it too, with
+/// their clients opened once, on first use.
+pub struct CatalogHandle {
+    catalog: Arc<dyn Catalog>,
+    pub(crate) cfg: CatalogConfig,
+    /// For a Glue catalog, the same client (metadata commits swap through it).
+    pub(crate) glue: Option<Arc<GlueCatalog>>,
+    pub(crate) committer: tokio::sync::OnceCell<Committer>,
+}
+
+/// The clients of permafrost's own metadata commits, per catalog kind.
+pub(crate) enum Committer {
+    /// The SQL catalog's database (one connection).
+    Sql(sqlx::AnyPool),
+    /// The REST catalog: its HTTP client and the `…/v1[/{prefix}]` URL its
+    /// config endpoint gave.
+    Rest {
+        client: reqwest::Client,
+        root: url::Url,
+    },
+    /// Glue commits through [`CatalogHandle::glue`].
+    Glue,
+}
+
+impl CatalogHandle {
+    /// iceberg-rust's catalog client.
+    pub fn iceberg(&self) -> &dyn Catalog {
+        self.catalog.as_ref()
+    }
+}
+
 /// Opens the configured catalog.  Properties are passed to iceberg-rust
 /// unchanged; storage (`file://`, `s3://`) is chosen per path by OpenDAL.
-pub async fn open_catalog(cfg: &CatalogConfig) -> Result<Arc<dyn Catalog>> {
+pub async fn open_catalog(cfg: &CatalogConfig) -> Result<Arc<CatalogHandle>> {
+    let (catalog, glue) = open_client(cfg).await?;
+    Ok(Arc::new(CatalogHandle {
+        catalog,
+        cfg: cfg.clone(),
+        glue,
+        committer: tokio::sync::OnceCell::new(),
+    }))
+}
+
+async fn open_client(cfg: &CatalogConfig) -> Result<(Arc<dyn Catalog>, Option<Arc<GlueCatalog>>)> {
     let props: HashMap<String, String> = cfg.properties.clone().into_iter().collect();
     let factory = || Arc::new(OpenDalResolvingStorageFactory::new());
-    let catalog: Arc<dyn Catalog> = match cfg.kind {
-        CatalogKind::Glue => Arc::new(
-            super::glue::GlueCatalog::new(cfg.name.clone(), props)
-                .await
-                .map_err(|e| Error::iceberg(format!("cannot open the {}", cfg.describe()), e))?,
-        ),
-        CatalogKind::Rest => Arc::new(
-            RestCatalogBuilder::default()
-                .with_storage_factory(factory())
-                .with_client(crate::http::catalog_client(cfg)?)
-                .load(cfg.name.clone(), props)
-                .await
-                .map_err(|e| Error::iceberg(format!("cannot open the {}", cfg.describe()), e))?,
-        ),
-        CatalogKind::Sql => {
-            if let Some(path) = sqlite_path(&cfg.properties["uri"])
-                && let Some(dir) = std::path::Path::new(&path).parent()
-            {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    Error::io(
-                        format!(
-                            "cannot create the directory of the SQLite catalog {}",
-                            dir.display()
-                        ),
-                        e,
-                    )
-                })?;
+    let catalog: Arc<dyn Catalog> =
+        match cfg.kind {
+            CatalogKind::Glue => {
+                let glue = Arc::new(GlueCatalog::new(cfg.name.clone(), props).await.map_err(
+                    |e| Error::iceberg(format!("cannot open the {}", cfg.describe()), e),
+                )?);
+                return Ok((glue.clone(), Some(glue)));
             }
-            if let Some(dir) = cfg
-                .properties
-                .get("warehouse")
-                .and_then(|w| w.strip_prefix("file://"))
-            {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    Error::io(format!("cannot create the warehouse directory {dir}"), e)
-                })?;
-            }
-            Arc::new(
-                SqlCatalogBuilder::default()
+            CatalogKind::Rest => Arc::new(
+                RestCatalogBuilder::default()
                     .with_storage_factory(factory())
+                    .with_client(crate::http::catalog_client(cfg)?)
                     .load(cfg.name.clone(), props)
                     .await
                     .map_err(|e| {
                         Error::iceberg(format!("cannot open the {}", cfg.describe()), e)
                     })?,
-            )
-        }
-    };
-    Ok(catalog)
+            ),
+            CatalogKind::Sql => {
+                if let Some(path) = sqlite_path(&cfg.properties["uri"])
+                    && let Some(dir) = std::path::Path::new(&path).parent()
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        Error::io(
+                            format!(
+                                "cannot create the directory of the SQLite catalog {}",
+                                dir.display()
+                            ),
+                            e,
+                        )
+                    })?;
+                }
+                if let Some(dir) = cfg
+                    .properties
+                    .get("warehouse")
+                    .and_then(|w| w.strip_prefix("file://"))
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        Error::io(format!("cannot create the warehouse directory {dir}"), e)
+                    })?;
+                }
+                Arc::new(
+                    SqlCatalogBuilder::default()
+                        .with_storage_factory(factory())
+                        .load(cfg.name.clone(), props)
+                        .await
+                        .map_err(|e| {
+                            Error::iceberg(format!("cannot open the {}", cfg.describe()), e)
+                        })?,
+                )
+            }
+        };
+    Ok((catalog, None))
 }
 
 /// Checks the catalog answers (and accepts our credentials) with a cheap call.

@@ -31,8 +31,9 @@ use iceberg::table::Table;
 use super::orphans::path_key;
 use super::readback::{AddedFile, LiveFile};
 use crate::checksum::{Checksum, RowHasher};
-use crate::config::{CatalogConfig, TableConfig};
+use crate::config::TableConfig;
 use crate::error::{Error, ErrorKind, Result};
+use crate::lake::catalog::CatalogHandle;
 
 /// What compaction did (or, in a dry run, would do).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -86,7 +87,7 @@ pub async fn groups(table: &Table, small: u64) -> Result<Vec<Vec<LiveFile>>> {
 /// Compacts the small files of `table` (see the module doc); `small` is the
 /// size under which a file counts as small.
 pub async fn compact(
-    cfg: &CatalogConfig,
+    catalog: &CatalogHandle,
     t: &TableConfig,
     table: &Table,
     small: u64,
@@ -126,7 +127,7 @@ pub async fn compact(
         remove: inputs.iter().map(|f| f.path.clone()).collect(),
         add: written,
     };
-    super::maintenance::commit_rewrite(cfg, table, &rewrite, "compact").await?;
+    super::maintenance::commit_rewrite(catalog, table, &rewrite, "compact").await?;
     Ok(done)
 }
 

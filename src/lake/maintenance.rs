@@ -33,7 +33,7 @@ use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableRequirement, TableUpdate};
 
-use crate::config::CatalogConfig;
+use super::catalog::CatalogHandle;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Summary key marking permafrost's maintenance snapshots.
@@ -88,12 +88,12 @@ pub async fn current_manifests(table: &Table) -> Result<(Vec<ManifestFile>, Vec<
 /// Rewrites the current snapshot's data manifests into one per partition
 /// spec (see the module doc).  Returns the number of data manifests before
 /// and after; unchanged (and nothing committed) when there is at most one.
-pub async fn rewrite_manifests(cfg: &CatalogConfig, table: &Table) -> Result<(usize, usize)> {
+pub async fn rewrite_manifests(catalog: &CatalogHandle, table: &Table) -> Result<(usize, usize)> {
     let (data, _) = current_manifests(table).await?;
     if data.len() <= 1 {
         return Ok((data.len(), data.len()));
     }
-    let merged = commit_rewrite(cfg, table, &Rewrite::default(), "rewrite-manifests").await?;
+    let merged = commit_rewrite(catalog, table, &Rewrite::default(), "rewrite-manifests").await?;
     Ok((data.len(), merged.manifests))
 }
 
@@ -119,7 +119,7 @@ pub struct Rewritten {
 /// snapshot read (a concurrent commit makes it fail cleanly; a crash before
 /// the commit leaves only unreferenced files).
 pub async fn commit_rewrite(
-    cfg: &CatalogConfig,
+    catalog: &CatalogHandle,
     table: &Table,
     rewrite: &Rewrite,
     what: &str,
@@ -199,7 +199,7 @@ pub async fn commit_rewrite(
         .with_schema_id(md.current_schema_id())
         .build();
     crate::fault::point("maintain-before-commit");
-    commit_replacing(cfg, table, current.snapshot_id(), snapshot).await?;
+    commit_replacing(catalog, table, current.snapshot_id(), snapshot).await?;
     Ok(Rewritten {
         manifests: after,
         files: merged.files,
@@ -337,14 +337,14 @@ async fn output_writer(table: &Table, path: &str) -> Result<Box<dyn iceberg::io:
 
 /// Commits `snapshot` as `main`'s new head, if `main` is still `parent`.
 async fn commit_replacing(
-    cfg: &CatalogConfig,
+    catalog: &CatalogHandle,
     table: &Table,
     parent: i64,
     snapshot: Snapshot,
 ) -> Result<()> {
     let head = snapshot.snapshot_id();
     super::metadata_commit::commit(
-        cfg,
+        catalog,
         table,
         vec![TableRequirement::RefSnapshotIdMatch {
             r#ref: "main".to_string(),

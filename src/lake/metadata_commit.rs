@@ -12,6 +12,12 @@
 //!
 //! A lost race (another writer committed first) is a `CatalogCommitConflicts`
 //! error; nothing is half-applied.
+//!
+//! The clients are the run's [`CatalogHandle`]'s, opened on its first such
+//! commit and kept (the Glue client is the catalog's own).  The REST access
+//! token is asked for on each commit (iceberg-rust does not share its own;
+//! these commits are rare: schema changes, maintenance), so a long-lived
+//! `serve` or `run` never commits with an expired one.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -20,6 +26,7 @@ use iceberg::table::Table;
 use iceberg::{MetadataLocation, TableRequirement, TableUpdate};
 use serde_json::json;
 
+use super::catalog::{CatalogHandle, Committer};
 use crate::config::{CatalogConfig, CatalogKind};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -29,7 +36,7 @@ fn ice(what: &str, e: iceberg::Error) -> Error {
 
 /// Commits `updates` to `table` under `requirements`.
 pub async fn commit(
-    cfg: &CatalogConfig,
+    catalog: &CatalogHandle,
     table: &Table,
     requirements: Vec<TableRequirement>,
     updates: Vec<TableUpdate>,
@@ -41,11 +48,49 @@ pub async fn commit(
                 .as_conflict()
         })?;
     }
-    match cfg.kind {
-        CatalogKind::Sql => commit_sql(cfg, table, updates).await,
-        CatalogKind::Rest => commit_rest(cfg, table, requirements, updates).await,
-        CatalogKind::Glue => commit_glue(cfg, table, updates).await,
+    let committer = catalog
+        .committer
+        .get_or_try_init(|| open_committer(&catalog.cfg))
+        .await?;
+    match committer {
+        Committer::Sql(pool) => commit_sql(&catalog.cfg, pool, table, updates).await,
+        Committer::Rest { client, root } => {
+            commit_rest(&catalog.cfg, client, root, table, requirements, updates).await
+        }
+        Committer::Glue => {
+            let glue = catalog
+                .glue
+                .as_deref()
+                .ok_or_else(|| Error::internal("a Glue catalog handle without its client"))?;
+            commit_glue(glue, table, updates).await
+        }
     }
+}
+
+/// Opens the clients the catalog's kind commits with.
+async fn open_committer(cfg: &CatalogConfig) -> Result<Committer> {
+    Ok(match cfg.kind {
+        CatalogKind::Glue => Committer::Glue,
+        CatalogKind::Sql => {
+            sqlx::any::install_default_drivers();
+            let pool = sqlx::any::AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(&cfg.properties["uri"])
+                .await
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Catalog,
+                        format!("cannot open the SQL catalog: {e}"),
+                    )
+                })?;
+            Committer::Sql(pool)
+        }
+        CatalogKind::Rest => {
+            let client = crate::http::catalog_client(cfg)?;
+            let root = rest_root(cfg, &client).await?;
+            Committer::Rest { client, root }
+        }
+    })
 }
 
 /// The table's current metadata location, and its metadata with `updates`
@@ -71,19 +116,24 @@ fn applied(
     Ok((current, metadata))
 }
 
-async fn commit_glue(cfg: &CatalogConfig, table: &Table, updates: Vec<TableUpdate>) -> Result<()> {
+async fn commit_glue(
+    glue: &super::glue::GlueCatalog,
+    table: &Table,
+    updates: Vec<TableUpdate>,
+) -> Result<()> {
     let (current, metadata) = applied(table, updates)?;
-    let props: HashMap<String, String> = cfg.properties.clone().into_iter().collect();
-    let glue = super::glue::GlueCatalog::new(cfg.name.clone(), props)
-        .await
-        .map_err(|e| ice("cannot open the Glue catalog", e))?;
     glue.swap(table.identifier(), &current, metadata)
         .await
         .map_err(|e| ice("cannot commit the schema update", e))?;
     Ok(())
 }
 
-async fn commit_sql(cfg: &CatalogConfig, table: &Table, updates: Vec<TableUpdate>) -> Result<()> {
+async fn commit_sql(
+    cfg: &CatalogConfig,
+    pool: &sqlx::AnyPool,
+    table: &Table,
+    updates: Vec<TableUpdate>,
+) -> Result<()> {
     let (current, metadata) = applied(table, updates)?;
     let next = MetadataLocation::from_str(&current)
         .map_err(|e| ice("cannot parse the metadata location", e))?
@@ -94,19 +144,7 @@ async fn commit_sql(cfg: &CatalogConfig, table: &Table, updates: Vec<TableUpdate
         .await
         .map_err(|e| ice("cannot write the new metadata", e))?;
 
-    let uri = &cfg.properties["uri"];
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(uri)
-        .await
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Catalog,
-                format!("cannot open the SQL catalog: {e}"),
-            )
-        })?;
-    let postgres = uri.starts_with("postgres");
+    let postgres = cfg.properties["uri"].starts_with("postgres");
     let p = |n: usize| {
         if postgres {
             format!("${n}")
@@ -134,7 +172,7 @@ async fn commit_sql(cfg: &CatalogConfig, table: &Table, updates: Vec<TableUpdate
         .bind(ident.namespace().join("."))
         .bind(ident.name())
         .bind(&current)
-        .execute(&pool)
+        .execute(pool)
         .await
         .map_err(|e| {
             Error::new(
@@ -142,7 +180,6 @@ async fn commit_sql(cfg: &CatalogConfig, table: &Table, updates: Vec<TableUpdate
                 format!("cannot update the SQL catalog: {e}"),
             )
         })?;
-    pool.close().await;
     if done.rows_affected() != 1 {
         return Err(Error::new(
             ErrorKind::Catalog,
@@ -217,27 +254,17 @@ fn serde_urlencoded_pairs(pairs: &[(&str, &str)]) -> String {
         .finish()
 }
 
-async fn commit_rest(
-    cfg: &CatalogConfig,
-    table: &Table,
-    requirements: Vec<TableRequirement>,
-    updates: Vec<TableUpdate>,
-) -> Result<()> {
+/// The REST catalog's `…/v1[/{prefix}]`, from its config endpoint.
+async fn rest_root(cfg: &CatalogConfig, client: &reqwest::Client) -> Result<url::Url> {
     let props = &cfg.properties;
     let base = props["uri"].trim_end_matches('/').to_string();
-    let client = crate::http::catalog_client(cfg)?;
-    let token = rest_token(&client, props, &base).await?;
-    let auth = |rb: reqwest::RequestBuilder| match &token {
-        Some(t) => rb.bearer_auth(t),
-        None => rb,
-    };
-    // The prefix comes from the catalog's config endpoint.
+    let token = rest_token(client, props, &base).await?;
     let mut config_url = url::Url::parse(&format!("{base}/v1/config"))
         .map_err(|e| Error::config(format!("`catalog.uri`: {e}")))?;
     if let Some(w) = props.get("warehouse") {
         config_url.query_pairs_mut().append_pair("warehouse", w);
     }
-    let conf: serde_json::Value = auth(client.get(config_url))
+    let conf: serde_json::Value = bearer(client.get(config_url), &token)
         .send()
         .await
         .map_err(|e| {
@@ -258,27 +285,47 @@ async fn commit_rest(
     let root = pick("uri")
         .map(|u| u.trim_end_matches('/').to_string())
         .unwrap_or(base);
-    let ident = table.identifier();
     let mut url = url::Url::parse(&format!("{root}/v1"))
         .map_err(|e| Error::config(format!("`catalog.uri`: {e}")))?;
-    {
-        let mut segs = url
-            .path_segments_mut()
-            .map_err(|_| Error::config("`catalog.uri` cannot be a base URL"))?;
-        if let Some(prefix) = pick("prefix") {
-            segs.push(&prefix);
-        }
-        segs.push("namespaces");
-        segs.push(&ident.namespace().join("\u{1f}"));
-        segs.push("tables");
-        segs.push(ident.name());
+    if let Some(prefix) = pick("prefix") {
+        url.path_segments_mut()
+            .map_err(|_| Error::config("`catalog.uri` cannot be a base URL"))?
+            .push(&prefix);
     }
+    Ok(url)
+}
+
+fn bearer(rb: reqwest::RequestBuilder, token: &Option<String>) -> reqwest::RequestBuilder {
+    match token {
+        Some(t) => rb.bearer_auth(t),
+        None => rb,
+    }
+}
+
+async fn commit_rest(
+    cfg: &CatalogConfig,
+    client: &reqwest::Client,
+    root: &url::Url,
+    table: &Table,
+    requirements: Vec<TableRequirement>,
+    updates: Vec<TableUpdate>,
+) -> Result<()> {
+    let base = cfg.properties["uri"].trim_end_matches('/').to_string();
+    let token = rest_token(client, &cfg.properties, &base).await?;
+    let ident = table.identifier();
+    let mut url = root.clone();
+    url.path_segments_mut()
+        .map_err(|_| Error::config("`catalog.uri` cannot be a base URL"))?
+        .push("namespaces")
+        .push(&ident.namespace().join("\u{1f}"))
+        .push("tables")
+        .push(ident.name());
     let body = json!({
         "identifier": {"namespace": ident.namespace().as_ref(), "name": ident.name()},
         "requirements": requirements,
         "updates": updates,
     });
-    let resp = auth(client.post(url).json(&body))
+    let resp = bearer(client.post(url).json(&body), &token)
         .send()
         .await
         .map_err(|e| {

@@ -123,7 +123,11 @@ pub async fn referenced(table: &Table) -> Result<HashSet<String>> {
 /// as [`path_key`]s: reconciliation may need exactly them, so compaction
 /// never rewrites them and orphan removal never deletes them.
 pub fn ledger_files(table: &Table) -> Result<HashSet<String>> {
-    let Some(text) = table.metadata().properties().get(crate::ledger::keys::LEDGER) else {
+    let Some(text) = table
+        .metadata()
+        .properties()
+        .get(crate::ledger::keys::LEDGER)
+    else {
         return Ok(HashSet::new());
     };
     let entries = crate::ledger::durable::parse(text).map_err(|e| {

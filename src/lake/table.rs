@@ -9,17 +9,17 @@ use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, NamespaceIdent, TableCreation, TableIdent, TableRequirement, TableUpdate};
 
-use crate::config::{CatalogConfig, TableConfig};
+use crate::config::TableConfig;
 use crate::error::{Error, ErrorKind, Result};
+use crate::lake::catalog::CatalogHandle;
 use crate::lake::evolve::{self, Change, ColumnNow, Evolution};
 use crate::lake::layout;
 use crate::lake::metadata_commit;
-use crate::ledger::props;
 pub use crate::lake::schema::{RecordedColumn, derive_schema, recorded_columns};
+use crate::ledger::props;
 use crate::plan::window::Granularity;
 use crate::source::SourceTable;
 use crate::types::PgKind;
-
 
 /// The archive table, ready for writing batches of the source table.
 #[derive(Clone)]
@@ -172,18 +172,17 @@ pub async fn inspect_table(
 /// [`crate::lake::evolve`]).  Refuses a table whose layout or schema cannot
 /// follow the source; nothing is written then.  Call under the table's lock.
 pub async fn ensure_table(
-    catalog: &dyn Catalog,
-    catalog_cfg: &CatalogConfig,
+    catalog: &CatalogHandle,
     cfg: &TableConfig,
     src: &SourceTable,
 ) -> Result<ArchiveTable> {
     let ident = ident(cfg)?;
-    let table = match load(catalog, &ident).await? {
+    let table = match load(catalog.iceberg(), &ident).await? {
         Some(t) if unreadable_partition_field(&t).is_some() => {
-            repair_unreadable(catalog, cfg, src, &ident, &t).await?
+            repair_unreadable(catalog.iceberg(), cfg, src, &ident, &t).await?
         }
         Some(t) => t,
-        None => create(catalog, cfg, src, &ident).await?,
+        None => create(catalog.iceberg(), cfg, src, &ident).await?,
     };
     let prepared = async {
         check_layout(cfg, src, &table)?;
@@ -194,7 +193,7 @@ pub async fn ensure_table(
             Some(ev) => {
                 let current = table.metadata().current_schema_id();
                 metadata_commit::commit(
-                    catalog_cfg,
+                    catalog,
                     &table,
                     vec![TableRequirement::CurrentSchemaIdMatch {
                         current_schema_id: current,
@@ -220,13 +219,13 @@ pub async fn ensure_table(
                 let tx = action
                     .apply(tx)
                     .map_err(|e| Error::iceberg("cannot prepare the commit", e))?;
-                tx.commit(catalog).await.map_err(|e| {
+                tx.commit(catalog.iceberg()).await.map_err(|e| {
                     Error::iceberg(format!("cannot record the column types of {ident}"), e)
                 })?;
             }
             None => return bind(cfg, src, ident.clone(), table.clone()),
         }
-        let fresh = load(catalog, &ident)
+        let fresh = load(catalog.iceberg(), &ident)
             .await?
             .ok_or_else(|| Error::internal("table vanished"))?;
         bind(cfg, src, ident.clone(), fresh)
@@ -247,10 +246,11 @@ pub async fn ensure_table(
                 src.qualified()
             );
             catalog
+                .iceberg()
                 .drop_table(&ident)
                 .await
                 .map_err(|e| Error::iceberg(format!("cannot drop the empty table {ident}"), e))?;
-            let t = create(catalog, cfg, src, &ident).await?;
+            let t = create(catalog.iceberg(), cfg, src, &ident).await?;
             bind(cfg, src, ident, t)
         }
         Err(e) => Err(e),

@@ -22,8 +22,8 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::window::Window;
 use super::{BatchMode, BatchRecord};
+use crate::plan::window::Window;
 
 /// Format version of the property.
 const VERSION: u32 = 1;

@@ -233,7 +233,10 @@ mod tests {
         let r = BatchRecord::from_summary("db.public.t", 5, 6, &props)
             .unwrap()
             .unwrap();
-        assert_eq!(r.range.start, parse_instant("2024-01-01T00:00:00Z").unwrap());
+        assert_eq!(
+            r.range.start,
+            parse_instant("2024-01-01T00:00:00Z").unwrap()
+        );
         assert_eq!(r.xid, Some(12345));
         assert_eq!(r.reconciles, vec!["x".to_string(), "y".to_string()]);
         assert!(BatchRecord::from_summary("db.public.other", 5, 6, &props).is_none());

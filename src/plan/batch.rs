@@ -253,7 +253,10 @@ mod tests {
         let record = |settles: &[&str]| Settle::Record {
             settles: settles.iter().map(|s| s.to_string()).collect(),
         };
-        assert_eq!(settle(&p, BatchMode::Move, true, 3, 0, false), record(&["open1"]));
+        assert_eq!(
+            settle(&p, BatchMode::Move, true, 3, 0, false),
+            record(&["open1"])
+        );
         assert_eq!(settle(&p, BatchMode::Move, false, 3, 2, false), record(&[]));
         assert_eq!(
             settle(&p, BatchMode::Move, false, 3, 0, true),
@@ -290,7 +293,14 @@ mod tests {
         assert_eq!(second.sequence, 2);
         assert_eq!(second.batch_id, batch_id("s", &p.range, 2));
         assert_eq!(second.next("s", &p, Some(5), false, 2), None);
-        let rec = second.record(&p, BatchMode::Move, Some(7), vec!["o".into()], 1, "c".into());
+        let rec = second.record(
+            &p,
+            BatchMode::Move,
+            Some(7),
+            vec!["o".into()],
+            1,
+            "c".into(),
+        );
         assert_eq!(settled_by(&rec), vec![second.batch_id.clone(), "o".into()]);
     }
 

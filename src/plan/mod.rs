@@ -203,15 +203,8 @@ pub fn plan(facts: &TableFacts, opts: PlanOptions) -> Plan {
             in_progress,
         };
     }
-    let is_open = |b: &BatchRecord| match states.get(&b.batch_id) {
-        Some(BatchState::Settled) | None => false,
-        Some(BatchState::Failed) => true,
-        Some(_) => true,
-    };
-
-    let g = facts.granularity;
     // Failed batches are barriers unless forced: no planned range touches them.
-    let barriers: Vec<&BatchRecord> = if opts.force {
+    let barriers = Barriers(if opts.force {
         vec![]
     } else {
         facts
@@ -219,33 +212,70 @@ pub fn plan(facts: &TableFacts, opts: PlanOptions) -> Plan {
             .iter()
             .filter(|b| states.get(&b.batch_id) == Some(&BatchState::Failed))
             .collect()
-    };
-    let mut blocked = Vec::new();
-    let mut runnable: Vec<Window> = Vec::new();
-    for w in &facts.pending {
-        match barriers.iter().find(|b| b.range.overlaps(w)) {
-            Some(b) => blocked.push(Blocked {
-                window: *w,
-                batch_id: b.batch_id.clone(),
-                reason: facts.failed.get(&b.batch_id).cloned().unwrap_or_default(),
-            }),
-            None => runnable.push(*w),
-        }
+    });
+    let (runnable, blocked) = barriers.split(facts);
+    let groups = group_windows(runnable, facts.granularity, opts.batch_windows, &barriers);
+    let open = |b: &BatchRecord| is_open(&states, b);
+    let batches = stretch(groups, facts, &open, &barriers)
+        .into_iter()
+        .map(|(range, windows)| planned_batch(facts, range, windows, &open))
+        .collect();
+    Plan {
+        batches,
+        blocked,
+        in_progress: vec![],
     }
-    let hits_barrier = |r: &Window| barriers.iter().any(|b| b.range.overlaps(r));
+}
 
-    // Group consecutive runnable windows, aligned on `batch_windows`, never across a barrier.
-    let bw = opts.batch_windows.max(1) as i64;
+/// Whether a batch may still have rows in Postgres (not settled).
+fn is_open(states: &HashMap<String, BatchState>, b: &BatchRecord) -> bool {
+    !matches!(states.get(&b.batch_id), Some(BatchState::Settled) | None)
+}
+
+/// The failed batches no planned range may touch.
+struct Barriers<'a>(Vec<&'a BatchRecord>);
+
+impl Barriers<'_> {
+    fn hits(&self, r: &Window) -> bool {
+        self.0.iter().any(|b| b.range.overlaps(r))
+    }
+
+    /// The pending windows that may run, and those a barrier blocks.
+    fn split(&self, facts: &TableFacts) -> (Vec<Window>, Vec<Blocked>) {
+        let mut runnable = Vec::new();
+        let mut blocked = Vec::new();
+        for w in &facts.pending {
+            match self.0.iter().find(|b| b.range.overlaps(w)) {
+                Some(b) => blocked.push(Blocked {
+                    window: *w,
+                    batch_id: b.batch_id.clone(),
+                    reason: facts.failed.get(&b.batch_id).cloned().unwrap_or_default(),
+                }),
+                None => runnable.push(*w),
+            }
+        }
+        (runnable, blocked)
+    }
+}
+
+/// Groups consecutive runnable windows, aligned on `batch_windows` (with 24
+/// hourly windows per batch, a batch is one UTC day; `all`: one group for
+/// the whole run), never across a barrier.
+fn group_windows(
+    runnable: Vec<Window>,
+    g: Granularity,
+    batch_windows: u32,
+    barriers: &Barriers<'_>,
+) -> Vec<Vec<Window>> {
+    let bw = batch_windows.max(1) as i64;
     let mut groups: Vec<Vec<Window>> = Vec::new();
     for w in runnable {
         let extend = groups.last().is_some_and(|grp| {
             let first = grp[0];
-            // Aligned: with 24 hourly windows per batch, a batch is one UTC day.
-            // `batch_windows: all`: one group for the whole run.
-            let span_ok = opts.batch_windows == u32::MAX
+            let span_ok = batch_windows == u32::MAX
                 || g.ordinal(w.start).div_euclid(bw) == g.ordinal(first.start).div_euclid(bw);
             span_ok
-                && !hits_barrier(&Window {
+                && !barriers.hits(&Window {
                     start: first.start,
                     end: w.end,
                 })
@@ -255,9 +285,18 @@ pub fn plan(facts: &TableFacts, opts: PlanOptions) -> Plan {
             _ => groups.push(vec![w]),
         }
     }
+    groups
+}
 
-    // Stretch each range over the open batches it touches, so it can settle
-    // them whole (unless that would touch a barrier); merge ranges that meet.
+/// Stretches each group's range over the open batches it touches, so it can
+/// settle them whole (unless that would touch a barrier); merges ranges
+/// that meet.
+fn stretch(
+    groups: Vec<Vec<Window>>,
+    facts: &TableFacts,
+    is_open: &dyn Fn(&BatchRecord) -> bool,
+    barriers: &Barriers<'_>,
+) -> Vec<(Window, Vec<Window>)> {
     let mut ranged: Vec<(Window, Vec<Window>)> = Vec::new();
     for windows in groups {
         let mut range = Window {
@@ -275,7 +314,7 @@ pub fn plan(facts: &TableFacts, opts: PlanOptions) -> Plan {
                     start: grown.start.min(b.range.start),
                     end: grown.end.max(b.range.end),
                 };
-                if !hits_barrier(&candidate) {
+                if !barriers.hits(&candidate) {
                     grown = candidate;
                 }
             }
@@ -292,50 +331,38 @@ pub fn plan(facts: &TableFacts, opts: PlanOptions) -> Plan {
             _ => ranged.push((range, windows)),
         }
     }
+    ranged
+}
 
-    let batches = ranged
-        .into_iter()
-        .map(|(range, windows)| {
-            let sequence = facts
-                .batches
-                .iter()
-                .filter(|b| b.range.overlaps(&range))
-                .map(|b| b.sequence)
-                .max()
-                .unwrap_or(0)
-                + 1;
-            let open: Vec<&BatchRecord> = facts
-                .batches
-                .iter()
-                .filter(|b| b.range.overlaps(&range) && is_open(b))
-                .collect();
-            let reconcile = open.iter().map(|b| b.batch_id.clone()).collect();
-            let restorable = facts
-                .batches
-                .iter()
-                .filter(|b| b.range.overlaps(&range) && !is_open(b) && b.rows > 0)
-                .map(|b| b.batch_id.clone())
-                .collect();
-            let settles = open
-                .iter()
-                .filter(|b| range.start <= b.range.start && b.range.end <= range.end)
-                .map(|b| b.batch_id.clone())
-                .collect();
-            PlannedBatch {
-                batch_id: batch_id(&facts.source, &range, sequence),
-                range,
-                sequence,
-                windows,
-                reconcile,
-                settles,
-                restorable,
-            }
-        })
+/// The batch of one range: the next sequence of the range, the open batches
+/// it reconciles (and those it covers whole: it settles them), the settled
+/// batches a restore may have brought back.
+fn planned_batch(
+    facts: &TableFacts,
+    range: Window,
+    windows: Vec<Window>,
+    is_open: &dyn Fn(&BatchRecord) -> bool,
+) -> PlannedBatch {
+    let overlapping = || facts.batches.iter().filter(|b| b.range.overlaps(&range));
+    let sequence = overlapping().map(|b| b.sequence).max().unwrap_or(0) + 1;
+    let open: Vec<&BatchRecord> = overlapping().filter(|b| is_open(b)).collect();
+    let restorable = overlapping()
+        .filter(|b| !is_open(b) && b.rows > 0)
+        .map(|b| b.batch_id.clone())
         .collect();
-    Plan {
-        batches,
-        blocked,
-        in_progress: vec![],
+    let settles = open
+        .iter()
+        .filter(|b| range.start <= b.range.start && b.range.end <= range.end)
+        .map(|b| b.batch_id.clone())
+        .collect();
+    PlannedBatch {
+        batch_id: batch_id(&facts.source, &range, sequence),
+        range,
+        sequence,
+        windows,
+        reconcile: open.iter().map(|b| b.batch_id.clone()).collect(),
+        settles,
+        restorable,
     }
 }
 

@@ -13,8 +13,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::ledger::durable::{self as ledger, LedgerEntry};
 use crate::checksum::HashBag;
+use crate::ledger::durable::{self as ledger, LedgerEntry};
 use crate::ledger::{BatchMode, BatchRecord};
 
 use super::batch;

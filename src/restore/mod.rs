@@ -47,8 +47,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
 use crate::inspect::{SnapshotChoice, resolve_snapshot};
 use crate::lake::table::RecordedColumn;
-use crate::ledger::props;
 use crate::ledger::keys;
+use crate::ledger::props;
 use crate::plan::window::{Micros, Window, parse_instant, rfc3339};
 use crate::source::catalog::{self, map_context, resolve_type};
 use crate::source::introspect::TimeKind;
@@ -108,9 +108,48 @@ pub struct BatchCheck {
     pub archived_rows: u64,
     /// Rows of its files restored (inside the range).
     pub restored_rows: u64,
-    /// `match`, `MISMATCH`, `partial` (the range covers part of the batch)
-    /// or `schema changed` (archived under another schema: rows compared only).
-    pub status: String,
+    pub status: BatchMatch,
+}
+
+/// How a batch's restored rows compare with its snapshot summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum BatchMatch {
+    /// Count and checksum equal.
+    #[serde(rename = "match")]
+    Match,
+    #[serde(rename = "MISMATCH")]
+    Mismatch,
+    /// The range covers part of the batch: not comparable.
+    #[serde(rename = "partial")]
+    Partial,
+    /// Archived under another schema: rows compared only.
+    #[serde(rename = "schema changed")]
+    SchemaChanged,
+}
+
+impl BatchMatch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Match => "match",
+            Self::Mismatch => "MISMATCH",
+            Self::Partial => "partial",
+            Self::SchemaChanged => "schema changed",
+        }
+    }
+}
+
+/// What a restore did with the staged rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Staged (and validated) only.
+    Staged,
+    /// Attached as a partition of the target.
+    Attached,
+    /// Merged into the target.
+    Merged,
+    /// Nothing: validation failed.
+    None,
 }
 
 /// One validation check.
@@ -136,8 +175,7 @@ pub struct RestoreReport {
     pub checks: Vec<Check>,
     /// True when every check passed.
     pub valid: bool,
-    /// `staged`, `attached`, `merged`, or `none` (validation failed).
-    pub action: String,
+    pub action: Action,
     pub inserted: Option<u64>,
     pub updated: Option<u64>,
     pub skipped: Option<u64>,
@@ -156,10 +194,10 @@ impl RestoreReport {
     /// Rows that landed in the target: all of them when attached, those
     /// inserted or updated when merged, none when only staged.
     pub fn rows_restored(&self) -> u64 {
-        match self.action.as_str() {
-            "attached" => self.rows,
-            "merged" => self.inserted.unwrap_or(0) + self.updated.unwrap_or(0),
-            _ => 0,
+        match self.action {
+            Action::Attached => self.rows,
+            Action::Merged => self.inserted.unwrap_or(0) + self.updated.unwrap_or(0),
+            Action::Staged | Action::None => 0,
         }
     }
 }
@@ -422,7 +460,7 @@ pub async fn restore(
         batches,
         checks,
         valid,
-        action: if valid { "staged" } else { "none" }.into(),
+        action: if valid { Action::Staged } else { Action::None },
         inserted: None,
         updated: None,
         skipped: None,
@@ -557,7 +595,7 @@ impl Staged<'_> {
                     replace,
                 )
                 .await?;
-                report.action = "attached".into();
+                report.action = Action::Attached;
                 report.replaced_partition = a.replaced;
                 report.constraint_validated_before_attach = Some(a.validated_before);
             }
@@ -571,7 +609,7 @@ impl Staged<'_> {
                     req.keep_staging,
                 )
                 .await?;
-                report.action = "merged".into();
+                report.action = Action::Merged;
                 report.inserted = Some(m.inserted);
                 report.updated = Some(m.updated);
                 report.skipped = Some(self.loaded.copied - m.inserted - m.updated);
@@ -584,15 +622,24 @@ impl Staged<'_> {
 
 /// The batches check: every batch the range covers whole matches its summary.
 fn batches_check(batches: &[BatchCheck]) -> Check {
-    let bad: Vec<&BatchCheck> = batches.iter().filter(|b| b.status == "MISMATCH").collect();
+    let bad: Vec<&BatchCheck> = batches
+        .iter()
+        .filter(|b| b.status == BatchMatch::Mismatch)
+        .collect();
     Check {
         name: "batches".into(),
         ok: bad.is_empty(),
         detail: if bad.is_empty() {
             format!(
                 "{} batch(es) covered whole match their snapshot summaries ({} partly covered)",
-                batches.iter().filter(|b| b.status == "match").count(),
-                batches.iter().filter(|b| b.status == "partial").count()
+                batches
+                    .iter()
+                    .filter(|b| b.status == BatchMatch::Match)
+                    .count(),
+                batches
+                    .iter()
+                    .filter(|b| b.status == BatchMatch::Partial)
+                    .count()
             )
         } else {
             format!(

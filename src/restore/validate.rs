@@ -8,7 +8,7 @@ use iceberg::table::Table;
 use tokio_postgres::Client;
 
 use super::target::{self, TargetColumn, primary_key, target_columns};
-use super::{Apply, BatchCheck, Check, Loaded, OnConflict, StagedColumn, literal, pg};
+use super::{Apply, BatchCheck, BatchMatch, Check, Loaded, OnConflict, StagedColumn, literal, pg};
 use crate::checksum::Checksum;
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
@@ -71,13 +71,13 @@ pub(crate) async fn batch_checks(
         }
         let whole = range.start <= window.start && window.end <= range.end;
         let status = if !whole {
-            "partial"
+            BatchMatch::Partial
         } else if got.rows == rows && got.hex() == checksum {
-            "match"
+            BatchMatch::Match
         } else if got.rows == rows && s.schema_id() != Some(schema.schema_id()) {
-            "schema changed"
+            BatchMatch::SchemaChanged
         } else {
-            "MISMATCH"
+            BatchMatch::Mismatch
         };
         out.push(BatchCheck {
             batch_id,
@@ -86,7 +86,7 @@ pub(crate) async fn batch_checks(
             window_end: crate::plan::window::rfc3339(we),
             archived_rows: rows,
             restored_rows: got.rows,
-            status: status.into(),
+            status,
         });
     }
     Ok(out)

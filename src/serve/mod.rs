@@ -41,7 +41,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use iceberg::Catalog;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
@@ -63,7 +62,7 @@ pub struct ServeOptions {
 /// slots and the metrics.
 pub(crate) struct AppState {
     pub cfg: Config,
-    pub catalog: Arc<dyn Catalog>,
+    pub catalog: Arc<crate::lake::catalog::CatalogHandle>,
     slots: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
 }

@@ -108,7 +108,7 @@ pub struct TableSummary {
 pub(super) async fn tables(State(state): Shared) -> ApiResult<Json<Vec<TableSummary>>> {
     let mut out = Vec::new();
     for t in &state.cfg.tables {
-        let table = inspect::open_table_in(state.catalog.as_ref(), t).await?;
+        let table = inspect::open_table_in(state.catalog.iceberg(), t).await?;
         out.push(summary(t, table.as_ref()).await?);
     }
     Ok(Json(out))
@@ -170,7 +170,7 @@ impl AppState {
                 ApiError::not_found(format!("no archive table `{name}`"))
                     .with_hint(format!("tables: {}", names.join(", ")))
             })?;
-        match inspect::open_table_in(self.catalog.as_ref(), &t).await? {
+        match inspect::open_table_in(self.catalog.iceberg(), &t).await? {
             Some(table) => Ok((t, table)),
             None => {
                 let e = inspect::not_created(&t);
@@ -262,7 +262,7 @@ pub(super) async fn table_windows(
         },
     };
     let deadline = Instant::now() + state.timeout();
-    let fut = list::list_in(&state.cfg, state.catalog.as_ref(), &filter, None);
+    let fut = list::list_in(&state.cfg, state.catalog.iceberg(), &filter, None);
     Ok(Json(state.by(deadline, fut).await?))
 }
 
@@ -623,7 +623,7 @@ pub(super) async fn sql(
     let prepared = state
         .by(
             deadline,
-            query::prepare(&state.cfg, state.catalog.as_ref(), &req.sql, as_of),
+            query::prepare(&state.cfg, state.catalog.iceberg(), &req.sql, as_of),
         )
         .await?;
     let running = query::start(prepared)?;

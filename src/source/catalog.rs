@@ -130,6 +130,28 @@ pub async fn check_constraints(client: &Client, oid: u32) -> Result<Vec<(String,
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// What the connecting role may do to a table.
+#[derive(Debug, Clone, Copy)]
+pub struct Privileges {
+    pub select: bool,
+    pub delete: bool,
+}
+
+/// The connecting role's privileges on table `oid`.
+pub async fn privileges(client: &Client, oid: u32) -> Result<Privileges> {
+    let r = client
+        .query_one(
+            "SELECT has_table_privilege($1::oid, 'SELECT'), has_table_privilege($1::oid, 'DELETE')",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot check privileges", e))?;
+    Ok(Privileges {
+        select: r.get(0),
+        delete: r.get(1),
+    })
+}
+
 /// Whether an index of the table (or, for a partitioned table, of each
 /// partition) leads with column `attnum` (named `name` in the partitions).
 pub async fn leads_an_index(client: &Client, oid: u32, attnum: i16, name: &str) -> Result<bool> {

@@ -81,6 +81,131 @@ fn be_i32(v: &[u8], at: usize) -> std::result::Result<i32, String> {
         .ok_or_else(|| "truncated value".to_string())
 }
 
+fn fixed<const N: usize>(v: &[u8]) -> std::result::Result<[u8; N], String> {
+    v.try_into()
+        .map_err(|_| format!("expected {N} bytes, got {}", v.len()))
+}
+
+fn utf8(v: &[u8]) -> std::result::Result<&str, String> {
+    std::str::from_utf8(v).map_err(|_| "invalid UTF-8".to_string())
+}
+
+/// A binary `date`: days since 1970-01-01 (infinities refused).
+fn date_days(v: &[u8]) -> std::result::Result<i32, String> {
+    let d = i32::from_be_bytes(fixed(v)?);
+    if d == i32::MAX || d == i32::MIN {
+        return Err(format!(
+            "value {} cannot be stored in an Iceberg date",
+            if d > 0 { "infinity" } else { "-infinity" }
+        ));
+    }
+    Ok(d.checked_add(PG_EPOCH_DAYS).ok_or("date out of range")?)
+}
+
+/// A binary `time`: microseconds of the day (24:00:00 refused).
+fn time_micros(v: &[u8]) -> std::result::Result<i64, String> {
+    let t = i64::from_be_bytes(fixed(v)?);
+    if !(0..86_400_000_000).contains(&t) {
+        return Err("value 24:00:00 cannot be stored in an Iceberg time, whose range ends at 23:59:59.999999".into());
+    }
+    Ok(t)
+}
+
+/// A binary `timestamp[tz]`: microseconds since 1970 (infinities refused).
+fn timestamp_micros(v: &[u8]) -> std::result::Result<i64, String> {
+    let t = i64::from_be_bytes(fixed(v)?);
+    if t == i64::MAX || t == i64::MIN {
+        return Err(format!(
+            "value {} cannot be stored in an Iceberg timestamp",
+            if t > 0 { "infinity" } else { "-infinity" }
+        ));
+    }
+    Ok(t.checked_add(PG_EPOCH_MICROS)
+        .ok_or("timestamp out of range")?)
+}
+
+impl IntervalCol {
+    /// A binary `interval`: microseconds, days, months.
+    fn append(&mut self, v: &[u8]) -> std::result::Result<(), String> {
+        let raw: [u8; 16] = fixed(v)?;
+        self.micros
+            .append_value(i64::from_be_bytes(fixed(&raw[0..8])?));
+        self.days
+            .append_value(i32::from_be_bytes(fixed(&raw[8..12])?));
+        self.months
+            .append_value(i32::from_be_bytes(fixed(&raw[12..16])?));
+        self.nulls.append_non_null();
+        Ok(())
+    }
+}
+
+/// Appends a binary one-dimensional array's elements to `child`; returns
+/// how many.
+fn append_array(child: &mut Col, v: &[u8]) -> std::result::Result<i32, String> {
+    let ndim = be_i32(v, 0)?;
+    if ndim > 1 {
+        return Err(format!(
+            "{ndim}-dimensional array: only one-dimensional arrays map to Iceberg lists (list the column in `text_columns` to keep its text form)"
+        ));
+    }
+    if ndim != 1 {
+        return Ok(0);
+    }
+    let count = be_i32(v, 12)?;
+    let lower = be_i32(v, 16)?;
+    if lower != 1 {
+        return Err(format!(
+            "array with lower bound {lower}: Iceberg lists start at 1 (list the column in `text_columns` to keep its text form)"
+        ));
+    }
+    let mut pos = 20;
+    for i in 0..count {
+        let len = be_i32(v, pos)?;
+        pos += 4;
+        if len < 0 {
+            child.append_null();
+        } else {
+            let e = v.get(pos..pos + len as usize).ok_or("truncated array")?;
+            child
+                .append(e)
+                .map_err(|why| format!("element {}: {why}", i + 1))?;
+            pos += len as usize;
+        }
+    }
+    Ok(count)
+}
+
+/// Appends a binary composite value's fields to `children`.
+fn append_composite(
+    children: &mut [Col],
+    fields: &Fields,
+    v: &[u8],
+) -> std::result::Result<(), String> {
+    let n = be_i32(v, 0)? as usize;
+    if n != children.len() {
+        return Err(format!(
+            "composite value has {n} fields, expected {}",
+            children.len()
+        ));
+    }
+    let mut pos = 4;
+    for (c, f) in children.iter_mut().zip(fields.iter()) {
+        let len = be_i32(v, pos + 4)?;
+        pos += 8;
+        if len < 0 {
+            c.append_null();
+        } else {
+            let e = v
+                .get(pos..pos + len as usize)
+                .ok_or("truncated composite")?;
+            c.append(e)
+                .map_err(|why| format!("field `{}`: {why}", f.name()))?;
+            pos += len as usize;
+        }
+    }
+    Ok(())
+}
+
 impl Col {
     /// A builder for `kind`, producing arrays of exactly `dt` (the table's Arrow type).
     fn new(kind: &PgKind, dt: &DataType) -> Result<Self> {
@@ -186,10 +311,6 @@ impl Col {
 
     /// Appends one non-NULL value; returns a description of the problem on failure.
     fn append(&mut self, v: &[u8]) -> std::result::Result<(), String> {
-        fn fixed<const N: usize>(v: &[u8]) -> std::result::Result<[u8; N], String> {
-            v.try_into()
-                .map_err(|_| format!("expected {N} bytes, got {}", v.len()))
-        }
         match self {
             Col::Bool(b) => b.append_value(fixed::<1>(v)?[0] != 0),
             Col::Int2(b) => b.append_value(i16::from_be_bytes(fixed(v)?) as i32),
@@ -198,105 +319,27 @@ impl Col {
             Col::Float4(b) => b.append_value(f32::from_be_bytes(fixed(v)?)),
             Col::Float8(b) => b.append_value(f64::from_be_bytes(fixed(v)?)),
             Col::Numeric(b, p, s) => b.append_value(decode_numeric(v, *p, *s)?),
-            Col::Text(b) => {
-                b.append_value(std::str::from_utf8(v).map_err(|_| "invalid UTF-8".to_string())?)
-            }
+            Col::Text(b) => b.append_value(utf8(v)?),
             Col::Jsonb(b) => {
                 let (ver, text) = v.split_first().ok_or("empty jsonb value")?;
                 if *ver != 1 {
                     return Err(format!("unknown jsonb format version {ver}"));
                 }
-                b.append_value(std::str::from_utf8(text).map_err(|_| "invalid UTF-8".to_string())?)
+                b.append_value(utf8(text)?)
             }
             Col::Bytea(b) => b.append_value(v),
             Col::Uuid(b) => b.append_value(v).map_err(|e| e.to_string())?,
-            Col::Date(b) => {
-                let d = i32::from_be_bytes(fixed(v)?);
-                if d == i32::MAX || d == i32::MIN {
-                    return Err(format!(
-                        "value {} cannot be stored in an Iceberg date",
-                        if d > 0 { "infinity" } else { "-infinity" }
-                    ));
-                }
-                b.append_value(d.checked_add(PG_EPOCH_DAYS).ok_or("date out of range")?)
-            }
-            Col::Time(b) => {
-                let t = i64::from_be_bytes(fixed(v)?);
-                if !(0..86_400_000_000).contains(&t) {
-                    return Err("value 24:00:00 cannot be stored in an Iceberg time, whose range ends at 23:59:59.999999".into());
-                }
-                b.append_value(t)
-            }
-            Col::Timestamp(b) | Col::Timestamptz(b) => {
-                let t = i64::from_be_bytes(fixed(v)?);
-                if t == i64::MAX || t == i64::MIN {
-                    return Err(format!(
-                        "value {} cannot be stored in an Iceberg timestamp",
-                        if t > 0 { "infinity" } else { "-infinity" }
-                    ));
-                }
-                b.append_value(
-                    t.checked_add(PG_EPOCH_MICROS)
-                        .ok_or("timestamp out of range")?,
-                )
-            }
-            Col::Interval(c) => {
-                let IntervalCol {
-                    months,
-                    days,
-                    micros,
-                    nulls,
-                    ..
-                } = c.as_mut();
-                let raw: [u8; 16] = fixed(v)?;
-                micros.append_value(i64::from_be_bytes(
-                    raw[0..8].try_into().map_err(|_| "bad interval")?,
-                ));
-                days.append_value(i32::from_be_bytes(
-                    raw[8..12].try_into().map_err(|_| "bad interval")?,
-                ));
-                months.append_value(i32::from_be_bytes(
-                    raw[12..16].try_into().map_err(|_| "bad interval")?,
-                ));
-                nulls.append_non_null();
-            }
+            Col::Date(b) => b.append_value(date_days(v)?),
+            Col::Time(b) => b.append_value(time_micros(v)?),
+            Col::Timestamp(b) | Col::Timestamptz(b) => b.append_value(timestamp_micros(v)?),
+            Col::Interval(c) => c.append(v)?,
             Col::List {
                 child,
                 offsets,
                 nulls,
                 ..
             } => {
-                let ndim = be_i32(v, 0)?;
-                let mut count = 0;
-                if ndim > 1 {
-                    return Err(format!(
-                        "{ndim}-dimensional array: only one-dimensional arrays map to Iceberg lists (list the column in `text_columns` to keep its text form)"
-                    ));
-                }
-                let mut pos = 12;
-                if ndim == 1 {
-                    count = be_i32(v, 12)?;
-                    let lower = be_i32(v, 16)?;
-                    if lower != 1 {
-                        return Err(format!(
-                            "array with lower bound {lower}: Iceberg lists start at 1 (list the column in `text_columns` to keep its text form)"
-                        ));
-                    }
-                    pos = 20;
-                }
-                for i in 0..count {
-                    let len = be_i32(v, pos)?;
-                    pos += 4;
-                    if len < 0 {
-                        child.append_null();
-                    } else {
-                        let e = v.get(pos..pos + len as usize).ok_or("truncated array")?;
-                        child
-                            .append(e)
-                            .map_err(|why| format!("element {}: {why}", i + 1))?;
-                        pos += len as usize;
-                    }
-                }
+                let count = append_array(child, v)?;
                 let last = *offsets.last().unwrap_or(&0);
                 offsets.push(last + count);
                 nulls.append_non_null();
@@ -306,28 +349,7 @@ impl Col {
                 nulls,
                 fields,
             } => {
-                let n = be_i32(v, 0)? as usize;
-                if n != children.len() {
-                    return Err(format!(
-                        "composite value has {n} fields, expected {}",
-                        children.len()
-                    ));
-                }
-                let mut pos = 4;
-                for (c, f) in children.iter_mut().zip(fields.iter()) {
-                    let len = be_i32(v, pos + 4)?;
-                    pos += 8;
-                    if len < 0 {
-                        c.append_null();
-                    } else {
-                        let e = v
-                            .get(pos..pos + len as usize)
-                            .ok_or("truncated composite")?;
-                        c.append(e)
-                            .map_err(|why| format!("field `{}`: {why}", f.name()))?;
-                        pos += len as usize;
-                    }
-                }
+                append_composite(children, fields, v)?;
                 nulls.append_non_null();
             }
         }

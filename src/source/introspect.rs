@@ -3,10 +3,10 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::catalog;
 use crate::config::TableConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::{Filter, quote_ident};
-use super::catalog;
 use crate::types::{Mapping, PgKind, map_type, text_mapping};
 
 /// One column of the source table.
@@ -122,9 +122,13 @@ pub async fn introspect(client: &Client, t: &TableConfig) -> Result<SourceTable>
     let columns = source_columns(client, t, rel.oid).await?;
     let time_index = time_column(t, &columns)?;
     let primary_key = catalog::primary_key(client, rel.oid).await?;
-    let time_indexed =
-        catalog::leads_an_index(client, rel.oid, columns[time_index].attnum, &t.timestamp_column)
-            .await?;
+    let time_indexed = catalog::leads_an_index(
+        client,
+        rel.oid,
+        columns[time_index].attnum,
+        &t.timestamp_column,
+    )
+    .await?;
     let filter_sql = match &t.filter {
         None => None,
         Some(f) => Some(compile_filter(client, t, f, &columns).await?),

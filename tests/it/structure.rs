@@ -18,46 +18,6 @@ use crate::common::source_dir;
 /// is missing (it got shorter: take it off) or another appears.
 const LONG_FUNCTIONS: &[(&str, &str)] = &[
     (
-        "archive.rs::run_batch",
-        "the batch's stages in one function; to be split into typed stages (#13)",
-    ),
-    (
-        "archive.rs::archive_on",
-        "one table's run: reconcile, plan, batches; to be split with run_batch (#13)",
-    ),
-    (
-        "source/introspect.rs::introspect",
-        "catalog queries inline; to move into one source catalog module (#13)",
-    ),
-    (
-        "plan/mod.rs::plan",
-        "the planner's window walk; to be split into per-window decisions (#13)",
-    ),
-    (
-        "source/extract.rs::append",
-        "the binary COPY decoder's type switch; to share one decode pipeline (#13)",
-    ),
-    (
-        "check.rs::check",
-        "every check of one table in order; to be split per check (#13)",
-    ),
-    (
-        "config/mod.rs::from_raw",
-        "validation of every section; to be split per section (#13)",
-    ),
-    (
-        "cli/commands/check.rs::check_cmd",
-        "flag translation and rendering in one function (#13)",
-    ),
-    (
-        "cli/commands/restore.rs::restore_cmd",
-        "flag translation and rendering in one function (#13)",
-    ),
-    (
-        "plan/sim.rs::execute",
-        "the simulation's executor; to run the batch decisions directly (#13)",
-    ),
-    (
         "metrics.rs::new",
         "one registration per metric, a flat list that reads best whole",
     ),

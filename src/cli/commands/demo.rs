@@ -43,6 +43,7 @@ pub(super) async fn demo_cmd(a: DemoArgs, progress: &Progress) -> Result<ExitCod
     let catalog = lake::open_catalog(&cfg.catalog).await?;
     let t = &cfg.tables[0];
     let table = catalog
+        .iceberg()
         .load_table(&lake::table::ident(t)?)
         .await
         .map_err(|e| Error::iceberg("cannot load the demo table", e))?;

@@ -24,7 +24,7 @@ pub(super) async fn query_cmd(a: QueryArgs, progress: &Progress) -> Result<ExitC
         .map(|t| inspect::fetch::instant("as-of", t))
         .transpose()?;
     let catalog = crate::lake::open_catalog(&cfg.catalog).await?;
-    let prepared = query::prepare(&cfg, catalog.as_ref(), &a.sql, as_of).await?;
+    let prepared = query::prepare(&cfg, catalog.iceberg(), &a.sql, as_of).await?;
     if a.explain {
         if a.json {
             output::json(&prepared.scans)?;

@@ -2,6 +2,8 @@
 
 use super::*;
 
+use crate::restore::{self, Action, Apply};
+
 /// `SCHEMA.TABLE` or `TABLE` (in `default_schema`).
 pub(super) fn table_name(flag: &str, s: &str, default_schema: &str) -> Result<(String, String)> {
     let parts: Vec<&str> = s.split('.').collect();
@@ -15,38 +17,9 @@ pub(super) fn table_name(flag: &str, s: &str, default_schema: &str) -> Result<(S
 }
 
 pub(super) async fn restore_cmd(a: RestoreArgs, progress: &Progress) -> Result<ExitCode> {
-    use crate::restore::{self, Apply};
     let cfg = load(&a.config.config)?;
     let (t, table) = inspect::open_table(&cfg, &a.table).await?;
-    let target = a
-        .target
-        .as_deref()
-        .map(|s| table_name("target", s, &t.schema))
-        .transpose()?;
-    let default_schema = target
-        .as_ref()
-        .map(|(s, _)| s.clone())
-        .unwrap_or(t.schema.clone());
-    let req = restore::RestoreRequest {
-        range: restore::range(&a.from, &a.to)?,
-        snapshot: snapshot_choice(&a.at)?,
-        into: a
-            .into
-            .as_deref()
-            .map(|s| table_name("into", s, &default_schema))
-            .transpose()?,
-        target,
-        apply: if a.attach {
-            Apply::Attach {
-                replace: a.replace_partition,
-            }
-        } else if a.merge {
-            Apply::Merge(a.on_conflict)
-        } else {
-            Apply::Stage
-        },
-        keep_staging: a.keep_staging,
-    };
+    let req = request(&a, &t.schema)?;
     let bar = progress.rows_spinner(&format!("restoring {}", t.iceberg_name()));
     let report = restore::restore(&cfg, &t, &table, &req, &bar).await?;
     bar.finish_and_clear();
@@ -56,81 +29,7 @@ pub(super) async fn restore_cmd(a: RestoreArgs, progress: &Progress) -> Result<E
     if a.json {
         output::json(&report)?;
     } else {
-        let rows: Vec<Vec<String>> = report
-            .checks
-            .iter()
-            .map(|c| {
-                vec![
-                    c.name.clone(),
-                    if c.ok { "ok" } else { "FAILED" }.to_string(),
-                    c.detail.clone(),
-                ]
-            })
-            .collect();
-        output::table(&["CHECK", "RESULT", "DETAIL"], &rows);
-        if !report.batches.is_empty() {
-            output::line("");
-            let rows: Vec<Vec<String>> = report
-                .batches
-                .iter()
-                .map(|b| {
-                    vec![
-                        b.batch_id.clone(),
-                        b.snapshot_id.to_string(),
-                        b.window_start.clone(),
-                        b.window_end.clone(),
-                        num(b.archived_rows),
-                        num(b.restored_rows),
-                        b.status.clone(),
-                    ]
-                })
-                .collect();
-            output::table(
-                &[
-                    "BATCH",
-                    "SNAPSHOT",
-                    "WINDOW START",
-                    "WINDOW END",
-                    "ARCHIVED",
-                    "RESTORED",
-                    "STATUS",
-                ],
-                &rows,
-            );
-        }
-        output::line("");
-        let what = match report.action.as_str() {
-            "attached" => format!(
-                "attached {} as a partition of {}",
-                report.staging, report.target
-            ),
-            "merged" => format!(
-                "merged into {}: {} inserted, {} updated, {} skipped{}",
-                report.target,
-                num(report.inserted.unwrap_or(0)),
-                num(report.updated.unwrap_or(0)),
-                num(report.skipped.unwrap_or(0)),
-                if report.staging_kept {
-                    format!("; staging kept: {}", report.staging)
-                } else {
-                    String::new()
-                }
-            ),
-            "staged" => format!("staged in {}", report.staging),
-            _ => format!(
-                "nothing applied; staging kept for inspection: {}",
-                report.staging
-            ),
-        };
-        output::line(&format!(
-            "{} row(s) of snapshot {} from {} file(s), {} to {}: {what} ({:.2}s)",
-            num(report.rows),
-            report.snapshot_id,
-            report.files,
-            report.from,
-            report.to,
-            report.seconds
-        ));
+        print_report(&report);
     }
     if !report.valid {
         return Err(Error::new(
@@ -140,4 +39,116 @@ pub(super) async fn restore_cmd(a: RestoreArgs, progress: &Progress) -> Result<E
         .with_hint(format!("inspect it, then `DROP TABLE {}` before trying again", report.staging)));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The flags as a restore request; names without a schema are in the
+/// target's schema (the source's when there is no target).
+fn request(a: &RestoreArgs, source_schema: &str) -> Result<restore::RestoreRequest> {
+    let target = a
+        .target
+        .as_deref()
+        .map(|s| table_name("target", s, source_schema))
+        .transpose()?;
+    let default_schema = target
+        .as_ref()
+        .map_or(source_schema, |(s, _)| s.as_str())
+        .to_string();
+    let apply = if a.attach {
+        Apply::Attach {
+            replace: a.replace_partition,
+        }
+    } else if a.merge {
+        Apply::Merge(a.on_conflict)
+    } else {
+        Apply::Stage
+    };
+    Ok(restore::RestoreRequest {
+        range: restore::range(&a.from, &a.to)?,
+        snapshot: snapshot_choice(&a.at)?,
+        into: a
+            .into
+            .as_deref()
+            .map(|s| table_name("into", s, &default_schema))
+            .transpose()?,
+        target,
+        apply,
+        keep_staging: a.keep_staging,
+    })
+}
+
+fn print_report(report: &restore::RestoreReport) {
+    let rows: Vec<Vec<String>> = report
+        .checks
+        .iter()
+        .map(|c| {
+            let result = if c.ok { "ok" } else { "FAILED" };
+            vec![c.name.clone(), result.to_string(), c.detail.clone()]
+        })
+        .collect();
+    output::table(&["CHECK", "RESULT", "DETAIL"], &rows);
+    if !report.batches.is_empty() {
+        output::line("");
+        let rows: Vec<Vec<String>> = report
+            .batches
+            .iter()
+            .map(|b| {
+                vec![
+                    b.batch_id.clone(),
+                    b.snapshot_id.to_string(),
+                    b.window_start.clone(),
+                    b.window_end.clone(),
+                    num(b.archived_rows),
+                    num(b.restored_rows),
+                    b.status.as_str().to_string(),
+                ]
+            })
+            .collect();
+        let head = [
+            "BATCH",
+            "SNAPSHOT",
+            "WINDOW START",
+            "WINDOW END",
+            "ARCHIVED",
+            "RESTORED",
+            "STATUS",
+        ];
+        output::table(&head, &rows);
+    }
+    output::line("");
+    output::line(&format!(
+        "{} row(s) of snapshot {} from {} file(s), {} to {}: {} ({:.2}s)",
+        num(report.rows),
+        report.snapshot_id,
+        report.files,
+        report.from,
+        report.to,
+        what_happened(report),
+        report.seconds
+    ));
+}
+
+fn what_happened(report: &restore::RestoreReport) -> String {
+    match report.action {
+        Action::Attached => format!(
+            "attached {} as a partition of {}",
+            report.staging, report.target
+        ),
+        Action::Merged => format!(
+            "merged into {}: {} inserted, {} updated, {} skipped{}",
+            report.target,
+            num(report.inserted.unwrap_or(0)),
+            num(report.updated.unwrap_or(0)),
+            num(report.skipped.unwrap_or(0)),
+            if report.staging_kept {
+                format!("; staging kept: {}", report.staging)
+            } else {
+                String::new()
+            }
+        ),
+        Action::Staged => format!("staged in {}", report.staging),
+        Action::None => format!(
+            "nothing applied; staging kept for inspection: {}",
+            report.staging
+        ),
+    }
 }
