@@ -52,14 +52,17 @@ pub fn install(grace: Duration) {
              (a second signal aborts it before its commit)",
             grace.as_secs()
         );
-        tokio::select! {
-            _ = tokio::time::sleep(grace) => tracing::warn!(
-                "grace period over: aborting the batch in flight unless it is committed"
-            ),
-            s = signals.next() => tracing::warn!("{s} received again: aborting the batch in flight"),
-        }
+        let why = tokio::select! {
+            _ = tokio::time::sleep(grace) => {
+                "grace period over: aborting the batch in flight unless it is committed".to_string()
+            }
+            s = signals.next() => format!("{s} received again: aborting the batch in flight"),
+        };
+        // The flag first, then the message: whoever reads the message (an
+        // operator, a test) can count on the abort being in force.
         ABORT.store(true, Ordering::SeqCst);
         WAKE.notify_waiters();
+        tracing::warn!("{why}");
         // A third signal: the operator wants out now.  Exiting here is a
         // crash like any other, which the ledger and the next run resolve.
         let s = signals.next().await;

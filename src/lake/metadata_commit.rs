@@ -267,12 +267,7 @@ async fn rest_root(cfg: &CatalogConfig, client: &reqwest::Client) -> Result<url:
     let conf: serde_json::Value = bearer(client.get(config_url), &token)
         .send()
         .await
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Catalog,
-                format!("cannot reach the REST catalog: {e}"),
-            )
-        })?
+        .map_err(unreachable)?
         .json()
         .await
         .map_err(|e| Error::new(ErrorKind::Catalog, format!("bad config response: {e}")))?;
@@ -293,6 +288,13 @@ async fn rest_root(cfg: &CatalogConfig, client: &reqwest::Client) -> Result<url:
             .push(&prefix);
     }
     Ok(url)
+}
+
+fn unreachable(e: reqwest::Error) -> Error {
+    Error::new(
+        ErrorKind::Catalog,
+        format!("cannot reach the REST catalog: {e}"),
+    )
 }
 
 fn bearer(rb: reqwest::RequestBuilder, token: &Option<String>) -> reqwest::RequestBuilder {
@@ -328,12 +330,7 @@ async fn commit_rest(
     let resp = bearer(client.post(url).json(&body), &token)
         .send()
         .await
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Catalog,
-                format!("cannot reach the REST catalog: {e}"),
-            )
-        })?;
+        .map_err(unreachable)?;
     let status = resp.status();
     if status.is_success() {
         return Ok(());

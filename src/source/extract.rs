@@ -90,14 +90,17 @@ fn utf8(v: &[u8]) -> std::result::Result<&str, String> {
     std::str::from_utf8(v).map_err(|_| "invalid UTF-8".to_string())
 }
 
+/// Postgres's `infinity`/`-infinity` have no Iceberg value.
+fn no_infinity(what: &str, positive: bool) -> String {
+    let value = if positive { "infinity" } else { "-infinity" };
+    format!("value {value} cannot be stored in an Iceberg {what}")
+}
+
 /// A binary `date`: days since 1970-01-01 (infinities refused).
 fn date_days(v: &[u8]) -> std::result::Result<i32, String> {
     let d = i32::from_be_bytes(fixed(v)?);
     if d == i32::MAX || d == i32::MIN {
-        return Err(format!(
-            "value {} cannot be stored in an Iceberg date",
-            if d > 0 { "infinity" } else { "-infinity" }
-        ));
+        return Err(no_infinity("date", d > 0));
     }
     Ok(d.checked_add(PG_EPOCH_DAYS).ok_or("date out of range")?)
 }
@@ -115,10 +118,7 @@ fn time_micros(v: &[u8]) -> std::result::Result<i64, String> {
 fn timestamp_micros(v: &[u8]) -> std::result::Result<i64, String> {
     let t = i64::from_be_bytes(fixed(v)?);
     if t == i64::MAX || t == i64::MIN {
-        return Err(format!(
-            "value {} cannot be stored in an Iceberg timestamp",
-            if t > 0 { "infinity" } else { "-infinity" }
-        ));
+        return Err(no_infinity("timestamp", t > 0));
     }
     Ok(t.checked_add(PG_EPOCH_MICROS)
         .ok_or("timestamp out of range")?)
