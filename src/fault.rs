@@ -84,11 +84,19 @@ pub fn point(name: &str) {
             && p == name
             && first_pause(name)
         {
-            use std::io::Read;
             eprintln!("permafrost: paused at `{name}`");
-            if let Ok(mut f) = std::fs::File::open(fifo) {
-                let mut b = [0u8; 1];
-                let _ = f.read(&mut b);
+            let wait = || {
+                use std::io::Read;
+                if let Ok(mut f) = std::fs::File::open(fifo) {
+                    let mut b = [0u8; 1];
+                    let _ = f.read(&mut b);
+                }
+            };
+            // Only this task waits: the runtime's other tasks (other
+            // batches in flight) move to another thread and go on.
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+                _ => wait(),
             }
             eprintln!("permafrost: resumed after `{name}`");
         }

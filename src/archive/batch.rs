@@ -21,9 +21,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fault;
 use crate::lake;
 use crate::ledger::{self, BatchMode, BatchRecord, SummaryExtra};
+use crate::plan::PlannedBatch;
 use crate::plan::batch::{self as decide, Part, Settle, Take};
 use crate::plan::window::{Window, rfc3339};
-use crate::plan::{PlannedBatch, TableFacts};
 use crate::shutdown;
 use crate::source::partitions::{self, Partition};
 use crate::source::{self, extract, windows};
@@ -33,16 +33,16 @@ use super::{BatchReport, Ctx, Stages, reconcile};
 /// Runs one planned batch (several parts when `max_batch_rows` splits it).
 /// Returns the committed parts, and whether a stop cut the parts short.
 pub(super) async fn run_planned(
-    ctx: &mut Ctx<'_>,
+    ctx: &Ctx,
     client: &mut tokio_postgres::Client,
-    facts: &TableFacts,
+    turn: usize,
     planned: &PlannedBatch,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Vec<BatchReport>, bool)> {
     let mut bag = reconcile::archived_rows(ctx, client, planned).await?;
     let limit = decide::row_limit(ctx.mode, ctx.cfg.max_batch_rows);
     let rows_now = match limit {
-        Some(_) => windows::count_in_range(client, ctx.src, &planned.range).await?,
+        Some(_) => windows::count_in_range(client, &ctx.src, &planned.range).await?,
         None => 0,
     };
     let max_parts = decide::max_parts(limit, rows_now);
@@ -56,7 +56,7 @@ pub(super) async fn run_planned(
             window_start = %rfc3339(planned.range.start),
             window_end = %rfc3339(planned.range.end),
         );
-        let done = run_part(ctx, client, planned, &part, limit, bag.as_mut(), bar)
+        let done = run_part(ctx, client, turn, planned, &part, limit, bag.as_mut(), bar)
             .instrument(span)
             .await
             .map_err(|e| {
@@ -65,7 +65,8 @@ pub(super) async fn run_planned(
                     .with_context("window_end", rfc3339(planned.range.end))
             })?;
         out.extend(done.report);
-        let Some(next) = part.next(&facts.source, planned, limit, done.exhausted, max_parts) else {
+        let Some(next) = part.next(&ctx.source_id, planned, limit, done.exhausted, max_parts)
+        else {
             break;
         };
         if shutdown::stop_requested() {
@@ -93,9 +94,11 @@ struct Extracted {
 }
 
 /// One part: one Postgres transaction, at most one snapshot.
+#[allow(clippy::too_many_arguments)]
 async fn run_part(
-    ctx: &mut Ctx<'_>,
+    ctx: &Ctx,
     client: &mut tokio_postgres::Client,
+    turn: usize,
     planned: &PlannedBatch,
     part: &Part,
     limit: Option<u64>,
@@ -112,7 +115,7 @@ async fn run_part(
     bar.set_message(format!("{}: {} rows", part.batch_id, out.written));
     let exhausted = match take.exhausted() {
         Some(known) => known,
-        None => range_is_empty(&tx, ctx.src, &range).await?,
+        None => range_is_empty(&tx, &ctx.src, &range).await?,
     };
     let settles = match decide::settle(
         planned,
@@ -167,10 +170,12 @@ async fn run_part(
         partition_by: ctx.cfg.partition_by,
         reconciled_rows: out.reconciled,
     };
-    let snapshot_id = commit(ctx, out.files, &rec, extra).await?;
+    // A batch of one part makes one commit: then the next batch may commit.
+    let last = limit.is_none();
+    let (snapshot_id, committed) = commit(ctx, (turn, last), out.files, &rec, extra).await?;
     stages.commit = mark.elapsed().as_secs_f64();
     let mark = Instant::now();
-    if let Err(e) = verify(&ctx.table.table, &rec, &out.checksum).await {
+    if let Err(e) = verify(&committed, &rec, &out.checksum).await {
         let _ = tx.rollback().await;
         return Err(mark_failed(ctx, &rec.batch_id, e).await);
     }
@@ -204,7 +209,7 @@ async fn run_part(
 /// The partitions that tile the range, when the batch may export them whole
 /// and drop them after verification instead of deleting their rows.
 async fn partitions_to_drop(
-    ctx: &Ctx<'_>,
+    ctx: &Ctx,
     client: &tokio_postgres::Client,
     range: &Window,
     limit: Option<u64>,
@@ -218,7 +223,7 @@ async fn partitions_to_drop(
     if !may {
         return Ok(None);
     }
-    partitions::tiling(client, ctx.src, range).await
+    partitions::tiling(client, &ctx.src, range).await
 }
 
 /// Begins the part's transaction: repeatable read for a copy (one
@@ -263,8 +268,8 @@ async fn begin<'c>(
 }
 
 /// The statement whose rows the part streams (and, for a move, deletes).
-fn take_query(ctx: &Ctx<'_>, range: &Window, take: Take) -> String {
-    let src = ctx.src;
+fn take_query(ctx: &Ctx, range: &Window, take: Take) -> String {
+    let src = &ctx.src;
     let t = src.qualified();
     let pred = windows::range_predicate(src, range);
     let cols = ctx.table.select_list();
@@ -290,7 +295,7 @@ fn take_query(ctx: &Ctx<'_>, range: &Window, take: Take) -> String {
 /// while this task drops rows already archived and writes the rest to data
 /// files.  Checks that every row streamed is either written or reconciled.
 async fn extract_write(
-    ctx: &Ctx<'_>,
+    ctx: &Ctx,
     tx: &tokio_postgres::Transaction<'_>,
     query: &str,
     batch_id: &str,
@@ -302,7 +307,7 @@ async fn extract_write(
         .map_err(|e| Error::postgres("cannot start COPY", e))?;
     let mut rows = extract::CopyRows::spawn(stream, decoder(ctx)?);
     let prefix = format!("{batch_id}-{}", uuid::Uuid::new_v4().simple());
-    let cfg = ctx.cfg;
+    let cfg = &ctx.cfg;
     let mut writer =
         lake::write::BatchWriter::new(&ctx.table, &prefix, cfg.target_file_size, cfg.zstd_level)?;
     let mut checksum = Checksum::default();
@@ -350,7 +355,7 @@ async fn extract_write(
 
 /// The COPY decoder of the archive table's columns, errors naming the
 /// source column and its Postgres type.
-fn decoder(ctx: &Ctx<'_>) -> Result<extract::CopyDecoder> {
+fn decoder(ctx: &Ctx) -> Result<extract::CopyDecoder> {
     let labels = ctx
         .table
         .columns
@@ -408,33 +413,49 @@ async fn range_is_empty(
         .get(0))
 }
 
-/// Commits the part's snapshot (and the ledger with it); the table as the
-/// catalog serves it afterwards replaces `ctx.table`'s.
+/// Commits the part's snapshot (and the ledger with it) through the run's
+/// one committer, in plan order (batch `turn`; `last`: its last commit, the
+/// turn passes on).  Returns the snapshot id and
+/// the table as the catalog serves it after the commit (verification reads
+/// that, not memory).
 async fn commit(
-    ctx: &mut Ctx<'_>,
+    ctx: &Ctx,
+    (turn, last): (usize, bool),
     files: Vec<DataFile>,
     rec: &BatchRecord,
     extra: SummaryExtra,
-) -> Result<i64> {
-    let source_id = ctx.src.source_id();
+) -> Result<(i64, iceberg::table::Table)> {
+    ctx.turns.wait(turn).await;
+    let mut committer = ctx.committer.lock().await;
     let update = lake::commit::LedgerUpdate {
-        source: &source_id,
-        settled: &ctx.settled,
+        source: &ctx.source_id,
+        settled: &committer.settled,
     };
-    let (snapshot_id, committed) =
-        lake::commit::commit_batch(ctx.catalog, &ctx.table.ident, files, rec, extra, update)
-            .await?;
+    let (snapshot_id, committed) = lake::commit::commit_batch(
+        ctx.catalog.iceberg(),
+        &ctx.table.ident,
+        files,
+        rec,
+        extra,
+        update,
+    )
+    .await?;
+    committer.table = committed.clone();
+    drop(committer);
+    if last {
+        ctx.turns.finish(turn);
+    }
     fault::point("after-commit");
-    ctx.table.table = committed;
-    Ok(snapshot_id)
+    Ok((snapshot_id, committed))
 }
 
 /// Records that the batch failed verification (best effort) and returns
 /// the error to report.
-async fn mark_failed(ctx: &Ctx<'_>, batch_id: &str, e: Error) -> Error {
+async fn mark_failed(ctx: &Ctx, batch_id: &str, e: Error) -> Error {
     let reason = e.message().to_string();
+    let _committing = ctx.committer.lock().await;
     if let Err(me) =
-        lake::commit::mark_failed(ctx.catalog, &ctx.table.ident, batch_id, &reason).await
+        lake::commit::mark_failed(ctx.catalog.iceberg(), &ctx.table.ident, batch_id, &reason).await
     {
         tracing::error!("cannot record the failure of batch {batch_id}: {me}");
     }
@@ -445,7 +466,7 @@ async fn mark_failed(ctx: &Ctx<'_>, batch_id: &str, e: Error) -> Error {
 /// only now do its rows leave Postgres.  Then the batches it settled are
 /// settled for the rest of the run, and their failure marks are cleared.
 async fn settle_postgres(
-    ctx: &mut Ctx<'_>,
+    ctx: &Ctx,
     tx: tokio_postgres::Transaction<'_>,
     drop_parts: Option<&[Partition]>,
     rec: &BatchRecord,
@@ -463,8 +484,9 @@ async fn settle_postgres(
         .await
         .map_err(|e| Error::postgres("cannot commit the Postgres transaction (the batch is archived; the next run settles it)", e))?;
     fault::point("after-pg-commit");
-    ctx.settled.extend(decide::settled_by(rec));
-    let failed = ledger::read::failed_batches(&ctx.table.table);
+    let mut committer = ctx.committer.lock().await;
+    committer.settled.extend(decide::settled_by(rec));
+    let failed = ledger::read::failed_batches(&committer.table);
     let resolved: Vec<String> = rec
         .reconciles
         .iter()
@@ -472,13 +494,13 @@ async fn settle_postgres(
         .cloned()
         .collect();
     if !resolved.is_empty() {
-        lake::commit::clear_failed(ctx.catalog, &ctx.table.ident, &resolved).await?;
-        ctx.table.table = lake::commit::reload(ctx.catalog, &ctx.table.ident).await?;
+        lake::commit::clear_failed(ctx.catalog.iceberg(), &ctx.table.ident, &resolved).await?;
+        committer.table = lake::commit::reload(ctx.catalog.iceberg(), &ctx.table.ident).await?;
     }
     Ok(())
 }
 
-fn log_done(ctx: &Ctx<'_>, r: &BatchReport, range: &Window) {
+fn log_done(ctx: &Ctx, r: &BatchReport, range: &Window) {
     tracing::info!(
         "{}: batch {} {} archived {} row(s){} in {:.1}s",
         ctx.cfg.source_name(),

@@ -175,17 +175,82 @@ pub struct BlockedReport {
     pub reason: String,
 }
 
-/// Everything the batches of one table share (the Postgres client is
-/// passed on its own: a part's transaction borrows it).
-struct Ctx<'a> {
-    pub cfg: &'a TableConfig,
-    pub catalog: &'a dyn Catalog,
-    pub src: &'a source::SourceTable,
-    pub table: ArchiveTable,
-    pub mode: BatchMode,
+/// Everything the batches of one table share, read-only but for the
+/// committer (each batch has its own Postgres connection: a part's
+/// transaction borrows it).  Owned, so batches can run on tasks of their own.
+struct Ctx {
+    cfg: TableConfig,
+    catalog: Arc<CatalogHandle>,
+    src: source::SourceTable,
+    /// `src.source_id()`.
+    source_id: String,
+    /// The archive table as the run planned from it.
+    table: ArchiveTable,
+    mode: BatchMode,
+    /// The one committer: batches in flight commit to the catalog one at a
+    /// time, holding this lock for the commit (and for failure marks).
+    committer: tokio::sync::Mutex<Committer>,
+    /// ... and in plan order, so the snapshot history is in window order.
+    turns: Turns,
+}
+
+/// Whose turn it is to commit: planned batch `i` commits once every batch
+/// planned before it has made its last commit (or failed, or found nothing
+/// to record).  A batch of one part passes the turn right after its commit;
+/// one split by `max_batch_rows` when its last part is done.  Batches start
+/// in plan order, so the ones waited for are running.
+struct Turns {
+    next: tokio::sync::watch::Sender<usize>,
+    finished: std::sync::Mutex<std::collections::BTreeSet<usize>>,
+}
+
+impl Turns {
+    fn new() -> Self {
+        Self {
+            next: tokio::sync::watch::Sender::new(0),
+            finished: std::sync::Mutex::new(Default::default()),
+        }
+    }
+
+    /// Waits until batch `i` may commit.
+    async fn wait(&self, i: usize) {
+        let mut next = self.next.subscribe();
+        let _ = next.wait_for(|n| *n >= i).await;
+    }
+
+    /// Batch `i` is finished: the turn passes on.
+    fn finish(&self, i: usize) {
+        let Ok(mut finished) = self.finished.lock() else {
+            return;
+        };
+        let mut n = *self.next.borrow();
+        if i < n {
+            return;
+        }
+        finished.insert(i);
+        while finished.remove(&n) {
+            n += 1;
+        }
+        self.next.send_replace(n);
+    }
+}
+
+/// Finishes a batch's turn however it ends (a panic included).
+struct TurnGuard<'a>(&'a Turns, usize);
+
+impl Drop for TurnGuard<'_> {
+    fn drop(&mut self) {
+        self.0.finish(self.1);
+    }
+}
+
+/// What catalog commits of a run change, behind [`Ctx::committer`].
+struct Committer {
+    /// The table as our last commit left it.
+    table: iceberg::table::Table,
     /// Batches known to be settled (the ledger drops their files): settled
     /// when the run started, and settled by this run's Postgres commits.
-    pub settled: HashSet<String>,
+    settled: HashSet<String>,
 }
 
 /// Runs `archive` over the selected tables, `global.max_table_concurrency` at a time.
@@ -234,7 +299,7 @@ async fn archive_table(
             "stopped by a signal before this table started",
         ))
     } else {
-        archive_table_inner(cfg, t, catalog.as_ref(), opts, progress, &mut report)
+        archive_table_inner(cfg, t, &catalog, opts, progress, &mut report)
             .instrument(span)
             .await
     };
@@ -279,7 +344,7 @@ async fn notify_failure(cfg: &Config, t: &TableConfig, e: &Error) {
 async fn archive_table_inner(
     cfg: &Config,
     t: &TableConfig,
-    catalog: &CatalogHandle,
+    catalog: &Arc<CatalogHandle>,
     opts: &ArchiveOptions,
     progress: &Progress,
     report: &mut TableReport,
@@ -335,7 +400,7 @@ async fn archive_on(
     client: &mut tokio_postgres::Client,
     cfg: &Config,
     t: &TableConfig,
-    catalog: &CatalogHandle,
+    catalog: &Arc<CatalogHandle>,
     opts: &ArchiveOptions,
     progress: &Progress,
     report: &mut TableReport,
@@ -363,18 +428,32 @@ async fn archive_on(
     let facts = facts::gather(client, &table.table, &src, t, lower, cutoff).await?;
     let plan = plan_of(&facts, t, opts);
     let ctx = Ctx {
-        cfg: t,
-        catalog: catalog.iceberg(),
-        src: &src,
+        cfg: t.clone(),
+        catalog: catalog.clone(),
+        src: src.clone(),
+        source_id: src.source_id(),
+        committer: tokio::sync::Mutex::new(Committer {
+            table: table.table.clone(),
+            settled: plan::settled_batches(&facts),
+        }),
+        turns: Turns::new(),
         table,
         mode: mode_of(opts),
-        settled: plan::settled_batches(&facts),
     };
     if !report_plan(t, &plan, report) {
         let _ = source::unlock_table(client, src.oid).await;
         return Ok(());
     }
-    let result = run_batches(ctx, client, &facts, &plan, progress, report).await;
+    let result = match workers(cfg, t, &plan).await {
+        Ok(own) => {
+            let idle = match own.is_empty() {
+                true => vec![Worker::Run(&mut *client)],
+                false => own.into_iter().map(Worker::Own).collect(),
+            };
+            run_batches(Arc::new(ctx), idle, &plan, progress, report).await
+        }
+        Err(e) => Err(e),
+    };
     let finished = result
         .as_ref()
         .err()
@@ -473,44 +552,136 @@ fn report_plan(t: &TableConfig, plan: &Plan, report: &mut TableReport) -> bool {
     true
 }
 
-/// Runs the planned batches in order until one fails or a stop comes.
+/// The connections of the batch workers: none when one worker runs the
+/// batches on the run's own connection (the one holding the table's lock),
+/// else one each.
+async fn workers(
+    cfg: &Config,
+    t: &TableConfig,
+    plan: &Plan,
+) -> Result<Vec<tokio_postgres::Client>> {
+    // Dropping a partition locks its parent: two batches that both drop
+    // would deadlock each other, so a table archived by dropping
+    // partitions runs its batches one at a time.
+    let parallel = if t.drop_partitions {
+        1
+    } else {
+        t.parallel_windows
+    };
+    let n = parallel.min(plan.batches.len());
+    let mut out = Vec::new();
+    if n > 1 {
+        for _ in 0..n {
+            out.push(source::connect(&cfg.database).await?);
+        }
+    }
+    Ok(out)
+}
+
+/// Where a batch runs: inline on the run's own connection (one worker), or
+/// on a task of its own with a connection of its own (several: they use
+/// every core).
+enum Worker<'c> {
+    Run(&'c mut tokio_postgres::Client),
+    Own(tokio_postgres::Client),
+}
+
+type Done = Result<(Vec<BatchReport>, bool)>;
+
+impl<'c> Worker<'c> {
+    /// Runs `planned`; gives the worker back with the outcome (`None` when
+    /// its task panicked: the connection is gone with it).
+    async fn run(
+        self,
+        ctx: Arc<Ctx>,
+        turn: usize,
+        planned: plan::PlannedBatch,
+        bar: indicatif::ProgressBar,
+    ) -> (Option<Worker<'c>>, Done) {
+        match self {
+            Worker::Run(client) => {
+                let _turn = TurnGuard(&ctx.turns, turn);
+                let r = batch::run_planned(&ctx, client, turn, &planned, &bar).await;
+                (Some(Worker::Run(client)), r)
+            }
+            Worker::Own(mut client) => {
+                // The task logs in the table's context, like the run.
+                let task = tokio::spawn(
+                    async move {
+                        let _turn = TurnGuard(&ctx.turns, turn);
+                        let r = batch::run_planned(&ctx, &mut client, turn, &planned, &bar).await;
+                        (client, r)
+                    }
+                    .instrument(tracing::Span::current()),
+                );
+                match task.await {
+                    Ok((client, r)) => (Some(Worker::Own(client)), r),
+                    Err(e) => (
+                        None,
+                        Err(Error::internal(format!("a batch task failed: {e}"))),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// Runs the planned batches, one per worker at a time, in plan order.  No
+/// batch starts after one failed or a stop came; the batches in flight
+/// finish (each commits or rolls back on its own).  The first failure is
+/// the table's; the reports come in window order.
 async fn run_batches(
-    mut ctx: Ctx<'_>,
-    client: &mut tokio_postgres::Client,
-    facts: &TableFacts,
+    ctx: Arc<Ctx>,
+    mut idle: Vec<Worker<'_>>,
     plan: &Plan,
     progress: &Progress,
     report: &mut TableReport,
 ) -> Result<()> {
+    use futures::StreamExt;
     let name = ctx.cfg.source_name();
     if plan.batches.is_empty() {
         let cutoff = report.cutoff.as_deref().unwrap_or("?");
         tracing::info!("{name}: nothing to archive (cutoff {cutoff})");
     }
     let bar = progress.table_bar(&name, plan.batches.len() as u64);
-    let mut result = Ok(());
-    for (n, planned) in plan.batches.iter().enumerate() {
-        if shutdown::stop_requested() {
-            result = Err(stopped(plan.batches.len() - n));
-            break;
-        }
-        match batch::run_planned(&mut ctx, client, facts, planned, &bar).await {
-            Ok((mut done, cut)) => {
-                report.batches.append(&mut done);
-                if cut {
-                    result = Err(stopped(plan.batches.len() - n));
-                    break;
-                }
-            }
-            Err(e) => {
-                result = Err(e);
+    let mut queue = plan.batches.iter().enumerate();
+    let mut running = futures::stream::FuturesUnordered::new();
+    let (mut failed, mut cut, mut whole) = (None::<Error>, false, 0);
+    loop {
+        while failed.is_none() && !cut && !idle.is_empty() && queue.len() > 0 {
+            if shutdown::stop_requested() {
+                cut = true;
                 break;
             }
+            let (Some(worker), Some((turn, planned))) = (idle.pop(), queue.next()) else {
+                break;
+            };
+            running.push(worker.run(ctx.clone(), turn, planned.clone(), bar.clone()));
         }
+        let Some((worker, r)) = running.next().await else {
+            break;
+        };
+        idle.extend(worker);
         bar.inc(1);
+        match r {
+            Ok((done, stopped)) => {
+                report.batches.extend(done);
+                whole += usize::from(!stopped);
+                cut |= stopped;
+            }
+            Err(e) if failed.is_none() => failed = Some(e),
+            Err(e) => tracing::error!("{name}: {e}"),
+        }
     }
     bar.finish_and_clear();
-    result
+    report
+        .batches
+        .sort_by(|a, b| (&a.window_start, a.sequence).cmp(&(&b.window_start, b.sequence)));
+    match failed {
+        Some(e) => Err(e),
+        None if cut => Err(stopped(plan.batches.len() - whole)),
+        None => Ok(()),
+    }
 }
 
 /// The error of a table whose run a signal cut short, `left` batches early.

@@ -20,7 +20,7 @@ use super::Ctx;
 /// The hashes of the rows the batch's range holds that are already
 /// archived (see the module doc); `None` when there are none.
 pub(super) async fn archived_rows(
-    ctx: &Ctx<'_>,
+    ctx: &Ctx,
     client: &tokio_postgres::Client,
     planned: &PlannedBatch,
 ) -> Result<Option<HashBag>> {
@@ -44,7 +44,7 @@ pub(super) async fn archived_rows(
 /// snapshot was expired — from the files the durable ledger recorded.  A
 /// batch whose rows cannot be read is an error, never skipped: skipping
 /// would archive its rows a second time.
-async fn open_rows(ctx: &Ctx<'_>, ids: &[String]) -> Result<Vec<u128>> {
+async fn open_rows(ctx: &Ctx, ids: &[String]) -> Result<Vec<u128>> {
     let table = &ctx.table.table;
     let ledger = read_ledger_full(table, &ctx.src.source_id())?;
     let mut out = Vec::new();
@@ -89,11 +89,11 @@ async fn open_rows(ctx: &Ctx<'_>, ids: &[String]) -> Result<Vec<u128>> {
 /// present (as a multiset), so new rows that merely equal some archived row
 /// are still archived.
 async fn restored_rows(
-    ctx: &Ctx<'_>,
+    ctx: &Ctx,
     client: &tokio_postgres::Client,
     planned: &PlannedBatch,
 ) -> Result<Vec<u128>> {
-    let src = ctx.src;
+    let src = &ctx.src;
     let pred = windows::range_predicate(src, &planned.range);
     let query = format!(
         "SELECT {} FROM {} WHERE {pred}",

@@ -222,6 +222,9 @@ pub struct TableConfig {
     /// At most this many consecutive windows per batch; [`BATCH_WINDOWS_ALL`]:
     /// every window a run archives, in one batch (one snapshot).
     pub batch_windows: u32,
+    /// Batches of this table run at once, each on its own connection and
+    /// Postgres transaction (its commits to the catalog one at a time).
+    pub parallel_windows: usize,
     /// Parquet compression level (zstd).
     pub zstd_level: i32,
     /// Columns not archived (their values are dropped with the rows).
@@ -426,6 +429,8 @@ struct RawTable {
     #[serde(default, deserialize_with = "opt_scalar")]
     batch_windows: Option<String>,
     #[serde(default, deserialize_with = "opt_scalar")]
+    parallel_windows: Option<usize>,
+    #[serde(default, deserialize_with = "opt_scalar")]
     zstd_level: Option<i32>,
     #[serde(default)]
     exclude_columns: Vec<String>,
@@ -517,7 +522,7 @@ impl Config {
             .namespace
             .clone()
             .unwrap_or_else(|| "archive".into());
-        let tables = tables_config(raw.tables, &default_namespace)?;
+        let tables = tables_config(raw.tables, &default_namespace, database.pool_size)?;
         let max_table_concurrency = raw.global.max_table_concurrency.unwrap_or(2);
         if !(1..=MAX_POOL_SIZE).contains(&max_table_concurrency) {
             return Err(Error::config(format!(
@@ -624,13 +629,17 @@ fn database_config(raw: RawDatabase, dir: &Path) -> Result<DatabaseConfig> {
 
 /// `tables:`: at least one; no source configured twice, no two sources
 /// archiving into one Iceberg table.
-fn tables_config(raw: Vec<RawTable>, default_namespace: &str) -> Result<Vec<TableConfig>> {
+fn tables_config(
+    raw: Vec<RawTable>,
+    default_namespace: &str,
+    pool_size: usize,
+) -> Result<Vec<TableConfig>> {
     if raw.is_empty() {
         return Err(Error::config("`tables` is empty: nothing to archive"));
     }
     let mut tables = Vec::with_capacity(raw.len());
     for (i, t) in raw.into_iter().enumerate() {
-        tables.push(parse_table(i, t, default_namespace)?);
+        tables.push(parse_table(i, t, default_namespace, pool_size)?);
     }
     for (i, a) in tables.iter().enumerate() {
         for b in &tables[..i] {
@@ -765,7 +774,12 @@ fn parse_catalog(map: BTreeMap<String, serde_norway::Value>) -> Result<CatalogCo
     })
 }
 
-fn parse_table(i: usize, t: RawTable, default_namespace: &str) -> Result<TableConfig> {
+fn parse_table(
+    i: usize,
+    t: RawTable,
+    default_namespace: &str,
+    pool_size: usize,
+) -> Result<TableConfig> {
     let key = |k: &str| format!("`tables[{i}].{k}`");
     let nonempty = |k: &str, v: &str| -> Result<()> {
         if v.trim().is_empty() {
@@ -835,23 +849,8 @@ fn parse_table(i: usize, t: RawTable, default_namespace: &str) -> Result<TableCo
             i64::MAX
         )));
     }
-    let batch_windows = match t.batch_windows.as_deref().map(str::trim) {
-        None => match partition_by {
-            Granularity::Hour => 24,
-            _ => 1,
-        },
-        Some("all") => BATCH_WINDOWS_ALL,
-        Some(n) => n
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_BATCH_WINDOWS).contains(n))
-            .ok_or_else(|| {
-                Error::config(format!(
-                    "{} must be between 1 and {MAX_BATCH_WINDOWS}, or `all`",
-                    key("batch_windows")
-                ))
-            })?,
-    };
+    let batch_windows = batch_windows(t.batch_windows.as_deref(), partition_by, &key)?;
+    let parallel_windows = parallel_windows(t.parallel_windows, pool_size, &key)?;
     let zstd_level = t.zstd_level.unwrap_or(3);
     if !(1..=22).contains(&zstd_level) {
         return Err(Error::config(format!(
@@ -875,11 +874,58 @@ fn parse_table(i: usize, t: RawTable, default_namespace: &str) -> Result<TableCo
         target_file_size,
         max_batch_rows: t.max_batch_rows,
         batch_windows,
+        parallel_windows,
         zstd_level,
         exclude_columns: t.exclude_columns,
         text_columns: t.text_columns,
         drop_partitions: t.drop_partitions,
     })
+}
+
+/// `tables[].batch_windows`: a number, or `all`; default a day of hours,
+/// else one window.
+fn batch_windows(
+    raw: Option<&str>,
+    partition_by: Granularity,
+    key: &dyn Fn(&str) -> String,
+) -> Result<u32> {
+    match raw.map(str::trim) {
+        None if partition_by == Granularity::Hour => Ok(24),
+        None => Ok(1),
+        Some("all") => Ok(BATCH_WINDOWS_ALL),
+        Some(n) => n
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_BATCH_WINDOWS).contains(n))
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "{} must be between 1 and {MAX_BATCH_WINDOWS}, or `all`",
+                    key("batch_windows")
+                ))
+            }),
+    }
+}
+
+/// `tables[].parallel_windows`: workers each hold a connection besides the
+/// run's own (which keeps the table's lock), so a table needs at most
+/// `pool_size` connections.  Default: the number of cores.
+fn parallel_windows(
+    raw: Option<usize>,
+    pool_size: usize,
+    key: &dyn Fn(&str) -> String,
+) -> Result<usize> {
+    let most = pool_size.saturating_sub(1).max(1);
+    match raw {
+        None => Ok(std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(most)),
+        Some(n) if (1..=most).contains(&n) => Ok(n),
+        Some(_) => Err(Error::config(format!(
+            "{} must be between 1 and {most} (`database.pool_size` minus the run's own connection)",
+            key("parallel_windows")
+        ))
+        .with_hint("raise `database.pool_size`, or lower `parallel_windows`")),
+    }
 }
 
 fn maintenance_config(raw: RawMaintenance) -> Result<MaintenanceConfig> {
@@ -1487,6 +1533,31 @@ tables:
         let c = Config::from_str_with(&text, Path::new("."), &env(&[])).unwrap();
         assert_eq!(c.catalog.properties["sql_bind_style"], "DollarNumeric");
         assert!(!c.catalog.describe().contains("pw"));
+    }
+
+    #[test]
+    fn parallel_windows_leave_the_run_its_own_connection() {
+        let with = |extra: &str| {
+            let text = MINIMAL.replace(
+                "timestamp_column: ts",
+                &format!("timestamp_column: ts\n{extra}"),
+            );
+            Config::from_str_with(&text, Path::new("."), &env(&[]))
+        };
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let c = with("").unwrap();
+        assert_eq!(c.tables[0].parallel_windows, cores.min(3));
+        assert_eq!(
+            with("    parallel_windows: 3").unwrap().tables[0].parallel_windows,
+            3
+        );
+        let e = with("    parallel_windows: 4").unwrap_err();
+        assert!(
+            e.message()
+                .contains("`tables[0].parallel_windows` must be between 1 and 3"),
+            "{e}"
+        );
+        assert!(with("    parallel_windows: 0").is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Randomised simulation of the planner against a model of Postgres and the
-//! archive: runs that crash at every possible step, copies (`--no-delete`),
+//! archive: runs that crash at every possible step, with up to three batches
+//! in flight, copies (`--no-delete`),
 //! verification failures, late rows, `--force`, and snapshot expiry by
 //! another engine: the planner sees the batches the way the real path reads
 //! them — the snapshots still in the history merged with the durable ledger
@@ -363,22 +364,31 @@ impl Model {
         } else {
             None
         };
-        for p in &plan.batches {
-            let mut stop = || {
-                if !crashes {
-                    return Stop::Complete;
-                }
-                match rng.below(12) {
-                    0 => Stop::BeforeCommit,
-                    1 => Stop::CommitLandsAnswerLost,
-                    2 => Stop::AfterCommit,
-                    3 => Stop::VerifyFails,
-                    _ => Stop::Complete,
-                }
-            };
-            let completed = self.execute(p, mode, limit, &mut stop);
-            self.check_safe();
-            if !completed {
+        // Up to three batches in flight at once (`parallel_windows`): a
+        // crash of the process stops each where it was, so each draws its
+        // own end; their ranges are disjoint, so running them one after
+        // the other is one of their interleavings.  The run ends after a
+        // group in which any batch did not complete.
+        let in_flight = 1 + rng.below(3) as usize;
+        for group in plan.batches.chunks(in_flight) {
+            let mut all = true;
+            for p in group {
+                let mut stop = || {
+                    if !crashes {
+                        return Stop::Complete;
+                    }
+                    match rng.below(12) {
+                        0 => Stop::BeforeCommit,
+                        1 => Stop::CommitLandsAnswerLost,
+                        2 => Stop::AfterCommit,
+                        3 => Stop::VerifyFails,
+                        _ => Stop::Complete,
+                    }
+                };
+                all &= self.execute(p, mode, limit, &mut stop);
+                self.check_safe();
+            }
+            if !all {
                 return; // the process is gone (or the run ends with an error)
             }
         }

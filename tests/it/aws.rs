@@ -90,7 +90,9 @@ async fn rds_iam_tokens_equal_the_sdk_and_every_connection_signs_its_own() {
             "database:\n  dsn: \"host=localhost port={port} user={role} dbname={dbname} sslmode={sslmode} \
              sslrootcert={}\"\n  iam_auth: true\n  iam_region: eu-west-1\n{extra}{}global:\n  namespace: {}\n\
              tables:\n  - name: sensor_readings\n    timestamp_column: recorded_at\n    lag: 15d\n\
-             \x20 - name: sensor_readings_b\n    timestamp_column: recorded_at\n    lag: 15d\n",
+             \x20   parallel_windows: 1\n\
+             \x20 - name: sensor_readings_b\n    timestamp_column: recorded_at\n    lag: 15d\n\
+             \x20   parallel_windows: 1\n",
             pki.join("ca.pem").display(),
             cat.yaml,
             cat.namespace

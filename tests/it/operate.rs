@@ -254,6 +254,9 @@ async fn run_mode_archives_as_rows_age_and_serves_metrics() {
 
 /// An `archive` of three windows paused after the first batch wrote its
 /// files, then sent SIGTERM (and seen to take it); the pipe resumes it.
+/// These tests follow one batch: the run's batches one at a time.
+const ONE_AT_A_TIME: &str = "    parallel_windows: 1\n";
+
 fn terminated_between_write_and_commit(f: &Fixture, pause: &Pause) -> (Running, std::fs::File) {
     let point = pause.env("after-write");
     let run = Running::start(
@@ -276,7 +279,7 @@ fn terminated_between_write_and_commit(f: &Fixture, pause: &Pause) -> (Running, 
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn sigterm_lets_the_batch_in_flight_finish() {
     let s = services!();
-    let f = Fixture::new(&s, None, Cat::Sqlite, 20, 3, "", "").await;
+    let f = Fixture::new(&s, None, Cat::Sqlite, 20, 3, ONE_AT_A_TIME, "").await;
     let pause = Pause::new();
     let (run, fifo) = terminated_between_write_and_commit(&f, &pause);
     Pause::resume(fifo);
@@ -299,7 +302,7 @@ async fn sigterm_lets_the_batch_in_flight_finish() {
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_second_signal_aborts_the_batch_before_its_commit() {
     let s = services!();
-    let f = Fixture::new(&s, None, Cat::Sqlite, 20, 3, "", "").await;
+    let f = Fixture::new(&s, None, Cat::Sqlite, 20, 3, ONE_AT_A_TIME, "").await;
     let pause = Pause::new();
     let (run, fifo) = terminated_between_write_and_commit(&f, &pause);
     run.signal("INT");

@@ -13,8 +13,10 @@ use crate::services;
 const WINDOWS: u64 = 4;
 const PER_WINDOW: u64 = 50;
 
+/// The crash scenarios follow one batch: batches run one at a time.
 async fn fixture(s: &Services) -> Fixture {
-    Fixture::new(s, None, Cat::Sqlite, PER_WINDOW, WINDOWS, "", "").await
+    let shape = "    parallel_windows: 1\n";
+    Fixture::new(s, None, Cat::Sqlite, PER_WINDOW, WINDOWS, shape, "").await
 }
 
 /// Expires every snapshot but the current one with PyIceberg.

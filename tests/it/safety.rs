@@ -246,6 +246,70 @@ async fn fault_matrix_sql_catalog() {
     fault_matrix(Cat::Sqlite, "    max_batch_rows: 300\n").await;
 }
 
+/// The same matrix with three batches in flight (`parallel_windows: 3`):
+/// the fault stops the whole process while the other batches are wherever
+/// they were (extracting, committed but not verified, verified but not
+/// committed in Postgres); the next run (in parallel too) settles every
+/// state exactly once.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn fault_matrix_parallel_windows() {
+    fault_matrix(
+        Cat::Sqlite,
+        "    parallel_windows: 3\n    max_batch_rows: 300\n",
+    )
+    .await;
+}
+
+/// `parallel_windows: 3`: while the first batch to commit is held right
+/// after its Iceberg commit (its rows still in Postgres, in its open
+/// transaction), the other two windows' batches run to the end on their own
+/// connections and Postgres transactions; one batch at a time would never
+/// get there.  Then the held batch finishes and every row is archived once.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn parallel_windows_run_batches_side_by_side() {
+    let s = services!();
+    let f = Fixture::new(
+        &s,
+        None,
+        Cat::Sqlite,
+        50,
+        3,
+        "    parallel_windows: 3\n",
+        "",
+    )
+    .await;
+    let c = f.db.client().await;
+    assert_eq!(count(&c, "sensor_readings", "true").await, 150);
+    let out = paused_run(&f, "after-commit", async || {
+        // The other two batches delete their windows while this one waits.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while count(&c, "sensor_readings", "true").await != 50 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the other batches did not finish while the first was held"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = out.json();
+    assert_eq!(archived_rows(&report), 150, "{report}");
+    let starts: Vec<&str> = report[0]["batches"]
+        .as_array()
+        .expect("batches")
+        .iter()
+        .filter_map(|b| b["window_start"].as_str())
+        .collect();
+    let mut sorted = starts.clone();
+    sorted.sort();
+    assert_eq!(starts, sorted, "reports come in window order");
+    assert_eq!(count(&c, "sensor_readings", "true").await, 0);
+    f.assert_reconciled("parallel windows");
+}
+
 /// The same matrix with one batch per run: all six windows in one range,
 /// split by `max_batch_rows` into snapshots that each span windows.
 #[tokio::test(flavor = "multi_thread")]
@@ -358,13 +422,14 @@ async fn verification_failure_blocks_notifies_and_force_recovers() {
     // A local webhook receiver.
     let (addr, rx) = webhook_sink();
     let url = format!("http://{addr}/hook");
+    // One batch fails; one at a time, so the run stops there.
     let f = Fixture::new(
         &s,
         None,
         Cat::Sqlite,
         300,
         4,
-        "",
+        "    parallel_windows: 1\n",
         &format!("notify:\n  webhook_url: {url}\n"),
     )
     .await;
@@ -504,7 +569,9 @@ async fn outages_delete_nothing_unverified_and_the_next_run_recovers() {
     let mut weed = Weed::start(&s).await;
     let cat = CatalogSetup::rest_at(&s, &weed.rest, &weed.s3, unique("outage"));
     // Windows larger than one record batch, so a backend can die mid-stream.
-    let f = Fixture::new(&s, Some(cat), Cat::Rest, 40_000, 3, "", "").await;
+    // Each outage hits the one batch in flight: batches one at a time.
+    let shape = "    parallel_windows: 1\n";
+    let f = Fixture::new(&s, Some(cat), Cat::Rest, 40_000, 3, shape, "").await;
     let c = f.db.client().await;
     let total = count(&c, "sensor_readings", "true").await;
     // The table exists and one window is archived before the outages.
