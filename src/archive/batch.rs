@@ -65,8 +65,13 @@ pub(super) async fn run_planned(
                     .with_context("window_end", rfc3339(planned.range.end))
             })?;
         out.extend(done.report);
-        let Some(next) = part.next(&ctx.source_id, planned, limit, done.exhausted, max_parts)
-        else {
+        let Some(next) = part.next(
+            &ctx.src.source_id(),
+            planned,
+            limit,
+            done.exhausted,
+            max_parts,
+        ) else {
             break;
         };
         if shutdown::stop_requested() {
@@ -321,8 +326,12 @@ async fn extract_write(
         let keep = decide::keep_unarchived(bag.as_deref_mut(), &hashes);
         let step = async {
             shutdown::check_abort()?;
-            let (batch, hashes) = keep_rows(batch, hashes, &keep)?;
-            reconciled += (keep.len() - hashes.len()) as u64;
+            let streamed = hashes.len();
+            let (batch, hashes) = match &keep {
+                Some(keep) => keep_rows(batch, hashes, keep)?,
+                None => (batch, hashes),
+            };
+            reconciled += (streamed - hashes.len()) as u64;
             checksum.add_hashes(&hashes);
             writer.write(batch).await
         };
@@ -426,9 +435,10 @@ async fn commit(
     extra: SummaryExtra,
 ) -> Result<(i64, iceberg::table::Table)> {
     ctx.turns.wait(turn).await;
+    let source_id = ctx.src.source_id();
     let mut committer = ctx.committer.lock().await;
     let update = lake::commit::LedgerUpdate {
-        source: &ctx.source_id,
+        source: &source_id,
         settled: &committer.settled,
     };
     let (snapshot_id, committed) = lake::commit::commit_batch(

@@ -182,8 +182,6 @@ struct Ctx {
     cfg: TableConfig,
     catalog: Arc<CatalogHandle>,
     src: source::SourceTable,
-    /// `src.source_id()`.
-    source_id: String,
     /// The archive table as the run planned from it.
     table: ArchiveTable,
     mode: BatchMode,
@@ -431,7 +429,6 @@ async fn archive_on(
         cfg: t.clone(),
         catalog: catalog.clone(),
         src: src.clone(),
-        source_id: src.source_id(),
         committer: tokio::sync::Mutex::new(Committer {
             table: table.table.clone(),
             settled: plan::settled_batches(&facts),

@@ -135,6 +135,13 @@ pub async fn archived_range(table: &Table, g: Granularity) -> Result<Option<Wind
     }))
 }
 
+/// The name of field `id` in `schema` (its id when the schema lacks it).
+fn column_name(schema: &Schema, id: i32) -> String {
+    schema
+        .field_by_id(id)
+        .map_or_else(|| id.to_string(), |s| s.name.clone())
+}
+
 /// The default partition spec, one `transform(column) as field` per field.
 pub fn partition_spec(table: &Table, schema: &Schema) -> Vec<String> {
     table
@@ -143,10 +150,7 @@ pub fn partition_spec(table: &Table, schema: &Schema) -> Vec<String> {
         .fields()
         .iter()
         .map(|f| {
-            let src = schema
-                .field_by_id(f.source_id)
-                .map(|s| s.name.clone())
-                .unwrap_or_else(|| f.source_id.to_string());
+            let src = column_name(schema, f.source_id);
             format!("{}({src}) as {}", f.transform, f.name)
         })
         .collect()
@@ -179,10 +183,7 @@ pub fn show(table: &Table, choice: SnapshotChoice) -> Result<TableInfo> {
         .fields
         .iter()
         .map(|f| {
-            let src = schema
-                .field_by_id(f.source_id)
-                .map(|s| s.name.clone())
-                .unwrap_or_else(|| f.source_id.to_string());
+            let src = column_name(&schema, f.source_id);
             format!("{src} {} {}", f.direction, f.null_order)
         })
         .collect();

@@ -83,11 +83,9 @@ pub fn take(mode: BatchMode, limit: Option<u64>, drops_partitions: bool) -> Take
 
 /// The keep mask of streamed rows: `false` for a row an open batch already
 /// archived (taken out of `bag`, once per occurrence), `true` for a new row.
-pub fn keep_unarchived(bag: Option<&mut HashBag>, hashes: &[u128]) -> Vec<bool> {
-    match bag {
-        Some(bag) => hashes.iter().map(|h| !bag.take(*h)).collect(),
-        None => vec![true; hashes.len()],
-    }
+/// `None` without a bag: every row is new (the common case costs nothing).
+pub fn keep_unarchived(bag: Option<&mut HashBag>, hashes: &[u128]) -> Option<Vec<bool>> {
+    bag.map(|bag| hashes.iter().map(|h| !bag.take(*h)).collect())
 }
 
 /// What a part does once its rows are streamed and written.
@@ -309,8 +307,8 @@ mod tests {
         let mut bag = HashBag::new(vec![1, 1, 2]);
         assert_eq!(
             keep_unarchived(Some(&mut bag), &[1, 1, 1, 2, 3]),
-            vec![false, false, true, false, true]
+            Some(vec![false, false, true, false, true])
         );
-        assert_eq!(keep_unarchived(None, &[1, 2]), vec![true, true]);
+        assert_eq!(keep_unarchived(None, &[1, 2]), None);
     }
 }

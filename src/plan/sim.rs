@@ -234,9 +234,9 @@ impl Model {
             let keep = batch::keep_unarchived(bag.as_mut(), &hashes);
             let new: Vec<u64> = streamed
                 .iter()
-                .zip(&keep)
-                .filter(|(_, k)| **k)
-                .map(|(id, _)| *id)
+                .enumerate()
+                .filter(|(i, _)| keep.as_ref().is_none_or(|k| k[*i]))
+                .map(|(_, id)| *id)
                 .collect();
             // Is the range empty once this part's rows are gone?
             let exhausted = take

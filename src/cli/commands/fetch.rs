@@ -38,13 +38,8 @@ pub(super) async fn fetch_cmd(a: FetchArgs, progress: &Progress) -> Result<ExitC
             inspect::fetch::fetch(&table, &req, out, &bar).await
         }
     };
-    let stats = match result {
-        Ok(s) => s,
-        // The reader went away (`| head`): not an error.
-        Err(e) if e.kind() == ErrorKind::Io && e.message().contains("Broken pipe") => {
-            return Ok(ExitCode::SUCCESS);
-        }
-        Err(e) => return Err(e),
+    let Some(stats) = reader_may_leave(result)? else {
+        return Ok(ExitCode::SUCCESS);
     };
     bar.finish_and_clear();
     tracing::info!(

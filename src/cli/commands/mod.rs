@@ -134,3 +134,13 @@ fn opt(v: &Option<impl ToString>) -> String {
         .map(|x| x.to_string())
         .unwrap_or_else(|| "-".into())
 }
+
+/// The output of `fetch`/`query`: `None` when the reader went away
+/// (`| head` closed the pipe), which is not an error.
+fn reader_may_leave<T>(result: Result<T>) -> Result<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == ErrorKind::Io && e.message().contains("Broken pipe") => Ok(None),
+        Err(e) => Err(e),
+    }
+}

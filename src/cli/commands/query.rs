@@ -65,12 +65,8 @@ pub(super) async fn query_cmd(a: QueryArgs, progress: &Progress) -> Result<ExitC
             query::run(prepared, format, out, &bar).await
         }
     };
-    let stats = match result {
-        Ok(s) => s,
-        Err(e) if e.kind() == ErrorKind::Io && e.message().contains("Broken pipe") => {
-            return Ok(ExitCode::SUCCESS);
-        }
-        Err(e) => return Err(e),
+    let Some(stats) = reader_may_leave(result)? else {
+        return Ok(ExitCode::SUCCESS);
     };
     bar.finish_and_clear();
     if stats.truncated > 0 {
