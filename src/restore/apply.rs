@@ -132,11 +132,13 @@ pub struct Merged {
 }
 
 /// Inserts the staged rows into `target` in one transaction with the
-/// conflict policy, then drops the staging table unless `keep`.
+/// conflict policy, then drops the staging table unless `keep`.  `ts` is
+/// the time column (see [`same_row`]).
 pub async fn merge(
     client: &Client,
     staging: &str,
     target: &str,
+    ts: &str,
     cols: &[StagedColumn],
     policy: OnConflict,
     keep: bool,
@@ -178,7 +180,7 @@ pub async fn merge(
         OnConflict::Error => format!("INSERT INTO {target} ({list}){overriding} {select}"),
         OnConflict::Skip if pk.is_empty() => format!(
             "INSERT INTO {target} ({list}){overriding} {select} WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {})",
-            same_row(&pk, &shared)
+            same_row(&pk, &shared, ts)
         ),
         OnConflict::Skip => format!(
             "INSERT INTO {target} ({list}){overriding} {select} ON CONFLICT ({conflict_target}) DO NOTHING"
@@ -205,7 +207,7 @@ pub async fn merge(
                 .query_one(
                     &format!(
                         "SELECT count(*) FROM {staging} s WHERE EXISTS (SELECT 1 FROM {target} t WHERE {})",
-                        same_row(&pk, &shared)
+                        same_row(&pk, &shared, ts)
                     ),
                     &[],
                 )

@@ -604,6 +604,7 @@ impl Staged<'_> {
                     self.client,
                     self.staging,
                     self.target,
+                    &t.timestamp_column,
                     &self.loaded.cols,
                     policy,
                     req.keep_staging,

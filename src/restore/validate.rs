@@ -289,15 +289,22 @@ fn in_range(ts: &str, kind: TimeKind, range: &Window) -> String {
 }
 
 /// The condition "staged row `s` is already in target `t`": by primary key,
-/// or (without one) every shared column equal in its text form.
-pub(crate) fn same_row(pk: &[String], shared: &[String]) -> String {
+/// or (without one) every shared column equal in its text form.  Without a
+/// key, the time column `ts` (never NULL in an archive) is also compared with
+/// `=` first: the text comparisons alone cannot be hashed, so Postgres would
+/// compare every staged row with every target row (hours for a million rows).
+pub(crate) fn same_row(pk: &[String], shared: &[String], ts: &str) -> String {
     if pk.is_empty() {
-        shared
-            .iter()
-            .map(|c| {
+        let by_time = shared.iter().any(|c| c == ts).then(|| {
+            let q = quote_ident(ts);
+            format!("t.{q} = s.{q}")
+        });
+        by_time
+            .into_iter()
+            .chain(shared.iter().map(|c| {
                 let q = quote_ident(c);
                 format!("t.{q}::text IS NOT DISTINCT FROM s.{q}::text")
-            })
+            }))
             .collect::<Vec<_>>()
             .join(" AND ")
     } else {
@@ -676,7 +683,7 @@ impl MergeOverlap<'_> {
                     "SELECT count(*) FROM {} s WHERE EXISTS (SELECT 1 FROM {} t WHERE {}{limit})",
                     self.staging,
                     self.target,
-                    same_row(pk, self.shared)
+                    same_row(pk, self.shared, self.ts)
                 ),
                 &[],
             )
@@ -748,12 +755,17 @@ mod tests {
     #[test]
     fn same_row_by_key_or_by_value() {
         assert_eq!(
-            same_row(&["id".into()], &["id".into(), "v".into()]),
+            same_row(&["id".into()], &["id".into(), "v".into()], "at"),
             "t.\"id\" = s.\"id\""
         );
         assert_eq!(
-            same_row(&[], &["a".into()]),
+            same_row(&[], &["a".into()], "at"),
             "t.\"a\"::text IS NOT DISTINCT FROM s.\"a\"::text"
+        );
+        // Without a key, equal times first: a join Postgres can hash.
+        assert_eq!(
+            same_row(&[], &["at".into(), "a".into()], "at"),
+            "t.\"at\" = s.\"at\" AND t.\"at\"::text IS NOT DISTINCT FROM s.\"at\"::text AND t.\"a\"::text IS NOT DISTINCT FROM s.\"a\"::text"
         );
     }
 }

@@ -512,6 +512,44 @@ async fn merge_policies_and_validation_failures() {
     );
     assert_eq!(rows(&c, "merged", "true", "id").await, want);
 
+    // skip into a target without a key: only identical rows are skipped
+    // (rows 1–10 as archived); rows 11–15, changed, are not the same rows.
+    c.batch_execute(
+        "CREATE TABLE no_key (LIKE sensor_readings); \
+         INSERT INTO no_key SELECT * FROM before_rows WHERE id <= 15; \
+         UPDATE no_key SET value = -1 WHERE id > 10;",
+    )
+    .await
+    .expect("keyless target");
+    let out = fx.restore(
+        "sensor_readings",
+        0,
+        2,
+        &[
+            "--target",
+            "no_key",
+            "--merge",
+            "--on-conflict",
+            "skip",
+            "--into",
+            "st_nokey",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert!(
+        check(&r, "overlap")["detail"].as_str().is_some_and(
+            |d| d.contains("10 staged row(s) are already in the target (as identical rows)")
+        ),
+        "{r}"
+    );
+    assert_eq!(
+        (r["inserted"].clone(), r["skipped"].clone()),
+        (390.into(), 10.into())
+    );
+    assert_eq!(count(&c, "no_key", "true").await, 405);
+    assert_eq!(count(&c, "no_key", "value = -1").await, 5);
+
     // A target whose columns do not fit: refused before anything is staged.
     c.batch_execute(
         "CREATE TABLE t_type (LIKE sensor_readings); ALTER TABLE t_type ALTER COLUMN sensor_id TYPE bigint; \
