@@ -1,6 +1,6 @@
 //! Named fault points for crash and outage tests.
 //!
-//! Built with the `fault-injection` feature, [`point`]:
+//! Built with the `fault-injection` feature, [`point`] (and [`point_blocking`]):
 //! - aborts the process (no unwinding, no cleanup: like `kill -9`) when the
 //!   environment variable `PERMAFROST_FAULT` names the point;
 //! - pauses (the first time only) when `PERMAFROST_PAUSE=<point>:<fifo>` names it: it opens the
@@ -70,36 +70,52 @@ fn first_pause(name: &str) -> bool {
     true
 }
 
-/// Aborts or pauses at `name` (fault-injection builds only).
-#[inline]
-pub fn point(name: &str) {
+/// Aborts at `name` when `PERMAFROST_FAULT` names it; returns the pipe to
+/// wait on when `PERMAFROST_PAUSE` names it (the first time only).
+#[cfg(feature = "fault-injection")]
+fn arm(name: &str) -> Option<String> {
+    if std::env::var("PERMAFROST_FAULT").ok().as_deref() == Some(name) {
+        eprintln!("permafrost: fault injected at `{name}`, aborting");
+        std::process::abort();
+    }
+    let pause = std::env::var("PERMAFROST_PAUSE").ok()?;
+    let (p, fifo) = pause.split_once(':')?;
+    if p != name || !first_pause(name) {
+        return None;
+    }
+    eprintln!("permafrost: paused at `{name}`");
+    Some(fifo.to_string())
+}
+
+/// Blocks until one byte arrives on the named pipe `fifo`.
+#[cfg(feature = "fault-injection")]
+fn wait(name: &str, fifo: &str) {
+    use std::io::Read;
+    if let Ok(mut f) = std::fs::File::open(fifo) {
+        let mut b = [0u8; 1];
+        let _ = f.read(&mut b);
+    }
+    eprintln!("permafrost: resumed after `{name}`");
+}
+
+/// Aborts or pauses at `name` (fault-injection builds only).  A pause waits
+/// on a blocking thread: only this task waits, the runtime's other tasks
+/// (other batches in flight) go on.
+pub async fn point(name: &str) {
     #[cfg(feature = "fault-injection")]
-    {
-        if std::env::var("PERMAFROST_FAULT").ok().as_deref() == Some(name) {
-            eprintln!("permafrost: fault injected at `{name}`, aborting");
-            std::process::abort();
-        }
-        let pause = std::env::var("PERMAFROST_PAUSE").ok();
-        if let Some((p, fifo)) = pause.as_deref().and_then(|s| s.split_once(':'))
-            && p == name
-            && first_pause(name)
-        {
-            eprintln!("permafrost: paused at `{name}`");
-            let wait = || {
-                use std::io::Read;
-                if let Ok(mut f) = std::fs::File::open(fifo) {
-                    let mut b = [0u8; 1];
-                    let _ = f.read(&mut b);
-                }
-            };
-            // Only this task waits: the runtime's other tasks (other
-            // batches in flight) move to another thread and go on.
-            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
-                _ => wait(),
-            }
-            eprintln!("permafrost: resumed after `{name}`");
-        }
+    if let Some(fifo) = arm(name) {
+        let name = name.to_string();
+        let _ = tokio::task::spawn_blocking(move || wait(&name, &fifo)).await;
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = name;
+}
+
+/// As [`point`], from blocking code (a pause blocks this thread).
+pub fn point_blocking(name: &str) {
+    #[cfg(feature = "fault-injection")]
+    if let Some(fifo) = arm(name) {
+        wait(name, &fifo);
     }
     #[cfg(not(feature = "fault-injection"))]
     let _ = name;

@@ -115,7 +115,7 @@ async fn run_part(
     let drop_parts = partitions_to_drop(ctx, client, &range, limit).await?;
     let take = decide::take(ctx.mode, limit, drop_parts.is_some());
     let (tx, xid) = begin(client, ctx.mode, drop_parts.as_deref()).await?;
-    let query = take_query(ctx, &range, take);
+    let query = take_query(ctx, &range, take, drop_parts.as_deref());
     let out = extract_write(ctx, &tx, &query, &part.batch_id, bag).await?;
     bar.set_message(format!("{}: {} rows", part.batch_id, out.written));
     let exhausted = match take.exhausted() {
@@ -185,7 +185,7 @@ async fn run_part(
         return Err(mark_failed(ctx, &rec.batch_id, e).await);
     }
     stages.verify = mark.elapsed().as_secs_f64();
-    fault::point("after-verify");
+    fault::point("after-verify").await;
     let mark = Instant::now();
     settle_postgres(ctx, tx, drop_parts.as_deref(), &rec).await?;
     stages.settle = mark.elapsed().as_secs_f64();
@@ -273,15 +273,23 @@ async fn begin<'c>(
 }
 
 /// The statement whose rows the part streams (and, for a move, deletes).
-fn take_query(ctx: &Ctx, range: &Window, take: Take) -> String {
+/// Partitions to drop are read directly, not through their parent: a lock
+/// on the parent would make another batch's `DROP` (which locks the parent)
+/// wait for this transaction, and its own `DROP` wait for that one.
+fn take_query(ctx: &Ctx, range: &Window, take: Take, drop_parts: Option<&[Partition]>) -> String {
     let src = &ctx.src;
     let t = src.qualified();
     let pred = windows::range_predicate(src, range);
     let cols = ctx.table.select_list();
-    match take {
-        Take::Select => format!("SELECT {cols} FROM {t} WHERE {pred}"),
-        Take::DeleteAll => format!("DELETE FROM {t} WHERE {pred} RETURNING {cols}"),
-        Take::DeleteFirst(n) => {
+    match (take, drop_parts) {
+        (Take::Select, Some(parts)) => parts
+            .iter()
+            .map(|p| format!("SELECT {cols} FROM {} WHERE {pred}", p.name))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL "),
+        (Take::Select, None) => format!("SELECT {cols} FROM {t} WHERE {pred}"),
+        (Take::DeleteAll, _) => format!("DELETE FROM {t} WHERE {pred} RETURNING {cols}"),
+        (Take::DeleteFirst(n), _) => {
             let time = crate::filter::quote_ident(&src.time_column().name);
             if src.relkind == 'p' {
                 format!(
@@ -321,7 +329,7 @@ async fn extract_write(
     let mut first = true;
     while let Some((batch, hashes)) = rows.next().await {
         if std::mem::take(&mut first) {
-            fault::point("after-extract");
+            fault::point("after-extract").await;
         }
         let keep = decide::keep_unarchived(bag.as_deref_mut(), &hashes);
         let step = async {
@@ -344,9 +352,9 @@ async fn extract_write(
     if let Some(e) = write_err {
         return Err(e);
     }
-    fault::point("during-delete");
+    fault::point("during-delete").await;
     let (files, written) = writer.close().await?;
-    fault::point("after-write");
+    fault::point("after-write").await;
     if written != checksum.rows || streamed != written + reconciled {
         return Err(Error::internal(format!(
             "row accounting mismatch: streamed {streamed}, written {written}, reconciled {reconciled}, hashed {}",
@@ -455,7 +463,7 @@ async fn commit(
     if last {
         ctx.turns.finish(turn);
     }
-    fault::point("after-commit");
+    fault::point("after-commit").await;
     Ok((snapshot_id, committed))
 }
 
@@ -493,7 +501,7 @@ async fn settle_postgres(
     tx.commit()
         .await
         .map_err(|e| Error::postgres("cannot commit the Postgres transaction (the batch is archived; the next run settles it)", e))?;
-    fault::point("after-pg-commit");
+    fault::point("after-pg-commit").await;
     let mut committer = ctx.committer.lock().await;
     committer.settled.extend(decide::settled_by(rec));
     let failed = ledger::read::failed_batches(&committer.table);

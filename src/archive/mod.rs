@@ -557,15 +557,7 @@ async fn workers(
     t: &TableConfig,
     plan: &Plan,
 ) -> Result<Vec<tokio_postgres::Client>> {
-    // Dropping a partition locks its parent: two batches that both drop
-    // would deadlock each other, so a table archived by dropping
-    // partitions runs its batches one at a time.
-    let parallel = if t.drop_partitions {
-        1
-    } else {
-        t.parallel_windows
-    };
-    let n = parallel.min(plan.batches.len());
+    let n = t.parallel_windows.min(plan.batches.len());
     let mut out = Vec::new();
     if n > 1 {
         for _ in 0..n {

@@ -198,7 +198,7 @@ pub async fn commit_rewrite(
         })
         .with_schema_id(md.current_schema_id())
         .build();
-    crate::fault::point("maintain-before-commit");
+    crate::fault::point("maintain-before-commit").await;
     commit_replacing(catalog, table, current.snapshot_id(), snapshot).await?;
     Ok(Rewritten {
         manifests: after,

@@ -276,7 +276,7 @@ pub async fn find(table: &Table, cutoff_ms: i64) -> Result<Sweep> {
 pub async fn delete(table: &Table, orphans: &[Orphan]) -> Result<()> {
     for (n, o) in orphans.iter().enumerate() {
         if n == orphans.len() / 2 {
-            crate::fault::point("maintain-mid-orphan-delete");
+            crate::fault::point("maintain-mid-orphan-delete").await;
         }
         table
             .file_io()

@@ -499,7 +499,7 @@ async fn held_for_tests(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
     let held = tokio::task::spawn_blocking(move || {
-        crate::fault::point("serve-query");
+        crate::fault::point_blocking("serve-query");
         permit
     });
     let joined = async {

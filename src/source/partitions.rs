@@ -104,8 +104,12 @@ pub async fn list(client: &Client, parent: &str, kind: TimeKind) -> Result<Vec<P
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let relkind: String = r.get(1);
-        let bound: Option<String> = r.get(2);
-        let bounds = match bound.as_deref().and_then(bounds) {
+        // NULL: a partition dropped while the catalog was read (another
+        // batch of the run archived it); it holds no rows any more.
+        let Some(bound) = r.get::<_, Option<String>>(2) else {
+            continue;
+        };
+        let bounds = match bounds(&bound) {
             None => None,
             Some((lo, hi)) => {
                 let row = client

@@ -806,8 +806,8 @@ const PARTITIONED: &str = "CREATE TABLE events (id bigint NOT NULL, ts timestamp
      CREATE TABLE before_rows AS SELECT * FROM events;";
 
 /// Days 0–5 as partitions (rows in days 0–4), a recent partition with 10
-/// rows newer than the lag; `drop_partitions: true`.
-async fn partitioned_fixture(s: &Services, tag: &str) -> (Fx, tokio_postgres::Client) {
+/// rows newer than the lag; `drop_partitions: true` and `extra`.
+async fn partitioned_fixture(s: &Services, tag: &str, extra: &str) -> (Fx, tokio_postgres::Client) {
     let db = TestDb::create(s, tag).await;
     let c = db.client().await;
     c.batch_execute(PARTITIONED)
@@ -820,7 +820,7 @@ async fn partitioned_fixture(s: &Services, tag: &str) -> (Fx, tokio_postgres::Cl
         "events",
         "ts",
         "5d",
-        "    drop_partitions: true\n",
+        &format!("    drop_partitions: true\n{extra}"),
     )
     .await;
     assert_eq!(partitions(&c).await.len(), 7);
@@ -865,7 +865,9 @@ async fn partitioned_source_drops_whole_partitions_and_recovers() {
         "after-verify",
         "after-pg-commit",
     ] {
-        let (fx, c) = partitioned_fixture(&s, "parts_fault").await;
+        // One batch at a time: "nothing dropped before the Postgres
+        // commit" is about the batch the fault stops.
+        let (fx, c) = partitioned_fixture(&s, "parts_fault", "    parallel_windows: 1\n").await;
         let out = fx.archive_env(&[("PERMAFROST_FAULT", point)]);
         assert_ne!(out.code, 0, "{point}: {}", out.stderr);
         assert!(
@@ -892,7 +894,7 @@ async fn partitioned_source_drops_whole_partitions_and_recovers() {
     }
 
     // Restore re-attaches a day into the same layout.
-    let (fx, c) = partitioned_fixture(&s, "parts_restore").await;
+    let (fx, c) = partitioned_fixture(&s, "parts_restore", "").await;
     let out = fx.archive_env(&[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_partitions_archived(&fx, &c, "plain run").await;
@@ -904,6 +906,54 @@ async fn partitioned_source_drops_whole_partitions_and_recovers() {
         rows(&c, "events", &range, "id").await,
         rows(&c, "before_rows", &range, "id").await
     );
+}
+
+/// `drop_partitions` with `parallel_windows: 3`: while the first batch is
+/// held right after its Iceberg commit (its partition locked, its
+/// transaction open), the other days' batches drop their partitions and
+/// commit.  Reading a partition through its parent would have made each
+/// `DROP` wait for the held transaction (and two batches deadlock).
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn partitions_drop_side_by_side() {
+    let s = services!();
+    let (fx, c) = partitioned_fixture(&s, "parts_parallel", "    parallel_windows: 3\n").await;
+    let pause = Pause::new();
+    let spec = pause.env("after-commit");
+    let mut env: Vec<(&str, &str)> = fx.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("PERMAFROST_PAUSE", spec.as_str()));
+    let child = fx.ws.spawn(
+        &[
+            "archive",
+            "-c",
+            fx.cfg.as_str(),
+            "--json",
+            "--log-level",
+            "debug",
+        ],
+        &env,
+    );
+    let Some(handle) = pause.wait_reached(std::time::Duration::from_secs(120)) else {
+        panic!("never reached after-commit:\n{}", finish(child).stderr);
+    };
+    // Days 1–4 leave; day 0 (held), the empty day 5 and the recent
+    // partition stay.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut left = partitions(&c).await;
+    while left.len() != 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        left = partitions(&c).await;
+    }
+    Pause::resume(handle);
+    let out = finish(child);
+    assert_eq!(
+        left.len(),
+        3,
+        "the other batches did not drop their partitions while the first was held: {left:?}\n{}",
+        out.stderr
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_partitions_archived(&fx, &c, "side by side").await;
 }
 
 async fn partitions(c: &tokio_postgres::Client) -> Vec<String> {
