@@ -25,6 +25,7 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::lake::ArchiveTable;
@@ -91,7 +92,18 @@ impl BatchWriter {
         let schema = md.current_schema().clone();
         let level = ZstdLevel::try_new(zstd_level)
             .map_err(|e| Error::config(format!("zstd level: {e}")))?;
-        let props = WriterProperties::builder()
+        // Time values are nearly all distinct: a dictionary only costs the
+        // writer a hash of every value before it falls back to plain pages.
+        let time = schema
+            .as_struct()
+            .fields()
+            .get(time_index)
+            .map(|f| ColumnPath::from(f.name.as_str()));
+        let mut props = WriterProperties::builder();
+        if let Some(time) = time {
+            props = props.set_column_dictionary_enabled(time, false);
+        }
+        let props = props
             .set_compression(Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_created_by(format!("permafrost {}", crate::VERSION))

@@ -310,6 +310,61 @@ async fn parallel_windows_run_batches_side_by_side() {
     f.assert_reconciled("parallel windows");
 }
 
+/// The data files as written: zstd everywhere, a dictionary for the
+/// repetitive text column, none for the (nearly distinct) time column.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn data_files_skip_the_dictionary_of_the_time_column() {
+    use parquet::basic::{Compression, Encoding};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let s = services!();
+    let f = Fixture::new(&s, None, Cat::Sqlite, 200, 2, "", "").await;
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let files = parquet_files(f.ws.path());
+    assert_eq!(files.len(), 2, "one file per window: {files:?}");
+    for path in files {
+        let file = std::fs::File::open(&path).expect("data file");
+        let reader = SerializedFileReader::new(file).expect("parquet");
+        let group = reader.metadata().row_group(0);
+        let chunk = |name: &str| {
+            group
+                .columns()
+                .iter()
+                .find(|c| c.column_path().string() == name)
+                .unwrap_or_else(|| panic!("no column {name} in {path:?}"))
+        };
+        let dictionary = |name: &str| {
+            chunk(name)
+                .encodings()
+                .any(|e| matches!(e, Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY))
+        };
+        assert!(!dictionary("recorded_at"), "{path:?}");
+        assert!(dictionary("unit"), "{path:?}");
+        assert!(
+            group
+                .columns()
+                .iter()
+                .all(|c| matches!(c.compression(), Compression::ZSTD(_))),
+            "{path:?}"
+        );
+    }
+}
+
+/// Every `.parquet` file under `dir`.
+fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(parquet_files(&p));
+        } else if p.extension().is_some_and(|e| e == "parquet") {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// The same matrix with one batch per run: all six windows in one range,
 /// split by `max_batch_rows` into snapshots that each span windows.
 #[tokio::test(flavor = "multi_thread")]
