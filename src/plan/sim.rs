@@ -1,8 +1,10 @@
 //! Randomised simulation of the planner against a model of Postgres and the
 //! archive: runs that crash at every possible step, with up to three batches
-//! in flight, copies (`--no-delete`),
-//! verification failures, late rows, `--force`, and snapshot expiry by
-//! another engine: the planner sees the batches the way the real path reads
+//! in flight whose steps interleave (one streaming while another commits to
+//! Iceberg, rewriting the ledger, and a third waits for its Postgres
+//! commit), copies (`--no-delete`), verification failures, late rows,
+//! `--force`, and snapshot expiry by another engine between any two steps:
+//! the planner sees the batches the way the real path reads
 //! them — the snapshots still in the history merged with the durable ledger
 //! ([`super::ledger`]), which every commit rewrites (and rolls up).  After
 //! every step:
@@ -41,19 +43,94 @@ impl Rng {
     }
 }
 
-/// Where a simulated batch stops.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Stop {
-    /// Crash (or error) before the Iceberg commit.
-    BeforeCommit,
-    /// The commit lands but its answer is lost; the run rolls back.
-    CommitLandsAnswerLost,
-    /// Crash after the commit, before the Postgres commit.
-    AfterCommit,
-    /// Verification fails: rollback and the batch is marked failed.
-    VerifyFails,
-    /// Runs to the end.
-    Complete,
+/// Where an in-flight batch stands: what its next step does.
+enum Stage {
+    /// Its next part streams its rows.
+    Stream,
+    /// The part records nothing: its Postgres commit (removing the rows it
+    /// settled) or rollback.
+    Skip {
+        commit_postgres: bool,
+        streamed: Vec<u64>,
+        exhausted: bool,
+    },
+    /// The part waits for its turn to commit to Iceberg.
+    Commit {
+        rec: BatchRecord,
+        streamed: Vec<u64>,
+        new: Vec<u64>,
+        exhausted: bool,
+    },
+    /// Committed to Iceberg: verification and the Postgres commit are next.
+    Settle {
+        rec: BatchRecord,
+        streamed: Vec<u64>,
+        exhausted: bool,
+    },
+}
+
+impl Stage {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Stream => "before streaming",
+            Self::Skip { .. } => "streamed, nothing to record",
+            Self::Commit { .. } => "streamed, before its commit",
+            Self::Settle { .. } => "committed, before its Postgres commit",
+        }
+    }
+}
+
+/// A batch in flight.
+struct Flight {
+    p: PlannedBatch,
+    /// Its place in the plan: it commits after every batch before it.
+    turn: usize,
+    part: batch::Part,
+    bag: Option<HashBag>,
+    limit: Option<u64>,
+    max_parts: u64,
+    stage: Stage,
+}
+
+impl Flight {
+    /// Its commit waits for its turn; every other step can run.
+    fn can_step(&self, turns: &Turns) -> bool {
+        !matches!(self.stage, Stage::Commit { .. }) || turns.next >= self.turn
+    }
+
+    /// After a part's Postgres commit: the next part, or the end (`Some(true)`).
+    fn advance(&mut self, exhausted: bool) -> Option<bool> {
+        match self
+            .part
+            .next("db.s.t", &self.p, self.limit, exhausted, self.max_parts)
+        {
+            Some(next) => {
+                self.part = next;
+                self.stage = Stage::Stream;
+                None
+            }
+            None => Some(true),
+        }
+    }
+}
+
+/// Whose turn it is to commit, as `archive::Turns` keeps it.
+#[derive(Default)]
+struct Turns {
+    next: usize,
+    finished: std::collections::BTreeSet<usize>,
+}
+
+impl Turns {
+    fn finish(&mut self, i: usize) {
+        if i < self.next {
+            return;
+        }
+        self.finished.insert(i);
+        while self.finished.remove(&self.next) {
+            self.next += 1;
+        }
+    }
 }
 
 struct Model {
@@ -206,144 +283,15 @@ impl Model {
         streamed
     }
 
-    /// One planned batch, run the way `archive::batch` runs it, with the
-    /// same decisions ([`super::batch`]): parts of at most `limit` rows
-    /// (move mode), each stopping at `stop()`.  Returns false when a part
-    /// did not complete (the run ends).
-    fn execute(
-        &mut self,
-        p: &PlannedBatch,
-        mode: BatchMode,
-        max_batch_rows: Option<u64>,
-        stop: &mut dyn FnMut() -> Stop,
-    ) -> bool {
-        let archived: Vec<u128> = p
-            .reconcile
-            .iter()
-            .flat_map(|id| self.archived.get(id).cloned().unwrap_or_default())
-            .map(u128::from)
-            .collect();
-        let mut bag = (!archived.is_empty()).then(|| HashBag::new(archived));
-        let limit = batch::row_limit(mode, max_batch_rows);
-        let max_parts = batch::max_parts(limit, self.in_range(&p.range).len() as u64);
-        let mut part = batch::Part::first(p);
-        loop {
-            let take = batch::take(mode, limit, false);
-            let streamed = self.stream(&p.range, take);
-            let hashes: Vec<u128> = streamed.iter().map(|id| u128::from(*id)).collect();
-            let keep = batch::keep_unarchived(bag.as_mut(), &hashes);
-            let new: Vec<u64> = streamed
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| keep.as_ref().is_none_or(|k| k[*i]))
-                .map(|(_, id)| *id)
-                .collect();
-            // Is the range empty once this part's rows are gone?
-            let exhausted = take
-                .exhausted()
-                .unwrap_or_else(|| self.in_range(&p.range).len() == streamed.len());
-            let decision = batch::settle(
-                p,
-                mode,
-                exhausted,
-                streamed.len() as u64,
-                new.len() as u64,
-                false,
-            );
-            if !self.finish_part(p, &part, mode, decision, &streamed, new, stop()) {
-                return false;
-            }
-            self.check_safe();
-            match part.next("db.s.t", p, limit, exhausted, max_parts) {
-                Some(next) => part = next,
-                None => return true,
-            }
-        }
-    }
-
-    /// The end of one part: no snapshot, or commit → verify → Postgres
-    /// commit, cut short by `stop`.  False when the part did not complete.
-    #[allow(clippy::too_many_arguments)]
-    fn finish_part(
-        &mut self,
-        p: &PlannedBatch,
-        part: &batch::Part,
-        mode: BatchMode,
-        decision: batch::Settle,
-        streamed: &[u64],
-        new: Vec<u64>,
-        stop: Stop,
-    ) -> bool {
-        let settles = match decision {
-            batch::Settle::Skip {
-                commit_postgres, ..
-            } => {
-                if stop != Stop::Complete {
-                    return false;
-                }
-                if commit_postgres {
-                    for id in streamed {
-                        self.pg.remove(id);
-                    }
-                }
-                return true;
-            }
-            batch::Settle::Record { settles } => settles,
-        };
-        let batch_id = part.batch_id.clone();
-        if stop == Stop::BeforeCommit {
-            self.log.push(format!("{batch_id} crash before commit"));
-            return false;
-        }
-        let xid = (mode == BatchMode::Move).then(|| {
-            self.next_xid += 1;
-            self.next_xid
-        });
-        assert!(
-            !self.archived.contains_key(&batch_id),
-            "batch id {batch_id} committed twice"
-        );
-        let mut rec = part.record(p, mode, xid, settles, new.len() as u64, String::new());
-        rec.snapshot_id = self.batches.len() as i64;
-        self.commit(rec.clone());
-        self.archived.insert(batch_id.clone(), new.clone());
-        let rolled_back = match stop {
-            Stop::CommitLandsAnswerLost | Stop::AfterCommit => true,
-            Stop::VerifyFails => {
-                self.failed.insert(batch_id.clone(), "mismatch".into());
-                true
-            }
-            _ => false,
-        };
-        if let Some(x) = xid {
-            let status = if rolled_back {
-                XactStatus::Aborted
-            } else {
-                XactStatus::Committed
-            };
-            self.xact.insert(x, status);
-        }
-        if rolled_back {
-            self.log.push(format!("{batch_id} {stop:?}"));
-            return false;
-        }
-        if mode == BatchMode::Move {
-            for id in streamed {
-                self.pg.remove(id);
-            }
-            for r in &rec.reconciles {
-                self.failed.remove(r);
-            }
-        }
-        self.log.push(format!(
-            "{batch_id} {mode:?} part {} {} new, {} settled",
-            part.number,
-            new.len(),
-            streamed.len() - new.len()
-        ));
-        true
-    }
-
+    /// Runs one plan the way `archive::run_batches` does: up to
+    /// `in_flight` batches at once (`parallel_windows`), started in plan
+    /// order, none started after one failed.  Each step advances one batch
+    /// chosen at random: its next part streams its rows (deleting them in its
+    /// own open Postgres transaction), commits to Iceberg in its turn (plan
+    /// order, through the one committer, rewriting the ledger while other
+    /// batches' transactions are open), then verifies and commits Postgres.
+    /// A crash stops every batch where it stands: open transactions abort.
+    /// Another engine may expire snapshots between any two steps.
     fn run(&mut self, rng: &mut Rng, mode: BatchMode, force: bool, crashes: bool) {
         let plan = plan(
             &self.facts(),
@@ -364,32 +312,223 @@ impl Model {
         } else {
             None
         };
-        // Up to three batches in flight at once (`parallel_windows`): a
-        // crash of the process stops each where it was, so each draws its
-        // own end; their ranges are disjoint, so running them one after
-        // the other is one of their interleavings.  The run ends after a
-        // group in which any batch did not complete.
         let in_flight = 1 + rng.below(3) as usize;
-        for group in plan.batches.chunks(in_flight) {
-            let mut all = true;
-            for p in group {
-                let mut stop = || {
-                    if !crashes {
-                        return Stop::Complete;
-                    }
-                    match rng.below(12) {
-                        0 => Stop::BeforeCommit,
-                        1 => Stop::CommitLandsAnswerLost,
-                        2 => Stop::AfterCommit,
-                        3 => Stop::VerifyFails,
-                        _ => Stop::Complete,
-                    }
-                };
-                all &= self.execute(p, mode, limit, &mut stop);
-                self.check_safe();
+        let mut queue = plan.batches.iter().enumerate();
+        let mut flights: Vec<Flight> = vec![];
+        let mut turns = Turns::default();
+        let mut failed = false;
+        loop {
+            while !failed && flights.len() < in_flight {
+                let Some((turn, p)) = queue.next() else { break };
+                flights.push(self.start(p, turn, mode, limit));
             }
-            if !all {
-                return; // the process is gone (or the run ends with an error)
+            if flights.is_empty() {
+                return;
+            }
+            match rng.below(16) {
+                0 if crashes => {
+                    self.crash(&flights);
+                    return;
+                }
+                // Another engine expires snapshots while batches are in flight.
+                1 => self.expire(rng),
+                _ => {}
+            }
+            let ready: Vec<usize> = (0..flights.len())
+                .filter(|i| flights[*i].can_step(&turns))
+                .collect();
+            let i = ready[rng.below(ready.len() as u64) as usize];
+            let mut trouble = || if crashes { rng.below(12) } else { 99 };
+            let end = self.step(&mut flights[i], mode, &mut turns, &mut trouble);
+            self.check_safe();
+            if let Some(ok) = end {
+                let f = flights.remove(i);
+                turns.finish(f.turn);
+                failed |= !ok;
+            }
+        }
+    }
+
+    /// A planned batch about to run its first part.
+    fn start(&self, p: &PlannedBatch, turn: usize, mode: BatchMode, limit: Option<u64>) -> Flight {
+        let archived: Vec<u128> = p
+            .reconcile
+            .iter()
+            .flat_map(|id| self.archived.get(id).cloned().unwrap_or_default())
+            .map(u128::from)
+            .collect();
+        let limit = batch::row_limit(mode, limit);
+        Flight {
+            p: p.clone(),
+            turn,
+            part: batch::Part::first(p),
+            bag: (!archived.is_empty()).then(|| HashBag::new(archived)),
+            limit,
+            max_parts: batch::max_parts(limit, self.in_range(&p.range).len() as u64),
+            stage: Stage::Stream,
+        }
+    }
+
+    /// The process dies: every open Postgres transaction aborts.
+    fn crash(&mut self, flights: &[Flight]) {
+        for st in self.xact.values_mut() {
+            if *st == XactStatus::InProgress {
+                *st = XactStatus::Aborted;
+            }
+        }
+        let at: Vec<String> = flights
+            .iter()
+            .map(|f| format!("{} {}", f.part.batch_id, f.stage.name()))
+            .collect();
+        self.log.push(format!("crash with {}", at.join(", ")));
+    }
+
+    /// Advances `f` one step, with the same decisions as the real path
+    /// ([`super::batch`]); `trouble()` at 0 loses a landed commit's answer,
+    /// at 1 fails verification (both roll the part back).  Returns whether
+    /// the batch ended well (`None`: it goes on).
+    fn step(
+        &mut self,
+        f: &mut Flight,
+        mode: BatchMode,
+        turns: &mut Turns,
+        trouble: &mut dyn FnMut() -> u64,
+    ) -> Option<bool> {
+        match std::mem::replace(&mut f.stage, Stage::Stream) {
+            Stage::Stream => {
+                f.stage = self.stream_part(f, mode);
+                None
+            }
+            Stage::Skip {
+                commit_postgres,
+                streamed,
+                exhausted,
+            } => {
+                if commit_postgres {
+                    for id in &streamed {
+                        self.pg.remove(id);
+                    }
+                }
+                f.advance(exhausted)
+            }
+            Stage::Commit {
+                mut rec,
+                streamed,
+                new,
+                exhausted,
+            } => {
+                let batch_id = rec.batch_id.clone();
+                assert!(
+                    !self.archived.contains_key(&batch_id),
+                    "batch id {batch_id} committed twice"
+                );
+                rec.snapshot_id = self.batches.len() as i64;
+                self.commit(rec.clone());
+                self.archived.insert(batch_id.clone(), new.clone());
+                if f.limit.is_none() {
+                    turns.finish(f.turn);
+                }
+                if trouble() == 0 {
+                    self.abort(&rec, "commit landed, answer lost");
+                    return Some(false);
+                }
+                self.log.push(format!(
+                    "{batch_id} {mode:?} part {} committed: {} new, {} settled",
+                    f.part.number,
+                    new.len(),
+                    streamed.len() - new.len()
+                ));
+                f.stage = Stage::Settle {
+                    rec,
+                    streamed,
+                    exhausted,
+                };
+                None
+            }
+            Stage::Settle {
+                rec,
+                streamed,
+                exhausted,
+            } => {
+                if trouble() == 1 {
+                    self.failed.insert(rec.batch_id.clone(), "mismatch".into());
+                    self.abort(&rec, "verification failed");
+                    return Some(false);
+                }
+                if let Some(x) = rec.xid {
+                    self.xact.insert(x, XactStatus::Committed);
+                }
+                if mode == BatchMode::Move {
+                    for id in &streamed {
+                        self.pg.remove(id);
+                    }
+                    for r in &rec.reconciles {
+                        self.failed.remove(r);
+                    }
+                }
+                self.log.push(format!("{} settled", rec.batch_id));
+                f.advance(exhausted)
+            }
+        }
+    }
+
+    /// The part's Postgres transaction rolls back.
+    fn abort(&mut self, rec: &BatchRecord, why: &str) {
+        if let Some(x) = rec.xid {
+            self.xact.insert(x, XactStatus::Aborted);
+        }
+        self.log.push(format!("{} {why}", rec.batch_id));
+    }
+
+    /// Streams `f`'s next part (as its statement, [`batch::Take`], selects
+    /// the rows) and decides what it records.  A move part opens its
+    /// Postgres transaction here: its id is in progress until it ends.
+    fn stream_part(&mut self, f: &mut Flight, mode: BatchMode) -> Stage {
+        let p = &f.p;
+        let take = batch::take(mode, f.limit, false);
+        let streamed = self.stream(&p.range, take);
+        let hashes: Vec<u128> = streamed.iter().map(|id| u128::from(*id)).collect();
+        let keep = batch::keep_unarchived(f.bag.as_mut(), &hashes);
+        let new: Vec<u64> = streamed
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| keep.as_ref().is_none_or(|k| k[*i]))
+            .map(|(_, id)| *id)
+            .collect();
+        // Is the range empty once this part's rows are gone?
+        let exhausted = take
+            .exhausted()
+            .unwrap_or_else(|| self.in_range(&p.range).len() == streamed.len());
+        match batch::settle(
+            p,
+            mode,
+            exhausted,
+            streamed.len() as u64,
+            new.len() as u64,
+            false,
+        ) {
+            batch::Settle::Skip {
+                commit_postgres, ..
+            } => Stage::Skip {
+                commit_postgres,
+                streamed,
+                exhausted,
+            },
+            batch::Settle::Record { settles } => {
+                let xid = (mode == BatchMode::Move).then(|| {
+                    self.next_xid += 1;
+                    self.xact.insert(self.next_xid, XactStatus::InProgress);
+                    self.next_xid
+                });
+                let rec = f
+                    .part
+                    .record(p, mode, xid, settles, new.len() as u64, String::new());
+                Stage::Commit {
+                    rec,
+                    streamed,
+                    new,
+                    exhausted,
+                }
             }
         }
     }
