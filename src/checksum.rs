@@ -70,6 +70,28 @@ impl RowHasher {
     }
 }
 
+/// The distinct values among the first `n` rows of `arr` (NULLs left out)
+/// and how many non-NULL values that was, told apart by the bytes the row
+/// hash encodes (an estimate: two values whose 64-bit hashes collide count
+/// once).  `None` for a type the row hash does not handle.
+pub fn distinct_values(arr: &dyn Array, n: usize) -> Option<(usize, usize)> {
+    let col = Column::new(arr).ok()?;
+    let mut buf = Vec::new();
+    let mut seen = Vec::with_capacity(n.min(arr.len()));
+    for i in 0..n.min(arr.len()) {
+        if arr.is_null(i) {
+            continue;
+        }
+        buf.clear();
+        col.put(i, &mut buf).ok()?;
+        seen.push(xxhash_rust::xxh3::xxh3_64(&buf));
+    }
+    let values = seen.len();
+    seen.sort_unstable();
+    seen.dedup();
+    Some((seen.len(), values))
+}
+
 fn put_var(buf: &mut Vec<u8>, bytes: &[u8]) {
     buf.push(1);
     buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
@@ -551,6 +573,15 @@ mod tests {
                 "a9c93146b5fd818325be241f0698d12d"
             ]
         );
+    }
+
+    #[test]
+    fn distinct_values_leave_nulls_out() {
+        let a = Int64Array::from(vec![Some(1), Some(1), None, Some(2), Some(3)]);
+        assert_eq!(distinct_values(&a, 10), Some((3, 4)));
+        assert_eq!(distinct_values(&a, 2), Some((1, 2)));
+        let s = StringArray::from(vec!["a", "b", "a"]);
+        assert_eq!(distinct_values(&s, 3), Some((2, 3)));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! time column).  At most [`MAX_OPEN_PARTITIONS`] partition writers are open at
 //! once; the least recently used one is closed when another is needed, so
 //! memory stays bounded however many windows a batch spans (a partition seen
-//! again later simply gets another file).  Files are zstd-compressed, roll at
+//! again later simply gets another file).  Columns whose values are mostly
+//! distinct (the time column always; others by a sample of the first rows)
+//! are written without a dictionary.  Files are zstd-compressed, roll at
 //! the configured target size, and are named `{batch id}-{uuid}-NNNNN.parquet`
 //! so no two writers — or retries — ever share a path.
 
@@ -41,9 +43,14 @@ type Builder =
 type Writer =
     DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
 
+/// Rows of the first record batch sampled per column to choose its encoding.
+const SAMPLE_ROWS: usize = 4096;
+
 /// Writes one batch's rows into data files.
 pub struct BatchWriter {
-    builder: Builder,
+    setup: Setup,
+    /// Built from the first rows written (they choose the encodings).
+    builder: Option<Builder>,
     spec: PartitionSpec,
     schema: SchemaRef,
     granularity: Granularity,
@@ -92,36 +99,15 @@ impl BatchWriter {
         let schema = md.current_schema().clone();
         let level = ZstdLevel::try_new(zstd_level)
             .map_err(|e| Error::config(format!("zstd level: {e}")))?;
-        // Time values are nearly all distinct: a dictionary only costs the
-        // writer a hash of every value before it falls back to plain pages.
-        let time = schema
-            .as_struct()
-            .fields()
-            .get(time_index)
-            .map(|f| ColumnPath::from(f.name.as_str()));
-        let mut props = WriterProperties::builder();
-        if let Some(time) = time {
-            props = props.set_column_dictionary_enabled(time, false);
-        }
-        let props = props
-            .set_compression(Compression::ZSTD(level))
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_created_by(format!("permafrost {}", crate::VERSION))
-            .build();
-        let parquet = ParquetWriterBuilder::new(props, schema.clone());
-        let location = DefaultLocationGenerator::new(md)
-            .map_err(|e| Error::iceberg("cannot place data files", e))?;
-        let names =
-            DefaultFileNameGenerator::new(prefix.to_string(), None, DataFileFormat::Parquet);
-        let rolling = RollingFileWriterBuilder::new(
-            parquet,
-            target_file_size as usize,
-            table.file_io().clone(),
-            location,
-            names,
-        );
         Ok(Self {
-            builder: DataFileWriterBuilder::new(rolling),
+            setup: Setup {
+                table: table.clone(),
+                time_index,
+                prefix: prefix.to_string(),
+                target_file_size,
+                level,
+            },
+            builder: None,
             spec: md.default_partition_spec().as_ref().clone(),
             schema,
             granularity,
@@ -168,8 +154,10 @@ impl BatchWriter {
             self.files.extend(files);
         }
         let key = self.partition_key(ordinal);
-        let w = self
-            .builder
+        let Some(builder) = &self.builder else {
+            return Err(Error::internal("a data file opened before the first rows"));
+        };
+        let w = builder
             .build(Some(key))
             .await
             .map_err(|e| storage_err("cannot open a data file", e))?;
@@ -182,6 +170,9 @@ impl BatchWriter {
     pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
+        }
+        if self.builder.is_none() {
+            self.builder = Some(self.setup.builder(&batch)?);
         }
         self.rows += batch.num_rows() as u64;
         let ts = batch
@@ -251,5 +242,107 @@ impl BatchWriter {
             self.files.extend(files);
         }
         Ok((self.files, self.rows))
+    }
+}
+
+/// What the data file writers of a [`BatchWriter`] need, until its first rows.
+struct Setup {
+    table: iceberg::table::Table,
+    time_index: usize,
+    prefix: String,
+    target_file_size: u64,
+    level: ZstdLevel,
+}
+
+impl Setup {
+    /// The data file writers' builder: zstd, bounded row groups, and no
+    /// dictionary for the columns [`plain_columns`] picks from `first`.
+    fn builder(&self, first: &RecordBatch) -> Result<Builder> {
+        let md = self.table.metadata();
+        let mut props = WriterProperties::builder();
+        for name in plain_columns(first, self.time_index) {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(name), false);
+        }
+        let props = props
+            .set_compression(Compression::ZSTD(self.level))
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_created_by(format!("permafrost {}", crate::VERSION))
+            .build();
+        let parquet = ParquetWriterBuilder::new(props, md.current_schema().clone());
+        let location = DefaultLocationGenerator::new(md)
+            .map_err(|e| Error::iceberg("cannot place data files", e))?;
+        let names =
+            DefaultFileNameGenerator::new(self.prefix.clone(), None, DataFileFormat::Parquet);
+        let rolling = RollingFileWriterBuilder::new(
+            parquet,
+            self.target_file_size as usize,
+            self.table.file_io().clone(),
+            location,
+            names,
+        );
+        Ok(DataFileWriterBuilder::new(rolling))
+    }
+}
+
+/// The top-level columns written without a dictionary: the time column,
+/// and every flat column whose values in a sample of `first` are mostly
+/// distinct (sensor readings, ids, payloads).  For those a dictionary only
+/// costs the writer a hash of every value and the file a dictionary as
+/// large as the data; repetitive columns (units, sensor names) keep theirs.
+fn plain_columns(first: &RecordBatch, time_index: usize) -> Vec<String> {
+    let schema = first.schema();
+    schema
+        .fields()
+        .iter()
+        .zip(first.columns())
+        .enumerate()
+        .filter(|(i, (field, col))| {
+            *i == time_index
+                || (!field.data_type().is_nested()
+                    && crate::checksum::distinct_values(col.as_ref(), SAMPLE_ROWS)
+                        .is_some_and(|(distinct, values)| values >= 64 && 2 * distinct > values))
+        })
+        .map(|(_, (field, _))| field.name().clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Float64Array, Int32Array, StringArray, TimestampMicrosecondArray};
+
+    use super::*;
+
+    #[test]
+    fn plain_columns_are_the_time_and_the_mostly_distinct_ones() {
+        let n = 1000;
+        let cols: Vec<(&str, ArrayRef)> = vec![
+            ("id", Arc::new(Int32Array::from_iter_values(0..n))),
+            (
+                "ts",
+                Arc::new(TimestampMicrosecondArray::from_iter_values(
+                    (0..n).map(|i| i64::from(i % 3)),
+                )),
+            ),
+            (
+                "reading",
+                Arc::new(Float64Array::from_iter_values(
+                    (0..n).map(|i| f64::from(i) / 7.0),
+                )),
+            ),
+            (
+                "sensor",
+                Arc::new(Int32Array::from_iter_values((0..n).map(|i| i % 8))),
+            ),
+            (
+                "unit",
+                Arc::new(StringArray::from_iter_values((0..n).map(|_| "celsius"))),
+            ),
+        ];
+        let batch = RecordBatch::try_from_iter(cols).unwrap();
+        assert_eq!(plain_columns(&batch, 1), ["id", "ts", "reading"]);
+        // Too few values to judge: only the time column.
+        assert_eq!(plain_columns(&batch.slice(0, 10), 1), ["ts"]);
     }
 }
