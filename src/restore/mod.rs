@@ -428,15 +428,21 @@ pub async fn restore(
     }
 
     // Stage and load in one transaction: a failed load leaves nothing behind.
-    let loaded = in_transaction(&client, "the staging table", async {
+    // Meanwhile the two connections that read the staged rows back open.
+    let load = in_transaction(&client, "the staging table", async {
         let loaded = stage_and_load(&client, table, &src, &staging, tasks, progress).await?;
         // Files whose statistics overlap the range may hold no row in it.
         if loaded.read.rows == 0 {
             return Err(empty());
         }
         Ok(loaded)
-    })
-    .await?;
+    });
+    let readers = futures::future::try_join(
+        crate::source::connect(&cfg.database),
+        crate::source::connect(&cfg.database),
+    );
+    let (loaded, readers) = tokio::join!(load, readers);
+    let (loaded, readers) = (loaded?, readers?);
     let load_seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
 
@@ -446,7 +452,9 @@ pub async fn restore(
         target: &target,
         loaded: &loaded,
     };
-    let (batches, checks) = ctx.validate(cfg, t, table, &src, req).await?;
+    let (batches, checks) = ctx
+        .validate([&readers.0, &readers.1], t, table, &src, req)
+        .await?;
     let valid = checks.iter().all(|c| c.ok);
     let mut report = RestoreReport {
         table: t.iceberg_name(),
@@ -490,15 +498,13 @@ impl Staged<'_> {
     /// The batches the range touches and every validation check.
     async fn validate(
         &self,
-        cfg: &Config,
+        readers: [&Client; 2],
         t: &TableConfig,
         table: &Table,
         src: &Archived,
         req: &RestoreRequest,
     ) -> Result<(Vec<BatchCheck>, Vec<Check>)> {
         let loaded = self.loaded;
-        let batches =
-            validate::batch_checks(table, &src.snapshot, &src.schema, &req.range, loaded).await?;
         let mut checks = vec![Check {
             name: "rows".into(),
             ok: loaded.copied == loaded.read.rows,
@@ -507,16 +513,13 @@ impl Staged<'_> {
                 loaded.read.rows, loaded.files, loaded.copied
             ),
         }];
-        // Reading the staged rows back (the longest check) runs on two more
-        // connections while the checks in SQL run on this one.
-        let readers = [
-            crate::source::connect(&cfg.database).await?,
-            crate::source::connect(&cfg.database).await?,
-        ];
-        let reader_refs = [&readers[0], &readers[1]];
-        let (readback, sql_checks) = tokio::join!(
+        // Reading the staged rows back (the longest check) runs on the two
+        // `readers` while the checks in SQL run on this connection and the
+        // batches' summaries are read from the catalog.
+        let (batches, readback, sql_checks) = tokio::join!(
+            validate::batch_checks(table, &src.snapshot, &src.schema, &req.range, loaded),
             validate::staged_content(
-                &reader_refs,
+                &readers,
                 self.staging,
                 loaded,
                 &t.timestamp_column,
@@ -524,7 +527,7 @@ impl Staged<'_> {
             ),
             self.sql_checks(t, src.time_kind, req)
         );
-        let readback = readback?;
+        let (batches, readback) = (batches?, readback?);
         let (sql_checks, not_null_cols) = sql_checks?;
         checks.push(readback.content);
         checks.push(batches_check(&batches));
