@@ -428,7 +428,8 @@ pub async fn restore(
     }
 
     // Stage and load in one transaction: a failed load leaves nothing behind.
-    // Meanwhile the two connections that read the staged rows back open.
+    // Meanwhile the connections that read the staged rows back open: one
+    // per `parallel_windows` (with this one, within `database.pool_size`).
     let load = in_transaction(&client, "the staging table", async {
         let loaded = stage_and_load(&client, table, &src, &staging, tasks, progress).await?;
         // Files whose statistics overlap the range may hold no row in it.
@@ -437,9 +438,8 @@ pub async fn restore(
         }
         Ok(loaded)
     });
-    let readers = futures::future::try_join(
-        crate::source::connect(&cfg.database),
-        crate::source::connect(&cfg.database),
+    let readers = futures::future::try_join_all(
+        (0..t.parallel_windows.max(1)).map(|_| crate::source::connect(&cfg.database)),
     );
     let (loaded, readers) = tokio::join!(load, readers);
     let (loaded, readers) = (loaded?, readers?);
@@ -453,7 +453,7 @@ pub async fn restore(
         loaded: &loaded,
     };
     let (batches, checks) = ctx
-        .validate([&readers.0, &readers.1], t, table, &src, req)
+        .validate(&readers.iter().collect::<Vec<_>>(), t, table, &src, req)
         .await?;
     let valid = checks.iter().all(|c| c.ok);
     let mut report = RestoreReport {
@@ -498,7 +498,7 @@ impl Staged<'_> {
     /// The batches the range touches and every validation check.
     async fn validate(
         &self,
-        readers: [&Client; 2],
+        readers: &[&Client],
         t: &TableConfig,
         table: &Table,
         src: &Archived,
@@ -513,13 +513,13 @@ impl Staged<'_> {
                 loaded.read.rows, loaded.files, loaded.copied
             ),
         }];
-        // Reading the staged rows back (the longest check) runs on the two
-        // `readers` while the checks in SQL run on this connection and the
+        // Reading the staged rows back (the longest check) runs on the
+        // `readers`, a share of the table's blocks each, while the checks in SQL run on this connection and the
         // batches' summaries are read from the catalog.
         let (batches, readback, sql_checks) = tokio::join!(
             validate::batch_checks(table, &src.snapshot, &src.schema, &req.range, loaded),
             validate::staged_content(
-                &readers,
+                readers,
                 self.staging,
                 loaded,
                 &t.timestamp_column,

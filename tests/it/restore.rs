@@ -175,10 +175,13 @@ async fn sensor_db(s: &Services, tag: &str) -> TestDb {
     db
 }
 
-async fn days_10_to_12_equal_the_originals_and_are_never_archived_twice(kind: Cat) {
+/// `workers`: `parallel_windows`, which is also how many connections read
+/// the staged rows back (each a share of the table's blocks).
+async fn days_10_to_12_equal_the_originals_and_are_never_archived_twice(kind: Cat, workers: u32) {
     let s = services!();
     let db = sensor_db(&s, "restore").await;
-    let fx = Fx::new(&s, db, kind, "sensor_readings", "recorded_at", "5d").await;
+    let extra = format!("    parallel_windows: {workers}\n");
+    let fx = Fx::with(&s, db, kind, "sensor_readings", "recorded_at", "5d", &extra).await;
     let c = fx.db.client().await;
     let out = fx.archive();
     assert_eq!(out[0]["batches"].as_array().map(Vec::len), Some(30));
@@ -275,13 +278,13 @@ async fn days_10_to_12_equal_the_originals_and_are_never_archived_twice(kind: Ca
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn restore_days_into_staging_rest_catalog() {
-    days_10_to_12_equal_the_originals_and_are_never_archived_twice(Cat::Rest).await;
+    days_10_to_12_equal_the_originals_and_are_never_archived_twice(Cat::Rest, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn restore_days_into_staging_sql_catalog() {
-    days_10_to_12_equal_the_originals_and_are_never_archived_twice(Cat::Sqlite).await;
+    days_10_to_12_equal_the_originals_and_are_never_archived_twice(Cat::Sqlite, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
