@@ -445,9 +445,10 @@ async fn commit(
     ctx.turns.wait(turn).await;
     let source_id = ctx.src.source_id();
     let mut committer = ctx.committer.lock().await;
+    let settled = ctx.settled();
     let update = lake::commit::LedgerUpdate {
         source: &source_id,
-        settled: &committer.settled,
+        settled: &settled,
     };
     let (snapshot_id, committed) = lake::commit::commit_batch(
         ctx.catalog.iceberg(),
@@ -502,8 +503,11 @@ async fn settle_postgres(
         .await
         .map_err(|e| Error::postgres("cannot commit the Postgres transaction (the batch is archived; the next run settles it)", e))?;
     fault::point("after-pg-commit").await;
+    ctx.settle(decide::settled_by(rec));
+    if rec.reconciles.is_empty() {
+        return Ok(());
+    }
     let mut committer = ctx.committer.lock().await;
-    committer.settled.extend(decide::settled_by(rec));
     let failed = ledger::read::failed_batches(&committer.table);
     let resolved: Vec<String> = rec
         .reconciles

@@ -176,7 +176,7 @@ pub struct BlockedReport {
 }
 
 /// Everything the batches of one table share, read-only but for the
-/// committer (each batch has its own Postgres connection: a part's
+/// committer and the settled set (each batch has its own Postgres connection: a part's
 /// transaction borrows it).  Owned, so batches can run on tasks of their own.
 struct Ctx {
     cfg: TableConfig,
@@ -190,6 +190,30 @@ struct Ctx {
     committer: tokio::sync::Mutex<Committer>,
     /// ... and in plan order, so the snapshot history is in window order.
     turns: Turns,
+    /// Batches known to be settled (the ledger drops their files): settled
+    /// when the run started, and settled by this run's Postgres commits.
+    /// Apart from the committer, so a batch settling never waits for
+    /// another's catalog commit; a commit reads it under the committer lock,
+    /// and a batch settled just after is dropped from the ledger by the next.
+    settled: std::sync::Mutex<HashSet<String>>,
+}
+
+impl Ctx {
+    /// Records the batches a Postgres commit of this run settled.
+    fn settle(&self, ids: Vec<String>) {
+        self.settled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(ids);
+    }
+
+    /// The batches settled so far.
+    fn settled(&self) -> HashSet<String> {
+        self.settled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Whose turn it is to commit: planned batch `i` commits once every batch
@@ -246,9 +270,6 @@ impl Drop for TurnGuard<'_> {
 struct Committer {
     /// The table as our last commit left it.
     table: iceberg::table::Table,
-    /// Batches known to be settled (the ledger drops their files): settled
-    /// when the run started, and settled by this run's Postgres commits.
-    settled: HashSet<String>,
 }
 
 /// Runs `archive` over the selected tables, `global.max_table_concurrency` at a time.
@@ -431,9 +452,9 @@ async fn archive_on(
         src: src.clone(),
         committer: tokio::sync::Mutex::new(Committer {
             table: table.table.clone(),
-            settled: plan::settled_batches(&facts),
         }),
         turns: Turns::new(),
+        settled: std::sync::Mutex::new(plan::settled_batches(&facts)),
         table,
         mode: mode_of(opts),
     };
