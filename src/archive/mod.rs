@@ -176,8 +176,9 @@ pub struct BlockedReport {
 }
 
 /// Everything the batches of one table share, read-only but for the
-/// committer and the settled set (each batch has its own Postgres connection: a part's
-/// transaction borrows it).  Owned, so batches can run on tasks of their own.
+/// committer and the settled set (each batch has its own Postgres
+/// connection: a part's transaction borrows it).  Owned, so batches can run
+/// on tasks of their own.
 struct Ctx {
     cfg: TableConfig,
     catalog: Arc<CatalogHandle>,

@@ -514,8 +514,9 @@ impl Staged<'_> {
             ),
         }];
         // Reading the staged rows back (the longest check) runs on the
-        // `readers`, a share of the table's blocks each, while the checks in SQL run on this connection and the
-        // batches' summaries are read from the catalog.
+        // `readers`, a share of the table's blocks each, while the checks in
+        // SQL run on this connection and the batches' summaries are read
+        // from the catalog.
         let (batches, readback, sql_checks) = tokio::join!(
             validate::batch_checks(table, &src.snapshot, &src.schema, &req.range, loaded),
             validate::staged_content(
