@@ -120,8 +120,7 @@ fn f64_bits(v: f64) -> u64 {
 }
 
 /// A column of a batch, its Arrow type resolved once per batch so that rows
-/// are encoded one after another into one buffer.  Must produce the same
-/// bytes as [`encode_value`].
+/// are encoded one after another into one buffer.
 enum Column<'a> {
     Bool(&'a BooleanArray),
     /// Int16, widened to 8 bytes.
@@ -196,7 +195,7 @@ impl<'a> Column<'a> {
             Self::LargeBin(a) => *a,
             Self::BinView(a) => *a,
             Self::FixedBin(a) => *a,
-            Self::Nested(a) => return encode_value(*a, i, buf),
+            Self::Nested(a) => return encode_nested(*a, i, buf),
         };
         if arr.is_null(i) {
             buf.push(0);
@@ -223,72 +222,34 @@ impl<'a> Column<'a> {
     }
 }
 
-/// Encodes one value of any supported type (used for nested values).  Must
-/// produce the same bytes as the column-wise fast paths above.
-fn encode_value(arr: &dyn Array, i: usize, buf: &mut Vec<u8>) -> Result<()> {
+/// Encodes row `i` of a list or struct column: tag, then (lists) the
+/// length and every element, or (structs) every field, each as
+/// [`Column::put`] encodes it.
+fn encode_nested(arr: &dyn Array, i: usize, buf: &mut Vec<u8>) -> Result<()> {
     if arr.is_null(i) {
         buf.push(0);
         return Ok(());
     }
-    macro_rules! prim {
-        ($t:ty, $conv:expr) => {{
-            buf.push(1);
-            let v = $conv(arr.as_primitive::<$t>().value(i));
-            buf.extend_from_slice(&v.to_le_bytes());
-        }};
-    }
+    let list = |items: &dyn Array, buf: &mut Vec<u8>| -> Result<()> {
+        buf.push(1);
+        buf.extend_from_slice(&(items.len() as u32).to_le_bytes());
+        let col = Column::new(items)?;
+        (0..items.len()).try_for_each(|j| col.put(j, buf))
+    };
     match arr.data_type() {
-        DataType::Boolean => buf.push(if arr.as_boolean().value(i) { 2 } else { 1 }),
-        DataType::Int16 => prim!(Int16Type, |v: i16| v as i64),
-        DataType::Int32 => prim!(Int32Type, |v: i32| v as i64),
-        DataType::Int64 => prim!(Int64Type, |v: i64| v),
-        DataType::Float32 => prim!(Float32Type, f32_bits),
-        DataType::Float64 => prim!(Float64Type, f64_bits),
-        DataType::Decimal128(_, _) => prim!(Decimal128Type, |v: i128| v),
-        DataType::Date32 => prim!(Date32Type, |v: i32| v as i64),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            prim!(TimestampMicrosecondType, |v: i64| v)
-        }
-        DataType::Time64(TimeUnit::Microsecond) => prim!(Time64MicrosecondType, |v: i64| v),
-        DataType::Utf8 => put_var(buf, arr.as_string::<i32>().value(i).as_bytes()),
-        DataType::LargeUtf8 => put_var(buf, arr.as_string::<i64>().value(i).as_bytes()),
-        DataType::Utf8View => put_var(buf, arr.as_string_view().value(i).as_bytes()),
-        DataType::Binary => put_var(buf, arr.as_binary::<i32>().value(i)),
-        DataType::LargeBinary => put_var(buf, arr.as_binary::<i64>().value(i)),
-        DataType::BinaryView => put_var(buf, arr.as_binary_view().value(i)),
-        DataType::FixedSizeBinary(_) => put_var(buf, arr.as_fixed_size_binary().value(i)),
-        DataType::List(_) => {
-            let l = arr.as_list::<i32>();
-            let items = l.value(i);
-            buf.push(1);
-            buf.extend_from_slice(&(items.len() as u32).to_le_bytes());
-            for j in 0..items.len() {
-                encode_value(items.as_ref(), j, buf)?;
-            }
-        }
-        DataType::LargeList(_) => {
-            let l = arr.as_list::<i64>();
-            let items = l.value(i);
-            buf.push(1);
-            buf.extend_from_slice(&(items.len() as u32).to_le_bytes());
-            for j in 0..items.len() {
-                encode_value(items.as_ref(), j, buf)?;
-            }
-        }
+        DataType::List(_) => list(arr.as_list::<i32>().value(i).as_ref(), buf),
+        DataType::LargeList(_) => list(arr.as_list::<i64>().value(i).as_ref(), buf),
         DataType::Struct(_) => {
-            let st = arr.as_struct();
             buf.push(1);
-            for c in st.columns() {
-                encode_value(c.as_ref(), i, buf)?;
-            }
+            arr.as_struct()
+                .columns()
+                .iter()
+                .try_for_each(|c| Column::new(c.as_ref())?.put(i, buf))
         }
-        other => {
-            return Err(Error::internal(format!(
-                "checksum: Arrow type {other} is not handled"
-            )));
-        }
+        other => Err(Error::internal(format!(
+            "checksum: Arrow type {other} is not nested"
+        ))),
     }
-    Ok(())
 }
 
 /// A multiset of row hashes, used to drop rows that are already archived.

@@ -102,7 +102,6 @@ impl BatchWriter {
         Ok(Self {
             setup: Setup {
                 table: table.clone(),
-                time_index,
                 prefix: prefix.to_string(),
                 target_file_size,
                 level,
@@ -172,7 +171,7 @@ impl BatchWriter {
             return Ok(());
         }
         if self.builder.is_none() {
-            self.builder = Some(self.setup.builder(&batch)?);
+            self.builder = Some(self.setup.builder(&batch, self.time_index)?);
         }
         self.rows += batch.num_rows() as u64;
         let ts = batch
@@ -248,7 +247,6 @@ impl BatchWriter {
 /// What the data file writers of a [`BatchWriter`] need, until its first rows.
 struct Setup {
     table: iceberg::table::Table,
-    time_index: usize,
     prefix: String,
     target_file_size: u64,
     level: ZstdLevel,
@@ -256,11 +254,12 @@ struct Setup {
 
 impl Setup {
     /// The data file writers' builder: zstd, bounded row groups, and no
-    /// dictionary for the columns [`plain_columns`] picks from `first`.
-    fn builder(&self, first: &RecordBatch) -> Result<Builder> {
+    /// dictionary for the columns [`plain_columns`] picks from `first`
+    /// (whose time column is column `time_index`).
+    fn builder(&self, first: &RecordBatch, time_index: usize) -> Result<Builder> {
         let md = self.table.metadata();
         let mut props = WriterProperties::builder();
-        for name in plain_columns(first, self.time_index) {
+        for name in plain_columns(first, time_index) {
             props = props.set_column_dictionary_enabled(ColumnPath::from(name), false);
         }
         let props = props
