@@ -85,17 +85,23 @@ pub async fn commit_batch(
         .set(keys::LEDGER.to_string(), property)
         .apply(tx)
         .map_err(|e| Error::iceberg("cannot prepare the ledger update", e))?;
-    if let Err(e) = tx.commit(catalog).await {
-        // Did it land anyway?
-        let err = Error::iceberg(format!("cannot commit batch {batch_id} to {ident}"), e);
-        match reload(catalog, ident).await {
-            Ok(t) if find_batch(&t, batch_id).is_some() => {
-                tracing::warn!("commit of batch {batch_id} reported an error but landed: {err}");
+    // The catalog answers a commit with the table it now serves; only when
+    // the answer is an error is the table read again (did it land anyway?).
+    let t = match tx.commit(catalog).await {
+        Ok(t) => t,
+        Err(e) => {
+            let err = Error::iceberg(format!("cannot commit batch {batch_id} to {ident}"), e);
+            match reload(catalog, ident).await {
+                Ok(t) if find_batch(&t, batch_id).is_some() => {
+                    tracing::warn!(
+                        "commit of batch {batch_id} reported an error but landed: {err}"
+                    );
+                    t
+                }
+                _ => return Err(err),
             }
-            _ => return Err(err),
         }
-    }
-    let t = reload(catalog, ident).await?;
+    };
     let id = find_batch(&t, batch_id)
         .map(|s| s.snapshot_id())
         .ok_or_else(|| {
