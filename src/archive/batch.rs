@@ -445,20 +445,26 @@ async fn commit(
     ctx.turns.wait(turn).await;
     let source_id = ctx.src.source_id();
     let mut committer = ctx.committer.lock().await;
+    if committer.stale {
+        committer.table = lake::commit::reload(ctx.catalog.iceberg(), &ctx.table.ident).await?;
+        committer.stale = false;
+    }
     let settled = ctx.settled();
     let update = lake::commit::LedgerUpdate {
         source: &source_id,
         settled: &settled,
     };
-    let (snapshot_id, committed) = lake::commit::commit_batch(
+    let committed = lake::commit::commit_batch(
         ctx.catalog.iceberg(),
-        &ctx.table.ident,
+        &committer.table,
         files,
         rec,
         extra,
         update,
     )
-    .await?;
+    .await;
+    committer.stale = committed.is_err();
+    let (snapshot_id, committed) = committed?;
     committer.table = committed.clone();
     drop(committer);
     if last {

@@ -269,8 +269,13 @@ impl Drop for TurnGuard<'_> {
 
 /// What catalog commits of a run change, behind [`Ctx::committer`].
 struct Committer {
-    /// The table as our last commit left it.
+    /// The table as the plan loaded it, then as our last commit left it:
+    /// the base the next batch's ledger is computed from.
     table: iceberg::table::Table,
+    /// A commit failed: whether it landed is not known here, so the table is
+    /// loaded again before the next commit (a base without a landed batch
+    /// would write a ledger without it).
+    stale: bool,
 }
 
 /// Runs `archive` over the selected tables, `global.max_table_concurrency` at a time.
@@ -453,6 +458,7 @@ async fn archive_on(
         src: src.clone(),
         committer: tokio::sync::Mutex::new(Committer {
             table: table.table.clone(),
+            stale: false,
         }),
         turns: Turns::new(),
         settled: std::sync::Mutex::new(plan::settled_batches(&facts)),

@@ -7,7 +7,15 @@
 //! outcome of a commit is unknown (timeout, 5xx), it reloads the table and
 //! looks for the batch id: found means committed.  The same commit rewrites
 //! the durable ledger property ([`crate::ledger::durable`]), so the batch
-//! history survives snapshot expiry.  Not found is reported as an
+//! history survives snapshot expiry.  The ledger is computed from the
+//! committer's `base` (the table its last commit left), not a fresh load:
+//! only this run writes the ledger property (the run holds the table's lock,
+//! and no other source archives into the table), so the base holds every
+//! entry; if another engine changed the table since (expiry, compaction),
+//! iceberg-rust's commit rebases the append onto the catalog's table, and
+//! the property still lists every batch — a batch the base still shows in
+//! history only stays on its own instead of joining its month's roll-up.
+//! Not found is reported as an
 //! error — the caller then rolls its Postgres transaction back, so whether the
 //! in-flight commit lands later or never, no row is lost or duplicated (a late
 //! landing makes the batch *unsettled*, resolved by the next run).
@@ -39,23 +47,24 @@ pub struct LedgerUpdate<'a> {
     pub settled: &'a HashSet<String>,
 }
 
-/// Appends one snapshot with `files` and the summary of `rec`, and rewrites the durable
-/// ledger property with the batch added, in one catalog commit; see the
-/// module contract.  Refuses a batch id the table already holds (a plan made
-/// from stale metadata).  Returns the committed snapshot id and the table as
-/// the catalog serves it after the commit.
+/// Appends one snapshot with `files` and the summary of `rec` to `base`'s
+/// table, and rewrites the durable ledger property (computed from `base`)
+/// with the batch added, in one catalog commit; see the module contract.
+/// Refuses a batch id `base` already holds (a plan made from stale
+/// metadata).  Returns the committed snapshot id and the table as the
+/// catalog serves it after the commit.
 pub async fn commit_batch(
     catalog: &dyn Catalog,
-    ident: &TableIdent,
+    base: &Table,
     files: Vec<DataFile>,
     rec: &BatchRecord,
     extra: SummaryExtra,
     update: LedgerUpdate<'_>,
 ) -> Result<(i64, Table)> {
     let batch_id = &rec.batch_id;
+    let ident = base.identifier();
     let summary = rec.to_summary(update.source, extra);
-    let table = reload(catalog, ident).await?;
-    let known = read_ledger_full(&table, update.source)?;
+    let known = read_ledger_full(base, update.source)?;
     if known.contains(batch_id) {
         return Err(Error::internal(format!(
             "batch {batch_id} is already committed; the plan was made from stale metadata — run again"
@@ -70,7 +79,7 @@ pub async fn commit_batch(
         &known.in_history,
         entry,
     ));
-    let tx = Transaction::new(&table);
+    let tx = Transaction::new(base);
     let action = tx
         .fast_append()
         // File names are unique per batch attempt; skip re-reading every manifest.

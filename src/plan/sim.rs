@@ -143,6 +143,10 @@ struct Model {
     batches: Vec<BatchRecord>,
     /// Batches whose snapshots are still in the history (not expired).
     in_history: HashSet<String>,
+    /// The history and ledger property as the committer's table shows
+    /// them (`None`: reloaded before the next commit): loaded by the plan,
+    /// then each commit's answer; another engine's expiry since is not in it.
+    base: Option<(HashSet<String>, Vec<LedgerEntry>)>,
     /// The durable ledger property.
     stored: Vec<LedgerEntry>,
     /// Commit clock, ms; advances by 0 or 1 per commit (ties happen).
@@ -165,6 +169,7 @@ impl Model {
             archived: HashMap::new(),
             batches: vec![],
             in_history: HashSet::new(),
+            base: None,
             stored: vec![],
             clock: 0,
             xact: HashMap::new(),
@@ -213,32 +218,48 @@ impl Model {
 
     /// The batches as the real path reads them: history merged with the ledger.
     fn known(&self) -> Vec<(BatchRecord, Vec<ledger::LedgerFile>)> {
+        self.known_in(&self.in_history, &self.stored)
+    }
+
+    /// The batches as a table with `history` and ledger property `stored`
+    /// shows them.
+    fn known_in(
+        &self,
+        history: &HashSet<String>,
+        stored: &[LedgerEntry],
+    ) -> Vec<(BatchRecord, Vec<ledger::LedgerFile>)> {
         let history: Vec<BatchRecord> = self
             .batches
             .iter()
-            .filter(|b| self.in_history.contains(&b.batch_id))
+            .filter(|b| history.contains(&b.batch_id))
             .cloned()
             .collect();
-        ledger::merge(history, &self.stored, "db.s.t")
+        ledger::merge(history, stored, "db.s.t")
     }
 
     /// Commits `rec` the way `lake::commit::commit_batch` does: snapshot and
-    /// rewritten ledger together.
+    /// ledger together, the ledger computed from the committer's base (which
+    /// may predate another engine's expiry); the answer is the new base.
     fn commit(&mut self, mut rec: BatchRecord) {
         self.clock += (self.next_row % 2) as i64;
         rec.committed_at_ms = self.clock;
         let settled = settled_batches(&self.facts());
         let new = LedgerEntry::of(&rec, "db.s.t", vec![]);
+        let base = self
+            .base
+            .take()
+            .unwrap_or_else(|| (self.in_history.clone(), self.stored.clone()));
         self.stored = ledger::next(
-            &self.known(),
-            &self.stored,
+            &self.known_in(&base.0, &base.1),
+            &base.1,
             "db.s.t",
             &settled,
-            &self.in_history,
+            &base.0,
             new,
         );
         self.in_history.insert(rec.batch_id.clone());
         self.batches.push(rec);
+        self.base = Some((self.in_history.clone(), self.stored.clone()));
     }
 
     /// Another engine expires snapshots: each but the current one goes with
@@ -307,6 +328,7 @@ impl Model {
             },
         );
         assert!(plan.in_progress.is_empty());
+        self.base = Some((self.in_history.clone(), self.stored.clone()));
         let limit = if rng.below(2) == 0 {
             Some(1 + rng.below(4))
         } else {
@@ -429,6 +451,8 @@ impl Model {
                     turns.finish(f.turn);
                 }
                 if trouble() == 0 {
+                    // No answer: the committer reloads before its next commit.
+                    self.base = None;
                     self.abort(&rec, "commit landed, answer lost");
                     return Some(false);
                 }
