@@ -269,12 +269,14 @@ impl Drop for TurnGuard<'_> {
 
 /// What catalog commits of a run change, behind [`Ctx::committer`].
 struct Committer {
-    /// The table as the plan loaded it, then as our last commit left it:
-    /// the base the next batch's ledger is computed from.
+    /// The table as our last commit left it: the base the next batch's
+    /// ledger is computed from.
     table: iceberg::table::Table,
-    /// A commit failed: whether it landed is not known here, so the table is
-    /// loaded again before the next commit (a base without a landed batch
-    /// would write a ledger without it).
+    /// Load the table again before the next commit: at the start (a commit
+    /// of a run that died may still land after the plan's load, and the
+    /// first batch may take long), and after a failed commit (whether it
+    /// landed is not known; a base without a landed batch would write a
+    /// ledger without it).
     stale: bool,
 }
 
@@ -458,7 +460,7 @@ async fn archive_on(
         src: src.clone(),
         committer: tokio::sync::Mutex::new(Committer {
             table: table.table.clone(),
-            stale: false,
+            stale: true,
         }),
         turns: Turns::new(),
         settled: std::sync::Mutex::new(plan::settled_batches(&facts)),

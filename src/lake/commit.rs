@@ -8,7 +8,8 @@
 //! looks for the batch id: found means committed.  The same commit rewrites
 //! the durable ledger property ([`crate::ledger::durable`]), so the batch
 //! history survives snapshot expiry.  The ledger is computed from the
-//! committer's `base` (the table its last commit left), not a fresh load:
+//! committer's `base` (the table its last commit left; loaded afresh for a
+//! run's first commit and after a failed one), not a load per commit:
 //! only this run writes the ledger property (the run holds the table's lock,
 //! and no other source archives into the table), so the base holds every
 //! entry; if another engine changed the table since (expiry, compaction),

@@ -144,8 +144,8 @@ struct Model {
     /// Batches whose snapshots are still in the history (not expired).
     in_history: HashSet<String>,
     /// The history and ledger property as the committer's table shows
-    /// them (`None`: reloaded before the next commit): loaded by the plan,
-    /// then each commit's answer; another engine's expiry since is not in it.
+    /// them (`None`: loaded before the next commit, as at the start of a
+    /// run): each commit's answer; another engine's expiry since is not in it.
     base: Option<(HashSet<String>, Vec<LedgerEntry>)>,
     /// The durable ledger property.
     stored: Vec<LedgerEntry>,
@@ -328,7 +328,8 @@ impl Model {
             },
         );
         assert!(plan.in_progress.is_empty());
-        self.base = Some((self.in_history.clone(), self.stored.clone()));
+        // The committer loads the table before the run's first commit.
+        self.base = None;
         let limit = if rng.below(2) == 0 {
             Some(1 + rng.below(4))
         } else {
