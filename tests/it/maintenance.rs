@@ -527,3 +527,99 @@ async fn maintain_deletes_orphans_on_s3() {
     assert_eq!(again.json()[0]["orphan_files"], 0, "{}", again.stdout);
     f.assert_reconciled("S3 after the sweep");
 }
+
+/// Another writer expires snapshots between two commits of one archive run.
+/// The second commit computes the ledger from the table the first left
+/// (which still shows the expired snapshots) and iceberg-rust rebases it
+/// onto the catalog's table: every batch stays in the ledger, through a
+/// later expiry of everything but the current snapshot too, and nothing is
+/// archived twice.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn expiry_between_two_commits_of_a_run_keeps_every_batch() {
+    const OLD: u64 = 8;
+    let s = services!();
+    let f = Fixture::new(
+        &s,
+        None,
+        Cat::Sqlite,
+        PER_WINDOW,
+        OLD,
+        "    parallel_windows: 1\n",
+        "",
+    )
+    .await;
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // One late row in each of three archived windows: three batches next.
+    let c = f.db.client().await;
+    c.batch_execute(
+        "INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, unit) \
+         SELECT (SELECT min(recorded_at) FROM before_rows) + g * interval '1 day' + interval '1 minute', \
+                3, 'late', 'C' FROM generate_series(0, 2) g; \
+         INSERT INTO inserted_log SELECT * FROM sensor_readings WHERE sensor_name = 'late';",
+    )
+    .await
+    .expect("late rows");
+    let pause = Pause::new();
+    let point = pause.env("after-commit");
+    let child = f.ws.spawn(
+        &["archive", "-c", &f.cfg, "--json"],
+        &f.env_with(&[("PERMAFROST_PAUSE", &point)]),
+    );
+    let fifo = pause
+        .wait_reached(Duration::from_secs(120))
+        .expect("the first late batch committed");
+    let expired = maintain(&f, &[], &[]);
+    assert_eq!(expired.code, 0, "{}", expired.stderr);
+    // The first run's 8 snapshots and the late batch's: all but 2 go.
+    assert_eq!(
+        expired.json()[0]["snapshots_expired"],
+        OLD - 1,
+        "{}",
+        expired.stdout
+    );
+    Pause::resume(fifo);
+    let out = finish(child);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(archived_rows(&out.json()), 3);
+    f.assert_reconciled("expiry between two commits");
+
+    // Everything but the current snapshot expired: the ledger alone knows
+    // the 11 batches, and nothing is planned again.
+    let all = f.ws.run_env(
+        &[
+            "maintain",
+            "-c",
+            &f.cfg,
+            "--json",
+            "--older-than",
+            "0s",
+            "--retain-last",
+            "1",
+        ],
+        &f.env_with(&[]),
+    );
+    assert_eq!(all.code, 0, "{}", all.stderr);
+    let again = f.archive(&[], &[]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(archived_rows(&again.json()), 0, "{}", again.stdout);
+    let status =
+        f.ws.run_env(&["status", "-c", &f.cfg, "--json"], &f.env_with(&[]))
+            .json();
+    assert_eq!(status[0]["windows_archived"], OLD, "{status}");
+    let list =
+        f.ws.run_env(&["list", "-c", &f.cfg, "--json"], &f.env_with(&[]))
+            .json();
+    let windows = list.as_array().expect("list");
+    assert_eq!(windows.len() as u64, OLD, "{list}");
+    let rows: u64 = windows
+        .iter()
+        .map(|w| w["rows"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(rows, OLD * PER_WINDOW + 3, "the ledger's rows: {list}");
+    let read = read(&f, None);
+    assert_eq!(read["pyiceberg"]["count"], OLD * PER_WINDOW + 3);
+    assert_eq!(read["duckdb"]["count"], OLD * PER_WINDOW + 3);
+    f.assert_reconciled("after expiring everything");
+}
