@@ -25,6 +25,11 @@ fn read(f: &Fixture, prune: Option<(&str, &str)>) -> Value {
 }
 
 fn maintain(f: &Fixture, extra: &[&str], env: &[(&str, &str)]) -> Out {
+    maintain_keeping(f, "2", extra, env)
+}
+
+/// `maintain` expiring every snapshot but the last `retain`.
+fn maintain_keeping(f: &Fixture, retain: &str, extra: &[&str], env: &[(&str, &str)]) -> Out {
     let mut args = vec![
         "maintain",
         "-c",
@@ -33,7 +38,7 @@ fn maintain(f: &Fixture, extra: &[&str], env: &[(&str, &str)]) -> Out {
         "--older-than",
         "0s",
         "--retain-last",
-        "2",
+        retain,
         "--max-manifests",
         "4",
     ];
@@ -587,19 +592,7 @@ async fn expiry_between_two_commits_of_a_run_keeps_every_batch() {
 
     // Everything but the current snapshot expired: the ledger alone knows
     // the 11 batches, and nothing is planned again.
-    let all = f.ws.run_env(
-        &[
-            "maintain",
-            "-c",
-            &f.cfg,
-            "--json",
-            "--older-than",
-            "0s",
-            "--retain-last",
-            "1",
-        ],
-        &f.env_with(&[]),
-    );
+    let all = maintain_keeping(&f, "1", &[], &[]);
     assert_eq!(all.code, 0, "{}", all.stderr);
     let again = f.archive(&[], &[]);
     assert_eq!(again.code, 0, "{}", again.stderr);
