@@ -4,6 +4,7 @@ use clap::Parser;
 use permafrost::cli::{Cli, commands};
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     permafrost::http::install_crypto_provider();
     commands::init_logging(&cli);
@@ -19,3 +20,29 @@ fn main() -> ExitCode {
     };
     runtime.block_on(commands::run(cli))
 }
+
+/// Tells glibc's allocator to keep freed memory for the next batch instead
+/// of handing it back to the kernel and faulting it in again: every batch
+/// allocates and frees the same few megabytes (zstd contexts, Parquet page
+/// buffers, record batches), and by default blocks over 128 KiB to 32 MiB
+/// are mapped and unmapped each time and the heap's top is trimmed after
+/// each free. Measured on a 1,000,000-row archive: 0.91x CPU seconds (a
+/// third less system time) for 5 MiB more peak RSS. The process keeps at
+/// most 64 MiB of freed heap above what it uses, per allocator arena.
+/// Leaves the defaults alone when `GLIBC_TUNABLES` sets malloc parameters.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.")) {
+        return;
+    }
+    // SAFETY: mallopt only sets allocator parameters; it is called before
+    // any other thread exists and its arguments are valid for every glibc.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 16 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
