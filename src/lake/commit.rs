@@ -7,13 +7,16 @@
 //! outcome of a commit is unknown (timeout, 5xx), it reloads the table and
 //! looks for the batch id: found means committed.  The same commit rewrites
 //! the durable ledger property ([`crate::ledger::durable`]), so the batch
-//! history survives snapshot expiry.  The ledger is computed from the
+//! history survives snapshot expiry.  The commit goes out on the
 //! committer's `base` (the table its last commit left; loaded afresh for a
-//! run's first commit and after a failed one), not a load per commit:
+//! run's first commit and after a failed one) without another load
+//! ([`CommitBase`]: the catalog checks the base's requirements), and the
+//! ledger is computed from it:
 //! only this run writes the ledger property (the run holds the table's lock,
 //! and no other source archives into the table), so the base holds every
-//! entry; if another engine changed the table since (expiry, compaction),
-//! iceberg-rust's commit rebases the append onto the catalog's table, and
+//! entry; if another engine moved `main` since (compaction), the catalog
+//! refuses the base and iceberg-rust's retry rebases the append onto the
+//! catalog's table (never over a landing of the same batch), and
 //! the property still lists every batch — a batch the base still shows in
 //! history only stays on its own instead of joining its month's roll-up.
 //! Not found is reported as an
@@ -29,6 +32,7 @@ use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableIdent};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::lake::commit_base::CommitBase;
 use crate::ledger::durable::{self, LedgerEntry, LedgerFile};
 use crate::ledger::read::{find_batch, read_ledger_full};
 use crate::ledger::{BatchRecord, SummaryExtra, keys};
@@ -51,9 +55,13 @@ pub struct LedgerUpdate<'a> {
 /// Appends one snapshot with `files` and the summary of `rec` to `base`'s
 /// table, and rewrites the durable ledger property (computed from `base`)
 /// with the batch added, in one catalog commit; see the module contract.
-/// Refuses a batch id `base` already holds (a plan made from stale
-/// metadata).  Returns the committed snapshot id and the table as the
-/// catalog serves it after the commit.
+/// The commit goes out on `base` without loading the table again
+/// ([`CommitBase`]); when the catalog finds `base` inconsistent with its
+/// table (a snapshot another engine added on another branch since), the
+/// batch is committed once more from a fresh load.  Refuses a batch id
+/// `base` already holds (a plan made from stale metadata).  Returns the
+/// committed snapshot id and the table as the catalog serves it after the
+/// commit.
 pub async fn commit_batch(
     catalog: &dyn Catalog,
     base: &Table,
@@ -64,6 +72,61 @@ pub async fn commit_batch(
 ) -> Result<(i64, Table)> {
     let batch_id = &rec.batch_id;
     let ident = base.identifier();
+    let prepared = prepare(base, files.clone(), rec, extra, &update)?;
+    // The catalog answers a commit with the table it now serves; only when
+    // the answer is an error is the table read again (did it land anyway?).
+    let t = match prepared
+        .commit(&CommitBase::new(catalog, base, batch_id))
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            let refused = e.kind() == iceberg::ErrorKind::DataInvalid;
+            let err = Error::iceberg(format!("cannot commit batch {batch_id} to {ident}"), e);
+            match reload(catalog, ident).await {
+                Ok(t) if find_batch(&t, batch_id).is_some() => {
+                    tracing::warn!(
+                        "commit of batch {batch_id} reported an error but landed: {err}"
+                    );
+                    t
+                }
+                Ok(fresh) if refused => {
+                    tracing::info!(
+                        "batch {batch_id}: committing again from fresh metadata ({err})"
+                    );
+                    let prepared = prepare(&fresh, files, rec, extra, &update)?;
+                    prepared
+                        .commit(&CommitBase::new(catalog, &fresh, batch_id))
+                        .await
+                        .map_err(|e| {
+                            Error::iceberg(format!("cannot commit batch {batch_id} to {ident}"), e)
+                        })?
+                }
+                _ => return Err(err),
+            }
+        }
+    };
+    let id = find_batch(&t, batch_id)
+        .map(|s| s.snapshot_id())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Catalog,
+                format!("batch {batch_id} is not in {ident} after its commit"),
+            )
+        })?;
+    Ok((id, t))
+}
+
+/// The transaction that appends the batch's snapshot to `base` and rewrites
+/// the ledger property computed from `base`.
+fn prepare(
+    base: &Table,
+    files: Vec<DataFile>,
+    rec: &BatchRecord,
+    extra: SummaryExtra,
+    update: &LedgerUpdate<'_>,
+) -> Result<Transaction> {
+    let batch_id = &rec.batch_id;
     let summary = rec.to_summary(update.source, extra);
     let known = read_ledger_full(base, update.source)?;
     if known.contains(batch_id) {
@@ -90,37 +153,10 @@ pub async fn commit_batch(
     let tx = action
         .apply(tx)
         .map_err(|e| Error::iceberg("cannot prepare the commit", e))?;
-    let tx = tx
-        .update_table_properties()
+    tx.update_table_properties()
         .set(keys::LEDGER.to_string(), property)
         .apply(tx)
-        .map_err(|e| Error::iceberg("cannot prepare the ledger update", e))?;
-    // The catalog answers a commit with the table it now serves; only when
-    // the answer is an error is the table read again (did it land anyway?).
-    let t = match tx.commit(catalog).await {
-        Ok(t) => t,
-        Err(e) => {
-            let err = Error::iceberg(format!("cannot commit batch {batch_id} to {ident}"), e);
-            match reload(catalog, ident).await {
-                Ok(t) if find_batch(&t, batch_id).is_some() => {
-                    tracing::warn!(
-                        "commit of batch {batch_id} reported an error but landed: {err}"
-                    );
-                    t
-                }
-                _ => return Err(err),
-            }
-        }
-    };
-    let id = find_batch(&t, batch_id)
-        .map(|s| s.snapshot_id())
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::Catalog,
-                format!("batch {batch_id} is not in {ident} after its commit"),
-            )
-        })?;
-    Ok((id, t))
+        .map_err(|e| Error::iceberg("cannot prepare the ledger update", e))
 }
 
 /// The ledger entry of a batch about to be committed (its commit time is

@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod commit;
+pub mod commit_base;
 pub mod compact;
 pub mod evolve;
 pub mod glue;

@@ -826,26 +826,9 @@ async fn commit_conflict(kind: Cat) {
     .await
     .expect("log");
     let append = || {
-        let req = json!({
-            "catalog_name": f.cat.py_name, "catalog": f.cat.py_props,
-            "table": format!("{}.sensor_readings", f.cat.namespace),
-            "row": {"id": -1, "recorded_at": ts, "sensor_id": 1, "sensor_name": "external", "value": 0.5,
-                    "unit": "celsius", "quality": "1.00", "payload": "{\"external\": true}"},
-        });
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("req.json");
-        std::fs::write(&p, req.to_string()).expect("write");
-        let script = crate::common::source_dir().join("tests/py/append.py");
-        let out = std::process::Command::new(&s.python)
-            .arg(script)
-            .arg(&p)
-            .output()
-            .expect("python");
-        assert!(
-            out.status.success(),
-            "append.py: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let row = json!({"id": -1, "recorded_at": ts, "sensor_id": 1, "sensor_name": "external", "value": 0.5,
+                         "unit": "celsius", "quality": "1.00", "payload": "{\"external\": true}"});
+        append_external(&f, row, json!({}));
     };
     // Create the table with a first batch, so the external writer has something to append to.
     let first = f.archive(&["--now", &rfc3339(pg_now(&c).await)], &[]);
@@ -867,6 +850,105 @@ async fn commit_conflict(kind: Cat) {
     assert_eq!(out.json()[0]["batches"][0]["rows"], 100);
     let r = f.assert_reconciled("commit conflict");
     assert_eq!(r["postgres"], 0);
+}
+
+/// Appends `row` to the fixture's archive table with PyIceberg (another
+/// writer), its snapshot summary carrying `props` too.
+fn append_external(f: &Fixture, row: Value, props: Value) {
+    let req = json!({
+        "catalog_name": f.cat.py_name, "catalog": f.cat.py_props,
+        "table": format!("{}.sensor_readings", f.cat.namespace),
+        "row": row, "snapshot_properties": props,
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("req.json");
+    std::fs::write(&p, req.to_string()).expect("write");
+    let script = crate::common::source_dir().join("tests/py/append.py");
+    let out = std::process::Command::new(&f.s.python)
+        .arg(script)
+        .arg(&p)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "append.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A commit of a run that died lands late: after our committer took its
+/// table, the dead run's snapshot of our next batch (same deterministic
+/// batch id, same rows) appears in the catalog.  Our commit of that batch
+/// must not be rebased over it: the catalog refuses the stale base, the
+/// retry finds the batch landed, verifies it, and the rows are in the
+/// archive exactly once.
+async fn late_commit_of_a_dead_run(kind: Cat) {
+    let s = services!();
+    let f = Fixture::new(&s, None, kind, 50, 3, "    parallel_windows: 1\n", "").await;
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // One late row in each of two archived windows: two batches next.
+    let c = f.db.client().await;
+    let late = c
+        .query(
+            "WITH r AS (INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit, quality, payload) \
+             SELECT date_trunc('day', now()) - interval '20 days' - k * interval '1 day' + interval '1 hour', \
+                    5, 'late', 0.25, 'celsius', 1.50, jsonb_build_object('late', k) \
+             FROM generate_series(1, 2) k RETURNING *), \
+             l AS (INSERT INTO inserted_log SELECT * FROM r RETURNING *) \
+             SELECT id, (extract(epoch FROM recorded_at) * 1000000)::int8, payload::text FROM l ORDER BY recorded_at",
+            &[],
+        )
+        .await
+        .expect("late rows");
+    let plan = f.archive(&["--dry-run"], &[]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    let planned = plan.json()[0]["planned"].clone();
+    assert_eq!(planned.as_array().map(Vec::len), Some(2), "{planned}");
+    let second = planned[1]["batch_id"]
+        .as_str()
+        .expect("batch id")
+        .to_string();
+    // The dead run's commit of the second batch: its one row, its batch id.
+    let (id, ts, payload): (i64, i64, String) = (late[1].get(0), late[1].get(1), late[1].get(2));
+    let zombie = || {
+        let row = json!({"id": id, "recorded_at": ts, "sensor_id": 5, "sensor_name": "late", "value": 0.25,
+                         "unit": "celsius", "quality": "1.50", "payload": payload});
+        append_external(&f, row, json!({"permafrost.batch-id": second}));
+    };
+    let out = paused_run(&f, "after-commit", async || zombie()).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "commit of batch {second} reported an error but landed"
+        )),
+        "the late commit was found, not committed over:\n{}",
+        out.stderr
+    );
+    let batches = out.json()[0]["batches"].clone();
+    assert_eq!(batches.as_array().map(Vec::len), Some(2), "{batches}");
+    assert_eq!(batches[1]["batch_id"], second.as_str(), "{batches}");
+    assert_eq!(
+        count(&c, "sensor_readings", "sensor_name = 'late'").await,
+        0
+    );
+    let r = f.assert_reconciled("late commit of a dead run");
+    assert_eq!(r["postgres"], 0);
+    let again = f.archive(&[], &[]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(again.json()[0]["batches"], json!([]), "{}", again.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_late_commit_of_a_dead_run_is_not_appended_twice_sql() {
+    late_commit_of_a_dead_run(Cat::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_late_commit_of_a_dead_run_is_not_appended_twice_rest() {
+    late_commit_of_a_dead_run(Cat::Rest).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,6 +1,7 @@
 """Appends one row to an archive table with PyIceberg (another writer).
 
-Usage: append.py REQUEST.json   (catalog_name, catalog, table, row: {column: value})
+Usage: append.py REQUEST.json   (catalog_name, catalog, table, row: {column: value},
+                                  optional snapshot_properties: {key: value})
 Timestamps are given as epoch microseconds.
 """
 
@@ -25,7 +26,8 @@ def main():
         if pa.types.is_decimal(f.type) and v is not None:
             v = decimal.Decimal(v)
         cols.append(pa.array([v], type=f.type))
-    t.append(pa.Table.from_arrays(cols, schema=schema), snapshot_properties={"writer": "external"})
+    props = {"writer": "external", **req.get("snapshot_properties", {})}
+    t.append(pa.Table.from_arrays(cols, schema=schema), snapshot_properties=props)
     print(json.dumps({"snapshot_id": t.current_snapshot().snapshot_id}))
 
 

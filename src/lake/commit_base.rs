@@ -1,0 +1,146 @@
+//! The catalog a batch commit goes through: the committer's table as the
+//! commit's base, and no second append of a batch.
+//!
+//! iceberg-rust's `Transaction::commit` loads the table before it applies
+//! its actions (a round trip to the catalog, and for the SQL catalog a
+//! metadata file read and parsed) and rebases onto whatever it finds.
+//! [`CommitBase`] answers that first load with the table the committer
+//! already holds, so a commit is one request. That is safe because the
+//! commit carries the requirements computed from that table (same table
+//! UUID, `main` still at its current snapshot), which every catalog checks
+//! atomically: if anything moved `main` since (another engine's compaction,
+//! a commit of a run that died landing late), the catalog refuses, and
+//! iceberg-rust retries from a real load.
+//!
+//! Every later load is real, and refuses when the table already holds the
+//! batch: a retry never rebases the batch over its own earlier landing
+//! (a late commit of a run that died, or an attempt whose answer was lost).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use iceberg::table::Table;
+use iceberg::{
+    Catalog, Error, ErrorKind, Namespace, NamespaceIdent, Result, TableCommit, TableCreation,
+    TableIdent,
+};
+
+use crate::ledger::read::find_batch;
+
+/// `inner` with its first `load_table` of `base`'s table answered by
+/// `base`; see the module docs.
+#[derive(Debug)]
+pub struct CommitBase<'a> {
+    inner: &'a dyn Catalog,
+    base: Mutex<Option<Table>>,
+    batch_id: &'a str,
+}
+
+impl<'a> CommitBase<'a> {
+    /// A view of `inner` for the commit of `batch_id` onto `base`.
+    pub fn new(inner: &'a dyn Catalog, base: &Table, batch_id: &'a str) -> Self {
+        Self {
+            inner,
+            base: Mutex::new(Some(base.clone())),
+            batch_id,
+        }
+    }
+
+    /// The base, the first time `ident` is asked for.
+    fn take_base(&self, ident: &TableIdent) -> Option<Table> {
+        let mut base = self.base.lock().unwrap_or_else(|p| p.into_inner());
+        base.take_if(|t| t.identifier() == ident)
+    }
+}
+
+#[async_trait]
+impl Catalog for CommitBase<'_> {
+    async fn load_table(&self, ident: &TableIdent) -> Result<Table> {
+        if let Some(base) = self.take_base(ident) {
+            return Ok(base);
+        }
+        let table = self.inner.load_table(ident).await?;
+        if find_batch(&table, self.batch_id).is_some() {
+            return Err(Error::new(
+                ErrorKind::DataInvalid,
+                format!(
+                    "batch {} is in {ident} already; not appending it again",
+                    self.batch_id
+                ),
+            ));
+        }
+        Ok(table)
+    }
+
+    async fn update_table(&self, commit: TableCommit) -> Result<Table> {
+        self.inner.update_table(commit).await
+    }
+
+    async fn list_namespaces(
+        &self,
+        parent: Option<&NamespaceIdent>,
+    ) -> Result<Vec<NamespaceIdent>> {
+        self.inner.list_namespaces(parent).await
+    }
+
+    async fn create_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> Result<Namespace> {
+        self.inner.create_namespace(namespace, properties).await
+    }
+
+    async fn get_namespace(&self, namespace: &NamespaceIdent) -> Result<Namespace> {
+        self.inner.get_namespace(namespace).await
+    }
+
+    async fn namespace_exists(&self, namespace: &NamespaceIdent) -> Result<bool> {
+        self.inner.namespace_exists(namespace).await
+    }
+
+    async fn update_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> Result<()> {
+        self.inner.update_namespace(namespace, properties).await
+    }
+
+    async fn drop_namespace(&self, namespace: &NamespaceIdent) -> Result<()> {
+        self.inner.drop_namespace(namespace).await
+    }
+
+    async fn list_tables(&self, namespace: &NamespaceIdent) -> Result<Vec<TableIdent>> {
+        self.inner.list_tables(namespace).await
+    }
+
+    async fn create_table(
+        &self,
+        namespace: &NamespaceIdent,
+        creation: TableCreation,
+    ) -> Result<Table> {
+        self.inner.create_table(namespace, creation).await
+    }
+
+    async fn drop_table(&self, ident: &TableIdent) -> Result<()> {
+        self.inner.drop_table(ident).await
+    }
+
+    async fn purge_table(&self, ident: &TableIdent) -> Result<()> {
+        self.inner.purge_table(ident).await
+    }
+
+    async fn table_exists(&self, ident: &TableIdent) -> Result<bool> {
+        self.inner.table_exists(ident).await
+    }
+
+    async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> Result<()> {
+        self.inner.rename_table(src, dest).await
+    }
+
+    async fn register_table(&self, ident: &TableIdent, metadata_location: String) -> Result<Table> {
+        self.inner.register_table(ident, metadata_location).await
+    }
+}
