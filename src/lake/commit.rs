@@ -14,11 +14,14 @@
 //! ledger is computed from it:
 //! only this run writes the ledger property (the run holds the table's lock,
 //! and no other source archives into the table), so the base holds every
-//! entry; if another engine moved `main` since (compaction), the catalog
-//! refuses the base and iceberg-rust's retry rebases the append onto the
-//! catalog's table (never over a landing of the same batch), and
-//! the property still lists every batch — a batch the base still shows in
-//! history only stays on its own instead of joining its month's roll-up.
+//! entry.  If another engine expired snapshots since, the append goes onto
+//! the catalog's table and the property still lists every batch — a batch
+//! the base still shows in history only stays on its own instead of
+//! joining its month's roll-up.  If another writer moved `main` since
+//! (compaction, or a commit of a run that died landing late), the catalog
+//! refuses the base, and the commit is prepared again from a fresh load —
+//! ledger included; never rebased by iceberg-rust, and never over a landing
+//! of the same batch.
 //! Not found is reported as an
 //! error — the caller then rolls its Postgres transaction back, so whether the
 //! in-flight commit lands later or never, no row is lost or duplicated (a late
@@ -52,16 +55,22 @@ pub struct LedgerUpdate<'a> {
     pub settled: &'a HashSet<String>,
 }
 
+/// How often a batch is prepared and committed when the catalog refuses
+/// the table it was prepared from (another writer moved `main`).
+const ATTEMPTS: usize = 3;
+
 /// Appends one snapshot with `files` and the summary of `rec` to `base`'s
 /// table, and rewrites the durable ledger property (computed from `base`)
 /// with the batch added, in one catalog commit; see the module contract.
 /// The commit goes out on `base` without loading the table again
-/// ([`CommitBase`]); when the catalog finds `base` inconsistent with its
-/// table (a snapshot another engine added on another branch since), the
-/// batch is committed once more from a fresh load.  Refuses a batch id
-/// `base` already holds (a plan made from stale metadata).  Returns the
-/// committed snapshot id and the table as the catalog serves it after the
-/// commit.
+/// ([`CommitBase`]); when the catalog refuses `base` (another writer
+/// committed since), the batch is prepared again from a fresh load, at most
+/// [`ATTEMPTS`] times in all — unless that load shows the batch landed (a
+/// commit of a run that died, or an attempt whose answer was lost): then
+/// that snapshot is the batch's, and nothing is appended again.  Refuses a
+/// batch id `base` already holds (a plan made from stale metadata).
+/// Returns the committed snapshot id and the table as the catalog serves
+/// it after the commit.
 pub async fn commit_batch(
     catalog: &dyn Catalog,
     base: &Table,
@@ -72,39 +81,30 @@ pub async fn commit_batch(
 ) -> Result<(i64, Table)> {
     let batch_id = &rec.batch_id;
     let ident = base.identifier();
-    let prepared = prepare(base, files.clone(), rec, extra, &update)?;
+    let mut base = base.clone();
+    let mut attempt = 1;
     // The catalog answers a commit with the table it now serves; only when
     // the answer is an error is the table read again (did it land anyway?).
-    let t = match prepared
-        .commit(&CommitBase::new(catalog, base, batch_id))
-        .await
-    {
-        Ok(t) => t,
-        Err(e) => {
-            let refused = e.kind() == iceberg::ErrorKind::DataInvalid;
-            let err = Error::iceberg(format!("cannot commit batch {batch_id} to {ident}"), e);
-            match reload(catalog, ident).await {
-                Ok(t) if find_batch(&t, batch_id).is_some() => {
-                    tracing::warn!(
-                        "commit of batch {batch_id} reported an error but landed: {err}"
-                    );
-                    t
-                }
-                Ok(fresh) if refused => {
-                    tracing::info!(
-                        "batch {batch_id}: committing again from fresh metadata ({err})"
-                    );
-                    let prepared = prepare(&fresh, files, rec, extra, &update)?;
-                    prepared
-                        .commit(&CommitBase::new(catalog, &fresh, batch_id))
-                        .await
-                        .map_err(|e| {
-                            Error::iceberg(format!("cannot commit batch {batch_id} to {ident}"), e)
-                        })?
-                }
-                _ => return Err(err),
-            }
+    let t = loop {
+        let tx = prepare(&base, files.clone(), rec, extra, &update)?;
+        let e = match tx.commit(&CommitBase::new(catalog, &base)).await {
+            Ok(t) => break t,
+            Err(e) => e,
+        };
+        let refused = e.kind() == iceberg::ErrorKind::DataInvalid;
+        let err = Error::iceberg(format!("cannot commit batch {batch_id} to {ident}"), e);
+        let Ok(fresh) = reload(catalog, ident).await else {
+            return Err(err);
+        };
+        if find_batch(&fresh, batch_id).is_some() {
+            tracing::warn!("commit of batch {batch_id} reported an error but landed: {err}");
+            break fresh;
         }
+        if !refused || attempt == ATTEMPTS {
+            return Err(err);
+        }
+        tracing::info!("batch {batch_id}: preparing the commit again from fresh metadata ({err})");
+        (base, attempt) = (fresh, attempt + 1);
     };
     let id = find_batch(&t, batch_id)
         .map(|s| s.snapshot_id())

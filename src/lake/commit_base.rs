@@ -1,20 +1,21 @@
 //! The catalog a batch commit goes through: the committer's table as the
-//! commit's base, and no second append of a batch.
+//! commit's base, and no rebase.
 //!
 //! iceberg-rust's `Transaction::commit` loads the table before it applies
 //! its actions (a round trip to the catalog, and for the SQL catalog a
-//! metadata file read and parsed) and rebases onto whatever it finds.
-//! [`CommitBase`] answers that first load with the table the committer
-//! already holds, so a commit is one request. That is safe because the
-//! commit carries the requirements computed from that table (same table
-//! UUID, `main` still at its current snapshot), which every catalog checks
-//! atomically: if anything moved `main` since (another engine's compaction,
-//! a commit of a run that died landing late), the catalog refuses, and
-//! iceberg-rust retries from a real load.
+//! metadata file read and parsed), and after a conflict loads it again and
+//! re-applies the same actions onto whatever it finds. [`CommitBase`]
+//! answers the first load with the table the committer already holds, so a
+//! commit is one request, and refuses every later load, so a commit is
+//! never rebased by iceberg-rust: the caller prepares it again from a
+//! fresh load ([`super::commit::commit_batch`]), ledger included.
 //!
-//! Every later load is real, and refuses when the table already holds the
-//! batch: a retry never rebases the batch over its own earlier landing
-//! (a late commit of a run that died, or an attempt whose answer was lost).
+//! Going out on a table the committer holds is safe because the commit
+//! carries the requirements computed from it (same table UUID, `main`
+//! still at its current snapshot), which every catalog checks atomically:
+//! if anything moved `main` since (another engine's compaction, a commit of
+//! a run that died landing late), the catalog refuses the commit and
+//! nothing of it lands.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,24 +27,20 @@ use iceberg::{
     TableIdent,
 };
 
-use crate::ledger::read::find_batch;
-
 /// `inner` with its first `load_table` of `base`'s table answered by
-/// `base`; see the module docs.
+/// `base`, and every later one refused; see the module docs.
 #[derive(Debug)]
 pub struct CommitBase<'a> {
     inner: &'a dyn Catalog,
     base: Mutex<Option<Table>>,
-    batch_id: &'a str,
 }
 
 impl<'a> CommitBase<'a> {
-    /// A view of `inner` for the commit of `batch_id` onto `base`.
-    pub fn new(inner: &'a dyn Catalog, base: &Table, batch_id: &'a str) -> Self {
+    /// A view of `inner` for one commit onto `base`.
+    pub fn new(inner: &'a dyn Catalog, base: &Table) -> Self {
         Self {
             inner,
             base: Mutex::new(Some(base.clone())),
-            batch_id,
         }
     }
 
@@ -57,20 +54,12 @@ impl<'a> CommitBase<'a> {
 #[async_trait]
 impl Catalog for CommitBase<'_> {
     async fn load_table(&self, ident: &TableIdent) -> Result<Table> {
-        if let Some(base) = self.take_base(ident) {
-            return Ok(base);
-        }
-        let table = self.inner.load_table(ident).await?;
-        if find_batch(&table, self.batch_id).is_some() {
-            return Err(Error::new(
+        self.take_base(ident).ok_or_else(|| {
+            Error::new(
                 ErrorKind::DataInvalid,
-                format!(
-                    "batch {} is in {ident} already; not appending it again",
-                    self.batch_id
-                ),
-            ));
-        }
-        Ok(table)
+                format!("{ident} changed since the table this commit was prepared from"),
+            )
+        })
     }
 
     async fn update_table(&self, commit: TableCommit) -> Result<Table> {

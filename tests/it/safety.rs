@@ -801,11 +801,12 @@ async fn replay_archives_a_range_regardless_of_the_lag() {
     f.assert_reconciled("replay");
 }
 
-/// Another writer commits to the same Iceberg table between our write and our
-/// commit: the commit is retried on the refreshed table, nothing is duplicated.
+/// Another writer commits to the same Iceberg table between two commits of
+/// a run: the catalog refuses the committer's table, the commit is prepared
+/// again from the refreshed table, nothing is duplicated.
 async fn commit_conflict(kind: Cat) {
     let s = services!();
-    let f = Fixture::new(&s, None, kind, 200, 2, "", "").await;
+    let f = Fixture::new(&s, None, kind, 200, 2, "    parallel_windows: 1\n", "").await;
     // First run creates the table (and archives window 1 so it has a snapshot).
     let out = f.archive(&["--dry-run"], &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -833,21 +834,31 @@ async fn commit_conflict(kind: Cat) {
     // Create the table with a first batch, so the external writer has something to append to.
     let first = f.archive(&["--now", &rfc3339(pg_now(&c).await)], &[]);
     assert_eq!(first.code, 0, "{}", first.stderr);
-    // Put rows back into a window and pause the next run right before its commit.
+    // Put rows back into two windows and pause the next run after its
+    // first commit: the other writer commits before the second.
     c.batch_execute(
         "WITH r AS (INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit) \
-         SELECT date_trunc('day', now()) - interval '20 days' + i * interval '1 minute', 2, 'late', 1, 'c' FROM generate_series(1, 100) i \
+         SELECT date_trunc('day', now()) - interval '20 days' - (i % 2) * interval '1 day' + i * interval '1 minute', \
+                2, 'late', 1, 'c' FROM generate_series(1, 100) i \
          RETURNING *) INSERT INTO inserted_log SELECT * FROM r",
     )
     .await
     .expect("late rows");
-    let out = paused_run(&f, "after-write", async || append()).await;
+    let out = paused_run(&f, "after-commit", async || append()).await;
     assert_eq!(
         out.code, 0,
         "the conflicting commit was retried:\n{}",
         out.stderr
     );
-    assert_eq!(out.json()[0]["batches"][0]["rows"], 100);
+    assert!(
+        out.stderr
+            .contains("preparing the commit again from fresh metadata"),
+        "{}",
+        out.stderr
+    );
+    let batches = out.json()[0]["batches"].clone();
+    assert_eq!(batches[0]["rows"], 50, "{batches}");
+    assert_eq!(batches[1]["rows"], 50, "{batches}");
     let r = f.assert_reconciled("commit conflict");
     assert_eq!(r["postgres"], 0);
 }
