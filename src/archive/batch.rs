@@ -453,6 +453,7 @@ async fn commit(
     let update = lake::commit::LedgerUpdate {
         source: &source_id,
         settled: &settled,
+        known: &committer.known,
     };
     let committed = lake::commit::commit_batch(
         ctx.catalog.iceberg(),
@@ -465,6 +466,7 @@ async fn commit(
     .await;
     committer.stale = committed.is_err();
     let (snapshot_id, committed) = committed?;
+    committer.known.insert(rec.batch_id.clone());
     committer.table = committed.clone();
     drop(committer);
     if last {

@@ -278,6 +278,9 @@ struct Committer {
     /// landed is not known; a base without a landed batch would write a
     /// ledger without it).
     stale: bool,
+    /// The batches of the source the run knows of: those of its plan's
+    /// facts, then its own commits (see [`lake::commit::LedgerUpdate`]).
+    known: HashSet<String>,
 }
 
 /// Runs `archive` over the selected tables, `global.max_table_concurrency` at a time.
@@ -461,6 +464,7 @@ async fn archive_on(
         committer: tokio::sync::Mutex::new(Committer {
             table: table.table.clone(),
             stale: true,
+            known: facts.batches.iter().map(|b| b.batch_id.clone()).collect(),
         }),
         turns: Turns::new(),
         settled: std::sync::Mutex::new(plan::settled_batches(&facts)),

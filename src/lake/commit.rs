@@ -53,6 +53,11 @@ pub struct LedgerUpdate<'a> {
     pub source: &'a str,
     /// Batches known to be settled: the ledger drops their files.
     pub settled: &'a HashSet<String>,
+    /// The batches of `source` the run knows of: its plan's and its own
+    /// commits.  Any other batch of `source` in the table landed after the
+    /// plan (a late commit of a run that died): the batch is not committed
+    /// over it.
+    pub known: &'a HashSet<String>,
 }
 
 /// How often a batch is prepared and committed when the catalog refuses
@@ -133,6 +138,22 @@ fn prepare(
         return Err(Error::internal(format!(
             "batch {batch_id} is already committed; the plan was made from stale metadata — run again"
         )));
+    }
+    if let Some((late, _)) = known
+        .batches
+        .iter()
+        .find(|(b, _)| !b.rolled_up && !update.known.contains(&b.batch_id))
+    {
+        return Err(Error::new(
+            ErrorKind::Catalog,
+            format!(
+                "batch {} appeared in {} after this run's plan (a late commit of a run that died?); \
+                 batch {batch_id} was not committed",
+                late.batch_id,
+                base.identifier()
+            ),
+        )
+        .with_hint("its rows stay in Postgres; run again: the next plan reconciles both"));
     }
     let entry = new_entry(rec, &files, update.source);
     let property = durable::render(&durable::next(

@@ -3,7 +3,9 @@
 //! in flight whose steps interleave (one streaming while another commits to
 //! Iceberg, rewriting the ledger, and a third waits for its Postgres
 //! commit), copies (`--no-delete`), verification failures, late rows,
-//! `--force`, and snapshot expiry by another engine between any two steps:
+//! `--force`, snapshot expiry by another engine between any two steps, and
+//! the commit a crashed run had in flight landing late (while `main` is
+//! still where that run left it) at any later step:
 //! the planner sees the batches the way the real path reads
 //! them — the snapshots still in the history merged with the durable ledger
 //! ([`super::ledger`]), which every commit rewrites (and rolls up).  After
@@ -41,6 +43,13 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
+}
+
+/// What a batch commit comes to ([`Model::commit_outcome`]).
+enum Outcome {
+    Refused,
+    Lands,
+    FoundLanded,
 }
 
 /// Where an in-flight batch stands: what its next step does.
@@ -133,6 +142,24 @@ impl Turns {
     }
 }
 
+/// A table as the committer holds it: its history, its ledger property, and
+/// how many commits `main` had seen (a commit on it requires `main` still
+/// there, as the catalog checks).
+#[derive(Clone)]
+struct Base {
+    history: HashSet<String>,
+    stored: Vec<LedgerEntry>,
+    head: usize,
+}
+
+/// The commit a crashed run had in flight: it lands later, on the table
+/// as that run held it, or never.
+struct Late {
+    rec: BatchRecord,
+    new: Vec<u64>,
+    base: Base,
+}
+
 struct Model {
     g: Granularity,
     /// Postgres: row id → window ordinal.
@@ -146,7 +173,12 @@ struct Model {
     /// The history and ledger property as the committer's table shows
     /// them (`None`: loaded before the next commit, as at the start of a
     /// run): each commit's answer; another engine's expiry since is not in it.
-    base: Option<(HashSet<String>, Vec<LedgerEntry>)>,
+    base: Option<Base>,
+    /// The commit a crashed run had in flight, not landed yet.
+    late: Option<Late>,
+    /// The batches the running run knows of: its plan's facts, then its
+    /// own commits (`lake::commit::LedgerUpdate::known`).
+    run_known: HashSet<String>,
     /// The durable ledger property.
     stored: Vec<LedgerEntry>,
     /// Commit clock, ms; advances by 0 or 1 per commit (ties happen).
@@ -170,6 +202,8 @@ impl Model {
             batches: vec![],
             in_history: HashSet::new(),
             base: None,
+            late: None,
+            run_known: HashSet::new(),
             stored: vec![],
             clock: 0,
             xact: HashMap::new(),
@@ -237,29 +271,87 @@ impl Model {
         ledger::merge(history, stored, "db.s.t")
     }
 
+    /// The table as the catalog serves it now.
+    fn current(&self) -> Base {
+        Base {
+            history: self.in_history.clone(),
+            stored: self.stored.clone(),
+            head: self.batches.len(),
+        }
+    }
+
     /// Commits `rec` the way `lake::commit::commit_batch` does: snapshot and
     /// ledger together, the ledger computed from the committer's base (which
     /// may predate another engine's expiry); the answer is the new base.
-    fn commit(&mut self, mut rec: BatchRecord) {
+    fn commit(&mut self, rec: BatchRecord) {
+        let base = self.base.take().unwrap_or_else(|| self.current());
+        self.commit_on(rec, &base);
+        self.base = Some(self.current());
+    }
+
+    /// Lands `rec` on `base`: snapshot, and the ledger computed from `base`.
+    fn commit_on(&mut self, mut rec: BatchRecord, base: &Base) {
         self.clock += (self.next_row % 2) as i64;
         rec.committed_at_ms = self.clock;
         let settled = settled_batches(&self.facts());
         let new = LedgerEntry::of(&rec, "db.s.t", vec![]);
-        let base = self
-            .base
-            .take()
-            .unwrap_or_else(|| (self.in_history.clone(), self.stored.clone()));
         self.stored = ledger::next(
-            &self.known_in(&base.0, &base.1),
-            &base.1,
+            &self.known_in(&base.history, &base.stored),
+            &base.stored,
             "db.s.t",
             &settled,
-            &base.0,
+            &base.history,
             new,
         );
         self.in_history.insert(rec.batch_id.clone());
         self.batches.push(rec);
-        self.base = Some((self.in_history.clone(), self.stored.clone()));
+    }
+
+    /// The crashed run's commit in flight lands, if `main` is still where
+    /// that run left it (else the catalog refused it: it never lands).
+    fn land_late(&mut self) {
+        let Some(l) = self.late.take() else { return };
+        let id = l.rec.batch_id.clone();
+        if self.batches.len() != l.base.head {
+            self.log
+                .push(format!("late commit of {id} refused: main moved"));
+            return;
+        }
+        assert!(
+            !self.archived.contains_key(&id),
+            "batch id {id} committed twice\n{}",
+            self.log.join("\n")
+        );
+        self.log.push(format!("late commit of {id} landed"));
+        self.archived.insert(id, l.new);
+        self.commit_on(l.rec, &l.base);
+    }
+
+    /// What `lake::commit::commit_batch` makes of a commit of `batch_id`
+    /// from the committer's `base`: refused before it goes out (the plan is
+    /// stale: the base holds the batch, or a batch the run does not know
+    /// of), landed, or found landed (the catalog refused the base and a
+    /// fresh load holds the batch); refused on a fresh load the same way.
+    fn commit_outcome(&self, base: &Base, batch_id: &str) -> Outcome {
+        let stale = |b: &Base| {
+            self.known_in(&b.history, &b.stored).iter().any(|(r, _)| {
+                r.batch_id == batch_id || (!r.rolled_up && !self.run_known.contains(&r.batch_id))
+            })
+        };
+        if stale(base) {
+            return Outcome::Refused;
+        }
+        if base.head == self.batches.len() {
+            return Outcome::Lands;
+        }
+        if self.archived.contains_key(batch_id) {
+            return Outcome::FoundLanded;
+        }
+        if stale(&self.current()) {
+            Outcome::Refused
+        } else {
+            Outcome::Lands
+        }
     }
 
     /// Another engine expires snapshots: each but the current one goes with
@@ -330,6 +422,12 @@ impl Model {
         assert!(plan.in_progress.is_empty());
         // The committer loads the table before the run's first commit.
         self.base = None;
+        self.run_known = self
+            .facts()
+            .batches
+            .into_iter()
+            .map(|b| b.batch_id)
+            .collect();
         let limit = if rng.below(2) == 0 {
             Some(1 + rng.below(4))
         } else {
@@ -350,11 +448,12 @@ impl Model {
             }
             match rng.below(16) {
                 0 if crashes => {
-                    self.crash(&flights);
+                    self.crash(&flights, &turns, rng);
                     return;
                 }
                 // Another engine expires snapshots while batches are in flight.
                 1 => self.expire(rng),
+                2 => self.land_late(),
                 _ => {}
             }
             let ready: Vec<usize> = (0..flights.len())
@@ -392,8 +491,31 @@ impl Model {
         }
     }
 
-    /// The process dies: every open Postgres transaction aborts.
-    fn crash(&mut self, flights: &[Flight]) {
+    /// The process dies: every open Postgres transaction aborts; the commit
+    /// in flight (the batch whose turn it is, at its commit) may still land
+    /// later.
+    fn crash(&mut self, flights: &[Flight], turns: &Turns, rng: &mut Rng) {
+        let committing = flights.iter().find_map(|f| match &f.stage {
+            Stage::Commit { rec, new, .. } if f.can_step(turns) => Some((rec, new)),
+            _ => None,
+        });
+        if let Some((rec, new)) = committing.filter(|_| rng.below(2) == 0) {
+            // Only a commit that goes out can land: on the committer's base,
+            // or on a fresh load after the catalog refused that.
+            let base = self.base.clone().unwrap_or_else(|| self.current());
+            if let Outcome::Lands = self.commit_outcome(&base, &rec.batch_id) {
+                let base = if base.head == self.batches.len() {
+                    base
+                } else {
+                    self.current()
+                };
+                self.late = Some(Late {
+                    rec: rec.clone(),
+                    new: new.clone(),
+                    base,
+                });
+            }
+        }
         for st in self.xact.values_mut() {
             if *st == XactStatus::InProgress {
                 *st = XactStatus::Aborted;
@@ -440,14 +562,23 @@ impl Model {
                 new,
                 exhausted,
             } => {
+                let Some(base) = self.base.clone() else {
+                    // The committer loads the table (a step of its own:
+                    // a late commit may land before this one goes out).
+                    self.base = Some(self.current());
+                    f.stage = Stage::Commit {
+                        rec,
+                        streamed,
+                        new,
+                        exhausted,
+                    };
+                    return None;
+                };
+                if let Err(why) = self.commit_part(base, &mut rec, &new) {
+                    self.abort(&rec, why);
+                    return Some(false);
+                }
                 let batch_id = rec.batch_id.clone();
-                assert!(
-                    !self.archived.contains_key(&batch_id),
-                    "batch id {batch_id} committed twice"
-                );
-                rec.snapshot_id = self.batches.len() as i64;
-                self.commit(rec.clone());
-                self.archived.insert(batch_id.clone(), new.clone());
                 if f.limit.is_none() {
                     turns.finish(f.turn);
                 }
@@ -495,6 +626,48 @@ impl Model {
                 f.advance(exhausted)
             }
         }
+    }
+
+    /// Commits a part's `rec` from the committer's `base` the way
+    /// `lake::commit::commit_batch` does ([`Model::commit_outcome`]);
+    /// `Err`: why the part rolls back instead.
+    fn commit_part(
+        &mut self,
+        base: Base,
+        rec: &mut BatchRecord,
+        new: &[u64],
+    ) -> Result<(), &'static str> {
+        let batch_id = rec.batch_id.clone();
+        match self.commit_outcome(&base, &batch_id) {
+            Outcome::Refused => {
+                self.base = None;
+                return Err("commit refused: the plan is stale");
+            }
+            Outcome::FoundLanded => {
+                // Verification reads the landed snapshot's rows.
+                self.base = Some(self.current());
+                if self.archived.get(&batch_id).map(Vec::as_slice) != Some(new) {
+                    self.failed.insert(batch_id, "mismatch".into());
+                    return Err("found landed, verification failed");
+                }
+                self.log.push(format!("{batch_id} found landed"));
+            }
+            Outcome::Lands => {
+                assert!(
+                    !self.archived.contains_key(&batch_id),
+                    "batch id {batch_id} committed twice\n{}",
+                    self.log.join("\n")
+                );
+                rec.snapshot_id = self.batches.len() as i64;
+                // Refused and prepared again from a fresh load when `main`
+                // moved since the base.
+                self.base = (base.head == self.batches.len()).then_some(base);
+                self.commit(rec.clone());
+                self.archived.insert(batch_id.clone(), new.to_vec());
+            }
+        }
+        self.run_known.insert(batch_id);
+        Ok(())
     }
 
     /// The part's Postgres transaction rolls back.

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 use crate::services;
+use permafrost::ledger::keys;
 
 const DAY_US: i64 = 86_400_000_000;
 
@@ -887,13 +888,56 @@ fn append_external(f: &Fixture, row: Value, props: Value) {
     );
 }
 
-/// A commit of a run that died lands late: after our committer took its
-/// table, the dead run's snapshot of our next batch (same deterministic
-/// batch id, same rows) appears in the catalog.  Our commit of that batch
-/// must not be rebased over it: the catalog refuses the stale base, the
-/// retry finds the batch landed, verifies it, and the rows are in the
-/// archive exactly once.
-async fn late_commit_of_a_dead_run(kind: Cat) {
+/// The snapshot a run that died had in flight, landing late: the batch of
+/// the window of `planned` (its one `row`) under `batch_id`, its summary
+/// that of a real batch of the same window with the dead run's rolled-back
+/// transaction.
+async fn land_late_commit(
+    f: &Fixture,
+    c: &tokio_postgres::Client,
+    planned: &Value,
+    batch_id: &str,
+    row: Value,
+) {
+    let snaps = f.ws.run_env(
+        &["snapshots", "-c", &f.cfg, "-t", "sensor_readings", "--json"],
+        &f.env_with(&[]),
+    );
+    assert_eq!(snaps.code, 0, "{}", snaps.stderr);
+    let snaps = snaps.json();
+    let like = snaps
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|s| s["window_start"] == planned["window_start"])
+        })
+        .unwrap_or_else(|| panic!("a batch of {planned} in {snaps}"));
+    c.batch_execute(
+        "CREATE TEMP TABLE dead_xid AS SELECT 1; BEGIN; INSERT INTO dead_xid SELECT txid_current()",
+    )
+    .await
+    .expect("dead run's transaction");
+    let xid: i64 = c
+        .query_one("SELECT max(\"?column?\")::int8 FROM dead_xid", &[])
+        .await
+        .expect("xid")
+        .get(0);
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    let mut props = like["properties"].clone();
+    props[keys::BATCH_ID] = json!(batch_id);
+    props[keys::ROWS] = json!("1");
+    props[keys::PG_XID] = json!(xid.to_string());
+    append_external(f, row, props);
+}
+
+/// A commit of a run that died lands late, after the next run planned and
+/// after its committer took its table: the dead run's snapshot of the
+/// window the second batch archives (the same rows).  `same_id`: the dead
+/// run had planned the same batch (same deterministic id) — our commit
+/// finds it landed, verifies it and settles it; else a batch of another
+/// plan — our commit refuses to go on top of it, nothing is deleted, and
+/// the next run reconciles it.  Either way every row is archived once.
+async fn late_commit_of_a_dead_run(kind: Cat, same_id: bool) {
     let s = services!();
     let f = Fixture::new(&s, None, kind, 50, 3, "    parallel_windows: 1\n", "").await;
     let out = f.archive(&[], &[]);
@@ -920,25 +964,45 @@ async fn late_commit_of_a_dead_run(kind: Cat) {
         .as_str()
         .expect("batch id")
         .to_string();
-    // The dead run's commit of the second batch: its one row, its batch id.
-    let (id, ts, payload): (i64, i64, String) = (late[1].get(0), late[1].get(1), late[1].get(2));
-    let zombie = || {
-        let row = json!({"id": id, "recorded_at": ts, "sensor_id": 5, "sensor_name": "late", "value": 0.25,
-                         "unit": "celsius", "quality": "1.50", "payload": payload});
-        append_external(&f, row, json!({"permafrost.batch-id": second}));
+    let dead = if same_id {
+        second.clone()
+    } else {
+        "dead00000000beef".to_string()
     };
-    let out = paused_run(&f, "after-commit", async || zombie()).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        out.stderr.contains(&format!(
-            "commit of batch {second} reported an error but landed"
-        )),
-        "the late commit was found, not committed over:\n{}",
-        out.stderr
-    );
-    let batches = out.json()[0]["batches"].clone();
-    assert_eq!(batches.as_array().map(Vec::len), Some(2), "{batches}");
-    assert_eq!(batches[1]["batch_id"], second.as_str(), "{batches}");
+    let (id, ts, payload): (i64, i64, String) = (late[1].get(0), late[1].get(1), late[1].get(2));
+    let row = json!({"id": id, "recorded_at": ts, "sensor_id": 5, "sensor_name": "late", "value": 0.25,
+                     "unit": "celsius", "quality": "1.50", "payload": payload});
+    let out = paused_run(&f, "after-commit", async || {
+        land_late_commit(&f, &c, &planned[1], &dead, row).await
+    })
+    .await;
+    if same_id {
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!(
+                "commit of batch {second} reported an error but landed"
+            )),
+            "the late commit was found, not committed over:\n{}",
+            out.stderr
+        );
+        let batches = out.json()[0]["batches"].clone();
+        assert_eq!(batches.as_array().map(Vec::len), Some(2), "{batches}");
+        assert_eq!(batches[1]["batch_id"], second.as_str(), "{batches}");
+    } else {
+        assert_ne!(out.code, 0, "{}", out.stdout);
+        assert!(
+            out.stderr.contains(&format!("batch {dead} appeared in")),
+            "the late commit stopped the batch:\n{}",
+            out.stderr
+        );
+        assert_eq!(
+            count(&c, "sensor_readings", "sensor_name = 'late'").await,
+            1
+        );
+        f.assert_reconciled_allowing_unsettled();
+        let next = f.archive(&[], &[]);
+        assert_eq!(next.code, 0, "{}", next.stderr);
+    }
     assert_eq!(
         count(&c, "sensor_readings", "sensor_name = 'late'").await,
         0
@@ -953,13 +1017,25 @@ async fn late_commit_of_a_dead_run(kind: Cat) {
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_late_commit_of_a_dead_run_is_not_appended_twice_sql() {
-    late_commit_of_a_dead_run(Cat::Sqlite).await;
+    late_commit_of_a_dead_run(Cat::Sqlite, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_late_commit_of_a_dead_run_is_not_appended_twice_rest() {
-    late_commit_of_a_dead_run(Cat::Rest).await;
+    late_commit_of_a_dead_run(Cat::Rest, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_late_commit_of_another_plan_stops_the_batch_sql() {
+    late_commit_of_a_dead_run(Cat::Sqlite, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_late_commit_of_another_plan_stops_the_batch_rest() {
+    late_commit_of_a_dead_run(Cat::Rest, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
