@@ -7,7 +7,7 @@
 //! braces expanded) and inline `crate::…` / `super::…` paths, resolved to the
 //! file that defines the module.  A file using its own ancestors (`super::`,
 //! the crate root's re-exports) is not counted: Rust modules hand names down
-//! that way, and farm-studio counts it the same.
+//! that way.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
