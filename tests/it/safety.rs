@@ -1028,6 +1028,12 @@ async fn a_late_commit_of_a_dead_run_is_not_appended_twice_rest() {
 
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_late_commit_of_a_dead_run_is_not_appended_twice_glue() {
+    late_commit_of_a_dead_run(Cat::Glue, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_late_commit_of_another_plan_stops_the_batch_sql() {
     late_commit_of_a_dead_run(Cat::Sqlite, false).await;
 }
@@ -1036,6 +1042,12 @@ async fn a_late_commit_of_another_plan_stops_the_batch_sql() {
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_late_commit_of_another_plan_stops_the_batch_rest() {
     late_commit_of_a_dead_run(Cat::Rest, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_late_commit_of_another_plan_stops_the_batch_glue() {
+    late_commit_of_a_dead_run(Cat::Glue, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
