@@ -96,7 +96,13 @@ pub async fn commit_batch(
             Ok(t) => break t,
             Err(e) => e,
         };
-        let refused = e.kind() == iceberg::ErrorKind::DataInvalid;
+        // Refused before anything landed: the table moved since `base`
+        // (CommitBase's answer to iceberg-rust's retry, or the conflict
+        // itself when the table's `commit.retry.num-retries` is 0).
+        let refused = matches!(
+            e.kind(),
+            iceberg::ErrorKind::DataInvalid | iceberg::ErrorKind::CatalogCommitConflicts
+        );
         let err = Error::iceberg(format!("cannot commit batch {batch_id} to {ident}"), e);
         let Ok(fresh) = reload(catalog, ident).await else {
             return Err(err);

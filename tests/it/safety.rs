@@ -835,6 +835,8 @@ async fn commit_conflict(kind: Cat) {
     // Create the table with a first batch, so the external writer has something to append to.
     let first = f.archive(&["--now", &rfc3339(pg_now(&c).await)], &[]);
     assert_eq!(first.code, 0, "{}", first.stderr);
+    // No retries inside iceberg-rust: the catalog's refusal itself comes back.
+    table_properties(&f, json!({"commit.retry.num-retries": "0"}));
     // Put rows back into two windows and pause the next run after its
     // first commit: the other writer commits before the second.
     c.batch_execute(
@@ -867,11 +869,23 @@ async fn commit_conflict(kind: Cat) {
 /// Appends `row` to the fixture's archive table with PyIceberg (another
 /// writer), its snapshot summary carrying `props` too.
 fn append_external(f: &Fixture, row: Value, props: Value) {
-    let req = json!({
+    pyiceberg_write(f, json!({"row": row, "snapshot_properties": props}));
+}
+
+/// Sets table properties of the fixture's archive table with PyIceberg.
+fn table_properties(f: &Fixture, props: Value) {
+    pyiceberg_write(f, json!({"table_properties": props}));
+}
+
+/// Runs tests/py/append.py with `what` added to the fixture's catalog and table.
+fn pyiceberg_write(f: &Fixture, what: Value) {
+    let mut req = json!({
         "catalog_name": f.cat.py_name, "catalog": f.cat.py_props,
         "table": format!("{}.sensor_readings", f.cat.namespace),
-        "row": row, "snapshot_properties": props,
     });
+    if let (Some(req), Some(what)) = (req.as_object_mut(), what.as_object()) {
+        req.extend(what.clone());
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("req.json");
     std::fs::write(&p, req.to_string()).expect("write");

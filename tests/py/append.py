@@ -1,7 +1,9 @@
 """Appends one row to an archive table with PyIceberg (another writer).
 
 Usage: append.py REQUEST.json   (catalog_name, catalog, table, row: {column: value},
-                                  optional snapshot_properties: {key: value})
+                                  optional snapshot_properties: {key: value};
+                                  or table_properties: {key: value} and no row,
+                                  to set table properties instead)
 Timestamps are given as epoch microseconds.
 """
 
@@ -16,6 +18,10 @@ from pyiceberg.catalog import load_catalog
 def main():
     req = json.load(open(sys.argv[1]))
     t = load_catalog(req["catalog_name"], **req["catalog"]).load_table(req["table"])
+    if "table_properties" in req:
+        with t.transaction() as tx:
+            tx.set_properties(req["table_properties"])
+        return
     schema = t.schema().as_arrow()
     row = req["row"]
     cols = []
