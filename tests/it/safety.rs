@@ -926,13 +926,11 @@ async fn land_late_commit(
                 .find(|s| s["window_start"] == planned["window_start"])
         })
         .unwrap_or_else(|| panic!("a batch of {planned} in {snaps}"));
-    c.batch_execute(
-        "CREATE TEMP TABLE dead_xid AS SELECT 1; BEGIN; INSERT INTO dead_xid SELECT txid_current()",
-    )
-    .await
-    .expect("dead run's transaction");
+    c.batch_execute("BEGIN")
+        .await
+        .expect("dead run's transaction");
     let xid: i64 = c
-        .query_one("SELECT max(\"?column?\")::int8 FROM dead_xid", &[])
+        .query_one("SELECT txid_current()", &[])
         .await
         .expect("xid")
         .get(0);
