@@ -454,6 +454,9 @@ fn iceberg_hint(text: &str) -> Option<String> {
         "is the catalog reachable? check `uri` in the `catalog` section"
     } else if t.contains("unable to open database file") {
         "the SQL catalog's `uri` points to a file that cannot be created or opened"
+    } else if t.contains("(os error") {
+        "a file of the local warehouse cannot be read or written: check that the table's \
+         directories under `warehouse` are directories, writable by this user, on a disk with space"
     } else {
         return None;
     };

@@ -9,6 +9,7 @@ use iceberg_catalog_sql::SqlCatalogBuilder;
 use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
 
 use super::glue::GlueCatalog;
+use super::storage::WarehouseStorageFactory;
 use crate::config::{CatalogConfig, CatalogKind};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -47,7 +48,8 @@ impl CatalogHandle {
 }
 
 /// Opens the configured catalog.  Properties are passed to iceberg-rust
-/// unchanged; storage (`file://`, `s3://`) is chosen per path by OpenDAL.
+/// unchanged; storage (`file://`, `s3://`) is chosen per path
+/// ([`super::storage`]).
 pub async fn open_catalog(cfg: &CatalogConfig) -> Result<Arc<CatalogHandle>> {
     let (catalog, glue) = open_client(cfg).await?;
     Ok(Arc::new(CatalogHandle {
@@ -60,7 +62,11 @@ pub async fn open_catalog(cfg: &CatalogConfig) -> Result<Arc<CatalogHandle>> {
 
 async fn open_client(cfg: &CatalogConfig) -> Result<(Arc<dyn Catalog>, Option<Arc<GlueCatalog>>)> {
     let props: HashMap<String, String> = cfg.properties.clone().into_iter().collect();
-    let factory = || Arc::new(OpenDalResolvingStorageFactory::new());
+    let factory = || {
+        Arc::new(WarehouseStorageFactory::new(
+            OpenDalResolvingStorageFactory::new(),
+        ))
+    };
     let catalog: Arc<dyn Catalog> =
         match cfg.kind {
             CatalogKind::Glue => {

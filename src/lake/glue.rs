@@ -43,6 +43,8 @@ use iceberg::{
 };
 use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
 
+use super::storage::WarehouseStorageFactory;
+
 /// The Glue table parameter naming the current metadata file.
 pub const METADATA_LOCATION: &str = "metadata_location";
 const PREVIOUS_METADATA_LOCATION: &str = "previous_metadata_location";
@@ -285,11 +287,15 @@ impl GlueCatalog {
             io_props.insert("s3.region".into(), r.to_string());
         }
         let factory: Arc<dyn StorageFactory> = match sdk.credentials_provider() {
-            Some(chain) if !io_props.contains_key("s3.access-key-id") => Arc::new(
-                OpenDalResolvingStorageFactory::new()
-                    .with_s3_credential_loader(crate::aws::s3_credentials(chain)),
-            ),
-            _ => Arc::new(OpenDalResolvingStorageFactory::new()),
+            Some(chain) if !io_props.contains_key("s3.access-key-id") => {
+                Arc::new(WarehouseStorageFactory::new(
+                    OpenDalResolvingStorageFactory::new()
+                        .with_s3_credential_loader(crate::aws::s3_credentials(chain)),
+                ))
+            }
+            _ => Arc::new(WarehouseStorageFactory::new(
+                OpenDalResolvingStorageFactory::new(),
+            )),
         };
         let file_io = FileIOBuilder::new(factory).with_props(io_props).build();
         let runtime = iceberg::Runtime::try_current()?;

@@ -13,6 +13,7 @@ pub mod metadata_commit;
 pub mod orphans;
 pub mod readback;
 pub mod schema;
+pub mod storage;
 pub mod table;
 pub mod write;
 

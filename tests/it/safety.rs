@@ -732,6 +732,104 @@ async fn outages_delete_nothing_unverified_and_the_next_run_recovers() {
     f.assert_reconciled("outages");
 }
 
+/// The table's `name` directory (`data`, `metadata`) in a local warehouse.
+fn table_dir(f: &Fixture, name: &str) -> std::path::PathBuf {
+    let found = walk_dirs(&f.ws.path().join("warehouse"))
+        .into_iter()
+        .filter(|d| d.ends_with(name) && d.parent().is_some_and(|p| p.ends_with("sensor_readings")))
+        .collect::<Vec<_>>();
+    assert_eq!(found.len(), 1, "one {name} directory: {found:?}");
+    found[0].clone()
+}
+
+fn walk_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for p in std::fs::read_dir(dir)
+        .expect("read_dir")
+        .flatten()
+        .map(|e| e.path())
+    {
+        if p.is_dir() {
+            out.extend(walk_dirs(&p));
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Puts a plain file where directory `dir` is (or would be created): not
+/// even root can write below it.  Gives a guard that undoes it.
+fn block(dir: &std::path::Path) -> impl FnOnce() + use<> {
+    let aside = dir.with_extension("aside");
+    let existed = dir.exists();
+    if existed {
+        std::fs::rename(dir, &aside).expect("move aside");
+    }
+    std::fs::write(dir, b"not a directory").expect("block");
+    let dir = dir.to_path_buf();
+    move || {
+        std::fs::remove_file(&dir).expect("unblock");
+        if existed {
+            std::fs::rename(&aside, &dir).expect("move back");
+        }
+    }
+}
+
+/// A local warehouse the run cannot write to — data files, then the
+/// table metadata at the commit — fails the batch with one error line and a
+/// hint, deletes nothing, and the next run archives every row exactly once.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn an_unwritable_local_warehouse_deletes_nothing_and_the_next_run_recovers() {
+    let s = services!();
+    let f = Fixture::new(&s, None, Cat::Sqlite, 200, 3, "", "").await;
+    let c = f.db.client().await;
+    let total = count(&c, "sensor_readings", "true").await;
+    let assert_failed = |out: &Out, what: &str| {
+        assert_eq!(
+            out.code, 4,
+            "{what}: storage failure exit code\n{}",
+            out.stderr
+        );
+        let errors = out.error_lines();
+        assert_eq!(errors.len(), 1, "{what}: one error line\n{}", out.stderr);
+        assert!(
+            errors[0].contains("Not a directory"),
+            "{what}: the cause: {}",
+            errors[0]
+        );
+        assert!(
+            out.stderr.contains("hint:"),
+            "{what}: a hint\n{}",
+            out.stderr
+        );
+    };
+
+    // 1. Data files cannot be created (the table was created by this run).
+    let mut unblock = None;
+    let out = paused_run(&f, "after-extract", async || {
+        unblock = Some(block(&table_dir(&f, "metadata").with_file_name("data")))
+    })
+    .await;
+    assert_failed(&out, "data");
+    let nothing_deleted = count(&c, "sensor_readings", "true").await;
+    assert_eq!(nothing_deleted, total, "nothing deleted");
+    unblock.take().expect("blocked")();
+
+    // 2. The data files are written; the commit cannot write the table's metadata.
+    let metadata = table_dir(&f, "metadata");
+    let out = paused_run(&f, "after-write", async || unblock = Some(block(&metadata))).await;
+    assert_failed(&out, "metadata");
+    let nothing_deleted = count(&c, "sensor_readings", "true").await;
+    assert_eq!(nothing_deleted, total, "nothing deleted");
+    unblock.take().expect("blocked")();
+
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(count(&c, "sensor_readings", "true").await, 0);
+    f.assert_reconciled("after the warehouse was writable again");
+}
+
 impl Fixture {
     /// While a batch is unsettled its rows are in both places; nothing is lost.
     fn assert_reconciled_allowing_unsettled(&self) {
