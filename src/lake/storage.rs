@@ -8,10 +8,11 @@
 //! run.  Reads and writes of a local file hit the page cache; only the flush
 //! to disk waits on the device, so that alone goes to the blocking pool.
 //!
-//! Durability is the same as OpenDAL's: every file this storage writes —
-//! data files, manifests, manifest lists, table metadata — is flushed to
-//! disk (`fsync`) before it is reported written, so a catalog commit never
-//! points at a file that a power loss could leave empty.
+//! Every file this storage writes — data files, manifests, manifest lists,
+//! table metadata — is flushed to disk (`fsync`), with its directory entry,
+//! before it is reported written, so a catalog commit never points at a
+//! file that a power loss could leave empty or unnamed.  (OpenDAL flushed
+//! the file, not the directory.)
 
 use std::fs;
 use std::io::Write as _;
@@ -75,9 +76,19 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
     )
 }
 
-/// Flushes `file` to disk on the blocking pool (the one wait on the device).
+/// Flushes the new file `path` and its directory entry to disk, on the
+/// blocking pool (the one wait on the device).
 async fn sync(file: fs::File, path: PathBuf) -> Result<()> {
-    let synced = tokio::task::spawn_blocking(move || file.sync_all().map_err(|e| (e, path)))
+    let flush = move || {
+        file.sync_all().map_err(|e| (e, path.clone()))?;
+        let Some(dir) = path.parent() else {
+            return Ok(());
+        };
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| (e, dir.to_path_buf()))
+    };
+    let synced = tokio::task::spawn_blocking(flush)
         .await
         .map_err(|e| Error::new(ErrorKind::Unexpected, format!("flush task failed: {e}")))?;
     synced.map_err(|(e, path)| io_error("cannot flush", &path, e))
