@@ -439,6 +439,16 @@ fn postgres_hint(code: &tokio_postgres::error::SqlState) -> Option<String> {
     Some(h.to_string())
 }
 
+/// How `std::io` spells the failures of a local warehouse's files.
+const LOCAL_FILE_ERRORS: [&str; 6] = [
+    "not a directory",
+    "is a directory",
+    "permission denied",
+    "no such file or directory",
+    "no space left on device",
+    "read-only file system",
+];
+
 fn iceberg_hint(text: &str) -> Option<String> {
     let t = text.to_ascii_lowercase();
     let h = if t.contains("403")
@@ -454,7 +464,7 @@ fn iceberg_hint(text: &str) -> Option<String> {
         "is the catalog reachable? check `uri` in the `catalog` section"
     } else if t.contains("unable to open database file") {
         "the SQL catalog's `uri` points to a file that cannot be created or opened"
-    } else if t.contains("(os error") {
+    } else if t.contains("(os error") && LOCAL_FILE_ERRORS.iter().any(|e| t.contains(e)) {
         "a file of the local warehouse cannot be read or written: check that the table's \
          directories under `warehouse` are directories, writable by this user, on a disk with space"
     } else {
@@ -513,6 +523,14 @@ mod tests {
             "Unexpected: table bucket warehouse not found: x"
         );
         assert_eq!(concise("plain"), "plain");
+    }
+
+    #[test]
+    fn local_file_failures_get_the_warehouse_hint_and_network_ones_do_not() {
+        let local = "DataInvalid => Failed to read file /w/t/metadata/v1.json: Not a directory (os error 20)";
+        assert!(iceberg_hint(local).is_some_and(|h| h.contains("local warehouse")));
+        let reset = "Unexpected => Connection reset by peer (os error 104)";
+        assert!(iceberg_hint(reset).is_none_or(|h| !h.contains("local warehouse")));
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use iceberg::{Catalog, CatalogBuilder};
 use iceberg_catalog_rest::RestCatalogBuilder;
 use iceberg_catalog_sql::SqlCatalogBuilder;
-use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
 
 use super::glue::GlueCatalog;
 use super::storage::WarehouseStorageFactory;
@@ -62,11 +61,7 @@ pub async fn open_catalog(cfg: &CatalogConfig) -> Result<Arc<CatalogHandle>> {
 
 async fn open_client(cfg: &CatalogConfig) -> Result<(Arc<dyn Catalog>, Option<Arc<GlueCatalog>>)> {
     let props: HashMap<String, String> = cfg.properties.clone().into_iter().collect();
-    let factory = || {
-        Arc::new(WarehouseStorageFactory::new(
-            OpenDalResolvingStorageFactory::new(),
-        ))
-    };
+    let factory = || Arc::new(WarehouseStorageFactory::default());
     let catalog: Arc<dyn Catalog> =
         match cfg.kind {
             CatalogKind::Glue => {

@@ -293,9 +293,7 @@ impl GlueCatalog {
                         .with_s3_credential_loader(crate::aws::s3_credentials(chain)),
                 ))
             }
-            _ => Arc::new(WarehouseStorageFactory::new(
-                OpenDalResolvingStorageFactory::new(),
-            )),
+            _ => Arc::new(WarehouseStorageFactory::default()),
         };
         let file_io = FileIOBuilder::new(factory).with_props(io_props).build();
         let runtime = iceberg::Runtime::try_current()?;
