@@ -775,9 +775,10 @@ fn block(dir: &std::path::Path) -> impl FnOnce() + use<> {
     }
 }
 
-/// A local warehouse the run cannot write to — data files, then the
-/// table metadata at the commit — fails the batch with one error line and a
-/// hint, deletes nothing, and the next run archives every row exactly once.
+/// A local warehouse the run cannot use — no data file can be created, then
+/// the table metadata cannot be read at the commit — fails the batch with
+/// one error line and a hint, deletes nothing, and the next run archives
+/// every row exactly once.
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn an_unwritable_local_warehouse_deletes_nothing_and_the_next_run_recovers() {
@@ -799,8 +800,10 @@ async fn an_unwritable_local_warehouse_deletes_nothing_and_the_next_run_recovers
             errors[0]
         );
         assert!(
-            out.stderr.contains("hint:"),
-            "{what}: a hint\n{}",
+            out.stderr
+                .lines()
+                .any(|l| l.starts_with("hint:") && l.contains("writable")),
+            "{what}: a hint about the storage\n{}",
             out.stderr
         );
     };
@@ -816,7 +819,9 @@ async fn an_unwritable_local_warehouse_deletes_nothing_and_the_next_run_recovers
     assert_eq!(nothing_deleted, total, "nothing deleted");
     unblock.take().expect("blocked")();
 
-    // 2. The data files are written; the commit cannot write the table's metadata.
+    // 2. The data files are written; the commit cannot read the table's
+    //    metadata (a metadata write that fails alone needs a read-only
+    //    directory, which root ignores).
     let metadata = table_dir(&f, "metadata");
     let out = paused_run(&f, "after-write", async || unblock = Some(block(&metadata))).await;
     assert_failed(&out, "metadata");
