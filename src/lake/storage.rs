@@ -54,9 +54,22 @@ impl StorageFactory for WarehouseStorageFactory {
 }
 
 /// The storage of one `FileIO`: see the module documentation.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WarehouseStorage {
     remote: Arc<dyn Storage>,
+}
+
+/// Reads, deletes and lookups of local files: iceberg-rust's own.
+static LOCAL_FS: LocalFsStorage = LocalFsStorage;
+
+impl WarehouseStorage {
+    /// The storage that serves `path` for everything but writes.
+    fn route(&self, path: &str) -> &dyn Storage {
+        match local(path) {
+            Some(_) => &LOCAL_FS,
+            None => self.remote.as_ref(),
+        }
+    }
 }
 
 /// The local file a path names, if it names one (`file:` or absolute).
@@ -106,31 +119,19 @@ fn create(path: &Path) -> Result<fs::File> {
 #[typetag::serde]
 impl Storage for WarehouseStorage {
     async fn exists(&self, path: &str) -> Result<bool> {
-        match local(path) {
-            Some(_) => LocalFsStorage.exists(path).await,
-            None => self.remote.exists(path).await,
-        }
+        self.route(path).exists(path).await
     }
 
     async fn metadata(&self, path: &str) -> Result<FileMetadata> {
-        match local(path) {
-            Some(_) => LocalFsStorage.metadata(path).await,
-            None => self.remote.metadata(path).await,
-        }
+        self.route(path).metadata(path).await
     }
 
     async fn read(&self, path: &str) -> Result<Bytes> {
-        match local(path) {
-            Some(_) => LocalFsStorage.read(path).await,
-            None => self.remote.read(path).await,
-        }
+        self.route(path).read(path).await
     }
 
     async fn reader(&self, path: &str) -> Result<Box<dyn FileRead>> {
-        match local(path) {
-            Some(_) => LocalFsStorage.reader(path).await,
-            None => self.remote.reader(path).await,
-        }
+        self.route(path).reader(path).await
     }
 
     async fn write(&self, path: &str, bs: Bytes) -> Result<()> {
@@ -155,17 +156,11 @@ impl Storage for WarehouseStorage {
     }
 
     async fn delete(&self, path: &str) -> Result<()> {
-        match local(path) {
-            Some(_) => LocalFsStorage.delete(path).await,
-            None => self.remote.delete(path).await,
-        }
+        self.route(path).delete(path).await
     }
 
     async fn delete_prefix(&self, path: &str) -> Result<()> {
-        match local(path) {
-            Some(_) => LocalFsStorage.delete_prefix(path).await,
-            None => self.remote.delete_prefix(path).await,
-        }
+        self.route(path).delete_prefix(path).await
     }
 
     async fn delete_stream(&self, paths: BoxStream<'static, String>) -> Result<()> {
@@ -175,7 +170,7 @@ impl Storage for WarehouseStorage {
             .into_iter()
             .partition(|p| local(p).is_some());
         for path in &local {
-            LocalFsStorage.delete(path).await?;
+            LOCAL_FS.delete(path).await?;
         }
         if remote.is_empty() {
             return Ok(());
@@ -187,23 +182,15 @@ impl Storage for WarehouseStorage {
 
     fn new_input(&self, path: &str) -> Result<InputFile> {
         match local(path) {
-            Some(_) => Ok(InputFile::new(Arc::new(self.clone_shallow()), path.into())),
+            Some(_) => Ok(InputFile::new(Arc::new(self.clone()), path.into())),
             None => self.remote.new_input(path),
         }
     }
 
     fn new_output(&self, path: &str) -> Result<OutputFile> {
         match local(path) {
-            Some(_) => Ok(OutputFile::new(Arc::new(self.clone_shallow()), path.into())),
+            Some(_) => Ok(OutputFile::new(Arc::new(self.clone()), path.into())),
             None => self.remote.new_output(path),
-        }
-    }
-}
-
-impl WarehouseStorage {
-    fn clone_shallow(&self) -> Self {
-        Self {
-            remote: self.remote.clone(),
         }
     }
 }
