@@ -440,8 +440,9 @@ fn postgres_hint(code: &tokio_postgres::error::SqlState) -> Option<String> {
 }
 
 /// How `std::io` spells the failures of a local warehouse's files.
-const LOCAL_FILE_ERRORS: [&str; 6] = [
+const LOCAL_FILE_ERRORS: [&str; 7] = [
     "not a directory",
+    "is in the way",
     "is a directory",
     "permission denied",
     "no such file or directory",
@@ -449,10 +450,21 @@ const LOCAL_FILE_ERRORS: [&str; 6] = [
     "read-only file system",
 ];
 
+/// Whether `word` stands alone in `text` (an HTTP status, not the digits
+/// of a file name's UUID).
+fn has_word(text: &str, word: &str) -> bool {
+    text.match_indices(word).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + word.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric())
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+    })
+}
+
 fn iceberg_hint(text: &str) -> Option<String> {
     let t = text.to_ascii_lowercase();
-    let h = if t.contains("403")
-        || t.contains("401")
+    let h = if has_word(&t, "403")
+        || has_word(&t, "401")
         || t.contains("unauthorized")
         || t.contains("forbidden")
     {
@@ -529,6 +541,13 @@ mod tests {
     fn local_file_failures_get_the_warehouse_hint_and_network_ones_do_not() {
         let local = "DataInvalid => Failed to read file /w/t/metadata/v1.json: Not a directory (os error 20)";
         assert!(iceberg_hint(local).is_some_and(|h| h.contains("local warehouse")));
+        let in_the_way = "Unexpected => cannot create the directory /w/t/metadata: a file of that name is in the way (File exists (os error 17))";
+        assert!(iceberg_hint(in_the_way).is_some_and(|h| h.contains("local warehouse")));
+        // The digits of a UUID are not an HTTP status.
+        let uuid = "DataInvalid => Failed to read file /w/t/metadata/00000-67c822c6-fc92-4014-8fa2-7d69b7e77c32.metadata.json: Not a directory (os error 20)";
+        assert!(iceberg_hint(uuid).is_some_and(|h| h.contains("local warehouse")));
+        let denied = "Unexpected, context: { status: 403, json: {} } => Received response";
+        assert!(iceberg_hint(denied).is_some_and(|h| h.contains("refused the credentials")));
         let reset = "Unexpected => Connection reset by peer (os error 104)";
         assert!(iceberg_hint(reset).is_none_or(|h| !h.contains("local warehouse")));
     }

@@ -182,7 +182,7 @@ async fn run_part(
     let mark = Instant::now();
     if let Err(e) = verify(&committed, &rec, &out.checksum).await {
         let _ = tx.rollback().await;
-        return Err(mark_failed(ctx, &rec.batch_id, e).await);
+        return Err(unverified(ctx, &rec.batch_id, e).await);
     }
     stages.verify = mark.elapsed().as_secs_f64();
     fault::point("after-verify").await;
@@ -474,6 +474,22 @@ async fn commit(
     }
     fault::point("after-commit").await;
     Ok((snapshot_id, committed))
+}
+
+/// The error of a committed batch that was not verified (its Postgres
+/// transaction is rolled back: nothing deleted).  Only a verdict — the
+/// batch read back differs, or is not in the table — blocks its windows
+/// until `archive --force`.  A batch that could not be read back (storage
+/// or network down) is no verdict: it is unsettled, and the next run reads
+/// it back again to settle it.
+async fn unverified(ctx: &Ctx, batch_id: &str, e: Error) -> Error {
+    if e.kind() == ErrorKind::Verification {
+        return mark_failed(ctx, batch_id, e).await;
+    }
+    if e.hint().is_some() {
+        return e;
+    }
+    e.with_hint("the rows stay in Postgres; the next run reads the batch back again")
 }
 
 /// Records that the batch failed verification (best effort) and returns

@@ -25,7 +25,11 @@ pub struct AddedFile {
 
 fn read_err(what: impl std::fmt::Display, e: iceberg::Error) -> Error {
     let e = Error::iceberg(what, e);
-    Error::new(ErrorKind::Storage, e.message().to_string())
+    let storage = Error::new(ErrorKind::Storage, e.message().to_string());
+    match e.hint() {
+        Some(h) => storage.with_hint(h),
+        None => storage,
+    }
 }
 
 /// The data files `snapshot` added.

@@ -110,7 +110,17 @@ async fn sync(file: fs::File, path: PathBuf) -> Result<()> {
 /// Creates `path` (and its missing directories) for writing.
 fn create(path: &Path) -> Result<fs::File> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| io_error("cannot create the directory", dir, e))?;
+        fs::create_dir_all(dir).map_err(|e| match e.kind() {
+            // mkdir's EEXIST for a plain file on the path says little.
+            std::io::ErrorKind::AlreadyExists => Error::new(
+                ErrorKind::Unexpected,
+                format!(
+                    "cannot create the directory {}: a file of that name is in the way ({e})",
+                    dir.display()
+                ),
+            ),
+            _ => io_error("cannot create the directory", dir, e),
+        })?;
     }
     fs::File::create(path).map_err(|e| io_error("cannot create", path, e))
 }
@@ -301,7 +311,8 @@ mod tests {
             .expect_err("not a directory");
         let e = e.to_string();
         assert!(
-            e.contains("cannot create the directory") && e.contains("/blocked: File exists"),
+            e.contains("cannot create the directory")
+                && e.contains("/blocked: a file of that name is in the way (File exists"),
             "{e}"
         );
     }
