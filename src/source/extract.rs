@@ -517,78 +517,111 @@ impl CopyDecoder {
     /// Decodes every complete row in `buf`, consuming it; completed record
     /// batches are pushed to `out`.  A partial row stays in `buf`.
     pub fn decode(&mut self, buf: &mut BytesMut, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let used = self.decode_slice(buf, out)?;
+        buf.advance(used);
+        Ok(())
+    }
+
+    /// Decodes one message of the stream: `pending` holds a partial row
+    /// left by the messages before, and keeps what this one leaves.
+    /// Postgres sends a row per message, so a row is decoded where it is
+    /// and only a partial row's bytes are copied.
+    pub fn feed(
+        &mut self,
+        pending: &mut BytesMut,
+        message: &[u8],
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        if pending.is_empty() {
+            let used = self.decode_slice(message, out)?;
+            pending.extend_from_slice(&message[used..]);
+            return Ok(());
+        }
+        pending.extend_from_slice(message);
+        self.decode(pending, out)
+    }
+
+    /// Decodes every complete row at the start of `data`; completed record
+    /// batches are pushed to `out`.  Returns how many bytes were consumed
+    /// (a partial row at the end is not).
+    pub fn decode_slice(&mut self, data: &[u8], out: &mut Vec<RecordBatch>) -> Result<usize> {
+        let mut at = 0;
         if !self.header_done {
-            if buf.len() < SIGNATURE.len() + 8 {
-                return Ok(());
+            if data.len() < SIGNATURE.len() + 8 {
+                return Ok(0);
             }
-            if &buf[..SIGNATURE.len()] != SIGNATURE {
+            if &data[..SIGNATURE.len()] != SIGNATURE {
                 return Err(Error::internal(
                     "COPY stream does not start with the binary signature",
                 ));
             }
-            let ext = u32::from_be_bytes([buf[15], buf[16], buf[17], buf[18]]) as usize;
-            if buf.len() < 19 + ext {
-                return Ok(());
+            let ext = u32::from_be_bytes([data[15], data[16], data[17], data[18]]) as usize;
+            if data.len() < 19 + ext {
+                return Ok(0);
             }
-            buf.advance(19 + ext);
+            at = 19 + ext;
             self.header_done = true;
         }
-        let ncols = self.cols.len();
-        loop {
-            if self.finished || buf.len() < 2 {
-                return Ok(());
-            }
-            let nfields = i16::from_be_bytes([buf[0], buf[1]]);
-            if nfields == -1 {
-                self.finished = true;
-                buf.advance(2);
-                return Ok(());
-            }
-            if nfields as usize != ncols {
-                return Err(Error::internal(format!(
-                    "COPY row has {nfields} fields, expected {ncols}"
-                )));
-            }
-            // Is the whole row here?
-            let mut pos = 2;
-            let mut complete = true;
-            for _ in 0..ncols {
-                if buf.len() < pos + 4 {
-                    complete = false;
-                    break;
-                }
-                let len = i32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]);
-                pos += 4;
-                if len > 0 {
-                    pos += len as usize;
-                }
-            }
-            if !complete || buf.len() < pos {
-                return Ok(());
-            }
-            let mut p = 2;
-            for (i, col) in self.cols.iter_mut().enumerate() {
-                let len = i32::from_be_bytes([buf[p], buf[p + 1], buf[p + 2], buf[p + 3]]);
-                p += 4;
-                if len < 0 {
-                    col.append_null();
-                } else {
-                    let v = &buf[p..p + len as usize];
-                    p += len as usize;
-                    col.append(v).map_err(|why| {
-                        Error::new(ErrorKind::Unsupported, format!("column {}: {why}", self.names[i]))
-                            .with_hint("nothing was deleted; fix the value, or list the column in `text_columns` (its text form keeps any value) or `exclude_columns`")
-                    })?;
-                }
-            }
-            self.bytes += pos;
-            buf.advance(pos);
-            self.rows += 1;
-            self.total_rows += 1;
+        while !self.finished {
+            let Some(used) = self.decode_row(&data[at..])? else {
+                break;
+            };
+            at += used;
             if self.rows >= BATCH_ROWS || self.bytes >= BATCH_BYTES {
                 out.push(self.flush()?);
             }
         }
+        Ok(at)
+    }
+
+    /// Decodes the row (or the trailer) at the start of `buf`: the bytes it
+    /// took, or `None` when it is not complete yet.
+    fn decode_row(&mut self, buf: &[u8]) -> Result<Option<usize>> {
+        if buf.len() < 2 {
+            return Ok(None);
+        }
+        let nfields = i16::from_be_bytes([buf[0], buf[1]]);
+        if nfields == -1 {
+            self.finished = true;
+            return Ok(Some(2));
+        }
+        let ncols = self.cols.len();
+        if nfields as usize != ncols {
+            return Err(Error::internal(format!(
+                "COPY row has {nfields} fields, expected {ncols}"
+            )));
+        }
+        // Is the whole row here?
+        let mut pos = 2;
+        for _ in 0..ncols {
+            if buf.len() < pos + 4 {
+                return Ok(None);
+            }
+            let len = i32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]);
+            pos += 4 + len.max(0) as usize;
+        }
+        if buf.len() < pos {
+            return Ok(None);
+        }
+        let mut p = 2;
+        for (i, col) in self.cols.iter_mut().enumerate() {
+            let len = i32::from_be_bytes([buf[p], buf[p + 1], buf[p + 2], buf[p + 3]]);
+            p += 4;
+            if len < 0 {
+                col.append_null();
+                continue;
+            }
+            let v = &buf[p..p + len as usize];
+            p += len as usize;
+            col.append(v).map_err(|why| {
+                Error::new(ErrorKind::Unsupported, format!("column {}: {why}", self.names[i]))
+                    .with_hint("nothing was deleted; fix the value, or list the column in `text_columns` (its text form keeps any value) or `exclude_columns`")
+            })?;
+        }
+        self.bytes += pos;
+        self.rows += 1;
+        self.total_rows += 1;
+        Ok(Some(pos))
     }
 
     /// The rows decoded since the last flush, as a record batch.
@@ -634,8 +667,7 @@ async fn decode_stream(
     };
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| Error::postgres("COPY failed", e))?;
-        buf.extend_from_slice(&chunk);
-        decoder.decode(&mut buf, &mut out)?;
+        decoder.feed(&mut buf, &chunk, &mut out)?;
         for b in out.drain(..) {
             let item = hashed(b, &mut hasher)?;
             if tx.send(item).await.is_err() {
@@ -812,11 +844,10 @@ mod tests {
             let mut d = decoder();
             let mut buf = BytesMut::new();
             let mut out = vec![];
-            buf.extend_from_slice(&bytes[..split]);
-            d.decode(&mut buf, &mut out).unwrap();
-            buf.extend_from_slice(&bytes[split..]);
-            d.decode(&mut buf, &mut out).unwrap();
+            d.feed(&mut buf, &bytes[..split], &mut out).unwrap();
+            d.feed(&mut buf, &bytes[split..], &mut out).unwrap();
             assert!(d.finished(), "split {split}");
+            assert!(buf.is_empty(), "split {split}: all consumed");
             let b = d.flush().unwrap();
             assert_eq!(b.num_rows(), 3);
             let a = b.column(0).as_primitive::<Int64Type>();
@@ -829,6 +860,21 @@ mod tests {
             let n = b.column(2).as_primitive::<Decimal128Type>();
             assert_eq!(n.value(0), 1250);
         }
+    }
+
+    #[test]
+    fn decodes_a_stream_fed_byte_by_byte() {
+        let rows = vec![(Some(7), Some(3), None), (None, Some(-1), None)];
+        let bytes = encode_rows(&rows);
+        let mut d = decoder();
+        let (mut buf, mut out) = (BytesMut::new(), vec![]);
+        for b in &bytes {
+            d.feed(&mut buf, std::slice::from_ref(b), &mut out).unwrap();
+        }
+        assert!(d.finished() && buf.is_empty());
+        let b = d.flush().unwrap();
+        let a = b.column(0).as_primitive::<Int64Type>();
+        assert_eq!((b.num_rows(), a.value(0), a.is_null(1)), (2, 7, true));
     }
 
     fn array_bytes(dims: &[(i32, i32)], elems: &[Option<i32>]) -> Vec<u8> {
