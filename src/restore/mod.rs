@@ -187,6 +187,11 @@ pub struct RestoreReport {
     pub staging_kept: bool,
     /// Seconds spent scanning the archive and loading the staging table.
     pub load_seconds: f64,
+    /// Seconds of the checks (the read-back of the staged rows is most of it).
+    pub check_seconds: f64,
+    /// Seconds of the attach or merge (0 when only staged).
+    pub apply_seconds: f64,
+    /// Seconds in all, from connecting to the end.
     pub seconds: f64,
 }
 
@@ -452,9 +457,11 @@ pub async fn restore(
         target: &target,
         loaded: &loaded,
     };
+    let checked = Instant::now();
     let (batches, checks) = ctx
         .validate(&readers.iter().collect::<Vec<_>>(), t, table, &src, req)
         .await?;
+    let check_seconds = checked.elapsed().as_secs_f64();
     let valid = checks.iter().all(|c| c.ok);
     let mut report = RestoreReport {
         table: t.iceberg_name(),
@@ -476,11 +483,15 @@ pub async fn restore(
         constraint_validated_before_attach: None,
         staging_kept: true,
         load_seconds,
+        check_seconds,
+        apply_seconds: 0.0,
         seconds: 0.0,
     };
     if valid {
+        let applied = Instant::now();
         ctx.apply(t, &stage_name, src.time_kind, req, &mut report)
             .await?;
+        report.apply_seconds = applied.elapsed().as_secs_f64();
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

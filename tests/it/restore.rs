@@ -405,6 +405,14 @@ async fn attach_into_a_range_partitioned_table() {
     let r = out.json();
     assert_eq!(r["action"], "attached", "{r}");
     assert_eq!(r["constraint_validated_before_attach"], true);
+    // Where the time went: each stage took some, together no more than all.
+    let stage = |k: &str| r[k].as_f64().unwrap_or(-1.0);
+    let stages = ["load_seconds", "check_seconds", "apply_seconds"];
+    assert!(stages.iter().all(|k| stage(k) > 0.0), "{r}");
+    assert!(
+        stages.iter().map(|k| stage(k)).sum::<f64>() <= stage("seconds"),
+        "{r}"
+    );
     assert_eq!(
         r["replaced_partition"],
         Value::Null,

@@ -116,14 +116,17 @@ fn print_report(report: &restore::RestoreReport) {
     }
     output::line("");
     output::line(&format!(
-        "{} row(s) of snapshot {} from {} file(s), {} to {}: {} ({:.2}s)",
+        "{} row(s) of snapshot {} from {} file(s), {} to {}: {} ({:.2}s: load {:.2}s, checks {:.2}s, apply {:.2}s)",
         num(report.rows),
         report.snapshot_id,
         report.files,
         report.from,
         report.to,
         what_happened(report),
-        report.seconds
+        report.seconds,
+        report.load_seconds,
+        report.check_seconds,
+        report.apply_seconds
     ));
 }
 
