@@ -119,19 +119,26 @@ fn f64_bits(v: f64) -> u64 {
     }
 }
 
-/// A column of a batch, its Arrow type resolved once per batch so that rows
-/// are encoded one after another into one buffer.
-enum Column<'a> {
+/// A column of a batch, its Arrow type and validity resolved once per batch
+/// so that rows are encoded one after another into one buffer.
+struct Column<'a> {
+    /// The validity bitmap, when the column has NULLs.
+    nulls: Option<&'a arrow_buffer::NullBuffer>,
+    values: Values<'a>,
+}
+
+/// The values of a [`Column`], by how they are encoded.
+enum Values<'a> {
     Bool(&'a BooleanArray),
     /// Int16, widened to 8 bytes.
-    I16(&'a [i16], &'a dyn Array),
+    I16(&'a [i16]),
     /// Int32 and Date32, widened to 8 bytes.
-    I32(&'a [i32], &'a dyn Array),
+    I32(&'a [i32]),
     /// Int64, timestamps and times (microseconds).
-    I64(&'a [i64], &'a dyn Array),
-    F32(&'a [f32], &'a dyn Array),
-    F64(&'a [f64], &'a dyn Array),
-    Dec(&'a [i128], &'a dyn Array),
+    I64(&'a [i64]),
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    Dec(&'a [i128]),
     Str(&'a StringArray),
     LargeStr(&'a LargeStringArray),
     StrView(&'a StringViewArray),
@@ -144,79 +151,64 @@ enum Column<'a> {
 
 impl<'a> Column<'a> {
     fn new(arr: &'a dyn Array) -> Result<Self> {
-        Ok(match arr.data_type() {
-            DataType::Boolean => Self::Bool(arr.as_boolean()),
-            DataType::Int16 => Self::I16(arr.as_primitive::<Int16Type>().values(), arr),
-            DataType::Int32 => Self::I32(arr.as_primitive::<Int32Type>().values(), arr),
-            DataType::Date32 => Self::I32(arr.as_primitive::<Date32Type>().values(), arr),
-            DataType::Int64 => Self::I64(arr.as_primitive::<Int64Type>().values(), arr),
+        use Values as V;
+        let values = match arr.data_type() {
+            DataType::Boolean => V::Bool(arr.as_boolean()),
+            DataType::Int16 => V::I16(arr.as_primitive::<Int16Type>().values()),
+            DataType::Int32 => V::I32(arr.as_primitive::<Int32Type>().values()),
+            DataType::Date32 => V::I32(arr.as_primitive::<Date32Type>().values()),
+            DataType::Int64 => V::I64(arr.as_primitive::<Int64Type>().values()),
             DataType::Timestamp(TimeUnit::Microsecond, _) => {
-                Self::I64(arr.as_primitive::<TimestampMicrosecondType>().values(), arr)
+                V::I64(arr.as_primitive::<TimestampMicrosecondType>().values())
             }
             DataType::Time64(TimeUnit::Microsecond) => {
-                Self::I64(arr.as_primitive::<Time64MicrosecondType>().values(), arr)
+                V::I64(arr.as_primitive::<Time64MicrosecondType>().values())
             }
-            DataType::Float32 => Self::F32(arr.as_primitive::<Float32Type>().values(), arr),
-            DataType::Float64 => Self::F64(arr.as_primitive::<Float64Type>().values(), arr),
-            DataType::Decimal128(_, _) => {
-                Self::Dec(arr.as_primitive::<Decimal128Type>().values(), arr)
-            }
-            DataType::Utf8 => Self::Str(arr.as_string::<i32>()),
-            DataType::LargeUtf8 => Self::LargeStr(arr.as_string::<i64>()),
-            DataType::Utf8View => Self::StrView(arr.as_string_view()),
-            DataType::Binary => Self::Bin(arr.as_binary::<i32>()),
-            DataType::LargeBinary => Self::LargeBin(arr.as_binary::<i64>()),
-            DataType::BinaryView => Self::BinView(arr.as_binary_view()),
-            DataType::FixedSizeBinary(_) => Self::FixedBin(arr.as_fixed_size_binary()),
-            DataType::List(_) | DataType::LargeList(_) | DataType::Struct(_) => Self::Nested(arr),
+            DataType::Float32 => V::F32(arr.as_primitive::<Float32Type>().values()),
+            DataType::Float64 => V::F64(arr.as_primitive::<Float64Type>().values()),
+            DataType::Decimal128(_, _) => V::Dec(arr.as_primitive::<Decimal128Type>().values()),
+            DataType::Utf8 => V::Str(arr.as_string::<i32>()),
+            DataType::LargeUtf8 => V::LargeStr(arr.as_string::<i64>()),
+            DataType::Utf8View => V::StrView(arr.as_string_view()),
+            DataType::Binary => V::Bin(arr.as_binary::<i32>()),
+            DataType::LargeBinary => V::LargeBin(arr.as_binary::<i64>()),
+            DataType::BinaryView => V::BinView(arr.as_binary_view()),
+            DataType::FixedSizeBinary(_) => V::FixedBin(arr.as_fixed_size_binary()),
+            DataType::List(_) | DataType::LargeList(_) | DataType::Struct(_) => V::Nested(arr),
             other => {
                 return Err(Error::internal(format!(
                     "checksum: Arrow type {other} is not handled"
                 )));
             }
-        })
+        };
+        let nulls = arr.nulls().filter(|n| n.null_count() > 0);
+        Ok(Self { nulls, values })
     }
 
     /// Appends row `i`'s value: tag 0 for NULL, else tag 1 (booleans: 1
     /// false, 2 true) and the value.
     fn put(&self, i: usize, buf: &mut Vec<u8>) -> Result<()> {
-        let arr: &dyn Array = match self {
-            Self::Bool(a) => *a,
-            Self::I16(_, a)
-            | Self::I32(_, a)
-            | Self::I64(_, a)
-            | Self::F32(_, a)
-            | Self::F64(_, a)
-            | Self::Dec(_, a) => *a,
-            Self::Str(a) => *a,
-            Self::LargeStr(a) => *a,
-            Self::StrView(a) => *a,
-            Self::Bin(a) => *a,
-            Self::LargeBin(a) => *a,
-            Self::BinView(a) => *a,
-            Self::FixedBin(a) => *a,
-            Self::Nested(a) => return encode_nested(*a, i, buf),
-        };
-        if arr.is_null(i) {
+        use Values as V;
+        if self.nulls.is_some_and(|n| n.is_null(i)) {
             buf.push(0);
             return Ok(());
         }
-        match self {
-            Self::Bool(a) => buf.push(if a.value(i) { 2 } else { 1 }),
-            Self::I16(v, _) => put_fixed(buf, i64::from(v[i]).to_le_bytes()),
-            Self::I32(v, _) => put_fixed(buf, i64::from(v[i]).to_le_bytes()),
-            Self::I64(v, _) => put_fixed(buf, v[i].to_le_bytes()),
-            Self::F32(v, _) => put_fixed(buf, f32_bits(v[i]).to_le_bytes()),
-            Self::F64(v, _) => put_fixed(buf, f64_bits(v[i]).to_le_bytes()),
-            Self::Dec(v, _) => put_fixed(buf, v[i].to_le_bytes()),
-            Self::Str(a) => put_var(buf, a.value(i).as_bytes()),
-            Self::LargeStr(a) => put_var(buf, a.value(i).as_bytes()),
-            Self::StrView(a) => put_var(buf, a.value(i).as_bytes()),
-            Self::Bin(a) => put_var(buf, a.value(i)),
-            Self::LargeBin(a) => put_var(buf, a.value(i)),
-            Self::BinView(a) => put_var(buf, a.value(i)),
-            Self::FixedBin(a) => put_var(buf, a.value(i)),
-            Self::Nested(_) => {}
+        match self.values {
+            V::Bool(a) => buf.push(if a.value(i) { 2 } else { 1 }),
+            V::I16(v) => put_fixed(buf, i64::from(v[i]).to_le_bytes()),
+            V::I32(v) => put_fixed(buf, i64::from(v[i]).to_le_bytes()),
+            V::I64(v) => put_fixed(buf, v[i].to_le_bytes()),
+            V::F32(v) => put_fixed(buf, f32_bits(v[i]).to_le_bytes()),
+            V::F64(v) => put_fixed(buf, f64_bits(v[i]).to_le_bytes()),
+            V::Dec(v) => put_fixed(buf, v[i].to_le_bytes()),
+            V::Str(a) => put_var(buf, a.value(i).as_bytes()),
+            V::LargeStr(a) => put_var(buf, a.value(i).as_bytes()),
+            V::StrView(a) => put_var(buf, a.value(i).as_bytes()),
+            V::Bin(a) => put_var(buf, a.value(i)),
+            V::LargeBin(a) => put_var(buf, a.value(i)),
+            V::BinView(a) => put_var(buf, a.value(i)),
+            V::FixedBin(a) => put_var(buf, a.value(i)),
+            V::Nested(a) => return encode_nested(a, i, buf),
         }
         Ok(())
     }
