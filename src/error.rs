@@ -254,6 +254,18 @@ impl Error {
         e
     }
 
+    /// Converts an iceberg-rust error of the warehouse's files (data files,
+    /// manifests read back): kind `Storage`, with a hint about the object
+    /// store or the local directory, not the catalog.
+    pub fn storage(what: impl fmt::Display, err: iceberg::Error) -> Self {
+        if let Some((cause, hint)) = tls_failure(&err, &TlsHints::SYSTEM) {
+            return Error::new(ErrorKind::Storage, format!("{what}: {cause}")).with_hint(hint);
+        }
+        let full = one_line(&err.to_string());
+        Error::new(ErrorKind::Storage, format!("{what}: {}", concise(&full)))
+            .with_hint(storage_hint(&full))
+    }
+
     /// Converts a local I/O error.
     pub fn io(what: impl fmt::Display, err: std::io::Error) -> Self {
         Error::new(ErrorKind::Io, format!("{what}: {err}")).with_source(err)
@@ -461,8 +473,38 @@ fn has_word(text: &str, word: &str) -> bool {
     })
 }
 
+/// Whether an error's text says a local file failed (`std::io`'s words).
+fn is_local_file_error(t: &str) -> bool {
+    t.contains("(os error") && LOCAL_FILE_ERRORS.iter().any(|e| t.contains(e))
+}
+
+const LOCAL_FILE_HINT: &str = "a file of the local warehouse cannot be read or written: check that the table's \
+     directories under `warehouse` are directories, writable by this user, on a disk with space";
+
+fn storage_hint(text: &str) -> &'static str {
+    let t = text.to_ascii_lowercase();
+    if is_local_file_error(&t) {
+        LOCAL_FILE_HINT
+    } else if has_word(&t, "403")
+        || has_word(&t, "401")
+        || t.contains("forbidden")
+        || t.contains("access denied")
+        || t.contains("permissiondenied")
+    {
+        "the object store refused the request: check the catalog's `s3.access-key-id`/`s3.secret-access-key` \
+         (or the AWS credential chain) and that they may read and write the warehouse's bucket"
+    } else {
+        "check that the warehouse storage is reachable and writable (s3.* properties of the catalog)"
+    }
+}
+
 fn iceberg_hint(text: &str) -> Option<String> {
     let t = text.to_ascii_lowercase();
+    // The catalog's own writes of table metadata fail in the object store
+    // (OpenDAL: "failure in doing io operation") or the local warehouse.
+    if t.contains("failure in doing io operation") || t.contains("service: s3") {
+        return Some(storage_hint(text).to_string());
+    }
     let h = if has_word(&t, "403")
         || has_word(&t, "401")
         || t.contains("unauthorized")
@@ -476,9 +518,8 @@ fn iceberg_hint(text: &str) -> Option<String> {
         "is the catalog reachable? check `uri` in the `catalog` section"
     } else if t.contains("unable to open database file") {
         "the SQL catalog's `uri` points to a file that cannot be created or opened"
-    } else if t.contains("(os error") && LOCAL_FILE_ERRORS.iter().any(|e| t.contains(e)) {
-        "a file of the local warehouse cannot be read or written: check that the table's \
-         directories under `warehouse` are directories, writable by this user, on a disk with space"
+    } else if is_local_file_error(&t) {
+        LOCAL_FILE_HINT
     } else {
         return None;
     };
@@ -550,6 +591,20 @@ mod tests {
         assert!(iceberg_hint(denied).is_some_and(|h| h.contains("refused the credentials")));
         let reset = "Unexpected => Connection reset by peer (os error 104)";
         assert!(iceberg_hint(reset).is_none_or(|h| !h.contains("local warehouse")));
+    }
+
+    #[test]
+    fn storage_failures_point_at_the_store_not_the_catalog() {
+        let denied = "Unexpected => S3Error { code: \"AccessDenied\", message: \"Access Denied\" }, status: 403";
+        assert!(storage_hint(denied).contains("s3.access-key-id"));
+        let local =
+            "DataInvalid => Failed to open file /w/t/data/x.parquet: Not a directory (os error 20)";
+        assert!(storage_hint(local).contains("local warehouse"));
+        let down = "Unexpected => error sending request: connection refused";
+        assert!(storage_hint(down).contains("reachable"));
+        // The catalog writing table metadata to a store that refuses the key.
+        let create = "Unexpected => Failure in doing io operation, source: PermissionDenied (persistent) at write, context: { response: Parts { status: 403 }, service: s3 } => S3Error { code: \"SignatureDoesNotMatch\" }";
+        assert!(iceberg_hint(create).is_some_and(|h| h.contains("s3.access-key-id")));
     }
 
     #[test]

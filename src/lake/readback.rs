@@ -13,7 +13,7 @@ use iceberg::spec::{DataContentType, ManifestStatus, SnapshotRef};
 use iceberg::table::Table;
 
 use crate::checksum::{Checksum, RowHasher};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 
 /// A data file added by a snapshot.
 #[derive(Debug, Clone)]
@@ -23,15 +23,6 @@ pub struct AddedFile {
     pub records: u64,
 }
 
-fn read_err(what: impl std::fmt::Display, e: iceberg::Error) -> Error {
-    let e = Error::iceberg(what, e);
-    let storage = Error::new(ErrorKind::Storage, e.message().to_string());
-    match e.hint() {
-        Some(h) => storage.with_hint(h),
-        None => storage,
-    }
-}
-
 /// The data files `snapshot` added.
 pub async fn added_files(table: &Table, snapshot: &SnapshotRef) -> Result<Vec<AddedFile>> {
     let list = table
@@ -39,7 +30,7 @@ pub async fn added_files(table: &Table, snapshot: &SnapshotRef) -> Result<Vec<Ad
         .load()
         .await
         .map_err(|e| {
-            read_err(
+            Error::storage(
                 format!(
                     "cannot read the manifest list of snapshot {}",
                     snapshot.snapshot_id()
@@ -55,7 +46,7 @@ pub async fn added_files(table: &Table, snapshot: &SnapshotRef) -> Result<Vec<Ad
         let manifest = m
             .load_manifest(table.file_io())
             .await
-            .map_err(|e| read_err(format!("cannot read manifest {}", m.manifest_path), e))?;
+            .map_err(|e| Error::storage(format!("cannot read manifest {}", m.manifest_path), e))?;
         for e in manifest.entries() {
             if e.status() == ManifestStatus::Added
                 && e.content_type() == DataContentType::Data
@@ -95,13 +86,13 @@ pub async fn live_files(table: &Table) -> Result<Vec<LiveFile>> {
         .manifest_list_reader(&snapshot)
         .load()
         .await
-        .map_err(|e| read_err("cannot read the manifest list", e))?;
+        .map_err(|e| Error::storage("cannot read the manifest list", e))?;
     let mut out = Vec::new();
     for m in list.entries() {
         let manifest = m
             .load_manifest(table.file_io())
             .await
-            .map_err(|e| read_err(format!("cannot read manifest {}", m.manifest_path), e))?;
+            .map_err(|e| Error::storage(format!("cannot read manifest {}", m.manifest_path), e))?;
         for e in manifest.entries() {
             if e.is_alive() && e.content_type() == DataContentType::Data {
                 out.push(LiveFile {
@@ -178,9 +169,9 @@ pub fn batches(
         .build();
     Ok(reader
         .read(futures::stream::iter(tasks).boxed())
-        .map_err(|e| read_err("cannot read the batch back", e))?
+        .map_err(|e| Error::storage("cannot read the batch back", e))?
         .stream()
-        .map_err(|e| read_err("cannot read the batch back", e))
+        .map_err(|e| Error::storage("cannot read the batch back", e))
         .boxed())
 }
 

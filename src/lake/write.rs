@@ -29,7 +29,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::lake::ArchiveTable;
 use crate::plan::window::Granularity;
 
@@ -59,12 +59,6 @@ pub struct BatchWriter {
     tick: u64,
     files: Vec<DataFile>,
     rows: u64,
-}
-
-fn storage_err(what: &str, e: iceberg::Error) -> Error {
-    let mut err = Error::iceberg(what, e);
-    err = Error::new(ErrorKind::Storage, err.message().to_string());
-    err.with_hint("check that the warehouse storage is reachable and writable (s3.* properties of the catalog)")
 }
 
 impl BatchWriter {
@@ -149,7 +143,7 @@ impl BatchWriter {
             let files = w
                 .close()
                 .await
-                .map_err(|e| storage_err("cannot finish a data file", e))?;
+                .map_err(|e| Error::storage("cannot finish a data file", e))?;
             self.files.extend(files);
         }
         let key = self.partition_key(ordinal);
@@ -159,7 +153,7 @@ impl BatchWriter {
         let w = builder
             .build(Some(key))
             .await
-            .map_err(|e| storage_err("cannot open a data file", e))?;
+            .map_err(|e| Error::storage("cannot open a data file", e))?;
         self.open.push((ordinal, w, tick));
         let last = self.open.len() - 1;
         Ok(&mut self.open[last].1)
@@ -206,7 +200,7 @@ impl BatchWriter {
                 .await?
                 .write(batch)
                 .await
-                .map_err(|e| storage_err("cannot write a data file", e));
+                .map_err(|e| Error::storage("cannot write a data file", e));
         }
         // Rows before the first change all belong to the first window.
         let first = g.ordinal(values[0]);
@@ -226,7 +220,7 @@ impl BatchWriter {
                 .await?
                 .write(part)
                 .await
-                .map_err(|e| storage_err("cannot write a data file", e))?;
+                .map_err(|e| Error::storage("cannot write a data file", e))?;
         }
         Ok(())
     }
@@ -237,7 +231,7 @@ impl BatchWriter {
             let files = w
                 .close()
                 .await
-                .map_err(|e| storage_err("cannot finish a data file", e))?;
+                .map_err(|e| Error::storage("cannot finish a data file", e))?;
             self.files.extend(files);
         }
         Ok((self.files, self.rows))

@@ -187,11 +187,33 @@ async fn bad_inputs_fail_clearly_and_delete_nothing() {
             ),
             "catalog",
         ),
+        (
+            "wrong storage credentials",
+            table_yaml(
+                &db.dsn,
+                &format!(
+                    "catalog:\n  type: sql\n  uri: \"sqlite://{}/badkeys.db?mode=rwc\"\n  warehouse: s3://warehouse/badkeys\n  s3.endpoint: {}\n  s3.access-key-id: {}\n  s3.secret-access-key: wrong-secret-xyz\n  s3.region: us-east-1\n  s3.path-style-access: true\n",
+                    ws.path().display(),
+                    s.s3,
+                    s.key
+                ),
+                ns,
+                SENSOR,
+            ),
+            "PermissionDenied",
+        ),
     ];
     for (name, yaml, needle) in &cases {
         let cfg = ws.config(&format!("{}.yaml", name.replace(' ', "-")), yaml);
         let cfg = cfg.to_string_lossy().to_string();
-        for cmd in ["check", "archive"] {
+        // `check` does not write to the warehouse: storage is proven by
+        // the first archive.
+        let cmds: &[&str] = if *name == "wrong storage credentials" {
+            &["archive"]
+        } else {
+            &["check", "archive"]
+        };
+        for cmd in cmds.iter().copied() {
             let out = ws.run(&[cmd, "-c", &cfg]);
             eprintln!(
                 "--- {name} / {cmd}:\n{}",
@@ -202,6 +224,15 @@ async fn bad_inputs_fail_clearly_and_delete_nothing() {
                     .join("\n")
             );
             assert_fails(&out, needle, &["wrong-secret-xyz", "pw-unreach"]);
+            if *name == "wrong storage credentials" {
+                assert!(
+                    out.stderr
+                        .lines()
+                        .any(|l| l.starts_with("hint:") && l.contains("s3.access-key-id")),
+                    "the hint is about the object store, not the catalog:\n{}",
+                    out.stderr
+                );
+            }
             if *name != "malformed yaml" && *name != "unknown key" {
                 assert!(
                     out.stderr.contains("hint:")
