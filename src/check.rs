@@ -66,6 +66,12 @@ pub struct TableCheck {
     pub columns: Vec<ColumnCheck>,
     /// `exists`, `will be created`, or empty when unknown.
     pub iceberg_state: String,
+    /// The warehouse location a probe object was written to, read back from
+    /// and deleted from; empty when not probed (see `storage_note`).
+    pub storage: String,
+    /// Why the storage was not probed, when it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_note: Option<String>,
 }
 
 fn probe_err(target: String, e: &Error) -> Probe {
@@ -164,7 +170,7 @@ pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
     };
     let mut out = Vec::new();
     for t in &tables {
-        out.push(check_table(&client, catalog.iceberg(), t, server_now).await);
+        out.push(check_table(&client, &catalog, t, server_now).await);
     }
     Ok(CheckReport {
         ok: out.iter().all(|t| t.ok) && endpoints.iter().all(|e| e.ok),
@@ -189,7 +195,7 @@ impl TableCheck {
 /// windows, privileges, and the archive table's state.
 async fn check_table(
     client: &tokio_postgres::Client,
-    catalog: &dyn iceberg::Catalog,
+    catalog: &lake::catalog::CatalogHandle,
     t: &TableConfig,
     server_now: Micros,
 ) -> TableCheck {
@@ -205,6 +211,8 @@ async fn check_table(
         primary_key: vec![],
         columns: vec![],
         iceberg_state: String::new(),
+        storage: String::new(),
+        storage_note: None,
     };
     let src = match source::introspect::introspect(client, t).await {
         Ok(src) => src,
@@ -231,12 +239,48 @@ async fn check_table(
         Err(e) => tc.fail(&e),
     }
     if src.unsupported().is_empty() {
-        match lake::table::inspect_table(catalog, t, &src).await {
-            Ok(state) => tc.iceberg_state = describe_state(&state),
+        match lake::table::inspect_table(catalog.iceberg(), t, &src).await {
+            Ok(state) => {
+                tc.iceberg_state = describe_state(&state);
+                probe_storage(&mut tc, catalog, t, &state).await;
+            }
             Err(e) => tc.fail(&e),
         }
     }
     tc
+}
+
+/// Writes, reads back and deletes a probe object where the table's files
+/// go: its own location, or (no table yet) the warehouse root.
+async fn probe_storage(
+    tc: &mut TableCheck,
+    catalog: &lake::catalog::CatalogHandle,
+    t: &TableConfig,
+    state: &lake::table::TableState,
+) {
+    use lake::table::TableState;
+    let missing = async || match lake::table::ident(t) {
+        Ok(ident) => catalog.new_table_io(&ident).await,
+        Err(_) => None,
+    };
+    let target = match state {
+        TableState::Ready(at) => Some(lake::probe::ProbeTarget::of_table(&at.table)),
+        TableState::Evolves { table, .. } => Some(lake::probe::ProbeTarget::of_table(table)),
+        TableState::Missing => missing().await,
+    };
+    let Some(target) = target else {
+        tc.storage_note = Some(
+            "not probed: the REST catalog hands out storage access with a table; the first archive run proves it".into(),
+        );
+        return;
+    };
+    match lake::probe::probe(&target).await {
+        Ok((location, left)) => {
+            tc.storage = location;
+            tc.warnings.extend(left);
+        }
+        Err(e) => tc.fail(&e),
+    }
 }
 
 fn column_check(c: &source::SourceColumn) -> ColumnCheck {

@@ -3,11 +3,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use iceberg::io::FileIOBuilder;
 use iceberg::{Catalog, CatalogBuilder};
 use iceberg_catalog_rest::RestCatalogBuilder;
 use iceberg_catalog_sql::SqlCatalogBuilder;
 
 use super::glue::GlueCatalog;
+use super::probe::ProbeTarget;
 use super::storage::WarehouseStorageFactory;
 use crate::config::{CatalogConfig, CatalogKind};
 use crate::error::{Error, ErrorKind, Result};
@@ -43,6 +45,43 @@ impl CatalogHandle {
     /// iceberg-rust's catalog client.
     pub fn iceberg(&self) -> &dyn Catalog {
         self.catalog.as_ref()
+    }
+
+    /// Where the data files of `ident` would go if the table were created
+    /// now (the namespace's `location`, else the catalog's default under
+    /// the warehouse), and a FileIO for it — where permafrost holds the
+    /// storage properties (SQL and Glue catalogs).  `None` for a REST
+    /// catalog, which hands out storage access per table.
+    pub async fn new_table_io(&self, ident: &iceberg::TableIdent) -> Option<ProbeTarget> {
+        let (io, default) = match (&self.glue, self.cfg.kind) {
+            (Some(glue), _) => {
+                let (io, warehouse) = glue.warehouse_io();
+                let db = ident.namespace().join("_");
+                (io, format!("{warehouse}/{db}.db/{}", ident.name()))
+            }
+            (None, CatalogKind::Sql) => {
+                let warehouse = self.cfg.properties.get("warehouse")?;
+                let io = FileIOBuilder::new(Arc::new(WarehouseStorageFactory::default()))
+                    .with_props(self.cfg.properties.clone())
+                    .build();
+                let ns = ident.namespace().join("/");
+                let w = warehouse.trim_end_matches('/');
+                (io, format!("{w}/{ns}/{}", ident.name()))
+            }
+            _ => return None,
+        };
+        let ns_location = match self.catalog.get_namespace(ident.namespace()).await {
+            Ok(ns) => ns.properties().get("location").cloned(),
+            Err(_) => None,
+        };
+        let table = match ns_location {
+            Some(l) => format!("{}/{}", l.trim_end_matches('/'), ident.name()),
+            None => default,
+        };
+        Some(ProbeTarget {
+            io,
+            location: format!("{table}/data"),
+        })
     }
 }
 

@@ -235,6 +235,11 @@ fn table_input(
 }
 
 impl GlueCatalog {
+    /// The FileIO tables are written through, and the warehouse root.
+    pub fn warehouse_io(&self) -> (FileIO, String) {
+        (self.file_io.clone(), self.warehouse.clone())
+    }
+
     /// Connects with the standard AWS credential chain, overridden by the
     /// static keys, profile, region and endpoint in `props`.
     pub async fn new(name: String, props: HashMap<String, String>) -> IceResult<Self> {

@@ -11,6 +11,7 @@ pub mod layout;
 pub mod maintenance;
 pub mod metadata_commit;
 pub mod orphans;
+pub mod probe;
 pub mod readback;
 pub mod schema;
 pub mod storage;

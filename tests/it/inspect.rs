@@ -489,7 +489,7 @@ fn mask(text: &str) -> String {
         (r"/tmp/[^\s?']+", "<PATH>"),
         (r"\d+(\.\d+)? (B|KiB|MiB)\b", "<SIZE>"),
         (r"\b[0-9a-f]{32}\b", "<CHECKSUM>"),
-        (r"\(\d+\.\d+s\)", "(<SECONDS>)"),
+        (r"\d+\.\d+s\b", "<SECONDS>"),
         (r"_restore_\d+_\d+", "_restore_<RANGE>"),
         (r" {2,}", "  "),
         (r"-{3,}", "---"),

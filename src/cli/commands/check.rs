@@ -81,6 +81,14 @@ fn print_table(t: &TableCheck) {
         let rows: Vec<Vec<String>> = t.columns.iter().map(column_row).collect();
         output::table(&["COLUMN", "POSTGRES", "NULL", "ICEBERG"], &rows);
     }
+    if !t.storage.is_empty() {
+        output::line(&format!(
+            "  storage: ok (wrote and read back a probe object under {})",
+            t.storage
+        ));
+    } else if let Some(note) = &t.storage_note {
+        output::line(&format!("  storage: {note}"));
+    }
     for (label, lines) in [
         ("error", &t.errors),
         ("hint", &t.hints),
