@@ -1,8 +1,10 @@
 //! `check`: is the configuration usable?  Config valid, Postgres and the
 //! catalog reachable with our credentials, every table present with a
 //! timestamp time column, supported column types, the privileges archiving
-//! needs, and an existing Iceberg table compatible with the source.
-//! Read-only: creates and deletes nothing.
+//! needs, an existing Iceberg table compatible with the source, and the
+//! warehouse storage taking a write and a read where the table's data files
+//! go.  Writes nothing but that one probe object, which it deletes
+//! ([`crate::lake::probe`]); creates no table or namespace.
 
 use serde::Serialize;
 

@@ -1,4 +1,4 @@
-//! `check`: the config, the services and every table, read-only.
+//! `check`: the config, the services, the warehouse storage and every table.
 
 use super::*;
 
