@@ -252,8 +252,10 @@ async fn check_table(
     tc
 }
 
-/// Writes, reads back and deletes a probe object where the table's files
-/// go: its own location, or (no table yet) the warehouse root.
+/// Writes, reads back and deletes a probe object where the table's data
+/// files go: its data path, or (no table yet) where the catalog would put
+/// it.  A REST catalog's new table is not probed (its storage access comes
+/// with the table).
 async fn probe_storage(
     tc: &mut TableCheck,
     catalog: &lake::catalog::CatalogHandle,

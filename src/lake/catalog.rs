@@ -54,11 +54,7 @@ impl CatalogHandle {
     /// catalog, which hands out storage access per table.
     pub async fn new_table_io(&self, ident: &iceberg::TableIdent) -> Option<ProbeTarget> {
         let (io, default) = match (&self.glue, self.cfg.kind) {
-            (Some(glue), _) => {
-                let (io, warehouse) = glue.warehouse_io();
-                let db = ident.namespace().join("_");
-                (io, format!("{warehouse}/{db}.db/{}", ident.name()))
-            }
+            (Some(glue), _) => glue.new_table_io(ident)?,
             (None, CatalogKind::Sql) => {
                 let warehouse = self.cfg.properties.get("warehouse")?;
                 let io = FileIOBuilder::new(Arc::new(WarehouseStorageFactory::default()))

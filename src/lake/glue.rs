@@ -235,9 +235,21 @@ fn table_input(
 }
 
 impl GlueCatalog {
-    /// The FileIO tables are written through, and the warehouse root.
-    pub fn warehouse_io(&self) -> (FileIO, String) {
-        (self.file_io.clone(), self.warehouse.clone())
+    /// The FileIO tables are written through, and where `ident` goes when
+    /// created in a namespace without a `location` (`None`: not a Glue
+    /// namespace).
+    pub fn new_table_io(&self, ident: &TableIdent) -> Option<(FileIO, String)> {
+        let db = database(ident.namespace()).ok()?;
+        Some((
+            self.file_io.clone(),
+            self.default_location(&db, ident.name()),
+        ))
+    }
+
+    /// `<warehouse>/<database>.db/<table>`: where a table goes when its
+    /// namespace has no `location`.
+    fn default_location(&self, db: &str, table: &str) -> String {
+        format!("{}/{db}.db/{table}", self.warehouse)
     }
 
     /// Connects with the standard AWS credential chain, overridden by the
@@ -583,7 +595,7 @@ impl Catalog for GlueCatalog {
                 let ns = self.get_namespace(namespace).await?;
                 match ns.properties().get("location") {
                     Some(l) => format!("{}/{}", l.trim_end_matches('/'), creation.name),
-                    None => format!("{}/{db}.db/{}", self.warehouse, creation.name),
+                    None => self.default_location(&db, &creation.name),
                 }
             }
         };
