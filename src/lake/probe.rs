@@ -6,9 +6,9 @@ use iceberg::io::FileIO;
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// Where a probe goes and through which FileIO: the archive table's own
-/// location, or (no table yet) the warehouse of a catalog whose storage
-/// properties are permafrost's.
+/// Where a probe goes and through which FileIO: the archive table's data
+/// path, or (no table yet) where a catalog whose storage properties are
+/// permafrost's would put it.
 pub struct ProbeTarget {
     pub io: FileIO,
     pub location: String,
@@ -58,7 +58,7 @@ pub async fn probe(target: &ProbeTarget) -> Result<(String, Option<String>)> {
         Ok(()) => None,
         Err(e) => Some(format!(
             "the probe object {path} could be written and read but not deleted ({}); delete it, or let orphan-file cleanup take it",
-            crate::error::Error::storage("delete", e).message()
+            Error::storage("delete", e).message()
         )),
     };
     if read? != body {

@@ -147,6 +147,13 @@ impl Out {
             .filter(|l| l.starts_with("error:"))
             .collect()
     }
+
+    /// Whether a `hint:` line on stderr contains `text`.
+    pub fn has_hint(&self, text: &str) -> bool {
+        self.stderr
+            .lines()
+            .any(|l| l.starts_with("hint:") && l.contains(text))
+    }
 }
 
 impl Ws {

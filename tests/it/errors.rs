@@ -219,9 +219,7 @@ async fn bad_inputs_fail_clearly_and_delete_nothing() {
             assert_fails(&out, needle, &["wrong-secret-xyz", "pw-unreach"]);
             if *name == "wrong storage credentials" {
                 assert!(
-                    out.stderr
-                        .lines()
-                        .any(|l| l.starts_with("hint:") && l.contains("s3.access-key-id")),
+                    out.has_hint("s3.access-key-id"),
                     "the hint is about the object store, not the catalog:\n{}",
                     out.stderr
                 );

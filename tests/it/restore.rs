@@ -613,13 +613,7 @@ fn assert_refused(out: &Out, code: i32, cause: &str, hint: &str) {
     let errors = out.error_lines();
     assert_eq!(errors.len(), 1, "{}", out.stderr);
     assert!(errors[0].contains(cause), "{cause}: {}", out.stderr);
-    assert!(
-        out.stderr
-            .lines()
-            .any(|l| l.starts_with("hint:") && l.contains(hint)),
-        "{hint}: {}",
-        out.stderr
-    );
+    assert!(out.has_hint(hint), "{hint}: {}", out.stderr);
     assert!(out.stdout.is_empty(), "no report: {}", out.stdout);
 }
 

@@ -803,12 +803,16 @@ async fn an_unwritable_local_warehouse_deletes_nothing_and_the_next_run_recovers
             errors[0]
         );
         assert!(
-            out.stderr
-                .lines()
-                .any(|l| l.starts_with("hint:") && l.contains("writable")),
+            out.has_hint("writable"),
             "{what}: a hint about the storage\n{}",
             out.stderr
         );
+    };
+    // ... and deletes nothing.
+    let failed_and_kept = async |out: Out, what: &str| {
+        assert_failed(&out, what);
+        let nothing_deleted = count(&c, "sensor_readings", "true").await;
+        assert_eq!(nothing_deleted, total, "{what}: nothing deleted");
     };
 
     // 1. Data files cannot be created (the table was created by this run).
@@ -817,9 +821,7 @@ async fn an_unwritable_local_warehouse_deletes_nothing_and_the_next_run_recovers
         unblock = Some(block(&table_dir(&f, "metadata").with_file_name("data")))
     })
     .await;
-    assert_failed(&out, "data");
-    let nothing_deleted = count(&c, "sensor_readings", "true").await;
-    assert_eq!(nothing_deleted, total, "nothing deleted");
+    failed_and_kept(out, "data").await;
     unblock.take().expect("blocked")();
 
     // 2. The data files are written; the commit cannot read the table's
@@ -827,18 +829,14 @@ async fn an_unwritable_local_warehouse_deletes_nothing_and_the_next_run_recovers
     //    directory, which root ignores).
     let metadata = table_dir(&f, "metadata");
     let out = paused_run(&f, "after-write", async || unblock = Some(block(&metadata))).await;
-    assert_failed(&out, "metadata");
-    let nothing_deleted = count(&c, "sensor_readings", "true").await;
-    assert_eq!(nothing_deleted, total, "nothing deleted");
+    failed_and_kept(out, "metadata").await;
     unblock.take().expect("blocked")();
 
     // 3. A batch is committed; it cannot be read back.  That is no
     //    verdict on the batch: its windows are not blocked.
     let data = table_dir(&f, "data");
     let out = paused_run(&f, "after-commit", async || unblock = Some(block(&data))).await;
-    assert_failed(&out, "read back");
-    let nothing_deleted = count(&c, "sensor_readings", "true").await;
-    assert_eq!(nothing_deleted, total, "nothing deleted");
+    failed_and_kept(out, "read back").await;
     unblock.take().expect("blocked")();
     let st =
         f.ws.run_env(&["status", "-c", &f.cfg, "--json"], &f.env_with(&[]))
