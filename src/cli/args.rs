@@ -50,7 +50,7 @@ pub struct ConfigArg {
 pub enum Command {
     /// Archive sample sensor data into an embedded catalog, end to end, on this machine.
     Demo(DemoArgs),
-    /// Validate the config and check Postgres, the catalog and every table.
+    /// Validate the config and check Postgres, the catalog, the warehouse storage and every table.
     Check(CheckArgs),
     /// Archive every window older than the lag: extract, write, commit, verify, delete.
     Archive(ArchiveArgs),
