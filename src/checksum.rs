@@ -9,17 +9,11 @@
 //! Iceberg hash identically.
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{
-    Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
-    Time64MicrosecondType, TimestampMicrosecondType,
-};
-use arrow_array::{
-    Array, BinaryArray, BinaryViewArray, BooleanArray, FixedSizeBinaryArray, LargeBinaryArray,
-    LargeStringArray, RecordBatch, StringArray, StringViewArray,
-};
-use arrow_schema::{DataType, TimeUnit};
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::DataType;
 use xxhash_rust::xxh3::xxh3_128;
 
+use crate::column::{Column, Values};
 use crate::error::{Error, Result};
 
 /// Row count plus the wrapping sum of row hashes.
@@ -62,7 +56,7 @@ impl RowHasher {
         for i in 0..batch.num_rows() {
             self.buf.clear();
             for c in &cols {
-                c.put(i, &mut self.buf)?;
+                put(c, i, &mut self.buf)?;
             }
             out.push(xxh3_128(&self.buf));
         }
@@ -83,7 +77,7 @@ pub fn distinct_values(arr: &dyn Array, n: usize) -> Option<(usize, usize)> {
             continue;
         }
         buf.clear();
-        col.put(i, &mut buf).ok()?;
+        put(&col, i, &mut buf).ok()?;
         seen.push(xxhash_rust::xxh3::xxh3_64(&buf));
     }
     let values = seen.len();
@@ -119,104 +113,36 @@ fn f64_bits(v: f64) -> u64 {
     }
 }
 
-/// A column of a batch, its Arrow type and validity resolved once per batch
-/// so that rows are encoded one after another into one buffer.
-struct Column<'a> {
-    /// The validity bitmap, when the column has NULLs.
-    nulls: Option<&'a arrow_buffer::NullBuffer>,
-    values: Values<'a>,
-}
-
-/// The values of a [`Column`], by how they are encoded.
-enum Values<'a> {
-    Bool(&'a BooleanArray),
-    /// Int16, widened to 8 bytes.
-    I16(&'a [i16]),
-    /// Int32 and Date32, widened to 8 bytes.
-    I32(&'a [i32]),
-    /// Int64, timestamps and times (microseconds).
-    I64(&'a [i64]),
-    F32(&'a [f32]),
-    F64(&'a [f64]),
-    Dec(&'a [i128]),
-    Str(&'a StringArray),
-    LargeStr(&'a LargeStringArray),
-    StrView(&'a StringViewArray),
-    Bin(&'a BinaryArray),
-    LargeBin(&'a LargeBinaryArray),
-    BinView(&'a BinaryViewArray),
-    FixedBin(&'a FixedSizeBinaryArray),
-    Nested(&'a dyn Array),
-}
-
-impl<'a> Column<'a> {
-    fn new(arr: &'a dyn Array) -> Result<Self> {
-        use Values as V;
-        let values = match arr.data_type() {
-            DataType::Boolean => V::Bool(arr.as_boolean()),
-            DataType::Int16 => V::I16(arr.as_primitive::<Int16Type>().values()),
-            DataType::Int32 => V::I32(arr.as_primitive::<Int32Type>().values()),
-            DataType::Date32 => V::I32(arr.as_primitive::<Date32Type>().values()),
-            DataType::Int64 => V::I64(arr.as_primitive::<Int64Type>().values()),
-            DataType::Timestamp(TimeUnit::Microsecond, _) => {
-                V::I64(arr.as_primitive::<TimestampMicrosecondType>().values())
-            }
-            DataType::Time64(TimeUnit::Microsecond) => {
-                V::I64(arr.as_primitive::<Time64MicrosecondType>().values())
-            }
-            DataType::Float32 => V::F32(arr.as_primitive::<Float32Type>().values()),
-            DataType::Float64 => V::F64(arr.as_primitive::<Float64Type>().values()),
-            DataType::Decimal128(_, _) => V::Dec(arr.as_primitive::<Decimal128Type>().values()),
-            DataType::Utf8 => V::Str(arr.as_string::<i32>()),
-            DataType::LargeUtf8 => V::LargeStr(arr.as_string::<i64>()),
-            DataType::Utf8View => V::StrView(arr.as_string_view()),
-            DataType::Binary => V::Bin(arr.as_binary::<i32>()),
-            DataType::LargeBinary => V::LargeBin(arr.as_binary::<i64>()),
-            DataType::BinaryView => V::BinView(arr.as_binary_view()),
-            DataType::FixedSizeBinary(_) => V::FixedBin(arr.as_fixed_size_binary()),
-            DataType::List(_) | DataType::LargeList(_) | DataType::Struct(_) => V::Nested(arr),
-            other => {
-                return Err(Error::internal(format!(
-                    "checksum: Arrow type {other} is not handled"
-                )));
-            }
-        };
-        let nulls = arr.nulls().filter(|n| n.null_count() > 0);
-        Ok(Self { nulls, values })
+/// Appends row `i`'s value of `col`: tag 0 for NULL, else tag 1 (booleans:
+/// 1 false, 2 true) and the value.
+fn put(col: &Column<'_>, i: usize, buf: &mut Vec<u8>) -> Result<()> {
+    use Values as V;
+    if col.is_null(i) {
+        buf.push(0);
+        return Ok(());
     }
-
-    /// Appends row `i`'s value: tag 0 for NULL, else tag 1 (booleans: 1
-    /// false, 2 true) and the value.
-    fn put(&self, i: usize, buf: &mut Vec<u8>) -> Result<()> {
-        use Values as V;
-        if self.nulls.is_some_and(|n| n.is_null(i)) {
-            buf.push(0);
-            return Ok(());
+    match col.values {
+        V::Bool(a) => buf.push(if a.value(i) { 2 } else { 1 }),
+        V::I16(v) => put_fixed(buf, i64::from(v[i]).to_le_bytes()),
+        V::I32(v) => put_fixed(buf, i64::from(v[i]).to_le_bytes()),
+        V::I64(v) => put_fixed(buf, v[i].to_le_bytes()),
+        V::F32(v) => put_fixed(buf, f32_bits(v[i]).to_le_bytes()),
+        V::F64(v) => put_fixed(buf, f64_bits(v[i]).to_le_bytes()),
+        V::Dec(v, _) => put_fixed(buf, v[i].to_le_bytes()),
+        V::Nested(a) => return encode_nested(a, i, buf),
+        _ => {
+            let bytes = col
+                .bytes(i)
+                .ok_or_else(|| Error::internal("checksum: a column without bytes"))?;
+            put_var(buf, bytes);
         }
-        match self.values {
-            V::Bool(a) => buf.push(if a.value(i) { 2 } else { 1 }),
-            V::I16(v) => put_fixed(buf, i64::from(v[i]).to_le_bytes()),
-            V::I32(v) => put_fixed(buf, i64::from(v[i]).to_le_bytes()),
-            V::I64(v) => put_fixed(buf, v[i].to_le_bytes()),
-            V::F32(v) => put_fixed(buf, f32_bits(v[i]).to_le_bytes()),
-            V::F64(v) => put_fixed(buf, f64_bits(v[i]).to_le_bytes()),
-            V::Dec(v) => put_fixed(buf, v[i].to_le_bytes()),
-            V::Str(a) => put_var(buf, a.value(i).as_bytes()),
-            V::LargeStr(a) => put_var(buf, a.value(i).as_bytes()),
-            V::StrView(a) => put_var(buf, a.value(i).as_bytes()),
-            V::Bin(a) => put_var(buf, a.value(i)),
-            V::LargeBin(a) => put_var(buf, a.value(i)),
-            V::BinView(a) => put_var(buf, a.value(i)),
-            V::FixedBin(a) => put_var(buf, a.value(i)),
-            V::Nested(a) => return encode_nested(a, i, buf),
-        }
-        Ok(())
     }
+    Ok(())
 }
 
 /// Encodes row `i` of a list or struct column: tag, then (lists) the
 /// length and every element, or (structs) every field, each as
-/// [`Column::put`] encodes it.
+/// [`put`] encodes it.
 fn encode_nested(arr: &dyn Array, i: usize, buf: &mut Vec<u8>) -> Result<()> {
     if arr.is_null(i) {
         buf.push(0);
@@ -226,7 +152,7 @@ fn encode_nested(arr: &dyn Array, i: usize, buf: &mut Vec<u8>) -> Result<()> {
         buf.push(1);
         buf.extend_from_slice(&(items.len() as u32).to_le_bytes());
         let col = Column::new(items)?;
-        (0..items.len()).try_for_each(|j| col.put(j, buf))
+        (0..items.len()).try_for_each(|j| put(&col, j, buf))
     };
     match arr.data_type() {
         DataType::List(_) => list(arr.as_list::<i32>().value(i).as_ref(), buf),
@@ -236,7 +162,7 @@ fn encode_nested(arr: &dyn Array, i: usize, buf: &mut Vec<u8>) -> Result<()> {
             arr.as_struct()
                 .columns()
                 .iter()
-                .try_for_each(|c| Column::new(c.as_ref())?.put(i, buf))
+                .try_for_each(|c| put(&Column::new(c.as_ref())?, i, buf))
         }
         other => Err(Error::internal(format!(
             "checksum: Arrow type {other} is not nested"
@@ -293,7 +219,7 @@ mod tests {
     use arrow_array::{
         Int32Array, Int64Array, LargeStringArray, StringArray, TimestampMicrosecondArray,
     };
-    use arrow_schema::{Field, Schema};
+    use arrow_schema::{Field, Schema, TimeUnit};
 
     use super::*;
 

@@ -14,6 +14,7 @@ pub mod aws;
 pub mod check;
 pub mod checksum;
 pub mod cli;
+pub mod column;
 pub mod config;
 pub mod demo;
 pub mod error;

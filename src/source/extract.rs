@@ -432,7 +432,11 @@ impl Col {
 }
 
 /// Decodes Postgres' binary numeric into an unscaled i128 at `scale`, checking `precision`.
-fn decode_numeric(v: &[u8], precision: u8, scale: u8) -> std::result::Result<i128, String> {
+pub(crate) fn decode_numeric(
+    v: &[u8],
+    precision: u8,
+    scale: u8,
+) -> std::result::Result<i128, String> {
     if v.len() < 8 {
         return Err("truncated numeric".into());
     }
