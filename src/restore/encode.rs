@@ -350,11 +350,13 @@ fn bytes(arr: &dyn Array, i: usize) -> Option<&[u8]> {
 fn numeric(mantissa: i128, scale: u16, out: &mut Vec<u8>) {
     // Base-10000 groups from the lowest up.  The fraction takes whole
     // groups, so its lowest group holds the last `4 - pad` digits shifted
-    // left by `pad`.  38 digits plus a pad of 3 fit 11 groups.
+    // left by `pad`.  An i128's 39 digits at any scale an Arrow decimal can
+    // name (an i8, clamped at 0 by the caller) fit 32 + 10 groups.
+    let scale = scale.min(127);
     let frac_groups = usize::from(scale).div_ceil(4);
     let pad = (frac_groups * 4 - usize::from(scale)) as u32;
     let mut rest = mantissa.unsigned_abs();
-    let mut groups = [0i16; 12];
+    let mut groups = [0i16; 44];
     let mut n = 0;
     if frac_groups > 0 {
         let unit = 10u128.pow(4 - pad);
@@ -420,6 +422,11 @@ mod tests {
         assert_eq!((s, w, n), (10, 6, 10));
         assert!(d[..9].iter().all(|g| *g == 9999), "{d:?}");
         assert_eq!(d[9], 9900);
+        // The widest i128 at the largest scale an Arrow decimal can name:
+        // 39 digits, the last three 728 (group 7280), 32 fraction groups.
+        let (n, w, sign, s, d) = num(i128::MIN, 127);
+        assert_eq!((n, w, sign, s), (10, -23, 0x4000, 127));
+        assert_eq!((d[0], d[9]), (1701, 7280));
     }
 
     #[test]
