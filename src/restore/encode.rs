@@ -7,10 +7,7 @@
 //! encoder is built against the staging table's own types.
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{
-    Date32Type, Decimal128Type, Float32Type, Float64Type, Int32Type, Int64Type,
-    Time64MicrosecondType, TimestampMicrosecondType,
-};
+use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
 
@@ -156,9 +153,9 @@ impl CopyEncoder {
     }
 }
 
-/// Row `i` of a top-level column, from its resolved values when the Arrow
-/// storage is the one `enc` expects; anything else (arrays, composites,
-/// intervals, a mismatch to report) through [`field`].
+/// Row `i` of `col` (`arr` resolved), length-prefixed, or -1 for NULL.
+/// Scalars are read from the resolved values; intervals, arrays and
+/// composites through [`nested`].
 fn put(enc: &Enc, col: &Column<'_>, arr: &dyn Array, i: usize, out: &mut Vec<u8>) -> Result<()> {
     use Values as V;
     if col.is_null(i) {
@@ -178,12 +175,15 @@ fn put(enc: &Enc, col: &Column<'_>, arr: &dyn Array, i: usize, out: &mut Vec<u8>
         (Enc::Date, V::I32(v)) => fixed(out, (v[i] - PG_EPOCH_DAYS).to_be_bytes()),
         (Enc::Time, V::I64(v)) => fixed(out, v[i].to_be_bytes()),
         (Enc::Timestamp, V::I64(v)) => fixed(out, (v[i] - PG_EPOCH_MICROS).to_be_bytes()),
+        (Enc::Uuid, V::FixedBin(a)) if a.value_length() == 16 => {
+            out.extend_from_slice(&16i32.to_be_bytes());
+            out.extend_from_slice(a.value(i));
+        }
         (Enc::Numeric, V::Dec(v, scale)) => {
-            let at = out.len();
-            out.extend_from_slice(&0i32.to_be_bytes());
-            numeric(v[i], (*scale).max(0) as u16, out);
-            let len = (out.len() - at - 4) as i32;
-            out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            length_prefixed(out, |out| {
+                numeric(v[i], (*scale).max(0) as u16, out);
+                Ok(())
+            })?;
         }
         (Enc::Text | Enc::Jsonb, V::Str(_) | V::LargeStr(_) | V::StrView(_))
         | (Enc::Bytea, V::Bin(_) | V::LargeBin(_) | V::BinView(_) | V::FixedBin(_)) => {
@@ -195,7 +195,7 @@ fn put(enc: &Enc, col: &Column<'_>, arr: &dyn Array, i: usize, out: &mut Vec<u8>
             }
             out.extend_from_slice(bytes);
         }
-        _ => return field(enc, arr, i, out),
+        _ => length_prefixed(out, |out| nested(enc, arr, i, out))?,
     }
     Ok(())
 }
@@ -207,79 +207,34 @@ fn fixed<const N: usize>(out: &mut Vec<u8>, bytes: [u8; N]) {
     out.extend_from_slice(&bytes);
 }
 
-/// A length-prefixed value, or -1 for NULL.
-fn field(enc: &Enc, arr: &dyn Array, i: usize, out: &mut Vec<u8>) -> Result<()> {
-    if arr.is_null(i) {
-        out.extend_from_slice(&(-1i32).to_be_bytes());
-        return Ok(());
-    }
+/// The value `write` appends, after its length.
+#[inline]
+fn length_prefixed(
+    out: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+) -> Result<()> {
     let at = out.len();
     out.extend_from_slice(&0i32.to_be_bytes());
-    value(enc, arr, i, out)?;
+    write(out)?;
     let len = (out.len() - at - 4) as i32;
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
     Ok(())
+}
+
+/// Row `i` of an element or field array (resolved for the one value).
+fn field(enc: &Enc, arr: &dyn Array, i: usize, out: &mut Vec<u8>) -> Result<()> {
+    put(enc, &Column::new(arr)?, arr, i, out)
 }
 
 fn mismatch(enc: &Enc, dt: &DataType) -> Error {
     Error::internal(format!("cannot encode Arrow {dt} as {enc:?}"))
 }
 
-fn value(enc: &Enc, arr: &dyn Array, i: usize, out: &mut Vec<u8>) -> Result<()> {
+/// The body of an interval, array or composite value; any other pair of
+/// encoding and Arrow type (one [`put`] does not read) is a mismatch.
+fn nested(enc: &Enc, arr: &dyn Array, i: usize, out: &mut Vec<u8>) -> Result<()> {
     let dt = arr.data_type();
     match enc {
-        Enc::Bool => out.push(u8::from(arr.as_boolean().value(i))),
-        Enc::Int2 => {
-            let v = arr.as_primitive::<Int32Type>().value(i);
-            let v = i16::try_from(v).map_err(|_| Error::internal("smallint out of range"))?;
-            out.extend_from_slice(&v.to_be_bytes());
-        }
-        Enc::Int4 => out.extend_from_slice(&arr.as_primitive::<Int32Type>().value(i).to_be_bytes()),
-        Enc::Int8 => out.extend_from_slice(&arr.as_primitive::<Int64Type>().value(i).to_be_bytes()),
-        Enc::Float4 => out.extend_from_slice(
-            &arr.as_primitive::<Float32Type>()
-                .value(i)
-                .to_bits()
-                .to_be_bytes(),
-        ),
-        Enc::Float8 => out.extend_from_slice(
-            &arr.as_primitive::<Float64Type>()
-                .value(i)
-                .to_bits()
-                .to_be_bytes(),
-        ),
-        Enc::Numeric => {
-            let DataType::Decimal128(_, scale) = dt else {
-                return Err(mismatch(enc, dt));
-            };
-            let m = arr.as_primitive::<Decimal128Type>().value(i);
-            numeric(m, (*scale).max(0) as u16, out);
-        }
-        Enc::Text => out.extend_from_slice(text(arr, i).ok_or_else(|| mismatch(enc, dt))?),
-        Enc::Jsonb => {
-            out.push(1);
-            out.extend_from_slice(text(arr, i).ok_or_else(|| mismatch(enc, dt))?);
-        }
-        Enc::Bytea => out.extend_from_slice(bytes(arr, i).ok_or_else(|| mismatch(enc, dt))?),
-        Enc::Uuid => match dt {
-            DataType::FixedSizeBinary(16) => {
-                out.extend_from_slice(arr.as_fixed_size_binary().value(i))
-            }
-            _ => return Err(mismatch(enc, dt)),
-        },
-        Enc::Date => {
-            let d = arr.as_primitive::<Date32Type>().value(i) - PG_EPOCH_DAYS;
-            out.extend_from_slice(&d.to_be_bytes());
-        }
-        Enc::Time => out.extend_from_slice(
-            &arr.as_primitive::<Time64MicrosecondType>()
-                .value(i)
-                .to_be_bytes(),
-        ),
-        Enc::Timestamp => {
-            let t = arr.as_primitive::<TimestampMicrosecondType>().value(i) - PG_EPOCH_MICROS;
-            out.extend_from_slice(&t.to_be_bytes());
-        }
         Enc::Interval => {
             let s = arr.as_struct();
             if s.num_columns() != 3 {
@@ -322,27 +277,9 @@ fn value(enc: &Enc, arr: &dyn Array, i: usize, out: &mut Vec<u8>) -> Result<()> 
                 field(fenc, col.as_ref(), i, out)?;
             }
         }
+        _ => return Err(mismatch(enc, dt)),
     }
     Ok(())
-}
-
-fn text(arr: &dyn Array, i: usize) -> Option<&[u8]> {
-    Some(match arr.data_type() {
-        DataType::Utf8 => arr.as_string::<i32>().value(i).as_bytes(),
-        DataType::LargeUtf8 => arr.as_string::<i64>().value(i).as_bytes(),
-        DataType::Utf8View => arr.as_string_view().value(i).as_bytes(),
-        _ => return None,
-    })
-}
-
-fn bytes(arr: &dyn Array, i: usize) -> Option<&[u8]> {
-    Some(match arr.data_type() {
-        DataType::Binary => arr.as_binary::<i32>().value(i),
-        DataType::LargeBinary => arr.as_binary::<i64>().value(i),
-        DataType::BinaryView => arr.as_binary_view().value(i),
-        DataType::FixedSizeBinary(_) => arr.as_fixed_size_binary().value(i),
-        _ => return None,
-    })
 }
 
 /// Postgres' binary numeric: base-10000 digits with a weight, a sign and the
