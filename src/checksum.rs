@@ -32,6 +32,12 @@ impl Checksum {
         }
     }
 
+    /// Adds the rows `other` counts.
+    pub fn add(&mut self, other: Checksum) {
+        self.rows += other.rows;
+        self.sum = self.sum.wrapping_add(other.sum);
+    }
+
     /// The sum as 32 hex digits (what the snapshot summary stores).
     pub fn hex(&self) -> String {
         format!("{:032x}", self.sum)

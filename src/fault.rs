@@ -20,6 +20,9 @@
 //! | `after-verify`    | verified; Postgres transaction open (about to commit) |
 //! | `after-pg-commit` | Postgres committed: the batch is complete |
 //!
+//! `restore-loaded` is a restore's: every loader has copied its rows into the
+//! staging table, none has committed.
+//!
 //! `serve-query` holds an HTTP API query after its table is loaded, with its
 //! query slot taken (pause only), for the timeout and busy tests.
 //!

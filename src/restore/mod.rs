@@ -7,9 +7,11 @@
 //!    archived rows — or the restore fails before anything is created.
 //! 1. **Scan** the Iceberg table at the chosen snapshot with a filter on the
 //!    time column: only the partitions and files of the range are read.
-//! 2. **Stage**: a new table with the archived columns' exact Postgres types
-//!    (recorded at archive time), loaded with binary `COPY … FROM STDIN`
-//!    streamed from Arrow, in one transaction (a failed load leaves nothing).
+//! 2. **Stage** ([`load`]): a new table with the archived columns' exact
+//!    Postgres types (recorded at archive time), loaded with binary
+//!    `COPY … FROM STDIN` streamed from Arrow over `parallel_windows`
+//!    connections; a failed load drops it, a killed one leaves it marked
+//!    unfinished.
 //! 3. **Validate** ([`validate`]): row count and content checksum of the staged
 //!    rows (read back out of Postgres) against what the archive returned, and
 //!    of every batch the range covers whole against its snapshot summary; rows
@@ -27,21 +29,21 @@
 
 pub mod apply;
 pub mod encode;
+pub mod load;
 pub mod target;
 pub mod validate;
 
 use std::collections::HashMap;
 use std::time::Instant;
 
-use bytes::Bytes;
-use futures::{SinkExt, TryStreamExt};
+use futures::TryStreamExt;
 use iceberg::scan::FileScanTask;
 use iceberg::spec::{NestedFieldRef, PrimitiveType, SchemaRef, SnapshotRef, Type};
 use iceberg::table::Table;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::checksum::{Checksum, RowHasher};
+use crate::checksum::Checksum;
 use crate::config::{Config, TableConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
@@ -50,11 +52,8 @@ use crate::lake::table::RecordedColumn;
 use crate::ledger::keys;
 use crate::ledger::props;
 use crate::plan::window::{Micros, Window, parse_instant, rfc3339};
-use crate::source::catalog::{self, map_context, resolve_type};
 use crate::source::introspect::TimeKind;
-use crate::types::{Mapping, PgKind, TypeInfo, map_type, text_mapping};
-
-use self::encode::{CopyEncoder, Enc};
+use crate::types::PgKind;
 
 /// Conflict policy of `--merge`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -205,15 +204,6 @@ impl RestoreReport {
             Action::Staged | Action::None => 0,
         }
     }
-}
-
-/// A staged column: its name, Postgres type, archived Iceberg field and how
-/// values travel.
-#[derive(Debug, Clone)]
-struct StageCol {
-    name: String,
-    pg_type: String,
-    mapping: Mapping,
 }
 
 fn qualified(schema: &str, name: &str) -> String {
@@ -392,19 +382,15 @@ pub async fn restore(
     let target = qualified(&target_schema, &target_name);
 
     let client = crate::source::connect(&cfg.database).await?;
-    let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&staging])
-        .await
-        .map_err(pg("cannot look up the staging table"))?
-        .get(0);
-    if exists {
-        return Err(Error::new(
-            ErrorKind::Postgres,
-            format!("the staging table {staging} already exists"),
+    let existing = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL, obj_description(to_regclass($1), 'pg_class')",
+            &[&staging],
         )
-        .with_hint(
-            "drop it (an earlier restore kept it for inspection) or choose another `--into`",
-        ));
+        .await
+        .map_err(pg("cannot look up the staging table"))?;
+    if existing.get::<_, bool>(0) {
+        return Err(load::leftover(&staging, existing.get(1)));
     }
     let types: Vec<(&str, &str)> = src
         .cols
@@ -432,22 +418,18 @@ pub async fn restore(
         return Err(empty());
     }
 
-    // Stage and load in one transaction: a failed load leaves nothing behind.
-    // Meanwhile the connections that read the staged rows back open: one
-    // per `parallel_windows` (with this one, within `database.pool_size`).
-    let load = in_transaction(&client, "the staging table", async {
-        let loaded = stage_and_load(&client, table, &src, &staging, tasks, progress).await?;
-        // Files whose statistics overlap the range may hold no row in it.
-        if loaded.read.rows == 0 {
-            return Err(empty());
-        }
-        Ok(loaded)
-    });
-    let readers = futures::future::try_join_all(
+    // The loaders (`parallel_windows` connections besides this one, within
+    // `database.pool_size`) read the staged rows back afterwards.
+    let loaders: Vec<std::sync::Arc<Client>> = futures::future::try_join_all(
         (0..t.parallel_windows.max(1)).map(|_| crate::source::connect(&cfg.database)),
-    );
-    let (loaded, readers) = tokio::join!(load, readers);
-    let (loaded, readers) = (loaded?, readers?);
+    )
+    .await?
+    .into_iter()
+    .map(std::sync::Arc::new)
+    .collect();
+    let loaded = load::load(&client, &loaders, table, &src, &staging, tasks, progress)
+        .await?
+        .ok_or_else(empty)?;
     let load_seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
 
@@ -459,7 +441,13 @@ pub async fn restore(
     };
     let checked = Instant::now();
     let (batches, checks) = ctx
-        .validate(&readers.iter().collect::<Vec<_>>(), t, table, &src, req)
+        .validate(
+            &loaders.iter().map(|c| c.as_ref()).collect::<Vec<_>>(),
+            t,
+            table,
+            &src,
+            req,
+        )
         .await?;
     let check_seconds = checked.elapsed().as_secs_f64();
     let valid = checks.iter().all(|c| c.ok);
@@ -717,199 +705,6 @@ pub struct StagedColumn {
     pub cast: Option<String>,
 }
 
-/// Creates the staging table with the archived columns' types (values read
-/// through a cast take the cast type until loaded); returns the columns and
-/// the COPY encoder of their values.
-async fn create_staging(
-    client: &Client,
-    cols: &[(NestedFieldRef, String, bool)],
-    staging: &str,
-) -> Result<(Vec<StageCol>, CopyEncoder)> {
-    let ddl: Vec<String> = cols
-        .iter()
-        .map(|(f, ty, _)| format!("{} {ty}", quote_ident(&f.name)))
-        .collect();
-    client
-        .batch_execute(&format!("CREATE TABLE {staging} ({})", ddl.join(", ")))
-        .await
-        .map_err(|e| {
-            Error::postgres(format!("cannot create the staging table {staging}"), e)
-                .with_hint("the recorded Postgres types must exist in this database (enums, domains and composite types included)")
-        })?;
-    let ctx = map_context(client).await?;
-    let infos = staged_types(client, staging).await?;
-    let mut staged = Vec::with_capacity(cols.len());
-    for ((f, pg_type, _), info) in cols.iter().zip(&infos) {
-        let natural = map_type(info, ctx);
-        let mapping = match natural {
-            Ok(m) if m.kind.matches_iceberg(&f.field_type) => m,
-            _ if *f.field_type == Type::Primitive(PrimitiveType::String) => text_mapping(info),
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::Schema,
-                    format!(
-                        "column `{}`: archived as {}, which Postgres type {pg_type} cannot take back losslessly",
-                        f.name, f.field_type
-                    ),
-                ));
-            }
-        };
-        staged.push(StageCol {
-            name: f.name.clone(),
-            pg_type: pg_type.clone(),
-            mapping,
-        });
-    }
-    // Values read through a cast load into the cast type first.
-    let casts: Vec<String> = staged
-        .iter()
-        .filter_map(|c| {
-            c.mapping.cast.as_ref().map(|cast| {
-                format!(
-                    "ALTER COLUMN {} TYPE {cast} USING NULL",
-                    quote_ident(&c.name)
-                )
-            })
-        })
-        .collect();
-    let infos = if casts.is_empty() {
-        infos
-    } else {
-        client
-            .batch_execute(&format!("ALTER TABLE {staging} {}", casts.join(", ")))
-            .await
-            .map_err(pg("cannot prepare the staging table"))?;
-        staged_types(client, staging).await?
-    };
-    let encs = staged
-        .iter()
-        .zip(&infos)
-        .map(|(c, info)| Enc::new(&c.mapping.kind, info))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((staged, CopyEncoder::new(encs)))
-}
-
-/// Creates the staging table and loads the rows of `tasks` into it (inside
-/// the caller's transaction).
-async fn stage_and_load(
-    client: &Client,
-    table: &Table,
-    src: &Archived,
-    staging: &str,
-    tasks: Vec<FileScanTask>,
-    progress: &indicatif::ProgressBar,
-) -> Result<Loaded> {
-    let (staged, encoder) = create_staging(client, &src.cols, staging).await?;
-    let files = tasks.len();
-    let names: Vec<String> = staged.iter().map(|c| quote_ident(&c.name)).collect();
-    let sink = client
-        .copy_in::<_, Bytes>(&format!(
-            "COPY {staging} ({}) FROM STDIN (FORMAT binary)",
-            names.join(", ")
-        ))
-        .await
-        .map_err(pg("cannot start COPY into the staging table"))?;
-    let mut sink = std::pin::pin!(sink);
-    let mut buf = Vec::with_capacity(1 << 20);
-    CopyEncoder::header(&mut buf);
-    let mut hasher = RowHasher::default();
-    let mut hashes = Vec::new();
-    let mut read = Checksum::default();
-    let mut per_file: HashMap<String, Checksum> = HashMap::new();
-    let reader = table
-        .reader_builder()
-        .with_batch_size(8192)
-        .with_data_file_concurrency_limit(2)
-        .build();
-    let read_err = |e: iceberg::Error| {
-        Error::new(
-            ErrorKind::Storage,
-            Error::iceberg("cannot read the archive", e)
-                .message()
-                .to_string(),
-        )
-    };
-    for task in tasks {
-        let path = task.data_file_path.clone();
-        let mut stream = reader
-            .clone()
-            .read(Box::pin(futures::stream::iter([Ok(task)])))
-            .map_err(read_err)?
-            .stream();
-        let mut file_sum = Checksum::default();
-        while let Some(batch) = stream.try_next().await.map_err(read_err)? {
-            hashes.clear();
-            hasher.hash_rows(&batch, &mut hashes)?;
-            file_sum.add_hashes(&hashes);
-            encoder.encode(&batch, &mut buf)?;
-            progress.inc(batch.num_rows() as u64);
-            if buf.len() >= 1 << 20 {
-                let chunk = Bytes::from(std::mem::replace(&mut buf, Vec::with_capacity(1 << 20)));
-                sink.send(chunk)
-                    .await
-                    .map_err(pg("COPY into the staging table failed"))?;
-            }
-        }
-        read.rows += file_sum.rows;
-        read.sum = read.sum.wrapping_add(file_sum.sum);
-        let e = per_file.entry(path).or_default();
-        e.rows += file_sum.rows;
-        e.sum = e.sum.wrapping_add(file_sum.sum);
-    }
-    CopyEncoder::trailer(&mut buf);
-    sink.send(Bytes::from(buf))
-        .await
-        .map_err(pg("COPY into the staging table failed"))?;
-    let copied = sink
-        .as_mut()
-        .finish()
-        .await
-        .map_err(pg("COPY into the staging table failed"))?;
-    uncast(client, staging, &staged).await?;
-    let arrow_schema = std::sync::Arc::new(
-        iceberg::arrow::schema_to_arrow_schema(&src.schema)
-            .map_err(|e| Error::iceberg("cannot derive the Arrow schema", e))?,
-    );
-    Ok(Loaded {
-        read,
-        copied,
-        files,
-        per_file,
-        cols: staged
-            .into_iter()
-            .map(|c| StagedColumn {
-                name: c.name,
-                pg_type: c.pg_type,
-                kind: c.mapping.kind,
-                cast: c.mapping.cast,
-            })
-            .collect(),
-        arrow_schema,
-    })
-}
-
-/// Gives the columns loaded through a cast their own types back.
-async fn uncast(client: &Client, staging: &str, staged: &[StageCol]) -> Result<()> {
-    let back: Vec<String> = staged
-        .iter()
-        .filter(|c| c.mapping.cast.is_some())
-        .map(|c| {
-            format!(
-                "ALTER COLUMN {n} TYPE {t} USING {n}::{t}",
-                n = quote_ident(&c.name),
-                t = c.pg_type
-            )
-        })
-        .collect();
-    if !back.is_empty() {
-        client
-            .batch_execute(&format!("ALTER TABLE {staging} {}", back.join(", ")))
-            .await
-            .map_err(pg("cannot give the staging columns their own types back"))?;
-    }
-    Ok(())
-}
-
 /// Runs `body` (statements on `client`) in one transaction: committed when it
 /// succeeds, rolled back when it fails.
 pub(crate) async fn in_transaction<T>(
@@ -934,16 +729,6 @@ pub(crate) async fn in_transaction<T>(
             Err(e)
         }
     }
-}
-
-/// The resolved types of the staging table's columns, in order.
-async fn staged_types(client: &Client, staging: &str) -> Result<Vec<TypeInfo>> {
-    let cols = catalog::columns(client, catalog::oid_of(client, staging).await?).await?;
-    let mut out = Vec::with_capacity(cols.len());
-    for c in cols {
-        out.push(resolve_type(client, c.type_oid, c.typmod, 0).await?);
-    }
-    Ok(out)
 }
 
 /// The restore range from `--from`/`--to`.

@@ -65,8 +65,7 @@ pub(crate) async fn batch_checks(
         let mut got = Checksum::default();
         for f in lake::readback::added_files(table, &s).await? {
             if let Some(c) = loaded.per_file.get(&f.path) {
-                got.rows += c.rows;
-                got.sum = got.sum.wrapping_add(c.sum);
+                got.add(*c);
             }
         }
         let whole = range.start <= window.start && window.end <= range.end;
@@ -155,8 +154,7 @@ pub(crate) async fn staged_content(
     let mut outside = 0u64;
     for part in futures::future::join_all(parts).await {
         let (s, nl, o) = part?;
-        sum.rows += s.rows;
-        sum.sum = sum.sum.wrapping_add(s.sum);
+        sum.add(s);
         for (k, v) in nl {
             *nulls.entry(k).or_default() += v;
         }

@@ -742,6 +742,112 @@ async fn restore_refuses_up_front_and_creates_nothing() {
     }
 }
 
+/// The load runs on two connections, each in a transaction of its own: a
+/// load Postgres refuses part of rolls both back and drops the staging
+/// table; a restore killed before the loaders commit leaves the table
+/// marked unfinished, and the next restore into it refuses until it is
+/// dropped.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_failed_load_is_dropped_and_a_killed_one_is_marked() {
+    let s = services!();
+    let db = TestDb::create(&s, "restore_failed_load").await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE DOMAIN tag AS int; \
+         CREATE TABLE tagged (id bigserial PRIMARY KEY, recorded_at timestamptz NOT NULL, tag tag); \
+         INSERT INTO tagged (recorded_at, tag) \
+         SELECT date_trunc('day', now()) - interval '40 days' + (i / 100) * interval '1 day' + (i % 100) * interval '1 minute', i \
+         FROM generate_series(0, 299) AS i;",
+    )
+    .await
+    .expect("data");
+    let extra = "    parallel_windows: 2\n";
+    let fx = Fx::with(&s, db, Cat::Sqlite, "tagged", "recorded_at", "5d", extra).await;
+    assert_eq!(fx.archive()[0]["batches"].as_array().map(Vec::len), Some(3));
+    assert_eq!(count(&c, "tagged", "true").await, 0);
+
+    // The domain now refuses the tags of day 2: the loader that copies
+    // day 2's file fails, the other is rolled back, nothing is left.
+    c.batch_execute("ALTER DOMAIN tag ADD CONSTRAINT small CHECK (VALUE < 250) NOT VALID")
+        .await
+        .expect("constraint");
+    let before = relations(&c).await;
+    let out = fx.restore("tagged", 0, 3, &["--into", "staged"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(
+        errors[0].contains("COPY into the staging table failed") && errors[0].contains("small"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(relations(&c).await, before, "the staging table is dropped");
+
+    // Killed after both loaders copied days 0–1, before they commit.
+    let (f, t) = (rfc3339(fx.day0), rfc3339(fx.day0 + 2 * DAY));
+    let args = [
+        "restore",
+        "-c",
+        fx.cfg.as_str(),
+        "-t",
+        "tagged",
+        "--from",
+        &f,
+        "--to",
+        &t,
+        "--into",
+        "staged",
+    ];
+    let mut env: Vec<(&str, &str)> = fx.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("PERMAFROST_FAULT", "restore-loaded"));
+    let killed = fx.ws.run_env(&args, &env);
+    assert_ne!(killed.code, 0, "the fault must fire: {}", killed.stderr);
+    let marked: Option<String> = c
+        .query_one(
+            "SELECT obj_description('staged'::regclass, 'pg_class')",
+            &[],
+        )
+        .await
+        .expect("comment")
+        .get(0);
+    assert_eq!(
+        marked.as_deref(),
+        Some(permafrost::restore::load::UNFINISHED)
+    );
+    assert_eq!(count(&c, "staged", "true").await, 0, "no loader committed");
+    let out = fx.restore("tagged", 0, 2, &["--into", "staged"]);
+    assert_refused(
+        &out,
+        4,
+        "the staging table \"public\".\"staged\" is left from a restore whose load did not finish",
+        "DROP TABLE \"public\".\"staged\"",
+    );
+
+    // Dropped, the same restore loads both days, checked, comment cleared.
+    c.batch_execute("DROP TABLE staged").await.expect("drop");
+    let out = fx.restore("tagged", 0, 2, &["--into", "staged"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(
+        (r["valid"].clone(), r["rows"].clone()),
+        (true.into(), 200.into()),
+        "{r}"
+    );
+    assert_eq!(r["files"], 2, "{r}");
+    let ids = rows(&c, "staged", "true", "id").await;
+    assert_eq!(ids.len(), 200);
+    let comment: Option<String> = c
+        .query_one(
+            "SELECT obj_description('staged'::regclass, 'pg_class')",
+            &[],
+        )
+        .await
+        .expect("comment")
+        .get(0);
+    assert_eq!(comment, None);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn type_zoo_restores_value_for_value() {
