@@ -824,8 +824,43 @@ async fn a_failed_load_is_dropped_and_a_killed_one_is_marked() {
         "DROP TABLE \"public\".\"staged\"",
     );
 
-    // Dropped, the same restore loads both days, checked, comment cleared.
+    // Dropped. A loader's backend ends after it copied, before it commits:
+    // its commit fails, the other loader's committed rows go with the
+    // staging table.
     c.batch_execute("DROP TABLE staged").await.expect("drop");
+    let before = relations(&c).await;
+    let pause = Pause::new();
+    let point = pause.env("restore-loaded");
+    let mut env: Vec<(&str, &str)> = fx.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("PERMAFROST_PAUSE", &point));
+    let child = fx.ws.spawn(&args, &env);
+    let fifo = pause
+        .wait_reached(std::time::Duration::from_secs(120))
+        .expect("the restore reached restore-loaded");
+    let ended: Vec<bool> = c
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+               AND state = 'idle in transaction' LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("terminate")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ended, [true], "one loader waits in its transaction");
+    Pause::resume(fifo);
+    let out = finish(child);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.error_lines()[0].contains("cannot commit the staging table's rows"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(relations(&c).await, before, "the staging table is dropped");
+
+    // The same restore loads both days, checked, comment cleared.
     let out = fx.restore("tagged", 0, 2, &["--into", "staged"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let r = out.json();
