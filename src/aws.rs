@@ -3,7 +3,7 @@
 //!
 //! One chain serves everything AWS in a run: the Glue client (the SDK's own
 //! identity cache refreshes it), S3 data files (OpenDAL's signer asks
-//! [`ChainCredentials`] whenever its cached keys are within two minutes of
+//! `ChainCredentials` whenever its cached keys are within two minutes of
 //! expiry) and RDS/Aurora IAM authentication (a token signed from the chain
 //! for every new Postgres connection, [`rds_auth_token`]).  The chain is the
 //! SDK's default: static keys when the config names them, else environment,

@@ -70,7 +70,7 @@ const ATTEMPTS: usize = 3;
 /// The commit goes out on `base` without loading the table again
 /// ([`CommitBase`]); when the catalog refuses `base` (another writer
 /// committed since), the batch is prepared again from a fresh load, at most
-/// [`ATTEMPTS`] times in all — unless that load shows the batch landed (a
+/// `ATTEMPTS` times in all — unless that load shows the batch landed (a
 /// commit of a run that died, or an attempt whose answer was lost): then
 /// that snapshot is the batch's, and nothing is appended again.  Refuses a
 /// batch id `base` already holds (a plan made from stale metadata).

@@ -7,7 +7,7 @@
 //! snapshot.  Per part: [`take`] (how rows leave Postgres) → stream, filter
 //! out rows open batches already archived ([`keep_unarchived`]) and write →
 //! [`settle`] (record a snapshot, or end the transaction without one) →
-//! [`next_part`].
+//! [`Part::next`].
 
 use crate::checksum::HashBag;
 use crate::ledger::{BatchMode, BatchRecord};

@@ -133,7 +133,7 @@ pub struct Merged {
 
 /// Inserts the staged rows into `target` in one transaction with the
 /// conflict policy, then drops the staging table unless `keep`.  `ts` is
-/// the time column (see [`same_row`]).
+/// the time column (see `same_row`).
 pub async fn merge(
     client: &Client,
     staging: &str,

@@ -13,7 +13,7 @@
 //!   range — rolls every open loader back and drops the staging table.
 //! - A killed restore leaves the staging table with its comment: empty, or
 //!   (killed between the loaders' commits) part of the rows. The next
-//!   restore into it refuses and says so ([`leftover`]); nothing reads a
+//!   restore into it refuses and says so (`leftover`); nothing reads a
 //!   table with that comment as restored rows.
 
 use std::collections::{HashMap, VecDeque};

@@ -1,7 +1,7 @@
 //! Restore: bring an archived time range back into Postgres — staged,
 //! validated, then (on request) attached as a partition or merged.
 //!
-//! 0. **Preflight** ([`validate::preflight`]): the target fits the mode
+//! 0. **Preflight** (`validate::preflight`): the target fits the mode
 //!    (exists; for an attach, range-partitioned on the time column with no
 //!    partition in the way; the archived columns fit) and the range holds
 //!    archived rows — or the restore fails before anything is created.

@@ -23,7 +23,7 @@
 //!   constant time) when configured; without tokens only a loopback address
 //!   is accepted (unless `--insecure-no-auth`).  `/healthz` and the OpenAPI
 //!   document need no token.
-//! - **Errors** are JSON `{error, hint}` with a status code ([`error`]); no
+//! - **Errors** are JSON `{error, hint}` with a status code (`error`); no
 //!   secret and no internal detail is ever in an answer or a log line.
 
 mod auth;

@@ -38,7 +38,7 @@ pub struct Resolved {
     pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
-/// Splits `dsn` into what tokio-postgres parses and the [`TAKEN`] keys.
+/// Splits `dsn` into what tokio-postgres parses and the `TAKEN` keys.
 pub fn split(dsn: &str) -> std::result::Result<(String, BTreeMap<String, String>), String> {
     let dsn = dsn.trim();
     if dsn.starts_with("postgres://") || dsn.starts_with("postgresql://") {
