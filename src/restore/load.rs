@@ -13,8 +13,8 @@
 //!   range — rolls every open loader back and drops the staging table.
 //! - A killed restore leaves the staging table with its comment: empty, or
 //!   (killed between the loaders' commits) part of the rows. The next
-//!   restore into it refuses and says so (`leftover`); nothing reads a
-//!   table with that comment as restored rows.
+//!   restore into it refuses and says so (`leftover`); only the run that
+//!   created a staging table attaches or merges it, after its checks.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
