@@ -72,11 +72,18 @@ impl Fx {
         self.ws.run_env(&a, &env)
     }
 
-    fn archive_env(&self, env: &[(&str, &str)]) -> Out {
+    /// The catalog's environment plus `extra`.
+    fn env_with<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         let mut all: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        all.extend_from_slice(env);
-        self.ws
-            .run_env(&["archive", "-c", self.cfg.as_str(), "--json"], &all)
+        all.extend_from_slice(extra);
+        all
+    }
+
+    fn archive_env(&self, env: &[(&str, &str)]) -> Out {
+        self.ws.run_env(
+            &["archive", "-c", self.cfg.as_str(), "--json"],
+            &self.env_with(env),
+        )
     }
 
     fn archive(&self) -> Value {
@@ -742,6 +749,17 @@ async fn restore_refuses_up_front_and_creates_nothing() {
     }
 }
 
+/// The comment on `table`, if any.
+async fn table_comment(c: &tokio_postgres::Client, table: &str) -> Option<String> {
+    c.query_one(
+        "SELECT obj_description($1::text::regclass, 'pg_class')",
+        &[&table],
+    )
+    .await
+    .expect("comment")
+    .get(0)
+}
+
 /// The load runs on two connections, each in a transaction of its own: a
 /// load Postgres refuses part of rolls both back and drops the staging
 /// table; a restore killed before the loaders commit leaves the table
@@ -799,18 +817,12 @@ async fn a_failed_load_is_dropped_and_a_killed_one_is_marked() {
         "--into",
         "staged",
     ];
-    let mut env: Vec<(&str, &str)> = fx.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.push(("PERMAFROST_FAULT", "restore-loaded"));
-    let killed = fx.ws.run_env(&args, &env);
+    let killed = fx.ws.run_env(
+        &args,
+        &fx.env_with(&[("PERMAFROST_FAULT", "restore-loaded")]),
+    );
     assert_ne!(killed.code, 0, "the fault must fire: {}", killed.stderr);
-    let marked: Option<String> = c
-        .query_one(
-            "SELECT obj_description('staged'::regclass, 'pg_class')",
-            &[],
-        )
-        .await
-        .expect("comment")
-        .get(0);
+    let marked = table_comment(&c, "staged").await;
     assert_eq!(
         marked.as_deref(),
         Some(permafrost::restore::load::UNFINISHED)
@@ -831,9 +843,9 @@ async fn a_failed_load_is_dropped_and_a_killed_one_is_marked() {
     let before = relations(&c).await;
     let pause = Pause::new();
     let point = pause.env("restore-loaded");
-    let mut env: Vec<(&str, &str)> = fx.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.push(("PERMAFROST_PAUSE", &point));
-    let child = fx.ws.spawn(&args, &env);
+    let child = fx
+        .ws
+        .spawn(&args, &fx.env_with(&[("PERMAFROST_PAUSE", &point)]));
     let fifo = pause
         .wait_reached(std::time::Duration::from_secs(120))
         .expect("the restore reached restore-loaded");
@@ -872,14 +884,7 @@ async fn a_failed_load_is_dropped_and_a_killed_one_is_marked() {
     assert_eq!(r["files"], 2, "{r}");
     let ids = rows(&c, "staged", "true", "id").await;
     assert_eq!(ids.len(), 200);
-    let comment: Option<String> = c
-        .query_one(
-            "SELECT obj_description('staged'::regclass, 'pg_class')",
-            &[],
-        )
-        .await
-        .expect("comment")
-        .get(0);
+    let comment = table_comment(&c, "staged").await;
     assert_eq!(comment, None);
 }
 
