@@ -191,7 +191,7 @@ impl Metrics {
         );
         registry.register(
             "rows_pending",
-            "Rows older than the cutoff still in Postgres after the run",
+            "Rows older than the cutoff still in Postgres after the run, outside kept windows",
             m.rows_pending.clone(),
         );
         registry.register(

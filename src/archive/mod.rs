@@ -77,7 +77,8 @@ pub struct TableReport {
     /// Dry run: schema changes the next run makes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub schema_changes: Vec<String>,
-    /// What the run left older than the cutoff in Postgres (normally none).
+    /// What the run left older than the cutoff in Postgres (normally none),
+    /// outside the windows a `--no-delete` run keeps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
 }
@@ -490,7 +491,11 @@ async fn archive_on(
         .err()
         .is_none_or(|e| e.kind() == ErrorKind::Interrupted);
     if opts.range.is_none() && finished {
-        report.pending = left_behind(client, &src, cutoff).await;
+        let kept = match opts.no_delete {
+            true => kept_after(&facts, &plan, report),
+            false => vec![],
+        };
+        report.pending = left_behind(client, &src, cutoff, &kept).await;
     }
     let _ = source::unlock_table(client, src.oid).await;
     result
@@ -714,14 +719,27 @@ fn stopped(left: usize) -> Error {
     ))
 }
 
-/// What a run left older than the cutoff (logged, not fatal, when the
-/// count itself fails).
+/// The ranges a `--no-delete` run leaves in Postgres on purpose: the kept
+/// windows it found and the ranges of the batches it finished.
+fn kept_after(facts: &TableFacts, plan: &Plan, report: &TableReport) -> Vec<Window> {
+    let done: HashSet<&str> = report.batches.iter().map(|b| b.batch_id.as_str()).collect();
+    let ranges = plan
+        .batches
+        .iter()
+        .filter(|b| done.contains(b.batch_id.as_str()))
+        .map(|b| b.range);
+    plan::kept_ranges(facts, ranges)
+}
+
+/// What a run left older than the cutoff, outside the `kept` ranges (logged,
+/// not fatal, when the count itself fails).
 async fn left_behind(
     client: &tokio_postgres::Client,
     src: &source::SourceTable,
     cutoff: Micros,
+    kept: &[Window],
 ) -> Option<Pending> {
-    match windows::pending(client, src, cutoff).await {
+    match windows::pending(client, src, cutoff, kept).await {
         Ok((rows, oldest)) => Some(Pending {
             rows,
             oldest: oldest.map(rfc3339),

@@ -441,6 +441,28 @@ pub fn window_states(facts: &TableFacts) -> Vec<WindowSummary> {
     windows.into_values().collect()
 }
 
+/// The ranges a `--no-delete` run leaves in Postgres on purpose: the windows
+/// kept before it and the ranges of its own batches (`done`), merged where
+/// they touch, in order.  Rows there are archived; a run's count of rows left
+/// behind skips them, as `status` counts kept windows apart from pending ones.
+pub fn kept_ranges(facts: &TableFacts, done: impl IntoIterator<Item = Window>) -> Vec<Window> {
+    let mut all: Vec<Window> = window_states(facts)
+        .into_iter()
+        .filter(|w| w.state == WindowState::Kept)
+        .map(|w| w.window)
+        .chain(done)
+        .collect();
+    all.sort_by_key(|w| w.start);
+    let mut merged: Vec<Window> = Vec::with_capacity(all.len());
+    for w in all {
+        match merged.last_mut() {
+            Some(last) if w.start <= last.end => last.end = last.end.max(w.end),
+            _ => merged.push(w),
+        }
+    }
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::window::parse_instant;
@@ -845,6 +867,31 @@ mod tests {
                 WindowState::Failed,
                 WindowState::Pending
             ]
+        );
+    }
+
+    #[test]
+    fn kept_ranges_merge_kept_windows_and_the_runs_batches() {
+        let d = |n: u32| day(&format!("2024-01-{n:02}"));
+        let f = facts(
+            vec![
+                rec("a", d(1), 1, BatchMode::Move, Some(7), &[]),
+                rec("k", d(2), 1, BatchMode::Copy, None, &[]),
+                rec("k2", d(5), 1, BatchMode::Copy, None, &[]),
+            ],
+            &[(7, XactStatus::Committed)],
+            vec![d(2), d(5), d(8)],
+        );
+        let span = |a: Window, b: Window| Window {
+            start: a.start,
+            end: b.end,
+        };
+        // Day 1 is settled (not kept), day 8 pending: only days 2 and 5 are
+        // kept; the run's own batches (days 3, 6-7) join them where they touch.
+        assert_eq!(kept_ranges(&f, []), vec![d(2), d(5)]);
+        assert_eq!(
+            kept_ranges(&f, [span(d(6), d(7)), d(3)]),
+            vec![span(d(2), d(3)), span(d(5), d(7))]
         );
     }
 }

@@ -260,24 +260,48 @@ pub async fn unarchivable_counts(
     })
 }
 
-/// Rows older than `cutoff` (finite, passing the filter) still in `t`, and
-/// the oldest one's time: what a run left behind (normally none).
+/// Rows older than `cutoff` (finite, passing the filter) still in `t`
+/// outside the `kept` ranges (sorted, disjoint), and the oldest one's time:
+/// what a run left behind (normally none).  The count reads only the gaps
+/// between the kept ranges, each an index range on the time column.
 pub async fn pending(
     client: &Client,
     t: &SourceTable,
     cutoff: Micros,
+    kept: &[Window],
 ) -> Result<(u64, Option<Micros>)> {
     let col = quote_ident(&t.time_column().name);
     let sql = format!(
-        "SELECT count(*), (extract(epoch FROM min({col})) * 1000000)::bigint FROM {} WHERE {}",
+        "SELECT count(*), (extract(epoch FROM min({col})) * 1000000)::bigint FROM {} WHERE {}{}",
         t.qualified(),
-        archivable_below(t, cutoff)
+        archivable_below(t, cutoff),
+        outside(t, kept)
     );
     let row = client
         .query_one(sql.as_str(), &[])
         .await
         .map_err(|e| Error::postgres(format!("cannot count rows of {}", t.qualified()), e))?;
     Ok((row.get::<_, i64>(0) as u64, row.get::<_, Option<i64>>(1)))
+}
+
+/// ` AND (…)`: the time column outside every range of `kept` (sorted,
+/// disjoint); empty when there is none.
+fn outside(t: &SourceTable, kept: &[Window]) -> String {
+    let (Some(first), Some(last)) = (kept.first(), kept.last()) else {
+        return String::new();
+    };
+    let col = quote_ident(&t.time_column().name);
+    let at = |m: Micros| time_literal(t.time_kind(), m);
+    let mut gaps = vec![format!("{col} < {}", at(first.start))];
+    for pair in kept.windows(2) {
+        gaps.push(format!(
+            "({col} >= {} AND {col} < {})",
+            at(pair[0].end),
+            at(pair[1].start)
+        ));
+    }
+    gaps.push(format!("{col} >= {}", at(last.end)));
+    format!(" AND ({})", gaps.join(" OR "))
 }
 
 /// The cutoff: the start of the window containing `now - lag`.  Every window

@@ -129,6 +129,8 @@ async fn no_delete_keeps_rows_and_a_later_run_settles_them_without_rearchiving()
         total,
         "--no-delete keeps every row"
     );
+    // Kept rows are archived: none is left pending (as `status` counts).
+    assert_eq!(out.json()[0]["pending"]["rows"], 0, "{}", out.stdout);
     let (n, snaps) = iceberg_count(&s, &cat);
     assert_eq!(n, below, "copied rows are in the archive");
     let st = ws
@@ -153,6 +155,7 @@ async fn no_delete_keeps_rows_and_a_later_run_settles_them_without_rearchiving()
         "{}",
         out.stdout
     );
+    assert_eq!(out.json()[0]["pending"]["rows"], 0, "{}", out.stdout);
     assert_eq!(iceberg_count(&s, &cat), (below, snaps));
 
     // A normal run deletes the copied rows without archiving them again.
