@@ -2,15 +2,20 @@
 //! gave is about to expire — never a one-time copy of temporary keys.
 //!
 //! One chain serves everything AWS in a run: the Glue client (the SDK's own
-//! identity cache refreshes it), S3 data files (OpenDAL's signer asks
-//! `ChainCredentials` whenever its cached keys are within two minutes of
-//! expiry) and RDS/Aurora IAM authentication (a token signed from the chain
-//! for every new Postgres connection, [`rds_auth_token`]).  The chain is the
+//! identity cache refreshes it), S3 data files and RDS/Aurora IAM
+//! authentication (a token signed from the chain for every new Postgres
+//! connection, [`rds_auth_token`]).  For the last two the chain's answer is
+//! held by [`CachedCredentials`] until half its lifetime is left (see
+//! [`renew_at`]): iceberg-rust builds a new OpenDAL operator, and so a
+//! signer with an empty cache, for every file it reads or writes, and the
+//! chain itself caches nothing — without the hold every S3 request would
+//! ask STS, instance metadata or a `credential_process` again.  The chain is the
 //! SDK's default: static keys when the config names them, else environment,
 //! profile (`credential_process`, SSO, `role_arn`), web identity (IRSA), ECS
 //! and instance metadata.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_config::SdkConfig;
@@ -57,26 +62,28 @@ pub async fn sdk_config(s: &ChainSettings<'_>) -> SdkConfig {
 }
 
 /// The chain as OpenDAL's S3 credential source: S3 requests are signed with
-/// whatever the chain holds now.  Also remembered as this process's S3
-/// chain ([`s3_chain`]), for the storage listings iceberg-rust cannot make.
+/// the chain's current keys, held as [`CachedCredentials`] says.  Also
+/// remembered as this process's S3 chain ([`s3_chain`]), for the storage
+/// listings iceberg-rust cannot make.
 pub fn s3_credentials(provider: SharedCredentialsProvider) -> CustomAwsCredentialLoader {
-    let _ = S3_CHAIN.set(provider.clone());
-    CustomAwsCredentialLoader::new(ChainCredentials(provider))
+    let cache = Arc::new(CachedCredentials::new(Some(provider)));
+    let _ = S3_CHAIN.set(cache.clone());
+    CustomAwsCredentialLoader::new(ChainCredentials(cache))
 }
 
 /// The chain S3 data files are signed with when the catalog gives no static
 /// keys (set once, by the catalog handle of the run).
-static S3_CHAIN: std::sync::OnceLock<SharedCredentialsProvider> = std::sync::OnceLock::new();
+static S3_CHAIN: std::sync::OnceLock<Arc<CachedCredentials>> = std::sync::OnceLock::new();
 
 /// [`s3_credentials`]' chain for an OpenDAL operator of our own (listing
 /// orphan files), if the run's catalog signs S3 with the SDK chain.
 pub fn s3_chain() -> Option<reqsign_core::ProvideCredentialChain<AwsCredential>> {
-    let provider = S3_CHAIN.get()?.clone();
-    Some(reqsign_core::ProvideCredentialChain::new().push(ChainCredentials(provider)))
+    let cache = S3_CHAIN.get()?.clone();
+    Some(reqsign_core::ProvideCredentialChain::new().push(ChainCredentials(cache)))
 }
 
-/// Adapts the SDK's credential provider to reqsign's (OpenDAL's signer).
-struct ChainCredentials(SharedCredentialsProvider);
+/// Adapts the held chain to reqsign's credential source (OpenDAL's signer).
+struct ChainCredentials(Arc<CachedCredentials>);
 
 impl fmt::Debug for ChainCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -91,12 +98,11 @@ impl ProvideCredential for ChainCredentials {
         &self,
         _ctx: &reqsign_core::Context,
     ) -> reqsign_core::Result<Option<AwsCredential>> {
-        let c = self.0.provide_credentials().await.map_err(|e| {
-            reqsign_core::Error::credential_invalid(format!(
-                "the AWS credential chain gave no credentials: {}",
-                crate::error::flatten_source(&e)
-            ))
-        })?;
+        let c = self
+            .0
+            .get()
+            .await
+            .map_err(|e| reqsign_core::Error::credential_invalid(e.message().to_string()))?;
         let expires_in = match c.expiry() {
             Some(t) => Some(timestamp(t)?),
             None => None,
@@ -227,10 +233,11 @@ pub async fn rds_token_for(
     Ok(token)
 }
 
-/// Credentials from a provider, asked again five minutes before they expire.
+/// Credentials from a provider, held until [`renew_at`] and then asked for
+/// again (keys without an expiry are held for the run).
 struct CachedCredentials {
     provider: Option<SharedCredentialsProvider>,
-    held: tokio::sync::Mutex<Option<Credentials>>,
+    held: tokio::sync::Mutex<Option<(Credentials, Option<SystemTime>)>>,
 }
 
 impl CachedCredentials {
@@ -243,9 +250,9 @@ impl CachedCredentials {
 
     async fn get(&self) -> Result<Credentials> {
         let mut held = self.held.lock().await;
-        let margin = SystemTime::now() + Duration::from_secs(300);
-        if let Some(c) = held.as_ref()
-            && c.expiry().is_none_or(|e| e > margin)
+        let now = SystemTime::now();
+        if let Some((c, renew)) = held.as_ref()
+            && renew.is_none_or(|r| now < r)
         {
             return Ok(c.clone());
         }
@@ -253,9 +260,21 @@ impl CachedCredentials {
             Error::config("no AWS credential chain is configured").with_hint(CHAIN_HINT)
         })?;
         let c = current_credentials(provider).await?;
-        *held = Some(c.clone());
+        *held = Some((c.clone(), c.expiry().map(|e| renew_at(now, e))));
         Ok(c)
     }
+}
+
+/// When keys fetched at `fetched` and expiring at `expiry` are asked for
+/// again: once half their lifetime is left, but at most five minutes and at
+/// least 20 seconds before they expire — OpenDAL's signer (reqsign) refuses
+/// keys with less than 10 s left.  An hour's STS keys are renewed after 55
+/// minutes, 15 minutes' after 10, two minutes' after one; keys that live
+/// 20 s or less at every request.
+fn renew_at(fetched: SystemTime, expiry: SystemTime) -> SystemTime {
+    let life = expiry.duration_since(fetched).unwrap_or_default();
+    let left = (life / 2).clamp(Duration::from_secs(20), Duration::from_secs(300));
+    expiry.checked_sub(left).unwrap_or(fetched)
 }
 
 const CHAIN_HINT: &str = "set AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a web \
@@ -278,6 +297,19 @@ async fn current_credentials(provider: &SharedCredentialsProvider) -> Result<Cre
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_renewed_with_half_their_life_or_five_minutes_left() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(renew_at(t0, at(3600)), at(3300));
+        assert_eq!(renew_at(t0, at(900)), at(600));
+        assert_eq!(renew_at(t0, at(120)), at(60));
+        // 20 s are always left; keys living less are asked for again at once.
+        assert_eq!(renew_at(t0, at(30)), at(10));
+        assert!(renew_at(t0, at(12)) <= t0);
+        assert!(renew_at(at(10), at(5)) <= at(10));
+    }
 
     /// The token boto3's `generate_db_auth_token` gives for these inputs
     /// (`tests/py/rds_token.py`); the integration test compares live too.

@@ -175,10 +175,11 @@ async fn rds_iam_tokens_equal_the_sdk_and_every_connection_signs_its_own() {
     );
 }
 
-/// A credential process whose keys live 12 seconds — shorter than both
-/// clients' refresh margins (the SDK's 10 s and more, reqsign's 2 min), so
-/// every few requests sign with new keys — and the checking front
-/// (`tests/py/aws_proxy.py`) for S3 (SeaweedFS) and Glue (moto).
+/// A credential process whose keys live `PF_KEY_LIFE` seconds (default 12:
+/// shorter than both clients' refresh margins, the SDK's 10 s and more and
+/// our 20 s, so every few requests sign with new keys), recording every key
+/// it gives — and the checking front (`tests/py/aws_proxy.py`) for S3
+/// (SeaweedFS) and Glue (moto), which refuses unknown and expired keys.
 struct RotatingAws {
     dir: tempfile::TempDir,
     child: Child,
@@ -193,12 +194,12 @@ impl RotatingAws {
         std::fs::write(
             d.join("cred.sh"),
             format!(
-                "#!/bin/sh\n# Temporary credentials expiring in 11-12 s, recorded for the front.\n\
-                 now=$(date +%s); exp=$((now + 12)); key=\"ROT$(date +%s%N)$$\"\n\
+                "#!/bin/sh\n# Temporary credentials, recorded for the front.\n\
+                 now=$(date +%s); exp=$((now + ${{PF_KEY_LIFE:-12}})); key=\"ROT$(date +%s%N)$$\"\n\
                  printf '{{\"key\":\"%s\",\"expires\":%s}}\\n' \"$key\" \"$exp\" >> {ledger}\n\
                  printf '{{\"Version\":1,\"AccessKeyId\":\"%s\",\"SecretAccessKey\":\"s-%s\",\"SessionToken\":\"t-%s\",\"Expiration\":\"%s\"}}\\n' \
                  \"$key\" \"$key\" \"$key\" \"$(date -u -d @$exp +%Y-%m-%dT%H:%M:%SZ)\"\n",
-                ledger = d.join("ledger").display()
+                ledger = d.join("ledger").display(),
             ),
         )
         .expect("cred.sh");
@@ -379,6 +380,7 @@ async fn glue_and_s3_keep_working_while_credentials_expire_and_rotate() {
             log.len()
         );
     }
+
     let updates: Vec<&Value> = log
         .iter()
         .filter(|e| {
@@ -422,9 +424,30 @@ async fn glue_and_s3_keep_working_while_credentials_expire_and_rotate() {
     )
     .await
     .expect("older rows");
+    // Keys that live two minutes: S3 holds them for half of it instead of
+    // asking the chain again for every request (one STS, instance metadata
+    // or credential_process call per file read or written).
+    let mut env = env.clone();
+    env.push(("PF_KEY_LIFE", "120"));
+    let before = front.log().len();
     let out = ws.run_env(&["archive", "-c", &cfg, "--json"], &env);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(archived_rows(&out.json()), 10);
+    let s3: Vec<Value> = front
+        .log()
+        .split_off(before)
+        .into_iter()
+        .filter(|e| e["service"] == "s3")
+        .collect();
+    let keys: std::collections::BTreeSet<&str> =
+        s3.iter().filter_map(|e| e["key"].as_str()).collect();
+    assert!(s3.len() >= 5, "S3 requests: {s3:?}");
+    assert_eq!(
+        keys.len(),
+        1,
+        "{} S3 requests signed with {keys:?}",
+        s3.len()
+    );
     let after = sensor_table(&glue, &ns).await;
     let p = after.parameters().cloned().unwrap_or_default();
     assert_eq!(p.get("team").map(String::as_str), Some("sensors"));
