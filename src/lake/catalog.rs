@@ -25,6 +25,8 @@ pub struct CatalogHandle {
     /// For a Glue catalog, the same client (metadata commits swap through it).
     pub(crate) glue: Option<Arc<GlueCatalog>>,
     pub(crate) committer: tokio::sync::OnceCell<Committer>,
+    /// The storage of the SQL catalog's tables (see [`sql_storage`]).
+    storage: Arc<WarehouseStorageFactory>,
 }
 
 /// The clients of permafrost's own metadata commits, per catalog kind.
@@ -57,7 +59,7 @@ impl CatalogHandle {
             (Some(glue), _) => glue.new_table_io(ident)?,
             (None, CatalogKind::Sql) => {
                 let warehouse = self.cfg.properties.get("warehouse")?;
-                let io = FileIOBuilder::new(Arc::new(WarehouseStorageFactory::default()))
+                let io = FileIOBuilder::new(self.storage.clone())
                     .with_props(self.cfg.properties.clone())
                     .build();
                 let ns = ident.namespace().join("/");
@@ -85,18 +87,47 @@ impl CatalogHandle {
 /// unchanged; storage (`file://`, `s3://`) is chosen per path
 /// ([`super::storage`]).
 pub async fn open_catalog(cfg: &CatalogConfig) -> Result<Arc<CatalogHandle>> {
-    let (catalog, glue) = open_client(cfg).await?;
+    let props: HashMap<String, String> = cfg.properties.clone().into_iter().collect();
+    let storage = Arc::new(match cfg.kind {
+        CatalogKind::Sql => sql_storage(&props).await,
+        _ => WarehouseStorageFactory::default(),
+    });
+    let (catalog, glue) = open_client(cfg, props, storage.clone()).await?;
     Ok(Arc::new(CatalogHandle {
         catalog,
         cfg: cfg.clone(),
         glue,
         committer: tokio::sync::OnceCell::new(),
+        storage,
     }))
 }
 
-async fn open_client(cfg: &CatalogConfig) -> Result<(Arc<dyn Catalog>, Option<Arc<GlueCatalog>>)> {
-    let props: HashMap<String, String> = cfg.properties.clone().into_iter().collect();
-    let factory = || Arc::new(WarehouseStorageFactory::default());
+/// The storage of a SQL catalog's tables: an `s3://` warehouse without
+/// `s3.access-key-id` signs with the AWS credential chain, as Glue's does
+/// (SSO, `credential_process`, `role_arn`, IRSA, ECS, instance metadata),
+/// its keys held and renewed by [`crate::aws`] instead of asked for again
+/// by every request.  A REST catalog hands out storage access per table.
+async fn sql_storage(props: &HashMap<String, String>) -> WarehouseStorageFactory {
+    let s3 = props
+        .get("warehouse")
+        .is_some_and(|w| w.starts_with("s3://") || w.starts_with("s3a://"));
+    if !s3 || props.contains_key("s3.access-key-id") {
+        return WarehouseStorageFactory::default();
+    }
+    let sdk = crate::aws::sdk_config(&crate::aws::ChainSettings {
+        region: props.get("s3.region").map(String::as_str),
+        ..Default::default()
+    })
+    .await;
+    WarehouseStorageFactory::signed_by(sdk.credentials_provider(), props)
+}
+
+async fn open_client(
+    cfg: &CatalogConfig,
+    props: HashMap<String, String>,
+    storage: Arc<WarehouseStorageFactory>,
+) -> Result<(Arc<dyn Catalog>, Option<Arc<GlueCatalog>>)> {
+    let factory = || storage.clone();
     let catalog: Arc<dyn Catalog> =
         match cfg.kind {
             CatalogKind::Glue => {

@@ -41,7 +41,6 @@ use iceberg::{
     Catalog, Error as IcebergError, ErrorKind as IceKind, MetadataLocation, Namespace,
     NamespaceIdent, Result as IceResult, TableCommit, TableCreation, TableIdent,
 };
-use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
 
 use super::storage::WarehouseStorageFactory;
 
@@ -303,15 +302,10 @@ impl GlueCatalog {
         {
             io_props.insert("s3.region".into(), r.to_string());
         }
-        let factory: Arc<dyn StorageFactory> = match sdk.credentials_provider() {
-            Some(chain) if !io_props.contains_key("s3.access-key-id") => {
-                Arc::new(WarehouseStorageFactory::new(
-                    OpenDalResolvingStorageFactory::new()
-                        .with_s3_credential_loader(crate::aws::s3_credentials(chain)),
-                ))
-            }
-            _ => Arc::new(WarehouseStorageFactory::default()),
-        };
+        let factory: Arc<dyn StorageFactory> = Arc::new(WarehouseStorageFactory::signed_by(
+            sdk.credentials_provider(),
+            &io_props,
+        ));
         let file_io = FileIOBuilder::new(factory).with_props(io_props).build();
         let runtime = iceberg::Runtime::try_current()?;
         Ok(Self {

@@ -39,8 +39,20 @@ pub struct WarehouseStorageFactory {
 }
 
 impl WarehouseStorageFactory {
-    pub fn new(remote: OpenDalResolvingStorageFactory) -> Self {
-        Self { remote }
+    /// S3 signed with the AWS credential `chain` (its keys held as
+    /// [`crate::aws`] says) unless the catalog's properties give
+    /// `s3.access-key-id`; everything else as the default.
+    pub fn signed_by(
+        chain: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+        props: &std::collections::HashMap<String, String>,
+    ) -> Self {
+        match chain {
+            Some(chain) if !props.contains_key("s3.access-key-id") => Self {
+                remote: OpenDalResolvingStorageFactory::new()
+                    .with_s3_credential_loader(crate::aws::s3_credentials(chain)),
+            },
+            _ => Self::default(),
+        }
     }
 }
 

@@ -457,3 +457,57 @@ async fn glue_and_s3_keep_working_while_credentials_expire_and_rotate() {
     assert_eq!(p["previous_metadata_location"], location);
     assert_eq!(p["table_type"], "ICEBERG");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_sql_catalog_on_s3_without_keys_signs_with_the_aws_chain_and_holds_its_keys() {
+    let s = services!();
+    let front = RotatingAws::start(&s);
+    let db = TestDb::create(&s, "sqlchain").await;
+    let c = db.client().await;
+    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
+        .await
+        .expect("schema");
+    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "600"))
+        .await
+        .expect("data");
+    let total = count(&c, "sensor_readings", "true").await;
+    let ws = Ws::new();
+    let cfg = ws.config(
+        "permafrost.yaml",
+        &format!(
+            "database:\n  dsn: \"{}\"\ncatalog:\n  type: sql\n  uri: \"sqlite://{}/cat.db?mode=rwc\"\n\
+             \x20 warehouse: s3://archive/{}\n  s3.endpoint: \"{}\"\n  s3.region: us-east-1\n\
+             \x20 s3.path-style-access: true\ntables:\n  - name: sensor_readings\n\
+             \x20   timestamp_column: recorded_at\n    partition_by: day\n    lag: 15d\n",
+            db.dsn,
+            ws.path().display(),
+            unique("sqlchain"),
+            front.s3
+        ),
+    );
+    // The profile's credential_process, keys that live two minutes.
+    let mut env = front.env();
+    env.push(("AWS_PROFILE", "rotating".into()));
+    env.push(("PF_KEY_LIFE", "120".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = ws.run_env(&["archive", "-c", &cfg.to_string_lossy(), "--json"], &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = out.json();
+    let archived = archived_rows(&report);
+    assert!(archived > 0, "{report}");
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        total - archived as i64
+    );
+    let log = front.log();
+    let keys: std::collections::BTreeSet<&str> = log
+        .iter()
+        .filter(|e| e["service"] == "s3")
+        .filter_map(|e| e["key"].as_str())
+        .collect();
+    let s3 = log.iter().filter(|e| e["service"] == "s3").count();
+    assert!(log.iter().all(|e| e["ok"] == true), "refused: {log:?}");
+    assert!(s3 >= 10, "{s3} S3 requests");
+    assert_eq!(keys.len(), 1, "{s3} S3 requests signed with {keys:?}");
+}
