@@ -442,9 +442,12 @@ pub fn window_states(facts: &TableFacts) -> Vec<WindowSummary> {
 }
 
 /// The ranges a `--no-delete` run leaves in Postgres on purpose: the windows
-/// kept before it and the ranges of its own batches (`done`), merged where
-/// they touch, in order.  Rows there are archived; a run's count of rows left
-/// behind skips them, as `status` counts kept windows apart from pending ones.
+/// kept before it and the ranges of its own batches (`done`), in order,
+/// merged where they touch or where no window between them held rows when
+/// the run planned (so a table with empty days or hours between its windows
+/// gives a few ranges, not one per window).  Rows there are archived; a
+/// run's count of rows left behind skips them, as `status` counts kept
+/// windows apart from pending ones.
 pub fn kept_ranges(facts: &TableFacts, done: impl IntoIterator<Item = Window>) -> Vec<Window> {
     let mut all: Vec<Window> = window_states(facts)
         .into_iter()
@@ -453,10 +456,19 @@ pub fn kept_ranges(facts: &TableFacts, done: impl IntoIterator<Item = Window>) -
         .chain(done)
         .collect();
     all.sort_by_key(|w| w.start);
+    let mut held: Vec<Micros> = facts.pending.iter().map(|w| w.start).collect();
+    held.sort_unstable();
+    // True when a window that held rows starts in `[from, to)`.
+    let rows_between = |from: Micros, to: Micros| {
+        let i = held.partition_point(|&s| s < from);
+        held.get(i).is_some_and(|&s| s < to)
+    };
     let mut merged: Vec<Window> = Vec::with_capacity(all.len());
     for w in all {
         match merged.last_mut() {
-            Some(last) if w.start <= last.end => last.end = last.end.max(w.end),
+            Some(last) if w.start <= last.end || !rows_between(last.end, w.start) => {
+                last.end = last.end.max(w.end)
+            }
             _ => merged.push(w),
         }
     }
@@ -880,18 +892,25 @@ mod tests {
                 rec("k2", d(5), 1, BatchMode::Copy, None, &[]),
             ],
             &[(7, XactStatus::Committed)],
-            vec![d(2), d(5), d(8)],
+            vec![d(2), d(4), d(5), d(8)],
         );
         let span = |a: Window, b: Window| Window {
             start: a.start,
             end: b.end,
         };
-        // Day 1 is settled (not kept), day 8 pending: only days 2 and 5 are
-        // kept; the run's own batches (days 3, 6-7) join them where they touch.
+        // Day 1 is settled (not kept); days 4 and 8 hold rows not archived.
+        // Days 2 and 5 are kept, apart (day 4 lies between).  The run's own
+        // batches join them where they touch (day 3, days 6-7) or where no
+        // window between held rows (day 7, after the empty day 6); day 10
+        // stays apart (day 8 held rows).
         assert_eq!(kept_ranges(&f, []), vec![d(2), d(5)]);
         assert_eq!(
             kept_ranges(&f, [span(d(6), d(7)), d(3)]),
             vec![span(d(2), d(3)), span(d(5), d(7))]
+        );
+        assert_eq!(
+            kept_ranges(&f, [d(7), d(10)]),
+            vec![d(2), span(d(5), d(7)), d(10)]
         );
     }
 }
