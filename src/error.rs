@@ -257,13 +257,28 @@ impl Error {
     /// Converts an iceberg-rust error of the warehouse's files (data files,
     /// manifests read back): kind `Storage`, with a hint about the object
     /// store or the local directory, not the catalog.
+    /// A file whose bytes do not decode as Parquet is no storage failure but
+    /// a verdict on the file: kind `Verification`.
     pub fn storage(what: impl fmt::Display, err: iceberg::Error) -> Self {
         if let Some((cause, hint)) = tls_failure(&err, &TlsHints::SYSTEM) {
             return Error::new(ErrorKind::Storage, format!("{what}: {cause}")).with_hint(hint);
         }
         let full = one_line(&err.to_string());
+        if undecodable(&err) {
+            return Error::damaged_file(what, &concise(&full));
+        }
         Error::new(ErrorKind::Storage, format!("{what}: {}", concise(&full)))
             .with_hint(storage_hint(&full))
+    }
+
+    /// A data file of the archive whose bytes do not decode (see
+    /// [`undecodable`]): kind `Verification`, with where to look.
+    pub fn damaged_file(what: impl fmt::Display, cause: &str) -> Self {
+        Error::new(
+            ErrorKind::Verification,
+            format!("{what}: a data file does not decode: {cause}"),
+        )
+        .with_hint(DAMAGED_FILE_HINT)
     }
 
     /// Converts a local I/O error.
@@ -480,6 +495,32 @@ fn is_local_file_error(t: &str) -> bool {
 
 const LOCAL_FILE_HINT: &str = "a file of the local warehouse cannot be read or written: check that the table's \
      directories under `warehouse` are directories, writable by this user, on a disk with space";
+
+const DAMAGED_FILE_HINT: &str = "a data file of the archive is damaged or is not the file its \
+     metadata describes (changed bytes, cut short): restore it from the object store's versioning \
+     or a backup; `permafrost list` names each window's files";
+
+/// True when `err` says a file's bytes do not decode as Parquet (a Parquet
+/// or Arrow decoding error anywhere in its chain), as opposed to the
+/// storage failing to hand the bytes over (an error the Parquet reader only
+/// passes on, `ParquetError::External`).
+pub fn undecodable(err: &(dyn std::error::Error + 'static)) -> bool {
+    use arrow_schema::ArrowError;
+    use parquet::errors::ParquetError;
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(p) = e.downcast_ref::<ParquetError>()
+            && !matches!(p, ParquetError::External(_))
+        {
+            return true;
+        }
+        if let Some(ArrowError::ParquetError(_)) = e.downcast_ref::<ArrowError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
 
 fn storage_hint(text: &str) -> &'static str {
     let t = text.to_ascii_lowercase();

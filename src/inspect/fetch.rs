@@ -257,7 +257,7 @@ pub async fn open_scan(
         .build();
     let stream = reader
         .read(Box::pin(futures::stream::iter(tasks.into_iter().map(Ok))))
-        .map_err(|e| Error::iceberg("cannot read the archive", e))?
+        .map_err(|e| Error::storage("cannot read the archive", e))?
         .stream();
     Ok((stream, files))
 }
@@ -310,7 +310,7 @@ pub async fn fetch<W: Write + Send>(
     while let Some(batch) = stream
         .try_next()
         .await
-        .map_err(|e| Error::iceberg("cannot read the archive", e))?
+        .map_err(|e| Error::storage("cannot read the archive", e))?
     {
         rows += batch.num_rows() as u64;
         progress.inc(batch.num_rows() as u64);

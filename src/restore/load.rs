@@ -220,14 +220,7 @@ async fn copy_share(
     let mut hashes = Vec::new();
     let mut share = Share::default();
     let reader = table.reader_builder().with_batch_size(8192).build();
-    let read_err = |e: iceberg::Error| {
-        Error::new(
-            ErrorKind::Storage,
-            Error::iceberg("cannot read the archive", e)
-                .message()
-                .to_string(),
-        )
-    };
+    let read_err = |e: iceberg::Error| Error::storage("cannot read the archive", e);
     let next = || queue.lock().ok().and_then(|mut q| q.pop_front());
     while let Some(task) = next() {
         let path = task.data_file_path.clone();

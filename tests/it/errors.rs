@@ -296,3 +296,95 @@ async fn an_incompatible_existing_iceberg_table_is_refused() {
     );
     let _ = cat;
 }
+
+/// Every Parquet data file under `dir`.
+fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(parquet_files(&p));
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_damaged_data_file_is_a_verdict_not_a_storage_failure() {
+    let s = services!();
+    let (db, ws, _cat, cfg, now) = small_setup(&s, 2_000).await;
+    let now_s = rfc3339(now);
+    let out = ws.run(&["archive", "-c", &cfg, "--no-delete", "--now", &now_s]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Overwrite one file's Parquet footer (the bytes before its length
+    // and `PAR1`): the file is there, whole, and does not decode.
+    let files = parquet_files(ws.path());
+    let victim = files.first().expect("a data file");
+    let mut bytes = std::fs::read(victim).expect("read");
+    let n = bytes.len();
+    let footer = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().expect("4 bytes")) as usize;
+    bytes[n - 8 - footer..n - 8].fill(0xff);
+    std::fs::write(victim, &bytes).expect("write");
+    let day = victim
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|d| d.to_str())
+        .and_then(|d| d.strip_prefix("recorded_at_day="))
+        .expect("partition directory")
+        .to_string();
+    let next =
+        rfc3339(permafrost::plan::window::parse_instant(&day).expect("day") + 86_400_000_000);
+
+    let out = ws.run(&[
+        "fetch",
+        "-c",
+        &cfg,
+        "-t",
+        "sensor_readings",
+        "--from",
+        &day,
+        "--to",
+        &next,
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert_fails(&out, "a data file does not decode", &[]);
+    assert!(out.has_hint("damaged"), "{}", out.stderr);
+
+    #[cfg(feature = "query")]
+    {
+        let sql = "SELECT count(*) FROM archive.sensor_readings";
+        let out = ws.run(&["query", "-c", &cfg, sql]);
+        assert_eq!(out.code, 5, "{}", out.stderr);
+        assert_fails(&out, "a data file does not decode", &[]);
+    }
+
+    let out = ws.run(&[
+        "restore",
+        "-c",
+        &cfg,
+        "-t",
+        "sensor_readings",
+        "--from",
+        &day,
+        "--to",
+        &next,
+        "--into",
+        "staged",
+    ]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert_fails(&out, "a data file does not decode", &[]);
+    let c = db.client().await;
+    let left = c
+        .query_one("SELECT to_regclass('staged') IS NOT NULL", &[])
+        .await
+        .expect("regclass");
+    assert!(
+        !left.get::<_, bool>(0),
+        "the failed restore left its staging table"
+    );
+}
