@@ -275,6 +275,14 @@ impl Drop for RotatingAws {
     }
 }
 
+/// The requests of `log` to `service` (`s3`, `glue`) and the distinct
+/// access keys they were signed with.
+fn signed_by<'a>(log: &'a [Value], service: &str) -> (usize, std::collections::BTreeSet<&'a str>) {
+    let requests: Vec<&Value> = log.iter().filter(|e| e["service"] == service).collect();
+    let keys = requests.iter().filter_map(|e| e["key"].as_str()).collect();
+    (requests.len(), keys)
+}
+
 /// A Glue client straight to moto, as another tool would use it.
 async fn glue_client(s: &Services) -> aws_sdk_glue::Client {
     let sdk = permafrost::aws::sdk_config(&permafrost::aws::ChainSettings {
@@ -367,11 +375,7 @@ async fn glue_and_s3_keep_working_while_credentials_expire_and_rotate() {
         - log.first().and_then(|e| e["t"].as_f64()).unwrap_or(0.0);
     eprintln!("{} requests over {span:.1} s, {batches} batches", log.len());
     for service in ["s3", "glue"] {
-        let keys: std::collections::BTreeSet<&str> = log
-            .iter()
-            .filter(|e| e["service"] == service)
-            .filter_map(|e| e["key"].as_str())
-            .collect();
+        let (_, keys) = signed_by(&log, service);
         eprintln!("{service}: {} distinct keys", keys.len());
         assert!(
             keys.len() >= 3,
@@ -433,21 +437,10 @@ async fn glue_and_s3_keep_working_while_credentials_expire_and_rotate() {
     let out = ws.run_env(&["archive", "-c", &cfg, "--json"], &env);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(archived_rows(&out.json()), 10);
-    let s3: Vec<Value> = front
-        .log()
-        .split_off(before)
-        .into_iter()
-        .filter(|e| e["service"] == "s3")
-        .collect();
-    let keys: std::collections::BTreeSet<&str> =
-        s3.iter().filter_map(|e| e["key"].as_str()).collect();
-    assert!(s3.len() >= 5, "S3 requests: {s3:?}");
-    assert_eq!(
-        keys.len(),
-        1,
-        "{} S3 requests signed with {keys:?}",
-        s3.len()
-    );
+    let log = front.log().split_off(before);
+    let (s3, keys) = signed_by(&log, "s3");
+    assert!(s3 >= 5, "S3 requests: {log:?}");
+    assert_eq!(keys.len(), 1, "{s3} S3 requests signed with {keys:?}");
     let after = sensor_table(&glue, &ns).await;
     let p = after.parameters().cloned().unwrap_or_default();
     assert_eq!(p.get("team").map(String::as_str), Some("sensors"));
@@ -501,12 +494,7 @@ async fn a_sql_catalog_on_s3_without_keys_signs_with_the_aws_chain_and_holds_its
         total - archived as i64
     );
     let log = front.log();
-    let keys: std::collections::BTreeSet<&str> = log
-        .iter()
-        .filter(|e| e["service"] == "s3")
-        .filter_map(|e| e["key"].as_str())
-        .collect();
-    let s3 = log.iter().filter(|e| e["service"] == "s3").count();
+    let (s3, keys) = signed_by(&log, "s3");
     assert!(log.iter().all(|e| e["ok"] == true), "refused: {log:?}");
     assert!(s3 >= 10, "{s3} S3 requests");
     assert_eq!(keys.len(), 1, "{s3} S3 requests signed with {keys:?}");

@@ -338,46 +338,19 @@ async fn a_damaged_data_file_is_a_verdict_not_a_storage_failure() {
     let next =
         rfc3339(permafrost::plan::window::parse_instant(&day).expect("day") + 86_400_000_000);
 
-    let out = ws.run(&[
-        "fetch",
-        "-c",
-        &cfg,
-        "-t",
-        "sensor_readings",
-        "--from",
-        &day,
-        "--to",
-        &next,
-        "--format",
-        "csv",
-    ]);
-    assert_eq!(out.code, 5, "{}", out.stderr);
-    assert_fails(&out, "a data file does not decode", &[]);
-    assert!(out.has_hint("damaged"), "{}", out.stderr);
-
-    #[cfg(feature = "query")]
-    {
-        let sql = "SELECT count(*) FROM archive.sensor_readings";
-        let out = ws.run(&["query", "-c", &cfg, sql]);
+    let window = ["-t", "sensor_readings", "--from", &day, "--to", &next];
+    // Each command fails with exit 5 and one line saying what is wrong.
+    let damaged = |command: &str, args: &[&str]| {
+        let out = ws.run(&[&[command, "-c", &cfg][..], args].concat());
         assert_eq!(out.code, 5, "{}", out.stderr);
         assert_fails(&out, "a data file does not decode", &[]);
-    }
-
-    let out = ws.run(&[
-        "restore",
-        "-c",
-        &cfg,
-        "-t",
-        "sensor_readings",
-        "--from",
-        &day,
-        "--to",
-        &next,
-        "--into",
-        "staged",
-    ]);
-    assert_eq!(out.code, 5, "{}", out.stderr);
-    assert_fails(&out, "a data file does not decode", &[]);
+        out
+    };
+    let out = damaged("fetch", &[&window[..], &["--format", "csv"]].concat());
+    assert!(out.has_hint("damaged"), "{}", out.stderr);
+    #[cfg(feature = "query")]
+    damaged("query", &["SELECT count(*) FROM archive.sensor_readings"]);
+    damaged("restore", &[&window[..], &["--into", "staged"]].concat());
     let c = db.client().await;
     let left = c
         .query_one("SELECT to_regclass('staged') IS NOT NULL", &[])
