@@ -30,15 +30,43 @@ use crate::source::{self, extract, windows};
 
 use super::{BatchReport, Ctx, Stages, reconcile};
 
+/// What one planned batch did.
+#[derive(Default)]
+pub(super) struct Ran {
+    /// The committed parts.
+    pub reports: Vec<BatchReport>,
+    /// A stop cut the parts short.
+    pub stopped: bool,
+    /// A copy found the range as its open batches left it and did not read
+    /// it: their rows.
+    pub unchanged: Option<u64>,
+}
+
 /// Runs one planned batch (several parts when `max_batch_rows` splits it).
-/// Returns the committed parts, and whether a stop cut the parts short.
+/// A copy of a range that holds the rows its open batches recorded, no
+/// more and no fewer, reads nothing ([`decide::unchanged`]): neither the
+/// range nor the archive.
 pub(super) async fn run_planned(
     ctx: &Ctx,
     client: &mut tokio_postgres::Client,
     turn: usize,
     planned: &PlannedBatch,
     bar: &indicatif::ProgressBar,
-) -> Result<(Vec<BatchReport>, bool)> {
+) -> Result<Ran> {
+    if let Some(rows) = planned.copied_rows {
+        let now = windows::count_in_range(client, &ctx.src, &planned.range).await?;
+        if decide::unchanged(planned, now) {
+            tracing::debug!(
+                "{}: {} row(s) as copied, not read again",
+                rfc3339(planned.range.start),
+                rows
+            );
+            return Ok(Ran {
+                unchanged: Some(rows),
+                ..Ran::default()
+            });
+        }
+    }
     let mut bag = reconcile::archived_rows(ctx, client, planned).await?;
     let limit = decide::row_limit(ctx.mode, ctx.cfg.max_batch_rows);
     let rows_now = match limit {
@@ -75,11 +103,18 @@ pub(super) async fn run_planned(
             break;
         };
         if shutdown::stop_requested() {
-            return Ok((out, true));
+            return Ok(Ran {
+                reports: out,
+                stopped: true,
+                unchanged: None,
+            });
         }
         part = next;
     }
-    Ok((out, false))
+    Ok(Ran {
+        reports: out,
+        ..Ran::default()
+    })
 }
 
 struct PartDone {

@@ -81,6 +81,17 @@ pub struct TableReport {
     /// outside the windows a `--no-delete` run keeps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
+    /// `--no-delete`: ranges found as earlier copies left them, not read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unchanged: Option<Unchanged>,
+}
+
+/// Ranges a copy found holding the rows its open batches recorded, no
+/// more and no fewer: not read again (neither Postgres nor the archive).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Unchanged {
+    pub ranges: u64,
+    pub rows: u64,
 }
 
 /// Rows older than the cutoff still in Postgres after a run.
@@ -322,6 +333,7 @@ async fn archive_table(
         blocked: vec![],
         schema_changes: vec![],
         pending: None,
+        unchanged: None,
     };
     let span =
         tracing::trace_span!(target: crate::logging::CONTEXT, "table", table = %t.source_name());
@@ -614,7 +626,7 @@ enum Worker<'c> {
     Own(tokio_postgres::Client),
 }
 
-type Done = Result<(Vec<BatchReport>, bool)>;
+type Done = Result<batch::Ran>;
 
 impl<'c> Worker<'c> {
     /// Runs `planned`; gives the worker back with the outcome (`None` when
@@ -692,10 +704,15 @@ async fn run_batches(
         idle.extend(worker);
         bar.inc(1);
         match r {
-            Ok((done, stopped)) => {
-                report.batches.extend(done);
-                whole += usize::from(!stopped);
-                cut |= stopped;
+            Ok(ran) => {
+                report.batches.extend(ran.reports);
+                if let Some(rows) = ran.unchanged {
+                    let u = report.unchanged.get_or_insert_default();
+                    u.ranges += 1;
+                    u.rows += rows;
+                }
+                whole += usize::from(!ran.stopped);
+                cut |= ran.stopped;
             }
             Err(e) if failed.is_none() => failed = Some(e),
             Err(e) => tracing::error!("{name}: {e}"),
@@ -752,6 +769,9 @@ async fn left_behind(
     }
 }
 
+/// The dry run's plan: the batches a run would start with their rows now;
+/// a copy of a range as it was copied is counted as `unchanged` instead,
+/// as the run would skip it.
 fn fill_dry_run(
     report: &mut TableReport,
     facts: &TableFacts,
@@ -759,20 +779,25 @@ fn fill_dry_run(
     opts: &ArchiveOptions,
     counts: &[(Window, u64)],
 ) {
-    report.planned = plan_of(facts, t, opts)
-        .batches
-        .iter()
-        .map(|b| PlannedReport {
-            batch_id: b.batch_id.clone(),
+    for b in plan_of(facts, t, opts).batches {
+        let rows = counts
+            .iter()
+            .filter(|(w, _)| b.range.overlaps(w))
+            .map(|(_, n)| n)
+            .sum();
+        if plan::batch::unchanged(&b, rows) {
+            let u = report.unchanged.get_or_insert_default();
+            u.ranges += 1;
+            u.rows += rows;
+            continue;
+        }
+        report.planned.push(PlannedReport {
             window_start: rfc3339(b.range.start),
             window_end: rfc3339(b.range.end),
             windows: b.windows.len(),
-            rows: counts
-                .iter()
-                .filter(|(w, _)| b.range.overlaps(w))
-                .map(|(_, n)| n)
-                .sum(),
-            reconcile: b.reconcile.clone(),
-        })
-        .collect();
+            rows,
+            batch_id: b.batch_id,
+            reconcile: b.reconcile,
+        });
+    }
 }

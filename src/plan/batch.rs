@@ -39,6 +39,17 @@ impl Take {
     }
 }
 
+/// Whether a copy may leave its range unread: the range holds exactly the
+/// rows its open batches recorded (`rows_now`, counted before the batch
+/// starts).  Rows that arrived late change the count, and the range is read
+/// and filtered as usual; a row replaced by another in the same range (one
+/// deleted, one inserted) does not, so a later copy does not see it, while
+/// the next move reads every range row by row and archives it then.
+/// Nothing leaves Postgres either way.
+pub fn unchanged(planned: &PlannedBatch, rows_now: u64) -> bool {
+    planned.copied_rows == Some(rows_now)
+}
+
 /// Rows per part: `max_batch_rows` applies to move batches only (a copy
 /// holds no delete locks, so it has no reason to stay short).
 pub fn row_limit(mode: BatchMode, max_batch_rows: Option<u64>) -> Option<u64> {
@@ -226,6 +237,7 @@ mod tests {
             reconcile: settles.iter().map(|s| s.to_string()).collect(),
             settles: settles.iter().map(|s| s.to_string()).collect(),
             restorable: vec![],
+            copied_rows: None,
         }
     }
 

@@ -151,6 +151,12 @@ pub struct PlannedBatch {
     /// that contain the whole content of one of them were restored from the
     /// archive: they are settled, not archived again.
     pub restorable: Vec<String>,
+    /// A copy (`--no-delete`, not `--force`) of a range whose open batches
+    /// all lie within it: the rows they recorded together.  A range that
+    /// still holds exactly that many rows is not read again
+    /// ([`batch::unchanged`]).
+    #[serde(skip)]
+    pub copied_rows: Option<u64>,
 }
 
 /// A window that will not be archived this run, and why.
@@ -216,9 +222,10 @@ pub fn plan(facts: &TableFacts, opts: PlanOptions) -> Plan {
     let (runnable, blocked) = barriers.split(facts);
     let groups = group_windows(runnable, facts.granularity, opts.batch_windows, &barriers);
     let open = |b: &BatchRecord| is_open(&states, b);
+    let skips = opts.mode == BatchMode::Copy && !opts.force;
     let batches = stretch(groups, facts, &open, &barriers)
         .into_iter()
-        .map(|(range, windows)| planned_batch(facts, range, windows, &open))
+        .map(|(range, windows)| planned_batch(facts, range, windows, &open, skips))
         .collect();
     Plan {
         batches,
@@ -336,12 +343,16 @@ fn stretch(
 
 /// The batch of one range: the next sequence of the range, the open batches
 /// it reconciles (and those it covers whole: it settles them), the settled
-/// batches a restore may have brought back.
+/// batches a restore may have brought back; for a copy that may skip an
+/// unchanged range (`skips`), the rows its open batches recorded when they
+/// all lie within it (each row a later one streamed was filtered against
+/// the earlier ones, so none is counted twice).
 fn planned_batch(
     facts: &TableFacts,
     range: Window,
     windows: Vec<Window>,
     is_open: &dyn Fn(&BatchRecord) -> bool,
+    skips: bool,
 ) -> PlannedBatch {
     let overlapping = || facts.batches.iter().filter(|b| b.range.overlaps(&range));
     let sequence = overlapping().map(|b| b.sequence).max().unwrap_or(0) + 1;
@@ -350,11 +361,13 @@ fn planned_batch(
         .filter(|b| !is_open(b) && b.rows > 0)
         .map(|b| b.batch_id.clone())
         .collect();
-    let settles = open
+    let settles: Vec<String> = open
         .iter()
         .filter(|b| range.start <= b.range.start && b.range.end <= range.end)
         .map(|b| b.batch_id.clone())
         .collect();
+    let copied_rows = (skips && !open.is_empty() && settles.len() == open.len())
+        .then(|| open.iter().map(|b| b.rows).sum());
     PlannedBatch {
         batch_id: batch_id(&facts.source, &range, sequence),
         range,
@@ -363,6 +376,7 @@ fn planned_batch(
         reconcile: open.iter().map(|b| b.batch_id.clone()).collect(),
         settles,
         restorable,
+        copied_rows,
     }
 }
 
@@ -912,5 +926,64 @@ mod tests {
             kept_ranges(&f, [d(7), d(10)]),
             vec![d(2), span(d(5), d(7)), d(10)]
         );
+    }
+
+    #[test]
+    fn a_copy_knows_the_rows_its_range_held_when_copied() {
+        let d = |n: u32| day(&format!("2024-01-{n:02}"));
+        let two = Window {
+            start: d(4).start,
+            end: d(5).end,
+        };
+        let f = facts(
+            vec![
+                // Day 2: copied, then two late rows copied by a second batch.
+                rec("k", d(2), 1, BatchMode::Copy, None, &[]),
+                BatchRecord {
+                    rows: 2,
+                    ..rec("k2", d(2), 2, BatchMode::Copy, None, &["k"])
+                },
+                // Day 3: a settled move; days 4-5: one copy over both.
+                rec("m", d(3), 1, BatchMode::Move, Some(7), &[]),
+                rec("w", two, 1, BatchMode::Copy, None, &[]),
+            ],
+            &[(7, XactStatus::Committed)],
+            vec![d(2), d(3), d(4), d(6)],
+        );
+        let copy = PlanOptions {
+            mode: BatchMode::Copy,
+            ..MOVE
+        };
+        let rows = |o: PlanOptions| -> Vec<(Window, Option<u64>)> {
+            plan(&f, o)
+                .batches
+                .iter()
+                .map(|b| (b.range, b.copied_rows))
+                .collect()
+        };
+        // Day 3's rows were restored (its batch is settled), day 6 is new:
+        // both are read.  Day 4 stretches over batch `w`'s two days.
+        assert_eq!(
+            rows(copy),
+            vec![
+                (d(2), Some(12)),
+                (d(3), None),
+                (two, Some(10)),
+                (d(6), None)
+            ]
+        );
+        // A move, or a forced copy, reads every range.
+        for o in [
+            MOVE,
+            PlanOptions {
+                force: true,
+                ..copy
+            },
+        ] {
+            assert!(rows(o).iter().all(|(_, n)| n.is_none()), "{o:?}");
+        }
+        let b = &plan(&f, copy).batches[0];
+        assert!(batch::unchanged(b, 12));
+        assert!(!batch::unchanged(b, 11) && !batch::unchanged(b, 13));
     }
 }

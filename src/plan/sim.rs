@@ -480,14 +480,24 @@ impl Model {
             .map(u128::from)
             .collect();
         let limit = batch::row_limit(mode, limit);
+        let rows_now = self.in_range(&p.range).len() as u64;
+        // A copy of a range as its open batches left it reads nothing.
+        let stage = match batch::unchanged(p, rows_now) {
+            true => Stage::Skip {
+                commit_postgres: false,
+                streamed: vec![],
+                exhausted: true,
+            },
+            false => Stage::Stream,
+        };
         Flight {
             p: p.clone(),
             turn,
             part: batch::Part::first(p),
             bag: (!archived.is_empty()).then(|| HashBag::new(archived)),
             limit,
-            max_parts: batch::max_parts(limit, self.in_range(&p.range).len() as u64),
-            stage: Stage::Stream,
+            max_parts: batch::max_parts(limit, rows_now),
+            stage,
         }
     }
 

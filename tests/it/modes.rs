@@ -140,7 +140,7 @@ async fn no_delete_keeps_rows_and_a_later_run_settles_them_without_rearchiving()
     assert_eq!(st[0]["windows_pending"], 0);
 
     // Again with --no-delete: nothing new to copy.
-    let out = ws.run(&[
+    let no_delete = [
         "archive",
         "-c",
         &cfg,
@@ -148,7 +148,8 @@ async fn no_delete_keeps_rows_and_a_later_run_settles_them_without_rearchiving()
         "--json",
         "--now",
         &now_s,
-    ]);
+    ];
+    let out = ws.run(&no_delete);
     assert_eq!(
         out.json()[0]["batches"].as_array().map(Vec::len),
         Some(0),
@@ -157,6 +158,57 @@ async fn no_delete_keeps_rows_and_a_later_run_settles_them_without_rearchiving()
     );
     assert_eq!(out.json()[0]["pending"]["rows"], 0, "{}", out.stdout);
     assert_eq!(iceberg_count(&s, &cat), (below, snaps));
+    // ... and nothing read again: every kept range holds the rows copied.
+    let unchanged = &out.json()[0]["unchanged"];
+    assert_eq!(
+        unchanged["ranges"].as_u64(),
+        Some(snaps as u64),
+        "{unchanged}"
+    );
+    assert_eq!(unchanged["rows"].as_i64(), Some(below), "{unchanged}");
+
+    // A late row in a kept window changes its count: that range is read
+    // (its copied rows filtered out) and the row alone is copied.
+    let late = cut - 3 * DAY_US + 1_000;
+    c.batch_execute(&format!(
+        "INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit) \
+         VALUES (to_timestamp({late}::float8/1e6), 7, 'late', 2.5, 'celsius')"
+    ))
+    .await
+    .expect("late row");
+    let dry = ws.run(&[&no_delete[..], &["--dry-run"]].concat()).json();
+    assert_eq!(dry[0]["planned"].as_array().map(Vec::len), Some(1), "{dry}");
+    let day = late.div_euclid(DAY_US) * DAY_US;
+    let in_day = format!(
+        "recorded_at >= to_timestamp({day}::float8/1e6) \
+         AND recorded_at < to_timestamp({}::float8/1e6)",
+        day + DAY_US
+    );
+    let day_rows = count(&c, "sensor_readings", &in_day).await;
+    assert_eq!(
+        dry[0]["planned"][0]["rows"].as_i64(),
+        Some(day_rows),
+        "{dry}"
+    );
+    assert_eq!(
+        dry[0]["unchanged"]["rows"].as_i64(),
+        Some(below + 1 - day_rows),
+        "{dry}"
+    );
+    let rep = ws.run(&no_delete).json();
+    let batches = rep[0]["batches"].as_array().expect("batches");
+    assert_eq!(batches.len(), 1, "{rep}");
+    assert_eq!(
+        (batches[0]["rows"].as_i64(), batches[0]["sequence"].as_i64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(
+        rep[0]["unchanged"]["ranges"].as_u64(),
+        Some(snaps as u64 - 1),
+        "{rep}"
+    );
+    let (below, total) = (below + 1, total + 1);
+    assert_eq!(iceberg_count(&s, &cat), (below, snaps + 1));
 
     // A normal run deletes the copied rows without archiving them again.
     let out = ws.run(&["archive", "-c", &cfg, "--json", "--now", &now_s]);

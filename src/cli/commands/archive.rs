@@ -155,6 +155,13 @@ pub(super) fn print_archive(reports: &[crate::archive::TableReport], dry_run: bo
                 }
             ));
         }
+        if let Some(u) = &r.unchanged {
+            output::line(&format!(
+                "  {} kept range(s), {} row(s): as copied before, not read again",
+                u.ranges,
+                num(u.rows)
+            ));
+        }
         for b in &r.blocked {
             output::line(&format!(
                 "  blocked: window {} .. {} by failed batch {} ({}) — review, then `archive --force`",
