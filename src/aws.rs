@@ -66,7 +66,22 @@ pub async fn sdk_config(s: &ChainSettings<'_>) -> SdkConfig {
 /// remembered as this process's S3 chain ([`s3_chain`]), for the storage
 /// listings iceberg-rust cannot make.
 pub fn s3_credentials(provider: SharedCredentialsProvider) -> CustomAwsCredentialLoader {
-    let cache = Arc::new(CachedCredentials::new(Some(provider)));
+    s3_loader(CachedCredentials::new(Some(provider)))
+}
+
+/// [`s3_credentials`] of the SDK's default chain (in `region`, for its STS
+/// calls), built when S3 first asks for keys: a catalog whose tables carry
+/// keys of their own never resolves a region or reads a profile for it.
+pub fn s3_credentials_when_asked(region: Option<String>) -> CustomAwsCredentialLoader {
+    s3_loader(CachedCredentials {
+        provider: tokio::sync::OnceCell::new(),
+        region,
+        held: tokio::sync::Mutex::new(None),
+    })
+}
+
+fn s3_loader(cache: CachedCredentials) -> CustomAwsCredentialLoader {
+    let cache = Arc::new(cache);
     let _ = S3_CHAIN.set(cache.clone());
     CustomAwsCredentialLoader::new(ChainCredentials(cache))
 }
@@ -236,16 +251,31 @@ pub async fn rds_token_for(
 /// Credentials from a provider, held until [`renew_at`] and then asked for
 /// again (keys without an expiry are held for the run).
 struct CachedCredentials {
-    provider: Option<SharedCredentialsProvider>,
+    /// The provider; unset until first asked when built from `region`.
+    provider: tokio::sync::OnceCell<Option<SharedCredentialsProvider>>,
+    region: Option<String>,
     held: tokio::sync::Mutex<Option<(Credentials, Option<SystemTime>)>>,
 }
 
 impl CachedCredentials {
     fn new(provider: Option<SharedCredentialsProvider>) -> Self {
         Self {
-            provider,
+            provider: tokio::sync::OnceCell::new_with(Some(provider)),
+            region: None,
             held: tokio::sync::Mutex::new(None),
         }
+    }
+
+    async fn provider(&self) -> Option<&SharedCredentialsProvider> {
+        let region = self.region.as_deref();
+        let settings = ChainSettings {
+            region,
+            ..Default::default()
+        };
+        self.provider
+            .get_or_init(|| async { sdk_config(&settings).await.credentials_provider() })
+            .await
+            .as_ref()
     }
 
     async fn get(&self) -> Result<Credentials> {
@@ -256,7 +286,7 @@ impl CachedCredentials {
         {
             return Ok(c.clone());
         }
-        let provider = self.provider.as_ref().ok_or_else(|| {
+        let provider = self.provider().await.ok_or_else(|| {
             Error::config("no AWS credential chain is configured").with_hint(CHAIN_HINT)
         })?;
         let c = current_credentials(provider).await?;

@@ -25,7 +25,7 @@ pub struct CatalogHandle {
     /// For a Glue catalog, the same client (metadata commits swap through it).
     pub(crate) glue: Option<Arc<GlueCatalog>>,
     pub(crate) committer: tokio::sync::OnceCell<Committer>,
-    /// The storage of the SQL catalog's tables (see [`sql_storage`]).
+    /// The storage of the catalog's tables (see [`storage_of`]).
     storage: Arc<WarehouseStorageFactory>,
 }
 
@@ -89,8 +89,8 @@ impl CatalogHandle {
 pub async fn open_catalog(cfg: &CatalogConfig) -> Result<Arc<CatalogHandle>> {
     let props: HashMap<String, String> = cfg.properties.clone().into_iter().collect();
     let storage = Arc::new(match cfg.kind {
-        CatalogKind::Sql => sql_storage(&props).await,
-        _ => WarehouseStorageFactory::default(),
+        CatalogKind::Glue => WarehouseStorageFactory::default(),
+        _ => storage_of(&props),
     });
     let (catalog, glue) = open_client(cfg, props, storage.clone()).await?;
     Ok(Arc::new(CatalogHandle {
@@ -102,24 +102,20 @@ pub async fn open_catalog(cfg: &CatalogConfig) -> Result<Arc<CatalogHandle>> {
     }))
 }
 
-/// The storage of a SQL catalog's tables: an `s3://` warehouse without
-/// `s3.access-key-id` signs with the AWS credential chain, as Glue's does
-/// (SSO, `credential_process`, `role_arn`, IRSA, ECS, instance metadata),
-/// its keys held and renewed by [`crate::aws`] instead of asked for again
-/// by every request.  A REST catalog hands out storage access per table.
-async fn sql_storage(props: &HashMap<String, String>) -> WarehouseStorageFactory {
-    let s3 = props
-        .get("warehouse")
-        .is_some_and(|w| w.starts_with("s3://") || w.starts_with("s3a://"));
-    if !s3 || props.contains_key("s3.access-key-id") {
-        return WarehouseStorageFactory::default();
+/// The storage of a SQL or REST catalog's tables: S3 without keys — none
+/// in the config, none vended with the table — signs with the AWS credential
+/// chain, as Glue's does (SSO, `credential_process`, `role_arn`, IRSA, ECS,
+/// instance metadata), its keys held and renewed by [`crate::aws`] instead
+/// of asked for again by every request (OpenDAL's own chain caches nothing
+/// and runs no `credential_process`).  The chain is built when first asked,
+/// so a local warehouse or vended keys never touch it.
+fn storage_of(props: &HashMap<String, String>) -> WarehouseStorageFactory {
+    match props.contains_key("s3.access-key-id") {
+        true => WarehouseStorageFactory::default(),
+        false => WarehouseStorageFactory::signed_by(crate::aws::s3_credentials_when_asked(
+            props.get("s3.region").cloned(),
+        )),
     }
-    let sdk = crate::aws::sdk_config(&crate::aws::ChainSettings {
-        region: props.get("s3.region").map(String::as_str),
-        ..Default::default()
-    })
-    .await;
-    WarehouseStorageFactory::signed_by(sdk.credentials_provider(), props)
 }
 
 async fn open_client(

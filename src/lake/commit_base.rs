@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use iceberg::io::FileIO;
 use iceberg::table::Table;
 use iceberg::{
     Catalog, Error, ErrorKind, Namespace, NamespaceIdent, Result, TableCommit, TableCreation,
@@ -33,6 +34,7 @@ use iceberg::{
 pub struct CommitBase<'a> {
     inner: &'a dyn Catalog,
     base: Mutex<Option<Table>>,
+    io: FileIO,
 }
 
 impl<'a> CommitBase<'a> {
@@ -41,6 +43,7 @@ impl<'a> CommitBase<'a> {
         Self {
             inner,
             base: Mutex::new(Some(base.clone())),
+            io: base.file_io().clone(),
         }
     }
 
@@ -49,6 +52,21 @@ impl<'a> CommitBase<'a> {
         let mut base = self.base.lock().unwrap_or_else(|p| p.into_inner());
         base.take_if(|t| t.identifier() == ident)
     }
+}
+
+/// `committed` read and written through `io`, the `FileIO` of the table
+/// the commit was made on: a REST catalog answers a commit with a table
+/// whose `FileIO` has the catalog's properties alone, without those it gave
+/// with the table (its S3 endpoint, vended keys), so reading it back would
+/// go elsewhere, or unsigned.  The storage is the same table's.
+pub fn with_io(committed: Table, io: &FileIO) -> Result<Table> {
+    Table::builder()
+        .identifier(committed.identifier().clone())
+        .metadata(committed.metadata_ref())
+        .metadata_location(committed.metadata_location_result()?)
+        .file_io(io.clone())
+        .runtime(iceberg::Runtime::try_current()?)
+        .build()
 }
 
 #[async_trait]
@@ -62,8 +80,9 @@ impl Catalog for CommitBase<'_> {
         })
     }
 
+    /// The committed table, with the base's `FileIO` ([`with_io`]).
     async fn update_table(&self, commit: TableCommit) -> Result<Table> {
-        self.inner.update_table(commit).await
+        with_io(self.inner.update_table(commit).await?, &self.io)
     }
 
     async fn list_namespaces(

@@ -302,10 +302,10 @@ impl GlueCatalog {
         {
             io_props.insert("s3.region".into(), r.to_string());
         }
-        let factory: Arc<dyn StorageFactory> = Arc::new(WarehouseStorageFactory::signed_by(
-            sdk.credentials_provider(),
-            &io_props,
-        ));
+        let factory: Arc<dyn StorageFactory> = Arc::new(match sdk.credentials_provider() {
+            Some(chain) => WarehouseStorageFactory::signed_by(crate::aws::s3_credentials(chain)),
+            None => WarehouseStorageFactory::default(),
+        });
         let file_io = FileIOBuilder::new(factory).with_props(io_props).build();
         let runtime = iceberg::Runtime::try_current()?;
         Ok(Self {

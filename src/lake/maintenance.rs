@@ -63,6 +63,7 @@ pub async fn expire_snapshots(
     let after = tx
         .commit(catalog)
         .await
+        .and_then(|after| super::commit_base::with_io(after, table.file_io()))
         .map_err(|e| ice("cannot expire snapshots", e))?;
     let expired = before.saturating_sub(after.metadata().snapshots().count());
     Ok((after, expired))

@@ -28,30 +28,27 @@ use iceberg::io::{
     StorageConfig, StorageFactory,
 };
 use iceberg::{Error, ErrorKind, Result};
-use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
+use iceberg_storage_opendal::{CustomAwsCredentialLoader, OpenDalResolvingStorageFactory};
 use serde::{Deserialize, Serialize};
 
 /// Builds a [`WarehouseStorage`]: local paths through `std::fs`, the rest
-/// through `remote` (OpenDAL, with the catalog's credential loader if any).
+/// through OpenDAL — S3 signed by `signed`'s credential loader when there
+/// is one and the `FileIO`'s properties carry no `s3.access-key-id` (static
+/// keys of the config, or keys a REST catalog vends with a table), else
+/// as OpenDAL's default does.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct WarehouseStorageFactory {
     remote: OpenDalResolvingStorageFactory,
+    signed: Option<OpenDalResolvingStorageFactory>,
 }
 
 impl WarehouseStorageFactory {
-    /// S3 signed with the AWS credential `chain` (its keys held as
-    /// [`crate::aws`] says) unless the catalog's properties give
-    /// `s3.access-key-id`; everything else as the default.
-    pub fn signed_by(
-        chain: Option<aws_credential_types::provider::SharedCredentialsProvider>,
-        props: &std::collections::HashMap<String, String>,
-    ) -> Self {
-        match chain {
-            Some(chain) if !props.contains_key("s3.access-key-id") => Self {
-                remote: OpenDalResolvingStorageFactory::new()
-                    .with_s3_credential_loader(crate::aws::s3_credentials(chain)),
-            },
-            _ => Self::default(),
+    /// S3 without keys of its own signed by `loader` (the AWS credential
+    /// chain, its keys held as [`crate::aws`] says).
+    pub fn signed_by(loader: CustomAwsCredentialLoader) -> Self {
+        Self {
+            remote: OpenDalResolvingStorageFactory::new(),
+            signed: Some(OpenDalResolvingStorageFactory::new().with_s3_credential_loader(loader)),
         }
     }
 }
@@ -59,8 +56,12 @@ impl WarehouseStorageFactory {
 #[typetag::serde]
 impl StorageFactory for WarehouseStorageFactory {
     fn build(&self, config: &StorageConfig) -> Result<Arc<dyn Storage>> {
+        let remote = match &self.signed {
+            Some(signed) if !config.props().contains_key("s3.access-key-id") => signed,
+            _ => &self.remote,
+        };
         Ok(Arc::new(WarehouseStorage {
-            remote: self.remote.build(config)?,
+            remote: remote.build(config)?,
         }))
     }
 }

@@ -189,6 +189,11 @@ struct RotatingAws {
 
 impl RotatingAws {
     fn start(s: &Services) -> Self {
+        Self::in_front_of(s, &s.s3)
+    }
+
+    /// The front with S3 requests going to `s3`.
+    fn in_front_of(s: &Services, s3: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         std::fs::write(
@@ -215,7 +220,7 @@ impl RotatingAws {
             .arg(source_dir().join("tests/py/aws_proxy.py"))
             .arg(d.join("ledger"))
             .arg(d.join("log"))
-            .args([&s.s3, &s.glue])
+            .args([s3, &s.glue])
             .env("AWS_ACCESS_KEY_ID", &s.key)
             .env("AWS_SECRET_ACCESS_KEY", &s.secret)
             .stdout(Stdio::piped())
@@ -498,4 +503,78 @@ async fn a_sql_catalog_on_s3_without_keys_signs_with_the_aws_chain_and_holds_its
     assert!(log.iter().all(|e| e["ok"] == true), "refused: {log:?}");
     assert!(s3 >= 10, "{s3} S3 requests");
     assert_eq!(keys.len(), 1, "{s3} S3 requests signed with {keys:?}");
+}
+
+/// A REST catalog whose tables come without keys (none in the config, none
+/// vended; SeaweedFS hands out the front as the tables' `s3.endpoint`):
+/// S3 is signed with the AWS chain's keys, held, not asked for per request.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_rest_catalog_without_vended_keys_signs_s3_with_the_aws_chain_and_holds_its_keys() {
+    let s = services!();
+    let mut weed = Weed::unstarted(&s);
+    let front = RotatingAws::in_front_of(&s, &weed.s3);
+    weed.args.push(format!("-s3.externalUrl={}", front.s3));
+    weed.spawn().await;
+    let db = TestDb::create(&s, "restchain").await;
+    let c = db.client().await;
+    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
+        .await
+        .expect("schema");
+    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "600"))
+        .await
+        .expect("data");
+    let total = count(&c, "sensor_readings", "true").await;
+    let ws = Ws::new();
+    let cfg = ws.config(
+        "permafrost.yaml",
+        &format!(
+            "database:\n  dsn: \"{}\"\ncatalog:\n  type: rest\n  name: rest\n  uri: {}\n\
+             \x20 warehouse: s3://warehouse\n  credential: \"{}:{}\"\n  s3.region: us-east-1\n\
+             \x20 s3.path-style-access: true\ntables:\n  - name: sensor_readings\n\
+             \x20   timestamp_column: recorded_at\n    partition_by: day\n    lag: 15d\n",
+            db.dsn, weed.rest, s.key, s.secret
+        ),
+    );
+    let mut env = front.env();
+    env.push(("AWS_PROFILE", "rotating".into()));
+    env.push(("PF_KEY_LIFE", "120".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = ws.run_env(&["archive", "-c", &cfg.to_string_lossy(), "--json"], &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let archived = archived_rows(&out.json());
+    assert!(archived > 0, "{}", out.stdout);
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        total - archived as i64
+    );
+    let log = front.log();
+    let (s3, keys) = signed_by(&log, "s3");
+    assert!(log.iter().all(|e| e["ok"] == true), "refused: {log:?}");
+    assert!(s3 >= 10, "{s3} S3 requests");
+    assert_eq!(keys.len(), 1, "{s3} S3 requests signed with {keys:?}");
+    // `maintain` reads the table after its expiry commit and lists the
+    // storage for orphans: through the table's endpoint, with held keys.
+    let out = ws.run_env(
+        &[
+            "maintain",
+            "-c",
+            &cfg.to_string_lossy(),
+            "--older-than",
+            "0s",
+            "--retain-last",
+            "1",
+            "--json",
+        ],
+        &env,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rep = out.json();
+    assert!(rep[0]["snapshots_expired"].as_u64() > Some(0), "{rep}");
+    assert_eq!(rep[0]["data_manifests_after"], 1, "{rep}");
+    let log = front.log();
+    let (after, keys) = signed_by(&log, "s3");
+    assert!(log.iter().all(|e| e["ok"] == true), "refused: {log:?}");
+    assert!(after > s3, "maintain made no S3 request");
+    assert_eq!(keys.len(), 2, "one key per process: {keys:?}");
 }

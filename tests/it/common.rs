@@ -406,6 +406,9 @@ pub struct Weed {
     secret: String,
     pub s3: String,
     pub rest: String,
+    /// More `weed mini` arguments (e.g. `-s3.externalUrl=…`, the S3 address
+    /// its REST catalog hands out with a table).
+    pub args: Vec<String>,
 }
 
 fn free_ports(n: usize) -> Vec<u16> {
@@ -419,10 +422,17 @@ fn free_ports(n: usize) -> Vec<u16> {
 
 impl Weed {
     pub async fn start(s: &Services) -> Self {
+        let mut w = Self::unstarted(s);
+        w.spawn().await;
+        w
+    }
+
+    /// Its ports and addresses, not started yet ([`Self::spawn`]).
+    pub fn unstarted(s: &Services) -> Self {
         let bin = std::env::var("PERMAFROST_TEST_WEED")
             .expect("PERMAFROST_TEST_WEED (scripts/test sets it)");
         let ports = free_ports(16);
-        let mut w = Self {
+        Self {
             bin,
             dir: tempfile::Builder::new()
                 .prefix("permafrost-weed-")
@@ -434,12 +444,12 @@ impl Weed {
             child: None,
             key: s.key.clone(),
             secret: s.secret.clone(),
-        };
-        w.spawn().await;
-        w
+            args: vec![],
+        }
     }
 
-    async fn spawn(&mut self) {
+    /// Starts it and waits until S3 and the REST catalog answer.
+    pub async fn spawn(&mut self) {
         let p = &self.ports;
         let args = [
             format!("-dir={}", self.dir.path().display()),
@@ -470,6 +480,7 @@ impl Weed {
         let child = Command::new(&self.bin)
             .arg("mini")
             .args(args)
+            .args(&self.args)
             .env("AWS_ACCESS_KEY_ID", &self.key)
             .env("AWS_SECRET_ACCESS_KEY", &self.secret)
             .stdout(log.try_clone().expect("log"))

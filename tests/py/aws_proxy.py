@@ -123,7 +123,18 @@ class Front(BaseHTTPRequestHandler):
 
     def forward(self, body, region):
         headers = {k: v for k, v in self.headers.items() if k.lower() not in DROPPED}
-        url = self.target + self.path
+        path = self.path
+        if self.service == "s3":
+            # Sent as signed: query values encoded as SigV4 encodes them
+            # (OpenDAL leaves a listing prefix's '/' as it is).
+            parts = urllib.parse.urlsplit(path)
+            query = urllib.parse.urlencode(
+                urllib.parse.parse_qsl(parts.query, keep_blank_values=True),
+                quote_via=urllib.parse.quote,
+                safe="-_.~",
+            )
+            path = parts.path + ("?" + query if parts.query else "")
+        url = self.target + path
         if self.service == "s3":
             req = AWSRequest(method=self.command, url=url, data=body, headers=headers)
             creds = Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
@@ -133,7 +144,7 @@ class Front(BaseHTTPRequestHandler):
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "transfer-encoding", "content-length")}
         u = urllib.parse.urlsplit(self.target)
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-        conn.request(self.command, self.path, body=body, headers=headers)
+        conn.request(self.command, path, body=body, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
         self.send_response(resp.status)
