@@ -246,12 +246,25 @@ impl Error {
             return Error::new(kind, format!("{what}: {cause}")).with_hint(hint);
         }
         let full = one_line(&err.to_string());
+        if full.contains(NO_SIGNING_KEYS) {
+            return Error::no_s3_keys(what);
+        }
         let hint = iceberg_hint(&full);
         let text = concise(&full);
         let mut e = Error::new(kind, format!("{what}: {text}"));
         e.hint = hint;
         e.conflict = err.kind() == K::CatalogCommitConflicts;
         e
+    }
+
+    /// S3 had no keys to sign with (none in the `FileIO`'s properties, none
+    /// from the AWS chain): a missing credential, kind `config`.
+    fn no_s3_keys(what: impl fmt::Display) -> Self {
+        Error::new(
+            ErrorKind::Config,
+            format!("{what}: there are no credentials to sign S3 requests with"),
+        )
+        .with_hint(NO_S3_KEYS_HINT)
     }
 
     /// Converts an iceberg-rust error of the warehouse's files (data files,
@@ -266,6 +279,9 @@ impl Error {
         let full = one_line(&err.to_string());
         if undecodable(&err) {
             return Error::damaged_file(what, &concise(&full));
+        }
+        if full.contains(NO_SIGNING_KEYS) {
+            return Error::no_s3_keys(what);
         }
         Error::new(ErrorKind::Storage, format!("{what}: {}", concise(&full)))
             .with_hint(storage_hint(&full))
@@ -521,6 +537,14 @@ pub fn undecodable(err: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+/// OpenDAL's signer found no keys: none in the `FileIO`'s properties, and
+/// the credential source (the AWS chain, [`crate::aws`]) gave none.
+const NO_SIGNING_KEYS: &str = "failed to load signing credential";
+
+const NO_S3_KEYS_HINT: &str = "give the catalog `s3.access-key-id`/`s3.secret-access-key`, or \
+     let the AWS credential chain answer (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
+     a web identity token, instance metadata); the warning logged before this says why it did not";
 
 fn storage_hint(text: &str) -> &'static str {
     let t = text.to_ascii_lowercase();

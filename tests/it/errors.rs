@@ -361,3 +361,49 @@ async fn a_damaged_data_file_is_a_verdict_not_a_storage_failure() {
         "the failed restore left its staging table"
     );
 }
+
+/// S3 without keys anywhere — none in the config, none from the AWS
+/// credential chain — is a missing credential (exit 2) in one line with a
+/// hint, not a storage failure; nothing is deleted.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn s3_without_any_credentials_is_a_config_error() {
+    let s = services!();
+    let db = TestDb::create(&s, "nokeys").await;
+    let c = db.client().await;
+    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
+        .await
+        .expect("schema");
+    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "300"))
+        .await
+        .expect("data");
+    let total = count(&c, "sensor_readings", "true").await;
+    let ws = Ws::new();
+    let catalog = format!(
+        "catalog:\n  type: sql\n  uri: \"sqlite://{}/cat.db?mode=rwc\"\n  warehouse: s3://archive/{}\n\
+         \x20 s3.endpoint: \"{}\"\n  s3.region: us-east-1\n  s3.path-style-access: true\n",
+        ws.path().display(),
+        unique("nokeys"),
+        s.s3
+    );
+    let cfg = ws.config(
+        "permafrost.yaml",
+        &table_yaml(&db.dsn, &catalog, "archive", SENSOR),
+    );
+    // A chain with nothing to find: no profile, no instance metadata.
+    let env = [
+        ("AWS_CONFIG_FILE", "/dev/null"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let out = ws.run_env(&["archive", "-c", &cfg.to_string_lossy()], &env);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_fails(&out, "no credentials to sign S3 requests", &[]);
+    assert!(
+        out.stderr
+            .contains("hint: give the catalog `s3.access-key-id`"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(count(&c, "sensor_readings", "true").await, total);
+}
