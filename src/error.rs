@@ -546,10 +546,21 @@ const NO_S3_KEYS_HINT: &str = "give the catalog `s3.access-key-id`/`s3.secret-ac
      let the AWS credential chain answer (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
      a web identity token, instance metadata); the warning logged before this says why it did not";
 
+/// AWS refused keys past their expiry (`ExpiredToken`); `t` in lower case.
+fn expired_keys(t: &str) -> bool {
+    t.contains("expiredtoken") || t.contains("token has expired")
+}
+
+const EXPIRED_KEYS_HINT: &str = "the keys expired: static keys in the config are never renewed \
+     (leave them out to use the AWS credential chain, whose keys are); keys a REST catalog vends \
+     with a table are held for the run that loaded it, and the next run loads fresh ones";
+
 fn storage_hint(text: &str) -> &'static str {
     let t = text.to_ascii_lowercase();
     if is_local_file_error(&t) {
         LOCAL_FILE_HINT
+    } else if expired_keys(&t) {
+        EXPIRED_KEYS_HINT
     } else if has_word(&t, "403")
         || has_word(&t, "401")
         || t.contains("forbidden")
@@ -570,7 +581,9 @@ fn iceberg_hint(text: &str) -> Option<String> {
     if t.contains("failure in doing io operation") || t.contains("service: s3") {
         return Some(storage_hint(text).to_string());
     }
-    let h = if has_word(&t, "403")
+    let h = if expired_keys(&t) {
+        EXPIRED_KEYS_HINT
+    } else if has_word(&t, "403")
         || has_word(&t, "401")
         || t.contains("unauthorized")
         || t.contains("forbidden")
@@ -667,6 +680,9 @@ mod tests {
         assert!(storage_hint(local).contains("local warehouse"));
         let down = "Unexpected => error sending request: connection refused";
         assert!(storage_hint(down).contains("reachable"));
+        let expired = "Unexpected (persistent) at read, context: { response: Parts { status: 403 }, service: s3 } => S3Error { code: \"ExpiredToken\", message: \"The provided token has expired.\" }";
+        assert!(storage_hint(expired).contains("keys expired"));
+        assert!(iceberg_hint(expired).is_some_and(|h| h.contains("keys expired")));
         // The catalog writing table metadata to a store that refuses the key.
         let create = "Unexpected => Failure in doing io operation, source: PermissionDenied (persistent) at write, context: { response: Parts { status: 403 }, service: s3 } => S3Error { code: \"SignatureDoesNotMatch\" }";
         assert!(iceberg_hint(create).is_some_and(|h| h.contains("s3.access-key-id")));

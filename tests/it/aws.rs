@@ -356,6 +356,11 @@ async fn glue_and_s3_keep_working_while_credentials_expire_and_rotate() {
         "{}",
         out.stderr
     );
+    assert!(
+        out.stderr.contains("hint: the keys expired"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(count(&c, "sensor_readings", "true").await, total);
 
     // The chain (credential_process): every request signed with keys that
