@@ -90,18 +90,6 @@ fn s3_loader(cache: CachedCredentials) -> CustomAwsCredentialLoader {
 /// keys (set once, by the catalog handle of the run).
 static S3_CHAIN: std::sync::OnceLock<Arc<CachedCredentials>> = std::sync::OnceLock::new();
 
-/// Why the S3 chain last gave no keys (OpenDAL's signer logs it as a warning
-/// and answers only "failed to load signing credential").
-static S3_CHAIN_REFUSAL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-
-/// The S3 chain's last refusal, for the error that follows it.
-pub fn s3_chain_refusal() -> Option<String> {
-    S3_CHAIN_REFUSAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
-}
-
 /// [`s3_credentials`]' chain for an OpenDAL operator of our own (listing
 /// orphan files), if the run's catalog signs S3 with the SDK chain.
 pub fn s3_chain() -> Option<reqsign_core::ProvideCredentialChain<AwsCredential>> {
@@ -125,12 +113,11 @@ impl ProvideCredential for ChainCredentials {
         &self,
         _ctx: &reqsign_core::Context,
     ) -> reqsign_core::Result<Option<AwsCredential>> {
-        let c = self.0.get().await.map_err(|e| {
-            *S3_CHAIN_REFUSAL
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.message().to_string());
-            reqsign_core::Error::credential_invalid(e.message().to_string())
-        })?;
+        let c = self
+            .0
+            .get()
+            .await
+            .map_err(|e| reqsign_core::Error::credential_invalid(e.message().to_string()))?;
         let expires_in = match c.expiry() {
             Some(t) => Some(timestamp(t)?),
             None => None,

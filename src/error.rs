@@ -260,12 +260,9 @@ impl Error {
     /// S3 had no keys to sign with (none in the `FileIO`'s properties, none
     /// from the AWS chain): a missing credential, kind `config`.
     fn no_s3_keys(what: impl fmt::Display) -> Self {
-        let why = crate::aws::s3_chain_refusal()
-            .map(|r| format!(" ({r})"))
-            .unwrap_or_default();
         Error::new(
             ErrorKind::Config,
-            format!("{what}: there are no credentials to sign S3 requests with{why}"),
+            format!("{what}: there are no credentials to sign S3 requests with"),
         )
         .with_hint(NO_S3_KEYS_HINT)
     }
@@ -547,7 +544,7 @@ const NO_SIGNING_KEYS: &str = "failed to load signing credential";
 
 const NO_S3_KEYS_HINT: &str = "give the catalog `s3.access-key-id`/`s3.secret-access-key`, or \
      let the AWS credential chain answer (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
-     a web identity token, instance metadata)";
+     a web identity token, instance metadata); the warning logged before this says why it did not";
 
 /// AWS refused keys past their expiry (`ExpiredToken`); `t` in lower case.
 fn expired_keys(t: &str) -> bool {
