@@ -431,9 +431,13 @@ async fn glue_and_s3_keep_working_while_credentials_expire_and_rotate() {
         .send()
         .await
         .expect("update_table");
+    // Ten minutes inside one day (from its midnight), so one window and one
+    // commit whatever the hour: `now() - 400 days + g minutes` crossed
+    // midnight when the suite ran just before it, and made two commits.
     c.batch_execute(
         "INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit)
-         SELECT now() - interval '400 days' + g * interval '1 minute', 1, 'sensor-1', 1.5, 'celsius'
+         SELECT date_trunc('day', now() - interval '400 days', 'UTC') + g * interval '1 minute',
+                1, 'sensor-1', 1.5, 'celsius'
          FROM generate_series(1, 10) g",
     )
     .await
@@ -461,12 +465,33 @@ async fn glue_and_s3_keep_working_while_credentials_expire_and_rotate() {
     assert_eq!(p["table_type"], "ICEBERG");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
-async fn a_sql_catalog_on_s3_without_keys_signs_with_the_aws_chain_and_holds_its_keys() {
-    let s = services!();
-    let front = RotatingAws::start(&s);
-    let db = TestDb::create(&s, "sqlchain").await;
+/// What [`archive_with_the_chain`] leaves for the rest of a test.
+struct ChainRun {
+    ws: Ws,
+    cfg: String,
+    env: Vec<(&'static str, String)>,
+    /// S3 requests the archive made.
+    s3: usize,
+}
+
+impl ChainRun {
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+}
+
+/// Archives 600 rows of the sample table into the catalog `catalog` writes
+/// (a config's `catalog:` section, given the workspace) with no S3 keys but
+/// the AWS profile's `credential_process`, whose keys live two minutes, and
+/// checks the chain's keys were held: every request accepted, every S3
+/// request signed with one key, the archived rows gone from Postgres.
+async fn archive_with_the_chain(
+    s: &Services,
+    front: &RotatingAws,
+    name: &str,
+    catalog: impl FnOnce(&Ws) -> String,
+) -> ChainRun {
+    let db = TestDb::create(s, name).await;
     let c = db.client().await;
     c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
         .await
@@ -476,29 +501,31 @@ async fn a_sql_catalog_on_s3_without_keys_signs_with_the_aws_chain_and_holds_its
         .expect("data");
     let total = count(&c, "sensor_readings", "true").await;
     let ws = Ws::new();
-    let cfg = ws.config(
-        "permafrost.yaml",
-        &format!(
-            "database:\n  dsn: \"{}\"\ncatalog:\n  type: sql\n  uri: \"sqlite://{}/cat.db?mode=rwc\"\n\
-             \x20 warehouse: s3://archive/{}\n  s3.endpoint: \"{}\"\n  s3.region: us-east-1\n\
-             \x20 s3.path-style-access: true\ntables:\n  - name: sensor_readings\n\
-             \x20   timestamp_column: recorded_at\n    partition_by: day\n    lag: 15d\n",
-            db.dsn,
-            ws.path().display(),
-            unique("sqlchain"),
-            front.s3
-        ),
+    let yaml = format!(
+        "database:\n  dsn: \"{}\"\ncatalog:\n{}tables:\n  - name: sensor_readings\n\
+         \x20   timestamp_column: recorded_at\n    partition_by: day\n    lag: 15d\n",
+        db.dsn,
+        catalog(&ws)
     );
-    // The profile's credential_process, keys that live two minutes.
+    let cfg = ws
+        .config("permafrost.yaml", &yaml)
+        .to_string_lossy()
+        .to_string();
     let mut env = front.env();
     env.push(("AWS_PROFILE", "rotating".into()));
     env.push(("PF_KEY_LIFE", "120".into()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let out = ws.run_env(&["archive", "-c", &cfg.to_string_lossy(), "--json"], &env);
+    let run = ChainRun {
+        ws,
+        cfg,
+        env,
+        s3: 0,
+    };
+    let out = run
+        .ws
+        .run_env(&["archive", "-c", &run.cfg, "--json"], &run.env());
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let report = out.json();
-    let archived = archived_rows(&report);
-    assert!(archived > 0, "{report}");
+    let archived = archived_rows(&out.json());
+    assert!(archived > 0, "{}", out.stdout);
     assert_eq!(
         count(&c, "sensor_readings", "true").await,
         total - archived as i64
@@ -508,6 +535,24 @@ async fn a_sql_catalog_on_s3_without_keys_signs_with_the_aws_chain_and_holds_its
     assert!(log.iter().all(|e| e["ok"] == true), "refused: {log:?}");
     assert!(s3 >= 10, "{s3} S3 requests");
     assert_eq!(keys.len(), 1, "{s3} S3 requests signed with {keys:?}");
+    ChainRun { s3, ..run }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_sql_catalog_on_s3_without_keys_signs_with_the_aws_chain_and_holds_its_keys() {
+    let s = services!();
+    let front = RotatingAws::start(&s);
+    archive_with_the_chain(&s, &front, "sqlchain", |ws| {
+        format!(
+            "  type: sql\n  uri: \"sqlite://{}/cat.db?mode=rwc\"\n  warehouse: s3://archive/{}\n\
+             \x20 s3.endpoint: \"{}\"\n  s3.region: us-east-1\n  s3.path-style-access: true\n",
+            ws.path().display(),
+            unique("sqlchain"),
+            front.s3
+        )
+    })
+    .await;
 }
 
 /// A REST catalog whose tables come without keys (none in the config, none
@@ -521,50 +566,22 @@ async fn a_rest_catalog_without_vended_keys_signs_s3_with_the_aws_chain_and_hold
     let front = RotatingAws::in_front_of(&s, &weed.s3);
     weed.args.push(format!("-s3.externalUrl={}", front.s3));
     weed.spawn().await;
-    let db = TestDb::create(&s, "restchain").await;
-    let c = db.client().await;
-    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
-        .await
-        .expect("schema");
-    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "600"))
-        .await
-        .expect("data");
-    let total = count(&c, "sensor_readings", "true").await;
-    let ws = Ws::new();
-    let cfg = ws.config(
-        "permafrost.yaml",
-        &format!(
-            "database:\n  dsn: \"{}\"\ncatalog:\n  type: rest\n  name: rest\n  uri: {}\n\
-             \x20 warehouse: s3://warehouse\n  credential: \"{}:{}\"\n  s3.region: us-east-1\n\
-             \x20 s3.path-style-access: true\ntables:\n  - name: sensor_readings\n\
-             \x20   timestamp_column: recorded_at\n    partition_by: day\n    lag: 15d\n",
-            db.dsn, weed.rest, s.key, s.secret
-        ),
-    );
-    let mut env = front.env();
-    env.push(("AWS_PROFILE", "rotating".into()));
-    env.push(("PF_KEY_LIFE", "120".into()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let out = ws.run_env(&["archive", "-c", &cfg.to_string_lossy(), "--json"], &env);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let archived = archived_rows(&out.json());
-    assert!(archived > 0, "{}", out.stdout);
-    assert_eq!(
-        count(&c, "sensor_readings", "true").await,
-        total - archived as i64
-    );
-    let log = front.log();
-    let (s3, keys) = signed_by(&log, "s3");
-    assert!(log.iter().all(|e| e["ok"] == true), "refused: {log:?}");
-    assert!(s3 >= 10, "{s3} S3 requests");
-    assert_eq!(keys.len(), 1, "{s3} S3 requests signed with {keys:?}");
+    let run = archive_with_the_chain(&s, &front, "restchain", |_| {
+        format!(
+            "  type: rest\n  name: rest\n  uri: {}\n  warehouse: s3://warehouse\n\
+             \x20 credential: \"{}:{}\"\n  s3.region: us-east-1\n  s3.path-style-access: true\n",
+            weed.rest, s.key, s.secret
+        )
+    })
+    .await;
+    let (ws, cfg, env, s3) = (&run.ws, &run.cfg, run.env(), run.s3);
     // `maintain` reads the table after its expiry commit and lists the
     // storage for orphans: through the table's endpoint, with held keys.
     let out = ws.run_env(
         &[
             "maintain",
             "-c",
-            &cfg.to_string_lossy(),
+            cfg,
             "--older-than",
             "0s",
             "--retain-last",
