@@ -514,15 +514,8 @@ async fn archive_with_the_chain(
     let mut env = front.env();
     env.push(("AWS_PROFILE", "rotating".into()));
     env.push(("PF_KEY_LIFE", "120".into()));
-    let run = ChainRun {
-        ws,
-        cfg,
-        env,
-        s3: 0,
-    };
-    let out = run
-        .ws
-        .run_env(&["archive", "-c", &run.cfg, "--json"], &run.env());
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = ws.run_env(&["archive", "-c", &cfg, "--json"], &env_refs);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let archived = archived_rows(&out.json());
     assert!(archived > 0, "{}", out.stdout);
@@ -535,7 +528,7 @@ async fn archive_with_the_chain(
     assert!(log.iter().all(|e| e["ok"] == true), "refused: {log:?}");
     assert!(s3 >= 10, "{s3} S3 requests");
     assert_eq!(keys.len(), 1, "{s3} S3 requests signed with {keys:?}");
-    ChainRun { s3, ..run }
+    ChainRun { ws, cfg, env, s3 }
 }
 
 #[tokio::test(flavor = "multi_thread")]
