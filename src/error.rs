@@ -278,7 +278,7 @@ impl Error {
         }
         let full = one_line(&err.to_string());
         if undecodable(&err) {
-            return Error::damaged_file(what, &concise(&full));
+            return Error::damaged_file(what, None, &concise(&full));
         }
         if full.contains(NO_SIGNING_KEYS) {
             return Error::no_s3_keys(what);
@@ -287,12 +287,27 @@ impl Error {
             .with_hint(storage_hint(&full))
     }
 
-    /// A data file of the archive whose bytes do not decode (see
-    /// [`undecodable`]): kind `Verification`, with where to look.
-    pub fn damaged_file(what: impl fmt::Display, cause: &str) -> Self {
+    /// Converts an iceberg-rust error reading the data file `path`: as
+    /// [`Error::storage`], with the file named.
+    pub fn data_file(what: impl fmt::Display, path: &str, err: iceberg::Error) -> Self {
+        if undecodable(&err) {
+            let cause = concise(&one_line(&err.to_string()));
+            return Error::damaged_file(what, Some(path), &cause);
+        }
+        Error::storage(format!("{what}: data file {path}"), err)
+    }
+
+    /// A data file of the archive (`file`, when known) that does not decode
+    /// (see [`undecodable`]) or is not the file its manifest describes:
+    /// kind `Verification`, with where to look.
+    pub fn damaged_file(what: impl fmt::Display, file: Option<&str>, cause: &str) -> Self {
+        let file = match file {
+            Some(path) => format!("data file {path}"),
+            None => "a data file".to_string(),
+        };
         Error::new(
             ErrorKind::Verification,
-            format!("{what}: a data file does not decode: {cause}"),
+            format!("{what}: {file} does not decode: {cause}"),
         )
         .with_hint(DAMAGED_FILE_HINT)
     }

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use arrow_array::RecordBatch;
 use futures::TryStreamExt;
+use futures::stream::BoxStream;
 use iceberg::expr::{Predicate, Reference};
 use iceberg::spec::{Datum, PrimitiveType, Type};
 use iceberg::table::Table;
@@ -19,6 +20,7 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::Filter;
 use crate::inspect::{SnapshotChoice, resolve_snapshot};
+use crate::lake::readback::read_files;
 use crate::plan::window::{Micros, Window};
 
 /// Output formats.
@@ -231,7 +233,7 @@ pub async fn open_scan(
     snapshot: i64,
     predicate: Predicate,
     columns: Option<&[String]>,
-) -> Result<(iceberg::scan::ArrowRecordBatchStream, usize)> {
+) -> Result<(BoxStream<'static, Result<RecordBatch>>, usize)> {
     let mut builder = table.scan().snapshot_id(snapshot).with_filter(predicate);
     builder = match columns {
         Some(cols) => builder.select(cols.iter().cloned()),
@@ -255,11 +257,9 @@ pub async fn open_scan(
         .with_batch_size(8192)
         .with_row_selection_enabled(true)
         .build();
-    let stream = reader
-        .read(Box::pin(futures::stream::iter(tasks.into_iter().map(Ok))))
-        .map_err(|e| Error::storage("cannot read the archive", e))?
-        .stream();
-    Ok((stream, files))
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let what = "cannot read the archive";
+    Ok((read_files(table, reader, tasks, cores, what), files))
 }
 
 /// Streams the rows of `req` to `out`.
@@ -307,11 +307,7 @@ pub async fn fetch<W: Write + Send>(
     let mut sink = Sink::new(req.format, out);
     let mut rows = 0u64;
     let mut schema_seen = None;
-    while let Some(batch) = stream
-        .try_next()
-        .await
-        .map_err(|e| Error::storage("cannot read the archive", e))?
-    {
+    while let Some(batch) = stream.try_next().await? {
         rows += batch.num_rows() as u64;
         progress.inc(batch.num_rows() as u64);
         schema_seen.get_or_insert_with(|| batch.schema());

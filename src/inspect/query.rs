@@ -363,7 +363,9 @@ fn sql_error(e: datafusion::error::DataFusionError, tables: &[String]) -> Error 
         D::IoError(io) if io.kind() == std::io::ErrorKind::BrokenPipe => {
             Error::new(ErrorKind::Io, "cannot write the output: Broken pipe")
         }
-        _ if crate::error::undecodable(&e) => Error::damaged_file("query failed", &one_line(&e)),
+        _ if crate::error::undecodable(&e) => {
+            Error::damaged_file("query failed", None, &one_line(&e))
+        }
         _ => Error::new(
             ErrorKind::Catalog,
             format!("query failed: {}", one_line(&e)),

@@ -6,8 +6,13 @@
 //! iceberg-rust's Arrow reader.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
+use arrow_array::RecordBatch;
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use iceberg::arrow::ArrowReader;
+use iceberg::io::FileIO;
 use iceberg::scan::FileScanTask;
 use iceberg::spec::{DataContentType, ManifestStatus, SnapshotRef};
 use iceberg::table::Table;
@@ -122,7 +127,7 @@ pub async fn for_each_batch<F>(
     mut f: F,
 ) -> Result<()>
 where
-    F: FnMut(&arrow_array::RecordBatch) -> Result<()>,
+    F: FnMut(&RecordBatch) -> Result<()>,
 {
     let mut stream = batches(table, snapshot, files)?;
     while let Some(batch) = stream.try_next().await? {
@@ -137,7 +142,7 @@ pub fn batches(
     table: &Table,
     snapshot: &SnapshotRef,
     files: &[AddedFile],
-) -> Result<futures::stream::BoxStream<'static, Result<arrow_array::RecordBatch>>> {
+) -> Result<BoxStream<'static, Result<RecordBatch>>> {
     if files.is_empty() {
         return Ok(futures::stream::empty().boxed());
     }
@@ -146,10 +151,10 @@ pub fn batches(
         .schema(md)
         .map_err(|e| Error::iceberg("cannot find the snapshot's schema", e))?;
     let field_ids: Vec<i32> = schema.as_struct().fields().iter().map(|f| f.id).collect();
-    let tasks: Vec<iceberg::Result<FileScanTask>> = files
+    let tasks: Vec<FileScanTask> = files
         .iter()
         .map(|af| {
-            Ok(FileScanTask::builder()
+            FileScanTask::builder()
                 .with_file_size_in_bytes(af.size)
                 .with_start(0)
                 .with_length(af.size)
@@ -159,20 +164,80 @@ pub fn batches(
                 .with_schema(schema.clone())
                 .with_project_field_ids(field_ids.clone())
                 .with_case_sensitive(true)
-                .build())
+                .build()
         })
         .collect();
-    let reader = table
-        .reader_builder()
-        .with_data_file_concurrency_limit(1)
-        .with_batch_size(8192)
-        .build();
-    Ok(reader
-        .read(futures::stream::iter(tasks).boxed())
-        .map_err(|e| Error::storage("cannot read the batch back", e))?
-        .stream()
-        .map_err(|e| Error::storage("cannot read the batch back", e))
-        .boxed())
+    let reader = table.reader_builder().with_batch_size(8192).build();
+    Ok(read_files(
+        table,
+        reader,
+        tasks,
+        1,
+        "cannot read the batch back",
+    ))
+}
+
+/// The rows of the data files `tasks` name, read with `reader`, up to
+/// `concurrency` files at a time (with 1, file after file, in order).
+/// A failure names its data file, and says `what` was being done; a file
+/// that does not decode, or whose size is not the one its manifest records
+/// (cut short, overwritten), is a damaged file ([`Error::damaged_file`],
+/// exit 5), not a storage failure.
+pub fn read_files(
+    table: &Table,
+    reader: ArrowReader,
+    tasks: Vec<FileScanTask>,
+    concurrency: usize,
+    what: &'static str,
+) -> BoxStream<'static, Result<RecordBatch>> {
+    let io = table.file_io().clone();
+    futures::stream::iter(tasks)
+        .map(move |task| read_file(reader.clone(), io.clone(), task, what))
+        .flatten_unordered(concurrency.max(1))
+        .boxed()
+}
+
+/// One data file's rows (see [`read_files`]).
+fn read_file(
+    reader: ArrowReader,
+    io: FileIO,
+    task: FileScanTask,
+    what: &'static str,
+) -> BoxStream<'static, Result<RecordBatch>> {
+    let file = Arc::new((io, task.data_file_path.clone(), task.file_size_in_bytes));
+    let batches = match reader.read(futures::stream::iter([Ok(task)]).boxed()) {
+        Ok(scan) => scan.stream(),
+        Err(e) => futures::stream::once(async { Err(e) }).boxed(),
+    };
+    batches
+        .then(move |read| {
+            let file = file.clone();
+            async move {
+                match read {
+                    Ok(b) => Ok(b),
+                    Err(e) => Err(file_error(&file.0, &file.1, file.2, what, e).await),
+                }
+            }
+        })
+        .boxed()
+}
+
+/// What failed reading the data file `path` that its manifest says is
+/// `size` bytes: a file of another size is damaged whatever the error said.
+async fn file_error(io: &FileIO, path: &str, size: u64, what: &str, e: iceberg::Error) -> Error {
+    if !crate::error::undecodable(&e) {
+        let found = async { io.new_input(path)?.metadata().await }.await;
+        if let Ok(found) = found
+            && found.size != size
+        {
+            let cause = format!(
+                "it is {} bytes long where its manifest records {size}",
+                found.size
+            );
+            return Error::damaged_file(what, Some(path), &cause);
+        }
+    }
+    Error::data_file(what, path, e)
 }
 
 /// Count and checksum of the rows `snapshot` added, read from storage.

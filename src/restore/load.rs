@@ -31,6 +31,7 @@ use super::{Archived, Loaded, StagedColumn, in_transaction, pg};
 use crate::checksum::{Checksum, RowHasher};
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
+use crate::lake::readback::read_files;
 use crate::source::catalog::{self, map_context, resolve_type};
 use crate::types::{Mapping, TypeInfo, map_type, text_mapping};
 
@@ -220,17 +221,13 @@ async fn copy_share(
     let mut hashes = Vec::new();
     let mut share = Share::default();
     let reader = table.reader_builder().with_batch_size(8192).build();
-    let read_err = |e: iceberg::Error| Error::storage("cannot read the archive", e);
     let next = || queue.lock().ok().and_then(|mut q| q.pop_front());
     while let Some(task) = next() {
         let path = task.data_file_path.clone();
-        let mut stream = reader
-            .clone()
-            .read(Box::pin(futures::stream::iter([Ok(task)])))
-            .map_err(read_err)?
-            .stream();
+        let what = "cannot read the archive";
+        let mut stream = read_files(table, reader.clone(), vec![task], 1, what);
         let mut file_sum = Checksum::default();
-        while let Some(batch) = stream.try_next().await.map_err(read_err)? {
+        while let Some(batch) = stream.try_next().await? {
             hashes.clear();
             hasher.hash_rows(&batch, &mut hashes)?;
             file_sum.add_hashes(&hashes);

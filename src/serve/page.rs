@@ -60,7 +60,7 @@ pub async fn scan(
     let (stream, files) =
         open_scan(table, snapshot.snapshot_id(), predicate, Some(columns)).await?;
     Ok(Scan {
-        batches: Box::pin(stream.map_err(|e| Error::storage("cannot read the archive", e))),
+        batches: stream,
         schema: projected,
         files,
         snapshot_id: Some(snapshot.snapshot_id()),

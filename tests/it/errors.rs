@@ -311,6 +311,39 @@ fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// Damages the first data file under `ws` with `damage` and returns its
+/// path and the `--from`/`--to` of its daily window.
+fn damage_a_data_file(
+    ws: &Ws,
+    damage: impl FnOnce(&mut Vec<u8>),
+) -> (std::path::PathBuf, [String; 2]) {
+    let files = parquet_files(ws.path());
+    let victim = files.first().expect("a data file").clone();
+    let mut bytes = std::fs::read(&victim).expect("read");
+    damage(&mut bytes);
+    std::fs::write(&victim, &bytes).expect("write");
+    let day = victim
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|d| d.to_str())
+        .and_then(|d| d.strip_prefix("recorded_at_day="))
+        .expect("partition directory")
+        .to_string();
+    let next =
+        rfc3339(permafrost::plan::window::parse_instant(&day).expect("day") + 86_400_000_000);
+    (victim, [day, next])
+}
+
+/// Runs `command` with `args` and checks it fails with exit 5 and one
+/// line that says `needle`.
+fn fails_as_damaged(ws: &Ws, cfg: &str, command: &str, args: &[&str], needle: &str) -> Out {
+    let out = ws.run(&[&[command, "-c", cfg][..], args].concat());
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert_fails(&out, needle, &[]);
+    assert!(out.has_hint("damaged"), "{}", out.stderr);
+    out
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_damaged_data_file_is_a_verdict_not_a_storage_failure() {
@@ -321,36 +354,27 @@ async fn a_damaged_data_file_is_a_verdict_not_a_storage_failure() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     // Overwrite one file's Parquet footer (the bytes before its length
     // and `PAR1`): the file is there, whole, and does not decode.
-    let files = parquet_files(ws.path());
-    let victim = files.first().expect("a data file");
-    let mut bytes = std::fs::read(victim).expect("read");
-    let n = bytes.len();
-    let footer = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().expect("4 bytes")) as usize;
-    bytes[n - 8 - footer..n - 8].fill(0xff);
-    std::fs::write(victim, &bytes).expect("write");
-    let day = victim
-        .parent()
-        .and_then(|d| d.file_name())
-        .and_then(|d| d.to_str())
-        .and_then(|d| d.strip_prefix("recorded_at_day="))
-        .expect("partition directory")
-        .to_string();
-    let next =
-        rfc3339(permafrost::plan::window::parse_instant(&day).expect("day") + 86_400_000_000);
-
-    let window = ["-t", "sensor_readings", "--from", &day, "--to", &next];
-    // Each command fails with exit 5 and one line saying what is wrong.
-    let damaged = |command: &str, args: &[&str]| {
-        let out = ws.run(&[&[command, "-c", &cfg][..], args].concat());
-        assert_eq!(out.code, 5, "{}", out.stderr);
-        assert_fails(&out, "a data file does not decode", &[]);
-        out
-    };
-    let out = damaged("fetch", &[&window[..], &["--format", "csv"]].concat());
-    assert!(out.has_hint("damaged"), "{}", out.stderr);
+    let (victim, [from, to]) = damage_a_data_file(&ws, |bytes| {
+        let n = bytes.len();
+        let footer = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().expect("4 bytes")) as usize;
+        bytes[n - 8 - footer..n - 8].fill(0xff);
+    });
+    let name = victim.file_name().and_then(|n| n.to_str()).expect("name");
+    let window = ["-t", "sensor_readings", "--from", &from, "--to", &to];
+    // Each command fails with exit 5 and one line naming the file.
+    let named = format!("{name} does not decode");
+    let fetch = [&window[..], &["--format", "csv"]].concat();
+    fails_as_damaged(&ws, &cfg, "fetch", &fetch, &named);
     #[cfg(feature = "query")]
-    damaged("query", &["SELECT count(*) FROM archive.sensor_readings"]);
-    damaged("restore", &[&window[..], &["--into", "staged"]].concat());
+    fails_as_damaged(
+        &ws,
+        &cfg,
+        "query",
+        &["SELECT count(*) FROM archive.sensor_readings"],
+        "a data file does not decode",
+    );
+    let restore = [&window[..], &["--into", "staged"]].concat();
+    fails_as_damaged(&ws, &cfg, "restore", &restore, &named);
     let c = db.client().await;
     let left = c
         .query_one("SELECT to_regclass('staged') IS NOT NULL", &[])
@@ -360,6 +384,34 @@ async fn a_damaged_data_file_is_a_verdict_not_a_storage_failure() {
         !left.get::<_, bool>(0),
         "the failed restore left its staging table"
     );
+}
+
+/// A data file cut short (a partial copy, a full disk) is a damaged file
+/// named with both sizes — exit 5, not a storage failure of the warehouse
+/// directory — whichever read finds it.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_data_file_cut_short_is_named_with_both_sizes() {
+    let s = services!();
+    let (_db, ws, _cat, cfg, now) = small_setup(&s, 2_000).await;
+    let now_s = rfc3339(now);
+    let out = ws.run(&["archive", "-c", &cfg, "--no-delete", "--now", &now_s]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut size = 0;
+    let (victim, [from, to]) = damage_a_data_file(&ws, |bytes| {
+        size = bytes.len();
+        bytes.truncate(size / 2);
+    });
+    let name = victim.file_name().and_then(|n| n.to_str()).expect("name");
+    let sizes = format!(
+        "{name} does not decode: it is {} bytes long where its manifest records {size}",
+        size / 2
+    );
+    let window = ["-t", "sensor_readings", "--from", &from, "--to", &to];
+    let fetch = [&window[..], &["--format", "jsonl"]].concat();
+    fails_as_damaged(&ws, &cfg, "fetch", &fetch, &sizes);
+    let restore = [&window[..], &["--into", "staged"]].concat();
+    fails_as_damaged(&ws, &cfg, "restore", &restore, &sizes);
 }
 
 /// S3 without keys anywhere — none in the config, none from the AWS
