@@ -490,15 +490,8 @@ async fn commit(
         settled: &settled,
         known: &committer.known,
     };
-    let committed = lake::commit::commit_batch(
-        ctx.catalog.iceberg(),
-        &committer.table,
-        files,
-        rec,
-        extra,
-        update,
-    )
-    .await;
+    let committed =
+        lake::commit::commit_batch(&ctx.catalog, &committer.table, files, rec, extra, update).await;
     committer.stale = committed.is_err();
     let (snapshot_id, committed) = committed?;
     committer.known.insert(rec.batch_id.clone());

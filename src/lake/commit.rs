@@ -35,6 +35,7 @@ use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableIdent};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::lake::catalog::CatalogHandle;
 use crate::lake::commit_base::CommitBase;
 use crate::ledger::durable::{self, LedgerEntry, LedgerFile};
 use crate::ledger::read::{find_batch, read_ledger_full};
@@ -77,7 +78,7 @@ const ATTEMPTS: usize = 3;
 /// Returns the committed snapshot id and the table as the catalog serves
 /// it after the commit.
 pub async fn commit_batch(
-    catalog: &dyn Catalog,
+    catalog: &CatalogHandle,
     base: &Table,
     files: Vec<DataFile>,
     rec: &BatchRecord,
@@ -104,7 +105,7 @@ pub async fn commit_batch(
             iceberg::ErrorKind::DataInvalid | iceberg::ErrorKind::CatalogCommitConflicts
         );
         let err = Error::iceberg(format!("cannot commit batch {batch_id} to {ident}"), e);
-        let Ok(fresh) = reload(catalog, ident).await else {
+        let Ok(fresh) = reload(catalog.iceberg(), ident).await else {
             return Err(err);
         };
         if find_batch(&fresh, batch_id).is_some() {

@@ -16,6 +16,17 @@
 //! if anything moved `main` since (another engine's compaction, a commit of
 //! a run that died landing late), the catalog refuses the commit and
 //! nothing of it lands.
+//!
+//! A SQL or Glue catalog's commit is the client's own work: iceberg-rust's
+//! SQL catalog (and Glue's `update_table`) would load the table again —
+//! the catalog's row and the whole metadata file, which grows with every
+//! snapshot — to check the requirements and apply the updates there.
+//! [`CommitBase`] applies them to the base and swaps the catalog's pointer
+//! from the base's metadata file to the new one with a compare-and-set
+//! ([`super::metadata_commit::swap`]): the base must still be what the
+//! catalog points at, which is stricter than the requirements (any change
+//! since — even to a property — refuses the commit), so nothing lands on a
+//! table the base does not show.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -28,28 +39,42 @@ use iceberg::{
     TableIdent,
 };
 
-/// `inner` with its first `load_table` of `base`'s table answered by
-/// `base`, and every later one refused; see the module docs.
-#[derive(Debug)]
+use super::catalog::CatalogHandle;
+use super::metadata_commit;
+
+/// `handle`'s catalog with its first `load_table` of `base`'s table
+/// answered by `base`, every later one refused, and a commit applied to
+/// `base`; see the module docs.
 pub struct CommitBase<'a> {
+    handle: &'a CatalogHandle,
     inner: &'a dyn Catalog,
-    base: Mutex<Option<Table>>,
-    io: FileIO,
+    /// Answers the first load (taken by it).
+    first_load: Mutex<Option<Table>>,
+    base: Table,
+}
+
+impl std::fmt::Debug for CommitBase<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitBase")
+            .field("base", self.base.identifier())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> CommitBase<'a> {
-    /// A view of `inner` for one commit onto `base`.
-    pub fn new(inner: &'a dyn Catalog, base: &Table) -> Self {
+    /// A view of `handle`'s catalog for one commit onto `base`.
+    pub fn new(handle: &'a CatalogHandle, base: &Table) -> Self {
         Self {
-            inner,
-            base: Mutex::new(Some(base.clone())),
-            io: base.file_io().clone(),
+            handle,
+            inner: handle.iceberg(),
+            first_load: Mutex::new(Some(base.clone())),
+            base: base.clone(),
         }
     }
 
     /// The base, the first time `ident` is asked for.
     fn take_base(&self, ident: &TableIdent) -> Option<Table> {
-        let mut base = self.base.lock().unwrap_or_else(|p| p.into_inner());
+        let mut base = self.first_load.lock().unwrap_or_else(|p| p.into_inner());
         base.take_if(|t| t.identifier() == ident)
     }
 }
@@ -80,9 +105,17 @@ impl Catalog for CommitBase<'_> {
         })
     }
 
-    /// The committed table, with the base's `FileIO` ([`with_io`]).
+    /// The committed table, with the base's `FileIO` ([`with_io`]): the
+    /// updates applied to the base and swapped in (SQL, Glue), or the
+    /// catalog's answer (REST); see the module docs.
     async fn update_table(&self, commit: TableCommit) -> Result<Table> {
-        with_io(self.inner.update_table(commit).await?, &self.io)
+        let committed = if metadata_commit::swaps(self.handle) {
+            let staged = commit.apply(self.base.clone())?;
+            metadata_commit::swap(self.handle, &self.base, staged.metadata_ref()).await?
+        } else {
+            self.inner.update_table(commit).await?
+        };
+        with_io(committed, self.base.file_io())
     }
 
     async fn list_namespaces(

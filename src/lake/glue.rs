@@ -35,7 +35,7 @@ use aws_sdk_glue::Client;
 use aws_sdk_glue::error::ProvideErrorMetadata;
 use aws_sdk_glue::types::{Column, DatabaseInput, StorageDescriptor, TableInput};
 use iceberg::io::{FileIO, FileIOBuilder, StorageFactory};
-use iceberg::spec::{PrimitiveType, TableMetadata, TableMetadataBuilder, Type};
+use iceberg::spec::{PrimitiveType, TableMetadata, TableMetadataBuilder, TableMetadataRef, Type};
 use iceberg::table::Table;
 use iceberg::{
     Catalog, Error as IcebergError, ErrorKind as IceKind, MetadataLocation, Namespace,
@@ -371,7 +371,7 @@ impl GlueCatalog {
         &self,
         ident: TableIdent,
         location: String,
-        metadata: TableMetadata,
+        metadata: impl Into<TableMetadataRef>,
     ) -> IceResult<Table> {
         Table::builder()
             .runtime(self.runtime.clone())
@@ -392,7 +392,7 @@ impl GlueCatalog {
         &self,
         ident: &TableIdent,
         current: &str,
-        metadata: TableMetadata,
+        metadata: TableMetadataRef,
     ) -> IceResult<Table> {
         let now = self.glue_table(ident).await?;
         if now.location != current {
@@ -676,7 +676,7 @@ impl Catalog for GlueCatalog {
         let current_location = current.metadata_location_result()?.to_string();
         // Requirements are checked against what Glue points at now.
         let staged = commit.apply(current)?;
-        self.swap(&ident, &current_location, staged.metadata().clone())
+        self.swap(&ident, &current_location, staged.metadata_ref())
             .await
     }
 }

@@ -122,7 +122,7 @@ async fn commit_glue(
     updates: Vec<TableUpdate>,
 ) -> Result<()> {
     let (current, metadata) = applied(table, updates)?;
-    glue.swap(table.identifier(), &current, metadata)
+    glue.swap(table.identifier(), &current, metadata.into())
         .await
         .map_err(|e| ice("cannot commit the schema update", e))?;
     Ok(())
@@ -134,15 +134,75 @@ async fn commit_sql(
     table: &Table,
     updates: Vec<TableUpdate>,
 ) -> Result<()> {
-    let (current, metadata) = applied(table, updates)?;
-    let next = MetadataLocation::from_str(&current)
-        .map_err(|e| ice("cannot parse the metadata location", e))?
+    let (_, metadata) = applied(table, updates)?;
+    swap_sql(cfg, pool, table, metadata.into())
+        .await
+        .map_err(|e| match e.kind() {
+            iceberg::ErrorKind::CatalogCommitConflicts => Error::new(
+                ErrorKind::Catalog,
+                format!(
+                    "commit conflict on {}: another writer committed first",
+                    table.identifier()
+                ),
+            )
+            .with_hint("run again")
+            .as_conflict(),
+            _ => ice("cannot commit the schema update", e),
+        })?;
+    Ok(())
+}
+
+/// Whether a commit to `catalog` is the client's work ([`swap`]): SQL and
+/// Glue.  A REST catalog's server applies the updates itself.
+pub(crate) fn swaps(catalog: &CatalogHandle) -> bool {
+    catalog.cfg.kind != CatalogKind::Rest
+}
+
+/// Points the catalog at `metadata` instead of `table`'s metadata, if it
+/// still points at `table`'s: the new file is written next to the current
+/// one, then swapped in with a compare-and-set on the current location (the
+/// SQL catalog's row; Glue's table version).  What iceberg-rust's SQL
+/// catalog and ours do on a commit, without loading the table again first:
+/// the caller holds it.  A catalog that points elsewhere (another writer
+/// committed since `table` was loaded) is a retryable
+/// `CatalogCommitConflicts`, and nothing is swapped; the written file stays
+/// unreferenced (an orphan for `maintain`).  Only where [`swaps`].
+pub(crate) async fn swap(
+    catalog: &CatalogHandle,
+    table: &Table,
+    metadata: iceberg::spec::TableMetadataRef,
+) -> iceberg::Result<Table> {
+    let unexpected = |e: String| iceberg::Error::new(iceberg::ErrorKind::Unexpected, e);
+    if let Some(glue) = catalog.glue.as_deref() {
+        let current = table.metadata_location_result()?.to_string();
+        return glue.swap(table.identifier(), &current, metadata).await;
+    }
+    let committer = catalog
+        .committer
+        .get_or_try_init(|| open_committer(&catalog.cfg))
+        .await
+        .map_err(|e| unexpected(e.to_string()))?;
+    match committer {
+        Committer::Sql(pool) => swap_sql(&catalog.cfg, pool, table, metadata).await,
+        _ => Err(unexpected(format!(
+            "the {} has no pointer to swap",
+            catalog.cfg.describe()
+        ))),
+    }
+}
+
+/// [`swap`] on a SQL catalog's database.
+async fn swap_sql(
+    cfg: &CatalogConfig,
+    pool: &sqlx::AnyPool,
+    table: &Table,
+    metadata: iceberg::spec::TableMetadataRef,
+) -> iceberg::Result<Table> {
+    let current = table.metadata_location_result()?.to_string();
+    let next = MetadataLocation::from_str(&current)?
         .with_next_version()
         .with_new_metadata(&metadata);
-    metadata
-        .write_to(table.file_io(), &next)
-        .await
-        .map_err(|e| ice("cannot write the new metadata", e))?;
+    metadata.write_to(table.file_io(), &next).await?;
 
     let postgres = cfg.properties["uri"].starts_with("postgres");
     let p = |n: usize| {
@@ -164,9 +224,9 @@ async fn commit_sql(
         p(6)
     );
     let ident = table.identifier();
-    let next_s = next.to_string();
+    let next = next.to_string();
     let done = sqlx::query(&sql)
-        .bind(&next_s)
+        .bind(&next)
         .bind(&current)
         .bind(&cfg.name)
         .bind(ident.namespace().join("."))
@@ -175,20 +235,25 @@ async fn commit_sql(
         .execute(pool)
         .await
         .map_err(|e| {
-            Error::new(
-                ErrorKind::Catalog,
+            iceberg::Error::new(
+                iceberg::ErrorKind::Unexpected,
                 format!("cannot update the SQL catalog: {e}"),
             )
         })?;
     if done.rows_affected() != 1 {
-        return Err(Error::new(
-            ErrorKind::Catalog,
-            format!("commit conflict on {ident}: another writer committed first"),
+        return Err(iceberg::Error::new(
+            iceberg::ErrorKind::CatalogCommitConflicts,
+            format!("{ident} changed in the SQL catalog since it was loaded"),
         )
-        .with_hint("run again")
-        .as_conflict());
+        .with_retryable(true));
     }
-    Ok(())
+    Table::builder()
+        .identifier(ident.clone())
+        .metadata(metadata)
+        .metadata_location(next)
+        .file_io(table.file_io().clone())
+        .runtime(iceberg::Runtime::try_current()?)
+        .build()
 }
 
 /// An access token for the REST catalog: `token`, or OAuth2 client
