@@ -758,21 +758,47 @@ fn walk_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 /// Puts a plain file where directory `dir` is (or would be created): not
-/// even root can write below it.  Gives a guard that undoes it.
+/// even root can write below it.  Gives a guard that undoes it.  An
+/// existing directory and the file trade places in one step, so a batch
+/// running meanwhile finds the directory or the file, never nothing (with a
+/// rename and then a write, a load in that gap failed on a missing file
+/// instead of the blocked path).
 fn block(dir: &std::path::Path) -> impl FnOnce() + use<> {
     let aside = dir.with_extension("aside");
     let existed = dir.exists();
+    let blocking = if existed { &aside } else { dir };
+    std::fs::write(blocking, b"not a directory").expect("block");
     if existed {
-        std::fs::rename(dir, &aside).expect("move aside");
+        exchange(dir, &aside);
     }
-    std::fs::write(dir, b"not a directory").expect("block");
     let dir = dir.to_path_buf();
     move || {
-        std::fs::remove_file(&dir).expect("unblock");
         if existed {
-            std::fs::rename(&aside, &dir).expect("move back");
+            exchange(&aside, &dir);
+            std::fs::remove_file(&aside).expect("unblock");
+        } else {
+            std::fs::remove_file(&dir).expect("unblock");
         }
     }
+}
+
+/// Swaps what the paths `a` and `b` name, atomically (Linux
+/// `renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &std::path::Path, b: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &std::path::Path| std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path");
+    let (a, b) = (c(a), c(b));
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(rc, 0, "renameat2: {}", std::io::Error::last_os_error());
 }
 
 /// A local warehouse the run cannot use — no data file can be created, then
