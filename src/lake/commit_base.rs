@@ -29,7 +29,7 @@
 //! table the base does not show.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use iceberg::io::FileIO;
@@ -47,10 +47,9 @@ use super::metadata_commit;
 /// `base`; see the module docs.
 pub struct CommitBase<'a> {
     handle: &'a CatalogHandle,
-    inner: &'a dyn Catalog,
-    /// Answers the first load (taken by it).
-    first_load: Mutex<Option<Table>>,
     base: Table,
+    /// The first load of the base's table was answered.
+    loaded: AtomicBool,
 }
 
 impl std::fmt::Debug for CommitBase<'_> {
@@ -66,16 +65,20 @@ impl<'a> CommitBase<'a> {
     pub fn new(handle: &'a CatalogHandle, base: &Table) -> Self {
         Self {
             handle,
-            inner: handle.iceberg(),
-            first_load: Mutex::new(Some(base.clone())),
             base: base.clone(),
+            loaded: AtomicBool::new(false),
         }
     }
 
     /// The base, the first time `ident` is asked for.
     fn take_base(&self, ident: &TableIdent) -> Option<Table> {
-        let mut base = self.first_load.lock().unwrap_or_else(|p| p.into_inner());
-        base.take_if(|t| t.identifier() == ident)
+        let first = self.base.identifier() == ident && !self.loaded.swap(true, Ordering::SeqCst);
+        first.then(|| self.base.clone())
+    }
+
+    /// The catalog the commit goes to.
+    fn inner(&self) -> &dyn Catalog {
+        self.handle.iceberg()
     }
 }
 
@@ -113,7 +116,7 @@ impl Catalog for CommitBase<'_> {
             let staged = commit.apply(self.base.clone())?;
             metadata_commit::swap(self.handle, &self.base, staged.metadata_ref()).await?
         } else {
-            self.inner.update_table(commit).await?
+            self.inner().update_table(commit).await?
         };
         with_io(committed, self.base.file_io())
     }
@@ -122,7 +125,7 @@ impl Catalog for CommitBase<'_> {
         &self,
         parent: Option<&NamespaceIdent>,
     ) -> Result<Vec<NamespaceIdent>> {
-        self.inner.list_namespaces(parent).await
+        self.inner().list_namespaces(parent).await
     }
 
     async fn create_namespace(
@@ -130,15 +133,15 @@ impl Catalog for CommitBase<'_> {
         namespace: &NamespaceIdent,
         properties: HashMap<String, String>,
     ) -> Result<Namespace> {
-        self.inner.create_namespace(namespace, properties).await
+        self.inner().create_namespace(namespace, properties).await
     }
 
     async fn get_namespace(&self, namespace: &NamespaceIdent) -> Result<Namespace> {
-        self.inner.get_namespace(namespace).await
+        self.inner().get_namespace(namespace).await
     }
 
     async fn namespace_exists(&self, namespace: &NamespaceIdent) -> Result<bool> {
-        self.inner.namespace_exists(namespace).await
+        self.inner().namespace_exists(namespace).await
     }
 
     async fn update_namespace(
@@ -146,15 +149,15 @@ impl Catalog for CommitBase<'_> {
         namespace: &NamespaceIdent,
         properties: HashMap<String, String>,
     ) -> Result<()> {
-        self.inner.update_namespace(namespace, properties).await
+        self.inner().update_namespace(namespace, properties).await
     }
 
     async fn drop_namespace(&self, namespace: &NamespaceIdent) -> Result<()> {
-        self.inner.drop_namespace(namespace).await
+        self.inner().drop_namespace(namespace).await
     }
 
     async fn list_tables(&self, namespace: &NamespaceIdent) -> Result<Vec<TableIdent>> {
-        self.inner.list_tables(namespace).await
+        self.inner().list_tables(namespace).await
     }
 
     async fn create_table(
@@ -162,26 +165,26 @@ impl Catalog for CommitBase<'_> {
         namespace: &NamespaceIdent,
         creation: TableCreation,
     ) -> Result<Table> {
-        self.inner.create_table(namespace, creation).await
+        self.inner().create_table(namespace, creation).await
     }
 
     async fn drop_table(&self, ident: &TableIdent) -> Result<()> {
-        self.inner.drop_table(ident).await
+        self.inner().drop_table(ident).await
     }
 
     async fn purge_table(&self, ident: &TableIdent) -> Result<()> {
-        self.inner.purge_table(ident).await
+        self.inner().purge_table(ident).await
     }
 
     async fn table_exists(&self, ident: &TableIdent) -> Result<bool> {
-        self.inner.table_exists(ident).await
+        self.inner().table_exists(ident).await
     }
 
     async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> Result<()> {
-        self.inner.rename_table(src, dest).await
+        self.inner().rename_table(src, dest).await
     }
 
     async fn register_table(&self, ident: &TableIdent, metadata_location: String) -> Result<Table> {
-        self.inner.register_table(ident, metadata_location).await
+        self.inner().register_table(ident, metadata_location).await
     }
 }

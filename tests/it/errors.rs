@@ -334,6 +334,16 @@ fn damage_a_data_file(
     (victim, [day, next])
 }
 
+/// The sample table (2,000 rows) archived with `--no-delete` into a local
+/// warehouse: its database, workspace and config path.
+async fn archived_copy(s: &Services) -> (TestDb, Ws, String) {
+    let (db, ws, _cat, cfg, now) = small_setup(s, 2_000).await;
+    let now_s = rfc3339(now);
+    let out = ws.run(&["archive", "-c", &cfg, "--no-delete", "--now", &now_s]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    (db, ws, cfg)
+}
+
 /// Runs `command` with `args` and checks it fails with exit 5 and one
 /// line that says `needle`.
 fn fails_as_damaged(ws: &Ws, cfg: &str, command: &str, args: &[&str], needle: &str) -> Out {
@@ -348,10 +358,7 @@ fn fails_as_damaged(ws: &Ws, cfg: &str, command: &str, args: &[&str], needle: &s
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_damaged_data_file_is_a_verdict_not_a_storage_failure() {
     let s = services!();
-    let (db, ws, _cat, cfg, now) = small_setup(&s, 2_000).await;
-    let now_s = rfc3339(now);
-    let out = ws.run(&["archive", "-c", &cfg, "--no-delete", "--now", &now_s]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (db, ws, cfg) = archived_copy(&s).await;
     // Overwrite one file's Parquet footer (the bytes before its length
     // and `PAR1`): the file is there, whole, and does not decode.
     let (victim, [from, to]) = damage_a_data_file(&ws, |bytes| {
@@ -393,10 +400,7 @@ async fn a_damaged_data_file_is_a_verdict_not_a_storage_failure() {
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_data_file_cut_short_is_named_with_both_sizes() {
     let s = services!();
-    let (_db, ws, _cat, cfg, now) = small_setup(&s, 2_000).await;
-    let now_s = rfc3339(now);
-    let out = ws.run(&["archive", "-c", &cfg, "--no-delete", "--now", &now_s]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (_db, ws, cfg) = archived_copy(&s).await;
     let mut size = 0;
     let (victim, [from, to]) = damage_a_data_file(&ws, |bytes| {
         size = bytes.len();
