@@ -146,6 +146,12 @@ async fn run_part(
     bar: &indicatif::ProgressBar,
 ) -> Result<PartDone> {
     let started = Instant::now();
+    let slot = ctx
+        .extracting
+        .acquire()
+        .await
+        .map_err(|_| Error::internal("the extraction slots were closed"))?;
+    let extracting = Instant::now();
     let range = planned.range;
     let drop_parts = partitions_to_drop(ctx, client, &range, limit).await?;
     let take = decide::take(ctx.mode, limit, drop_parts.is_some());
@@ -157,6 +163,8 @@ async fn run_part(
         Some(known) => known,
         None => range_is_empty(&tx, &ctx.src, &range).await?,
     };
+    let extract_write = extracting.elapsed().as_secs_f64();
+    drop(slot);
     let settles = match decide::settle(
         planned,
         ctx.mode,
@@ -197,7 +205,7 @@ async fn run_part(
     // The last moment a stop may still leave this batch: nothing committed.
     shutdown::check_abort()?;
     let mut stages = Stages {
-        extract_write: started.elapsed().as_secs_f64(),
+        extract_write,
         ..Stages::default()
     };
     let (nfiles, bytes) = (

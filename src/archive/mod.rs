@@ -203,6 +203,11 @@ struct Ctx {
     committer: tokio::sync::Mutex<Committer>,
     /// ... and in plan order, so the snapshot history is in window order.
     turns: Turns,
+    /// Extraction slots, `parallel_windows` of them: a batch holds one
+    /// while it streams out of Postgres and writes its files, not while it
+    /// commits, verifies and settles — so with a spare worker (see
+    /// [`workers`]) the next window's extraction overlaps that tail.
+    extracting: tokio::sync::Semaphore,
     /// Batches known to be settled (the ledger drops their files): settled
     /// when the run started, and settled by this run's Postgres commits.
     /// Apart from the committer, so a batch settling never waits for
@@ -480,6 +485,7 @@ async fn archive_on(
             known: facts.batches.iter().map(|b| b.batch_id.clone()).collect(),
         }),
         turns: Turns::new(),
+        extracting: tokio::sync::Semaphore::new(t.parallel_windows),
         settled: std::sync::Mutex::new(plan::settled_batches(&facts)),
         table,
         mode: mode_of(opts),
@@ -602,13 +608,20 @@ fn report_plan(t: &TableConfig, plan: &Plan, report: &mut TableReport) -> bool {
 
 /// The connections of the batch workers: none when one worker runs the
 /// batches on the run's own connection (the one holding the table's lock),
-/// else one each.
+/// else one each.  With `parallel_windows` > 1 there is one worker more than
+/// extraction slots when `pool_size` leaves room for it: while one batch
+/// commits, verifies and settles (its transaction still open), the slots
+/// keep extracting.  With 1, batches run strictly one after another.
 async fn workers(
     cfg: &Config,
     t: &TableConfig,
     plan: &Plan,
 ) -> Result<Vec<tokio_postgres::Client>> {
-    let n = t.parallel_windows.min(plan.batches.len());
+    let n = worker_count(
+        t.parallel_windows,
+        cfg.database.pool_size,
+        plan.batches.len(),
+    );
     let mut out = Vec::new();
     if n > 1 {
         for _ in 0..n {
@@ -616,6 +629,17 @@ async fn workers(
         }
     }
     Ok(out)
+}
+
+/// How many batches run at once: `parallel` extracting plus one finishing,
+/// within `pool_size` less the run's own connection, and no more than there
+/// are batches.
+fn worker_count(parallel: usize, pool_size: usize, batches: usize) -> usize {
+    let n = match parallel {
+        1 => 1,
+        p => (p + 1).min(pool_size.saturating_sub(1)).max(p),
+    };
+    n.min(batches)
 }
 
 /// Where a batch runs: inline on the run's own connection (one worker), or
@@ -799,5 +823,21 @@ fn fill_dry_run(
             batch_id: b.batch_id,
             reconcile: b.reconcile,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_count;
+
+    #[test]
+    fn one_worker_more_than_slots_when_the_pool_has_room() {
+        // (parallel_windows, pool_size, batches) → workers
+        assert_eq!(worker_count(1, 8, 30), 1, "1: strictly one after another");
+        assert_eq!(worker_count(2, 4, 30), 3, "the default: 2 slots, 3 workers");
+        assert_eq!(worker_count(2, 3, 30), 2, "no room in the pool for a spare");
+        assert_eq!(worker_count(4, 16, 30), 5);
+        assert_eq!(worker_count(4, 16, 2), 2, "no more workers than batches");
+        assert_eq!(worker_count(3, 1, 30), 3, "never fewer than the slots");
     }
 }

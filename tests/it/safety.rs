@@ -311,6 +311,47 @@ async fn parallel_windows_run_batches_side_by_side() {
     f.assert_reconciled("parallel windows");
 }
 
+/// `parallel_windows: 2` with the default `pool_size` (4): a spare worker
+/// beside the two extraction slots.  While the first batch is held after
+/// its verification (its Postgres transaction still open), the other three
+/// windows are extracted, committed and settled, and the run holds four
+/// connections: its own (the lock), two extracting, one finishing.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_spare_worker_lets_extraction_go_on_while_a_batch_finishes() {
+    let s = services!();
+    let table = "    parallel_windows: 2\n";
+    let f = Fixture::new(&s, None, Cat::Sqlite, 50, 4, table, "").await;
+    let c = f.db.client().await;
+    let mut connections = 0;
+    let out = paused_run(&f, "after-verify", async || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while count(&c, "sensor_readings", "true").await != 50 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the other windows were not archived while the first was held"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let row = c
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE state = 'idle in transaction') \
+                 FROM pg_stat_activity WHERE application_name = 'permafrost' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity");
+        connections = row.get::<_, i64>(0);
+        assert_eq!(row.get::<_, i64>(1), 1, "the held batch's transaction");
+    })
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(connections, 4, "the lock, two slots and the spare");
+    assert_eq!(archived_rows(&out.json()), 200);
+    assert_eq!(count(&c, "sensor_readings", "true").await, 0);
+    f.assert_reconciled("spare worker");
+}
+
 /// The data files as written: zstd everywhere, a dictionary for the
 /// repetitive text column, none for the (nearly distinct) time column.
 #[tokio::test(flavor = "multi_thread")]
