@@ -42,6 +42,7 @@ use iceberg::spec::{NestedFieldRef, PrimitiveType, SchemaRef, SnapshotRef, Type}
 use iceberg::table::Table;
 use serde::Serialize;
 use tokio_postgres::Client;
+use tracing::Instrument;
 
 use crate::checksum::Checksum;
 use crate::config::{Config, TableConfig};
@@ -418,6 +419,14 @@ pub async fn restore(
         return Err(empty());
     }
 
+    // The batches' own files come from the catalog, not from Postgres: read
+    // while the rows load (on a task of its own: a local warehouse is read
+    // on the reading thread).
+    let archived_batches = {
+        let (table, snapshot, range) = (table.clone(), src.snapshot.clone(), req.range);
+        let read = async move { validate::archived_batches(&table, &snapshot, &range).await };
+        tokio::spawn(read.instrument(tracing::Span::current()))
+    };
     // The loaders (`parallel_windows` connections besides this one, within
     // `database.pool_size`) read the staged rows back afterwards.
     let loaders: Vec<std::sync::Arc<Client>> = futures::future::try_join_all(
@@ -432,6 +441,9 @@ pub async fn restore(
         .ok_or_else(empty)?;
     let load_seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
+    let archived_batches = archived_batches
+        .await
+        .map_err(|e| Error::internal(format!("reading the batches' files failed: {e}")))??;
 
     let ctx = Staged {
         client: &client,
@@ -444,7 +456,7 @@ pub async fn restore(
         .validate(
             &loaders.iter().map(|c| c.as_ref()).collect::<Vec<_>>(),
             t,
-            table,
+            &archived_batches,
             &src,
             req,
         )
@@ -499,7 +511,7 @@ impl Staged<'_> {
         &self,
         readers: &[&Client],
         t: &TableConfig,
-        table: &Table,
+        archived: &[validate::ArchivedBatch],
         src: &Archived,
         req: &RestoreRequest,
     ) -> Result<(Vec<BatchCheck>, Vec<Check>)> {
@@ -512,12 +524,11 @@ impl Staged<'_> {
                 loaded.read.rows, loaded.files, loaded.copied
             ),
         }];
+        let batches = validate::batch_checks(archived, &src.schema, &req.range, loaded);
         // Reading the staged rows back (the longest check) runs on the
         // `readers`, a share of the table's blocks each, while the checks in
-        // SQL run on this connection and the batches' summaries are read
-        // from the catalog.
-        let (batches, readback, sql_checks) = tokio::join!(
-            validate::batch_checks(table, &src.snapshot, &src.schema, &req.range, loaded),
+        // SQL run on this connection.
+        let (readback, sql_checks) = tokio::join!(
             validate::staged_content(
                 readers,
                 self.staging,
@@ -527,7 +538,7 @@ impl Staged<'_> {
             ),
             self.sql_checks(t, src.time_kind, req)
         );
-        let (batches, readback) = (batches?, readback?);
+        let readback = readback?;
         let (sql_checks, not_null_cols) = sql_checks?;
         checks.push(readback.content);
         checks.push(batches_check(&batches));

@@ -36,16 +36,27 @@ fn lineage(table: &Table, snapshot: &SnapshotRef) -> Vec<SnapshotRef> {
     out
 }
 
+/// A permafrost batch at or before the restored snapshot whose window
+/// overlaps the range: its summary and the data files its snapshot added.
+pub(crate) struct ArchivedBatch {
+    batch_id: String,
+    snapshot_id: i64,
+    schema_id: Option<i32>,
+    window: Window,
+    rows: u64,
+    checksum: String,
+    files: Vec<String>,
+}
+
 /// Every permafrost batch at or before `snapshot` whose window overlaps
-/// `range`, with its restored rows compared to its summary: a batch covered
-/// whole must restore exactly its archived rows (count and checksum).
-pub(crate) async fn batch_checks(
+/// `range`, with the files each added (one manifest read per batch).  Reads
+/// the catalog's files only, nothing of Postgres: a restore starts it before
+/// its load.
+pub(crate) async fn archived_batches(
     table: &Table,
     snapshot: &SnapshotRef,
-    schema: &SchemaRef,
     range: &Window,
-    loaded: &Loaded,
-) -> Result<Vec<BatchCheck>> {
+) -> Result<Vec<ArchivedBatch>> {
     let mut out = Vec::new();
     for s in lineage(table, snapshot) {
         let Some((batch_id, rows, checksum)) = super::summary_of(&s) else {
@@ -62,33 +73,58 @@ pub(crate) async fn batch_checks(
         if !window.overlaps(range) || rows == 0 {
             continue;
         }
+        let files = lake::readback::added_files(table, &s).await?;
+        out.push(ArchivedBatch {
+            batch_id,
+            snapshot_id: s.snapshot_id(),
+            schema_id: s.schema_id(),
+            window,
+            rows,
+            checksum,
+            files: files.into_iter().map(|f| f.path).collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// Each of `batches` with its restored rows compared to its summary: a
+/// batch covered whole by `range` must restore exactly its archived rows
+/// (count and checksum).
+pub(crate) fn batch_checks(
+    batches: &[ArchivedBatch],
+    schema: &SchemaRef,
+    range: &Window,
+    loaded: &Loaded,
+) -> Vec<BatchCheck> {
+    let mut out = Vec::new();
+    for b in batches {
         let mut got = Checksum::default();
-        for f in lake::readback::added_files(table, &s).await? {
-            if let Some(c) = loaded.per_file.get(&f.path) {
+        for f in &b.files {
+            if let Some(c) = loaded.per_file.get(f) {
                 got.add(*c);
             }
         }
-        let whole = range.start <= window.start && window.end <= range.end;
+        let whole = range.start <= b.window.start && b.window.end <= range.end;
         let status = if !whole {
             BatchMatch::Partial
-        } else if got.rows == rows && got.hex() == checksum {
+        } else if got.rows == b.rows && got.hex() == b.checksum {
             BatchMatch::Match
-        } else if got.rows == rows && s.schema_id() != Some(schema.schema_id()) {
+        } else if got.rows == b.rows && b.schema_id != Some(schema.schema_id()) {
             BatchMatch::SchemaChanged
         } else {
             BatchMatch::Mismatch
         };
         out.push(BatchCheck {
-            batch_id,
-            snapshot_id: s.snapshot_id(),
-            window_start: crate::plan::window::rfc3339(ws),
-            window_end: crate::plan::window::rfc3339(we),
-            archived_rows: rows,
+            batch_id: b.batch_id.clone(),
+            snapshot_id: b.snapshot_id,
+            window_start: crate::plan::window::rfc3339(b.window.start),
+            window_end: crate::plan::window::rfc3339(b.window.end),
+            archived_rows: b.rows,
             restored_rows: got.rows,
             status,
         });
     }
-    Ok(out)
+    out
 }
 
 /// The select list that reads the staging table the way the archive read
@@ -123,7 +159,9 @@ pub(crate) async fn staged_content(
     ts: &str,
     range: &Window,
 ) -> Result<Readback> {
-    // One COPY per connection, each over its share of the table's blocks.
+    // The table's blocks in ranges, a few per connection, each connection
+    // taking the next range when it is done (one COPY per range): a reader
+    // slowed by the other work on the machine takes fewer.
     let blocks: i64 = clients[0]
         .query_one(
             "SELECT (pg_relation_size($1::text::regclass) / current_setting('block_size')::int8)",
@@ -132,33 +170,37 @@ pub(crate) async fn staged_content(
         .await
         .map_err(pg("cannot size the staging table"))?
         .get(0);
-    let n = clients.len() as i64;
-    let step = (blocks / n).max(1);
+    let ranges = block_ranges(blocks, clients.len() * READ_RANGES_PER_READER);
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let ts_index = loaded.cols.iter().position(|c| c.name == ts);
-    let parts = clients.iter().enumerate().map(|(i, client)| {
-        let i = i as i64;
-        let lo = format!("ctid >= '({},0)'::tid", i * step);
-        let cond = if i + 1 == n {
-            lo
-        } else {
-            format!("{lo} AND ctid < '({},0)'::tid", (i + 1) * step)
-        };
-        let sql = format!(
-            "COPY (SELECT {} FROM {staging} WHERE {cond}) TO STDOUT (FORMAT binary)",
-            select_list(&loaded.cols)
-        );
-        read_part(client, sql, loaded, ts_index, *range)
+    let readers = clients.iter().map(|client| async {
+        let mut part = Part::default();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(&(lo, hi)) = ranges.get(i) else {
+                return Ok::<_, Error>(part);
+            };
+            let mut cond = format!("ctid >= '({lo},0)'::tid");
+            if let Some(hi) = hi {
+                cond.push_str(&format!(" AND ctid < '({hi},0)'::tid"));
+            }
+            let sql = format!(
+                "COPY (SELECT {} FROM {staging} WHERE {cond}) TO STDOUT (FORMAT binary)",
+                select_list(&loaded.cols)
+            );
+            read_part(client, sql, loaded, ts_index, *range, &mut part).await?;
+        }
     });
     let mut sum = Checksum::default();
     let mut nulls: HashMap<String, u64> = HashMap::new();
     let mut outside = 0u64;
-    for part in futures::future::join_all(parts).await {
-        let (s, nl, o) = part?;
-        sum.add(s);
-        for (k, v) in nl {
+    for part in futures::future::join_all(readers).await {
+        let part = part?;
+        sum.add(part.sum);
+        for (k, v) in part.nulls {
             *nulls.entry(k).or_default() += v;
         }
-        outside += o;
+        outside += part.outside;
     }
     let ok = sum == loaded.read;
     Ok(Readback {
@@ -196,15 +238,38 @@ pub(crate) async fn staged_content(
     })
 }
 
-/// Reads one part of the staged rows back: checksum, NULLs per column, rows
-/// outside the range.
+/// Block ranges per reader of the staged rows.
+const READ_RANGES_PER_READER: usize = 4;
+
+/// `n` ranges of block numbers `[lo, hi)` that cover a table of `blocks`
+/// blocks; the last is open (`hi` = `None`: rows added past the size read
+/// are read too).  Fewer when the table has fewer blocks.
+fn block_ranges(blocks: i64, n: usize) -> Vec<(i64, Option<i64>)> {
+    let n = (n.max(1) as i64).min(blocks.max(1));
+    let step = blocks / n;
+    (0..n)
+        .map(|i| (i * step, (i + 1 < n).then(|| (i + 1) * step)))
+        .collect()
+}
+
+/// What reading staged rows back found.
+#[derive(Default)]
+struct Part {
+    sum: Checksum,
+    nulls: HashMap<String, u64>,
+    outside: u64,
+}
+
+/// Reads one range of the staged rows back into `part`: checksum, NULLs per
+/// column, rows outside the range.
 async fn read_part(
     client: &Client,
     sql: String,
     loaded: &Loaded,
     ts_index: Option<usize>,
     range: Window,
-) -> Result<(Checksum, HashMap<String, u64>, u64)> {
+    part: &mut Part,
+) -> Result<()> {
     use arrow_array::Array;
     use arrow_array::cast::AsArray;
     use arrow_array::types::TimestampMicrosecondType;
@@ -221,9 +286,11 @@ async fn read_part(
     let decoder =
         crate::source::extract::CopyDecoder::new(loaded.arrow_schema.clone(), labels, &kinds)?;
     let mut rows = crate::source::extract::CopyRows::spawn(stream, decoder);
-    let mut sum = Checksum::default();
-    let mut nulls: HashMap<String, u64> = HashMap::new();
-    let mut outside = 0u64;
+    let Part {
+        sum,
+        nulls,
+        outside,
+    } = part;
     while let Some((batch, hashes)) = rows.next().await {
         sum.add_hashes(&hashes);
         for (c, col) in loaded.cols.iter().zip(batch.columns()) {
@@ -234,8 +301,8 @@ async fn read_part(
                 .column(i)
                 .as_primitive_opt::<TimestampMicrosecondType>()
         {
-            outside += t.null_count() as u64;
-            outside += t
+            *outside += t.null_count() as u64;
+            *outside += t
                 .iter()
                 .flatten()
                 .filter(|v| *v < range.start || *v >= range.end)
@@ -243,7 +310,7 @@ async fn read_part(
         }
     }
     rows.finish().await?;
-    Ok((sum, nulls, outside))
+    Ok(())
 }
 
 /// The NOT NULL check: no NULL in the staged values of the target's NOT
@@ -739,6 +806,17 @@ pub(crate) fn check_expr(def: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_ranges_cover_the_table_and_end_open() {
+        assert_eq!(
+            block_ranges(10, 4),
+            vec![(0, Some(2)), (2, Some(4)), (4, Some(6)), (6, None)]
+        );
+        assert_eq!(block_ranges(2, 8), vec![(0, Some(1)), (1, None)]);
+        assert_eq!(block_ranges(0, 8), vec![(0, None)]);
+        assert_eq!(block_ranges(5, 1), vec![(0, None)]);
+    }
 
     #[test]
     fn check_expressions() {
