@@ -526,8 +526,8 @@ impl Staged<'_> {
         }];
         let batches = validate::batch_checks(archived, &src.schema, &req.range, loaded);
         // Reading the staged rows back (the longest check) runs on the
-        // `readers`, a share of the table's blocks each, while the checks in
-        // SQL run on this connection.
+        // `readers`, each taking the table's next range of blocks, while the
+        // checks in SQL run on this connection.
         let (readback, sql_checks) = tokio::join!(
             validate::staged_content(
                 readers,
