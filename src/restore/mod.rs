@@ -419,23 +419,10 @@ pub async fn restore(
         return Err(empty());
     }
 
-    // The batches' own files come from the catalog, not from Postgres: read
-    // while the rows load (on a task of its own: a local warehouse is read
-    // on the reading thread).
-    let archived_batches = {
-        let (table, snapshot, range) = (table.clone(), src.snapshot.clone(), req.range);
-        let read = async move { validate::archived_batches(&table, &snapshot, &range).await };
-        tokio::spawn(read.instrument(tracing::Span::current()))
-    };
+    let archived_batches = read_archived_batches(table, &src, &req.range);
     // The loaders (`parallel_windows` connections besides this one, within
     // `database.pool_size`) read the staged rows back afterwards.
-    let loaders: Vec<std::sync::Arc<Client>> = futures::future::try_join_all(
-        (0..t.parallel_windows.max(1)).map(|_| crate::source::connect(&cfg.database)),
-    )
-    .await?
-    .into_iter()
-    .map(std::sync::Arc::new)
-    .collect();
+    let loaders = connect_loaders(cfg, t).await?;
     let loaded = load::load(&client, &loaders, table, &src, &staging, tasks, progress)
         .await?
         .ok_or_else(empty)?;
@@ -503,6 +490,28 @@ struct Staged<'a> {
     staging: &'a str,
     target: &'a str,
     loaded: &'a Loaded,
+}
+
+/// Starts reading the batches' own files from the catalog (not from
+/// Postgres, so while the rows load), on a task of its own: a local
+/// warehouse is read on the reading thread.
+fn read_archived_batches(
+    table: &Table,
+    src: &Archived,
+    range: &Window,
+) -> tokio::task::JoinHandle<Result<Vec<validate::ArchivedBatch>>> {
+    let (table, snapshot, range) = (table.clone(), src.snapshot.clone(), *range);
+    let read = async move { validate::archived_batches(&table, &snapshot, &range).await };
+    tokio::spawn(read.instrument(tracing::Span::current()))
+}
+
+/// The restore's loaders: `parallel_windows` connections (at least one).
+async fn connect_loaders(cfg: &Config, t: &TableConfig) -> Result<Vec<std::sync::Arc<Client>>> {
+    let connected = futures::future::try_join_all(
+        (0..t.parallel_windows.max(1)).map(|_| crate::source::connect(&cfg.database)),
+    )
+    .await?;
+    Ok(connected.into_iter().map(std::sync::Arc::new).collect())
 }
 
 impl Staged<'_> {
