@@ -86,49 +86,73 @@ pub async fn list(client: &Client, parent: &str, kind: TimeKind) -> Result<Vec<P
         )
         .await
         .map_err(|e| Error::postgres("cannot read the partitions", e))?;
-    let ty = match kind {
-        TimeKind::Timestamp => "timestamp",
-        TimeKind::Timestamptz => "timestamptz",
-    };
-    // An infinite (or unrepresentably far) bound is unbounded, like MINVALUE/MAXVALUE.
-    let us = |x: &str| {
-        format!(
-            "CASE WHEN isfinite({x}) AND {x} < '200000-01-01' THEN (extract(epoch FROM {x}) * 1000000)::int8 END"
-        )
-    };
-    let micros = format!(
-        "SELECT {}, {} FROM (SELECT $1::text::{ty} AS a, $2::text::{ty} AS b) v",
-        us("a"),
-        us("b")
-    );
+    // NULL: a partition dropped while the catalog was read (another batch
+    // of the run archived it); it holds no rows any more.
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter_map(|r| {
+            let bound = r.get::<_, Option<String>>(2)?;
+            Some((r.get::<_, String>(0), r.get::<_, String>(1), bounds(&bound)))
+        })
+        .collect();
+    let (lo, hi): (Vec<Option<String>>, Vec<Option<String>>) =
+        rows.iter().filter_map(|(_, _, b)| b.clone()).unzip();
+    let mut micros = bound_micros(client, kind, &lo, &hi).await?.into_iter();
     let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let relkind: String = r.get(1);
-        // NULL: a partition dropped while the catalog was read (another
-        // batch of the run archived it); it holds no rows any more.
-        let Some(bound) = r.get::<_, Option<String>>(2) else {
-            continue;
-        };
-        let bounds = match bounds(&bound) {
+    for (name, relkind, b) in rows {
+        let bounds = match b {
             None => None,
-            Some((lo, hi)) => {
-                let row = client
-                    .query_one(&micros, &[&lo, &hi])
-                    .await
-                    .map_err(|e| Error::postgres("cannot read partition bounds", e))?;
-                Some((
-                    row.get::<_, Option<Micros>>(0),
-                    row.get::<_, Option<Micros>>(1),
-                ))
-            }
+            Some(_) => Some(
+                micros
+                    .next()
+                    .ok_or_else(|| Error::internal("a partition bound was not converted"))?,
+            ),
         };
         out.push(Partition {
-            name: r.get(0),
+            name,
             relkind: relkind.chars().next().unwrap_or('?'),
             bounds,
         });
     }
     Ok(out)
+}
+
+/// The bounds `lo[i]`, `hi[i]` (text, `None` for MINVALUE/MAXVALUE) read as
+/// the time column's type `kind` in microseconds (`timestamp` bounds as
+/// UTC), in one round trip; an infinite (or unrepresentably far) bound is
+/// unbounded, like MINVALUE/MAXVALUE.
+async fn bound_micros(
+    client: &Client,
+    kind: TimeKind,
+    lo: &[Option<String>],
+    hi: &[Option<String>],
+) -> Result<Vec<(Option<Micros>, Option<Micros>)>> {
+    if lo.is_empty() {
+        return Ok(vec![]);
+    }
+    let ty = match kind {
+        TimeKind::Timestamp => "timestamp",
+        TimeKind::Timestamptz => "timestamptz",
+    };
+    let us = |x: &str| {
+        format!(
+            "CASE WHEN isfinite({x}) AND {x} < '200000-01-01' THEN (extract(epoch FROM {x}) * 1000000)::int8 END"
+        )
+    };
+    let sql = format!(
+        "SELECT {}, {} FROM (SELECT a::{ty} AS a, b::{ty} AS b, i \
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(a, b, i)) v ORDER BY i",
+        us("a"),
+        us("b")
+    );
+    let rows = client
+        .query(&sql, &[&lo, &hi])
+        .await
+        .map_err(|e| Error::postgres("cannot read partition bounds", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, Option<Micros>>(0), r.get::<_, Option<Micros>>(1)))
+        .collect())
 }
 
 /// The partitions of `src` that tile `range` exactly (no gap, nothing
