@@ -222,8 +222,10 @@ pub struct TableConfig {
     /// At most this many consecutive windows per batch; [`BATCH_WINDOWS_ALL`]:
     /// every window a run archives, in one batch (one snapshot).
     pub batch_windows: u32,
-    /// Batches of this table run at once, each on its own connection and
-    /// Postgres transaction (its commits to the catalog one at a time).
+    /// Batches of this table extracting at once, each on its own connection
+    /// and Postgres transaction (its commits to the catalog one at a time);
+    /// with 2 or more, a spare worker finishes a batch meanwhile when
+    /// `pool_size` has room (see `archive::workers`).
     pub parallel_windows: usize,
     /// Parquet compression level (zstd).
     pub zstd_level: i32,
