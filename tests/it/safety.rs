@@ -285,14 +285,12 @@ async fn parallel_windows_run_batches_side_by_side() {
     assert_eq!(count(&c, "sensor_readings", "true").await, 150);
     let out = paused_run(&f, "after-commit", async || {
         // The other two batches delete their windows while this one waits.
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while count(&c, "sensor_readings", "true").await != 50 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the other batches did not finish while the first was held"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_rows(
+            &c,
+            50,
+            "the other batches did not finish while the first was held",
+        )
+        .await;
     })
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -325,14 +323,7 @@ async fn a_spare_worker_lets_extraction_go_on_while_a_batch_finishes() {
     let c = f.db.client().await;
     let mut connections = 0;
     let out = paused_run(&f, "after-verify", async || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while count(&c, "sensor_readings", "true").await != 50 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the other windows were not archived while the first was held"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_rows(&c, 50, "the other windows were not archived while the first was held").await;
         let row = c
             .query_one(
                 "SELECT count(*), count(*) FILTER (WHERE state = 'idle in transaction') \
@@ -350,6 +341,16 @@ async fn a_spare_worker_lets_extraction_go_on_while_a_batch_finishes() {
     assert_eq!(archived_rows(&out.json()), 200);
     assert_eq!(count(&c, "sensor_readings", "true").await, 0);
     f.assert_reconciled("spare worker");
+}
+
+/// Waits (up to 2 minutes; `what` is the failure) until `sensor_readings`
+/// holds `rows` rows, as other batches of a paused run settle.
+async fn wait_for_rows(c: &tokio_postgres::Client, rows: i64, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while count(c, "sensor_readings", "true").await != rows {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The data files as written: zstd everywhere, a dictionary for the
