@@ -155,9 +155,13 @@ async fn run_part(
     let range = planned.range;
     let drop_parts = partitions_to_drop(ctx, client, &range, limit).await?;
     let take = decide::take(ctx.mode, limit, drop_parts.is_some());
-    let (tx, xid) = begin(client, ctx.mode, drop_parts.as_deref()).await?;
+    let tx = begin(client, ctx.mode, drop_parts.as_deref()).await?;
     let query = take_query(ctx, &range, take, drop_parts.as_deref());
-    let out = extract_write(ctx, &tx, &query, &part.batch_id, bag).await?;
+    // The id's query and the COPY's go out together: one round trip less.
+    let (xid, out) = futures::try_join!(
+        transaction_id(&tx, ctx.mode),
+        extract_write(ctx, &tx, &query, &part.batch_id, bag)
+    )?;
     bar.set_message(format!("{}: {} rows", part.batch_id, out.written));
     let exhausted = match take.exhausted() {
         Some(known) => known,
@@ -276,13 +280,13 @@ async fn partitions_to_drop(
 
 /// Begins the part's transaction: repeatable read for a copy (one
 /// consistent snapshot), read committed for a move (its `DELETE` sees rows
-/// committed meanwhile).  A move records its transaction id; partitions to
-/// drop are locked `EXCLUSIVE` (reads go on, writes wait for us).
+/// committed meanwhile).  Partitions to drop are locked `EXCLUSIVE` (reads
+/// go on, writes wait for us).
 async fn begin<'c>(
     client: &'c mut tokio_postgres::Client,
     mode: BatchMode,
     drop_parts: Option<&[Partition]>,
-) -> Result<(tokio_postgres::Transaction<'c>, Option<u64>)> {
+) -> Result<tokio_postgres::Transaction<'c>> {
     let isolation = match mode {
         BatchMode::Copy => tokio_postgres::IsolationLevel::RepeatableRead,
         BatchMode::Move => tokio_postgres::IsolationLevel::ReadCommitted,
@@ -293,17 +297,6 @@ async fn begin<'c>(
         .start()
         .await
         .map_err(|e| Error::postgres("cannot begin the batch transaction", e))?;
-    let xid = match mode {
-        BatchMode::Move => {
-            let x: i64 = tx
-                .query_one("SELECT txid_current()", &[])
-                .await
-                .map_err(|e| Error::postgres("cannot read the transaction id", e))?
-                .get(0);
-            Some(x as u64)
-        }
-        BatchMode::Copy => None,
-    };
     if let Some(parts) = drop_parts {
         tx.batch_execute(&format!(
             "LOCK TABLE {} IN EXCLUSIVE MODE",
@@ -312,7 +305,33 @@ async fn begin<'c>(
         .await
         .map_err(|e| Error::postgres("cannot lock the partitions to archive", e))?;
     }
-    Ok((tx, xid))
+    Ok(tx)
+}
+
+/// A move's transaction id (what its ledger record names), `None` for a
+/// copy.  A simple query: one message, no statement to prepare.
+async fn transaction_id(
+    tx: &tokio_postgres::Transaction<'_>,
+    mode: BatchMode,
+) -> Result<Option<u64>> {
+    if mode == BatchMode::Copy {
+        return Ok(None);
+    }
+    let failed = |what: String| Error::internal(format!("cannot read the transaction id: {what}"));
+    let messages = tx
+        .simple_query("SELECT txid_current()")
+        .await
+        .map_err(|e| Error::postgres("cannot read the transaction id", e))?;
+    let text = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0),
+            _ => None,
+        })
+        .ok_or_else(|| failed("no row".into()))?;
+    text.parse::<u64>()
+        .map(Some)
+        .map_err(|e| failed(format!("{text:?}: {e}")))
 }
 
 /// The statement whose rows the part streams (and, for a move, deletes).

@@ -622,13 +622,11 @@ async fn workers(
         cfg.database.pool_size,
         plan.batches.len(),
     );
-    let mut out = Vec::new();
-    if n > 1 {
-        for _ in 0..n {
-            out.push(source::connect(&cfg.database).await?);
-        }
+    if n < 2 {
+        return Ok(Vec::new());
     }
-    Ok(out)
+    // Concurrently: each connection is a few round trips (TLS, auth).
+    futures::future::try_join_all((0..n).map(|_| source::connect(&cfg.database))).await
 }
 
 /// How many batches run at once: `parallel` extracting plus one finishing,

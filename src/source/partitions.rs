@@ -168,12 +168,16 @@ pub async fn tiling(
         return Ok(None);
     }
     let parent = src.qualified();
-    let key = partition_key(client, &parent).await?;
+    // Both in one round trip (tokio-postgres pipelines concurrent queries).
+    let (key, parts) = futures::try_join!(
+        partition_key(client, &parent),
+        list(client, &parent, src.time_kind())
+    )?;
     if !is_range_on(key.as_deref(), &src.time_column().name) {
         return Ok(None);
     }
     let mut inside = Vec::new();
-    for p in list(client, &parent, src.time_kind()).await? {
+    for p in parts {
         if p.bounds.is_none() {
             return Ok(None); // a default partition may hold rows of any range
         }
