@@ -343,6 +343,57 @@ async fn a_spare_worker_lets_extraction_go_on_while_a_batch_finishes() {
     f.assert_reconciled("spare worker");
 }
 
+/// Rows a batch in flight cannot take (inserted into its window after its
+/// `DELETE`) are reported as left behind, once, with the oldest's time; the
+/// next run archives them as a second batch of the window.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn rows_inserted_behind_a_batch_in_flight_are_reported_left_behind() {
+    let s = services!();
+    let table = "    parallel_windows: 2\n";
+    let f = Fixture::new(&s, None, Cat::Sqlite, 50, 4, table, "").await;
+    let c = f.db.client().await;
+    let mut held = 0i64;
+    let out = paused_run(&f, "after-verify", async || {
+        // The held batch's rows stay visible to us until it settles.
+        wait_for_rows(&c, 50, "the other windows were not archived while one was held").await;
+        held = c
+            .query_one(
+                "SELECT (extract(epoch FROM min(recorded_at)) * 1000000)::int8 FROM sensor_readings",
+                &[],
+            )
+            .await
+            .expect("oldest held row")
+            .get(0);
+        c.execute(
+            "WITH r AS (INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit) \
+             SELECT to_timestamp($1::int8 / 1e6) + i * interval '1 second', 1, 'late', 1, 'c' \
+             FROM generate_series(0, 6) AS i RETURNING *) INSERT INTO inserted_log SELECT * FROM r",
+            &[&held],
+        )
+        .await
+        .expect("late rows");
+    })
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(archived_rows(&out.json()), 200);
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        7,
+        "the late rows stay"
+    );
+    let pending = &out.json()[0]["pending"];
+    assert_eq!(pending["rows"], 7, "{}", out.stdout);
+    let oldest = permafrost::plan::window::rfc3339(held);
+    assert_eq!(pending["oldest"], oldest.as_str(), "{}", out.stdout);
+    // The next run takes them (a second batch of that window).
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(archived_rows(&out.json()), 7);
+    assert_eq!(out.json()[0]["pending"]["rows"], 0, "{}", out.stdout);
+    f.assert_reconciled("late rows");
+}
+
 /// Waits (up to 2 minutes; `what` is the failure) until `sensor_readings`
 /// holds `rows` rows, as other batches of a paused run settle.
 async fn wait_for_rows(c: &tokio_postgres::Client, rows: i64, what: &str) {
