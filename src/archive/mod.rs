@@ -453,8 +453,10 @@ async fn archive_on(
     progress: &Progress,
     report: &mut TableReport,
 ) -> Result<()> {
-    let (_, server_now) = source::server_facts(client).await?;
-    let src = source::introspect::introspect(client, t).await?;
+    let ((_, server_now), src) = futures::try_join!(
+        source::server_facts(client),
+        source::introspect::introspect(client, t)
+    )?;
     let (lower, cutoff) = run_range(t, opts, opts.now.unwrap_or(server_now));
     report.cutoff = Some(rfc3339(cutoff));
     if opts.dry_run {

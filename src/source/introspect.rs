@@ -121,18 +121,18 @@ pub async fn introspect(client: &Client, t: &TableConfig) -> Result<SourceTable>
     let rel = relation(client, t).await?;
     let columns = source_columns(client, t, rel.oid).await?;
     let time_index = time_column(t, &columns)?;
-    let primary_key = catalog::primary_key(client, rel.oid).await?;
-    let time_indexed = catalog::leads_an_index(
-        client,
-        rel.oid,
-        columns[time_index].attnum,
-        &t.timestamp_column,
-    )
-    .await?;
-    let filter_sql = match &t.filter {
-        None => None,
-        Some(f) => Some(compile_filter(client, t, f, &columns).await?),
+    let filter = async {
+        match &t.filter {
+            None => Ok(None),
+            Some(f) => compile_filter(client, t, f, &columns).await.map(Some),
+        }
     };
+    let attnum = columns[time_index].attnum;
+    let (primary_key, time_indexed, filter_sql) = futures::try_join!(
+        catalog::primary_key(client, rel.oid),
+        catalog::leads_an_index(client, rel.oid, attnum, &t.timestamp_column),
+        filter
+    )?;
     Ok(SourceTable {
         oid: rel.oid,
         database: rel.database,
@@ -204,10 +204,16 @@ async fn source_columns(client: &Client, t: &TableConfig, oid: u32) -> Result<Ve
             t.timestamp_column
         )));
     }
-    let ctx = catalog::map_context(client).await?;
+    // One round trip for all the types (tokio-postgres pipelines them).
+    let (ctx, types) = futures::try_join!(
+        catalog::map_context(client),
+        futures::future::try_join_all(
+            cols.iter()
+                .map(|c| catalog::resolve_type(client, c.type_oid, c.typmod, 0))
+        )
+    )?;
     let mut columns = Vec::with_capacity(cols.len());
-    for c in cols {
-        let info = catalog::resolve_type(client, c.type_oid, c.typmod, 0).await?;
+    for (c, info) in cols.into_iter().zip(types) {
         let mapping = if t.text_columns.contains(&c.name) {
             Ok(text_mapping(&info))
         } else {
