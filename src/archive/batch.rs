@@ -181,16 +181,8 @@ async fn run_part(
             commit_postgres,
             drop_partitions,
         } => {
-            if let Some(parts) = drop_parts.as_deref().filter(|_| drop_partitions) {
-                // Every row was already archived: the partitions can go.
-                drop_archived(&tx, parts).await?;
-            }
-            let end = if commit_postgres {
-                tx.commit().await
-            } else {
-                tx.rollback().await
-            };
-            end.map_err(|e| Error::postgres("cannot end the batch transaction", e))?;
+            let parts = drop_parts.as_deref().filter(|_| drop_partitions);
+            end_skipped(tx, parts, commit_postgres).await?;
             return Ok(PartDone {
                 report: None,
                 exhausted,
@@ -256,6 +248,24 @@ async fn run_part(
         report: Some(report),
         exhausted,
     })
+}
+
+/// Ends the transaction of a part that records no batch: drops `parts`
+/// first (every row in them was already archived), then commits, or rolls
+/// back when nothing of it is to be kept.
+async fn end_skipped(
+    tx: tokio_postgres::Transaction<'_>,
+    parts: Option<&[Partition]>,
+    commit: bool,
+) -> Result<()> {
+    if let Some(parts) = parts {
+        drop_archived(&tx, parts).await?;
+    }
+    let end = match commit {
+        true => tx.commit().await,
+        false => tx.rollback().await,
+    };
+    end.map_err(|e| Error::postgres("cannot end the batch transaction", e))
 }
 
 /// The partitions that tile the range, when the batch may export them whole
