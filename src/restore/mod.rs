@@ -382,33 +382,15 @@ pub async fn restore(
     let staging = qualified(&stage_schema, &stage_name);
     let target = qualified(&target_schema, &target_name);
 
-    let client = crate::source::connect(&cfg.database).await?;
-    let existing = client
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL, obj_description(to_regclass($1), 'pg_class')",
-            &[&staging],
-        )
+    // The catalog's side (the files of the range, the batches' own files,
+    // each on a task of its own) and Postgres's (checks, connections) go on
+    // together.
+    let planned = plan_scan(table, &src, &req.range)?;
+    let archived_batches = read_archived_batches(table, &src, &req.range);
+    let (client, loaders) = prepare_postgres(cfg, t, &src, (&staging, &target), req).await?;
+    let tasks = planned
         .await
-        .map_err(pg("cannot look up the staging table"))?;
-    if existing.get::<_, bool>(0) {
-        return Err(load::leftover(&staging, existing.get(1)));
-    }
-    let types: Vec<(&str, &str)> = src
-        .cols
-        .iter()
-        .map(|(f, ty, _)| (f.name.as_str(), ty.as_str()))
-        .collect();
-    validate::preflight(
-        &client,
-        &target,
-        &types,
-        &t.timestamp_column,
-        src.time_kind,
-        &req.range,
-        req.apply,
-    )
-    .await?;
-    let tasks = plan_scan(table, &src, &req.range).await?;
+        .map_err(|e| Error::internal(format!("planning the scan failed: {e}")))??;
     tracing::debug!(
         "{} data file(s) of the range at snapshot {}",
         tasks.len(),
@@ -418,11 +400,6 @@ pub async fn restore(
     if tasks.is_empty() {
         return Err(empty());
     }
-
-    let archived_batches = read_archived_batches(table, &src, &req.range);
-    // The loaders (`parallel_windows` connections besides this one, within
-    // `database.pool_size`) read the staged rows back afterwards.
-    let loaders = connect_loaders(cfg, t).await?;
     let loaded = load::load(&client, &loaders, table, &src, &staging, tasks, progress)
         .await?
         .ok_or_else(empty)?;
@@ -503,6 +480,43 @@ fn read_archived_batches(
     let (table, snapshot, range) = (table.clone(), src.snapshot.clone(), *range);
     let read = async move { validate::archived_batches(&table, &snapshot, &range).await };
     tokio::spawn(read.instrument(tracing::Span::current()))
+}
+
+/// Postgres's side of a restore's start: the run's connection, with the
+/// staging table checked free (not left by an earlier restore) and the
+/// target checked against the archive ([`validate::preflight`]), and the
+/// loaders' connections, opened meanwhile.
+async fn prepare_postgres(
+    cfg: &Config,
+    t: &TableConfig,
+    src: &Archived,
+    (staging, target): (&str, &str),
+    req: &RestoreRequest,
+) -> Result<(Client, Vec<std::sync::Arc<Client>>)> {
+    let checked = async {
+        let client = crate::source::connect(&cfg.database).await?;
+        let existing = client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL, obj_description(to_regclass($1), 'pg_class')",
+                &[&staging],
+            )
+            .await
+            .map_err(pg("cannot look up the staging table"))?;
+        if existing.get::<_, bool>(0) {
+            return Err(load::leftover(staging, existing.get(1)));
+        }
+        let types: Vec<(&str, &str)> = src
+            .cols
+            .iter()
+            .map(|(f, ty, _)| (f.name.as_str(), ty.as_str()))
+            .collect();
+        let (time, kind) = (&t.timestamp_column, src.time_kind);
+        validate::preflight(&client, target, &types, time, kind, &req.range, req.apply).await?;
+        Ok(client)
+    };
+    // The loaders (`parallel_windows` connections besides this one, within
+    // `database.pool_size`) also read the staged rows back afterwards.
+    futures::try_join!(checked, connect_loaders(cfg, t))
 }
 
 /// The restore's loaders: `parallel_windows` connections (at least one).
@@ -677,9 +691,16 @@ fn batches_check(batches: &[BatchCheck]) -> Check {
     }
 }
 
-/// The data files of the range at the snapshot (pruned by partition and
-/// column statistics: a file listed may still hold no row in the range).
-async fn plan_scan(table: &Table, src: &Archived, range: &Window) -> Result<Vec<FileScanTask>> {
+/// Starts planning the scan of the range at the snapshot on a task of its
+/// own (reading the manifests is CPU work that would hold up this task's
+/// round trips to Postgres): the data files of the range, pruned by
+/// partition and column statistics (a file listed may still hold no row
+/// in the range).
+fn plan_scan(
+    table: &Table,
+    src: &Archived,
+    range: &Window,
+) -> Result<tokio::task::JoinHandle<Result<Vec<FileScanTask>>>> {
     let predicate = crate::inspect::fetch::scan_predicate(
         table.metadata().current_schema(),
         &src.time_field.name,
@@ -693,12 +714,16 @@ async fn plan_scan(table: &Table, src: &Archived, range: &Window) -> Result<Vec<
         .select(src.cols.iter().map(|(f, _, _)| f.name.clone()))
         .build()
         .map_err(|e| Error::iceberg("cannot plan the scan", e))?;
-    scan.plan_files()
-        .await
-        .map_err(|e| Error::iceberg("cannot plan the scan", e))?
-        .try_collect()
-        .await
-        .map_err(|e| Error::iceberg("cannot plan the scan", e))
+    let plan = async move {
+        let failed = |e| Error::iceberg("cannot plan the scan", e);
+        scan.plan_files()
+            .await
+            .map_err(failed)?
+            .try_collect()
+            .await
+            .map_err(failed)
+    };
+    Ok(tokio::spawn(plan.instrument(tracing::Span::current())))
 }
 
 /// What the load streamed.
