@@ -290,22 +290,30 @@ impl CachedCredentials {
             Error::config("no AWS credential chain is configured").with_hint(CHAIN_HINT)
         })?;
         let c = current_credentials(provider).await?;
-        *held = Some((c.clone(), c.expiry().map(|e| renew_at(now, e))));
+        *held = Some((
+            c.clone(),
+            c.expiry().map(|e| renew_at(now, e, SIGNER_LEAST_LEFT)),
+        ));
         Ok(c)
     }
 }
 
 /// When keys fetched at `fetched` and expiring at `expiry` are asked for
 /// again: once half their lifetime is left, but at most five minutes and at
-/// least 20 seconds before they expire — OpenDAL's signer (reqsign) refuses
-/// keys with less than 10 s left.  An hour's STS keys are renewed after 55
-/// minutes, 15 minutes' after 10, two minutes' after one; keys that live
-/// 20 s or less at every request.
-fn renew_at(fetched: SystemTime, expiry: SystemTime) -> SystemTime {
+/// least `least_left` before they expire.  For the chain's keys that is
+/// [`SIGNER_LEAST_LEFT`]: an hour's STS keys are renewed after 55 minutes,
+/// 15 minutes' after 10, two minutes' after one; keys that live 20 s or less
+/// at every request.  Keys a catalog vends with a table follow the same
+/// rule ([`crate::lake::vended`]).
+pub fn renew_at(fetched: SystemTime, expiry: SystemTime, least_left: Duration) -> SystemTime {
     let life = expiry.duration_since(fetched).unwrap_or_default();
-    let left = (life / 2).clamp(Duration::from_secs(20), Duration::from_secs(300));
+    let left = (life / 2).clamp(least_left, Duration::from_secs(300).max(least_left));
     expiry.checked_sub(left).unwrap_or(fetched)
 }
+
+/// What the chain's keys keep in reserve: OpenDAL's signer (reqsign)
+/// refuses keys with less than 10 s left.
+const SIGNER_LEAST_LEFT: Duration = Duration::from_secs(20);
 
 const CHAIN_HINT: &str = "set AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a web \
                           identity token (IRSA), or run where instance metadata answers";
@@ -332,13 +340,13 @@ mod tests {
     fn keys_are_renewed_with_half_their_life_or_five_minutes_left() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let at = |s: u64| t0 + Duration::from_secs(s);
-        assert_eq!(renew_at(t0, at(3600)), at(3300));
-        assert_eq!(renew_at(t0, at(900)), at(600));
-        assert_eq!(renew_at(t0, at(120)), at(60));
+        assert_eq!(renew_at(t0, at(3600), SIGNER_LEAST_LEFT), at(3300));
+        assert_eq!(renew_at(t0, at(900), SIGNER_LEAST_LEFT), at(600));
+        assert_eq!(renew_at(t0, at(120), SIGNER_LEAST_LEFT), at(60));
         // 20 s are always left; keys living less are asked for again at once.
-        assert_eq!(renew_at(t0, at(30)), at(10));
-        assert!(renew_at(t0, at(12)) <= t0);
-        assert!(renew_at(at(10), at(5)) <= at(10));
+        assert_eq!(renew_at(t0, at(30), SIGNER_LEAST_LEFT), at(10));
+        assert!(renew_at(t0, at(12), SIGNER_LEAST_LEFT) <= t0);
+        assert!(renew_at(at(10), at(5), SIGNER_LEAST_LEFT) <= at(10));
     }
 
     /// The token boto3's `generate_db_auth_token` gives for these inputs

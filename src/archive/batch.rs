@@ -393,8 +393,14 @@ async fn extract_write(
     let mut rows = extract::CopyRows::spawn(stream, decoder(ctx)?);
     let prefix = format!("{batch_id}-{}", uuid::Uuid::new_v4().simple());
     let cfg = &ctx.cfg;
-    let mut writer =
-        lake::write::BatchWriter::new(&ctx.table, &prefix, cfg.target_file_size, cfg.zstd_level)?;
+    let (io, _) = ctx.storage.io().await?;
+    let mut writer = lake::write::BatchWriter::new(
+        &ctx.table,
+        io,
+        &prefix,
+        cfg.target_file_size,
+        cfg.zstd_level,
+    )?;
     let mut checksum = Checksum::default();
     let mut reconciled = 0u64;
     let mut write_err = None;
@@ -520,6 +526,12 @@ async fn commit(
     if committer.stale {
         committer.table = lake::commit::reload(ctx.catalog.iceberg(), &ctx.table.ident).await?;
         committer.stale = false;
+    }
+    let (io, generation) = ctx.storage.io().await?;
+    if generation != committer.io_generation {
+        committer.table = lake::commit_base::with_io(committer.table.clone(), &io)
+            .map_err(|e| Error::iceberg("cannot renew the table's storage keys", e))?;
+        committer.io_generation = generation;
     }
     let settled = ctx.settled();
     let update = lake::commit::LedgerUpdate {

@@ -203,6 +203,9 @@ struct Ctx {
     committer: tokio::sync::Mutex<Committer>,
     /// ... and in plan order, so the snapshot history is in window order.
     turns: Turns,
+    /// The `FileIO` batches write and commit with, renewed before the keys
+    /// a catalog vends with the table expire.
+    storage: lake::vended::TableStorage,
     /// Extraction slots, `parallel_windows` of them: a batch holds one
     /// while it streams out of Postgres and writes its files, not while it
     /// commits, verifies and settles — so with a spare worker (see
@@ -298,6 +301,8 @@ struct Committer {
     /// The batches of the source the run knows of: those of its plan's
     /// facts, then its own commits (see [`lake::commit::LedgerUpdate`]).
     known: HashSet<String>,
+    /// The [`Ctx::storage`] generation of `table`'s `FileIO`.
+    io_generation: u64,
 }
 
 /// Runs `archive` over the selected tables, `global.max_table_concurrency` at a time.
@@ -485,7 +490,9 @@ async fn archive_on(
             table: table.table.clone(),
             stale: true,
             known: facts.batches.iter().map(|b| b.batch_id.clone()).collect(),
+            io_generation: 0,
         }),
+        storage: lake::vended::TableStorage::new(catalog.clone(), &table.table),
         turns: Turns::new(),
         extracting: tokio::sync::Semaphore::new(t.parallel_windows),
         settled: std::sync::Mutex::new(plan::settled_batches(&facts)),

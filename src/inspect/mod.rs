@@ -31,8 +31,16 @@ pub enum SnapshotChoice {
     AsOf(Micros),
 }
 
-/// The one configured table `name` names, and its Iceberg table.
-pub async fn open_table(cfg: &Config, name: &str) -> Result<(TableConfig, Table)> {
+/// The one configured table `name` names, its Iceberg table, and the
+/// catalog it was loaded from (the command's one handle).
+pub async fn open_table(
+    cfg: &Config,
+    name: &str,
+) -> Result<(
+    TableConfig,
+    Table,
+    std::sync::Arc<lake::catalog::CatalogHandle>,
+)> {
     let t = cfg
         .select_tables(Some(name))?
         .into_iter()
@@ -40,7 +48,7 @@ pub async fn open_table(cfg: &Config, name: &str) -> Result<(TableConfig, Table)
         .ok_or_else(|| Error::config(format!("no table `{name}` in the config")))?;
     let catalog = lake::open_catalog(&cfg.catalog).await?;
     match open_table_in(catalog.iceberg(), &t).await? {
-        Some(table) => Ok((t, table)),
+        Some(table) => Ok((t, table, catalog)),
         None => Err(not_created(&t)),
     }
 }

@@ -16,6 +16,7 @@ pub mod readback;
 pub mod schema;
 pub mod storage;
 pub mod table;
+pub mod vended;
 pub mod write;
 
 pub use catalog::open_catalog;

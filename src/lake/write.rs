@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampMicrosecondType;
 use arrow_array::{Array, RecordBatch, UInt32Array};
+use iceberg::io::FileIO;
 use iceberg::spec::{
     DataFile, DataFileFormat, Literal, PartitionKey, PartitionSpec, SchemaRef, Struct,
 };
@@ -62,21 +63,26 @@ pub struct BatchWriter {
 }
 
 impl BatchWriter {
-    /// A writer for `table`; `prefix` makes file names unique (batch id + uuid).
+    /// A writer for `table` whose files go out through `io` (the table's
+    /// storage as renewed, [`super::vended`]); `prefix` makes file names
+    /// unique (batch id + uuid).
     pub fn new(
         table: &ArchiveTable,
+        io: FileIO,
         prefix: &str,
         target_file_size: u64,
         zstd_level: i32,
     ) -> Result<Self> {
-        Self::for_table(
+        let mut writer = Self::for_table(
             &table.table,
             table.granularity,
             table.time_index,
             prefix,
             target_file_size,
             zstd_level,
-        )
+        )?;
+        writer.setup.io = io;
+        Ok(writer)
     }
 
     /// A writer for rows of `table`'s current schema whose time column is
@@ -96,6 +102,7 @@ impl BatchWriter {
         Ok(Self {
             setup: Setup {
                 table: table.clone(),
+                io: table.file_io().clone(),
                 prefix: prefix.to_string(),
                 target_file_size,
                 level,
@@ -241,6 +248,7 @@ impl BatchWriter {
 /// What the data file writers of a [`BatchWriter`] need, until its first rows.
 struct Setup {
     table: iceberg::table::Table,
+    io: FileIO,
     prefix: String,
     target_file_size: u64,
     level: ZstdLevel,
@@ -269,7 +277,7 @@ impl Setup {
         let rolling = RollingFileWriterBuilder::new(
             parquet,
             self.target_file_size as usize,
-            self.table.file_io().clone(),
+            self.io.clone(),
             location,
             names,
         );

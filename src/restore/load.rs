@@ -32,6 +32,7 @@ use crate::checksum::{Checksum, RowHasher};
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
 use crate::lake::readback::read_files;
+use crate::lake::vended::TableStorage;
 use crate::source::catalog::{self, map_context, resolve_type};
 use crate::types::{Mapping, TypeInfo, map_type, text_mapping};
 
@@ -81,7 +82,7 @@ struct Share {
 pub(super) async fn load(
     client: &Client,
     loaders: &[Arc<Client>],
-    table: &Table,
+    (table, storage): (&Table, &Arc<TableStorage>),
     src: &Archived,
     staging: &str,
     tasks: Vec<FileScanTask>,
@@ -100,7 +101,7 @@ pub(super) async fn load(
             "COPY {staging} ({}) FROM STDIN (FORMAT binary)",
             names.join(", ")
         );
-        let share = copy_all(loaders, table, encoder, copy, tasks, progress).await?;
+        let share = copy_all(loaders, (table, storage), encoder, copy, tasks, progress).await?;
         if share.read.rows == 0 {
             return Ok(None);
         }
@@ -149,7 +150,7 @@ pub(super) async fn load(
 /// empties the queue, so the others stop after their current file.
 async fn copy_all(
     loaders: &[Arc<Client>],
-    table: &Table,
+    (table, storage): (&Table, &Arc<TableStorage>),
     encoder: CopyEncoder,
     copy: String,
     tasks: Vec<FileScanTask>,
@@ -161,8 +162,10 @@ async fn copy_all(
     for client in loaders {
         let (client, table, encoder) = (client.clone(), table.clone(), encoder.clone());
         let (copy, queue, progress) = (copy.clone(), queue.clone(), progress.clone());
+        let storage = storage.clone();
         set.spawn(async move {
-            let share = copy_share(&client, &table, &encoder, &copy, &queue, &progress).await;
+            let files = (table, storage.as_ref());
+            let share = copy_share(&client, files, &encoder, &copy, &queue, &progress).await;
             if share.is_err()
                 && let Ok(mut q) = queue.lock()
             {
@@ -197,10 +200,12 @@ async fn copy_all(
 }
 
 /// One loader: opens a transaction on `client` and copies the files it
-/// takes from `queue` until the queue is empty (uncommitted).
+/// takes from `queue` until the queue is empty (uncommitted); each file is
+/// read with `storage`'s keys as they are when it is taken (renewed before
+/// keys a catalog vends expire).
 async fn copy_share(
     client: &Client,
-    table: &Table,
+    (mut table, storage): (Table, &TableStorage),
     encoder: &CopyEncoder,
     copy: &str,
     queue: &Mutex<VecDeque<FileScanTask>>,
@@ -220,12 +225,20 @@ async fn copy_share(
     let mut hasher = RowHasher::default();
     let mut hashes = Vec::new();
     let mut share = Share::default();
-    let reader = table.reader_builder().with_batch_size(8192).build();
+    let mut reader = table.reader_builder().with_batch_size(8192).build();
+    let mut io_generation = 0;
     let next = || queue.lock().ok().and_then(|mut q| q.pop_front());
     while let Some(task) = next() {
+        let (io, generation) = storage.io().await?;
+        if generation != io_generation {
+            table = crate::lake::commit_base::with_io(table, &io)
+                .map_err(|e| Error::iceberg("cannot renew the archive's storage keys", e))?;
+            reader = table.reader_builder().with_batch_size(8192).build();
+            io_generation = generation;
+        }
         let path = task.data_file_path.clone();
         let what = "cannot read the archive";
-        let mut stream = read_files(table, reader.clone(), vec![task], 1, what);
+        let mut stream = read_files(&table, reader.clone(), vec![task], 1, what);
         let mut file_sum = Checksum::default();
         while let Some(batch) = stream.try_next().await? {
             hashes.clear();

@@ -34,6 +34,7 @@ pub mod target;
 pub mod validate;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::TryStreamExt;
@@ -49,7 +50,9 @@ use crate::config::{Config, TableConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
 use crate::inspect::{SnapshotChoice, resolve_snapshot};
+use crate::lake::catalog::CatalogHandle;
 use crate::lake::table::RecordedColumn;
+use crate::lake::vended::TableStorage;
 use crate::ledger::keys;
 use crate::ledger::props;
 use crate::plan::window::{Micros, Window, parse_instant, rfc3339};
@@ -372,7 +375,7 @@ fn nothing_archived(t: &TableConfig, range: &Window, snapshot_id: i64) -> Error 
 pub async fn restore(
     cfg: &Config,
     t: &TableConfig,
-    table: &Table,
+    (catalog, table): (&Arc<CatalogHandle>, &Table),
     req: &RestoreRequest,
     progress: &indicatif::ProgressBar,
 ) -> Result<RestoreReport> {
@@ -386,7 +389,11 @@ pub async fn restore(
     // each on a task of its own) and Postgres's (checks, connections) go on
     // together.
     let planned = plan_scan(table, &src, &req.range)?;
-    let archived_batches = read_archived_batches(table, &src, &req.range);
+    let storage = Arc::new(crate::lake::vended::TableStorage::new(
+        catalog.clone(),
+        table,
+    ));
+    let archived_batches = read_archived_batches((table, &storage), &src, &req.range);
     let (client, loaders) = prepare_postgres(cfg, t, &src, (&staging, &target), req).await?;
     let tasks = planned
         .await
@@ -400,9 +407,17 @@ pub async fn restore(
     if tasks.is_empty() {
         return Err(empty());
     }
-    let loaded = load::load(&client, &loaders, table, &src, &staging, tasks, progress)
-        .await?
-        .ok_or_else(empty)?;
+    let loaded = load::load(
+        &client,
+        &loaders,
+        (table, &storage),
+        &src,
+        &staging,
+        tasks,
+        progress,
+    )
+    .await?
+    .ok_or_else(empty)?;
     let load_seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
     let archived_batches = archived_batches
@@ -473,12 +488,14 @@ struct Staged<'a> {
 /// Postgres, so while the rows load), on a task of its own: a local
 /// warehouse is read on the reading thread.
 fn read_archived_batches(
-    table: &Table,
+    (table, storage): (&Table, &Arc<TableStorage>),
     src: &Archived,
     range: &Window,
 ) -> tokio::task::JoinHandle<Result<Vec<validate::ArchivedBatch>>> {
     let (table, snapshot, range) = (table.clone(), src.snapshot.clone(), *range);
-    let read = async move { validate::archived_batches(&table, &snapshot, &range).await };
+    let storage = storage.clone();
+    let read =
+        async move { validate::archived_batches((&table, &storage), &snapshot, &range).await };
     tokio::spawn(read.instrument(tracing::Span::current()))
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{SchemaRef, SnapshotRef};
 use iceberg::table::Table;
 use tokio_postgres::Client;
@@ -13,6 +14,7 @@ use crate::checksum::Checksum;
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
 use crate::lake;
+use crate::lake::vended::TableStorage;
 use crate::ledger::keys;
 use crate::plan::window::{Window, parse_instant};
 use crate::source::introspect::TimeKind;
@@ -53,28 +55,23 @@ pub(crate) struct ArchivedBatch {
 /// the catalog's files only, nothing of Postgres: a restore starts it before
 /// its load.
 pub(crate) async fn archived_batches(
-    table: &Table,
+    (table, storage): (&Table, &TableStorage),
     snapshot: &SnapshotRef,
     range: &Window,
 ) -> Result<Vec<ArchivedBatch>> {
-    let mut out = Vec::new();
-    for s in lineage(table, snapshot) {
-        let Some((batch_id, rows, checksum)) = super::summary_of(&s) else {
-            continue;
-        };
+    let batches = lineage(table, snapshot).into_iter().filter_map(|s| {
+        let (batch_id, rows, checksum) = super::summary_of(&s)?;
         let p = &s.summary().additional_properties;
-        let (Some(ws), Some(we)) = (
-            p.get(keys::WINDOW_START).and_then(|v| parse_instant(v)),
-            p.get(keys::WINDOW_END).and_then(|v| parse_instant(v)),
-        ) else {
-            continue;
+        let window = Window {
+            start: p.get(keys::WINDOW_START).and_then(|v| parse_instant(v))?,
+            end: p.get(keys::WINDOW_END).and_then(|v| parse_instant(v))?,
         };
-        let window = Window { start: ws, end: we };
-        if !window.overlaps(range) || rows == 0 {
-            continue;
-        }
-        let files = lake::readback::added_files(table, &s).await?;
-        out.push(ArchivedBatch {
+        (window.overlaps(range) && rows > 0).then_some((s, batch_id, window, rows, checksum))
+    });
+    let read = batches.map(|(s, batch_id, window, rows, checksum)| async move {
+        let table = storage.current(table).await?;
+        let files = lake::readback::added_files(&table, &s).await?;
+        Ok::<_, Error>(ArchivedBatch {
             batch_id,
             snapshot_id: s.snapshot_id(),
             schema_id: s.schema_id(),
@@ -82,10 +79,17 @@ pub(crate) async fn archived_batches(
             rows,
             checksum,
             files: files.into_iter().map(|f| f.path).collect(),
-        });
-    }
-    Ok(out)
+        })
+    });
+    futures::stream::iter(read)
+        .buffered(MANIFEST_READS)
+        .try_collect()
+        .await
 }
+
+/// Batches whose files are read at once: each is a manifest list and a
+/// manifest, round trips to the object store.
+const MANIFEST_READS: usize = 8;
 
 /// Each of `batches` with its restored rows compared to its summary: a
 /// batch covered whole by `range` must restore exactly its archived rows

@@ -188,6 +188,8 @@ struct RotatingAws {
     child: Child,
     s3: String,
     glue: String,
+    /// The REST front ([`Self::vending`]).
+    rest: String,
 }
 
 impl RotatingAws {
@@ -197,6 +199,22 @@ impl RotatingAws {
 
     /// The front with S3 requests going to `s3`.
     fn in_front_of(s: &Services, s3: &str) -> Self {
+        Self::spawn(s, s3, None, &[])
+    }
+
+    /// The front before the test services' S3 and REST catalog, the latter
+    /// vending keys that live `life` seconds with every table it loads,
+    /// every S3 request `delay_ms` late (an object store across a network).
+    fn vending(s: &Services, life: u32, delay_ms: u32) -> Self {
+        let (life, delay) = (life.to_string(), delay_ms.to_string());
+        let env = [
+            ("PF_VENDED_LIFE", life.as_str()),
+            ("PF_S3_DELAY_MS", &delay),
+        ];
+        Self::spawn(s, &s.s3, Some(&s.rest), &env)
+    }
+
+    fn spawn(s: &Services, s3: &str, rest: Option<&str>, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         std::fs::write(
@@ -224,6 +242,8 @@ impl RotatingAws {
             .arg(d.join("ledger"))
             .arg(d.join("log"))
             .args([s3, &s.glue])
+            .args(rest)
+            .envs(env.iter().copied())
             .env("AWS_ACCESS_KEY_ID", &s.key)
             .env("AWS_SECRET_ACCESS_KEY", &s.secret)
             .stdout(Stdio::piped())
@@ -235,10 +255,14 @@ impl RotatingAws {
             .read_line(&mut line)
             .expect("ports");
         let ports: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(ports.len(), 2, "front printed {line:?}");
+        assert_eq!(ports.len(), 2 + rest.iter().len(), "front printed {line:?}");
         Self {
             s3: format!("http://127.0.0.1:{}", ports[0]),
             glue: format!("http://127.0.0.1:{}", ports[1]),
+            rest: ports
+                .get(2)
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .unwrap_or_default(),
             dir,
             child,
         }
@@ -643,4 +667,114 @@ async fn a_rest_catalog_without_vended_keys_signs_s3_with_the_aws_chain_and_hold
     assert!(log.iter().all(|e| e["ok"] == true), "refused: {log:?}");
     assert!(after > s3, "maintain made no S3 request");
     assert_eq!(keys.len(), 2, "one key per process: {keys:?}");
+}
+
+/// A REST catalog that vends S3 keys with every table it loads, living three
+/// seconds (`s3.session-token-expires-at-ms`, as Polaris or Unity state
+/// theirs), and an object store 80 ms away: a run of 20 batches outlives
+/// several keys, and every S3 request is signed with one still valid — the
+/// table is loaded again once half a key's life is gone — without a load
+/// per request.  (Before, the run kept the keys of its first load and
+/// failed with `ExpiredToken` after three seconds.)
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn keys_a_rest_catalog_vends_are_renewed_before_they_expire() {
+    const LIFE: f64 = 3.0;
+    let s = services!();
+    let front = RotatingAws::vending(&s, LIFE as u32, 80);
+    let db = TestDb::create(&s, "vended").await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE readings (recorded_at timestamptz NOT NULL, v int NOT NULL);
+         INSERT INTO readings
+         SELECT date_trunc('day', now() - interval '30 days', 'UTC') + g * interval '1 hour', g
+         FROM generate_series(0, 20 * 24 - 1) g",
+    )
+    .await
+    .expect("data");
+    let ws = Ws::new();
+    let yaml = format!(
+        "database:\n  dsn: \"{}\"\ncatalog:\n  type: rest\n  name: rest\n  uri: {}\n\
+         \x20 warehouse: s3://warehouse\n  credential: \"{}:{}\"\nglobal:\n  namespace: {}\n\
+         tables:\n  - name: readings\n    timestamp_column: recorded_at\n    partition_by: day\n\
+         \x20   lag: 1d\n    batch_windows: 1\n",
+        db.dsn,
+        front.rest,
+        s.key,
+        s.secret,
+        unique("vended")
+    );
+    let cfg = ws.config("permafrost.yaml", &yaml);
+    let out = ws.run(&["archive", "-c", &cfg.to_string_lossy(), "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = out.json();
+    let batches = report[0]["batches"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(batches, 20, "{report}");
+    assert_eq!(archived_rows(&report), 480);
+    assert_eq!(count(&c, "readings", "true").await, 0);
+
+    let log = front.log();
+    let refused: Vec<&Value> = log.iter().filter(|e| e["ok"] != true).collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    let vended: Vec<&str> = log.iter().filter_map(|e| e["vended"].as_str()).collect();
+    let (requests, keys) = signed_by(&log, "s3");
+    let span = span_of(&log, "s3");
+    eprintln!(
+        "{requests} S3 requests over {span:.1} s with {} keys; {} loads vended keys",
+        keys.len(),
+        vended.len()
+    );
+    // The run outlived a key's life (the delay sees to it), so it renewed.
+    assert!(span > LIFE, "the run took {span:.1} s only");
+    assert!(keys.len() >= 2, "S3 signed with {keys:?} over {span:.1} s");
+    assert!(
+        keys.iter().all(|k| vended.contains(k)),
+        "S3 signed with keys the catalog did not vend: {keys:?}"
+    );
+    // Renewed when due, not per request or per batch: a load per half
+    // life, give or take the run's own loads (the plan, the first commit).
+    let due = (span / (LIFE / 2.0)).ceil() as usize;
+    assert!(
+        vended.len() <= due + 4 && vended.len() < requests / 4,
+        "{} loads for {requests} requests over {span:.1} s",
+        vended.len()
+    );
+    assert!(!out.stderr.contains("s-VEND"), "secret in logs");
+
+    // A restore reads the 20 files with keys renewed the same way.
+    let before = front.log().len();
+    let cfg = cfg.to_string_lossy();
+    let args = [
+        "restore",
+        "-c",
+        &cfg,
+        "-t",
+        "readings",
+        "--from",
+        "2000-01-01",
+    ];
+    let out = ws.run(
+        &[
+            &args[..],
+            &["--to", "2100-01-01", "--into", "back", "--json"],
+        ]
+        .concat(),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = out.json();
+    assert_eq!(
+        (report["rows"].as_u64(), &report["valid"]),
+        (Some(480), &json!(true))
+    );
+    assert_eq!(count(&c, "back", "true").await, 480);
+    let log = front.log().split_off(before);
+    let refused: Vec<&Value> = log.iter().filter(|e| e["ok"] != true).collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    let (requests, keys) = signed_by(&log, "s3");
+    let span = span_of(&log, "s3");
+    eprintln!(
+        "restore: {requests} S3 requests over {span:.1} s with {} keys",
+        keys.len()
+    );
+    assert!(span > LIFE && keys.len() >= 2, "{keys:?} over {span:.1} s");
 }

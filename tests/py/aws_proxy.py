@@ -1,6 +1,6 @@
 """An AWS front for the tests that enforces credential expiry as AWS does.
 
-Usage: aws_proxy.py LEDGER LOG S3_URL GLUE_URL
+Usage: aws_proxy.py LEDGER LOG S3_URL GLUE_URL [REST_URL]
 
 LEDGER is the file a test's credential process appends to, one JSON object
 per line: {"key": access key id, "expires": unix seconds}.  Every request is
@@ -15,7 +15,15 @@ GLUE_URL (moto, which checks no signature) as they came.
 LOG gets one JSON object per request: {"t", "service", "key", "ok",
 "target"} and, for Glue CreateTable/UpdateTable, the request "body".
 
-Listens on two free loopback ports (S3, Glue) and prints them on one line.
+With REST_URL (an Iceberg REST catalog) a third front forwards the catalog's
+requests as they came and, like Polaris or Unity, vends S3 keys with every
+table it loads or creates: a new key each time, living PF_VENDED_LIFE
+seconds (default 4), recorded in LEDGER, in the response's `config` with
+`s3.session-token-expires-at-ms` and the S3 front as `s3.endpoint`; LOG gets
+{"service": "rest", "vended": key, "expires"}.  PF_S3_DELAY_MS delays every
+S3 request (an object store across a network; default none).
+
+Listens on free loopback ports (S3, Glue[, REST]) and prints them on one line.
 """
 
 import http.client
@@ -33,6 +41,10 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 LEDGER, LOG, S3_URL, GLUE_URL = sys.argv[1:5]
+REST_URL = sys.argv[5] if len(sys.argv) > 5 else None
+VENDED_LIFE = float(os.environ.get("PF_VENDED_LIFE", "4"))
+S3_DELAY = float(os.environ.get("PF_S3_DELAY_MS", "0")) / 1000
+PORTS = {}
 LOG_LOCK = threading.Lock()
 SCOPE = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/]+)/([^/]+)/aws4_request")
 DROPPED = {
@@ -102,6 +114,10 @@ class Front(BaseHTTPRequestHandler):
 
     def handle_any(self):
         body = self.body()
+        if self.service == "rest":
+            return self.forward(body, "us-east-1")
+        if self.service == "s3" and S3_DELAY:
+            time.sleep(S3_DELAY)
         auth = self.headers.get("Authorization", "")
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
         auth += " Credential=" + query.get("X-Amz-Credential", [""])[0]
@@ -147,6 +163,9 @@ class Front(BaseHTTPRequestHandler):
         conn.request(self.command, path, body=body, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
+        loads = self.command == "GET" or urllib.parse.urlsplit(path).path.endswith("/tables")
+        if self.service == "rest" and resp.status == 200 and loads:
+            data = vend(data)
         self.send_response(resp.status)
         length_sent = False
         for k, v in resp.getheaders():
@@ -168,6 +187,32 @@ class Front(BaseHTTPRequestHandler):
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = handle_any
 
 
+def vend(data):
+    """A table load's (or creation's) answer with a new key in its `config`."""
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        return data
+    if not isinstance(answer, dict) or "metadata" not in answer:
+        return data
+    key = f"VEND{time.time_ns()}"
+    expires = time.time() + VENDED_LIFE
+    with LOG_LOCK, open(LEDGER, "a") as f:
+        f.write(json.dumps({"key": key, "expires": expires}) + "\n")
+    config = answer.setdefault("config", {})
+    config.update({
+        "s3.endpoint": f"http://127.0.0.1:{PORTS['s3']}",
+        "s3.access-key-id": key,
+        "s3.secret-access-key": "s-" + key,
+        "s3.session-token": "t-" + key,
+        "s3.session-token-expires-at-ms": str(int(expires * 1000)),
+        "s3.path-style-access": "true",
+        "s3.region": "us-east-1",
+    })
+    log({"t": time.time(), "service": "rest", "vended": key, "expires": expires, "ok": True})
+    return json.dumps(answer).encode()
+
+
 def serve(service, target):
     handler = type(service, (Front,), {"service": service, "target": target.rstrip("/")})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -177,6 +222,9 @@ def serve(service, target):
 
 
 if __name__ == "__main__":
-    ports = [serve("s3", S3_URL), serve("glue", GLUE_URL)]
+    PORTS["s3"] = serve("s3", S3_URL)
+    ports = [PORTS["s3"], serve("glue", GLUE_URL)]
+    if REST_URL:
+        ports.append(serve("rest", REST_URL))
     print(*ports, flush=True)
     threading.Event().wait()

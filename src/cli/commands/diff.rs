@@ -4,7 +4,7 @@ use super::*;
 
 pub(super) async fn diff_cmd(a: DiffArgs) -> Result<ExitCode> {
     let cfg = load(&a.config.config)?;
-    let (_, table) = inspect::open_table(&cfg, &a.table).await?;
+    let (_, table, _) = inspect::open_table(&cfg, &a.table).await?;
     let d = inspect::snapshots::diff(&table, a.from_snapshot, a.to_snapshot).await?;
     if a.json {
         output::json(&d)?;

@@ -4,7 +4,7 @@ use super::*;
 
 pub(super) async fn fetch_cmd(a: FetchArgs, progress: &Progress) -> Result<ExitCode> {
     let cfg = load(&a.config.config)?;
-    let (t, table) = inspect::open_table(&cfg, &a.table).await?;
+    let (t, table, _) = inspect::open_table(&cfg, &a.table).await?;
     let (from, to) = (
         inspect::fetch::instant("from", &a.from)?,
         inspect::fetch::instant("to", &a.to)?,

@@ -18,10 +18,10 @@ pub(super) fn table_name(flag: &str, s: &str, default_schema: &str) -> Result<(S
 
 pub(super) async fn restore_cmd(a: RestoreArgs, progress: &Progress) -> Result<ExitCode> {
     let cfg = load(&a.config.config)?;
-    let (t, table) = inspect::open_table(&cfg, &a.table).await?;
+    let (t, table, catalog) = inspect::open_table(&cfg, &a.table).await?;
     let req = request(&a, &t.schema)?;
     let bar = progress.rows_spinner(&format!("restoring {}", t.iceberg_name()));
-    let report = restore::restore(&cfg, &t, &table, &req, &bar).await?;
+    let report = restore::restore(&cfg, &t, (&catalog, &table), &req, &bar).await?;
     bar.finish_and_clear();
     let metrics = crate::metrics::Metrics::new();
     metrics.record_restore(&t.source_name(), report.rows_restored());

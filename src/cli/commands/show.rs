@@ -4,7 +4,7 @@ use super::*;
 
 pub(super) async fn show_cmd(a: ShowArgs) -> Result<ExitCode> {
     let cfg = load(&a.config.config)?;
-    let (_, table) = inspect::open_table(&cfg, &a.table).await?;
+    let (_, table, _) = inspect::open_table(&cfg, &a.table).await?;
     let info = inspect::show::show(&table, snapshot_choice(&a.at)?)?;
     if a.json {
         output::json(&info)?;

@@ -4,7 +4,7 @@ use super::*;
 
 pub(super) async fn snapshots_cmd(a: SnapshotsArgs) -> Result<ExitCode> {
     let cfg = load(&a.config.config)?;
-    let (_, table) = inspect::open_table(&cfg, &a.table).await?;
+    let (_, table, _) = inspect::open_table(&cfg, &a.table).await?;
     let snaps = inspect::snapshots::snapshots(&table);
     if a.json {
         output::json(&snaps)?;
