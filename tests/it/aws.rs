@@ -669,7 +669,8 @@ async fn a_rest_catalog_without_vended_keys_signs_s3_with_the_aws_chain_and_hold
     assert_eq!(keys.len(), 2, "one key per process: {keys:?}");
 }
 
-/// A REST catalog that vends S3 keys with every table it loads, living three
+/// A REST catalog that vends S3 keys with every table it loads (asked to
+/// by `header.X-Iceberg-Access-Delegation` in the config), living three
 /// seconds (`s3.session-token-expires-at-ms`, as Polaris or Unity state
 /// theirs), and an object store 80 ms away: a run of 20 batches outlives
 /// several keys, and every S3 request is signed with one still valid — the
@@ -695,7 +696,8 @@ async fn keys_a_rest_catalog_vends_are_renewed_before_they_expire() {
     let ws = Ws::new();
     let yaml = format!(
         "database:\n  dsn: \"{}\"\ncatalog:\n  type: rest\n  name: rest\n  uri: {}\n\
-         \x20 warehouse: s3://warehouse\n  credential: \"{}:{}\"\nglobal:\n  namespace: {}\n\
+         \x20 warehouse: s3://warehouse\n  credential: \"{}:{}\"\n\
+         \x20 header.X-Iceberg-Access-Delegation: vended-credentials\nglobal:\n  namespace: {}\n\
          tables:\n  - name: readings\n    timestamp_column: recorded_at\n    partition_by: day\n\
          \x20   lag: 1d\n    batch_windows: 1\n",
         db.dsn,

@@ -17,7 +17,8 @@ LOG gets one JSON object per request: {"t", "service", "key", "ok",
 
 With REST_URL (an Iceberg REST catalog) a third front forwards the catalog's
 requests as they came and, like Polaris or Unity, vends S3 keys with every
-table it loads or creates: a new key each time, living PF_VENDED_LIFE
+table it loads or creates when asked to (`X-Iceberg-Access-Delegation:
+vended-credentials`): a new key each time, living PF_VENDED_LIFE
 seconds (default 4), recorded in LEDGER, in the response's `config` with
 `s3.session-token-expires-at-ms` and the S3 front as `s3.endpoint`; LOG gets
 {"service": "rest", "vended": key, "expires"}.  PF_S3_DELAY_MS delays every
@@ -164,7 +165,8 @@ class Front(BaseHTTPRequestHandler):
         resp = conn.getresponse()
         data = resp.read()
         loads = self.command == "GET" or urllib.parse.urlsplit(path).path.endswith("/tables")
-        if self.service == "rest" and resp.status == 200 and loads:
+        asked = self.headers.get("X-Iceberg-Access-Delegation") == "vended-credentials"
+        if self.service == "rest" and resp.status == 200 and loads and asked:
             data = vend(data)
         self.send_response(resp.status)
         length_sent = False
