@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use iceberg::Catalog;
 use iceberg::table::Table;
 use iceberg_datafusion::IcebergStaticTableProvider;
@@ -156,8 +156,22 @@ pub fn start(prepared: Prepared) -> Result<Running> {
         scans,
     } = prepared;
     let stream = execute_stream(plan.clone(), ctx.task_ctx()).map_err(|e| sql_error(e, &names))?;
+    let scanned = plan.clone();
+    let batches = stream
+        .map_err(move |e| sql_error(e, &names))
+        .then(move |read| {
+            let plan = scanned.clone();
+            async move {
+                match read {
+                    Err(e) if matches!(e.kind(), ErrorKind::Verification | ErrorKind::Catalog) => {
+                        Err(name_damaged(e, &plan).await)
+                    }
+                    other => other,
+                }
+            }
+        });
     Ok(Running {
-        batches: Box::pin(stream.map_err(move |e| sql_error(e, &names))),
+        batches: Box::pin(batches),
         schema: plan.schema(),
         tables,
         scans,
@@ -309,43 +323,90 @@ async fn planned_scans(plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<ScanStats>> 
 
 async fn count_files(scan: &IcebergTableScan) -> Result<ScanStats> {
     let table = scan.table();
-    let name = table.identifier().name().to_string();
     let snapshot_id = scan
         .snapshot_id()
         .or_else(|| table.metadata().current_snapshot_id());
-    if snapshot_id.is_none() {
-        return Ok(ScanStats {
-            table: name,
-            snapshot_id: None,
-            predicate: None,
-            files: 0,
-        });
-    }
-    let mut builder = table.scan();
-    if let Some(id) = snapshot_id {
-        builder = builder.snapshot_id(id);
-    }
-    if let Some(p) = scan.predicates() {
-        builder = builder.with_filter(p.clone());
-    }
-    let planned = builder
-        .select_all()
-        .build()
-        .map_err(|e| Error::iceberg("cannot plan the scan", e))?;
-    let files = planned
-        .plan_files()
-        .await
-        .map_err(|e| Error::iceberg("cannot plan the scan", e))?
-        .try_fold(0usize, |n, _| async move { Ok(n + 1) })
-        .await
-        .map_err(|e| Error::iceberg("cannot plan the scan", e))?;
+    let files = match snapshot_id {
+        None => 0,
+        Some(_) => {
+            planned_files(scan)
+                .await?
+                .try_fold(0usize, |n, _| async move { Ok(n + 1) })
+                .await?
+        }
+    };
     Ok(ScanStats {
-        table: name,
+        table: table.identifier().name().to_string(),
         snapshot_id,
         predicate: scan.predicates().map(|p| p.to_string()),
         files,
     })
 }
+
+/// The data files `scan` reads (its snapshot, its pushed-down filter),
+/// planned again from the metadata.
+async fn planned_files(
+    scan: &IcebergTableScan,
+) -> Result<impl futures::Stream<Item = Result<iceberg::scan::FileScanTask>> + use<>> {
+    let plan_error = |e| Error::iceberg("cannot plan the scan", e);
+    let mut builder = scan.table().scan();
+    if let Some(id) = scan.snapshot_id() {
+        builder = builder.snapshot_id(id);
+    }
+    if let Some(p) = scan.predicates() {
+        builder = builder.with_filter(p.clone());
+    }
+    let planned = builder.select_all().build().map_err(plan_error)?;
+    Ok(planned
+        .plan_files()
+        .await
+        .map_err(plan_error)?
+        .map_err(plan_error))
+}
+
+/// `e` — reading the query's data failed — as the damaged file it is, when
+/// a look at the files `plan` scans (size and Parquet footer, not the
+/// data: [`lake::readback::look_at`]) finds one; else `e` as it is.  Stops
+/// at the first file the storage does not let it look at (an outage is
+/// not a damaged file).
+async fn name_damaged(e: Error, plan: &Arc<dyn ExecutionPlan>) -> Error {
+    use lake::readback::Look;
+    let mut stack = vec![plan.clone()];
+    while let Some(node) = stack.pop() {
+        stack.extend(node.children().into_iter().cloned());
+        let Some(scan) = node.as_any().downcast_ref::<IcebergTableScan>() else {
+            continue;
+        };
+        let Ok(files) = planned_files(scan).await else {
+            return e;
+        };
+        let io = scan.table().file_io().clone();
+        let looks = files
+            .map_ok(|task| {
+                let io = io.clone();
+                async move {
+                    let (path, size) = (task.data_file_path, task.file_size_in_bytes);
+                    Ok((lake::readback::look_at(&io, &path, size).await, path))
+                }
+            })
+            .try_buffer_unordered(LOOKS_AT_ONCE);
+        let mut looks = std::pin::pin!(looks);
+        loop {
+            match looks.try_next().await {
+                Ok(Some((Look::Whole, _))) => continue,
+                Ok(Some((Look::Damaged(cause), path))) => {
+                    return Error::damaged_file("query failed", Some(&path), &cause);
+                }
+                Ok(None) => break,
+                Ok(Some((Look::Unreadable, _))) | Err(_) => return e,
+            }
+        }
+    }
+    e
+}
+
+/// Data files [`name_damaged`] looks at at once.
+const LOOKS_AT_ONCE: usize = 8;
 
 /// A DataFusion error as ours: SQL mistakes are the user's, with the tables
 /// they can use as the hint.

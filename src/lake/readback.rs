@@ -223,21 +223,73 @@ fn read_file(
 }
 
 /// What failed reading the data file `path` that its manifest says is
-/// `size` bytes: a file of another size is damaged whatever the error said.
+/// `size` bytes: a file of another size, or whose footer does not decode,
+/// is damaged whatever the error said ([`look_at`]).
 async fn file_error(io: &FileIO, path: &str, size: u64, what: &str, e: iceberg::Error) -> Error {
-    if !crate::error::undecodable(&e) {
-        let found = async { io.new_input(path)?.metadata().await }.await;
-        if let Ok(found) = found
-            && found.size != size
-        {
-            let cause = format!(
-                "it is {} bytes long where its manifest records {size}",
-                found.size
-            );
-            return Error::damaged_file(what, Some(path), &cause);
-        }
+    if !crate::error::undecodable(&e)
+        && let Look::Damaged(cause) = look_at(io, path, size).await
+    {
+        return Error::damaged_file(what, Some(path), &cause);
     }
     Error::data_file(what, path, e)
+}
+
+/// What a look at a data file's size and Parquet footer found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Look {
+    /// Its size is its manifest's and its footer decodes (damage inside
+    /// the data pages is found only by reading them).
+    Whole,
+    /// Another size than its manifest's, or a footer that does not decode:
+    /// why.
+    Damaged(String),
+    /// The storage did not let us look.
+    Unreadable,
+}
+
+/// A look at the data file `path` (`size` bytes, its manifest says): its
+/// size, then its Parquet footer — two small reads, not the data.
+pub async fn look_at(io: &FileIO, path: &str, size: u64) -> Look {
+    use parquet::file::metadata::{FooterTail, ParquetMetaDataReader};
+    let Ok(input) = io.new_input(path) else {
+        return Look::Unreadable;
+    };
+    let Ok(found) = input.metadata().await.map(|m| m.size) else {
+        return Look::Unreadable;
+    };
+    if found != size {
+        return Look::Damaged(format!(
+            "it is {found} bytes long where its manifest records {size}"
+        ));
+    }
+    let Some(tail_at) = size.checked_sub(8) else {
+        return Look::Damaged(format!("{size} bytes is too short for Parquet"));
+    };
+    let Ok(reader) = input.reader().await else {
+        return Look::Unreadable;
+    };
+    let tail = match reader
+        .read(tail_at..size)
+        .await
+        .map(|b| <[u8; 8]>::try_from(b.as_ref()))
+    {
+        Ok(Ok(tail)) => tail,
+        _ => return Look::Unreadable,
+    };
+    let footer = match FooterTail::try_new(&tail) {
+        Ok(footer) => footer,
+        Err(e) => return Look::Damaged(e.to_string()),
+    };
+    let Some(start) = tail_at.checked_sub(footer.metadata_length() as u64) else {
+        return Look::Damaged("its footer is longer than the file".into());
+    };
+    match reader.read(start..tail_at).await {
+        Ok(metadata) => match ParquetMetaDataReader::decode_metadata(&metadata) {
+            Ok(_) => Look::Whole,
+            Err(e) => Look::Damaged(format!("its footer does not decode: {e}")),
+        },
+        Err(_) => Look::Unreadable,
+    }
 }
 
 /// Count and checksum of the rows `snapshot` added, read from storage.
