@@ -527,12 +527,12 @@ async fn commit(
         committer.table = lake::commit::reload(ctx.catalog.iceberg(), &ctx.table.ident).await?;
         committer.stale = false;
     }
-    let (io, generation) = ctx.storage.io().await?;
-    if generation != committer.io_generation {
-        committer.table = lake::commit_base::with_io(committer.table.clone(), &io)
-            .map_err(|e| Error::iceberg("cannot renew the table's storage keys", e))?;
-        committer.io_generation = generation;
-    }
+    let super::Committer {
+        table,
+        io_generation,
+        ..
+    } = &mut *committer;
+    ctx.storage.refresh(table, io_generation).await?;
     let settled = ctx.settled();
     let update = lake::commit::LedgerUpdate {
         source: &source_id,

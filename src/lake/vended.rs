@@ -106,15 +106,31 @@ impl TableStorage {
         Ok((held.io.clone(), held.generation))
     }
 
-    /// `table` — the table this storage was made from, or one with its
-    /// `FileIO` — with the `FileIO` to use now: itself until the first
-    /// renewal.
-    pub async fn current(&self, table: &iceberg::table::Table) -> Result<iceberg::table::Table> {
-        match self.io().await? {
-            (_, 0) => Ok(table.clone()),
-            (io, _) => super::commit_base::with_io(table.clone(), &io)
-                .map_err(|e| Error::iceberg("cannot renew the table's storage keys", e)),
+    /// Brings `table` (whose `FileIO` is of `generation`, 0 for the table
+    /// this storage was made from) to the `FileIO` to use now; true when
+    /// that is a newer one (whatever `table` built from its `FileIO` — a
+    /// reader — is then to be built again).
+    pub async fn refresh(
+        &self,
+        table: &mut iceberg::table::Table,
+        generation: &mut u64,
+    ) -> Result<bool> {
+        let (io, now) = self.io().await?;
+        if now == *generation {
+            return Ok(false);
         }
+        *table = super::commit_base::with_io(table.clone(), &io)
+            .map_err(|e| Error::iceberg("cannot renew the table's storage keys", e))?;
+        *generation = now;
+        Ok(true)
+    }
+
+    /// `table` — the table this storage was made from, or one with its
+    /// `FileIO` — with the `FileIO` to use now ([`Self::refresh`]).
+    pub async fn current(&self, table: &iceberg::table::Table) -> Result<iceberg::table::Table> {
+        let mut table = table.clone();
+        self.refresh(&mut table, &mut 0).await?;
+        Ok(table)
     }
 }
 

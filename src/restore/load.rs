@@ -229,12 +229,8 @@ async fn copy_share(
     let mut io_generation = 0;
     let next = || queue.lock().ok().and_then(|mut q| q.pop_front());
     while let Some(task) = next() {
-        let (io, generation) = storage.io().await?;
-        if generation != io_generation {
-            table = crate::lake::commit_base::with_io(table, &io)
-                .map_err(|e| Error::iceberg("cannot renew the archive's storage keys", e))?;
+        if storage.refresh(&mut table, &mut io_generation).await? {
             reader = table.reader_builder().with_batch_size(8192).build();
-            io_generation = generation;
         }
         let path = task.data_file_path.clone();
         let what = "cannot read the archive";
