@@ -132,16 +132,18 @@ async fn open_client(
                 )?);
                 return Ok((glue.clone(), Some(glue)));
             }
-            CatalogKind::Rest => Arc::new(
-                RestCatalogBuilder::default()
+            CatalogKind::Rest => {
+                let client = crate::http::catalog_client(cfg)?;
+                let rest = RestCatalogBuilder::default()
                     .with_storage_factory(factory())
-                    .with_client(crate::http::catalog_client(cfg)?)
+                    .with_client(client.clone())
                     .load(cfg.name.clone(), props)
                     .await
                     .map_err(|e| {
                         Error::iceberg(format!("cannot open the {}", cfg.describe()), e)
-                    })?,
-            ),
+                    })?;
+                Arc::new(super::rest_token::RenewingRest::new(rest, cfg, client))
+            }
             CatalogKind::Sql => {
                 if let Some(path) = sqlite_path(&cfg.properties["uri"])
                     && let Some(dir) = std::path::Path::new(&path).parent()

@@ -266,6 +266,34 @@ async fn rest_token(
     if let Some(t) = props.get("token") {
         return Ok(Some(t.clone()));
     }
+    Ok(exchanged_token(client, props, base)
+        .await?
+        .map(|(token, _)| token))
+}
+
+/// How long the REST catalog's tokens live, by the token endpoint's
+/// `expires_in` for an exchange of `credential` (`None` without one, with
+/// a fixed `token`, or when the endpoint does not say).
+pub(crate) async fn token_life(
+    cfg: &CatalogConfig,
+    client: &reqwest::Client,
+) -> Result<Option<std::time::Duration>> {
+    if cfg.properties.contains_key("token") {
+        return Ok(None);
+    }
+    let base = cfg.properties["uri"].trim_end_matches('/').to_string();
+    Ok(exchanged_token(client, &cfg.properties, &base)
+        .await?
+        .and_then(|(_, life)| life))
+}
+
+/// An OAuth2 client-credentials exchange of `credential`: the token and,
+/// if the endpoint says, its life.
+async fn exchanged_token(
+    client: &reqwest::Client,
+    props: &std::collections::BTreeMap<String, String>,
+    base: &str,
+) -> Result<Option<(String, Option<std::time::Duration>)>> {
     let Some(cred) = props.get("credential") else {
         return Ok(None);
     };
@@ -310,7 +338,8 @@ async fn rest_token(
         .json()
         .await
         .map_err(|e| Error::new(ErrorKind::Catalog, format!("bad token response: {e}")))?;
-    Ok(v["access_token"].as_str().map(str::to_string))
+    let life = v["expires_in"].as_u64().map(std::time::Duration::from_secs);
+    Ok(v["access_token"].as_str().map(|t| (t.to_string(), life)))
 }
 
 fn serde_urlencoded_pairs(pairs: &[(&str, &str)]) -> String {

@@ -203,12 +203,15 @@ impl RotatingAws {
     }
 
     /// The front before the test services' S3 and REST catalog, the latter
-    /// vending keys that live `life` seconds with every table it loads,
-    /// every S3 request `delay_ms` late (an object store across a network).
-    fn vending(s: &Services, life: u32, delay_ms: u32) -> Self {
-        let (life, delay) = (life.to_string(), delay_ms.to_string());
+    /// vending keys that live `life` seconds with every table it loads and
+    /// handing out tokens that live `token_life` seconds, every S3 request
+    /// `delay_ms` late (an object store across a network).
+    fn vending(s: &Services, life: u32, token_life: u32, delay_ms: u32) -> Self {
+        let (life, token_life) = (life.to_string(), token_life.to_string());
+        let delay = delay_ms.to_string();
         let env = [
             ("PF_VENDED_LIFE", life.as_str()),
+            ("PF_TOKEN_LIFE", &token_life),
             ("PF_S3_DELAY_MS", &delay),
         ];
         Self::spawn(s, &s.s3, Some(&s.rest), &env)
@@ -675,14 +678,17 @@ async fn a_rest_catalog_without_vended_keys_signs_s3_with_the_aws_chain_and_hold
 /// theirs), and an object store 80 ms away: a run of 20 batches outlives
 /// several keys, and every S3 request is signed with one still valid — the
 /// table is loaded again once half a key's life is gone — without a load
-/// per request.  (Before, the run kept the keys of its first load and
-/// failed with `ExpiredToken` after three seconds.)
+/// per request.  The catalog's OAuth2 tokens live two seconds (its token
+/// endpoint says so): the catalog client's token is renewed too.  (Before,
+/// the run kept the keys of its first load and failed with `ExpiredToken`
+/// after three seconds, and the catalog refused its token after two.)
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn keys_a_rest_catalog_vends_are_renewed_before_they_expire() {
     const LIFE: f64 = 3.0;
+    const TOKEN_LIFE: f64 = 2.0;
     let s = services!();
-    let front = RotatingAws::vending(&s, LIFE as u32, 80);
+    let front = RotatingAws::vending(&s, LIFE as u32, TOKEN_LIFE as u32, 80);
     let db = TestDb::create(&s, "vended").await;
     let c = db.client().await;
     c.batch_execute(
@@ -742,6 +748,12 @@ async fn keys_a_rest_catalog_vends_are_renewed_before_they_expire() {
         vended.len()
     );
     assert!(!out.stderr.contains("s-VEND"), "secret in logs");
+    // Tokens: learnt, first, and renewed once half their life was gone.
+    let tokens = log.iter().filter(|e| e["token"].is_u64()).count();
+    assert!(
+        tokens as f64 >= 2.0 + (span / TOKEN_LIFE).floor(),
+        "{tokens} tokens over {span:.1} s"
+    );
 
     // A restore reads the 20 files with keys renewed the same way.
     let before = front.log().len();

@@ -22,7 +22,12 @@ vended-credentials`): a new key each time, living PF_VENDED_LIFE
 seconds (default 4), recorded in LEDGER, in the response's `config` with
 `s3.session-token-expires-at-ms` and the S3 front as `s3.endpoint`; LOG gets
 {"service": "rest", "vended": key, "expires"}.  PF_S3_DELAY_MS delays every
-S3 request (an object store across a network; default none).
+S3 request (an object store across a network; default none).  With
+PF_TOKEN_LIFE (seconds) the catalog's OAuth2 tokens live that long, as
+its token endpoint's `expires_in` says: a request with an older one is
+refused (401 NotAuthorizedException), logged {"service": "rest", "ok":
+false, "why": "token expired"}; each token handed out is logged
+{"service": "rest", "token": n}.
 
 Listens on free loopback ports (S3, Glue[, REST]) and prints them on one line.
 """
@@ -44,6 +49,8 @@ from botocore.credentials import Credentials
 LEDGER, LOG, S3_URL, GLUE_URL = sys.argv[1:5]
 REST_URL = sys.argv[5] if len(sys.argv) > 5 else None
 VENDED_LIFE = float(os.environ.get("PF_VENDED_LIFE", "4"))
+TOKEN_LIFE = int(os.environ.get("PF_TOKEN_LIFE", "0"))
+TOKENS = {}
 S3_DELAY = float(os.environ.get("PF_S3_DELAY_MS", "0")) / 1000
 PORTS = {}
 LOG_LOCK = threading.Lock()
@@ -113,9 +120,25 @@ class Front(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def expired_token(self):
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        issued = TOKENS.get(token)
+        return TOKEN_LIFE and issued is not None and time.time() - issued > TOKEN_LIFE
+
+    def unauthorized(self):
+        body = json.dumps({"error": {"message": "Token expired", "type": "NotAuthorizedException", "code": 401}}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def handle_any(self):
         body = self.body()
         if self.service == "rest":
+            if self.expired_token():
+                log({"t": time.time(), "service": "rest", "ok": False, "why": "token expired"})
+                return self.unauthorized()
             return self.forward(body, "us-east-1")
         if self.service == "s3" and S3_DELAY:
             time.sleep(S3_DELAY)
@@ -168,6 +191,8 @@ class Front(BaseHTTPRequestHandler):
         asked = self.headers.get("X-Iceberg-Access-Delegation") == "vended-credentials"
         if self.service == "rest" and resp.status == 200 and loads and asked:
             data = vend(data)
+        if self.service == "rest" and resp.status == 200 and TOKEN_LIFE and path.split("?")[0].endswith("/oauth/tokens"):
+            data = issue(data)
         self.send_response(resp.status)
         length_sent = False
         for k, v in resp.getheaders():
@@ -212,6 +237,17 @@ def vend(data):
         "s3.region": "us-east-1",
     })
     log({"t": time.time(), "service": "rest", "vended": key, "expires": expires, "ok": True})
+    return json.dumps(answer).encode()
+
+
+def issue(data):
+    """A token endpoint's answer, its token recorded and its life stated."""
+    answer = json.loads(data)
+    with LOG_LOCK:
+        TOKENS[answer["access_token"]] = time.time()
+        n = len(TOKENS)
+    answer["expires_in"] = TOKEN_LIFE
+    log({"t": time.time(), "service": "rest", "token": n, "ok": True})
     return json.dumps(answer).encode()
 
 

@@ -1,0 +1,182 @@
+//! The REST catalog's access token, renewed before it expires.
+//!
+//! iceberg-rust's REST client exchanges the `credential` for an OAuth2
+//! token once and keeps it for the life of the catalog handle (0.10.1:
+//! "TODO: support automatic token refreshing"), so a handle that outlives
+//! its token — `serve`, a long `archive` or `restore` — has every catalog
+//! call refused once it expires (after an hour on Polaris, five minutes on a
+//! default Keycloak).  [`RenewingRest`] wraps the client: before each call,
+//! once half the token's life is gone, it has the client exchange the
+//! credential again.  The life is what the token endpoint says
+//! (`expires_in`), read from an exchange of our own when the handle is
+//! first used; an endpoint that does not say gets [`UNSTATED_LIFE`].  A
+//! fixed `token` in the config cannot be renewed and is used as given.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use iceberg::table::Table;
+use iceberg::{Catalog, Namespace, NamespaceIdent, Result, TableCommit, TableCreation, TableIdent};
+use iceberg_catalog_rest::RestCatalog;
+
+use crate::config::CatalogConfig;
+
+/// The life assumed for a token whose endpoint does not state one (a
+/// default Keycloak's is five minutes).
+const UNSTATED_LIFE: Duration = Duration::from_secs(300);
+
+/// iceberg-rust's REST catalog, its token renewed (see the module docs).
+pub struct RenewingRest {
+    inner: RestCatalog,
+    /// `None` without a `credential` to exchange.
+    renewal: Option<Renewal>,
+}
+
+struct Renewal {
+    cfg: CatalogConfig,
+    client: reqwest::Client,
+    /// The token's life and when to renew it, once learnt.
+    due: tokio::sync::Mutex<Option<(Duration, Instant)>>,
+}
+
+impl std::fmt::Debug for RenewingRest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenewingRest").finish_non_exhaustive()
+    }
+}
+
+impl RenewingRest {
+    /// Wraps `inner`, opened from `cfg`; `client` is the HTTP client
+    /// `inner` was given.
+    pub fn new(inner: RestCatalog, cfg: &CatalogConfig, client: reqwest::Client) -> Self {
+        let renewable =
+            cfg.properties.contains_key("credential") && !cfg.properties.contains_key("token");
+        Self {
+            inner,
+            renewal: renewable.then(|| Renewal {
+                cfg: cfg.clone(),
+                client,
+                due: tokio::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Renews the client's token when half its life is gone; on first use,
+    /// learns that life.  A failed renewal is the call's error.
+    async fn fresh(&self) -> Result<()> {
+        let Some(r) = &self.renewal else {
+            return Ok(());
+        };
+        let mut due = r.due.lock().await;
+        let now = Instant::now();
+        let life = match *due {
+            Some((_, at)) if now < at => return Ok(()),
+            Some((life, _)) => {
+                self.inner.regenerate_token().await?;
+                tracing::debug!("the REST catalog's token was renewed");
+                life
+            }
+            None => super::metadata_commit::token_life(&r.cfg, &r.client)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(UNSTATED_LIFE),
+        };
+        *due = Some((life, now + life / 2));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Catalog for RenewingRest {
+    async fn list_namespaces(
+        &self,
+        parent: Option<&NamespaceIdent>,
+    ) -> Result<Vec<NamespaceIdent>> {
+        self.fresh().await?;
+        self.inner.list_namespaces(parent).await
+    }
+
+    async fn create_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> Result<Namespace> {
+        self.fresh().await?;
+        self.inner.create_namespace(namespace, properties).await
+    }
+
+    async fn get_namespace(&self, namespace: &NamespaceIdent) -> Result<Namespace> {
+        self.fresh().await?;
+        self.inner.get_namespace(namespace).await
+    }
+
+    async fn namespace_exists(&self, namespace: &NamespaceIdent) -> Result<bool> {
+        self.fresh().await?;
+        self.inner.namespace_exists(namespace).await
+    }
+
+    async fn update_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> Result<()> {
+        self.fresh().await?;
+        self.inner.update_namespace(namespace, properties).await
+    }
+
+    async fn drop_namespace(&self, namespace: &NamespaceIdent) -> Result<()> {
+        self.fresh().await?;
+        self.inner.drop_namespace(namespace).await
+    }
+
+    async fn list_tables(&self, namespace: &NamespaceIdent) -> Result<Vec<TableIdent>> {
+        self.fresh().await?;
+        self.inner.list_tables(namespace).await
+    }
+
+    async fn create_table(
+        &self,
+        namespace: &NamespaceIdent,
+        creation: TableCreation,
+    ) -> Result<Table> {
+        self.fresh().await?;
+        self.inner.create_table(namespace, creation).await
+    }
+
+    async fn load_table(&self, ident: &TableIdent) -> Result<Table> {
+        self.fresh().await?;
+        self.inner.load_table(ident).await
+    }
+
+    async fn drop_table(&self, ident: &TableIdent) -> Result<()> {
+        self.fresh().await?;
+        self.inner.drop_table(ident).await
+    }
+
+    async fn purge_table(&self, ident: &TableIdent) -> Result<()> {
+        self.fresh().await?;
+        self.inner.purge_table(ident).await
+    }
+
+    async fn table_exists(&self, ident: &TableIdent) -> Result<bool> {
+        self.fresh().await?;
+        self.inner.table_exists(ident).await
+    }
+
+    async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> Result<()> {
+        self.fresh().await?;
+        self.inner.rename_table(src, dest).await
+    }
+
+    async fn register_table(&self, ident: &TableIdent, metadata_location: String) -> Result<Table> {
+        self.fresh().await?;
+        self.inner.register_table(ident, metadata_location).await
+    }
+
+    async fn update_table(&self, commit: TableCommit) -> Result<Table> {
+        self.fresh().await?;
+        self.inner.update_table(commit).await
+    }
+}
