@@ -256,103 +256,11 @@ async fn swap_sql(
         .build()
 }
 
-/// An access token for the REST catalog: `token`, or OAuth2 client
-/// credentials from `credential` (`id:secret` or `secret`).
-async fn rest_token(
-    client: &reqwest::Client,
-    props: &std::collections::BTreeMap<String, String>,
-    base: &str,
-) -> Result<Option<String>> {
-    if let Some(t) = props.get("token") {
-        return Ok(Some(t.clone()));
-    }
-    Ok(exchanged_token(client, props, base)
-        .await?
-        .map(|(token, _)| token))
-}
-
-/// How long the REST catalog's tokens live, by the token endpoint's
-/// `expires_in` for an exchange of `credential` (`None` without one, with
-/// a fixed `token`, or when the endpoint does not say).
-pub(crate) async fn token_life(
-    cfg: &CatalogConfig,
-    client: &reqwest::Client,
-) -> Result<Option<std::time::Duration>> {
-    if cfg.properties.contains_key("token") {
-        return Ok(None);
-    }
-    let base = cfg.properties["uri"].trim_end_matches('/').to_string();
-    Ok(exchanged_token(client, &cfg.properties, &base)
-        .await?
-        .and_then(|(_, life)| life))
-}
-
-/// An OAuth2 client-credentials exchange of `credential`: the token and,
-/// if the endpoint says, its life.
-async fn exchanged_token(
-    client: &reqwest::Client,
-    props: &std::collections::BTreeMap<String, String>,
-    base: &str,
-) -> Result<Option<(String, Option<std::time::Duration>)>> {
-    let Some(cred) = props.get("credential") else {
-        return Ok(None);
-    };
-    let (id, secret) = cred
-        .split_once(':')
-        .map(|(a, b)| (Some(a), b))
-        .unwrap_or((None, cred.as_str()));
-    let endpoint = props
-        .get("oauth2-server-uri")
-        .cloned()
-        .unwrap_or_else(|| format!("{base}/v1/oauth/tokens"));
-    let scope = props.get("scope").map(String::as_str).unwrap_or("catalog");
-    let mut form: Vec<(&str, &str)> = vec![
-        ("grant_type", "client_credentials"),
-        ("client_secret", secret),
-        ("scope", scope),
-    ];
-    if let Some(id) = id {
-        form.push(("client_id", id));
-    }
-    let body = serde_urlencoded_pairs(&form);
-    let resp = client
-        .post(endpoint)
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Catalog,
-                format!("cannot reach the catalog's token endpoint: {e}"),
-            )
-        })?;
-    if !resp.status().is_success() {
-        return Err(Error::new(
-            ErrorKind::Catalog,
-            format!("the catalog refused the credentials ({})", resp.status()),
-        )
-        .with_hint("check `credential` in the `catalog` section"));
-    }
-    let v: serde_json::Value = resp
-        .json()
-        .await
-        .map_err(|e| Error::new(ErrorKind::Catalog, format!("bad token response: {e}")))?;
-    let life = v["expires_in"].as_u64().map(std::time::Duration::from_secs);
-    Ok(v["access_token"].as_str().map(|t| (t.to_string(), life)))
-}
-
-fn serde_urlencoded_pairs(pairs: &[(&str, &str)]) -> String {
-    url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs)
-        .finish()
-}
-
 /// The REST catalog's `…/v1[/{prefix}]`, from its config endpoint.
 async fn rest_root(cfg: &CatalogConfig, client: &reqwest::Client) -> Result<url::Url> {
     let props = &cfg.properties;
     let base = props["uri"].trim_end_matches('/').to_string();
-    let token = rest_token(client, props, &base).await?;
+    let token = super::rest_token::rest_token(client, props, &base).await?;
     let mut config_url = url::Url::parse(&format!("{base}/v1/config"))
         .map_err(|e| Error::config(format!("`catalog.uri`: {e}")))?;
     if let Some(w) = props.get("warehouse") {
@@ -407,7 +315,7 @@ async fn commit_rest(
     updates: Vec<TableUpdate>,
 ) -> Result<()> {
     let base = cfg.properties["uri"].trim_end_matches('/').to_string();
-    let token = rest_token(client, &cfg.properties, &base).await?;
+    let token = super::rest_token::rest_token(client, &cfg.properties, &base).await?;
     let ident = table.identifier();
     let mut url = root.clone();
     url.path_segments_mut()

@@ -11,6 +11,9 @@
 //! (`expires_in`), read from an exchange of our own when the handle is
 //! first used; an endpoint that does not say gets [`UNSTATED_LIFE`].  A
 //! fixed `token` in the config cannot be renewed and is used as given.
+//!
+//! The exchange itself ([`rest_token`]) is also what permafrost's own REST
+//! commits ([`super::metadata_commit`]) authenticate with.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -77,7 +80,7 @@ impl RenewingRest {
                 tracing::debug!("the REST catalog's token was renewed");
                 life
             }
-            None => super::metadata_commit::token_life(&r.cfg, &r.client)
+            None => token_life(&r.cfg, &r.client)
                 .await
                 .ok()
                 .flatten()
@@ -86,6 +89,100 @@ impl RenewingRest {
         *due = Some((life, now + life / 2));
         Ok(())
     }
+}
+
+/// An access token for the REST catalog: `token`, or OAuth2 client
+/// credentials from `credential` (`id:secret` or `secret`).
+pub(crate) async fn rest_token(
+    client: &reqwest::Client,
+    props: &std::collections::BTreeMap<String, String>,
+    base: &str,
+) -> crate::error::Result<Option<String>> {
+    if let Some(t) = props.get("token") {
+        return Ok(Some(t.clone()));
+    }
+    Ok(exchanged_token(client, props, base)
+        .await?
+        .map(|(token, _)| token))
+}
+
+/// How long the REST catalog's tokens live, by the token endpoint's
+/// `expires_in` for an exchange of `credential` (`None` without one, with
+/// a fixed `token`, or when the endpoint does not say).
+pub(crate) async fn token_life(
+    cfg: &CatalogConfig,
+    client: &reqwest::Client,
+) -> crate::error::Result<Option<std::time::Duration>> {
+    if cfg.properties.contains_key("token") {
+        return Ok(None);
+    }
+    let base = cfg.properties["uri"].trim_end_matches('/').to_string();
+    Ok(exchanged_token(client, &cfg.properties, &base)
+        .await?
+        .and_then(|(_, life)| life))
+}
+
+/// An OAuth2 client-credentials exchange of `credential`: the token and,
+/// if the endpoint says, its life.
+async fn exchanged_token(
+    client: &reqwest::Client,
+    props: &std::collections::BTreeMap<String, String>,
+    base: &str,
+) -> crate::error::Result<Option<(String, Option<std::time::Duration>)>> {
+    let Some(cred) = props.get("credential") else {
+        return Ok(None);
+    };
+    let (id, secret) = cred
+        .split_once(':')
+        .map(|(a, b)| (Some(a), b))
+        .unwrap_or((None, cred.as_str()));
+    let endpoint = props
+        .get("oauth2-server-uri")
+        .cloned()
+        .unwrap_or_else(|| format!("{base}/v1/oauth/tokens"));
+    let scope = props.get("scope").map(String::as_str).unwrap_or("catalog");
+    let mut form: Vec<(&str, &str)> = vec![
+        ("grant_type", "client_credentials"),
+        ("client_secret", secret),
+        ("scope", scope),
+    ];
+    if let Some(id) = id {
+        form.push(("client_id", id));
+    }
+    let body = serde_urlencoded_pairs(&form);
+    let resp = client
+        .post(endpoint)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| {
+            crate::error::Error::new(
+                crate::error::ErrorKind::Catalog,
+                format!("cannot reach the catalog's token endpoint: {e}"),
+            )
+        })?;
+    if !resp.status().is_success() {
+        return Err(crate::error::Error::new(
+            crate::error::ErrorKind::Catalog,
+            format!("the catalog refused the credentials ({})", resp.status()),
+        )
+        .with_hint("check `credential` in the `catalog` section"));
+    }
+    let v: serde_json::Value = resp.json().await.map_err(|e| {
+        crate::error::Error::new(
+            crate::error::ErrorKind::Catalog,
+            format!("bad token response: {e}"),
+        )
+    })?;
+    let life = v["expires_in"].as_u64().map(std::time::Duration::from_secs);
+    Ok(v["access_token"].as_str().map(|t| (t.to_string(), life)))
+}
+
+fn serde_urlencoded_pairs(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }
 
 #[async_trait]
