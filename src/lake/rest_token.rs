@@ -68,27 +68,57 @@ impl RenewingRest {
     /// Renews the client's token when half its life is gone; on first use,
     /// learns that life.  A failed renewal is the call's error.
     async fn fresh(&self) -> Result<()> {
+        self.renew(false).await
+    }
+
+    /// Renews the client's token when it is due (or at once, `now`); on
+    /// first use, learns its life (and renews nothing unless `now`).
+    async fn renew(&self, now: bool) -> Result<()> {
         let Some(r) = &self.renewal else {
             return Ok(());
         };
         let mut due = r.due.lock().await;
-        let now = Instant::now();
+        let at = Instant::now();
         let life = match *due {
-            Some((_, at)) if now < at => return Ok(()),
-            Some((life, _)) => {
-                self.inner.regenerate_token().await?;
-                tracing::debug!("the REST catalog's token was renewed");
-                life
-            }
+            Some((_, renew)) if at < renew && !now => return Ok(()),
+            Some((life, _)) => life,
             None => token_life(&r.cfg, &r.client)
                 .await
                 .ok()
                 .flatten()
                 .unwrap_or(UNSTATED_LIFE),
         };
-        *due = Some((life, now + life / 2));
+        if now || due.is_some() {
+            self.inner.regenerate_token().await?;
+            tracing::debug!("the REST catalog's token was renewed");
+        }
+        *due = Some((life, at + life / 2));
         Ok(())
     }
+
+    /// A read: `call`, and when the catalog refuses the token all the same
+    /// (revoked early, or a life shorter than it said) the token renewed at
+    /// once and `call` once more.  (Writes are not repeated: iceberg-rust
+    /// takes their arguments by value.)
+    async fn read<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        self.fresh().await?;
+        match call().await {
+            Err(e) if self.renewal.is_some() && refused_token(&e) => {
+                self.renew(true).await?;
+                call().await
+            }
+            done => done,
+        }
+    }
+}
+
+/// The catalog refused the request's token (HTTP 401).
+fn refused_token(e: &iceberg::Error) -> bool {
+    e.to_string().contains("401 Unauthorized")
 }
 
 /// An access token for the REST catalog: `token`, or OAuth2 client
@@ -191,8 +221,7 @@ impl Catalog for RenewingRest {
         &self,
         parent: Option<&NamespaceIdent>,
     ) -> Result<Vec<NamespaceIdent>> {
-        self.fresh().await?;
-        self.inner.list_namespaces(parent).await
+        self.read(|| self.inner.list_namespaces(parent)).await
     }
 
     async fn create_namespace(
@@ -205,13 +234,11 @@ impl Catalog for RenewingRest {
     }
 
     async fn get_namespace(&self, namespace: &NamespaceIdent) -> Result<Namespace> {
-        self.fresh().await?;
-        self.inner.get_namespace(namespace).await
+        self.read(|| self.inner.get_namespace(namespace)).await
     }
 
     async fn namespace_exists(&self, namespace: &NamespaceIdent) -> Result<bool> {
-        self.fresh().await?;
-        self.inner.namespace_exists(namespace).await
+        self.read(|| self.inner.namespace_exists(namespace)).await
     }
 
     async fn update_namespace(
@@ -229,8 +256,7 @@ impl Catalog for RenewingRest {
     }
 
     async fn list_tables(&self, namespace: &NamespaceIdent) -> Result<Vec<TableIdent>> {
-        self.fresh().await?;
-        self.inner.list_tables(namespace).await
+        self.read(|| self.inner.list_tables(namespace)).await
     }
 
     async fn create_table(
@@ -243,8 +269,7 @@ impl Catalog for RenewingRest {
     }
 
     async fn load_table(&self, ident: &TableIdent) -> Result<Table> {
-        self.fresh().await?;
-        self.inner.load_table(ident).await
+        self.read(|| self.inner.load_table(ident)).await
     }
 
     async fn drop_table(&self, ident: &TableIdent) -> Result<()> {
@@ -258,8 +283,7 @@ impl Catalog for RenewingRest {
     }
 
     async fn table_exists(&self, ident: &TableIdent) -> Result<bool> {
-        self.fresh().await?;
-        self.inner.table_exists(ident).await
+        self.read(|| self.inner.table_exists(ident)).await
     }
 
     async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> Result<()> {
@@ -275,5 +299,23 @@ impl Catalog for RenewingRest {
     async fn update_table(&self, commit: TableCommit) -> Result<Table> {
         self.fresh().await?;
         self.inner.update_table(commit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_token_is_told_by_the_status_iceberg_rust_reports() {
+        let refused = iceberg::Error::new(
+            iceberg::ErrorKind::Unexpected,
+            "Received response with unexpected status code",
+        )
+        .with_context("status", "401 Unauthorized");
+        assert!(refused_token(&refused));
+        let forbidden = iceberg::Error::new(iceberg::ErrorKind::Unexpected, "x")
+            .with_context("status", "403 Forbidden");
+        assert!(!refused_token(&forbidden));
     }
 }

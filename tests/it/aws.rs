@@ -791,4 +791,31 @@ async fn keys_a_rest_catalog_vends_are_renewed_before_they_expire() {
         keys.len()
     );
     assert!(span > LIFE && keys.len() >= 2, "{keys:?} over {span:.1} s");
+
+    // `serve` holds one catalog handle for its life: a token the catalog
+    // stops taking before its time (revoked) is renewed at the next read,
+    // and the API answers.
+    // (The test's `serve` helper is built with the `query` feature.)
+    #[cfg(feature = "query")]
+    {
+        let args = ["-c", &cfg, "--listen", "127.0.0.1:0", "--insecure-no-auth"];
+        let srv = crate::serve::Server::start(&ws, &args, &[]);
+        permafrost::http::install_crypto_provider();
+        let http = reqwest::Client::new();
+        let table = || http.get(srv.api("/tables/readings")).send();
+        assert_eq!(table().await.expect("request").status(), 200);
+        let before = front.log().len();
+        let revoked = http
+            .post(format!("{}/__expire_tokens", front.rest))
+            .send()
+            .await;
+        assert_eq!(revoked.expect("revoke").status(), 204);
+        let answer = table().await.expect("request");
+        assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+        let log = front.log().split_off(before);
+        let refusals = log.iter().filter(|e| e["why"] == "token expired").count();
+        let renewed = log.iter().filter(|e| e["token"].is_u64()).count();
+        assert_eq!((refusals, renewed), (1, 1), "{log:?}");
+        assert_eq!(srv.stop(), 0);
+    }
 }

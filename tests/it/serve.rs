@@ -15,14 +15,14 @@ const TOKEN: &str = "test-token-0123456789abcdef";
 
 /// A running `serve`: its URL, and its stderr collected in the background
 /// (so the access log never fills the pipe).
-struct Server {
+pub(crate) struct Server {
     child: Child,
     url: String,
     stderr: Arc<Mutex<String>>,
 }
 
 impl Server {
-    fn start(ws: &Ws, args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(ws: &Ws, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut a = vec!["serve"];
         a.extend_from_slice(args);
         let mut child = ws.spawn(&a, env);
@@ -58,12 +58,12 @@ impl Server {
         }
     }
 
-    fn api(&self, path: &str) -> String {
+    pub(crate) fn api(&self, path: &str) -> String {
         format!("{}/api/v1{path}", self.url)
     }
 
     /// SIGTERM; the exit code.
-    fn stop(mut self) -> i32 {
+    pub(crate) fn stop(mut self) -> i32 {
         let pid = self.child.id().to_string();
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &pid])

@@ -27,7 +27,9 @@ PF_TOKEN_LIFE (seconds) the catalog's OAuth2 tokens live that long, as
 its token endpoint's `expires_in` says: a request with an older one is
 refused (401 NotAuthorizedException), logged {"service": "rest", "ok":
 false, "why": "token expired"}; each token handed out is logged
-{"service": "rest", "token": n}.
+{"service": "rest", "token": n}.  A POST to /__expire_tokens on the REST
+front expires every token handed out so far (a revocation, or a catalog
+whose clock runs ahead).
 
 Listens on free loopback ports (S3, Glue[, REST]) and prints them on one line.
 """
@@ -130,12 +132,22 @@ class Front(BaseHTTPRequestHandler):
         self.send_response(401)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
 
     def handle_any(self):
         body = self.body()
         if self.service == "rest":
+            if self.path == "/__expire_tokens":
+                with LOG_LOCK:
+                    for token in TOKENS:
+                        TOKENS[token] = 0
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if self.expired_token():
                 log({"t": time.time(), "service": "rest", "ok": False, "why": "token expired"})
                 return self.unauthorized()
