@@ -7,6 +7,7 @@
 //! go to stderr, so stdout pipes into `jq` or `duckdb`.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::RecordBatch;
@@ -20,7 +21,8 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::Filter;
 use crate::inspect::{SnapshotChoice, resolve_snapshot};
-use crate::lake::readback::read_files;
+use crate::lake::readback::{read_files, read_files_renewing};
+use crate::lake::vended::TableStorage;
 use crate::plan::window::{Micros, Window};
 
 /// Output formats.
@@ -229,7 +231,7 @@ impl<W: Write + Send> Sink<W> {
 /// that do not match are dropped), with `columns` or all; and how many data
 /// files it planned.
 pub async fn open_scan(
-    table: &Table,
+    (table, storage): (&Table, Option<Arc<TableStorage>>),
     snapshot: i64,
     predicate: Predicate,
     columns: Option<&[String]>,
@@ -252,19 +254,25 @@ pub async fn open_scan(
     let files = tasks.len();
     // Row selection: the predicate is also checked against the Parquet page
     // index, so a point lookup decodes pages, not whole row groups.
-    let reader = table
-        .reader_builder()
-        .with_batch_size(8192)
-        .with_row_selection_enabled(true)
-        .build();
+    let reader = |t: &Table| {
+        t.reader_builder()
+            .with_batch_size(8192)
+            .with_row_selection_enabled(true)
+            .build()
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let what = "cannot read the archive";
-    Ok((read_files(table, reader, tasks, cores, what), files))
+    let stream = match storage {
+        Some(storage) => read_files_renewing((table, storage), reader, tasks, cores, what),
+        None => read_files(table, reader(table), tasks, cores, what),
+    };
+    Ok((stream, files))
 }
 
-/// Streams the rows of `req` to `out`.
+/// Streams the rows of `req` to `out`, each file read with `storage`'s
+/// keys of the moment (a long export outlives keys a catalog vends).
 pub async fn fetch<W: Write + Send>(
-    table: &Table,
+    (table, storage): (&Table, Arc<TableStorage>),
     req: &FetchRequest,
     out: W,
     progress: &indicatif::ProgressBar,
@@ -298,7 +306,7 @@ pub async fn fetch<W: Write + Send>(
         });
     };
     let (mut stream, files) = open_scan(
-        table,
+        (table, Some(storage)),
         snapshot.snapshot_id(),
         predicate(table, req)?,
         req.columns.as_deref(),

@@ -19,6 +19,7 @@ use iceberg::table::Table;
 
 use crate::checksum::{Checksum, RowHasher};
 use crate::error::{Error, Result};
+use crate::lake::vended::TableStorage;
 
 /// A data file added by a snapshot.
 #[derive(Debug, Clone)]
@@ -193,6 +194,30 @@ pub fn read_files(
     let io = table.file_io().clone();
     futures::stream::iter(tasks)
         .map(move |task| read_file(reader.clone(), io.clone(), task, what))
+        .flatten_unordered(concurrency.max(1))
+        .boxed()
+}
+
+/// As [`read_files`], each file read with the table's storage keys as they
+/// are when it starts ([`TableStorage::current`]: renewed before keys a
+/// catalog vends expire), by the reader `reader` makes for the table.
+pub fn read_files_renewing(
+    (table, storage): (&Table, Arc<TableStorage>),
+    reader: impl Fn(&Table) -> ArrowReader + Send + 'static,
+    tasks: Vec<FileScanTask>,
+    concurrency: usize,
+    what: &'static str,
+) -> BoxStream<'static, Result<RecordBatch>> {
+    let table = table.clone();
+    futures::stream::iter(tasks)
+        .then(move |task| {
+            let (table, storage) = (table.clone(), storage.clone());
+            async move { storage.current(&table).await.map(|t| (t, task)) }
+        })
+        .map(move |now| match now {
+            Ok((table, task)) => read_file(reader(&table), table.file_io().clone(), task, what),
+            Err(e) => futures::stream::once(async { Err(e) }).boxed(),
+        })
         .flatten_unordered(concurrency.max(1))
         .boxed()
 }

@@ -57,8 +57,13 @@ pub async fn scan(
         });
     };
     let predicate = scan_predicate(schema, time_column, spec.range, spec.filter.as_ref())?;
-    let (stream, files) =
-        open_scan(table, snapshot.snapshot_id(), predicate, Some(columns)).await?;
+    let (stream, files) = open_scan(
+        (table, None),
+        snapshot.snapshot_id(),
+        predicate,
+        Some(columns),
+    )
+    .await?;
     Ok(Scan {
         batches: stream,
         schema: projected,

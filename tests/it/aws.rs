@@ -792,6 +792,31 @@ async fn keys_a_rest_catalog_vends_are_renewed_before_they_expire() {
     );
     assert!(span > LIFE && keys.len() >= 2, "{keys:?} over {span:.1} s");
 
+    // A `fetch` of every row: each file read with the keys of its moment.
+    let before = front.log().len();
+    let args = [
+        "fetch",
+        "-c",
+        &cfg,
+        "-t",
+        "readings",
+        "--from",
+        "2000-01-01",
+    ];
+    let out = ws.run(&[&args[..], &["--to", "2100-01-01", "--format", "jsonl"]].concat());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), 480);
+    let log = front.log().split_off(before);
+    let refused: Vec<&Value> = log.iter().filter(|e| e["ok"] != true).collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    let (requests, keys) = signed_by(&log, "s3");
+    let span = span_of(&log, "s3");
+    eprintln!(
+        "fetch: {requests} S3 requests over {span:.1} s with {} keys",
+        keys.len()
+    );
+    assert!(span > LIFE && keys.len() >= 2, "{keys:?} over {span:.1} s");
+
     // `serve` holds one catalog handle for its life: a token the catalog
     // stops taking before its time (revoked) is renewed at the next read,
     // and the API answers.

@@ -4,7 +4,8 @@ use super::*;
 
 pub(super) async fn fetch_cmd(a: FetchArgs, progress: &Progress) -> Result<ExitCode> {
     let cfg = load(&a.config.config)?;
-    let (t, table, _) = inspect::open_table(&cfg, &a.table).await?;
+    let (t, table, catalog) = inspect::open_table(&cfg, &a.table).await?;
+    let storage = std::sync::Arc::new(crate::lake::vended::TableStorage::new(catalog, &table));
     let (from, to) = (
         inspect::fetch::instant("from", &a.from)?,
         inspect::fetch::instant("to", &a.to)?,
@@ -31,11 +32,11 @@ pub(super) async fn fetch_cmd(a: FetchArgs, progress: &Progress) -> Result<ExitC
         Some(path) => {
             let f = std::fs::File::create(path)
                 .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
-            inspect::fetch::fetch(&table, &req, std::io::BufWriter::new(f), &bar).await
+            inspect::fetch::fetch((&table, storage), &req, std::io::BufWriter::new(f), &bar).await
         }
         None => {
             let out = std::io::BufWriter::new(std::io::stdout());
-            inspect::fetch::fetch(&table, &req, out, &bar).await
+            inspect::fetch::fetch((&table, storage), &req, out, &bar).await
         }
     };
     let Some(stats) = reader_may_leave(result)? else {
