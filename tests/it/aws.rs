@@ -543,6 +543,23 @@ async fn glue_and_s3_keep_working_while_credentials_expire_and_rotate() {
     assert_eq!(p["table_type"], "ICEBERG");
 }
 
+/// Checks the requests `log` holds (one command's) outlived a vended
+/// key's `life` without a refusal: S3 signed with two keys or more.
+fn outlived_keys(log: &[Value], what: &str, life: f64) {
+    let refused: Vec<&Value> = log.iter().filter(|e| e["ok"] != true).collect();
+    assert!(refused.is_empty(), "{what}: refused: {refused:?}");
+    let (requests, keys) = signed_by(log, "s3");
+    let span = span_of(log, "s3");
+    eprintln!(
+        "{what}: {requests} S3 requests over {span:.1} s with {} keys",
+        keys.len()
+    );
+    assert!(
+        span > life && keys.len() >= 2,
+        "{what}: {keys:?} over {span:.1} s"
+    );
+}
+
 /// What [`archive_with_the_chain`] leaves for the rest of a test.
 struct ChainRun {
     ws: Ws,
@@ -781,16 +798,7 @@ async fn keys_a_rest_catalog_vends_are_renewed_before_they_expire() {
         (Some(480), &json!(true))
     );
     assert_eq!(count(&c, "back", "true").await, 480);
-    let log = front.log().split_off(before);
-    let refused: Vec<&Value> = log.iter().filter(|e| e["ok"] != true).collect();
-    assert!(refused.is_empty(), "refused: {refused:?}");
-    let (requests, keys) = signed_by(&log, "s3");
-    let span = span_of(&log, "s3");
-    eprintln!(
-        "restore: {requests} S3 requests over {span:.1} s with {} keys",
-        keys.len()
-    );
-    assert!(span > LIFE && keys.len() >= 2, "{keys:?} over {span:.1} s");
+    outlived_keys(&front.log()[before..], "restore", LIFE);
 
     // A `fetch` of every row: each file read with the keys of its moment.
     let before = front.log().len();
@@ -806,16 +814,7 @@ async fn keys_a_rest_catalog_vends_are_renewed_before_they_expire() {
     let out = ws.run(&[&args[..], &["--to", "2100-01-01", "--format", "jsonl"]].concat());
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout.lines().count(), 480);
-    let log = front.log().split_off(before);
-    let refused: Vec<&Value> = log.iter().filter(|e| e["ok"] != true).collect();
-    assert!(refused.is_empty(), "refused: {refused:?}");
-    let (requests, keys) = signed_by(&log, "s3");
-    let span = span_of(&log, "s3");
-    eprintln!(
-        "fetch: {requests} S3 requests over {span:.1} s with {} keys",
-        keys.len()
-    );
-    assert!(span > LIFE && keys.len() >= 2, "{keys:?} over {span:.1} s");
+    outlived_keys(&front.log()[before..], "fetch", LIFE);
 
     // `serve` holds one catalog handle for its life: a token the catalog
     // stops taking before its time (revoked) is renewed at the next read,
