@@ -5,7 +5,7 @@
 //! (not from anything kept in memory since the write) and read with
 //! iceberg-rust's Arrow reader.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
@@ -31,22 +31,39 @@ pub struct AddedFile {
 
 /// The data files `snapshot` added.
 pub async fn added_files(table: &Table, snapshot: &SnapshotRef) -> Result<Vec<AddedFile>> {
+    Ok(file_changes(table, snapshot).await?.added)
+}
+
+/// What one snapshot changed in the table's files: the entries of its own
+/// manifests that carry its snapshot id.
+#[derive(Debug, Clone, Default)]
+pub struct FileChanges {
+    /// Data files it added.
+    pub added: Vec<AddedFile>,
+    /// Data files it removed (entries `DELETED` by it: a compaction, an
+    /// overwrite, a delete).
+    pub removed: Vec<String>,
+    /// Delete files it added (row-level deletes, read with the data).
+    pub delete_files: usize,
+    /// The partition of each file added or removed: its spec id and values
+    /// (equal for two files of one partition of one spec).
+    pub partition_of: HashMap<String, String>,
+}
+
+/// The files `snapshot` added and removed (see [`FileChanges`]).  Reads its
+/// manifest list and the manifests it wrote.
+pub async fn file_changes(table: &Table, snapshot: &SnapshotRef) -> Result<FileChanges> {
+    let id = snapshot.snapshot_id();
     let list = table
         .manifest_list_reader(snapshot)
         .load()
         .await
         .map_err(|e| {
-            Error::storage(
-                format!(
-                    "cannot read the manifest list of snapshot {}",
-                    snapshot.snapshot_id()
-                ),
-                e,
-            )
+            Error::storage(format!("cannot read the manifest list of snapshot {id}"), e)
         })?;
-    let mut out = Vec::new();
+    let mut out = FileChanges::default();
     for m in list.entries() {
-        if m.added_snapshot_id != snapshot.snapshot_id() {
+        if m.added_snapshot_id != id {
             continue;
         }
         let manifest = m
@@ -54,15 +71,27 @@ pub async fn added_files(table: &Table, snapshot: &SnapshotRef) -> Result<Vec<Ad
             .await
             .map_err(|e| Error::storage(format!("cannot read manifest {}", m.manifest_path), e))?;
         for e in manifest.entries() {
-            if e.status() == ManifestStatus::Added
-                && e.content_type() == DataContentType::Data
-                && e.snapshot_id() == Some(snapshot.snapshot_id())
-            {
-                out.push(AddedFile {
-                    path: e.file_path().to_string(),
-                    size: e.file_size_in_bytes(),
-                    records: e.record_count(),
-                });
+            if e.snapshot_id() != Some(id) {
+                continue;
+            }
+            let partition = || format!("{}:{:?}", m.partition_spec_id, e.data_file().partition());
+            match (e.status(), e.content_type()) {
+                (ManifestStatus::Added, DataContentType::Data) => {
+                    out.partition_of
+                        .insert(e.file_path().to_string(), partition());
+                    out.added.push(AddedFile {
+                        path: e.file_path().to_string(),
+                        size: e.file_size_in_bytes(),
+                        records: e.record_count(),
+                    })
+                }
+                (ManifestStatus::Deleted, DataContentType::Data) => {
+                    out.partition_of
+                        .insert(e.file_path().to_string(), partition());
+                    out.removed.push(e.file_path().to_string())
+                }
+                (ManifestStatus::Added, _) => out.delete_files += 1,
+                _ => {}
             }
         }
     }

@@ -30,6 +30,7 @@
 pub mod apply;
 pub mod encode;
 pub mod load;
+mod provenance;
 pub mod target;
 pub mod validate;
 
@@ -109,9 +110,17 @@ pub struct BatchCheck {
     pub window_end: String,
     /// Rows the batch archived (its summary).
     pub archived_rows: u64,
-    /// Rows of its files restored (inside the range).
+    /// Rows of its files restored (inside the range); of its group's when
+    /// its files were rewritten together with other batches' files.
     pub restored_rows: u64,
     pub status: BatchMatch,
+    /// The batches whose files a compaction merged with this one's: the
+    /// status is the group's (rows and checksums summed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rewritten_with: Vec<String>,
+    /// Why the batch is not compared (status `rewritten`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// How a batch's restored rows compare with its snapshot summary.
@@ -128,6 +137,10 @@ pub enum BatchMatch {
     /// Archived under another schema: rows compared only.
     #[serde(rename = "schema changed")]
     SchemaChanged,
+    /// Its rows were changed since (an overwrite or delete, or a compaction
+    /// that merged in rows no batch of the range archived): not comparable.
+    #[serde(rename = "rewritten")]
+    Rewritten,
 }
 
 impl BatchMatch {
@@ -137,6 +150,7 @@ impl BatchMatch {
             Self::Mismatch => "MISMATCH",
             Self::Partial => "partial",
             Self::SchemaChanged => "schema changed",
+            Self::Rewritten => "rewritten",
         }
     }
 }
@@ -491,7 +505,7 @@ fn read_archived_batches(
     (table, storage): (&Table, &Arc<TableStorage>),
     src: &Archived,
     range: &Window,
-) -> tokio::task::JoinHandle<Result<Vec<validate::ArchivedBatch>>> {
+) -> tokio::task::JoinHandle<Result<validate::ArchivedRange>> {
     let (table, snapshot, range) = (table.clone(), src.snapshot.clone(), *range);
     let storage = storage.clone();
     let read =
@@ -551,7 +565,7 @@ impl Staged<'_> {
         &self,
         readers: &[&Client],
         t: &TableConfig,
-        archived: &[validate::ArchivedBatch],
+        archived: &validate::ArchivedRange,
         src: &Archived,
         req: &RestoreRequest,
     ) -> Result<(Vec<BatchCheck>, Vec<Check>)> {
@@ -677,34 +691,34 @@ impl Staged<'_> {
 
 /// The batches check: every batch the range covers whole matches its summary.
 fn batches_check(batches: &[BatchCheck]) -> Check {
-    let bad: Vec<&BatchCheck> = batches
+    let count = |m: BatchMatch| batches.iter().filter(|b| b.status == m).count();
+    let bad: Vec<&str> = batches
         .iter()
         .filter(|b| b.status == BatchMatch::Mismatch)
+        .map(|b| b.batch_id.as_str())
         .collect();
+    let mut detail = if bad.is_empty() {
+        format!(
+            "{} batch(es) covered whole match their snapshot summaries ({} partly covered)",
+            count(BatchMatch::Match),
+            count(BatchMatch::Partial)
+        )
+    } else {
+        format!(
+            "batch(es) {} do not match their snapshot summaries",
+            bad.join(", ")
+        )
+    };
+    let rewritten = count(BatchMatch::Rewritten);
+    if rewritten > 0 {
+        detail.push_str(&format!(
+            "; {rewritten} batch(es) not compared: their rows were changed since"
+        ));
+    }
     Check {
         name: "batches".into(),
         ok: bad.is_empty(),
-        detail: if bad.is_empty() {
-            format!(
-                "{} batch(es) covered whole match their snapshot summaries ({} partly covered)",
-                batches
-                    .iter()
-                    .filter(|b| b.status == BatchMatch::Match)
-                    .count(),
-                batches
-                    .iter()
-                    .filter(|b| b.status == BatchMatch::Partial)
-                    .count()
-            )
-        } else {
-            format!(
-                "batch(es) {} do not match their snapshot summaries",
-                bad.iter()
-                    .map(|b| b.batch_id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        },
+        detail,
     }
 }
 

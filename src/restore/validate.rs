@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 
 use futures::{StreamExt, TryStreamExt};
-use iceberg::spec::{SchemaRef, SnapshotRef};
+use iceberg::spec::{Operation, SchemaRef, SnapshotRef};
 use iceberg::table::Table;
 use tokio_postgres::Client;
 
+use super::provenance::{self, Rewrite};
 use super::target::{self, TargetColumn, primary_key, target_columns};
 use super::{Apply, BatchCheck, BatchMatch, Check, Loaded, OnConflict, StagedColumn, literal, pg};
 use crate::checksum::Checksum;
@@ -50,85 +51,180 @@ pub(crate) struct ArchivedBatch {
     files: Vec<String>,
 }
 
+/// The batches of a range and the snapshots since the first of them that
+/// rewrote or removed data files ([`provenance`]).
+pub(crate) struct ArchivedRange {
+    batches: Vec<ArchivedBatch>,
+    rewrites: Vec<Rewrite>,
+}
+
 /// Every permafrost batch at or before `snapshot` whose window overlaps
-/// `range`, with the files each added (one manifest read per batch).  Reads
-/// the catalog's files only, nothing of Postgres: a restore starts it before
-/// its load.
+/// `range`, with the files each added (one manifest read per batch), and
+/// the snapshots after the first of them that are not appends, with the
+/// files they removed and added.  Reads the catalog's files only, nothing
+/// of Postgres: a restore starts it before its load.
 pub(crate) async fn archived_batches(
     (table, storage): (&Table, &TableStorage),
     snapshot: &SnapshotRef,
     range: &Window,
-) -> Result<Vec<ArchivedBatch>> {
-    let batches = lineage(table, snapshot).into_iter().filter_map(|s| {
-        let (batch_id, rows, checksum) = super::summary_of(&s)?;
-        let p = &s.summary().additional_properties;
-        let window = Window {
-            start: p.get(keys::WINDOW_START).and_then(|v| parse_instant(v))?,
-            end: p.get(keys::WINDOW_END).and_then(|v| parse_instant(v))?,
-        };
-        (window.overlaps(range) && rows > 0).then_some((s, batch_id, window, rows, checksum))
-    });
-    let read = batches.map(|(s, batch_id, window, rows, checksum)| async move {
-        let table = storage.current(table).await?;
-        let files = lake::readback::added_files(&table, &s).await?;
-        Ok::<_, Error>(ArchivedBatch {
-            batch_id,
-            snapshot_id: s.snapshot_id(),
-            schema_id: s.schema_id(),
-            window,
-            rows,
-            checksum,
-            files: files.into_iter().map(|f| f.path).collect(),
+) -> Result<ArchivedRange> {
+    let lineage = lineage(table, snapshot);
+    let found: Vec<_> = lineage
+        .iter()
+        .cloned()
+        .filter_map(|s| {
+            let (batch_id, rows, checksum) = super::summary_of(&s)?;
+            let p = &s.summary().additional_properties;
+            let window = Window {
+                start: p.get(keys::WINDOW_START).and_then(|v| parse_instant(v))?,
+                end: p.get(keys::WINDOW_END).and_then(|v| parse_instant(v))?,
+            };
+            (window.overlaps(range) && rows > 0).then_some((s, batch_id, window, rows, checksum))
         })
-    });
-    futures::stream::iter(read)
+        .collect();
+    let first = found.first().map(|(s, ..)| s.snapshot_id());
+    let read = found
+        .into_iter()
+        .map(|(s, batch_id, window, rows, checksum)| async move {
+            let table = storage.current(table).await?;
+            let files = lake::readback::added_files(&table, &s).await?;
+            Ok::<_, Error>(ArchivedBatch {
+                batch_id,
+                snapshot_id: s.snapshot_id(),
+                schema_id: s.schema_id(),
+                window,
+                rows,
+                checksum,
+                files: files.into_iter().map(|f| f.path).collect(),
+            })
+        });
+    let batches = futures::stream::iter(read)
         .buffered(MANIFEST_READS)
         .try_collect()
-        .await
+        .await?;
+    let after_first: Vec<SnapshotRef> = lineage
+        .into_iter()
+        .skip_while(|s| Some(s.snapshot_id()) != first)
+        .filter(|s| s.summary().operation != Operation::Append)
+        .collect();
+    let read = after_first.into_iter().map(|s| async move {
+        let table = storage.current(table).await?;
+        let changes = lake::readback::file_changes(&table, &s).await?;
+        let with_partition = |path: String| {
+            let partition = changes.partition_of.get(&path).cloned().unwrap_or_default();
+            (path, partition)
+        };
+        Ok::<_, Error>(Rewrite {
+            snapshot_id: s.snapshot_id(),
+            operation: s.summary().operation.as_str().to_string(),
+            removed: changes
+                .removed
+                .iter()
+                .cloned()
+                .map(with_partition)
+                .collect(),
+            added: changes
+                .added
+                .iter()
+                .map(|f| with_partition(f.path.clone()))
+                .collect(),
+            delete_files: changes.delete_files,
+        })
+    });
+    let rewrites: Vec<Rewrite> = futures::stream::iter(read)
+        .buffered(MANIFEST_READS)
+        .try_collect()
+        .await?;
+    Ok(ArchivedRange {
+        batches,
+        rewrites: rewrites
+            .into_iter()
+            .filter(|r| !r.removed.is_empty() || r.delete_files > 0)
+            .collect(),
+    })
 }
 
 /// Batches whose files are read at once: each is a manifest list and a
 /// manifest, round trips to the object store.
 const MANIFEST_READS: usize = 8;
 
-/// Each of `batches` with its restored rows compared to its summary: a
-/// batch covered whole by `range` must restore exactly its archived rows
-/// (count and checksum).
+/// Each batch of `archived` with its restored rows compared to its summary,
+/// by group ([`provenance`]): a group whose batches `range` covers whole
+/// must restore exactly their archived rows (count and checksum summed).
 pub(crate) fn batch_checks(
-    batches: &[ArchivedBatch],
+    archived: &ArchivedRange,
     schema: &SchemaRef,
     range: &Window,
     loaded: &Loaded,
 ) -> Vec<BatchCheck> {
-    let mut out = Vec::new();
-    for b in batches {
+    let batches = &archived.batches;
+    let files: Vec<&[String]> = batches.iter().map(|b| b.files.as_slice()).collect();
+    let mut out: Vec<Option<BatchCheck>> = vec![None; batches.len()];
+    for group in provenance::groups(&files, &archived.rewrites) {
         let mut got = Checksum::default();
-        for f in &b.files {
+        for f in &group.files {
             if let Some(c) = loaded.per_file.get(f) {
                 got.add(*c);
             }
         }
-        let whole = range.start <= b.window.start && b.window.end <= range.end;
-        let status = if !whole {
-            BatchMatch::Partial
-        } else if got.rows == b.rows && got.hex() == b.checksum {
-            BatchMatch::Match
-        } else if got.rows == b.rows && b.schema_id != Some(schema.schema_id()) {
-            BatchMatch::SchemaChanged
-        } else {
-            BatchMatch::Mismatch
-        };
-        out.push(BatchCheck {
-            batch_id: b.batch_id.clone(),
-            snapshot_id: b.snapshot_id,
-            window_start: crate::plan::window::rfc3339(b.window.start),
-            window_end: crate::plan::window::rfc3339(b.window.end),
-            archived_rows: b.rows,
-            restored_rows: got.rows,
-            status,
-        });
+        let status = group_status(&group, batches, (schema, range), &got);
+        for &i in &group.batches {
+            let b = &batches[i];
+            out[i] = Some(BatchCheck {
+                batch_id: b.batch_id.clone(),
+                snapshot_id: b.snapshot_id,
+                window_start: crate::plan::window::rfc3339(b.window.start),
+                window_end: crate::plan::window::rfc3339(b.window.end),
+                archived_rows: b.rows,
+                restored_rows: got.rows,
+                status,
+                rewritten_with: group
+                    .batches
+                    .iter()
+                    .filter(|&&j| j != i)
+                    .map(|&j| batches[j].batch_id.clone())
+                    .collect(),
+                note: (status == BatchMatch::Rewritten)
+                    .then(|| group.not_comparable.clone().or(group.changed_by.clone()))
+                    .flatten(),
+            });
+        }
     }
-    out
+    out.into_iter().flatten().collect()
+}
+
+/// How a group's restored rows (`got`) compare with its batches' summaries.
+fn group_status(
+    group: &provenance::Group,
+    batches: &[ArchivedBatch],
+    (schema, range): (&SchemaRef, &Window),
+    got: &Checksum,
+) -> BatchMatch {
+    let members = || group.batches.iter().map(|&i| &batches[i]);
+    let mut archived = Checksum::default();
+    let mut readable = true;
+    for b in members() {
+        match u128::from_str_radix(&b.checksum, 16) {
+            Ok(sum) => archived.add(Checksum { rows: b.rows, sum }),
+            Err(_) => readable = false,
+        }
+    }
+    let whole = members().all(|b| range.start <= b.window.start && b.window.end <= range.end);
+    if group.not_comparable.is_some() {
+        BatchMatch::Rewritten
+    } else if !whole {
+        BatchMatch::Partial
+    } else if readable && got.rows == archived.rows && got.sum == archived.sum {
+        BatchMatch::Match
+    } else if got.rows == archived.rows
+        && members().any(|b| b.schema_id != Some(schema.schema_id()))
+    {
+        BatchMatch::SchemaChanged
+    } else if group.changed_by.is_some() {
+        BatchMatch::Rewritten
+    } else {
+        BatchMatch::Mismatch
+    }
 }
 
 /// The select list that reads the staging table the way the archive read

@@ -13,6 +13,7 @@ const DAY: i64 = 86_400_000_000;
 struct Fx {
     db: TestDb,
     ws: Ws,
+    cat: CatalogSetup,
     cfg: String,
     env: Vec<(&'static str, String)>,
     day0: i64,
@@ -59,6 +60,7 @@ impl Fx {
         Self {
             db,
             ws,
+            cat,
             cfg,
             env,
             day0,
@@ -292,6 +294,159 @@ async fn restore_days_into_staging_rest_catalog() {
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn restore_days_into_staging_sql_catalog() {
     days_10_to_12_equal_the_originals_and_are_never_archived_twice(Cat::Sqlite, 1).await;
+}
+
+/// Late rows for days `days` (3 each, in Postgres and in `before_rows`).
+async fn late_rows(fx: &Fx, c: &tokio_postgres::Client, days: &[i64]) {
+    for d in days {
+        let at = rfc3339(fx.day0 + d * DAY + 12 * 3_600_000_000);
+        c.batch_execute(&format!(
+            "INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit, quality, payload) \
+             SELECT '{at}'::timestamptz + i * interval '1 second', 9, 'late', i / 4.0, 'celsius', 1.5, jsonb_build_object('late', i) \
+             FROM generate_series(1, 3) AS i; \
+             INSERT INTO before_rows SELECT * FROM sensor_readings WHERE sensor_name = 'late' AND id NOT IN (SELECT id FROM before_rows);"
+        ))
+        .await
+        .expect("late rows");
+    }
+}
+
+/// Rewrites the archive's files of days `[from, to)` with PyIceberg
+/// (tests/py/rewrite.py, `mode` and its `extra` fields).
+fn rewrite(s: &Services, fx: &Fx, (from, to): (i64, i64), mode: &str, extra: Value) -> Value {
+    let mut req = serde_json::json!({
+        "catalog_name": fx.cat.py_name, "catalog": fx.cat.py_props,
+        "table": format!("{}.sensor_readings", fx.cat.namespace),
+        "column": "recorded_at", "from": fx.day0 + from * DAY, "to": fx.day0 + to * DAY,
+        "mode": mode,
+    });
+    if let (Some(req), Some(extra)) = (req.as_object_mut(), extra.as_object()) {
+        req.extend(extra.clone());
+    }
+    python(s, "rewrite.py", &req)
+}
+
+/// Tables other engines maintain: a restore compares the batches whose files
+/// a compaction merged as a group.  Day 10 compacted by `maintain`, day 11 by
+/// another engine (a PyIceberg `replace`, as Spark's `rewrite_data_files`
+/// commits), day 12 changed by a PyIceberg row delete (then compacted by
+/// `maintain` too): days 10–12 restore valid, with every row the archive
+/// holds; day 13, "compacted" by a `replace` that lost a row, fails.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn ranges_compacted_by_maintain_or_another_engine_restore() {
+    let s = services!();
+    let db = sensor_db(&s, "compacted").await;
+    let fx = Fx::new(&s, db, Cat::Sqlite, "sensor_readings", "recorded_at", "5d").await;
+    let c = fx.db.client().await;
+    fx.archive();
+    late_rows(&fx, &c, &[10, 11, 12, 13]).await;
+    let late = fx.archive();
+    assert_eq!(
+        late[0]["batches"].as_array().map(Vec::len),
+        Some(4),
+        "{late}"
+    );
+    // One more commit: the late batches are known settled, so compactable.
+    late_rows(&fx, &c, &[20]).await;
+    fx.archive();
+
+    let r = rewrite(&s, &fx, (11, 12), "compact", Value::Null);
+    assert_eq!(
+        (
+            r["operation"].as_str(),
+            r["files_before"].as_i64(),
+            r["files_after"].as_i64()
+        ),
+        (Some("replace"), Some(2), Some(1)),
+        "{r}"
+    );
+    let gone: i64 = c
+        .query_one(
+            &format!(
+                "SELECT min(id) FROM before_rows WHERE {}",
+                fx.range("recorded_at", 12, 13)
+            ),
+            &[],
+        )
+        .await
+        .expect("id")
+        .get(0);
+    let r = rewrite(
+        &s,
+        &fx,
+        (12, 13),
+        "delete",
+        serde_json::json!({"where": "id", "value": gone}),
+    );
+    assert_ne!(r["operation"], "replace", "{r}");
+    let r = rewrite(&s, &fx, (13, 14), "compact-losing-a-row", Value::Null);
+    assert_eq!(
+        (r["operation"].as_str(), r["rows"].as_i64()),
+        (Some("replace"), Some(202)),
+        "{r}"
+    );
+    let out = fx.run(&["maintain", "--orphan-older-than", "1h", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let m = out.json();
+    assert_eq!(m[0]["compacted"]["partitions"], 2, "days 10 and 12: {m}");
+    assert_eq!(m[0]["snapshots_expired"], 0, "{m}");
+
+    let out = fx.restore("sensor_readings", 10, 13, &["--into", "staged"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(r["valid"], true, "{r}");
+    assert_eq!(r["rows"], 3 * 203 - 1, "{r}");
+    assert_eq!(check(&r, "content")["ok"], true, "{r}");
+    let range = fx.range("recorded_at", 10, 13);
+    let want = rows(
+        &c,
+        "before_rows",
+        &format!("{range} AND id <> {gone}"),
+        "id",
+    )
+    .await;
+    assert_eq!(rows(&c, "staged", "true", "id").await, want);
+    let by_day = |day: i64| by_day_of(&r, &rfc3339(fx.day0 + day * DAY));
+    for day in [10, 11] {
+        let batches = by_day(day);
+        assert_eq!(batches.len(), 2, "day {day}: {r}");
+        for b in &batches {
+            assert_eq!(b["status"], "match", "day {day}: {r}");
+            assert_eq!(b["restored_rows"], 203, "the group's rows, day {day}: {r}");
+            assert_eq!(b["rewritten_with"].as_array().map(Vec::len), Some(1), "{r}");
+        }
+    }
+    let day12 = by_day(12);
+    assert_eq!(day12.len(), 2, "{r}");
+    assert!(
+        day12.iter().all(|b| b["status"] == "rewritten"
+            && b["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("changed rows"))),
+        "{r}"
+    );
+
+    let out = fx.restore("sensor_readings", 13, 14, &["--into", "lossy"]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(check(&r, "batches")["ok"], false, "{r}");
+    let day13 = by_day_of(&r, &rfc3339(fx.day0 + 13 * DAY));
+    assert_eq!(day13.len(), 2, "{r}");
+    assert!(
+        day13
+            .iter()
+            .all(|b| b["status"] == "MISMATCH" && b["restored_rows"] == 202),
+        "{r}"
+    );
+}
+
+/// The batches of a restore report whose window starts at `start`.
+fn by_day_of<'a>(r: &'a Value, start: &str) -> Vec<&'a Value> {
+    r["batches"]
+        .as_array()
+        .map(|bs| bs.iter().filter(|b| b["window_start"] == start).collect())
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,7 +2,7 @@
 
 use super::*;
 
-use crate::restore::{self, Action, Apply};
+use crate::restore::{self, Action, Apply, BatchCheck};
 
 /// `SCHEMA.TABLE` or `TABLE` (in `default_schema`).
 pub(super) fn table_name(flag: &str, s: &str, default_schema: &str) -> Result<(String, String)> {
@@ -98,8 +98,8 @@ fn print_report(report: &restore::RestoreReport) {
                     b.window_start.clone(),
                     b.window_end.clone(),
                     num(b.archived_rows),
-                    num(b.restored_rows),
-                    b.status.as_str().to_string(),
+                    restored(b),
+                    status(b),
                 ]
             })
             .collect();
@@ -154,4 +154,25 @@ fn what_happened(report: &restore::RestoreReport) -> String {
             report.staging
         ),
     }
+}
+
+/// The rows restored of a batch, marked as its group's when a compaction
+/// merged its files with other batches'.
+fn restored(b: &BatchCheck) -> String {
+    match b.rewritten_with.len() {
+        0 => num(b.restored_rows),
+        n => format!("{} (group of {})", num(b.restored_rows), n + 1),
+    }
+}
+
+/// A batch's status, with the batches it is compared with and why it is not.
+fn status(b: &BatchCheck) -> String {
+    let mut out = b.status.as_str().to_string();
+    if !b.rewritten_with.is_empty() {
+        out.push_str(&format!(", compacted with {}", b.rewritten_with.join(" ")));
+    }
+    if let Some(note) = &b.note {
+        out.push_str(&format!(": {note}"));
+    }
+    out
 }

@@ -1,0 +1,96 @@
+"""Rewrites an archive table's files the way another engine's maintenance
+does, with PyIceberg.
+
+Request: {"catalog_name", "catalog", "table", "column", "from", "to" (epoch
+microseconds: a range of whole partitions), "mode"}:
+- "compact": every data file of the range read and written again as one,
+  committed as a `replace` snapshot (what Spark's `rewrite_data_files` or a
+  Glue / S3 Tables optimizer commits: same rows, fewer files);
+- "compact-losing-a-row": the same, but the first row is left out (a broken
+  compactor: a `replace` that does not keep the rows);
+- "delete": PyIceberg's row-level delete of the range's rows whose `where`
+  column equals `value` (copy-on-write: the files rewritten without them).
+Answer: {"operation", "files_before", "files_after", "rows"}.
+"""
+
+import json
+import sys
+
+import pyarrow as pa
+from pyiceberg.catalog import load_catalog
+from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
+from pyiceberg.io.pyarrow import _dataframe_to_data_files
+from pyiceberg.table.snapshots import Operation, Summary
+from pyiceberg.table.update.snapshot import _OverwriteFiles
+
+
+class _Replace(_OverwriteFiles):
+    """PyIceberg's file overwrite committed as a `replace` (its summary
+    code knows only append, overwrite and delete)."""
+
+    def _summary(self, snapshot_properties):
+        self._operation = Operation.OVERWRITE
+        try:
+            summary = super()._summary(snapshot_properties)
+        finally:
+            self._operation = Operation.REPLACE
+        return Summary(Operation.REPLACE, **summary.additional_properties)
+
+
+def in_range(req):
+    col = req["column"]
+    ts = lambda us: pa.scalar(us, type=pa.timestamp("us", tz="UTC")).as_py()
+    return And(GreaterThanOrEqual(col, ts(req["from"])), LessThan(col, ts(req["to"])))
+
+
+def compact(table, req, losing):
+    scan = table.scan(row_filter=in_range(req))
+    files = [task.file for task in scan.plan_files()]
+    rows = scan.to_arrow()
+    if losing:
+        rows = rows.slice(1)
+    tx = table.transaction()
+    new = list(_dataframe_to_data_files(table_metadata=tx.table_metadata, df=rows, io=table.io))
+    rewrite = _Replace(
+        operation=Operation.REPLACE,
+        transaction=tx,
+        io=table.io,
+        snapshot_properties={"writer": "external-compaction"},
+    )
+    with rewrite:
+        for f in files:
+            rewrite.delete_data_file(f)
+        for f in new:
+            rewrite.append_data_file(f)
+    tx.commit_transaction()
+    return len(files), len(new), rows.num_rows
+
+
+def main():
+    req = json.load(open(sys.argv[1]))
+    catalog = load_catalog(req["catalog_name"], **req["catalog"])
+    table = catalog.load_table(req["table"])
+    mode = req["mode"]
+    if mode in ("compact", "compact-losing-a-row"):
+        before, after, rows = compact(table, req, mode != "compact")
+    elif mode == "delete":
+        before = len(list(table.scan(row_filter=in_range(req)).plan_files()))
+        table.delete(And(in_range(req), EqualTo(req["where"], req["value"])))
+        after, rows = None, None
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    table = catalog.load_table(req["table"])
+    print(
+        json.dumps(
+            {
+                "operation": table.current_snapshot().summary.operation.value,
+                "files_before": before,
+                "files_after": after,
+                "rows": rows,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
