@@ -105,7 +105,7 @@ pub(crate) async fn archived_batches(
     let after_first: Vec<SnapshotRef> = lineage
         .into_iter()
         .skip_while(|s| Some(s.snapshot_id()) != first)
-        .filter(|s| s.summary().operation != Operation::Append)
+        .filter(may_remove_files)
         .collect();
     let read = after_first.into_iter().map(|s| async move {
         let table = storage.current(table).await?;
@@ -142,6 +142,21 @@ pub(crate) async fn archived_batches(
             .filter(|r| !r.removed.is_empty() || r.delete_files > 0)
             .collect(),
     })
+}
+
+/// Whether `snapshot` may have removed data files or added delete files:
+/// not an append, nor a manifest rewrite that says it changed no file
+/// (`maintain`'s and Java's merge only manifests: reading the one they
+/// wrote is reading the whole table's entries).
+fn may_remove_files(snapshot: &SnapshotRef) -> bool {
+    let summary = snapshot.summary();
+    let p = &summary.additional_properties;
+    let none = |key: &str| p.get(key).is_none_or(|v| v == "0");
+    let manifests_only = summary.operation == Operation::Replace
+        && p.contains_key("manifests-replaced")
+        && none("deleted-data-files")
+        && none("added-delete-files");
+    summary.operation != Operation::Append && !manifests_only
 }
 
 /// Batches whose files are read at once: each is a manifest list and a
