@@ -743,7 +743,7 @@ fn parse_catalog(map: BTreeMap<String, serde_norway::Value>) -> Result<CatalogCo
             }
             CatalogKind::Sql => {
                 return Err(Error::config("`catalog.uri` is missing").with_hint(
-                    "a sqlx URL, e.g. sqlite:///var/lib/permafrost/catalog.db?mode=rwc or postgresql://…",
+                    "a sqlx URL, e.g. sqlite:///var/lib/permafrost/catalog.db or postgresql://…",
                 ));
             }
             // Glue: the AWS endpoint of the region unless `uri` names another.
@@ -768,12 +768,31 @@ fn parse_catalog(map: BTreeMap<String, serde_norway::Value>) -> Result<CatalogCo
             };
             properties.insert("sql_bind_style".into(), style.into());
         }
+        if let Some(uri) = properties.get_mut("uri") {
+            *uri = sqlite_created(uri);
+        }
     }
     Ok(CatalogConfig {
         kind,
         name,
         properties,
     })
+}
+
+/// A SQLite catalog URI that creates its file when missing, as PyIceberg's
+/// does (sqlx opens an existing file only, unless told `mode=rwc`); a URI
+/// that states a `mode`, or names no file, is kept.
+fn sqlite_created(uri: &str) -> String {
+    let Some(rest) = uri.strip_prefix("sqlite:") else {
+        return uri.to_string();
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let stated = query.split('&').any(|kv| kv.starts_with("mode="));
+    if stated || path.trim_start_matches('/').is_empty() || path.contains(":memory:") {
+        return uri.to_string();
+    }
+    let sep = if query.is_empty() { "?" } else { "&" };
+    format!("{}{sep}mode=rwc", uri.trim_end_matches('?'))
 }
 
 fn parse_table(
@@ -1368,6 +1387,21 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sqlite_catalog_file_is_created_unless_a_mode_is_stated() {
+        for (given, want) in [
+            ("sqlite:///a/c.db", "sqlite:///a/c.db?mode=rwc"),
+            ("sqlite:///a/c.db?", "sqlite:///a/c.db?mode=rwc"),
+            ("sqlite://rel.db?cache=shared", "sqlite://rel.db?cache=shared&mode=rwc"),
+            ("sqlite:///a/c.db?mode=ro", "sqlite:///a/c.db?mode=ro"),
+            ("sqlite::memory:", "sqlite::memory:"),
+            ("sqlite://", "sqlite://"),
+            ("postgresql://h/db", "postgresql://h/db"),
+        ] {
+            assert_eq!(sqlite_created(given), want, "{given}");
+        }
+    }
 
     fn env(map: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let m: BTreeMap<String, String> = map
