@@ -1393,7 +1393,10 @@ mod tests {
         for (given, want) in [
             ("sqlite:///a/c.db", "sqlite:///a/c.db?mode=rwc"),
             ("sqlite:///a/c.db?", "sqlite:///a/c.db?mode=rwc"),
-            ("sqlite://rel.db?cache=shared", "sqlite://rel.db?cache=shared&mode=rwc"),
+            (
+                "sqlite://rel.db?cache=shared",
+                "sqlite://rel.db?cache=shared&mode=rwc",
+            ),
             ("sqlite:///a/c.db?mode=ro", "sqlite:///a/c.db?mode=ro"),
             ("sqlite::memory:", "sqlite::memory:"),
             ("sqlite://", "sqlite://"),
