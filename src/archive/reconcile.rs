@@ -4,7 +4,7 @@
 //! form the bag the batch filters its stream with
 //! ([`crate::plan::batch::keep_unarchived`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::checksum::HashBag;
 use crate::error::{Error, ErrorKind, Result};
@@ -123,8 +123,9 @@ async fn restored_rows(
     // rows are the live rows of the range's partitions (all batches of those
     // windows together).
     let mut expired: BTreeMap<(Micros, Micros), Vec<&str>> = BTreeMap::new();
+    let mut live = None;
     for id in &planned.restorable {
-        let Some(snap) = find_batch(table, id) else {
+        let Some(snap) = intact_snapshot(table, id, &mut live).await? else {
             // Only the part inside the planned range: a restore may have
             // brought back a day of a batch (or roll-up) spanning more.
             if let Some((b, _)) = ledger.batches.iter().find(|(b, _)| &b.batch_id == id) {
@@ -171,6 +172,35 @@ async fn restored_rows(
         }
     }
     Ok(out)
+}
+
+/// The snapshot of batch `id` when it is retained and the files it added
+/// are all still live: they hold its rows as the archive has them now.
+/// `None` when it was expired, or a compaction or another engine's
+/// overwrite rewrote its files (the rows a restore brought back are then
+/// those of the live files, which may hold fewer); its rows are then
+/// recognised by its windows' live rows.  `live`: the current snapshot's
+/// data files, read on first need.
+async fn intact_snapshot(
+    table: &iceberg::table::Table,
+    id: &str,
+    live: &mut Option<HashSet<String>>,
+) -> Result<Option<iceberg::spec::SnapshotRef>> {
+    let Some(snap) = find_batch(table, id) else {
+        return Ok(None);
+    };
+    let live = match live {
+        Some(live) => live,
+        None => live.insert(
+            lake::readback::live_files(table)
+                .await?
+                .into_iter()
+                .map(|f| f.path)
+                .collect(),
+        ),
+    };
+    let files = lake::readback::added_files(table, &snap).await?;
+    Ok(files.iter().all(|f| live.contains(&f.path)).then_some(snap))
 }
 
 /// Whether every hash of `hashes` is in `present` (as a multiset); if so,

@@ -427,6 +427,27 @@ async fn ranges_compacted_by_maintain_or_another_engine_restore() {
         "{r}"
     );
 
+    // Merged back into the source, the rows are recognised by what the
+    // archive holds now (the batches' own files hold the deleted row too):
+    // settled, nothing appended.
+    let snaps_before = fx
+        .run(&["snapshots", "-t", "sensor_readings", "--json"])
+        .json();
+    let out = fx.restore("sensor_readings", 10, 13, &["--merge"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["inserted"], 3 * 203 - 1);
+    let again = fx.archive();
+    assert_eq!(again[0]["batches"], Value::Array(vec![]), "{again}");
+    assert_eq!(
+        count(&c, "sensor_readings", &range).await,
+        0,
+        "settled and deleted"
+    );
+    let snaps_after = fx
+        .run(&["snapshots", "-t", "sensor_readings", "--json"])
+        .json();
+    assert_eq!(snaps_after, snaps_before, "nothing appended to the archive");
+
     let out = fx.restore("sensor_readings", 13, 14, &["--into", "lossy"]);
     assert_eq!(out.code, 5, "{}", out.stderr);
     let r = out.json();
