@@ -92,6 +92,27 @@ fn promotion(from: &Type, to: &PgKind) -> Option<Type> {
     Some(Type::Primitive(target))
 }
 
+/// The refusal of a field permafrost did not create (another engine added
+/// it, or renamed one of ours): dropping it to follow Postgres would take a
+/// column someone else put there out of the table.
+fn foreign_field(name: &str, fields: &[NestedFieldRef], recorded: &[RecordedColumn]) -> String {
+    let missing: Vec<&str> = recorded
+        .iter()
+        .filter(|r| r.archived && !fields.iter().any(|f| f.name == r.name))
+        .map(|r| r.name.as_str())
+        .collect();
+    let renamed = match missing.as_slice() {
+        [] => String::new(),
+        [one] => format!(" (a rename of `{one}`?)"),
+        many => format!(" (a rename of one of `{}`?)", many.join("`, `")),
+    };
+    format!(
+        "field `{name}` was not created by permafrost{renamed}: another writer changed the \
+         archive table's schema, and following the source would drop it; drop or rename it \
+         back with the engine that changed it (nothing was written)"
+    )
+}
+
 /// Plans the schema for `now`, starting from `current` (whose columns were
 /// recorded as `recorded`).  `last_column_id` is the table's last assigned id.
 pub fn plan(
@@ -164,7 +185,12 @@ pub fn plan(
     for f in fields {
         match updated.iter().find(|(id, _)| *id == f.id) {
             Some((_, nf)) => kept.push(nf.clone()),
-            None if !matched.contains(&f.id) => changes.push(Change::Drop(f.name.clone())),
+            None if !matched.contains(&f.id) => {
+                if !recorded.is_empty() && !recorded.iter().any(|r| r.name == f.name) {
+                    return Err(foreign_field(&f.name, fields, recorded));
+                }
+                changes.push(Change::Drop(f.name.clone()))
+            }
             None => {}
         }
     }
@@ -339,6 +365,53 @@ mod tests {
         now[2] = col("v", 3, PgKind::Text, false);
         let e = plan(&schema(), 4, &now, &recorded(), &[]).unwrap_err();
         assert!(e.contains("column `v`") && e.contains("widening"), "{e}");
+    }
+
+    #[test]
+    fn fields_another_writer_added_or_renamed_are_refused_not_dropped() {
+        let mut fields: Vec<NestedFieldRef> = schema().as_struct().fields().to_vec();
+        let last = fields.iter().map(|f| f.id).max().unwrap_or(0);
+        fields.push(Arc::new(NestedField::optional(
+            last + 1,
+            "analyst_note",
+            Type::Primitive(PrimitiveType::String),
+        )));
+        let added = Schema::builder()
+            .with_fields(fields.clone())
+            .build()
+            .expect("schema");
+        let now = vec![
+            col("ts", 1, PgKind::Timestamptz, true),
+            col("id", 2, PgKind::Int4, true),
+            col("v", 3, PgKind::Float4, false),
+            col("gone", 4, PgKind::Text, false),
+        ];
+        let e = plan(&added, last + 1, &now, &recorded(), &[]).expect_err("foreign field");
+        assert!(
+            e.contains("field `analyst_note` was not created by permafrost"),
+            "{e}"
+        );
+        assert!(!e.contains("a rename"), "{e}");
+        // Another engine renamed one of ours.
+        let renamed: Vec<NestedFieldRef> = fields[..fields.len() - 1]
+            .iter()
+            .map(|f| {
+                let mut f = (**f).clone();
+                if f.name == "v" {
+                    f.name = "value".into();
+                }
+                Arc::new(f)
+            })
+            .collect();
+        let renamed = Schema::builder()
+            .with_fields(renamed)
+            .build()
+            .expect("schema");
+        let e = plan(&renamed, last, &now, &recorded(), &[]).expect_err("renamed field");
+        assert!(
+            e.contains("field `value`") && e.contains("a rename of `v`?"),
+            "{e}"
+        );
     }
 
     #[test]

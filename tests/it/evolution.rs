@@ -227,3 +227,91 @@ async fn schema_evolves_across_runs_sql_catalog() {
 async fn schema_evolves_across_runs_glue_catalog() {
     evolve_across_runs(Cat::Glue).await;
 }
+
+/// Runs tests/py/alter.py on `table` with `change` (`add`, `drop`, `rename`).
+fn alter(s: &Services, cat: &CatalogSetup, table: &str, change: Value) -> Vec<String> {
+    let mut req = json!({"catalog_name": cat.py_name, "catalog": cat.py_props,
+                         "table": format!("{}.{table}", cat.namespace)});
+    if let (Some(req), Some(change)) = (req.as_object_mut(), change.as_object()) {
+        req.extend(change.clone());
+    }
+    let r = python(s, "alter.py", &req);
+    serde_json::from_value(r["columns"].clone()).expect("columns")
+}
+
+/// A column another engine added to the archive table (or one of ours it
+/// renamed) is not dropped to follow the source: the run refuses in one
+/// line, deleting nothing, until the change is undone; then it goes on.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn schema_changes_by_another_engine_are_refused_not_undone() {
+    let s = services!();
+    let db = TestDb::create(&s, "foreign_schema").await;
+    let c = db.client().await;
+    let rows = |day: i64| {
+        format!(
+            "INSERT INTO readings SELECT i, date_trunc('day', now()) - interval '{day} days' + i * interval '1 minute', i / 4.0 \
+             FROM generate_series({}, {}) i;",
+            day * 100,
+            day * 100 + 19
+        )
+    };
+    c.batch_execute(&format!(
+        "CREATE TABLE readings (id bigint PRIMARY KEY, ts timestamptz NOT NULL, v real); {}",
+        rows(10)
+    ))
+    .await
+    .expect("table");
+    let ws = Ws::new();
+    let cat = CatalogSetup::new(Cat::Sqlite, &s, &ws).await;
+    let cfg = ws
+        .config(
+            "permafrost.yaml",
+            &format!(
+                "database:\n  dsn: \"{}\"\n{}global:\n  namespace: {}\ntables:\n  - name: readings\n    timestamp_column: ts\n    lag: 1d\n",
+                db.dsn, cat.yaml, cat.namespace
+            ),
+        )
+        .to_string_lossy()
+        .to_string();
+    let env = CatalogSetup::env(&s);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let archive = || ws.run_env(&["archive", "-c", &cfg], &env);
+    let out = archive();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    let cols = alter(&s, &cat, "readings", json!({"add": "analyst_note"}));
+    assert_eq!(cols, ["id", "ts", "v", "analyst_note"]);
+    c.batch_execute(&rows(5)).await.expect("rows");
+    for cmd in ["check", "archive"] {
+        let out = ws.run_env(&[cmd, "-c", &cfg], &env);
+        assert_eq!(out.code, 3, "{cmd}: {}\n{}", out.stdout, out.stderr);
+        let text = format!("{}{}", out.stdout, out.stderr);
+        assert!(
+            text.contains("field `analyst_note` was not created by permafrost"),
+            "{cmd}: {text}"
+        );
+    }
+    assert_eq!(count(&c, "readings", "true").await, 20, "nothing deleted");
+    let cols = alter(
+        &s,
+        &cat,
+        "readings",
+        json!({"drop": "analyst_note", "rename": ["v", "value"]}),
+    );
+    assert_eq!(cols, ["id", "ts", "value"]);
+    let out = archive();
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("field `value` was not created by permafrost (a rename of `v`?)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(count(&c, "readings", "true").await, 20, "nothing deleted");
+
+    alter(&s, &cat, "readings", json!({"rename": ["value", "v"]}));
+    let out = archive();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(count(&c, "readings", "true").await, 0);
+}
