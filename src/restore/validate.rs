@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use futures::{StreamExt, TryStreamExt};
-use iceberg::spec::{Operation, SchemaRef, SnapshotRef};
+use iceberg::spec::{SchemaRef, SnapshotRef};
 use iceberg::table::Table;
 use tokio_postgres::Client;
 
@@ -102,61 +102,13 @@ pub(crate) async fn archived_batches(
         .buffered(MANIFEST_READS)
         .try_collect()
         .await?;
-    let after_first: Vec<SnapshotRef> = lineage
+    let after_first = lineage
         .into_iter()
-        .skip_while(|s| Some(s.snapshot_id()) != first)
-        .filter(may_remove_files)
-        .collect();
-    let read = after_first.into_iter().map(|s| async move {
-        let table = storage.current(table).await?;
-        let changes = lake::readback::file_changes(&table, &s).await?;
-        let with_partition = |path: String| {
-            let partition = changes.partition_of.get(&path).cloned().unwrap_or_default();
-            (path, partition)
-        };
-        Ok::<_, Error>(Rewrite {
-            snapshot_id: s.snapshot_id(),
-            operation: s.summary().operation.as_str().to_string(),
-            removed: changes
-                .removed
-                .iter()
-                .cloned()
-                .map(with_partition)
-                .collect(),
-            added: changes
-                .added
-                .iter()
-                .map(|f| with_partition(f.path.clone()))
-                .collect(),
-            delete_files: changes.delete_files,
-        })
-    });
-    let rewrites: Vec<Rewrite> = futures::stream::iter(read)
-        .buffered(MANIFEST_READS)
-        .try_collect()
-        .await?;
+        .skip_while(|s| Some(s.snapshot_id()) != first);
     Ok(ArchivedRange {
         batches,
-        rewrites: rewrites
-            .into_iter()
-            .filter(|r| !r.removed.is_empty() || r.delete_files > 0)
-            .collect(),
+        rewrites: provenance::rewrites((table, storage), after_first).await?,
     })
-}
-
-/// Whether `snapshot` may have removed data files or added delete files:
-/// not an append, nor a manifest rewrite that says it changed no file
-/// (`maintain`'s and Java's merge only manifests: reading the one they
-/// wrote is reading the whole table's entries).
-fn may_remove_files(snapshot: &SnapshotRef) -> bool {
-    let summary = snapshot.summary();
-    let p = &summary.additional_properties;
-    let none = |key: &str| p.get(key).is_none_or(|v| v == "0");
-    let manifests_only = summary.operation == Operation::Replace
-        && p.contains_key("manifests-replaced")
-        && none("deleted-data-files")
-        && none("added-delete-files");
-    summary.operation != Operation::Append && !manifests_only
 }
 
 /// Batches whose files are read at once: each is a manifest list and a
