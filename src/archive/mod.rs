@@ -480,6 +480,10 @@ async fn archive_on(
         return Ok(());
     }
     let table = lake::table::ensure_table(catalog, t, &src).await?;
+    let snapshots = table.table.metadata().snapshots().count();
+    if let Some(warning) = long_history(snapshots, cfg.maintenance.after_archive) {
+        tracing::warn!("{}: {warning}", table.ident);
+    }
     let facts = facts::gather(client, &table.table, &src, t, lower, cutoff).await?;
     let plan = plan_of(&facts, t, opts);
     let ctx = Ctx {
@@ -526,6 +530,29 @@ async fn archive_on(
     }
     let _ = source::unlock_table(client, src.oid).await;
     result
+}
+
+/// Snapshots past which a run says that the table's history wants expiring.
+const LONG_HISTORY: usize = 1000;
+
+/// The warning for an archive table of `snapshots` snapshots, when that is
+/// more than [`LONG_HISTORY`]: every commit rewrites a metadata file that
+/// lists them all (about 1.3 KB each), and every engine reads it to plan a
+/// query (README, "Maintenance").  Pure.
+fn long_history(snapshots: usize, after_archive: bool) -> Option<String> {
+    if snapshots <= LONG_HISTORY {
+        return None;
+    }
+    let remedy = match after_archive {
+        true => "shorten `maintenance.older_than` or lower `maintenance.retain_last`",
+        false => {
+            "expire them: `permafrost maintain` from cron, or `maintenance.after_archive: true`"
+        }
+    };
+    Some(format!(
+        "{snapshots} snapshots: every commit rewrites a metadata file that lists them all, and \
+         every engine reads it to plan a query; {remedy}"
+    ))
 }
 
 /// Read-only: what the catalog holds now, and what a run would change.
@@ -835,7 +862,19 @@ fn fill_dry_run(
 
 #[cfg(test)]
 mod tests {
-    use super::worker_count;
+    use super::{LONG_HISTORY, long_history, worker_count};
+
+    #[test]
+    fn a_long_history_is_told_with_its_remedy() {
+        assert_eq!(long_history(LONG_HISTORY, false), None);
+        let w = long_history(2400, false).unwrap_or_default();
+        assert!(
+            w.starts_with("2400 snapshots") && w.contains("permafrost maintain"),
+            "{w}"
+        );
+        let w = long_history(2400, true).unwrap_or_default();
+        assert!(w.contains("maintenance.older_than"), "{w}");
+    }
 
     #[test]
     fn one_worker_more_than_slots_when_the_pool_has_room() {
