@@ -323,7 +323,7 @@ async fn late_rows(f: &Fixture, k: u32, n: u32, name: &str) {
 }
 
 /// Every file under `dir`, recursively.
-fn files_under(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+pub(crate) fn files_under(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -189,3 +189,76 @@ async fn an_expired_history_without_a_ledger_is_refused() {
     );
     assert_eq!(count(&c, "sensor_readings", "true").await, total);
 }
+
+/// Compacts every data file of the fixture's archive table with PyIceberg,
+/// as a `replace` (tests/py/rewrite.py): what an optimizer does unasked.
+fn compact_externally(f: &Fixture) -> Value {
+    let r = python(
+        &f.s,
+        "rewrite.py",
+        &json!({"catalog_name": f.cat.py_name, "catalog": f.cat.py_props,
+                "table": format!("{}.sensor_readings", f.cat.namespace),
+                "column": "recorded_at", "from": 0, "to": 4_102_444_800_000_000i64,
+                "mode": "compact"}),
+    );
+    assert_eq!(r["operation"], "replace", "{r}");
+    r
+}
+
+/// A crash leaves a batch unsettled; another engine compacts its file
+/// before the next run.  While its snapshot is kept, the next run reads the
+/// batch's own (replaced, still stored) file and settles it; once the
+/// snapshot is expired and the replaced file deleted (another engine's
+/// orphan removal), the run refuses the range in one line and deletes
+/// nothing, as the README says.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn an_unsettled_batch_another_engine_compacted_is_reconciled_or_refused() {
+    let s = services!();
+    let f = fixture(&s).await;
+    let c = f.db.client().await;
+    let crash = |f: &Fixture| {
+        let out = f.archive(&[], &[("PERMAFROST_FAULT", "after-commit")]);
+        assert_ne!(out.code, 0, "the fault must fire: {}", out.stderr);
+    };
+    crash(&f);
+    let r = compact_externally(&f);
+    assert_eq!(r["files_before"], 1, "{r}");
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        archived_rows(&out.json()),
+        (WINDOWS - 1) * PER_WINDOW,
+        "the crashed batch's rows are settled, not archived again: {}",
+        out.stdout
+    );
+    assert_eq!(count(&c, "sensor_readings", "true").await, 0);
+    f.assert_reconciled("crash, compaction, recovery");
+
+    // Again, on a second table: now the replaced file is gone too.
+    let f = fixture(&s).await;
+    let c = f.db.client().await;
+    crash(&f);
+    let committed: Vec<String> = crate::maintenance::files_under(&f.ws.path().join("warehouse"))
+        .into_iter()
+        .filter(|p| p.ends_with(".parquet"))
+        .collect();
+    assert_eq!(committed.len(), 1, "{committed:?}");
+    compact_externally(&f);
+    let r = expire_all_but_current(&f);
+    assert_eq!(r["expired"], 1, "{r}");
+    for path in &committed {
+        std::fs::remove_file(path).expect("remove the replaced file");
+    }
+    let before = count(&c, "sensor_readings", "true").await;
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert_eq!(out.error_lines().len(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("rewritten (compaction) and expired; nothing was deleted"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(count(&c, "sensor_readings", "true").await, before);
+}
