@@ -332,12 +332,10 @@ fn rewrite(s: &Services, fx: &Fx, (from, to): (i64, i64), mode: &str, extra: Val
 /// commits), day 12 changed by a PyIceberg row delete (then compacted by
 /// `maintain` too): days 10–12 restore valid, with every row the archive
 /// holds; day 13, "compacted" by a `replace` that lost a row, fails.
-#[tokio::test(flavor = "multi_thread")]
-#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
-async fn ranges_compacted_by_maintain_or_another_engine_restore() {
+async fn ranges_compacted_by_maintain_or_another_engine_restore(kind: Cat) {
     let s = services!();
     let db = sensor_db(&s, "compacted").await;
-    let fx = Fx::new(&s, db, Cat::Sqlite, "sensor_readings", "recorded_at", "5d").await;
+    let fx = Fx::new(&s, db, kind, "sensor_readings", "recorded_at", "5d").await;
     let c = fx.db.client().await;
     fx.archive();
     late_rows(&fx, &c, &[10, 11, 12, 13]).await;
@@ -460,6 +458,18 @@ async fn ranges_compacted_by_maintain_or_another_engine_restore() {
             .all(|b| b["status"] == "MISMATCH" && b["restored_rows"] == 202),
         "{r}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn ranges_compacted_by_maintain_or_another_engine_restore_sql() {
+    ranges_compacted_by_maintain_or_another_engine_restore(Cat::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn ranges_compacted_by_maintain_or_another_engine_restore_rest() {
+    ranges_compacted_by_maintain_or_another_engine_restore(Cat::Rest).await;
 }
 
 /// The batches of a restore report whose window starts at `start`.
