@@ -734,6 +734,21 @@ fn parse_catalog(map: BTreeMap<String, serde_norway::Value>) -> Result<CatalogCo
     if name.trim().is_empty() {
         return Err(Error::config("`catalog.name` is empty"));
     }
+    if kind == CatalogKind::Rest
+        && properties
+            .get("rest.sigv4-enabled")
+            .is_some_and(|v| v == "true")
+    {
+        return Err(Error::config(
+            "`catalog.rest.sigv4-enabled`: REST catalogs that need AWS SigV4-signed requests \
+             (the Iceberg REST endpoints of S3 Tables and Glue) are not supported: iceberg-rust \
+             0.10.1 cannot sign catalog requests, and unsigned ones would be refused",
+        )
+        .with_hint(
+            "use `type: glue` (the AWS Glue Data Catalog, signed with the AWS credential chain), \
+             or a REST catalog that takes an OAuth2 `credential` or a bearer `token`",
+        ));
+    }
     let mut properties = canonical_keys(kind, properties)?;
     if !properties.contains_key("uri") {
         match kind {
@@ -1441,6 +1456,20 @@ mod tests {
             yaml.replace("${PG_DSN}", "host=h")
         );
         assert!(Config::from_str_with(&yaml, Path::new("."), &e).is_ok());
+    }
+
+    #[test]
+    fn a_rest_catalog_that_needs_sigv4_is_refused_with_the_way_out() {
+        let yaml = "database:\n  dsn: host=h\ncatalog:\n  type: rest\n  \
+                    uri: https://s3tables.us-east-1.amazonaws.com/iceberg\n  warehouse: arn:x\n  \
+                    rest.sigv4-enabled: \"true\"\ntables:\n  - name: t\n    timestamp_column: ts\n";
+        let err = Config::from_str_with(yaml, Path::new("."), &env(&[])).unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Config);
+        assert!(err.to_string().contains("SigV4"), "{err}");
+        assert!(
+            err.hint().is_some_and(|h| h.contains("type: glue")),
+            "{err}"
+        );
     }
 
     #[test]
