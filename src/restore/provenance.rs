@@ -107,7 +107,7 @@ pub(crate) async fn rewrites(
         })
     });
     let all: Vec<Rewrite> = futures::stream::iter(read)
-        .buffered(READS)
+        .buffered(super::MANIFEST_READS)
         .try_collect()
         .await?;
     Ok(all
@@ -115,9 +115,6 @@ pub(crate) async fn rewrites(
         .filter(|r| !r.removed.is_empty() || r.delete_files > 0)
         .collect())
 }
-
-/// Snapshots whose manifests are read at once.
-const READS: usize = 8;
 
 /// Whether `snapshot` may have removed data files or added delete files:
 /// not an append, nor a manifest rewrite that says it changed no file

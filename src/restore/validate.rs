@@ -99,7 +99,7 @@ pub(crate) async fn archived_batches(
             })
         });
     let batches = futures::stream::iter(read)
-        .buffered(MANIFEST_READS)
+        .buffered(super::MANIFEST_READS)
         .try_collect()
         .await?;
     let after_first = lineage
@@ -110,10 +110,6 @@ pub(crate) async fn archived_batches(
         rewrites: provenance::rewrites((table, storage), after_first).await?,
     })
 }
-
-/// Batches whose files are read at once: each is a manifest list and a
-/// manifest, round trips to the object store.
-const MANIFEST_READS: usize = 8;
 
 /// Each batch of `archived` with its restored rows compared to its summary,
 /// by group ([`provenance`]): a group whose batches `range` covers whole
