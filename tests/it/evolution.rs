@@ -13,6 +13,24 @@ fn field<'a>(schema: &'a Value, name: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
+/// A workspace, a `kind` catalog and a config archiving `db`'s `readings`
+/// (time column `ts`, lag 1 day).
+async fn readings_config(s: &Services, db: &TestDb, kind: Cat) -> (Ws, CatalogSetup, String) {
+    let ws = Ws::new();
+    let cat = CatalogSetup::new(kind, s, &ws).await;
+    let cfg = ws
+        .config(
+            "permafrost.yaml",
+            &format!(
+                "database:\n  dsn: \"{}\"\n{}global:\n  namespace: {}\ntables:\n  - name: readings\n    timestamp_column: ts\n    lag: 1d\n",
+                db.dsn, cat.yaml, cat.namespace
+            ),
+        )
+        .to_string_lossy()
+        .to_string();
+    (ws, cat, cfg)
+}
+
 async fn evolve_across_runs(kind: Cat) {
     let s = services!();
     let db = TestDb::create(&s, "evolve").await;
@@ -25,18 +43,7 @@ async fn evolve_across_runs(kind: Cat) {
     )
     .await
     .expect("table");
-    let ws = Ws::new();
-    let cat = CatalogSetup::new(kind, &s, &ws).await;
-    let cfg = ws
-        .config(
-            "permafrost.yaml",
-            &format!(
-                "database:\n  dsn: \"{}\"\n{}global:\n  namespace: {}\ntables:\n  - name: readings\n    timestamp_column: ts\n    lag: 1d\n",
-                db.dsn, cat.yaml, cat.namespace
-            ),
-        )
-        .to_string_lossy()
-        .to_string();
+    let (ws, cat, cfg) = readings_config(&s, &db, kind).await;
     let env = CatalogSetup::env(&s);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let out = ws.run_env(&["archive", "-c", &cfg], &env);
@@ -262,18 +269,7 @@ async fn schema_changes_by_another_engine_are_refused_not_undone() {
     ))
     .await
     .expect("table");
-    let ws = Ws::new();
-    let cat = CatalogSetup::new(Cat::Sqlite, &s, &ws).await;
-    let cfg = ws
-        .config(
-            "permafrost.yaml",
-            &format!(
-                "database:\n  dsn: \"{}\"\n{}global:\n  namespace: {}\ntables:\n  - name: readings\n    timestamp_column: ts\n    lag: 1d\n",
-                db.dsn, cat.yaml, cat.namespace
-            ),
-        )
-        .to_string_lossy()
-        .to_string();
+    let (ws, cat, cfg) = readings_config(&s, &db, Cat::Sqlite).await;
     let env = CatalogSetup::env(&s);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let archive = || ws.run_env(&["archive", "-c", &cfg], &env);

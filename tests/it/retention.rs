@@ -56,6 +56,27 @@ fn assert_all_windows_archived(f: &Fixture, what: &str) {
     assert_eq!(status[0]["rows_pending"], 0, "{what}: {status}");
 }
 
+/// A run that crashes after its first batch's Iceberg commit (unsettled).
+fn crash_after_commit(f: &Fixture) {
+    let out = f.archive(&[], &[("PERMAFROST_FAULT", "after-commit")]);
+    assert_ne!(out.code, 0, "the fault must fire: {}", out.stderr);
+}
+
+/// The next run settles the crashed batch without archiving its rows again
+/// and archives the rest: Postgres is empty, every row archived once.
+async fn assert_crashed_batch_settled(f: &Fixture, c: &tokio_postgres::Client, what: &str) {
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        archived_rows(&out.json()),
+        (WINDOWS - 1) * PER_WINDOW,
+        "the crashed batch's rows are settled, not archived again: {}",
+        out.stdout
+    );
+    assert_eq!(count(c, "sensor_readings", "true").await, 0);
+    f.assert_reconciled(what);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn kept_rows_are_not_archived_twice_after_their_snapshots_expire() {
@@ -93,8 +114,7 @@ async fn an_unsettled_batch_whose_snapshot_expired_is_reconciled() {
     // crash at the same point leaves the marker that would settle it
     // unsettled too — two snapshots, the first one is expired.
     for _ in 0..2 {
-        let out = f.archive(&[], &[("PERMAFROST_FAULT", "after-commit")]);
-        assert_ne!(out.code, 0, "the fault must fire: {}", out.stderr);
+        crash_after_commit(&f);
     }
     assert_eq!(
         count(&c, "sensor_readings", "true").await as u64,
@@ -103,16 +123,7 @@ async fn an_unsettled_batch_whose_snapshot_expired_is_reconciled() {
     );
     let r = expire_all_but_current(&f);
     assert_eq!(r["expired"], 1, "{r}");
-    let out = f.archive(&[], &[]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(
-        archived_rows(&out.json()),
-        (WINDOWS - 1) * PER_WINDOW,
-        "the crashed batch's rows are settled, not archived again: {}",
-        out.stdout
-    );
-    assert_eq!(count(&c, "sensor_readings", "true").await, 0);
-    f.assert_reconciled("crash, expiry, recovery");
+    assert_crashed_batch_settled(&f, &c, "crash, expiry, recovery").await;
     assert_all_windows_archived(&f, "after recovery");
 }
 
@@ -217,28 +228,15 @@ async fn an_unsettled_batch_another_engine_compacted_is_reconciled_or_refused() 
     let s = services!();
     let f = fixture(&s).await;
     let c = f.db.client().await;
-    let crash = |f: &Fixture| {
-        let out = f.archive(&[], &[("PERMAFROST_FAULT", "after-commit")]);
-        assert_ne!(out.code, 0, "the fault must fire: {}", out.stderr);
-    };
-    crash(&f);
+    crash_after_commit(&f);
     let r = compact_externally(&f);
     assert_eq!(r["files_before"], 1, "{r}");
-    let out = f.archive(&[], &[]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(
-        archived_rows(&out.json()),
-        (WINDOWS - 1) * PER_WINDOW,
-        "the crashed batch's rows are settled, not archived again: {}",
-        out.stdout
-    );
-    assert_eq!(count(&c, "sensor_readings", "true").await, 0);
-    f.assert_reconciled("crash, compaction, recovery");
+    assert_crashed_batch_settled(&f, &c, "crash, compaction, recovery").await;
 
     // Again, on a second table: now the replaced file is gone too.
     let f = fixture(&s).await;
     let c = f.db.client().await;
-    crash(&f);
+    crash_after_commit(&f);
     let committed: Vec<String> = crate::maintenance::files_under(&f.ws.path().join("warehouse"))
         .into_iter()
         .filter(|p| p.ends_with(".parquet"))
