@@ -175,12 +175,13 @@ async fn restored_rows(
 }
 
 /// The snapshot of batch `id` when it is retained and the files it added
-/// are all still live: they hold its rows as the archive has them now.
-/// `None` when it was expired, or a compaction or another engine's
-/// overwrite rewrote its files (the rows a restore brought back are then
-/// those of the live files, which may hold fewer); its rows are then
+/// are all still live, with no row-level delete applying to them: they hold
+/// its rows as the archive has them now.  `None` when it was expired, a
+/// compaction or another engine's overwrite rewrote its files, or another
+/// engine deleted rows merge-on-read (the rows a restore brought back are
+/// then those the table holds now, which may be fewer); its rows are then
 /// recognised by its windows' live rows.  `live`: the current snapshot's
-/// data files, read on first need.
+/// data files without row-level deletes, read on first need.
 async fn intact_snapshot(
     table: &iceberg::table::Table,
     id: &str,
@@ -191,13 +192,17 @@ async fn intact_snapshot(
     };
     let live = match live {
         Some(live) => live,
-        None => live.insert(
-            lake::readback::live_files(table)
-                .await?
-                .into_iter()
-                .map(|f| f.path)
-                .collect(),
-        ),
+        None => {
+            let deleted = lake::readback::deleted_from(table).await?;
+            live.insert(
+                lake::readback::live_files(table)
+                    .await?
+                    .into_iter()
+                    .map(|f| f.path)
+                    .filter(|p| !deleted.contains_key(p))
+                    .collect(),
+            )
+        }
     };
     let files = lake::readback::added_files(table, &snap).await?;
     Ok(files.iter().all(|f| live.contains(&f.path)).then_some(snap))

@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use iceberg::arrow::ArrowReader;
 use iceberg::io::FileIO;
 use iceberg::scan::FileScanTask;
-use iceberg::spec::{DataContentType, ManifestStatus, SnapshotRef};
+use iceberg::spec::{DataContentType, ManifestContentType, ManifestStatus, SnapshotRef};
 use iceberg::table::Table;
 
 use crate::checksum::{Checksum, RowHasher};
@@ -43,12 +43,18 @@ pub struct FileChanges {
     /// Data files it removed (entries `DELETED` by it: a compaction, an
     /// overwrite, a delete).
     pub removed: Vec<String>,
-    /// Delete files it added (row-level deletes, read with the data).
-    pub delete_files: usize,
+    /// The partition of each delete file it added (row-level deletes, read
+    /// with the data files of that partition), as in `partition_of`;
+    /// [`EVERY_PARTITION`] for one of an unpartitioned spec.
+    pub deletes_in: Vec<String>,
     /// The partition of each file added or removed: its spec id and values
     /// (equal for two files of one partition of one spec).
     pub partition_of: HashMap<String, String>,
 }
+
+/// The partition of a delete file that may apply to data files of every
+/// partition (one written with an unpartitioned spec).
+pub const EVERY_PARTITION: &str = "*";
 
 /// The files `snapshot` added and removed (see [`FileChanges`]).  Reads its
 /// manifest list and the manifests it wrote.
@@ -90,7 +96,17 @@ pub async fn file_changes(table: &Table, snapshot: &SnapshotRef) -> Result<FileC
                         .insert(e.file_path().to_string(), partition());
                     out.removed.push(e.file_path().to_string())
                 }
-                (ManifestStatus::Added, _) => out.delete_files += 1,
+                (ManifestStatus::Added, _) => {
+                    let unpartitioned = table
+                        .metadata()
+                        .partition_spec_by_id(m.partition_spec_id)
+                        .is_none_or(|spec| spec.fields().is_empty());
+                    out.deletes_in.push(if unpartitioned {
+                        EVERY_PARTITION.to_string()
+                    } else {
+                        partition()
+                    })
+                }
                 _ => {}
             }
         }
@@ -166,8 +182,11 @@ where
     Ok(())
 }
 
-/// The rows of `files` as a stream, with every column of the snapshot's
-/// schema (columns added since a file was written read as NULL).
+/// The rows of `files` as they were written, as a stream, with every
+/// column of the snapshot's schema (columns added since a file was written
+/// read as NULL).  Row-level deletes are not applied: right for the files a
+/// snapshot itself added, read at that snapshot (no delete file can apply to
+/// them there); [`live_batches`] reads files as the table holds them now.
 pub fn batches(
     table: &Table,
     snapshot: &SnapshotRef,
@@ -176,12 +195,28 @@ pub fn batches(
     if files.is_empty() {
         return Ok(futures::stream::empty().boxed());
     }
-    let md = table.metadata();
+    let tasks = plain_tasks(table, snapshot, files)?;
+    let reader = table.reader_builder().with_batch_size(8192).build();
+    Ok(read_files(
+        table,
+        reader,
+        tasks,
+        1,
+        "cannot read the batch back",
+    ))
+}
+
+/// Tasks reading `files` whole, with every column of `snapshot`'s schema.
+fn plain_tasks(
+    table: &Table,
+    snapshot: &SnapshotRef,
+    files: &[AddedFile],
+) -> Result<Vec<FileScanTask>> {
     let schema = snapshot
-        .schema(md)
+        .schema(table.metadata())
         .map_err(|e| Error::iceberg("cannot find the snapshot's schema", e))?;
     let field_ids: Vec<i32> = schema.as_struct().fields().iter().map(|f| f.id).collect();
-    let tasks: Vec<FileScanTask> = files
+    Ok(files
         .iter()
         .map(|af| {
             FileScanTask::builder()
@@ -196,15 +231,88 @@ pub fn batches(
                 .with_case_sensitive(true)
                 .build()
         })
+        .collect())
+}
+
+/// Whether `snapshot` holds row-level delete files: rows another engine
+/// deleted or updated merge-on-read (Spark, Trino, Flink, DuckDB), which
+/// reading its data files alone would bring back.  Reads the manifest list.
+pub async fn has_row_deletes(table: &Table, snapshot: &SnapshotRef) -> Result<bool> {
+    let list = table
+        .manifest_list_reader(snapshot)
+        .load()
+        .await
+        .map_err(|e| Error::storage("cannot read the manifest list", e))?;
+    Ok(list.entries().iter().any(|m| {
+        m.content == ManifestContentType::Deletes && (m.has_added_files() || m.has_existing_files())
+    }))
+}
+
+/// The live data files of the current snapshot that row-level delete files
+/// may apply to, by path: each a scan task (every column) carrying those
+/// delete files, as iceberg-rust's scan planning matches them (partition,
+/// sequence number; a positional delete file may name other files of the
+/// partition only).  Empty, having read only the manifest list, when the
+/// snapshot has no delete file.
+pub async fn deleted_from(table: &Table) -> Result<HashMap<String, FileScanTask>> {
+    let Some(current) = table.metadata().current_snapshot().cloned() else {
+        return Ok(HashMap::new());
+    };
+    if !has_row_deletes(table, &current).await? {
+        return Ok(HashMap::new());
+    }
+    let failed = |e| Error::iceberg("cannot plan the row-level deletes", e);
+    let tasks: Vec<FileScanTask> = table
+        .scan()
+        .snapshot_id(current.snapshot_id())
+        .select_all()
+        .build()
+        .map_err(failed)?
+        .plan_files()
+        .await
+        .map_err(failed)?
+        .try_collect()
+        .await
+        .map_err(failed)?;
+    Ok(tasks
+        .into_iter()
+        .filter(|t| !t.deletes.is_empty())
+        .map(|t| (t.data_file_path.clone(), t))
+        .collect())
+}
+
+/// The rows of `files` as the table's current snapshot holds them (every
+/// column of its schema): with the row-level deletes that apply, so rows
+/// another engine deleted merge-on-read stay deleted.  Also returns how many
+/// of the files had delete files to apply (0: every row of every file).
+pub async fn live_batches(
+    table: &Table,
+    files: &[AddedFile],
+) -> Result<(BoxStream<'static, Result<RecordBatch>>, usize)> {
+    let current = table
+        .metadata()
+        .current_snapshot()
+        .cloned()
+        .ok_or_else(|| Error::internal("reading data files of a table without snapshots"))?;
+    let mut deleted = if files.is_empty() {
+        HashMap::new()
+    } else {
+        deleted_from(table).await?
+    };
+    let mut with_deletes = 0;
+    let tasks = plain_tasks(table, &current, files)?
+        .into_iter()
+        .map(|plain| match deleted.remove(&plain.data_file_path) {
+            Some(planned) => {
+                with_deletes += 1;
+                planned
+            }
+            None => plain,
+        })
         .collect();
     let reader = table.reader_builder().with_batch_size(8192).build();
-    Ok(read_files(
-        table,
-        reader,
-        tasks,
-        1,
-        "cannot read the batch back",
-    ))
+    let stream = read_files(table, reader, tasks, 1, "cannot read the archive's files");
+    Ok((stream, with_deletes))
 }
 
 /// The rows of the data files `tasks` name, read with `reader`, up to
@@ -378,7 +486,8 @@ pub async fn row_hashes(table: &Table, snapshots: &[SnapshotRef]) -> Result<Vec<
 }
 
 /// Row hashes of the rows in `files` (a batch whose snapshot was expired, as
-/// the durable ledger records its files), read with the current schema.
+/// the durable ledger records its files), read with the current schema, as
+/// written: rows another engine deleted since are the batch's rows too.
 pub async fn row_hashes_of_files(
     table: &Table,
     files: &[crate::ledger::durable::LedgerFile],
@@ -390,31 +499,26 @@ pub async fn row_hashes_of_files(
             size: f.size,
             records: f.records,
         })
-        .collect();
-    hashes_with_current_schema(table, files).await
+        .collect::<Vec<_>>();
+    let Some(current) = table.metadata().current_snapshot().cloned() else {
+        return Ok(vec![]);
+    };
+    hashes_of(batches(table, &current, &files)?).await
 }
 
-/// Row hashes of the rows in `files`, read with the current schema.
-async fn hashes_with_current_schema(table: &Table, files: Vec<AddedFile>) -> Result<Vec<u128>> {
-    if files.is_empty() {
-        return Ok(vec![]);
-    }
-    let current = table
-        .metadata()
-        .current_snapshot()
-        .cloned()
-        .ok_or_else(|| Error::internal("a table with batches has no current snapshot"))?;
+/// Row hashes of the rows `stream` yields.
+async fn hashes_of(mut stream: BoxStream<'static, Result<RecordBatch>>) -> Result<Vec<u128>> {
     let mut hasher = RowHasher::default();
     let mut hashes = Vec::new();
-    for_each_batch(table, &current, &files, |b| {
-        hasher.hash_rows(b, &mut hashes)
-    })
-    .await?;
+    while let Some(batch) = stream.try_next().await? {
+        hasher.hash_rows(&batch, &mut hashes)?;
+    }
     Ok(hashes)
 }
 
 /// Row hashes of the live rows in the partitions (windows of `g`) that lie
-/// inside `range`: every batch of those windows together.
+/// inside `range`: every batch of those windows together, as the current
+/// snapshot holds them (row-level deletes applied).
 pub async fn row_hashes_in_windows(
     table: &Table,
     g: crate::plan::window::Granularity,
@@ -436,6 +540,9 @@ pub async fn row_hashes_in_windows(
             size: f.size,
             records: f.records,
         })
-        .collect();
-    hashes_with_current_schema(table, files).await
+        .collect::<Vec<_>>();
+    if files.is_empty() {
+        return Ok(vec![]);
+    }
+    hashes_of(live_batches(table, &files).await?.0).await
 }

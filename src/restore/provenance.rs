@@ -46,8 +46,10 @@ pub(crate) struct Rewrite {
     /// a compaction rewrites each partition on its own.
     pub removed: Vec<(String, String)>,
     pub added: Vec<(String, String)>,
-    /// Delete files it added (row-level deletes: rows gone, files unknown).
-    pub delete_files: usize,
+    /// The partitions it added delete files to (row-level deletes: rows
+    /// gone from that partition's files); [`lake::readback::EVERY_PARTITION`]
+    /// for all.
+    pub deletes_in: Vec<String>,
 }
 
 impl Rewrite {
@@ -103,7 +105,7 @@ pub(crate) async fn rewrites(
                 .iter()
                 .map(|f| with_partition(&f.path))
                 .collect(),
-            delete_files: changes.delete_files,
+            deletes_in: changes.deletes_in.clone(),
         })
     });
     let all: Vec<Rewrite> = futures::stream::iter(read)
@@ -112,7 +114,7 @@ pub(crate) async fn rewrites(
         .await?;
     Ok(all
         .into_iter()
-        .filter(|r| !r.removed.is_empty() || r.delete_files > 0)
+        .filter(|r| !r.removed.is_empty() || !r.deletes_in.is_empty())
         .collect())
 }
 
@@ -146,26 +148,18 @@ pub(crate) struct Group {
     pub changed_by: Option<String>,
 }
 
-/// The groups of `batch_files` (each batch's added files) after `rewrites`
-/// (in commit order).  Pure.
-pub(crate) fn groups(batch_files: &[&[String]], rewrites: &[Rewrite]) -> Vec<Group> {
+/// The groups of `batch_files` (each batch's added files, with their
+/// partitions) after `rewrites` (in commit order).  Pure.
+pub(crate) fn groups(batch_files: &[&[(String, String)]], rewrites: &[Rewrite]) -> Vec<Group> {
     let mut g = Graph::new(batch_files.len());
     for (i, files) in batch_files.iter().enumerate() {
-        for f in *files {
+        for (f, _) in *files {
             let n = g.file(f);
             g.union(i, n);
         }
     }
     let mut marks = Marks::default();
     for r in rewrites {
-        if r.delete_files > 0 {
-            marks.everywhere.get_or_insert_with(|| {
-                format!(
-                    "snapshot {} ({}) added row-level deletes",
-                    r.snapshot_id, r.operation
-                )
-            });
-        }
         for (removed, added) in r.buckets() {
             let known = removed.iter().find_map(|f| g.known(f));
             let Some(anchor) = known.or_else(|| added.first().map(|f| g.file(f))) else {
@@ -195,7 +189,46 @@ pub(crate) fn groups(batch_files: &[&[String]], rewrites: &[Rewrite]) -> Vec<Gro
             }
         }
     }
+    mark_row_deletes(&g, batch_files, rewrites, &mut marks);
     g.into_groups(batch_files.len(), marks)
+}
+
+/// Marks the groups holding a file of a partition that a rewrite added
+/// row-level delete files to (every group, for one of an unpartitioned
+/// spec): their rows may be fewer than their batches archived.
+fn mark_row_deletes(
+    g: &Graph,
+    batch_files: &[&[(String, String)]],
+    rewrites: &[Rewrite],
+    marks: &mut Marks,
+) {
+    let mut in_partition: HashMap<&str, Vec<usize>> = HashMap::new();
+    let every_file = batch_files.iter().flat_map(|files| files.iter()).chain(
+        rewrites
+            .iter()
+            .flat_map(|r| r.removed.iter().chain(&r.added)),
+    );
+    for (f, p) in every_file {
+        if let Some(n) = g.known(f) {
+            in_partition.entry(p.as_str()).or_default().push(n);
+        }
+    }
+    for r in rewrites {
+        let why = || {
+            format!(
+                "snapshot {} ({}) added row-level deletes",
+                r.snapshot_id, r.operation
+            )
+        };
+        for p in &r.deletes_in {
+            if p == lake::readback::EVERY_PARTITION {
+                marks.everywhere.get_or_insert_with(why);
+            }
+            for &n in in_partition.get(p.as_str()).into_iter().flatten() {
+                marks.changed.push((n, why()));
+            }
+        }
+    }
 }
 
 /// What is known of groups before they are formed: per node, and for all.
@@ -313,7 +346,7 @@ mod tests {
             operation: op.into(),
             removed: in_partitions(removed),
             added: in_partitions(added),
-            delete_files: 0,
+            deletes_in: vec![],
         }
     }
 
@@ -324,9 +357,13 @@ mod tests {
 
     #[test]
     fn batches_nothing_rewrote_are_groups_of_their_own() {
-        let (a, b) = (paths(&["d1/a1", "d2/a2"]), paths(&["d1/b1"]));
+        let (a, b) = (
+            in_partitions(&["d1/a1", "d2/a2"]),
+            in_partitions(&["d1/b1"]),
+        );
         let got = groups(&[&a, &b], &[]);
         assert_eq!(got.len(), 2);
+        let (a, b) = (paths(&["d1/a1", "d2/a2"]), paths(&["d1/b1"]));
         assert_eq!((got[0].batches.clone(), got[0].files.clone()), (vec![0], a));
         assert_eq!((got[1].batches.clone(), got[1].files.clone()), (vec![1], b));
         assert!(
@@ -338,10 +375,10 @@ mod tests {
     #[test]
     fn a_compaction_joins_the_batches_of_each_partition_it_merged() {
         let (a, b, c, d) = (
-            paths(&["d1/a1", "d2/a2"]),
-            paths(&["d2/b1"]),
-            paths(&["d3/c1"]),
-            paths(&["d3/d1"]),
+            in_partitions(&["d1/a1", "d2/a2"]),
+            in_partitions(&["d2/b1"]),
+            in_partitions(&["d3/c1"]),
+            in_partitions(&["d3/d1"]),
         );
         // One snapshot compacts two partitions; a later one rewrites again.
         let rewrites = [
@@ -373,7 +410,7 @@ mod tests {
 
     #[test]
     fn a_rewrite_into_another_spec_joins_what_it_removed_and_added() {
-        let (a, b) = (paths(&["d1/a1"]), paths(&["d2/b1"]));
+        let (a, b) = (in_partitions(&["d1/a1"]), in_partitions(&["d2/b1"]));
         let got = groups(
             &[&a, &b],
             &[rewrite(30, "replace", &["d1/a1", "d2/b1"], &["h1/m"])],
@@ -384,7 +421,11 @@ mod tests {
 
     #[test]
     fn foreign_rows_and_row_changes_are_told_apart() {
-        let (a, b, c) = (paths(&["d1/a1"]), paths(&["d2/b1"]), paths(&["d3/c1"]));
+        let (a, b, c) = (
+            in_partitions(&["d1/a1"]),
+            in_partitions(&["d2/b1"]),
+            in_partitions(&["d3/c1"]),
+        );
         let rewrites = [
             rewrite(20, "replace", &["d1/a1", "d1/x1"], &["d1/m1"]),
             rewrite(21, "overwrite", &["d2/b1"], &["d2/b1x"]),
@@ -411,11 +452,16 @@ mod tests {
             (got[2].not_comparable.clone(), got[2].changed_by.clone()),
             (None, None)
         );
-        let deletes = Rewrite {
-            delete_files: 1,
+        // Row-level deletes change the groups of their partition only, or
+        // every group when written unpartitioned.
+        let deletes = |p: &str| Rewrite {
+            deletes_in: vec![p.to_string()],
             ..rewrite(22, "delete", &[], &[])
         };
-        let got = groups(&[&a, &c], &[deletes]);
+        let got = groups(&[&a, &c], &[deletes("d3")]);
+        let changed: Vec<bool> = got.iter().map(|g| g.changed_by.is_some()).collect();
+        assert_eq!(changed, [false, true], "{got:?}");
+        let got = groups(&[&a, &c], &[deletes(lake::readback::EVERY_PARTITION)]);
         assert!(got.iter().all(|g| g.changed_by.is_some()), "{got:?}");
     }
 }

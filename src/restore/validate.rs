@@ -48,7 +48,8 @@ pub(crate) struct ArchivedBatch {
     window: Window,
     rows: u64,
     checksum: String,
-    files: Vec<String>,
+    /// The data files it added, with their partitions.
+    files: Vec<(String, String)>,
 }
 
 /// The batches of a range and the snapshots since the first of them that
@@ -87,7 +88,15 @@ pub(crate) async fn archived_batches(
         .into_iter()
         .map(|(s, batch_id, window, rows, checksum)| async move {
             let table = storage.current(table).await?;
-            let files = lake::readback::added_files(&table, &s).await?;
+            let mut changes = lake::readback::file_changes(&table, &s).await?;
+            let files = changes
+                .added
+                .into_iter()
+                .map(|f| {
+                    let partition = changes.partition_of.remove(&f.path).unwrap_or_default();
+                    (f.path, partition)
+                })
+                .collect();
             Ok::<_, Error>(ArchivedBatch {
                 batch_id,
                 snapshot_id: s.snapshot_id(),
@@ -95,7 +104,7 @@ pub(crate) async fn archived_batches(
                 window,
                 rows,
                 checksum,
-                files: files.into_iter().map(|f| f.path).collect(),
+                files,
             })
         });
     let batches = futures::stream::iter(read)
@@ -121,7 +130,7 @@ pub(crate) fn batch_checks(
     loaded: &Loaded,
 ) -> Vec<BatchCheck> {
     let batches = &archived.batches;
-    let files: Vec<&[String]> = batches.iter().map(|b| b.files.as_slice()).collect();
+    let files: Vec<&[(String, String)]> = batches.iter().map(|b| b.files.as_slice()).collect();
     let mut out: Vec<Option<BatchCheck>> = vec![None; batches.len()];
     for group in provenance::groups(&files, &archived.rewrites) {
         let mut got = Checksum::default();

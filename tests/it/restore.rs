@@ -472,6 +472,159 @@ async fn ranges_compacted_by_maintain_or_another_engine_restore_rest() {
     ranges_compacted_by_maintain_or_another_engine_restore(Cat::Rest).await;
 }
 
+/// Tables other engines change row by row: a merge-on-read `DELETE` (by
+/// DuckDB, through the REST catalog; Spark, Trino and Flink write the same
+/// positional delete files beside the data files) stays deleted through
+/// everything permafrost does next: `fetch` and `restore` leave the rows
+/// out, the rows restored and merged back are recognised as archived (not
+/// archived twice), and `maintain`'s compaction of a partition with deletes
+/// writes the rows without them instead of bringing them back.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn rows_another_engine_deleted_merge_on_read_stay_deleted() {
+    let s = services!();
+    let db = sensor_db(&s, "mor_delete").await;
+    let fx = Fx::new(&s, db, Cat::Rest, "sensor_readings", "recorded_at", "5d").await;
+    let c = fx.db.client().await;
+    fx.archive();
+    late_rows(&fx, &c, &[12]).await;
+    fx.archive();
+    // One more commit: the late batch is known settled, so compactable.
+    late_rows(&fx, &c, &[20]).await;
+    fx.archive();
+    let before = fx.archived_ids("sensor_readings", 30);
+    assert_eq!(before.len(), 6006);
+
+    // One row of day 12's first batch, one of its late batch, one of day 14.
+    let first_id = |day: i64, late: bool| {
+        let (c, range) = (&c, fx.range("recorded_at", day, day + 1));
+        async move {
+            let row = c
+                .query_one(
+                    &format!(
+                        "SELECT min(id) FROM before_rows WHERE {range} AND (sensor_name = 'late') = {late}"
+                    ),
+                    &[],
+                )
+                .await
+                .expect("id");
+            row.get::<_, i64>(0)
+        }
+    };
+    let gone = vec![
+        first_id(12, false).await,
+        first_id(12, true).await,
+        first_id(14, false).await,
+    ];
+    let r = rewrite(
+        &s,
+        &fx,
+        (0, 30),
+        "delete-mor",
+        serde_json::json!({"where": "id", "values": gone, "duckdb_rest": fx.cat.duckdb_rest(&s)}),
+    );
+    assert_eq!(
+        (
+            r["operation"].as_str(),
+            r["rows"].as_i64(),
+            r["delete_files"].as_i64()
+        ),
+        (Some("delete"), Some(3), Some(3)),
+        "merge-on-read: one delete file per data file touched: {r}"
+    );
+    let kept: Vec<i64> = before
+        .iter()
+        .copied()
+        .filter(|id| !gone.contains(id))
+        .collect();
+    assert_eq!(fx.archived_ids("sensor_readings", 30), kept, "fetch");
+
+    let out = fx.restore("sensor_readings", 12, 15, &["--into", "staged"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(
+        (&r["valid"], &r["rows"]),
+        (&Value::Bool(true), &Value::from(600)),
+        "{r}"
+    );
+    let range = fx.range("recorded_at", 12, 15);
+    let not_gone = format!(
+        "{range} AND id NOT IN ({}, {}, {})",
+        gone[0], gone[1], gone[2]
+    );
+    let want = rows(&c, "before_rows", &not_gone, "id").await;
+    assert_eq!(rows(&c, "staged", "true", "id").await, want);
+    // The batch check still compares day 13 exactly; days 12 and 14 are
+    // told changed by the deletes, not failed.
+    let status = |day: i64| {
+        by_day_of(&r, &rfc3339(fx.day0 + day * DAY))
+            .iter()
+            .map(|b| (b["status"].clone(), b["note"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(status(13), [(Value::from("match"), Value::Null)], "{r}");
+    for day in [12, 14] {
+        assert!(
+            status(day).iter().all(|(s, note)| s == "rewritten"
+                && note
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("(delete) added row-level deletes"))),
+            "day {day}: {r}"
+        );
+    }
+
+    // Day 14 merged back: recognised by the rows the archive holds now.
+    let snaps = || {
+        fx.run(&["snapshots", "-t", "sensor_readings", "--json"])
+            .json()
+    };
+    let snaps_before = snaps();
+    let out = fx.restore("sensor_readings", 14, 15, &["--merge"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["inserted"], 199);
+    let again = fx.archive();
+    assert_eq!(again[0]["batches"], Value::Array(vec![]), "{again}");
+    assert_eq!(snaps(), snaps_before, "nothing archived twice");
+    assert_eq!(
+        count(&c, "sensor_readings", &range).await,
+        0,
+        "settled and deleted"
+    );
+
+    // Compaction merges day 12's two files with the deletes applied (day
+    // 20's late batch is the newest, not yet known settled: left alone).
+    let out = fx.run(&["maintain", "--orphan-older-than", "1h", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let m = out.json();
+    let compacted = &m[0]["compacted"];
+    assert_eq!(
+        (
+            &compacted["partitions"],
+            &compacted["files_in"],
+            &compacted["rows"]
+        ),
+        (&Value::from(1), &Value::from(2), &Value::from(201)),
+        "{m}"
+    );
+    assert_eq!(
+        fx.archived_ids("sensor_readings", 30),
+        kept,
+        "after compaction"
+    );
+    let r = rewrite(&s, &fx, (12, 13), "compact", Value::Null);
+    assert_eq!(
+        r["rows"], 201,
+        "PyIceberg reads day 12 without the deleted rows: {r}"
+    );
+    let out = fx.restore("sensor_readings", 12, 13, &["--merge"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["inserted"], 201);
+    let snaps_before = snaps();
+    let again = fx.archive();
+    assert_eq!(again[0]["batches"], Value::Array(vec![]), "{again}");
+    assert_eq!(snaps(), snaps_before, "nothing archived twice");
+}
+
 /// The batches of a restore report whose window starts at `start`.
 fn by_day_of<'a>(r: &'a Value, start: &str) -> Vec<&'a Value> {
     r["batches"]

@@ -9,11 +9,19 @@ microseconds: a range of whole partitions), "mode"}:
 - "compact-losing-a-row": the same, but the first row is left out (a broken
   compactor: a `replace` that does not keep the rows);
 - "delete": PyIceberg's row-level delete of the range's rows whose `where`
-  column equals `value` (copy-on-write: the files rewritten without them).
-Answer: {"operation", "files_before", "files_after", "rows"}.
+  column equals `value` (copy-on-write: the files rewritten without them);
+- "delete-mor": DuckDB's `DELETE` of the rows whose `where` column is one
+  of `values`, through the REST catalog (merge-on-read: the data files stay,
+  a positional delete file per data file lists the rows gone, as Spark,
+  Trino and Flink write them); needs "duckdb_rest" (key, secret, uri,
+  s3_host).
+Answer: {"operation", "files_before", "files_after", "rows", "delete_files"
+(live delete files after the change)}.
 """
 
+import glob
 import json
+import site
 import sys
 
 import pyarrow as pa
@@ -66,6 +74,31 @@ def compact(table, req, losing):
     return len(files), len(new), rows.num_rows
 
 
+def delete_merge_on_read(req):
+    import duckdb
+
+    con = duckdb.connect()
+    for ext in ["avro", "httpfs", "iceberg"]:
+        path = glob.glob(f"{site.getsitepackages()[0]}/duckdb_extension_{ext}/extensions/*/{ext}.duckdb_extension")
+        con.execute(f"LOAD '{path[0]}'")
+    rest = req["duckdb_rest"]
+    con.execute(
+        f"CREATE SECRET s3s (TYPE s3, KEY_ID '{rest['key']}', SECRET '{rest['secret']}', "
+        f"ENDPOINT '{rest['s3_host']}', URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')"
+    )
+    con.execute(
+        f"CREATE SECRET ice (TYPE iceberg, CLIENT_ID '{rest['key']}', CLIENT_SECRET '{rest['secret']}', "
+        f"OAUTH2_SERVER_URI '{rest['uri']}/v1/oauth/tokens')"
+    )
+    con.execute(
+        f"ATTACH 's3://warehouse' AS w (TYPE iceberg, ENDPOINT '{rest['uri']}', SECRET ice, "
+        "ACCESS_DELEGATION_MODE 'none', READ_ONLY false)"
+    )
+    values = ", ".join(str(int(v)) for v in req["values"])
+    (deleted,) = con.execute(f"DELETE FROM w.{req['table']} WHERE {req['where']} IN ({values})").fetchone()
+    return deleted
+
+
 def main():
     req = json.load(open(sys.argv[1]))
     catalog = load_catalog(req["catalog_name"], **req["catalog"])
@@ -77,9 +110,14 @@ def main():
         before = len(list(table.scan(row_filter=in_range(req)).plan_files()))
         table.delete(And(in_range(req), EqualTo(req["where"], req["value"])))
         after, rows = None, None
+    elif mode == "delete-mor":
+        before = len(list(table.scan().plan_files()))
+        rows = delete_merge_on_read(req)
+        after = None
     else:
         raise SystemExit(f"unknown mode {mode}")
     table = catalog.load_table(req["table"])
+    delete_files = {d.file_path for task in table.scan().plan_files() for d in task.delete_files}
     print(
         json.dumps(
             {
@@ -87,6 +125,7 @@ def main():
                 "files_before": before,
                 "files_after": after,
                 "rows": rows,
+                "delete_files": len(delete_files),
             }
         )
     )
