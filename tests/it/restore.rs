@@ -538,6 +538,13 @@ async fn rows_another_engine_deleted_merge_on_read_stay_deleted() {
         .filter(|id| !gone.contains(id))
         .collect();
     assert_eq!(fx.archived_ids("sensor_readings", 30), kept, "fetch");
+    #[cfg(feature = "query")]
+    {
+        let sql = "SELECT count(*) AS n FROM archive.sensor_readings";
+        let out = fx.run(&["query", sql, "--format", "jsonl"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(out.stdout.trim(), "{\"n\":6003}", "query");
+    }
 
     let out = fx.restore("sensor_readings", 12, 15, &["--into", "staged"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
