@@ -71,6 +71,9 @@ pub struct MaintainReport {
     pub orphan_files_young: usize,
     /// Commits redone because another writer committed first.
     pub retries: usize,
+    /// Why compaction and the manifest merge were skipped (a table of
+    /// another format version than v2), if they were.
+    pub rewrites_skipped: Option<String>,
 }
 
 /// Runs `maintain` over the selected tables, one after another.
@@ -142,18 +145,23 @@ async fn maintain_table(
         orphan_bytes: 0,
         orphan_files_young: 0,
         retries: 0,
+        rewrites_skipped: lake::maintenance::rewrite_refused(&table),
     };
+    if let Some(why) = &report.rewrites_skipped {
+        tracing::warn!("{ident}: compaction and manifest merge skipped: {why}");
+    }
+    let rewrites = report.rewrites_skipped.is_none();
     if opts.dry_run {
-        if opts.compact {
+        if opts.compact && rewrites {
             report.compacted = lake::compact::compact(catalog, t, &table, small, true).await?;
         }
-        if data_before.len() > opts.max_manifests || report.compacted.files_in > 0 {
+        if rewrites && (data_before.len() > opts.max_manifests || report.compacted.files_in > 0) {
             report.data_manifests_after = 1;
         }
         sweep_orphans(&table, opts, &mut report).await?;
         return Ok(report);
     }
-    if opts.compact {
+    if opts.compact && rewrites {
         let (c, tries) = with_retries(catalog.iceberg(), &ident, &mut table, |table| async move {
             lake::compact::compact(catalog, t, &table, small, false).await
         })
@@ -174,7 +182,7 @@ async fn maintain_table(
     }
     let (data, _) = lake::maintenance::current_manifests(&table).await?;
     report.data_manifests_after = data.len();
-    if data.len() > opts.max_manifests {
+    if rewrites && data.len() > opts.max_manifests {
         let ((_, after), tries) =
             with_retries(catalog.iceberg(), &ident, &mut table, |table| async move {
                 lake::maintenance::rewrite_manifests(catalog, &table).await

@@ -149,14 +149,15 @@ async fn table_status(
         (Some(t_), Some(sh)) => {
             let cutoff =
                 chrono::Utc::now().timestamp_millis() - maintenance.older_than.as_millis() as i64;
+            let rewrites = lake::maintenance::rewrite_refused(t_).is_none();
             Some(MaintainWould {
                 expire_snapshots: crate::maintain::would_expire(
                     t_,
                     cutoff,
                     maintenance.retain_last,
                 ),
-                merge_manifests: sh.data_manifests > maintenance.max_manifests,
-                compact_files: if maintenance.compact {
+                merge_manifests: rewrites && sh.data_manifests > maintenance.max_manifests,
+                compact_files: if maintenance.compact && rewrites {
                     lake::compact::groups(t_, t.target_file_size / 4)
                         .await?
                         .iter()

@@ -26,8 +26,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use iceberg::spec::{
-    DataContentType, ManifestContentType, ManifestFile, ManifestListWriter, ManifestWriterBuilder,
-    Operation, Snapshot, SnapshotReference, SnapshotRetention, Summary,
+    DataContentType, FormatVersion, ManifestContentType, ManifestFile, ManifestListWriter,
+    ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention, Summary,
 };
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -41,6 +41,22 @@ pub const MAINTENANCE: &str = "permafrost.maintenance";
 
 fn ice(what: &str, e: iceberg::Error) -> Error {
     Error::iceberg(what, e)
+}
+
+/// Why [`commit_rewrite`] (compaction, the manifest merge) must leave
+/// `table` alone, if it must: it writes format-v2 manifests and manifest
+/// lists, which a v1 table's readers do not expect and which lack the row
+/// lineage (first row ids) a v3 table's snapshots need — another engine may
+/// have upgraded a table permafrost created.  Expiry and orphan removal
+/// write no manifest and stay safe.
+pub fn rewrite_refused(table: &Table) -> Option<String> {
+    let version = table.metadata().format_version();
+    (version != FormatVersion::V2).then(|| {
+        format!(
+            "the table is Iceberg format {version} (permafrost's compaction and manifest merge \
+             write format v2 metadata): left to the engine that manages its format"
+        )
+    })
 }
 
 /// Expires the snapshots older than `older_than_ms`, keeping at least the
@@ -125,6 +141,9 @@ pub async fn commit_rewrite(
     rewrite: &Rewrite,
     what: &str,
 ) -> Result<Rewritten> {
+    if let Some(why) = rewrite_refused(table) {
+        return Err(Error::new(ErrorKind::Catalog, format!("{what}: {why}")));
+    }
     let md = table.metadata();
     let current = md
         .current_snapshot()

@@ -616,3 +616,82 @@ async fn expiry_between_two_commits_of_a_run_keeps_every_batch() {
     assert_eq!(read["duckdb"]["count"], OLD * PER_WINDOW + 3);
     f.assert_reconciled("after expiring everything");
 }
+
+/// Upgrades the fixture's archive table to Iceberg format v3, as another
+/// engine would (Spark's `'format-version'='3'`), with iceberg-rust's action.
+async fn upgrade_to_v3(f: &Fixture) {
+    use iceberg::transaction::{ApplyTransactionAction, Transaction};
+    let cfg = permafrost::config::Config::load(std::path::Path::new(&f.cfg)).expect("config");
+    let catalog = permafrost::lake::catalog::open_catalog(&cfg.catalog)
+        .await
+        .expect("catalog");
+    let ident = iceberg::TableIdent::from_strs([f.cat.namespace.as_str(), "sensor_readings"])
+        .expect("ident");
+    let table = catalog.iceberg().load_table(&ident).await.expect("load");
+    let tx = Transaction::new(&table);
+    let tx = tx
+        .upgrade_table_version()
+        .set_format_version(iceberg::spec::FormatVersion::V3)
+        .apply(tx)
+        .expect("upgrade");
+    let table = tx.commit(catalog.iceberg()).await.expect("commit");
+    assert_eq!(
+        table.metadata().format_version(),
+        iceberg::spec::FormatVersion::V3
+    );
+}
+
+/// A table another engine upgraded to format v3: archiving goes on (the
+/// append writes v3 metadata), while `maintain` says why it leaves
+/// compaction and the manifest merge (which write v2 metadata, without the
+/// row lineage v3 needs) to that engine, still expires snapshots and
+/// sweeps orphans, and every row stays readable by other engines.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_table_upgraded_to_format_v3_is_archived_but_not_rewritten() {
+    let s = services!();
+    let f = Fixture::new(&s, None, Cat::Sqlite, PER_WINDOW, 8, "", "").await;
+    assert_eq!(f.archive(&[], &[]).code, 0);
+    upgrade_to_v3(&f).await;
+    for name in ["late-a", "late-b", "late-c"] {
+        late_rows(&f, 3, 5, name).await;
+        let out = f.archive(&[], &[]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(archived_rows(&out.json()), 5);
+    }
+    let status =
+        f.ws.run_env(&["status", "-c", &f.cfg, "--json"], &f.env_with(&[]))
+            .json();
+    let would = &status[0]["maintain_would"];
+    assert_eq!(
+        (&would["merge_manifests"], &would["compact_files"]),
+        (&Value::Bool(false), &Value::from(0)),
+        "{status}"
+    );
+    let out = maintain(&f, &[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let m = out.json();
+    let m = &m[0];
+    assert!(
+        m["rewrites_skipped"]
+            .as_str()
+            .is_some_and(|why| why.contains("format v3")),
+        "{m}"
+    );
+    assert!(out.stderr.contains("compaction and manifest merge skipped"));
+    assert_eq!(m["compacted"]["files_in"], 0, "{m}");
+    assert_eq!(m["data_manifests_after"], m["data_manifests_before"], "{m}");
+    assert_eq!(
+        m["snapshots_expired"],
+        11 - 2,
+        "8 days, 3 late batches: {m}"
+    );
+    let after = read(&f, None);
+    for engine in ["pyiceberg", "duckdb"] {
+        assert_eq!(
+            after[engine]["count"],
+            8 * PER_WINDOW + 15,
+            "{engine}: {after}"
+        );
+    }
+}
