@@ -17,6 +17,7 @@
 //! ([`crate::ledger::durable`]), whose open batches' files are never compacted
 //! nor deleted.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -25,6 +26,7 @@ use crate::config::{Config, TableConfig};
 use crate::error::{Error, Result};
 use crate::lake;
 use crate::lake::compact::Compacted;
+use crate::lake::vended::TableStorage;
 
 /// Tries of a commit that lost a race to another writer.
 pub const ATTEMPTS: usize = 3;
@@ -121,11 +123,13 @@ pub async fn run(
 
 async fn maintain_table(
     t: &TableConfig,
-    catalog: &lake::catalog::CatalogHandle,
+    catalog: &Arc<lake::catalog::CatalogHandle>,
     opts: &MaintainOptions,
 ) -> Result<MaintainReport> {
     let ident = lake::table::ident(t)?;
     let mut table = lake::commit::reload(catalog.iceberg(), &ident).await?;
+    // Storage keys a catalog vends are renewed while maintenance runs.
+    let storage = TableStorage::new(catalog.clone(), &table);
     let metadata_bytes_before = lake::maintenance::metadata_bytes(&table).await?;
     let cutoff = opts.now_ms - opts.older_than.as_millis() as i64;
     let (data_before, _) = lake::maintenance::current_manifests(&table).await?;
@@ -153,17 +157,19 @@ async fn maintain_table(
     let rewrites = report.rewrites_skipped.is_none();
     if opts.dry_run {
         if opts.compact && rewrites {
-            report.compacted = lake::compact::compact(catalog, t, &table, small, true).await?;
+            report.compacted =
+                lake::compact::compact(catalog, (&table, &storage), t, small, true).await?;
         }
         if rewrites && (data_before.len() > opts.max_manifests || report.compacted.files_in > 0) {
             report.data_manifests_after = 1;
         }
-        sweep_orphans(&table, opts, &mut report).await?;
+        sweep_orphans((&table, &storage), opts, &mut report).await?;
         return Ok(report);
     }
     if opts.compact && rewrites {
+        let storage = &storage;
         let (c, tries) = with_retries(catalog.iceberg(), &ident, &mut table, |table| async move {
-            lake::compact::compact(catalog, t, &table, small, false).await
+            lake::compact::compact(catalog, (&table, storage), t, small, false).await
         })
         .await?;
         report.retries += tries;
@@ -183,16 +189,19 @@ async fn maintain_table(
     let (data, _) = lake::maintenance::current_manifests(&table).await?;
     report.data_manifests_after = data.len();
     if rewrites && data.len() > opts.max_manifests {
+        let storage = &storage;
         let ((_, after), tries) =
             with_retries(catalog.iceberg(), &ident, &mut table, |table| async move {
-                lake::maintenance::rewrite_manifests(catalog, &table).await
+                let now = storage.current(&table).await?;
+                lake::maintenance::rewrite_manifests(catalog, &now).await
             })
             .await?;
         report.retries += tries;
         report.data_manifests_after = after;
     }
-    sweep_orphans(&table, opts, &mut report).await?;
-    report.metadata_bytes_after = lake::maintenance::metadata_bytes(&table).await?;
+    sweep_orphans((&table, &storage), opts, &mut report).await?;
+    report.metadata_bytes_after =
+        lake::maintenance::metadata_bytes(&storage.current(&table).await?).await?;
     tracing::info!(
         "{ident}: compacted {} file(s) in {} partition(s) into {}, expired {} snapshot(s), \
          data manifests {} -> {}, metadata {} -> {} bytes, {} orphan file(s) ({} bytes) deleted",
@@ -243,17 +252,17 @@ where
 /// Finds the orphan files of `table` and, unless a dry run, deletes those
 /// older than the safety age.
 async fn sweep_orphans(
-    table: &iceberg::table::Table,
+    (table, storage): (&iceberg::table::Table, &TableStorage),
     opts: &MaintainOptions,
     report: &mut MaintainReport,
 ) -> Result<()> {
     let cutoff = opts.now_ms - opts.orphan_older_than.as_millis() as i64;
-    let sweep = lake::orphans::find(table, cutoff).await?;
+    let sweep = lake::orphans::find((table, storage), cutoff).await?;
     report.orphan_files = sweep.old.len();
     report.orphan_bytes = sweep.old.iter().map(|o| o.bytes).sum();
     report.orphan_files_young = sweep.young;
     if !opts.dry_run {
-        lake::orphans::delete(table, &sweep.old).await?;
+        lake::orphans::delete(storage, &sweep.old).await?;
     }
     Ok(())
 }

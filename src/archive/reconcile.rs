@@ -45,10 +45,10 @@ pub(super) async fn archived_rows(
 /// batch whose rows cannot be read is an error, never skipped: skipping
 /// would archive its rows a second time.
 async fn open_rows(ctx: &Ctx, ids: &[String]) -> Result<Vec<u128>> {
-    let table = &ctx.table.table;
-    let ledger = read_ledger_full(table, &ctx.src.source_id())?;
+    let ledger = read_ledger_full(&ctx.table.table, &ctx.src.source_id())?;
     let mut out = Vec::new();
     for id in ids {
+        let table = &ctx.storage.current(&ctx.table.table).await?;
         if let Some(snap) = find_batch(table, id) {
             out.extend(lake::readback::row_hashes(table, &[snap]).await?);
             continue;
@@ -116,8 +116,10 @@ async fn restored_rows(
     }
     rows.finish().await?;
     let in_pg: u64 = present.values().map(|n| u64::from(*n)).sum();
-    let table = &ctx.table.table;
-    let ledger = read_ledger_full(table, &src.source_id())?;
+    if in_pg == 0 {
+        return Ok(vec![]);
+    }
+    let ledger = read_ledger_full(&ctx.table.table, &src.source_id())?;
     let mut out = Vec::new();
     // Batches whose snapshot was expired (or rolled up), by range: their
     // rows are the live rows of the range's partitions (all batches of those
@@ -125,6 +127,9 @@ async fn restored_rows(
     let mut expired: BTreeMap<(Micros, Micros), Vec<&str>> = BTreeMap::new();
     let mut live = None;
     for id in &planned.restorable {
+        // The plan's table, read with the storage keys of the moment (a run
+        // may outlive the keys a catalog vended with its first load).
+        let table = &ctx.storage.current(&ctx.table.table).await?;
         let Some(snap) = intact_snapshot(table, id, &mut live).await? else {
             // Only the part inside the planned range: a restore may have
             // brought back a day of a batch (or roll-up) spanning more.
@@ -158,6 +163,7 @@ async fn restored_rows(
     }
     for ((start, end), ids) in expired {
         let range = Window { start, end };
+        let table = &ctx.storage.current(&ctx.table.table).await?;
         let hashes =
             lake::readback::row_hashes_in_windows(table, ctx.cfg.partition_by, &range).await?;
         if !hashes.is_empty() && take_if_present(&mut present, &hashes) {
@@ -190,6 +196,16 @@ async fn intact_snapshot(
     let Some(snap) = find_batch(table, id) else {
         return Ok(None);
     };
+    // Only appends (and manifest-only rewrites) since: its files are as it
+    // wrote them, nothing to read to know it.
+    let later = crate::ledger::read::ancestry(table);
+    let changed_since = later
+        .iter()
+        .filter(|s| s.sequence_number() > snap.sequence_number())
+        .any(lake::readback::may_change_files);
+    if !changed_since {
+        return Ok(Some(snap));
+    }
     let live = match live {
         Some(live) => live,
         None => {

@@ -27,9 +27,10 @@
 //! - Safe against a concurrent archive (the commit requires `main`
 //!   unchanged) and a crash at any point (only unreferenced files remain).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::TryStreamExt;
+use iceberg::scan::FileScanTask;
 use iceberg::table::Table;
 
 use super::orphans::path_key;
@@ -38,6 +39,7 @@ use crate::checksum::{Checksum, RowHasher};
 use crate::config::TableConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lake::catalog::CatalogHandle;
+use crate::lake::vended::TableStorage;
 
 /// What compaction did (or, in a dry run, would do).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -92,10 +94,14 @@ pub async fn groups(table: &Table, small: u64) -> Result<Vec<Vec<LiveFile>>> {
 
 /// Compacts the small files of `table` (see the module doc); `small` is the
 /// size under which a file counts as small.
+///
+/// Each partition is read and written with the storage keys of its moment,
+/// and the commit's manifests too (`storage`: a catalog's vended keys may
+/// not outlive a long compaction).
 pub async fn compact(
     catalog: &CatalogHandle,
+    (table, storage): (&Table, &TableStorage),
     t: &TableConfig,
-    table: &Table,
     small: u64,
     dry_run: bool,
 ) -> Result<Compacted> {
@@ -118,23 +124,27 @@ pub async fn compact(
         );
         return Ok(Compacted::default());
     };
-    let inputs: Vec<AddedFile> = groups
-        .iter()
-        .flatten()
-        .map(|f| AddedFile {
-            path: f.path.clone(),
-            size: f.size,
-            records: f.records,
-        })
-        .collect();
-    let (written, rows) = rewrite(table, t, time_index, &inputs).await?;
-    done.files_out = written.len();
-    done.rows = rows;
-    let rewrite = super::maintenance::Rewrite {
-        remove: inputs.iter().map(|f| f.path.clone()).collect(),
-        add: written,
-    };
-    super::maintenance::commit_rewrite(catalog, table, &rewrite, "compact").await?;
+    let deleted = super::readback::deleted_from(table).await?;
+    let mut replace = super::maintenance::Rewrite::default();
+    done.rows = 0;
+    for group in &groups {
+        let inputs: Vec<AddedFile> = group
+            .iter()
+            .map(|f| AddedFile {
+                path: f.path.clone(),
+                size: f.size,
+                records: f.records,
+            })
+            .collect();
+        let now = storage.current(table).await?;
+        let (written, rows) = rewrite(&now, t, time_index, &inputs, &deleted).await?;
+        done.files_out += written.len();
+        done.rows += rows;
+        replace.remove.extend(inputs.into_iter().map(|f| f.path));
+        replace.add.extend(written);
+    }
+    let now = storage.current(table).await?;
+    super::maintenance::commit_rewrite(catalog, &now, &replace, "compact").await?;
     Ok(done)
 }
 
@@ -166,6 +176,7 @@ async fn rewrite(
     t: &TableConfig,
     time_index: usize,
     inputs: &[AddedFile],
+    deleted: &HashMap<String, FileScanTask>,
 ) -> Result<(Vec<iceberg::spec::DataFile>, u64)> {
     let current = table
         .metadata()
@@ -184,7 +195,7 @@ async fn rewrite(
     let mut hasher = RowHasher::default();
     let mut hashes = Vec::new();
     let mut read = Checksum::default();
-    let (mut stream, with_deletes) = super::readback::live_batches(table, inputs).await?;
+    let (mut stream, with_deletes) = super::readback::live_batches(table, inputs, deleted)?;
     let mut rows_read = 0;
     while let Some(batch) = stream.try_next().await? {
         hashes.clear();

@@ -25,6 +25,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use futures::TryStreamExt;
 use iceberg::spec::{
     DataContentType, FormatVersion, ManifestContentType, ManifestFile, ManifestListWriter,
     ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention, Summary,
@@ -248,9 +249,12 @@ async fn merge_manifests(
     commit: uuid::Uuid,
 ) -> Result<Merged> {
     let md = table.metadata();
-    let mut by_spec: BTreeMap<i32, Vec<&ManifestFile>> = BTreeMap::new();
+    let mut by_spec: BTreeMap<i32, Vec<ManifestFile>> = BTreeMap::new();
     for m in data {
-        by_spec.entry(m.partition_spec_id).or_default().push(m);
+        by_spec
+            .entry(m.partition_spec_id)
+            .or_default()
+            .push(m.clone());
     }
     if !rewrite.add.is_empty() {
         by_spec.entry(md.default_partition_spec_id()).or_default();
@@ -280,8 +284,9 @@ async fn merge_manifests(
             spec.as_ref().clone(),
         )
         .build_v2_data();
-        for m in manifests {
-            copy_entries(table, m, rewrite, &mut writer, &mut out).await?;
+        let mut read = super::readback::read_manifests(table, &manifests);
+        while let Some((m, manifest)) = read.try_next().await? {
+            copy_entries(m, &manifest, rewrite, &mut writer, &mut out)?;
         }
         if spec_id == md.default_partition_spec_id() {
             for f in &rewrite.add {
@@ -302,19 +307,15 @@ async fn merge_manifests(
     Ok(out)
 }
 
-/// Copies the live data entries of manifest `m` into `writer`: `EXISTING`,
+/// Copies the live data entries of manifest `m` (read: `manifest`) into `writer`: `EXISTING`,
 /// or `DELETED` when `rewrite` removes the file.
-async fn copy_entries(
-    table: &Table,
+fn copy_entries(
     m: &ManifestFile,
+    manifest: &iceberg::spec::Manifest,
     rewrite: &Rewrite,
     writer: &mut iceberg::spec::ManifestWriter,
     out: &mut Merged,
 ) -> Result<()> {
-    let manifest = m
-        .load_manifest(table.file_io())
-        .await
-        .map_err(|e| ice(&format!("cannot read manifest {}", m.manifest_path), e))?;
     for e in manifest.entries() {
         if !e.is_alive() || e.content_type() != DataContentType::Data {
             continue;

@@ -31,6 +31,7 @@ use iceberg::table::Table;
 use opendal::Operator;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::lake::vended::TableStorage;
 
 /// One file under the table's location that nothing references.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -48,7 +49,7 @@ pub struct Sweep {
     pub young: usize,
 }
 
-fn storage(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
+fn storage_error(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Storage, format!("{what}: {e}")).with_hint(
         "check that the warehouse storage is reachable and that the credentials may list and \
          delete objects (s3:ListBucket, s3:DeleteObject)",
@@ -71,7 +72,7 @@ pub fn path_key(path: &str) -> String {
 /// Every file the table's metadata references (see the module doc), as
 /// [`path_key`]s.  Reads every snapshot's manifest list and each distinct
 /// manifest once.
-pub async fn referenced(table: &Table) -> Result<HashSet<String>> {
+pub async fn referenced((table, storage): (&Table, &TableStorage)) -> Result<HashSet<String>> {
     let md = table.metadata();
     let mut keep = HashSet::new();
     if let Some(loc) = table.metadata_location() {
@@ -90,6 +91,7 @@ pub async fn referenced(table: &Table) -> Result<HashSet<String>> {
     let mut manifests_seen = HashSet::new();
     for snapshot in md.snapshots() {
         keep.insert(path_key(snapshot.manifest_list()));
+        let table = storage.current(table).await?;
         let list = table
             .manifest_list_reader(snapshot)
             .load()
@@ -103,14 +105,15 @@ pub async fn referenced(table: &Table) -> Result<HashSet<String>> {
                     e,
                 )
             })?;
-        for m in list.entries() {
-            if !manifests_seen.insert(m.manifest_path.clone()) {
-                continue;
-            }
+        let unseen: Vec<_> = list
+            .entries()
+            .iter()
+            .filter(|m| manifests_seen.insert(m.manifest_path.clone()))
+            .cloned()
+            .collect();
+        let mut manifests = super::readback::read_manifests(&table, &unseen);
+        while let Some((m, manifest)) = manifests.try_next().await? {
             keep.insert(path_key(&m.manifest_path));
-            let manifest = m.load_manifest(table.file_io()).await.map_err(|e| {
-                Error::iceberg(format!("cannot read manifest {}", m.manifest_path), e)
-            })?;
             for e in manifest.entries() {
                 keep.insert(path_key(e.file_path()));
             }
@@ -151,14 +154,14 @@ fn operator(table: &Table, location: &str) -> Result<(Operator, String)> {
     let bad = |m: &str| Error::new(ErrorKind::Storage, format!("{m}: {location}"));
     let Some((scheme, rest)) = location.split_once("://") else {
         let op = Operator::new(opendal::services::Fs::default().root("/"))
-            .map_err(|e| storage("cannot open the local warehouse", e))?
+            .map_err(|e| storage_error("cannot open the local warehouse", e))?
             .finish();
         return Ok((op, location.trim_start_matches('/').to_string()));
     };
     match scheme {
         "file" => {
             let op = Operator::new(opendal::services::Fs::default().root("/"))
-                .map_err(|e| storage("cannot open the local warehouse", e))?
+                .map_err(|e| storage_error("cannot open the local warehouse", e))?
                 .finish();
             Ok((op, rest.trim_start_matches('/').to_string()))
         }
@@ -211,15 +214,16 @@ fn s3_operator(
         b = b.credential_provider_chain(chain);
     }
     Ok(Operator::new(b)
-        .map_err(|e| storage("cannot open the S3 warehouse", e))?
+        .map_err(|e| storage_error("cannot open the S3 warehouse", e))?
         .finish())
 }
 
 /// Lists the files under the table's location that nothing references:
 /// those last modified before `cutoff_ms` in [`Sweep::old`], the others
 /// counted in [`Sweep::young`].
-pub async fn find(table: &Table, cutoff_ms: i64) -> Result<Sweep> {
-    let keep = referenced(table).await?;
+pub async fn find((table, storage): (&Table, &TableStorage), cutoff_ms: i64) -> Result<Sweep> {
+    let keep = referenced((table, storage)).await?;
+    let table = &storage.current(table).await?;
     let location = table
         .metadata()
         .location()
@@ -231,12 +235,12 @@ pub async fn find(table: &Table, cutoff_ms: i64) -> Result<Sweep> {
         .lister_with(&dir)
         .recursive(true)
         .await
-        .map_err(|e| storage(format!("cannot list {location}"), e))?;
+        .map_err(|e| storage_error(format!("cannot list {location}"), e))?;
     let mut sweep = Sweep::default();
     while let Some(entry) = lister
         .try_next()
         .await
-        .map_err(|e| storage(format!("cannot list {location}"), e))?
+        .map_err(|e| storage_error(format!("cannot list {location}"), e))?
     {
         if !entry.metadata().is_file() {
             continue;
@@ -251,7 +255,7 @@ pub async fn find(table: &Table, cutoff_ms: i64) -> Result<Sweep> {
             None => op
                 .stat(&rel)
                 .await
-                .map_err(|e| storage(format!("cannot stat {full}"), e))?,
+                .map_err(|e| storage_error(format!("cannot stat {full}"), e))?,
         };
         // No modification time: treat as new (never deleted on a guess).
         let modified_ms = meta
@@ -271,18 +275,17 @@ pub async fn find(table: &Table, cutoff_ms: i64) -> Result<Sweep> {
     Ok(sweep)
 }
 
-/// Deletes `orphans` through the table's FileIO.  Idempotent: a file already
-/// gone counts as deleted.
-pub async fn delete(table: &Table, orphans: &[Orphan]) -> Result<()> {
+/// Deletes `orphans` through the table's FileIO, each with the storage keys
+/// of its moment.  Idempotent: a file already gone counts as deleted.
+pub async fn delete(storage: &TableStorage, orphans: &[Orphan]) -> Result<()> {
     for (n, o) in orphans.iter().enumerate() {
         if n == orphans.len() / 2 {
             crate::fault::point("maintain-mid-orphan-delete").await;
         }
-        table
-            .file_io()
-            .delete(&o.path)
+        let (io, _) = storage.io().await?;
+        io.delete(&o.path)
             .await
-            .map_err(|e| storage(format!("cannot delete orphan file {}", o.path), e))?;
+            .map_err(|e| storage_error(format!("cannot delete orphan file {}", o.path), e))?;
     }
     Ok(())
 }

@@ -14,7 +14,10 @@ use futures::{StreamExt, TryStreamExt};
 use iceberg::arrow::ArrowReader;
 use iceberg::io::FileIO;
 use iceberg::scan::FileScanTask;
-use iceberg::spec::{DataContentType, ManifestContentType, ManifestStatus, SnapshotRef};
+use iceberg::spec::{
+    DataContentType, Manifest, ManifestContentType, ManifestFile, ManifestStatus, Operation,
+    SnapshotRef,
+};
 use iceberg::table::Table;
 
 use crate::checksum::{Checksum, RowHasher};
@@ -68,14 +71,14 @@ pub async fn file_changes(table: &Table, snapshot: &SnapshotRef) -> Result<FileC
             Error::storage(format!("cannot read the manifest list of snapshot {id}"), e)
         })?;
     let mut out = FileChanges::default();
-    for m in list.entries() {
-        if m.added_snapshot_id != id {
-            continue;
-        }
-        let manifest = m
-            .load_manifest(table.file_io())
-            .await
-            .map_err(|e| Error::storage(format!("cannot read manifest {}", m.manifest_path), e))?;
+    let own: Vec<ManifestFile> = list
+        .entries()
+        .iter()
+        .filter(|m| m.added_snapshot_id == id)
+        .cloned()
+        .collect();
+    let mut manifests = read_manifests(table, &own);
+    while let Some((m, manifest)) = manifests.try_next().await? {
         for e in manifest.entries() {
             if e.snapshot_id() != Some(id) {
                 continue;
@@ -114,6 +117,20 @@ pub async fn file_changes(table: &Table, snapshot: &SnapshotRef) -> Result<FileC
     Ok(out)
 }
 
+/// Whether `snapshot` may have removed data files or added delete files,
+/// from its summary alone: not an append, nor a manifest rewrite that says
+/// it changed no file (`maintain`'s and Java's merge only manifests).
+pub fn may_change_files(snapshot: &SnapshotRef) -> bool {
+    let summary = snapshot.summary();
+    let p = &summary.additional_properties;
+    let none = |key: &str| p.get(key).is_none_or(|v| v == "0");
+    let manifests_only = summary.operation == Operation::Replace
+        && p.contains_key("manifests-replaced")
+        && none("deleted-data-files")
+        && none("added-delete-files");
+    summary.operation != Operation::Append && !manifests_only
+}
+
 /// A live data file of the current snapshot.
 #[derive(Debug, Clone)]
 pub struct LiveFile {
@@ -128,6 +145,28 @@ pub struct LiveFile {
     pub spec_id: i32,
 }
 
+/// How many manifests (or snapshots' manifests) are read at once: each is
+/// a round trip to the object store, and a table that is not maintained
+/// lists one manifest per batch.
+pub const MANIFEST_READS: usize = 8;
+
+/// The manifests `list` names, read [`MANIFEST_READS`] at a time, in
+/// `list`'s order.
+pub fn read_manifests<'a>(
+    table: &'a Table,
+    list: &'a [ManifestFile],
+) -> BoxStream<'a, Result<(&'a ManifestFile, Manifest)>> {
+    futures::stream::iter(list)
+        .map(move |m| async move {
+            let manifest = m.load_manifest(table.file_io()).await.map_err(|e| {
+                Error::storage(format!("cannot read manifest {}", m.manifest_path), e)
+            })?;
+            Ok((m, manifest))
+        })
+        .buffered(MANIFEST_READS)
+        .boxed()
+}
+
 /// Every live data file of the table's current snapshot.
 pub async fn live_files(table: &Table) -> Result<Vec<LiveFile>> {
     let Some(snapshot) = table.metadata().current_snapshot().cloned() else {
@@ -139,11 +178,8 @@ pub async fn live_files(table: &Table) -> Result<Vec<LiveFile>> {
         .await
         .map_err(|e| Error::storage("cannot read the manifest list", e))?;
     let mut out = Vec::new();
-    for m in list.entries() {
-        let manifest = m
-            .load_manifest(table.file_io())
-            .await
-            .map_err(|e| Error::storage(format!("cannot read manifest {}", m.manifest_path), e))?;
+    let mut manifests = read_manifests(table, list.entries());
+    while let Some((m, manifest)) = manifests.try_next().await? {
         for e in manifest.entries() {
             if e.is_alive() && e.content_type() == DataContentType::Data {
                 out.push(LiveFile {
@@ -283,29 +319,26 @@ pub async fn deleted_from(table: &Table) -> Result<HashMap<String, FileScanTask>
 
 /// The rows of `files` as the table's current snapshot holds them (every
 /// column of its schema): with the row-level deletes that apply, so rows
-/// another engine deleted merge-on-read stay deleted.  Also returns how many
-/// of the files had delete files to apply (0: every row of every file).
-pub async fn live_batches(
+/// another engine deleted merge-on-read stay deleted.  `deleted`: the
+/// table's [`deleted_from`].  Also returns how many of the files had delete
+/// files to apply (0: every row of every file).
+pub fn live_batches(
     table: &Table,
     files: &[AddedFile],
+    deleted: &HashMap<String, FileScanTask>,
 ) -> Result<(BoxStream<'static, Result<RecordBatch>>, usize)> {
     let current = table
         .metadata()
         .current_snapshot()
         .cloned()
         .ok_or_else(|| Error::internal("reading data files of a table without snapshots"))?;
-    let mut deleted = if files.is_empty() {
-        HashMap::new()
-    } else {
-        deleted_from(table).await?
-    };
     let mut with_deletes = 0;
     let tasks = plain_tasks(table, &current, files)?
         .into_iter()
-        .map(|plain| match deleted.remove(&plain.data_file_path) {
+        .map(|plain| match deleted.get(&plain.data_file_path) {
             Some(planned) => {
                 with_deletes += 1;
-                planned
+                planned.clone()
             }
             None => plain,
         })
@@ -544,5 +577,6 @@ pub async fn row_hashes_in_windows(
     if files.is_empty() {
         return Ok(vec![]);
     }
-    hashes_of(live_batches(table, &files).await?.0).await
+    let deleted = deleted_from(table).await?;
+    hashes_of(live_batches(table, &files, &deleted)?.0).await
 }

@@ -101,11 +101,6 @@ pub struct RestoreRequest {
     pub keep_staging: bool,
 }
 
-/// Snapshots whose manifests a restore reads at once (the batches' own
-/// files, the rewrites since): each is a manifest list and its manifests,
-/// round trips to the object store.
-const MANIFEST_READS: usize = 8;
-
 /// A batch the range touches, checked against its snapshot summary.
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchCheck {

@@ -28,7 +28,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use futures::{StreamExt, TryStreamExt};
-use iceberg::spec::{Operation, SnapshotRef};
+use iceberg::spec::SnapshotRef;
 use iceberg::table::Table;
 
 use crate::error::{Error, Result};
@@ -89,48 +89,35 @@ pub(crate) async fn rewrites(
     (table, storage): (&Table, &TableStorage),
     snapshots: impl Iterator<Item = SnapshotRef>,
 ) -> Result<Vec<Rewrite>> {
-    let read = snapshots.filter(may_remove_files).map(|s| async move {
-        let table = storage.current(table).await?;
-        let changes = lake::readback::file_changes(&table, &s).await?;
-        let with_partition = |path: &str| {
-            let partition = changes.partition_of.get(path).cloned().unwrap_or_default();
-            (path.to_string(), partition)
-        };
-        Ok::<_, Error>(Rewrite {
-            snapshot_id: s.snapshot_id(),
-            operation: s.summary().operation.as_str().to_string(),
-            removed: changes.removed.iter().map(|p| with_partition(p)).collect(),
-            added: changes
-                .added
-                .iter()
-                .map(|f| with_partition(&f.path))
-                .collect(),
-            deletes_in: changes.deletes_in.clone(),
-        })
-    });
+    let read = snapshots
+        .filter(lake::readback::may_change_files)
+        .map(|s| async move {
+            let table = storage.current(table).await?;
+            let changes = lake::readback::file_changes(&table, &s).await?;
+            let with_partition = |path: &str| {
+                let partition = changes.partition_of.get(path).cloned().unwrap_or_default();
+                (path.to_string(), partition)
+            };
+            Ok::<_, Error>(Rewrite {
+                snapshot_id: s.snapshot_id(),
+                operation: s.summary().operation.as_str().to_string(),
+                removed: changes.removed.iter().map(|p| with_partition(p)).collect(),
+                added: changes
+                    .added
+                    .iter()
+                    .map(|f| with_partition(&f.path))
+                    .collect(),
+                deletes_in: changes.deletes_in.clone(),
+            })
+        });
     let all: Vec<Rewrite> = futures::stream::iter(read)
-        .buffered(super::MANIFEST_READS)
+        .buffered(lake::readback::MANIFEST_READS)
         .try_collect()
         .await?;
     Ok(all
         .into_iter()
         .filter(|r| !r.removed.is_empty() || !r.deletes_in.is_empty())
         .collect())
-}
-
-/// Whether `snapshot` may have removed data files or added delete files:
-/// not an append, nor a manifest rewrite that says it changed no file
-/// (`maintain`'s and Java's merge only manifests: reading the one they
-/// wrote is reading the whole table's entries).
-fn may_remove_files(snapshot: &SnapshotRef) -> bool {
-    let summary = snapshot.summary();
-    let p = &summary.additional_properties;
-    let none = |key: &str| p.get(key).is_none_or(|v| v == "0");
-    let manifests_only = summary.operation == Operation::Replace
-        && p.contains_key("manifests-replaced")
-        && none("deleted-data-files")
-        && none("added-delete-files");
-    summary.operation != Operation::Append && !manifests_only
 }
 
 /// Batches whose rows are in the same files, and those files.

@@ -108,7 +108,7 @@ pub(crate) async fn archived_batches(
             })
         });
     let batches = futures::stream::iter(read)
-        .buffered(super::MANIFEST_READS)
+        .buffered(lake::readback::MANIFEST_READS)
         .try_collect()
         .await?;
     let after_first = lineage

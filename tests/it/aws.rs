@@ -816,6 +816,39 @@ async fn keys_a_rest_catalog_vends_are_renewed_before_they_expire() {
     assert_eq!(out.stdout.lines().count(), 480);
     outlived_keys(&front.log()[before..], "fetch", LIFE);
 
+    // `maintain` compacts the days (each a file of its own batch and one of
+    // late rows; the newest batches' files stay, not yet known settled) and
+    // sweeps orphans: every partition read and written, and the commit's
+    // manifests, with the keys of its moment.  (Before, it kept the keys
+    // of its first load.)
+    c.batch_execute(
+        "INSERT INTO readings
+         SELECT date_trunc('day', now() - interval '30 days', 'UTC') + d * interval '1 day' + interval '30 minutes', -d
+         FROM generate_series(0, 19) d",
+    )
+    .await
+    .expect("late rows");
+    let out = ws.run(&["archive", "-c", &cfg, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(archived_rows(&out.json()), 20);
+    let before = front.log().len();
+    let out = ws.run(&[
+        "maintain",
+        "-c",
+        &cfg,
+        "--json",
+        "--orphan-older-than",
+        "1h",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let m = out.json();
+    let days = m[0]["compacted"]["partitions"].as_u64().unwrap_or(0);
+    assert!(days >= 15, "{m}");
+    assert_eq!(m[0]["compacted"]["rows"], json!(days * 25), "{m}");
+    outlived_keys(&front.log()[before..], "maintain", LIFE);
+    let out = ws.run(&[&args[..], &["--to", "2100-01-01", "--format", "jsonl"]].concat());
+    assert_eq!(out.stdout.lines().count(), 500, "{}", out.stderr);
+
     // `serve` holds one catalog handle for its life: a token the catalog
     // stops taking before its time (revoked) is renewed at the next read,
     // and the API answers.
