@@ -2,7 +2,7 @@
 //! archive, the snapshot that last added to it, and its state — derived from
 //! the table's manifests, its ledger and Postgres.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use iceberg::spec::{Literal, PrimitiveLiteral};
 use serde::Serialize;
@@ -25,8 +25,12 @@ pub struct WindowLine {
     pub window_end: String,
     /// `archived`, `kept`, `pending` or `failed`.
     pub state: WindowState,
-    /// Rows in the archive (current snapshot).
+    /// Rows in the archive (current snapshot): what its data files hold.
     pub rows: u64,
+    /// Row-level delete files (another engine's merge-on-read `DELETE` or
+    /// `UPDATE`) apply to the window's files: `rows` counts them before
+    /// those deletes (scans, `fetch` and `restore` apply them).
+    pub row_deletes: bool,
     pub files: u64,
     pub bytes: u64,
     /// Rows still in Postgres.
@@ -80,7 +84,9 @@ pub async fn list_in(
         );
         // Per window: rows, files, bytes, last snapshot (from the live manifests).
         let mut stats: BTreeMap<Micros, (u64, u64, u64, i64, i64)> = BTreeMap::new();
+        let mut with_deletes = BTreeSet::new();
         if let Some(table) = &table {
+            let deleted = lake::readback::deleted_from(table).await?;
             crate::archive::facts::add_ledger(&mut facts, &client, table).await?;
             let seq_of: BTreeMap<i64, i64> = crate::ledger::read::ancestry(table)
                 .iter()
@@ -93,6 +99,9 @@ pub async fn list_in(
                     continue;
                 };
                 let w = g.window(*n as i64);
+                if deleted.contains_key(&file.path) {
+                    with_deletes.insert(w.start);
+                }
                 let e = stats.entry(w.start).or_insert((0, 0, 0, 0, 0));
                 e.0 += file.records;
                 e.1 += 1;
@@ -136,6 +145,7 @@ pub async fn list_in(
                 window_end: rfc3339(w.end),
                 state: ws.state,
                 rows: st.map(|s| s.0).unwrap_or(0),
+                row_deletes: with_deletes.contains(&w.start),
                 files: st.map(|s| s.1).unwrap_or(0),
                 bytes: st.map(|s| s.2).unwrap_or(0),
                 rows_in_postgres: pg_rows.get(&w.start).copied().unwrap_or(0),

@@ -538,6 +538,26 @@ async fn rows_another_engine_deleted_merge_on_read_stay_deleted() {
         .filter(|id| !gone.contains(id))
         .collect();
     assert_eq!(fx.archived_ids("sensor_readings", 30), kept, "fetch");
+    // `list` tells the windows whose rows it counts before the deletes.
+    let list = fx.run(&["list", "--json"]).json();
+    let marked: Vec<(String, Value)> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["row_deletes"] == true)
+        .map(|l| {
+            (
+                l["window_start"].as_str().unwrap_or("").to_string(),
+                l["rows"].clone(),
+            )
+        })
+        .collect();
+    let day = |d: i64| rfc3339(fx.day0 + d * DAY);
+    assert_eq!(
+        marked,
+        [(day(12), Value::from(203)), (day(14), Value::from(200))],
+        "{list}"
+    );
     #[cfg(feature = "query")]
     {
         let sql = "SELECT count(*) AS n FROM archive.sensor_readings";

@@ -35,7 +35,11 @@ pub(super) async fn list_cmd(a: ListArgs) -> Result<ExitCode> {
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_uppercase))
                     .unwrap_or_default(),
-                num(l.rows),
+                if l.row_deletes {
+                    format!("{}*", num(l.rows))
+                } else {
+                    num(l.rows)
+                },
                 l.files.to_string(),
                 output::bytes(l.bytes),
                 num(l.rows_in_postgres),
@@ -58,6 +62,11 @@ pub(super) async fn list_cmd(a: ListArgs) -> Result<ExitCode> {
         ],
         &rows,
     );
+    if lines.iter().any(|l| l.row_deletes) {
+        output::line(
+            "* row-level deletes (another engine's) apply: rows before them; fetch and restore apply them",
+        );
+    }
     output::line(&format!(
         "{} window(s)  {} row(s) archived  {} file(s)  {}  {} row(s) in Postgres",
         lines.len(),
