@@ -10,9 +10,7 @@ compare each with what Postgres held.
 """
 
 import decimal
-import glob
 import json
-import site
 import sys
 
 import pyarrow as pa
@@ -153,26 +151,13 @@ def main():
         }
 
     if req.get("duckdb", True):
-        import duckdb
+        import duck
 
-        sp = site.getsitepackages()[0]
-        con = duckdb.connect()
-        for ext in ["avro", "httpfs", "iceberg"]:
-            path = glob.glob(f"{sp}/duckdb_extension_{ext}/extensions/*/{ext}.duckdb_extension")
-            if path:
-                con.execute(f"LOAD '{path[0]}'")
+        con = duck.connect()
         d = res["duckdb"]
         rest = req.get("duckdb_rest")
         if rest:
-            con.execute(
-                f"CREATE SECRET s3s (TYPE s3, KEY_ID '{rest['key']}', SECRET '{rest['secret']}', "
-                f"ENDPOINT '{rest['s3_host']}', URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')"
-            )
-            con.execute(
-                f"CREATE SECRET ice (TYPE iceberg, CLIENT_ID '{rest['key']}', CLIENT_SECRET '{rest['secret']}', "
-                f"OAUTH2_SERVER_URI '{rest['uri']}/v1/oauth/tokens')"
-            )
-            con.execute(f"ATTACH 's3://warehouse' AS w (TYPE iceberg, ENDPOINT '{rest['uri']}', SECRET ice)")
+            duck.attach_rest(con, rest)
             src = "w." + req["table"]
         else:
             src = f"iceberg_scan('{t.metadata_location}')"

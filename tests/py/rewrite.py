@@ -19,9 +19,7 @@ Answer: {"operation", "files_before", "files_after", "rows", "delete_files"
 (live delete files after the change)}.
 """
 
-import glob
 import json
-import site
 import sys
 
 import pyarrow as pa
@@ -75,25 +73,10 @@ def compact(table, req, losing):
 
 
 def delete_merge_on_read(req):
-    import duckdb
+    import duck
 
-    con = duckdb.connect()
-    for ext in ["avro", "httpfs", "iceberg"]:
-        path = glob.glob(f"{site.getsitepackages()[0]}/duckdb_extension_{ext}/extensions/*/{ext}.duckdb_extension")
-        con.execute(f"LOAD '{path[0]}'")
-    rest = req["duckdb_rest"]
-    con.execute(
-        f"CREATE SECRET s3s (TYPE s3, KEY_ID '{rest['key']}', SECRET '{rest['secret']}', "
-        f"ENDPOINT '{rest['s3_host']}', URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')"
-    )
-    con.execute(
-        f"CREATE SECRET ice (TYPE iceberg, CLIENT_ID '{rest['key']}', CLIENT_SECRET '{rest['secret']}', "
-        f"OAUTH2_SERVER_URI '{rest['uri']}/v1/oauth/tokens')"
-    )
-    con.execute(
-        f"ATTACH 's3://warehouse' AS w (TYPE iceberg, ENDPOINT '{rest['uri']}', SECRET ice, "
-        "ACCESS_DELEGATION_MODE 'none', READ_ONLY false)"
-    )
+    con = duck.connect()
+    duck.attach_rest(con, req["duckdb_rest"], writable=True)
     values = ", ".join(str(int(v)) for v in req["values"])
     (deleted,) = con.execute(f"DELETE FROM w.{req['table']} WHERE {req['where']} IN ({values})").fetchone()
     return deleted

@@ -10,9 +10,7 @@ Answer:  {"ns.t": {"spec": [partition field names],
 Times are compared as integers so any value (BC, far future) survives.
 """
 
-import glob
 import json
-import site
 import sys
 
 import pyarrow as pa
@@ -27,15 +25,9 @@ def keyed(tbl, key, time):
 
 
 def duckdb_connection():
-    import duckdb
+    import duck
 
-    sp = site.getsitepackages()[0]
-    con = duckdb.connect()
-    for ext in ["avro", "iceberg"]:
-        path = glob.glob(f"{sp}/duckdb_extension_{ext}/extensions/*/{ext}.duckdb_extension")
-        if path:
-            con.execute(f"LOAD '{path[0]}'")
-    return con
+    return duck.connect()
 
 
 def main():

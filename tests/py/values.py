@@ -15,10 +15,8 @@ builds that with SQL):
 """
 
 import decimal
-import glob
 import json
 import math
-import site
 import sys
 import uuid
 
@@ -117,14 +115,9 @@ def main():
     if not req.get("duckdb", True):
         print(json.dumps(res))
         return
-    import duckdb
+    import duck
 
-    sp = site.getsitepackages()[0]
-    con = duckdb.connect()
-    for ext in ["avro", "httpfs", "iceberg"]:
-        path = glob.glob(f"{sp}/duckdb_extension_{ext}/extensions/*/{ext}.duckdb_extension")
-        if path:
-            con.execute(f"LOAD '{path[0]}'")
+    con = duck.connect()
     tbl = con.execute(f"SELECT * FROM iceberg_scan('{t.metadata_location}')").to_arrow_table()
     res["duckdb"] = rows(tbl, req["key_column"])
     print(json.dumps(res))
