@@ -136,6 +136,24 @@ impl Fx {
         ids
     }
 
+    /// Merges the archive's days `[from, to)` back into `sensor_readings`
+    /// (`inserted` rows), then archives again: the rows are recognised as
+    /// archived, so no batch runs and the archive's snapshots stay as they
+    /// were.
+    fn merge_back_not_archived_twice(&self, (from, to): (i64, i64), inserted: i64) {
+        let snapshots = || {
+            self.run(&["snapshots", "-t", "sensor_readings", "--json"])
+                .json()
+        };
+        let before = snapshots();
+        let out = self.restore("sensor_readings", from, to, &["--merge"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(out.json()["inserted"], inserted);
+        let again = self.archive();
+        assert_eq!(again[0]["batches"], Value::Array(vec![]), "{again}");
+        assert_eq!(snapshots(), before, "nothing archived twice");
+    }
+
     fn range(&self, ts: &str, from: i64, to: i64) -> String {
         format!(
             "{ts} >= '{}' AND {ts} < '{}'",
@@ -428,23 +446,12 @@ async fn ranges_compacted_by_maintain_or_another_engine_restore(kind: Cat) {
     // Merged back into the source, the rows are recognised by what the
     // archive holds now (the batches' own files hold the deleted row too):
     // settled, nothing appended.
-    let snaps_before = fx
-        .run(&["snapshots", "-t", "sensor_readings", "--json"])
-        .json();
-    let out = fx.restore("sensor_readings", 10, 13, &["--merge"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(out.json()["inserted"], 3 * 203 - 1);
-    let again = fx.archive();
-    assert_eq!(again[0]["batches"], Value::Array(vec![]), "{again}");
+    fx.merge_back_not_archived_twice((10, 13), 3 * 203 - 1);
     assert_eq!(
         count(&c, "sensor_readings", &range).await,
         0,
         "settled and deleted"
     );
-    let snaps_after = fx
-        .run(&["snapshots", "-t", "sensor_readings", "--json"])
-        .json();
-    assert_eq!(snaps_after, snaps_before, "nothing appended to the archive");
 
     let out = fx.restore("sensor_readings", 13, 14, &["--into", "lossy"]);
     assert_eq!(out.code, 5, "{}", out.stderr);
@@ -601,17 +608,7 @@ async fn rows_another_engine_deleted_merge_on_read_stay_deleted() {
     }
 
     // Day 14 merged back: recognised by the rows the archive holds now.
-    let snaps = || {
-        fx.run(&["snapshots", "-t", "sensor_readings", "--json"])
-            .json()
-    };
-    let snaps_before = snaps();
-    let out = fx.restore("sensor_readings", 14, 15, &["--merge"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(out.json()["inserted"], 199);
-    let again = fx.archive();
-    assert_eq!(again[0]["batches"], Value::Array(vec![]), "{again}");
-    assert_eq!(snaps(), snaps_before, "nothing archived twice");
+    fx.merge_back_not_archived_twice((14, 15), 199);
     assert_eq!(
         count(&c, "sensor_readings", &range).await,
         0,
@@ -643,13 +640,7 @@ async fn rows_another_engine_deleted_merge_on_read_stay_deleted() {
         r["rows"], 201,
         "PyIceberg reads day 12 without the deleted rows: {r}"
     );
-    let out = fx.restore("sensor_readings", 12, 13, &["--merge"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(out.json()["inserted"], 201);
-    let snaps_before = snaps();
-    let again = fx.archive();
-    assert_eq!(again[0]["batches"], Value::Array(vec![]), "{again}");
-    assert_eq!(snaps(), snaps_before, "nothing archived twice");
+    fx.merge_back_not_archived_twice((12, 13), 201);
 }
 
 /// The batches of a restore report whose window starts at `start`.
