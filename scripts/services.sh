@@ -10,6 +10,7 @@
 PF_CACHE="${PERMAFROST_CACHE:-$HOME/.cache/permafrost}"
 PF_VENV="${PERMAFROST_VENV:-$PF_CACHE/venv}"
 PF_REQUIREMENTS="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/requirements.txt"
+PF_PG_DATAS=()
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
@@ -63,8 +64,10 @@ as_pg_user() {
   fi
 }
 
+# A throwaway cluster under RUN_DIR/NAME (default `pg`), its DSN exported as
+# VAR (default PERMAFROST_TEST_PG).
 start_postgres() {
-  local dir="$1/pg" bin port
+  local dir="$1/${2:-pg}" var="${3:-PERMAFROST_TEST_PG}" bin port
   bin="$(pg_bin_dir)" || { log "PostgreSQL binaries not found; installing"; apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; bin="$(pg_bin_dir)"; }
   if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --no-create-home postgres
@@ -77,9 +80,9 @@ start_postgres() {
   as_pg_user "$bin/pg_ctl" -D "$dir/data" -w -t 60 -l "$dir/postgres.log" \
     -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" start >/dev/null \
     || { cat "$dir/postgres.log" >&2; return 1; }
-  PF_PG_CTL="$bin/pg_ctl"; PF_PG_DATA="$dir/data"
-  export PERMAFROST_TEST_PG="postgresql://postgres@127.0.0.1:$port/postgres"
-  log "postgres on 127.0.0.1:$port"
+  PF_PG_CTL="$bin/pg_ctl"; PF_PG_DATAS+=("$dir/data")
+  export "$var=postgresql://postgres@127.0.0.1:$port/postgres"
+  log "postgres on 127.0.0.1:$port ($var)"
 }
 
 # A second cluster for TLS and client-certificate authentication
@@ -198,6 +201,10 @@ services_start() {
   venv_install
   export PERMAFROST_TEST_PYTHON="$PF_VENV/bin/python"
   start_postgres "$PF_RUN_DIR"
+  # A cluster for one test alone (tests/it/safety.rs,
+  # `transactions_postgres_forgot_*`): it burns a million transaction ids and
+  # freezes every database, which on the shared cluster would race the others.
+  start_postgres "$PF_RUN_DIR" pgsolo PERMAFROST_TEST_PG_SOLO
   start_postgres_tls "$PF_RUN_DIR"
   start_seaweed "$PF_RUN_DIR"
   start_moto "$PF_RUN_DIR"
@@ -213,7 +220,9 @@ services_stop() {
   if [ -n "${PF_PG_TLS_DATA:-}" ]; then
     as_pg_user "$PF_PG_CTL" -D "$PF_PG_TLS_DATA" -m immediate stop >/dev/null 2>&1; PF_PG_TLS_DATA=""
   fi
-  if [ -n "${PF_PG_DATA:-}" ]; then
-    as_pg_user "$PF_PG_CTL" -D "$PF_PG_DATA" -m immediate stop >/dev/null 2>&1; PF_PG_DATA=""
-  fi
+  local d
+  for d in "${PF_PG_DATAS[@]}"; do
+    as_pg_user "$PF_PG_CTL" -D "$d" -m immediate stop >/dev/null 2>&1
+  done
+  PF_PG_DATAS=()
 }

@@ -10,11 +10,13 @@ use crate::plan::TableFacts;
 use crate::plan::window::{Micros, Window};
 use crate::source::{self, windows};
 
-/// Facts of a table with no archive yet: only `pending` windows.
+/// Facts of a table with no archive yet: only the `pending` windows found
+/// in `scanned`.
 pub fn without_archive(
     src: &source::SourceTable,
     t: &TableConfig,
     pending: Vec<Window>,
+    scanned: Window,
 ) -> TableFacts {
     TableFacts {
         source: src.source_id(),
@@ -23,6 +25,7 @@ pub fn without_archive(
         xact: Default::default(),
         failed: Default::default(),
         pending,
+        scanned,
     }
 }
 
@@ -54,7 +57,11 @@ pub async fn gather(
     lower: Option<Micros>,
     cutoff: Micros,
 ) -> Result<TableFacts> {
-    let mut facts = without_archive(src, t, vec![]);
+    let scanned = Window {
+        start: lower.unwrap_or(Micros::MIN),
+        end: cutoff,
+    };
+    let mut facts = without_archive(src, t, vec![], scanned);
     add_ledger(&mut facts, client, table).await?;
     facts.pending = windows::nonempty_windows(client, src, t.partition_by, lower, cutoff).await?;
     Ok(facts)

@@ -568,9 +568,12 @@ async fn dry_run(
     let state = lake::table::inspect_table(catalog, t, src).await?;
     let counts = windows::window_counts(client, src, t.partition_by, cutoff).await?;
     let facts = match &state {
-        TableState::Missing => {
-            facts::without_archive(src, t, counts.iter().map(|(w, _)| *w).collect())
-        }
+        TableState::Missing => facts::without_archive(
+            src,
+            t,
+            counts.iter().map(|(w, _)| *w).collect(),
+            Window::up_to(cutoff),
+        ),
         TableState::Ready(at) => facts::gather(client, &at.table, src, t, lower, cutoff).await?,
         TableState::Evolves { table, changes } => {
             report.schema_changes = changes.iter().map(ToString::to_string).collect();

@@ -81,6 +81,7 @@ pub async fn list_in(
             &src,
             t,
             counts.iter().map(|(w, _)| *w).collect(),
+            Window::up_to(cutoff),
         );
         // Per window: rows, files, bytes, last snapshot (from the live manifests).
         let mut stats: BTreeMap<Micros, (u64, u64, u64, i64, i64)> = BTreeMap::new();

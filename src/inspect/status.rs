@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::config::{Config, TableConfig};
 use crate::error::Result;
 use crate::lake;
-use crate::plan::window::{Micros, rfc3339};
+use crate::plan::window::{Micros, Window, rfc3339};
 use crate::plan::{self, BatchState, WindowState};
 use crate::source::{self, windows};
 
@@ -136,8 +136,12 @@ async fn table_status(
         lake::table::TableState::Ready(at) => Some(at.table),
         lake::table::TableState::Evolves { table, .. } => Some(*table),
     };
-    let mut facts =
-        crate::archive::facts::without_archive(&src, t, counts.iter().map(|(w, _)| *w).collect());
+    let mut facts = crate::archive::facts::without_archive(
+        &src,
+        t,
+        counts.iter().map(|(w, _)| *w).collect(),
+        Window::up_to(cutoff),
+    );
     if let Some(table) = &table {
         crate::archive::facts::add_ledger(&mut facts, client, table).await?;
     }

@@ -149,6 +149,7 @@ impl LedgerEntry {
             rows: self.rows,
             checksum: self.sum.clone(),
             rolled_up: false,
+            recorded_settled: self.sum.is_empty(),
         }
     }
 }
@@ -318,6 +319,7 @@ mod tests {
             rows: 3,
             checksum: "abc".into(),
             rolled_up: false,
+            recorded_settled: false,
         }
     }
 

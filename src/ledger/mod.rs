@@ -89,6 +89,12 @@ pub struct BatchRecord {
     /// Part of a month of settled batches the durable ledger merged into one
     /// run (their snapshots expired): settled by definition.
     pub rolled_up: bool,
+    /// Read from the durable ledger (its snapshot expired), which recorded it
+    /// settled: the ledger keeps a batch's checksum only while the batch is
+    /// not known settled.  Settled, whatever Postgres remembers of its
+    /// transaction since (rows a restore brings back are recognised apart).
+    #[serde(skip)]
+    pub recorded_settled: bool,
 }
 
 impl BatchRecord {
@@ -163,6 +169,7 @@ impl BatchRecord {
             rows: num(keys::ROWS)?,
             checksum: get(keys::CHECKSUM)?.clone(),
             rolled_up: false,
+            recorded_settled: false,
         })
     }
 }
@@ -265,6 +272,7 @@ mod tests {
             rows: 12,
             checksum: "00ff".into(),
             rolled_up: false,
+            recorded_settled: false,
         };
         let extra = SummaryExtra {
             windows: 2,

@@ -204,6 +204,7 @@ impl Part {
             rows,
             checksum,
             rolled_up: false,
+            recorded_settled: false,
         }
     }
 }

@@ -11,7 +11,12 @@
 //!
 //! A batch is **settled** when its rows are certainly gone from Postgres:
 //! it is a move batch whose transaction committed, or a later settled batch
-//! lists it in `permafrost.reconciles`.  Every other batch is **open**: some of
+//! lists it in `permafrost.reconciles`, or the durable ledger recorded it
+//! settled before its snapshot was expired, or a move batch whose transaction
+//! Postgres no longer knows (it forgets them after freezing) and whose range
+//! holds no rows — committed or not, nothing of it is left to reconcile; a
+//! range that holds rows keeps it open, and its rows are told apart by
+//! content.  Every other batch is **open**: some of
 //! its rows may still be in Postgres (the process died between the Iceberg
 //! commit and the Postgres commit, the batch failed verification, or it was a
 //! copy).  Before a range with open batches is archived again, rows identical to
@@ -39,7 +44,9 @@ pub enum XactStatus {
     Committed,
     Aborted,
     InProgress,
-    /// Too old for Postgres to remember.
+    /// Postgres does not know it: too old (the commit log was truncated
+    /// after freezing, typically 200 million transactions later — days on a
+    /// busy database), or not of this cluster's history ("in the future").
     Unknown,
 }
 
@@ -56,6 +63,19 @@ pub struct TableFacts {
     pub failed: BTreeMap<String, String>,
     /// Windows entirely older than the cutoff that hold rows in Postgres, sorted.
     pub pending: Vec<Window>,
+    /// Where `pending` is complete: every window inside that holds rows is
+    /// listed; outside it Postgres was not asked.
+    pub scanned: Window,
+}
+
+impl TableFacts {
+    /// Postgres was asked about all of `range` and none of its windows
+    /// holds rows.
+    fn holds_no_rows(&self, range: Window) -> bool {
+        self.scanned.start <= range.start
+            && range.end <= self.scanned.end
+            && !self.pending.iter().any(|w| w.overlaps(&range))
+    }
 }
 
 /// The state of a batch, derived from [`TableFacts`].
@@ -87,8 +107,12 @@ pub fn batch_states(facts: &TableFacts) -> HashMap<String, BatchState> {
             _ => XactStatus::Aborted,
         };
         let settled = b.rolled_up
+            || b.recorded_settled
             || settled_by_later.contains(b.batch_id.as_str())
-            || own == XactStatus::Committed;
+            || own == XactStatus::Committed
+            || (own == XactStatus::Unknown
+                && !facts.failed.contains_key(&b.batch_id)
+                && facts.holds_no_rows(b.range));
         let state = if settled {
             BatchState::Settled
         } else if own == XactStatus::InProgress {
@@ -518,6 +542,7 @@ mod tests {
             rows: 10,
             checksum: "x".into(),
             rolled_up: false,
+            recorded_settled: false,
         }
     }
 
@@ -533,6 +558,7 @@ mod tests {
             xact: xact.iter().copied().collect(),
             failed: BTreeMap::new(),
             pending,
+            scanned: Window::up_to(Micros::MAX),
         }
     }
 
@@ -717,6 +743,47 @@ mod tests {
             vec![w],
         );
         assert_eq!(plan(&f, MOVE).batches[0].reconcile, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn a_forgotten_transaction_settles_only_a_batch_whose_range_holds_no_rows() {
+        let (w1, w2, w3) = (day("2024-01-01"), day("2024-01-02"), day("2024-01-03"));
+        let two_days = Window {
+            start: w2.start,
+            end: w3.end,
+        };
+        let mut f = facts(
+            vec![
+                rec("a", w1, 1, BatchMode::Move, Some(7), &[]),
+                rec("b", two_days, 1, BatchMode::Move, Some(8), &[]),
+                rec("c", w1, 2, BatchMode::Copy, None, &[]),
+            ],
+            &[],
+            vec![w3],
+        );
+        let s = batch_states(&f);
+        // Nothing left of `a`; `b`'s second day holds rows (its own, or late
+        // ones): open, told apart by content; a copy's rows stay by design.
+        assert_eq!(
+            (s["a"], s["b"], s["c"]),
+            (BatchState::Settled, BatchState::Unsettled, BatchState::Kept)
+        );
+        assert_eq!(plan(&f, MOVE).batches[0].reconcile, vec!["b".to_string()]);
+        // Postgres was not asked about the first day (a run's `--from`):
+        // no conclusion there.
+        f.scanned = Window {
+            start: w2.start,
+            end: Micros::MAX,
+        };
+        assert_eq!(batch_states(&f)["a"], BatchState::Unsettled);
+        // Nor about a range reaching past the cutoff.
+        f.scanned = Window::up_to(w1.end);
+        f.pending = vec![];
+        assert_eq!(batch_states(&f)["b"], BatchState::Unsettled);
+        // A failed batch stays failed.
+        f.scanned = Window::up_to(Micros::MAX);
+        f.failed.insert("a".into(), "checksum mismatch".into());
+        assert_eq!(batch_states(&f)["a"], BatchState::Failed);
     }
 
     #[test]

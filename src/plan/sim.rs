@@ -5,7 +5,8 @@
 //! commit), copies (`--no-delete`), verification failures, late rows,
 //! `--force`, snapshot expiry by another engine between any two steps, and
 //! the commit a crashed run had in flight landing late (while `main` is
-//! still where that run left it) at any later step:
+//! still where that run left it) at any later step, and Postgres forgetting
+//! the status of every finished transaction between runs:
 //! the planner sees the batches the way the real path reads
 //! them — the snapshots still in the history merged with the durable ledger
 //! ([`super::ledger`]), which every commit rewrites (and rolls up).  After
@@ -27,6 +28,16 @@ use std::time::{Duration, Instant};
 
 use super::window::{Granularity, Window};
 use super::*;
+
+/// A batch's checksum as its summary carries it (never empty: the ledger
+/// drops it once the batch is known settled, and reads its absence so).
+fn checksum(rows: &[u64]) -> String {
+    format!(
+        "{:032x}",
+        rows.iter()
+            .fold(rows.len() as u64, |s, r| s.wrapping_add(*r))
+    )
+}
 
 /// SplitMix64: small, seedable, good enough for choosing steps.
 struct Rng(u64);
@@ -224,6 +235,18 @@ impl Model {
         }
     }
 
+    /// Postgres forgets every finished transaction (its commit log is
+    /// truncated after freezing): `txid_status` answers NULL for them.
+    fn forget(&mut self) {
+        for st in self.xact.values_mut() {
+            if matches!(*st, XactStatus::Committed | XactStatus::Aborted) {
+                *st = XactStatus::Unknown;
+            }
+        }
+        self.log
+            .push("postgres forgot its finished transactions".into());
+    }
+
     fn app_delete(&mut self, rng: &mut Rng) {
         if self.pg.is_empty() {
             return;
@@ -247,6 +270,7 @@ impl Model {
             xact: self.xact.clone(),
             failed: self.failed.clone(),
             pending: pending.into_iter().map(|n| self.g.window(n)).collect(),
+            scanned: Window::up_to(i64::MAX),
         }
     }
 
@@ -730,7 +754,7 @@ impl Model {
                 });
                 let rec = f
                     .part
-                    .record(p, mode, xid, settles, new.len() as u64, String::new());
+                    .record(p, mode, xid, settles, new.len() as u64, checksum(&new));
                 Stage::Commit {
                     rec,
                     streamed,
@@ -766,6 +790,26 @@ impl Model {
         }
     }
 
+    /// Once Postgres has forgotten every transaction and holds no rows,
+    /// every move batch is settled (none stays open for ever, none keeps
+    /// its files in the ledger), but for failures nobody forced.
+    fn check_settled_once_forgotten(&mut self) {
+        self.forget();
+        let facts = self.facts();
+        let states = batch_states(&facts);
+        for b in &facts.batches {
+            if b.mode == BatchMode::Move && !facts.failed.contains_key(&b.batch_id) {
+                assert_eq!(
+                    states.get(&b.batch_id),
+                    Some(&BatchState::Settled),
+                    "batch {} not settled once forgotten\n{}",
+                    b.batch_id,
+                    self.log.join("\n")
+                );
+            }
+        }
+    }
+
     fn check_final(&self) {
         self.check_safe();
         assert!(
@@ -795,7 +839,8 @@ fn simulate(seed: u64) {
         m.insert(base + w, n);
     }
     for _ in 0..(5 + rng.below(25)) {
-        match rng.below(7) {
+        match rng.below(8) {
+            7 => m.forget(),
             6 => m.app_delete(&mut rng),
             5 => {
                 m.expire(&mut rng);
@@ -816,6 +861,7 @@ fn simulate(seed: u64) {
         m.run(&mut rng, BatchMode::Move, true, false);
     }
     m.check_final();
+    m.check_settled_once_forgotten();
 }
 
 #[test]

@@ -129,6 +129,14 @@ pub struct Window {
 }
 
 impl Window {
+    /// Everything before `end`.
+    pub fn up_to(end: Micros) -> Self {
+        Self {
+            start: Micros::MIN,
+            end,
+        }
+    }
+
     /// True when the two intervals share at least one instant.
     pub fn overlaps(&self, other: &Window) -> bool {
         self.start < other.end && other.start < self.end

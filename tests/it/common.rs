@@ -23,6 +23,9 @@ pub struct Services {
     pub python: String,
     /// The AWS Glue API (moto server).
     pub glue: String,
+    /// A cluster of its own for the test that makes Postgres forget
+    /// transactions (`safety::transactions_postgres_forgot_*`).
+    pub pg_solo: String,
 }
 
 /// The services, or `None` when the environment does not name them (plain
@@ -38,6 +41,7 @@ pub fn services() -> Option<Services> {
             secret: get("PERMAFROST_TEST_S3_SECRET")?,
             python: get("PERMAFROST_TEST_PYTHON")?,
             glue: get("PERMAFROST_TEST_GLUE_URI")?,
+            pg_solo: get("PERMAFROST_TEST_PG_SOLO")?,
         })
     })();
     if s.is_none() && get("PERMAFROST_TEST_REQUIRE").is_some() {

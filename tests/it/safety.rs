@@ -1502,3 +1502,133 @@ async fn concurrent_updates_and_deletes_keep_the_last_committed_version() {
     );
     eprintln!("updates/deletes during archive: {writes} writes, {r}");
 }
+
+/// Makes Postgres forget every finished transaction, as it does on its own
+/// once freezing lets it truncate the commit log (`autovacuum_freeze_max_age`,
+/// 200 million transactions by default: days on a busy database): burns
+/// a million transaction ids, freezes every database, and checks that
+/// `txid_status` no longer knows a transaction from before.
+async fn forget_transactions(pg: &str) {
+    let admin = connect(pg).await;
+    let before: i64 = admin
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .expect("txid")
+        .get(0);
+    admin
+        .batch_execute(
+            "CREATE TABLE burn (i int); \
+             DO $$ BEGIN FOR i IN 1..1100000 LOOP \
+               BEGIN INSERT INTO burn VALUES (i); EXCEPTION WHEN others THEN NULL; END; \
+             END LOOP; END $$; \
+             DROP TABLE burn; \
+             ALTER DATABASE template0 ALLOW_CONNECTIONS true;",
+        )
+        .await
+        .expect("burn transaction ids");
+    let names: Vec<String> = admin
+        .query("SELECT datname FROM pg_database", &[])
+        .await
+        .expect("databases")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for name in names {
+        let dsn = pg
+            .rsplit_once('/')
+            .map(|(base, _)| format!("{base}/{name}"))
+            .expect("dsn");
+        connect(&dsn)
+            .await
+            .batch_execute("VACUUM FREEZE")
+            .await
+            .expect("vacuum freeze");
+    }
+    admin
+        .batch_execute("ALTER DATABASE template0 ALLOW_CONNECTIONS false")
+        .await
+        .expect("template0");
+    let status: Option<String> = admin
+        .query_one("SELECT txid_status($1)", &[&before])
+        .await
+        .expect("txid_status")
+        .get(0);
+    assert_eq!(status, None, "Postgres still knows transaction {before}");
+}
+
+fn unsettled(f: &Fixture) -> Vec<Value> {
+    let st =
+        f.ws.run_env(&["status", "-c", &f.cfg, "--json"], &f.env_with(&[]))
+            .json();
+    st[0]["unsettled_batches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("status: {st}"))
+}
+
+/// Postgres forgets the status of old transactions (`txid_status` answers
+/// NULL).  A batch it forgot is settled when its range holds no rows, and
+/// stays open while it does: an interrupted batch's rows are still told
+/// apart by content (archived once), settled batches do not turn
+/// "unsettled" in `status`, and late rows go into windows whose batches
+/// were forgotten and expired.  On a cluster of its own (the test freezes
+/// every database).
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn transactions_postgres_forgot_neither_unsettle_batches_nor_archive_rows_twice() {
+    let s = services!();
+    let solo = Services {
+        pg: s.pg_solo.clone(),
+        ..s.clone()
+    };
+    let f = Fixture::new(&solo, None, Cat::Sqlite, 400, 6, "", "").await;
+    // A run killed after a commit and its verification, before Postgres's.
+    let out = f.archive(&[], &[("PERMAFROST_FAULT", "after-verify")]);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    let open = unsettled(&f);
+    assert!(!open.is_empty(), "a batch committed, not settled");
+    forget_transactions(&solo.pg).await;
+    assert_eq!(unsettled(&f), open, "its rows are still in Postgres: open");
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let reconciled: u64 = out.json()[0]["batches"]
+        .as_array()
+        .expect("batches")
+        .iter()
+        .filter_map(|b| b["reconciled_rows"].as_u64())
+        .sum();
+    assert!(reconciled >= 400, "told apart by content: {}", out.stdout);
+    f.assert_reconciled("after the interrupted batch was forgotten");
+
+    // Every batch settled; then Postgres forgets them too.
+    forget_transactions(&solo.pg).await;
+    assert_eq!(unsettled(&f), Vec::<Value>::new(), "nothing is unsettled");
+    // Every snapshot but the last expired; a late row into the first day.
+    let out = f.ws.run_env(
+        &[
+            "maintain",
+            "-c",
+            &f.cfg,
+            "--json",
+            "--older-than",
+            "0s",
+            "--retain-last",
+            "1",
+        ],
+        &f.env_with(&[]),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let c = f.db.client().await;
+    c.batch_execute(
+        "WITH r AS (INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, unit) \
+         SELECT min(recorded_at) + interval '1 second', 1, 'late', 'C' FROM before_rows \
+         RETURNING *) INSERT INTO inserted_log SELECT * FROM r",
+    )
+    .await
+    .expect("late row");
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(archived_rows(&out.json()), 1, "{}", out.stdout);
+    f.assert_reconciled("a late row after the batches were forgotten and expired");
+    assert_eq!(unsettled(&f), Vec::<Value>::new());
+}
