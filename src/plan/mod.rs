@@ -70,11 +70,15 @@ pub struct TableFacts {
 
 impl TableFacts {
     /// Postgres was asked about all of `range` and none of its windows
-    /// holds rows.
+    /// holds rows (`pending` is sorted: one binary search).
     fn holds_no_rows(&self, range: Window) -> bool {
+        let first_after = self.pending.partition_point(|w| w.end <= range.start);
         self.scanned.start <= range.start
             && range.end <= self.scanned.end
-            && !self.pending.iter().any(|w| w.overlaps(&range))
+            && self
+                .pending
+                .get(first_after)
+                .is_none_or(|w| !w.overlaps(&range))
     }
 }
 
