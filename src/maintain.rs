@@ -203,11 +203,13 @@ async fn maintain_table(
     report.metadata_bytes_after =
         lake::maintenance::metadata_bytes(&storage.current(&table).await?).await?;
     tracing::info!(
-        "{ident}: compacted {} file(s) in {} partition(s) into {}, expired {} snapshot(s), \
-         data manifests {} -> {}, metadata {} -> {} bytes, {} orphan file(s) ({} bytes) deleted",
+        "{ident}: compacted {} file(s) in {} partition(s) into {} ({} delete file(s) that applied \
+         only to them removed), expired {} snapshot(s), data manifests {} -> {}, metadata {} -> {} \
+         bytes, {} orphan file(s) ({} bytes) deleted",
         report.compacted.files_in,
         report.compacted.partitions,
         report.compacted.files_out,
+        report.compacted.delete_files_removed,
         report.snapshots_expired,
         report.data_manifests_before,
         report.data_manifests_after,

@@ -15,9 +15,10 @@
 //!   read (count and content checksum, read back from storage) before the
 //!   commit; a mismatch commits nothing.  Rows another engine deleted
 //!   merge-on-read (positional or equality delete files) are read as
-//!   deleted and not written: compaction never brings them back.  The
-//!   delete files stay (no longer applying to anything compacted) until
-//!   that engine's own maintenance drops them.
+//!   deleted and not written: compaction never brings them back.  A delete
+//!   file whose every data file is compacted applies to nothing afterwards
+//!   and is removed in the same commit ([`dangling_deletes`]); one that
+//!   still applies to a file left alone stays.
 //! - Files the durable ledger still records for a batch not known settled
 //!   are never rewritten: reconciliation may need to read exactly them
 //!   after their snapshot is expired.
@@ -53,6 +54,9 @@ pub struct Compacted {
     /// Rows written (in a dry run: rows in the files to merge, before any
     /// row-level deletes another engine added).
     pub rows: u64,
+    /// Delete files (another engine's row-level deletes) that applied only
+    /// to merged files, removed with them (0 in a dry run).
+    pub delete_files_removed: u64,
 }
 
 /// The groups of small files to merge: per partition of the default spec,
@@ -111,6 +115,7 @@ pub async fn compact(
         files_in: groups.iter().map(Vec::len).sum(),
         files_out: 0,
         rows: groups.iter().flatten().map(|f| f.records).sum(),
+        delete_files_removed: 0,
     };
     if groups.is_empty() || dry_run {
         return Ok(done);
@@ -143,9 +148,39 @@ pub async fn compact(
         replace.remove.extend(inputs.into_iter().map(|f| f.path));
         replace.add.extend(written);
     }
+    let applies = deleted.values().flat_map(|task| {
+        let data = task.data_file_path.as_str();
+        task.deletes
+            .iter()
+            .map(move |d| (data, d.file_path.as_str()))
+    });
+    replace.drop_deletes = dangling_deletes(applies, &replace.remove);
     let now = storage.current(table).await?;
-    super::maintenance::commit_rewrite(catalog, &now, &replace, "compact").await?;
+    let committed = super::maintenance::commit_rewrite(catalog, &now, &replace, "compact").await?;
+    done.delete_files_removed = committed.delete_files_removed;
     Ok(done)
+}
+
+/// The delete files that apply to nothing once the `removed` data files are
+/// gone: every live data file each applies to now is among them.
+/// `applies`: (data file, delete file) pairs of the current scan plan, where
+/// a delete is attached to the data files of its partition it may apply to
+/// by sequence number — for a positional delete a superset of the files it
+/// names.  Files a rewrite adds get a newer sequence number, to which no
+/// existing delete applies, nor to any file appended later.  Pure.
+pub fn dangling_deletes<'a>(
+    applies: impl IntoIterator<Item = (&'a str, &'a str)>,
+    removed: &HashSet<String>,
+) -> HashSet<String> {
+    let mut still_applies: HashMap<&str, bool> = HashMap::new();
+    for (data, delete) in applies {
+        *still_applies.entry(delete).or_default() |= !removed.contains(data);
+    }
+    still_applies
+        .into_iter()
+        .filter(|(_, applies)| !applies)
+        .map(|(delete, _)| delete.to_string())
+        .collect()
 }
 
 /// The position of the partition source column in the current schema, if
@@ -254,6 +289,21 @@ mod tests {
             snapshot_id: Some(1),
             spec_id,
         }
+    }
+
+    #[test]
+    fn a_delete_file_goes_only_when_every_file_it_applies_to_goes() {
+        let applies = [
+            ("a", "del-1"), // day 1: both its files compacted
+            ("b", "del-1"),
+            ("a", "del-2"), // day 1, but also on a file left alone
+            ("big", "del-2"),
+            ("c", "del-3"), // another day, not compacted
+        ];
+        let removed = HashSet::from(["a".to_string(), "b".to_string()]);
+        let gone = dangling_deletes(applies, &removed);
+        assert_eq!(gone, HashSet::from(["del-1".to_string()]));
+        assert!(dangling_deletes(applies, &HashSet::new()).is_empty());
     }
 
     #[test]

@@ -23,12 +23,12 @@
 //! - Orphan files (what expiry and crashed writes leave in storage):
 //!   [`super::orphans`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::TryStreamExt;
 use iceberg::spec::{
-    DataContentType, FormatVersion, ManifestContentType, ManifestFile, ManifestListWriter,
-    ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention, Summary,
+    FormatVersion, ManifestContentType, ManifestFile, ManifestListWriter, ManifestWriterBuilder,
+    Operation, Snapshot, SnapshotReference, SnapshotRetention, Summary,
 };
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -116,23 +116,31 @@ pub async fn rewrite_manifests(catalog: &CatalogHandle, table: &Table) -> Result
 }
 
 /// Data files replaced by a rewrite: `remove` (paths) go, `add` come, in one
-/// `replace` snapshot.  Empty: the manifests are merged, nothing else.
+/// `replace` snapshot, and the delete files in `drop_deletes` (row-level
+/// deletes another engine wrote, which apply to nothing once `remove` is
+/// gone: [`super::compact::dangling_deletes`]) go with them.  Empty: the
+/// manifests are merged, nothing else.
 #[derive(Default)]
 pub struct Rewrite {
-    pub remove: std::collections::HashSet<String>,
+    pub remove: HashSet<String>,
     pub add: Vec<iceberg::spec::DataFile>,
+    pub drop_deletes: HashSet<String>,
 }
 
-/// What a committed rewrite left: manifests, live files and rows.
+/// What a committed rewrite left: manifests, live files and rows, and how
+/// many delete files it removed.
 pub struct Rewritten {
     pub manifests: usize,
     pub files: u64,
     pub rows: u64,
+    pub delete_files_removed: u64,
 }
 
 /// Writes the current snapshot's live data entries into one manifest per
 /// partition spec, less `rewrite.remove` (written as `DELETED` entries),
-/// plus `rewrite.add` (`ADDED`, in the default spec's manifest), and commits
+/// plus `rewrite.add` (`ADDED`, in the default spec's manifest), writes the
+/// delete manifests that hold a file of `rewrite.drop_deletes` again with it
+/// `DELETED` (the others stay as they are), and commits
 /// that as a `replace` snapshot of `main` — only if `main` is still the
 /// snapshot read (a concurrent commit makes it fail cleanly; a crash before
 /// the commit leaves only unreferenced files).
@@ -155,17 +163,31 @@ pub async fn commit_rewrite(
     let sequence = md.next_sequence_number();
     let commit = uuid::Uuid::now_v7();
     let merged = merge_manifests(table, &data, rewrite, snapshot_id, sequence, commit).await?;
-    if merged.removed.0 != rewrite.remove.len() as u64 {
-        return Err(Error::new(
-            ErrorKind::Catalog,
-            format!(
-                "{what}: {} of the {} files to replace are no longer live",
-                rewrite.remove.len() as u64 - merged.removed.0,
-                rewrite.remove.len()
-            ),
-        )
-        .with_hint("another writer changed the table meanwhile; run `maintain` again")
-        .as_conflict());
+    let kept_deletes = drop_deletes(table, deletes, &rewrite.drop_deletes, snapshot_id, commit);
+    let (deletes, dropped) = kept_deletes.await?;
+    for (done, asked, kind) in [
+        (
+            merged.tally.removed.0,
+            rewrite.remove.len(),
+            "files to replace",
+        ),
+        (
+            dropped.0,
+            rewrite.drop_deletes.len(),
+            "delete files to drop",
+        ),
+    ] {
+        if done != asked as u64 {
+            return Err(Error::new(
+                ErrorKind::Catalog,
+                format!(
+                    "{what}: {} of the {asked} {kind} are no longer live",
+                    asked as u64 - done
+                ),
+            )
+            .with_hint("another writer changed the table meanwhile; run `maintain` again")
+            .as_conflict());
+        }
     }
     let after = merged.manifests.len();
     let list_path = format!(
@@ -188,8 +210,11 @@ pub async fn commit_rewrite(
     let added_rows: u64 = rewrite.add.iter().map(|f| f.record_count()).sum();
     let mut props = HashMap::from([
         (MAINTENANCE.to_string(), what.to_string()),
-        ("total-data-files".to_string(), merged.files.to_string()),
-        ("total-records".to_string(), merged.rows.to_string()),
+        (
+            "total-data-files".to_string(),
+            merged.tally.kept.0.to_string(),
+        ),
+        ("total-records".to_string(), merged.tally.kept.1.to_string()),
         ("manifests-created".to_string(), after.to_string()),
         ("manifests-replaced".to_string(), data.len().to_string()),
     ]);
@@ -201,11 +226,17 @@ pub async fn commit_rewrite(
             ),
             (
                 "deleted-data-files".to_string(),
-                merged.removed.0.to_string(),
+                merged.tally.removed.0.to_string(),
             ),
             ("added-records".to_string(), added_rows.to_string()),
-            ("deleted-records".to_string(), merged.removed.1.to_string()),
+            (
+                "deleted-records".to_string(),
+                merged.tally.removed.1.to_string(),
+            ),
         ]);
+    }
+    if dropped.0 > 0 {
+        props.insert("removed-delete-files".to_string(), dropped.0.to_string());
     }
     let snapshot = Snapshot::builder()
         .with_snapshot_id(snapshot_id)
@@ -223,18 +254,24 @@ pub async fn commit_rewrite(
     commit_replacing(catalog, table, current.snapshot_id(), snapshot).await?;
     Ok(Rewritten {
         manifests: after,
-        files: merged.files,
-        rows: merged.rows,
+        files: merged.tally.kept.0,
+        rows: merged.tally.kept.1,
+        delete_files_removed: dropped.0,
     })
 }
 
-/// Manifests written by [`merge_manifests`], and the files and rows they
-/// hold (live after the rewrite), and the files and rows removed.
+/// Files and rows of the entries a manifest rewrite kept (live after it),
+/// and of those it wrote as `DELETED`.
+#[derive(Default)]
+struct Tally {
+    kept: (u64, u64),
+    removed: (u64, u64),
+}
+
+/// Manifests written by [`merge_manifests`], with their [`Tally`].
 struct Merged {
     manifests: Vec<ManifestFile>,
-    files: u64,
-    rows: u64,
-    removed: (u64, u64),
+    tally: Tally,
 }
 
 /// Writes the live data entries of `data` into one manifest per partition
@@ -261,9 +298,7 @@ async fn merge_manifests(
     }
     let mut out = Merged {
         manifests: Vec::new(),
-        files: 0,
-        rows: 0,
-        removed: (0, 0),
+        tally: Tally::default(),
     };
     for (n, (spec_id, manifests)) in by_spec.into_iter().enumerate() {
         let spec = md.partition_spec_by_id(spec_id).ok_or_else(|| {
@@ -286,12 +321,12 @@ async fn merge_manifests(
         .build_v2_data();
         let mut read = super::readback::read_manifests(table, &manifests);
         while let Some((m, manifest)) = read.try_next().await? {
-            copy_entries(m, &manifest, rewrite, &mut writer, &mut out)?;
+            copy_entries(m, &manifest, &rewrite.remove, &mut writer, &mut out.tally)?;
         }
         if spec_id == md.default_partition_spec_id() {
             for f in &rewrite.add {
-                out.files += 1;
-                out.rows += f.record_count();
+                out.tally.kept.0 += 1;
+                out.tally.kept.1 += f.record_count();
                 writer
                     .add_file(f.clone(), sequence)
                     .map_err(|e| ice("cannot add a manifest entry", e))?;
@@ -307,17 +342,74 @@ async fn merge_manifests(
     Ok(out)
 }
 
-/// Copies the live data entries of manifest `m` (read: `manifest`) into `writer`: `EXISTING`,
-/// or `DELETED` when `rewrite` removes the file.
+/// The delete manifests `manifests`, those holding a file of `drop`
+/// written again (as `EXISTING` entries, the files of `drop` as `DELETED`);
+/// the others as they are.  Returns them and the files and rows dropped.
+async fn drop_deletes(
+    table: &Table,
+    manifests: Vec<ManifestFile>,
+    drop: &HashSet<String>,
+    snapshot_id: i64,
+    commit: uuid::Uuid,
+) -> Result<(Vec<ManifestFile>, (u64, u64))> {
+    if drop.is_empty() {
+        return Ok((manifests, (0, 0)));
+    }
+    let md = table.metadata();
+    let (mut out, mut tally) = (Vec::new(), Tally::default());
+    let mut read = super::readback::read_manifests(table, &manifests);
+    while let Some((m, manifest)) = read.try_next().await? {
+        let names_one =
+            |e: &iceberg::spec::ManifestEntryRef| e.is_alive() && drop.contains(e.file_path());
+        if !manifest.entries().iter().any(names_one) {
+            out.push(m.clone());
+            continue;
+        }
+        let spec = md
+            .partition_spec_by_id(m.partition_spec_id)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Catalog,
+                    format!(
+                        "a manifest names partition spec {}, which the table lacks",
+                        m.partition_spec_id
+                    ),
+                )
+            })?;
+        let path = format!("{}/metadata/{commit}-d{}.avro", md.location(), out.len());
+        let output = table
+            .file_io()
+            .new_output(&path)
+            .map_err(|e| ice("cannot create a manifest", e))?;
+        let mut writer = ManifestWriterBuilder::new(
+            output,
+            Some(snapshot_id),
+            md.current_schema().clone(),
+            spec.as_ref().clone(),
+        )
+        .build_v2_deletes();
+        copy_entries(m, &manifest, drop, &mut writer, &mut tally)?;
+        out.push(
+            writer
+                .write_manifest_file()
+                .await
+                .map_err(|e| ice("cannot write a manifest", e))?,
+        );
+    }
+    Ok((out, tally.removed))
+}
+
+/// Copies the live entries of manifest `m` (read: `manifest`) into `writer`:
+/// `EXISTING`, or `DELETED` when `remove` names the file.
 fn copy_entries(
     m: &ManifestFile,
     manifest: &iceberg::spec::Manifest,
-    rewrite: &Rewrite,
+    remove: &HashSet<String>,
     writer: &mut iceberg::spec::ManifestWriter,
-    out: &mut Merged,
+    out: &mut Tally,
 ) -> Result<()> {
     for e in manifest.entries() {
-        if !e.is_alive() || e.content_type() != DataContentType::Data {
+        if !e.is_alive() {
             continue;
         }
         let (Some(snap), Some(seq)) = (e.snapshot_id(), e.sequence_number()) else {
@@ -329,7 +421,7 @@ fn copy_entries(
                 ),
             ));
         };
-        if rewrite.remove.contains(e.file_path()) {
+        if remove.contains(e.file_path()) {
             out.removed.0 += 1;
             out.removed.1 += e.record_count();
             writer
@@ -337,8 +429,8 @@ fn copy_entries(
                 .map_err(|e| ice("cannot add a manifest entry", e))?;
             continue;
         }
-        out.files += 1;
-        out.rows += e.record_count();
+        out.kept.0 += 1;
+        out.kept.1 += e.record_count();
         writer
             .add_existing_file(e.data_file().clone(), snap, seq, e.file_sequence_number)
             .map_err(|e| ice("cannot add a manifest entry", e))?;
@@ -406,6 +498,9 @@ pub struct TableShape {
     pub data_files: usize,
     /// Data files under a quarter of `target_file_size` (compaction candidates).
     pub small_files: usize,
+    /// Live delete files: row-level deletes another engine wrote
+    /// merge-on-read.
+    pub delete_files: usize,
     pub metadata_bytes: u64,
     /// Size of the durable ledger property.
     pub ledger_bytes: usize,
@@ -444,14 +539,20 @@ pub async fn quick_shape(table: &Table) -> Result<QuickShape> {
 pub async fn shape(table: &Table, small: u64) -> Result<TableShape> {
     let md = table.metadata();
     let oldest = md.snapshots().map(|s| s.timestamp_ms()).min();
-    let (data, _) = current_manifests(table).await?;
+    let (data, deletes) = current_manifests(table).await?;
     let files = super::readback::live_files(table).await?;
+    let mut delete_files = 0;
+    let mut read = super::readback::read_manifests(table, &deletes);
+    while let Some((_, manifest)) = read.try_next().await? {
+        delete_files += manifest.entries().iter().filter(|e| e.is_alive()).count();
+    }
     Ok(TableShape {
         snapshots: md.snapshots().count(),
         oldest_snapshot: oldest.map(|ms| crate::plan::window::rfc3339(ms * 1000)),
         data_manifests: data.len(),
         data_files: files.len(),
         small_files: files.iter().filter(|f| f.size < small).count(),
+        delete_files,
         metadata_bytes: metadata_bytes(table).await?,
         ledger_bytes: md
             .properties()

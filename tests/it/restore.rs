@@ -539,6 +539,9 @@ async fn rows_another_engine_deleted_merge_on_read_stay_deleted() {
         (Some("delete"), Some(3), Some(3)),
         "merge-on-read: one delete file per data file touched: {r}"
     );
+    let delete_files =
+        |fx: &Fx| fx.run(&["status", "--json"]).json()[0]["shape"]["delete_files"].clone();
+    assert_eq!(delete_files(&fx), 3, "status counts them");
     let kept: Vec<i64> = before
         .iter()
         .copied()
@@ -616,7 +619,8 @@ async fn rows_another_engine_deleted_merge_on_read_stay_deleted() {
     );
 
     // Compaction merges day 12's two files with the deletes applied (day
-    // 20's late batch is the newest, not yet known settled: left alone).
+    // 20's late batch is the newest, not yet known settled: left alone), and
+    // removes day 12's two delete files, which apply to nothing afterwards.
     let out = fx.run(&["maintain", "--orphan-older-than", "1h", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let m = out.json();
@@ -630,6 +634,8 @@ async fn rows_another_engine_deleted_merge_on_read_stay_deleted() {
         (&Value::from(1), &Value::from(2), &Value::from(201)),
         "{m}"
     );
+    assert_eq!(compacted["delete_files_removed"], 2, "{m}");
+    assert_eq!(delete_files(&fx), 1, "day 14's stays");
     assert_eq!(
         fx.archived_ids("sensor_readings", 30),
         kept,
@@ -637,8 +643,10 @@ async fn rows_another_engine_deleted_merge_on_read_stay_deleted() {
     );
     let r = rewrite(&s, &fx, (12, 13), "compact", Value::Null);
     assert_eq!(
-        r["rows"], 201,
-        "PyIceberg reads day 12 without the deleted rows: {r}"
+        (&r["rows"], &r["delete_files"]),
+        (&Value::from(201), &Value::from(1)),
+        "PyIceberg reads day 12 without the deleted rows, and day 14's delete \
+         file from the delete manifest the compaction wrote again: {r}"
     );
     fx.merge_back_not_archived_twice((12, 13), 201);
 }

@@ -45,7 +45,13 @@ pub(super) async fn maintain_cmd(a: MaintainArgs) -> Result<ExitCode> {
                     ),
                     format!("{} -> {}", r.data_manifests_before, r.data_manifests_after),
                     format!("{} -> {}", r.metadata_bytes_before, r.metadata_bytes_after),
-                    format!("{} -> {}", r.compacted.files_in, r.compacted.files_out),
+                    match r.compacted.delete_files_removed {
+                        0 => format!("{} -> {}", r.compacted.files_in, r.compacted.files_out),
+                        n => format!(
+                            "{} -> {} ({n} delete file(s) removed)",
+                            r.compacted.files_in, r.compacted.files_out
+                        ),
+                    },
                     format!("{} ({} bytes)", r.orphan_files, r.orphan_bytes),
                 ]
             })

@@ -53,13 +53,17 @@ pub(super) fn print_status(st: &[inspect::TableStatus]) {
         }
         if let Some(sh) = &s.shape {
             output::line(&format!(
-                "{}: {} snapshot(s) since {}, {} data manifest(s), {} data file(s) ({} small), metadata {} (ledger {})",
+                "{}: {} snapshot(s) since {}, {} data manifest(s), {} data file(s) ({} small){}, metadata {} (ledger {})",
                 s.source,
                 sh.snapshots,
                 sh.oldest_snapshot.as_deref().unwrap_or("-"),
                 sh.data_manifests,
                 sh.data_files,
                 sh.small_files,
+                match sh.delete_files {
+                    0 => String::new(),
+                    n => format!(", {n} delete file(s) (row-level deletes of other engines)"),
+                },
                 output::bytes(sh.metadata_bytes),
                 output::bytes(sh.ledger_bytes as u64)
             ));
