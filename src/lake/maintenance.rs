@@ -301,24 +301,8 @@ async fn merge_manifests(
         tally: Tally::default(),
     };
     for (n, (spec_id, manifests)) in by_spec.into_iter().enumerate() {
-        let spec = md.partition_spec_by_id(spec_id).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Catalog,
-                format!("a manifest names partition spec {spec_id}, which the table lacks"),
-            )
-        })?;
         let path = format!("{}/metadata/{commit}-m{n}.avro", md.location());
-        let output = table
-            .file_io()
-            .new_output(&path)
-            .map_err(|e| ice("cannot create a manifest", e))?;
-        let mut writer = ManifestWriterBuilder::new(
-            output,
-            Some(snapshot_id),
-            md.current_schema().clone(),
-            spec.as_ref().clone(),
-        )
-        .build_v2_data();
+        let mut writer = manifest_writer(table, spec_id, &path, snapshot_id)?.build_v2_data();
         let mut read = super::readback::read_manifests(table, &manifests);
         while let Some((m, manifest)) = read.try_next().await? {
             copy_entries(m, &manifest, &rewrite.remove, &mut writer, &mut out.tally)?;
@@ -365,29 +349,9 @@ async fn drop_deletes(
             out.push(m.clone());
             continue;
         }
-        let spec = md
-            .partition_spec_by_id(m.partition_spec_id)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Catalog,
-                    format!(
-                        "a manifest names partition spec {}, which the table lacks",
-                        m.partition_spec_id
-                    ),
-                )
-            })?;
         let path = format!("{}/metadata/{commit}-d{}.avro", md.location(), out.len());
-        let output = table
-            .file_io()
-            .new_output(&path)
-            .map_err(|e| ice("cannot create a manifest", e))?;
-        let mut writer = ManifestWriterBuilder::new(
-            output,
-            Some(snapshot_id),
-            md.current_schema().clone(),
-            spec.as_ref().clone(),
-        )
-        .build_v2_deletes();
+        let mut writer =
+            manifest_writer(table, m.partition_spec_id, &path, snapshot_id)?.build_v2_deletes();
         copy_entries(m, &manifest, drop, &mut writer, &mut tally)?;
         out.push(
             writer
@@ -397,6 +361,34 @@ async fn drop_deletes(
         );
     }
     Ok((out, tally.removed))
+}
+
+/// A manifest writer at `path` for entries of partition spec `spec_id`, of
+/// snapshot `snapshot_id`, with the current schema (the caller builds it for
+/// data or for deletes).
+fn manifest_writer(
+    table: &Table,
+    spec_id: i32,
+    path: &str,
+    snapshot_id: i64,
+) -> Result<ManifestWriterBuilder> {
+    let md = table.metadata();
+    let spec = md.partition_spec_by_id(spec_id).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Catalog,
+            format!("a manifest names partition spec {spec_id}, which the table lacks"),
+        )
+    })?;
+    let output = table
+        .file_io()
+        .new_output(path)
+        .map_err(|e| ice("cannot create a manifest", e))?;
+    Ok(ManifestWriterBuilder::new(
+        output,
+        Some(snapshot_id),
+        md.current_schema().clone(),
+        spec.as_ref().clone(),
+    ))
 }
 
 /// Copies the live entries of manifest `m` (read: `manifest`) into `writer`:

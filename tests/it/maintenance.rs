@@ -29,7 +29,12 @@ fn maintain(f: &Fixture, extra: &[&str], env: &[(&str, &str)]) -> Out {
 }
 
 /// `maintain` expiring every snapshot but the last `retain`.
-fn maintain_keeping(f: &Fixture, retain: &str, extra: &[&str], env: &[(&str, &str)]) -> Out {
+pub(crate) fn maintain_keeping(
+    f: &Fixture,
+    retain: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Out {
     let mut args = vec![
         "maintain",
         "-c",

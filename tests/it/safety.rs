@@ -1604,19 +1604,7 @@ async fn transactions_postgres_forgot_neither_unsettle_batches_nor_archive_rows_
     forget_transactions(&solo.pg).await;
     assert_eq!(unsettled(&f), Vec::<Value>::new(), "nothing is unsettled");
     // Every snapshot but the last expired; a late row into the first day.
-    let out = f.ws.run_env(
-        &[
-            "maintain",
-            "-c",
-            &f.cfg,
-            "--json",
-            "--older-than",
-            "0s",
-            "--retain-last",
-            "1",
-        ],
-        &f.env_with(&[]),
-    );
+    let out = crate::maintenance::maintain_keeping(&f, "1", &[], &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let c = f.db.client().await;
     c.batch_execute(
