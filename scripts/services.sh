@@ -81,6 +81,7 @@ start_postgres() {
     -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" start >/dev/null \
     || { cat "$dir/postgres.log" >&2; return 1; }
   PF_PG_CTL="$bin/pg_ctl"; PF_PG_DATAS+=("$dir/data")
+  export PERMAFROST_TEST_PG_BIN="$bin"
   export "$var=postgresql://postgres@127.0.0.1:$port/postgres"
   log "postgres on 127.0.0.1:$port ($var)"
 }
@@ -201,9 +202,9 @@ services_start() {
   venv_install
   export PERMAFROST_TEST_PYTHON="$PF_VENV/bin/python"
   start_postgres "$PF_RUN_DIR"
-  # A cluster for one test alone (tests/it/safety.rs,
-  # `transactions_postgres_forgot_*`): it burns a million transaction ids and
-  # freezes every database, which on the shared cluster would race the others.
+  # A cluster for the tests of tests/it/safety.rs that one at a time burn a
+  # million transaction ids and freeze every database, or take a base backup
+  # of it, which on the shared cluster would race the others.
   start_postgres "$PF_RUN_DIR" pgsolo PERMAFROST_TEST_PG_SOLO
   start_postgres_tls "$PF_RUN_DIR"
   start_seaweed "$PF_RUN_DIR"

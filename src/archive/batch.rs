@@ -190,14 +190,17 @@ async fn run_part(
         }
         Settle::Record { settles } => settles,
     };
-    let rec = part.record(
-        planned,
-        ctx.mode,
-        xid,
-        settles,
-        out.written,
-        out.checksum.hex(),
-    );
+    let rec = BatchRecord {
+        pg_history: xid.and(ctx.pg_history.clone()),
+        ..part.record(
+            planned,
+            ctx.mode,
+            xid,
+            settles,
+            out.written,
+            out.checksum.hex(),
+        )
+    };
     // The last moment a stop may still leave this batch: nothing committed.
     shutdown::check_abort()?;
     let mut stages = Stages {

@@ -26,12 +26,14 @@ pub fn without_archive(
         failed: Default::default(),
         pending,
         scanned,
+        pg_history: None,
     }
 }
 
 /// Adds what the archive table's ledger says (batches in commit order,
-/// failure marks) and what Postgres says of the batches' transactions
-/// (`txid_status`, one round trip).
+/// failure marks), this cluster's history, and what Postgres says of the
+/// transactions of the batches recorded in it (`txid_status`, one round
+/// trip).
 pub async fn add_ledger(
     facts: &mut TableFacts,
     client: &tokio_postgres::Client,
@@ -39,8 +41,8 @@ pub async fn add_ledger(
 ) -> Result<()> {
     facts.batches = ledger::read::read_ledger(table, &facts.source)?;
     facts.failed = ledger::read::failed_batches(table);
-    let xids: Vec<u64> = facts.batches.iter().filter_map(|b| b.xid).collect();
-    facts.xact = source::xact_status(client, &xids)
+    facts.pg_history = source::history(client).await;
+    facts.xact = source::xact_status(client, &facts.askable_xids())
         .await?
         .into_iter()
         .collect();

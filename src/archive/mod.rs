@@ -217,6 +217,11 @@ struct Ctx {
     /// another's catalog commit; a commit reads it under the committer lock,
     /// and a batch settled just after is dropped from the ledger by the next.
     settled: std::sync::Mutex<HashSet<String>>,
+    /// The Postgres history the run's transaction ids belong to, recorded
+    /// with each move batch (read when the run planned: a failover since
+    /// can only make the record name an older history, which the next run
+    /// distrusts — the safe side).
+    pg_history: Option<String>,
 }
 
 impl Ctx {
@@ -500,6 +505,7 @@ async fn archive_on(
         turns: Turns::new(),
         extracting: tokio::sync::Semaphore::new(t.parallel_windows),
         settled: std::sync::Mutex::new(plan::settled_batches(&facts)),
+        pg_history: facts.pg_history.clone(),
         table,
         mode: mode_of(opts),
     };

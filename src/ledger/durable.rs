@@ -68,6 +68,9 @@ pub struct LedgerEntry {
     pub mode: BatchMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xid: Option<u64>,
+    /// The Postgres history of `xid` ([`BatchRecord::pg_history`]).
+    #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
+    pub hist: Option<String>,
     pub rows: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rec: Vec<String>,
@@ -101,6 +104,7 @@ impl LedgerEntry {
             seq: rec.sequence,
             mode: rec.mode,
             xid: rec.xid,
+            hist: rec.pg_history.clone(),
             rows: rec.rows,
             rec: rec.reconciles.clone(),
             sum: rec.checksum.clone(),
@@ -145,6 +149,7 @@ impl LedgerEntry {
             sequence: self.seq,
             mode: self.mode,
             xid: self.xid,
+            pg_history: self.hist.clone(),
             reconciles: self.rec.clone(),
             rows: self.rows,
             checksum: self.sum.clone(),
@@ -242,6 +247,7 @@ pub fn next(
                 seq: 0,
                 mode: BatchMode::Move,
                 xid: None,
+                hist: None,
                 rows: 0,
                 rec: vec![],
                 sum: String::new(),
@@ -315,6 +321,7 @@ mod tests {
             sequence: 1,
             mode,
             xid: Some(7),
+            pg_history: None,
             reconciles: vec![],
             rows: 3,
             checksum: "abc".into(),

@@ -41,6 +41,9 @@ pub mod keys {
     pub const CHECKSUM: &str = "permafrost.checksum";
     pub const MODE: &str = "permafrost.mode";
     pub const PG_XID: &str = "permafrost.pg-xid";
+    /// The Postgres history that transaction id belongs to:
+    /// `<system identifier>/<timeline>` of the cluster the run started on.
+    pub const PG_HISTORY: &str = "permafrost.pg-history";
     pub const RECONCILES: &str = "permafrost.reconciles";
     pub const RECONCILED_ROWS: &str = "permafrost.reconciled-rows";
     pub const WINDOWS: &str = "permafrost.windows";
@@ -83,6 +86,11 @@ pub struct BatchRecord {
     pub sequence: u32,
     pub mode: BatchMode,
     pub xid: Option<u64>,
+    /// The Postgres history `xid` belongs to (`<system identifier>/<timeline>`),
+    /// when it could be read: an id of another history (a restore to an
+    /// earlier point, a failover that lost commits, another cluster) may have
+    /// been reused since.
+    pub pg_history: Option<String>,
     pub reconciles: Vec<String>,
     pub rows: u64,
     pub checksum: String,
@@ -165,6 +173,7 @@ impl BatchRecord {
             sequence: num(keys::SEQUENCE)? as u32,
             mode,
             xid,
+            pg_history: props.get(keys::PG_HISTORY).cloned(),
             reconciles,
             rows: num(keys::ROWS)?,
             checksum: get(keys::CHECKSUM)?.clone(),
@@ -205,6 +214,9 @@ impl BatchRecord {
         put(keys::VERSION, crate::VERSION.to_string());
         if let Some(x) = self.xid {
             put(keys::PG_XID, x.to_string());
+        }
+        if let Some(h) = &self.pg_history {
+            put(keys::PG_HISTORY, h.clone());
         }
         if !self.reconciles.is_empty() {
             put(keys::RECONCILES, self.reconciles.join(","));
@@ -268,6 +280,7 @@ mod tests {
             sequence: 3,
             mode: BatchMode::Move,
             xid: Some(99),
+            pg_history: Some("7715644837876145257/2".into()),
             reconciles: vec!["a".into(), "b".into()],
             rows: 12,
             checksum: "00ff".into(),

@@ -200,6 +200,7 @@ impl Part {
             sequence: self.sequence,
             mode,
             xid,
+            pg_history: None,
             reconciles: settles,
             rows,
             checksum,

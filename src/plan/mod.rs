@@ -13,7 +13,8 @@
 //! it is a move batch whose transaction committed, or a later settled batch
 //! lists it in `permafrost.reconciles`, or the durable ledger recorded it
 //! settled before its snapshot was expired, or a move batch whose transaction
-//! Postgres no longer knows (it forgets them after freezing) and whose range
+//! Postgres no longer knows (it forgets them after freezing, and a batch of
+//! another history — `permafrost.pg-history` — is not asked about) and whose range
 //! holds no rows — committed or not, nothing of it is left to reconcile; a
 //! range that holds rows keeps it open, and its rows are told apart by
 //! content.  Every other batch is **open**: some of
@@ -66,9 +67,34 @@ pub struct TableFacts {
     /// Where `pending` is complete: every window inside that holds rows is
     /// listed; outside it Postgres was not asked.
     pub scanned: Window,
+    /// This cluster's history (`<system identifier>/<timeline>`), if it
+    /// could be read.
+    pub pg_history: Option<String>,
 }
 
 impl TableFacts {
+    /// Whether Postgres's answer about `b`'s transaction id is about that
+    /// transaction: `b` was recorded in this cluster's history, or one of
+    /// the two is unknown (a batch of an older permafrost, a server that
+    /// does not say).  After a restore to an earlier point, a failover that
+    /// lost commits, or a move to another cluster, the id may have been
+    /// reused by an unrelated transaction; its status is then `Unknown`.
+    fn knows(&self, b: &BatchRecord) -> bool {
+        match (&b.pg_history, &self.pg_history) {
+            (Some(recorded), Some(now)) => recorded == now,
+            _ => true,
+        }
+    }
+
+    /// The transaction ids to ask Postgres about ([`Self::knows`]).
+    pub fn askable_xids(&self) -> Vec<u64> {
+        self.batches
+            .iter()
+            .filter(|b| self.knows(b))
+            .filter_map(|b| b.xid)
+            .collect()
+    }
+
     /// Postgres was asked about all of `range` and none of its windows
     /// holds rows (`pending` is sorted: one binary search).
     fn holds_no_rows(&self, range: Window) -> bool {
@@ -105,9 +131,10 @@ pub fn batch_states(facts: &TableFacts) -> HashMap<String, BatchState> {
     let mut states = HashMap::new();
     for b in facts.batches.iter().rev() {
         let own = match (b.mode, b.xid) {
-            (BatchMode::Move, Some(x)) => {
+            (BatchMode::Move, Some(x)) if facts.knows(b) => {
                 facts.xact.get(&x).copied().unwrap_or(XactStatus::Unknown)
             }
+            (BatchMode::Move, Some(_)) => XactStatus::Unknown,
             _ => XactStatus::Aborted,
         };
         let settled = b.rolled_up
@@ -542,6 +569,7 @@ mod tests {
             sequence: seq,
             mode,
             xid,
+            pg_history: None,
             reconciles: reconciles.iter().map(|s| s.to_string()).collect(),
             rows: 10,
             checksum: "x".into(),
@@ -563,6 +591,7 @@ mod tests {
             failed: BTreeMap::new(),
             pending,
             scanned: Window::up_to(Micros::MAX),
+            pg_history: None,
         }
     }
 
@@ -788,6 +817,56 @@ mod tests {
         f.scanned = Window::up_to(Micros::MAX);
         f.failed.insert("a".into(), "checksum mismatch".into());
         assert_eq!(batch_states(&f)["a"], BatchState::Failed);
+    }
+
+    #[test]
+    fn a_transaction_id_of_another_history_is_not_believed() {
+        let (w1, w2) = (day("2024-01-01"), day("2024-01-02"));
+        let of = |id, w, xid, history: Option<&str>| BatchRecord {
+            pg_history: history.map(String::from),
+            ..rec(id, w, 1, BatchMode::Move, Some(xid), &[])
+        };
+        let mut f = facts(
+            vec![
+                of("old", w1, 7, None),
+                of("before", w1, 8, Some("42/1")),
+                of("now", w2, 9, Some("42/2")),
+            ],
+            // After a restore to an earlier point the ids were used again:
+            // Postgres says "committed" of transactions that are not theirs.
+            &[
+                (7, XactStatus::Committed),
+                (8, XactStatus::Committed),
+                (9, XactStatus::Committed),
+            ],
+            vec![w1],
+        );
+        f.pg_history = Some("42/2".into());
+        assert_eq!(
+            f.askable_xids(),
+            vec![7, 9],
+            "a batch of history 1 is not asked"
+        );
+        let s = batch_states(&f);
+        // Its rows came back with the restore: open, told apart by content.
+        assert_eq!(
+            (s["old"], s["before"], s["now"]),
+            (
+                BatchState::Settled,
+                BatchState::Unsettled,
+                BatchState::Settled
+            )
+        );
+        assert_eq!(
+            plan(&f, MOVE).batches[0].reconcile,
+            vec!["before".to_string()]
+        );
+        // Nothing of it left in Postgres: settled.
+        f.pending.clear();
+        assert_eq!(batch_states(&f)["before"], BatchState::Settled);
+        // A server that does not say its history: believed, as before.
+        f.pg_history = None;
+        assert_eq!(f.askable_xids(), vec![7, 8, 9]);
     }
 
     #[test]

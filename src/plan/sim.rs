@@ -271,6 +271,7 @@ impl Model {
             failed: self.failed.clone(),
             pending: pending.into_iter().map(|n| self.g.window(n)).collect(),
             scanned: Window::up_to(i64::MAX),
+            pg_history: None,
         }
     }
 

@@ -172,6 +172,26 @@ pub async fn server_facts(client: &Client) -> Result<(String, i64)> {
     Ok((row.get(0), row.get(1)))
 }
 
+/// The history the server's transaction ids belong to:
+/// `<system identifier>/<timeline>` — a restore to an earlier point or a
+/// promoted standby starts a new timeline, another cluster has another
+/// system identifier.  `None` when the server does not say (a managed
+/// service that refuses the functions): batches are then judged as before.
+pub async fn history(client: &Client) -> Option<String> {
+    let row = client
+        .query_one(
+            "SELECT system_identifier::text, pg_walfile_name(pg_current_wal_lsn()) \
+             FROM pg_control_system()",
+            &[],
+        )
+        .await
+        .map_err(|e| tracing::debug!("the server's history is unknown: {e}"))
+        .ok()?;
+    let (system, wal): (String, String) = (row.get(0), row.get(1));
+    let timeline = u32::from_str_radix(wal.get(..8)?, 16).ok()?;
+    Some(format!("{system}/{timeline}"))
+}
+
 /// Key of the session advisory lock that guards one source table.
 pub fn lock_key(table_oid: u32) -> i64 {
     // "pf" in the high bits keeps us away from other applications' keys.

@@ -23,9 +23,12 @@ pub struct Services {
     pub python: String,
     /// The AWS Glue API (moto server).
     pub glue: String,
-    /// A cluster of its own for the test that makes Postgres forget
-    /// transactions (`safety::transactions_postgres_forgot_*`).
+    /// A cluster of its own for the tests that make Postgres forget
+    /// transactions or restore it from a backup (tests/it/safety.rs, one
+    /// at a time: `safety::SOLO`).
     pub pg_solo: String,
+    /// The PostgreSQL binaries (pg_basebackup, pg_ctl).
+    pub pg_bin: String,
 }
 
 /// The services, or `None` when the environment does not name them (plain
@@ -42,6 +45,7 @@ pub fn services() -> Option<Services> {
             python: get("PERMAFROST_TEST_PYTHON")?,
             glue: get("PERMAFROST_TEST_GLUE_URI")?,
             pg_solo: get("PERMAFROST_TEST_PG_SOLO")?,
+            pg_bin: get("PERMAFROST_TEST_PG_BIN")?,
         })
     })();
     if s.is_none() && get("PERMAFROST_TEST_REQUIRE").is_some() {
