@@ -38,6 +38,14 @@ pub struct TableStatus {
     /// Batches committed whose Postgres transaction did not commit; the next
     /// archive run removes their rows from Postgres without re-archiving them.
     pub unsettled_batches: Vec<String>,
+    /// This Postgres's history (`<system identifier>/<timeline>`), when it
+    /// says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pg_history: Option<String>,
+    /// Move batches recorded on another history (a restore to an earlier
+    /// point, a failover, another cluster): their transaction ids are not
+    /// asked about; rows in their windows are told apart by content.
+    pub batches_of_other_history: usize,
     /// Snapshots, manifests, files and metadata size of the archive table
     /// (what `maintain` shrinks); absent before the first archive.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -224,6 +232,8 @@ async fn table_status(
             .filter(|b| states.get(&b.batch_id) == Some(&BatchState::Unsettled))
             .map(|b| b.batch_id.clone())
             .collect(),
+        batches_of_other_history: facts.of_other_history(),
+        pg_history: facts.pg_history,
         shape,
         maintain_would,
     })

@@ -86,6 +86,15 @@ impl TableFacts {
         }
     }
 
+    /// How many move batches were recorded on another history than this
+    /// cluster's ([`Self::knows`]).
+    pub fn of_other_history(&self) -> usize {
+        self.batches
+            .iter()
+            .filter(|b| b.xid.is_some() && !self.knows(b))
+            .count()
+    }
+
     /// The transaction ids to ask Postgres about ([`Self::knows`]).
     pub fn askable_xids(&self) -> Vec<u64> {
         self.batches

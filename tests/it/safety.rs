@@ -1662,6 +1662,7 @@ async fn rows_a_restore_from_an_earlier_backup_brings_back_are_not_archived_twic
     let out = f.archive(&[], &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(archived_rows(&out.json()), 2400);
+    let batches = out.json()[0]["batches"].as_array().map_or(0, Vec::len);
     let last_id = txid_current(&f.db.client().await).await;
 
     let max_connections: String = connect(&solo.pg)
@@ -1687,6 +1688,25 @@ async fn rows_a_restore_from_an_earlier_backup_brings_back_are_not_archived_twic
     let cfg = std::fs::read_to_string(&f.cfg).expect("config");
     std::fs::write(&f.cfg, cfg.replace(&f.db.dsn, &dsn)).expect("config");
     f.db.dsn = dsn;
+    let st =
+        f.ws.run_env(&["status", "-c", &f.cfg, "--json"], &f.env_with(&[]))
+            .json();
+    assert_eq!(
+        (
+            st[0]["batches_of_other_history"].as_u64(),
+            st[0]["pg_history"].as_str().map(|h| h.ends_with("/2"))
+        ),
+        (Some(batches as u64), Some(true)),
+        "status sees the run's batches on timeline 1, the server on 2: {st}"
+    );
+    let text = f.ws.run_env(&["status", "-c", &f.cfg], &f.env_with(&[]));
+    assert!(
+        text.stdout.contains(&format!(
+            "{batches} batch(es) were archived on another Postgres history"
+        )),
+        "{}",
+        text.stdout
+    );
     let out = f.archive(&[], &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let report = out.json();

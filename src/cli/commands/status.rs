@@ -51,6 +51,16 @@ pub(super) fn print_status(st: &[inspect::TableStatus]) {
                 s.source, f.batch_id, f.window_start, f.window_end, f.reason
             ));
         }
+        if s.batches_of_other_history > 0 {
+            output::line(&format!(
+                "{}: {} batch(es) were archived on another Postgres history than this server's ({}): \
+                 a restore to an earlier point, a failover or another cluster; their transaction \
+                 ids are not trusted, and rows in their windows are told apart by content",
+                s.source,
+                s.batches_of_other_history,
+                s.pg_history.as_deref().unwrap_or("-")
+            ));
+        }
         if let Some(sh) = &s.shape {
             output::line(&format!(
                 "{}: {} snapshot(s) since {}, {} data manifest(s), {} data file(s) ({} small){}, metadata {} (ledger {})",
