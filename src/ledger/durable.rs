@@ -154,7 +154,6 @@ impl LedgerEntry {
             rows: self.rows,
             checksum: self.sum.clone(),
             rolled_up: false,
-            recorded_settled: self.sum.is_empty(),
         }
     }
 }
@@ -326,7 +325,6 @@ mod tests {
             rows: 3,
             checksum: "abc".into(),
             rolled_up: false,
-            recorded_settled: false,
         }
     }
 

@@ -97,15 +97,18 @@ pub struct BatchRecord {
     /// Part of a month of settled batches the durable ledger merged into one
     /// run (their snapshots expired): settled by definition.
     pub rolled_up: bool,
-    /// Read from the durable ledger (its snapshot expired), which recorded it
-    /// settled: the ledger keeps a batch's checksum only while the batch is
-    /// not known settled.  Settled, whatever Postgres remembers of its
-    /// transaction since (rows a restore brings back are recognised apart).
-    #[serde(skip)]
-    pub recorded_settled: bool,
 }
 
 impl BatchRecord {
+    /// Read from the durable ledger (its snapshot expired), which recorded it
+    /// settled: the ledger keeps a batch's checksum only while the batch is
+    /// not known settled, and a summary always carries one.  Settled,
+    /// whatever Postgres remembers of its transaction since (rows a restore
+    /// brings back are recognised apart).
+    pub fn recorded_settled(&self) -> bool {
+        self.checksum.is_empty()
+    }
+
     /// Reads a batch from a snapshot summary; `None` when the snapshot is not a
     /// permafrost batch of `source` (other writers may append to the table too).
     pub fn from_summary(
@@ -178,7 +181,6 @@ impl BatchRecord {
             rows: num(keys::ROWS)?,
             checksum: get(keys::CHECKSUM)?.clone(),
             rolled_up: false,
-            recorded_settled: false,
         })
     }
 }
@@ -285,7 +287,6 @@ mod tests {
             rows: 12,
             checksum: "00ff".into(),
             rolled_up: false,
-            recorded_settled: false,
         };
         let extra = SummaryExtra {
             windows: 2,

@@ -205,7 +205,6 @@ impl Part {
             rows,
             checksum,
             rolled_up: false,
-            recorded_settled: false,
         }
     }
 }

@@ -147,7 +147,7 @@ pub fn batch_states(facts: &TableFacts) -> HashMap<String, BatchState> {
             _ => XactStatus::Aborted,
         };
         let settled = b.rolled_up
-            || b.recorded_settled
+            || b.recorded_settled()
             || settled_by_later.contains(b.batch_id.as_str())
             || own == XactStatus::Committed
             || (own == XactStatus::Unknown
@@ -583,7 +583,6 @@ mod tests {
             rows: 10,
             checksum: "x".into(),
             rolled_up: false,
-            recorded_settled: false,
         }
     }
 
