@@ -24,8 +24,12 @@ use crate::checksum::RowHasher;
 use crate::error::{Error, ErrorKind, Result};
 use crate::types::PgKind;
 
-/// Rows per record batch.
-pub const BATCH_ROWS: usize = 32 * 1024;
+/// Rows per record batch: the unit the decoding task hands to the writer,
+/// so it is small enough that a window's first rows are being written
+/// while Postgres still streams the rest (32 Ki rows held a daily window of
+/// the benchmark whole until its end: decoding, then writing), and large
+/// enough that a batch's fixed costs stay small.
+pub const BATCH_ROWS: usize = 8 * 1024;
 /// Flush a record batch early once its variable-width data passes this size.
 pub const BATCH_BYTES: usize = 32 * 1024 * 1024;
 
