@@ -3,7 +3,8 @@
 //! Built with the `fault-injection` feature, [`point`] (and [`point_blocking`]):
 //! - aborts the process (no unwinding, no cleanup: like `kill -9`) when the
 //!   environment variable `PERMAFROST_FAULT` names the point;
-//! - pauses (the first time only) when `PERMAFROST_PAUSE=<point>:<fifo>` names it: it opens the
+//! - pauses (the first time only) when `PERMAFROST_PAUSE=<point>:<fifo>` names it (several
+//!   points: `<point>:<fifo>,<point>:<fifo>`): it opens the
 //!   named pipe and waits for one byte, so a test can stop a service or kill
 //!   a backend at exactly that step, then let the run continue.
 //!
@@ -16,9 +17,13 @@
 //! | `after-extract`   | the first rows are streamed (and deleted in the open transaction); nothing written |
 //! | `during-delete`   | the `DELETE … RETURNING` statement has finished; its transaction is open; files not closed |
 //! | `after-write`     | data files written and closed; nothing committed |
+//! | `before-send`     | the commit prepared (manifest and manifest list written), about to go to the catalog |
 //! | `after-commit`    | snapshot committed; not verified; Postgres transaction open |
 //! | `after-verify`    | verified; Postgres transaction open (about to commit) |
 //! | `after-pg-commit` | Postgres committed: the batch is complete |
+//!
+//! `prepared-ahead` (pause only): a batch prepared its commit on the table
+//! the previous batch's commit leaves, before that commit is sent.
 //!
 //! `restore-loaded` is a restore's: every loader has copied its rows into the
 //! staging table, none has committed.
@@ -46,10 +51,11 @@ pub fn signing_clock() -> std::time::SystemTime {
 }
 
 /// Every named point, in order.
-pub const POINTS: [&str; 6] = [
+pub const POINTS: [&str; 7] = [
     "after-extract",
     "during-delete",
     "after-write",
+    "before-send",
     "after-commit",
     "after-verify",
     "after-pg-commit",
@@ -82,8 +88,11 @@ fn arm(name: &str) -> Option<String> {
         std::process::abort();
     }
     let pause = std::env::var("PERMAFROST_PAUSE").ok()?;
-    let (p, fifo) = pause.split_once(':')?;
-    if p != name || !first_pause(name) {
+    let fifo = pause
+        .split(',')
+        .filter_map(|spec| spec.split_once(':'))
+        .find_map(|(p, fifo)| (p == name).then_some(fifo))?;
+    if !first_pause(name) {
         return None;
     }
     eprintln!("permafrost: paused at `{name}`");

@@ -10,6 +10,8 @@
 //! transaction back; a verification failure also marks the batch failed
 //! (its windows wait for `archive --force`).
 
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use arrow_array::BooleanArray;
@@ -513,9 +515,11 @@ async fn range_is_empty(
 
 /// Commits the part's snapshot (and the ledger with it) through the run's
 /// one committer, in plan order (batch `turn`; `last`: its last commit, the
-/// turn passes on).  Returns the snapshot id and
-/// the table as the catalog serves it after the commit (verification reads
-/// that, not memory).
+/// turn passes on).  The commit is prepared first ([`prepare`]) — on the
+/// table the previous batch's commit leaves, while that commit may still
+/// be on its way to the catalog — and sent once the committer is free
+/// ([`send`]).  Returns the snapshot id and the table as the catalog serves
+/// it after the commit (verification reads that, not memory).
 async fn commit(
     ctx: &Ctx,
     (turn, last): (usize, bool),
@@ -524,8 +528,89 @@ async fn commit(
     extra: SummaryExtra,
 ) -> Result<(i64, iceberg::table::Table)> {
     ctx.turns.wait(turn).await;
+    let mut stage = ctx.stage.lock().await;
+    let (staged, known, committer) = prepare(ctx, &mut stage, &files, rec, extra).await?;
+    // Queued at the committer behind the commit in flight: the next batch
+    // may prepare on this one.
+    drop(stage);
+    if last {
+        ctx.turns.finish(turn);
+    }
+    let sent = send(ctx, committer, staged, &known, files, rec, extra).await;
+    if sent.is_err() {
+        ctx.epoch.fetch_add(1, Ordering::SeqCst);
+        return sent;
+    }
+    fault::point("after-commit").await;
+    sent
+}
+
+/// Prepares the part's commit on the stage's head (the table the commit
+/// before it leaves, [`super::Stage::head`]), or — at the start, or when
+/// that commit did not land as prepared — on the committer's table, once
+/// the commit in flight is done.  Returns the prepared commit, the batches
+/// known with it, and the committer, held: the commit is next to go out.
+async fn prepare<'c>(
+    ctx: &'c Ctx,
+    stage: &mut super::Stage,
+    files: &[DataFile],
+    rec: &BatchRecord,
+    extra: SummaryExtra,
+) -> Result<(
+    lake::commit::Staged,
+    HashSet<String>,
+    tokio::sync::MutexGuard<'c, super::Committer>,
+)> {
+    let epoch = ctx.epoch.load(Ordering::SeqCst);
+    let (mut head, epoch, mut generation, held) = match stage.head.take() {
+        Some((head, e)) if e == epoch => (head, epoch, stage.io_generation, None),
+        _ => {
+            let mut committer = ctx.committer.lock().await;
+            if committer.stale {
+                committer.table =
+                    lake::commit::reload(ctx.catalog.iceberg(), &ctx.table.ident).await?;
+                committer.stale = false;
+            }
+            let head = committer.table.clone();
+            let generation = committer.io_generation;
+            (head, ctx.epoch.load(Ordering::SeqCst), generation, Some(committer))
+        }
+    };
+    ctx.storage.refresh(&mut head, &mut generation).await?;
+    stage.io_generation = generation;
     let source_id = ctx.src.source_id();
-    let mut committer = ctx.committer.lock().await;
+    let settled = ctx.settled();
+    let update = lake::commit::LedgerUpdate {
+        source: &source_id,
+        settled: &settled,
+        known: &stage.known,
+    };
+    let staged = lake::commit::stage_batch(&head, files.to_vec(), rec, extra, &update).await?;
+    stage.known.insert(rec.batch_id.clone());
+    stage.head = Some((staged.table.clone(), epoch));
+    let committer = match held {
+        Some(committer) => committer,
+        None => {
+            fault::point("prepared-ahead").await;
+            ctx.committer.lock().await
+        }
+    };
+    Ok((staged, stage.known.clone(), committer))
+}
+
+/// Sends the prepared commit onto the committer's table (prepared again
+/// there if it was prepared on a table that did not come to be; see
+/// [`lake::commit::commit_batch`]), and keeps the table the catalog
+/// answers with as the next commit's.
+async fn send(
+    ctx: &Ctx,
+    mut committer: tokio::sync::MutexGuard<'_, super::Committer>,
+    staged: lake::commit::Staged,
+    known: &HashSet<String>,
+    files: Vec<DataFile>,
+    rec: &BatchRecord,
+    extra: SummaryExtra,
+) -> Result<(i64, iceberg::table::Table)> {
     if committer.stale {
         committer.table = lake::commit::reload(ctx.catalog.iceberg(), &ctx.table.ident).await?;
         committer.stale = false;
@@ -536,23 +621,32 @@ async fn commit(
         ..
     } = &mut *committer;
     ctx.storage.refresh(table, io_generation).await?;
+    fault::point("before-send").await;
+    let prepared = staged.snapshot_id;
+    let source_id = ctx.src.source_id();
     let settled = ctx.settled();
     let update = lake::commit::LedgerUpdate {
         source: &source_id,
         settled: &settled,
-        known: &committer.known,
+        known,
     };
-    let committed =
-        lake::commit::commit_batch(&ctx.catalog, &committer.table, files, rec, extra, update).await;
+    let committed = lake::commit::commit_batch(
+        &ctx.catalog,
+        &committer.table,
+        Some(staged),
+        files,
+        rec,
+        extra,
+        update,
+    )
+    .await;
     committer.stale = committed.is_err();
     let (snapshot_id, committed) = committed?;
-    committer.known.insert(rec.batch_id.clone());
-    committer.table = committed.clone();
-    drop(committer);
-    if last {
-        ctx.turns.finish(turn);
+    if snapshot_id != prepared {
+        // Prepared again: the next batch's head was this one's first try.
+        ctx.epoch.fetch_add(1, Ordering::SeqCst);
     }
-    fault::point("after-commit").await;
+    committer.table = committed.clone();
     Ok((snapshot_id, committed))
 }
 

@@ -198,9 +198,19 @@ struct Ctx {
     /// The archive table as the run planned from it.
     table: ArchiveTable,
     mode: BatchMode,
-    /// The one committer: batches in flight commit to the catalog one at a
-    /// time, holding this lock for the commit (and for failure marks).
+    /// Where batches prepare their commits, one at a time and in plan
+    /// order (see [`Turns`]): a batch may prepare while the one before it
+    /// is still sending (see [`Stage`]).
+    stage: tokio::sync::Mutex<Stage>,
+    /// The one committer: batches in flight send their commits to the
+    /// catalog one at a time, holding this lock for the commit (and for
+    /// failure marks).  A batch takes it before it leaves the stage, so
+    /// commits go out in the order they were prepared.
     committer: tokio::sync::Mutex<Committer>,
+    /// Counts the commits that did not land as prepared (failed, or
+    /// prepared again on the table they went onto): a [`Stage::head`] of
+    /// an older count is no base for the next batch.
+    epoch: std::sync::atomic::AtomicU64,
     /// ... and in plan order, so the snapshot history is in window order.
     turns: Turns,
     /// The `FileIO` batches write and commit with, renewed before the keys
@@ -294,8 +304,8 @@ impl Drop for TurnGuard<'_> {
 
 /// What catalog commits of a run change, behind [`Ctx::committer`].
 struct Committer {
-    /// The table as our last commit left it: the base the next batch's
-    /// ledger is computed from.
+    /// The table as our last commit left it: what the next commit goes
+    /// onto.
     table: iceberg::table::Table,
     /// Load the table again before the next commit: at the start (a commit
     /// of a run that died may still land after the plan's load, and the
@@ -303,10 +313,23 @@ struct Committer {
     /// landed is not known; a base without a landed batch would write a
     /// ledger without it).
     stale: bool,
-    /// The batches of the source the run knows of: those of its plan's
-    /// facts, then its own commits (see [`lake::commit::LedgerUpdate`]).
-    known: HashSet<String>,
     /// The [`Ctx::storage`] generation of `table`'s `FileIO`.
+    io_generation: u64,
+}
+
+/// What preparing the commits of a run keeps, behind [`Ctx::stage`].
+struct Stage {
+    /// The table the last prepared commit leaves once it lands — the base
+    /// the next batch prepares on while that commit is still being sent —
+    /// and the [`Ctx::epoch`] it was prepared in.  `None` at the start and
+    /// after a failed preparation: the next batch prepares on the
+    /// committer's table.
+    head: Option<(iceberg::table::Table, u64)>,
+    /// The batches of the source the run knows of: those of its plan's
+    /// facts, then its own prepared commits (see
+    /// [`lake::commit::LedgerUpdate`]).
+    known: HashSet<String>,
+    /// The [`Ctx::storage`] generation of `head`'s `FileIO`.
     io_generation: u64,
 }
 
@@ -495,12 +518,17 @@ async fn archive_on(
         cfg: t.clone(),
         catalog: catalog.clone(),
         src: src.clone(),
-        committer: tokio::sync::Mutex::new(Committer {
-            table: table.table.clone(),
-            stale: true,
+        stage: tokio::sync::Mutex::new(Stage {
+            head: None,
             known: facts.batches.iter().map(|b| b.batch_id.clone()).collect(),
             io_generation: 0,
         }),
+        committer: tokio::sync::Mutex::new(Committer {
+            table: table.table.clone(),
+            stale: true,
+            io_generation: 0,
+        }),
+        epoch: Default::default(),
         storage: lake::vended::TableStorage::new(catalog.clone(), &table.table),
         turns: Turns::new(),
         extracting: tokio::sync::Semaphore::new(t.parallel_windows),

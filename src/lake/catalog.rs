@@ -38,6 +38,7 @@ pub(crate) enum Committer {
     Rest {
         client: reqwest::Client,
         root: url::Url,
+        token: super::rest_token::TokenCache,
     },
     /// Glue commits through [`CatalogHandle::glue`].
     Glue,

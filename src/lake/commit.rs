@@ -7,12 +7,17 @@
 //! outcome of a commit is unknown (timeout, 5xx), it reloads the table and
 //! looks for the batch id: found means committed.  The same commit rewrites
 //! the durable ledger property ([`crate::ledger::durable`]), so the batch
-//! history survives snapshot expiry.  The commit goes out on the
-//! committer's `base` (the table its last commit left; loaded afresh for a
-//! run's first commit and after a failed one) without another load
-//! ([`CommitBase`]: the catalog checks the base's requirements), and the
-//! ledger is computed from it:
-//! only this run writes the ledger property (the run holds the table's lock,
+//! history survives snapshot expiry.
+//!
+//! A commit is prepared ([`stage_batch`]: the manifest and manifest list
+//! written, the ledger computed; see [`Stager`]) on a base, then sent onto
+//! the committer's `base` (the table its last commit left; loaded afresh
+//! for a run's first commit and after a failed one) without another load:
+//! the catalog checks the requirements computed from the base it was
+//! prepared on (same UUID, `main` at the same snapshot).  That base may be
+//! the previous batch's prepared commit, staged before it landed; it is only
+//! sent if `main` is where it expects (`Staged::fits`), else prepared again.
+//! Only this run writes the ledger property (the run holds the table's lock,
 //! and no other source archives into the table), so the base holds every
 //! entry.  If another engine expired snapshots since, the append goes onto
 //! the catalog's table and the property still lists every batch — a batch
@@ -25,18 +30,21 @@
 //! Not found is reported as an
 //! error — the caller then rolls its Postgres transaction back, so whether the
 //! in-flight commit lands later or never, no row is lost or duplicated (a late
-//! landing makes the batch *unsettled*, resolved by the next run).
+//! landing makes the batch *unsettled*, resolved by the next run).  A commit
+//! prepared and never sent leaves only its manifest and manifest list
+//! behind, unreferenced (orphans for `maintain`).
 
 use std::collections::HashSet;
 
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use iceberg::{Catalog, TableIdent};
+use iceberg::{Catalog, TableIdent, TableRequirement, TableUpdate};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::lake::catalog::CatalogHandle;
-use crate::lake::commit_base::CommitBase;
+use crate::lake::metadata_commit;
+use crate::lake::commit_base::{Stager, with_io};
 use crate::ledger::durable::{self, LedgerEntry, LedgerFile};
 use crate::ledger::read::{find_batch, read_ledger_full};
 use crate::ledger::{BatchRecord, SummaryExtra, keys};
@@ -65,21 +73,100 @@ pub struct LedgerUpdate<'a> {
 /// the table it was prepared from (another writer moved `main`).
 const ATTEMPTS: usize = 3;
 
+/// A batch's commit prepared on a base table ([`stage_batch`]): its
+/// manifest and manifest list are written, the catalog not yet asked.
+pub struct Staged {
+    /// The snapshot the commit appends.
+    pub snapshot_id: i64,
+    /// The base's table UUID and `main` snapshot: the commit requires them.
+    base: (uuid::Uuid, Option<i64>),
+    requirements: Vec<TableRequirement>,
+    updates: Vec<TableUpdate>,
+    /// The base with the commit applied: the table once it lands, and
+    /// until then the base the next batch may be prepared on.
+    pub table: Table,
+}
+
+impl Staged {
+    /// Whether the commit may go out onto `base`: the table it was
+    /// prepared on, as far as its requirements tell.
+    pub fn fits(&self, base: &Table) -> bool {
+        let md = base.metadata();
+        self.base == (md.uuid(), md.current_snapshot_id())
+    }
+}
+
+/// Prepares the commit of one snapshot with `files` and the summary of
+/// `rec` onto `base`, with the durable ledger property (computed from
+/// `base`) rewritten with the batch added: writes its manifest and manifest
+/// list, sends nothing.  Refuses a batch id `base` already holds (a plan
+/// made from stale metadata), and a batch of the source `update.known`
+/// does not know (see [`LedgerUpdate::known`]).
+pub async fn stage_batch(
+    base: &Table,
+    files: Vec<DataFile>,
+    rec: &BatchRecord,
+    extra: SummaryExtra,
+    update: &LedgerUpdate<'_>,
+) -> Result<Staged> {
+    let batch_id = &rec.batch_id;
+    let tx = prepare(base, files, rec, extra, update)?;
+    let stager = Stager::new(base);
+    let table = tx
+        .commit(&stager)
+        .await
+        .map_err(|e| Error::iceberg(format!("cannot prepare the commit of batch {batch_id}"), e))?;
+    let (requirements, updates) = stager
+        .take()
+        .ok_or_else(|| Error::internal(format!("batch {batch_id}: nothing was prepared")))?;
+    let snapshot_id = find_batch(&table, batch_id)
+        .map(|s| s.snapshot_id())
+        .ok_or_else(|| Error::internal(format!("batch {batch_id}: no snapshot was prepared")))?;
+    let md = base.metadata();
+    Ok(Staged {
+        snapshot_id,
+        base: (md.uuid(), md.current_snapshot_id()),
+        requirements,
+        updates,
+        table,
+    })
+}
+
+/// Sends `staged` to the catalog onto `base`: applied to it and swapped in
+/// (SQL, Glue: [`metadata_commit::swap`] refuses a `base` the catalog no
+/// longer points at), or posted (REST).  Returns the table the catalog
+/// serves after it, with `base`'s `FileIO`.
+async fn send(catalog: &CatalogHandle, base: &Table, staged: Staged) -> iceberg::Result<Table> {
+    let committed = if metadata_commit::swaps(catalog) {
+        for r in &staged.requirements {
+            r.check(Some(base.metadata()))?;
+        }
+        let metadata = metadata_commit::apply_updates(base, staged.updates)?;
+        metadata_commit::swap(catalog, base, metadata.into()).await?
+    } else {
+        metadata_commit::send_rest(catalog, base, staged.requirements, staged.updates).await?
+    };
+    with_io(committed, base.file_io())
+}
+
 /// Appends one snapshot with `files` and the summary of `rec` to `base`'s
 /// table, and rewrites the durable ledger property (computed from `base`)
 /// with the batch added, in one catalog commit; see the module contract.
-/// The commit goes out on `base` without loading the table again
-/// ([`CommitBase`]); when the catalog refuses `base` (another writer
-/// committed since), the batch is prepared again from a fresh load, at most
+/// `staged` is that commit prepared beforehand, possibly on a table
+/// `base` was still to become (the previous batch's commit in flight): it
+/// is sent when it [`Staged::fits`] `base`, else the commit is prepared
+/// again on `base`.  The commit goes out on `base` without loading the
+/// table again; when the catalog refuses it (another writer committed
+/// since), the batch is prepared again from a fresh load, at most
 /// `ATTEMPTS` times in all — unless that load shows the batch landed (a
 /// commit of a run that died, or an attempt whose answer was lost): then
-/// that snapshot is the batch's, and nothing is appended again.  Refuses a
-/// batch id `base` already holds (a plan made from stale metadata).
+/// that snapshot is the batch's, and nothing is appended again.
 /// Returns the committed snapshot id and the table as the catalog serves
 /// it after the commit.
 pub async fn commit_batch(
     catalog: &CatalogHandle,
     base: &Table,
+    staged: Option<Staged>,
     files: Vec<DataFile>,
     rec: &BatchRecord,
     extra: SummaryExtra,
@@ -88,18 +175,29 @@ pub async fn commit_batch(
     let batch_id = &rec.batch_id;
     let ident = base.identifier();
     let mut base = base.clone();
+    let mut staged = staged.filter(|s| {
+        let fits = s.fits(&base);
+        if !fits {
+            tracing::info!(
+                "batch {batch_id}: prepared on a table that did not come to be; preparing it again"
+            );
+        }
+        fits
+    });
     let mut attempt = 1;
     // The catalog answers a commit with the table it now serves; only when
     // the answer is an error is the table read again (did it land anyway?).
     let t = loop {
-        let tx = prepare(&base, files.clone(), rec, extra, &update)?;
-        let e = match tx.commit(&CommitBase::new(catalog, &base)).await {
+        let prepared = match staged.take() {
+            Some(s) => s,
+            None => stage_batch(&base, files.clone(), rec, extra, &update).await?,
+        };
+        let e = match send(catalog, &base, prepared).await {
             Ok(t) => break t,
             Err(e) => e,
         };
         // Refused before anything landed: the table moved since `base`
-        // (CommitBase's answer to iceberg-rust's retry, or the conflict
-        // itself when the table's `commit.retry.num-retries` is 0).
+        // (a requirement or the pointer's compare-and-set failed).
         let refused = matches!(
             e.kind(),
             iceberg::ErrorKind::DataInvalid | iceberg::ErrorKind::CatalogCommitConflicts

@@ -1,32 +1,24 @@
-//! The catalog a batch commit goes through: the committer's table as the
-//! commit's base, and no rebase.
+//! The catalog a batch commit is prepared against: the committer's table
+//! as the commit's base, and nothing sent.
 //!
-//! iceberg-rust's `Transaction::commit` loads the table before it applies
-//! its actions (a round trip to the catalog, and for the SQL catalog a
-//! metadata file read and parsed), and after a conflict loads it again and
-//! re-applies the same actions onto whatever it finds. [`CommitBase`]
-//! answers the first load with the table the committer already holds, so a
-//! commit is one request, and refuses every later load, so a commit is
-//! never rebased by iceberg-rust: the caller prepares it again from a
-//! fresh load ([`super::commit::commit_batch`]), ledger included.
+//! iceberg-rust's `Transaction::commit` loads the table, applies its
+//! actions — a fast append writes its manifest and manifest list — and
+//! sends the resulting updates to the catalog.  [`Stager`] answers the load
+//! with the base the committer holds (no round trip) and refuses every later
+//! one (iceberg-rust never rebases a batch: the caller prepares it again from
+//! a fresh load, ledger included), and instead of sending the commit it
+//! keeps its requirements and updates and answers with the base they
+//! applied to: the table as it will be once the commit lands.  The caller
+//! sends them later ([`super::commit`]), possibly after the previous batch's
+//! commit landed — which is what lets a batch's files be written while the
+//! one before it is still with the catalog.
 //!
-//! Going out on a table the committer holds is safe because the commit
-//! carries the requirements computed from it (same table UUID, `main`
-//! still at its current snapshot), which every catalog checks atomically:
-//! if anything moved `main` since (another engine's compaction, a commit of
-//! a run that died landing late), the catalog refuses the commit and
-//! nothing of it lands.
-//!
-//! A SQL or Glue catalog's commit is the client's own work: iceberg-rust's
-//! SQL catalog (and Glue's `update_table`) would load the table again —
-//! the catalog's row and the whole metadata file, which grows with every
-//! snapshot — to check the requirements and apply the updates there.
-//! [`CommitBase`] applies them to the base and swaps the catalog's pointer
-//! from the base's metadata file to the new one with a compare-and-set
-//! ([`super::metadata_commit::swap`]): the base must still be what the
-//! catalog points at, which is stricter than the requirements (any change
-//! since — even to a property — refuses the commit), so nothing lands on a
-//! table the base does not show.
+//! Sending what was prepared on a base is safe because the commit carries
+//! the requirements computed from it (same table UUID, `main` still at the
+//! base's snapshot), which every catalog checks atomically: if anything
+//! moved `main` since (another engine's compaction, a commit of a run that
+//! died landing late), the catalog refuses the commit and nothing of it
+//! lands.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,50 +28,64 @@ use iceberg::io::FileIO;
 use iceberg::table::Table;
 use iceberg::{
     Catalog, Error, ErrorKind, Namespace, NamespaceIdent, Result, TableCommit, TableCreation,
-    TableIdent,
+    TableIdent, TableRequirement, TableUpdate,
 };
 
-use super::catalog::CatalogHandle;
-use super::metadata_commit;
-
-/// `handle`'s catalog with its first `load_table` of `base`'s table
-/// answered by `base`, every later one refused, and a commit applied to
-/// `base`; see the module docs.
-pub struct CommitBase<'a> {
-    handle: &'a CatalogHandle,
+/// A catalog for preparing one commit onto `base`; see the module docs.
+/// Everything but loading `base` and committing to it is refused.
+pub struct Stager {
     base: Table,
     /// The first load of the base's table was answered.
     loaded: AtomicBool,
+    /// The commit iceberg-rust asked for, kept instead of sent.
+    kept: std::sync::Mutex<Option<(Vec<TableRequirement>, Vec<TableUpdate>)>>,
 }
 
-impl std::fmt::Debug for CommitBase<'_> {
+impl std::fmt::Debug for Stager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CommitBase")
+        f.debug_struct("Stager")
             .field("base", self.base.identifier())
             .finish_non_exhaustive()
     }
 }
 
-impl<'a> CommitBase<'a> {
-    /// A view of `handle`'s catalog for one commit onto `base`.
-    pub fn new(handle: &'a CatalogHandle, base: &Table) -> Self {
+impl Stager {
+    /// A catalog for one commit prepared onto `base`.
+    pub fn new(base: &Table) -> Self {
         Self {
-            handle,
             base: base.clone(),
             loaded: AtomicBool::new(false),
+            kept: std::sync::Mutex::new(None),
         }
     }
 
-    /// The base, the first time `ident` is asked for.
-    fn take_base(&self, ident: &TableIdent) -> Option<Table> {
-        let first = self.base.identifier() == ident && !self.loaded.swap(true, Ordering::SeqCst);
-        first.then(|| self.base.clone())
+    /// The requirements and updates of the prepared commit, once.
+    pub fn take(&self) -> Option<(Vec<TableRequirement>, Vec<TableUpdate>)> {
+        self.kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
-    /// The catalog the commit goes to.
-    fn inner(&self) -> &dyn Catalog {
-        self.handle.iceberg()
+    fn refused(&self, what: &str) -> Error {
+        Error::new(
+            ErrorKind::FeatureUnsupported,
+            format!("{what}: not while preparing a commit"),
+        )
     }
+}
+
+/// `base` with `updates` applied, under its own metadata location (the
+/// catalog chooses the next one when the commit lands).
+pub fn applied_to(base: &Table, updates: Vec<TableUpdate>) -> Result<Table> {
+    let metadata = super::metadata_commit::apply_updates(base, updates)?;
+    Table::builder()
+        .identifier(base.identifier().clone())
+        .metadata(metadata)
+        .metadata_location(base.metadata_location_result()?)
+        .file_io(base.file_io().clone())
+        .runtime(iceberg::Runtime::try_current()?)
+        .build()
 }
 
 /// `committed` read and written through `io`, the `FileIO` of the table
@@ -98,9 +104,10 @@ pub fn with_io(committed: Table, io: &FileIO) -> Result<Table> {
 }
 
 #[async_trait]
-impl Catalog for CommitBase<'_> {
+impl Catalog for Stager {
     async fn load_table(&self, ident: &TableIdent) -> Result<Table> {
-        self.take_base(ident).ok_or_else(|| {
+        let first = self.base.identifier() == ident && !self.loaded.swap(true, Ordering::SeqCst);
+        first.then(|| self.base.clone()).ok_or_else(|| {
             Error::new(
                 ErrorKind::DataInvalid,
                 format!("{ident} changed since the table this commit was prepared from"),
@@ -108,83 +115,75 @@ impl Catalog for CommitBase<'_> {
         })
     }
 
-    /// The committed table, with the base's `FileIO` ([`with_io`]): the
-    /// updates applied to the base and swapped in (SQL, Glue), or the
-    /// catalog's answer (REST); see the module docs.
-    async fn update_table(&self, commit: TableCommit) -> Result<Table> {
-        let committed = if metadata_commit::swaps(self.handle) {
-            let staged = commit.apply(self.base.clone())?;
-            metadata_commit::swap(self.handle, &self.base, staged.metadata_ref()).await?
-        } else {
-            self.inner().update_table(commit).await?
-        };
-        with_io(committed, self.base.file_io())
+    /// Keeps the commit's requirements and updates and answers with the
+    /// base they applied to (checked against it first, as a catalog would).
+    async fn update_table(&self, mut commit: TableCommit) -> Result<Table> {
+        let requirements = commit.take_requirements();
+        let updates = commit.take_updates();
+        for r in &requirements {
+            r.check(Some(self.base.metadata()))?;
+        }
+        let staged = applied_to(&self.base, updates.clone())?;
+        *self
+            .kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((requirements, updates));
+        Ok(staged)
     }
 
-    async fn list_namespaces(
-        &self,
-        parent: Option<&NamespaceIdent>,
-    ) -> Result<Vec<NamespaceIdent>> {
-        self.inner().list_namespaces(parent).await
+    async fn list_namespaces(&self, _: Option<&NamespaceIdent>) -> Result<Vec<NamespaceIdent>> {
+        Err(self.refused("listing namespaces"))
     }
 
     async fn create_namespace(
         &self,
-        namespace: &NamespaceIdent,
-        properties: HashMap<String, String>,
+        _: &NamespaceIdent,
+        _: HashMap<String, String>,
     ) -> Result<Namespace> {
-        self.inner().create_namespace(namespace, properties).await
+        Err(self.refused("creating a namespace"))
     }
 
-    async fn get_namespace(&self, namespace: &NamespaceIdent) -> Result<Namespace> {
-        self.inner().get_namespace(namespace).await
+    async fn get_namespace(&self, _: &NamespaceIdent) -> Result<Namespace> {
+        Err(self.refused("reading a namespace"))
     }
 
-    async fn namespace_exists(&self, namespace: &NamespaceIdent) -> Result<bool> {
-        self.inner().namespace_exists(namespace).await
+    async fn namespace_exists(&self, _: &NamespaceIdent) -> Result<bool> {
+        Err(self.refused("reading a namespace"))
     }
 
-    async fn update_namespace(
-        &self,
-        namespace: &NamespaceIdent,
-        properties: HashMap<String, String>,
-    ) -> Result<()> {
-        self.inner().update_namespace(namespace, properties).await
+    async fn update_namespace(&self, _: &NamespaceIdent, _: HashMap<String, String>) -> Result<()> {
+        Err(self.refused("updating a namespace"))
     }
 
-    async fn drop_namespace(&self, namespace: &NamespaceIdent) -> Result<()> {
-        self.inner().drop_namespace(namespace).await
+    async fn drop_namespace(&self, _: &NamespaceIdent) -> Result<()> {
+        Err(self.refused("dropping a namespace"))
     }
 
-    async fn list_tables(&self, namespace: &NamespaceIdent) -> Result<Vec<TableIdent>> {
-        self.inner().list_tables(namespace).await
+    async fn list_tables(&self, _: &NamespaceIdent) -> Result<Vec<TableIdent>> {
+        Err(self.refused("listing tables"))
     }
 
-    async fn create_table(
-        &self,
-        namespace: &NamespaceIdent,
-        creation: TableCreation,
-    ) -> Result<Table> {
-        self.inner().create_table(namespace, creation).await
+    async fn create_table(&self, _: &NamespaceIdent, _: TableCreation) -> Result<Table> {
+        Err(self.refused("creating a table"))
     }
 
-    async fn drop_table(&self, ident: &TableIdent) -> Result<()> {
-        self.inner().drop_table(ident).await
+    async fn drop_table(&self, _: &TableIdent) -> Result<()> {
+        Err(self.refused("dropping a table"))
     }
 
-    async fn purge_table(&self, ident: &TableIdent) -> Result<()> {
-        self.inner().purge_table(ident).await
+    async fn purge_table(&self, _: &TableIdent) -> Result<()> {
+        Err(self.refused("purging a table"))
     }
 
-    async fn table_exists(&self, ident: &TableIdent) -> Result<bool> {
-        self.inner().table_exists(ident).await
+    async fn table_exists(&self, _: &TableIdent) -> Result<bool> {
+        Err(self.refused("reading a table"))
     }
 
-    async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> Result<()> {
-        self.inner().rename_table(src, dest).await
+    async fn rename_table(&self, _: &TableIdent, _: &TableIdent) -> Result<()> {
+        Err(self.refused("renaming a table"))
     }
 
-    async fn register_table(&self, ident: &TableIdent, metadata_location: String) -> Result<Table> {
-        self.inner().register_table(ident, metadata_location).await
+    async fn register_table(&self, _: &TableIdent, _: String) -> Result<Table> {
+        Err(self.refused("registering a table"))
     }
 }

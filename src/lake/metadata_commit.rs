@@ -54,8 +54,18 @@ pub async fn commit(
         .await?;
     match committer {
         Committer::Sql(pool) => commit_sql(&catalog.cfg, pool, table, updates).await,
-        Committer::Rest { client, root } => {
-            commit_rest(&catalog.cfg, client, root, table, requirements, updates).await
+        Committer::Rest {
+            client,
+            root,
+            token,
+        } => {
+            let rest = Rest {
+                cfg: &catalog.cfg,
+                client,
+                root,
+                token,
+            };
+            commit_rest(&rest, table, requirements, updates).await
         }
         Committer::Glue => {
             let glue = catalog
@@ -88,13 +98,30 @@ async fn open_committer(cfg: &CatalogConfig) -> Result<Committer> {
         CatalogKind::Rest => {
             let client = crate::http::catalog_client(cfg)?;
             let root = rest_root(cfg, &client).await?;
-            Committer::Rest { client, root }
+            Committer::Rest {
+                client,
+                root,
+                token: Default::default(),
+            }
         }
     })
 }
 
+/// `table`'s metadata with `updates` applied by iceberg-rust.
+pub(crate) fn apply_updates(
+    table: &Table,
+    updates: Vec<TableUpdate>,
+) -> iceberg::Result<iceberg::spec::TableMetadata> {
+    let current = table.metadata_location_result()?.to_string();
+    let mut builder = table.metadata().clone().into_builder(Some(current));
+    for u in updates {
+        builder = u.apply(builder)?;
+    }
+    Ok(builder.build()?.metadata)
+}
+
 /// The table's current metadata location, and its metadata with `updates`
-/// applied by iceberg-rust.
+/// applied ([`apply_updates`]).
 fn applied(
     table: &Table,
     updates: Vec<TableUpdate>,
@@ -103,16 +130,8 @@ fn applied(
         .metadata_location()
         .ok_or_else(|| Error::internal("the table has no metadata location"))?
         .to_string();
-    let mut builder = table.metadata().clone().into_builder(Some(current.clone()));
-    for u in updates {
-        builder = u
-            .apply(builder)
-            .map_err(|e| ice("cannot apply the schema update", e))?;
-    }
-    let metadata = builder
-        .build()
-        .map_err(|e| ice("cannot build the new metadata", e))?
-        .metadata;
+    let metadata =
+        apply_updates(table, updates).map_err(|e| ice("cannot apply the schema update", e))?;
     Ok((current, metadata))
 }
 
@@ -306,42 +325,78 @@ fn bearer(rb: reqwest::RequestBuilder, token: &Option<String>) -> reqwest::Reque
     }
 }
 
+/// The REST catalog's side of a commit: its client, the `…/v1[/{prefix}]`
+/// root, and the token commits authenticate with.
+struct Rest<'a> {
+    cfg: &'a CatalogConfig,
+    client: &'a reqwest::Client,
+    root: &'a url::Url,
+    token: &'a super::rest_token::TokenCache,
+}
+
+impl Rest<'_> {
+    /// `POST …/namespaces/{ns}/tables/{table}` with the requirements and
+    /// updates (the REST spec's commit), with the configured `header.*`
+    /// headers; a refused token (401) is renewed and the commit sent once
+    /// more (a 401 applied nothing).  Returns the status and the body.
+    async fn post(
+        &self,
+        ident: &iceberg::TableIdent,
+        requirements: &[TableRequirement],
+        updates: &[TableUpdate],
+    ) -> Result<(reqwest::StatusCode, String)> {
+        let mut url = self.root.clone();
+        url.path_segments_mut()
+            .map_err(|_| Error::config("`catalog.uri` cannot be a base URL"))?
+            .push("namespaces")
+            .push(&ident.namespace().join("\u{1f}"))
+            .push("tables")
+            .push(ident.name());
+        let body = json!({
+            "identifier": {"namespace": ident.namespace().as_ref(), "name": ident.name()},
+            "requirements": requirements,
+            "updates": updates,
+        });
+        for renew in [false, true] {
+            let token = self.token.get(self.client, self.cfg, renew).await?;
+            let mut rb = bearer(self.client.post(url.clone()).json(&body), &token);
+            for (k, v) in &self.cfg.properties {
+                if let Some(name) = k.strip_prefix("header.") {
+                    rb = rb.header(name, v);
+                }
+            }
+            let resp = rb.send().await.map_err(unreachable)?;
+            let status = resp.status();
+            if status == reqwest::StatusCode::UNAUTHORIZED && !renew && token.is_some() {
+                continue;
+            }
+            let text = resp.text().await.map_err(unreachable)?;
+            return Ok((status, text));
+        }
+        Err(Error::internal("the commit was not sent"))
+    }
+}
+
+/// The `error.message` of a REST error response, else its body.
+fn rest_message(text: String) -> String {
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or(text)
+}
+
 async fn commit_rest(
-    cfg: &CatalogConfig,
-    client: &reqwest::Client,
-    root: &url::Url,
+    rest: &Rest<'_>,
     table: &Table,
     requirements: Vec<TableRequirement>,
     updates: Vec<TableUpdate>,
 ) -> Result<()> {
-    let base = cfg.properties["uri"].trim_end_matches('/').to_string();
-    let token = super::rest_token::rest_token(client, &cfg.properties, &base).await?;
     let ident = table.identifier();
-    let mut url = root.clone();
-    url.path_segments_mut()
-        .map_err(|_| Error::config("`catalog.uri` cannot be a base URL"))?
-        .push("namespaces")
-        .push(&ident.namespace().join("\u{1f}"))
-        .push("tables")
-        .push(ident.name());
-    let body = json!({
-        "identifier": {"namespace": ident.namespace().as_ref(), "name": ident.name()},
-        "requirements": requirements,
-        "updates": updates,
-    });
-    let resp = bearer(client.post(url).json(&body), &token)
-        .send()
-        .await
-        .map_err(unreachable)?;
-    let status = resp.status();
+    let (status, text) = rest.post(ident, &requirements, &updates).await?;
     if status.is_success() {
         return Ok(());
     }
-    let text = resp.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or(text);
+    let message = rest_message(text);
     let e = Error::new(
         ErrorKind::Catalog,
         format!("the REST catalog refused the schema commit on {ident} ({status}): {message}"),
@@ -352,6 +407,74 @@ async fn commit_rest(
     } else {
         e
     })
+}
+
+/// A batch commit to the REST catalog ([`super::commit`]): `requirements`
+/// and `updates` onto `table`, answered with the table the catalog serves
+/// after it (with `table`'s `FileIO`).  A conflict (409: `main` moved) is a
+/// `CatalogCommitConflicts`, any other refusal or a lost answer
+/// `Unexpected`: the caller reloads to learn whether it landed.
+pub(crate) async fn send_rest(
+    catalog: &CatalogHandle,
+    table: &Table,
+    requirements: Vec<TableRequirement>,
+    updates: Vec<TableUpdate>,
+) -> iceberg::Result<Table> {
+    let unexpected = |e: String| iceberg::Error::new(iceberg::ErrorKind::Unexpected, e);
+    let committer = catalog
+        .committer
+        .get_or_try_init(|| open_committer(&catalog.cfg))
+        .await
+        .map_err(|e| unexpected(e.to_string()))?;
+    let Committer::Rest {
+        client,
+        root,
+        token,
+    } = committer
+    else {
+        return Err(unexpected(format!(
+            "the {} is not a REST catalog",
+            catalog.cfg.describe()
+        )));
+    };
+    let rest = Rest {
+        cfg: &catalog.cfg,
+        client,
+        root,
+        token,
+    };
+    let ident = table.identifier();
+    let (status, text) = rest
+        .post(ident, &requirements, &updates)
+        .await
+        .map_err(|e| unexpected(e.to_string()))?;
+    if !status.is_success() {
+        let kind = if status == reqwest::StatusCode::CONFLICT {
+            iceberg::ErrorKind::CatalogCommitConflicts
+        } else {
+            iceberg::ErrorKind::Unexpected
+        };
+        let message = rest_message(text);
+        return Err(iceberg::Error::new(
+            kind,
+            format!("the REST catalog answered the commit on {ident} with {status}: {message}"),
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(rename = "metadata-location")]
+        metadata_location: String,
+        metadata: iceberg::spec::TableMetadata,
+    }
+    let answer: Answer = serde_json::from_str(&text)
+        .map_err(|e| unexpected(format!("bad commit answer from the REST catalog: {e}")))?;
+    Table::builder()
+        .identifier(ident.clone())
+        .metadata(answer.metadata)
+        .metadata_location(answer.metadata_location)
+        .file_io(table.file_io().clone())
+        .runtime(iceberg::Runtime::try_current()?)
+        .build()
 }
 
 /// `SetProperties` for one key.

@@ -116,6 +116,46 @@ impl RenewingRest {
     }
 }
 
+/// The access token of permafrost's own REST commits, kept between
+/// commits: a fixed `token` as given; one exchanged from `credential`
+/// renewed once half its life is gone (the life the endpoint states, else
+/// [`UNSTATED_LIFE`]), so a run of thousands of batch commits exchanges the
+/// credential once an interval, not once a commit.
+#[derive(Default)]
+pub(crate) struct TokenCache {
+    held: tokio::sync::Mutex<Option<(Option<String>, Instant)>>,
+}
+
+impl TokenCache {
+    /// The token to send now; `renew` forces a fresh exchange (the catalog
+    /// refused the one held).
+    pub(crate) async fn get(
+        &self,
+        client: &reqwest::Client,
+        cfg: &CatalogConfig,
+        renew: bool,
+    ) -> crate::error::Result<Option<String>> {
+        if let Some(t) = cfg.properties.get("token") {
+            return Ok(Some(t.clone()));
+        }
+        let mut held = self.held.lock().await;
+        let now = Instant::now();
+        if let Some((token, due)) = &*held
+            && now < *due
+            && !renew
+        {
+            return Ok(token.clone());
+        }
+        let base = cfg.properties["uri"].trim_end_matches('/').to_string();
+        let (token, life) = match exchanged_token(client, &cfg.properties, &base).await? {
+            Some((t, life)) => (Some(t), life.unwrap_or(UNSTATED_LIFE)),
+            None => (None, Duration::MAX / 4),
+        };
+        *held = Some((token.clone(), now + life / 2));
+        Ok(token)
+    }
+}
+
 /// The catalog refused the request's token (HTTP 401).
 fn refused_token(e: &iceberg::Error) -> bool {
     e.to_string().contains("401 Unauthorized")

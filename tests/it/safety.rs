@@ -1325,6 +1325,92 @@ async fn commit_conflicts_with_another_writer_glue() {
     commit_conflict(Cat::Glue).await;
 }
 
+/// Two batches in flight: the first is paused with its commit prepared,
+/// about to send it; the second has prepared its own on the table the first
+/// would leave.  Another writer commits meanwhile: the catalog refuses the
+/// first (prepared again on a fresh load, then landing), and the second,
+/// prepared on a table that never came to be, is prepared again on the one
+/// that did — never sent as it was.  Every row is archived exactly once.
+async fn commit_prepared_ahead_of_a_refused_one(kind: Cat) {
+    let s = services!();
+    let f = Fixture::new(&s, None, kind, 200, 2, "    parallel_windows: 2\n", "").await;
+    let c = f.db.client().await;
+    let first = f.archive(&["--now", &rfc3339(pg_now(&c).await)], &[]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let ts: i64 = c
+        .query_one(
+            "SELECT (extract(epoch FROM now() - interval '40 days') * 1000000)::int8",
+            &[],
+        )
+        .await
+        .expect("ts")
+        .get(0);
+    c.batch_execute(&format!(
+        "INSERT INTO inserted_log (id, recorded_at, sensor_id, sensor_name, value, unit, quality, payload) \
+         VALUES (-1, to_timestamp({ts}::float8 / 1e6), 1, 'external', 0.5, 'celsius', 1.00, '{{\"external\": true}}')"
+    ))
+    .await
+    .expect("log");
+    c.batch_execute(
+        "WITH r AS (INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit) \
+         SELECT date_trunc('day', now()) - interval '20 days' - (i % 2) * interval '1 day' + i * interval '1 minute', \
+                2, 'late', 1, 'c' FROM generate_series(1, 100) i \
+         RETURNING *) INSERT INTO inserted_log SELECT * FROM r",
+    )
+    .await
+    .expect("late rows");
+    let (sending, ahead) = (Pause::new(), Pause::new());
+    let spec = format!(
+        "{},{}",
+        sending.env("before-send"),
+        ahead.env("prepared-ahead")
+    );
+    let child = f.spawn_archive(&[], &[("PERMAFROST_PAUSE", spec.as_str())]);
+    let reached = |p: &Pause, point: &str| {
+        p.wait_reached(Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("never reached {point}"))
+    };
+    let first_sends = reached(&sending, "before-send");
+    let second_ready = reached(&ahead, "prepared-ahead");
+    let row = json!({"id": -1, "recorded_at": ts, "sensor_id": 1, "sensor_name": "external", "value": 0.5,
+                     "unit": "celsius", "quality": "1.00", "payload": "{\"external\": true}"});
+    append_external(&f, row, json!({}));
+    Pause::resume(first_sends);
+    Pause::resume(second_ready);
+    let out = finish(child);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("preparing the commit again from fresh metadata"),
+        "the first commit was refused and prepared again:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("prepared on a table that did not come to be; preparing it again"),
+        "the second commit was prepared again, not sent as it was:\n{}",
+        out.stderr
+    );
+    let batches = out.json()[0]["batches"].clone();
+    assert_eq!(batches.as_array().map(Vec::len), Some(2), "{batches}");
+    assert_eq!(batches[0]["rows"], 50, "{batches}");
+    assert_eq!(batches[1]["rows"], 50, "{batches}");
+    let r = f.assert_reconciled("commit prepared ahead of a refused one");
+    assert_eq!(r["postgres"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_commit_prepared_ahead_of_a_refused_one_is_prepared_again_sql() {
+    commit_prepared_ahead_of_a_refused_one(Cat::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_commit_prepared_ahead_of_a_refused_one_is_prepared_again_rest() {
+    commit_prepared_ahead_of_a_refused_one(Cat::Rest).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_held_lock_makes_archive_skip_or_wait() {
