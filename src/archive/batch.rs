@@ -573,7 +573,12 @@ async fn prepare<'c>(
             }
             let head = committer.table.clone();
             let generation = committer.io_generation;
-            (head, ctx.epoch.load(Ordering::SeqCst), generation, Some(committer))
+            (
+                head,
+                ctx.epoch.load(Ordering::SeqCst),
+                generation,
+                Some(committer),
+            )
         }
     };
     ctx.storage.refresh(&mut head, &mut generation).await?;

@@ -681,10 +681,11 @@ fn report_plan(t: &TableConfig, plan: &Plan, report: &mut TableReport) -> bool {
 
 /// The connections of the batch workers: none when one worker runs the
 /// batches on the run's own connection (the one holding the table's lock),
-/// else one each.  With `parallel_windows` > 1 there is one worker more than
-/// extraction slots when `pool_size` leaves room for it: while one batch
-/// commits, verifies and settles (its transaction still open), the slots
-/// keep extracting.  With 1, batches run strictly one after another.
+/// else one each.  With `parallel_windows` > 1 there are up to
+/// [`FINISHING`](crate::config::FINISHING) workers more than extraction slots when `pool_size` leaves
+/// room for them: while batches commit, verify and settle (their
+/// transactions still open), the slots keep extracting.  With 1, batches
+/// run strictly one after another.
 async fn workers(
     cfg: &Config,
     t: &TableConfig,
@@ -702,13 +703,15 @@ async fn workers(
     futures::future::try_join_all((0..n).map(|_| source::connect(&cfg.database))).await
 }
 
-/// How many batches run at once: `parallel` extracting plus one finishing,
-/// within `pool_size` less the run's own connection, and no more than there
-/// are batches.
+/// How many batches run at once: `parallel` extracting plus up to
+/// [`FINISHING`](crate::config::FINISHING) finishing, within `pool_size` less the run's own
+/// connection, and no more than there are batches.
 fn worker_count(parallel: usize, pool_size: usize, batches: usize) -> usize {
     let n = match parallel {
         1 => 1,
-        p => (p + 1).min(pool_size.saturating_sub(1)).max(p),
+        p => (p + crate::config::FINISHING)
+            .min(pool_size.saturating_sub(1))
+            .max(p),
     };
     n.min(batches)
 }
@@ -914,12 +917,17 @@ mod tests {
     }
 
     #[test]
-    fn one_worker_more_than_slots_when_the_pool_has_room() {
+    fn finishing_workers_beside_the_slots_when_the_pool_has_room() {
         // (parallel_windows, pool_size, batches) → workers
         assert_eq!(worker_count(1, 8, 30), 1, "1: strictly one after another");
-        assert_eq!(worker_count(2, 4, 30), 3, "the default: 2 slots, 3 workers");
-        assert_eq!(worker_count(2, 3, 30), 2, "no room in the pool for a spare");
-        assert_eq!(worker_count(4, 16, 30), 5);
+        assert_eq!(
+            worker_count(2, 6, 30),
+            5,
+            "the default on 2 cores: 2 slots, 3 finishing"
+        );
+        assert_eq!(worker_count(2, 4, 30), 3, "room for one finishing worker");
+        assert_eq!(worker_count(2, 3, 30), 2, "no room in the pool for one");
+        assert_eq!(worker_count(8, 12, 30), 11, "the default on 8 cores");
         assert_eq!(worker_count(4, 16, 2), 2, "no more workers than batches");
         assert_eq!(worker_count(3, 1, 30), 3, "never fewer than the slots");
     }

@@ -403,8 +403,20 @@ where
     scalar(d).map(Some)
 }
 
+/// Batch workers beside the extraction slots, for batches past their
+/// extraction: waiting for their commit's turn, committing, reading back,
+/// settling (their Postgres transactions open).  On a local catalog one
+/// keeps the slots busy; a catalog and an object store a few milliseconds
+/// away make that tail several times an extraction, and three kept two
+/// slots busy there (README, "Changes measured in paired runs").  Within
+/// `database.pool_size`.
+pub const FINISHING: usize = 3;
+
+/// The run's own connection, one per extraction slot (`parallel_windows`
+/// defaults to the cores) and [`FINISHING`] for batches finishing
+/// meanwhile.
 fn default_pool_size() -> usize {
-    4
+    std::thread::available_parallelism().map_or(1, usize::from) + 1 + FINISHING
 }
 
 #[derive(Deserialize)]
@@ -1605,14 +1617,22 @@ tables:
 
     #[test]
     fn parallel_windows_leave_the_run_its_own_connection() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let c = Config::from_str_with(MINIMAL, Path::new("."), &env(&[])).unwrap();
+        assert_eq!(c.database.pool_size, cores + 1 + FINISHING);
+        assert_eq!(
+            c.tables[0].parallel_windows, cores,
+            "the default pool has room"
+        );
         let with = |extra: &str| {
-            let text = MINIMAL.replace(
-                "timestamp_column: ts",
-                &format!("timestamp_column: ts\n{extra}"),
-            );
+            let text = MINIMAL
+                .replace(
+                    "timestamp_column: ts",
+                    &format!("timestamp_column: ts\n{extra}"),
+                )
+                .replace("database:\n", "database:\n  pool_size: 4\n");
             Config::from_str_with(&text, Path::new("."), &env(&[]))
         };
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let c = with("").unwrap();
         assert_eq!(c.tables[0].parallel_windows, cores.min(3));
         assert_eq!(

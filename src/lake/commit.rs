@@ -43,8 +43,8 @@ use iceberg::{Catalog, TableIdent, TableRequirement, TableUpdate};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::lake::catalog::CatalogHandle;
-use crate::lake::metadata_commit;
 use crate::lake::commit_base::{Stager, with_io};
+use crate::lake::metadata_commit;
 use crate::ledger::durable::{self, LedgerEntry, LedgerFile};
 use crate::ledger::read::{find_batch, read_ledger_full};
 use crate::ledger::{BatchRecord, SummaryExtra, keys};

@@ -309,11 +309,12 @@ async fn parallel_windows_run_batches_side_by_side() {
     f.assert_reconciled("parallel windows");
 }
 
-/// `parallel_windows: 2` with the default `pool_size` (4): a spare worker
+/// `parallel_windows: 2` with the default `pool_size` (cores + 4): workers
 /// beside the two extraction slots.  While the first batch is held after
 /// its verification (its Postgres transaction still open), the other three
-/// windows are extracted, committed and settled, and the run holds four
-/// connections: its own (the lock), two extracting, one finishing.
+/// windows are extracted, committed and settled, and the run holds five
+/// connections: its own (the lock) and one worker per window (two
+/// extracting, the others finishing; four windows, so four workers).
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_spare_worker_lets_extraction_go_on_while_a_batch_finishes() {
@@ -337,7 +338,7 @@ async fn a_spare_worker_lets_extraction_go_on_while_a_batch_finishes() {
     })
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(connections, 4, "the lock, two slots and the spare");
+    assert_eq!(connections, 5, "the lock and a worker per window");
     assert_eq!(archived_rows(&out.json()), 200);
     assert_eq!(count(&c, "sensor_readings", "true").await, 0);
     f.assert_reconciled("spare worker");
