@@ -97,11 +97,12 @@ async fn open_committer(cfg: &CatalogConfig) -> Result<Committer> {
         }
         CatalogKind::Rest => {
             let client = crate::http::catalog_client(cfg)?;
-            let root = rest_root(cfg, &client).await?;
+            let token = super::rest_token::TokenCache::default();
+            let root = rest_root(cfg, &client, &token).await?;
             Committer::Rest {
                 client,
                 root,
-                token: Default::default(),
+                token,
             }
         }
     })
@@ -276,10 +277,14 @@ async fn swap_sql(
 }
 
 /// The REST catalog's `…/v1[/{prefix}]`, from its config endpoint.
-async fn rest_root(cfg: &CatalogConfig, client: &reqwest::Client) -> Result<url::Url> {
+async fn rest_root(
+    cfg: &CatalogConfig,
+    client: &reqwest::Client,
+    token: &super::rest_token::TokenCache,
+) -> Result<url::Url> {
     let props = &cfg.properties;
     let base = props["uri"].trim_end_matches('/').to_string();
-    let token = super::rest_token::rest_token(client, props, &base).await?;
+    let token = token.get(client, cfg, false).await?;
     let mut config_url = url::Url::parse(&format!("{base}/v1/config"))
         .map_err(|e| Error::config(format!("`catalog.uri`: {e}")))?;
     if let Some(w) = props.get("warehouse") {

@@ -12,8 +12,8 @@
 //! first used; an endpoint that does not say gets [`UNSTATED_LIFE`].  A
 //! fixed `token` in the config cannot be renewed and is used as given.
 //!
-//! The exchange itself ([`rest_token`]) is also what permafrost's own REST
-//! commits ([`super::metadata_commit`]) authenticate with.
+//! permafrost's own REST commits ([`super::metadata_commit`]) authenticate
+//! with a token of their own exchange, kept in a [`TokenCache`].
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -159,21 +159,6 @@ impl TokenCache {
 /// The catalog refused the request's token (HTTP 401).
 fn refused_token(e: &iceberg::Error) -> bool {
     e.to_string().contains("401 Unauthorized")
-}
-
-/// An access token for the REST catalog: `token`, or OAuth2 client
-/// credentials from `credential` (`id:secret` or `secret`).
-pub(crate) async fn rest_token(
-    client: &reqwest::Client,
-    props: &std::collections::BTreeMap<String, String>,
-    base: &str,
-) -> crate::error::Result<Option<String>> {
-    if let Some(t) = props.get("token") {
-        return Ok(Some(t.clone()));
-    }
-    Ok(exchanged_token(client, props, base)
-        .await?
-        .map(|(token, _)| token))
 }
 
 /// How long the REST catalog's tokens live, by the token endpoint's

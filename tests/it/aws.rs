@@ -699,6 +699,98 @@ async fn a_rest_catalog_without_vended_keys_signs_s3_with_the_aws_chain_and_hold
 /// endpoint says so): the catalog client's token is renewed too.  (Before,
 /// the run kept the keys of its first load and failed with `ExpiredToken`
 /// after three seconds, and the catalog refused its token after two.)
+/// permafrost sends its batch commits to a REST catalog itself (iceberg-rust
+/// only prepares them) with a token it keeps between commits: a token the
+/// catalog stops taking before its stated life (revoked between two
+/// commits) is exchanged again and the commit sent once more — landing
+/// once, every row archived.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_batch_commit_whose_token_was_revoked_renews_it_and_lands_once() {
+    let s = services!();
+    let front = RotatingAws::vending(&s, 600, 600, 0);
+    let db = TestDb::create(&s, "revoked").await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE readings (recorded_at timestamptz NOT NULL, v int NOT NULL);
+         INSERT INTO readings
+         SELECT date_trunc('day', now() - interval '30 days', 'UTC') + g * interval '1 hour', g
+         FROM generate_series(0, 3 * 24 - 1) g",
+    )
+    .await
+    .expect("data");
+    let ws = Ws::new();
+    let yaml = format!(
+        "database:\n  dsn: \"{}\"\ncatalog:\n  type: rest\n  name: rest\n  uri: {}\n\
+         \x20 warehouse: s3://warehouse\n  credential: \"{}:{}\"\n\
+         \x20 header.X-Iceberg-Access-Delegation: vended-credentials\nglobal:\n  namespace: {}\n\
+         tables:\n  - name: readings\n    timestamp_column: recorded_at\n    partition_by: day\n\
+         \x20   lag: 1d\n    parallel_windows: 1\n",
+        db.dsn,
+        front.rest,
+        s.key,
+        s.secret,
+        unique("revoked")
+    );
+    let cfg = ws.config("permafrost.yaml", &yaml);
+    let cfg = cfg.to_string_lossy();
+    let pause = Pause::new();
+    let child = ws.spawn(
+        &["archive", "-c", &cfg, "--json"],
+        &[("PERMAFROST_PAUSE", pause.env("after-commit").as_str())],
+    );
+    let Some(held) = pause.wait_reached(std::time::Duration::from_secs(120)) else {
+        panic!("never reached after-commit:\n{}", finish(child).stderr);
+    };
+    let before = front.log().len();
+    permafrost::http::install_crypto_provider();
+    let revoked = reqwest::Client::new()
+        .post(format!("{}/__expire_tokens", front.rest))
+        .send()
+        .await;
+    assert_eq!(revoked.expect("revoke").status(), 204);
+    Pause::resume(held);
+    let out = finish(child);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = out.json();
+    assert_eq!(
+        report[0]["batches"].as_array().map(Vec::len),
+        Some(3),
+        "{report}"
+    );
+    assert_eq!(archived_rows(&report), 72);
+    assert_eq!(count(&c, "readings", "true").await, 0);
+    let log = front.log().split_off(before);
+    let refused: Vec<&Value> = log.iter().filter(|e| e["ok"] == false).collect();
+    assert!(
+        !refused.is_empty(),
+        "the revoked token was not refused: {log:?}"
+    );
+    assert_eq!(refused[0]["method"], "POST", "{refused:?}");
+    assert!(
+        refused[0]["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/tables/readings")),
+        "the second batch's commit was refused first: {refused:?}"
+    );
+    let renewed = log.iter().filter(|e| e["token"].is_u64()).count();
+    assert!(renewed >= 1, "{log:?}");
+    assert!(
+        !out.stderr.contains("preparing the commit again"),
+        "sent again as prepared, not prepared again:\n{}",
+        out.stderr
+    );
+    // Landed once: three snapshots, one per batch.
+    let out = ws.run(&["snapshots", "-c", &cfg, "-t", "readings", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.json().as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        out.stdout
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn keys_a_rest_catalog_vends_are_renewed_before_they_expire() {

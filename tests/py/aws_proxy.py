@@ -149,7 +149,8 @@ class Front(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             if self.expired_token():
-                log({"t": time.time(), "service": "rest", "ok": False, "why": "token expired"})
+                log({"t": time.time(), "service": "rest", "ok": False, "why": "token expired",
+                     "method": self.command, "path": self.path.split("?")[0]})
                 return self.unauthorized()
             return self.forward(body, "us-east-1")
         if self.service == "s3" and S3_DELAY:
