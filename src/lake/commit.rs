@@ -80,6 +80,10 @@ pub struct Staged {
     pub snapshot_id: i64,
     /// The base's table UUID and `main` snapshot: the commit requires them.
     base: (uuid::Uuid, Option<i64>),
+    /// The base's metadata itself: sent onto the very same table, the
+    /// applied metadata is `table`'s (no second build of a metadata that
+    /// grows with every snapshot).
+    base_metadata: iceberg::spec::TableMetadataRef,
     requirements: Vec<TableRequirement>,
     updates: Vec<TableUpdate>,
     /// The base with the commit applied: the table once it lands, and
@@ -126,6 +130,7 @@ pub async fn stage_batch(
     Ok(Staged {
         snapshot_id,
         base: (md.uuid(), md.current_snapshot_id()),
+        base_metadata: base.metadata_ref(),
         requirements,
         updates,
         table,
@@ -138,11 +143,15 @@ pub async fn stage_batch(
 /// serves after it, with `base`'s `FileIO`.
 async fn send(catalog: &CatalogHandle, base: &Table, staged: Staged) -> iceberg::Result<Table> {
     let committed = if metadata_commit::swaps(catalog) {
-        for r in &staged.requirements {
-            r.check(Some(base.metadata()))?;
-        }
-        let metadata = metadata_commit::apply_updates(base, staged.updates)?;
-        metadata_commit::swap(catalog, base, metadata.into()).await?
+        let metadata = if std::sync::Arc::ptr_eq(&staged.base_metadata, &base.metadata_ref()) {
+            staged.table.metadata_ref()
+        } else {
+            for r in &staged.requirements {
+                r.check(Some(base.metadata()))?;
+            }
+            metadata_commit::apply_updates(base, staged.updates)?.into()
+        };
+        metadata_commit::swap(catalog, base, metadata).await?
     } else {
         metadata_commit::send_rest(catalog, base, staged.requirements, staged.updates).await?
     };
