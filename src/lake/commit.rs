@@ -78,12 +78,11 @@ const ATTEMPTS: usize = 3;
 pub struct Staged {
     /// The snapshot the commit appends.
     pub snapshot_id: i64,
-    /// The base's table UUID and `main` snapshot: the commit requires them.
-    base: (uuid::Uuid, Option<i64>),
-    /// The base's metadata itself: sent onto the very same table, the
-    /// applied metadata is `table`'s (no second build of a metadata that
-    /// grows with every snapshot).
-    base_metadata: iceberg::spec::TableMetadataRef,
+    /// The base's metadata: the commit requires its table UUID and `main`
+    /// snapshot; sent onto the very same table, the applied metadata is
+    /// `table`'s (no second build of a metadata that grows with every
+    /// snapshot).
+    base: iceberg::spec::TableMetadataRef,
     requirements: Vec<TableRequirement>,
     updates: Vec<TableUpdate>,
     /// The base with the commit applied: the table once it lands, and
@@ -95,8 +94,8 @@ impl Staged {
     /// Whether the commit may go out onto `base`: the table it was
     /// prepared on, as far as its requirements tell.
     pub fn fits(&self, base: &Table) -> bool {
-        let md = base.metadata();
-        self.base == (md.uuid(), md.current_snapshot_id())
+        let (ours, theirs) = (&self.base, base.metadata());
+        ours.uuid() == theirs.uuid() && ours.current_snapshot_id() == theirs.current_snapshot_id()
     }
 }
 
@@ -126,11 +125,9 @@ pub async fn stage_batch(
     let snapshot_id = find_batch(&table, batch_id)
         .map(|s| s.snapshot_id())
         .ok_or_else(|| Error::internal(format!("batch {batch_id}: no snapshot was prepared")))?;
-    let md = base.metadata();
     Ok(Staged {
         snapshot_id,
-        base: (md.uuid(), md.current_snapshot_id()),
-        base_metadata: base.metadata_ref(),
+        base: base.metadata_ref(),
         requirements,
         updates,
         table,
@@ -143,7 +140,7 @@ pub async fn stage_batch(
 /// serves after it, with `base`'s `FileIO`.
 async fn send(catalog: &CatalogHandle, base: &Table, staged: Staged) -> iceberg::Result<Table> {
     let committed = if metadata_commit::swaps(catalog) {
-        let metadata = if std::sync::Arc::ptr_eq(&staged.base_metadata, &base.metadata_ref()) {
+        let metadata = if std::sync::Arc::ptr_eq(&staged.base, &base.metadata_ref()) {
             staged.table.metadata_ref()
         } else {
             for r in &staged.requirements {

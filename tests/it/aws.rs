@@ -699,6 +699,44 @@ async fn a_rest_catalog_without_vended_keys_signs_s3_with_the_aws_chain_and_hold
 /// endpoint says so): the catalog client's token is renewed too.  (Before,
 /// the run kept the keys of its first load and failed with `ExpiredToken`
 /// after three seconds, and the catalog refused its token after two.)
+/// A database with `days` of hourly rows in `readings`, and a workspace
+/// whose config archives them daily into the REST catalog behind `front`
+/// (vended credentials asked for), with `table` added to the table's keys.
+async fn hourly_behind_front(
+    s: &Services,
+    front: &RotatingAws,
+    name: &str,
+    days: u32,
+    table: &str,
+) -> (TestDb, Ws, std::path::PathBuf) {
+    let db = TestDb::create(s, name).await;
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE readings (recorded_at timestamptz NOT NULL, v int NOT NULL);
+             INSERT INTO readings
+             SELECT date_trunc('day', now() - interval '30 days', 'UTC') + g * interval '1 hour', g
+             FROM generate_series(0, {days} * 24 - 1) g"
+        ))
+        .await
+        .expect("data");
+    let ws = Ws::new();
+    let yaml = format!(
+        "database:\n  dsn: \"{}\"\ncatalog:\n  type: rest\n  name: rest\n  uri: {}\n\
+         \x20 warehouse: s3://warehouse\n  credential: \"{}:{}\"\n\
+         \x20 header.X-Iceberg-Access-Delegation: vended-credentials\nglobal:\n  namespace: {}\n\
+         tables:\n  - name: readings\n    timestamp_column: recorded_at\n    partition_by: day\n\
+         \x20   lag: 1d\n    {table}\n",
+        db.dsn,
+        front.rest,
+        s.key,
+        s.secret,
+        unique(name)
+    );
+    let cfg = ws.config("permafrost.yaml", &yaml);
+    (db, ws, cfg)
+}
+
 /// permafrost sends its batch commits to a REST catalog itself (iceberg-rust
 /// only prepares them) with a token it keeps between commits: a token the
 /// catalog stops taking before its stated life (revoked between two
@@ -709,30 +747,8 @@ async fn a_rest_catalog_without_vended_keys_signs_s3_with_the_aws_chain_and_hold
 async fn a_batch_commit_whose_token_was_revoked_renews_it_and_lands_once() {
     let s = services!();
     let front = RotatingAws::vending(&s, 600, 600, 0);
-    let db = TestDb::create(&s, "revoked").await;
+    let (db, ws, cfg) = hourly_behind_front(&s, &front, "revoked", 3, "parallel_windows: 1").await;
     let c = db.client().await;
-    c.batch_execute(
-        "CREATE TABLE readings (recorded_at timestamptz NOT NULL, v int NOT NULL);
-         INSERT INTO readings
-         SELECT date_trunc('day', now() - interval '30 days', 'UTC') + g * interval '1 hour', g
-         FROM generate_series(0, 3 * 24 - 1) g",
-    )
-    .await
-    .expect("data");
-    let ws = Ws::new();
-    let yaml = format!(
-        "database:\n  dsn: \"{}\"\ncatalog:\n  type: rest\n  name: rest\n  uri: {}\n\
-         \x20 warehouse: s3://warehouse\n  credential: \"{}:{}\"\n\
-         \x20 header.X-Iceberg-Access-Delegation: vended-credentials\nglobal:\n  namespace: {}\n\
-         tables:\n  - name: readings\n    timestamp_column: recorded_at\n    partition_by: day\n\
-         \x20   lag: 1d\n    parallel_windows: 1\n",
-        db.dsn,
-        front.rest,
-        s.key,
-        s.secret,
-        unique("revoked")
-    );
-    let cfg = ws.config("permafrost.yaml", &yaml);
     let cfg = cfg.to_string_lossy();
     let pause = Pause::new();
     let child = ws.spawn(
@@ -798,30 +814,8 @@ async fn keys_a_rest_catalog_vends_are_renewed_before_they_expire() {
     const TOKEN_LIFE: f64 = 2.0;
     let s = services!();
     let front = RotatingAws::vending(&s, LIFE as u32, TOKEN_LIFE as u32, 80);
-    let db = TestDb::create(&s, "vended").await;
+    let (db, ws, cfg) = hourly_behind_front(&s, &front, "vended", 20, "batch_windows: 1").await;
     let c = db.client().await;
-    c.batch_execute(
-        "CREATE TABLE readings (recorded_at timestamptz NOT NULL, v int NOT NULL);
-         INSERT INTO readings
-         SELECT date_trunc('day', now() - interval '30 days', 'UTC') + g * interval '1 hour', g
-         FROM generate_series(0, 20 * 24 - 1) g",
-    )
-    .await
-    .expect("data");
-    let ws = Ws::new();
-    let yaml = format!(
-        "database:\n  dsn: \"{}\"\ncatalog:\n  type: rest\n  name: rest\n  uri: {}\n\
-         \x20 warehouse: s3://warehouse\n  credential: \"{}:{}\"\n\
-         \x20 header.X-Iceberg-Access-Delegation: vended-credentials\nglobal:\n  namespace: {}\n\
-         tables:\n  - name: readings\n    timestamp_column: recorded_at\n    partition_by: day\n\
-         \x20   lag: 1d\n    batch_windows: 1\n",
-        db.dsn,
-        front.rest,
-        s.key,
-        s.secret,
-        unique("vended")
-    );
-    let cfg = ws.config("permafrost.yaml", &yaml);
     let out = ws.run(&["archive", "-c", &cfg.to_string_lossy(), "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let report = out.json();

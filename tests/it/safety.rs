@@ -1066,33 +1066,17 @@ async fn commit_conflict(kind: Cat) {
         .await
         .expect("ts")
         .get(0);
-    // The external row is expected in the end result: log it.
-    c.batch_execute(&format!(
-        "INSERT INTO inserted_log (id, recorded_at, sensor_id, sensor_name, value, unit, quality, payload) \
-         VALUES (-1, to_timestamp({ts}::float8 / 1e6), 1, 'external', 0.5, 'celsius', 1.00, '{{\"external\": true}}')"
-    ))
-    .await
-    .expect("log");
-    let append = || {
-        let row = json!({"id": -1, "recorded_at": ts, "sensor_id": 1, "sensor_name": "external", "value": 0.5,
-                         "unit": "celsius", "quality": "1.00", "payload": "{\"external\": true}"});
-        append_external(&f, row, json!({}));
-    };
+    let row = external_row(&c, ts).await;
+    let append = || append_external(&f, row.clone(), json!({}));
     // Create the table with a first batch, so the external writer has something to append to.
     let first = f.archive(&["--now", &rfc3339(pg_now(&c).await)], &[]);
     assert_eq!(first.code, 0, "{}", first.stderr);
-    // No retries inside iceberg-rust: the catalog's refusal itself comes back.
+    // A table that asks for no commit retries (other engines read it;
+    // permafrost sends its commits itself and prepares them again).
     table_properties(&f, json!({"commit.retry.num-retries": "0"}));
     // Put rows back into two windows and pause the next run after its
     // first commit: the other writer commits before the second.
-    c.batch_execute(
-        "WITH r AS (INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit) \
-         SELECT date_trunc('day', now()) - interval '20 days' - (i % 2) * interval '1 day' + i * interval '1 minute', \
-                2, 'late', 1, 'c' FROM generate_series(1, 100) i \
-         RETURNING *) INSERT INTO inserted_log SELECT * FROM r",
-    )
-    .await
-    .expect("late rows");
+    late_rows(&c).await;
     let out = paused_run(&f, "after-commit", async || append()).await;
     assert_eq!(
         out.code, 0,
@@ -1110,6 +1094,32 @@ async fn commit_conflict(kind: Cat) {
     assert_eq!(batches[1]["rows"], 50, "{batches}");
     let r = f.assert_reconciled("commit conflict");
     assert_eq!(r["postgres"], 0);
+}
+
+/// The row another writer (PyIceberg) appends at `ts` (Unix microseconds),
+/// logged first as expected in the end result.
+async fn external_row(c: &tokio_postgres::Client, ts: i64) -> Value {
+    c.batch_execute(&format!(
+        "INSERT INTO inserted_log (id, recorded_at, sensor_id, sensor_name, value, unit, quality, payload) \
+         VALUES (-1, to_timestamp({ts}::float8 / 1e6), 1, 'external', 0.5, 'celsius', 1.00, '{{\"external\": true}}')"
+    ))
+    .await
+    .expect("log");
+    json!({"id": -1, "recorded_at": ts, "sensor_id": 1, "sensor_name": "external", "value": 0.5,
+           "unit": "celsius", "quality": "1.00", "payload": "{\"external\": true}"})
+}
+
+/// 100 rows put back (and logged) into the two windows 20 and 21 days old,
+/// 50 each.
+async fn late_rows(c: &tokio_postgres::Client) {
+    c.batch_execute(
+        "WITH r AS (INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit) \
+         SELECT date_trunc('day', now()) - interval '20 days' - (i % 2) * interval '1 day' + i * interval '1 minute', \
+                2, 'late', 1, 'c' FROM generate_series(1, 100) i \
+         RETURNING *) INSERT INTO inserted_log SELECT * FROM r",
+    )
+    .await
+    .expect("late rows");
 }
 
 /// Appends `row` to the fixture's archive table with PyIceberg (another
@@ -1346,20 +1356,8 @@ async fn commit_prepared_ahead_of_a_refused_one(kind: Cat) {
         .await
         .expect("ts")
         .get(0);
-    c.batch_execute(&format!(
-        "INSERT INTO inserted_log (id, recorded_at, sensor_id, sensor_name, value, unit, quality, payload) \
-         VALUES (-1, to_timestamp({ts}::float8 / 1e6), 1, 'external', 0.5, 'celsius', 1.00, '{{\"external\": true}}')"
-    ))
-    .await
-    .expect("log");
-    c.batch_execute(
-        "WITH r AS (INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, value, unit) \
-         SELECT date_trunc('day', now()) - interval '20 days' - (i % 2) * interval '1 day' + i * interval '1 minute', \
-                2, 'late', 1, 'c' FROM generate_series(1, 100) i \
-         RETURNING *) INSERT INTO inserted_log SELECT * FROM r",
-    )
-    .await
-    .expect("late rows");
+    let row = external_row(&c, ts).await;
+    late_rows(&c).await;
     let (sending, ahead) = (Pause::new(), Pause::new());
     let spec = format!(
         "{},{}",
@@ -1373,8 +1371,6 @@ async fn commit_prepared_ahead_of_a_refused_one(kind: Cat) {
     };
     let first_sends = reached(&sending, "before-send");
     let second_ready = reached(&ahead, "prepared-ahead");
-    let row = json!({"id": -1, "recorded_at": ts, "sensor_id": 1, "sensor_name": "external", "value": 0.5,
-                     "unit": "celsius", "quality": "1.00", "payload": "{\"external\": true}"});
     append_external(&f, row, json!({}));
     Pause::resume(first_sends);
     Pause::resume(second_ready);
