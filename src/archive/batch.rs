@@ -566,11 +566,7 @@ async fn prepare<'c>(
         Some((head, e)) if e == epoch => (head, epoch, stage.io_generation, None),
         _ => {
             let mut committer = ctx.committer.lock().await;
-            if committer.stale {
-                committer.table =
-                    lake::commit::reload(ctx.catalog.iceberg(), &ctx.table.ident).await?;
-                committer.stale = false;
-            }
+            committer.refresh(ctx).await?;
             let head = committer.table.clone();
             let generation = committer.io_generation;
             (
@@ -616,10 +612,7 @@ async fn send(
     rec: &BatchRecord,
     extra: SummaryExtra,
 ) -> Result<(i64, iceberg::table::Table)> {
-    if committer.stale {
-        committer.table = lake::commit::reload(ctx.catalog.iceberg(), &ctx.table.ident).await?;
-        committer.stale = false;
-    }
+    committer.refresh(ctx).await?;
     let super::Committer {
         table,
         io_generation,

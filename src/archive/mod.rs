@@ -317,6 +317,17 @@ struct Committer {
     io_generation: u64,
 }
 
+impl Committer {
+    /// Loads the table again if it is [`Self::stale`].
+    async fn refresh(&mut self, ctx: &Ctx) -> Result<()> {
+        if self.stale {
+            self.table = lake::commit::reload(ctx.catalog.iceberg(), &ctx.table.ident).await?;
+            self.stale = false;
+        }
+        Ok(())
+    }
+}
+
 /// What preparing the commits of a run keeps, behind [`Ctx::stage`].
 struct Stage {
     /// The table the last prepared commit leaves once it lands — the base

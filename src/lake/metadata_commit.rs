@@ -54,17 +54,9 @@ pub async fn commit(
         .await?;
     match committer {
         Committer::Sql(pool) => commit_sql(&catalog.cfg, pool, table, updates).await,
-        Committer::Rest {
-            client,
-            root,
-            token,
-        } => {
-            let rest = Rest {
-                cfg: &catalog.cfg,
-                client,
-                root,
-                token,
-            };
+        Committer::Rest { .. } => {
+            let rest = Rest::of(catalog, committer)
+                .ok_or_else(|| Error::internal("a REST committer that is not"))?;
             commit_rest(&rest, table, requirements, updates).await
         }
         Committer::Glue => {
@@ -339,7 +331,25 @@ struct Rest<'a> {
     token: &'a super::rest_token::TokenCache,
 }
 
-impl Rest<'_> {
+impl<'a> Rest<'a> {
+    /// The REST side of `committer`, opened for `catalog`; `None` for
+    /// another kind.
+    fn of(catalog: &'a CatalogHandle, committer: &'a Committer) -> Option<Self> {
+        match committer {
+            Committer::Rest {
+                client,
+                root,
+                token,
+            } => Some(Self {
+                cfg: &catalog.cfg,
+                client,
+                root,
+                token,
+            }),
+            _ => None,
+        }
+    }
+
     /// `POST …/namespaces/{ns}/tables/{table}` with the requirements and
     /// updates (the REST spec's commit), with the configured `header.*`
     /// headers; a refused token (401) is renewed and the commit sent once
@@ -431,23 +441,12 @@ pub(crate) async fn send_rest(
         .get_or_try_init(|| open_committer(&catalog.cfg))
         .await
         .map_err(|e| unexpected(e.to_string()))?;
-    let Committer::Rest {
-        client,
-        root,
-        token,
-    } = committer
-    else {
-        return Err(unexpected(format!(
+    let rest = Rest::of(catalog, committer).ok_or_else(|| {
+        unexpected(format!(
             "the {} is not a REST catalog",
             catalog.cfg.describe()
-        )));
-    };
-    let rest = Rest {
-        cfg: &catalog.cfg,
-        client,
-        root,
-        token,
-    };
+        ))
+    })?;
     let ident = table.identifier();
     let (status, text) = rest
         .post(ident, &requirements, &updates)
