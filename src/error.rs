@@ -232,6 +232,9 @@ impl Error {
     /// Converts an iceberg-rust error; `what` says what we were doing.
     pub fn iceberg(what: impl fmt::Display, err: iceberg::Error) -> Self {
         use iceberg::ErrorKind as K;
+        if let Some(ours) = carried(&err) {
+            return ours.prefixed(what);
+        }
         let kind = match err.kind() {
             K::TableNotFound
             | K::NamespaceNotFound
@@ -265,6 +268,18 @@ impl Error {
             format!("{what}: there are no credentials to sign S3 requests with"),
         )
         .with_hint(NO_S3_KEYS_HINT)
+    }
+
+    /// A request to the catalog (`what`) that got no answer: a TLS failure
+    /// as [`tls_failure`] tells it, else the transport's causes on one line;
+    /// kind `Catalog`, with a hint.
+    pub fn catalog_request(what: impl fmt::Display, err: reqwest::Error) -> Self {
+        if let Some((cause, hint)) = tls_failure(&err, &TlsHints::CATALOG) {
+            return Error::new(ErrorKind::Catalog, format!("{what}: {cause}")).with_hint(hint);
+        }
+        let text = concise(&one_line(&flatten_source(&err)));
+        Error::new(ErrorKind::Catalog, format!("{what}: {text}"))
+            .with_hint("is the catalog reachable? check `uri` in the `catalog` section")
     }
 
     /// Converts an iceberg-rust error of the warehouse's files (data files,
@@ -416,6 +431,27 @@ pub fn tls_failure_at(
         )
     };
     Some((format!("TLS to {host} failed: {cause}"), hint))
+}
+
+/// An error of ours that travelled through iceberg-rust (as the source of
+/// `err`, or of one of its causes): its kind, message and hint, without
+/// its sources.
+fn carried(err: &iceberg::Error) -> Option<Error> {
+    let mut cur = std::error::Error::source(err);
+    while let Some(e) = cur {
+        if let Some(ours) = e.downcast_ref::<Error>() {
+            return Some(Error {
+                kind: ours.kind,
+                message: ours.message.clone(),
+                context: ours.context.clone(),
+                hint: ours.hint.clone(),
+                source: None,
+                conflict: ours.conflict,
+            });
+        }
+        cur = e.source();
+    }
+    None
 }
 
 /// `err` and its causes on one line, each said once.
@@ -649,6 +685,20 @@ impl std::error::Error for Error {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_error_of_ours_carried_through_iceberg_keeps_its_kind_and_hint() {
+        let ours = Error::new(ErrorKind::Config, "the credential is malformed").with_hint("fix it");
+        let carried = iceberg::Error::new(iceberg::ErrorKind::Unexpected, "cannot authenticate")
+            .with_source(ours);
+        let e = Error::iceberg("cannot load the table", carried);
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert_eq!(
+            e.message(),
+            "cannot load the table: the credential is malformed"
+        );
+        assert_eq!(e.hint(), Some("fix it"));
+    }
+
     use super::*;
 
     #[test]

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use iceberg::io::FileIOBuilder;
 use iceberg::{Catalog, CatalogBuilder};
-use iceberg_catalog_rest::RestCatalogBuilder;
 use iceberg_catalog_sql::SqlCatalogBuilder;
 
 use super::glue::GlueCatalog;
 use super::probe::ProbeTarget;
+use super::rest_token::{RenewingRest, TokenCache};
 use super::storage::WarehouseStorageFactory;
 use crate::config::{CatalogConfig, CatalogKind};
 use crate::error::{Error, ErrorKind, Result};
@@ -24,6 +24,9 @@ pub struct CatalogHandle {
     pub(crate) cfg: CatalogConfig,
     /// For a Glue catalog, the same client (metadata commits swap through it).
     pub(crate) glue: Option<Arc<GlueCatalog>>,
+    /// For a REST catalog, the HTTP client and the token that iceberg-rust's
+    /// calls and permafrost's own commits share.
+    pub(crate) rest: Option<RestAuth>,
     pub(crate) committer: tokio::sync::OnceCell<Committer>,
     /// The storage of the catalog's tables (see [`storage_of`]).
     storage: Arc<WarehouseStorageFactory>,
@@ -33,13 +36,9 @@ pub struct CatalogHandle {
 pub(crate) enum Committer {
     /// The SQL catalog's database (one connection).
     Sql(sqlx::AnyPool),
-    /// The REST catalog: its HTTP client and the `…/v1[/{prefix}]` URL its
-    /// config endpoint gave.
-    Rest {
-        client: reqwest::Client,
-        root: url::Url,
-        token: super::rest_token::TokenCache,
-    },
+    /// The REST catalog: the `…/v1[/{prefix}]` URL its config endpoint
+    /// gave (its client and token are the handle's [`RestAuth`]).
+    Rest { root: url::Url },
     /// Glue commits through [`CatalogHandle::glue`].
     Glue,
 }
@@ -93,11 +92,16 @@ pub async fn open_catalog(cfg: &CatalogConfig) -> Result<Arc<CatalogHandle>> {
         CatalogKind::Glue => WarehouseStorageFactory::default(),
         _ => storage_of(&props),
     });
-    let (catalog, glue) = open_client(cfg, props, storage.clone()).await?;
+    let Clients {
+        catalog,
+        glue,
+        rest,
+    } = open_client(cfg, props, storage.clone()).await?;
     Ok(Arc::new(CatalogHandle {
         catalog,
         cfg: cfg.clone(),
         glue,
+        rest,
         committer: tokio::sync::OnceCell::new(),
         storage,
     }))
@@ -119,11 +123,24 @@ fn storage_of(props: &HashMap<String, String>) -> WarehouseStorageFactory {
     }
 }
 
+/// A REST catalog's HTTP client and access token, one of each per handle.
+pub(crate) struct RestAuth {
+    pub(crate) client: reqwest::Client,
+    pub(crate) tokens: Arc<TokenCache>,
+}
+
+/// The clients [`open_client`] opened.
+struct Clients {
+    catalog: Arc<dyn Catalog>,
+    glue: Option<Arc<GlueCatalog>>,
+    rest: Option<RestAuth>,
+}
+
 async fn open_client(
     cfg: &CatalogConfig,
     props: HashMap<String, String>,
     storage: Arc<WarehouseStorageFactory>,
-) -> Result<(Arc<dyn Catalog>, Option<Arc<GlueCatalog>>)> {
+) -> Result<Clients> {
     let factory = || storage.clone();
     let catalog: Arc<dyn Catalog> =
         match cfg.kind {
@@ -131,19 +148,21 @@ async fn open_client(
                 let glue = Arc::new(GlueCatalog::new(cfg.name.clone(), props).await.map_err(
                     |e| Error::iceberg(format!("cannot open the {}", cfg.describe()), e),
                 )?);
-                return Ok((glue.clone(), Some(glue)));
+                return Ok(Clients {
+                    catalog: glue.clone(),
+                    glue: Some(glue),
+                    rest: None,
+                });
             }
             CatalogKind::Rest => {
                 let client = crate::http::catalog_client(cfg)?;
-                let rest = RestCatalogBuilder::default()
-                    .with_storage_factory(factory())
-                    .with_client(client.clone())
-                    .load(cfg.name.clone(), props)
-                    .await
-                    .map_err(|e| {
-                        Error::iceberg(format!("cannot open the {}", cfg.describe()), e)
-                    })?;
-                Arc::new(super::rest_token::RenewingRest::new(rest, cfg, client))
+                let tokens = Arc::new(TokenCache::default());
+                let rest = RenewingRest::new(cfg, props, client.clone(), tokens.clone(), factory());
+                return Ok(Clients {
+                    catalog: Arc::new(rest),
+                    glue: None,
+                    rest: Some(RestAuth { client, tokens }),
+                });
             }
             CatalogKind::Sql => {
                 if let Some(path) = sqlite_path(&cfg.properties["uri"])
@@ -179,7 +198,11 @@ async fn open_client(
                 )
             }
         };
-    Ok((catalog, None))
+    Ok(Clients {
+        catalog,
+        glue: None,
+        rest: None,
+    })
 }
 
 /// Checks the catalog answers (and accepts our credentials) with a cheap call.

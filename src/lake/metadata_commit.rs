@@ -26,7 +26,7 @@ use iceberg::table::Table;
 use iceberg::{MetadataLocation, TableRequirement, TableUpdate};
 use serde_json::json;
 
-use super::catalog::{CatalogHandle, Committer};
+use super::catalog::{CatalogHandle, Committer, RestAuth};
 use crate::config::{CatalogConfig, CatalogKind};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -50,7 +50,7 @@ pub async fn commit(
     }
     let committer = catalog
         .committer
-        .get_or_try_init(|| open_committer(&catalog.cfg))
+        .get_or_try_init(|| open_committer(catalog))
         .await?;
     match committer {
         Committer::Sql(pool) => commit_sql(&catalog.cfg, pool, table, updates).await,
@@ -70,7 +70,8 @@ pub async fn commit(
 }
 
 /// Opens the clients the catalog's kind commits with.
-async fn open_committer(cfg: &CatalogConfig) -> Result<Committer> {
+async fn open_committer(catalog: &CatalogHandle) -> Result<Committer> {
+    let cfg = &catalog.cfg;
     Ok(match cfg.kind {
         CatalogKind::Glue => Committer::Glue,
         CatalogKind::Sql => {
@@ -88,13 +89,12 @@ async fn open_committer(cfg: &CatalogConfig) -> Result<Committer> {
             Committer::Sql(pool)
         }
         CatalogKind::Rest => {
-            let client = crate::http::catalog_client(cfg)?;
-            let token = super::rest_token::TokenCache::default();
-            let root = rest_root(cfg, &client, &token).await?;
+            let auth = catalog
+                .rest
+                .as_ref()
+                .ok_or_else(|| Error::internal("a REST catalog handle without its client"))?;
             Committer::Rest {
-                client,
-                root,
-                token,
+                root: rest_root(cfg, auth).await?,
             }
         }
     })
@@ -191,7 +191,7 @@ pub(crate) async fn swap(
     }
     let committer = catalog
         .committer
-        .get_or_try_init(|| open_committer(&catalog.cfg))
+        .get_or_try_init(|| open_committer(catalog))
         .await
         .map_err(|e| unexpected(e.to_string()))?;
     match committer {
@@ -269,14 +269,11 @@ async fn swap_sql(
 }
 
 /// The REST catalog's `…/v1[/{prefix}]`, from its config endpoint.
-async fn rest_root(
-    cfg: &CatalogConfig,
-    client: &reqwest::Client,
-    token: &super::rest_token::TokenCache,
-) -> Result<url::Url> {
+async fn rest_root(cfg: &CatalogConfig, auth: &RestAuth) -> Result<url::Url> {
     let props = &cfg.properties;
     let base = props["uri"].trim_end_matches('/').to_string();
-    let token = token.get(client, cfg, false).await?;
+    let client = &auth.client;
+    let token = auth.tokens.get(client, cfg, false).await?;
     let mut config_url = url::Url::parse(&format!("{base}/v1/config"))
         .map_err(|e| Error::config(format!("`catalog.uri`: {e}")))?;
     if let Some(w) = props.get("warehouse") {
@@ -309,10 +306,7 @@ async fn rest_root(
 }
 
 fn unreachable(e: reqwest::Error) -> Error {
-    Error::new(
-        ErrorKind::Catalog,
-        format!("cannot reach the REST catalog: {e}"),
-    )
+    Error::catalog_request("cannot reach the REST catalog", e)
 }
 
 fn bearer(rb: reqwest::RequestBuilder, token: &Option<String>) -> reqwest::RequestBuilder {
@@ -335,16 +329,12 @@ impl<'a> Rest<'a> {
     /// The REST side of `committer`, opened for `catalog`; `None` for
     /// another kind.
     fn of(catalog: &'a CatalogHandle, committer: &'a Committer) -> Option<Self> {
-        match committer {
-            Committer::Rest {
-                client,
-                root,
-                token,
-            } => Some(Self {
+        match (committer, &catalog.rest) {
+            (Committer::Rest { root }, Some(auth)) => Some(Self {
                 cfg: &catalog.cfg,
-                client,
+                client: &auth.client,
                 root,
-                token,
+                token: &auth.tokens,
             }),
             _ => None,
         }
@@ -438,7 +428,7 @@ pub(crate) async fn send_rest(
     let unexpected = |e: String| iceberg::Error::new(iceberg::ErrorKind::Unexpected, e);
     let committer = catalog
         .committer
-        .get_or_try_init(|| open_committer(&catalog.cfg))
+        .get_or_try_init(|| open_committer(catalog))
         .await
         .map_err(|e| unexpected(e.to_string()))?;
     let rest = Rest::of(catalog, committer).ok_or_else(|| {

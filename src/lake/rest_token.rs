@@ -1,27 +1,33 @@
-//! The REST catalog's access token, renewed before it expires.
+//! The REST catalog's access token: one per catalog handle, renewed before
+//! it expires, shared by iceberg-rust's client and permafrost's own commits.
 //!
 //! iceberg-rust's REST client exchanges the `credential` for an OAuth2
-//! token once and keeps it for the life of the catalog handle (0.10.1:
-//! "TODO: support automatic token refreshing"), so a handle that outlives
-//! its token — `serve`, a long `archive` or `restore` — has every catalog
-//! call refused once it expires (after an hour on Polaris, five minutes on a
-//! default Keycloak).  [`RenewingRest`] wraps the client: before each call,
-//! once half the token's life is gone, it has the client exchange the
-//! credential again.  The life is what the token endpoint says
-//! (`expires_in`), read from an exchange of our own when the handle is
-//! first used; an endpoint that does not say gets [`UNSTATED_LIFE`].  A
-//! fixed `token` in the config cannot be renewed and is used as given.
-//!
-//! permafrost's own REST commits ([`super::metadata_commit`]) authenticate
-//! with a token of their own exchange, kept in a [`TokenCache`].
+//! token once and keeps it for the life of the client (0.10.1: "TODO:
+//! support automatic token refreshing"), so a handle that outlives its token
+//! — `serve`, a long `archive` or `restore` — would have every catalog call
+//! refused once it expires (after an hour on Polaris, five minutes on a
+//! default Keycloak).  So permafrost exchanges the credential itself, in a
+//! [`TokenCache`]: once per handle, again once half the token's life is gone
+//! (the life the token endpoint states, `expires_in`, else
+//! [`UNSTATED_LIFE`]), and at once when the catalog refuses the token held.
+//! [`RenewingRest`] hands that token to iceberg-rust's client as a fixed
+//! `token` (building the client again when the token changes), and
+//! permafrost's own REST commits ([`super::metadata_commit`]) send the same
+//! one: one exchange per renewal, not one per client.  A fixed `token` in
+//! the config cannot be renewed and is used as given.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use iceberg::io::StorageFactory;
 use iceberg::table::Table;
-use iceberg::{Catalog, Namespace, NamespaceIdent, Result, TableCommit, TableCreation, TableIdent};
-use iceberg_catalog_rest::RestCatalog;
+use iceberg::{
+    Catalog, CatalogBuilder, Namespace, NamespaceIdent, Result, TableCommit, TableCreation,
+    TableIdent,
+};
+use iceberg_catalog_rest::{RestCatalog, RestCatalogBuilder};
 
 use crate::config::CatalogConfig;
 
@@ -29,18 +35,18 @@ use crate::config::CatalogConfig;
 /// default Keycloak's is five minutes).
 const UNSTATED_LIFE: Duration = Duration::from_secs(300);
 
-/// iceberg-rust's REST catalog, its token renewed (see the module docs).
+/// iceberg-rust's REST catalog, authenticating with the handle's
+/// [`TokenCache`] (see the module docs).
 pub struct RenewingRest {
-    inner: RestCatalog,
-    /// `None` without a `credential` to exchange.
-    renewal: Option<Renewal>,
-}
-
-struct Renewal {
+    /// The client and the token it was built with; `None` until first used.
+    current: tokio::sync::Mutex<Option<(Arc<RestCatalog>, Option<String>)>>,
+    tokens: Arc<TokenCache>,
     cfg: CatalogConfig,
+    /// The properties iceberg-rust's client is built with (without the
+    /// `credential`: it never exchanges one itself).
+    props: HashMap<String, String>,
     client: reqwest::Client,
-    /// The token's life and when to renew it, once learnt.
-    due: tokio::sync::Mutex<Option<(Duration, Instant)>>,
+    storage: Arc<dyn StorageFactory>,
 }
 
 impl std::fmt::Debug for RenewingRest {
@@ -50,50 +56,63 @@ impl std::fmt::Debug for RenewingRest {
 }
 
 impl RenewingRest {
-    /// Wraps `inner`, opened from `cfg`; `client` is the HTTP client
-    /// `inner` was given.
-    pub fn new(inner: RestCatalog, cfg: &CatalogConfig, client: reqwest::Client) -> Self {
-        let renewable =
-            cfg.properties.contains_key("credential") && !cfg.properties.contains_key("token");
+    /// The REST catalog `cfg` (its properties `props`) over `client`, its
+    /// tables' files read through `storage`, authenticating with `tokens`.
+    pub(crate) fn new(
+        cfg: &CatalogConfig,
+        mut props: HashMap<String, String>,
+        client: reqwest::Client,
+        tokens: Arc<TokenCache>,
+        storage: Arc<dyn StorageFactory>,
+    ) -> Self {
+        props.remove("credential");
         Self {
-            inner,
-            renewal: renewable.then(|| Renewal {
-                cfg: cfg.clone(),
-                client,
-                due: tokio::sync::Mutex::new(None),
-            }),
+            current: tokio::sync::Mutex::new(None),
+            tokens,
+            cfg: cfg.clone(),
+            props,
+            client,
+            storage,
         }
     }
 
-    /// Renews the client's token when half its life is gone; on first use,
-    /// learns that life.  A failed renewal is the call's error.
-    async fn fresh(&self) -> Result<()> {
-        self.renew(false).await
-    }
-
-    /// Renews the client's token when it is due (or at once, `now`); on
-    /// first use, learns its life (and renews nothing unless `now`).
-    async fn renew(&self, now: bool) -> Result<()> {
-        let Some(r) = &self.renewal else {
-            return Ok(());
-        };
-        let mut due = r.due.lock().await;
-        let at = Instant::now();
-        let life = match *due {
-            Some((_, renew)) if at < renew && !now => return Ok(()),
-            Some((life, _)) => life,
-            None => token_life(&r.cfg, &r.client)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or(UNSTATED_LIFE),
-        };
-        if now || due.is_some() {
-            self.inner.regenerate_token().await?;
+    /// iceberg-rust's client with the token to send now (`renew`: a fresh
+    /// one, the catalog refused the one held), built again when that token
+    /// is not the one it holds.
+    async fn inner(&self, renew: bool) -> Result<Arc<RestCatalog>> {
+        let token = self
+            .tokens
+            .get(&self.client, &self.cfg, renew)
+            .await
+            .map_err(|e| {
+                iceberg::Error::new(
+                    iceberg::ErrorKind::Unexpected,
+                    "cannot authenticate with the REST catalog",
+                )
+                .with_source(e)
+            })?;
+        let mut current = self.current.lock().await;
+        if let Some((catalog, held)) = &*current
+            && *held == token
+        {
+            return Ok(catalog.clone());
+        }
+        let mut props = self.props.clone();
+        if let Some(t) = &token {
+            props.insert("token".into(), t.clone());
+        }
+        let catalog = Arc::new(
+            RestCatalogBuilder::default()
+                .with_storage_factory(self.storage.clone())
+                .with_client(self.client.clone())
+                .load(self.cfg.name.clone(), props)
+                .await?,
+        );
+        if current.is_some() {
             tracing::debug!("the REST catalog's token was renewed");
         }
-        *due = Some((life, at + life / 2));
-        Ok(())
+        *current = Some((catalog.clone(), token));
+        Ok(catalog)
     }
 
     /// A read: `call`, and when the catalog refuses the token all the same
@@ -102,25 +121,23 @@ impl RenewingRest {
     /// takes their arguments by value.)
     async fn read<T, F, Fut>(&self, call: F) -> Result<T>
     where
-        F: Fn() -> Fut,
+        F: Fn(Arc<RestCatalog>) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        self.fresh().await?;
-        match call().await {
-            Err(e) if self.renewal.is_some() && refused_token(&e) => {
-                self.renew(true).await?;
-                call().await
+        match call(self.inner(false).await?).await {
+            Err(e) if self.cfg.properties.contains_key("credential") && refused_token(&e) => {
+                call(self.inner(true).await?).await
             }
             done => done,
         }
     }
 }
 
-/// The access token of permafrost's own REST commits, kept between
-/// commits: a fixed `token` as given; one exchanged from `credential`
-/// renewed once half its life is gone (the life the endpoint states, else
-/// [`UNSTATED_LIFE`]), so a run of thousands of batch commits exchanges the
-/// credential once an interval, not once a commit.
+/// The REST catalog's access token, kept for the catalog handle: a fixed
+/// `token` as given; one exchanged from `credential` renewed once half its
+/// life is gone (the life the endpoint states, else [`UNSTATED_LIFE`]), so
+/// a run of thousands of catalog calls exchanges the credential once an
+/// interval, not once a call; none without either.
 #[derive(Default)]
 pub(crate) struct TokenCache {
     held: tokio::sync::Mutex<Option<(Option<String>, Instant)>>,
@@ -161,22 +178,6 @@ fn refused_token(e: &iceberg::Error) -> bool {
     e.to_string().contains("401 Unauthorized")
 }
 
-/// How long the REST catalog's tokens live, by the token endpoint's
-/// `expires_in` for an exchange of `credential` (`None` without one, with
-/// a fixed `token`, or when the endpoint does not say).
-pub(crate) async fn token_life(
-    cfg: &CatalogConfig,
-    client: &reqwest::Client,
-) -> crate::error::Result<Option<std::time::Duration>> {
-    if cfg.properties.contains_key("token") {
-        return Ok(None);
-    }
-    let base = cfg.properties["uri"].trim_end_matches('/').to_string();
-    Ok(exchanged_token(client, &cfg.properties, &base)
-        .await?
-        .and_then(|(_, life)| life))
-}
-
 /// An OAuth2 client-credentials exchange of `credential`: the token and,
 /// if the endpoint says, its life.
 async fn exchanged_token(
@@ -212,10 +213,7 @@ async fn exchanged_token(
         .send()
         .await
         .map_err(|e| {
-            crate::error::Error::new(
-                crate::error::ErrorKind::Catalog,
-                format!("cannot reach the catalog's token endpoint: {e}"),
-            )
+            crate::error::Error::catalog_request("cannot reach the catalog's token endpoint", e)
         })?;
     if !resp.status().is_success() {
         return Err(crate::error::Error::new(
@@ -246,7 +244,8 @@ impl Catalog for RenewingRest {
         &self,
         parent: Option<&NamespaceIdent>,
     ) -> Result<Vec<NamespaceIdent>> {
-        self.read(|| self.inner.list_namespaces(parent)).await
+        self.read(|c| async move { c.list_namespaces(parent).await })
+            .await
     }
 
     async fn create_namespace(
@@ -254,16 +253,20 @@ impl Catalog for RenewingRest {
         namespace: &NamespaceIdent,
         properties: HashMap<String, String>,
     ) -> Result<Namespace> {
-        self.fresh().await?;
-        self.inner.create_namespace(namespace, properties).await
+        self.inner(false)
+            .await?
+            .create_namespace(namespace, properties)
+            .await
     }
 
     async fn get_namespace(&self, namespace: &NamespaceIdent) -> Result<Namespace> {
-        self.read(|| self.inner.get_namespace(namespace)).await
+        self.read(|c| async move { c.get_namespace(namespace).await })
+            .await
     }
 
     async fn namespace_exists(&self, namespace: &NamespaceIdent) -> Result<bool> {
-        self.read(|| self.inner.namespace_exists(namespace)).await
+        self.read(|c| async move { c.namespace_exists(namespace).await })
+            .await
     }
 
     async fn update_namespace(
@@ -271,17 +274,19 @@ impl Catalog for RenewingRest {
         namespace: &NamespaceIdent,
         properties: HashMap<String, String>,
     ) -> Result<()> {
-        self.fresh().await?;
-        self.inner.update_namespace(namespace, properties).await
+        self.inner(false)
+            .await?
+            .update_namespace(namespace, properties)
+            .await
     }
 
     async fn drop_namespace(&self, namespace: &NamespaceIdent) -> Result<()> {
-        self.fresh().await?;
-        self.inner.drop_namespace(namespace).await
+        self.inner(false).await?.drop_namespace(namespace).await
     }
 
     async fn list_tables(&self, namespace: &NamespaceIdent) -> Result<Vec<TableIdent>> {
-        self.read(|| self.inner.list_tables(namespace)).await
+        self.read(|c| async move { c.list_tables(namespace).await })
+            .await
     }
 
     async fn create_table(
@@ -289,41 +294,43 @@ impl Catalog for RenewingRest {
         namespace: &NamespaceIdent,
         creation: TableCreation,
     ) -> Result<Table> {
-        self.fresh().await?;
-        self.inner.create_table(namespace, creation).await
+        self.inner(false)
+            .await?
+            .create_table(namespace, creation)
+            .await
     }
 
     async fn load_table(&self, ident: &TableIdent) -> Result<Table> {
-        self.read(|| self.inner.load_table(ident)).await
+        self.read(|c| async move { c.load_table(ident).await })
+            .await
     }
 
     async fn drop_table(&self, ident: &TableIdent) -> Result<()> {
-        self.fresh().await?;
-        self.inner.drop_table(ident).await
+        self.inner(false).await?.drop_table(ident).await
     }
 
     async fn purge_table(&self, ident: &TableIdent) -> Result<()> {
-        self.fresh().await?;
-        self.inner.purge_table(ident).await
+        self.inner(false).await?.purge_table(ident).await
     }
 
     async fn table_exists(&self, ident: &TableIdent) -> Result<bool> {
-        self.read(|| self.inner.table_exists(ident)).await
+        self.read(|c| async move { c.table_exists(ident).await })
+            .await
     }
 
     async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> Result<()> {
-        self.fresh().await?;
-        self.inner.rename_table(src, dest).await
+        self.inner(false).await?.rename_table(src, dest).await
     }
 
     async fn register_table(&self, ident: &TableIdent, metadata_location: String) -> Result<Table> {
-        self.fresh().await?;
-        self.inner.register_table(ident, metadata_location).await
+        self.inner(false)
+            .await?
+            .register_table(ident, metadata_location)
+            .await
     }
 
     async fn update_table(&self, commit: TableCommit) -> Result<Table> {
-        self.fresh().await?;
-        self.inner.update_table(commit).await
+        self.inner(false).await?.update_table(commit).await
     }
 }
 

@@ -738,7 +738,8 @@ async fn hourly_behind_front(
 }
 
 /// permafrost sends its batch commits to a REST catalog itself (iceberg-rust
-/// only prepares them) with a token it keeps between commits: a token the
+/// only prepares them) with the token iceberg-rust's calls use too, exchanged
+/// once for both and kept between commits: a token the
 /// catalog stops taking before its stated life (revoked between two
 /// commits) is exchanged again and the commit sent once more — landing
 /// once, every row archived.
@@ -759,6 +760,10 @@ async fn a_batch_commit_whose_token_was_revoked_renews_it_and_lands_once() {
         panic!("never reached after-commit:\n{}", finish(child).stderr);
     };
     let before = front.log().len();
+    // One exchange for the run so far: iceberg-rust's calls and the
+    // commits share the token.
+    let exchanged = front.log().iter().filter(|e| e["token"].is_u64()).count();
+    assert_eq!(exchanged, 1, "{:?}", front.log());
     permafrost::http::install_crypto_provider();
     let revoked = reqwest::Client::new()
         .post(format!("{}/__expire_tokens", front.rest))
@@ -789,8 +794,9 @@ async fn a_batch_commit_whose_token_was_revoked_renews_it_and_lands_once() {
             .is_some_and(|p| p.ends_with("/tables/readings")),
         "the second batch's commit was refused first: {refused:?}"
     );
+    // Renewed once, for the commit and iceberg-rust's calls after it.
     let renewed = log.iter().filter(|e| e["token"].is_u64()).count();
-    assert!(renewed >= 1, "{log:?}");
+    assert_eq!(renewed, 1, "{log:?}");
     assert!(
         !out.stderr.contains("preparing the commit again"),
         "sent again as prepared, not prepared again:\n{}",
