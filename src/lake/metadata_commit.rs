@@ -27,6 +27,7 @@ use iceberg::{MetadataLocation, TableRequirement, TableUpdate};
 use serde_json::json;
 
 use super::catalog::{CatalogHandle, Committer, RestAuth};
+use super::rest_token::renewable;
 use crate::config::{CatalogConfig, CatalogKind};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -273,7 +274,7 @@ async fn rest_root(cfg: &CatalogConfig, auth: &RestAuth) -> Result<url::Url> {
     let props = &cfg.properties;
     let base = props["uri"].trim_end_matches('/').to_string();
     let client = &auth.client;
-    let token = auth.tokens.get(client, cfg, false).await?;
+    let token = auth.tokens.get(client, cfg, None).await?.value;
     let mut config_url = url::Url::parse(&format!("{base}/v1/config"))
         .map_err(|e| Error::config(format!("`catalog.uri`: {e}")))?;
     if let Some(w) = props.get("warehouse") {
@@ -362,9 +363,13 @@ impl<'a> Rest<'a> {
             "requirements": requirements,
             "updates": updates,
         });
-        for renew in [false, true] {
-            let token = self.token.get(self.client, self.cfg, renew).await?;
-            let mut rb = bearer(self.client.post(url.clone()).json(&body), &token);
+        let mut refused = None;
+        loop {
+            let token = self
+                .token
+                .get(self.client, self.cfg, refused.as_ref())
+                .await?;
+            let mut rb = bearer(self.client.post(url.clone()).json(&body), &token.value);
             for (k, v) in &self.cfg.properties {
                 if let Some(name) = k.strip_prefix("header.") {
                     rb = rb.header(name, v);
@@ -372,13 +377,16 @@ impl<'a> Rest<'a> {
             }
             let resp = rb.send().await.map_err(unreachable)?;
             let status = resp.status();
-            if status == reqwest::StatusCode::UNAUTHORIZED && !renew && token.is_some() {
+            if status == reqwest::StatusCode::UNAUTHORIZED
+                && refused.is_none()
+                && renewable(self.cfg)
+            {
+                refused = Some(token);
                 continue;
             }
             let text = resp.text().await.map_err(unreachable)?;
             return Ok((status, text));
         }
-        Err(Error::internal("the commit was not sent"))
     }
 }
 

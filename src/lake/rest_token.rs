@@ -76,13 +76,13 @@ impl RenewingRest {
         }
     }
 
-    /// iceberg-rust's client with the token to send now (`renew`: a fresh
-    /// one, the catalog refused the one held), built again when that token
-    /// is not the one it holds.
-    async fn inner(&self, renew: bool) -> Result<Arc<RestCatalog>> {
+    /// iceberg-rust's client with the token to send now (after `refused`,
+    /// a token the catalog refused: a fresh one), built again when that
+    /// token is not the one it holds; and that token.
+    async fn inner(&self, refused: Option<&Token>) -> Result<(Arc<RestCatalog>, Token)> {
         let token = self
             .tokens
-            .get(&self.client, &self.cfg, renew)
+            .get(&self.client, &self.cfg, refused)
             .await
             .map_err(|e| {
                 iceberg::Error::new(
@@ -93,12 +93,12 @@ impl RenewingRest {
             })?;
         let mut current = self.current.lock().await;
         if let Some((catalog, held)) = &*current
-            && *held == token
+            && *held == token.value
         {
-            return Ok(catalog.clone());
+            return Ok((catalog.clone(), token));
         }
         let mut props = self.props.clone();
-        if let Some(t) = &token {
+        if let Some(t) = &token.value {
             props.insert("token".into(), t.clone());
         }
         let catalog = Arc::new(
@@ -111,8 +111,8 @@ impl RenewingRest {
         if current.is_some() {
             tracing::debug!("the REST catalog's token was renewed");
         }
-        *current = Some((catalog.clone(), token));
-        Ok(catalog)
+        *current = Some((catalog.clone(), token.value.clone()));
+        Ok((catalog, token))
     }
 
     /// A read: `call`, and when the catalog refuses the token all the same
@@ -124,12 +124,18 @@ impl RenewingRest {
         F: Fn(Arc<RestCatalog>) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        match call(self.inner(false).await?).await {
-            Err(e) if self.cfg.properties.contains_key("credential") && refused_token(&e) => {
-                call(self.inner(true).await?).await
+        let (catalog, token) = self.inner(None).await?;
+        match call(catalog).await {
+            Err(e) if renewable(&self.cfg) && refused_token(&e) => {
+                call(self.inner(Some(&token)).await?.0).await
             }
             done => done,
         }
+    }
+
+    /// iceberg-rust's client for a write.
+    async fn writer(&self) -> Result<Arc<RestCatalog>> {
+        Ok(self.inner(None).await?.0)
     }
 }
 
@@ -140,37 +146,60 @@ impl RenewingRest {
 /// interval, not once a call; none without either.
 #[derive(Default)]
 pub(crate) struct TokenCache {
-    held: tokio::sync::Mutex<Option<(Option<String>, Instant)>>,
+    /// The token held and when to renew it.
+    held: tokio::sync::Mutex<Option<(Token, Instant)>>,
+}
+
+/// A token to send ([`TokenCache::get`]).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Token {
+    /// The bearer token; `None` without `credential` or `token`.
+    pub(crate) value: Option<String>,
+    /// Which exchange gave it (a catalog may hand out the same string
+    /// twice: the exchange, not the string, tells a renewed token).
+    exchange: u64,
 }
 
 impl TokenCache {
-    /// The token to send now; `renew` forces a fresh exchange (the catalog
-    /// refused the one held).
+    /// The token to send now.  After `refused` (the token a call was
+    /// refused with), a fresh one — unless another call has renewed it
+    /// since: many calls refused together exchange the credential once.
     pub(crate) async fn get(
         &self,
         client: &reqwest::Client,
         cfg: &CatalogConfig,
-        renew: bool,
-    ) -> crate::error::Result<Option<String>> {
+        refused: Option<&Token>,
+    ) -> crate::error::Result<Token> {
         if let Some(t) = cfg.properties.get("token") {
-            return Ok(Some(t.clone()));
+            return Ok(Token {
+                value: Some(t.clone()),
+                exchange: 0,
+            });
         }
         let mut held = self.held.lock().await;
         let now = Instant::now();
         if let Some((token, due)) = &*held
             && now < *due
-            && !renew
+            && refused.is_none_or(|r| r.exchange != token.exchange)
         {
             return Ok(token.clone());
         }
         let base = cfg.properties["uri"].trim_end_matches('/').to_string();
-        let (token, life) = match exchanged_token(client, &cfg.properties, &base).await? {
+        let (value, life) = match exchanged_token(client, &cfg.properties, &base).await? {
             Some((t, life)) => (Some(t), life.unwrap_or(UNSTATED_LIFE)),
             None => (None, Duration::MAX / 4),
         };
+        let exchange = held.as_ref().map_or(0, |(t, _)| t.exchange) + 1;
+        let token = Token { value, exchange };
         *held = Some((token.clone(), now + life / 2));
         Ok(token)
     }
+}
+
+/// Whether the catalog's token can be renewed: exchanged from a
+/// `credential`, not a fixed `token`.
+pub(crate) fn renewable(cfg: &CatalogConfig) -> bool {
+    cfg.properties.contains_key("credential") && !cfg.properties.contains_key("token")
 }
 
 /// The catalog refused the request's token (HTTP 401).
@@ -253,7 +282,7 @@ impl Catalog for RenewingRest {
         namespace: &NamespaceIdent,
         properties: HashMap<String, String>,
     ) -> Result<Namespace> {
-        self.inner(false)
+        self.writer()
             .await?
             .create_namespace(namespace, properties)
             .await
@@ -274,14 +303,14 @@ impl Catalog for RenewingRest {
         namespace: &NamespaceIdent,
         properties: HashMap<String, String>,
     ) -> Result<()> {
-        self.inner(false)
+        self.writer()
             .await?
             .update_namespace(namespace, properties)
             .await
     }
 
     async fn drop_namespace(&self, namespace: &NamespaceIdent) -> Result<()> {
-        self.inner(false).await?.drop_namespace(namespace).await
+        self.writer().await?.drop_namespace(namespace).await
     }
 
     async fn list_tables(&self, namespace: &NamespaceIdent) -> Result<Vec<TableIdent>> {
@@ -294,10 +323,7 @@ impl Catalog for RenewingRest {
         namespace: &NamespaceIdent,
         creation: TableCreation,
     ) -> Result<Table> {
-        self.inner(false)
-            .await?
-            .create_table(namespace, creation)
-            .await
+        self.writer().await?.create_table(namespace, creation).await
     }
 
     async fn load_table(&self, ident: &TableIdent) -> Result<Table> {
@@ -306,11 +332,11 @@ impl Catalog for RenewingRest {
     }
 
     async fn drop_table(&self, ident: &TableIdent) -> Result<()> {
-        self.inner(false).await?.drop_table(ident).await
+        self.writer().await?.drop_table(ident).await
     }
 
     async fn purge_table(&self, ident: &TableIdent) -> Result<()> {
-        self.inner(false).await?.purge_table(ident).await
+        self.writer().await?.purge_table(ident).await
     }
 
     async fn table_exists(&self, ident: &TableIdent) -> Result<bool> {
@@ -319,18 +345,18 @@ impl Catalog for RenewingRest {
     }
 
     async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> Result<()> {
-        self.inner(false).await?.rename_table(src, dest).await
+        self.writer().await?.rename_table(src, dest).await
     }
 
     async fn register_table(&self, ident: &TableIdent, metadata_location: String) -> Result<Table> {
-        self.inner(false)
+        self.writer()
             .await?
             .register_table(ident, metadata_location)
             .await
     }
 
     async fn update_table(&self, commit: TableCommit) -> Result<Table> {
-        self.inner(false).await?.update_table(commit).await
+        self.writer().await?.update_table(commit).await
     }
 }
 

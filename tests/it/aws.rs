@@ -942,8 +942,8 @@ async fn keys_a_rest_catalog_vends_are_renewed_before_they_expire() {
     assert_eq!(out.stdout.lines().count(), 500, "{}", out.stderr);
 
     // `serve` holds one catalog handle for its life: a token the catalog
-    // stops taking before its time (revoked) is renewed at the next read,
-    // and the API answers.
+    // stops taking before its time (revoked) is renewed at the next reads,
+    // once for all of them, and the API answers.
     // (The test's `serve` helper is built with the `query` feature.)
     #[cfg(feature = "query")]
     {
@@ -959,12 +959,19 @@ async fn keys_a_rest_catalog_vends_are_renewed_before_they_expire() {
             .send()
             .await;
         assert_eq!(revoked.expect("revoke").status(), 204);
-        let answer = table().await.expect("request");
-        assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+        // Four requests at once: each may be refused, the token is
+        // exchanged once for all of them.
+        let answers = futures::future::join_all((0..4).map(|_| table())).await;
+        for answer in answers {
+            let answer = answer.expect("request");
+            assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+        }
         let log = front.log().split_off(before);
         let refusals = log.iter().filter(|e| e["why"] == "token expired").count();
         let renewed = log.iter().filter(|e| e["token"].is_u64()).count();
-        assert_eq!((refusals, renewed), (1, 1), "{log:?}");
+        eprintln!("{refusals} refusal(s) of the revoked token, {renewed} exchange(s)");
+        assert!(refusals <= 4, "{log:?}");
+        assert_eq!(renewed, 1, "{log:?}");
         assert_eq!(srv.stop(), 0);
     }
 }
