@@ -31,7 +31,7 @@ use super::{Archived, Loaded, StagedColumn, in_transaction, pg};
 use crate::checksum::{Checksum, RowHasher};
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
-use crate::lake::readback::read_files;
+use crate::lake::readback::{file_reader, read_files};
 use crate::lake::vended::TableStorage;
 use crate::source::catalog::{self, map_context, resolve_type};
 use crate::types::{Mapping, TypeInfo, map_type, text_mapping};
@@ -225,12 +225,12 @@ async fn copy_share(
     let mut hasher = RowHasher::default();
     let mut hashes = Vec::new();
     let mut share = Share::default();
-    let mut reader = table.reader_builder().with_batch_size(8192).build();
+    let mut reader = file_reader(&table);
     let mut io_generation = 0;
     let next = || queue.lock().ok().and_then(|mut q| q.pop_front());
     while let Some(task) = next() {
         if storage.refresh(&mut table, &mut io_generation).await? {
-            reader = table.reader_builder().with_batch_size(8192).build();
+            reader = file_reader(&table);
         }
         let path = task.data_file_path.clone();
         let what = "cannot read the archive";
