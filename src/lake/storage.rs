@@ -9,7 +9,8 @@
 //! to disk waits on the device, so that alone goes to the blocking pool.
 //!
 //! Every file this storage writes — data files, manifests, manifest lists,
-//! table metadata — is flushed to disk (`fsync`), with its directory entry,
+//! table metadata — is flushed to disk (`fsync`), with its directory entry
+//! and the entry of every directory created for it (a new partition's),
 //! before it is reported written, so a catalog commit never points at a
 //! file that a power loss could leave empty or unnamed.  (OpenDAL flushed
 //! the file, not the directory.)
@@ -102,40 +103,74 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
     )
 }
 
-/// Flushes the new file `path` and its directory entry to disk, on the
-/// blocking pool (the one wait on the device).
-async fn sync(file: fs::File, path: PathBuf) -> Result<()> {
-    let flush = move || {
-        file.sync_all().map_err(|e| (e, path.clone()))?;
-        let Some(dir) = path.parent() else {
-            return Ok(());
-        };
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| (e, dir.to_path_buf()))
-    };
-    let synced = tokio::task::spawn_blocking(flush)
-        .await
-        .map_err(|e| Error::new(ErrorKind::Unexpected, format!("flush task failed: {e}")))?;
-    synced.map_err(|(e, path)| io_error("cannot flush", &path, e))
+/// A new local file being written, and the directories whose entries must
+/// reach the disk with it: its own, and the parent of every directory
+/// created for it.
+#[derive(Debug)]
+struct NewFile {
+    file: fs::File,
+    path: PathBuf,
+    /// Directories holding an entry created for this file, deepest first.
+    dirs: Vec<PathBuf>,
 }
 
-/// Creates `path` (and its missing directories) for writing.
-fn create(path: &Path) -> Result<fs::File> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| match e.kind() {
-            // mkdir's EEXIST for a plain file on the path says little.
-            std::io::ErrorKind::AlreadyExists => Error::new(
-                ErrorKind::Unexpected,
-                format!(
-                    "cannot create the directory {}: a file of that name is in the way ({e})",
-                    dir.display()
+impl NewFile {
+    /// Creates `path` for writing, and its missing directories.  (Two
+    /// writers creating the same directory at once: the one that created it
+    /// flushes its entry.)
+    fn create(path: &Path) -> Result<Self> {
+        let mut dirs = Vec::new();
+        if let Some(dir) = path.parent() {
+            dirs.push(dir.to_path_buf());
+            let mut missing = dir;
+            while !missing.exists() {
+                let Some(up) = missing.parent() else { break };
+                dirs.push(up.to_path_buf());
+                missing = up;
+            }
+            fs::create_dir_all(dir).map_err(|e| match e.kind() {
+                // mkdir's EEXIST for a plain file on the path says little.
+                std::io::ErrorKind::AlreadyExists => Error::new(
+                    ErrorKind::Unexpected,
+                    format!(
+                        "cannot create the directory {}: a file of that name is in the way ({e})",
+                        dir.display()
+                    ),
                 ),
-            ),
-            _ => io_error("cannot create the directory", dir, e),
-        })?;
+                _ => io_error("cannot create the directory", dir, e),
+            })?;
+        }
+        let file = fs::File::create(path).map_err(|e| io_error("cannot create", path, e))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            dirs,
+        })
     }
-    fs::File::create(path).map_err(|e| io_error("cannot create", path, e))
+
+    fn write(&mut self, bs: &[u8]) -> Result<()> {
+        self.file
+            .write_all(bs)
+            .map_err(|e| io_error("cannot write", &self.path, e))
+    }
+
+    /// Flushes the file and the directory entries that name it to disk, on
+    /// the blocking pool (the one wait on the device).
+    async fn sync(self) -> Result<()> {
+        let flush = move || {
+            self.file.sync_all().map_err(|e| (e, self.path.clone()))?;
+            for dir in &self.dirs {
+                fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| (e, dir.clone()))?;
+            }
+            Ok(())
+        };
+        let synced = tokio::task::spawn_blocking(flush)
+            .await
+            .map_err(|e| Error::new(ErrorKind::Unexpected, format!("flush task failed: {e}")))?;
+        synced.map_err(|(e, path)| io_error("cannot flush", &path, e))
+    }
 }
 
 #[async_trait]
@@ -161,20 +196,17 @@ impl Storage for WarehouseStorage {
         let Some(local) = local(path) else {
             return self.remote.write(path, bs).await;
         };
-        let mut file = create(&local)?;
-        file.write_all(&bs)
-            .map_err(|e| io_error("cannot write", &local, e))?;
-        sync(file, local).await
+        let mut file = NewFile::create(&local)?;
+        file.write(&bs)?;
+        file.sync().await
     }
 
     async fn writer(&self, path: &str) -> Result<Box<dyn FileWrite>> {
         let Some(local) = local(path) else {
             return self.remote.writer(path).await;
         };
-        let file = create(&local)?;
         Ok(Box::new(LocalWrite {
-            file: Some(file),
-            path: local,
+            file: Some(NewFile::create(&local)?),
         }))
     }
 
@@ -222,27 +254,24 @@ impl Storage for WarehouseStorage {
 /// `close` flushes them to disk.
 #[derive(Debug)]
 struct LocalWrite {
-    file: Option<fs::File>,
-    path: PathBuf,
+    file: Option<NewFile>,
 }
 
 #[async_trait]
 impl FileWrite for LocalWrite {
     async fn write(&mut self, bs: Bytes) -> Result<()> {
-        let file = self
-            .file
+        self.file
             .as_mut()
-            .ok_or_else(|| Error::new(ErrorKind::Unexpected, "write after close"))?;
-        file.write_all(&bs)
-            .map_err(|e| io_error("cannot write", &self.path, e))
+            .ok_or_else(|| Error::new(ErrorKind::Unexpected, "write after close"))?
+            .write(&bs)
     }
 
     async fn close(&mut self) -> Result<()> {
-        let file = self
-            .file
+        self.file
             .take()
-            .ok_or_else(|| Error::new(ErrorKind::Unexpected, "closed twice"))?;
-        sync(file, self.path.clone()).await
+            .ok_or_else(|| Error::new(ErrorKind::Unexpected, "closed twice"))?
+            .sync()
+            .await
     }
 }
 
@@ -261,6 +290,22 @@ mod tests {
         assert_eq!(local("s3://bucket/w/a"), None);
         assert_eq!(local("memory:/a"), None);
         assert_eq!(local("relative/a"), None);
+    }
+
+    #[test]
+    fn a_new_file_flushes_the_entries_of_the_directories_made_for_it() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let root = root.path();
+        let first = NewFile::create(&root.join("t/data/day=1/a.parquet")).expect("create");
+        let made = |d: &str| root.join(d);
+        assert_eq!(
+            first.dirs,
+            vec![made("t/data/day=1"), made("t/data"), made("t"), root.to_path_buf()]
+        );
+        let second = NewFile::create(&root.join("t/data/day=1/b.parquet")).expect("create");
+        assert_eq!(second.dirs, vec![made("t/data/day=1")]);
+        let third = NewFile::create(&root.join("t/data/day=2/c.parquet")).expect("create");
+        assert_eq!(third.dirs, vec![made("t/data/day=2"), made("t/data")]);
     }
 
     #[tokio::test]
