@@ -300,7 +300,12 @@ mod tests {
         let made = |d: &str| root.join(d);
         assert_eq!(
             first.dirs,
-            vec![made("t/data/day=1"), made("t/data"), made("t"), root.to_path_buf()]
+            vec![
+                made("t/data/day=1"),
+                made("t/data"),
+                made("t"),
+                root.to_path_buf()
+            ]
         );
         let second = NewFile::create(&root.join("t/data/day=1/b.parquet")).expect("create");
         assert_eq!(second.dirs, vec![made("t/data/day=1")]);

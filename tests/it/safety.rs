@@ -856,15 +856,29 @@ fn walk_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// existing directory and the file trade places in one step, so a batch
 /// running meanwhile finds the directory or the file, never nothing (with a
 /// rename and then a write, a load in that gap failed on a missing file
-/// instead of the blocked path).
+/// instead of the blocked path).  The file takes the place of a missing
+/// directory only if it is still missing (a batch running meanwhile may
+/// create it: checking first and writing then failed once on the
+/// directory made in between).
 fn block(dir: &std::path::Path) -> impl FnOnce() + use<> {
+    use std::io::Write as _;
     let aside = dir.with_extension("aside");
-    let existed = dir.exists();
-    let blocking = if existed { &aside } else { dir };
-    std::fs::write(blocking, b"not a directory").expect("block");
-    if existed {
-        exchange(dir, &aside);
-    }
+    let placed = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir);
+    let existed = match placed {
+        Ok(mut file) => {
+            file.write_all(b"not a directory").expect("block");
+            false
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::write(&aside, b"not a directory").expect("block");
+            exchange(dir, &aside);
+            true
+        }
+        Err(e) => panic!("block {}: {e}", dir.display()),
+    };
     let dir = dir.to_path_buf();
     move || {
         if existed {
