@@ -473,15 +473,41 @@ fn mode_of(opts: &ArchiveOptions) -> BatchMode {
     }
 }
 
-fn plan_of(facts: &TableFacts, t: &TableConfig, opts: &ArchiveOptions) -> Plan {
+fn plan_of(facts: &TableFacts, opts: &ArchiveOptions, batch_windows: u32) -> Plan {
     plan::plan(
         facts,
         PlanOptions {
             force: opts.force,
-            batch_windows: t.batch_windows,
+            batch_windows,
             mode: mode_of(opts),
         },
     )
+}
+
+/// The windows per batch of this run: `batch_windows`, or with `batch_rows`
+/// as many as hold about that many rows by Postgres's estimate
+/// ([`plan::windows_for_rows`]).
+async fn batch_windows(
+    client: &tokio_postgres::Client,
+    t: &TableConfig,
+    src: &source::SourceTable,
+    facts: &TableFacts,
+    (lower, cutoff): (Option<Micros>, Micros),
+) -> Result<u32> {
+    let Some(target) = t.batch_rows else {
+        return Ok(t.batch_windows);
+    };
+    if facts.pending.is_empty() {
+        return Ok(t.batch_windows);
+    }
+    let rows = windows::estimated_rows(client, src, lower, cutoff).await?;
+    let n = plan::windows_for_rows(t.batch_windows, target, rows, facts.pending.len());
+    tracing::debug!(
+        "{}: about {rows} row(s) in {} window(s): {n} window(s) per batch",
+        t.quoted_name(),
+        facts.pending.len()
+    );
+    Ok(n)
 }
 
 /// One table's run on its connection: introspect, then (under the table's
@@ -524,7 +550,8 @@ async fn archive_on(
         tracing::warn!("{}: {warning}", table.ident);
     }
     let facts = facts::gather(client, &table.table, &src, t, lower, cutoff).await?;
-    let plan = plan_of(&facts, t, opts);
+    let per_batch = batch_windows(client, t, &src, &facts, (lower, cutoff)).await?;
+    let plan = plan_of(&facts, opts, per_batch);
     let ctx = Ctx {
         cfg: t.clone(),
         catalog: catalog.clone(),
@@ -625,7 +652,8 @@ async fn dry_run(
             facts::gather(client, table, src, t, lower, cutoff).await?
         }
     };
-    fill_dry_run(report, &facts, t, opts, &counts);
+    let per_batch = batch_windows(client, t, src, &facts, (lower, cutoff)).await?;
+    fill_dry_run(report, &facts, opts, per_batch, &counts);
     Ok(())
 }
 
@@ -884,11 +912,11 @@ async fn left_behind(
 fn fill_dry_run(
     report: &mut TableReport,
     facts: &TableFacts,
-    t: &TableConfig,
     opts: &ArchiveOptions,
+    batch_windows: u32,
     counts: &[(Window, u64)],
 ) {
-    for b in plan_of(facts, t, opts).batches {
+    for b in plan_of(facts, opts, batch_windows).batches {
         let rows = counts
             .iter()
             .filter(|(w, _)| b.range.overlaps(w))

@@ -222,6 +222,10 @@ pub struct TableConfig {
     /// At most this many consecutive windows per batch; [`BATCH_WINDOWS_ALL`]:
     /// every window a run archives, in one batch (one snapshot).
     pub batch_windows: u32,
+    /// Group consecutive windows into batches of about this many rows, by
+    /// Postgres's estimate of the rows a run archives (at least
+    /// `batch_windows` windows each): small windows share a batch.
+    pub batch_rows: Option<u64>,
     /// Batches of this table extracting at once, each on its own connection
     /// and Postgres transaction (its commits to the catalog one at a time);
     /// with 2 or more, a spare worker finishes a batch meanwhile when
@@ -442,6 +446,8 @@ struct RawTable {
     max_batch_rows: Option<u64>,
     #[serde(default, deserialize_with = "opt_scalar")]
     batch_windows: Option<String>,
+    #[serde(default, deserialize_with = "opt_scalar")]
+    batch_rows: Option<u64>,
     #[serde(default, deserialize_with = "opt_scalar")]
     parallel_windows: Option<usize>,
     #[serde(default, deserialize_with = "opt_scalar")]
@@ -898,6 +904,23 @@ fn parse_table(
         )));
     }
     let batch_windows = batch_windows(t.batch_windows.as_deref(), partition_by, &key)?;
+    if let Some(n) = t.batch_rows {
+        if !(1..=i64::MAX as u64).contains(&n) {
+            return Err(Error::config(format!(
+                "{} must be between 1 and {}",
+                key("batch_rows"),
+                i64::MAX
+            )));
+        }
+        if batch_windows == BATCH_WINDOWS_ALL {
+            return Err(Error::config(format!(
+                "{} groups windows by rows; {} already puts every window in one batch",
+                key("batch_rows"),
+                key("batch_windows: all")
+            ))
+            .with_hint("set one of them"));
+        }
+    }
     let parallel_windows = parallel_windows(t.parallel_windows, pool_size, &key)?;
     let zstd_level = t.zstd_level.unwrap_or(3);
     if !(1..=22).contains(&zstd_level) {
@@ -922,6 +945,7 @@ fn parse_table(
         target_file_size,
         max_batch_rows: t.max_batch_rows,
         batch_windows,
+        batch_rows: t.batch_rows,
         parallel_windows,
         zstd_level,
         exclude_columns: t.exclude_columns,
@@ -1294,7 +1318,8 @@ pub const MAX_PG_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 /// The default `database.lock_timeout`.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_POOL_SIZE: usize = 1000;
-const MAX_BATCH_WINDOWS: u32 = 100_000;
+/// The most windows a batch takes (`batch_windows`, `batch_rows`).
+pub const MAX_BATCH_WINDOWS: u32 = 100_000;
 /// `batch_windows: all`: one batch for every window of a run (the planner's
 /// alignment groups every ordinal of Postgres' range together).
 pub const BATCH_WINDOWS_ALL: u32 = u32::MAX;
@@ -1514,6 +1539,24 @@ mod tests {
         assert_eq!(c.database.pool_size, 7);
         assert!(c.tables[0].drop_partitions);
         assert_eq!(c.tables[0].batch_windows, 3);
+    }
+
+    #[test]
+    fn batch_rows_is_a_positive_count_beside_a_number_of_windows() {
+        let yaml = |extra: &str| {
+            format!(
+                "database:\n  dsn: \"host=h\"\ntables:\n  - name: t\n    timestamp_column: ts\n{extra}"
+            )
+        };
+        let parse = |extra: &str| Config::from_str_with(&yaml(extra), Path::new("."), &env(&[]));
+        let c = parse("    batch_rows: 250000\n").unwrap();
+        assert_eq!(c.tables[0].batch_rows, Some(250_000));
+        assert_eq!(c.tables[0].batch_windows, 1);
+        assert_eq!(parse("").unwrap().tables[0].batch_rows, None);
+        let e = parse("    batch_rows: 0\n").unwrap_err();
+        assert!(e.to_string().contains("batch_rows"), "{e}");
+        let e = parse("    batch_rows: 1000\n    batch_windows: all\n").unwrap_err();
+        assert!(e.to_string().contains("already puts every window"), "{e}");
     }
 
     #[test]

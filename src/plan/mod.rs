@@ -329,6 +329,27 @@ impl Barriers<'_> {
     }
 }
 
+/// The windows per batch that make batches of about `target` rows when a
+/// run's `rows` (Postgres's estimate) lie in `windows` windows holding rows
+/// (`batch_rows`): as many windows as fit in `target` at their average size,
+/// at least `min` (`batch_windows`), at most
+/// [`crate::config::MAX_BATCH_WINDOWS`]; `min` when the estimate is below a
+/// row per window.  Pure.
+pub fn windows_for_rows(min: u32, target: u64, rows: u64, windows: usize) -> u32 {
+    // Every window counted holds a row: an estimate of fewer rows than
+    // windows is statistics out of date (a table never analysed), not a
+    // reason to put everything in one batch.
+    if windows == 0 || rows < windows as u64 {
+        return min;
+    }
+    let per_window = rows / windows as u64;
+    let fit = target / per_window.max(1);
+    let most = crate::config::MAX_BATCH_WINDOWS;
+    u32::try_from(fit)
+        .unwrap_or(most)
+        .clamp(min.min(most), most)
+}
+
 /// Groups consecutive runnable windows, aligned on `batch_windows` (with 24
 /// hourly windows per batch, a batch is one UTC day; `all`: one group for
 /// the whole run), never across a barrier.
@@ -555,6 +576,25 @@ pub fn kept_ranges(facts: &TableFacts, done: impl IntoIterator<Item = Window>) -
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn batch_rows_groups_small_windows_and_leaves_large_ones_alone() {
+        // 1,000,000 rows over 30 daily windows, batches of 250,000: 7 days.
+        assert_eq!(windows_for_rows(1, 250_000, 1_000_000, 30), 7);
+        // Windows larger than the target: one each (or the minimum).
+        assert_eq!(windows_for_rows(1, 250_000, 30_000_000, 3), 1);
+        assert_eq!(windows_for_rows(24, 250_000, 30_000_000, 3), 24);
+        // No window, or an estimate below a row per window (statistics
+        // out of date): the minimum.
+        assert_eq!(windows_for_rows(1, 250_000, 0, 0), 1);
+        assert_eq!(windows_for_rows(1, 250_000, 0, 30), 1);
+        assert_eq!(windows_for_rows(3, 250_000, 29, 30), 3);
+        // Tiny windows: as many as a batch may take.
+        assert_eq!(
+            windows_for_rows(1, u64::MAX, 10, 10),
+            crate::config::MAX_BATCH_WINDOWS
+        );
+    }
     use super::window::parse_instant;
     use super::*;
 

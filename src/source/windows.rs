@@ -206,6 +206,40 @@ pub async fn window_counts(
         .collect())
 }
 
+/// Postgres's estimate (its planner's, nothing is read) of the rows a run
+/// over `[lower, cutoff)` would archive (`lower`: `None` for everything
+/// below the cutoff).  As good as the table's statistics: `ANALYZE` keeps
+/// them.
+pub async fn estimated_rows(
+    client: &Client,
+    t: &SourceTable,
+    lower: Option<Micros>,
+    cutoff: Micros,
+) -> Result<u64> {
+    let pred = match lower {
+        Some(start) => range_predicate(t, &Window { start, end: cutoff }),
+        None => archivable_below(t, cutoff),
+    };
+    let sql = format!(
+        "EXPLAIN (FORMAT JSON) SELECT 1 FROM {} WHERE {pred}",
+        t.qualified()
+    );
+    let what = || format!("cannot estimate the rows of {}", t.qualified());
+    let messages = client
+        .simple_query(&sql)
+        .await
+        .map_err(|e| Error::postgres(what(), e))?;
+    let plan = messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0),
+        _ => None,
+    });
+    let rows = plan
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+        .and_then(|v| v[0]["Plan"]["Plan Rows"].as_f64())
+        .ok_or_else(|| Error::internal(format!("{}: no plan rows", what())))?;
+    Ok(rows.max(0.0) as u64)
+}
+
 /// Rows of `t` in `range` passing the filter.
 pub async fn count_in_range(client: &Client, t: &SourceTable, range: &Window) -> Result<u64> {
     let sql = format!(

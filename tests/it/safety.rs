@@ -524,6 +524,54 @@ async fn batch_windows_all_makes_fewer_fuller_snapshots() {
     f.assert_reconciled("batch_windows: all");
 }
 
+/// `batch_rows`: windows smaller than it share a batch — as many as hold
+/// about that many rows by Postgres's estimate, aligned as `batch_windows`
+/// aligns — and the dry run plans the same batches.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn batch_rows_groups_small_windows_by_the_estimate() {
+    let s = services!();
+    let f = Fixture::new(&s, None, Cat::Sqlite, 100, 30, "    batch_rows: 500\n", "").await;
+    let c = f.db.client().await;
+    c.batch_execute("ANALYZE sensor_readings")
+        .await
+        .expect("analyze");
+    let dry = f.archive(&["--dry-run"], &[]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    let planned = dry.json()[0]["planned"].clone();
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rep = out.json();
+    let batches = rep[0]["batches"].as_array().expect("batches");
+    // 100 rows a day, 500 a batch: 5 days each, aligned on multiples of 5
+    // days, so 30 consecutive days make 6 batches, or 7 when they start
+    // mid-group.
+    assert!(
+        (6..=7).contains(&batches.len()),
+        "{} batches: {rep}",
+        batches.len()
+    );
+    for b in batches {
+        let days = |k: &str| {
+            chrono::DateTime::parse_from_rfc3339(b[k].as_str().expect(k))
+                .expect("time")
+                .timestamp()
+                / 86400
+        };
+        let span = days("window_end") - days("window_start");
+        assert!((1..=5).contains(&span), "{span} days in {b}");
+        assert_eq!(b["rows"].as_u64(), Some(100 * span as u64), "{b}");
+    }
+    assert_eq!(archived_rows(&rep), 3000);
+    assert_eq!(
+        planned.as_array().map(Vec::len),
+        Some(batches.len()),
+        "the dry run planned other batches: {planned}"
+    );
+    assert_eq!(count(&c, "sensor_readings", "true").await, 0);
+    f.assert_reconciled("batch_rows");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn two_instances_at_once_archive_each_row_once() {
