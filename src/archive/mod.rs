@@ -501,7 +501,13 @@ async fn batch_windows(
         return Ok(t.batch_windows);
     }
     let rows = windows::estimated_rows(client, src, lower, cutoff).await?;
-    let n = plan::windows_for_rows(t.batch_windows, target, rows, facts.pending.len());
+    let n = plan::windows_for_rows(
+        t.batch_windows,
+        target,
+        rows,
+        facts.pending.len(),
+        t.parallel_windows,
+    );
     tracing::debug!(
         "{}: about {rows} row(s) in {} window(s): {n} window(s) per batch",
         t.quoted_name(),

@@ -224,7 +224,8 @@ pub struct TableConfig {
     pub batch_windows: u32,
     /// Group consecutive windows into batches of about this many rows, by
     /// Postgres's estimate of the rows a run archives (at least
-    /// `batch_windows` windows each): small windows share a batch.
+    /// `batch_windows` windows each, and two batches per extraction slot
+    /// left): small windows share a batch.  `None`: `batch_windows` as given.
     pub batch_rows: Option<u64>,
     /// Batches of this table extracting at once, each on its own connection
     /// and Postgres transaction (its commits to the catalog one at a time);
@@ -904,23 +905,7 @@ fn parse_table(
         )));
     }
     let batch_windows = batch_windows(t.batch_windows.as_deref(), partition_by, &key)?;
-    if let Some(n) = t.batch_rows {
-        if !(1..=i64::MAX as u64).contains(&n) {
-            return Err(Error::config(format!(
-                "{} must be between 1 and {}",
-                key("batch_rows"),
-                i64::MAX
-            )));
-        }
-        if batch_windows == BATCH_WINDOWS_ALL {
-            return Err(Error::config(format!(
-                "{} groups windows by rows; {} already puts every window in one batch",
-                key("batch_rows"),
-                key("batch_windows: all")
-            ))
-            .with_hint("set one of them"));
-        }
-    }
+    let batch_rows = batch_rows(t.batch_rows, batch_windows, &key)?;
     let parallel_windows = parallel_windows(t.parallel_windows, pool_size, &key)?;
     let zstd_level = t.zstd_level.unwrap_or(3);
     if !(1..=22).contains(&zstd_level) {
@@ -945,7 +930,7 @@ fn parse_table(
         target_file_size,
         max_batch_rows: t.max_batch_rows,
         batch_windows,
-        batch_rows: t.batch_rows,
+        batch_rows,
         parallel_windows,
         zstd_level,
         exclude_columns: t.exclude_columns,
@@ -976,6 +961,34 @@ fn batch_windows(
                 ))
             }),
     }
+}
+
+/// `tables[].batch_rows`: a row count, beside a number of windows (not
+/// `all`); none by default.
+fn batch_rows(
+    raw: Option<u64>,
+    batch_windows: u32,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Option<u64>> {
+    let Some(n) = raw else {
+        return Ok(None);
+    };
+    if !(1..=i64::MAX as u64).contains(&n) {
+        return Err(Error::config(format!(
+            "{} must be between 1 and {}",
+            key("batch_rows"),
+            i64::MAX
+        )));
+    }
+    if batch_windows == BATCH_WINDOWS_ALL {
+        return Err(Error::config(format!(
+            "{} groups windows by rows; {} already puts every window in one batch",
+            key("batch_rows"),
+            key("batch_windows: all")
+        ))
+        .with_hint("set one of them"));
+    }
+    Ok(Some(n))
 }
 
 /// `tables[].parallel_windows`: workers each hold a connection besides the

@@ -331,11 +331,12 @@ impl Barriers<'_> {
 
 /// The windows per batch that make batches of about `target` rows when a
 /// run's `rows` (Postgres's estimate) lie in `windows` windows holding rows
-/// (`batch_rows`): as many windows as fit in `target` at their average size,
-/// at least `min` (`batch_windows`), at most
+/// (`batch_rows`): as many windows as fit in `target` at their average size
+/// — but no more than leave two batches per extraction slot (`slots`), so
+/// every slot stays busy — at least `min` (`batch_windows`), at most
 /// [`crate::config::MAX_BATCH_WINDOWS`]; `min` when the estimate is below a
 /// row per window.  Pure.
-pub fn windows_for_rows(min: u32, target: u64, rows: u64, windows: usize) -> u32 {
+pub fn windows_for_rows(min: u32, target: u64, rows: u64, windows: usize, slots: usize) -> u32 {
     // Every window counted holds a row: an estimate of fewer rows than
     // windows is statistics out of date (a table never analysed), not a
     // reason to put everything in one batch.
@@ -344,8 +345,9 @@ pub fn windows_for_rows(min: u32, target: u64, rows: u64, windows: usize) -> u32
     }
     let per_window = rows / windows as u64;
     let fit = target / per_window.max(1);
+    let spread = (windows / (2 * slots.max(1))).max(1) as u64;
     let most = crate::config::MAX_BATCH_WINDOWS;
-    u32::try_from(fit)
+    u32::try_from(fit.min(spread))
         .unwrap_or(most)
         .clamp(min.min(most), most)
 }
@@ -579,19 +581,24 @@ mod tests {
 
     #[test]
     fn batch_rows_groups_small_windows_and_leaves_large_ones_alone() {
-        // 1,000,000 rows over 30 daily windows, batches of 250,000: 7 days.
-        assert_eq!(windows_for_rows(1, 250_000, 1_000_000, 30), 7);
+        // 1,000,000 rows over 30 daily windows, batches of 250,000, two
+        // slots: 7 days (and 5 batches: more than two per slot).
+        assert_eq!(windows_for_rows(1, 250_000, 1_000_000, 30, 2), 7);
+        // Eight slots: two batches each leaves a day per batch.
+        assert_eq!(windows_for_rows(1, 250_000, 1_000_000, 30, 8), 1);
+        // A year of small days on two slots: 250,000 rows' worth.
+        assert_eq!(windows_for_rows(1, 250_000, 3_650_000, 365, 2), 25);
         // Windows larger than the target: one each (or the minimum).
-        assert_eq!(windows_for_rows(1, 250_000, 30_000_000, 3), 1);
-        assert_eq!(windows_for_rows(24, 250_000, 30_000_000, 3), 24);
+        assert_eq!(windows_for_rows(1, 250_000, 30_000_000, 30, 2), 1);
+        assert_eq!(windows_for_rows(24, 250_000, 30_000_000, 300, 2), 24);
         // No window, or an estimate below a row per window (statistics
         // out of date): the minimum.
-        assert_eq!(windows_for_rows(1, 250_000, 0, 0), 1);
-        assert_eq!(windows_for_rows(1, 250_000, 0, 30), 1);
-        assert_eq!(windows_for_rows(3, 250_000, 29, 30), 3);
-        // Tiny windows: as many as a batch may take.
+        assert_eq!(windows_for_rows(1, 250_000, 0, 0, 2), 1);
+        assert_eq!(windows_for_rows(1, 250_000, 0, 30, 2), 1);
+        assert_eq!(windows_for_rows(3, 250_000, 29, 30, 2), 3);
+        // Tiny windows, very many: as many as a batch may take.
         assert_eq!(
-            windows_for_rows(1, u64::MAX, 10, 10),
+            windows_for_rows(1, u64::MAX, 1 << 40, 1 << 40, 1),
             crate::config::MAX_BATCH_WINDOWS
         );
     }

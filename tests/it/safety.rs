@@ -531,7 +531,16 @@ async fn batch_windows_all_makes_fewer_fuller_snapshots() {
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn batch_rows_groups_small_windows_by_the_estimate() {
     let s = services!();
-    let f = Fixture::new(&s, None, Cat::Sqlite, 100, 30, "    batch_rows: 500\n", "").await;
+    let f = Fixture::new(
+        &s,
+        None,
+        Cat::Sqlite,
+        100,
+        30,
+        "    batch_rows: 500\n    parallel_windows: 2\n",
+        "",
+    )
+    .await;
     let c = f.db.client().await;
     c.batch_execute("ANALYZE sensor_readings")
         .await
@@ -543,9 +552,9 @@ async fn batch_rows_groups_small_windows_by_the_estimate() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let rep = out.json();
     let batches = rep[0]["batches"].as_array().expect("batches");
-    // 100 rows a day, 500 a batch: 5 days each, aligned on multiples of 5
-    // days, so 30 consecutive days make 6 batches, or 7 when they start
-    // mid-group.
+    // 100 rows a day, 500 a batch: 5 days each (two slots keep more than
+    // two batches each), aligned on multiples of 5 days, so 30 consecutive
+    // days make 6 batches, or 7 when they start mid-group.
     assert!(
         (6..=7).contains(&batches.len()),
         "{} batches: {rep}",
