@@ -478,22 +478,19 @@ async fn fault_matrix_one_batch_per_run() {
     .await;
 }
 
+/// 30 daily windows of 100 rows each in the SQLite catalog, the table
+/// configured with `table_extra`.
+async fn small_days(s: &Services, table_extra: &str) -> Fixture {
+    Fixture::new(s, None, Cat::Sqlite, 100, 30, table_extra, "").await
+}
+
 /// `batch_windows: all`: a catch-up run over many windows commits one
 /// snapshot per `max_batch_rows` rows, not one per window.
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn batch_windows_all_makes_fewer_fuller_snapshots() {
     let s = services!();
-    let f = Fixture::new(
-        &s,
-        None,
-        Cat::Sqlite,
-        100,
-        30,
-        "    batch_windows: all\n    max_batch_rows: 1000\n",
-        "",
-    )
-    .await;
+    let f = small_days(&s, "    batch_windows: all\n    max_batch_rows: 1000\n").await;
     let out = f.archive(&[], &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let rep = out.json();
@@ -531,16 +528,7 @@ async fn batch_windows_all_makes_fewer_fuller_snapshots() {
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn batch_rows_groups_small_windows_by_the_estimate() {
     let s = services!();
-    let f = Fixture::new(
-        &s,
-        None,
-        Cat::Sqlite,
-        100,
-        30,
-        "    batch_rows: 500\n    parallel_windows: 2\n",
-        "",
-    )
-    .await;
+    let f = small_days(&s, "    batch_rows: 500\n    parallel_windows: 2\n").await;
     let c = f.db.client().await;
     c.batch_execute("ANALYZE sensor_readings")
         .await
