@@ -279,7 +279,7 @@ impl Error {
         }
         let text = concise(&one_line(&flatten_source(&err)));
         Error::new(ErrorKind::Catalog, format!("{what}: {text}"))
-            .with_hint("is the catalog reachable? check `uri` in the `catalog` section")
+            .with_hint(CATALOG_UNREACHABLE_HINT)
     }
 
     /// Converts an iceberg-rust error of the warehouse's files (data files,
@@ -432,6 +432,10 @@ pub fn tls_failure_at(
     };
     Some((format!("TLS to {host} failed: {cause}"), hint))
 }
+
+/// The hint for a catalog that did not answer (no connection, no DNS).
+const CATALOG_UNREACHABLE_HINT: &str =
+    "is the catalog reachable? check `uri` in the `catalog` section";
 
 /// An error of ours that travelled through iceberg-rust (as the source of
 /// `err`, or of one of its causes): its kind, message and hint, without
@@ -644,7 +648,7 @@ fn iceberg_hint(text: &str) -> Option<String> {
         || t.contains("error sending request")
         || t.contains("dns error")
     {
-        "is the catalog reachable? check `uri` in the `catalog` section"
+        CATALOG_UNREACHABLE_HINT
     } else if t.contains("unable to open database file") {
         "the SQL catalog's `uri` points to a file that cannot be created or opened"
     } else if is_local_file_error(&t) {
@@ -685,6 +689,8 @@ impl std::error::Error for Error {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn an_error_of_ours_carried_through_iceberg_keeps_its_kind_and_hint() {
         let ours = Error::new(ErrorKind::Config, "the credential is malformed").with_hint("fix it");
@@ -698,8 +704,6 @@ mod tests {
         );
         assert_eq!(e.hint(), Some("fix it"));
     }
-
-    use super::*;
 
     #[test]
     fn display_has_message_and_context() {
