@@ -77,8 +77,11 @@ start_postgres() {
   [ "$(id -u)" = 0 ] && chown postgres "$dir" "$1"
   as_pg_user "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; return 1; }
+  # autovacuum off: a table has statistics only where a test gathers them
+  # (ANALYZE), so the batches the default `batch_rows` makes from them do not
+  # depend on when autovacuum last came by.
   as_pg_user "$bin/pg_ctl" -D "$dir/data" -w -t 60 -l "$dir/postgres.log" \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" start >/dev/null \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c autovacuum=off -c fsync=off -c synchronous_commit=off -c full_page_writes=off" start >/dev/null \
     || { cat "$dir/postgres.log" >&2; return 1; }
   PF_PG_CTL="$bin/pg_ctl"; PF_PG_DATAS+=("$dir/data")
   export PERMAFROST_TEST_PG_BIN="$bin"
@@ -123,7 +126,7 @@ start_postgres_tls() {
     "hostssl all all      127.0.0.1/32 scram-sha-256" \
     "hostssl all all      ::1/128      scram-sha-256" > "$dir/data/pg_hba.conf"
   as_pg_user "$bin/pg_ctl" -D "$dir/data" -w -t 60 -l "$dir/postgres.log" \
-    -o "-p $port -k $dir -c listen_addresses=localhost -c ssl=on -c ssl_cert_file=$dir/pki/server.pem -c ssl_key_file=$dir/pki/server.key -c ssl_ca_file=$dir/pki/ca.pem -c fsync=off -c synchronous_commit=off" start >/dev/null \
+    -o "-p $port -k $dir -c listen_addresses=localhost -c ssl=on -c ssl_cert_file=$dir/pki/server.pem -c ssl_key_file=$dir/pki/server.key -c ssl_ca_file=$dir/pki/ca.pem -c autovacuum=off -c fsync=off -c synchronous_commit=off" start >/dev/null \
     || { cat "$dir/postgres.log" >&2; return 1; }
   PF_PG_TLS_DATA="$dir/data"
   as_pg_user "$bin/psql" -h "$dir" -p "$port" -U postgres -qc "CREATE ROLE certuser LOGIN" postgres >/dev/null

@@ -225,7 +225,9 @@ pub struct TableConfig {
     /// Group consecutive windows into batches of about this many rows, by
     /// Postgres's estimate of the rows a run archives (at least
     /// `batch_windows` windows each, and two batches per extraction slot
-    /// left): small windows share a batch.  `None`: `batch_windows` as given.
+    /// left): small windows share a batch.  Default [`DEFAULT_BATCH_ROWS`]
+    /// when `batch_windows` is not given either; `None`: `batch_windows` as
+    /// given.
     pub batch_rows: Option<u64>,
     /// Batches of this table extracting at once, each on its own connection
     /// and Postgres transaction (its commits to the catalog one at a time);
@@ -905,7 +907,7 @@ fn parse_table(
         )));
     }
     let batch_windows = batch_windows(t.batch_windows.as_deref(), partition_by, &key)?;
-    let batch_rows = batch_rows(t.batch_rows, batch_windows, &key)?;
+    let batch_rows = batch_rows(t.batch_rows, t.batch_windows.is_some(), batch_windows, &key)?;
     let parallel_windows = parallel_windows(t.parallel_windows, pool_size, &key)?;
     let zstd_level = t.zstd_level.unwrap_or(3);
     if !(1..=22).contains(&zstd_level) {
@@ -964,14 +966,16 @@ fn batch_windows(
 }
 
 /// `tables[].batch_rows`: a row count, beside a number of windows (not
-/// `all`); none by default.
+/// `all`); [`DEFAULT_BATCH_ROWS`] unless `batch_windows` is given
+/// (`windows_given`), which then stays exact.
 fn batch_rows(
     raw: Option<u64>,
+    windows_given: bool,
     batch_windows: u32,
     key: &dyn Fn(&str) -> String,
 ) -> Result<Option<u64>> {
     let Some(n) = raw else {
-        return Ok(None);
+        return Ok((!windows_given).then_some(DEFAULT_BATCH_ROWS));
     };
     if !(1..=i64::MAX as u64).contains(&n) {
         return Err(Error::config(format!(
@@ -1331,6 +1335,9 @@ pub const MAX_PG_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 /// The default `database.lock_timeout`.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_POOL_SIZE: usize = 1000;
+/// The default `batch_rows` (when neither it nor `batch_windows` is given):
+/// small windows share a batch, a window of this many rows or more is one.
+pub const DEFAULT_BATCH_ROWS: u64 = 250_000;
 /// The most windows a batch takes (`batch_windows`, `batch_rows`).
 pub const MAX_BATCH_WINDOWS: u32 = 100_000;
 /// `batch_windows: all`: one batch for every window of a run (the planner's
@@ -1565,7 +1572,14 @@ mod tests {
         let c = parse("    batch_rows: 250000\n").unwrap();
         assert_eq!(c.tables[0].batch_rows, Some(250_000));
         assert_eq!(c.tables[0].batch_windows, 1);
-        assert_eq!(parse("").unwrap().tables[0].batch_rows, None);
+        assert_eq!(
+            parse("").unwrap().tables[0].batch_rows,
+            Some(DEFAULT_BATCH_ROWS)
+        );
+        assert_eq!(
+            parse("    batch_windows: 1\n").unwrap().tables[0].batch_rows,
+            None
+        );
         let e = parse("    batch_rows: 0\n").unwrap_err();
         assert!(e.to_string().contains("batch_rows"), "{e}");
         let e = parse("    batch_rows: 1000\n    batch_windows: all\n").unwrap_err();

@@ -333,7 +333,8 @@ impl Barriers<'_> {
 /// run's `rows` (Postgres's estimate) lie in `windows` windows holding rows
 /// (`batch_rows`): as many windows as fit in `target` at their average size
 /// — but no more than leave two batches per extraction slot (`slots`), so
-/// every slot stays busy — at least `min` (`batch_windows`), at most
+/// every slot stays busy — at least `min` (`batch_windows`) and a multiple
+/// of it (24 hourly windows stay whole UTC days), at most
 /// [`crate::config::MAX_BATCH_WINDOWS`]; `min` when the estimate is below a
 /// row per window.  Pure.
 pub fn windows_for_rows(min: u32, target: u64, rows: u64, windows: usize, slots: usize) -> u32 {
@@ -347,9 +348,11 @@ pub fn windows_for_rows(min: u32, target: u64, rows: u64, windows: usize, slots:
     let fit = target / per_window.max(1);
     let spread = (windows / (2 * slots.max(1))).max(1) as u64;
     let most = crate::config::MAX_BATCH_WINDOWS;
-    u32::try_from(fit.min(spread))
+    let min = min.clamp(1, most);
+    let n = u32::try_from(fit.min(spread))
         .unwrap_or(most)
-        .clamp(min.min(most), most)
+        .clamp(min, most);
+    n - n % min
 }
 
 /// Groups consecutive runnable windows, aligned on `batch_windows` (with 24
@@ -591,6 +594,8 @@ mod tests {
         // Windows larger than the target: one each (or the minimum).
         assert_eq!(windows_for_rows(1, 250_000, 30_000_000, 30, 2), 1);
         assert_eq!(windows_for_rows(24, 250_000, 30_000_000, 300, 2), 24);
+        // Hourly windows group in whole days: 180 hours fit, 7 days taken.
+        assert_eq!(windows_for_rows(24, 250_000, 72_000, 720, 2), 168);
         // No window, or an estimate below a row per window (statistics
         // out of date): the minimum.
         assert_eq!(windows_for_rows(1, 250_000, 0, 0, 2), 1);

@@ -208,14 +208,19 @@ pub async fn window_counts(
 
 /// Postgres's estimate (its planner's, nothing is read) of the rows a run
 /// over `[lower, cutoff)` would archive (`lower`: `None` for everything
-/// below the cutoff).  As good as the table's statistics: `ANALYZE` keeps
-/// them.
+/// below the cutoff).  As good as the table's statistics (`ANALYZE`, or
+/// autovacuum, keeps them); 0 when the time column has none on the table
+/// or any of its partitions — the planner's guess without them is a fixed
+/// fraction of the table's size, not a count to group windows by.
 pub async fn estimated_rows(
     client: &Client,
     t: &SourceTable,
     lower: Option<Micros>,
     cutoff: Micros,
 ) -> Result<u64> {
+    if !has_statistics(client, t).await? {
+        return Ok(0);
+    }
     let pred = match lower {
         Some(start) => range_predicate(t, &Window { start, end: cutoff }),
         None => archivable_below(t, cutoff),
@@ -238,6 +243,29 @@ pub async fn estimated_rows(
         .and_then(|v| v[0]["Plan"]["Plan Rows"].as_f64())
         .ok_or_else(|| Error::internal(format!("{}: no plan rows", what())))?;
     Ok(rows.max(0.0) as u64)
+}
+
+/// Whether `ANALYZE` has gathered statistics on `t`'s time column, on the
+/// table itself or on one of its partitions (autovacuum analyses the
+/// partitions, never a partitioned parent).
+async fn has_statistics(client: &Client, t: &SourceTable) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname \
+             WHERE s.attname = $2 AND (c.oid = $1 \
+               OR c.oid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass))))",
+            &[&t.oid, &t.time_column().name],
+        )
+        .await
+        .map_err(|e| {
+            Error::postgres(
+                format!("cannot read the statistics of {}", t.qualified()),
+                e,
+            )
+        })?;
+    Ok(row.get(0))
 }
 
 /// Rows of `t` in `range` passing the filter.

@@ -314,11 +314,29 @@ async fn archive_million(kind: Cat) {
         json!([{"name": "recorded_at_day", "transform": "day", "source_id": 2}])
     );
     let snaps = p["snapshots"].as_array().expect("snapshots");
-    assert_eq!(
-        snaps.len(),
-        b_sensor.windows.len(),
-        "one snapshot per daily window"
+    // The default `batch_rows` groups these small days (~17,500 rows
+    // each): one snapshot per batch, fewer batches than windows, every
+    // batch whole days.
+    let batches = report[0]["batches"].as_array().expect("batches");
+    assert_eq!(snaps.len(), batches.len(), "one snapshot per batch");
+    assert!(
+        batches.len() < b_sensor.windows.len() && batches.len() >= 4,
+        "{} batches for {} small days",
+        batches.len(),
+        b_sensor.windows.len()
     );
+    for b in batches {
+        let span = |k: &str| {
+            chrono::DateTime::parse_from_rfc3339(b[k].as_str().unwrap_or_default())
+                .map(|t| t.timestamp_micros())
+                .expect("window bound")
+        };
+        assert_eq!(
+            (span("window_end") - span("window_start")) % DAY_US,
+            0,
+            "{b}"
+        );
+    }
     let last = &p["current_snapshot"]["summary"];
     for k in [
         "permafrost.batch-id",

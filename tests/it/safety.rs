@@ -529,6 +529,13 @@ async fn batch_windows_all_makes_fewer_fuller_snapshots() {
 async fn batch_rows_groups_small_windows_by_the_estimate() {
     let s = services!();
     let f = small_days(&s, "    batch_rows: 500\n    parallel_windows: 2\n").await;
+    // Without statistics (never analysed) nothing is grouped.
+    let unanalysed = f.archive(&["--dry-run"], &[]).json();
+    assert_eq!(
+        unanalysed[0]["planned"].as_array().map(Vec::len),
+        Some(30),
+        "no statistics, a day a batch: {unanalysed}"
+    );
     let c = f.db.client().await;
     c.batch_execute("ANALYZE sensor_readings")
         .await
