@@ -4,7 +4,11 @@
 //! time column).  At most [`MAX_OPEN_PARTITIONS`] partition writers are open at
 //! once; the least recently used one is closed when another is needed, so
 //! memory stays bounded however many windows a batch spans (a partition seen
-//! again later simply gets another file).  Columns whose values are mostly
+//! again later simply gets another file).  A writer that got no row for
+//! [`IDLE_BATCHES`] record batches (rows mostly come in time order: its
+//! window is past) is closed on a task of its own, so its upload and flush
+//! overlap the rows still coming; [`BatchWriter::close`] waits for every
+//! one.  Columns whose values are mostly
 //! distinct (the time column always; others by a sample of the first rows)
 //! are written without a dictionary.  Files are zstd-compressed, roll at
 //! the configured target size, and are named `{batch id}-{uuid}-NNNNN.parquet`
@@ -38,6 +42,11 @@ use crate::plan::window::Granularity;
 pub const MAX_OPEN_PARTITIONS: usize = 4;
 /// Rows per Parquet row group.
 pub const ROW_GROUP_ROWS: usize = 512 * 1024;
+/// Record batches without a row for a partition after which its writer is
+/// closed (in the background).
+pub const IDLE_BATCHES: u64 = 2;
+/// Writers closing in the background at most; one more waits for the oldest.
+const MAX_CLOSING: usize = 4;
 
 type Builder =
     DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
@@ -56,10 +65,24 @@ pub struct BatchWriter {
     schema: SchemaRef,
     granularity: Granularity,
     time_index: usize,
-    open: Vec<(i64, Writer, u64)>,
+    open: Vec<Open>,
     tick: u64,
+    /// Record batches written so far.
+    batches: u64,
+    /// Writers being closed, each on its own task.
+    closing: tokio::task::JoinSet<Result<Vec<DataFile>>>,
     files: Vec<DataFile>,
     rows: u64,
+}
+
+/// An open partition writer.
+struct Open {
+    ordinal: i64,
+    writer: Writer,
+    /// When it was last asked for (least recently used goes first).
+    tick: u64,
+    /// The record batch that last gave it rows.
+    batch: u64,
 }
 
 impl BatchWriter {
@@ -114,6 +137,8 @@ impl BatchWriter {
             time_index,
             open: Vec::new(),
             tick: 0,
+            batches: 0,
+            closing: tokio::task::JoinSet::new(),
             files: Vec::new(),
             rows: 0,
         })
@@ -133,25 +158,22 @@ impl BatchWriter {
 
     async fn writer_for(&mut self, ordinal: i64) -> Result<&mut Writer> {
         self.tick += 1;
-        let tick = self.tick;
-        if let Some(i) = self.open.iter().position(|(o, ..)| *o == ordinal) {
-            self.open[i].2 = tick;
-            return Ok(&mut self.open[i].1);
+        let (tick, batch) = (self.tick, self.batches);
+        if let Some(i) = self.open.iter().position(|o| o.ordinal == ordinal) {
+            self.open[i].tick = tick;
+            self.open[i].batch = batch;
+            return Ok(&mut self.open[i].writer);
         }
         if self.open.len() >= MAX_OPEN_PARTITIONS {
             let lru = self
                 .open
                 .iter()
                 .enumerate()
-                .min_by_key(|(_, (_, _, t))| *t)
+                .min_by_key(|(_, o)| o.tick)
                 .map(|(i, _)| i)
                 .unwrap_or(0);
-            let (_, mut w, _) = self.open.swap_remove(lru);
-            let files = w
-                .close()
-                .await
-                .map_err(|e| Error::storage("cannot finish a data file", e))?;
-            self.files.extend(files);
+            let o = self.open.swap_remove(lru);
+            self.retire(o.writer).await?;
         }
         let key = self.partition_key(ordinal);
         let Some(builder) = &self.builder else {
@@ -161,12 +183,60 @@ impl BatchWriter {
             .build(Some(key))
             .await
             .map_err(|e| Error::storage("cannot open a data file", e))?;
-        self.open.push((ordinal, w, tick));
+        self.open.push(Open {
+            ordinal,
+            writer: w,
+            tick,
+            batch,
+        });
         let last = self.open.len() - 1;
-        Ok(&mut self.open[last].1)
+        Ok(&mut self.open[last].writer)
     }
 
-    /// Writes `batch`, routing each row to its window's partition.
+    /// Closes `writer` on a task of its own (at most [`MAX_CLOSING`] at
+    /// once: past that, waits for one first).
+    async fn retire(&mut self, mut writer: Writer) -> Result<()> {
+        while self.closing.len() >= MAX_CLOSING {
+            self.join_one().await?;
+        }
+        self.closing.spawn(async move {
+            writer
+                .close()
+                .await
+                .map_err(|e| Error::storage("cannot finish a data file", e))
+        });
+        Ok(())
+    }
+
+    /// Waits for one writer closing in the background; false when none is.
+    async fn join_one(&mut self) -> Result<bool> {
+        match self.closing.join_next().await {
+            None => Ok(false),
+            Some(done) => {
+                let files =
+                    done.map_err(|e| Error::internal(format!("closing a data file failed: {e}")))??;
+                self.files.extend(files);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Closes the writers that got no row for [`IDLE_BATCHES`] record batches.
+    async fn retire_idle(&mut self) -> Result<()> {
+        let now = self.batches;
+        loop {
+            // (Writers are not `Sync`: no iterator over them across an await.)
+            let idle = self.open.iter().position(|o| o.batch + IDLE_BATCHES <= now);
+            let Some(i) = idle else {
+                return Ok(());
+            };
+            let o = self.open.swap_remove(i);
+            self.retire(o.writer).await?;
+        }
+    }
+
+    /// Writes `batch`, routing each row to its window's partition; then
+    /// closes the writers that got none of the last [`IDLE_BATCHES`].
     pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
@@ -174,6 +244,12 @@ impl BatchWriter {
         if self.builder.is_none() {
             self.builder = Some(self.setup.builder(&batch, self.time_index)?);
         }
+        self.batches += 1;
+        self.route(batch).await?;
+        self.retire_idle().await
+    }
+
+    async fn route(&mut self, batch: RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
         let ts = batch
             .column(self.time_index)
@@ -232,15 +308,14 @@ impl BatchWriter {
         Ok(())
     }
 
-    /// Closes every file; returns the data files to commit.
+    /// Closes every file (the ones still open at once, each on its own
+    /// task) and waits for all; returns the data files to commit.
     pub async fn close(mut self) -> Result<(Vec<DataFile>, u64)> {
-        for (_, mut w, _) in self.open.drain(..) {
-            let files = w
-                .close()
-                .await
-                .map_err(|e| Error::storage("cannot finish a data file", e))?;
-            self.files.extend(files);
+        let open = std::mem::take(&mut self.open);
+        for o in open {
+            self.retire(o.writer).await?;
         }
+        while self.join_one().await? {}
         Ok((self.files, self.rows))
     }
 }
@@ -314,6 +389,101 @@ mod tests {
     use arrow_array::{ArrayRef, Float64Array, Int32Array, StringArray, TimestampMicrosecondArray};
 
     use super::*;
+
+    /// A table `(ts timestamp, v long)` partitioned by day of `ts`, its
+    /// files under `dir`.
+    fn daily_table(dir: &std::path::Path) -> iceberg::table::Table {
+        use iceberg::spec::{
+            FormatVersion, NestedField, PrimitiveType, Schema, SortOrder, TableMetadataBuilder,
+            Transform, Type, UnboundPartitionSpec,
+        };
+        let schema = Schema::builder()
+            .with_fields(vec![
+                NestedField::required(1, "ts", Type::Primitive(PrimitiveType::Timestamp)).into(),
+                NestedField::optional(2, "v", Type::Primitive(PrimitiveType::Long)).into(),
+            ])
+            .build()
+            .expect("schema");
+        let spec = UnboundPartitionSpec::builder()
+            .add_partition_field(1, "ts_day", Transform::Day)
+            .expect("field")
+            .build();
+        let location = format!("file://{}/t", dir.display());
+        let md = TableMetadataBuilder::new(
+            schema,
+            spec,
+            SortOrder::unsorted_order(),
+            location.clone(),
+            FormatVersion::V2,
+            HashMap::new(),
+        )
+        .expect("metadata")
+        .build()
+        .expect("metadata")
+        .metadata;
+        let io = iceberg::io::FileIOBuilder::new(Arc::new(
+            crate::lake::storage::WarehouseStorageFactory::default(),
+        ))
+        .build();
+        iceberg::table::Table::builder()
+            .identifier(iceberg::TableIdent::from_strs(["ns", "t"]).expect("ident"))
+            .metadata(md)
+            .metadata_location(format!("{location}/metadata/v1.metadata.json"))
+            .file_io(io)
+            .runtime(iceberg::Runtime::try_current().expect("runtime"))
+            .build()
+            .expect("table")
+    }
+
+    /// `n` rows at day `day` (hours apart from its midnight).
+    fn rows_of_day(table: &iceberg::table::Table, day: i64, n: i64) -> RecordBatch {
+        let schema = iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
+            .expect("arrow schema");
+        let ts = TimestampMicrosecondArray::from_iter_values(
+            (0..n).map(|i| day * 86_400_000_000 + (i % 24) * 3_600_000_000),
+        );
+        let v = arrow_array::Int64Array::from_iter_values(0..n);
+        RecordBatch::try_new(Arc::new(schema), vec![Arc::new(ts), Arc::new(v)]).expect("batch")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_partition_left_behind_is_closed_and_a_late_row_gets_a_file_of_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = daily_table(dir.path());
+        let mut w =
+            BatchWriter::for_table(&table, Granularity::Day, 0, "b", 1 << 30, 3).expect("writer");
+        w.write(rows_of_day(&table, 100, 50))
+            .await
+            .expect("day 100");
+        for _ in 0..IDLE_BATCHES {
+            w.write(rows_of_day(&table, 101, 50))
+                .await
+                .expect("day 101");
+        }
+        // Day 100 got none of the last IDLE_BATCHES batches: closed, day 101 open.
+        let open: Vec<i64> = w.open.iter().map(|o| o.ordinal).collect();
+        assert_eq!(open, [101]);
+        assert_eq!(w.files.len() + w.closing.len(), 1);
+        // A late row of day 100 opens another file for it.
+        w.write(rows_of_day(&table, 100, 7))
+            .await
+            .expect("late row");
+        let (files, rows) = w.close().await.expect("close");
+        assert_eq!(rows, 50 + 50 * IDLE_BATCHES + 7);
+        let mut per_file: Vec<(String, u64)> = files
+            .iter()
+            .map(|f| (format!("{:?}", f.partition()), f.record_count()))
+            .collect();
+        per_file.sort();
+        let day = |d: i32| format!("{:?}", Struct::from_iter([Some(Literal::date(d))]));
+        let mut want = vec![(day(100), 50), (day(100), 7), (day(101), 50 * IDLE_BATCHES)];
+        want.sort();
+        assert_eq!(per_file, want);
+        for f in &files {
+            let path = f.file_path().trim_start_matches("file://");
+            assert!(std::path::Path::new(path).exists(), "{path}");
+        }
+    }
 
     #[test]
     fn plain_columns_are_the_time_and_the_mostly_distinct_ones() {
