@@ -220,9 +220,11 @@ where
 
 /// The rows of `files` as they were written, as a stream, with every
 /// column of the snapshot's schema (columns added since a file was written
-/// read as NULL).  Row-level deletes are not applied: right for the files a
-/// snapshot itself added, read at that snapshot (no delete file can apply to
-/// them there); [`live_batches`] reads files as the table holds them now.
+/// read as NULL), up to [`READ_BACK_FILES`] files at a time (rows of
+/// different files interleave: for checksums and hash sets).  Row-level
+/// deletes are not applied: right for the files a snapshot itself added,
+/// read at that snapshot (no delete file can apply to them there);
+/// [`live_batches`] reads files as the table holds them now.
 pub fn batches(
     table: &Table,
     snapshot: &SnapshotRef,
@@ -237,10 +239,16 @@ pub fn batches(
         table,
         reader,
         tasks,
-        1,
+        READ_BACK_FILES,
         "cannot read the batch back",
     ))
 }
+
+/// Data files [`batches`] reads at once: on an object store each file is a
+/// few requests one after another (footer, then column chunks), so a batch
+/// of several partitions reads back in the time of about one; decoding stays
+/// on the caller's task.
+pub const READ_BACK_FILES: usize = 4;
 
 /// Tasks reading `files` whole, with every column of `snapshot`'s schema.
 fn plain_tasks(
