@@ -134,6 +134,28 @@ impl Fixture {
         serde_json::from_slice(&out.stdout).expect("json")
     }
 
+    /// Gathers the table's statistics, then checks that a dry run groups
+    /// its windows `n` at a time (aligned: the first and last may be fewer).
+    pub(crate) async fn assert_grouped(&self, n: u64) {
+        let c = self.db.client().await;
+        c.batch_execute("ANALYZE sensor_readings")
+            .await
+            .expect("analyze");
+        let dry = self.archive(&["--dry-run"], &[]);
+        assert_eq!(dry.code, 0, "{}", dry.stderr);
+        let dry = dry.json();
+        let sizes: Vec<u64> = dry[0]["planned"]
+            .as_array()
+            .expect("planned")
+            .iter()
+            .map(|b| b["windows"].as_u64().unwrap_or(0))
+            .collect();
+        assert!(
+            sizes.contains(&n) && sizes.iter().all(|w| (1..=n).contains(w)),
+            "batches of {n} windows planned: {sizes:?}"
+        );
+    }
+
     pub(crate) fn assert_reconciled(&self, what: &str) -> Value {
         let r = self.reconcile();
         assert_eq!(r["ok"], true, "{what}: not exactly once: {r}");
@@ -180,11 +202,26 @@ impl Inserter {
 /// Every fault point × {quiet table, concurrent inserts}: crash there, run
 /// again to completion, reconcile.
 async fn fault_matrix(kind: Cat, shape: &str) {
+    fault_matrix_of(kind, shape, (400, 6), None).await;
+}
+
+/// [`fault_matrix`] over `windows` windows of `per_window` rows; with
+/// `grouped`, the table is analysed first and each case's dry run must plan
+/// batches of that many windows (`batch_rows` at work).
+async fn fault_matrix_of(
+    kind: Cat,
+    shape: &str,
+    (per_window, windows): (u64, u64),
+    grouped: Option<u64>,
+) {
     let s = services!();
     let mut lines = Vec::new();
     for inserts in [false, true] {
         for point in permafrost::fault::POINTS {
-            let f = Fixture::new(&s, None, kind, 400, 6, shape, "").await;
+            let f = Fixture::new(&s, None, kind, per_window, windows, shape, "").await;
+            if let Some(n) = grouped {
+                f.assert_grouped(n).await;
+            }
             let inserter = if inserts {
                 Some(Inserter::start(&f.db.dsn).await)
             } else {
@@ -245,6 +282,21 @@ async fn fault_matrix_rest_catalog() {
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn fault_matrix_sql_catalog() {
     fault_matrix(Cat::Sqlite, "    max_batch_rows: 300\n").await;
+}
+
+/// The same matrix with the windows grouped by `batch_rows` (the default's
+/// path; statistics gathered first): batches of two days, two extracting
+/// at once, so a crash finds multi-window batches in every state.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn fault_matrix_batches_grouped_by_rows() {
+    fault_matrix_of(
+        Cat::Sqlite,
+        "    batch_rows: 400\n    parallel_windows: 2\n",
+        (200, 12),
+        Some(2),
+    )
+    .await;
 }
 
 /// The same matrix with three batches in flight (`parallel_windows: 3`):
