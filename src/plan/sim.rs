@@ -431,16 +431,27 @@ impl Model {
     /// A crash stops every batch where it stands: open transactions abort.
     /// Another engine may expire snapshots between any two steps.
     fn run(&mut self, rng: &mut Rng, mode: BatchMode, force: bool, crashes: bool) {
+        let in_flight = 1 + rng.below(3) as usize;
+        let facts = self.facts();
+        // 1-3 windows per batch; as many as `batch_rows` gives for an
+        // estimate of the rows, right or stale; or every window of the run
+        // in one (`batch_windows: all`, bounded by the row limit below).
+        let batch_windows = match rng.below(5) {
+            4 => crate::config::BATCH_WINDOWS_ALL,
+            3 => super::windows_for_rows(
+                1,
+                1 + rng.below(40),
+                rng.below(200),
+                facts.pending.len(),
+                in_flight,
+            ),
+            n => 1 + n as u32,
+        };
         let plan = plan(
-            &self.facts(),
+            &facts,
             PlanOptions {
                 force,
-                // 1-3 windows per batch, or every window of the run in one
-                // (`batch_windows: all`, bounded by the row limit below).
-                batch_windows: match rng.below(4) {
-                    3 => crate::config::BATCH_WINDOWS_ALL,
-                    n => 1 + n as u32,
-                },
+                batch_windows,
                 mode,
             },
         );
@@ -458,7 +469,6 @@ impl Model {
         } else {
             None
         };
-        let in_flight = 1 + rng.below(3) as usize;
         let mut queue = plan.batches.iter().enumerate();
         let mut flights: Vec<Flight> = vec![];
         let mut turns = Turns::default();
