@@ -45,8 +45,10 @@ pub const ROW_GROUP_ROWS: usize = 512 * 1024;
 /// Record batches without a row for a partition after which its writer is
 /// closed (in the background).
 pub const IDLE_BATCHES: u64 = 2;
-/// Writers closing in the background at most; one more waits for the oldest.
-const MAX_CLOSING: usize = 4;
+/// Writers closing in the background at most while rows still come (one
+/// more waits for the oldest): with the open ones, at most
+/// [`MAX_OPEN_PARTITIONS`] + 1 writers hold rows in memory at any time.
+const MAX_CLOSING: usize = 1;
 
 type Builder =
     DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
@@ -173,7 +175,7 @@ impl BatchWriter {
                 .map(|(i, _)| i)
                 .unwrap_or(0);
             let o = self.open.swap_remove(lru);
-            self.retire(o.writer).await?;
+            self.retire(o.writer, MAX_CLOSING).await?;
         }
         let key = self.partition_key(ordinal);
         let Some(builder) = &self.builder else {
@@ -193,10 +195,10 @@ impl BatchWriter {
         Ok(&mut self.open[last].writer)
     }
 
-    /// Closes `writer` on a task of its own (at most [`MAX_CLOSING`] at
-    /// once: past that, waits for one first).
-    async fn retire(&mut self, mut writer: Writer) -> Result<()> {
-        while self.closing.len() >= MAX_CLOSING {
+    /// Closes `writer` on a task of its own, once fewer than `most` are
+    /// closing (waits for one first otherwise).
+    async fn retire(&mut self, mut writer: Writer, most: usize) -> Result<()> {
+        while self.closing.len() >= most {
             self.join_one().await?;
         }
         self.closing.spawn(async move {
@@ -231,7 +233,7 @@ impl BatchWriter {
                 return Ok(());
             };
             let o = self.open.swap_remove(i);
-            self.retire(o.writer).await?;
+            self.retire(o.writer, MAX_CLOSING).await?;
         }
     }
 
@@ -309,11 +311,13 @@ impl BatchWriter {
     }
 
     /// Closes every file (the ones still open at once, each on its own
-    /// task) and waits for all; returns the data files to commit.
+    /// task: no writer is opened any more, so no more hold rows than
+    /// before) and waits for all; returns the data files to commit.
     pub async fn close(mut self) -> Result<(Vec<DataFile>, u64)> {
         let open = std::mem::take(&mut self.open);
         for o in open {
-            self.retire(o.writer).await?;
+            self.retire(o.writer, MAX_OPEN_PARTITIONS + MAX_CLOSING)
+                .await?;
         }
         while self.join_one().await? {}
         Ok((self.files, self.rows))
