@@ -641,6 +641,17 @@ pub fn finish(child: std::process::Child) -> Out {
     }
 }
 
+/// `field` of each element of `table[list]` (a table's report), 0 where
+/// missing: `each_of(&report[0], "batches", "rows")`.
+pub fn each_of(table: &Value, list: &str, field: &str) -> Vec<u64> {
+    table[list]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| b[field].as_u64().unwrap_or(0))
+        .collect()
+}
+
 /// Rows archived by an `archive --json` run, over all tables.
 pub fn archived_rows(report: &Value) -> u64 {
     report

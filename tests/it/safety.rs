@@ -134,22 +134,26 @@ impl Fixture {
         serde_json::from_slice(&out.stdout).expect("json")
     }
 
-    /// Gathers the table's statistics, then checks that a dry run groups
-    /// its windows `n` at a time (aligned: the first and last may be fewer).
-    pub(crate) async fn assert_grouped(&self, n: u64) {
+    /// `ANALYZE`s the table (statistics for `batch_rows`).
+    pub(crate) async fn analyze(&self) {
         let c = self.db.client().await;
         c.batch_execute("ANALYZE sensor_readings")
             .await
             .expect("analyze");
+    }
+
+    /// The report of `archive --dry-run` (which must succeed).
+    pub(crate) fn dry_run(&self) -> Value {
         let dry = self.archive(&["--dry-run"], &[]);
         assert_eq!(dry.code, 0, "{}", dry.stderr);
-        let dry = dry.json();
-        let sizes: Vec<u64> = dry[0]["planned"]
-            .as_array()
-            .expect("planned")
-            .iter()
-            .map(|b| b["windows"].as_u64().unwrap_or(0))
-            .collect();
+        dry.json()
+    }
+
+    /// Gathers the table's statistics, then checks that a dry run groups
+    /// its windows `n` at a time (aligned: the first and last may be fewer).
+    pub(crate) async fn assert_grouped(&self, n: u64) {
+        self.analyze().await;
+        let sizes = each_of(&self.dry_run()[0], "planned", "windows");
         assert!(
             sizes.contains(&n) && sizes.iter().all(|w| (1..=n).contains(w)),
             "batches of {n} windows planned: {sizes:?}"
@@ -545,13 +549,7 @@ async fn batch_windows_all_makes_fewer_fuller_snapshots() {
     let f = small_days(&s, "    batch_windows: all\n    max_batch_rows: 1000\n").await;
     let out = f.archive(&[], &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let rep = out.json();
-    let rows: Vec<u64> = rep[0]["batches"]
-        .as_array()
-        .expect("batches")
-        .iter()
-        .map(|b| b["rows"].as_u64().unwrap_or(0))
-        .collect();
+    let rows = each_of(&out.json()[0], "batches", "rows");
     assert_eq!(rows, vec![1000, 1000, 1000], "30 windows, 3 snapshots");
     let snaps =
         f.ws.run_env(
@@ -582,19 +580,14 @@ async fn batch_rows_groups_small_windows_by_the_estimate() {
     let s = services!();
     let f = small_days(&s, "    batch_rows: 500\n    parallel_windows: 2\n").await;
     // Without statistics (never analysed) nothing is grouped.
-    let unanalysed = f.archive(&["--dry-run"], &[]).json();
+    let unanalysed = f.dry_run();
     assert_eq!(
         unanalysed[0]["planned"].as_array().map(Vec::len),
         Some(30),
         "no statistics, a day a batch: {unanalysed}"
     );
-    let c = f.db.client().await;
-    c.batch_execute("ANALYZE sensor_readings")
-        .await
-        .expect("analyze");
-    let dry = f.archive(&["--dry-run"], &[]);
-    assert_eq!(dry.code, 0, "{}", dry.stderr);
-    let planned = dry.json()[0]["planned"].clone();
+    f.analyze().await;
+    let planned = f.dry_run()[0]["planned"].clone();
     let out = f.archive(&[], &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let rep = out.json();
@@ -624,6 +617,7 @@ async fn batch_rows_groups_small_windows_by_the_estimate() {
         Some(batches.len()),
         "the dry run planned other batches: {planned}"
     );
+    let c = f.db.client().await;
     assert_eq!(count(&c, "sensor_readings", "true").await, 0);
     f.assert_reconciled("batch_rows");
 }
@@ -1056,11 +1050,8 @@ async fn an_unwritable_local_warehouse_deletes_nothing_and_the_next_run_recovers
     let failed_and_kept = async |out: Out, what: &str| {
         assert_failed(&out, what);
         let report = out.json();
-        let reconciled: u64 = report[0]["batches"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|b| b["reconciled_rows"].as_u64().unwrap_or(0))
+        let reconciled: u64 = each_of(&report[0], "batches", "reconciled_rows")
+            .iter()
             .sum();
         let finished = (archived_rows(&report) + reconciled) as i64;
         let left = count(&c, "sensor_readings", "true").await;
