@@ -1472,6 +1472,46 @@ async fn partitions_drop_side_by_side() {
     assert_partitions_archived(&fx, &c, "side by side").await;
 }
 
+/// `batch_rows` on a partitioned table: statistics gathered on its
+/// partitions alone (as autovacuum gathers them: never on the parent) group
+/// its days, and a batch of several days drops all their partitions.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn partition_statistics_group_days_and_a_batch_drops_them_all() {
+    let s = services!();
+    let (fx, c) = partitioned_fixture(
+        &s,
+        "parts_grouped",
+        "    batch_rows: 200\n    parallel_windows: 1\n",
+    )
+    .await;
+    let planned = || {
+        let out = fx.run(&["archive", "--dry-run", "--json"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        each_of(&out.json()[0], "planned", "windows")
+    };
+    assert_eq!(planned(), [1; 5], "no statistics: a day a batch");
+    for p in partitions(&c).await {
+        c.batch_execute(&format!("ANALYZE {p}"))
+            .await
+            .expect("analyze");
+    }
+    // ~85 rows a day, 200 a batch: two days (aligned, so one may be alone).
+    let sizes = planned();
+    assert!(
+        sizes.contains(&2) && sizes.iter().all(|n| (1..=2).contains(n)),
+        "{sizes:?}"
+    );
+    assert_eq!(sizes.iter().sum::<u64>(), 5);
+    let report = fx.archive();
+    assert_eq!(
+        each_of(&report[0], "batches", "rows").len(),
+        sizes.len(),
+        "{report}"
+    );
+    assert_partitions_archived(&fx, &c, "grouped").await;
+}
+
 async fn partitions(c: &tokio_postgres::Client) -> Vec<String> {
     c.query(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
