@@ -246,8 +246,8 @@ pub fn batches(
 
 /// Data files [`batches`] reads at once: on an object store each file is a
 /// few requests one after another (footer, then column chunks), so a batch
-/// of several partitions reads back in the time of about one; decoding stays
-/// on the caller's task.
+/// of several partitions reads back in the time of about one.  [`batches`]
+/// decodes on the caller's task; [`checksum_snapshot`] on a task per file.
 pub const READ_BACK_FILES: usize = 4;
 
 /// Tasks reading `files` whole, with every column of `snapshot`'s schema.
@@ -514,17 +514,42 @@ pub async fn look_at(io: &FileIO, path: &str, size: u64) -> Look {
 /// Count and checksum of the rows `snapshot` added, read from storage.
 pub async fn checksum_snapshot(table: &Table, snapshot: &SnapshotRef) -> Result<(Checksum, usize)> {
     let files = added_files(table, snapshot).await?;
+    let mut tasks = plain_tasks(table, snapshot, &files)?.into_iter();
+    let (reader, io) = (file_reader(table), table.file_io().clone());
+    // Each file is read, decoded and hashed on a task of its own, so a batch
+    // read back while no other is running (a run's last) uses every core.
+    // Dropping the set (on an error) aborts the files still being read.
+    let mut reading = tokio::task::JoinSet::new();
+    let mut sum = Checksum::default();
+    loop {
+        while reading.len() < READ_BACK_FILES {
+            let Some(task) = tasks.next() else { break };
+            reading.spawn(checksum_file(read_file(
+                reader.clone(),
+                io.clone(),
+                task,
+                "cannot read the batch back",
+            )));
+        }
+        let Some(done) = reading.join_next().await else {
+            break;
+        };
+        sum.add(done.map_err(|e| Error::internal(format!("a read-back task failed: {e}")))??);
+    }
+    Ok((sum, files.len()))
+}
+
+/// The checksum of one file's rows.
+async fn checksum_file(mut rows: BoxStream<'static, Result<RecordBatch>>) -> Result<Checksum> {
     let mut hasher = RowHasher::default();
     let mut hashes = Vec::new();
     let mut sum = Checksum::default();
-    for_each_batch(table, snapshot, &files, |b| {
+    while let Some(batch) = rows.try_next().await? {
         hashes.clear();
-        hasher.hash_rows(b, &mut hashes)?;
+        hasher.hash_rows(&batch, &mut hashes)?;
         sum.add_hashes(&hashes);
-        Ok(())
-    })
-    .await?;
-    Ok((sum, files.len()))
+    }
+    Ok(sum)
 }
 
 /// Row hashes of the rows added by each of `snapshots` (for reconciliation).
