@@ -489,6 +489,8 @@ pub struct CopyDecoder {
     schema: SchemaRef,
     /// `column (type)` per field, for messages.
     names: Vec<String>,
+    /// Each column's Postgres kind, to start its next batch's builder.
+    kinds: Vec<PgKind>,
     cols: Vec<Col>,
     header_done: bool,
     finished: bool,
@@ -508,6 +510,7 @@ impl CopyDecoder {
         Ok(Self {
             schema,
             names,
+            kinds: kinds.to_vec(),
             cols,
             header_done: false,
             finished: false,
@@ -634,11 +637,19 @@ impl CopyDecoder {
 
     /// The rows decoded since the last flush, as a record batch.
     pub fn flush(&mut self) -> Result<RecordBatch> {
-        let arrays: Vec<ArrayRef> = self
+        // Each column starts the next batch with a builder sized for a whole
+        // batch: a finished builder keeps no capacity, and growing one again
+        // from nothing copies its values a dozen times.
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.cols.len());
+        for ((col, kind), field) in self
             .cols
             .iter_mut()
-            .map(Col::finish)
-            .collect::<Result<_>>()?;
+            .zip(&self.kinds)
+            .zip(self.schema.fields().iter())
+        {
+            let mut full = std::mem::replace(col, Col::new(kind, field.data_type())?);
+            arrays.push(full.finish()?);
+        }
         self.rows = 0;
         self.bytes = 0;
         RecordBatch::try_new(self.schema.clone(), arrays)
