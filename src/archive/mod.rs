@@ -345,30 +345,64 @@ struct Stage {
 }
 
 /// Runs `archive` over the selected tables, `global.max_table_concurrency` at a time.
+///
+/// The catalog opens while the first tables connect to Postgres and read
+/// their columns (over a network each is a few round trips); a table waits
+/// for it before it takes its lock.  A catalog that does not open fails the
+/// run with its own error, before any table has locked or changed anything.
 pub async fn run(
     cfg: &Config,
     opts: &ArchiveOptions,
     progress: &Progress,
 ) -> Result<Vec<TableReport>> {
     let tables = cfg.select_tables(opts.table.as_deref())?;
-    let catalog = lake::open_catalog(&cfg.catalog).await?;
-    lake::catalog::ping(catalog.iceberg(), &cfg.catalog).await?;
-    use futures::StreamExt;
-    let reports: Vec<TableReport> = futures::stream::iter(tables.into_iter().map(|t| {
-        let catalog = catalog.clone();
-        async move { archive_table(cfg, &t, catalog, opts, progress).await }
+    let (opened, slot) = tokio::sync::watch::channel(None);
+    let open = async {
+        let catalog = async {
+            let catalog = lake::open_catalog(&cfg.catalog).await?;
+            lake::catalog::ping(catalog.iceberg(), &cfg.catalog).await?;
+            Ok(catalog)
+        }
+        .await;
+        opened.send_replace(Some(catalog.as_ref().ok().cloned()));
+        catalog
+    };
+    use futures::{FutureExt, StreamExt};
+    let reports = futures::stream::iter(tables.into_iter().map(|t| {
+        let slot = CatalogSlot(slot.clone());
+        async move { archive_table(cfg, &t, slot, opts, progress).await }
     }))
     // One connection per table in flight: `database.pool_size` caps it too.
     .buffered(cfg.global.max_table_concurrency.min(cfg.database.pool_size))
-    .collect()
-    .await;
+    .collect::<Vec<TableReport>>()
+    .map(Ok::<_, Error>);
+    // On the catalog's error the tables, all still waiting for it, are dropped.
+    let (_, reports) = futures::future::try_join(open, reports).await?;
     Ok(reports)
+}
+
+/// The run's catalog as [`run`] opens it: `None` until it has tried,
+/// then the catalog, or `None` again when it did not open.
+struct CatalogSlot(tokio::sync::watch::Receiver<Option<Option<Arc<CatalogHandle>>>>);
+
+impl CatalogSlot {
+    /// The catalog, once open; an error when it did not open (the run
+    /// reports the catalog's own).
+    async fn get(&mut self) -> Result<Arc<CatalogHandle>> {
+        let opened = self
+            .0
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|o| o.clone().flatten());
+        opened.ok_or_else(|| Error::new(ErrorKind::Catalog, "the catalog did not open"))
+    }
 }
 
 async fn archive_table(
     cfg: &Config,
     t: &TableConfig,
-    catalog: Arc<CatalogHandle>,
+    slot: CatalogSlot,
     opts: &ArchiveOptions,
     progress: &Progress,
 ) -> TableReport {
@@ -391,7 +425,7 @@ async fn archive_table(
             "stopped by a signal before this table started",
         ))
     } else {
-        archive_table_inner(cfg, t, &catalog, opts, progress, &mut report)
+        archive_table_inner(cfg, t, slot, opts, progress, &mut report)
             .instrument(span)
             .await
     };
@@ -436,13 +470,13 @@ async fn notify_failure(cfg: &Config, t: &TableConfig, e: &Error) {
 async fn archive_table_inner(
     cfg: &Config,
     t: &TableConfig,
-    catalog: &Arc<CatalogHandle>,
+    slot: CatalogSlot,
     opts: &ArchiveOptions,
     progress: &Progress,
     report: &mut TableReport,
 ) -> Result<()> {
     let mut client = source::connect(&cfg.database).await?;
-    match archive_on(&mut client, cfg, t, catalog, opts, progress, report).await {
+    match archive_on(&mut client, cfg, t, slot, opts, progress, report).await {
         Err(e) => Err(source::explain_lock_timeout(&client, &t.quoted_name(), e).await),
         ok => ok,
     }
@@ -524,15 +558,17 @@ async fn archive_on(
     client: &mut tokio_postgres::Client,
     cfg: &Config,
     t: &TableConfig,
-    catalog: &Arc<CatalogHandle>,
+    mut slot: CatalogSlot,
     opts: &ArchiveOptions,
     progress: &Progress,
     report: &mut TableReport,
 ) -> Result<()> {
-    let ((_, server_now), src) = futures::try_join!(
+    let ((_, server_now), src, catalog) = futures::try_join!(
         source::server_facts(client),
-        source::introspect::introspect(client, t)
+        source::introspect::introspect(client, t),
+        slot.get()
     )?;
+    let catalog = &catalog;
     let (lower, cutoff) = run_range(t, opts, opts.now.unwrap_or(server_now));
     report.cutoff = Some(rfc3339(cutoff));
     if opts.dry_run {
@@ -556,8 +592,12 @@ async fn archive_on(
         tracing::warn!("{}: {warning}", table.ident);
     }
     let facts = facts::gather(client, &table.table, &src, t, lower, cutoff).await?;
-    let per_batch = batch_windows(client, t, &src, &facts, (lower, cutoff)).await?;
-    let plan = plan_of(&facts, opts, per_batch);
+    // The batch workers connect while the run estimates and plans.
+    let (per_batch, own) = futures::join!(
+        batch_windows(client, t, &src, &facts, (lower, cutoff)),
+        workers(cfg, t, facts.pending.len())
+    );
+    let plan = plan_of(&facts, opts, per_batch?);
     let ctx = Ctx {
         cfg: t.clone(),
         catalog: catalog.clone(),
@@ -585,7 +625,7 @@ async fn archive_on(
         let _ = source::unlock_table(client, src.oid).await;
         return Ok(());
     }
-    let result = match workers(cfg, t, &plan).await {
+    let result = match own.map(|own| needed(own, cfg, t, plan.batches.len())) {
         Ok(own) => {
             let idle = match own.is_empty() {
                 true => vec![Worker::Run(&mut *client)],
@@ -724,28 +764,39 @@ fn report_plan(t: &TableConfig, plan: &Plan, report: &mut TableReport) -> bool {
     true
 }
 
-/// The connections of the batch workers: none when one worker runs the
-/// batches on the run's own connection (the one holding the table's lock),
-/// else one each.  With `parallel_windows` > 1 there are up to
-/// [`FINISHING`](crate::config::FINISHING) workers more than extraction slots when `pool_size` leaves
-/// room for them: while batches commit, verify and settle (their
-/// transactions still open), the slots keep extracting.  With 1, batches
-/// run strictly one after another.
+/// The connections of the batch workers for up to `batches` batches: none
+/// when one worker runs the batches on the run's own connection (the one
+/// holding the table's lock), else one each.  With `parallel_windows` > 1
+/// there are up to [`FINISHING`](crate::config::FINISHING) workers more
+/// than extraction slots when `pool_size` leaves room for them: while
+/// batches commit, verify and settle (their transactions still open), the
+/// slots keep extracting.  With 1, batches run strictly one after another.
 async fn workers(
     cfg: &Config,
     t: &TableConfig,
-    plan: &Plan,
+    batches: usize,
 ) -> Result<Vec<tokio_postgres::Client>> {
-    let n = worker_count(
-        t.parallel_windows,
-        cfg.database.pool_size,
-        plan.batches.len(),
-    );
+    let n = worker_count(t.parallel_windows, cfg.database.pool_size, batches);
     if n < 2 {
         return Ok(Vec::new());
     }
     // Concurrently: each connection is a few round trips (TLS, auth).
     futures::future::try_join_all((0..n).map(|_| source::connect(&cfg.database))).await
+}
+
+/// The worker connections a plan of `batches` batches uses, of `own` (opened
+/// for as many batches as there were pending windows); the rest close.
+fn needed(
+    mut own: Vec<tokio_postgres::Client>,
+    cfg: &Config,
+    t: &TableConfig,
+    batches: usize,
+) -> Vec<tokio_postgres::Client> {
+    match worker_count(t.parallel_windows, cfg.database.pool_size, batches) {
+        n if n < 2 => own.clear(),
+        n => own.truncate(n),
+    }
+    own
 }
 
 /// How many batches run at once: `parallel` extracting plus up to
