@@ -64,7 +64,12 @@ pub async fn gather(
         end: cutoff,
     };
     let mut facts = without_archive(src, t, vec![], scanned);
-    add_ledger(&mut facts, client, table).await?;
-    facts.pending = windows::nonempty_windows(client, src, t.partition_by, lower, cutoff).await?;
+    // Both at once: their queries share a round trip.
+    let (ledger, pending) = futures::join!(
+        add_ledger(&mut facts, client, table),
+        windows::nonempty_windows(client, src, t.partition_by, lower, cutoff)
+    );
+    ledger?;
+    facts.pending = pending?;
     Ok(facts)
 }

@@ -1,9 +1,11 @@
 //! The Postgres catalog, in one place: relations, columns, primary keys,
 //! CHECK constraints, indexes and types.  Source introspection, restore
 //! validation and attach all ask here, by relation oid
-//! ([`oid_of`] resolves a name).
+//! ([`oid_of`] resolves a name).  Each query is one round trip
+//! (`query_typed`: parameters typed here, no statement prepared first).
 
 use tokio_postgres::Client;
+use tokio_postgres::types::Type;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::types::{MapContext, TypeInfo};
@@ -20,10 +22,10 @@ pub struct Relation {
 /// Looks up `schema.name` (case-sensitive); `None` when there is none.
 pub async fn find_relation(client: &Client, schema: &str, name: &str) -> Result<Option<Relation>> {
     let rows = client
-        .query(
+        .query_typed(
             "SELECT c.oid, c.relkind::text, current_database()::text FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
-            &[&schema, &name],
+            &[(&schema, Type::NAME), (&name, Type::NAME)],
         )
         .await
         .map_err(|e| Error::postgres("cannot read the Postgres catalog", e))?;
@@ -51,7 +53,7 @@ pub async fn similar_names(client: &Client, name: &str) -> Vec<String> {
 /// reads it).
 pub async fn oid_of(client: &Client, name: &str) -> Result<u32> {
     Ok(client
-        .query_one("SELECT $1::text::regclass::oid", &[&name])
+        .query_typed_one("SELECT $1::text::regclass::oid", &[(&name, Type::TEXT)])
         .await
         .map_err(|e| Error::postgres(format!("cannot find {name}"), e))?
         .get(0))
@@ -78,11 +80,11 @@ pub struct Column {
 /// The columns of relation `oid` (a table or a composite type's relation).
 pub async fn columns(client: &Client, oid: u32) -> Result<Vec<Column>> {
     let rows = client
-        .query(
+        .query_typed(
             "SELECT attname::text, atttypid, atttypmod, format_type(atttypid, atttypmod), attnotnull, attnum, \
                     atthasdef, attgenerated::text <> '', attidentity::text = 'a' \
              FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[&oid],
+            &[(&oid, Type::OID)],
         )
         .await
         .map_err(|e| Error::postgres("cannot read the columns of a table", e))?;
@@ -105,12 +107,12 @@ pub async fn columns(client: &Client, oid: u32) -> Result<Vec<Column>> {
 /// The primary key's columns, in key order (empty without one).
 pub async fn primary_key(client: &Client, oid: u32) -> Result<Vec<String>> {
     let rows = client
-        .query(
+        .query_typed(
             "SELECT a.attname::text FROM pg_index i \
              JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) ON true \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
              WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
-            &[&oid],
+            &[(&oid, Type::OID)],
         )
         .await
         .map_err(|e| Error::postgres("cannot read the primary key", e))?;
@@ -120,10 +122,10 @@ pub async fn primary_key(client: &Client, oid: u32) -> Result<Vec<String>> {
 /// The CHECK constraints: `(name, definition)`, by name.
 pub async fn check_constraints(client: &Client, oid: u32) -> Result<Vec<(String, String)>> {
     let rows = client
-        .query(
+        .query_typed(
             "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
              WHERE conrelid = $1 AND contype = 'c' ORDER BY conname",
-            &[&oid],
+            &[(&oid, Type::OID)],
         )
         .await
         .map_err(|e| Error::postgres("cannot read the CHECK constraints", e))?;
@@ -140,9 +142,9 @@ pub struct Privileges {
 /// The connecting role's privileges on table `oid`.
 pub async fn privileges(client: &Client, oid: u32) -> Result<Privileges> {
     let r = client
-        .query_one(
+        .query_typed_one(
             "SELECT has_table_privilege($1::oid, 'SELECT'), has_table_privilege($1::oid, 'DELETE')",
-            &[&oid],
+            &[(&oid, Type::OID)],
         )
         .await
         .map_err(|e| Error::postgres("cannot check privileges", e))?;
@@ -156,12 +158,16 @@ pub async fn privileges(client: &Client, oid: u32) -> Result<Privileges> {
 /// partition) leads with column `attnum` (named `name` in the partitions).
 pub async fn leads_an_index(client: &Client, oid: u32, attnum: i16, name: &str) -> Result<bool> {
     Ok(client
-        .query_one(
+        .query_typed_one(
             "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = $1 AND i.indkey[0] = $2) \
              OR EXISTS (SELECT 1 FROM pg_inherits h JOIN pg_index i ON i.indrelid = h.inhrelid \
                         JOIN pg_attribute a ON a.attrelid = h.inhrelid AND a.attnum = i.indkey[0] \
                         WHERE h.inhparent = $1 AND a.attname = $3)",
-            &[&oid, &attnum, &name],
+            &[
+                (&oid, Type::OID),
+                (&attnum, Type::INT2),
+                (&name, Type::NAME),
+            ],
         )
         .await
         .map_err(|e| Error::postgres("cannot read the table's indexes", e))?
@@ -171,7 +177,7 @@ pub async fn leads_an_index(client: &Client, oid: u32, attnum: i16, name: &str) 
 /// Session facts the mappings depend on.
 pub async fn map_context(client: &Client) -> Result<MapContext> {
     let row = client
-        .query_one("SELECT scale('1'::money::numeric)", &[])
+        .query_typed_one("SELECT scale('1'::money::numeric)", &[])
         .await
         .map_err(|e| Error::postgres("cannot read the money format", e))?;
     let scale: i32 = row.get(0);
@@ -196,10 +202,10 @@ pub fn resolve_type<'a>(
             ));
         }
         let r = client
-            .query_one(
+            .query_typed_one(
                 "SELECT t.typname::text, t.typtype::text, t.typcategory::text, t.typelem, t.typbasetype, t.typtypmod, \
                  t.typrelid, format_type(t.oid, $2) FROM pg_type t WHERE t.oid = $1",
-                &[&oid, &typmod],
+                &[(&oid, Type::OID), (&typmod, Type::INT4)],
             )
             .await
             .map_err(|e| Error::postgres("cannot read a column type", e))?;

@@ -110,7 +110,7 @@ fn iam_login(cfg: &tokio_postgres::Config) -> Result<(String, u16, String)> {
 /// `TLSv1.3, certificate not verified (sslmode=require)` or `no TLS`.
 pub async fn tls_description(client: &Client, db: &DatabaseConfig) -> Result<String> {
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT coalesce(ssl, false), coalesce(version, '') FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
             &[],
         )
@@ -154,7 +154,7 @@ where
 /// The database name and the server's current time (µs since the epoch, UTC).
 pub async fn server_facts(client: &Client) -> Result<(String, i64)> {
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT current_database()::text, (extract(epoch from now()) * 1000000)::int8, \
              current_setting('server_version_num')::int",
             &[],
@@ -179,7 +179,7 @@ pub async fn server_facts(client: &Client) -> Result<(String, i64)> {
 /// service that refuses the functions): batches are then judged as before.
 pub async fn history(client: &Client) -> Option<String> {
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT system_identifier::text, pg_walfile_name(pg_current_wal_lsn()) \
              FROM pg_control_system()",
             &[],
@@ -208,42 +208,39 @@ pub async fn lock_table(client: &Client, table_oid: u32, wait: Option<Duration>)
     let key = lock_key(table_oid);
     let err = |e| Error::postgres("cannot take the table's advisory lock", e);
     let ms = wait.map(|w| w.as_millis().max(1) as i64).unwrap_or(0);
-    // SET LOCAL: the session's own lock_timeout comes back with the
-    // transaction's end; the session-level advisory lock outlives it.
-    client
-        .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = {ms}"))
-        .await
-        .map_err(err)?;
-    let taken = match client.execute("SELECT pg_advisory_lock($1)", &[&key]).await {
-        Ok(_) => true,
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => false,
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(
-                if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
-                    err(e).replace_hint(
-                    "another permafrost instance held the table for longer than `database.statement_timeout`; with `on_busy: wait` raise it, or use `on_busy: skip`",
-                )
-                } else {
-                    err(e)
-                },
-            );
-        }
+    // One round trip.  SET LOCAL: the session's own lock_timeout comes back
+    // with the transaction's end; the session-level advisory lock outlives it.
+    let taken = client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = {ms}; SELECT pg_advisory_lock({key}); COMMIT"
+        ))
+        .await;
+    let e = match taken {
+        Ok(()) => return Ok(true),
+        Err(e) => e,
     };
-    client
-        .batch_execute(if taken { "COMMIT" } else { "ROLLBACK" })
-        .await
-        .map_err(err)?;
-    Ok(taken)
+    // The transaction failed; the lock was not taken.
+    let rolled_back = client.batch_execute("ROLLBACK").await;
+    match e.code() {
+        Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            rolled_back.map(|()| false).map_err(err)
+        }
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => Err(err(e).replace_hint(
+            "another permafrost instance held the table for longer than `database.statement_timeout`; with `on_busy: wait` raise it, or use `on_busy: skip`",
+        )),
+        _ => Err(err(e)),
+    }
 }
 
 /// Releases the lock taken by [`lock_table`].
 pub async fn unlock_table(client: &Client, table_oid: u32) -> Result<()> {
     client
-        .execute("SELECT pg_advisory_unlock($1)", &[&lock_key(table_oid)])
+        .batch_execute(&format!(
+            "SELECT pg_advisory_unlock({})",
+            lock_key(table_oid)
+        ))
         .await
-        .map_err(|e| Error::postgres("cannot release the table's advisory lock", e))?;
-    Ok(())
+        .map_err(|e| Error::postgres("cannot release the table's advisory lock", e))
 }
 
 /// The application name and pid of the session holding the table's lock, if any.

@@ -6,6 +6,7 @@
 //! window, never one per empty window.
 
 use tokio_postgres::Client;
+use tokio_postgres::types::Type;
 
 use crate::error::{Error, Result};
 use crate::filter::quote_ident;
@@ -134,7 +135,7 @@ pub async fn nonempty_windows(
          ) SELECT (extract(epoch FROM s) * 1000000)::int8 FROM w WHERE s IS NOT NULL",
     );
     let rows = client
-        .query(sql.as_str(), &[])
+        .query_typed(sql.as_str(), &[])
         .await
         .map_err(|e| Error::postgres(format!("cannot find windows of {}", t.qualified()), e))?;
     Ok(rows
@@ -191,7 +192,7 @@ pub async fn window_counts(
         archivable_below(t, cutoff)
     );
     let rows = client
-        .query(sql.as_str(), &[])
+        .query_typed(sql.as_str(), &[])
         .await
         .map_err(|e| Error::postgres(format!("cannot count rows of {}", t.qualified()), e))?;
     Ok(rows
@@ -218,9 +219,6 @@ pub async fn estimated_rows(
     lower: Option<Micros>,
     cutoff: Micros,
 ) -> Result<u64> {
-    if !has_statistics(client, t).await? {
-        return Ok(0);
-    }
     let pred = match lower {
         Some(start) => range_predicate(t, &Window { start, end: cutoff }),
         None => archivable_below(t, cutoff),
@@ -230,10 +228,17 @@ pub async fn estimated_rows(
         t.qualified()
     );
     let what = || format!("cannot estimate the rows of {}", t.qualified());
-    let messages = client
-        .simple_query(&sql)
-        .await
-        .map_err(|e| Error::postgres(what(), e))?;
+    // Both at once (one round trip): the plan is dropped without statistics.
+    let explain = async {
+        client
+            .simple_query(&sql)
+            .await
+            .map_err(|e| Error::postgres(what(), e))
+    };
+    let (analysed, messages) = futures::try_join!(has_statistics(client, t), explain)?;
+    if !analysed {
+        return Ok(0);
+    }
     let plan = messages.iter().find_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0),
         _ => None,
@@ -250,13 +255,13 @@ pub async fn estimated_rows(
 /// partitions, never a partitioned parent).
 async fn has_statistics(client: &Client, t: &SourceTable) -> Result<bool> {
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT EXISTS (SELECT 1 FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname \
              WHERE s.attname = $2 AND (c.oid = $1 \
                OR c.oid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass))))",
-            &[&t.oid, &t.time_column().name],
+            &[(&t.oid, Type::OID), (&t.time_column().name, Type::NAME)],
         )
         .await
         .map_err(|e| {
@@ -276,7 +281,7 @@ pub async fn count_in_range(client: &Client, t: &SourceTable, range: &Window) ->
         range_predicate(t, range)
     );
     let row = client
-        .query_one(sql.as_str(), &[])
+        .query_typed_one(sql.as_str(), &[])
         .await
         .map_err(|e| Error::postgres(format!("cannot count rows of {}", t.qualified()), e))?;
     Ok(row.get::<_, i64>(0) as u64)
@@ -312,7 +317,7 @@ pub async fn unarchivable_counts(
         table = t.qualified(),
     );
     let row = client
-        .query_one(sql.as_str(), &[])
+        .query_typed_one(sql.as_str(), &[])
         .await
         .map_err(|e| Error::postgres(format!("cannot count rows of {}", t.qualified()), e))?;
     Ok(Unarchivable {
@@ -340,7 +345,7 @@ pub async fn pending(
         outside(t, kept)
     );
     let row = client
-        .query_one(sql.as_str(), &[])
+        .query_typed_one(sql.as_str(), &[])
         .await
         .map_err(|e| Error::postgres(format!("cannot count rows of {}", t.qualified()), e))?;
     Ok((row.get::<_, i64>(0) as u64, row.get::<_, Option<i64>>(1)))
