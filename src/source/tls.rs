@@ -56,11 +56,7 @@ pub fn client_config(policy: &TlsPolicy) -> Result<rustls::ClientConfig> {
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)));
         return with_client_auth(b, policy);
     }
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = roots.add(cert);
-    }
+    let mut roots = system_roots();
     if let Some(path) = &policy.root_cert {
         let key = policy.root_cert_key;
         let pem = std::fs::read(path)
@@ -83,6 +79,34 @@ pub fn client_config(policy: &TlsPolicy) -> Result<rustls::ClientConfig> {
         }
     }
     with_client_auth(builder.with_root_certificates(roots), policy)
+}
+
+/// How long the system's roots, once read, serve the clients built after:
+/// a run builds several (the catalog's, one per Postgres connection), a
+/// daemon that runs for months still sees a renewed bundle.
+const SYSTEM_ROOTS_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The system's root certificates (rustls-native-certs: `SSL_CERT_FILE`,
+/// `SSL_CERT_DIR`, the distribution's bundle).  Reading and parsing them
+/// takes milliseconds of CPU, so they are read at most once per
+/// [`SYSTEM_ROOTS_TTL`].
+fn system_roots() -> rustls::RootCertStore {
+    type Cached = Option<(std::time::Instant, rustls::RootCertStore)>;
+    static CACHE: std::sync::Mutex<Cached> = std::sync::Mutex::new(None);
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((read, roots)) = cache.as_ref()
+        && read.elapsed() < SYSTEM_ROOTS_TTL
+    {
+        return roots.clone();
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    *cache = Some((std::time::Instant::now(), roots.clone()));
+    roots
 }
 
 /// Finishes `b` with the policy's client certificate, if any.
