@@ -473,3 +473,29 @@ async fn s3_without_any_credentials_is_a_config_error() {
     );
     assert_eq!(count(&c, "sensor_readings", "true").await, total);
 }
+
+/// The catalog opens while the tables connect to Postgres: a catalog that
+/// does not open is the run's one error, whatever Postgres does meanwhile
+/// (here it refuses the connection too, and sooner).
+#[test]
+fn an_unreachable_catalog_is_the_runs_error_while_postgres_fails_too() {
+    let ws = Ws::new();
+    let dsn = format!(
+        "postgresql://postgres:pw-unreach@127.0.0.1:{}/x",
+        free_port()
+    );
+    let catalog = format!(
+        "catalog:\n  type: rest\n  uri: http://127.0.0.1:{}\n  warehouse: s3://warehouse\n",
+        free_port()
+    );
+    let cfg = ws.config("both.yaml", &table_yaml(&dsn, &catalog, "archive", SENSOR));
+    let out = ws.run(&["archive", "-c", &cfg.to_string_lossy(), "--json"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert_fails(&out, "catalog", &["pw-unreach"]);
+    assert!(
+        !out.stderr.contains("PostgreSQL"),
+        "the table's failure is not reported beside the catalog's:\n{}",
+        out.stderr
+    );
+    assert!(out.stdout.trim().is_empty(), "no report: {}", out.stdout);
+}
