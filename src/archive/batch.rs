@@ -507,7 +507,7 @@ async fn range_is_empty(
         windows::range_predicate(src, range)
     );
     Ok(tx
-        .query_one(sql.as_str(), &[])
+        .query_typed_one(sql.as_str(), &[])
         .await
         .map_err(|e| Error::postgres("cannot check the range is empty", e))?
         .get(0))

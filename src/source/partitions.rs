@@ -5,6 +5,7 @@
 //! is verified, in the same transaction — instead of deleting their rows.
 
 use tokio_postgres::Client;
+use tokio_postgres::types::Type;
 
 use crate::error::{Error, Result};
 use crate::filter::quote_ident;
@@ -64,7 +65,10 @@ impl Partition {
 /// e.g. `RANGE (ts)`; `None` for a table that is not partitioned.
 pub async fn partition_key(client: &Client, rel: &str) -> Result<Option<String>> {
     Ok(client
-        .query_one("SELECT pg_get_partkeydef($1::text::regclass)", &[&rel])
+        .query_typed_one(
+            "SELECT pg_get_partkeydef($1::text::regclass)",
+            &[(&rel, Type::TEXT)],
+        )
         .await
         .map_err(|e| Error::postgres("cannot read the partition key", e))?
         .get(0))
@@ -79,10 +83,10 @@ pub fn is_range_on(key: Option<&str>, ts: &str) -> bool {
 /// as the time column's type `kind` (`timestamp` bounds as UTC).
 pub async fn list(client: &Client, parent: &str, kind: TimeKind) -> Result<Vec<Partition>> {
     let rows = client
-        .query(
+        .query_typed(
             "SELECT c.oid::regclass::text, c.relkind::text, pg_get_expr(c.relpartbound, c.oid) \
              FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = $1::text::regclass",
-            &[&parent],
+            &[(&parent, Type::TEXT)],
         )
         .await
         .map_err(|e| Error::postgres("cannot read the partitions", e))?;
@@ -146,7 +150,7 @@ async fn bound_micros(
         us("b")
     );
     let rows = client
-        .query(&sql, &[&lo, &hi])
+        .query_typed(&sql, &[(&lo, Type::TEXT_ARRAY), (&hi, Type::TEXT_ARRAY)])
         .await
         .map_err(|e| Error::postgres("cannot read partition bounds", e))?;
     Ok(rows
