@@ -41,12 +41,20 @@ pub async fn add_ledger(
 ) -> Result<()> {
     facts.batches = ledger::read::read_ledger(table, &facts.source)?;
     facts.failed = ledger::read::failed_batches(table);
-    facts.pg_history = source::history(client).await;
-    facts.xact = source::xact_status(client, &facts.askable_xids())
-        .await?
-        .into_iter()
-        .collect();
+    let xids = facts.askable_xids();
+    let (history, xact) =
+        futures::join!(source::history(client), source::xact_status(client, &xids));
+    facts.pg_history = history;
+    facts.xact = xact?.into_iter().collect();
     Ok(())
+}
+
+/// The range a run scans for windows holding rows: `[lower, cutoff)`.
+pub fn scanned(lower: Option<Micros>, cutoff: Micros) -> Window {
+    Window {
+        start: lower.unwrap_or(Micros::MIN),
+        end: cutoff,
+    }
 }
 
 /// Everything: the ledger, and the windows in `[lower, cutoff)` that hold
@@ -59,11 +67,7 @@ pub async fn gather(
     lower: Option<Micros>,
     cutoff: Micros,
 ) -> Result<TableFacts> {
-    let scanned = Window {
-        start: lower.unwrap_or(Micros::MIN),
-        end: cutoff,
-    };
-    let mut facts = without_archive(src, t, vec![], scanned);
+    let mut facts = without_archive(src, t, vec![], scanned(lower, cutoff));
     // Both at once: their queries share a round trip.
     let (ledger, pending) = futures::join!(
         add_ledger(&mut facts, client, table),

@@ -518,34 +518,46 @@ fn plan_of(facts: &TableFacts, opts: &ArchiveOptions, batch_windows: u32) -> Pla
     )
 }
 
-/// The windows per batch of this run: `batch_windows`, or with `batch_rows`
-/// as many as hold about that many rows by Postgres's estimate
-/// ([`plan::windows_for_rows`]).
+/// What a run plans from Postgres alone, under the table's lock: the
+/// windows in `[lower, cutoff)` that hold rows; then, at once, the windows
+/// per batch ([`batch_windows`]) and the batch workers' connections
+/// ([`workers`]: their error is the caller's to report, after planning).
+async fn pending_side(
+    client: &tokio_postgres::Client,
+    cfg: &Config,
+    t: &TableConfig,
+    src: &source::SourceTable,
+    (lower, cutoff): (Option<Micros>, Micros),
+) -> Result<(Vec<Window>, u32, Result<Vec<tokio_postgres::Client>>)> {
+    let pending = windows::nonempty_windows(client, src, t.partition_by, lower, cutoff).await?;
+    let (per_batch, own) = futures::join!(
+        batch_windows(client, t, src, pending.len(), (lower, cutoff)),
+        workers(cfg, t, pending.len())
+    );
+    Ok((pending, per_batch?, own))
+}
+
+/// The windows per batch of a run of `pending` windows holding rows:
+/// `batch_windows`, or with `batch_rows` as many as hold about that many
+/// rows by Postgres's estimate ([`plan::windows_for_rows`]).
 async fn batch_windows(
     client: &tokio_postgres::Client,
     t: &TableConfig,
     src: &source::SourceTable,
-    facts: &TableFacts,
+    pending: usize,
     (lower, cutoff): (Option<Micros>, Micros),
 ) -> Result<u32> {
     let Some(target) = t.batch_rows else {
         return Ok(t.batch_windows);
     };
-    if facts.pending.is_empty() {
+    if pending == 0 {
         return Ok(t.batch_windows);
     }
     let rows = windows::estimated_rows(client, src, lower, cutoff).await?;
-    let n = plan::windows_for_rows(
-        t.batch_windows,
-        target,
-        rows,
-        facts.pending.len(),
-        t.parallel_windows,
-    );
+    let n = plan::windows_for_rows(t.batch_windows, target, rows, pending, t.parallel_windows);
     tracing::debug!(
-        "{}: about {rows} row(s) in {} window(s): {n} window(s) per batch",
+        "{}: about {rows} row(s) in {pending} window(s): {n} window(s) per batch",
         t.quoted_name(),
-        facts.pending.len()
     );
     Ok(n)
 }
@@ -586,18 +598,23 @@ async fn archive_on(
     if !lock_or_skip(client, cfg, t, &src, report).await? {
         return Ok(());
     }
-    let table = lake::table::ensure_table(catalog, t, &src).await?;
+    // The archive table (loaded, or created or evolved in the catalog) and
+    // Postgres's side of the plan at once: neither needs the other, and
+    // each is round trips to a server of its own.  Both run to the end (a
+    // catalog change is not cut off halfway); the catalog's error first.
+    let (table, postgres) = futures::join!(
+        lake::table::ensure_table(catalog, t, &src),
+        pending_side(client, cfg, t, &src, (lower, cutoff))
+    );
+    let table = table?;
+    let (pending, per_batch, own) = postgres?;
     let snapshots = table.table.metadata().snapshots().count();
     if let Some(warning) = long_history(snapshots, cfg.maintenance.after_archive) {
         tracing::warn!("{}: {warning}", table.ident);
     }
-    let facts = facts::gather(client, &table.table, &src, t, lower, cutoff).await?;
-    // The batch workers connect while the run estimates and plans.
-    let (per_batch, own) = futures::join!(
-        batch_windows(client, t, &src, &facts, (lower, cutoff)),
-        workers(cfg, t, facts.pending.len())
-    );
-    let plan = plan_of(&facts, opts, per_batch?);
+    let mut facts = facts::without_archive(&src, t, pending, facts::scanned(lower, cutoff));
+    facts::add_ledger(&mut facts, client, &table.table).await?;
+    let plan = plan_of(&facts, opts, per_batch);
     let ctx = Ctx {
         cfg: t.clone(),
         catalog: catalog.clone(),
@@ -698,7 +715,7 @@ async fn dry_run(
             facts::gather(client, table, src, t, lower, cutoff).await?
         }
     };
-    let per_batch = batch_windows(client, t, src, &facts, (lower, cutoff)).await?;
+    let per_batch = batch_windows(client, t, src, facts.pending.len(), (lower, cutoff)).await?;
     fill_dry_run(report, &facts, opts, per_batch, &counts);
     Ok(())
 }

@@ -342,9 +342,9 @@ pub async fn xact_status(
     }
     let all: Vec<i64> = xids.iter().map(|x| *x as i64).collect();
     let rows = client
-        .query(
+        .query_typed(
             "SELECT txid_status(x) FROM unnest($1::int8[]) WITH ORDINALITY AS t(x, n) ORDER BY n",
-            &[&all],
+            &[(&all, tokio_postgres::types::Type::INT8_ARRAY)],
         )
         .await;
     match rows {
