@@ -419,13 +419,49 @@ pub struct Weed {
     pub args: Vec<String>,
 }
 
+/// `n` free ports below the kernel's ephemeral range: a port a listener
+/// gets from `bind(0)` is one of that range, where the suite's own client
+/// connections (hundreds a second to Postgres) take theirs too, and one of
+/// them can hold it by the time a server binds it.
 fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    ls.iter()
+    let lowest_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (
+        lowest_ephemeral.saturating_sub(12_000).max(1024),
+        lowest_ephemeral,
+    );
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 32);
+    let mut held: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    for _ in 0..(n * 200) {
+        if held.len() == n || hi <= lo + n as u32 {
+            break;
+        }
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let port = lo + ((seed >> 33) as u32) % (hi - lo);
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            held.push(l);
+        }
+    }
+    while held.len() < n {
+        held.push(std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
+    }
+    held.iter()
         .map(|l| l.local_addr().expect("addr").port())
         .collect()
+}
+
+/// The last lines of a log file, for a failure message.
+fn log_tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 impl Weed {
@@ -534,10 +570,17 @@ impl Weed {
             if s3_ok && ns_ok {
                 return;
             }
+            let log = self.dir.path().join("weed.log");
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "weed exited ({status}) before it was ready; its log ends:\n{}",
+                    log_tail(&log, 30)
+                );
+            }
             assert!(
                 std::time::Instant::now() < deadline,
-                "weed did not start; see {}",
-                self.dir.path().display()
+                "weed did not start within 120 s; its log ends:\n{}",
+                log_tail(&log, 30)
             );
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
