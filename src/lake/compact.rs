@@ -225,7 +225,7 @@ async fn rewrite(
         time_index,
         &prefix,
         t.target_file_size,
-        t.zstd_level,
+        (t.zstd_level, t.integer_encoding),
     )?;
     let mut hasher = RowHasher::default();
     let mut hashes = Vec::new();

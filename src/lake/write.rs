@@ -30,10 +30,11 @@ use iceberg::writer::file_writer::location_generator::{
 };
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
+use crate::config::IntegerEncoding;
 use crate::error::{Error, Result};
 use crate::lake::ArchiveTable;
 use crate::plan::window::Granularity;
@@ -96,7 +97,7 @@ impl BatchWriter {
         io: FileIO,
         prefix: &str,
         target_file_size: u64,
-        zstd_level: i32,
+        (zstd_level, integers): (i32, IntegerEncoding),
     ) -> Result<Self> {
         let mut writer = Self::for_table(
             &table.table,
@@ -104,7 +105,7 @@ impl BatchWriter {
             table.time_index,
             prefix,
             target_file_size,
-            zstd_level,
+            (zstd_level, integers),
         )?;
         writer.setup.io = io;
         Ok(writer)
@@ -118,7 +119,7 @@ impl BatchWriter {
         time_index: usize,
         prefix: &str,
         target_file_size: u64,
-        zstd_level: i32,
+        (zstd_level, integers): (i32, IntegerEncoding),
     ) -> Result<Self> {
         let md = table.metadata();
         let schema = md.current_schema().clone();
@@ -131,6 +132,7 @@ impl BatchWriter {
                 prefix: prefix.to_string(),
                 target_file_size,
                 level,
+                integers,
             },
             builder: None,
             spec: md.default_partition_spec().as_ref().clone(),
@@ -331,6 +333,7 @@ struct Setup {
     prefix: String,
     target_file_size: u64,
     level: ZstdLevel,
+    integers: IntegerEncoding,
 }
 
 impl Setup {
@@ -340,8 +343,12 @@ impl Setup {
     fn builder(&self, first: &RecordBatch, time_index: usize) -> Result<Builder> {
         let md = self.table.metadata();
         let mut props = WriterProperties::builder();
-        for name in plain_columns(first, time_index) {
-            props = props.set_column_dictionary_enabled(ColumnPath::from(name), false);
+        for (name, integer) in plain_columns(first, time_index) {
+            let path = ColumnPath::from(name);
+            props = props.set_column_dictionary_enabled(path.clone(), false);
+            if integer && self.integers == IntegerEncoding::DeltaBinaryPacked {
+                props = props.set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+            }
         }
         let props = props
             .set_compression(Compression::ZSTD(self.level))
@@ -369,7 +376,7 @@ impl Setup {
 /// distinct (sensor readings, ids, payloads).  For those a dictionary only
 /// costs the writer a hash of every value and the file a dictionary as
 /// large as the data; repetitive columns (units, sensor names) keep theirs.
-fn plain_columns(first: &RecordBatch, time_index: usize) -> Vec<String> {
+fn plain_columns(first: &RecordBatch, time_index: usize) -> Vec<(String, bool)> {
     let schema = first.schema();
     schema
         .fields()
@@ -382,8 +389,18 @@ fn plain_columns(first: &RecordBatch, time_index: usize) -> Vec<String> {
                     && crate::checksum::distinct_values(col.as_ref(), SAMPLE_ROWS)
                         .is_some_and(|(distinct, values)| values >= 64 && 2 * distinct > values))
         })
-        .map(|(_, (field, _))| field.name().clone())
+        .map(|(_, (field, _))| (field.name().clone(), delta_encodes(field.data_type())))
         .collect()
+}
+
+/// Whether a column of `dt` is stored as 32- or 64-bit integers in Parquet
+/// (timestamps, dates, times, integers).
+fn delta_encodes(dt: &arrow_schema::DataType) -> bool {
+    use arrow_schema::DataType as D;
+    matches!(
+        dt,
+        D::Int32 | D::Int64 | D::Date32 | D::Time64(_) | D::Timestamp(_, _)
+    )
 }
 
 #[cfg(test)]
@@ -454,8 +471,15 @@ mod tests {
     async fn a_partition_left_behind_is_closed_and_a_late_row_gets_a_file_of_its_own() {
         let dir = tempfile::tempdir().expect("tempdir");
         let table = daily_table(dir.path());
-        let mut w =
-            BatchWriter::for_table(&table, Granularity::Day, 0, "b", 1 << 30, 3).expect("writer");
+        let mut w = BatchWriter::for_table(
+            &table,
+            Granularity::Day,
+            0,
+            "b",
+            1 << 30,
+            (3, IntegerEncoding::Plain),
+        )
+        .expect("writer");
         w.write(rows_of_day(&table, 100, 50))
             .await
             .expect("day 100");
@@ -516,8 +540,14 @@ mod tests {
             ),
         ];
         let batch = RecordBatch::try_from_iter(cols).unwrap();
-        assert_eq!(plain_columns(&batch, 1), ["id", "ts", "reading"]);
+        let plain = |b: &RecordBatch| {
+            plain_columns(b, 1)
+                .into_iter()
+                .map(|(name, integer)| format!("{name}{}", if integer { " (integer)" } else { "" }))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(plain(&batch), ["id (integer)", "ts (integer)", "reading"]);
         // Too few values to judge: only the time column.
-        assert_eq!(plain_columns(&batch.slice(0, 10), 1), ["ts"]);
+        assert_eq!(plain(&batch.slice(0, 10)), ["ts (integer)"]);
     }
 }

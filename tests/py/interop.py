@@ -80,7 +80,7 @@ def engine_ready(t, time_col):
     time_id = schema.find_field(time_col).field_id
     eng = {"format_version": t.metadata.format_version, "files": 0, "missing_field_ids": 0,
            "timestamp_issues": [], "null_partitions": 0, "missing_bounds": 0,
-           "summaries_without_totals": 0}
+           "summaries_without_totals": 0, "encodings": {}}
     for s in t.snapshots():
         props = s.summary.additional_properties
         if not all(k in props for k in ("total-records", "total-data-files", "added-records")):
@@ -93,13 +93,19 @@ def engine_ready(t, time_col):
         if time_id not in (df.lower_bounds or {}) or time_id not in (df.upper_bounds or {}):
             eng["missing_bounds"] += 1
         with t.io.new_input(df.file_path).open() as f:
-            sch = pq.read_schema(f)
+            pf = pq.ParquetFile(f)
+            sch, md = pf.schema_arrow, pf.metadata
+        for rg in range(md.num_row_groups):
+            for c in range(md.num_columns):
+                col = md.row_group(rg).column(c)
+                eng["encodings"].setdefault(col.path_in_schema, set()).update(col.encodings)
         for field in sch:
             eng["missing_field_ids"] += field_ids_missing(field)
             if pa.types.is_timestamp(field.type):
                 want_tz = str(schema.find_field(field.name).field_type) == "timestamptz"
                 if field.type.unit != "us" or (field.type.tz is not None) != want_tz:
                     eng["timestamp_issues"].append(f"{field.name}: {field.type}")
+    eng["encodings"] = {k: sorted(v) for k, v in eng["encodings"].items()}
     return eng
 
 
