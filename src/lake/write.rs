@@ -339,7 +339,8 @@ struct Setup {
 impl Setup {
     /// The data file writers' builder: zstd, bounded row groups, and no
     /// dictionary for the columns [`plain_columns`] picks from `first`
-    /// (whose time column is column `time_index`).
+    /// (whose time column is column `time_index`) — the integer ones among
+    /// them `DELTA_BINARY_PACKED` when the table says so.
     fn builder(&self, first: &RecordBatch, time_index: usize) -> Result<Builder> {
         let md = self.table.metadata();
         let mut props = WriterProperties::builder();
@@ -376,6 +377,7 @@ impl Setup {
 /// distinct (sensor readings, ids, payloads).  For those a dictionary only
 /// costs the writer a hash of every value and the file a dictionary as
 /// large as the data; repetitive columns (units, sensor names) keep theirs.
+/// Each with whether Parquet stores it as integers ([`delta_encodes`]).
 fn plain_columns(first: &RecordBatch, time_index: usize) -> Vec<(String, bool)> {
     let schema = first.schema();
     schema
