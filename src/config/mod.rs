@@ -134,6 +134,21 @@ pub enum IntegerEncoding {
     DeltaBinaryPacked,
 }
 
+/// How the floating-point columns a data file writes without a dictionary
+/// (readings and other mostly distinct values) are encoded
+/// (`tables[].float_encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FloatEncoding {
+    /// `PLAIN`, which every Parquet reader reads (default).
+    #[default]
+    Plain,
+    /// `BYTE_STREAM_SPLIT`: each byte of the values in a stream of its own,
+    /// which zstd compresses far better (sign and exponent bytes repeat),
+    /// for readers that have it (PyArrow, DuckDB).
+    ByteStreamSplit,
+}
+
 /// Which catalog implementation to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CatalogKind {
@@ -253,6 +268,8 @@ pub struct TableConfig {
     pub zstd_level: i32,
     /// The Parquet encoding of integer columns written without a dictionary.
     pub integer_encoding: IntegerEncoding,
+    /// The Parquet encoding of floating-point columns written without a dictionary.
+    pub float_encoding: FloatEncoding,
     /// Columns not archived (their values are dropped with the rows).
     pub exclude_columns: Vec<String>,
     /// Columns archived in their Postgres text form (any type).
@@ -474,6 +491,8 @@ struct RawTable {
     zstd_level: Option<i32>,
     #[serde(default)]
     integer_encoding: IntegerEncoding,
+    #[serde(default)]
+    float_encoding: FloatEncoding,
     #[serde(default)]
     exclude_columns: Vec<String>,
     #[serde(default)]
@@ -955,6 +974,7 @@ fn parse_table(
         parallel_windows,
         zstd_level,
         integer_encoding: t.integer_encoding,
+        float_encoding: t.float_encoding,
         exclude_columns: t.exclude_columns,
         text_columns: t.text_columns,
         drop_partitions: t.drop_partitions,

@@ -34,7 +34,7 @@ use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
-use crate::config::IntegerEncoding;
+use crate::config::{FloatEncoding, IntegerEncoding};
 use crate::error::{Error, Result};
 use crate::lake::ArchiveTable;
 use crate::plan::window::Granularity;
@@ -97,7 +97,7 @@ impl BatchWriter {
         io: FileIO,
         prefix: &str,
         target_file_size: u64,
-        (zstd_level, integers): (i32, IntegerEncoding),
+        (zstd_level, encodings): (i32, Encodings),
     ) -> Result<Self> {
         let mut writer = Self::for_table(
             &table.table,
@@ -105,7 +105,7 @@ impl BatchWriter {
             table.time_index,
             prefix,
             target_file_size,
-            (zstd_level, integers),
+            (zstd_level, encodings),
         )?;
         writer.setup.io = io;
         Ok(writer)
@@ -119,7 +119,7 @@ impl BatchWriter {
         time_index: usize,
         prefix: &str,
         target_file_size: u64,
-        (zstd_level, integers): (i32, IntegerEncoding),
+        (zstd_level, encodings): (i32, Encodings),
     ) -> Result<Self> {
         let md = table.metadata();
         let schema = md.current_schema().clone();
@@ -132,7 +132,7 @@ impl BatchWriter {
                 prefix: prefix.to_string(),
                 target_file_size,
                 level,
-                integers,
+                encodings,
             },
             builder: None,
             spec: md.default_partition_spec().as_ref().clone(),
@@ -333,22 +333,54 @@ struct Setup {
     prefix: String,
     target_file_size: u64,
     level: ZstdLevel,
-    integers: IntegerEncoding,
+    encodings: Encodings,
+}
+
+/// The Parquet encodings a table's data files use for the columns written
+/// without a dictionary (`tables[].integer_encoding`, `float_encoding`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Encodings {
+    pub integers: IntegerEncoding,
+    pub floats: FloatEncoding,
+}
+
+impl Encodings {
+    /// A table's, as configured.
+    pub fn of(t: &crate::config::TableConfig) -> Self {
+        Self {
+            integers: t.integer_encoding,
+            floats: t.float_encoding,
+        }
+    }
+
+    /// The encoding of a column of `kind` written without a dictionary;
+    /// `None`: Parquet's default (`PLAIN`).
+    fn for_kind(self, kind: ValueKind) -> Option<Encoding> {
+        match kind {
+            ValueKind::Integer if self.integers == IntegerEncoding::DeltaBinaryPacked => {
+                Some(Encoding::DELTA_BINARY_PACKED)
+            }
+            ValueKind::Float if self.floats == FloatEncoding::ByteStreamSplit => {
+                Some(Encoding::BYTE_STREAM_SPLIT)
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Setup {
     /// The data file writers' builder: zstd, bounded row groups, and no
     /// dictionary for the columns [`plain_columns`] picks from `first`
-    /// (whose time column is column `time_index`) — the integer ones among
-    /// them `DELTA_BINARY_PACKED` when the table says so.
+    /// (whose time column is column `time_index`) — encoded as the table
+    /// says ([`Encodings`]).
     fn builder(&self, first: &RecordBatch, time_index: usize) -> Result<Builder> {
         let md = self.table.metadata();
         let mut props = WriterProperties::builder();
-        for (name, integer) in plain_columns(first, time_index) {
+        for (name, kind) in plain_columns(first, time_index) {
             let path = ColumnPath::from(name);
             props = props.set_column_dictionary_enabled(path.clone(), false);
-            if integer && self.integers == IntegerEncoding::DeltaBinaryPacked {
-                props = props.set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+            if let Some(encoding) = self.encodings.for_kind(kind) {
+                props = props.set_column_encoding(path, encoding);
             }
         }
         let props = props
@@ -377,8 +409,8 @@ impl Setup {
 /// distinct (sensor readings, ids, payloads).  For those a dictionary only
 /// costs the writer a hash of every value and the file a dictionary as
 /// large as the data; repetitive columns (units, sensor names) keep theirs.
-/// Each with whether Parquet stores it as integers ([`delta_encodes`]).
-fn plain_columns(first: &RecordBatch, time_index: usize) -> Vec<(String, bool)> {
+/// Each with the kind of values Parquet stores it as.
+fn plain_columns(first: &RecordBatch, time_index: usize) -> Vec<(String, ValueKind)> {
     let schema = first.schema();
     schema
         .fields()
@@ -391,18 +423,29 @@ fn plain_columns(first: &RecordBatch, time_index: usize) -> Vec<(String, bool)> 
                     && crate::checksum::distinct_values(col.as_ref(), SAMPLE_ROWS)
                         .is_some_and(|(distinct, values)| values >= 64 && 2 * distinct > values))
         })
-        .map(|(_, (field, _))| (field.name().clone(), delta_encodes(field.data_type())))
+        .map(|(_, (field, _))| (field.name().clone(), ValueKind::of(field.data_type())))
         .collect()
 }
 
-/// Whether a column of `dt` is stored as 32- or 64-bit integers in Parquet
-/// (timestamps, dates, times, integers).
-fn delta_encodes(dt: &arrow_schema::DataType) -> bool {
-    use arrow_schema::DataType as D;
-    matches!(
-        dt,
-        D::Int32 | D::Int64 | D::Date32 | D::Time64(_) | D::Timestamp(_, _)
-    )
+/// What a flat column's values are in Parquet, as far as its encoding goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValueKind {
+    /// 32- or 64-bit integers: integers, dates, times, timestamps.
+    Integer,
+    /// 32- or 64-bit floating point.
+    Float,
+    Other,
+}
+
+impl ValueKind {
+    fn of(dt: &arrow_schema::DataType) -> Self {
+        use arrow_schema::DataType as D;
+        match dt {
+            D::Int32 | D::Int64 | D::Date32 | D::Time64(_) | D::Timestamp(_, _) => Self::Integer,
+            D::Float32 | D::Float64 => Self::Float,
+            _ => Self::Other,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -479,7 +522,7 @@ mod tests {
             0,
             "b",
             1 << 30,
-            (3, IntegerEncoding::Plain),
+            (3, Encodings::default()),
         )
         .expect("writer");
         w.write(rows_of_day(&table, 100, 50))
@@ -545,11 +588,11 @@ mod tests {
         let plain = |b: &RecordBatch| {
             plain_columns(b, 1)
                 .into_iter()
-                .map(|(name, integer)| format!("{name}{}", if integer { " (integer)" } else { "" }))
+                .map(|(name, kind)| format!("{name} {kind:?}"))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(plain(&batch), ["id (integer)", "ts (integer)", "reading"]);
+        assert_eq!(plain(&batch), ["id Integer", "ts Integer", "reading Float"]);
         // Too few values to judge: only the time column.
-        assert_eq!(plain(&batch.slice(0, 10)), ["ts (integer)"]);
+        assert_eq!(plain(&batch.slice(0, 10)), ["ts Integer"]);
     }
 }

@@ -255,7 +255,7 @@ async fn archive_million(kind: Cat) {
              \x20 - name: sensor_readings\n    timestamp_column: recorded_at\n    partition_by: day\n    lag: 15d\n\
              \x20 - name: device_events\n    timestamp_column: occurred_at\n    partition_by: hour\n    lag: 7d\n\
              \x20 - name: readings_m\n    timestamp_column: recorded_at\n    partition_by: month\n    lag: 15d\n\
-             \x20   integer_encoding: delta_binary_packed\n",
+             \x20   integer_encoding: delta_binary_packed\n    float_encoding: byte_stream_split\n",
             db.dsn, cat.yaml, cat.namespace
         ),
     );
@@ -310,14 +310,19 @@ async fn archive_million(kind: Cat) {
         Some((prune_day, prune_day + DAY_US, prune_rows)),
     );
     let p = &res["pyiceberg"];
-    // The default `integer_encoding`: no delta encoding anywhere.
+    // The default encodings: plain, neither delta nor split.
     let enc = &p["engine"]["encodings"];
-    assert!(
-        enc["recorded_at"]
-            .as_array()
-            .is_some_and(|v| !v.is_empty() && v.iter().all(|x| x != "DELTA_BINARY_PACKED")),
-        "{enc}"
-    );
+    for (col, not) in [
+        ("recorded_at", "DELTA_BINARY_PACKED"),
+        ("value", "BYTE_STREAM_SPLIT"),
+    ] {
+        assert!(
+            enc[col]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|x| x == "PLAIN") && v.iter().all(|x| x != not)),
+            "{col}: {enc}"
+        );
+    }
     assert_eq!(
         p["spec"],
         json!([{"name": "recorded_at_day", "transform": "day", "source_id": 2}])
@@ -391,7 +396,8 @@ async fn archive_million(kind: Cat) {
     let res = check_interop(&s, &cat, &monthly_spec, &b_monthly, None);
     assert_eq!(res["pyiceberg"]["spec"][0]["transform"], "month");
     // `integer_encoding: delta_binary_packed`: the time column and the ids
-    // (mostly distinct, so without a dictionary) are delta-encoded, and both
+    // (mostly distinct, so without a dictionary) are delta-encoded;
+    // `float_encoding: byte_stream_split`: the readings split by byte. Both
     // readers read them back (above); the other columns keep theirs.
     let enc = &res["pyiceberg"]["engine"]["encodings"];
     let has = |col: &str, e: &str| {
@@ -403,6 +409,8 @@ async fn archive_million(kind: Cat) {
         assert!(has(col, "DELTA_BINARY_PACKED"), "{col}: {enc}");
         assert!(!has(col, "PLAIN"), "{col}: {enc}");
     }
+    assert!(has("value", "BYTE_STREAM_SPLIT"), "{enc}");
+    assert!(!has("value", "PLAIN"), "{enc}");
     assert!(!has("sensor_name", "DELTA_BINARY_PACKED"), "{enc}");
 
     // Re-running commits nothing new.
