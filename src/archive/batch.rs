@@ -404,7 +404,7 @@ async fn extract_write(
         io,
         &prefix,
         cfg.target_file_size,
-        (cfg.zstd_level, lake::write::Encodings::of(cfg)),
+        lake::write::ParquetFormat::of(cfg),
     )?;
     let mut checksum = Checksum::default();
     let mut reconciled = 0u64;

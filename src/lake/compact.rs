@@ -225,7 +225,7 @@ async fn rewrite(
         time_index,
         &prefix,
         t.target_file_size,
-        (t.zstd_level, super::write::Encodings::of(t)),
+        super::write::ParquetFormat::of(t),
     )?;
     let mut hasher = RowHasher::default();
     let mut hashes = Vec::new();

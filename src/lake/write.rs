@@ -97,7 +97,7 @@ impl BatchWriter {
         io: FileIO,
         prefix: &str,
         target_file_size: u64,
-        (zstd_level, encodings): (i32, Encodings),
+        format: ParquetFormat,
     ) -> Result<Self> {
         let mut writer = Self::for_table(
             &table.table,
@@ -105,7 +105,7 @@ impl BatchWriter {
             table.time_index,
             prefix,
             target_file_size,
-            (zstd_level, encodings),
+            format,
         )?;
         writer.setup.io = io;
         Ok(writer)
@@ -119,11 +119,11 @@ impl BatchWriter {
         time_index: usize,
         prefix: &str,
         target_file_size: u64,
-        (zstd_level, encodings): (i32, Encodings),
+        format: ParquetFormat,
     ) -> Result<Self> {
         let md = table.metadata();
         let schema = md.current_schema().clone();
-        let level = ZstdLevel::try_new(zstd_level)
+        let level = ZstdLevel::try_new(format.zstd_level)
             .map_err(|e| Error::config(format!("zstd level: {e}")))?;
         Ok(Self {
             setup: Setup {
@@ -132,7 +132,7 @@ impl BatchWriter {
                 prefix: prefix.to_string(),
                 target_file_size,
                 level,
-                encodings,
+                format,
             },
             builder: None,
             spec: md.default_partition_spec().as_ref().clone(),
@@ -333,21 +333,24 @@ struct Setup {
     prefix: String,
     target_file_size: u64,
     level: ZstdLevel,
-    encodings: Encodings,
+    format: ParquetFormat,
 }
 
-/// The Parquet encodings a table's data files use for the columns written
-/// without a dictionary (`tables[].integer_encoding`, `float_encoding`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Encodings {
+/// How a table's data files are written: their zstd level
+/// (`tables[].zstd_level`) and the encodings of the columns written without
+/// a dictionary (`tables[].integer_encoding`, `float_encoding`).
+#[derive(Debug, Clone, Copy)]
+pub struct ParquetFormat {
+    pub zstd_level: i32,
     pub integers: IntegerEncoding,
     pub floats: FloatEncoding,
 }
 
-impl Encodings {
+impl ParquetFormat {
     /// A table's, as configured.
     pub fn of(t: &crate::config::TableConfig) -> Self {
         Self {
+            zstd_level: t.zstd_level,
             integers: t.integer_encoding,
             floats: t.float_encoding,
         }
@@ -372,14 +375,14 @@ impl Setup {
     /// The data file writers' builder: zstd, bounded row groups, and no
     /// dictionary for the columns [`plain_columns`] picks from `first`
     /// (whose time column is column `time_index`) — encoded as the table
-    /// says ([`Encodings`]).
+    /// says ([`ParquetFormat`]).
     fn builder(&self, first: &RecordBatch, time_index: usize) -> Result<Builder> {
         let md = self.table.metadata();
         let mut props = WriterProperties::builder();
         for (name, kind) in plain_columns(first, time_index) {
             let path = ColumnPath::from(name);
             props = props.set_column_dictionary_enabled(path.clone(), false);
-            if let Some(encoding) = self.encodings.for_kind(kind) {
+            if let Some(encoding) = self.format.for_kind(kind) {
                 props = props.set_column_encoding(path, encoding);
             }
         }
@@ -522,7 +525,11 @@ mod tests {
             0,
             "b",
             1 << 30,
-            (3, Encodings::default()),
+            ParquetFormat {
+                zstd_level: 3,
+                integers: IntegerEncoding::Plain,
+                floats: FloatEncoding::Plain,
+            },
         )
         .expect("writer");
         w.write(rows_of_day(&table, 100, 50))
