@@ -629,6 +629,23 @@ fn storage_hint(text: &str) -> &'static str {
     }
 }
 
+/// AWS's words (lower case) for a SigV4 signature it does not accept: a
+/// wrong secret, an unknown key, a region or service the key is not scoped
+/// to, a clock too far off.
+fn refused_signature(t: &str) -> bool {
+    [
+        "signature we calculated does not match",
+        "security token included in the request is invalid",
+        "access key id you provided does not exist",
+        "credential should be scoped",
+        "signature expired",
+        "invalidsignatureexception",
+        "unrecognizedclientexception",
+    ]
+    .iter()
+    .any(|w| t.contains(w))
+}
+
 fn iceberg_hint(text: &str) -> Option<String> {
     let t = text.to_ascii_lowercase();
     // The catalog's own writes of table metadata fail in the object store
@@ -638,6 +655,13 @@ fn iceberg_hint(text: &str) -> Option<String> {
     }
     let h = if expired_keys(&t) {
         EXPIRED_KEYS_HINT
+    } else if t.contains("missing authentication token") {
+        "the catalog takes AWS SigV4-signed requests only: set `rest.sigv4-enabled: true` in the \
+         `catalog` section (see catalogs/rest-sigv4.yaml)"
+    } else if refused_signature(&t) {
+        "the catalog refused the request's AWS SigV4 signature: check the AWS credentials \
+         (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), `rest.signing-region` and \
+         `rest.signing-name` in the `catalog` section"
     } else if has_word(&t, "403")
         || has_word(&t, "401")
         || t.contains("unauthorized")
@@ -755,6 +779,23 @@ mod tests {
         // The catalog writing table metadata to a store that refuses the key.
         let create = "Unexpected => Failure in doing io operation, source: PermissionDenied (persistent) at write, context: { response: Parts { status: 403 }, service: s3 } => S3Error { code: \"SignatureDoesNotMatch\" }";
         assert!(iceberg_hint(create).is_some_and(|h| h.contains("s3.access-key-id")));
+    }
+
+    #[test]
+    fn a_refused_sigv4_signature_points_at_the_aws_keys_not_oauth() {
+        let wrong = "Unexpected => Received response with unexpected status code, status: 403, json: {\"error\":{\"message\":\"The request signature we calculated does not match the signature you provided.\",\"type\":\"ForbiddenException\",\"code\":403}}";
+        let hint = iceberg_hint(wrong).expect("hint");
+        assert!(
+            hint.contains("SigV4") && hint.contains("rest.signing-region"),
+            "{hint}"
+        );
+        let unsigned =
+            "Unexpected => status: 403, json: {\"message\":\"Missing Authentication Token\"}";
+        let hint = iceberg_hint(unsigned).expect("hint");
+        assert!(hint.contains("rest.sigv4-enabled: true"), "{hint}");
+        // An OAuth2 refusal keeps its own hint.
+        let oauth = "Unexpected => status: 401 Unauthorized, json: {\"error\":\"invalid_client\"}";
+        assert!(iceberg_hint(oauth).is_some_and(|h| h.contains("`credential`/`token`")));
     }
 
     #[test]

@@ -760,6 +760,9 @@ fn parse_catalog(map: BTreeMap<String, serde_norway::Value>) -> Result<CatalogCo
         match k.as_str() {
             "type" => kind = Some(value),
             "name" => name = Some(value),
+            // An empty value (`${VAR:-}` with VAR unset) leaves the key
+            // out, as a missing one: the service's default applies.
+            _ if value.trim().is_empty() => continue,
             _ => {
                 if is_secret_property(&k) {
                     secret::register(value.clone());
@@ -793,21 +796,6 @@ fn parse_catalog(map: BTreeMap<String, serde_norway::Value>) -> Result<CatalogCo
     if name.trim().is_empty() {
         return Err(Error::config("`catalog.name` is empty"));
     }
-    if kind == CatalogKind::Rest
-        && properties
-            .get("rest.sigv4-enabled")
-            .is_some_and(|v| v == "true")
-    {
-        return Err(Error::config(
-            "`catalog.rest.sigv4-enabled`: REST catalogs that need AWS SigV4-signed requests \
-             (the Iceberg REST endpoints of S3 Tables and Glue) are not supported: iceberg-rust \
-             0.10.1 cannot sign catalog requests, and unsigned ones would be refused",
-        )
-        .with_hint(
-            "use `type: glue` (the AWS Glue Data Catalog, signed with the AWS credential chain), \
-             or a REST catalog that takes an OAuth2 `credential` or a bearer `token`",
-        ));
-    }
     let mut properties = canonical_keys(kind, properties)?;
     if !properties.contains_key("uri") {
         match kind {
@@ -823,6 +811,9 @@ fn parse_catalog(map: BTreeMap<String, serde_norway::Value>) -> Result<CatalogCo
             // Glue: the AWS endpoint of the region unless `uri` names another.
             CatalogKind::Glue => {}
         }
+    }
+    if kind == CatalogKind::Rest {
+        check_sigv4(&properties)?;
     }
     if kind == CatalogKind::Glue && !properties.contains_key("warehouse") {
         return Err(Error::config("`catalog.warehouse` is missing")
@@ -851,6 +842,74 @@ fn parse_catalog(map: BTreeMap<String, serde_norway::Value>) -> Result<CatalogCo
         name,
         properties,
     })
+}
+
+/// `rest.sigv4-enabled` is `true` or `false`, and a catalog signed with
+/// SigV4 is not given an OAuth2 `credential` or `token` too.
+fn check_sigv4(properties: &BTreeMap<String, String>) -> Result<()> {
+    match properties.get(SIGV4_ENABLED).map(String::as_str) {
+        None | Some("false") => Ok(()),
+        Some("true") => match ["credential", "token"]
+            .into_iter()
+            .find(|k| properties.contains_key(*k))
+        {
+            Some(k) => Err(Error::config(format!(
+                "`catalog.{k}` and `catalog.{SIGV4_ENABLED}`: a REST catalog is signed with AWS SigV4 or authenticated with OAuth2, not both"
+            ))
+            .with_hint(format!("remove `{k}` (S3 Tables and Glue take SigV4), or `{SIGV4_ENABLED}`"))),
+            None => Ok(()),
+        },
+        Some(other) => Err(Error::config(format!(
+            "`catalog.{SIGV4_ENABLED}`: {other:?} is not `true` or `false`"
+        ))),
+    }
+}
+
+/// PyIceberg's keys for a REST catalog signed with AWS SigV4.
+const SIGV4_ENABLED: &str = "rest.sigv4-enabled";
+const SIGNING_REGION: &str = "rest.signing-region";
+const SIGNING_NAME: &str = "rest.signing-name";
+
+/// How a REST catalog's requests are signed with AWS SigV4
+/// (`rest.sigv4-enabled: true`; the Iceberg REST endpoints of S3 Tables and
+/// Glue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigV4 {
+    /// `rest.signing-region`, else `client.region`; `None`: the AWS
+    /// credential chain's region (AWS_REGION, the profile's).
+    pub region: Option<String>,
+    /// `rest.signing-name`, else from the `uri`'s host: `s3tables` for S3
+    /// Tables (`s3tables.<region>.amazonaws.com`), `glue` for Glue
+    /// (`glue.<region>.amazonaws.com`), else `execute-api` (PyIceberg's
+    /// default: an API Gateway in front of a catalog).
+    pub service: String,
+}
+
+impl CatalogConfig {
+    /// The SigV4 signing of a REST catalog that asks for it.
+    pub fn sigv4(&self) -> Option<SigV4> {
+        let p = &self.properties;
+        if self.kind != CatalogKind::Rest || p.get(SIGV4_ENABLED).is_none_or(|v| v != "true") {
+            return None;
+        }
+        let host = p
+            .get("uri")
+            .and_then(|u| url::Url::parse(u).ok())
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_default();
+        let service = p.get(SIGNING_NAME).cloned().unwrap_or_else(|| {
+            match host.split('.').next() {
+                Some("s3tables") => "s3tables",
+                Some("glue") => "glue",
+                _ => "execute-api",
+            }
+            .to_string()
+        });
+        Some(SigV4 {
+            region: p.get(SIGNING_REGION).or(p.get("client.region")).cloned(),
+            service,
+        })
+    }
 }
 
 /// A SQLite catalog URI that creates its file when missing, as PyIceberg's
@@ -1188,6 +1247,9 @@ fn known_keys(kind: CatalogKind) -> &'static [&'static str] {
             "resource",
             "prefix",
             "ssl.ca-cert",
+            SIGV4_ENABLED,
+            SIGNING_REGION,
+            SIGNING_NAME,
         ],
         CatalogKind::Sql => &["uri", "warehouse", "sql_bind_style"],
         CatalogKind::Glue => &[
@@ -1556,17 +1618,41 @@ mod tests {
     }
 
     #[test]
-    fn a_rest_catalog_that_needs_sigv4_is_refused_with_the_way_out() {
-        let yaml = "database:\n  dsn: host=h\ncatalog:\n  type: rest\n  \
-                    uri: https://s3tables.us-east-1.amazonaws.com/iceberg\n  warehouse: arn:x\n  \
-                    rest.sigv4-enabled: \"true\"\ntables:\n  - name: t\n    timestamp_column: ts\n";
-        let err = Config::from_str_with(yaml, Path::new("."), &env(&[])).unwrap_err();
-        assert_eq!(err.kind(), crate::error::ErrorKind::Config);
-        assert!(err.to_string().contains("SigV4"), "{err}");
-        assert!(
-            err.hint().is_some_and(|h| h.contains("type: glue")),
-            "{err}"
+    fn a_rest_catalog_signed_with_sigv4_takes_pyicebergs_keys() {
+        let catalog = |extra: &str| {
+            let yaml = format!(
+                "database:\n  dsn: host=h\ncatalog:\n  type: rest\n  \
+                 uri: https://s3tables.us-east-1.amazonaws.com/iceberg\n  warehouse: arn:x\n{extra}\
+                 tables:\n  - name: t\n    timestamp_column: ts\n"
+            );
+            Config::from_str_with(&yaml, Path::new("."), &env(&[])).map(|c| c.catalog)
+        };
+        let c = catalog("  rest.sigv4-enabled: \"true\"\n").expect("config");
+        let sig = c.sigv4().expect("signed");
+        assert_eq!(sig.service, "s3tables", "the name from the host");
+        assert_eq!(sig.region, None, "the chain's region");
+        let c = catalog(
+            "  rest.sigv4-enabled: true\n  rest.signing-name: glue\n  client.region: eu-west-1\n",
+        )
+        .expect("config");
+        let sig = c.sigv4().expect("signed");
+        assert_eq!(
+            (sig.service.as_str(), sig.region.as_deref()),
+            ("glue", Some("eu-west-1"))
         );
+        assert_eq!(catalog("").expect("config").sigv4(), None);
+        assert_eq!(
+            catalog("  rest.sigv4-enabled: false\n")
+                .expect("config")
+                .sigv4(),
+            None
+        );
+        // OAuth2 as well, or a value that is not a boolean: refused in one line.
+        let err = catalog("  rest.sigv4-enabled: true\n  credential: a:b\n").unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Config);
+        assert!(err.to_string().contains("not both"), "{err}");
+        let err = catalog("  rest.sigv4-enabled: yes please\n").unwrap_err();
+        assert!(err.to_string().contains("rest.sigv4-enabled"), "{err}");
     }
 
     #[test]

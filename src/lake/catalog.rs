@@ -9,6 +9,7 @@ use iceberg_catalog_sql::SqlCatalogBuilder;
 
 use super::glue::GlueCatalog;
 use super::probe::ProbeTarget;
+use super::rest_signer::Forwarder;
 use super::rest_token::{RenewingRest, TokenCache};
 use super::storage::WarehouseStorageFactory;
 use crate::config::{CatalogConfig, CatalogKind};
@@ -127,6 +128,11 @@ fn storage_of(props: &HashMap<String, String>) -> WarehouseStorageFactory {
 pub(crate) struct RestAuth {
     pub(crate) client: reqwest::Client,
     pub(crate) tokens: Arc<TokenCache>,
+    /// Where the catalog's requests go: its `uri`, or for one signed with
+    /// SigV4 the forwarder that signs them (held here: it stops with the
+    /// handle).
+    pub(crate) uri: String,
+    _signing: Option<Forwarder>,
 }
 
 /// The clients [`open_client`] opened.
@@ -157,11 +163,18 @@ async fn open_client(
             CatalogKind::Rest => {
                 let client = crate::http::catalog_client(cfg)?;
                 let tokens = Arc::new(TokenCache::default());
+                let (props, signing) = signed(cfg, props, &client).await?;
+                let uri = props["uri"].clone();
                 let rest = RenewingRest::new(cfg, props, client.clone(), tokens.clone(), factory());
                 return Ok(Clients {
                     catalog: Arc::new(rest),
                     glue: None,
-                    rest: Some(RestAuth { client, tokens }),
+                    rest: Some(RestAuth {
+                        client,
+                        tokens,
+                        uri,
+                        _signing: signing,
+                    }),
                 });
             }
             CatalogKind::Sql => {
@@ -203,6 +216,23 @@ async fn open_client(
         glue: None,
         rest: None,
     })
+}
+
+/// A REST catalog's properties as its clients use them: for one signed
+/// with SigV4 ([`CatalogConfig::sigv4`]), the forwarder that signs its
+/// requests is started and `uri` names it; else unchanged.
+async fn signed(
+    cfg: &CatalogConfig,
+    mut props: HashMap<String, String>,
+    client: &reqwest::Client,
+) -> Result<(HashMap<String, String>, Option<Forwarder>)> {
+    let Some(sigv4) = cfg.sigv4() else {
+        return Ok((props, None));
+    };
+    let signer = crate::aws::RequestSigner::new(sigv4.region.as_deref(), &sigv4.service).await?;
+    let forwarder = Forwarder::start(&cfg.properties["uri"], signer, client.clone()).await?;
+    props.insert("uri".into(), forwarder.local_uri().to_string());
+    Ok((props, Some(forwarder)))
 }
 
 /// Checks the catalog answers (and accepts our credentials) with a cheap call.

@@ -272,7 +272,7 @@ async fn swap_sql(
 /// The REST catalog's `…/v1[/{prefix}]`, from its config endpoint.
 async fn rest_root(cfg: &CatalogConfig, auth: &RestAuth) -> Result<url::Url> {
     let props = &cfg.properties;
-    let base = props["uri"].trim_end_matches('/').to_string();
+    let base = auth.uri.trim_end_matches('/').to_string();
     let client = &auth.client;
     let token = auth.tokens.get(client, cfg, None).await?.value;
     let mut config_url = url::Url::parse(&format!("{base}/v1/config"))

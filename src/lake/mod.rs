@@ -13,6 +13,7 @@ pub mod metadata_commit;
 pub mod orphans;
 pub mod probe;
 pub mod readback;
+pub mod rest_signer;
 pub mod rest_token;
 pub mod schema;
 pub mod storage;

@@ -975,3 +975,83 @@ async fn keys_a_rest_catalog_vends_are_renewed_before_they_expire() {
         assert_eq!(srv.stop(), 0);
     }
 }
+
+/// A REST catalog that takes AWS SigV4 instead of OAuth2 (S3 Tables' kind,
+/// `rest.sigv4-enabled`), behind an AWS front that checks every catalog
+/// request's key (known, unexpired) and its signature (botocore), as AWS
+/// does: the AWS profile's `credential_process` gives keys living 22 s,
+/// which permafrost asks for again once 20 s are left; the run (20 batches,
+/// S3 80 ms away) outlives that several times. Every catalog request —
+/// loads, the table's creation, each batch's commit — is accepted, signed
+/// with more than one key over the run but not a key per request, and
+/// every row is archived once.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_sigv4_rest_catalog_is_signed_with_the_chains_keys_renewed_as_they_expire() {
+    let s = services!();
+    let mut weed = Weed::unstarted(&s);
+    let env = [("PF_REST_SIGV4", "s3tables"), ("PF_S3_DELAY_MS", "80")];
+    let front = RotatingAws::spawn(&s, &weed.s3, Some(&weed.rest), &env);
+    weed.args.push(format!("-s3.externalUrl={}", front.s3));
+    weed.spawn().await;
+    let db = TestDb::create(&s, "sigv4").await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE readings (recorded_at timestamptz NOT NULL, v int NOT NULL);
+         INSERT INTO readings
+         SELECT date_trunc('day', now() - interval '30 days', 'UTC') + g * interval '1 hour', g
+         FROM generate_series(0, 20 * 24 - 1) g",
+    )
+    .await
+    .expect("data");
+    let ws = Ws::new();
+    let yaml = format!(
+        "database:\n  dsn: \"{}\"\ncatalog:\n  type: rest\n  name: s3tables\n  uri: {}\n\
+         \x20 warehouse: s3://warehouse\n  rest.sigv4-enabled: true\n\
+         \x20 rest.signing-name: s3tables\n  rest.signing-region: us-east-1\n\
+         \x20 s3.region: us-east-1\n  s3.path-style-access: true\nglobal:\n  namespace: {}\n\
+         tables:\n  - name: readings\n    timestamp_column: recorded_at\n    partition_by: day\n\
+         \x20   lag: 1d\n    batch_windows: 1\n",
+        db.dsn,
+        front.rest,
+        unique("sigv4")
+    );
+    let cfg = ws.config("permafrost.yaml", &yaml);
+    let mut env = front.env();
+    env.push(("AWS_PROFILE", "rotating".into()));
+    env.push(("PF_KEY_LIFE", "22".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = ws.run_env(&["archive", "-c", &cfg.to_string_lossy(), "--json"], &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = out.json();
+    assert_eq!(
+        report[0]["batches"].as_array().map(Vec::len),
+        Some(20),
+        "{report}"
+    );
+    assert_eq!(archived_rows(&report), 480);
+    assert_eq!(count(&c, "readings", "true").await, 0);
+
+    let log = front.log();
+    let refused: Vec<&Value> = log.iter().filter(|e| e["ok"] != true).collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    let (requests, keys) = signed_by(&log, "rest");
+    let commits = log
+        .iter()
+        .filter(|e| e["service"] == "rest" && e["method"] == "POST")
+        .count();
+    let span = span_of(&log, "rest");
+    eprintln!(
+        "{requests} catalog requests ({commits} POST) over {span:.1} s with {} keys",
+        keys.len()
+    );
+    assert!(commits >= 20, "{commits} POSTs for 20 batches");
+    assert!(span > 3.0, "the run took {span:.1} s only");
+    assert!(keys.len() >= 2, "signed with {keys:?} over {span:.1} s");
+    assert!(
+        keys.len() <= (span / 2.0).ceil() as usize + 2 && keys.len() < requests / 4,
+        "{} keys for {requests} requests over {span:.1} s: asked per request",
+        keys.len()
+    );
+    assert!(!out.stderr.contains("s-ROT"), "secret in logs");
+}

@@ -29,7 +29,12 @@ refused (401 NotAuthorizedException), logged {"service": "rest", "ok":
 false, "why": "token expired"}; each token handed out is logged
 {"service": "rest", "token": n}.  A POST to /__expire_tokens on the REST
 front expires every token handed out so far (a revocation, or a catalog
-whose clock runs ahead).
+whose clock runs ahead).  With PF_REST_SIGV4 (a signing name, e.g.
+s3tables) the REST front is an AWS one, as S3 Tables' endpoint: every
+request must be SigV4-signed for that service by a known, unexpired key
+(the ledger's; its secret is "s-" + key), the signature checked with
+botocore; accepted requests are signed again with this process's keys for
+the catalog behind (SeaweedFS checks SigV4 against its one identity).
 
 Listens on free loopback ports (S3, Glue[, REST]) and prints them on one line.
 """
@@ -44,7 +49,9 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from botocore.auth import S3SigV4Auth
+import hmac
+
+from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
@@ -52,6 +59,7 @@ LEDGER, LOG, S3_URL, GLUE_URL = sys.argv[1:5]
 REST_URL = sys.argv[5] if len(sys.argv) > 5 else None
 VENDED_LIFE = float(os.environ.get("PF_VENDED_LIFE", "4"))
 TOKEN_LIFE = int(os.environ.get("PF_TOKEN_LIFE", "0"))
+REST_SIGV4 = os.environ.get("PF_REST_SIGV4")
 TOKENS = {}
 S3_DELAY = float(os.environ.get("PF_S3_DELAY_MS", "0")) / 1000
 PORTS = {}
@@ -148,6 +156,8 @@ class Front(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            if REST_SIGV4:
+                return self.signed_rest(body)
             if self.expired_token():
                 log({"t": time.time(), "service": "rest", "ok": False, "why": "token expired",
                      "method": self.command, "path": self.path.split("?")[0]})
@@ -174,6 +184,40 @@ class Front(BaseHTTPRequestHandler):
         log({**entry, "ok": True})
         self.forward(body, region)
 
+    def signed_rest(self, body):
+        """An AWS REST catalog's check: a known, unexpired key and a valid
+        SigV4 signature for REST_SIGV4."""
+        auth = self.headers.get("Authorization", "")
+        m = SCOPE.search(auth)
+        key, region, service = m.groups() if m else ("", "us-east-1", "")
+        entry = {"t": time.time(), "service": "rest", "key": key, "method": self.command,
+                 "path": self.path.split("?")[0]}
+        expires = ledger().get(key)
+        if expires is None:
+            log({**entry, "ok": False, "why": "unknown key"})
+            return self.refuse("UnrecognizedClient", "The security token included in the request is invalid.")
+        if time.time() > expires:
+            log({**entry, "ok": False, "why": "expired"})
+            return self.refuse("ExpiredToken", "The security token included in the request is expired")
+        if service != REST_SIGV4 or not self.signature_valid(auth, body, key, region, service):
+            log({**entry, "ok": False, "why": "signature"})
+            return self.refuse("InvalidSignature", "The request signature we calculated does not match the signature you provided.")
+        log({**entry, "ok": True})
+        self.forward(body, region)
+
+    def signature_valid(self, auth, body, key, region, service):
+        """Whether `auth` is botocore's SigV4 signature of this request, over
+        the headers it names, with the key's secret and token."""
+        names = re.search(r"SignedHeaders=([^,\s]+)", auth).group(1).split(";")
+        headers = {n: self.headers[n] for n in names if n != "host" and n in self.headers}
+        url = f"http://{self.headers['Host']}{self.path}"
+        req = AWSRequest(method=self.command, url=url, data=body, headers=headers)
+        req.context["timestamp"] = self.headers.get("X-Amz-Date", "")
+        signer = SigV4Auth(Credentials(key, "s-" + key, "t-" + key), service, region)
+        want = signer.signature(signer.string_to_sign(req, signer.canonical_request(req)), req)
+        got = re.search(r"Signature=([0-9a-f]+)", auth)
+        return got is not None and hmac.compare_digest(want, got.group(1))
+
     def forward(self, body, region):
         headers = {k: v for k, v in self.headers.items() if k.lower() not in DROPPED}
         path = self.path
@@ -192,6 +236,11 @@ class Front(BaseHTTPRequestHandler):
             req = AWSRequest(method=self.command, url=url, data=body, headers=headers)
             creds = Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
             S3SigV4Auth(creds, "s3", region).add_auth(req)
+            headers = dict(req.headers.items())
+        elif self.service == "rest" and REST_SIGV4:
+            req = AWSRequest(method=self.command, url=url, data=body, headers=headers)
+            creds = Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
+            SigV4Auth(creds, REST_SIGV4, region).add_auth(req)
             headers = dict(req.headers.items())
         else:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "transfer-encoding", "content-length")}
