@@ -229,6 +229,16 @@ impl Error {
         self
     }
 
+    /// The error as one line with its hint after [`HINT_IN_TEXT`]: how an
+    /// error reaches iceberg-rust's REST client as the message of an error
+    /// answer (the SigV4 forwarder's), to be split again by [`Error::iceberg`].
+    pub fn as_told(&self) -> String {
+        match &self.hint {
+            Some(hint) => format!("{self}{HINT_IN_TEXT}{hint}"),
+            None => self.to_string(),
+        }
+    }
+
     /// Converts an iceberg-rust error; `what` says what we were doing.
     pub fn iceberg(what: impl fmt::Display, err: iceberg::Error) -> Self {
         use iceberg::ErrorKind as K;
@@ -252,7 +262,8 @@ impl Error {
         if full.contains(NO_SIGNING_KEYS) {
             return Error::no_s3_keys(what);
         }
-        let hint = iceberg_hint(&full);
+        let (full, told) = carried_hint(&full);
+        let hint = told.or_else(|| iceberg_hint(&full));
         let text = concise(&full);
         let mut e = Error::new(kind, format!("{what}: {text}"));
         e.hint = hint;
@@ -646,6 +657,21 @@ fn refused_signature(t: &str) -> bool {
     .any(|w| t.contains(w))
 }
 
+/// Where an error's hint starts in a message that carries it
+/// ([`Error::as_told`]).
+const HINT_IN_TEXT: &str = " -- hint: ";
+
+/// `text` without the hint an error answer's message carried
+/// ([`Error::as_told`]: it ends where that JSON string does), and the hint.
+fn carried_hint(text: &str) -> (String, Option<String>) {
+    let Some((before, after)) = text.split_once(HINT_IN_TEXT) else {
+        return (text.to_string(), None);
+    };
+    let end = after.find('"').unwrap_or(after.len());
+    let hint = after[..end].trim_end_matches('\\').to_string();
+    (format!("{before}{}", &after[end..]), Some(hint))
+}
+
 fn iceberg_hint(text: &str) -> Option<String> {
     let t = text.to_ascii_lowercase();
     // The catalog's own writes of table metadata fail in the object store
@@ -796,6 +822,26 @@ mod tests {
         // An OAuth2 refusal keeps its own hint.
         let oauth = "Unexpected => status: 401 Unauthorized, json: {\"error\":\"invalid_client\"}";
         assert!(iceberg_hint(oauth).is_some_and(|h| h.contains("`credential`/`token`")));
+    }
+
+    #[test]
+    fn a_hint_carried_in_an_error_answer_is_a_hint_again() {
+        let told = Error::new(
+            ErrorKind::Catalog,
+            "cannot reach the REST catalog: TLS failed",
+        )
+        .with_hint("trust the server's CA: `ssl.ca-cert`")
+        .as_told();
+        let answer = format!(
+            "Unexpected => Received response with unexpected status code, context: {{ json: {{\"error\":{{\"message\":\"{told}\",\"code\":502}}}} }}"
+        );
+        let (text, hint) = carried_hint(&answer);
+        assert_eq!(
+            hint.as_deref(),
+            Some("trust the server's CA: `ssl.ca-cert`")
+        );
+        assert!(text.contains("TLS failed\",\"code\":502"), "{text}");
+        assert_eq!(carried_hint("no hint here").1, None);
     }
 
     #[test]

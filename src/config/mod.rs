@@ -222,7 +222,13 @@ impl CatalogConfig {
             .get("uri")
             .map(|u| secret::redact(&redact_url_password(u)))
             .unwrap_or_default();
-        format!("{kind} catalog `{}` at {uri}", self.name)
+        match self.sigv4() {
+            Some(sig) => format!(
+                "{kind} catalog `{}` at {uri} (SigV4, {})",
+                self.name, sig.service
+            ),
+            None => format!("{kind} catalog `{}` at {uri}", self.name),
+        }
     }
 }
 
@@ -1630,6 +1636,11 @@ mod tests {
         let c = catalog("  rest.sigv4-enabled: \"true\"\n").expect("config");
         let sig = c.sigv4().expect("signed");
         assert_eq!(sig.service, "s3tables", "the name from the host");
+        assert!(
+            c.describe().ends_with("/iceberg (SigV4, s3tables)"),
+            "{}",
+            c.describe()
+        );
         assert_eq!(sig.region, None, "the chain's region");
         let c = catalog(
             "  rest.sigv4-enabled: true\n  rest.signing-name: glue\n  client.region: eu-west-1\n",

@@ -161,7 +161,7 @@ impl Route {
             // As Iceberg's Java and Python signers send it (signed).
             headers.push(("x-amz-content-sha256".into(), EMPTY_BODY_SHA256.into()));
         }
-        let failed = |e: Error| (StatusCode::BAD_GATEWAY, told(&e));
+        let failed = |e: Error| (StatusCode::BAD_GATEWAY, e.as_told());
         let signature = self
             .signer
             .sign(parts.method.as_str(), &url, &headers, &body)
@@ -190,10 +190,7 @@ impl Route {
         let bytes = answer.bytes().await.map_err(|e| {
             (
                 StatusCode::BAD_GATEWAY,
-                told(&Error::catalog_request(
-                    "cannot read the REST catalog's answer",
-                    e,
-                )),
+                Error::catalog_request("cannot read the REST catalog's answer", e).as_told(),
             )
         })?;
         let path = rest.split('?').next().unwrap_or(rest);
@@ -221,15 +218,6 @@ fn without_secret<'t>(target: &'t str, secret: &str) -> Option<&'t str> {
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let given = &rest.as_bytes()[..end];
     bool::from(given.ct_eq(secret.as_bytes())).then_some(&rest[end..])
-}
-
-/// An error as one line, its hint after it (the catalog client shows the
-/// message of an error answer, nothing else).
-fn told(e: &Error) -> String {
-    match e.hint() {
-        Some(hint) => format!("{e} (hint: {hint})"),
-        None => e.to_string(),
-    }
 }
 
 /// A `/v1/config` answer whose `uri` (in `defaults` or `overrides`) names

@@ -336,3 +336,86 @@ async fn failure_webhook_is_delivered_over_https() {
     assert_eq!(hook["table"], "public.sensor_readings", "{hook}");
     let _ = db;
 }
+
+/// A REST catalog signed with AWS SigV4 over HTTPS, as S3 Tables is only
+/// served: the signing forwarder sends each request on over TLS trusting
+/// `ssl.ca-cert` (SeaweedFS behind a TLS front checks the signature, made
+/// for the front's `localhost:port`). An untrusted server fails in one line
+/// that names the TLS cause, nothing deleted; the trusted one archives and
+/// its schema commit (a column added) is signed and lands too.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_sigv4_rest_catalog_over_https_is_signed_and_its_tls_checked() {
+    let s = services!();
+    let pki = Pki::new();
+    let proxy = Proxy::start(&s, &pki, &host_port(&s.rest));
+    let (db, ws, _cat, _cfg, _now) = small_setup(&s, 3_000).await;
+    let c = db.client().await;
+    let total = count(&c, "sensor_readings", "true").await;
+    let ns = unique("tlssig");
+    let config = |ca: &Path| {
+        format!(
+            "database:\n  dsn: \"{}\"\ncatalog:\n  type: rest\n  name: s3tables\n\
+             \x20 uri: https://localhost:{}\n  warehouse: s3://warehouse\n\
+             \x20 rest.sigv4-enabled: true\n  rest.signing-name: s3tables\n  ssl.ca-cert: \"{}\"\n\
+             \x20 s3.endpoint: {}\n  s3.region: us-east-1\n  s3.path-style-access: true\n\
+             global:\n  namespace: {ns}\ntables:\n  - name: sensor_readings\n\
+             \x20   timestamp_column: recorded_at\n    partition_by: day\n    lag: 15d\n",
+            db.dsn,
+            proxy.port,
+            ca.display(),
+            s.s3
+        )
+    };
+    let env = [
+        ("AWS_ACCESS_KEY_ID", s.key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", s.secret.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_CONFIG_FILE", "/dev/null"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+    ];
+    let bad = ws.config("untrusted.yaml", &config(&pki.path("other-ca.pem")));
+    let out = ws.run_env(&["archive", "-c", &bad.to_string_lossy()], &env);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert_eq!(out.error_lines().len(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("not trusted"), "{}", out.stderr);
+    assert!(
+        out.has_hint("`ssl.ca-cert: "),
+        "the TLS hint: {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(&s.secret));
+    assert_eq!(count(&c, "sensor_readings", "true").await, total);
+
+    let cfg = ws.config("https.yaml", &config(&pki.path("ca.pem")));
+    let cfg = cfg.to_string_lossy();
+    let before = proxy.connections();
+    let out = ws.run_env(&["archive", "-c", &cfg, "--json"], &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        proxy.connections() > before,
+        "the catalog was not reached over HTTPS"
+    );
+    let archived = archived_rows(&out.json());
+    assert!(archived > 0);
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await as u64 + archived,
+        total as u64
+    );
+    c.batch_execute(
+        "ALTER TABLE sensor_readings ADD COLUMN note text; \
+         INSERT INTO sensor_readings (recorded_at, sensor_id, sensor_name, unit, note) \
+         VALUES (now() - interval '40 days', 1, 's', 'C', 'signed')",
+    )
+    .await
+    .expect("evolve");
+    let out = ws.run_env(&["archive", "-c", &cfg, "--json"], &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(archived_rows(&out.json()), 1);
+    let out = ws.run_env(
+        &["show", "-c", &cfg, "-t", "sensor_readings", "--json"],
+        &env,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("\"note\""), "{}", out.stdout);
+}
