@@ -203,6 +203,29 @@ fn pyiceberg_glue(s: &Services) -> serde_json::Value {
     })
 }
 
+/// What PyIceberg's catalog `name` (its properties `catalog`) reads of the
+/// sensor table in `namespace`, checked to hold the `rows` archived, in
+/// engine-ready files.
+fn pyiceberg_reads(
+    s: &Services,
+    name: &str,
+    catalog: serde_json::Value,
+    namespace: &str,
+    rows: i64,
+) -> serde_json::Value {
+    let req = serde_json::json!({
+        "catalog_name": name,
+        "catalog": catalog,
+        "table": format!("{namespace}.sensor_readings"),
+        "time_column": "recorded_at", "unit": "day", "sum_columns": ["sensor_id"],
+        "duckdb": false,
+    });
+    let p = interop(s, &req)["pyiceberg"].take();
+    assert_eq!(p["count"].as_i64(), Some(rows), "{name}: {p}");
+    assert_engine_ready(name, &p["engine"]);
+    p
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn glue_catalog_example_keeps_timestamptz() {
@@ -214,17 +237,7 @@ async fn glue_catalog_example_keeps_timestamptz() {
         ("AWS_REGION".into(), "us-east-1".into()),
     ]);
     let (namespace, rows, ws, db, env) = exercise("catalogs/glue.yaml", env, &s).await;
-    let req = serde_json::json!({
-        "catalog_name": "glue",
-        "catalog": pyiceberg_glue(&s),
-        "table": format!("{namespace}.sensor_readings"),
-        "time_column": "recorded_at", "unit": "day", "sum_columns": ["sensor_id"],
-        "duckdb": false,
-    });
-    let r = interop(&s, &req);
-    let p = &r["pyiceberg"];
-    assert_eq!(p["count"].as_i64(), Some(rows), "{p}");
-    assert_engine_ready("glue", &p["engine"]);
+    let p = &pyiceberg_reads(&s, "glue", pyiceberg_glue(&s), &namespace, rows);
     assert_eq!(p["spec"][0]["transform"], "day", "{}", p["spec"]);
     let ts = p["schema"]
         .as_array()
@@ -463,25 +476,16 @@ async fn rest_catalog_signed_with_sigv4_example() {
     ];
     env.extend(chain(&s.secret));
     let (namespace, rows, ws, db, env) = exercise("catalogs/rest-sigv4.yaml", env, &s).await;
-    let req = serde_json::json!({
-        "catalog_name": "s3tables",
-        "catalog": {
-            "type": "rest", "uri": s.rest, "warehouse": "s3://warehouse",
-            "rest.sigv4-enabled": "true", "rest.signing-name": "s3tables",
-            "rest.signing-region": "us-east-1",
-            "client.access-key-id": s.key, "client.secret-access-key": s.secret,
-            "client.region": "us-east-1",
-            "s3.endpoint": s.s3, "s3.access-key-id": s.key, "s3.secret-access-key": s.secret,
-            "s3.region": "us-east-1",
-        },
-        "table": format!("{namespace}.sensor_readings"),
-        "time_column": "recorded_at", "unit": "day", "sum_columns": ["sensor_id"],
-        "duckdb": false,
+    let catalog = serde_json::json!({
+        "type": "rest", "uri": s.rest, "warehouse": "s3://warehouse",
+        "rest.sigv4-enabled": "true", "rest.signing-name": "s3tables",
+        "rest.signing-region": "us-east-1",
+        "client.access-key-id": s.key, "client.secret-access-key": s.secret,
+        "client.region": "us-east-1",
+        "s3.endpoint": s.s3, "s3.access-key-id": s.key, "s3.secret-access-key": s.secret,
+        "s3.region": "us-east-1",
     });
-    let r = interop(&s, &req);
-    let p = &r["pyiceberg"];
-    assert_eq!(p["count"].as_i64(), Some(rows), "{p}");
-    assert_engine_ready("rest-sigv4", &p["engine"]);
+    let p = &pyiceberg_reads(&s, "s3tables", catalog, &namespace, rows);
     let summed: i64 = p["snapshots"]
         .as_array()
         .expect("snapshots")
