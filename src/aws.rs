@@ -213,16 +213,14 @@ pub struct RequestSigner {
 }
 
 impl RequestSigner {
-    /// A signer for `service` in `region` (else the chain's region), whose
+    /// A signer for `service` with the keys of `chain` (the SDK's chain
+    /// where it names nothing), in its region (else the chain's), whose
     /// first keys are fetched now: a chain that gives none, or no region,
     /// fails here in one line rather than on the first request.
-    pub async fn new(region: Option<&str>, service: &str) -> Result<Self> {
-        let sdk = sdk_config(&ChainSettings {
-            region,
-            ..ChainSettings::default()
-        })
-        .await;
-        let region = region
+    pub async fn new(chain: &ChainSettings<'_>, service: &str) -> Result<Self> {
+        let sdk = sdk_config(chain).await;
+        let region = chain
+            .region
             .map(str::to_string)
             .or_else(|| sdk.region().map(|r| r.to_string()))
             .ok_or_else(|| {

@@ -889,6 +889,12 @@ pub struct SigV4 {
     /// (`glue.<region>.amazonaws.com`), else `execute-api` (PyIceberg's
     /// default: an API Gateway in front of a catalog).
     pub service: String,
+    /// `client.profile-name`: the AWS profile whose keys sign.
+    pub profile: Option<String>,
+    /// `client.access-key-id`, `client.secret-access-key` and
+    /// `client.session-token`: static keys instead of the chain's, as
+    /// PyIceberg's signer takes them (never renewed).
+    pub keys: Option<(String, String, Option<String>)>,
 }
 
 impl CatalogConfig {
@@ -911,9 +917,22 @@ impl CatalogConfig {
             }
             .to_string()
         });
+        let keys = match (
+            p.get("client.access-key-id"),
+            p.get("client.secret-access-key"),
+        ) {
+            (Some(id), Some(secret)) => Some((
+                id.clone(),
+                secret.clone(),
+                p.get("client.session-token").cloned(),
+            )),
+            _ => None,
+        };
         Some(SigV4 {
             region: p.get(SIGNING_REGION).or(p.get("client.region")).cloned(),
             service,
+            profile: p.get("client.profile-name").cloned(),
+            keys,
         })
     }
 }

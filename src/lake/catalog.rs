@@ -229,7 +229,16 @@ async fn signed(
     let Some(sigv4) = cfg.sigv4() else {
         return Ok((props, None));
     };
-    let signer = crate::aws::RequestSigner::new(sigv4.region.as_deref(), &sigv4.service).await?;
+    let chain = crate::aws::ChainSettings {
+        region: sigv4.region.as_deref(),
+        profile: sigv4.profile.as_deref(),
+        static_keys: sigv4
+            .keys
+            .as_ref()
+            .map(|(id, secret, token)| (id.as_str(), secret.as_str(), token.as_deref())),
+        endpoint: None,
+    };
+    let signer = crate::aws::RequestSigner::new(&chain, &sigv4.service).await?;
     let forwarder = Forwarder::start(&cfg.properties["uri"], signer, client.clone()).await?;
     props.insert("uri".into(), forwarder.local_uri().to_string());
     Ok((props, Some(forwarder)))

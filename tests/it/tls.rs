@@ -338,7 +338,8 @@ async fn failure_webhook_is_delivered_over_https() {
 }
 
 /// A REST catalog signed with AWS SigV4 over HTTPS, as S3 Tables is only
-/// served: the signing forwarder sends each request on over TLS trusting
+/// served, with static keys in the config (PyIceberg's `client.*`): the
+/// signing forwarder sends each request on over TLS trusting
 /// `ssl.ca-cert` (SeaweedFS behind a TLS front checks the signature, made
 /// for the front's `localhost:port`). An untrusted server fails in one line
 /// that names the TLS cause, nothing deleted; the trusted one archives and
@@ -358,7 +359,10 @@ async fn a_sigv4_rest_catalog_over_https_is_signed_and_its_tls_checked() {
             "database:\n  dsn: \"{}\"\ncatalog:\n  type: rest\n  name: s3tables\n\
              \x20 uri: https://localhost:{}\n  warehouse: s3://warehouse\n\
              \x20 rest.sigv4-enabled: true\n  rest.signing-name: s3tables\n  ssl.ca-cert: \"{}\"\n\
+             \x20 client.region: us-east-1\n  client.access-key-id: \"${{SIG_KEY}}\"\n\
+             \x20 client.secret-access-key: \"${{SIG_SECRET}}\"\n\
              \x20 s3.endpoint: {}\n  s3.region: us-east-1\n  s3.path-style-access: true\n\
+             \x20 s3.access-key-id: \"${{SIG_KEY}}\"\n  s3.secret-access-key: \"${{SIG_SECRET}}\"\n\
              global:\n  namespace: {ns}\ntables:\n  - name: sensor_readings\n\
              \x20   timestamp_column: recorded_at\n    partition_by: day\n    lag: 15d\n",
             db.dsn,
@@ -367,10 +371,11 @@ async fn a_sigv4_rest_catalog_over_https_is_signed_and_its_tls_checked() {
             s.s3
         )
     };
+    // The keys in the config (`client.*`, as PyIceberg's signer takes
+    // them), none in the environment; S3's are the catalog's `s3.*`.
     let env = [
-        ("AWS_ACCESS_KEY_ID", s.key.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", s.secret.as_str()),
-        ("AWS_REGION", "us-east-1"),
+        ("SIG_KEY", s.key.as_str()),
+        ("SIG_SECRET", s.secret.as_str()),
         ("AWS_CONFIG_FILE", "/dev/null"),
         ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
     ];
