@@ -26,7 +26,7 @@ use iceberg::table::Table;
 use iceberg::{MetadataLocation, TableRequirement, TableUpdate};
 use serde_json::json;
 
-use super::catalog::{CatalogHandle, Committer, RestAuth};
+use super::catalog::{CatalogHandle, Committer};
 use super::rest_token::renewable;
 use crate::config::{CatalogConfig, CatalogKind};
 use crate::error::{Error, ErrorKind, Result};
@@ -95,7 +95,7 @@ async fn open_committer(catalog: &CatalogHandle) -> Result<Committer> {
                 .as_ref()
                 .ok_or_else(|| Error::internal("a REST catalog handle without its client"))?;
             Committer::Rest {
-                root: rest_root(cfg, auth).await?,
+                root: rest_root(cfg, &auth.client, &auth.tokens, &auth.uri).await?,
             }
         }
     })
@@ -269,12 +269,17 @@ async fn swap_sql(
         .build()
 }
 
-/// The REST catalog's `…/v1[/{prefix}]`, from its config endpoint.
-async fn rest_root(cfg: &CatalogConfig, auth: &RestAuth) -> Result<url::Url> {
+/// The REST catalog's `…/v1[/{prefix}]`, from its config endpoint at
+/// `uri` (where its requests go: see [`super::catalog::RestAuth::uri`]).
+pub(crate) async fn rest_root(
+    cfg: &CatalogConfig,
+    client: &reqwest::Client,
+    tokens: &super::rest_token::TokenCache,
+    uri: &str,
+) -> Result<url::Url> {
     let props = &cfg.properties;
-    let base = auth.uri.trim_end_matches('/').to_string();
-    let client = &auth.client;
-    let token = auth.tokens.get(client, cfg, None).await?.value;
+    let base = uri.trim_end_matches('/').to_string();
+    let token = tokens.get(client, cfg, None).await?.value;
     let mut config_url = url::Url::parse(&format!("{base}/v1/config"))
         .map_err(|e| Error::config(format!("`catalog.uri`: {e}")))?;
     if let Some(w) = props.get("warehouse") {
@@ -306,7 +311,19 @@ async fn rest_root(cfg: &CatalogConfig, auth: &RestAuth) -> Result<url::Url> {
     Ok(url)
 }
 
-fn unreachable(e: reqwest::Error) -> Error {
+/// `…/v1[/{prefix}]/namespaces/{ns}/tables/{table}` under `root`.
+pub(crate) fn table_url(root: &url::Url, ident: &iceberg::TableIdent) -> Result<url::Url> {
+    let mut url = root.clone();
+    url.path_segments_mut()
+        .map_err(|_| Error::config("`catalog.uri` cannot be a base URL"))?
+        .push("namespaces")
+        .push(&ident.namespace().join("\u{1f}"))
+        .push("tables")
+        .push(ident.name());
+    Ok(url)
+}
+
+pub(crate) fn unreachable(e: reqwest::Error) -> Error {
     Error::catalog_request("cannot reach the REST catalog", e)
 }
 
@@ -351,13 +368,7 @@ impl<'a> Rest<'a> {
         requirements: &[TableRequirement],
         updates: &[TableUpdate],
     ) -> Result<(reqwest::StatusCode, String)> {
-        let mut url = self.root.clone();
-        url.path_segments_mut()
-            .map_err(|_| Error::config("`catalog.uri` cannot be a base URL"))?
-            .push("namespaces")
-            .push(&ident.namespace().join("\u{1f}"))
-            .push("tables")
-            .push(ident.name());
+        let url = table_url(self.root, ident)?;
         let body = json!({
             "identifier": {"namespace": ident.namespace().as_ref(), "name": ident.name()},
             "requirements": requirements,

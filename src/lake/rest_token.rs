@@ -47,6 +47,9 @@ pub struct RenewingRest {
     props: HashMap<String, String>,
     client: reqwest::Client,
     storage: Arc<dyn StorageFactory>,
+    /// The catalog's `…/v1[/{prefix}]`, once a table's raw answer is asked
+    /// for ([`RenewingRest::with_storage_credentials`]).
+    root: tokio::sync::OnceCell<url::Url>,
 }
 
 impl std::fmt::Debug for RenewingRest {
@@ -73,6 +76,7 @@ impl RenewingRest {
             props,
             client,
             storage,
+            root: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -137,6 +141,119 @@ impl RenewingRest {
     async fn writer(&self) -> Result<Arc<RestCatalog>> {
         Ok(self.inner(None).await?.0)
     }
+
+    /// `table` as loaded or created by iceberg-rust, with the storage keys
+    /// its catalog vended in the answer's `storage-credentials` (the REST
+    /// spec's place for them since Iceberg 1.7, which iceberg-rust 0.10.1
+    /// reads no further than its `config`).  Only when the config asks for
+    /// vended keys (`header.X-Iceberg-Access-Delegation: vended-credentials`)
+    /// and the table came without keys: the table is then asked for again,
+    /// once, for its raw answer — the credential whose `prefix` is the
+    /// longest one the table's location starts with wins (the spec's rule),
+    /// over the answer's `config`; keys set in the config win over both.
+    /// Without such a credential, `table` is returned as it is.
+    async fn with_storage_credentials(&self, table: Table) -> Result<Table> {
+        let props = table.file_io().config().props();
+        if !asks_vended(&self.cfg) || props.contains_key(S3_KEY) {
+            return Ok(table);
+        }
+        let answer = self.raw_table(table.identifier()).await.map_err(|e| {
+            iceberg::Error::new(
+                iceberg::ErrorKind::Unexpected,
+                "cannot read the table's storage credentials",
+            )
+            .with_source(e)
+        })?;
+        let Some(credential) = storage_credential(&answer, table.metadata().location()) else {
+            return Ok(table);
+        };
+        let mut props = props.clone();
+        for (k, v) in credential {
+            if !self.props.contains_key(&k) {
+                props.insert(k, v);
+            }
+        }
+        let io = iceberg::io::FileIOBuilder::new(self.storage.clone())
+            .with_props(props)
+            .build();
+        let mut builder = Table::builder()
+            .identifier(table.identifier().clone())
+            .metadata(table.metadata_ref())
+            .file_io(io)
+            .runtime(iceberg::Runtime::try_current()?);
+        if let Some(location) = table.metadata_location() {
+            builder = builder.metadata_location(location);
+        }
+        builder.build()
+    }
+
+    /// The catalog's answer to `GET …/tables/{table}`, as JSON, sent as
+    /// iceberg-rust's are (the handle's token, the config's `header.*`).
+    async fn raw_table(&self, ident: &TableIdent) -> crate::error::Result<serde_json::Value> {
+        let uri = self.props["uri"].as_str();
+        let root = self
+            .root
+            .get_or_try_init(|| {
+                super::metadata_commit::rest_root(&self.cfg, &self.client, &self.tokens, uri)
+            })
+            .await?;
+        let url = super::metadata_commit::table_url(root, ident)?;
+        let token = self.tokens.get(&self.client, &self.cfg, None).await?.value;
+        let mut rb = self.client.get(url);
+        if let Some(t) = &token {
+            rb = rb.bearer_auth(t);
+        }
+        for (k, v) in &self.cfg.properties {
+            if let Some(name) = k.strip_prefix("header.") {
+                rb = rb.header(name, v);
+            }
+        }
+        let resp = rb
+            .send()
+            .await
+            .map_err(super::metadata_commit::unreachable)?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(crate::error::Error::new(
+                crate::error::ErrorKind::Catalog,
+                format!("the catalog answered {status} for {ident}"),
+            ));
+        }
+        resp.json()
+            .await
+            .map_err(super::metadata_commit::unreachable)
+    }
+}
+
+/// Iceberg's S3 key property (present: the table came with keys).
+const S3_KEY: &str = "s3.access-key-id";
+
+/// Whether the config asks the catalog for vended keys.
+fn asks_vended(cfg: &CatalogConfig) -> bool {
+    cfg.properties.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("header.x-iceberg-access-delegation")
+            && v.split(',').any(|m| m.trim() == "vended-credentials")
+    })
+}
+
+/// The `config` of the credential in a load's `storage-credentials` whose
+/// `prefix` is the longest one `location` starts with.
+fn storage_credential(
+    answer: &serde_json::Value,
+    location: &str,
+) -> Option<HashMap<String, String>> {
+    answer["storage-credentials"]
+        .as_array()?
+        .iter()
+        .filter_map(|c| Some((c["prefix"].as_str()?, c["config"].as_object()?)))
+        .filter(|(prefix, _)| location.starts_with(prefix))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map(|(_, config)| {
+            config
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
 }
 
 /// The REST catalog's access token, kept for the catalog handle: a fixed
@@ -323,12 +440,19 @@ impl Catalog for RenewingRest {
         namespace: &NamespaceIdent,
         creation: TableCreation,
     ) -> Result<Table> {
-        self.writer().await?.create_table(namespace, creation).await
+        let table = self
+            .writer()
+            .await?
+            .create_table(namespace, creation)
+            .await?;
+        self.with_storage_credentials(table).await
     }
 
     async fn load_table(&self, ident: &TableIdent) -> Result<Table> {
-        self.read(|c| async move { c.load_table(ident).await })
-            .await
+        let table = self
+            .read(|c| async move { c.load_table(ident).await })
+            .await?;
+        self.with_storage_credentials(table).await
     }
 
     async fn drop_table(&self, ident: &TableIdent) -> Result<()> {
@@ -363,6 +487,50 @@ impl Catalog for RenewingRest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_storage_credential_of_the_longest_matching_prefix_is_taken() {
+        let answer = serde_json::json!({"storage-credentials": [
+            {"prefix": "s3://", "config": {"s3.access-key-id": "wide"}},
+            {"prefix": "s3://bucket/ns/", "config": {"s3.access-key-id": "ns", "n": 1}},
+            {"prefix": "s3://bucket/ns/t/more", "config": {"s3.access-key-id": "deeper"}},
+            {"prefix": "s3://other/", "config": {"s3.access-key-id": "other"}},
+        ]});
+        let c = storage_credential(&answer, "s3://bucket/ns/t").expect("one");
+        assert_eq!(c.get("s3.access-key-id").map(String::as_str), Some("ns"));
+        assert_eq!(c.get("n"), None, "non-string values are left out");
+        let c = storage_credential(&answer, "s3://x/y").expect("the wide one");
+        assert_eq!(c["s3.access-key-id"], "wide");
+        assert_eq!(
+            storage_credential(&serde_json::json!({"config": {}}), "s3://x"),
+            None
+        );
+    }
+
+    #[test]
+    fn vended_keys_are_asked_for_by_the_access_delegation_header() {
+        let cfg = |props: &[(&str, &str)]| CatalogConfig {
+            kind: crate::config::CatalogKind::Rest,
+            name: "r".into(),
+            properties: props
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        assert!(asks_vended(&cfg(&[(
+            "header.X-Iceberg-Access-Delegation",
+            "vended-credentials"
+        )])));
+        assert!(asks_vended(&cfg(&[(
+            "header.x-iceberg-access-delegation",
+            "remote-signing, vended-credentials"
+        )])));
+        assert!(!asks_vended(&cfg(&[(
+            "header.X-Iceberg-Access-Delegation",
+            "remote-signing"
+        )])));
+        assert!(!asks_vended(&cfg(&[])));
+    }
 
     #[test]
     fn a_refused_token_is_told_by_the_status_iceberg_rust_reports() {

@@ -2,7 +2,9 @@
 //!
 //! A REST catalog may hand out S3 keys with every table it loads
 //! (`s3.access-key-id`, `s3.secret-access-key`, `s3.session-token` in the
-//! load's `config`, and when they expire in `s3.session-token-expires-at-ms`:
+//! load's `config` or its `storage-credentials` — see
+//! [`super::rest_token::RenewingRest`] — and when they expire in
+//! `s3.session-token-expires-at-ms`:
 //! Polaris, Unity, Lakekeeper, S3 Tables' REST endpoint …), often living 15
 //! to 60 minutes.  iceberg-rust puts them into the table's `FileIO` as
 //! static keys and never asks again, so a run that outlives them fails at

@@ -1055,3 +1055,77 @@ async fn a_sigv4_rest_catalog_is_signed_with_the_chains_keys_renewed_as_they_exp
     );
     assert!(!out.stderr.contains("s-ROT"), "secret in logs");
 }
+
+/// A REST catalog that vends S3 keys in the load's `storage-credentials`
+/// only (the REST spec's place since Iceberg 1.7; Lakekeeper's), not in its
+/// `config`, which iceberg-rust 0.10.1 alone reads: the keys are taken from
+/// the credential with the longest prefix of the table's location (a decoy
+/// for the wider `s3://` would be refused), renewed as they expire (three
+/// seconds here, a run of 20 batches with S3 80 ms away), and a restore
+/// reads every row back with them.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn keys_vended_in_storage_credentials_are_used_and_renewed() {
+    const LIFE: f64 = 3.0;
+    let s = services!();
+    let env = [
+        ("PF_VENDED_LIFE", "3"),
+        ("PF_TOKEN_LIFE", "600"),
+        ("PF_S3_DELAY_MS", "80"),
+        ("PF_VEND_AS", "storage-credentials"),
+    ];
+    let front = RotatingAws::spawn(&s, &s.s3, Some(&s.rest), &env);
+    let (db, ws, cfg) =
+        hourly_behind_front(&s, &front, "storagecreds", 20, "batch_windows: 1").await;
+    let c = db.client().await;
+    let cfg = cfg.to_string_lossy();
+    let out = ws.run(&["archive", "-c", &cfg, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = out.json();
+    assert_eq!(
+        report[0]["batches"].as_array().map(Vec::len),
+        Some(20),
+        "{report}"
+    );
+    assert_eq!(archived_rows(&report), 480);
+    assert_eq!(count(&c, "readings", "true").await, 0);
+    let log = front.log();
+    let refused: Vec<&Value> = log.iter().filter(|e| e["ok"] != true).collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    let vended: Vec<&str> = log.iter().filter_map(|e| e["vended"].as_str()).collect();
+    let (requests, keys) = signed_by(&log, "s3");
+    let span = span_of(&log, "s3");
+    assert!(span > LIFE, "the run took {span:.1} s only");
+    assert!(keys.len() >= 2, "S3 signed with {keys:?} over {span:.1} s");
+    assert!(
+        keys.iter().all(|k| vended.contains(k)),
+        "S3 signed with keys the catalog did not vend for the table: {keys:?}"
+    );
+    assert!(
+        vended.len() < requests / 4,
+        "{} loads for {requests} requests",
+        vended.len()
+    );
+
+    let before = front.log().len();
+    let out = ws.run(&[
+        "restore",
+        "-c",
+        &cfg,
+        "-t",
+        "readings",
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2100-01-01",
+        "--into",
+        "back",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["rows"].as_u64(), Some(480));
+    assert_eq!(count(&c, "back", "true").await, 480);
+    let log = &front.log()[before..];
+    assert!(log.iter().all(|e| e["ok"] == true), "refused: {log:?}");
+    assert!(!out.stderr.contains("s-VEND"), "secret in logs");
+}

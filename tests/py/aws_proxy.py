@@ -20,7 +20,9 @@ requests as they came and, like Polaris or Unity, vends S3 keys with every
 table it loads or creates when asked to (`X-Iceberg-Access-Delegation:
 vended-credentials`): a new key each time, living PF_VENDED_LIFE
 seconds (default 4), recorded in LEDGER, in the response's `config` with
-`s3.session-token-expires-at-ms` and the S3 front as `s3.endpoint`; LOG gets
+`s3.session-token-expires-at-ms` and the S3 front as `s3.endpoint` (with
+PF_VEND_AS=storage-credentials the keys go to `storage-credentials` under
+the prefix s3://warehouse/ instead, beside a decoy key for s3://); LOG gets
 {"service": "rest", "vended": key, "expires"}.  PF_S3_DELAY_MS delays every
 S3 request (an object store across a network; default none).  With
 PF_TOKEN_LIFE (seconds) the catalog's OAuth2 tokens live that long, as
@@ -60,6 +62,7 @@ REST_URL = sys.argv[5] if len(sys.argv) > 5 else None
 VENDED_LIFE = float(os.environ.get("PF_VENDED_LIFE", "4"))
 TOKEN_LIFE = int(os.environ.get("PF_TOKEN_LIFE", "0"))
 REST_SIGV4 = os.environ.get("PF_REST_SIGV4")
+VEND_AS = os.environ.get("PF_VEND_AS", "config")
 TOKENS = {}
 S3_DELAY = float(os.environ.get("PF_S3_DELAY_MS", "0")) / 1000
 PORTS = {}
@@ -291,13 +294,26 @@ def vend(data):
     config = answer.setdefault("config", {})
     config.update({
         "s3.endpoint": f"http://127.0.0.1:{PORTS['s3']}",
+        "s3.path-style-access": "true",
+        "s3.region": "us-east-1",
+    })
+    keys = {
         "s3.access-key-id": key,
         "s3.secret-access-key": "s-" + key,
         "s3.session-token": "t-" + key,
         "s3.session-token-expires-at-ms": str(int(expires * 1000)),
-        "s3.path-style-access": "true",
-        "s3.region": "us-east-1",
-    })
+    }
+    if VEND_AS == "storage-credentials":
+        # The REST spec's place (Iceberg 1.7+, Lakekeeper): the keys only
+        # there, the most specific prefix the right one; a key for a wider
+        # prefix that no request may use.
+        decoy = {**keys, "s3.access-key-id": "DECOY" + key}
+        answer["storage-credentials"] = [
+            {"prefix": "s3://", "config": decoy},
+            {"prefix": "s3://warehouse/", "config": keys},
+        ]
+    else:
+        config.update(keys)
     log({"t": time.time(), "service": "rest", "vended": key, "expires": expires, "ok": True})
     return json.dumps(answer).encode()
 
