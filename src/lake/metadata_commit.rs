@@ -27,7 +27,7 @@ use iceberg::{MetadataLocation, TableRequirement, TableUpdate};
 use serde_json::json;
 
 use super::catalog::{CatalogHandle, Committer};
-use super::rest_token::renewable;
+use super::rest_token::{bearer, renewable, rest_root, table_url, unreachable};
 use crate::config::{CatalogConfig, CatalogKind};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -267,71 +267,6 @@ async fn swap_sql(
         .file_io(table.file_io().clone())
         .runtime(iceberg::Runtime::try_current()?)
         .build()
-}
-
-/// The REST catalog's `…/v1[/{prefix}]`, from its config endpoint at
-/// `uri` (where its requests go: see [`super::catalog::RestAuth::uri`]).
-pub(crate) async fn rest_root(
-    cfg: &CatalogConfig,
-    client: &reqwest::Client,
-    tokens: &super::rest_token::TokenCache,
-    uri: &str,
-) -> Result<url::Url> {
-    let props = &cfg.properties;
-    let base = uri.trim_end_matches('/').to_string();
-    let token = tokens.get(client, cfg, None).await?.value;
-    let mut config_url = url::Url::parse(&format!("{base}/v1/config"))
-        .map_err(|e| Error::config(format!("`catalog.uri`: {e}")))?;
-    if let Some(w) = props.get("warehouse") {
-        config_url.query_pairs_mut().append_pair("warehouse", w);
-    }
-    let conf: serde_json::Value = bearer(client.get(config_url), &token)
-        .send()
-        .await
-        .map_err(unreachable)?
-        .json()
-        .await
-        .map_err(|e| Error::new(ErrorKind::Catalog, format!("bad config response: {e}")))?;
-    let pick = |k: &str| {
-        conf["overrides"][k]
-            .as_str()
-            .or(conf["defaults"][k].as_str())
-            .map(str::to_string)
-    };
-    let root = pick("uri")
-        .map(|u| u.trim_end_matches('/').to_string())
-        .unwrap_or(base);
-    let mut url = url::Url::parse(&format!("{root}/v1"))
-        .map_err(|e| Error::config(format!("`catalog.uri`: {e}")))?;
-    if let Some(prefix) = pick("prefix") {
-        url.path_segments_mut()
-            .map_err(|_| Error::config("`catalog.uri` cannot be a base URL"))?
-            .push(&prefix);
-    }
-    Ok(url)
-}
-
-/// `…/v1[/{prefix}]/namespaces/{ns}/tables/{table}` under `root`.
-pub(crate) fn table_url(root: &url::Url, ident: &iceberg::TableIdent) -> Result<url::Url> {
-    let mut url = root.clone();
-    url.path_segments_mut()
-        .map_err(|_| Error::config("`catalog.uri` cannot be a base URL"))?
-        .push("namespaces")
-        .push(&ident.namespace().join("\u{1f}"))
-        .push("tables")
-        .push(ident.name());
-    Ok(url)
-}
-
-pub(crate) fn unreachable(e: reqwest::Error) -> Error {
-    Error::catalog_request("cannot reach the REST catalog", e)
-}
-
-fn bearer(rb: reqwest::RequestBuilder, token: &Option<String>) -> reqwest::RequestBuilder {
-    match token {
-        Some(t) => rb.bearer_auth(t),
-        None => rb,
-    }
 }
 
 /// The REST catalog's side of a commit: its client, the `…/v1[/{prefix}]`

@@ -1,5 +1,6 @@
 //! The REST catalog's access token: one per catalog handle, renewed before
-//! it expires, shared by iceberg-rust's client and permafrost's own commits.
+//! it expires, shared by iceberg-rust's client and permafrost's own commits
+//! — and the catalog's URLs those own requests use (its root, a table's).
 //!
 //! iceberg-rust's REST client exchanges the `credential` for an OAuth2
 //! token once and keeps it for the life of the client (0.10.1: "TODO:
@@ -30,6 +31,7 @@ use iceberg::{
 use iceberg_catalog_rest::{RestCatalog, RestCatalogBuilder};
 
 use crate::config::CatalogConfig;
+use crate::error::{Error, ErrorKind};
 
 /// The life assumed for a token whose endpoint does not state one (a
 /// default Keycloak's is five minutes).
@@ -193,11 +195,9 @@ impl RenewingRest {
         let uri = self.props["uri"].as_str();
         let root = self
             .root
-            .get_or_try_init(|| {
-                super::metadata_commit::rest_root(&self.cfg, &self.client, &self.tokens, uri)
-            })
+            .get_or_try_init(|| rest_root(&self.cfg, &self.client, &self.tokens, uri))
             .await?;
-        let url = super::metadata_commit::table_url(root, ident)?;
+        let url = table_url(root, ident)?;
         let token = self.tokens.get(&self.client, &self.cfg, None).await?.value;
         let mut rb = self.client.get(url);
         if let Some(t) = &token {
@@ -208,10 +208,7 @@ impl RenewingRest {
                 rb = rb.header(name, v);
             }
         }
-        let resp = rb
-            .send()
-            .await
-            .map_err(super::metadata_commit::unreachable)?;
+        let resp = rb.send().await.map_err(unreachable)?;
         let status = resp.status();
         if !status.is_success() {
             return Err(crate::error::Error::new(
@@ -219,9 +216,7 @@ impl RenewingRest {
                 format!("the catalog answered {status} for {ident}"),
             ));
         }
-        resp.json()
-            .await
-            .map_err(super::metadata_commit::unreachable)
+        resp.json().await.map_err(unreachable)
     }
 }
 
@@ -481,6 +476,78 @@ impl Catalog for RenewingRest {
 
     async fn update_table(&self, commit: TableCommit) -> Result<Table> {
         self.writer().await?.update_table(commit).await
+    }
+}
+
+/// The REST catalog's `…/v1[/{prefix}]`, from its config endpoint at
+/// `uri` (where its requests go: the configured one, or the SigV4
+/// forwarder's).
+pub(crate) async fn rest_root(
+    cfg: &CatalogConfig,
+    client: &reqwest::Client,
+    tokens: &TokenCache,
+    uri: &str,
+) -> crate::error::Result<url::Url> {
+    let props = &cfg.properties;
+    let base = uri.trim_end_matches('/').to_string();
+    let token = tokens.get(client, cfg, None).await?.value;
+    let mut config_url = url::Url::parse(&format!("{base}/v1/config"))
+        .map_err(|e| Error::config(format!("`catalog.uri`: {e}")))?;
+    if let Some(w) = props.get("warehouse") {
+        config_url.query_pairs_mut().append_pair("warehouse", w);
+    }
+    let conf: serde_json::Value = bearer(client.get(config_url), &token)
+        .send()
+        .await
+        .map_err(unreachable)?
+        .json()
+        .await
+        .map_err(|e| Error::new(ErrorKind::Catalog, format!("bad config response: {e}")))?;
+    let pick = |k: &str| {
+        conf["overrides"][k]
+            .as_str()
+            .or(conf["defaults"][k].as_str())
+            .map(str::to_string)
+    };
+    let root = pick("uri")
+        .map(|u| u.trim_end_matches('/').to_string())
+        .unwrap_or(base);
+    let mut url = url::Url::parse(&format!("{root}/v1"))
+        .map_err(|e| Error::config(format!("`catalog.uri`: {e}")))?;
+    if let Some(prefix) = pick("prefix") {
+        url.path_segments_mut()
+            .map_err(|_| Error::config("`catalog.uri` cannot be a base URL"))?
+            .push(&prefix);
+    }
+    Ok(url)
+}
+
+/// `…/v1[/{prefix}]/namespaces/{ns}/tables/{table}` under `root`.
+pub(crate) fn table_url(
+    root: &url::Url,
+    ident: &iceberg::TableIdent,
+) -> crate::error::Result<url::Url> {
+    let mut url = root.clone();
+    url.path_segments_mut()
+        .map_err(|_| Error::config("`catalog.uri` cannot be a base URL"))?
+        .push("namespaces")
+        .push(&ident.namespace().join("\u{1f}"))
+        .push("tables")
+        .push(ident.name());
+    Ok(url)
+}
+
+pub(crate) fn unreachable(e: reqwest::Error) -> Error {
+    Error::catalog_request("cannot reach the REST catalog", e)
+}
+
+pub(crate) fn bearer(
+    rb: reqwest::RequestBuilder,
+    token: &Option<String>,
+) -> reqwest::RequestBuilder {
+    match token {
+        Some(t) => rb.bearer_auth(t),
+        None => rb,
     }
 }
 
