@@ -737,6 +737,30 @@ async fn hourly_behind_front(
     (db, ws, cfg)
 }
 
+/// `archive` of the 20 days of hourly rows [`hourly_behind_front`] makes
+/// (config `cfg`, environment `env`), checked: one batch per day, every row
+/// archived and gone from Postgres; with the front's log, checked to hold
+/// no refused request.
+async fn archive_twenty_days(
+    ws: &Ws,
+    cfg: &str,
+    env: &[(&str, &str)],
+    c: &tokio_postgres::Client,
+    front: &RotatingAws,
+) -> (Out, Vec<Value>) {
+    let out = ws.run_env(&["archive", "-c", cfg, "--json"], env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = out.json();
+    let batches = report[0]["batches"].as_array().map(Vec::len);
+    assert_eq!(batches, Some(20), "{report}");
+    assert_eq!(archived_rows(&report), 480);
+    assert_eq!(count(c, "readings", "true").await, 0);
+    let log = front.log();
+    let refused: Vec<&Value> = log.iter().filter(|e| e["ok"] != true).collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    (out, log)
+}
+
 /// permafrost sends its batch commits to a REST catalog itself (iceberg-rust
 /// only prepares them) with the token iceberg-rust's calls use too, exchanged
 /// once for both and kept between commits: a token the
@@ -822,17 +846,7 @@ async fn keys_a_rest_catalog_vends_are_renewed_before_they_expire() {
     let front = RotatingAws::vending(&s, LIFE as u32, TOKEN_LIFE as u32, 80);
     let (db, ws, cfg) = hourly_behind_front(&s, &front, "vended", 20, "batch_windows: 1").await;
     let c = db.client().await;
-    let out = ws.run(&["archive", "-c", &cfg.to_string_lossy(), "--json"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let report = out.json();
-    let batches = report[0]["batches"].as_array().map(Vec::len).unwrap_or(0);
-    assert_eq!(batches, 20, "{report}");
-    assert_eq!(archived_rows(&report), 480);
-    assert_eq!(count(&c, "readings", "true").await, 0);
-
-    let log = front.log();
-    let refused: Vec<&Value> = log.iter().filter(|e| e["ok"] != true).collect();
-    assert!(refused.is_empty(), "refused: {refused:?}");
+    let (out, log) = archive_twenty_days(&ws, &cfg.to_string_lossy(), &[], &c, &front).await;
     let vended: Vec<&str> = log.iter().filter_map(|e| e["vended"].as_str()).collect();
     let (requests, keys) = signed_by(&log, "s3");
     let span = span_of(&log, "s3");
@@ -1021,20 +1035,7 @@ async fn a_sigv4_rest_catalog_is_signed_with_the_chains_keys_renewed_as_they_exp
     env.push(("AWS_PROFILE", "rotating".into()));
     env.push(("PF_KEY_LIFE", "22".into()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let out = ws.run_env(&["archive", "-c", &cfg.to_string_lossy(), "--json"], &env);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let report = out.json();
-    assert_eq!(
-        report[0]["batches"].as_array().map(Vec::len),
-        Some(20),
-        "{report}"
-    );
-    assert_eq!(archived_rows(&report), 480);
-    assert_eq!(count(&c, "readings", "true").await, 0);
-
-    let log = front.log();
-    let refused: Vec<&Value> = log.iter().filter(|e| e["ok"] != true).collect();
-    assert!(refused.is_empty(), "refused: {refused:?}");
+    let (out, log) = archive_twenty_days(&ws, &cfg.to_string_lossy(), &env, &c, &front).await;
     let (requests, keys) = signed_by(&log, "rest");
     let commits = log
         .iter()
@@ -1079,19 +1080,7 @@ async fn keys_vended_in_storage_credentials_are_used_and_renewed() {
         hourly_behind_front(&s, &front, "storagecreds", 20, "batch_windows: 1").await;
     let c = db.client().await;
     let cfg = cfg.to_string_lossy();
-    let out = ws.run(&["archive", "-c", &cfg, "--json"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let report = out.json();
-    assert_eq!(
-        report[0]["batches"].as_array().map(Vec::len),
-        Some(20),
-        "{report}"
-    );
-    assert_eq!(archived_rows(&report), 480);
-    assert_eq!(count(&c, "readings", "true").await, 0);
-    let log = front.log();
-    let refused: Vec<&Value> = log.iter().filter(|e| e["ok"] != true).collect();
-    assert!(refused.is_empty(), "refused: {refused:?}");
+    let (_, log) = archive_twenty_days(&ws, &cfg, &[], &c, &front).await;
     let vended: Vec<&str> = log.iter().filter_map(|e| e["vended"].as_str()).collect();
     let (requests, keys) = signed_by(&log, "s3");
     let span = span_of(&log, "s3");
