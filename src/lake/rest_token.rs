@@ -199,10 +199,7 @@ impl RenewingRest {
             .await?;
         let url = table_url(root, ident)?;
         let token = self.tokens.get(&self.client, &self.cfg, None).await?.value;
-        let mut rb = self.client.get(url);
-        if let Some(t) = &token {
-            rb = rb.bearer_auth(t);
-        }
+        let mut rb = bearer(self.client.get(url), &token);
         for (k, v) in &self.cfg.properties {
             if let Some(name) = k.strip_prefix("header.") {
                 rb = rb.header(name, v);
@@ -211,12 +208,14 @@ impl RenewingRest {
         let resp = rb.send().await.map_err(unreachable)?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(crate::error::Error::new(
-                crate::error::ErrorKind::Catalog,
+            return Err(Error::new(
+                ErrorKind::Catalog,
                 format!("the catalog answered {status} for {ident}"),
             ));
         }
-        resp.json().await.map_err(unreachable)
+        resp.json()
+            .await
+            .map_err(|e| Error::new(ErrorKind::Catalog, format!("bad table response: {e}")))
     }
 }
 
@@ -353,22 +352,18 @@ async fn exchanged_token(
         .body(body)
         .send()
         .await
-        .map_err(|e| {
-            crate::error::Error::catalog_request("cannot reach the catalog's token endpoint", e)
-        })?;
+        .map_err(|e| Error::catalog_request("cannot reach the catalog's token endpoint", e))?;
     if !resp.status().is_success() {
-        return Err(crate::error::Error::new(
-            crate::error::ErrorKind::Catalog,
+        return Err(Error::new(
+            ErrorKind::Catalog,
             format!("the catalog refused the credentials ({})", resp.status()),
         )
         .with_hint("check `credential` in the `catalog` section"));
     }
-    let v: serde_json::Value = resp.json().await.map_err(|e| {
-        crate::error::Error::new(
-            crate::error::ErrorKind::Catalog,
-            format!("bad token response: {e}"),
-        )
-    })?;
+    let v: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| Error::new(ErrorKind::Catalog, format!("bad token response: {e}")))?;
     let life = v["expires_in"].as_u64().map(std::time::Duration::from_secs);
     Ok(v["access_token"].as_str().map(|t| (t.to_string(), life)))
 }
