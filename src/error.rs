@@ -641,12 +641,13 @@ fn storage_hint(text: &str) -> &'static str {
 }
 
 /// AWS's words (lower case) for a SigV4 signature it does not accept: a
-/// wrong secret, an unknown key, a region or service the key is not scoped
-/// to, a clock too far off.
+/// wrong secret, an unknown or expired key, a region or service the key is
+/// not scoped to, a clock too far off.
 fn refused_signature(t: &str) -> bool {
     [
         "signature we calculated does not match",
         "security token included in the request is invalid",
+        "security token included in the request is expired",
         "access key id you provided does not exist",
         "credential should be scoped",
         "signature expired",
