@@ -761,6 +761,27 @@ async fn archive_twenty_days(
     (out, log)
 }
 
+/// `restore` of every archived row of `readings` into `back` (config
+/// `cfg`), checked to succeed.
+fn restore_everything(ws: &Ws, cfg: &str) -> Out {
+    let out = ws.run(&[
+        "restore",
+        "-c",
+        cfg,
+        "-t",
+        "readings",
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2100-01-01",
+        "--into",
+        "back",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out
+}
+
 /// permafrost sends its batch commits to a REST catalog itself (iceberg-rust
 /// only prepares them) with the token iceberg-rust's calls use too, exchanged
 /// once for both and kept between commits: a token the
@@ -881,23 +902,7 @@ async fn keys_a_rest_catalog_vends_are_renewed_before_they_expire() {
     // A restore reads the 20 files with keys renewed the same way.
     let before = front.log().len();
     let cfg = cfg.to_string_lossy();
-    let args = [
-        "restore",
-        "-c",
-        &cfg,
-        "-t",
-        "readings",
-        "--from",
-        "2000-01-01",
-    ];
-    let out = ws.run(
-        &[
-            &args[..],
-            &["--to", "2100-01-01", "--into", "back", "--json"],
-        ]
-        .concat(),
-    );
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = restore_everything(&ws, &cfg);
     let report = out.json();
     assert_eq!(
         (report["rows"].as_u64(), &report["valid"]),
@@ -1097,21 +1102,7 @@ async fn keys_vended_in_storage_credentials_are_used_and_renewed() {
     );
 
     let before = front.log().len();
-    let out = ws.run(&[
-        "restore",
-        "-c",
-        &cfg,
-        "-t",
-        "readings",
-        "--from",
-        "2000-01-01",
-        "--to",
-        "2100-01-01",
-        "--into",
-        "back",
-        "--json",
-    ]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = restore_everything(&ws, &cfg);
     assert_eq!(out.json()["rows"].as_u64(), Some(480));
     assert_eq!(count(&c, "back", "true").await, 480);
     let log = &front.log()[before..];
