@@ -479,6 +479,17 @@ async fn ranges_compacted_by_maintain_or_another_engine_restore_rest() {
     ranges_compacted_by_maintain_or_another_engine_restore(Cat::Rest).await;
 }
 
+/// How another engine deletes rows merge-on-read.
+#[derive(Clone, Copy, PartialEq)]
+enum RowDelete {
+    /// DuckDB's `DELETE` through the REST catalog: a positional delete file
+    /// per data file touched (as Spark, Trino and Flink's `DELETE` write).
+    Positional,
+    /// Flink's upserts (or Spark with `write.delete.mode` equality): one
+    /// equality-delete file per partition, keyed on the primary key.
+    Equality,
+}
+
 /// Tables other engines change row by row: a merge-on-read `DELETE` (by
 /// DuckDB, through the REST catalog; Spark, Trino and Flink write the same
 /// positional delete files beside the data files) stays deleted through
@@ -489,8 +500,21 @@ async fn ranges_compacted_by_maintain_or_another_engine_restore_rest() {
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn rows_another_engine_deleted_merge_on_read_stay_deleted() {
+    rows_deleted_merge_on_read_stay_deleted(RowDelete::Positional, "mor_delete").await;
+}
+
+/// The same with equality deletes (Flink's upserts): a delete file per
+/// partition naming the deleted rows' keys, which applies to every older
+/// data file of its partition — here day 12's first and late batch.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn rows_another_engine_deleted_by_equality_deletes_stay_deleted() {
+    rows_deleted_merge_on_read_stay_deleted(RowDelete::Equality, "eq_delete").await;
+}
+
+async fn rows_deleted_merge_on_read_stay_deleted(how: RowDelete, tag: &str) {
     let s = services!();
-    let db = sensor_db(&s, "mor_delete").await;
+    let db = sensor_db(&s, tag).await;
     let fx = Fx::new(&s, db, Cat::Rest, "sensor_readings", "recorded_at", "5d").await;
     let c = fx.db.client().await;
     fx.archive();
@@ -523,25 +547,30 @@ async fn rows_another_engine_deleted_merge_on_read_stay_deleted() {
         first_id(12, true).await,
         first_id(14, false).await,
     ];
-    let r = rewrite(
-        &s,
-        &fx,
-        (0, 30),
-        "delete-mor",
-        serde_json::json!({"where": "id", "values": gone, "duckdb_rest": fx.cat.duckdb_rest(&s)}),
-    );
-    assert_eq!(
-        (
-            r["operation"].as_str(),
-            r["rows"].as_i64(),
-            r["delete_files"].as_i64()
-        ),
-        (Some("delete"), Some(3), Some(3)),
-        "merge-on-read: one delete file per data file touched: {r}"
-    );
     let delete_files =
         |fx: &Fx| fx.run(&["status", "--json"]).json()[0]["shape"]["delete_files"].clone();
-    assert_eq!(delete_files(&fx), 3, "status counts them");
+    if how == RowDelete::Positional {
+        let r = rewrite(
+            &s,
+            &fx,
+            (0, 30),
+            "delete-mor",
+            serde_json::json!({"where": "id", "values": gone, "duckdb_rest": fx.cat.duckdb_rest(&s)}),
+        );
+        assert_eq!(
+            (
+                r["operation"].as_str(),
+                r["rows"].as_i64(),
+                r["delete_files"].as_i64()
+            ),
+            (Some("delete"), Some(3), Some(3)),
+            "merge-on-read: one delete file per data file touched: {r}"
+        );
+        assert_eq!(delete_files(&fx), 3, "status counts them");
+    } else {
+        equality_delete(&s, &fx, &[(12, &gone[..2]), (14, &gone[2..])]).await;
+        assert_eq!(delete_files(&fx), 2, "status counts them");
+    }
     let kept: Vec<i64> = before
         .iter()
         .copied()
@@ -634,21 +663,174 @@ async fn rows_another_engine_deleted_merge_on_read_stay_deleted() {
         (&Value::from(1), &Value::from(2), &Value::from(201)),
         "{m}"
     );
-    assert_eq!(compacted["delete_files_removed"], 2, "{m}");
+    // Positional: day 12's two files each had one; equality: one for both.
+    let day_12_deletes = if how == RowDelete::Positional { 2 } else { 1 };
+    assert_eq!(compacted["delete_files_removed"], day_12_deletes, "{m}");
     assert_eq!(delete_files(&fx), 1, "day 14's stays");
     assert_eq!(
         fx.archived_ids("sensor_readings", 30),
         kept,
         "after compaction"
     );
-    let r = rewrite(&s, &fx, (12, 13), "compact", Value::Null);
-    assert_eq!(
-        (&r["rows"], &r["delete_files"]),
-        (&Value::from(201), &Value::from(1)),
-        "PyIceberg reads day 12 without the deleted rows, and day 14's delete \
-         file from the delete manifest the compaction wrote again: {r}"
-    );
+    if how == RowDelete::Positional {
+        let r = rewrite(&s, &fx, (12, 13), "compact", Value::Null);
+        assert_eq!(
+            (&r["rows"], &r["delete_files"]),
+            (&Value::from(201), &Value::from(1)),
+            "PyIceberg reads day 12 without the deleted rows, and day 14's delete \
+             file from the delete manifest the compaction wrote again: {r}"
+        );
+    } else {
+        // PyIceberg cannot plan equality deletes; DuckDB applies them.
+        let extra = serde_json::json!({"where": "id", "duckdb_rest": fx.cat.duckdb_rest(&s)});
+        let r = rewrite(&s, &fx, (0, 30), "ids-duckdb", extra);
+        assert_eq!(r["ids"], serde_json::json!(kept), "DuckDB reads the table");
+    }
     fx.merge_back_not_archived_twice((12, 13), 201);
+}
+
+/// Deletes rows by key the way Flink's upserts do: for each (day, ids), an
+/// equality-delete file on `id` in that day's partition, written with
+/// iceberg-rust's `EqualityDeleteFileWriter`, committed as one `delete`
+/// snapshot whose delete manifest and manifest list iceberg-rust's writers
+/// write (0.10.1 has no row-delta action).
+async fn equality_delete(s: &Services, fx: &Fx, by_day: &[(i64, &[i64])]) {
+    use std::sync::Arc;
+
+    use iceberg::spec::{
+        DataFileFormat, Literal, ManifestListWriter, ManifestWriterBuilder, Operation,
+        PartitionKey, Schema, Snapshot, SnapshotReference, SnapshotRetention, Struct, Summary,
+    };
+    use iceberg::writer::base_writer::equality_delete_writer::{
+        EqualityDeleteFileWriterBuilder, EqualityDeleteWriterConfig,
+    };
+    use iceberg::writer::file_writer::ParquetWriterBuilder;
+    use iceberg::writer::file_writer::location_generator::{
+        DefaultFileNameGenerator, DefaultLocationGenerator,
+    };
+    use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+    use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+    use iceberg::{TableIdent, TableRequirement, TableUpdate};
+
+    // The config with the catalog's variables filled in, read in-process.
+    let text = std::fs::read_to_string(&fx.cfg).expect("config");
+    let text = text
+        .replace("${TEST_S3_KEY}", &s.key)
+        .replace("${TEST_S3_SECRET}", &s.secret);
+    let path = fx.ws.config("engine.yaml", &text);
+    let cfg = permafrost::config::Config::load(&path).expect("config");
+    let catalog = permafrost::lake::catalog::open_catalog(&cfg.catalog)
+        .await
+        .expect("catalog");
+    let ident =
+        TableIdent::from_strs([fx.cat.namespace.as_str(), "sensor_readings"]).expect("ident");
+    let table = catalog.iceberg().load_table(&ident).await.expect("load");
+    let md = table.metadata();
+    let schema = md.current_schema().clone();
+    let spec = md.default_partition_spec().as_ref().clone();
+    let id = schema.field_by_name("id").expect("id").clone();
+    let keys = Arc::new(
+        Schema::builder()
+            .with_fields([id.clone()])
+            .build()
+            .expect("key schema"),
+    );
+    let arrow = Arc::new(iceberg::arrow::schema_to_arrow_schema(&keys).expect("arrow"));
+
+    let mut files = Vec::new();
+    for (day, ids) in by_day {
+        let parquet = ParquetWriterBuilder::new(Default::default(), keys.clone());
+        let rolling = RollingFileWriterBuilder::new(
+            parquet,
+            1 << 20,
+            table.file_io().clone(),
+            DefaultLocationGenerator::new(md).expect("locations"),
+            DefaultFileNameGenerator::new("flink".into(), None, DataFileFormat::Parquet),
+        );
+        let config = EqualityDeleteWriterConfig::new(vec![id.id], keys.clone()).expect("config");
+        let partition =
+            Struct::from_iter([Some(Literal::int(((fx.day0 + day * DAY) / DAY) as i32))]);
+        let key = PartitionKey::new(spec.clone(), schema.clone(), partition);
+        let mut writer = EqualityDeleteFileWriterBuilder::new(rolling, config)
+            .build(Some(key))
+            .await
+            .expect("writer");
+        let column: arrow_array::ArrayRef = Arc::new(arrow_array::Int64Array::from(ids.to_vec()));
+        let batch = arrow_array::RecordBatch::try_new(arrow.clone(), vec![column]).expect("batch");
+        writer.write(batch).await.expect("write");
+        files.extend(writer.close().await.expect("close"));
+    }
+
+    let parent = md.current_snapshot().expect("a snapshot").clone();
+    let snapshot_id = (uuid::Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
+    let sequence = md.next_sequence_number();
+    let location = |name: String| format!("{}/metadata/{name}", md.location());
+    let manifest_path = location(format!("flink-{snapshot_id}-m0.avro"));
+    let mut manifest = ManifestWriterBuilder::new(
+        table.file_io().new_output(&manifest_path).expect("out"),
+        Some(snapshot_id),
+        schema.clone(),
+        spec,
+    )
+    .build_v2_deletes();
+    for f in files {
+        manifest.add_file(f, sequence).expect("entry");
+    }
+    let manifest = manifest.write_manifest_file().await.expect("manifest");
+    let list_path = location(format!("snap-{snapshot_id}-flink.avro"));
+    let mut list = ManifestListWriter::v2(
+        table
+            .file_io()
+            .new_output(&list_path)
+            .expect("out")
+            .writer()
+            .await
+            .expect("writer"),
+        snapshot_id,
+        Some(parent.snapshot_id()),
+        sequence,
+    );
+    let before = table
+        .manifest_list_reader(&parent)
+        .load()
+        .await
+        .expect("manifest list");
+    list.add_manifests(before.entries().iter().cloned().chain([manifest]))
+        .expect("manifests");
+    list.close().await.expect("list");
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(Some(parent.snapshot_id()))
+        .with_sequence_number(sequence)
+        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+        .with_manifest_list(list_path)
+        .with_summary(Summary {
+            operation: Operation::Delete,
+            additional_properties: [("engine-name".to_string(), "flink".to_string())].into(),
+        })
+        .with_schema_id(md.current_schema_id())
+        .build();
+    let main = "main".to_string();
+    permafrost::lake::metadata_commit::commit(
+        &catalog,
+        &table,
+        vec![TableRequirement::RefSnapshotIdMatch {
+            r#ref: main.clone(),
+            snapshot_id: Some(parent.snapshot_id()),
+        }],
+        vec![
+            TableUpdate::AddSnapshot { snapshot },
+            TableUpdate::SetSnapshotRef {
+                ref_name: main,
+                reference: SnapshotReference::new(
+                    snapshot_id,
+                    SnapshotRetention::branch(None, None, None),
+                ),
+            },
+        ],
+    )
+    .await
+    .expect("commit");
 }
 
 /// The batches of a restore report whose window starts at `start`.
