@@ -236,6 +236,9 @@ pub async fn open_scan(
     predicate: Predicate,
     columns: Option<&[String]>,
 ) -> Result<(BoxStream<'static, Result<RecordBatch>>, usize)> {
+    if let Some(s) = table.metadata().snapshot_by_id(snapshot) {
+        crate::lake::readback::refuse_deletion_vectors(table, s).await?;
+    }
     let mut builder = table.scan().snapshot_id(snapshot).with_filter(predicate);
     builder = match columns {
         Some(cols) => builder.select(cols.iter().cloned()),

@@ -308,7 +308,8 @@ async fn provider(table: Table, snapshot: Option<i64>) -> Result<IcebergStaticTa
 }
 
 /// The Iceberg scans of `plan`, each planned once more (metadata only) to
-/// count the data files it reads.
+/// count the data files it reads; refused when a snapshot it reads holds
+/// deletion vectors ([`lake::readback::refuse_deletion_vectors`]).
 async fn planned_scans(plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<ScanStats>> {
     let mut found = Vec::new();
     let mut stack = vec![plan.clone()];
@@ -326,9 +327,10 @@ async fn count_files(scan: &IcebergTableScan) -> Result<ScanStats> {
     let snapshot_id = scan
         .snapshot_id()
         .or_else(|| table.metadata().current_snapshot_id());
-    let files = match snapshot_id {
+    let files = match snapshot_id.and_then(|id| table.metadata().snapshot_by_id(id)) {
         None => 0,
-        Some(_) => {
+        Some(snapshot) => {
+            lake::readback::refuse_deletion_vectors(table, snapshot).await?;
             planned_files(scan)
                 .await?
                 .try_fold(0usize, |n, _| async move { Ok(n + 1) })

@@ -292,6 +292,66 @@ pub async fn has_row_deletes(table: &Table, snapshot: &SnapshotRef) -> Result<bo
     }))
 }
 
+/// Refuses to read `snapshot` when its row-level deletes include deletion
+/// vectors: Iceberg v3's deletes (a Puffin blob of row positions per data
+/// file), which Spark with Iceberg 1.8+, Trino, DuckDB and Impala write on
+/// a v3 table instead of positional delete files.  iceberg-rust 0.10.1
+/// reads every delete file as Parquet, so a read would fail on them in its
+/// own words — and a read without them would bring deleted rows back.
+/// Reads nothing for a table below v3 (no deletion vector can exist); else
+/// the manifest list, and the delete manifests when there are any.
+pub async fn refuse_deletion_vectors(table: &Table, snapshot: &SnapshotRef) -> Result<()> {
+    use iceberg::spec::{DataFileFormat, FormatVersion};
+    if matches!(
+        table.metadata().format_version(),
+        FormatVersion::V1 | FormatVersion::V2
+    ) || !has_row_deletes(table, snapshot).await?
+    {
+        return Ok(());
+    }
+    let list = table
+        .manifest_list_reader(snapshot)
+        .load()
+        .await
+        .map_err(|e| Error::storage("cannot read the manifest list", e))?;
+    for m in list.entries() {
+        if m.content != ManifestContentType::Deletes {
+            continue;
+        }
+        let manifest = m
+            .load_manifest(table.file_io())
+            .await
+            .map_err(|e| Error::storage("cannot read a delete manifest", e))?;
+        let vector = manifest
+            .entries()
+            .iter()
+            .find(|e| e.is_alive() && e.file_format() == DataFileFormat::Puffin);
+        if let Some(v) = vector {
+            return Err(deletion_vectors_refused(
+                snapshot.snapshot_id(),
+                v.file_path(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn deletion_vectors_refused(snapshot: i64, example: &str) -> Error {
+    Error::new(
+        crate::error::ErrorKind::Unsupported,
+        format!(
+            "snapshot {snapshot} holds deletion vectors (Iceberg v3 row-level deletes \
+             another engine wrote, e.g. {example}), which permafrost cannot apply yet; \
+             reading without them would bring deleted rows back"
+        ),
+    )
+    .with_hint(
+        "read a snapshot from before them (`--snapshot`), or have the engine that deleted \
+         the rows rewrite the files they apply to (Spark: CALL system.rewrite_data_files with \
+         'delete-file-threshold'='1')",
+    )
+}
+
 /// The live data files of the current snapshot that row-level delete files
 /// may apply to, by path: each a scan task (every column) carrying those
 /// delete files, as iceberg-rust's scan planning matches them (partition,
@@ -625,6 +685,9 @@ pub async fn row_hashes_in_windows(
         .collect::<Vec<_>>();
     if files.is_empty() {
         return Ok(vec![]);
+    }
+    if let Some(current) = table.metadata().current_snapshot() {
+        refuse_deletion_vectors(table, current).await?;
     }
     let deleted = deleted_from(table).await?;
     hashes_of(live_batches(table, &files, &deleted)?.0).await

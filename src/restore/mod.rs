@@ -395,6 +395,7 @@ pub async fn restore(
 ) -> Result<RestoreReport> {
     let started = Instant::now();
     let src = archived(t, table, req.snapshot)?;
+    crate::lake::readback::refuse_deletion_vectors(table, &src.snapshot).await?;
     let ((target_schema, target_name), (stage_schema, stage_name)) = names(t, req);
     let staging = qualified(&stage_schema, &stage_name);
     let target = qualified(&target_schema, &target_name);

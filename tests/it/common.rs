@@ -763,3 +763,84 @@ fn sink(with_request_line: bool) -> (String, std::sync::mpsc::Receiver<String>) 
     });
     (addr, rx)
 }
+
+/// Table `table` of namespace `ns` as another engine in the test sees it:
+/// the catalog of config file `cfg` opened in-process, each `${VAR}` of
+/// the config filled from `env` first (the binary reads them from its
+/// environment; the test process has none).
+pub async fn open_table(
+    cfg: &str,
+    env: &[(String, String)],
+    ns: &str,
+    table: &str,
+) -> (
+    std::sync::Arc<permafrost::lake::catalog::CatalogHandle>,
+    iceberg::table::Table,
+) {
+    let mut text = std::fs::read_to_string(cfg).expect("config");
+    for (k, v) in env {
+        text = text.replace(&format!("${{{k}}}"), v);
+    }
+    let filled = tempfile::NamedTempFile::new().expect("temp config");
+    std::fs::write(filled.path(), text).expect("write config");
+    let cfg = permafrost::config::Config::load(filled.path()).expect("config");
+    let catalog = permafrost::lake::catalog::open_catalog(&cfg.catalog)
+        .await
+        .expect("catalog");
+    let ident = iceberg::TableIdent::from_strs([ns, table]).expect("ident");
+    let table = catalog.iceberg().load_table(&ident).await.expect("load");
+    (catalog, table)
+}
+
+/// Commits `snapshot` (written by another engine's writers) as the new head
+/// of `main`, if `main` is still at its parent.
+pub async fn commit_snapshot(
+    catalog: &permafrost::lake::catalog::CatalogHandle,
+    table: &iceberg::table::Table,
+    snapshot: iceberg::spec::Snapshot,
+) {
+    use iceberg::spec::{SnapshotReference, SnapshotRetention};
+    use iceberg::{TableRequirement, TableUpdate};
+    let main = "main".to_string();
+    let head = snapshot.snapshot_id();
+    permafrost::lake::metadata_commit::commit(
+        catalog,
+        table,
+        vec![TableRequirement::RefSnapshotIdMatch {
+            r#ref: main.clone(),
+            snapshot_id: snapshot.parent_snapshot_id(),
+        }],
+        vec![
+            TableUpdate::AddSnapshot { snapshot },
+            TableUpdate::SetSnapshotRef {
+                ref_name: main,
+                reference: SnapshotReference::new(
+                    head,
+                    SnapshotRetention::branch(None, None, None),
+                ),
+            },
+        ],
+    )
+    .await
+    .expect("commit");
+}
+
+/// Upgrades `table` to Iceberg format v3, as another engine would (Spark's
+/// `'format-version'='3'`), with iceberg-rust's action.
+pub async fn upgrade_to_v3(
+    catalog: &permafrost::lake::catalog::CatalogHandle,
+    table: &iceberg::table::Table,
+) {
+    use iceberg::transaction::{ApplyTransactionAction, Transaction};
+    let tx = Transaction::new(table);
+    let tx = tx
+        .upgrade_table_version()
+        .set_format_version(iceberg::spec::FormatVersion::V3)
+        .apply(tx)
+        .expect("upgrade");
+    let table = tx.commit(catalog.iceberg()).await.expect("commit");
+    assert_eq!(
+        table.metadata().format_version(),
+        iceberg::spec::FormatVersion::V3
+    );
+}

@@ -622,28 +622,10 @@ async fn expiry_between_two_commits_of_a_run_keeps_every_batch() {
     f.assert_reconciled("after expiring everything");
 }
 
-/// Upgrades the fixture's archive table to Iceberg format v3, as another
-/// engine would (Spark's `'format-version'='3'`), with iceberg-rust's action.
-async fn upgrade_to_v3(f: &Fixture) {
-    use iceberg::transaction::{ApplyTransactionAction, Transaction};
-    let cfg = permafrost::config::Config::load(std::path::Path::new(&f.cfg)).expect("config");
-    let catalog = permafrost::lake::catalog::open_catalog(&cfg.catalog)
-        .await
-        .expect("catalog");
-    let ident = iceberg::TableIdent::from_strs([f.cat.namespace.as_str(), "sensor_readings"])
-        .expect("ident");
-    let table = catalog.iceberg().load_table(&ident).await.expect("load");
-    let tx = Transaction::new(&table);
-    let tx = tx
-        .upgrade_table_version()
-        .set_format_version(iceberg::spec::FormatVersion::V3)
-        .apply(tx)
-        .expect("upgrade");
-    let table = tx.commit(catalog.iceberg()).await.expect("commit");
-    assert_eq!(
-        table.metadata().format_version(),
-        iceberg::spec::FormatVersion::V3
-    );
+/// Upgrades the fixture's archive table to Iceberg format v3.
+async fn upgrade_fixture_to_v3(f: &Fixture) {
+    let (catalog, table) = open_table(&f.cfg, &f.env, &f.cat.namespace, "sensor_readings").await;
+    upgrade_to_v3(&catalog, &table).await;
 }
 
 /// A table another engine upgraded to format v3: archiving goes on (the
@@ -657,7 +639,7 @@ async fn a_table_upgraded_to_format_v3_is_archived_but_not_rewritten() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Sqlite, PER_WINDOW, 8, "", "").await;
     assert_eq!(f.archive(&[], &[]).code, 0);
-    upgrade_to_v3(&f).await;
+    upgrade_fixture_to_v3(&f).await;
     for name in ["late-a", "late-b", "late-c"] {
         late_rows(&f, 3, 5, name).await;
         let out = f.archive(&[], &[]);

@@ -15,9 +15,10 @@ microseconds: a range of whole partitions), "mode"}:
   a positional delete file per data file lists the rows gone, as Spark,
   Trino and Flink write them); needs "duckdb_rest" (key, secret, uri,
   s3_host).
-- "ids-duckdb": no change; DuckDB reads the table through the REST catalog
-  (deletes applied: PyIceberg cannot plan equality deletes) and answers
-  {"ids": every row's `where` column, sorted}; needs "duckdb_rest".
+- "ids-duckdb": no change; DuckDB reads the table (deletes applied:
+  PyIceberg cannot plan equality deletes or deletion vectors) through the
+  REST catalog ("duckdb_rest") or from its metadata file, and answers
+  {"ids": every row's `where` column, sorted}.
 Answer: {"operation", "files_before", "files_after", "rows", "delete_files"
 (live delete files after the change)}.
 """
@@ -85,22 +86,26 @@ def delete_merge_on_read(req):
     return deleted
 
 
-def ids_duckdb(req):
+def ids_duckdb(req, table):
     import duck
 
     con = duck.connect()
-    duck.attach_rest(con, req["duckdb_rest"])
-    rows = con.execute(f"SELECT {req['where']} FROM w.{req['table']} ORDER BY 1").fetchall()
+    if req.get("duckdb_rest"):
+        duck.attach_rest(con, req["duckdb_rest"])
+        src = f"w.{req['table']}"
+    else:
+        src = f"iceberg_scan('{table.metadata_location}')"
+    rows = con.execute(f"SELECT {req['where']} FROM {src} ORDER BY 1").fetchall()
     return [r[0] for r in rows]
 
 
 def main():
     req = json.load(open(sys.argv[1]))
-    if req["mode"] == "ids-duckdb":
-        print(json.dumps({"ids": ids_duckdb(req)}))
-        return
     catalog = load_catalog(req["catalog_name"], **req["catalog"])
     table = catalog.load_table(req["table"])
+    if req["mode"] == "ids-duckdb":
+        print(json.dumps({"ids": ids_duckdb(req, table)}))
+        return
     mode = req["mode"]
     if mode in ("compact", "compact-losing-a-row"):
         before, after, rows = compact(table, req, mode != "compact")
