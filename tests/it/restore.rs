@@ -1690,9 +1690,7 @@ async fn type_zoo_restores_value_for_value() {
     let s = services!();
     let db = TestDb::create(&s, "restore_zoo").await;
     let c = db.client().await;
-    c.batch_execute(include_str!("../sql/type_zoo.sql"))
-        .await
-        .expect("zoo");
+    c.batch_execute(&type_zoo_sql(&c).await).await.expect("zoo");
     c.batch_execute("CREATE TABLE zoo_before AS SELECT * FROM zoo")
         .await
         .expect("copy");

@@ -93,9 +93,7 @@ async fn type_zoo_round_trips_value_by_value() {
     let s = services!();
     let db = TestDb::create(&s, "zoo").await;
     let c = db.client().await;
-    c.batch_execute(include_str!("../sql/type_zoo.sql"))
-        .await
-        .expect("zoo");
+    c.batch_execute(&type_zoo_sql(&c).await).await.expect("zoo");
     c.batch_execute("CREATE TABLE zoo_before AS SELECT * FROM zoo")
         .await
         .expect("copy");
