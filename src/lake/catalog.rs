@@ -10,7 +10,7 @@ use iceberg_catalog_sql::SqlCatalogBuilder;
 use super::glue::GlueCatalog;
 use super::probe::ProbeTarget;
 use super::rest_signer::Forwarder;
-use super::rest_token::{RenewingRest, TokenCache};
+use super::rest_token::{RenewingRest, RestRoot, TokenCache};
 use super::storage::WarehouseStorageFactory;
 use crate::config::{CatalogConfig, CatalogKind};
 use crate::error::{Error, ErrorKind, Result};
@@ -132,6 +132,8 @@ pub(crate) struct RestAuth {
     /// SigV4 the forwarder that signs them (held here: it stops with the
     /// handle).
     pub(crate) uri: String,
+    /// Its `…/v1[/{prefix}]`, shared with the catalog client.
+    pub(crate) root: RestRoot,
     _signing: Option<Forwarder>,
 }
 
@@ -165,7 +167,14 @@ async fn open_client(
                 let tokens = Arc::new(TokenCache::default());
                 let (props, signing) = signed(cfg, props, &client).await?;
                 let uri = props["uri"].clone();
-                let rest = RenewingRest::new(cfg, props, client.clone(), tokens.clone(), factory());
+                let root = RestRoot::default();
+                let rest = RenewingRest::new(
+                    cfg,
+                    props,
+                    client.clone(),
+                    tokens.clone(),
+                    (factory(), root.clone()),
+                );
                 return Ok(Clients {
                     catalog: Arc::new(rest),
                     glue: None,
@@ -173,6 +182,7 @@ async fn open_client(
                         client,
                         tokens,
                         uri,
+                        root,
                         _signing: signing,
                     }),
                 });

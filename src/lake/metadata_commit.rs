@@ -95,7 +95,11 @@ async fn open_committer(catalog: &CatalogHandle) -> Result<Committer> {
                 .as_ref()
                 .ok_or_else(|| Error::internal("a REST catalog handle without its client"))?;
             Committer::Rest {
-                root: rest_root(cfg, &auth.client, &auth.tokens, &auth.uri).await?,
+                root: auth
+                    .root
+                    .get_or_try_init(|| rest_root(cfg, &auth.client, &auth.tokens, &auth.uri))
+                    .await?
+                    .clone(),
             }
         }
     })

@@ -50,9 +50,14 @@ pub struct RenewingRest {
     client: reqwest::Client,
     storage: Arc<dyn StorageFactory>,
     /// The catalog's `…/v1[/{prefix}]`, once a table's raw answer is asked
-    /// for ([`RenewingRest::with_storage_credentials`]).
-    root: tokio::sync::OnceCell<url::Url>,
+    /// for ([`RenewingRest::with_storage_credentials`]); shared with the
+    /// handle's committer, so `/v1/config` is asked once per handle.
+    root: RestRoot,
 }
+
+/// A REST catalog's `…/v1[/{prefix}]` ([`rest_root`]), asked for at most
+/// once and shared by the clients of one catalog handle.
+pub(crate) type RestRoot = Arc<tokio::sync::OnceCell<url::Url>>;
 
 impl std::fmt::Debug for RenewingRest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,7 +73,7 @@ impl RenewingRest {
         mut props: HashMap<String, String>,
         client: reqwest::Client,
         tokens: Arc<TokenCache>,
-        storage: Arc<dyn StorageFactory>,
+        (storage, root): (Arc<dyn StorageFactory>, RestRoot),
     ) -> Self {
         props.remove("credential");
         Self {
@@ -78,7 +83,7 @@ impl RenewingRest {
             props,
             client,
             storage,
-            root: tokio::sync::OnceCell::new(),
+            root,
         }
     }
 
