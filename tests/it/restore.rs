@@ -774,6 +774,12 @@ async fn rows_deleted_by_deletion_vectors_are_refused_not_brought_back() {
     let day_12 = Value::from(rfc3339(fx.day0 + 12 * DAY));
     assert_eq!(marked, [day_12], "{}", list.stdout);
 
+    // New rows archive as before: nothing needs reading through the vector.
+    late_rows(&fx, &c, &[20]).await;
+    let out = fx.archive();
+    assert_eq!(out[0]["batches"][0]["rows"], 3, "{out}");
+    assert_eq!(count(&c, "sensor_readings", "true").await, 0);
+
     // Day 12 restored from the snapshot before the delete, merged back: the
     // next archive cannot tell those rows archived without reading them
     // through the vector, so it refuses too, and deletes nothing.
