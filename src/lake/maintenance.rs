@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::TryStreamExt;
 use iceberg::spec::{
-    FormatVersion, ManifestContentType, ManifestFile, ManifestListWriter, ManifestWriterBuilder,
-    Operation, Snapshot, SnapshotReference, SnapshotRetention, Summary,
+    DataFileFormat, FormatVersion, ManifestContentType, ManifestFile, ManifestListWriter,
+    ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention, Summary,
 };
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -493,6 +493,9 @@ pub struct TableShape {
     /// Live delete files: row-level deletes another engine wrote
     /// merge-on-read.
     pub delete_files: usize,
+    /// Of those, deletion vectors (Iceberg v3), which permafrost's reads
+    /// refuse ([`super::readback::refuse_deletion_vectors`]).
+    pub deletion_vectors: usize,
     pub metadata_bytes: u64,
     /// Size of the durable ledger property.
     pub ledger_bytes: usize,
@@ -533,10 +536,13 @@ pub async fn shape(table: &Table, small: u64) -> Result<TableShape> {
     let oldest = md.snapshots().map(|s| s.timestamp_ms()).min();
     let (data, deletes) = current_manifests(table).await?;
     let files = super::readback::live_files(table).await?;
-    let mut delete_files = 0;
+    let (mut delete_files, mut deletion_vectors) = (0, 0);
     let mut read = super::readback::read_manifests(table, &deletes);
     while let Some((_, manifest)) = read.try_next().await? {
-        delete_files += manifest.entries().iter().filter(|e| e.is_alive()).count();
+        for e in manifest.entries().iter().filter(|e| e.is_alive()) {
+            delete_files += 1;
+            deletion_vectors += usize::from(e.file_format() == DataFileFormat::Puffin);
+        }
     }
     Ok(TableShape {
         snapshots: md.snapshots().count(),
@@ -545,6 +551,7 @@ pub async fn shape(table: &Table, small: u64) -> Result<TableShape> {
         data_files: files.len(),
         small_files: files.iter().filter(|f| f.size < small).count(),
         delete_files,
+        deletion_vectors,
         metadata_bytes: metadata_bytes(table).await?,
         ledger_bytes: md
             .properties()

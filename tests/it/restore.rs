@@ -761,6 +761,12 @@ async fn rows_deleted_by_deletion_vectors_are_refused_not_brought_back() {
         &fx.run(&["query", "SELECT count(*) FROM archive.sensor_readings"]),
         "query",
     );
+    let shape = fx.run(&["status", "--json"]).json()[0]["shape"].clone();
+    assert_eq!(
+        (&shape["delete_files"], &shape["deletion_vectors"]),
+        (&Value::from(1), &Value::from(1)),
+        "{shape}"
+    );
     let list = fx.run(&["list", "--json"]);
     assert_eq!(list.code, 0, "{}", list.stderr);
     let marked: Vec<Value> = list

@@ -70,9 +70,13 @@ pub(super) fn print_status(st: &[inspect::TableStatus]) {
                 sh.data_manifests,
                 sh.data_files,
                 sh.small_files,
-                match sh.delete_files {
-                    0 => String::new(),
-                    n => format!(", {n} delete file(s) (row-level deletes of other engines)"),
+                match (sh.delete_files, sh.deletion_vectors) {
+                    (0, _) => String::new(),
+                    (n, 0) => format!(", {n} delete file(s) (row-level deletes of other engines)"),
+                    (n, v) => format!(
+                        ", {n} delete file(s) (row-level deletes of other engines; {v} deletion \
+                         vector(s), which restore, fetch and query refuse)"
+                    ),
                 },
                 output::bytes(sh.metadata_bytes),
                 output::bytes(sh.ledger_bytes as u64)
