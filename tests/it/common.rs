@@ -792,6 +792,90 @@ pub async fn open_table(
     (catalog, table)
 }
 
+/// Commits delete `files` (written by another engine's writers) as one
+/// `delete` snapshot of `table`, as that engine's row delta would: a delete
+/// manifest and a manifest list written with iceberg-rust's writers for the
+/// table's format version (v3: with its row range), the current snapshot's
+/// manifests carried over.  `engine`: the summary's `engine-name`.
+pub async fn commit_delete_files(
+    catalog: &permafrost::lake::catalog::CatalogHandle,
+    table: &iceberg::table::Table,
+    files: Vec<iceberg::spec::DataFile>,
+    engine: &str,
+) {
+    use iceberg::spec::{
+        FormatVersion, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot, Summary,
+    };
+    let md = table.metadata();
+    let v3 = md.format_version() == FormatVersion::V3;
+    let parent = md.current_snapshot().expect("a snapshot").clone();
+    let snapshot_id = (uuid::Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
+    let sequence = md.next_sequence_number();
+    let path = |name: String| {
+        format!(
+            "{}/metadata/{engine}-{snapshot_id}-{name}.avro",
+            md.location()
+        )
+    };
+    let builder = ManifestWriterBuilder::new(
+        table.file_io().new_output(path("m0".into())).expect("out"),
+        Some(snapshot_id),
+        md.current_schema().clone(),
+        md.default_partition_spec().as_ref().clone(),
+    );
+    let mut manifest = if v3 {
+        builder.build_v3_deletes()
+    } else {
+        builder.build_v2_deletes()
+    };
+    for f in files {
+        manifest.add_file(f, sequence).expect("entry");
+    }
+    let manifest = manifest.write_manifest_file().await.expect("manifest");
+    let list_path = path("snap".into());
+    let out = table.file_io().new_output(&list_path).expect("out");
+    let out = out.writer().await.expect("writer");
+    let parent_id = Some(parent.snapshot_id());
+    let mut list = if v3 {
+        ManifestListWriter::v3(
+            out,
+            snapshot_id,
+            parent_id,
+            sequence,
+            Some(md.next_row_id()),
+        )
+    } else {
+        ManifestListWriter::v2(out, snapshot_id, parent_id, sequence)
+    };
+    let before = table
+        .manifest_list_reader(&parent)
+        .load()
+        .await
+        .expect("list");
+    list.add_manifests(before.entries().iter().cloned().chain([manifest]))
+        .expect("manifests");
+    list.close().await.expect("list");
+    let summary = Summary {
+        operation: Operation::Delete,
+        additional_properties: [("engine-name".to_string(), engine.to_string())].into(),
+    };
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(parent_id)
+        .with_sequence_number(sequence)
+        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+        .with_manifest_list(list_path)
+        .with_summary(summary)
+        .with_schema_id(md.current_schema_id());
+    // Deletes add no rows: a v3 snapshot's row range is empty.
+    let snapshot = if v3 {
+        snapshot.with_row_range(md.next_row_id(), 0).build()
+    } else {
+        snapshot.build()
+    };
+    commit_snapshot(catalog, table, snapshot).await;
+}
+
 /// Commits `snapshot` (written by another engine's writers) as the new head
 /// of `main`, if `main` is still at its parent.
 pub async fn commit_snapshot(

@@ -815,10 +815,7 @@ async fn rows_deleted_by_deletion_vectors_are_refused_not_brought_back() {
 async fn equality_delete(fx: &Fx, by_day: &[(i64, &[i64])]) {
     use std::sync::Arc;
 
-    use iceberg::spec::{
-        DataFileFormat, Literal, ManifestListWriter, ManifestWriterBuilder, Operation,
-        PartitionKey, Schema, Snapshot, Struct, Summary,
-    };
+    use iceberg::spec::{DataFileFormat, Literal, PartitionKey, Schema, Struct};
     use iceberg::writer::base_writer::equality_delete_writer::{
         EqualityDeleteFileWriterBuilder, EqualityDeleteWriterConfig,
     };
@@ -871,56 +868,7 @@ async fn equality_delete(fx: &Fx, by_day: &[(i64, &[i64])]) {
         files.extend(writer.close().await.expect("close"));
     }
 
-    let parent = md.current_snapshot().expect("a snapshot").clone();
-    let snapshot_id = (uuid::Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
-    let sequence = md.next_sequence_number();
-    let location = |name: String| format!("{}/metadata/{name}", md.location());
-    let manifest_path = location(format!("flink-{snapshot_id}-m0.avro"));
-    let mut manifest = ManifestWriterBuilder::new(
-        table.file_io().new_output(&manifest_path).expect("out"),
-        Some(snapshot_id),
-        schema.clone(),
-        spec,
-    )
-    .build_v2_deletes();
-    for f in files {
-        manifest.add_file(f, sequence).expect("entry");
-    }
-    let manifest = manifest.write_manifest_file().await.expect("manifest");
-    let list_path = location(format!("snap-{snapshot_id}-flink.avro"));
-    let mut list = ManifestListWriter::v2(
-        table
-            .file_io()
-            .new_output(&list_path)
-            .expect("out")
-            .writer()
-            .await
-            .expect("writer"),
-        snapshot_id,
-        Some(parent.snapshot_id()),
-        sequence,
-    );
-    let before = table
-        .manifest_list_reader(&parent)
-        .load()
-        .await
-        .expect("manifest list");
-    list.add_manifests(before.entries().iter().cloned().chain([manifest]))
-        .expect("manifests");
-    list.close().await.expect("list");
-    let snapshot = Snapshot::builder()
-        .with_snapshot_id(snapshot_id)
-        .with_parent_snapshot_id(Some(parent.snapshot_id()))
-        .with_sequence_number(sequence)
-        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
-        .with_manifest_list(list_path)
-        .with_summary(Summary {
-            operation: Operation::Delete,
-            additional_properties: [("engine-name".to_string(), "flink".to_string())].into(),
-        })
-        .with_schema_id(md.current_schema_id())
-        .build();
-    commit_snapshot(&catalog, &table, snapshot).await;
+    commit_delete_files(&catalog, &table, files, "flink").await;
 }
 
 /// Deletes the rows at `positions` of the first data file of day `day` the
@@ -934,10 +882,7 @@ async fn deletion_vector(fx: &Fx, day: i64, positions: &[u64]) -> (Vec<i64>, Str
     use std::collections::HashMap;
 
     use iceberg::puffin::{Blob, CompressionCodec, DELETION_VECTOR_V1, PuffinWriter};
-    use iceberg::spec::{
-        DataContentType, DataFileBuilder, DataFileFormat, Literal, ManifestListWriter,
-        ManifestWriterBuilder, Operation, Snapshot, Struct, Summary,
-    };
+    use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat, Literal, Struct};
 
     let env: Vec<(String, String)> = fx
         .env
@@ -1045,52 +990,7 @@ async fn deletion_vector(fx: &Fx, day: i64, positions: &[u64]) -> (Vec<i64>, Str
         .build()
         .expect("data file");
 
-    let snapshot_id = (uuid::Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
-    let sequence = md.next_sequence_number();
-    let location = |name: String| format!("{}/metadata/{name}", md.location());
-    let manifest_path = location(format!("dv-{snapshot_id}-m0.avro"));
-    let mut manifest = ManifestWriterBuilder::new(
-        table.file_io().new_output(&manifest_path).expect("out"),
-        Some(snapshot_id),
-        md.current_schema().clone(),
-        md.default_partition_spec().as_ref().clone(),
-    )
-    .build_v3_deletes();
-    manifest.add_file(dv, sequence).expect("entry");
-    let manifest = manifest.write_manifest_file().await.expect("manifest");
-    let list_path = location(format!("snap-{snapshot_id}-dv.avro"));
-    let writer = table
-        .file_io()
-        .new_output(&list_path)
-        .expect("out")
-        .writer()
-        .await
-        .expect("w");
-    let mut writer = ManifestListWriter::v3(
-        writer,
-        snapshot_id,
-        Some(parent.snapshot_id()),
-        sequence,
-        Some(md.next_row_id()),
-    );
-    writer
-        .add_manifests(list.entries().iter().cloned().chain([manifest]))
-        .expect("manifests");
-    writer.close().await.expect("list");
-    let snapshot = Snapshot::builder()
-        .with_snapshot_id(snapshot_id)
-        .with_parent_snapshot_id(Some(parent.snapshot_id()))
-        .with_sequence_number(sequence)
-        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
-        .with_manifest_list(list_path)
-        .with_summary(Summary {
-            operation: Operation::Delete,
-            additional_properties: HashMap::new(),
-        })
-        .with_schema_id(md.current_schema_id())
-        .with_row_range(md.next_row_id(), 0)
-        .build();
-    commit_snapshot(&catalog, &table, snapshot).await;
+    commit_delete_files(&catalog, &table, vec![dv], "spark").await;
     (gone, parent.snapshot_id().to_string())
 }
 
