@@ -305,8 +305,7 @@ pub async fn refuse_deletion_vectors(table: &Table, snapshot: &SnapshotRef) -> R
     if matches!(
         table.metadata().format_version(),
         FormatVersion::V1 | FormatVersion::V2
-    ) || !has_row_deletes(table, snapshot).await?
-    {
+    ) {
         return Ok(());
     }
     let list = table
@@ -315,7 +314,9 @@ pub async fn refuse_deletion_vectors(table: &Table, snapshot: &SnapshotRef) -> R
         .await
         .map_err(|e| Error::storage("cannot read the manifest list", e))?;
     for m in list.entries() {
-        if m.content != ManifestContentType::Deletes {
+        if m.content != ManifestContentType::Deletes
+            || !(m.has_added_files() || m.has_existing_files())
+        {
             continue;
         }
         let manifest = m
@@ -346,9 +347,9 @@ fn deletion_vectors_refused(snapshot: i64, example: &str) -> Error {
         ),
     )
     .with_hint(
-        "read a snapshot from before them (`--snapshot`), or have the engine that deleted \
-         the rows rewrite the files they apply to (Spark: CALL system.rewrite_data_files with \
-         'delete-file-threshold'='1')",
+        "read a snapshot from before them (`--snapshot` or `--as-of`), or have the engine \
+         that deleted the rows rewrite the files they apply to (Spark: CALL \
+         system.rewrite_data_files with 'delete-file-threshold'='1')",
     )
 }
 
