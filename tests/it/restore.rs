@@ -761,6 +761,27 @@ async fn rows_deleted_by_deletion_vectors_are_refused_not_brought_back() {
         &fx.run(&["query", "SELECT count(*) FROM archive.sensor_readings"]),
         "query",
     );
+    #[cfg(feature = "query")]
+    {
+        use crate::serve::{Server, client, send};
+        let args = ["-c", fx.cfg.as_str(), "--listen", "127.0.0.1:0"];
+        let api = Server::start(&fx.ws, &args, &fx.env_with(&[]));
+        let http = client();
+        let sql = serde_json::json!({"sql": "SELECT count(*) FROM archive.sensor_readings"});
+        for (route, req) in [
+            ("rows", http.get(api.api("/tables/sensor_readings/query"))),
+            ("sql", http.post(api.api("/sql")).json(&sql)),
+        ] {
+            let (status, body) = send(req).await;
+            assert_eq!(status, 400, "{route}: {body}");
+            let said = |k: &str, what: &str| body[k].as_str().is_some_and(|e| e.contains(what));
+            assert!(
+                said("error", "holds deletion vectors") && said("hint", "--snapshot"),
+                "{route}: {body}"
+            );
+        }
+        assert_eq!(api.stop(), 0);
+    }
     let shape = fx.run(&["status", "--json"]).json()[0]["shape"].clone();
     assert_eq!(
         (&shape["delete_files"], &shape["deletion_vectors"]),

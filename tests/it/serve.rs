@@ -96,13 +96,13 @@ impl Drop for Server {
     }
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     permafrost::http::install_crypto_provider();
     reqwest::Client::builder().build().expect("client")
 }
 
 /// A request's status and JSON body.
-async fn send(rb: reqwest::RequestBuilder) -> (u16, Value) {
+pub(crate) async fn send(rb: reqwest::RequestBuilder) -> (u16, Value) {
     let r = rb.send().await.expect("request");
     let status = r.status().as_u16();
     let text = r.text().await.expect("body");
