@@ -828,6 +828,79 @@ async fn rows_deleted_by_deletion_vectors_are_refused_not_brought_back() {
     );
 }
 
+/// A source with generated columns — `STORED`, and on PostgreSQL 18 also
+/// `VIRTUAL` (its new default): archived with their values, restored and
+/// merged back without them (Postgres computes them again; inserting into
+/// them is an error), every row equal to the original, and not archived
+/// twice.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn generated_columns_are_archived_and_computed_again_on_merge() {
+    let s = services!();
+    let db = TestDb::create(&s, "generated").await;
+    let c = db.client().await;
+    let version: i32 = c
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .expect("version")
+        .get(0);
+    let with_virtual = version >= 180000;
+    let virt = if with_virtual {
+        ", tripled int GENERATED ALWAYS AS (v * 3) VIRTUAL"
+    } else {
+        ""
+    };
+    c.batch_execute(&format!(
+        "CREATE TABLE g (id bigserial PRIMARY KEY, ts timestamptz NOT NULL, v int NOT NULL, \
+           doubled int GENERATED ALWAYS AS (v * 2) STORED{virt}); \
+         INSERT INTO g (ts, v) SELECT date_trunc('day', now()) - interval '40 days' \
+           + i * interval '2 hours 24 minutes', i FROM generate_series(0, 299) AS i; \
+         CREATE TABLE before_rows AS SELECT * FROM g;"
+    ))
+    .await
+    .expect("table");
+    let fx = Fx::new(&s, db, Cat::Sqlite, "g", "ts", "5d").await;
+    let archived = fx.archive();
+    let rows: i64 = archived[0]["batches"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| b["rows"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(rows, 300, "{archived}");
+    assert_eq!(count(&c, "g", "true").await, 0);
+    // The archive holds the computed values.
+    let (from, to) = (rfc3339(fx.day0), rfc3339(fx.day0 + 30 * DAY));
+    let out = fx.run(&[
+        "fetch", "-t", "g", "--from", &from, "--to", &to, "--format", "jsonl",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let row: Value = serde_json::from_str(out.stdout.lines().nth(7).unwrap_or("")).expect("row");
+    let v = row["v"].as_i64().expect("v");
+    assert_eq!(row["doubled"], v * 2, "{row}");
+    if with_virtual {
+        assert_eq!(row["tripled"], v * 3, "{row}");
+    }
+
+    let out = fx.restore("g", 0, 30, &["--merge"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["inserted"], 300, "{}", out.stdout);
+    let want = rows_of(&c, "before_rows").await;
+    assert_eq!(rows_of(&c, "g").await, want, "every row as it was");
+    let again = fx.archive();
+    assert_eq!(again[0]["batches"], Value::Array(vec![]), "{again}");
+    assert_eq!(
+        count(&c, "g", "true").await,
+        0,
+        "settled, not archived twice"
+    );
+}
+
+/// Every row of `table` in Postgres's text form, by id.
+async fn rows_of(c: &tokio_postgres::Client, table: &str) -> Vec<String> {
+    rows(c, table, "true", "id").await
+}
+
 /// Deletes rows by key the way Flink's upserts do: for each (day, ids), an
 /// equality-delete file on `id` in that day's partition, written with
 /// iceberg-rust's `EqualityDeleteFileWriter`, committed as one `delete`
