@@ -829,10 +829,11 @@ async fn rows_deleted_by_deletion_vectors_are_refused_not_brought_back() {
 }
 
 /// A source with generated columns — `STORED`, and on PostgreSQL 18 also
-/// `VIRTUAL` (its new default): archived with their values, restored and
-/// merged back without them (Postgres computes them again; inserting into
-/// them is an error), every row equal to the original, and not archived
-/// twice.
+/// `VIRTUAL` (its new default) — and a `GENERATED ALWAYS AS IDENTITY` key:
+/// archived with their values, restored and merged back without the
+/// generated ones (Postgres computes them again; inserting into them is an
+/// error) and with the archived ids (`OVERRIDING SYSTEM VALUE`), every row
+/// equal to the original, and not archived twice.
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn generated_columns_are_archived_and_computed_again_on_merge() {
@@ -851,7 +852,8 @@ async fn generated_columns_are_archived_and_computed_again_on_merge() {
         ""
     };
     c.batch_execute(&format!(
-        "CREATE TABLE g (id bigserial PRIMARY KEY, ts timestamptz NOT NULL, v int NOT NULL, \
+        "CREATE TABLE g (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, ts timestamptz NOT NULL, \
+           v int NOT NULL, \
            doubled int GENERATED ALWAYS AS (v * 2) STORED{virt}); \
          INSERT INTO g (ts, v) SELECT date_trunc('day', now()) - interval '40 days' \
            + i * interval '2 hours 24 minutes', i FROM generate_series(0, 299) AS i; \
