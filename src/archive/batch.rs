@@ -165,6 +165,9 @@ async fn run_part(
         extract_write(ctx, &tx, &query, &part.batch_id, bag)
     )?;
     bar.set_message(format!("{}: {} rows", part.batch_id, out.written));
+    if take != Take::Select {
+        delete_held(&tx, &range).await?;
+    }
     let exhausted = match take.exhausted() {
         Some(known) => known,
         None => range_is_empty(&tx, &ctx.src, &range).await?,
@@ -379,6 +382,37 @@ fn take_query(ctx: &Ctx, range: &Window, take: Take, drop_parts: Option<&[Partit
             }
         }
     }
+}
+
+/// Whether the batch's `DELETE … RETURNING` held to its end.  Postgres runs
+/// a statement's AFTER triggers — the checks of foreign keys that reference
+/// the rows (`ON DELETE NO ACTION`/`RESTRICT`), the table's own triggers —
+/// once the `COPY` has ended: an error there aborts the transaction without
+/// the `COPY` reporting it, and its `COMMIT` would then roll back without a
+/// word.  One statement on the transaction tells, before anything is
+/// committed to the archive.
+async fn delete_held(tx: &tokio_postgres::Transaction<'_>, range: &Window) -> Result<()> {
+    let Err(e) = tx.simple_query("SELECT 1").await else {
+        return Ok(());
+    };
+    if e.code() != Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION) {
+        return Err(Error::postgres("cannot query the batch's transaction", e));
+    }
+    Err(Error::new(
+        ErrorKind::Postgres,
+        format!(
+            "Postgres refused to delete the rows of batch [{}, {}) at the end of its DELETE (a \
+             foreign key that references them, or a trigger on the table); the batch was not \
+             archived and its rows stay",
+            rfc3339(range.start),
+            rfc3339(range.end)
+        ),
+    )
+    .with_hint(
+        "run the same DELETE in psql to see Postgres's reason; a table referencing these rows \
+         must let them go first (archive it before, or ON DELETE CASCADE / SET NULL), or \
+         archive with --no-delete",
+    ))
 }
 
 /// Streams `query` out of Postgres (decoded and hashed on its own task)

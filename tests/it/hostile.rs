@@ -1,6 +1,6 @@
 //! Hostile inputs: odd time column names, every value a timestamp column can
 //! hold (NULL, ±infinity, BC, the extremes), tables locked by other sessions,
-//! out-of-range config values.  Each is archived as documented or refused up
+//! rows a foreign key holds, out-of-range config values.  Each is archived as documented or refused up
 //! front; nothing hangs, nothing gets stuck, one failure prints one message.
 
 use std::collections::BTreeMap;
@@ -340,6 +340,113 @@ async fn infinite_bc_and_extreme_times_are_archived_or_left_as_documented() {
             .contains("public.edges_tz: 2 row(s) have an infinite time"),
         "{}",
         text.stdout
+    );
+}
+
+/// Rows another table references (a foreign key, `ON DELETE NO ACTION`):
+/// Postgres refuses their `DELETE` only after the `COPY` has streamed them,
+/// which used to roll the batch's transaction back without a word — the
+/// batch reported archived, exit 0, and every later run committed another
+/// snapshot settling it again.  Now that batch fails in one line before
+/// anything is committed (exit 4), its rows stay, the other windows are
+/// archived, a run failing on it again adds no snapshot, and once the
+/// reference is gone every row is archived once.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn rows_a_foreign_key_holds_fail_their_batch_in_one_line_and_stay() {
+    let s = services!();
+    let db = TestDb::create(&s, "fkheld").await;
+    let ws = Ws::new();
+    let cat = CatalogSetup::new(Cat::Sqlite, &s, &ws).await;
+    let c = db.client().await;
+    let src = Source {
+        table: "held".into(),
+        time: "ts".into(),
+        kind: "timestamptz",
+        partition_by: "day",
+    };
+    let days: Vec<String> = (11..21)
+        .map(|d| format!("now() - interval '{d} days'"))
+        .collect();
+    src.create(&c, &days).await;
+    // Day 4 of 10 (id 5: days count down from id 0, 11 days ago).
+    c.batch_execute(
+        "CREATE TABLE refs (rid bigint REFERENCES held (id)); INSERT INTO refs VALUES (5)",
+    )
+    .await
+    .expect("refs");
+    let cfg = ws.config("permafrost.yaml", &config(&db, &cat, &[&src], ""));
+    let cfg = cfg.to_string_lossy().to_string();
+    let snapshots =
+        || ws.run(&["status", "-c", &cfg, "--json"]).json()[0]["shape"]["snapshots"].clone();
+
+    let out = ws.run(&["archive", "-c", &cfg]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert!(
+        errors.len() == 1
+            && errors[0].contains("refused to delete")
+            && errors[0].contains("foreign key"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        count(&c, "held", "id = 5").await,
+        1,
+        "the referenced row stays"
+    );
+    // The windows after its batch go on in the next runs (a failure stops
+    // the table's run, with what its other workers finished); then only the
+    // held row is left (its window holds no other), and a run that fails on
+    // it again commits nothing.
+    for _ in 0..10 {
+        if count(&c, "held", "true").await == 1 {
+            break;
+        }
+        let out = ws.run(&["archive", "-c", &cfg]);
+        assert_eq!(out.code, 4, "{}", out.stderr);
+    }
+    assert_eq!(count(&c, "held", "true").await, 1, "only the held row left");
+    let before = snapshots();
+    let out = ws.run(&["archive", "-c", &cfg]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert_eq!(snapshots(), before, "a run failing on it commits nothing");
+    assert_eq!(count(&c, "held", "id = 5").await, 1);
+
+    c.batch_execute("DELETE FROM refs").await.expect("unref");
+    let out = ws.run(&["archive", "-c", &cfg]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(count(&c, "held", "true").await, 0);
+    let out = ws.run(&[
+        "fetch",
+        "-c",
+        &cfg,
+        "-t",
+        "held",
+        "--from",
+        "2000-01-01T00:00:00Z",
+        "--to",
+        "2100-01-01T00:00:00Z",
+        "--format",
+        "jsonl",
+        "--columns",
+        "id",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut ids: Vec<i64> = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["id"].as_i64())
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        (0..10).collect::<Vec<i64>>(),
+        "every row archived once"
     );
 }
 
