@@ -528,11 +528,7 @@ async fn rest_catalog_signed_with_sigv4_example() {
         .to_string();
     let out = ws.run_env(&["archive", "-c", &cfg], &bad_ref);
     assert_eq!(out.code, 4, "{}", out.stderr);
-    let errors: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
+    let errors = out.error_lines();
     assert_eq!(errors.len(), 1, "{}", out.stderr);
     assert!(errors[0].contains("signature"), "{}", out.stderr);
     assert!(

@@ -382,11 +382,7 @@ async fn rows_a_foreign_key_holds_fail_their_batch_in_one_line_and_stay() {
 
     let out = ws.run(&["archive", "-c", &cfg]);
     assert_eq!(out.code, 4, "{}", out.stderr);
-    let errors: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
+    let errors = out.error_lines();
     assert!(
         errors.len() == 1
             && errors[0].contains("refused to delete")
