@@ -148,6 +148,22 @@ impl Out {
         })
     }
 
+    /// The `id` of every JSON line on stdout (`fetch --format jsonl`),
+    /// sorted.
+    pub fn jsonl_ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .stdout
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).expect("jsonl")["id"]
+                    .as_i64()
+                    .expect("id")
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// The lines starting with `error:`.
     pub fn error_lines(&self) -> Vec<&str> {
         self.stderr

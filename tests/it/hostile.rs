@@ -433,14 +433,8 @@ async fn rows_a_foreign_key_holds_fail_their_batch_in_one_line_and_stay() {
         "id",
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let mut ids: Vec<i64> = out
-        .stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["id"].as_i64())
-        .collect();
-    ids.sort();
     assert_eq!(
-        ids,
+        out.jsonl_ids(),
         (0..10).collect::<Vec<i64>>(),
         "every row archived once"
     );

@@ -123,17 +123,7 @@ impl Fx {
             "id",
         ]);
         assert_eq!(out.code, 0, "{}", out.stderr);
-        let mut ids: Vec<i64> = out
-            .stdout
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<Value>(l).expect("jsonl")["id"]
-                    .as_i64()
-                    .expect("id")
-            })
-            .collect();
-        ids.sort_unstable();
-        ids
+        out.jsonl_ids()
     }
 
     /// Merges the archive's days `[from, to)` back into `sensor_readings`
