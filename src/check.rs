@@ -240,6 +240,10 @@ async fn check_table(
         Ok(p) => check_privileges(&mut tc, &src, p),
         Err(e) => tc.fail(&e),
     }
+    match source::catalog::delete_effects(client, src.oid).await {
+        Ok(effects) => check_delete_effects(&mut tc, &src, &effects),
+        Err(e) => tc.fail(&e),
+    }
     if src.unsupported().is_empty() {
         match lake::table::inspect_table(catalog.iceberg(), t, &src).await {
             Ok(state) => {
@@ -363,6 +367,87 @@ fn check_privileges(
         "GRANT SELECT, DELETE ON {} TO <role>",
         src.qualified()
     ));
+}
+
+/// What an archive's `DELETE` runs into: a rule or a published table
+/// without a replica identity fails every batch (an error); foreign keys,
+/// triggers and publications change what the `DELETE` does (warnings).
+fn check_delete_effects(
+    tc: &mut TableCheck,
+    src: &source::SourceTable,
+    fx: &source::catalog::DeleteEffects,
+) {
+    let t = src.qualified();
+    if !fx.rules.is_empty() {
+        tc.ok = false;
+        tc.errors.push(format!(
+            "rule(s) {} rewrite DELETE on {t}: Postgres cannot run an archive's `COPY (DELETE … RETURNING …)` through a rule, so every batch fails",
+            ticked(&fx.rules)
+        ));
+        tc.hints.push(format!(
+            "drop the rule or `ALTER TABLE {t} DISABLE RULE <name>`, or archive with --no-delete"
+        ));
+    }
+    if fx.no_replica_identity {
+        tc.ok = false;
+        tc.errors.push(format!(
+            "publication(s) {} publish the deletes of {t}, which has no replica identity: Postgres refuses to delete its rows",
+            ticked(&fx.publications)
+        ));
+        tc.hints.push(format!(
+            "`ALTER TABLE {t} REPLICA IDENTITY FULL` (or give it a primary key), publish it without deletes (`publish = 'insert, update'`), or archive with --no-delete"
+        ));
+    } else if !fx.publications.is_empty() {
+        tc.warnings.push(format!(
+            "publication(s) {} publish the deletes of {t}: their subscribers (logical replicas, change-data capture) see every archived row deleted",
+            ticked(&fx.publications)
+        ));
+    }
+    for k in &fx.referenced_by {
+        tc.warnings.push(referencing_warning(&t, k));
+    }
+    for (name, before_row) in &fx.triggers {
+        tc.warnings.push(if *before_row {
+            format!(
+                "trigger `{name}` runs before each row's DELETE: a row it skips (returns NULL) is not archived and stays in Postgres"
+            )
+        } else {
+            format!("trigger `{name}` runs on every archive's DELETE of {t}")
+        });
+    }
+}
+
+/// The warning for one foreign key that references the table's rows.
+fn referencing_warning(t: &str, k: &source::catalog::ReferencingKey) -> String {
+    let by = format!(
+        "{} references rows of {t} (foreign key `{}`, {})",
+        k.table,
+        k.constraint,
+        k.action()
+    );
+    match k.on_delete {
+        'c' => format!(
+            "{by}: deleting archived rows deletes the rows of {} that reference them, which permafrost does not archive",
+            k.table
+        ),
+        'n' | 'd' => format!(
+            "{by}: deleting archived rows changes the rows of {} that reference them",
+            k.table
+        ),
+        _ => format!(
+            "{by}: a batch holding a row it still references fails and its rows stay; archive {} first, or run with --no-delete",
+            k.table
+        ),
+    }
+}
+
+/// `a`, `b` as `` `a`, `b` ``.
+fn ticked(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn describe_state(state: &lake::table::TableState) -> String {

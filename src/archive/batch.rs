@@ -165,8 +165,9 @@ async fn run_part(
         extract_write(ctx, &tx, &query, &part.batch_id, bag)
     )?;
     bar.set_message(format!("{}: {} rows", part.batch_id, out.written));
-    if take != Take::Select {
-        delete_held(&tx, &range).await?;
+    if take != Take::Select && !delete_held(&tx).await? {
+        let _ = tx.rollback().await;
+        return Err(delete_refused(ctx, client, &range).await);
     }
     let exhausted = match take.exhausted() {
         Some(known) => known,
@@ -391,28 +392,80 @@ fn take_query(ctx: &Ctx, range: &Window, take: Take, drop_parts: Option<&[Partit
 /// the `COPY` reporting it, and its `COMMIT` would then roll back without a
 /// word.  One statement on the transaction tells, before anything is
 /// committed to the archive.
-async fn delete_held(tx: &tokio_postgres::Transaction<'_>, range: &Window) -> Result<()> {
+async fn delete_held(tx: &tokio_postgres::Transaction<'_>) -> Result<bool> {
     let Err(e) = tx.simple_query("SELECT 1").await else {
-        return Ok(());
+        return Ok(true);
     };
     if e.code() != Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION) {
         return Err(Error::postgres("cannot query the batch's transaction", e));
     }
-    Err(Error::new(
+    Ok(false)
+}
+
+/// The error of a batch whose `DELETE` Postgres refused at its end (its
+/// transaction rolled back): names the foreign keys that hold the rows, or
+/// else the table's triggers, as the catalog lists them now (the aborted
+/// statement's own error text is not reported by Postgres).
+async fn delete_refused(ctx: &Ctx, client: &tokio_postgres::Client, range: &Window) -> Error {
+    let fx = source::catalog::delete_effects(client, ctx.src.oid)
+        .await
+        .unwrap_or_default();
+    let keys: Vec<String> = fx
+        .referenced_by
+        .iter()
+        .filter(|k| k.holds())
+        .map(|k| format!("foreign key `{}` of {}", k.constraint, k.table))
+        .collect();
+    let triggers: Vec<String> = fx.triggers.iter().map(|(n, _)| format!("`{n}`")).collect();
+    let cause = match (keys.is_empty(), triggers.is_empty()) {
+        (false, _) => format!("{} references some of them", keys.join(", ")),
+        (true, false) => format!(
+            "a trigger on the table raised an error: {}",
+            triggers.join(", ")
+        ),
+        (true, true) => "a foreign key that references them, or a trigger on the table".into(),
+    };
+    Error::new(
         ErrorKind::Postgres,
         format!(
-            "Postgres refused to delete the rows of batch [{}, {}) at the end of its DELETE (a \
-             foreign key that references them, or a trigger on the table); the batch was not \
-             archived and its rows stay",
+            "Postgres refused to delete the rows of batch [{}, {}) at the end of its DELETE \
+             ({cause}); the batch was not archived and its rows stay",
             rfc3339(range.start),
             rfc3339(range.end)
         ),
     )
     .with_hint(
-        "run the same DELETE in psql to see Postgres's reason; a table referencing these rows \
-         must let them go first (archive it before, or ON DELETE CASCADE / SET NULL), or \
-         archive with --no-delete",
-    ))
+        "run the same DELETE in psql to see Postgres's reason; rows another table still \
+         references must be let go first (archive that table before this one, or change its \
+         key's ON DELETE), or archive with --no-delete; `permafrost check` lists the keys and \
+         triggers",
+    )
+}
+
+/// The error of a batch's `COPY` that Postgres refused to start.  Two
+/// refusals stop every deleting batch of a table and want the table
+/// changed (or `--no-delete`): a rule on DELETE, which `COPY` cannot run,
+/// and a published table without a replica identity.
+fn copy_refused(query: &str, e: tokio_postgres::Error) -> Error {
+    use tokio_postgres::error::SqlState as S;
+    let code = e.code().cloned();
+    let err = Error::postgres("cannot start COPY", e);
+    if !query.starts_with("DELETE") {
+        return err;
+    }
+    match code {
+        Some(c) if c == S::FEATURE_NOT_SUPPORTED => err.replace_hint(
+            "a rule on DELETE rewrites the batch's `DELETE … RETURNING`, which COPY cannot run: \
+             drop or disable the rule (`ALTER TABLE … DISABLE RULE …`), or archive with \
+             --no-delete",
+        ),
+        Some(c) if c == S::OBJECT_NOT_IN_PREREQUISITE_STATE => err.replace_hint(
+            "a publication sends the table's deletes to subscribers, which needs a replica \
+             identity: `ALTER TABLE … REPLICA IDENTITY FULL` (or a primary key), publish it \
+             without deletes, or archive with --no-delete",
+        ),
+        _ => err,
+    }
 }
 
 /// Streams `query` out of Postgres (decoded and hashed on its own task)
@@ -428,7 +481,7 @@ async fn extract_write(
     let stream = tx
         .copy_out(format!("COPY ({query}) TO STDOUT (FORMAT binary)").as_str())
         .await
-        .map_err(|e| Error::postgres("cannot start COPY", e))?;
+        .map_err(|e| copy_refused(query, e))?;
     let mut rows = extract::CopyRows::spawn(stream, decoder(ctx)?);
     let prefix = format!("{batch_id}-{}", uuid::Uuid::new_v4().simple());
     let cfg = &ctx.cfg;

@@ -243,3 +243,108 @@ pub fn resolve_type<'a>(
         Ok(info)
     })
 }
+
+/// A foreign key that references a table's rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferencingKey {
+    /// The referencing table, as `regclass` prints it.
+    pub table: String,
+    pub constraint: String,
+    /// `confdeltype`: `a` no action, `r` restrict, `c` cascade, `n` set
+    /// null, `d` set default.
+    pub on_delete: char,
+}
+
+impl ReferencingKey {
+    /// Whether a row it references cannot be deleted (`NO ACTION`, `RESTRICT`).
+    pub fn holds(&self) -> bool {
+        matches!(self.on_delete, 'a' | 'r')
+    }
+
+    /// `ON DELETE …` as written in SQL.
+    pub fn action(&self) -> &'static str {
+        match self.on_delete {
+            'r' => "ON DELETE RESTRICT",
+            'c' => "ON DELETE CASCADE",
+            'n' => "ON DELETE SET NULL",
+            'd' => "ON DELETE SET DEFAULT",
+            _ => "ON DELETE NO ACTION",
+        }
+    }
+}
+
+/// What else a `DELETE` of a table's rows runs into or sets off: the
+/// foreign keys that reference them, the triggers and rules that fire on
+/// it (on the table or its partitions), and the publications that send it
+/// to subscribers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteEffects {
+    pub referenced_by: Vec<ReferencingKey>,
+    /// Enabled user triggers on DELETE: `(name, fires BEFORE for each row)`.
+    pub triggers: Vec<(String, bool)>,
+    /// Enabled rules on DELETE (`COPY (DELETE …)` refuses every kind).
+    pub rules: Vec<String>,
+    /// Publications that publish the table's deletes.
+    pub publications: Vec<String>,
+    /// A published table (or partition) without a replica identity: no
+    /// primary key under the default identity, or `REPLICA IDENTITY NOTHING`.
+    /// Postgres refuses to delete its rows.
+    pub no_replica_identity: bool,
+}
+
+/// The table and its partitions, at any depth (`pg_partition_tree` holds
+/// no row for a table outside a partition tree).
+const TREE: &str = "(SELECT $1::oid UNION SELECT relid FROM pg_partition_tree($1::oid))";
+
+/// The [`DeleteEffects`] of table `oid`, in one pipelined round trip.
+pub async fn delete_effects(client: &Client, oid: u32) -> Result<DeleteEffects> {
+    let p = [(
+        &oid as &(dyn tokio_postgres::types::ToSql + Sync),
+        Type::OID,
+    )];
+    let keys = client.query_typed(
+        "SELECT conrelid::regclass::text, conname::text, confdeltype::text FROM pg_constraint \
+         WHERE contype = 'f' AND confrelid = $1 AND conparentid = 0 ORDER BY 1, 2",
+        &p,
+    );
+    let triggers = format!(
+        "SELECT DISTINCT tgname::text, tgtype & 3 = 3 FROM pg_trigger WHERE tgrelid IN {TREE} \
+         AND NOT tgisinternal AND tgenabled IN ('O', 'A') AND tgtype & 8 <> 0 ORDER BY 1"
+    );
+    let rules = "SELECT rulename::text FROM pg_rewrite WHERE ev_class = $1 AND ev_type = '4' \
+                 AND ev_enabled IN ('O', 'A') ORDER BY 1";
+    let publications = format!(
+        "SELECT p.pubname::text FROM pg_publication p WHERE p.pubdelete AND (p.puballtables OR \
+         EXISTS (SELECT 1 FROM pg_publication_tables t JOIN pg_namespace n ON n.nspname = t.schemaname \
+                 JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename \
+                 WHERE t.pubname = p.pubname AND c.oid IN {TREE})) ORDER BY 1"
+    );
+    let identity = format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid IN {TREE} AND c.relkind = 'r' \
+         AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
+              (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))))"
+    );
+    let (keys, triggers, rules, publications, identity) = futures::try_join!(
+        keys,
+        client.query_typed(&triggers, &p),
+        client.query_typed(rules, &p),
+        client.query_typed(&publications, &p),
+        client.query_typed_one(&identity, &p),
+    )
+    .map_err(|e| Error::postgres("cannot read what a DELETE of the table sets off", e))?;
+    let publications: Vec<String> = publications.iter().map(|r| r.get(0)).collect();
+    Ok(DeleteEffects {
+        referenced_by: keys
+            .iter()
+            .map(|r| ReferencingKey {
+                table: r.get(0),
+                constraint: r.get(1),
+                on_delete: r.get::<_, String>(2).chars().next().unwrap_or('a'),
+            })
+            .collect(),
+        triggers: triggers.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        rules: rules.iter().map(|r| r.get(0)).collect(),
+        no_replica_identity: !publications.is_empty() && identity.get::<_, bool>(0),
+        publications,
+    })
+}

@@ -386,7 +386,7 @@ async fn rows_a_foreign_key_holds_fail_their_batch_in_one_line_and_stay() {
     assert!(
         errors.len() == 1
             && errors[0].contains("refused to delete")
-            && errors[0].contains("foreign key"),
+            && errors[0].contains("foreign key `refs_rid_fkey` of refs"),
         "{}",
         out.stderr
     );
@@ -438,6 +438,140 @@ async fn rows_a_foreign_key_holds_fail_their_batch_in_one_line_and_stay() {
         (0..10).collect::<Vec<i64>>(),
         "every row archived once"
     );
+}
+
+/// `check` names what an archive's DELETE runs into before a run finds it
+/// (keys that hold or cascade, triggers, publications: warnings; a rule or
+/// a published table without a replica identity: errors), and an archive
+/// that meets a rule or the missing identity fails in one line whose hint
+/// gives the ways out, nothing deleted.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn check_names_what_an_archives_delete_runs_into() {
+    let s = services!();
+    let db = TestDb::create(&s, "fxcheck").await;
+    let ws = Ws::new();
+    let cat = CatalogSetup::new(Cat::Sqlite, &s, &ws).await;
+    let c = db.client().await;
+    let src = Source {
+        table: "fx".into(),
+        time: "ts".into(),
+        kind: "timestamptz",
+        partition_by: "day",
+    };
+    let days: Vec<String> = (11..16)
+        .map(|d| format!("now() - interval '{d} days'"))
+        .collect();
+    src.create(&c, &days).await;
+    c.batch_execute(
+        "CREATE TABLE holds (rid bigint REFERENCES fx (id)); \
+         CREATE TABLE follows (rid bigint REFERENCES fx (id) ON DELETE CASCADE); \
+         CREATE FUNCTION keep_two() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN IF OLD.id = 2 THEN RETURN NULL; END IF; RETURN OLD; END $$; \
+         CREATE TRIGGER keeper BEFORE DELETE ON fx FOR EACH ROW EXECUTE FUNCTION keep_two(); \
+         CREATE PUBLICATION fxpub FOR TABLE fx",
+    )
+    .await
+    .expect("set-up");
+    let cfg = ws.config("permafrost.yaml", &config(&db, &cat, &[&src], ""));
+    let cfg = cfg.to_string_lossy().to_string();
+
+    let out = ws.run(&["check", "-c", &cfg, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let warnings: Vec<String> = out.json()["tables"][0]["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .map(|w| w.as_str().unwrap_or_default().to_string())
+        .collect();
+    let has = |needles: &[&str]| {
+        warnings
+            .iter()
+            .any(|w| needles.iter().all(|n| w.contains(n)))
+    };
+    assert!(
+        has(&["holds", "holds_rid_fkey", "NO ACTION", "fails"]),
+        "{warnings:#?}"
+    );
+    assert!(
+        has(&["follows", "follows_rid_fkey", "CASCADE", "does not archive"]),
+        "{warnings:#?}"
+    );
+    assert!(has(&["`keeper`", "skips", "stays"]), "{warnings:#?}");
+    assert!(has(&["`fxpub`", "subscribers"]), "{warnings:#?}");
+
+    for (breaks, needle, hint, mends) in [
+        (
+            "ALTER TABLE fx REPLICA IDENTITY NOTHING",
+            "replica identity",
+            "REPLICA IDENTITY FULL",
+            "ALTER TABLE fx REPLICA IDENTITY DEFAULT",
+        ),
+        (
+            "CREATE RULE kept AS ON DELETE TO fx DO INSTEAD NOTHING",
+            "kept",
+            "DISABLE RULE",
+            "DROP RULE kept ON fx",
+        ),
+    ] {
+        c.batch_execute(breaks).await.expect(breaks);
+        let out = ws.run(&["check", "-c", &cfg]);
+        assert_eq!(out.code, 3, "{breaks}: {}", out.stderr);
+        let errors = out.error_lines();
+        assert!(
+            errors.len() == 1 && errors[0].contains(needle) && out.has_hint(hint),
+            "{breaks}: {}",
+            out.stderr
+        );
+        let out = ws.run(&["archive", "-c", &cfg]);
+        assert_eq!(out.code, 4, "{breaks}: {}", out.stderr);
+        assert!(
+            out.error_lines().len() == 1 && out.has_hint(hint) && out.has_hint("--no-delete"),
+            "{breaks}: {}",
+            out.stderr
+        );
+        assert_eq!(
+            count(&c, "fx", "true").await,
+            5,
+            "{breaks}: nothing deleted"
+        );
+        c.batch_execute(mends).await.expect(mends);
+    }
+    c.batch_execute("INSERT INTO follows VALUES (1)")
+        .await
+        .expect("follows");
+    // The trigger keeps row 2: it stays in Postgres, pending, and is not
+    // archived; the cascade the warning told of deletes `follows`' row.
+    for _ in 0..2 {
+        let out = ws.run(&["archive", "-c", &cfg]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(count(&c, "fx", "true").await, 1);
+        assert_eq!(count(&c, "fx", "id = 2").await, 1);
+    }
+    assert_eq!(count(&c, "follows", "true").await, 0);
+    let out = ws.run(&[
+        "fetch",
+        "-c",
+        &cfg,
+        "-t",
+        "fx",
+        "--from",
+        "2000-01-01T00:00:00Z",
+        "--to",
+        "2100-01-01T00:00:00Z",
+        "--format",
+        "jsonl",
+        "--columns",
+        "id",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.jsonl_ids(),
+        vec![0, 1, 3, 4],
+        "archived once, row 2 not"
+    );
+    let status = ws.run(&["status", "-c", &cfg, "--json"]).json();
+    assert_eq!(status[0]["rows_pending"], 1, "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
