@@ -148,11 +148,7 @@ async fn run_part(
     bar: &indicatif::ProgressBar,
 ) -> Result<PartDone> {
     let started = Instant::now();
-    let slot = ctx
-        .extracting
-        .acquire()
-        .await
-        .map_err(|_| Error::internal("the extraction slots were closed"))?;
+    let slot = extraction_slot(ctx).await?;
     let extracting = Instant::now();
     let range = planned.range;
     let drop_parts = partitions_to_drop(ctx, client, &range, limit).await?;
@@ -383,6 +379,15 @@ fn take_query(ctx: &Ctx, range: &Window, take: Take, drop_parts: Option<&[Partit
             }
         }
     }
+}
+
+/// One of the table's `parallel_windows` extraction slots, held while a
+/// batch reads (and deletes) its rows.
+async fn extraction_slot(ctx: &Ctx) -> Result<tokio::sync::SemaphorePermit<'_>> {
+    ctx.extracting
+        .acquire()
+        .await
+        .map_err(|_| Error::internal("the extraction slots were closed"))
 }
 
 /// Whether the batch's `DELETE … RETURNING` held to its end.  Postgres runs

@@ -408,6 +408,18 @@ pub async fn pg_now(c: &Client) -> i64 {
 }
 
 /// RFC 3339 of micros.
+/// SQL for the µs since the epoch of timestamp or timestamptz `expr`,
+/// exactly on every version: from the fields of its distance to the epoch
+/// (before PostgreSQL 14, `extract(epoch …)` answers in float8, which rounds
+/// times far from 1970 by several µs).
+pub fn epoch_us_sql(expr: &str) -> String {
+    format!(
+        "(SELECT extract(day FROM d)::int8 * 86400000000 + extract(hour FROM d)::int8 * 3600000000 \
+                + extract(minute FROM d)::int8 * 60000000 + extract(microseconds FROM d)::int8 \
+          FROM (SELECT ({expr}) - 'epoch' AS d) AS since)"
+    )
+}
+
 pub fn rfc3339(t: i64) -> String {
     permafrost::plan::window::rfc3339(t)
 }

@@ -49,7 +49,8 @@ async fn awkward_passwords_connect_and_a_wrong_one_fails_clearly() {
     let password = r#"p"a\s#s: $x"#;
     admin
         .batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN PASSWORD '{}'",
+            // scram: the default of PostgreSQL 14+, md5 before.
+            "SET password_encryption = 'scram-sha-256'; CREATE ROLE {role} LOGIN PASSWORD '{}'",
             password.replace('\'', "''")
         ))
         .await

@@ -51,8 +51,8 @@ impl Source {
     async fn times(&self, c: &Client) -> BTreeMap<i64, Option<i64>> {
         let col = self.quoted_time();
         let sql = format!(
-            "SELECT id, CASE WHEN isfinite({col}) AND {col} < '200000-01-01' \
-             THEN (extract(epoch FROM {col}) * 1000000)::int8 END FROM {}",
+            "SELECT id, CASE WHEN isfinite({col}) AND {col} < '200000-01-01' THEN {} END FROM {}",
+            epoch_us_sql(&col),
             self.table
         );
         c.query(&sql, &[])

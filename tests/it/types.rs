@@ -10,7 +10,7 @@ use crate::services;
 /// Postgres' canonical JSON for each zoo column, in the form tests/py/values.py
 /// produces from the Arrow values (see its docstring).
 fn canonical_sql() -> Vec<(&'static str, String)> {
-    let epoch = |e: &str| format!("(extract(epoch FROM {e}) * 1000000)::int8");
+    let epoch = |e: &str| epoch_us_sql(e);
     let arr = |c: &str, elem: &str| {
         format!(
             "CASE WHEN {c} IS NULL THEN NULL ELSE coalesce((SELECT json_agg({elem} ORDER BY i) FROM generate_subscripts({c}, 1) AS i), '[]'::json) END"
@@ -37,7 +37,10 @@ fn canonical_sql() -> Vec<(&'static str, String)> {
         ("c_bytea", "to_json(encode(c_bytea, 'hex'))".into()),
         ("c_uuid", "to_json(replace(c_uuid::text, '-', ''))".into()),
         ("c_date", "to_json(c_date - date '1970-01-01')".into()),
-        ("c_time", format!("to_json({})", epoch("c_time"))),
+        (
+            "c_time",
+            "to_json((extract(epoch FROM c_time) * 1000000)::int8)".into(),
+        ),
         ("c_ts", format!("to_json({})", epoch("c_ts"))),
         ("c_tstz", format!("to_json({})", epoch("c_tstz"))),
         (
