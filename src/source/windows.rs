@@ -132,16 +132,24 @@ pub async fn nonempty_windows(
            UNION ALL \
            SELECT (SELECT min({col}) FROM {table} WHERE {col} >= {next} AND {col} < {cut}{filter}) \
            FROM w WHERE w.s IS NOT NULL \
-         ) SELECT (extract(epoch FROM s) * 1000000)::int8 FROM w WHERE s IS NOT NULL",
+         ) SELECT {} FROM w WHERE s IS NOT NULL",
+        // The start of `s`'s window, not `s`: a whole second, which the
+        // float8 `extract` of PostgreSQL 12 and 13 gives exactly.
+        window_start_sql(kind, g, "s")
     );
     let rows = client
         .query_typed(sql.as_str(), &[])
         .await
         .map_err(|e| Error::postgres(format!("cannot find windows of {}", t.qualified()), e))?;
-    Ok(rows
-        .iter()
-        .map(|r| g.window_of(r.get::<_, i64>(0)))
-        .collect())
+    Ok(rows.iter().map(|r| window_at(g, r.get(0))).collect())
+}
+
+/// The window whose start [`window_start_sql`] gave.
+fn window_at(g: Granularity, start: Option<i64>) -> Window {
+    match start {
+        Some(start) => g.window_of(start),
+        None => first_window(g),
+    }
 }
 
 /// The SQL of the epoch µs at which the window of `col`'s value starts, or
@@ -197,13 +205,7 @@ pub async fn window_counts(
         .map_err(|e| Error::postgres(format!("cannot count rows of {}", t.qualified()), e))?;
     Ok(rows
         .iter()
-        .map(|r| {
-            let w = match r.get::<_, Option<i64>>(0) {
-                Some(start) => g.window_of(start),
-                None => first_window(g),
-            };
-            (w, r.get::<_, i64>(1) as u64)
-        })
+        .map(|r| (window_at(g, r.get(0)), r.get::<_, i64>(1) as u64))
         .collect())
 }
 

@@ -277,6 +277,9 @@ fn edge_literals() -> Vec<String> {
         "'9999-12-31 23:59:59.999999'",
         "'294276-12-31 23:59:59.999999'",
         "now()",
+        // A µs before midnight, far from 1970: PostgreSQL 12 and 13's float8
+        // `extract` rounds it into the next day.
+        "'1500-06-01 23:59:59.999999'",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -321,7 +324,7 @@ async fn infinite_bc_and_extreme_times_are_archived_or_left_as_documented() {
         .map(Vec::len)
         .unwrap_or(0);
     assert_eq!(
-        planned, 6,
+        planned, 7,
         "one day window per archivable row: {}",
         dry.stdout
     );
