@@ -240,6 +240,14 @@ async fn check_table(
         Ok(p) => check_privileges(&mut tc, &src, p),
         Err(e) => tc.fail(&e),
     }
+    match source::catalog::read_only(client).await {
+        Ok(Some(why)) => tc.warnings.push(format!(
+            "the server takes no writes ({why}): archiving with deletion and restoring fail there; {}",
+            crate::error::READ_ONLY_HINT
+        )),
+        Ok(None) => {}
+        Err(e) => tc.fail(&e),
+    }
     match source::catalog::delete_effects(client, src.oid).await {
         Ok(effects) => check_delete_effects(&mut tc, &src, &effects),
         Err(e) => tc.fail(&e),

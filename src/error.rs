@@ -528,6 +528,11 @@ fn one_line(s: &str) -> String {
         .join(" | ")
 }
 
+/// What to do about a server that takes no writes.
+pub const READ_ONLY_HINT: &str = "point `database.dsn` at the primary (the writer endpoint): a \
+     hot standby, an RDS/Aurora reader endpoint or `default_transaction_read_only` takes no \
+     DELETE; `archive --no-delete`, `fetch` and `query` work there";
+
 fn postgres_hint(code: &tokio_postgres::error::SqlState) -> Option<String> {
     use tokio_postgres::error::SqlState as S;
     let h = if *code == S::INVALID_PASSWORD || *code == S::INVALID_AUTHORIZATION_SPECIFICATION {
@@ -540,6 +545,8 @@ fn postgres_hint(code: &tokio_postgres::error::SqlState) -> Option<String> {
         "raise `database.statement_timeout` or lower `max_batch_rows`"
     } else if *code == S::LOCK_NOT_AVAILABLE {
         "another session holds a conflicting lock on the table: wait for it to finish, or raise `database.lock_timeout`; nothing was deleted"
+    } else if *code == S::READ_ONLY_SQL_TRANSACTION {
+        READ_ONLY_HINT
     } else if *code == S::T_R_SERIALIZATION_FAILURE || *code == S::T_R_DEADLOCK_DETECTED {
         "a concurrent writer touched the same rows; nothing was deleted, run again"
     } else {

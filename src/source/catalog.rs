@@ -348,3 +348,20 @@ pub async fn delete_effects(client: &Client, oid: u32) -> Result<DeleteEffects> 
         publications,
     })
 }
+
+/// Why the server takes no writes, when it does not: a standby in recovery
+/// (a hot standby, a reader endpoint) or a read-only session default.
+pub async fn read_only(client: &Client) -> Result<Option<&'static str>> {
+    let r = client
+        .query_typed_one(
+            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot ask whether the server takes writes", e))?;
+    Ok(match (r.get(0), r.get(1)) {
+        (true, _) => Some("a standby in recovery"),
+        (false, true) => Some("its sessions are read-only (`default_transaction_read_only`)"),
+        (false, false) => None,
+    })
+}

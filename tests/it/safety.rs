@@ -1789,10 +1789,22 @@ impl Backup {
         }
     }
 
-    /// Starts the backup as a standby on a port of its own (with the
-    /// `max_connections` of the cluster backed up, as a standby needs) and
-    /// promotes it; returns the server's base DSN (no database).
+    /// Starts the backup as a standby and promotes it (see
+    /// [`Backup::standby`]); returns the server's base DSN (no database).
     fn restore(&mut self, max_connections: &str) -> String {
+        let dsn = self.standby(max_connections);
+        let mut c = pg_command(&self.s, "pg_ctl");
+        c.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-w", "promote"]);
+        run_ok(c);
+        dsn
+    }
+
+    /// Starts the backup as a hot standby (read-only, as a replica or a
+    /// reader endpoint is) on a port of its own, with the `max_connections`
+    /// of the cluster backed up, as a standby needs; returns its base DSN.
+    fn standby(&mut self, max_connections: &str) -> String {
         let s = &self.s;
         let data = self.dir.path().join("data");
         std::fs::write(data.join("standby.signal"), "").expect("standby.signal");
@@ -1810,9 +1822,6 @@ impl Backup {
         c.arg("start");
         run_ok(c);
         self.started = true;
-        let mut c = pg_command(s, "pg_ctl");
-        c.arg("-D").arg(&data).args(["-w", "promote"]);
-        run_ok(c);
         format!("postgresql://postgres@127.0.0.1:{port}")
     }
 }
@@ -1924,6 +1933,68 @@ async fn rows_a_restore_from_an_earlier_backup_brings_back_are_not_archived_twic
     );
     f.assert_reconciled("after the restore from the earlier backup");
     assert_eq!(unsettled(&f), Vec::<Value>::new());
+}
+
+/// A read-only server — a hot standby, which is what an RDS/Aurora reader
+/// endpoint is — serves `archive --no-delete`; `check` there warns, a
+/// deleting archive fails in one line that points at the primary and
+/// commits nothing, and the primary's deleting run afterwards archives
+/// nothing twice.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_hot_standby_archives_without_deleting_and_points_a_deleting_run_at_the_primary() {
+    let s = services!();
+    let (_solo, solo, f) = on_solo(&s).await;
+    let mut backup = Backup::take(&s, &solo.pg);
+    let max_connections: String = connect(&solo.pg)
+        .await
+        .query_one("SHOW max_connections", &[])
+        .await
+        .expect("max_connections")
+        .get(0);
+    let standby = format!("{}/{}", backup.standby(&max_connections), f.db.name);
+    let yaml = std::fs::read_to_string(&f.cfg).expect("config");
+    let cfg =
+        f.ws.config("standby.yaml", &yaml.replace(&f.db.dsn, &standby));
+    let cfg = cfg.to_string_lossy().to_string();
+    let env = f.env_with(&[]);
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["-c", cfg.as_str()]);
+        f.ws.run_env(&all, &env)
+    };
+
+    let check = run(&["check", "--json"]);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    let warnings = check.json()["tables"][0]["warnings"].to_string();
+    assert!(
+        warnings.contains("a standby in recovery") && warnings.contains("writer endpoint"),
+        "{warnings}"
+    );
+    let copy = run(&["archive", "--no-delete", "--json"]);
+    assert_eq!(copy.code, 0, "{}", copy.stderr);
+    assert_eq!(archived_rows(&copy.json()), 2400);
+    let snapshots = || run(&["status", "--json"]).json()[0]["shape"]["snapshots"].clone();
+    let before = snapshots();
+    let out = run(&["archive"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    let errors = out.error_lines();
+    assert!(
+        errors.len() == 1
+            && errors[0].contains("during recovery")
+            && out.has_hint("writer endpoint"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(snapshots(), before, "the refused run commits nothing");
+
+    let c = f.db.client().await;
+    assert_eq!(count(&c, "sensor_readings", "true").await, 2400);
+    let out = f.archive(&[], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(archived_rows(&out.json()), 0, "nothing archived twice");
+    assert_eq!(count(&c, "sensor_readings", "true").await, 0);
+    f.assert_reconciled("the standby's copy, then the primary's run");
 }
 
 /// Makes Postgres forget every finished transaction, as it does on its own
