@@ -1938,8 +1938,9 @@ async fn rows_a_restore_from_an_earlier_backup_brings_back_are_not_archived_twic
 /// A read-only server — a hot standby, which is what an RDS/Aurora reader
 /// endpoint is — serves `archive --no-delete`; `check` there warns, a
 /// deleting archive fails in one line that points at the primary and
-/// commits nothing, and the primary's deleting run afterwards archives
-/// nothing twice.
+/// commits nothing, the primary's deleting run afterwards archives nothing
+/// twice, and neither does another copy on the standby, which (as a
+/// lagging replica would) still holds the rows the primary deleted.
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_hot_standby_archives_without_deleting_and_points_a_deleting_run_at_the_primary() {
@@ -1995,6 +1996,11 @@ async fn a_hot_standby_archives_without_deleting_and_points_a_deleting_run_at_th
     assert_eq!(archived_rows(&out.json()), 0, "nothing archived twice");
     assert_eq!(count(&c, "sensor_readings", "true").await, 0);
     f.assert_reconciled("the standby's copy, then the primary's run");
+    // The standby, behind the primary, still holds every row.
+    let again = run(&["archive", "--no-delete", "--json"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(archived_rows(&again.json()), 0, "nothing archived twice");
+    f.assert_reconciled("a lagging standby's copy after the primary's run");
 }
 
 /// Makes Postgres forget every finished transaction, as it does on its own
