@@ -1,5 +1,7 @@
 //! The Postgres catalog, in one place: relations, columns, primary keys,
-//! CHECK constraints, indexes and types.  Source introspection, restore
+//! CHECK constraints, indexes and types, what a DELETE of a table sets off
+//! (keys, triggers, rules, publications), and whether the server takes
+//! writes.  Source introspection, restore
 //! validation and attach all ask here, by relation oid
 //! ([`oid_of`] resolves a name).  Each query is one round trip
 //! (`query_typed`: parameters typed here, no statement prepared first).
