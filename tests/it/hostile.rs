@@ -21,6 +21,25 @@ struct Source {
 }
 
 impl Source {
+    /// A `timestamptz` column `ts`, archived by day.
+    fn daily(table: &str) -> Self {
+        Source {
+            table: table.into(),
+            time: "ts".into(),
+            kind: "timestamptz",
+            partition_by: "day",
+        }
+    }
+
+    /// Creates the table with `n` rows a day apart, row 0 from 11 days ago
+    /// (ids count the days back).
+    async fn create_days(&self, c: &Client, n: i32) {
+        let days: Vec<String> = (11..11 + n)
+            .map(|d| format!("now() - interval '{d} days'"))
+            .collect();
+        self.create(c, &days).await;
+    }
+
     fn quoted_time(&self) -> String {
         format!("\"{}\"", self.time.replace('"', "\"\""))
     }
@@ -362,16 +381,8 @@ async fn rows_a_foreign_key_holds_fail_their_batch_in_one_line_and_stay() {
     let ws = Ws::new();
     let cat = CatalogSetup::new(Cat::Sqlite, &s, &ws).await;
     let c = db.client().await;
-    let src = Source {
-        table: "held".into(),
-        time: "ts".into(),
-        kind: "timestamptz",
-        partition_by: "day",
-    };
-    let days: Vec<String> = (11..21)
-        .map(|d| format!("now() - interval '{d} days'"))
-        .collect();
-    src.create(&c, &days).await;
+    let src = Source::daily("held");
+    src.create_days(&c, 10).await;
     // Day 4 of 10 (id 5: days count down from id 0, 11 days ago).
     c.batch_execute(
         "CREATE TABLE refs (rid bigint REFERENCES held (id)); INSERT INTO refs VALUES (5)",
@@ -456,16 +467,8 @@ async fn check_names_what_an_archives_delete_runs_into() {
     let ws = Ws::new();
     let cat = CatalogSetup::new(Cat::Sqlite, &s, &ws).await;
     let c = db.client().await;
-    let src = Source {
-        table: "fx".into(),
-        time: "ts".into(),
-        kind: "timestamptz",
-        partition_by: "day",
-    };
-    let days: Vec<String> = (11..16)
-        .map(|d| format!("now() - interval '{d} days'"))
-        .collect();
-    src.create(&c, &days).await;
+    let src = Source::daily("fx");
+    src.create_days(&c, 5).await;
     c.batch_execute(
         "CREATE TABLE holds (rid bigint REFERENCES fx (id)); \
          CREATE TABLE follows (rid bigint REFERENCES fx (id) ON DELETE CASCADE); \
@@ -585,12 +588,7 @@ async fn a_table_locked_by_another_session_fails_within_lock_timeout_naming_it()
     let ws = Ws::new();
     let cat = CatalogSetup::new(Cat::Sqlite, &s, &ws).await;
     let c = db.client().await;
-    let src = Source {
-        table: "locked".into(),
-        time: "ts".into(),
-        kind: "timestamptz",
-        partition_by: "day",
-    };
+    let src = Source::daily("locked");
     src.create(&c, &["now() - interval '30 days'".to_string()])
         .await;
     let cfg = ws.config(

@@ -1837,6 +1837,16 @@ impl Drop for Backup {
     }
 }
 
+/// The server's `max_connections`, which a standby of it needs at least.
+async fn max_connections(pg: &str) -> String {
+    connect(pg)
+        .await
+        .query_one("SHOW max_connections", &[])
+        .await
+        .expect("max_connections")
+        .get(0)
+}
+
 /// A new transaction id of the server `c` is connected to.
 async fn txid_current(c: &tokio_postgres::Client) -> i64 {
     c.query_one("SELECT txid_current()", &[])
@@ -1881,12 +1891,7 @@ async fn rows_a_restore_from_an_earlier_backup_brings_back_are_not_archived_twic
     let batches = out.json()[0]["batches"].as_array().map_or(0, Vec::len);
     let last_id = txid_current(&f.db.client().await).await;
 
-    let max_connections: String = connect(&solo.pg)
-        .await
-        .query_one("SHOW max_connections", &[])
-        .await
-        .expect("max_connections")
-        .get(0);
+    let max_connections = max_connections(&solo.pg).await;
     let restored = backup.restore(&max_connections);
     let dsn = format!("{restored}/{}", f.db.name);
     use_transaction_ids(&dsn, last_id).await;
@@ -1947,12 +1952,7 @@ async fn a_hot_standby_archives_without_deleting_and_points_a_deleting_run_at_th
     let s = services!();
     let (_solo, solo, f) = on_solo(&s).await;
     let mut backup = Backup::take(&s, &solo.pg);
-    let max_connections: String = connect(&solo.pg)
-        .await
-        .query_one("SHOW max_connections", &[])
-        .await
-        .expect("max_connections")
-        .get(0);
+    let max_connections = max_connections(&solo.pg).await;
     let standby = format!("{}/{}", backup.standby(&max_connections), f.db.name);
     let yaml = std::fs::read_to_string(&f.cfg).expect("config");
     let cfg =
