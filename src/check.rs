@@ -185,11 +185,14 @@ pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
 
 impl TableCheck {
     fn fail(&mut self, e: &Error) {
+        self.refuse(e.message().to_string(), e.hint().map(str::to_string));
+    }
+
+    /// Fails the table with `error`, and its `hint`.
+    fn refuse(&mut self, error: String, hint: Option<String>) {
         self.ok = false;
-        self.errors.push(e.message().to_string());
-        if let Some(h) = e.hint() {
-            self.hints.push(h.to_string());
-        }
+        self.errors.push(error);
+        self.hints.extend(hint);
     }
 }
 
@@ -251,6 +254,15 @@ async fn check_table(
     match source::catalog::delete_effects(client, src.oid).await {
         Ok(effects) => check_delete_effects(&mut tc, &src, &effects),
         Err(e) => tc.fail(&e),
+    }
+    if t.drop_partitions && src.relkind == 'p' {
+        match source::partitions::held_by_others(client, &src.qualified()).await {
+            Ok(Some(why)) => tc.warnings.push(format!(
+                "`drop_partitions`: no partition is dropped while {why}; their rows are deleted instead"
+            )),
+            Ok(None) => {}
+            Err(e) => tc.fail(&e),
+        }
     }
     if src.unsupported().is_empty() {
         match lake::table::inspect_table(catalog.iceberg(), t, &src).await {
@@ -365,16 +377,17 @@ fn check_privileges(
     .into_iter()
     .flatten()
     .collect();
-    tc.ok = false;
-    tc.errors.push(format!(
-        "the connecting role lacks {} on {}",
-        missing.join(" and "),
-        src.qualified()
-    ));
-    tc.hints.push(format!(
-        "GRANT SELECT, DELETE ON {} TO <role>",
-        src.qualified()
-    ));
+    tc.refuse(
+        format!(
+            "the connecting role lacks {} on {}",
+            missing.join(" and "),
+            src.qualified()
+        ),
+        Some(format!(
+            "GRANT SELECT, DELETE ON {} TO <role>",
+            src.qualified()
+        )),
+    );
 }
 
 /// What an archive's `DELETE` runs into: a rule or a published table
@@ -387,24 +400,26 @@ fn check_delete_effects(
 ) {
     let t = src.qualified();
     if !fx.rules.is_empty() {
-        tc.ok = false;
-        tc.errors.push(format!(
-            "rule(s) {} rewrite DELETE on {t}: Postgres cannot run an archive's `COPY (DELETE … RETURNING …)` through a rule, so every batch fails",
-            ticked(&fx.rules)
-        ));
-        tc.hints.push(format!(
-            "drop the rule or `ALTER TABLE {t} DISABLE RULE <name>`, or archive with --no-delete"
-        ));
+        tc.refuse(
+            format!(
+                "rule(s) {} rewrite DELETE on {t}: Postgres cannot run an archive's `COPY (DELETE … RETURNING …)` through a rule, so every batch fails",
+                ticked(&fx.rules)
+            ),
+            Some(format!(
+                "drop the rule or `ALTER TABLE {t} DISABLE RULE <name>`, or archive with --no-delete"
+            )),
+        );
     }
     if fx.no_replica_identity {
-        tc.ok = false;
-        tc.errors.push(format!(
-            "publication(s) {} publish the deletes of {t}, which has no replica identity: Postgres refuses to delete its rows",
-            ticked(&fx.publications)
-        ));
-        tc.hints.push(format!(
-            "`ALTER TABLE {t} REPLICA IDENTITY FULL` (or give it a primary key), publish it without deletes (`publish = 'insert, update'`), or archive with --no-delete"
-        ));
+        tc.refuse(
+            format!(
+                "publication(s) {} publish the deletes of {t}, which has no replica identity: Postgres refuses to delete its rows",
+                ticked(&fx.publications)
+            ),
+            Some(format!(
+                "`ALTER TABLE {t} REPLICA IDENTITY FULL` (or give it a primary key), publish it without deletes (`publish = 'insert, update'`), or archive with --no-delete"
+            )),
+        );
     } else if !fx.publications.is_empty() {
         tc.warnings.push(format!(
             "publication(s) {} publish the deletes of {t}: their subscribers (logical replicas, change-data capture) see every archived row deleted",

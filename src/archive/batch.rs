@@ -840,9 +840,19 @@ async fn drop_archived(tx: &tokio_postgres::Transaction<'_>, parts: &[Partition]
     tx.batch_execute(&format!("DROP TABLE {}", partition_names(parts)))
         .await
         .map_err(|e| {
-            Error::postgres(
+            let depended_on =
+                e.code() == Some(&tokio_postgres::error::SqlState::DEPENDENT_OBJECTS_STILL_EXIST);
+            let err = Error::postgres(
                 "cannot drop the archived partitions (the batch is archived; the next run settles it)",
                 e,
+            );
+            if !depended_on {
+                return err;
+            }
+            err.replace_hint(
+                "something depends on the partitions: remove that, or set `drop_partitions: false` \
+                 to delete their rows instead (never `DROP … CASCADE`, which would drop what \
+                 depends on them)",
             )
         })
 }

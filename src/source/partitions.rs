@@ -159,6 +159,32 @@ async fn bound_micros(
         .collect())
 }
 
+/// What keeps the partitions of `parent` from being dropped without
+/// `CASCADE`, if anything: a foreign key that references the table or a
+/// partition, or a view (or rule) of another relation that reads a
+/// partition by name.  Their rows can still be deleted.
+pub async fn held_by_others(client: &Client, parent: &str) -> Result<Option<String>> {
+    let row = client
+        .query_typed_one(
+            "WITH parts AS (SELECT inhrelid AS oid FROM pg_inherits WHERE inhparent = $1::text::regclass) \
+             SELECT (SELECT format('foreign key %I of %s references it', conname, conrelid::regclass) \
+                     FROM pg_constraint WHERE contype = 'f' AND conparentid = 0 \
+                       AND (confrelid = $1::text::regclass OR confrelid IN (SELECT oid FROM parts)) \
+                     ORDER BY 1 LIMIT 1), \
+                    (SELECT format('%s reads partition %s', r.ev_class::regclass, d.refobjid::regclass) \
+                     FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid \
+                     WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass \
+                       AND d.refobjid IN (SELECT oid FROM parts) AND d.deptype = 'n' \
+                       AND r.ev_class NOT IN (SELECT oid FROM parts) ORDER BY 1 LIMIT 1)",
+            &[(&parent, Type::TEXT)],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read what depends on the partitions", e))?;
+    Ok(row
+        .get::<_, Option<String>>(0)
+        .or_else(|| row.get::<_, Option<String>>(1)))
+}
+
 /// The partitions of `src` that tile `range` exactly (no gap, nothing
 /// sticking out), or `None` when they do not — a partition crossing a range
 /// boundary, a default or sub-partitioned child, or a partition key that is
@@ -172,12 +198,17 @@ pub async fn tiling(
         return Ok(None);
     }
     let parent = src.qualified();
-    // Both in one round trip (tokio-postgres pipelines concurrent queries).
-    let (key, parts) = futures::try_join!(
+    // In one round trip (tokio-postgres pipelines concurrent queries).
+    let (key, parts, held) = futures::try_join!(
         partition_key(client, &parent),
-        list(client, &parent, src.time_kind())
+        list(client, &parent, src.time_kind()),
+        held_by_others(client, &parent)
     )?;
     if !is_range_on(key.as_deref(), &src.time_column().name) {
+        return Ok(None);
+    }
+    if let Some(why) = held {
+        tracing::info!("{parent}: partitions are not dropped ({why}): their rows are deleted");
         return Ok(None);
     }
     let mut inside = Vec::new();

@@ -1939,6 +1939,60 @@ async fn partition_statistics_group_days_and_a_batch_drops_them_all() {
     assert_partitions_archived(&fx, &c, "grouped").await;
 }
 
+/// `drop_partitions` on a table that a foreign key references, or whose
+/// partition a view reads: Postgres drops such partitions only with
+/// `CASCADE` (which would drop the key or the view), so `check` warns and
+/// the batches delete the rows instead — every row archived once, the
+/// partitions left (empty), no batch unsettled.  (Before, every run
+/// committed each batch again and failed to drop its partition, with
+/// Postgres's hint to use `DROP … CASCADE`; unsettled batches piled up.)
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn partitions_a_foreign_key_or_a_view_holds_are_emptied_not_dropped() {
+    let s = services!();
+    for (tag, holder, named) in [
+        (
+            "parts_fk",
+            "CREATE TABLE notes (eid bigint, ets timestamptz, FOREIGN KEY (eid, ets) REFERENCES events)",
+            "notes_eid_ets_fkey",
+        ),
+        (
+            "parts_view",
+            "DO $$ BEGIN EXECUTE format('CREATE VIEW day0 AS SELECT * FROM %I', \
+               (SELECT min(c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                WHERE i.inhparent = 'events'::regclass)); END $$",
+            "day0",
+        ),
+    ] {
+        let (fx, c) = partitioned_fixture(&s, tag, "").await;
+        c.batch_execute(holder).await.expect(holder);
+        let check = fx.run(&["check", "--json"]);
+        assert_eq!(check.code, 0, "{tag}: {}", check.stderr);
+        let warnings = check.json()["tables"][0]["warnings"].to_string();
+        assert!(
+            warnings.contains("drop_partitions") && warnings.contains(named),
+            "{tag}: {warnings}"
+        );
+        for run in 0..2 {
+            let out = fx.archive_env(&[]);
+            assert_eq!(out.code, 0, "{tag} run {run}: {}", out.stderr);
+            assert_eq!(partitions(&c).await.len(), 7, "{tag}: none dropped");
+            assert_eq!(count(&c, "events", "true").await, 10, "{tag}");
+            let status = fx.run(&["status", "--json"]).json();
+            assert_eq!(
+                status[0]["unsettled_batches"],
+                serde_json::json!([]),
+                "{tag}: {status}"
+            );
+        }
+        assert_eq!(
+            fx.archived_ids("events", 6),
+            (0..=400).collect::<Vec<i64>>(),
+            "{tag}: every row archived exactly once"
+        );
+    }
+}
+
 async fn partitions(c: &tokio_postgres::Client) -> Vec<String> {
     c.query(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
