@@ -103,6 +103,28 @@ fn config(db: &TestDb, cat: &CatalogSetup, tables: &[&Source], extra_db: &str) -
     y
 }
 
+/// The ids `fetch` reads back from the archive of `table`, in order.
+fn fetched_ids(ws: &Ws, cfg: &str, table: &str) -> Vec<i64> {
+    let (from, to) = ("2000-01-01T00:00:00Z", "2100-01-01T00:00:00Z");
+    let out = ws.run(&[
+        "fetch",
+        "-c",
+        cfg,
+        "-t",
+        table,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--format",
+        "jsonl",
+        "--columns",
+        "id",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.jsonl_ids()
+}
+
 /// PyIceberg's and DuckDB's view of each table: id → time µs, and the spec.
 fn read_back(s: &Services, cat: &CatalogSetup, tables: &[&Source]) -> Value {
     let req: Vec<Value> = tables
@@ -431,24 +453,8 @@ async fn rows_a_foreign_key_holds_fail_their_batch_in_one_line_and_stay() {
     let out = ws.run(&["archive", "-c", &cfg]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(count(&c, "held", "true").await, 0);
-    let out = ws.run(&[
-        "fetch",
-        "-c",
-        &cfg,
-        "-t",
-        "held",
-        "--from",
-        "2000-01-01T00:00:00Z",
-        "--to",
-        "2100-01-01T00:00:00Z",
-        "--format",
-        "jsonl",
-        "--columns",
-        "id",
-    ]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(
-        out.jsonl_ids(),
+        fetched_ids(&ws, &cfg, "held"),
         (0..10).collect::<Vec<i64>>(),
         "every row archived once"
     );
@@ -555,24 +561,8 @@ async fn check_names_what_an_archives_delete_runs_into() {
         assert_eq!(count(&c, "fx", "id = 2").await, 1);
     }
     assert_eq!(count(&c, "follows", "true").await, 0);
-    let out = ws.run(&[
-        "fetch",
-        "-c",
-        &cfg,
-        "-t",
-        "fx",
-        "--from",
-        "2000-01-01T00:00:00Z",
-        "--to",
-        "2100-01-01T00:00:00Z",
-        "--format",
-        "jsonl",
-        "--columns",
-        "id",
-    ]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(
-        out.jsonl_ids(),
+        fetched_ids(&ws, &cfg, "fx"),
         vec![0, 1, 3, 4],
         "archived once, row 2 not"
     );
