@@ -8,6 +8,7 @@ pub mod introspect;
 pub mod partitions;
 pub mod tls;
 pub mod windows;
+pub mod wire;
 
 use std::time::Duration;
 
@@ -20,10 +21,16 @@ pub use introspect::{SourceColumn, SourceTable};
 
 /// Opens one connection with permafrost's session settings:
 /// UTC, standard-conforming strings, `statement_timeout` from the config and
-/// `application_name = permafrost`.
+/// `application_name = permafrost`.  A DSN of one TCP host gets a socket
+/// that merges COPY rows into fewer messages ([`wire`]); any other is
+/// opened by tokio-postgres as it is.
 pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
-    let resolved = dsn::resolve(&db.dsn, db.password.as_deref(), &|k| std::env::var(k).ok())?;
-    let mut cfg = resolved.config;
+    let dsn::Resolved {
+        config: mut cfg,
+        sslmode,
+        root_cert,
+        client_cert,
+    } = dsn::resolve(&db.dsn, db.password.as_deref(), &|k| std::env::var(k).ok())?;
     if cfg.get_application_name().is_none() {
         cfg.application_name("permafrost");
     }
@@ -33,45 +40,33 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
     cfg.keepalives(true)
         .keepalives_idle(Duration::from_secs(30));
     if db.iam_auth {
-        if resolved.sslmode == "disable" {
+        if sslmode == "disable" {
             return Err(crate::config::iam_needs_tls());
         }
         let (host, port, user) = iam_login(&cfg)?;
         let token = crate::aws::rds_token_for(db.iam_region.as_deref(), &host, port, &user).await?;
         cfg.password(token);
     }
-    let what = format!("cannot connect to PostgreSQL at {}", db.describe());
-    let client = if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
-        start(&cfg, NoTls).await
+    let tls = if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+        None
     } else {
-        let root_cert = db.ssl_root_cert.clone().or(resolved.root_cert);
+        let root_cert = db.ssl_root_cert.clone().or(root_cert);
         let policy = tls::TlsPolicy {
-            verify: resolved.sslmode.starts_with("verify-") || root_cert.is_some(),
+            verify: sslmode.starts_with("verify-") || root_cert.is_some(),
             root_cert,
             root_cert_key: "database.ssl_root_cert",
-            client_cert: resolved.client_cert,
+            client_cert,
         };
-        start(
-            &cfg,
-            tokio_postgres_rustls::MakeRustlsConnect::new(tls::client_config(&policy)?),
-        )
-        .await
-    }
-    .map_err(|e| {
-        let err = Error::postgres(what, e);
-        let auth = err.pg_code().is_some_and(|c| {
-            *c == tokio_postgres::error::SqlState::INVALID_PASSWORD
-                || *c == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-        });
-        if db.iam_auth && auth {
-            err.replace_hint(
-                "the token was refused: the user needs `GRANT rds_iam`, the AWS identity an IAM \
-                 policy allowing rds-db:connect for this user, and this machine a correct clock",
-            )
-        } else {
-            err
-        }
-    })?;
+        Some(tokio_postgres_rustls::MakeRustlsConnect::new(
+            tls::client_config(&policy)?,
+        ))
+    };
+    let opened = match (wire::target(&cfg), tls) {
+        (Some(target), tls) => wire::open(&cfg, &target, tls).await,
+        (None, None) => start(&cfg, NoTls).await.map_err(wire::Failure::Postgres),
+        (None, Some(tls)) => start(&cfg, tls).await.map_err(wire::Failure::Postgres),
+    };
+    let client = opened.map_err(|e| connect_failed(db, e))?;
     let timeout_ms = db.statement_timeout.as_millis();
     let lock_ms = db.lock_timeout.as_millis();
     let setup = format!(
@@ -84,6 +79,34 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
         .await
         .map_err(|e| Error::postgres("cannot configure the PostgreSQL session", e))?;
     Ok(client)
+}
+
+/// The error of a connection that could not be opened.
+fn connect_failed(db: &DatabaseConfig, failure: wire::Failure) -> Error {
+    let what = format!("cannot connect to PostgreSQL at {}", db.describe());
+    let e = match failure {
+        wire::Failure::Postgres(e) => e,
+        wire::Failure::Socket(e) => {
+            return Error::new(
+                ErrorKind::Postgres,
+                format!("{what}: error connecting to server: {e}"),
+            )
+            .with_hint("is PostgreSQL running and is `database.dsn` right?");
+        }
+    };
+    let err = Error::postgres(what, e);
+    let auth = err.pg_code().is_some_and(|c| {
+        *c == tokio_postgres::error::SqlState::INVALID_PASSWORD
+            || *c == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    });
+    if db.iam_auth && auth {
+        err.replace_hint(
+            "the token was refused: the user needs `GRANT rds_iam`, the AWS identity an IAM \
+             policy allowing rds-db:connect for this user, and this machine a correct clock",
+        )
+    } else {
+        err
+    }
 }
 
 /// The one TCP host, port and user an IAM token is signed for.
@@ -143,12 +166,21 @@ where
     T::Stream: Send + 'static,
 {
     let (client, connection) = cfg.connect(tls).await?;
+    drive(connection);
+    Ok(client)
+}
+
+/// Drives `connection` on its own task until the client is dropped.
+fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("postgres connection ended: {e}");
         }
     });
-    Ok(client)
 }
 
 /// The database name and the server's current time (µs since the epoch, UTC).

@@ -6,6 +6,8 @@ use crate::common::*;
 use crate::modes::small_setup;
 use crate::services;
 
+const DAY_US: i64 = 86_400_000_000;
+
 /// Requires `scram-sha-256` for `role` from loopback (the test cluster trusts
 /// everyone else) and waits until the server has reloaded its rules.
 async fn require_password(admin: &tokio_postgres::Client, s: &Services, role: &str) {
@@ -350,5 +352,137 @@ async fn transaction_statuses_in_order_and_unknown_for_foreign_ids() {
             .await
             .expect("none")
             .is_empty()
+    );
+}
+
+/// A DSN of one TCP host connects over permafrost's own socket, which
+/// merges the COPY rows into fewer protocol messages (`source::wire`);
+/// several hosts and a Unix socket go through tokio-postgres's connecting.
+/// Each way archives the same rows with the same checksums, and a closed
+/// port fails the same way either way: one line, the hint, exit 4.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn every_way_of_naming_the_server_archives_the_same_rows() {
+    let s = services!();
+    let (db, ws, cat, _cfg, now) = small_setup(&s, 3_000).await;
+    let c = db.client().await;
+    let total = count(&c, "sensor_readings", "true").await;
+    let cut = (now - 15 * DAY_US).div_euclid(DAY_US) * DAY_US;
+    let cutsql = format!("recorded_at < to_timestamp({cut}::float8/1e6)");
+    let pending = count(&c, "sensor_readings", &cutsql).await;
+    let now = rfc3339(now);
+    let port = c
+        .query_one("SELECT current_setting('port')", &[])
+        .await
+        .expect("port")
+        .get::<_, String>(0);
+    let socket_dir = c
+        .query_one(
+            "SELECT split_part(current_setting('unix_socket_directories'), ',', 1)",
+            &[],
+        )
+        .await
+        .expect("socket dir")
+        .get::<_, String>(0);
+    let name = &db.name;
+    let ways = [
+        ("a URL", db.dsn.clone()),
+        (
+            "key=value",
+            format!("host=127.0.0.1 port={port} user=postgres dbname={name}"),
+        ),
+        (
+            "hostaddr",
+            format!("host=localhost hostaddr=127.0.0.1 port={port} user=postgres dbname={name}"),
+        ),
+        (
+            "two hosts",
+            format!("host=127.0.0.1,127.0.0.1 port={port},{port} user=postgres dbname={name}"),
+        ),
+        (
+            "a Unix socket",
+            format!("host={socket_dir} port={port} user=postgres dbname={name}"),
+        ),
+    ];
+    let config = |i: usize, dsn: &str| {
+        ws.config(
+            &format!("way{i}.yaml"),
+            &format!(
+                "database:\n  dsn: \"{dsn}\"\n{}global:\n  namespace: {}_{i}\ntables:\n\
+                 \x20 - name: sensor_readings\n    timestamp_column: recorded_at\n    lag: 15d\n",
+                cat.yaml, cat.namespace
+            ),
+        )
+    };
+    let mut first: Option<Vec<String>> = None;
+    for (i, (what, dsn)) in ways.iter().enumerate() {
+        let cfg = config(i, dsn);
+        let cfg = cfg.to_string_lossy();
+        let out = ws.run(&[
+            "archive",
+            "--no-delete",
+            "--json",
+            "--now",
+            &now,
+            "-c",
+            &cfg,
+        ]);
+        assert_eq!(out.code, 0, "{what}: {}", out.stderr);
+        let batches = out.json()[0]["batches"]
+            .as_array()
+            .expect("batches")
+            .clone();
+        let rows: i64 = batches
+            .iter()
+            .map(|b| b["rows"].as_i64().unwrap_or(0))
+            .sum();
+        assert_eq!(
+            rows, pending,
+            "{what}: every pending row archived once: {}",
+            out.stdout
+        );
+        let sums: Vec<String> = batches.iter().map(|b| b["checksum"].to_string()).collect();
+        match &first {
+            None => first = Some(sums),
+            Some(f) => assert_eq!(&sums, f, "{what}: the checksums of the first way"),
+        }
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    for (i, (what, dsn)) in [
+        (
+            "one host",
+            format!("host=127.0.0.1 port={closed} user=postgres dbname={name}"),
+        ),
+        (
+            "two hosts",
+            format!("host=127.0.0.1,127.0.0.1 port={closed},{closed} user=postgres dbname={name}"),
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let cfg = config(10 + i, dsn);
+        let out = ws.run(&["archive", "-c", &cfg.to_string_lossy()]);
+        assert_eq!(out.code, 4, "{what}: {}", out.stderr);
+        let errors = out.error_lines();
+        assert_eq!(errors.len(), 1, "{what}: {}", out.stderr);
+        assert!(
+            errors[0].contains("error connecting to server") && errors[0].contains("refused"),
+            "{what}: {}",
+            errors[0]
+        );
+        assert!(
+            out.stderr.contains("is PostgreSQL running"),
+            "{what}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        total,
+        "nothing deleted"
     );
 }
