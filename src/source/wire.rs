@@ -39,7 +39,8 @@ const HOLD_MAX: usize = 64 * 1024;
 const COPY_DATA: u8 = b'd';
 
 /// A stream whose reads merge consecutive `CopyData` messages (see the
-/// module doc) once [`CopyMerge::start`]ed; writes go through untouched.
+/// module doc) once its [`MergeSwitch`] has started; writes go through
+/// untouched.
 pub struct CopyMerge<S> {
     inner: S,
     active: Arc<AtomicBool>,
