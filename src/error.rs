@@ -196,7 +196,7 @@ impl Error {
                     || text.contains("connect")
                     || text.contains("Connection refused")
                 {
-                    Some("is PostgreSQL running and is `database.dsn` right?".to_string())
+                    Some(POSTGRES_UNREACHABLE_HINT.to_string())
                 } else {
                     None
                 };
@@ -527,6 +527,9 @@ fn one_line(s: &str) -> String {
         .collect::<Vec<_>>()
         .join(" | ")
 }
+
+/// The hint of a Postgres server that could not be reached.
+pub const POSTGRES_UNREACHABLE_HINT: &str = "is PostgreSQL running and is `database.dsn` right?";
 
 /// What to do about a server that takes no writes.
 pub const READ_ONLY_HINT: &str = "point `database.dsn` at the primary (the writer endpoint): a \

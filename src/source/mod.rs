@@ -91,7 +91,7 @@ fn connect_failed(db: &DatabaseConfig, failure: wire::Failure) -> Error {
                 ErrorKind::Postgres,
                 format!("{what}: error connecting to server: {e}"),
             )
-            .with_hint("is PostgreSQL running and is `database.dsn` right?");
+            .with_hint(crate::error::POSTGRES_UNREACHABLE_HINT);
         }
     };
     let err = Error::postgres(what, e);
