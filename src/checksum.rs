@@ -113,8 +113,12 @@ impl RowHasher {
             *len = end - *len;
         }
         self.starts.push(end);
-        self.buf.clear();
-        self.buf.resize(end, 0);
+        // Every byte below `end` is written before it is hashed (the
+        // encoders fill each row's slot, and `hash_rows` checks they did),
+        // so the buffer only grows: no zeroing per batch.
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
     }
 }
 
@@ -128,6 +132,12 @@ fn add_lengths(col: &Column<'_>, lens: &mut [usize]) {
         V::Dec(..) => 17,
         _ => 0,
     };
+    if fixed > 0 && !col.has_nulls() {
+        for len in lens.iter_mut() {
+            *len += fixed;
+        }
+        return;
+    }
     for (i, len) in lens.iter_mut().enumerate() {
         *len += if col.is_null(i) {
             1

@@ -88,6 +88,11 @@ impl<'a> Column<'a> {
         Ok(Self { nulls, values })
     }
 
+    /// Whether any value is NULL.
+    pub fn has_nulls(&self) -> bool {
+        self.nulls.is_some()
+    }
+
     /// Whether row `i` is NULL.
     #[inline]
     pub fn is_null(&self, i: usize) -> bool {
