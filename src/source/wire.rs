@@ -297,6 +297,11 @@ where
             .await
             .map_err(Failure::Postgres)?;
         on_socket.start();
+        tracing::debug!(
+            "postgres {}:{}: COPY rows merged on the socket",
+            target.host,
+            target.port
+        );
         super::drive(connection);
         return Ok(client);
     };
@@ -314,11 +319,18 @@ where
         .connect_raw(stream, tls)
         .await
         .map_err(Failure::Postgres)?;
-    if used.load(Ordering::Acquire) {
+    let on = if used.load(Ordering::Acquire) {
         on_tls.start();
+        "TLS stream"
     } else {
         on_socket.start();
-    }
+        "socket"
+    };
+    tracing::debug!(
+        "postgres {}:{}: COPY rows merged on the {on}",
+        target.host,
+        target.port
+    );
     super::drive(connection);
     Ok(client)
 }
