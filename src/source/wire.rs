@@ -29,7 +29,7 @@ use tokio_postgres::{Client, Config, NoTls};
 
 /// The most payload bytes one merged message carries: small enough for
 /// tokio-postgres's read buffer (8 KiB) to take a message without growing.
-pub const MERGED_MAX: usize = 4 * 1024;
+const MERGED_MAX: usize = 4 * 1024;
 /// What one read from the underlying stream asks for at least.
 const READ_SIZE: usize = 64 * 1024;
 /// A message longer than this passes through in pieces instead of being
@@ -296,12 +296,7 @@ where
             .connect_raw(stream, NoTls)
             .await
             .map_err(Failure::Postgres)?;
-        on_socket.start();
-        tracing::debug!(
-            "postgres {}:{}: COPY rows merged on the socket",
-            target.host,
-            target.port
-        );
+        merge_from_now(&on_socket, target, "socket");
         super::drive(connection);
         return Ok(client);
     };
@@ -319,20 +314,23 @@ where
         .connect_raw(stream, tls)
         .await
         .map_err(Failure::Postgres)?;
-    let on = if used.load(Ordering::Acquire) {
-        on_tls.start();
-        "TLS stream"
+    if used.load(Ordering::Acquire) {
+        merge_from_now(&on_tls, target, "TLS stream");
     } else {
-        on_socket.start();
-        "socket"
-    };
+        merge_from_now(&on_socket, target, "socket");
+    }
+    super::drive(connection);
+    Ok(client)
+}
+
+/// Starts `switch` (the connection to `target` is up) and says where.
+fn merge_from_now(switch: &MergeSwitch, target: &Target, on: &str) {
+    switch.start();
     tracing::debug!(
         "postgres {}:{}: COPY rows merged on the {on}",
         target.host,
         target.port
     );
-    super::drive(connection);
-    Ok(client)
 }
 
 /// The TCP socket to `target`, set up as tokio-postgres sets up its own:

@@ -211,6 +211,35 @@ impl Ws {
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
         finish(self.spawn(args, env))
     }
+
+    /// The ids `fetch` reads back from the archive of `table` for times
+    /// `[from, to)`, in order.
+    pub fn fetched_ids(
+        &self,
+        cfg: &str,
+        table: &str,
+        (from, to): (&str, &str),
+        env: &[(&str, &str)],
+    ) -> Vec<i64> {
+        let args = [
+            "fetch",
+            "-c",
+            cfg,
+            "-t",
+            table,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--format",
+            "jsonl",
+            "--columns",
+            "id",
+        ];
+        let out = self.run_env(&args, env);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.jsonl_ids()
+    }
 }
 
 /// Which catalog a test archives into.

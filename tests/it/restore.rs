@@ -70,8 +70,7 @@ impl Fx {
     fn run(&self, args: &[&str]) -> Out {
         let mut a = vec![args[0], "-c", self.cfg.as_str()];
         a.extend_from_slice(&args[1..]);
-        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.ws.run_env(&a, &env)
+        self.ws.run_env(&a, &self.env_with(&[]))
     }
 
     /// The catalog's environment plus `extra`.
@@ -109,21 +108,8 @@ impl Fx {
     /// (read with `fetch`).
     fn archived_ids(&self, table: &str, days: i64) -> Vec<i64> {
         let (from, to) = (rfc3339(self.day0), rfc3339(self.day0 + days * DAY));
-        let out = self.run(&[
-            "fetch",
-            "-t",
-            table,
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--format",
-            "jsonl",
-            "--columns",
-            "id",
-        ]);
-        assert_eq!(out.code, 0, "{}", out.stderr);
-        out.jsonl_ids()
+        self.ws
+            .fetched_ids(&self.cfg, table, (&from, &to), &self.env_with(&[]))
     }
 
     /// Merges the archive's days `[from, to)` back into `sensor_readings`
