@@ -45,16 +45,20 @@ pub fn split(dsn: &str) -> std::result::Result<(String, BTreeMap<String, String>
         let Some((base, query)) = dsn.split_once('?') else {
             return Ok((dsn.to_string(), BTreeMap::new()));
         };
+        // Kept pairs go on as written: a URL's query is percent-encoded,
+        // and `+` is a plus to libpq and tokio-postgres, not a space.
         let mut taken = BTreeMap::new();
-        let mut kept = url::form_urlencoded::Serializer::new(String::new());
-        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-            if TAKEN.contains(&k.as_ref()) {
-                taken.insert(k.into_owned(), v.into_owned());
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_decoded(k)?;
+            if TAKEN.contains(&key.as_str()) {
+                taken.insert(key, percent_decoded(v)?);
             } else {
-                kept.append_pair(&k, &v);
+                kept.push(pair);
             }
         }
-        let kept = kept.finish();
+        let kept = kept.join("&");
         let out = if kept.is_empty() {
             base.to_string()
         } else {
@@ -75,6 +79,14 @@ pub fn split(dsn: &str) -> std::result::Result<(String, BTreeMap<String, String>
         }
     }
     Ok((kept.join(" "), taken))
+}
+
+/// A URL query's key or value, percent-decoded.
+fn percent_decoded(s: &str) -> std::result::Result<String, String> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| format!("`{s}` is not UTF-8 once percent-decoded"))
 }
 
 /// libpq's `key = value` syntax: values bare or single-quoted with `\` escapes.
@@ -353,6 +365,19 @@ mod tests {
         assert_eq!(rest, "postgresql://u@h:5/db?application_name=x");
         assert_eq!(t["sslmode"], "verify-full");
         assert_eq!(t["sslrootcert"], "/ca.pem");
+        // What is kept reaches tokio-postgres as written: `%20` a space,
+        // `+` a plus (as to libpq).
+        let (rest, t) =
+            split("postgres://h/db?options=-c%20role%3Dr&sslmode=require&application_name=a+b")
+                .unwrap();
+        assert_eq!(
+            rest,
+            "postgres://h/db?options=-c%20role%3Dr&application_name=a+b"
+        );
+        assert_eq!(t["sslmode"], "require");
+        let cfg: tokio_postgres::Config = rest.parse().unwrap();
+        assert_eq!(cfg.get_options(), Some("-c role=r"));
+        assert_eq!(cfg.get_application_name(), Some("a+b"));
         let (rest, t) = split("host=h password='a b\\'c' sslcert=/c.pem sslkey = /k.pem").unwrap();
         assert_eq!(rest, "host='h' password='a b\\'c'");
         assert_eq!(t["sslcert"], "/c.pem");
