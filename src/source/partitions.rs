@@ -161,8 +161,12 @@ async fn bound_micros(
 
 /// What keeps the partitions of `parent` from being dropped without
 /// `CASCADE`, if anything: a foreign key that references the table or a
-/// partition, or a view (or rule) of another relation that reads a
-/// partition by name.  Their rows can still be deleted.
+/// partition, a view (or rule) of another relation that reads a
+/// partition by name, or a partition the session's role does not own
+/// (`DROP` is the owner's; its rows need only `DELETE`).  Their rows can
+/// still be deleted.  Found before anything is archived: a `DROP` refused
+/// after the batch's commit would leave it unsettled, and every later run
+/// archiving a marker to settle it and failing again.
 pub async fn held_by_others(client: &Client, parent: &str) -> Result<Option<String>> {
     let row = client
         .query_typed_one(
@@ -175,14 +179,16 @@ pub async fn held_by_others(client: &Client, parent: &str) -> Result<Option<Stri
                      FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid \
                      WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass \
                        AND d.refobjid IN (SELECT oid FROM parts) AND d.deptype = 'n' \
-                       AND r.ev_class NOT IN (SELECT oid FROM parts) ORDER BY 1 LIMIT 1)",
+                       AND r.ev_class NOT IN (SELECT oid FROM parts) ORDER BY 1 LIMIT 1), \
+                    (SELECT format('partition %s is owned by %s, not by %s', oid::regclass, \
+                                   relowner::regrole, current_user) \
+                     FROM pg_class WHERE oid IN (SELECT oid FROM parts) \
+                       AND NOT pg_has_role(relowner, 'USAGE') ORDER BY 1 LIMIT 1)",
             &[(&parent, Type::TEXT)],
         )
         .await
         .map_err(|e| Error::postgres("cannot read what depends on the partitions", e))?;
-    Ok(row
-        .get::<_, Option<String>>(0)
-        .or_else(|| row.get::<_, Option<String>>(1)))
+    Ok((0..3).find_map(|i| row.get::<_, Option<String>>(i)))
 }
 
 /// The partitions of `src` that tile `range` exactly (no gap, nothing

@@ -1979,6 +1979,64 @@ async fn partitions_a_foreign_key_or_a_view_holds_are_emptied_not_dropped() {
     }
 }
 
+/// Partitions the connecting role does not own: `DROP` is the owner's, so
+/// a batch that archived them would fail to drop them after its commit —
+/// left unsettled, and every later run archiving a marker snapshot to
+/// settle it and failing again.  The run sees it first: the rows are
+/// deleted (which the role may), the partitions stay, `check` says why.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn partitions_another_role_owns_are_emptied_not_dropped() {
+    let s = services!();
+    let mut db = TestDb::create(&s, "parts_owner").await;
+    let c = db.client().await;
+    c.batch_execute(PARTITIONED)
+        .await
+        .expect("partitioned table");
+    let role = format!("{}_archiver", db.name);
+    c.batch_execute(&format!(
+        "CREATE ROLE {role}; GRANT SELECT, DELETE ON events TO {role}"
+    ))
+    .await
+    .expect("role");
+    // The session runs as the role (superusers own everything).
+    db.dsn = format!("{}?options=-c%20role%3D{role}", db.dsn);
+    let fx = Fx::with(
+        &s,
+        db,
+        Cat::Sqlite,
+        "events",
+        "ts",
+        "5d",
+        "    drop_partitions: true\n",
+    )
+    .await;
+    let check = fx.run(&["check", "--json"]);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    let warnings = check.json()["tables"][0]["warnings"].to_string();
+    assert!(
+        warnings.contains("drop_partitions") && warnings.contains(&format!("not by {role}")),
+        "{warnings}"
+    );
+    for run in 0..2 {
+        let out = fx.archive_env(&[]);
+        assert_eq!(out.code, 0, "run {run}: {}", out.stderr);
+        assert_eq!(partitions(&c).await.len(), 7, "none dropped");
+        assert_eq!(count(&c, "events", "true").await, 10);
+        let status = fx.run(&["status", "--json"]).json();
+        assert_eq!(
+            status[0]["unsettled_batches"],
+            serde_json::json!([]),
+            "{status}"
+        );
+    }
+    assert_eq!(
+        fx.archived_ids("events", 6),
+        (0..=400).collect::<Vec<i64>>(),
+        "every row archived exactly once"
+    );
+}
+
 async fn partitions(c: &tokio_postgres::Client) -> Vec<String> {
     c.query(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
