@@ -161,9 +161,11 @@ async fn run_part(
         extract_write(ctx, &tx, &query, &part.batch_id, bag)
     )?;
     bar.set_message(format!("{}: {} rows", part.batch_id, out.written));
-    if take != Take::Select && !delete_held(&tx).await? {
+    if take != Take::Select
+        && let Refusal::Refused(reason) = delete_held(&tx).await?
+    {
         let _ = tx.rollback().await;
-        return Err(delete_refused(ctx, client, &range).await);
+        return Err(delete_refused(ctx, client, &range, reason).await);
     }
     let exhausted = match take.exhausted() {
         Some(known) => known,
@@ -390,45 +392,51 @@ async fn extraction_slot(ctx: &Ctx) -> Result<tokio::sync::SemaphorePermit<'_>> 
         .map_err(|_| Error::internal("the extraction slots were closed"))
 }
 
-/// Whether the batch's `DELETE … RETURNING` held to its end.  Postgres runs
-/// a statement's AFTER triggers — the checks of foreign keys that reference
-/// the rows (`ON DELETE NO ACTION`/`RESTRICT`), the table's own triggers —
-/// once the `COPY` has ended: an error there aborts the transaction without
-/// the `COPY` reporting it, and its `COMMIT` would then roll back without a
-/// word.  One statement on the transaction tells, before anything is
-/// committed to the archive.
-async fn delete_held(tx: &tokio_postgres::Transaction<'_>) -> Result<bool> {
-    let Err(e) = tx.simple_query("SELECT 1").await else {
-        return Ok(true);
-    };
-    if e.code() != Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION) {
-        return Err(Error::postgres("cannot query the batch's transaction", e));
-    }
-    Ok(false)
+/// Whether Postgres lets the batch's `DELETE … RETURNING` commit.
+enum Refusal {
+    Holds,
+    /// The transaction is aborted: Postgres's reason when it gave one.
+    Refused(Option<String>),
 }
 
-/// The error of a batch whose `DELETE` Postgres refused at its end (its
-/// transaction rolled back): names the foreign keys that hold the rows, or
-/// else the table's triggers, as the catalog lists them now (the aborted
-/// statement's own error text is not reported by Postgres).
-async fn delete_refused(ctx: &Ctx, client: &tokio_postgres::Client, range: &Window) -> Error {
-    let fx = source::catalog::delete_effects(client, ctx.src.oid)
-        .await
-        .unwrap_or_default();
-    let keys: Vec<String> = fx
-        .referenced_by
-        .iter()
-        .filter(|k| k.holds())
-        .map(|k| format!("foreign key `{}` of {}", k.constraint, k.table))
-        .collect();
-    let triggers: Vec<String> = fx.triggers.iter().map(|(n, _)| format!("`{n}`")).collect();
-    let cause = match (keys.is_empty(), triggers.is_empty()) {
-        (false, _) => format!("{} references some of them", keys.join(", ")),
-        (true, false) => format!(
-            "a trigger on the table raised an error: {}",
-            triggers.join(", ")
-        ),
-        (true, true) => "a foreign key that references them, or a trigger on the table".into(),
+/// Whether the batch's `DELETE … RETURNING` holds to its commit, asked
+/// before anything is committed to the archive.  Postgres runs a
+/// statement's AFTER triggers — the checks of foreign keys that reference
+/// the rows (`ON DELETE NO ACTION`/`RESTRICT`), the table's own triggers —
+/// once the `COPY` has ended: an error there aborts the transaction without
+/// the `COPY` reporting it.  Deferred constraints (a `DEFERRABLE INITIALLY
+/// DEFERRED` foreign key, a deferred constraint trigger) wait for `COMMIT`,
+/// which would then refuse a batch already archived — every later run
+/// archiving a marker that settles it and failing again.  `SET CONSTRAINTS
+/// ALL IMMEDIATE` runs those checks now and tells the aborted transaction
+/// too: one round trip.
+async fn delete_held(tx: &tokio_postgres::Transaction<'_>) -> Result<Refusal> {
+    let Err(e) = tx.simple_query("SET CONSTRAINTS ALL IMMEDIATE").await else {
+        return Ok(Refusal::Holds);
+    };
+    match e.as_db_error() {
+        None => Err(Error::postgres("cannot query the batch's transaction", e)),
+        Some(db) if *db.code() == tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION => {
+            Ok(Refusal::Refused(None))
+        }
+        Some(db) => Ok(Refusal::Refused(Some(db.message().to_string()))),
+    }
+}
+
+/// The error of a batch whose `DELETE` Postgres refused before its commit
+/// (its transaction rolled back): Postgres's `reason` when it gave one (a
+/// deferred check), else the foreign keys that hold the rows, or the
+/// table's triggers, as the catalog lists them now (an aborted statement's
+/// own error text is not reported by Postgres).
+async fn delete_refused(
+    ctx: &Ctx,
+    client: &tokio_postgres::Client,
+    range: &Window,
+    reason: Option<String>,
+) -> Error {
+    let cause = match reason {
+        Some(reason) => reason,
+        None => refusal_in_catalog(ctx, client).await,
     };
     Error::new(
         ErrorKind::Postgres,
@@ -445,6 +453,29 @@ async fn delete_refused(ctx: &Ctx, client: &tokio_postgres::Client, range: &Wind
          key's ON DELETE), or archive with --no-delete; `permafrost check` lists the keys and \
          triggers",
     )
+}
+
+/// What the catalog says may have refused a `DELETE` of the table: the
+/// foreign keys that hold its rows, else its triggers.
+async fn refusal_in_catalog(ctx: &Ctx, client: &tokio_postgres::Client) -> String {
+    let fx = source::catalog::delete_effects(client, ctx.src.oid)
+        .await
+        .unwrap_or_default();
+    let keys: Vec<String> = fx
+        .referenced_by
+        .iter()
+        .filter(|k| k.holds())
+        .map(|k| format!("foreign key `{}` of {}", k.constraint, k.table))
+        .collect();
+    let triggers: Vec<String> = fx.triggers.iter().map(|(n, _)| format!("`{n}`")).collect();
+    match (keys.is_empty(), triggers.is_empty()) {
+        (false, _) => format!("{} references some of them", keys.join(", ")),
+        (true, false) => format!(
+            "a trigger on the table raised an error: {}",
+            triggers.join(", ")
+        ),
+        (true, true) => "a foreign key that references them, or a trigger on the table".into(),
+    }
 }
 
 /// The error of a batch's `COPY` that Postgres refused to start.  Two
