@@ -148,7 +148,7 @@ async fn run_part(
     bar: &indicatif::ProgressBar,
 ) -> Result<PartDone> {
     let started = Instant::now();
-    let slot = extraction_slot(ctx).await?;
+    let slot = extraction_slot(ctx, turn).await?;
     let extracting = Instant::now();
     let range = planned.range;
     let drop_parts = partitions_to_drop(ctx, client, &range, limit).await?;
@@ -162,7 +162,7 @@ async fn run_part(
     )?;
     bar.set_message(format!("{}: {} rows", part.batch_id, out.written));
     if take != Take::Select
-        && let Refusal::Refused(reason) = delete_held(&tx).await?
+        && let Verdict::Refused(reason) = delete_held(&tx).await?
     {
         let _ = tx.rollback().await;
         return Err(delete_refused(ctx, client, &range, reason).await);
@@ -384,16 +384,17 @@ fn take_query(ctx: &Ctx, range: &Window, take: Take, drop_parts: Option<&[Partit
 }
 
 /// One of the table's `parallel_windows` extraction slots, held while a
-/// batch reads (and deletes) its rows.
-async fn extraction_slot(ctx: &Ctx) -> Result<tokio::sync::SemaphorePermit<'_>> {
-    ctx.extracting
-        .acquire()
-        .await
-        .map_err(|_| Error::internal("the extraction slots were closed"))
+/// batch reads (and deletes) its rows.  Batches queue for the slots in plan
+/// order (a batch's later parts, and a batch whose turn passed, at once).
+async fn extraction_slot(ctx: &Ctx, turn: usize) -> Result<tokio::sync::SemaphorePermit<'_>> {
+    ctx.extract_turns.wait(turn).await;
+    let slot = ctx.extracting.acquire().await;
+    ctx.extract_turns.finish(turn);
+    slot.map_err(|_| Error::internal("the extraction slots were closed"))
 }
 
 /// Whether Postgres lets the batch's `DELETE … RETURNING` commit.
-enum Refusal {
+enum Verdict {
     Holds,
     /// The transaction is aborted: Postgres's reason when it gave one.
     Refused(Option<String>),
@@ -410,16 +411,16 @@ enum Refusal {
 /// archiving a marker that settles it and failing again.  `SET CONSTRAINTS
 /// ALL IMMEDIATE` runs those checks now and tells the aborted transaction
 /// too: one round trip.
-async fn delete_held(tx: &tokio_postgres::Transaction<'_>) -> Result<Refusal> {
+async fn delete_held(tx: &tokio_postgres::Transaction<'_>) -> Result<Verdict> {
     let Err(e) = tx.simple_query("SET CONSTRAINTS ALL IMMEDIATE").await else {
-        return Ok(Refusal::Holds);
+        return Ok(Verdict::Holds);
     };
     match e.as_db_error() {
         None => Err(Error::postgres("cannot query the batch's transaction", e)),
         Some(db) if *db.code() == tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION => {
-            Ok(Refusal::Refused(None))
+            Ok(Verdict::Refused(None))
         }
-        Some(db) => Ok(Refusal::Refused(Some(db.message().to_string()))),
+        Some(db) => Ok(Verdict::Refused(Some(db.message().to_string()))),
     }
 }
 

@@ -213,6 +213,12 @@ struct Ctx {
     epoch: std::sync::atomic::AtomicU64,
     /// ... and in plan order, so the snapshot history is in window order.
     turns: Turns,
+    /// Whose turn it is to wait for an extraction slot: plan order too.
+    /// The batches' tasks reach their slot in any order; taken out of
+    /// order, a later batch's commit waits for an earlier one extracting
+    /// after it, and the commits, read-backs and Postgres commits of the
+    /// run bunch up at its end instead of overlapping the extraction.
+    extract_turns: Turns,
     /// The `FileIO` batches write and commit with, renewed before the keys
     /// a catalog vends with the table expire.
     storage: lake::vended::TableStorage,
@@ -293,12 +299,13 @@ impl Turns {
     }
 }
 
-/// Finishes a batch's turn however it ends (a panic included).
-struct TurnGuard<'a>(&'a Turns, usize);
+/// Finishes a batch's turns however it ends (a panic included).
+struct TurnGuard<'a>(&'a Ctx, usize);
 
 impl Drop for TurnGuard<'_> {
     fn drop(&mut self) {
-        self.0.finish(self.1);
+        self.0.extract_turns.finish(self.1);
+        self.0.turns.finish(self.1);
     }
 }
 
@@ -632,6 +639,7 @@ async fn archive_on(
         epoch: Default::default(),
         storage: lake::vended::TableStorage::new(catalog.clone(), &table.table),
         turns: Turns::new(),
+        extract_turns: Turns::new(),
         extracting: tokio::sync::Semaphore::new(t.parallel_windows),
         settled: std::sync::Mutex::new(plan::settled_batches(&facts)),
         pg_history: facts.pg_history.clone(),
@@ -851,7 +859,7 @@ impl<'c> Worker<'c> {
     ) -> (Option<Worker<'c>>, Done) {
         match self {
             Worker::Run(client) => {
-                let _turn = TurnGuard(&ctx.turns, turn);
+                let _turn = TurnGuard(&ctx, turn);
                 let r = batch::run_planned(&ctx, client, turn, &planned, &bar).await;
                 (Some(Worker::Run(client)), r)
             }
@@ -859,7 +867,7 @@ impl<'c> Worker<'c> {
                 // The task logs in the table's context, like the run.
                 let task = tokio::spawn(
                     async move {
-                        let _turn = TurnGuard(&ctx.turns, turn);
+                        let _turn = TurnGuard(&ctx, turn);
                         let r = batch::run_planned(&ctx, &mut client, turn, &planned, &bar).await;
                         (client, r)
                     }
