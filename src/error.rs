@@ -405,7 +405,9 @@ pub fn tls_failure_at(
         }
         let text = e.to_string();
         if tls.is_none()
-            && (text.contains("invalid peer certificate") || text.contains("received fatal alert"))
+            && (text.contains("invalid peer certificate")
+                || text.contains("received fatal alert")
+                || text.contains("invalid dns name"))
         {
             tls = Some(text);
         }
@@ -413,7 +415,17 @@ pub fn tls_failure_at(
     }
     let text = tls?;
     let host = host.unwrap_or_else(|| "the server".into());
-    let (cause, hint) = if text.contains("UnknownIssuer") {
+    let (cause, hint) = if text.contains("invalid dns name") {
+        (
+            "its name is not one a certificate can be checked against (rustls: invalid DNS name)"
+                .to_string(),
+            format!(
+                "name the server by a DNS name or an IP address ({}); `hostaddr` sets where to \
+                 connect apart from the name",
+                hints.host
+            ),
+        )
+    } else if text.contains("UnknownIssuer") {
         (
             "the server's certificate is not trusted (its CA is unknown)".to_string(),
             format!("trust the server's CA: {}", hints.trust),

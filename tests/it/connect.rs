@@ -264,6 +264,11 @@ async fn client_certificate_over_verified_tls_archives_and_bad_tls_fails_clearly
             dsn("127.0.0.1", &with_cert),
             "not valid for this name",
         ),
+        (
+            "a name TLS cannot check",
+            dsn("bad..name", &format!(" hostaddr=127.0.0.1{with_cert}")),
+            "not one a certificate can be checked against",
+        ),
     ];
     for (what, d, needle) in cases {
         let cfg = ws.config("bad.yaml", &yaml(d));
