@@ -410,17 +410,23 @@ enum Verdict {
 /// which would then refuse a batch already archived — every later run
 /// archiving a marker that settles it and failing again.  `SET CONSTRAINTS
 /// ALL IMMEDIATE` runs those checks now and tells the aborted transaction
-/// too: one round trip.
+/// too: one round trip.  A refusal is a violated constraint (SQLSTATE class
+/// 23) or an error a trigger raised (class P0); anything else — a timeout,
+/// a lost connection — is an error of its own.
 async fn delete_held(tx: &tokio_postgres::Transaction<'_>) -> Result<Verdict> {
     let Err(e) = tx.simple_query("SET CONSTRAINTS ALL IMMEDIATE").await else {
         return Ok(Verdict::Holds);
     };
-    match e.as_db_error() {
-        None => Err(Error::postgres("cannot query the batch's transaction", e)),
-        Some(db) if *db.code() == tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION => {
-            Ok(Verdict::Refused(None))
-        }
-        Some(db) => Ok(Verdict::Refused(Some(db.message().to_string()))),
+    let code = e.as_db_error().map(|db| db.code().code());
+    match code {
+        Some("25P02") => Ok(Verdict::Refused(None)),
+        Some(c) if c.starts_with("23") || c.starts_with("P0") => Ok(Verdict::Refused(
+            e.as_db_error().map(|db| db.message().to_string()),
+        )),
+        _ => Err(Error::postgres(
+            "cannot check the batch's deferred constraints",
+            e,
+        )),
     }
 }
 
