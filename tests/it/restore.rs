@@ -1770,9 +1770,13 @@ async fn assert_partitions_archived(fx: &Fx, c: &tokio_postgres::Client, what: &
         10,
         "{what}: only the recent rows remain"
     );
-    let ids = fx.archived_ids("events", 6);
+    assert_archived_once(fx, what);
+}
+
+/// Every one of the fixture's 401 old rows is in the archive exactly once.
+fn assert_archived_once(fx: &Fx, what: &str) {
     assert_eq!(
-        ids,
+        fx.archived_ids("events", 6),
         (0..=400).collect::<Vec<i64>>(),
         "{what}: every row archived exactly once"
     );
@@ -1959,24 +1963,26 @@ async fn partitions_a_foreign_key_or_a_view_holds_are_emptied_not_dropped() {
             warnings.contains("drop_partitions") && warnings.contains(named),
             "{tag}: {warnings}"
         );
-        for run in 0..2 {
-            let out = fx.archive_env(&[]);
-            assert_eq!(out.code, 0, "{tag} run {run}: {}", out.stderr);
-            assert_eq!(partitions(&c).await.len(), 7, "{tag}: none dropped");
-            assert_eq!(count(&c, "events", "true").await, 10, "{tag}");
-            let status = fx.run(&["status", "--json"]).json();
-            assert_eq!(
-                status[0]["unsettled_batches"],
-                serde_json::json!([]),
-                "{tag}: {status}"
-            );
-        }
+        assert_emptied_not_dropped(&fx, &c, tag).await;
+    }
+}
+
+/// Two runs of `fx` leave its seven partitions (the archived ones emptied)
+/// and no batch unsettled, every archived row archived once.
+async fn assert_emptied_not_dropped(fx: &Fx, c: &tokio_postgres::Client, what: &str) {
+    for run in 0..2 {
+        let out = fx.archive_env(&[]);
+        assert_eq!(out.code, 0, "{what} run {run}: {}", out.stderr);
+        assert_eq!(partitions(c).await.len(), 7, "{what}: none dropped");
+        assert_eq!(count(c, "events", "true").await, 10, "{what}");
+        let status = fx.run(&["status", "--json"]).json();
         assert_eq!(
-            fx.archived_ids("events", 6),
-            (0..=400).collect::<Vec<i64>>(),
-            "{tag}: every row archived exactly once"
+            status[0]["unsettled_batches"],
+            serde_json::json!([]),
+            "{what}: {status}"
         );
     }
+    assert_archived_once(fx, what);
 }
 
 /// Partitions the connecting role does not own: `DROP` is the owner's, so
@@ -2018,23 +2024,7 @@ async fn partitions_another_role_owns_are_emptied_not_dropped() {
         warnings.contains("drop_partitions") && warnings.contains(&format!("not by {role}")),
         "{warnings}"
     );
-    for run in 0..2 {
-        let out = fx.archive_env(&[]);
-        assert_eq!(out.code, 0, "run {run}: {}", out.stderr);
-        assert_eq!(partitions(&c).await.len(), 7, "none dropped");
-        assert_eq!(count(&c, "events", "true").await, 10);
-        let status = fx.run(&["status", "--json"]).json();
-        assert_eq!(
-            status[0]["unsettled_batches"],
-            serde_json::json!([]),
-            "{status}"
-        );
-    }
-    assert_eq!(
-        fx.archived_ids("events", 6),
-        (0..=400).collect::<Vec<i64>>(),
-        "every row archived exactly once"
-    );
+    assert_emptied_not_dropped(&fx, &c, &role).await;
 }
 
 async fn partitions(c: &tokio_postgres::Client) -> Vec<String> {
