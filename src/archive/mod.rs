@@ -214,10 +214,11 @@ struct Ctx {
     /// ... and in plan order, so the snapshot history is in window order.
     turns: Turns,
     /// Whose turn it is to wait for an extraction slot: plan order too.
-    /// The batches' tasks reach their slot in any order; taken out of
-    /// order, a later batch's commit waits for an earlier one extracting
-    /// after it, and the commits, read-backs and Postgres commits of the
-    /// run bunch up at its end instead of overlapping the extraction.
+    /// The batches' tasks reach their slot in any order; a later batch
+    /// extracting before an earlier one would then wait for that one's
+    /// commit turn with its transaction open (a move's deleted rows
+    /// locked) — up to 0.17 s in a 0.3 s run (README, "Changes measured in
+    /// paired runs").
     extract_turns: Turns,
     /// The `FileIO` batches write and commit with, renewed before the keys
     /// a catalog vends with the table expire.
