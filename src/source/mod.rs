@@ -21,9 +21,10 @@ pub use introspect::{SourceColumn, SourceTable};
 
 /// Opens one connection with permafrost's session settings:
 /// UTC, standard-conforming strings, `statement_timeout` from the config and
-/// `application_name = permafrost`.  A DSN of one TCP host gets a socket
-/// that merges COPY rows into fewer messages ([`wire`]); any other is
-/// opened by tokio-postgres as it is.
+/// `application_name = permafrost`.  The DSN's hosts and Unix socket
+/// directories get sockets that merge COPY rows into fewer messages
+/// ([`wire`]); the few DSNs [`wire::targets`] leaves alone are opened by
+/// tokio-postgres as they are.
 pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
     let dsn::Resolved {
         config: mut cfg,
@@ -61,8 +62,8 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
             tls::client_config(&policy)?,
         ))
     };
-    let opened = match (wire::target(&cfg), tls) {
-        (Some(target), tls) => wire::open(&cfg, &target, tls).await,
+    let opened = match (wire::targets(&cfg), tls) {
+        (Some(targets), tls) => wire::open(&cfg, &targets, tls).await,
         (None, None) => start(&cfg, NoTls).await.map_err(wire::Failure::Postgres),
         (None, Some(tls)) => start(&cfg, tls).await.map_err(wire::Failure::Postgres),
     };
@@ -93,6 +94,7 @@ fn connect_failed(db: &DatabaseConfig, failure: wire::Failure) -> Error {
             )
             .with_hint(crate::error::POSTGRES_UNREACHABLE_HINT);
         }
+        wire::Failure::Attrs(attrs) => return attrs_refused(what, attrs),
     };
     let err = Error::postgres(what, e);
     let auth = err.pg_code().is_some_and(|c| {
@@ -107,6 +109,23 @@ fn connect_failed(db: &DatabaseConfig, failure: wire::Failure) -> Error {
     } else {
         err
     }
+}
+
+/// The error when every server answered but none is what the DSN's
+/// `target_session_attrs` asks for.
+fn attrs_refused(what: String, attrs: tokio_postgres::config::TargetSessionAttrs) -> Error {
+    let (cause, hint) = match attrs {
+        tokio_postgres::config::TargetSessionAttrs::ReadOnly => (
+            "no server named is read-only (`target_session_attrs=read-only`)",
+            "name a standby among the hosts, or drop `target_session_attrs`",
+        ),
+        _ => (
+            "no server named allows writes (`target_session_attrs=read-write`)",
+            "every host is read-only now (a standby, or `default_transaction_read_only`): name \
+             the primary among the hosts, or run again once a failover has ended",
+        ),
+    };
+    Error::new(ErrorKind::Postgres, format!("{what}: {cause}")).with_hint(hint)
 }
 
 /// The one TCP host, port and user an IAM token is signed for.

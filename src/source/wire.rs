@@ -11,7 +11,7 @@
 //! in one read becomes a single message of their payloads, up to
 //! [`MERGED_MAX`] bytes.  Every other message, a `CopyData` too large to
 //! hold, and everything before [`MergeSwitch::start`] pass through as they
-//! came.  It must sit where the protocol is plain text: on the TCP stream
+//! came.  It must sit where the protocol is plain text: on the socket
 //! of a connection without TLS, on the TLS stream of one with.
 
 use std::future::Future;
@@ -23,7 +23,7 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_postgres::config::{Host, TargetSessionAttrs};
+use tokio_postgres::config::{Host, LoadBalanceHosts, TargetSessionAttrs};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 use tokio_postgres::{Client, Config, NoTls};
 
@@ -243,31 +243,74 @@ impl<S: TlsStream + Unpin> TlsStream for CopyMerge<S> {
     }
 }
 
-/// Where [`open`] connects: the DSN's one TCP host (its `hostaddr`, if
-/// given, is where the socket goes; the name is what TLS verifies).
-pub struct Target {
-    host: String,
-    addr: Option<std::net::IpAddr>,
-    port: u16,
+/// One server [`open`] may connect to: a TCP host (its `hostaddr`, if
+/// given, is where the socket goes; the name is what TLS verifies) or a
+/// Unix socket directory.
+pub enum Endpoint {
+    Tcp {
+        host: String,
+        addr: Option<std::net::IpAddr>,
+        port: u16,
+    },
+    #[cfg(unix)]
+    Unix { dir: std::path::PathBuf, port: u16 },
 }
 
-/// The DSN's one TCP endpoint, when it names exactly one and nothing that
-/// tokio-postgres's own connecting would decide (several hosts to try,
-/// `target_session_attrs`); `None` sends the DSN to tokio-postgres as it is.
-pub fn target(cfg: &Config) -> Option<Target> {
-    let [Host::Tcp(host)] = cfg.get_hosts() else {
-        return None;
-    };
-    if cfg.get_hostaddrs().len() > 1
-        || cfg.get_ports().len() > 1
-        || cfg.get_target_session_attrs() != TargetSessionAttrs::Any
+impl Endpoint {
+    fn describe(&self) -> String {
+        match self {
+            Endpoint::Tcp { host, port, .. } => format!("{host}:{port}"),
+            #[cfg(unix)]
+            Endpoint::Unix { dir, port } => format!("{}:{port}", dir.display()),
+        }
+    }
+}
+
+/// Where [`open`] connects: the DSN's servers in the order libpq tries
+/// them, and what the session must allow (`target_session_attrs`).
+pub struct Targets {
+    endpoints: Vec<Endpoint>,
+    attrs: TargetSessionAttrs,
+}
+
+/// The DSN's servers as libpq pairs them — the i-th host with the i-th
+/// `hostaddr` and the i-th port (or the one port) — or `None`, which sends
+/// the DSN to tokio-postgres as it is: lists that do not pair (its error
+/// then), a `hostaddr` without a host name or beside a socket directory,
+/// `load_balance_hosts=random`.
+pub fn targets(cfg: &Config) -> Option<Targets> {
+    let (hosts, addrs, ports) = (cfg.get_hosts(), cfg.get_hostaddrs(), cfg.get_ports());
+    let paired = hosts.len() == addrs.len() || addrs.is_empty();
+    if hosts.is_empty()
+        || !paired
+        || (ports.len() > 1 && ports.len() != hosts.len())
+        || cfg.get_load_balance_hosts() != LoadBalanceHosts::Disable
     {
         return None;
     }
-    Some(Target {
-        host: host.clone(),
-        addr: cfg.get_hostaddrs().first().copied(),
-        port: cfg.get_ports().first().copied().unwrap_or(5432),
+    let endpoints = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            let addr = addrs.get(i).copied();
+            match host {
+                Host::Tcp(host) => Some(Endpoint::Tcp {
+                    host: host.clone(),
+                    addr,
+                    port,
+                }),
+                #[cfg(unix)]
+                Host::Unix(dir) => addr.is_none().then(|| Endpoint::Unix {
+                    dir: dir.clone(),
+                    port,
+                }),
+            }
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Targets {
+        endpoints,
+        attrs: cfg.get_target_session_attrs(),
     })
 }
 
@@ -276,32 +319,100 @@ pub enum Failure {
     Postgres(tokio_postgres::Error),
     /// The TCP connection itself (or the TLS name).
     Socket(io::Error),
+    /// Every server was reached, but none allows what
+    /// `target_session_attrs` asks for.
+    Attrs(TargetSessionAttrs),
 }
 
-/// Connects to `target` over a socket of our own with [`CopyMerge`] where
-/// the protocol is plain text — on the TLS stream when the server took
-/// TLS, on the socket when not — and drives the connection on its own task.
-pub async fn open<T>(cfg: &Config, target: &Target, tls: Option<T>) -> Result<Client, Failure>
+/// Connects to the first of `targets` that answers and allows what its
+/// `target_session_attrs` asks (libpq's order; the last failure when none
+/// does), over a socket of our own with [`CopyMerge`] where the protocol
+/// is plain text — on the TLS stream when the server took TLS, on the
+/// socket when not — and drives the connection on its own task.
+pub async fn open<T>(cfg: &Config, targets: &Targets, mut tls: Option<T>) -> Result<Client, Failure>
 where
-    T: MakeTlsConnect<CopyMerge<TcpStream>>,
+    T: MakeTlsConnect<CopyMerge<Socket>>,
     T::TlsConnect: Send + 'static,
-    <T::TlsConnect as TlsConnect<CopyMerge<TcpStream>>>::Future: Send + 'static,
+    <T::TlsConnect as TlsConnect<CopyMerge<Socket>>>::Future: Send + 'static,
     T::Stream: Send + 'static,
 {
-    let socket = tcp(cfg, target).await.map_err(Failure::Socket)?;
+    let mut failure = None;
+    for endpoint in &targets.endpoints {
+        let client = match open_one(cfg, endpoint, tls.as_mut()).await {
+            Ok(client) => client,
+            Err(e) => {
+                failure = Some(e);
+                continue;
+            }
+        };
+        match allows(&client, targets.attrs).await {
+            Ok(true) => return Ok(client),
+            Ok(false) => failure = Some(Failure::Attrs(targets.attrs)),
+            Err(e) => failure = Some(Failure::Postgres(e)),
+        }
+        tracing::debug!(
+            "postgres {}: not taken ({:?} asked)",
+            endpoint.describe(),
+            targets.attrs
+        );
+    }
+    Err(failure.unwrap_or_else(|| Failure::Socket(io::Error::other("no host to connect to"))))
+}
+
+/// Whether the session allows what `attrs` asks, by its
+/// `transaction_read_only` as libpq and tokio-postgres read it.
+async fn allows(client: &Client, attrs: TargetSessionAttrs) -> Result<bool, tokio_postgres::Error> {
+    if attrs == TargetSessionAttrs::Any {
+        return Ok(true);
+    }
+    let read_only = client
+        .simple_query("SHOW transaction_read_only")
+        .await?
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v == "on"),
+            _ => None,
+        });
+    Ok(match attrs {
+        TargetSessionAttrs::ReadWrite => read_only == Some(false),
+        TargetSessionAttrs::ReadOnly => read_only == Some(true),
+        _ => true,
+    })
+}
+
+/// One connection to `endpoint`: the socket, TLS when `tls` is given and
+/// the server takes it (never over a Unix socket, as libpq), the login.
+async fn open_one<T>(
+    cfg: &Config,
+    endpoint: &Endpoint,
+    tls: Option<&mut T>,
+) -> Result<Client, Failure>
+where
+    T: MakeTlsConnect<CopyMerge<Socket>>,
+    T::TlsConnect: Send + 'static,
+    <T::TlsConnect as TlsConnect<CopyMerge<Socket>>>::Future: Send + 'static,
+    T::Stream: Send + 'static,
+{
+    let socket = Socket::connect(cfg, endpoint)
+        .await
+        .map_err(Failure::Socket)?;
     let on_socket = MergeSwitch::default();
     let stream = CopyMerge::new(socket, &on_socket);
-    let Some(mut make) = tls else {
+    let (tls, host) = match (tls, endpoint) {
+        (Some(make), Endpoint::Tcp { host, .. }) => (Some(make), host.as_str()),
+        _ => (None, ""),
+    };
+    let Some(make) = tls else {
         let (client, connection) = cfg
             .connect_raw(stream, NoTls)
             .await
             .map_err(Failure::Postgres)?;
-        merge_from_now(&on_socket, target, "socket");
+        merge_from_now(&on_socket, endpoint, "socket");
         super::drive(connection);
         return Ok(client);
     };
     let connect = make
-        .make_tls_connect(&target.host)
+        .make_tls_connect(host)
         .map_err(|e| Failure::Socket(io::Error::other(e.into())))?;
     let on_tls = MergeSwitch::default();
     let tls = MergedTls {
@@ -315,39 +426,131 @@ where
         .await
         .map_err(Failure::Postgres)?;
     if used.load(Ordering::Acquire) {
-        merge_from_now(&on_tls, target, "TLS stream");
+        merge_from_now(&on_tls, endpoint, "TLS stream");
     } else {
-        merge_from_now(&on_socket, target, "socket");
+        merge_from_now(&on_socket, endpoint, "socket");
     }
     super::drive(connection);
     Ok(client)
 }
 
-/// Starts `switch` (the connection to `target` is up) and says where.
-fn merge_from_now(switch: &MergeSwitch, target: &Target, on: &str) {
+/// Starts `switch` (the connection to `endpoint` is up) and says where.
+fn merge_from_now(switch: &MergeSwitch, endpoint: &Endpoint, on: &str) {
     switch.start();
     tracing::debug!(
-        "postgres {}:{}: COPY rows merged on the {on}",
-        target.host,
-        target.port
+        "postgres {}: COPY rows merged on the {on}",
+        endpoint.describe()
     );
 }
 
-/// The TCP socket to `target`, set up as tokio-postgres sets up its own:
-/// no Nagle delay, the DSN's keepalives and user timeout, within its
-/// connect timeout.
-async fn tcp(cfg: &Config, target: &Target) -> io::Result<TcpStream> {
-    let connecting = async {
-        match target.addr {
-            Some(ip) => TcpStream::connect((ip, target.port)).await,
-            None => TcpStream::connect((target.host.as_str(), target.port)).await,
+/// The socket under a connection [`open`] makes.
+pub enum Socket {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+impl Socket {
+    /// Connects to `endpoint` within the DSN's connect timeout.
+    async fn connect(cfg: &Config, endpoint: &Endpoint) -> io::Result<Socket> {
+        let connecting = async {
+            match endpoint {
+                Endpoint::Tcp { host, addr, port } => {
+                    tcp(cfg, host, *addr, *port).await.map(Socket::Tcp)
+                }
+                #[cfg(unix)]
+                Endpoint::Unix { dir, port } => {
+                    tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
+                        .await
+                        .map(Socket::Unix)
+                }
+            }
+        };
+        match cfg.get_connect_timeout() {
+            Some(limit) => tokio::time::timeout(*limit, connecting)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connection timed out"))?,
+            None => connecting.await,
         }
-    };
-    let stream = match cfg.get_connect_timeout() {
-        Some(limit) => tokio::time::timeout(*limit, connecting)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connection timed out"))??,
-        None => connecting.await?,
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(unix)]
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(unix)]
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(unix)]
+            Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Socket::Tcp(s) => s.is_write_vectored(),
+            #[cfg(unix)]
+            Socket::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(unix)]
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(unix)]
+            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The TCP socket to `host` (at `addr` when given), set up as
+/// tokio-postgres sets up its own: no Nagle delay, the DSN's keepalives and
+/// user timeout.
+async fn tcp(
+    cfg: &Config,
+    host: &str,
+    addr: Option<std::net::IpAddr>,
+    port: u16,
+) -> io::Result<TcpStream> {
+    let stream = match addr {
+        Some(ip) => TcpStream::connect((ip, port)).await?,
+        None => TcpStream::connect((host, port)).await?,
     };
     stream.set_nodelay(true)?;
     let sock = socket2::SockRef::from(&stream);
@@ -555,5 +758,42 @@ mod tests {
         input.extend_from_slice(&cut[..7]);
         let out = through(input.clone(), vec![3], true).await;
         assert_eq!(out, input);
+    }
+
+    /// What `targets` makes of a DSN: each endpoint's description, or
+    /// `None` when the DSN goes to tokio-postgres as it is.
+    fn endpoints(dsn: &str) -> Option<Vec<String>> {
+        let cfg: Config = dsn.parse().expect("a DSN");
+        targets(&cfg).map(|t| t.endpoints.iter().map(Endpoint::describe).collect())
+    }
+
+    #[test]
+    fn hosts_pair_with_their_hostaddr_and_port_as_libpq_pairs_them() {
+        assert_eq!(endpoints("host=db port=6432"), Some(vec!["db:6432".into()]));
+        assert_eq!(
+            endpoints("host=a,b,/run/pg port=5433"),
+            Some(vec![
+                "a:5433".into(),
+                "b:5433".into(),
+                "/run/pg:5433".into()
+            ])
+        );
+        assert_eq!(
+            endpoints("host=a,b port=1,2 target_session_attrs=read-write"),
+            Some(vec!["a:1".into(), "b:2".into()])
+        );
+        let cfg: Config = "host=a,b hostaddr=10.0.0.1,10.0.0.2"
+            .parse()
+            .expect("a DSN");
+        let t = targets(&cfg).expect("paired");
+        assert!(matches!(
+            &t.endpoints[1],
+            Endpoint::Tcp { host, addr: Some(ip), port: 5432 } if host == "b" && ip.to_string() == "10.0.0.2"
+        ));
+        // Left to tokio-postgres: what does not pair, no host name, random order.
+        assert_eq!(endpoints("host=a,b port=1,2,3"), None);
+        assert_eq!(endpoints("hostaddr=10.0.0.1"), None);
+        assert_eq!(endpoints("host=/run/pg hostaddr=10.0.0.1"), None);
+        assert_eq!(endpoints("host=a,b load_balance_hosts=random"), None);
     }
 }

@@ -360,11 +360,13 @@ async fn transaction_statuses_in_order_and_unknown_for_foreign_ids() {
     );
 }
 
-/// A DSN of one TCP host connects over permafrost's own socket, which
-/// merges the COPY rows into fewer protocol messages (`source::wire`);
-/// several hosts and a Unix socket go through tokio-postgres's connecting.
-/// Each way archives the same rows with the same checksums, and a closed
-/// port fails the same way either way: one line, the hint, exit 4.
+/// Every way of naming the server — one TCP host, `hostaddr`, several
+/// hosts (the first one down), a Unix socket directory — connects over
+/// permafrost's own socket, which merges the COPY rows into fewer protocol
+/// messages (`source::wire`, said in the debug log).  Each way archives the
+/// same rows with the same checksums; a closed port fails the same way with
+/// one host or two (one line, the hint, exit 4), and a DSN asking for a
+/// server that allows writes, where none does, says so.
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn every_way_of_naming_the_server_archives_the_same_rows() {
@@ -390,6 +392,10 @@ async fn every_way_of_naming_the_server_archives_the_same_rows() {
         .expect("socket dir")
         .get::<_, String>(0);
     let name = &db.name;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
     let ways = [
         ("a URL", db.dsn.clone()),
         (
@@ -403,6 +409,13 @@ async fn every_way_of_naming_the_server_archives_the_same_rows() {
         (
             "two hosts",
             format!("host=127.0.0.1,127.0.0.1 port={port},{port} user=postgres dbname={name}"),
+        ),
+        (
+            "two hosts, the first down, asking for writes",
+            format!(
+                "host=127.0.0.1,localhost port={closed},{port} user=postgres dbname={name} \
+                 target_session_attrs=read-write"
+            ),
         ),
         (
             "a Unix socket",
@@ -424,6 +437,8 @@ async fn every_way_of_naming_the_server_archives_the_same_rows() {
         let cfg = config(i, dsn);
         let cfg = cfg.to_string_lossy();
         let out = ws.run(&[
+            "--log-level",
+            "debug",
             "archive",
             "--no-delete",
             "--json",
@@ -433,6 +448,11 @@ async fn every_way_of_naming_the_server_archives_the_same_rows() {
             &cfg,
         ]);
         assert_eq!(out.code, 0, "{what}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("COPY rows merged on the socket"),
+            "{what}: every connection through permafrost's socket: {}",
+            out.stderr
+        );
         let batches = out.json()[0]["batches"]
             .as_array()
             .expect("batches")
@@ -452,10 +472,6 @@ async fn every_way_of_naming_the_server_archives_the_same_rows() {
             Some(f) => assert_eq!(&sums, f, "{what}: the checksums of the first way"),
         }
     }
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
     for (i, (what, dsn)) in [
         (
             "one host",
@@ -485,6 +501,20 @@ async fn every_way_of_naming_the_server_archives_the_same_rows() {
             out.stderr
         );
     }
+    let read_only = format!(
+        "host=127.0.0.1,localhost port={port} user=postgres dbname={name} \
+         target_session_attrs=read-write options=-cdefault_transaction_read_only=on"
+    );
+    let cfg = config(20, &read_only);
+    let out = ws.run(&["archive", "-c", &cfg.to_string_lossy()]);
+    assert_eq!(out.code, 4, "read-only servers: {}", out.stderr);
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "read-only servers: {}", out.stderr);
+    assert!(
+        errors[0].contains("no server named allows writes"),
+        "read-only servers: {}",
+        errors[0]
+    );
     assert_eq!(
         count(&c, "sensor_readings", "true").await,
         total,
