@@ -186,7 +186,7 @@ async fn run_part(
             drop_partitions,
         } => {
             let parts = drop_parts.as_deref().filter(|_| drop_partitions);
-            end_skipped(tx, parts, commit_postgres).await?;
+            end_skipped(ctx, tx, parts.map(|p| (p, out.streamed)), commit_postgres).await?;
             return Ok(PartDone {
                 report: None,
                 exhausted,
@@ -233,7 +233,8 @@ async fn run_part(
     stages.verify = mark.elapsed().as_secs_f64();
     fault::point("after-verify").await;
     let mark = Instant::now();
-    settle_postgres(ctx, tx, drop_parts.as_deref(), &rec).await?;
+    let drop_parts = drop_parts.as_deref().map(|p| (p, out.streamed));
+    settle_postgres(ctx, tx, drop_parts, &rec).await?;
     stages.settle = mark.elapsed().as_secs_f64();
     let report = BatchReport {
         batch_id: rec.batch_id.clone(),
@@ -258,15 +259,16 @@ async fn run_part(
 }
 
 /// Ends the transaction of a part that records no batch: drops `parts`
-/// first (every row in them was already archived), then commits, or rolls
-/// back when nothing of it is to be kept.
+/// first (every row in them, the count given, was already archived), then
+/// commits, or rolls back when nothing of it is to be kept.
 async fn end_skipped(
+    ctx: &Ctx,
     tx: tokio_postgres::Transaction<'_>,
-    parts: Option<&[Partition]>,
+    parts: Option<(&[Partition], u64)>,
     commit: bool,
 ) -> Result<()> {
-    if let Some(parts) = parts {
-        drop_archived(&tx, parts).await?;
+    if let Some((parts, rows)) = parts {
+        drop_archived(ctx, &tx, parts, rows).await?;
     }
     let end = match commit {
         true => tx.commit().await,
@@ -807,23 +809,24 @@ async fn mark_failed(ctx: &Ctx, batch_id: &str, e: Error) -> Error {
     e.with_hint("the rows stay in Postgres; the window is blocked until `archive --force`")
 }
 
-/// The verified part's Postgres commit (dropping its partitions first):
-/// only now do its rows leave Postgres.  Then the batches it settled are
-/// settled for the rest of the run, and their failure marks are cleared.
+/// The verified part's Postgres commit (dropping its partitions first,
+/// which hold the rows counted beside them): only now do its rows leave
+/// Postgres.  Then the batches it settled are settled for the rest of the
+/// run, and their failure marks are cleared.
 async fn settle_postgres(
     ctx: &Ctx,
     tx: tokio_postgres::Transaction<'_>,
-    drop_parts: Option<&[Partition]>,
+    drop_parts: Option<(&[Partition], u64)>,
     rec: &BatchRecord,
 ) -> Result<()> {
-    if let Some(parts) = drop_parts {
+    if let Some((parts, rows)) = drop_parts {
         tracing::info!(
             "{}: dropping partition(s) {} of batch {}",
             ctx.cfg.source_name(),
             partition_names(parts),
             rec.batch_id
         );
-        drop_archived(&tx, parts).await?;
+        drop_archived(ctx, &tx, parts, rows).await?;
     }
     tx.commit()
         .await
@@ -872,27 +875,90 @@ fn partition_names(parts: &[Partition]) -> String {
         .join(", ")
 }
 
-/// Drops archived partitions inside the batch transaction.  If this fails
-/// the transaction rolls back: the batch is archived, the next run settles it.
-async fn drop_archived(tx: &tokio_postgres::Transaction<'_>, parts: &[Partition]) -> Result<()> {
-    tx.batch_execute(&format!("DROP TABLE {}", partition_names(parts)))
+/// Drops archived partitions inside the batch transaction; their rows
+/// leave Postgres at its commit.  A partition's `DROP` locks the parent,
+/// and every reader and writer of the parent queues behind a `DROP` that
+/// waits — so it waits at most `drop_lock_timeout`.  When that runs out
+/// (a long query on the parent), or the `DROP` is refused otherwise, the
+/// partitions' rows are deleted instead and the partitions stay, empty:
+/// the batch has held them locked against writes since it began, so they
+/// hold exactly the `rows` it archived, which the `DELETE`s must count.
+/// Only when that fails too does the batch fail (it is archived: the next
+/// run settles it).
+async fn drop_archived(
+    ctx: &Ctx,
+    tx: &tokio_postgres::Transaction<'_>,
+    parts: &[Partition],
+    rows: u64,
+) -> Result<()> {
+    let names = partition_names(parts);
+    let wait = match ctx.cfg.drop_lock_timeout.as_millis() {
+        0 => String::new(),
+        ms => format!("SET LOCAL lock_timeout = {ms}; "),
+    };
+    let dropped = tx
+        .batch_execute(&format!(
+            "SAVEPOINT permafrost_drop; {wait}DROP TABLE {names}"
+        ))
+        .await;
+    let Err(e) = dropped else {
+        return Ok(());
+    };
+    let Some(db) = e.as_db_error() else {
+        return Err(Error::postgres(
+            "cannot drop the archived partitions (the batch is archived; the next run settles it)",
+            e,
+        ));
+    };
+    let advice = match db.code() == &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE {
+        true => "a session reads or locks the table: drop them when it is quiet",
+        false => "drop them once that is resolved",
+    };
+    tracing::warn!(
+        "{}: partition(s) {names} not dropped ({}); their rows are deleted instead and the \
+         partitions stay, empty ({advice})",
+        ctx.cfg.source_name(),
+        db.message()
+    );
+    empty_archived(tx, parts, rows).await
+}
+
+/// Deletes the rows of `parts` after a refused `DROP` (rolled back to its
+/// savepoint): the batch's own locks are all it needs, so nothing waits.
+/// They must be the `rows` the batch archived.
+async fn empty_archived(
+    tx: &tokio_postgres::Transaction<'_>,
+    parts: &[Partition],
+    rows: u64,
+) -> Result<()> {
+    let deletes: String = parts
+        .iter()
+        .map(|p| format!("; DELETE FROM {}", p.name))
+        .collect();
+    let done = tx
+        .simple_query(&format!("ROLLBACK TO SAVEPOINT permafrost_drop{deletes}"))
         .await
         .map_err(|e| {
-            let depended_on =
-                e.code() == Some(&tokio_postgres::error::SqlState::DEPENDENT_OBJECTS_STILL_EXIST);
-            let err = Error::postgres(
-                "cannot drop the archived partitions (the batch is archived; the next run settles it)",
+            Error::postgres(
+                "cannot delete the archived partitions' rows (the batch is archived; the next run settles it)",
                 e,
-            );
-            if !depended_on {
-                return err;
-            }
-            err.replace_hint(
-                "something depends on the partitions: remove that, or set `drop_partitions: false` \
-                 to delete their rows instead (never `DROP … CASCADE`, which would drop what \
-                 depends on them)",
             )
+        })?;
+    let deleted: u64 = done
+        .iter()
+        .map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::CommandComplete(n) => *n,
+            _ => 0,
         })
+        .sum();
+    if deleted != rows {
+        return Err(Error::internal(format!(
+            "the archived partitions {} held {deleted} row(s), not the {rows} archived; nothing \
+             was deleted (the batch is archived: the next run settles it)",
+            partition_names(parts)
+        )));
+    }
+    Ok(())
 }
 
 /// Reads the committed batch back from the catalog's table (not from

@@ -285,6 +285,10 @@ pub struct TableConfig {
     /// (in the batch transaction, after verification) instead of deleting
     /// their rows.
     pub drop_partitions: bool,
+    /// How long a batch's `DROP` waits for its parent's lock (which every
+    /// reader and writer of the parent queues behind meanwhile) before the
+    /// partitions' rows are deleted instead; zero waits `lock_timeout`.
+    pub drop_lock_timeout: Duration,
 }
 
 impl TableConfig {
@@ -505,6 +509,8 @@ struct RawTable {
     text_columns: Vec<String>,
     #[serde(default, deserialize_with = "scalar")]
     drop_partitions: bool,
+    #[serde(default)]
+    drop_lock_timeout: Option<String>,
 }
 
 fn default_schema() -> String {
@@ -1042,6 +1048,12 @@ fn parse_table(
         // Syntax is checked here; columns are checked against the table by `check`/`archive`.
         crate::filter::Filter::parse(f).map_err(|e| e.prefixed(key("filter")))?;
     }
+    let drop_lock_timeout = match t.drop_lock_timeout.as_deref() {
+        None => DEFAULT_DROP_LOCK_TIMEOUT,
+        Some(s) => parse_duration(s)
+            .and_then(|d| at_most(d, MAX_PG_TIMEOUT, "24 days (PostgreSQL's limit)"))
+            .map_err(|m| Error::config(format!("{}: {m}", key("drop_lock_timeout"))))?,
+    };
     Ok(TableConfig {
         schema: t.schema,
         name: t.name,
@@ -1062,6 +1074,7 @@ fn parse_table(
         exclude_columns: t.exclude_columns,
         text_columns: t.text_columns,
         drop_partitions: t.drop_partitions,
+        drop_lock_timeout,
     })
 }
 
@@ -1459,6 +1472,10 @@ pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<St
 pub const MAX_LAG: Duration = Duration::from_secs(1000 * 366 * 86400);
 /// PostgreSQL's timeouts are milliseconds in an `int`.
 pub const MAX_PG_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+/// The default `tables[].drop_lock_timeout`: the longest a partition's
+/// `DROP` may hold up the parent's readers and writers queued behind it.
+pub const DEFAULT_DROP_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The default `database.lock_timeout`.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_POOL_SIZE: usize = 1000;
@@ -1715,6 +1732,25 @@ mod tests {
         assert_eq!(c.database.pool_size, 7);
         assert!(c.tables[0].drop_partitions);
         assert_eq!(c.tables[0].batch_windows, 3);
+        assert_eq!(c.tables[0].drop_lock_timeout, DEFAULT_DROP_LOCK_TIMEOUT);
+    }
+
+    #[test]
+    fn drop_lock_timeout_is_a_postgres_duration() {
+        let yaml = |v: &str| {
+            format!(
+                "database:\n  dsn: \"host=h\"\ntables:\n  - name: t\n    timestamp_column: ts\n    \
+                 drop_partitions: true\n    drop_lock_timeout: {v}\n"
+            )
+        };
+        let c = Config::from_str_with(&yaml("500ms"), Path::new("."), &env(&[])).unwrap();
+        assert_eq!(c.tables[0].drop_lock_timeout, Duration::from_millis(500));
+        let e = Config::from_str_with(&yaml("25d"), Path::new("."), &env(&[])).unwrap_err();
+        assert!(
+            e.to_string().contains("`tables[0].drop_lock_timeout`")
+                && e.to_string().contains("24 days"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -2027,6 +2027,37 @@ async fn partitions_another_role_owns_are_emptied_not_dropped() {
     assert_emptied_not_dropped(&fx, &c, &role).await;
 }
 
+/// A reader of the parent — a long query, here a transaction that read it
+/// and stays open — holds a lock a partition's `DROP` needs (it locks the
+/// parent), and every reader and writer of the parent queues behind a
+/// `DROP` that waits for it.  The `DROP` waits at most
+/// `drop_lock_timeout`; then the batch deletes the partitions' rows
+/// instead (its own locks are all that takes), settles in the same run,
+/// and the partitions stay, empty — where the batch used to fail after its
+/// commit, unsettled, each later run archiving one more marker snapshot.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_drop_held_up_by_a_reader_of_the_parent_deletes_the_rows_instead() {
+    let s = services!();
+    let (fx, c) = partitioned_fixture(&s, "parts_reader", "    drop_lock_timeout: 200ms\n").await;
+    let reader = fx.db.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM events")
+        .await
+        .expect("a reader of the parent");
+    let out = fx.archive_env(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("not dropped (canceling statement due to lock timeout)")
+            && out.stderr.contains("deleted instead"),
+        "{}",
+        out.stderr
+    );
+    assert_emptied_not_dropped(&fx, &c, "held up by a reader").await;
+    reader.batch_execute("COMMIT").await.expect("reader ends");
+}
+
 async fn partitions(c: &tokio_postgres::Client) -> Vec<String> {
     c.query(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
