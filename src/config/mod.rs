@@ -285,9 +285,10 @@ pub struct TableConfig {
     /// (in the batch transaction, after verification) instead of deleting
     /// their rows.
     pub drop_partitions: bool,
-    /// How long a batch's `DROP` waits for its parent's lock (which every
-    /// reader and writer of the parent queues behind meanwhile) before the
-    /// partitions' rows are deleted instead; zero waits `lock_timeout`.
+    /// How long a statement that locks the whole partitioned table — a
+    /// batch's `DROP` of partitions, a restore's `DETACH` — waits for that
+    /// lock, which every reader and writer of the table queues behind
+    /// meanwhile; zero waits `lock_timeout`.
     pub drop_lock_timeout: Duration,
 }
 

@@ -25,10 +25,14 @@ pub struct Attached {
 ///
 /// The staging table first gets the target's NOT NULL and CHECK constraints
 /// and a validated CHECK constraint matching the partition bounds, so that
-/// `ATTACH PARTITION` needs no scan.  With `replace`, the existing partition
-/// of exactly this range is detached first: dropped when empty, otherwise
-/// kept as `<name>_replaced_<unix time>`.  Validation has checked that
-/// `target` is range-partitioned on `ts` (`validate::preflight`, and again
+/// `ATTACH PARTITION` needs no scan — before anything locks `target`.  With
+/// `replace`, the existing partition of exactly this range is detached
+/// next: dropped when empty, otherwise kept as `<name>_replaced_<unix
+/// time>`.  `DETACH` locks `target` whole, and every reader and writer of
+/// it queues behind a `DETACH` that waits, so it waits at most `wait` (then
+/// nothing is changed, the staged rows stay); from it to the commit only
+/// catalog changes run.  Validation has checked that `target` is
+/// range-partitioned on `ts` (`validate::preflight`, and again
 /// `validate::against_target` after staging).
 #[allow(clippy::too_many_arguments)]
 pub async fn attach(
@@ -39,45 +43,20 @@ pub async fn attach(
     ts: &str,
     kind: TimeKind,
     range: &Window,
-    replace: bool,
+    (replace, wait): (bool, std::time::Duration),
 ) -> Result<Attached> {
     let tcols = target_columns(client, target).await?;
     let cons = check_constraints(client, target).await?;
     let parts = overlapping_partitions(client, target, kind, range).await?;
-
+    if let Some(p) = parts.first()
+        && !(replace && parts.len() == 1 && p.exact)
+    {
+        return Err(Error::new(
+            ErrorKind::Postgres,
+            format!("partition {} already covers the range", p.name),
+        ));
+    }
     in_transaction(client, "the attach", async {
-        let mut replaced = None;
-        if let Some(p) = parts.first() {
-            if !(replace && parts.len() == 1 && p.exact) {
-                return Err(Error::new(
-                    ErrorKind::Postgres,
-                    format!("partition {} already covers the range", p.name),
-                ));
-            }
-            client
-                .batch_execute(&format!("ALTER TABLE {target} DETACH PARTITION {}", p.name))
-                .await
-                .map_err(pg("cannot detach the existing partition"))?;
-            let n: i64 = client
-                .query_one(&format!("SELECT count(*) FROM {}", p.name), &[])
-                .await
-                .map_err(pg("cannot count the detached partition"))?
-                .get(0);
-            if n == 0 {
-                client
-                    .batch_execute(&format!("DROP TABLE {}", p.name))
-                    .await
-                    .map_err(pg("cannot drop the empty detached partition"))?;
-            } else {
-                let bare = p.name.rsplit('.').next().unwrap_or(&p.name).trim_matches('"');
-                let new = format!("{bare}_replaced_{}", chrono::Utc::now().timestamp());
-                client
-                    .batch_execute(&format!("ALTER TABLE {} RENAME TO {}", p.name, quote_ident(&new)))
-                    .await
-                    .map_err(pg("cannot rename the detached partition"))?;
-                replaced = Some(new);
-            }
-        }
         let mut alters: Vec<String> = tcols
             .iter()
             .filter(|c| c.not_null)
@@ -108,6 +87,10 @@ pub async fn attach(
             .map_err(pg("cannot read the range constraint"))?
             .map(|r| r.get(0))
             .unwrap_or(false);
+        let replaced = match parts.first() {
+            Some(p) => detach(client, target, &p.name, staging, wait).await?,
+            None => None,
+        };
         client
             .batch_execute(&format!(
                 "ALTER TABLE {target} ATTACH PARTITION {staging} FOR VALUES FROM ({}) TO ({})",
@@ -122,6 +105,62 @@ pub async fn attach(
         })
     })
     .await
+}
+
+/// Detaches `part` from `target` inside the attach's transaction, waiting
+/// at most `wait` (zero: `lock_timeout`) for the lock; then drops it when
+/// empty, else renames it `<name>_replaced_<unix time>` (the new name).
+async fn detach(
+    client: &Client,
+    target: &str,
+    part: &str,
+    staging: &str,
+    wait: std::time::Duration,
+) -> Result<Option<String>> {
+    let bound = match wait.as_millis() {
+        0 => String::new(),
+        ms => format!("SET LOCAL lock_timeout = {ms}; "),
+    };
+    client
+        .batch_execute(&format!(
+            "{bound}ALTER TABLE {target} DETACH PARTITION {part}"
+        ))
+        .await
+        .map_err(|e| {
+            let busy = e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
+            let err = Error::postgres("cannot detach the existing partition", e);
+            match busy {
+                true => err.replace_hint(format!(
+                    "a session reads or locks {target} (every reader and writer of it would \
+                     queue behind the detach): restore again when it is quiet, or raise \
+                     `tables[].drop_lock_timeout`; nothing was attached or detached, the staged \
+                     rows stay in {staging} (drop it first)"
+                )),
+                false => err,
+            }
+        })?;
+    let empty: bool = client
+        .query_one(&format!("SELECT NOT EXISTS (SELECT 1 FROM {part})"), &[])
+        .await
+        .map_err(pg("cannot read the detached partition"))?
+        .get(0);
+    if empty {
+        client
+            .batch_execute(&format!("DROP TABLE {part}"))
+            .await
+            .map_err(pg("cannot drop the empty detached partition"))?;
+        return Ok(None);
+    }
+    let bare = part.rsplit('.').next().unwrap_or(part).trim_matches('"');
+    let new = format!("{bare}_replaced_{}", chrono::Utc::now().timestamp());
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {part} RENAME TO {}",
+            quote_ident(&new)
+        ))
+        .await
+        .map_err(pg("cannot rename the detached partition"))?;
+    Ok(Some(new))
 }
 
 /// What `merge` did.

@@ -661,7 +661,7 @@ impl Staged<'_> {
                     &t.timestamp_column,
                     time_kind,
                     &req.range,
-                    replace,
+                    (replace, t.drop_lock_timeout),
                 )
                 .await?;
                 report.action = Action::Attached;

@@ -1160,7 +1160,16 @@ async fn attach_into_a_range_partitioned_table() {
     )
     .await
     .expect("partitioned table");
-    let fx = Fx::new(&s, db, Cat::Sqlite, "events", "ts", "5d").await;
+    let fx = Fx::with(
+        &s,
+        db,
+        Cat::Sqlite,
+        "events",
+        "ts",
+        "5d",
+        "    drop_lock_timeout: 200ms\n",
+    )
+    .await;
     fx.archive();
     assert_eq!(count(&c, "events", "true").await, 0);
     let range = fx.range("ts", 2, 3);
@@ -1180,6 +1189,68 @@ async fn attach_into_a_range_partitioned_table() {
     assert!(out.error_lines()[0].contains("already cover the range (0 row(s))"));
     assert_eq!(relations(&c).await, before, "nothing created");
     assert_eq!(count(&c, "events", "true").await, 0);
+
+    // A reader of the parent holds up the detach (every reader and writer
+    // of the parent would queue behind it): it waits `drop_lock_timeout`,
+    // then fails in one line; nothing detached or attached, the staged rows
+    // stay.
+    let reader = fx.db.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM events")
+        .await
+        .expect("a reader of the parent");
+    let out = fx.restore(
+        "events",
+        2,
+        3,
+        &["--attach", "--replace-partition", "--into", "events_held"],
+    );
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(
+        errors[0].contains("cannot detach the existing partition")
+            && errors[0].contains("lock timeout"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        out.stderr.contains("restore again when it is quiet"),
+        "{}",
+        out.stderr
+    );
+    reader.batch_execute("COMMIT").await.expect("reader ends");
+    let inherits = |cond: &'static str| {
+        let c = &c;
+        async move {
+            c.query_one(
+                &format!("SELECT count(*) FROM pg_inherits WHERE {cond}"),
+                &[],
+            )
+            .await
+            .expect("pg_inherits")
+            .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(
+        inherits("inhparent = 'events'::regclass").await,
+        5,
+        "nothing detached"
+    );
+    assert_eq!(
+        inherits("inhrelid = 'events_held'::regclass").await,
+        0,
+        "nothing attached"
+    );
+    assert_eq!(
+        relations(&c).await.len(),
+        before.len() + 1,
+        "the staging table kept"
+    );
+    assert_eq!(count(&c, "events_held", "true").await, want.len() as i64);
+    c.batch_execute("DROP TABLE events_held")
+        .await
+        .expect("drop the kept staging table");
 
     // Replacing it: the empty partition is dropped, the staging table attached.
     let out = fx.restore(
