@@ -234,8 +234,14 @@ async fn run_part(
     fault::point("after-verify").await;
     let mark = Instant::now();
     let drop_parts = drop_parts.as_deref().map(|p| (p, out.streamed));
-    settle_postgres(ctx, tx, drop_parts, &rec).await?;
+    let ended = settle_postgres(ctx, tx, drop_parts, &rec).await?;
     stages.settle = mark.elapsed().as_secs_f64();
+    let names = || drop_parts.map(|(p, _)| p.iter().map(|p| p.name.clone()).collect());
+    let (dropped_partitions, emptied_partitions) = match ended {
+        None => (vec![], vec![]),
+        Some(PartitionsEnd::Dropped) => (names().unwrap_or_default(), vec![]),
+        Some(PartitionsEnd::Emptied) => (vec![], names().unwrap_or_default()),
+    };
     let report = BatchReport {
         batch_id: rec.batch_id.clone(),
         window_start: rfc3339(range.start),
@@ -250,6 +256,8 @@ async fn run_part(
         checksum: rec.checksum.clone(),
         seconds: started.elapsed().as_secs_f64(),
         stages,
+        dropped_partitions,
+        emptied_partitions,
     };
     log_done(ctx, &report, &range);
     Ok(PartDone {
@@ -814,15 +822,16 @@ async fn mark_failed(ctx: &Ctx, batch_id: &str, e: Error) -> Error {
 }
 
 /// The verified part's Postgres commit (dropping its partitions first,
-/// which hold the rows counted beside them): only now do its rows leave
-/// Postgres.  Then the batches it settled are settled for the rest of the
-/// run, and their failure marks are cleared.
+/// which hold the rows counted beside them; how they ended is returned):
+/// only now do its rows leave Postgres.  Then the batches it settled are
+/// settled for the rest of the run, and their failure marks are cleared.
 async fn settle_postgres(
     ctx: &Ctx,
     tx: tokio_postgres::Transaction<'_>,
     drop_parts: Option<(&[Partition], u64)>,
     rec: &BatchRecord,
-) -> Result<()> {
+) -> Result<Option<PartitionsEnd>> {
+    let mut ended = None;
     if let Some((parts, rows)) = drop_parts {
         tracing::info!(
             "{}: dropping partition(s) {} of batch {}",
@@ -830,7 +839,7 @@ async fn settle_postgres(
             partition_names(parts),
             rec.batch_id
         );
-        drop_archived(ctx, &tx, parts, rows).await?;
+        ended = Some(drop_archived(ctx, &tx, parts, rows).await?);
     }
     tx.commit()
         .await
@@ -838,7 +847,7 @@ async fn settle_postgres(
     fault::point("after-pg-commit").await;
     ctx.settle(decide::settled_by(rec));
     if rec.reconciles.is_empty() {
-        return Ok(());
+        return Ok(ended);
     }
     let mut committer = ctx.committer.lock().await;
     let failed = ledger::read::failed_batches(&committer.table);
@@ -852,7 +861,7 @@ async fn settle_postgres(
         lake::commit::clear_failed(ctx.catalog.iceberg(), &ctx.table.ident, &resolved).await?;
         committer.table = lake::commit::reload(ctx.catalog.iceberg(), &ctx.table.ident).await?;
     }
-    Ok(())
+    Ok(ended)
 }
 
 fn log_done(ctx: &Ctx, r: &BatchReport, range: &Window) {
@@ -894,7 +903,7 @@ async fn drop_archived(
     tx: &tokio_postgres::Transaction<'_>,
     parts: &[Partition],
     rows: u64,
-) -> Result<()> {
+) -> Result<PartitionsEnd> {
     let names = partition_names(parts);
     let wait = match ctx.cfg.drop_lock_timeout.as_millis() {
         0 => String::new(),
@@ -906,7 +915,7 @@ async fn drop_archived(
         ))
         .await;
     let Err(e) = dropped else {
-        return Ok(());
+        return Ok(PartitionsEnd::Dropped);
     };
     let Some(db) = e.as_db_error() else {
         return Err(Error::postgres(
@@ -924,7 +933,15 @@ async fn drop_archived(
         ctx.cfg.source_name(),
         db.message()
     );
-    empty_archived(tx, parts, rows).await
+    empty_archived(tx, parts, rows).await?;
+    Ok(PartitionsEnd::Emptied)
+}
+
+/// How a batch's partitions left Postgres.
+enum PartitionsEnd {
+    Dropped,
+    /// Their `DROP` was held up or refused: their rows were deleted.
+    Emptied,
 }
 
 /// Deletes the rows of `parts` after a refused `DROP` (rolled back to its

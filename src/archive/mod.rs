@@ -165,6 +165,13 @@ pub struct BatchReport {
     pub checksum: String,
     pub seconds: f64,
     pub stages: Stages,
+    /// With `drop_partitions`: the partitions the batch dropped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped_partitions: Vec<String>,
+    /// The partitions whose `DROP` was held up or refused: their rows were
+    /// deleted instead, and they stay, empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub emptied_partitions: Vec<String>,
 }
 
 /// A batch a dry run would archive.

@@ -1957,6 +1957,22 @@ async fn partitions_drop_side_by_side() {
         out.stderr
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
+    let dropped: Vec<Value> = out.json()[0]["batches"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|b| {
+            b["dropped_partitions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        dropped.len(),
+        5,
+        "each day's partition listed once: {dropped:?}"
+    );
     assert_partitions_archived(&fx, &c, "side by side").await;
 }
 
@@ -2125,6 +2141,18 @@ async fn a_drop_held_up_by_a_reader_of_the_parent_deletes_the_rows_instead() {
         "{}",
         out.stderr
     );
+    let batches = out.json()[0]["batches"].clone();
+    let listed = |key: &str| -> Vec<String> {
+        batches
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|b| b[key].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p.as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(listed("emptied_partitions").len(), 5, "{batches}");
+    assert!(listed("dropped_partitions").is_empty(), "{batches}");
     assert_emptied_not_dropped(&fx, &c, "held up by a reader").await;
     reader.batch_execute("COMMIT").await.expect("reader ends");
 }
