@@ -211,10 +211,8 @@ async fn run_part(
         extract_write,
         ..Stages::default()
     };
-    let (nfiles, bytes) = (
-        out.files.len(),
-        out.files.iter().map(|f| f.file_size_in_bytes()).sum(),
-    );
+    let files = out.files.len();
+    let bytes = out.files.iter().map(DataFile::file_size_in_bytes).sum();
     let mark = Instant::now();
     let extra = SummaryExtra {
         windows: planned.windows.len(),
@@ -234,14 +232,8 @@ async fn run_part(
     fault::point("after-verify").await;
     let mark = Instant::now();
     let drop_parts = drop_parts.as_deref().map(|p| (p, out.streamed));
-    let ended = settle_postgres(ctx, tx, drop_parts, &rec).await?;
+    let parts = settle_postgres(ctx, tx, drop_parts, &rec).await?;
     stages.settle = mark.elapsed().as_secs_f64();
-    let names = || drop_parts.map(|(p, _)| p.iter().map(|p| p.name.clone()).collect());
-    let (dropped_partitions, emptied_partitions) = match ended {
-        None => (vec![], vec![]),
-        Some(PartitionsEnd::Dropped) => (names().unwrap_or_default(), vec![]),
-        Some(PartitionsEnd::Emptied) => (vec![], names().unwrap_or_default()),
-    };
     let report = BatchReport {
         batch_id: rec.batch_id.clone(),
         window_start: rfc3339(range.start),
@@ -250,14 +242,14 @@ async fn run_part(
         mode: rec.mode,
         rows: rec.rows,
         reconciled_rows: out.reconciled,
-        files: nfiles,
+        files,
         bytes,
         snapshot_id: Some(snapshot_id),
         checksum: rec.checksum.clone(),
         seconds: started.elapsed().as_secs_f64(),
         stages,
-        dropped_partitions,
-        emptied_partitions,
+        dropped_partitions: parts.dropped,
+        emptied_partitions: parts.emptied,
     };
     log_done(ctx, &report, &range);
     Ok(PartDone {
@@ -821,17 +813,25 @@ async fn mark_failed(ctx: &Ctx, batch_id: &str, e: Error) -> Error {
     e.with_hint("the rows stay in Postgres; the window is blocked until `archive --force`")
 }
 
+/// The partitions a batch dropped, or emptied when their `DROP` was held
+/// up or refused.
+#[derive(Default)]
+struct SettledPartitions {
+    dropped: Vec<String>,
+    emptied: Vec<String>,
+}
+
 /// The verified part's Postgres commit (dropping its partitions first,
-/// which hold the rows counted beside them; how they ended is returned):
-/// only now do its rows leave Postgres.  Then the batches it settled are
-/// settled for the rest of the run, and their failure marks are cleared.
+/// which hold the rows counted beside them): only now do its rows leave
+/// Postgres.  Then the batches it settled are settled for the rest of the
+/// run, and their failure marks are cleared.
 async fn settle_postgres(
     ctx: &Ctx,
     tx: tokio_postgres::Transaction<'_>,
     drop_parts: Option<(&[Partition], u64)>,
     rec: &BatchRecord,
-) -> Result<Option<PartitionsEnd>> {
-    let mut ended = None;
+) -> Result<SettledPartitions> {
+    let mut ended = SettledPartitions::default();
     if let Some((parts, rows)) = drop_parts {
         tracing::info!(
             "{}: dropping partition(s) {} of batch {}",
@@ -839,7 +839,11 @@ async fn settle_postgres(
             partition_names(parts),
             rec.batch_id
         );
-        ended = Some(drop_archived(ctx, &tx, parts, rows).await?);
+        let names = parts.iter().map(|p| p.name.clone()).collect();
+        match drop_archived(ctx, &tx, parts, rows).await? {
+            PartitionsEnd::Dropped => ended.dropped = names,
+            PartitionsEnd::Emptied => ended.emptied = names,
+        }
     }
     tx.commit()
         .await

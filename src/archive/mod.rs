@@ -547,7 +547,7 @@ async fn pending_side(
     let pending = windows::nonempty_windows(client, src, t.partition_by, lower, cutoff).await?;
     let (per_batch, own) = futures::join!(
         batch_windows(client, t, src, pending.len(), (lower, cutoff)),
-        workers(cfg, t, pending.len())
+        workers(cfg, t, src.oid, pending.len())
     );
     Ok((pending, per_batch?, own))
 }
@@ -807,6 +807,7 @@ fn report_plan(t: &TableConfig, plan: &Plan, report: &mut TableReport) -> bool {
 async fn workers(
     cfg: &Config,
     t: &TableConfig,
+    table_oid: u32,
     batches: usize,
 ) -> Result<Vec<tokio_postgres::Client>> {
     let n = worker_count(t.parallel_windows, cfg.database.pool_size, batches);
@@ -814,7 +815,25 @@ async fn workers(
         return Ok(Vec::new());
     }
     // Concurrently: each connection is a few round trips (TLS, auth).
-    futures::future::try_join_all((0..n).map(|_| source::connect(&cfg.database))).await
+    futures::future::try_join_all((0..n).map(|_| async {
+        let client = source::connect(&cfg.database).await?;
+        match source::run_lock_here(&client, table_oid).await? {
+            true => Ok(client),
+            false => Err(Error::new(
+                ErrorKind::Postgres,
+                format!(
+                    "{}: a worker connection reached another server than the run's (the \
+                     table's advisory lock is not held there)",
+                    t.quoted_name()
+                ),
+            )
+            .with_hint(
+                "the DSN's hosts are not one server: add `target_session_attrs=read-write` so \
+                 that every connection reaches the primary, or name one host; nothing was archived",
+            )),
+        }
+    }))
+    .await
 }
 
 /// The worker connections a plan of `batches` batches uses, of `own` (opened

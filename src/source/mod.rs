@@ -294,6 +294,29 @@ pub async fn unlock_table(client: &Client, table_oid: u32) -> Result<()> {
         .map_err(|e| Error::postgres("cannot release the table's advisory lock", e))
 }
 
+/// Whether another session of `client`'s server — the run's own, which
+/// took it first — holds the table's advisory lock: a connection of the
+/// run that reached another server (a DSN of several hosts that are not
+/// one server, a failover between connections) must not work there.
+pub async fn run_lock_here(client: &Client, table_oid: u32) -> Result<bool> {
+    let key = lock_key(table_oid);
+    // A bigint key shows in pg_locks as its high and low 32 bits.
+    let row = client
+        .query_typed_one(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND classid = {} AND objid = {} AND objsubid = 1 AND pid <> pg_backend_pid() \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+                key >> 32,
+                key & 0xffff_ffff
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot look up the table's advisory lock", e))?;
+    Ok(row.get(0))
+}
+
 /// The application name and pid of the session holding the table's lock, if any.
 pub async fn lock_holder(client: &Client, table_oid: u32) -> Result<Option<String>> {
     let key = lock_key(table_oid);

@@ -521,3 +521,90 @@ async fn every_way_of_naming_the_server_archives_the_same_rows() {
         "nothing deleted"
     );
 }
+
+/// Every connection of a run works on the server where the run holds the
+/// table's advisory lock.  A DSN of two hosts that are two servers — the
+/// test cluster, then the solo cluster with a database of the same name
+/// and the same table — as a role the first admits once (`CONNECTION
+/// LIMIT 1`): the run's own connection takes the first, its workers fall
+/// through to the second, where they would have archived and deleted the
+/// other server's rows.  The run stops before its first batch, in one line
+/// (exit 4); nothing is archived, no row deleted on either server.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn worker_connections_that_reach_another_server_stop_the_run() {
+    let s = services!();
+    let _solo = crate::safety::SOLO.lock().await;
+    let (db, ws, cat, _cfg, _now) = small_setup(&s, 3_000).await;
+    let c = db.client().await;
+    let role = format!("{}_w", db.name);
+    connect(&s.pg_solo)
+        .await
+        .batch_execute(&format!("CREATE DATABASE \"{}\"", db.name))
+        .await
+        .expect("the same database on the solo cluster");
+    let base = |dsn: &str| {
+        dsn.rsplit_once('/')
+            .map(|(b, _)| b.to_string())
+            .expect("a URL")
+    };
+    let solo = connect(&format!("{}/{}", base(&s.pg_solo), db.name)).await;
+    solo.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
+        .await
+        .expect("schema");
+    solo.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "3000"))
+        .await
+        .expect("data");
+    let grant = format!("GRANT SELECT, DELETE ON sensor_readings TO \"{role}\"");
+    c.batch_execute(&format!(
+        "CREATE ROLE \"{role}\" LOGIN CONNECTION LIMIT 1; {grant}"
+    ))
+    .await
+    .expect("a role the test cluster admits once");
+    solo.batch_execute(&format!("CREATE ROLE \"{role}\" LOGIN; {grant}"))
+        .await
+        .expect("the role on the solo cluster");
+    let port = |dsn: &str| {
+        base(dsn)
+            .rsplit_once(':')
+            .map(|(_, p)| p.to_string())
+            .expect("a port")
+    };
+    let dsn = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user={role} dbname={}",
+        port(&s.pg),
+        port(&s.pg_solo),
+        db.name
+    );
+    let (here, there) = (
+        count(&c, "sensor_readings", "true").await,
+        count(&solo, "sensor_readings", "true").await,
+    );
+    let cfg = ws.config(
+        "two-servers.yaml",
+        &format!(
+            "database:\n  dsn: \"{dsn}\"\n{}global:\n  namespace: {}\ntables:\n\
+             \x20 - name: sensor_readings\n    timestamp_column: recorded_at\n    lag: 15d\n    \
+             batch_windows: 1\n",
+            cat.yaml, cat.namespace
+        ),
+    );
+    let out = ws.run(&["archive", "--json", "-c", &cfg.to_string_lossy()]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(
+        errors[0].contains("a worker connection reached another server"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        out.stderr.contains("target_session_attrs"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(count(&c, "sensor_readings", "true").await, here);
+    assert_eq!(count(&solo, "sensor_readings", "true").await, there);
+    let json = out.json();
+    assert_eq!(json[0]["batches"], serde_json::json!([]), "{json}");
+}

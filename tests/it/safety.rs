@@ -1712,7 +1712,7 @@ async fn concurrent_updates_and_deletes_keep_the_last_committed_version() {
 }
 
 /// The cluster `Services::pg_solo` is one test's at a time.
-static SOLO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static SOLO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The solo cluster, the caller's alone while it holds the guard: its
 /// services, and a fixture of 6 days of 400 rows on it.
