@@ -1957,17 +1957,7 @@ async fn partitions_drop_side_by_side() {
         out.stderr
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let dropped: Vec<Value> = out.json()[0]["batches"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|b| {
-            b["dropped_partitions"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .collect();
+    let dropped = listed_partitions(&out.json(), "dropped_partitions");
     assert_eq!(
         dropped.len(),
         5,
@@ -2141,20 +2131,27 @@ async fn a_drop_held_up_by_a_reader_of_the_parent_deletes_the_rows_instead() {
         "{}",
         out.stderr
     );
-    let batches = out.json()[0]["batches"].clone();
-    let listed = |key: &str| -> Vec<String> {
-        batches
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|b| b[key].as_array().cloned().unwrap_or_default())
-            .filter_map(|p| p.as_str().map(str::to_string))
-            .collect()
-    };
-    assert_eq!(listed("emptied_partitions").len(), 5, "{batches}");
-    assert!(listed("dropped_partitions").is_empty(), "{batches}");
+    let report = out.json();
+    let emptied = listed_partitions(&report, "emptied_partitions");
+    assert_eq!(emptied.len(), 5, "{report}");
+    assert!(
+        listed_partitions(&report, "dropped_partitions").is_empty(),
+        "{report}"
+    );
     assert_emptied_not_dropped(&fx, &c, "held up by a reader").await;
     reader.batch_execute("COMMIT").await.expect("reader ends");
+}
+
+/// The partitions the batches of an `archive --json` report list under
+/// `key` (`dropped_partitions`, `emptied_partitions`).
+fn listed_partitions(report: &Value, key: &str) -> Vec<String> {
+    report[0]["batches"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|b| b[key].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p.as_str().map(str::to_string))
+        .collect()
 }
 
 async fn partitions(c: &tokio_postgres::Client) -> Vec<String> {
