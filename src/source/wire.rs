@@ -23,7 +23,7 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_postgres::config::{Host, LoadBalanceHosts, TargetSessionAttrs};
+use tokio_postgres::config::{Host, LoadBalanceHosts, SslMode, TargetSessionAttrs};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 use tokio_postgres::{Client, Config, NoTls};
 
@@ -381,7 +381,8 @@ async fn allows(client: &Client, attrs: TargetSessionAttrs) -> Result<bool, toki
 }
 
 /// One connection to `endpoint`: the socket, TLS when `tls` is given and
-/// the server takes it (never over a Unix socket, as libpq), the login.
+/// the server takes it (never over a Unix socket, whatever `sslmode`
+/// says, as libpq), the login.
 async fn open_one<T>(
     cfg: &Config,
     endpoint: &Endpoint,
@@ -403,7 +404,10 @@ where
         _ => (None, ""),
     };
     let Some(make) = tls else {
-        let (client, connection) = cfg
+        // Never TLS over a Unix socket, whatever `sslmode` asks: libpq's rule.
+        let mut plain = cfg.clone();
+        plain.ssl_mode(SslMode::Disable);
+        let (client, connection) = plain
             .connect_raw(stream, NoTls)
             .await
             .map_err(Failure::Postgres)?;

@@ -421,6 +421,10 @@ async fn every_way_of_naming_the_server_archives_the_same_rows() {
             "a Unix socket",
             format!("host={socket_dir} port={port} user=postgres dbname={name}"),
         ),
+        (
+            "a Unix socket, sslmode=require (ignored there, as libpq ignores it)",
+            format!("host={socket_dir} port={port} user=postgres dbname={name} sslmode=require"),
+        ),
     ];
     let config = |i: usize, dsn: &str| {
         ws.config(
