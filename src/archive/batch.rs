@@ -941,6 +941,88 @@ async fn drop_archived(
     Ok(PartitionsEnd::Emptied)
 }
 
+/// Drops the partitions earlier batches emptied when their `DROP` was held
+/// up ([`partitions::EMPTIED_COMMENT`]) and that are still empty — late
+/// rows make one a pending window's again, archived and dropped by a batch
+/// — in one transaction that locks them against writes and waits at most
+/// `drop_lock_timeout`.  Held up again, they wait for the next run; no
+/// failure here fails the run.  Returns the partitions dropped.
+pub(super) async fn drop_emptied(
+    client: &mut tokio_postgres::Client,
+    t: &crate::config::TableConfig,
+    src: &source::SourceTable,
+) -> Vec<String> {
+    let dropped = async {
+        let names = partitions::emptied(client, &src.qualified()).await?;
+        if names.is_empty() {
+            return Ok(names);
+        }
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| Error::postgres("cannot begin a transaction", e))?;
+        let wait = match t.drop_lock_timeout.as_millis() {
+            0 => String::new(),
+            ms => format!("SET LOCAL lock_timeout = {ms}; "),
+        };
+        tx.batch_execute(&format!(
+            "{wait}LOCK TABLE {} IN EXCLUSIVE MODE",
+            names.join(", ")
+        ))
+        .await
+        .map_err(|e| Error::postgres("cannot lock the emptied partitions", e))?;
+        let probes = names.iter().map(|n| {
+            let tx = &tx;
+            async move {
+                let q = format!("SELECT NOT EXISTS (SELECT 1 FROM {n})");
+                let row = tx.query_one(q.as_str(), &[]).await;
+                row.map(|r| r.get::<_, bool>(0).then(|| n.clone()))
+            }
+        });
+        let empty: Vec<String> = futures::future::try_join_all(probes)
+            .await
+            .map_err(|e| Error::postgres("cannot read the emptied partitions", e))?
+            .into_iter()
+            .flatten()
+            .collect();
+        if !empty.is_empty() {
+            tx.batch_execute(&format!("DROP TABLE {}", empty.join(", ")))
+                .await
+                .map_err(|e| Error::postgres("cannot drop the emptied partitions", e))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| Error::postgres("cannot commit the drop", e))?;
+        Ok::<_, Error>(empty)
+    };
+    match dropped.await {
+        Ok(names) => {
+            if !names.is_empty() {
+                tracing::info!(
+                    "{}: dropped partition(s) {} that earlier batches had emptied",
+                    t.source_name(),
+                    names.join(", ")
+                );
+            }
+            names
+        }
+        Err(e) if e.is_pg_timeout() => {
+            tracing::info!(
+                "{}: the partitions earlier batches emptied stay for now (a session holds them)",
+                t.source_name()
+            );
+            vec![]
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{}: the partitions earlier batches emptied stay for now: {e}",
+                t.source_name()
+            );
+            vec![]
+        }
+    }
+}
+
 /// How a batch's partitions left Postgres.
 enum PartitionsEnd {
     Dropped,
@@ -958,7 +1040,13 @@ async fn empty_archived(
 ) -> Result<()> {
     let deletes: String = parts
         .iter()
-        .map(|p| format!("; DELETE FROM {}", p.name))
+        .map(|p| {
+            format!(
+                "; DELETE FROM {0}; COMMENT ON TABLE {0} IS '{1}'",
+                p.name,
+                partitions::EMPTIED_COMMENT
+            )
+        })
         .collect();
     let done = tx
         .simple_query(&format!("ROLLBACK TO SAVEPOINT permafrost_drop{deletes}"))

@@ -84,6 +84,10 @@ pub struct TableReport {
     /// `--no-delete`: ranges found as earlier copies left them, not read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unchanged: Option<Unchanged>,
+    /// With `drop_partitions`: partitions earlier batches emptied (their
+    /// `DROP` held up) that this run dropped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub emptied_partitions_dropped: Vec<String>,
 }
 
 /// Ranges a copy found holding the rows its open batches recorded, no
@@ -432,6 +436,7 @@ async fn archive_table(
         schema_changes: vec![],
         pending: None,
         unchanged: None,
+        emptied_partitions_dropped: vec![],
     };
     let span =
         tracing::trace_span!(target: crate::logging::CONTEXT, "table", table = %t.source_name());
@@ -678,6 +683,9 @@ async fn archive_on(
             false => vec![],
         };
         report.pending = left_behind(client, &src, cutoff, &kept).await;
+    }
+    if t.drop_partitions && src.relkind == 'p' && !opts.no_delete && result.is_ok() {
+        report.emptied_partitions_dropped = batch::drop_emptied(client, t, &src).await;
     }
     let _ = source::unlock_table(client, src.oid).await;
     result

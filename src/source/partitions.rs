@@ -79,6 +79,28 @@ pub fn is_range_on(key: Option<&str>, ts: &str) -> bool {
     key.is_some_and(|k| k == format!("RANGE ({ts})") || k == format!("RANGE ({})", quote_ident(ts)))
 }
 
+/// The comment a batch leaves on a partition it emptied because its
+/// `DROP` was held up or refused: a later run drops it (see
+/// [`emptied`]).
+pub const EMPTIED_COMMENT: &str =
+    "permafrost: archived and emptied (its DROP was held up); a later archive run drops it";
+
+/// The leaf partitions of `parent` that carry [`EMPTIED_COMMENT`].
+pub async fn emptied(client: &Client, parent: &str) -> Result<Vec<String>> {
+    let rows = client
+        .query_typed(
+            "SELECT c.oid::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             JOIN pg_description d ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass \
+             AND d.objsubid = 0 \
+             WHERE i.inhparent = $1::text::regclass AND c.relkind = 'r' AND d.description = $2 \
+             ORDER BY 1",
+            &[(&parent, Type::TEXT), (&EMPTIED_COMMENT, Type::TEXT)],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the emptied partitions", e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// The direct partitions of `parent` (`regclass` text), their bounds read
 /// as the time column's type `kind` (`timestamp` bounds as UTC).
 pub async fn list(client: &Client, parent: &str, kind: TimeKind) -> Result<Vec<Partition>> {

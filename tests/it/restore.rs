@@ -2110,8 +2110,9 @@ async fn partitions_another_role_owns_are_emptied_not_dropped() {
 /// `DROP` that waits for it.  The `DROP` waits at most
 /// `drop_lock_timeout`; then the batch deletes the partitions' rows
 /// instead (its own locks are all that takes), settles in the same run,
-/// and the partitions stay, empty — where the batch used to fail after its
-/// commit, unsettled, each later run archiving one more marker snapshot.
+/// and the partitions stay, empty, until a run finds nothing holding them
+/// — where the batch used to fail after its commit, unsettled, each later
+/// run archiving one more marker snapshot.
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn a_drop_held_up_by_a_reader_of_the_parent_deletes_the_rows_instead() {
@@ -2139,7 +2140,13 @@ async fn a_drop_held_up_by_a_reader_of_the_parent_deletes_the_rows_instead() {
         "{report}"
     );
     assert_emptied_not_dropped(&fx, &c, "held up by a reader").await;
+    // Once nothing holds the table, the next run drops them.
     reader.batch_execute("COMMIT").await.expect("reader ends");
+    let out = fx.archive_env(&[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let dropped = out.json()[0]["emptied_partitions_dropped"].clone();
+    assert_eq!(dropped.as_array().map(Vec::len), Some(5), "{}", out.stdout);
+    assert_partitions_archived(&fx, &c, "emptied, then dropped").await;
 }
 
 /// The partitions the batches of an `archive --json` report list under
