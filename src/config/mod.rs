@@ -1736,6 +1736,45 @@ mod tests {
         assert_eq!(c.tables[0].drop_lock_timeout, DEFAULT_DROP_LOCK_TIMEOUT);
     }
 
+    /// The keys serde accepts in `database` and in a table, read from its
+    /// refusal of an unknown one, are all in the JSON schema editors use.
+    #[test]
+    fn every_database_and_table_key_is_in_the_schema() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../schemas/permafrost.schema.json"))
+                .expect("the schema is JSON");
+        let sections = [
+            (
+                "database:\n  dsn: h\n  no_such_key: 1\ntables: []\n",
+                &schema["properties"]["database"]["properties"],
+            ),
+            (
+                "database:\n  dsn: h\ntables:\n  - name: t\n    timestamp_column: ts\n    no_such_key: 1\n",
+                &schema["properties"]["tables"]["items"]["properties"],
+            ),
+        ];
+        for (yaml, properties) in sections {
+            let e = Config::from_str_with(yaml, Path::new("."), &env(&[]))
+                .unwrap_err()
+                .to_string();
+            let expected = e
+                .split("expected one of ")
+                .nth(1)
+                .expect("serde lists the keys");
+            let keys: Vec<&str> = expected
+                .split(", ")
+                .map(|k| k.trim_matches(|c: char| c == '`' || c.is_whitespace()))
+                .collect();
+            assert!(keys.len() > 5, "{e}");
+            for k in keys {
+                assert!(
+                    properties.get(k).is_some(),
+                    "`{k}` is not in the schema: {e}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn drop_lock_timeout_is_a_postgres_duration() {
         let yaml = |v: &str| {
