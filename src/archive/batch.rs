@@ -909,10 +909,7 @@ async fn drop_archived(
     rows: u64,
 ) -> Result<PartitionsEnd> {
     let names = partition_names(parts);
-    let wait = match ctx.cfg.drop_lock_timeout.as_millis() {
-        0 => String::new(),
-        ms => format!("SET LOCAL lock_timeout = {ms}; "),
-    };
+    let wait = source::bounded_lock_wait(ctx.cfg.drop_lock_timeout);
     let dropped = tx
         .batch_execute(&format!(
             "SAVEPOINT permafrost_drop; {wait}DROP TABLE {names}"
@@ -961,10 +958,7 @@ pub(super) async fn drop_emptied(
             .transaction()
             .await
             .map_err(|e| Error::postgres("cannot begin a transaction", e))?;
-        let wait = match t.drop_lock_timeout.as_millis() {
-            0 => String::new(),
-            ms => format!("SET LOCAL lock_timeout = {ms}; "),
-        };
+        let wait = source::bounded_lock_wait(t.drop_lock_timeout);
         tx.batch_execute(&format!(
             "{wait}LOCK TABLE {} IN EXCLUSIVE MODE",
             names.join(", ")

@@ -117,10 +117,7 @@ async fn detach(
     staging: &str,
     wait: std::time::Duration,
 ) -> Result<Option<String>> {
-    let bound = match wait.as_millis() {
-        0 => String::new(),
-        ms => format!("SET LOCAL lock_timeout = {ms}; "),
-    };
+    let bound = crate::source::bounded_lock_wait(wait);
     client
         .batch_execute(&format!(
             "{bound}ALTER TABLE {target} DETACH PARTITION {part}"

@@ -243,6 +243,16 @@ pub async fn history(client: &Client) -> Option<String> {
     Some(format!("{system}/{timeline}"))
 }
 
+/// The statement (with its `; `) that bounds the lock waits of the rest
+/// of the transaction to `wait`; empty for zero, which leaves the
+/// session's `lock_timeout`.
+pub fn bounded_lock_wait(wait: Duration) -> String {
+    match wait.as_millis() {
+        0 => String::new(),
+        ms => format!("SET LOCAL lock_timeout = {ms}; "),
+    }
+}
+
 /// Key of the session advisory lock that guards one source table.
 pub fn lock_key(table_oid: u32) -> i64 {
     // "pf" in the high bits keeps us away from other applications' keys.
