@@ -949,47 +949,7 @@ pub(super) async fn drop_emptied(
     t: &crate::config::TableConfig,
     src: &source::SourceTable,
 ) -> Vec<String> {
-    let dropped = async {
-        let names = partitions::emptied(client, &src.qualified()).await?;
-        if names.is_empty() {
-            return Ok(names);
-        }
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| Error::postgres("cannot begin a transaction", e))?;
-        let wait = source::bounded_lock_wait(t.drop_lock_timeout);
-        tx.batch_execute(&format!(
-            "{wait}LOCK TABLE {} IN EXCLUSIVE MODE",
-            names.join(", ")
-        ))
-        .await
-        .map_err(|e| Error::postgres("cannot lock the emptied partitions", e))?;
-        let probes = names.iter().map(|n| {
-            let tx = &tx;
-            async move {
-                let q = format!("SELECT NOT EXISTS (SELECT 1 FROM {n})");
-                let row = tx.query_one(q.as_str(), &[]).await;
-                row.map(|r| r.get::<_, bool>(0).then(|| n.clone()))
-            }
-        });
-        let empty: Vec<String> = futures::future::try_join_all(probes)
-            .await
-            .map_err(|e| Error::postgres("cannot read the emptied partitions", e))?
-            .into_iter()
-            .flatten()
-            .collect();
-        if !empty.is_empty() {
-            tx.batch_execute(&format!("DROP TABLE {}", empty.join(", ")))
-                .await
-                .map_err(|e| Error::postgres("cannot drop the emptied partitions", e))?;
-        }
-        tx.commit()
-            .await
-            .map_err(|e| Error::postgres("cannot commit the drop", e))?;
-        Ok::<_, Error>(empty)
-    };
-    match dropped.await {
+    match try_drop_emptied(client, t, src).await {
         Ok(names) => {
             if !names.is_empty() {
                 tracing::info!(
@@ -1015,6 +975,53 @@ pub(super) async fn drop_emptied(
             vec![]
         }
     }
+}
+
+/// [`drop_emptied`]'s transaction: lock the marked partitions, keep those
+/// still empty, drop them.
+async fn try_drop_emptied(
+    client: &mut tokio_postgres::Client,
+    t: &crate::config::TableConfig,
+    src: &source::SourceTable,
+) -> Result<Vec<String>> {
+    let names = partitions::emptied(client, &src.qualified()).await?;
+    if names.is_empty() {
+        return Ok(names);
+    }
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| Error::postgres("cannot begin a transaction", e))?;
+    let wait = source::bounded_lock_wait(t.drop_lock_timeout);
+    tx.batch_execute(&format!(
+        "{wait}LOCK TABLE {} IN EXCLUSIVE MODE",
+        names.join(", ")
+    ))
+    .await
+    .map_err(|e| Error::postgres("cannot lock the emptied partitions", e))?;
+    let probes = names.iter().map(|n| {
+        let tx = &tx;
+        async move {
+            let q = format!("SELECT NOT EXISTS (SELECT 1 FROM {n})");
+            let row = tx.query_one(q.as_str(), &[]).await;
+            row.map(|r| r.get::<_, bool>(0).then(|| n.clone()))
+        }
+    });
+    let empty: Vec<String> = futures::future::try_join_all(probes)
+        .await
+        .map_err(|e| Error::postgres("cannot read the emptied partitions", e))?
+        .into_iter()
+        .flatten()
+        .collect();
+    if !empty.is_empty() {
+        tx.batch_execute(&format!("DROP TABLE {}", empty.join(", ")))
+            .await
+            .map_err(|e| Error::postgres("cannot drop the emptied partitions", e))?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| Error::postgres("cannot commit the drop", e))?;
+    Ok(empty)
 }
 
 /// How a batch's partitions left Postgres.
