@@ -216,6 +216,15 @@ impl Error {
             .and_then(|e| e.code())
     }
 
+    /// Postgres's own words, when the error is the server's.
+    pub fn pg_message(&self) -> Option<&str> {
+        self.source
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
+            .and_then(|e| e.as_db_error())
+            .map(|db| db.message())
+    }
+
     /// True when a statement gave up waiting: `lock_not_available` (a lock
     /// not granted within `lock_timeout`) or `query_canceled` (`statement_timeout`).
     pub fn is_pg_timeout(&self) -> bool {
@@ -564,6 +573,10 @@ fn postgres_hint(code: &tokio_postgres::error::SqlState) -> Option<String> {
         READ_ONLY_HINT
     } else if *code == S::T_R_SERIALIZATION_FAILURE || *code == S::T_R_DEADLOCK_DETECTED {
         "a concurrent writer touched the same rows; nothing was deleted, run again"
+    } else if *code == S::TOO_MANY_CONNECTIONS {
+        "the server's `max_connections` or the role's or database's `CONNECTION LIMIT` is \
+         reached: close idle sessions or raise the limit (a restore needs two connections, an \
+         archive one)"
     } else {
         return None;
     };

@@ -812,6 +812,9 @@ fn report_plan(t: &TableConfig, plan: &Plan, report: &mut TableReport) -> bool {
 /// than extraction slots when `pool_size` leaves room for them: while
 /// batches commit, verify and settle (their transactions still open), the
 /// slots keep extracting.  With 1, batches run strictly one after another.
+/// When Postgres admits fewer (connection limits), the run works with
+/// those it admitted, with a warning; with fewer than two, one after
+/// another on its own connection.
 async fn workers(
     cfg: &Config,
     t: &TableConfig,
@@ -823,8 +826,7 @@ async fn workers(
         return Ok(Vec::new());
     }
     // Concurrently: each connection is a few round trips (TLS, auth).
-    futures::future::try_join_all((0..n).map(|_| async {
-        let client = source::connect(&cfg.database).await?;
+    let mut extra = source::connect_extra(&cfg.database, n, |client| async move {
         match source::run_lock_here(&client, table_oid).await? {
             true => Ok(client),
             false => Err(Error::new(
@@ -840,8 +842,19 @@ async fn workers(
                  that every connection reaches the primary, or name one host; nothing was archived",
             )),
         }
-    }))
-    .await
+    })
+    .await?;
+    if extra.clients.len() < 2 {
+        extra.clients.clear();
+    }
+    let using = match extra.clients.len() {
+        0 => "the batches run one after another on the run's own connection".to_string(),
+        k => format!("{k} batches run at once"),
+    };
+    if let Some(w) = extra.shortfall(n, "worker connections", &using) {
+        tracing::warn!("{}: {w}", t.source_name());
+    }
+    Ok(extra.clients)
 }
 
 /// The worker connections a plan of `batches` batches uses, of `own` (opened

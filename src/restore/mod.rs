@@ -517,7 +517,8 @@ fn read_archived_batches(
 /// Postgres's side of a restore's start: the run's connection, with the
 /// staging table checked free (not left by an earlier restore) and the
 /// target checked against the archive ([`validate::preflight`]), and the
-/// loaders' connections, opened meanwhile.
+/// loaders' connections, opened meanwhile — once the run's own is open,
+/// so that a connection limit leaves the run its own and fewer loaders.
 async fn prepare_postgres(
     cfg: &Config,
     t: &TableConfig,
@@ -525,8 +526,8 @@ async fn prepare_postgres(
     (staging, target): (&str, &str),
     req: &RestoreRequest,
 ) -> Result<(Client, Vec<std::sync::Arc<Client>>)> {
+    let client = crate::source::connect(&cfg.database).await?;
     let checked = async {
-        let client = crate::source::connect(&cfg.database).await?;
         let existing = client
             .query_one(
                 "SELECT to_regclass($1) IS NOT NULL, obj_description(to_regclass($1), 'pg_class')",
@@ -543,21 +544,49 @@ async fn prepare_postgres(
             .map(|(f, ty, _)| (f.name.as_str(), ty.as_str()))
             .collect();
         let (time, kind) = (&t.timestamp_column, src.time_kind);
-        validate::preflight(&client, target, &types, time, kind, &req.range, req.apply).await?;
-        Ok(client)
+        validate::preflight(&client, target, &types, time, kind, &req.range, req.apply).await
     };
     // The loaders (`parallel_windows` connections besides this one, within
     // `database.pool_size`) also read the staged rows back afterwards.
-    futures::try_join!(checked, connect_loaders(cfg, t))
+    let ((), loaders) = futures::try_join!(checked, connect_loaders(&client, cfg, t))?;
+    Ok((client, loaders))
 }
 
-/// The restore's loaders: `parallel_windows` connections (at least one).
-async fn connect_loaders(cfg: &Config, t: &TableConfig) -> Result<Vec<std::sync::Arc<Client>>> {
-    let connected = futures::future::try_join_all(
-        (0..t.parallel_windows.max(1)).map(|_| crate::source::connect(&cfg.database)),
-    )
-    .await?;
-    Ok(connected.into_iter().map(std::sync::Arc::new).collect())
+/// The restore's loaders: `parallel_windows` connections, each checked to
+/// be on `run`'s server; fewer when Postgres admits fewer (a warning), an
+/// error when it admits none.
+async fn connect_loaders(
+    run: &Client,
+    cfg: &Config,
+    t: &TableConfig,
+) -> Result<Vec<std::sync::Arc<Client>>> {
+    let n = t.parallel_windows.max(1);
+    let (session, extra) = futures::join!(
+        crate::source::Session::of(run),
+        crate::source::connect_extra(&cfg.database, n, |c| async move { Ok(c) })
+    );
+    let (session, extra) = (session?, extra?);
+    let here = futures::future::try_join_all(extra.clients.iter().map(|c| session.beside(c)));
+    if here.await?.contains(&false) {
+        return Err(Error::new(
+            ErrorKind::Postgres,
+            "a loader connection of the restore reached another server than the restore's own",
+        )
+        .with_hint(
+            "the DSN's hosts are not one server: add `target_session_attrs=read-write` so that \
+             every connection reaches the primary, or name one host; nothing was staged",
+        ));
+    }
+    if extra.clients.is_empty() {
+        return Err(extra
+            .refused
+            .unwrap_or_else(|| Error::internal("no loader connection and no error")));
+    }
+    let using = format!("{} connection(s) load the rows", extra.clients.len());
+    if let Some(w) = extra.shortfall(n, "loader connections", &using) {
+        tracing::warn!("{}: {w}", t.source_name());
+    }
+    Ok(extra.clients.into_iter().map(std::sync::Arc::new).collect())
 }
 
 impl Staged<'_> {

@@ -82,6 +82,82 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
     Ok(client)
 }
 
+/// The extra connections of a run (batch workers, restore loaders): up to
+/// `n` opened at once, each passed through `check` (that it is on the run's
+/// server).  Postgres refusing some for want of connection slots — its
+/// `max_connections`, a role's or a database's `CONNECTION LIMIT` — is not
+/// an error: the run works with fewer, and the first refusal is kept for
+/// the caller's warning.  As connections opened at once can each count the
+/// others and all be refused, the refused are tried again one at a time
+/// until Postgres refuses one.  Any other failure is the error (the run's
+/// own connection was opened the same way: it is the DSN's or the server's).
+pub async fn connect_extra<F, Fut>(db: &DatabaseConfig, n: usize, check: F) -> Result<Extra>
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<Client>>,
+{
+    let open = || async {
+        let client = connect(db).await?;
+        check(client).await
+    };
+    let mut extra = Extra {
+        clients: Vec::with_capacity(n),
+        refused: None,
+    };
+    for c in futures::future::join_all((0..n).map(|_| open())).await {
+        extra.take(c)?;
+    }
+    while extra.refused.is_some() && extra.clients.len() < n {
+        let before = extra.clients.len();
+        extra.take(open().await)?;
+        if extra.clients.len() == before {
+            break;
+        }
+    }
+    Ok(extra)
+}
+
+/// What [`connect_extra`] opened, and why it opened fewer.
+pub struct Extra {
+    pub clients: Vec<Client>,
+    /// The first refusal for want of connection slots, if any.
+    pub refused: Option<Error>,
+}
+
+impl Extra {
+    /// Keeps `opened`'s connection, or its refusal for want of slots;
+    /// any other failure is the error.
+    fn take(&mut self, opened: Result<Client>) -> Result<()> {
+        match opened {
+            Ok(c) => self.clients.push(c),
+            Err(e) if is_out_of_slots(&e) => {
+                self.refused.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// The warning when Postgres admitted fewer than `asked` connections
+    /// as `what` ("worker connections"), working on with `using`.
+    pub fn shortfall(&self, asked: usize, what: &str, using: &str) -> Option<String> {
+        let refused = self.refused.as_ref()?;
+        Some(format!(
+            "Postgres admitted {} of {asked} {what} ({}); {using} — raise the connection limit \
+             (the server's `max_connections`, the role's or database's `CONNECTION LIMIT`) or \
+             lower `database.pool_size` / `tables[].parallel_windows`",
+            self.clients.len(),
+            refused.pg_message().unwrap_or(refused.message())
+        ))
+    }
+}
+
+/// Whether `e` is Postgres refusing a connection for want of slots
+/// (`too_many_connections`, SQLSTATE 53300).
+pub fn is_out_of_slots(e: &Error) -> bool {
+    e.pg_code() == Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS)
+}
+
 /// The error of a connection that could not be opened.
 fn connect_failed(db: &DatabaseConfig, failure: wire::Failure) -> Error {
     let what = format!("cannot connect to PostgreSQL at {}", db.describe());
@@ -325,6 +401,46 @@ pub async fn run_lock_here(client: &Client, table_oid: u32) -> Result<bool> {
         .await
         .map_err(|e| Error::postgres("cannot look up the table's advisory lock", e))?;
     Ok(row.get(0))
+}
+
+/// A session on its server: its backend's pid and start time, which no
+/// other session of that server or of another shares.  Another connection
+/// of a run checks with [`Session::beside`] that it reached the same
+/// server (a DSN of several hosts that are not one server, or a failover
+/// between connections, would send it elsewhere).
+pub struct Session {
+    pid: i32,
+    started: String,
+}
+
+impl Session {
+    /// `client`'s session.
+    pub async fn of(client: &Client) -> Result<Session> {
+        let row = client
+            .query_one(
+                "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::postgres("cannot look up the session's backend", e))?;
+        Ok(Session {
+            pid: row.get(0),
+            started: row.get(1),
+        })
+    }
+
+    /// Whether `client` is on this session's server (the session is there).
+    pub async fn beside(&self, client: &Client) -> Result<bool> {
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 \
+                 AND backend_start::text = $2)",
+                &[&self.pid, &self.started],
+            )
+            .await
+            .map_err(|e| Error::postgres("cannot look up the run's session", e))?;
+        Ok(row.get(0))
+    }
 }
 
 /// The application name and pid of the session holding the table's lock, if any.

@@ -559,7 +559,10 @@ async fn worker_connections_that_reach_another_server_stop_the_run() {
     solo.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "3000"))
         .await
         .expect("data");
-    let grant = format!("GRANT SELECT, DELETE ON sensor_readings TO \"{role}\"");
+    let grant = format!(
+        "GRANT SELECT, DELETE ON sensor_readings TO \"{role}\"; \
+         GRANT USAGE, CREATE ON SCHEMA public TO \"{role}\""
+    );
     c.batch_execute(&format!(
         "CREATE ROLE \"{role}\" LOGIN CONNECTION LIMIT 1; {grant}"
     ))
@@ -611,4 +614,182 @@ async fn worker_connections_that_reach_another_server_stop_the_run() {
     assert_eq!(count(&solo, "sensor_readings", "true").await, there);
     let json = out.json();
     assert_eq!(json[0]["batches"], serde_json::json!([]), "{json}");
+
+    // One connection archives the first server's rows; a restore's loaders
+    // then fall through to the second: the restore stops before staging.
+    let one = ws.config(
+        "one-worker.yaml",
+        &format!(
+            "database:\n  dsn: \"{dsn}\"\n{}global:\n  namespace: {}\ntables:\n\
+             \x20 - name: sensor_readings\n    timestamp_column: recorded_at\n    lag: 15d\n    \
+             parallel_windows: 1\n",
+            cat.yaml, cat.namespace
+        ),
+    );
+    let one = one.to_string_lossy().to_string();
+    let out = ws.run(&["archive", "--json", "-c", &one]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let archived: i64 = out.json()[0]["batches"]
+        .as_array()
+        .expect("batches")
+        .iter()
+        .filter_map(|b| b["rows"].as_i64())
+        .sum();
+    assert!(archived > 0);
+    assert_eq!(count(&c, "sensor_readings", "true").await, here - archived);
+    assert_eq!(count(&solo, "sensor_readings", "true").await, there);
+    let out = ws.run(&[
+        "restore",
+        "-c",
+        &cfg.to_string_lossy(),
+        "-t",
+        "sensor_readings",
+        "--from",
+        "2000-01-01T00:00:00Z",
+        "--to",
+        "2100-01-01T00:00:00Z",
+        "--into",
+        "two_servers",
+    ]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(
+        errors[0].contains("a loader connection of the restore reached another server"),
+        "{}",
+        errors[0]
+    );
+    for client in [&c, &solo] {
+        let staged = client
+            .query_one(
+                "SELECT count(*) FROM pg_class WHERE relname LIKE '%two_servers%'",
+                &[],
+            )
+            .await
+            .expect("staged tables")
+            .get::<_, i64>(0);
+        assert_eq!(staged, 0, "nothing staged on either server");
+    }
+}
+
+/// Postgres admitting fewer connections than a run asks for — a role's
+/// `CONNECTION LIMIT` here; the server's `max_connections` on a busy RDS
+/// instance — leaves the run fewer workers, with a warning, not a failure:
+/// a role admitted three times archives with its own connection and two
+/// workers (of the five it asks for), then restores with its own and one
+/// loader (of four).  Admitted once, a restore — which needs a connection
+/// besides its own — fails in one line (exit 4), nothing staged.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_connection_limit_leaves_a_run_fewer_connections_not_a_failure() {
+    let s = services!();
+    let (db, ws, cat, _cfg, now) = small_setup(&s, 3_000).await;
+    let c = db.client().await;
+    let role = format!("{}_l", db.name);
+    c.batch_execute(&format!(
+        "CREATE ROLE \"{role}\" LOGIN CONNECTION LIMIT 3; \
+         GRANT SELECT, INSERT, DELETE ON sensor_readings TO \"{role}\"; \
+         GRANT USAGE, CREATE ON SCHEMA public TO \"{role}\""
+    ))
+    .await
+    .expect("a role admitted three times");
+    let port = db
+        .dsn
+        .rsplit_once('/')
+        .and_then(|(b, _)| b.rsplit_once(':'))
+        .map(|(_, p)| p.to_string())
+        .expect("a port");
+    let cfg = ws.config(
+        "limited.yaml",
+        &format!(
+            "database:\n  dsn: \"host=127.0.0.1 port={port} user={role} dbname={}\"\n  \
+             pool_size: 6\n{}global:\n  namespace: {}\ntables:\n\
+             \x20 - name: sensor_readings\n    timestamp_column: recorded_at\n    \
+             partition_by: day\n    lag: 15d\n    batch_windows: 1\n    parallel_windows: 4\n",
+            db.name, cat.yaml, cat.namespace
+        ),
+    );
+    let cfg = cfg.to_string_lossy().to_string();
+    let cutoff = now - 15 * 86_400_000_000;
+    let old = format!(
+        "recorded_at < '{}'",
+        rfc3339(cutoff - cutoff % 86_400_000_000)
+    );
+    let before = count(&c, "sensor_readings", &old).await;
+    assert!(before > 0);
+
+    let out = ws.run(&["archive", "--json", "-c", &cfg]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("Postgres admitted 2 of 5 worker connections")
+            && out.stderr.contains("too many connections for role")
+            && out.stderr.contains("2 batches run at once"),
+        "{}",
+        out.stderr
+    );
+    let json = out.json();
+    let batches = json[0]["batches"].as_array().expect("batches");
+    assert!(batches.len() > 2, "{json}");
+    let rows: i64 = batches.iter().filter_map(|b| b["rows"].as_i64()).sum();
+    assert_eq!(rows, before, "{json}");
+    assert_eq!(count(&c, "sensor_readings", &old).await, 0);
+
+    let (from, to) = (rfc3339(cutoff - 10 * 86_400_000_000), rfc3339(cutoff));
+    let restore = |into: &str| {
+        ws.run(&[
+            "restore",
+            "-c",
+            &cfg,
+            "-t",
+            "sensor_readings",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--into",
+            into,
+            "--json",
+        ])
+    };
+    c.batch_execute(&format!("ALTER ROLE \"{role}\" CONNECTION LIMIT 2"))
+        .await
+        .expect("admitted twice");
+    let out = restore("limited_restore");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("Postgres admitted 1 of 4 loader connections")
+            && out.stderr.contains("1 connection(s) load the rows"),
+        "{}",
+        out.stderr
+    );
+    let r = out.json();
+    assert_eq!(r["valid"], true, "{r}");
+    let restored = r["rows"].as_i64().expect("rows");
+    assert!(restored > 0, "{r}");
+    assert_eq!(count(&c, "limited_restore", "true").await, restored);
+
+    c.batch_execute(&format!("ALTER ROLE \"{role}\" CONNECTION LIMIT 1"))
+        .await
+        .expect("admitted once");
+    let out = restore("refused_restore");
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(
+        errors[0].contains("too many connections for role"),
+        "{}",
+        errors[0]
+    );
+    assert!(out.has_hint("CONNECTION LIMIT"), "{}", out.stderr);
+    let staged = c
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '%refused_restore%'",
+            &[],
+        )
+        .await
+        .expect("staged tables")
+        .get::<_, i64>(0);
+    assert_eq!(staged, 0, "nothing staged");
 }
