@@ -172,7 +172,7 @@ pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
     };
     let mut out = Vec::new();
     for t in &tables {
-        out.push(check_table(&client, &catalog, t, server_now).await);
+        out.push(check_table(&client, &catalog, t, (server_now, cfg.database.pool_size)).await);
     }
     Ok(CheckReport {
         ok: out.iter().all(|t| t.ok) && endpoints.iter().all(|e| e.ok),
@@ -202,7 +202,7 @@ async fn check_table(
     client: &tokio_postgres::Client,
     catalog: &lake::catalog::CatalogHandle,
     t: &TableConfig,
-    server_now: Micros,
+    (server_now, pool_size): (Micros, usize),
 ) -> TableCheck {
     let mut tc = TableCheck {
         source: t.source_name(),
@@ -241,6 +241,14 @@ async fn check_table(
     }
     match source::catalog::privileges(client, src.oid).await {
         Ok(p) => check_privileges(&mut tc, &src, p),
+        Err(e) => tc.fail(&e),
+    }
+    match source::catalog::connection_limits(client).await {
+        Ok(limits) => tc.warnings.extend(connection_warning(
+            run_connections(t, pool_size),
+            t.parallel_windows.max(1) + 1,
+            &limits,
+        )),
         Err(e) => tc.fail(&e),
     }
     match source::catalog::read_only(client).await {
@@ -362,6 +370,40 @@ fn check_time_column(tc: &mut TableCheck, t: &TableConfig, src: &source::SourceT
 }
 
 /// Archiving needs SELECT and DELETE on the table.
+/// The connections an archive run of `t` opens at most: its own, and its
+/// batch workers when `parallel_windows` > 1 (see `archive::workers`).
+fn run_connections(t: &TableConfig, pool_size: usize) -> usize {
+    match crate::archive::worker_count(t.parallel_windows, pool_size, usize::MAX) {
+        n if n < 2 => 1,
+        n => n + 1,
+    }
+}
+
+/// The warning when Postgres would admit fewer connections now than an
+/// archive run (`archive`) or a restore (`restore`) of the table opens, by
+/// the tightest of `limits` (what, limit, connections counted now — this
+/// check's among them, which a run would not need).  Runs go on with those
+/// admitted, so it is a warning.  Pure.
+fn connection_warning(
+    archive: usize,
+    restore: usize,
+    limits: &[(String, i64, i64)],
+) -> Option<String> {
+    let (what, limit, used) = limits.iter().min_by_key(|(_, l, u)| l - (u - 1))?;
+    let room = limit - (used - 1);
+    if room >= archive.max(restore) as i64 {
+        return None;
+    }
+    Some(format!(
+        "an archive run of this table opens up to {archive} connection(s) (its own, and \
+         `parallel_windows` + 3 batch workers within `database.pool_size`), a restore \
+         {restore}; {what} ({limit}, {} in use besides this check) admits {} now: runs go on \
+         with fewer, more slowly, and a restore needs two",
+        used - 1,
+        room.max(0)
+    ))
+}
+
 fn check_privileges(
     tc: &mut TableCheck,
     src: &source::SourceTable,
@@ -497,5 +539,32 @@ fn failed_report(postgres: Probe, catalog: Option<Probe>) -> CheckReport {
         }),
         endpoints: vec![],
         tables: vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_warning_names_the_tightest_limit() {
+        let limits = vec![
+            ("role `a`'s CONNECTION LIMIT".to_string(), 3, 1),
+            ("the server's max_connections".to_string(), 97, 40),
+        ];
+        let w = connection_warning(6, 5, &limits).expect("6 asked, 3 admitted");
+        assert!(
+            w.contains("role `a`'s CONNECTION LIMIT (3, 0 in use besides this check) admits 3 now"),
+            "{w}"
+        );
+        assert_eq!(connection_warning(3, 3, &limits), None, "3 fit");
+        // The server is the tightest: 10 slots, 8 taken by others and this check.
+        let busy = vec![("the server's max_connections".to_string(), 10, 9)];
+        let w = connection_warning(6, 3, &busy).expect("2 admitted");
+        assert!(
+            w.contains("(10, 8 in use besides this check) admits 2 now"),
+            "{w}"
+        );
+        assert_eq!(connection_warning(1, 2, &[]), None, "no limit known");
     }
 }

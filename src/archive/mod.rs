@@ -875,7 +875,7 @@ fn needed(
 /// How many batches run at once: `parallel` extracting plus up to
 /// [`FINISHING`](crate::config::FINISHING) finishing, within `pool_size` less the run's own
 /// connection, and no more than there are batches.
-fn worker_count(parallel: usize, pool_size: usize, batches: usize) -> usize {
+pub(crate) fn worker_count(parallel: usize, pool_size: usize, batches: usize) -> usize {
     let n = match parallel {
         1 => 1,
         p => (p + crate::config::FINISHING)

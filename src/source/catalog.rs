@@ -367,3 +367,48 @@ pub async fn read_only(client: &Client) -> Result<Option<&'static str>> {
         (false, false) => None,
     })
 }
+
+/// How many more connections Postgres admits now, by each limit that
+/// bounds them: the connecting role's `CONNECTION LIMIT`, the database's,
+/// and the server's `max_connections` (less the slots reserved for
+/// superusers, unless the role is one: the role and database limits do not
+/// bind a superuser).  Each as (what, its limit, connections it counts
+/// now, this one included).
+pub async fn connection_limits(client: &Client) -> Result<Vec<(String, i64, i64)>> {
+    let r = client
+        .query_typed_one(
+            "SELECT current_user::text, r.rolconnlimit::int8, r.rolsuper, \
+                    (SELECT count(*) FROM pg_stat_activity a WHERE a.usesysid = r.oid \
+                       AND a.backend_type = 'client backend'), \
+                    current_database()::text, d.datconnlimit::int8, \
+                    (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid \
+                       AND a.backend_type = 'client backend'), \
+                    current_setting('max_connections')::int8 - CASE WHEN r.rolsuper THEN 0 \
+                      ELSE current_setting('superuser_reserved_connections')::int8 END, \
+                    (SELECT count(*) FROM pg_stat_activity a WHERE a.backend_type = 'client backend' \
+                       OR (a.backend_type IS NULL AND a.usesysid IS NOT NULL)) \
+             FROM pg_roles r, pg_database d \
+             WHERE r.rolname = current_user AND d.datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("cannot read the connection limits", e))?;
+    let superuser: bool = r.get(2);
+    let mut out = Vec::new();
+    if r.get::<_, i64>(1) >= 0 && !superuser {
+        out.push((
+            format!("role `{}`'s CONNECTION LIMIT", r.get::<_, String>(0)),
+            r.get(1),
+            r.get(3),
+        ));
+    }
+    if r.get::<_, i64>(5) >= 0 && !superuser {
+        out.push((
+            format!("database `{}`'s CONNECTION LIMIT", r.get::<_, String>(4)),
+            r.get(5),
+            r.get(6),
+        ));
+    }
+    out.push(("the server's max_connections".into(), r.get(7), r.get(8)));
+    Ok(out)
+}

@@ -710,6 +710,17 @@ async fn a_connection_limit_leaves_a_run_fewer_connections_not_a_failure() {
         ),
     );
     let cfg = cfg.to_string_lossy().to_string();
+    // `check` says it first: six connections asked, three admitted.
+    let out = ws.run(&["check", "--json", "-c", &cfg]);
+    let warnings = out.json()["tables"][0]["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!(
+            "opens up to 6 connection(s) (its own, and `parallel_windows` + 3 batch workers \
+             within `database.pool_size`), a restore 5; role `{role}`'s CONNECTION LIMIT (3, 0 \
+             in use besides this check) admits 3 now"
+        )),
+        "{warnings}"
+    );
     let cutoff = now - 15 * 86_400_000_000;
     let old = format!(
         "recorded_at < '{}'",
