@@ -39,11 +39,16 @@ fn no_error_backtraces() {
 /// Tells glibc's allocator to keep freed memory for the next batch instead
 /// of handing it back to the kernel and faulting it in again: every batch
 /// allocates and frees the same few megabytes (zstd contexts, Parquet page
-/// buffers, record batches), and by default blocks over 128 KiB to 32 MiB
+/// buffers, record batches), and by default blocks over 128 KiB to 4 MiB
 /// are mapped and unmapped each time and the heap's top is trimmed after
 /// each free. Measured on a 1,000,000-row archive: 0.91x CPU seconds (a
 /// third less system time) for 5 MiB more peak RSS. The process keeps at
 /// most 64 MiB of freed heap above what it uses, per allocator arena.
+/// Blocks of 4 MiB and more are still mapped and unmapped: those are the
+/// record batches and row groups of wide rows (kilobytes each), which a
+/// heap keeping them would hold on to per arena — a wide table's archive
+/// peaked at 430–470 MiB with a 32 MiB threshold (and no row group bound),
+/// 200–210 with 4 MiB; a narrow one's CPU is the same with either.
 /// Leaves the defaults alone when `GLIBC_TUNABLES` sets malloc parameters.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
@@ -53,7 +58,7 @@ fn keep_freed_memory() {
     // SAFETY: mallopt only sets allocator parameters; it is called before
     // any other thread exists and its arguments are valid for every glibc.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_TOP_PAD, 16 << 20);
     }

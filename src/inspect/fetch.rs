@@ -257,9 +257,9 @@ pub async fn open_scan(
     let files = tasks.len();
     // Row selection: the predicate is also checked against the Parquet page
     // index, so a point lookup decodes pages, not whole row groups.
-    let reader = |t: &Table| {
+    let reader = |t: &Table, rows: usize| {
         t.reader_builder()
-            .with_batch_size(8192)
+            .with_batch_size(rows)
             .with_row_selection_enabled(true)
             .build()
     };
@@ -267,7 +267,7 @@ pub async fn open_scan(
     let what = "cannot read the archive";
     let stream = match storage {
         Some(storage) => read_files_renewing((table, storage), reader, tasks, cores, what),
-        None => read_files(table, reader(table), tasks, cores, what),
+        None => read_files(table, reader, tasks, cores, what),
     };
     Ok((stream, files))
 }

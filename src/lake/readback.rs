@@ -234,10 +234,9 @@ pub fn batches(
         return Ok(futures::stream::empty().boxed());
     }
     let tasks = plain_tasks(table, snapshot, files)?;
-    let reader = file_reader(table);
     Ok(read_files(
         table,
-        reader,
+        file_reader,
         tasks,
         READ_BACK_FILES,
         "cannot read the batch back",
@@ -412,19 +411,25 @@ pub fn live_batches(
             None => plain,
         })
         .collect();
-    let reader = file_reader(table);
-    let stream = read_files(table, reader, tasks, 1, "cannot read the archive's files");
+    let stream = read_files(
+        table,
+        file_reader,
+        tasks,
+        1,
+        "cannot read the archive's files",
+    );
     Ok((stream, with_deletes))
 }
 
 /// iceberg-rust's Arrow reader as permafrost reads data files whole:
-/// 8,192-row batches, the footer fetched with a 64 KiB read.  (iceberg-rust's
-/// default, 512 KiB, is a whole data file of a small batch — a daily window
-/// of 33,000 rows is 330 KB — which the column reads then fetch again.)
-pub fn file_reader(table: &Table) -> ArrowReader {
+/// `rows` per record batch ([`batch_rows`]), the footer fetched with a 64
+/// KiB read.  (iceberg-rust's default, 512 KiB, is a whole data file of a
+/// small batch — a daily window of 33,000 rows is 330 KB — which the column
+/// reads then fetch again.)
+pub fn file_reader(table: &Table, rows: usize) -> ArrowReader {
     table
         .reader_builder()
-        .with_batch_size(8192)
+        .with_batch_size(rows)
         .with_metadata_size_hint(FOOTER_READ)
         .build()
 }
@@ -432,6 +437,24 @@ pub fn file_reader(table: &Table) -> ArrowReader {
 /// The bytes read from a data file's end to find its footer (see
 /// [`file_reader`]): Parquet's footer for a few dozen columns fits.
 const FOOTER_READ: usize = 64 * 1024;
+
+/// Decoded bytes a record batch read from a data file aims at: 8,192 rows
+/// of a narrow table are a fraction of it; rows of kilobytes each (JSON,
+/// text) come a few hundred at a time, so that the files read at once,
+/// each holding one batch, stay within a few tens of megabytes.
+const READ_BATCH_BYTES: u64 = 4 << 20;
+
+/// Rows per record batch reading `task`'s file: 8,192, or as many as fit
+/// [`READ_BATCH_BYTES`] at four times the file's stored bytes per row (what
+/// zstd took off text and JSON; an estimate, the file's footer unread), at
+/// least 256; 8,192 when the manifest records no count.  Pure.
+pub fn batch_rows(task: &FileScanTask) -> usize {
+    let Some(rows) = task.record_count.filter(|r| *r > 0) else {
+        return 8192;
+    };
+    let decoded = (task.file_size_in_bytes / rows).max(1) * 4;
+    (READ_BATCH_BYTES / decoded).clamp(256, 8192) as usize
+}
 
 /// The rows of the data files `tasks` name, read with `reader`, up to
 /// `concurrency` files at a time (with 1, file after file, in order).
@@ -441,14 +464,17 @@ const FOOTER_READ: usize = 64 * 1024;
 /// exit 5), not a storage failure.
 pub fn read_files(
     table: &Table,
-    reader: ArrowReader,
+    reader: impl Fn(&Table, usize) -> ArrowReader + Send + 'static,
     tasks: Vec<FileScanTask>,
     concurrency: usize,
     what: &'static str,
 ) -> BoxStream<'static, Result<RecordBatch>> {
-    let io = table.file_io().clone();
+    let table = table.clone();
     futures::stream::iter(tasks)
-        .map(move |task| read_file(reader.clone(), io.clone(), task, what))
+        .map(move |task| {
+            let reader = reader(&table, batch_rows(&task));
+            read_file(reader, table.file_io().clone(), task, what)
+        })
         .flatten_unordered(concurrency.max(1))
         .boxed()
 }
@@ -458,7 +484,7 @@ pub fn read_files(
 /// catalog vends expire), by the reader `reader` makes for the table.
 pub fn read_files_renewing(
     (table, storage): (&Table, Arc<TableStorage>),
-    reader: impl Fn(&Table) -> ArrowReader + Send + 'static,
+    reader: impl Fn(&Table, usize) -> ArrowReader + Send + 'static,
     tasks: Vec<FileScanTask>,
     concurrency: usize,
     what: &'static str,
@@ -470,7 +496,10 @@ pub fn read_files_renewing(
             async move { storage.current(&table).await.map(|t| (t, task)) }
         })
         .map(move |now| match now {
-            Ok((table, task)) => read_file(reader(&table), table.file_io().clone(), task, what),
+            Ok((table, task)) => {
+                let rows = batch_rows(&task);
+                read_file(reader(&table, rows), table.file_io().clone(), task, what)
+            }
             Err(e) => futures::stream::once(async { Err(e) }).boxed(),
         })
         .flatten_unordered(concurrency.max(1))
@@ -576,7 +605,7 @@ pub async fn look_at(io: &FileIO, path: &str, size: u64) -> Look {
 pub async fn checksum_snapshot(table: &Table, snapshot: &SnapshotRef) -> Result<(Checksum, usize)> {
     let files = added_files(table, snapshot).await?;
     let mut tasks = plain_tasks(table, snapshot, &files)?.into_iter();
-    let (reader, io) = (file_reader(table), table.file_io().clone());
+    let io = table.file_io().clone();
     // Each file is read, decoded and hashed on a task of its own, so a batch
     // read back while no other is running (a run's last) uses every core.
     // Dropping the set (on an error) aborts the files still being read.
@@ -586,7 +615,7 @@ pub async fn checksum_snapshot(table: &Table, snapshot: &SnapshotRef) -> Result<
         while reading.len() < READ_BACK_FILES {
             let Some(task) = tasks.next() else { break };
             reading.spawn(checksum_file(read_file(
-                reader.clone(),
+                file_reader(table, batch_rows(&task)),
                 io.clone(),
                 task,
                 "cannot read the batch back",
@@ -692,4 +721,41 @@ pub async fn row_hashes_in_windows(
     }
     let deleted = deleted_from(table).await?;
     hashes_of(live_batches(table, &files, &deleted)?.0).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(size: u64, records: u64) -> FileScanTask {
+        FileScanTask::builder()
+            .with_file_size_in_bytes(size)
+            .with_start(0)
+            .with_length(size)
+            .with_record_count(Some(records))
+            .with_data_file_path("s3://b/f.parquet".into())
+            .with_data_file_format(iceberg::spec::DataFileFormat::Parquet)
+            .with_schema(Arc::new(
+                iceberg::spec::Schema::builder()
+                    .build()
+                    .expect("empty schema"),
+            ))
+            .with_project_field_ids(vec![])
+            .with_case_sensitive(true)
+            .build()
+    }
+
+    #[test]
+    fn wide_rows_are_read_fewer_at_a_time() {
+        // The benchmark's daily file: 330 KB for 33,333 rows.
+        assert_eq!(batch_rows(&task(330_000, 33_333)), 8192);
+        // 1 KB stored per row (1.9 KB of text): 1,024 rows, ~2 MB decoded.
+        assert_eq!(batch_rows(&task(76_800_000, 75_000)), 1024);
+        // A megabyte a row: never fewer than 256.
+        assert_eq!(batch_rows(&task(1 << 30, 1024)), 256);
+        // No count recorded: the default.
+        let mut unknown = task(10_000, 1);
+        unknown.record_count = None;
+        assert_eq!(batch_rows(&unknown), 8192);
+    }
 }

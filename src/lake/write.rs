@@ -43,6 +43,11 @@ use crate::plan::window::Granularity;
 pub const MAX_OPEN_PARTITIONS: usize = 4;
 /// Rows per Parquet row group.
 pub const ROW_GROUP_ROWS: usize = 512 * 1024;
+/// Encoded bytes per Parquet row group, whichever of the two limits comes
+/// first: a writer holds its row group in memory until it is full, and a
+/// reader fetches one whole (its column chunks), so wide rows (kilobytes of
+/// JSON or text each) need this bound where narrow ones reach the row limit.
+pub const ROW_GROUP_BYTES: usize = 16 << 20;
 /// Record batches without a row for a partition after which its writer is
 /// closed (in the background).
 pub const IDLE_BATCHES: u64 = 2;
@@ -389,6 +394,7 @@ impl Setup {
         let props = props
             .set_compression(Compression::ZSTD(self.level))
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
             .set_created_by(format!("permafrost {}", crate::VERSION))
             .build();
         let parquet = ParquetWriterBuilder::new(props, md.current_schema().clone());

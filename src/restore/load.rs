@@ -225,16 +225,13 @@ async fn copy_share(
     let mut hasher = RowHasher::default();
     let mut hashes = Vec::new();
     let mut share = Share::default();
-    let mut reader = file_reader(&table);
     let mut io_generation = 0;
     let next = || queue.lock().ok().and_then(|mut q| q.pop_front());
     while let Some(task) = next() {
-        if storage.refresh(&mut table, &mut io_generation).await? {
-            reader = file_reader(&table);
-        }
+        storage.refresh(&mut table, &mut io_generation).await?;
         let path = task.data_file_path.clone();
         let what = "cannot read the archive";
-        let mut stream = read_files(&table, reader.clone(), vec![task], 1, what);
+        let mut stream = read_files(&table, file_reader, vec![task], 1, what);
         let mut file_sum = Checksum::default();
         while let Some(batch) = stream.try_next().await? {
             hashes.clear();

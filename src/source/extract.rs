@@ -30,8 +30,10 @@ use crate::types::PgKind;
 /// the benchmark whole until its end: decoding, then writing), and large
 /// enough that a batch's fixed costs stay small.
 pub const BATCH_ROWS: usize = 8 * 1024;
-/// Flush a record batch early once its variable-width data passes this size.
-pub const BATCH_BYTES: usize = 32 * 1024 * 1024;
+/// Flush a record batch early once its rows' bytes pass this size: rows of
+/// kilobytes each then come about a thousand at a time, and the batch, its
+/// row hashes' buffer and the writer's copy stay a few megabytes each.
+pub const BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// Microseconds between 1970-01-01 and 2000-01-01 (Postgres' epoch).
