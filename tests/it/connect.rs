@@ -629,12 +629,7 @@ async fn worker_connections_that_reach_another_server_stop_the_run() {
     let one = one.to_string_lossy().to_string();
     let out = ws.run(&["archive", "--json", "-c", &one]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let archived: i64 = out.json()[0]["batches"]
-        .as_array()
-        .expect("batches")
-        .iter()
-        .filter_map(|b| b["rows"].as_i64())
-        .sum();
+    let archived = archived_rows(&out.json()) as i64;
     assert!(archived > 0);
     assert_eq!(count(&c, "sensor_readings", "true").await, here - archived);
     assert_eq!(count(&solo, "sensor_readings", "true").await, there);
@@ -660,15 +655,11 @@ async fn worker_connections_that_reach_another_server_stop_the_run() {
         errors[0]
     );
     for client in [&c, &solo] {
-        let staged = client
-            .query_one(
-                "SELECT count(*) FROM pg_class WHERE relname LIKE '%two_servers%'",
-                &[],
-            )
-            .await
-            .expect("staged tables")
-            .get::<_, i64>(0);
-        assert_eq!(staged, 0, "nothing staged on either server");
+        assert_eq!(
+            relations_named(client, "two_servers").await,
+            0,
+            "nothing staged on either server"
+        );
     }
 }
 
@@ -742,8 +733,7 @@ async fn a_connection_limit_leaves_a_run_fewer_connections_not_a_failure() {
     let json = out.json();
     let batches = json[0]["batches"].as_array().expect("batches");
     assert!(batches.len() > 2, "{json}");
-    let rows: i64 = batches.iter().filter_map(|b| b["rows"].as_i64()).sum();
-    assert_eq!(rows, before, "{json}");
+    assert_eq!(archived_rows(&json) as i64, before, "{json}");
     assert_eq!(count(&c, "sensor_readings", &old).await, 0);
 
     let (from, to) = (rfc3339(cutoff - 10 * 86_400_000_000), rfc3339(cutoff));
@@ -794,13 +784,21 @@ async fn a_connection_limit_leaves_a_run_fewer_connections_not_a_failure() {
         errors[0]
     );
     assert!(out.has_hint("CONNECTION LIMIT"), "{}", out.stderr);
-    let staged = c
-        .query_one(
-            "SELECT count(*) FROM pg_class WHERE relname LIKE '%refused_restore%'",
-            &[],
-        )
-        .await
-        .expect("staged tables")
-        .get::<_, i64>(0);
-    assert_eq!(staged, 0, "nothing staged");
+    assert_eq!(
+        relations_named(&c, "refused_restore").await,
+        0,
+        "nothing staged"
+    );
+}
+
+/// The relations whose name holds `part` (a restore's target, its staging
+/// table and their indexes).
+async fn relations_named(c: &tokio_postgres::Client, part: &str) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_class WHERE strpos(relname, $1) > 0",
+        &[&part],
+    )
+    .await
+    .expect("relations")
+    .get(0)
 }
