@@ -48,7 +48,8 @@ fn no_error_backtraces() {
 /// record batches and row groups of wide rows (kilobytes each), which a
 /// heap keeping them would hold on to per arena — a wide table's archive
 /// peaked at 430–470 MiB with a 32 MiB threshold (and no row group bound),
-/// 200–210 with 4 MiB; a narrow one's CPU is the same with either.
+/// 200–210 with 4 MiB (and 16 MiB row groups); a narrow one's CPU is the
+/// same with either.
 /// Leaves the defaults alone when `GLIBC_TUNABLES` sets malloc parameters.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {

@@ -46,8 +46,11 @@ pub const ROW_GROUP_ROWS: usize = 512 * 1024;
 /// Encoded bytes per Parquet row group, whichever of the two limits comes
 /// first: a writer holds its row group in memory until it is full, and a
 /// reader fetches one whole (its column chunks), so wide rows (kilobytes of
-/// JSON or text each) need this bound where narrow ones reach the row limit.
-pub const ROW_GROUP_BYTES: usize = 16 << 20;
+/// JSON or text each) need this bound where narrow ones reach the row limit
+/// (the benchmark's tables: 5–6 MB at 524,288 rows).  With 16 MiB a wide
+/// table's archive into S3 peaked at 232–273 MiB, with 8 MiB at 225–226
+/// (README, "Memory"); 8 MiB is also about the part an S3 reader fetches best.
+pub const ROW_GROUP_BYTES: usize = 8 << 20;
 /// Record batches without a row for a partition after which its writer is
 /// closed (in the background).
 pub const IDLE_BATCHES: u64 = 2;
