@@ -369,7 +369,6 @@ fn check_time_column(tc: &mut TableCheck, t: &TableConfig, src: &source::SourceT
     }
 }
 
-/// Archiving needs SELECT and DELETE on the table.
 /// The connections an archive run of `t` opens at most: its own, and its
 /// batch workers when `parallel_windows` > 1 (see `archive::workers`).
 fn run_connections(t: &TableConfig, pool_size: usize) -> usize {
@@ -404,6 +403,7 @@ fn connection_warning(
     ))
 }
 
+/// Archiving needs SELECT and DELETE on the table.
 fn check_privileges(
     tc: &mut TableCheck,
     src: &source::SourceTable,

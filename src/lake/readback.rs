@@ -456,7 +456,8 @@ pub fn batch_rows(task: &FileScanTask) -> usize {
     (READ_BATCH_BYTES / decoded).clamp(256, 8192) as usize
 }
 
-/// The rows of the data files `tasks` name, read with `reader`, up to
+/// The rows of the data files `tasks` name, each read with the reader
+/// `reader` makes for the table and the file's [`batch_rows`], up to
 /// `concurrency` files at a time (with 1, file after file, in order).
 /// A failure names its data file, and says `what` was being done; a file
 /// that does not decode, or whose size is not the one its manifest records

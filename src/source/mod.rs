@@ -417,7 +417,7 @@ impl Session {
     /// `client`'s session.
     pub async fn of(client: &Client) -> Result<Session> {
         let row = client
-            .query_one(
+            .query_typed_one(
                 "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
                 &[],
             )
@@ -432,10 +432,13 @@ impl Session {
     /// Whether `client` is on this session's server (the session is there).
     pub async fn beside(&self, client: &Client) -> Result<bool> {
         let row = client
-            .query_one(
+            .query_typed_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 \
                  AND backend_start::text = $2)",
-                &[&self.pid, &self.started],
+                &[
+                    (&self.pid, tokio_postgres::types::Type::INT4),
+                    (&self.started, tokio_postgres::types::Type::TEXT),
+                ],
             )
             .await
             .map_err(|e| Error::postgres("cannot look up the run's session", e))?;
