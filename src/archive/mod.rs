@@ -829,17 +829,13 @@ async fn workers(
     let mut extra = source::connect_extra(&cfg.database, n, |client| async move {
         match source::run_lock_here(&client, table_oid).await? {
             true => Ok(client),
-            false => Err(Error::new(
-                ErrorKind::Postgres,
+            false => Err(source::reached_another_server(
                 format!(
                     "{}: a worker connection reached another server than the run's (the \
                      table's advisory lock is not held there)",
                     t.quoted_name()
                 ),
-            )
-            .with_hint(
-                "the DSN's hosts are not one server: add `target_session_attrs=read-write` so \
-                 that every connection reaches the primary, or name one host; nothing was archived",
+                "nothing was archived",
             )),
         }
     })

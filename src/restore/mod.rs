@@ -568,13 +568,10 @@ async fn connect_loaders(
     let (session, extra) = (session?, extra?);
     let here = futures::future::try_join_all(extra.clients.iter().map(|c| session.beside(c)));
     if here.await?.contains(&false) {
-        return Err(Error::new(
-            ErrorKind::Postgres,
-            "a loader connection of the restore reached another server than the restore's own",
-        )
-        .with_hint(
-            "the DSN's hosts are not one server: add `target_session_attrs=read-write` so that \
-             every connection reaches the primary, or name one host; nothing was staged",
+        return Err(crate::source::reached_another_server(
+            "a loader connection of the restore reached another server than the restore's own"
+                .into(),
+            "nothing was staged",
         ));
     }
     if extra.clients.is_empty() {

@@ -152,6 +152,16 @@ impl Extra {
     }
 }
 
+/// The error when one of a run's extra connections reached another server
+/// than the run's own: `what` happened, and `nothing` ("nothing was
+/// archived") says what the run left undone.
+pub fn reached_another_server(what: String, nothing: &str) -> Error {
+    Error::new(ErrorKind::Postgres, what).with_hint(format!(
+        "the DSN's hosts are not one server: add `target_session_attrs=read-write` so that \
+         every connection reaches the primary, or name one host; {nothing}"
+    ))
+}
+
 /// Whether `e` is Postgres refusing a connection for want of slots
 /// (`too_many_connections`, SQLSTATE 53300).
 pub fn is_out_of_slots(e: &Error) -> bool {
