@@ -11,6 +11,7 @@ PF_CACHE="${PERMAFROST_CACHE:-$HOME/.cache/permafrost}"
 PF_VENV="${PERMAFROST_VENV:-$PF_CACHE/venv}"
 PF_REQUIREMENTS="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/requirements.txt"
 PF_PG_DATAS=()
+PF_PGBOUNCER_PIDS=()
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
@@ -268,6 +269,49 @@ start_moto() {
   return 1
 }
 
+# Two PgBouncers in front of the main cluster (tests/it/connect.rs): one in
+# transaction mode, which permafrost refuses, and one in session mode that
+# takes clients over TLS only (the certificate of the TLS cluster). From
+# Debian's packages when not installed.
+start_pgbouncer() {
+  local dir="$1/pgbouncer" pg_port ports mode port pki="$PERMAFROST_TEST_PG_TLS_PKI" bin
+  pg_port="${PERMAFROST_TEST_PG##*:}"; pg_port="${pg_port%%/*}"
+  bin="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
+  if [ ! -x "$bin" ]; then
+    log "installing pgbouncer"
+    apt-get install -y -qq pgbouncer >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null; }
+    bin="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
+  fi
+  mkdir -p "$dir"
+  echo '"postgres" ""' > "$dir/users.txt"
+  read -r -a ports <<< "$(free_ports 2)"
+  for mode in transaction session; do
+    port="${ports[0]}"; [ "$mode" = session ] && port="${ports[1]}"
+    {
+      printf '[databases]\n* = host=127.0.0.1 port=%s\n[pgbouncer]\n' "$pg_port"
+      printf 'listen_addr = 127.0.0.1\nlisten_port = %s\nunix_socket_dir =\n' "$port"
+      printf 'auth_type = trust\nauth_file = %s/users.txt\npool_mode = %s\n' "$dir" "$mode"
+      printf 'default_pool_size = 20\nmax_client_conn = 400\n'
+      printf 'logfile = %s/%s.log\npidfile = %s/%s.pid\n' "$dir" "$mode" "$dir" "$mode"
+      printf 'ignore_startup_parameters = extra_float_digits,options\n'
+      if [ "$mode" = session ]; then
+        printf 'client_tls_sslmode = require\nclient_tls_key_file = %s/server.key\nclient_tls_cert_file = %s/server.pem\n' "$pki" "$pki"
+      fi
+    } > "$dir/$mode.ini"
+  done
+  [ "$(id -u)" = 0 ] && chown -R postgres "$dir"
+  for mode in transaction session; do
+    as_pg_user "$bin" -d "$dir/$mode.ini" || { cat "$dir/$mode.log" >&2; return 1; }
+    PF_PGBOUNCER_PIDS+=("$dir/$mode.pid")
+  done
+  for port in "${ports[@]}"; do
+    until "$PERMAFROST_TEST_PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$port"; do sleep 0.1; done
+  done
+  export PERMAFROST_TEST_PGBOUNCER_TX="127.0.0.1:${ports[0]}"
+  export PERMAFROST_TEST_PGBOUNCER_SESSION="localhost:${ports[1]}"
+  log "pgbouncer: transaction pooling on $PERMAFROST_TEST_PGBOUNCER_TX, session pooling over TLS on $PERMAFROST_TEST_PGBOUNCER_SESSION"
+}
+
 services_start() {
   PF_RUN_DIR="$1"
   mkdir -p "$PF_RUN_DIR"
@@ -279,11 +323,17 @@ services_start() {
   # of it, which on the shared cluster would race the others.
   start_postgres "$PF_RUN_DIR" pgsolo PERMAFROST_TEST_PG_SOLO
   start_postgres_tls "$PF_RUN_DIR"
+  start_pgbouncer "$PF_RUN_DIR"
   start_seaweed "$PF_RUN_DIR"
   start_moto "$PF_RUN_DIR"
 }
 
 services_stop() {
+  local p
+  for p in "${PF_PGBOUNCER_PIDS[@]}"; do
+    [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null
+  done
+  PF_PGBOUNCER_PIDS=()
   if [ -n "${PF_MOTO_PID:-}" ]; then
     kill "$PF_MOTO_PID" 2>/dev/null; wait "$PF_MOTO_PID" 2>/dev/null; PF_MOTO_PID=""
   fi

@@ -84,6 +84,9 @@ pub struct DatabaseConfig {
     pub iam_auth: bool,
     /// The region the IAM tokens are signed for (else the AWS chain's).
     pub iam_region: Option<String>,
+    /// What `database.dsn` reaches the server through: a pooler is refused
+    /// unless it keeps one server connection per client session.
+    pub pooler: Pooler,
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -98,6 +101,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("ssl_root_cert", &self.ssl_root_cert)
             .field("iam_auth", &self.iam_auth)
             .field("iam_region", &self.iam_region)
+            .field("pooler", &self.pooler)
             .finish()
     }
 }
@@ -107,6 +111,20 @@ impl DatabaseConfig {
     pub fn describe(&self) -> String {
         describe_dsn(&self.dsn)
     }
+}
+
+/// `database.pooler`: what sits between permafrost and Postgres (see
+/// [`crate::source::pooler`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooler {
+    /// Nothing: a connection that reached the server through a pooler is
+    /// refused (default).
+    #[default]
+    None,
+    /// A pooler that keeps one server connection per client session
+    /// (PgBouncer `pool_mode = session`).
+    Session,
 }
 
 /// Behaviour when another permafrost instance is archiving the same table.
@@ -422,6 +440,8 @@ struct RawDatabase {
     iam_auth: bool,
     #[serde(default)]
     iam_region: Option<String>,
+    #[serde(default)]
+    pooler: Pooler,
 }
 
 /// A number or boolean, also when written as a string — which is what
@@ -698,6 +718,7 @@ fn database_config(raw: RawDatabase, dir: &Path) -> Result<DatabaseConfig> {
         ssl_root_cert: raw.ssl_root_cert.map(|p| dir.join(p)),
         iam_auth: raw.iam_auth,
         iam_region: raw.iam_region.filter(|r| !r.is_empty()),
+        pooler: raw.pooler,
     })
 }
 

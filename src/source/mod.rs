@@ -6,6 +6,7 @@ pub mod dsn;
 pub mod extract;
 pub mod introspect;
 pub mod partitions;
+pub mod pooler;
 pub mod tls;
 pub mod windows;
 pub mod wire;
@@ -24,7 +25,9 @@ pub use introspect::{SourceColumn, SourceTable};
 /// `application_name = permafrost`.  The DSN's hosts and Unix socket
 /// directories get sockets that merge COPY rows into fewer messages
 /// ([`wire`]); the few DSNs [`wire::targets`] leaves alone are opened by
-/// tokio-postgres as they are.
+/// tokio-postgres as they are.  A connection that reached the server
+/// through a connection pooler is refused (a config error) unless
+/// `database.pooler: session` ([`pooler`]).
 pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
     let dsn::Resolved {
         config: mut cfg,
@@ -73,12 +76,20 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
     let setup = format!(
         "SET TimeZone = 'UTC'; SET standard_conforming_strings = on; SET DateStyle = 'ISO'; \
          SET extra_float_digits = 3; SET statement_timeout = {timeout_ms}; \
-         SET lock_timeout = {lock_ms}; SET idle_in_transaction_session_timeout = 0"
+         SET lock_timeout = {lock_ms}; SET idle_in_transaction_session_timeout = 0; \
+         SELECT pg_backend_pid()"
     );
-    client
-        .batch_execute(&setup)
+    let answers = client
+        .simple_query(&setup)
         .await
         .map_err(|e| Error::postgres("cannot configure the PostgreSQL session", e))?;
+    let backend = answers.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+        _ => None,
+    });
+    if let Some(backend) = backend {
+        pooler::judge(pooler::announced_pid(&client).await, backend, db.pooler)?;
+    }
     Ok(client)
 }
 

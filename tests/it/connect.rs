@@ -802,3 +802,101 @@ async fn relations_named(c: &tokio_postgres::Client, part: &str) -> i64 {
     .expect("relations")
     .get(0)
 }
+
+/// The advisory locks of permafrost's key space held on `c`'s database
+/// (by any session of the server).
+async fn permafrost_locks(c: &tokio_postgres::Client) -> i64 {
+    let key_space = permafrost::source::lock_key(0) >> 32;
+    count(
+        c,
+        "pg_locks",
+        &format!(
+            "locktype = 'advisory' AND classid = {key_space} AND database = \
+             (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ),
+    )
+    .await
+}
+
+/// A PgBouncer in transaction mode (`scripts/services.sh`) would give the
+/// table's session lock and the session's settings to other clients: a run
+/// through it is refused before it reads anything (exit 2, the cause and
+/// the way out), nothing deleted, no lock left behind.  One in session
+/// mode, reached over TLS (`verify-full`: the capture of the announced
+/// backend behind an SSLRequest), is refused too until `database.pooler:
+/// session` says so; then the archive runs through it with batch workers,
+/// and the lock is gone when it ends.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_pooler_is_refused_unless_it_keeps_sessions() {
+    let s = services!();
+    let (Ok(tx), Ok(session), Some((_, pki))) = (
+        std::env::var("PERMAFROST_TEST_PGBOUNCER_TX"),
+        std::env::var("PERMAFROST_TEST_PGBOUNCER_SESSION"),
+        tls_cluster(),
+    ) else {
+        panic!("scripts/services.sh starts two PgBouncers and a TLS cluster");
+    };
+    let (db, ws, cat, _cfg, now) = small_setup(&s, 3_000).await;
+    let c = db.client().await;
+    let cutoff = now - 15 * 86_400_000_000;
+    let old = format!(
+        "recorded_at < '{}'",
+        rfc3339(cutoff - cutoff % 86_400_000_000)
+    );
+    let before = count(&c, "sensor_readings", &old).await;
+    assert!(before > 0);
+    let config = |file: &str, dsn: &str, extra: &str| {
+        let cfg = ws.config(
+            file,
+            &format!(
+                "database:\n  dsn: \"{dsn}\"\n{extra}{}global:\n  namespace: {}\ntables:\n\
+                 \x20 - name: sensor_readings\n    timestamp_column: recorded_at\n    \
+                 partition_by: day\n    lag: 15d\n    batch_windows: 1\n    parallel_windows: 2\n",
+                cat.yaml, cat.namespace
+            ),
+        );
+        cfg.to_string_lossy().to_string()
+    };
+    let refused = |cfg: &str| {
+        let out = ws.run(&["archive", "-c", cfg]);
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        assert!(
+            out.stderr
+                .contains("reaches PostgreSQL through a connection pooler")
+                && out.stderr.contains("set `database.pooler: session`"),
+            "{}",
+            out.stderr
+        );
+    };
+
+    let transaction = config(
+        "transaction.yaml",
+        &format!("postgresql://postgres@{tx}/{}?sslmode=disable", db.name),
+        "",
+    );
+    refused(&transaction);
+    let out = ws.run(&["check", "-c", &transaction]);
+    assert_ne!(out.code, 0);
+    assert!(out.stdout.contains("connection pooler"), "{}", out.stdout);
+
+    let (host, port) = session.split_once(':').expect("host:port");
+    let tls = format!(
+        "host={host} hostaddr=127.0.0.1 port={port} user=postgres dbname={} sslmode=verify-full \
+         sslrootcert={}",
+        db.name,
+        pki.join("ca.pem").display()
+    );
+    refused(&config("session.yaml", &tls, ""));
+    assert_eq!(count(&c, "sensor_readings", &old).await, before);
+    assert_eq!(permafrost_locks(&c).await, 0, "no lock left behind");
+
+    let declared = config("declared.yaml", &tls, "  pooler: session\n");
+    let out = ws.run(&["archive", "--json", "-c", &declared]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json = out.json();
+    assert!(json[0]["batches"].as_array().expect("batches").len() > 2);
+    assert_eq!(archived_rows(&json) as i64, before, "{json}");
+    assert_eq!(count(&c, "sensor_readings", &old).await, 0);
+    assert_eq!(permafrost_locks(&c).await, 0, "the run's lock is released");
+}
