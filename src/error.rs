@@ -178,7 +178,12 @@ impl Error {
     pub fn postgres(what: impl fmt::Display, err: tokio_postgres::Error) -> Self {
         let (message, hint) = match err.as_db_error() {
             Some(db) => {
-                let hint = db.hint().map(str::to_string).or_else(|| {
+                let hint = if db.message().contains("row-level security") {
+                    Some(ROW_SECURITY_HINT.to_string())
+                } else {
+                    db.hint().map(str::to_string)
+                };
+                let hint = hint.or_else(|| {
                     if db.message().contains("client certificate") {
                         Some("give a client certificate the server trusts: `sslcert=…` and `sslkey=…` in the DSN (or PGSSLCERT/PGSSLKEY)".into())
                     } else {
@@ -556,6 +561,13 @@ pub const POSTGRES_UNREACHABLE_HINT: &str = "is PostgreSQL running and is `datab
 pub const READ_ONLY_HINT: &str = "point `database.dsn` at the primary (the writer endpoint): a \
      hot standby, an RDS/Aurora reader endpoint or `default_transaction_read_only` takes no \
      DELETE; `archive --no-delete`, `fetch` and `query` work there";
+
+/// The hint of a query that row-level security would filter (permafrost's
+/// sessions run with `row_security = off`).
+const ROW_SECURITY_HINT: &str = "row-level security would hide some of the table's rows from \
+     the connecting role, and permafrost reads every row or none (`row_security = off`, as \
+     pg_dump): connect as the table's owner (if the table does not FORCE ROW LEVEL SECURITY) or \
+     as a role with BYPASSRLS (`ALTER ROLE … BYPASSRLS`); nothing was deleted";
 
 fn postgres_hint(code: &tokio_postgres::error::SqlState) -> Option<String> {
     use tokio_postgres::error::SqlState as S;

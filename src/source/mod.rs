@@ -21,8 +21,10 @@ use crate::error::{Error, ErrorKind, Result};
 pub use introspect::{SourceColumn, SourceTable};
 
 /// Opens one connection with permafrost's session settings:
-/// UTC, standard-conforming strings, `statement_timeout` from the config and
-/// `application_name = permafrost`.  The DSN's hosts and Unix socket
+/// UTC, standard-conforming strings, `statement_timeout` from the config,
+/// `application_name = permafrost`, and `row_security = off` — a query
+/// that row-level security would filter fails instead (as in pg_dump): an
+/// archive must see every row of its windows, not the role's share.  The DSN's hosts and Unix socket
 /// directories get sockets that merge COPY rows into fewer messages
 /// ([`wire`]); the few DSNs [`wire::targets`] leaves alone are opened by
 /// tokio-postgres as they are.  A connection that reached the server
@@ -77,7 +79,7 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
         "SET TimeZone = 'UTC'; SET standard_conforming_strings = on; SET DateStyle = 'ISO'; \
          SET extra_float_digits = 3; SET statement_timeout = {timeout_ms}; \
          SET lock_timeout = {lock_ms}; SET idle_in_transaction_session_timeout = 0; \
-         SELECT pg_backend_pid()"
+         SET row_security = off; SELECT pg_backend_pid()"
     );
     let answers = client
         .simple_query(&setup)

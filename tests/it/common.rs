@@ -123,6 +123,20 @@ impl TestDb {
     pub async fn client(&self) -> Client {
         connect(&self.dsn).await
     }
+
+    /// A key=value DSN of this database for `role` (trusted, no password).
+    pub fn dsn_as(&self, role: &str) -> String {
+        let port = self
+            .dsn
+            .rsplit_once('/')
+            .and_then(|(b, _)| b.rsplit_once(':'))
+            .map(|(_, p)| p.to_string())
+            .expect("a port");
+        format!(
+            "host=127.0.0.1 port={port} user={role} dbname={}",
+            self.name
+        )
+    }
 }
 
 /// A temporary directory for configs, catalogs and warehouses.

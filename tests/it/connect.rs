@@ -684,20 +684,16 @@ async fn a_connection_limit_leaves_a_run_fewer_connections_not_a_failure() {
     ))
     .await
     .expect("a role admitted three times");
-    let port = db
-        .dsn
-        .rsplit_once('/')
-        .and_then(|(b, _)| b.rsplit_once(':'))
-        .map(|(_, p)| p.to_string())
-        .expect("a port");
     let cfg = ws.config(
         "limited.yaml",
         &format!(
-            "database:\n  dsn: \"host=127.0.0.1 port={port} user={role} dbname={}\"\n  \
+            "database:\n  dsn: \"{}\"\n  \
              pool_size: 6\n{}global:\n  namespace: {}\ntables:\n\
              \x20 - name: sensor_readings\n    timestamp_column: recorded_at\n    \
              partition_by: day\n    lag: 15d\n    batch_windows: 1\n    parallel_windows: 4\n",
-            db.name, cat.yaml, cat.namespace
+            db.dsn_as(&role),
+            cat.yaml,
+            cat.namespace
         ),
     );
     let cfg = cfg.to_string_lossy().to_string();

@@ -891,3 +891,75 @@ mod generated {
         }
     }
 }
+
+/// Row-level security that hides rows from the archiving role: every
+/// connection runs with `row_security = off` (as pg_dump), so the run fails
+/// in one line (exit 4, the policy named as the cause, BYPASSRLS in the
+/// hint) instead of archiving and deleting the role's share and reporting
+/// the windows done while the hidden rows stay; `check` says so first.
+/// With BYPASSRLS the same role archives every row, the hidden ones too.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn row_level_security_is_every_row_or_none() {
+    let s = services!();
+    let (db, ws, cat, _cfg, now) = crate::modes::small_setup(&s, 3_000).await;
+    let c = db.client().await;
+    let role = format!("{}_rls", db.name);
+    c.batch_execute(&format!(
+        "ALTER TABLE sensor_readings ENABLE ROW LEVEL SECURITY; \
+         CREATE POLICY even_sensors ON sensor_readings USING (sensor_id % 2 = 0); \
+         CREATE ROLE \"{role}\" LOGIN; \
+         GRANT SELECT, DELETE ON sensor_readings TO \"{role}\""
+    ))
+    .await
+    .expect("a policy that hides the odd sensors");
+    let cutoff = now - 15 * 86_400_000_000;
+    let old = format!(
+        "recorded_at < '{}'",
+        rfc3339(cutoff - cutoff % 86_400_000_000)
+    );
+    let before = count(&c, "sensor_readings", &old).await;
+    let hidden = count(
+        &c,
+        "sensor_readings",
+        &format!("{old} AND sensor_id % 2 = 1"),
+    )
+    .await;
+    assert!(hidden > 0 && hidden < before, "{hidden} of {before}");
+    let cfg = ws.config(
+        "rls.yaml",
+        &format!(
+            "database:\n  dsn: \"{}\"\n{}global:\n  namespace: {}\ntables:\n\
+             \x20 - name: sensor_readings\n    timestamp_column: recorded_at\n    \
+             partition_by: day\n    lag: 15d\n",
+            db.dsn_as(&role),
+            cat.yaml,
+            cat.namespace
+        ),
+    );
+    let cfg = cfg.to_string_lossy().to_string();
+    let says_why = |text: &str| {
+        text.contains("query would be affected by row-level security policy")
+            && text.contains("BYPASSRLS")
+    };
+
+    let out = ws.run(&["check", "-c", &cfg]);
+    assert_ne!(out.code, 0);
+    assert!(says_why(&out.stdout), "{}", out.stdout);
+    let out = ws.run(&["archive", "-c", &cfg]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(says_why(&out.stderr), "{}", out.stderr);
+    assert_eq!(
+        count(&c, "sensor_readings", &old).await,
+        before,
+        "nothing deleted"
+    );
+
+    c.batch_execute(&format!("ALTER ROLE \"{role}\" BYPASSRLS"))
+        .await
+        .expect("bypassrls");
+    let out = ws.run(&["archive", "--json", "-c", &cfg]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(archived_rows(&out.json()) as i64, before);
+    assert_eq!(count(&c, "sensor_readings", &old).await, 0);
+}
