@@ -46,15 +46,16 @@ pub fn judge(announced: Option<i32>, backend: i32, pooler: Pooler) -> Result<()>
         return Ok(());
     }
     Err(Error::config(format!(
-        "`database.dsn` reaches PostgreSQL through a connection pooler (the connection was \
-         announced as backend {announced}, the server runs it as {backend})"
+        "`database.dsn` reaches PostgreSQL through a connection pooler or a proxy that hands \
+         out cancel keys of its own (the connection was announced as backend {announced}, the \
+         server runs it as {backend})"
     ))
     .with_hint(
         "permafrost holds each table's lock and its settings on its session, which a pooler in \
          transaction or statement mode gives other clients between transactions: point \
-         `database.dsn` at the server (or the pooler's session-mode port); behind a pooler that \
-         keeps one server connection per client session (PgBouncer `pool_mode = session`), set \
-         `database.pooler: session`; nothing was read or deleted",
+         `database.dsn` at the server (or the pooler's session-mode port); behind one that keeps \
+         one server connection per client session (PgBouncer `pool_mode = session`, a proxy \
+         that pools nothing), set `database.pooler: session`; nothing was read or deleted",
     ))
 }
 

@@ -859,7 +859,7 @@ async fn a_pooler_is_refused_unless_it_keeps_sessions() {
         assert_eq!(out.code, 2, "{}", out.stderr);
         assert!(
             out.stderr
-                .contains("reaches PostgreSQL through a connection pooler")
+                .contains("reaches PostgreSQL through a connection pooler or a proxy")
                 && out.stderr.contains("set `database.pooler: session`"),
             "{}",
             out.stderr
