@@ -304,8 +304,14 @@ start_pgbouncer() {
     as_pg_user "$bin" -d "$dir/$mode.ini" || { cat "$dir/$mode.log" >&2; return 1; }
     PF_PGBOUNCER_PIDS+=("$dir/$mode.pid")
   done
+  local tries
   for port in "${ports[@]}"; do
-    until "$PERMAFROST_TEST_PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$port"; do sleep 0.1; done
+    tries=0
+    until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+      tries=$((tries + 1))
+      if [ "$tries" -ge 100 ]; then log "pgbouncer did not listen on $port:"; tail -20 "$dir"/*.log >&2; return 1; fi
+      sleep 0.1
+    done
   done
   export PERMAFROST_TEST_PGBOUNCER_TX="127.0.0.1:${ports[0]}"
   export PERMAFROST_TEST_PGBOUNCER_SESSION="localhost:${ports[1]}"
