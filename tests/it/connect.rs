@@ -709,10 +709,7 @@ async fn a_connection_limit_leaves_a_run_fewer_connections_not_a_failure() {
         "{warnings}"
     );
     let cutoff = now - 15 * 86_400_000_000;
-    let old = format!(
-        "recorded_at < '{}'",
-        rfc3339(cutoff - cutoff % 86_400_000_000)
-    );
+    let old = crate::modes::archivable(now);
     let before = count(&c, "sensor_readings", &old).await;
     assert!(before > 0);
 
@@ -835,11 +832,7 @@ async fn a_pooler_is_refused_unless_it_keeps_sessions() {
     };
     let (db, ws, cat, _cfg, now) = small_setup(&s, 3_000).await;
     let c = db.client().await;
-    let cutoff = now - 15 * 86_400_000_000;
-    let old = format!(
-        "recorded_at < '{}'",
-        rfc3339(cutoff - cutoff % 86_400_000_000)
-    );
+    let old = crate::modes::archivable(now);
     let before = count(&c, "sensor_readings", &old).await;
     assert!(before > 0);
     let config = |file: &str, dsn: &str, extra: &str| {

@@ -913,11 +913,7 @@ async fn row_level_security_is_every_row_or_none() {
     ))
     .await
     .expect("a policy that hides the odd sensors");
-    let cutoff = now - 15 * 86_400_000_000;
-    let old = format!(
-        "recorded_at < '{}'",
-        rfc3339(cutoff - cutoff % 86_400_000_000)
-    );
+    let old = crate::modes::archivable(now);
     let before = count(&c, "sensor_readings", &old).await;
     let hidden = count(
         &c,

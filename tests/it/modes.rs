@@ -31,6 +31,16 @@ pub async fn small_setup(s: &Services, rows: u64) -> (TestDb, Ws, CatalogSetup, 
     (db, ws, cat, cfg.to_string_lossy().to_string(), now)
 }
 
+/// The rows [`small_setup`]'s config archives at `now` (older than its
+/// 15-day lag, at whole days), as a condition on `sensor_readings`.
+pub fn archivable(now: i64) -> String {
+    let cutoff = now - 15 * 86_400_000_000;
+    format!(
+        "recorded_at < '{}'",
+        rfc3339(cutoff - cutoff % 86_400_000_000)
+    )
+}
+
 fn iceberg_count(s: &Services, cat: &CatalogSetup) -> (i64, usize) {
     let r = interop(
         s,
