@@ -888,4 +888,26 @@ async fn a_pooler_is_refused_unless_it_keeps_sessions() {
     assert_eq!(archived_rows(&json) as i64, before, "{json}");
     assert_eq!(count(&c, "sensor_readings", &old).await, 0);
     assert_eq!(permafrost_locks(&c).await, 0, "the run's lock is released");
+
+    // A restore through it, its loaders too (each checks that it reached
+    // the restore's session), brings every archived row back, valid.
+    let out = ws.run(&[
+        "restore",
+        "-c",
+        &declared,
+        "-t",
+        "sensor_readings",
+        "--from",
+        "1970-01-01T00:00:00Z",
+        "--to",
+        &rfc3339(now),
+        "--into",
+        "through_the_pooler",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(r["valid"], true, "{r}");
+    assert_eq!(r["rows"].as_i64(), Some(before), "{r}");
+    assert_eq!(count(&c, "through_the_pooler", "true").await, before);
 }
