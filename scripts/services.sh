@@ -288,7 +288,10 @@ start_pgbouncer() {
   for mode in transaction session; do
     port="${ports[0]}"; [ "$mode" = session ] && port="${ports[1]}"
     {
-      printf '[databases]\n* = host=127.0.0.1 port=%s\n[pgbouncer]\n' "$pg_port"
+      printf '[databases]\n'
+      # A pool of two server connections (connect::a_full_session_pool_…).
+      [ "$mode" = session ] && printf 'pf_small_pool = host=127.0.0.1 port=%s dbname=pf_small_pool pool_size=2\n' "$pg_port"
+      printf '* = host=127.0.0.1 port=%s\n[pgbouncer]\n' "$pg_port"
       printf 'listen_addr = 127.0.0.1\nlisten_port = %s\nunix_socket_dir =\n' "$port"
       printf 'auth_type = trust\nauth_file = %s/users.txt\npool_mode = %s\n' "$dir" "$mode"
       printf 'default_pool_size = 20\nmax_client_conn = 400\n'

@@ -840,15 +840,16 @@ async fn workers(
         }
     })
     .await?;
-    if extra.clients.len() < 2 {
-        extra.clients.clear();
-    }
+    // One worker alone is no parallelism: the run's own connection does.
     let using = match extra.clients.len() {
-        0 => "the batches run one after another on the run's own connection".to_string(),
+        0 | 1 => "the batches run one after another on the run's own connection".to_string(),
         k => format!("{k} batches run at once"),
     };
     if let Some(w) = extra.shortfall(n, "worker connections", &using) {
         tracing::warn!("{}: {w}", t.source_name());
+    }
+    if extra.clients.len() < 2 {
+        extra.clients.clear();
     }
     Ok(extra.clients)
 }

@@ -73,6 +73,19 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
         (None, Some(tls)) => start(&cfg, tls).await.map_err(wire::Failure::Postgres),
     };
     let client = opened.map_err(|e| connect_failed(db, e))?;
+    let limit = cfg
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(Duration::from_secs(10));
+    start_session(db, &client, limit).await?;
+    Ok(client)
+}
+
+/// Sets the session's settings and checks what it reached ([`pooler`]),
+/// in one round trip that must answer within `limit` (the connect
+/// timeout): a pooler whose pool is full queues a client's first
+/// statement, which is [`no_session`] then.
+async fn start_session(db: &DatabaseConfig, client: &Client, limit: Duration) -> Result<()> {
     let timeout_ms = db.statement_timeout.as_millis();
     let lock_ms = db.lock_timeout.as_millis();
     let setup = format!(
@@ -81,26 +94,49 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
          SET lock_timeout = {lock_ms}; SET idle_in_transaction_session_timeout = 0; \
          SET row_security = off; SELECT pg_backend_pid()"
     );
-    let answers = client
-        .simple_query(&setup)
+    let answers = tokio::time::timeout(limit, client.simple_query(&setup))
         .await
+        .map_err(|_| no_session(db, limit))?
         .map_err(|e| Error::postgres("cannot configure the PostgreSQL session", e))?;
     let backend = answers.iter().find_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
         _ => None,
     });
     if let Some(backend) = backend {
-        pooler::judge(pooler::announced_pid(&client).await, backend, db.pooler)?;
+        pooler::judge(pooler::announced_pid(client).await, backend, db.pooler)?;
     }
-    Ok(client)
+    Ok(())
+}
+
+/// The start of [`no_session`]'s message, which [`Extra`] tells by.
+const NO_SESSION: &str = "no session within";
+
+/// The error of a connection whose first statement got no answer within
+/// the connect timeout `limit`.
+fn no_session(db: &DatabaseConfig, limit: Duration) -> Error {
+    Error::new(
+        ErrorKind::Postgres,
+        format!(
+            "{NO_SESSION} {}s at {}: the session's first statement got no answer",
+            limit.as_secs_f64(),
+            db.describe()
+        ),
+    )
+    .with_hint(
+        "a connection pooler queues clients while its pool is full (PgBouncer \
+         `default_pool_size`, `max_user_connections`): give it room for `database.pool_size` \
+         connections per table, or lower `pool_size`; a server that answers that late is \
+         overloaded (`connect_timeout=` in the DSN waits longer)",
+    )
 }
 
 /// The extra connections of a run (batch workers, restore loaders): up to
 /// `n` opened at once, each passed through `check` (that it is on the run's
 /// server).  Postgres refusing some for want of connection slots — its
-/// `max_connections`, a role's or a database's `CONNECTION LIMIT` — is not
-/// an error: the run works with fewer, and the first refusal is kept for
-/// the caller's warning.  As connections opened at once can each count the
+/// `max_connections`, a role's or a database's `CONNECTION LIMIT` — or a
+/// session pooler leaving some without a session for the connect timeout
+/// ([`no_session`]: its pool is full) is not an error: the run works with
+/// fewer, and the first refusal is kept for the caller's warning.  As connections opened at once can each count the
 /// others and all be refused, the refused are tried again one at a time
 /// until Postgres refuses one.  Any other failure is the error (the run's
 /// own connection was opened the same way: it is the DSN's or the server's).
@@ -143,7 +179,7 @@ impl Extra {
     fn take(&mut self, opened: Result<Client>) -> Result<()> {
         match opened {
             Ok(c) => self.clients.push(c),
-            Err(e) if is_out_of_slots(&e) => {
+            Err(e) if is_out_of_slots(&e) || e.message().starts_with(NO_SESSION) => {
                 self.refused.get_or_insert(e);
             }
             Err(e) => return Err(e),
@@ -157,8 +193,8 @@ impl Extra {
         let refused = self.refused.as_ref()?;
         Some(format!(
             "Postgres admitted {} of {asked} {what} ({}); {using} — raise the connection limit \
-             (the server's `max_connections`, the role's or database's `CONNECTION LIMIT`) or \
-             lower `database.pool_size` / `tables[].parallel_windows`",
+             (the server's `max_connections`, the role's or database's `CONNECTION LIMIT`, a \
+             pooler's pool size) or lower `database.pool_size` / `tables[].parallel_windows`",
             self.clients.len(),
             refused.pg_message().unwrap_or(refused.message())
         ))

@@ -911,3 +911,74 @@ async fn a_pooler_is_refused_unless_it_keeps_sessions() {
     assert_eq!(r["rows"].as_i64(), Some(before), "{r}");
     assert_eq!(count(&c, "through_the_pooler", "true").await, before);
 }
+
+/// A session pooler whose pool is full queues a client's first statement:
+/// the extra connections of a run that get no session within the connect
+/// timeout count as not admitted — the run goes on with fewer (here: the
+/// pool's second server connection for one worker, which alone is no
+/// parallelism: the run's own connection does the batches), says so, and
+/// archives every row — instead of
+/// waiting in the queue and failing (`pf_small_pool` of
+/// `scripts/services.sh`: two server connections, a database of that name).
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_full_session_pool_leaves_a_run_fewer_connections() {
+    let s = services!();
+    let (Ok(session), Some((_, pki))) = (
+        std::env::var("PERMAFROST_TEST_PGBOUNCER_SESSION"),
+        tls_cluster(),
+    ) else {
+        panic!("scripts/services.sh starts a session-mode PgBouncer and a TLS cluster");
+    };
+    let admin = connect(&s.pg).await;
+    for sql in [
+        "DROP DATABASE IF EXISTS pf_small_pool WITH (FORCE)",
+        "CREATE DATABASE pf_small_pool",
+    ] {
+        admin
+            .batch_execute(sql)
+            .await
+            .expect("the pool's database, new");
+    }
+    let direct = s.pg.rsplit_once('/').expect("a database").0.to_string() + "/pf_small_pool";
+    let c = connect(&direct).await;
+    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
+        .await
+        .expect("schema");
+    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "3000"))
+        .await
+        .expect("data");
+    let now = pg_now(&c).await;
+    let old = crate::modes::archivable(now);
+    let before = count(&c, "sensor_readings", &old).await;
+    let ws = Ws::new();
+    let cat = CatalogSetup::new(Cat::Sqlite, &s, &ws).await;
+    let (host, port) = session.split_once(':').expect("host:port");
+    let cfg = ws.config(
+        "pooled.yaml",
+        &format!(
+            "database:\n  dsn: \"host={host} hostaddr=127.0.0.1 port={port} user=postgres \
+             dbname=pf_small_pool sslmode=verify-full sslrootcert={} connect_timeout=2\"\n  \
+             pooler: session\n{}global:\n  namespace: {}\ntables:\n\
+             \x20 - name: sensor_readings\n    timestamp_column: recorded_at\n    \
+             partition_by: day\n    lag: 15d\n    batch_windows: 1\n    parallel_windows: 3\n",
+            pki.join("ca.pem").display(),
+            cat.yaml,
+            cat.namespace
+        ),
+    );
+    let out = ws.run(&["archive", "--json", "-c", &cfg.to_string_lossy()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("Postgres admitted 1 of 5 worker connections (no session within 2s")
+            && out
+                .stderr
+                .contains("one after another on the run's own connection")
+            && out.stderr.contains("a pooler's pool size"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(archived_rows(&out.json()) as i64, before);
+    assert_eq!(count(&c, "sensor_readings", &old).await, 0);
+}
