@@ -20,16 +20,16 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub use introspect::{SourceColumn, SourceTable};
 
-/// Opens one connection with permafrost's session settings:
-/// UTC, standard-conforming strings, `statement_timeout` from the config,
+/// Opens one connection with permafrost's session settings: UTC,
+/// standard-conforming strings, `statement_timeout` from the config,
 /// `application_name = permafrost`, and `row_security = off` — a query
 /// that row-level security would filter fails instead (as in pg_dump): an
-/// archive must see every row of its windows, not the role's share.  The DSN's hosts and Unix socket
-/// directories get sockets that merge COPY rows into fewer messages
-/// ([`wire`]); the few DSNs [`wire::targets`] leaves alone are opened by
-/// tokio-postgres as they are.  A connection that reached the server
-/// through a connection pooler is refused (a config error) unless
-/// `database.pooler: session` ([`pooler`]).
+/// archive must see every row of its windows, not the role's share.  The
+/// DSN's hosts and Unix socket directories get sockets that merge COPY rows
+/// into fewer messages ([`wire`]); the few DSNs [`wire::targets`] leaves
+/// alone are opened by tokio-postgres as they are.  A connection that
+/// reached the server through a connection pooler is refused (a config
+/// error) unless `database.pooler: session` ([`pooler`]).
 pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
     let dsn::Resolved {
         config: mut cfg,
@@ -136,9 +136,10 @@ fn no_session(db: &DatabaseConfig, limit: Duration) -> Error {
 /// `max_connections`, a role's or a database's `CONNECTION LIMIT` — or a
 /// session pooler leaving some without a session for the connect timeout
 /// ([`no_session`]: its pool is full) is not an error: the run works with
-/// fewer, and the first refusal is kept for the caller's warning.  As connections opened at once can each count the
-/// others and all be refused, the refused are tried again one at a time
-/// until Postgres refuses one.  Any other failure is the error (the run's
+/// fewer, and the first refusal is kept for the caller's warning.  As
+/// connections opened at once can each count the others and all be
+/// refused, the refused are tried again one at a time until Postgres
+/// refuses one.  Any other failure is the error (the run's
 /// own connection was opened the same way: it is the DSN's or the server's).
 pub async fn connect_extra<F, Fut>(db: &DatabaseConfig, n: usize, check: F) -> Result<Extra>
 where

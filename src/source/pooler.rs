@@ -3,7 +3,7 @@
 //! permafrost keeps state on its sessions: each table's advisory lock (held
 //! by the run's connection between its transactions) and the session
 //! settings every connection starts with (`TimeZone`, `DateStyle`,
-//! timeouts).  A pooler in transaction or statement mode (PgBouncer
+//! `row_security`, timeouts).  A pooler in transaction or statement mode (PgBouncer
 //! `pool_mode = transaction`, the transaction ports of Supavisor and the
 //! like) hands the server connection to another client after each
 //! transaction: the lock stays behind on a server connection that other
