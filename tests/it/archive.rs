@@ -192,12 +192,7 @@ async fn archive_million(kind: Cat) {
     let s = services!();
     let db = TestDb::create(&s, "million").await;
     let c = db.client().await;
-    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
-        .await
-        .expect("schema");
-    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "1050000"))
-        .await
-        .expect("data");
+    load_sample(&c, 1_050_000).await;
     c.batch_execute(
         "CREATE TABLE readings_m (LIKE sensor_readings INCLUDING ALL); \
          INSERT INTO readings_m SELECT * FROM sensor_readings WHERE id % 7 = 0; ANALYZE;",

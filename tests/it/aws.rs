@@ -376,12 +376,7 @@ async fn glue_and_s3_keep_working_while_credentials_expire_and_rotate() {
     let front = RotatingAws::start(&s);
     let db = TestDb::create(&s, "rotate").await;
     let c = db.client().await;
-    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
-        .await
-        .expect("schema");
-    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "3000"))
-        .await
-        .expect("data");
+    load_sample(&c, 3_000).await;
     let total = count(&c, "sensor_readings", "true").await;
     let ws = Ws::new();
     let ns = unique("rot");
@@ -588,12 +583,7 @@ async fn archive_with_the_chain(
 ) -> ChainRun {
     let db = TestDb::create(s, name).await;
     let c = db.client().await;
-    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
-        .await
-        .expect("schema");
-    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "600"))
-        .await
-        .expect("data");
+    load_sample(&c, 600).await;
     let total = count(&c, "sensor_readings", "true").await;
     let ws = Ws::new();
     let yaml = format!(

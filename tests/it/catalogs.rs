@@ -17,12 +17,7 @@ async fn exercise(
 ) -> (String, i64, Ws, TestDb, Vec<(String, String)>) {
     let db = TestDb::create(s, "catalogs").await;
     let c = db.client().await;
-    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
-        .await
-        .expect("schema");
-    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "5000"))
-        .await
-        .expect("data");
+    load_sample(&c, 5_000).await;
     c.batch_execute("CREATE TABLE before_rows AS SELECT * FROM sensor_readings")
         .await
         .expect("copy");

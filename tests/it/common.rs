@@ -442,6 +442,17 @@ pub fn json_eq(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// Creates the sample tables on `c`'s database and fills `sensor_readings`
+/// with `rows` readings.
+pub async fn load_sample(c: &Client, rows: u64) {
+    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
+        .await
+        .expect("schema");
+    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", &rows.to_string()))
+        .await
+        .expect("data");
+}
+
 /// Micros since the epoch of Postgres' `now()`.
 pub async fn pg_now(c: &Client) -> i64 {
     c.query_one("SELECT (extract(epoch FROM now()) * 1000000)::int8", &[])

@@ -942,12 +942,7 @@ async fn a_full_session_pool_leaves_a_run_fewer_connections() {
     }
     let direct = s.pg.rsplit_once('/').expect("a database").0.to_string() + "/pf_small_pool";
     let c = connect(&direct).await;
-    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
-        .await
-        .expect("schema");
-    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "3000"))
-        .await
-        .expect("data");
+    load_sample(&c, 3_000).await;
     let now = pg_now(&c).await;
     let old = crate::modes::archivable(now);
     let before = count(&c, "sensor_readings", &old).await;

@@ -437,12 +437,7 @@ async fn s3_without_any_credentials_is_a_config_error() {
     let s = services!();
     let db = TestDb::create(&s, "nokeys").await;
     let c = db.client().await;
-    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
-        .await
-        .expect("schema");
-    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", "300"))
-        .await
-        .expect("data");
+    load_sample(&c, 300).await;
     let total = count(&c, "sensor_readings", "true").await;
     let ws = Ws::new();
     let catalog = format!(

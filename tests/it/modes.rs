@@ -11,12 +11,7 @@ const DAY_US: i64 = 86_400_000_000;
 pub async fn small_setup(s: &Services, rows: u64) -> (TestDb, Ws, CatalogSetup, String, i64) {
     let db = TestDb::create(s, "modes").await;
     let c = db.client().await;
-    c.batch_execute(permafrost::demo::SAMPLE_SCHEMA)
-        .await
-        .expect("schema");
-    c.batch_execute(&permafrost::demo::SAMPLE_DATA.replace(":rows", &rows.to_string()))
-        .await
-        .expect("data");
+    load_sample(&c, rows).await;
     let now = pg_now(&c).await;
     let ws = Ws::new();
     let cat = CatalogSetup::new(Cat::Sqlite, s, &ws).await;
