@@ -20,6 +20,10 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub use introspect::{SourceColumn, SourceTable};
 
+/// How long a connection may take, socket to the first statement's
+/// answer, when the DSN's `connect_timeout` does not say.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Opens one connection with permafrost's session settings: UTC,
 /// standard-conforming strings, `statement_timeout` from the config,
 /// `application_name = permafrost`, and `row_security = off` — a query
@@ -41,7 +45,7 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
         cfg.application_name("permafrost");
     }
     if cfg.get_connect_timeout().is_none() {
-        cfg.connect_timeout(Duration::from_secs(10));
+        cfg.connect_timeout(CONNECT_TIMEOUT);
     }
     cfg.keepalives(true)
         .keepalives_idle(Duration::from_secs(30));
@@ -76,7 +80,7 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client> {
     let limit = cfg
         .get_connect_timeout()
         .copied()
-        .unwrap_or(Duration::from_secs(10));
+        .unwrap_or(CONNECT_TIMEOUT);
     start_session(db, &client, limit).await?;
     Ok(client)
 }
