@@ -370,9 +370,11 @@ fn check_time_column(tc: &mut TableCheck, t: &TableConfig, src: &source::SourceT
 }
 
 /// The connections an archive run of `t` opens at most: its own, and its
-/// batch workers when `parallel_windows` > 1 (see `archive::workers`).
+/// batch workers when `parallel_windows` > 1 (see `archive::workers`; a
+/// move's, which are more than a copy's).
 fn run_connections(t: &TableConfig, pool_size: usize) -> usize {
-    match crate::archive::worker_count(t.parallel_windows, pool_size, usize::MAX) {
+    let move_ = crate::ledger::BatchMode::Move;
+    match crate::archive::worker_count(move_, t.parallel_windows, pool_size, usize::MAX) {
         n if n < 2 => 1,
         n => n + 1,
     }

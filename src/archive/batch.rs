@@ -8,7 +8,9 @@
 //! transaction commits, which happens after its snapshot is committed and
 //! read back equal (count and checksum).  Any error before that rolls the
 //! transaction back; a verification failure also marks the batch failed
-//! (its windows wait for `archive --force`).
+//! (its windows wait for `archive --force`).  A copy, which changes
+//! nothing in Postgres, ends its transaction once its rows are read
+//! ([`Lease`]).
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -44,19 +46,75 @@ pub(super) struct Ran {
     pub unchanged: Option<u64>,
 }
 
+/// The Postgres connection a batch runs on.  A copy changes nothing in
+/// Postgres: it ends its transaction once its rows are read and gives a
+/// worker's connection back ([`Lease::release`]), so the next batch
+/// extracts on it while this one commits and reads back, and no snapshot
+/// stays open meanwhile.  A move holds its connection to its Postgres
+/// commit (its deleted rows stay locked until then).
+pub(super) enum Lease<'c> {
+    /// The run's own connection, for the whole batch.
+    Run(&'c mut tokio_postgres::Client),
+    /// A worker's connection (`None` once given back), and where a copy
+    /// gives it back.
+    Own(
+        Option<tokio_postgres::Client>,
+        Option<tokio::sync::oneshot::Sender<tokio_postgres::Client>>,
+    ),
+}
+
+impl<'c> Lease<'c> {
+    fn client(&mut self) -> Result<&mut tokio_postgres::Client> {
+        match self {
+            Lease::Run(client) => Ok(client),
+            Lease::Own(Some(client), _) => Ok(client),
+            Lease::Own(None, _) => Err(Error::internal(
+                "the batch's connection was given back before its last statement",
+            )),
+        }
+    }
+
+    /// Gives a worker's connection back before the batch ends, where the
+    /// lease says to; otherwise it stays.
+    fn release(&mut self) {
+        if let Lease::Own(client, back @ Some(_)) = self
+            && let (Some(client), Some(back)) = (client.take(), back.take())
+        {
+            // The run gone: the connection closes.
+            let _ = back.send(client);
+        }
+    }
+
+    /// The run's own connection, back to the run.
+    pub(super) fn into_run(self) -> Option<&'c mut tokio_postgres::Client> {
+        match self {
+            Lease::Run(client) => Some(client),
+            Lease::Own(..) => None,
+        }
+    }
+
+    /// A worker's connection, unless it was given back.
+    pub(super) fn into_own(self) -> Option<tokio_postgres::Client> {
+        match self {
+            Lease::Own(client, _) => client,
+            Lease::Run(_) => None,
+        }
+    }
+}
+
 /// Runs one planned batch (several parts when `max_batch_rows` splits it).
 /// A copy of a range that holds the rows its open batches recorded, no
 /// more and no fewer, reads nothing ([`decide::unchanged`]): neither the
 /// range nor the archive.
 pub(super) async fn run_planned(
     ctx: &Ctx,
-    client: &mut tokio_postgres::Client,
+    lease: &mut Lease<'_>,
     turn: usize,
     planned: &PlannedBatch,
     bar: &indicatif::ProgressBar,
 ) -> Result<Ran> {
     if let Some(rows) = planned.copied_rows {
-        let now = windows::count_in_range(client, &ctx.src, &planned.range).await?;
+        let now = windows::count_in_range(lease.client()?, &ctx.src, &planned.range).await?;
         if decide::unchanged(planned, now) {
             tracing::debug!(
                 "{}: {} row(s) as copied, not read again",
@@ -69,10 +127,10 @@ pub(super) async fn run_planned(
             });
         }
     }
-    let mut bag = reconcile::archived_rows(ctx, client, planned).await?;
+    let mut bag = reconcile::archived_rows(ctx, lease.client()?, planned).await?;
     let limit = decide::row_limit(ctx.mode, ctx.cfg.max_batch_rows);
     let rows_now = match limit {
-        Some(_) => windows::count_in_range(client, &ctx.src, &planned.range).await?,
+        Some(_) => windows::count_in_range(lease.client()?, &ctx.src, &planned.range).await?,
         None => 0,
     };
     let max_parts = decide::max_parts(limit, rows_now);
@@ -86,7 +144,7 @@ pub(super) async fn run_planned(
             window_start = %rfc3339(planned.range.start),
             window_end = %rfc3339(planned.range.end),
         );
-        let done = run_part(ctx, client, turn, planned, &part, limit, bag.as_mut(), bar)
+        let done = run_part(ctx, lease, turn, planned, &part, limit, bag.as_mut(), bar)
             .instrument(span)
             .await
             .map_err(|e| {
@@ -139,7 +197,7 @@ struct Extracted {
 #[allow(clippy::too_many_arguments)]
 async fn run_part(
     ctx: &Ctx,
-    client: &mut tokio_postgres::Client,
+    lease: &mut Lease<'_>,
     turn: usize,
     planned: &PlannedBatch,
     part: &Part,
@@ -151,6 +209,7 @@ async fn run_part(
     let slot = extraction_slot(ctx, turn).await?;
     let extracting = Instant::now();
     let range = planned.range;
+    let client = lease.client()?;
     let drop_parts = partitions_to_drop(ctx, client, &range, limit).await?;
     let take = decide::take(ctx.mode, limit, drop_parts.is_some());
     let tx = begin(client, ctx.mode, drop_parts.as_deref()).await?;
@@ -173,37 +232,12 @@ async fn run_part(
     };
     let extract_write = extracting.elapsed().as_secs_f64();
     drop(slot);
-    let settles = match decide::settle(
-        planned,
-        ctx.mode,
-        exhausted,
-        out.streamed,
-        out.written,
-        drop_parts.is_some(),
-    ) {
-        Settle::Skip {
-            commit_postgres,
-            drop_partitions,
-        } => {
-            let parts = drop_parts.as_deref().filter(|_| drop_partitions);
-            end_skipped(ctx, tx, parts.map(|p| (p, out.streamed)), commit_postgres).await?;
-            return Ok(PartDone {
-                report: None,
-                exhausted,
-            });
-        }
-        Settle::Record { settles } => settles,
-    };
-    let rec = BatchRecord {
-        pg_history: xid.and(ctx.pg_history.clone()),
-        ..part.record(
-            planned,
-            ctx.mode,
-            xid,
-            settles,
-            out.written,
-            out.checksum.hex(),
-        )
+    let read = (exhausted, xid, &out, drop_parts.as_deref());
+    let Some((tx, rec)) = record_of(ctx, tx, planned, part, read).await? else {
+        return Ok(PartDone {
+            report: None,
+            exhausted,
+        });
     };
     // The last moment a stop may still leave this batch: nothing committed.
     shutdown::check_abort()?;
@@ -211,6 +245,16 @@ async fn run_part(
         extract_write,
         ..Stages::default()
     };
+    let mark = Instant::now();
+    let tx = match ctx.mode {
+        BatchMode::Copy => {
+            end_read(tx).await?;
+            lease.release();
+            None
+        }
+        BatchMode::Move => Some(tx),
+    };
+    stages.settle = mark.elapsed().as_secs_f64();
     let files = out.files.len();
     let bytes = out.files.iter().map(DataFile::file_size_in_bytes).sum();
     let mark = Instant::now();
@@ -225,15 +269,23 @@ async fn run_part(
     stages.commit = mark.elapsed().as_secs_f64();
     let mark = Instant::now();
     if let Err(e) = verify(&committed, &rec, &out.checksum).await {
-        let _ = tx.rollback().await;
+        if let Some(tx) = tx {
+            let _ = tx.rollback().await;
+        }
         return Err(unverified(ctx, &rec.batch_id, e).await);
     }
     stages.verify = mark.elapsed().as_secs_f64();
     fault::point("after-verify").await;
-    let mark = Instant::now();
-    let drop_parts = drop_parts.as_deref().map(|p| (p, out.streamed));
-    let parts = settle_postgres(ctx, tx, drop_parts, &rec).await?;
-    stages.settle = mark.elapsed().as_secs_f64();
+    let parts = match tx {
+        Some(tx) => {
+            let mark = Instant::now();
+            let drop_parts = drop_parts.as_deref().map(|p| (p, out.streamed));
+            let parts = settle_postgres(ctx, tx, drop_parts, &rec).await?;
+            stages.settle = mark.elapsed().as_secs_f64();
+            parts
+        }
+        None => SettledPartitions::default(),
+    };
     let report = BatchReport {
         batch_id: rec.batch_id.clone(),
         window_start: rfc3339(range.start),
@@ -256,6 +308,58 @@ async fn run_part(
         report: Some(report),
         exhausted,
     })
+}
+
+/// The record of a part that read `out` (whether that `exhausted` its
+/// range, the transaction id, the partitions it may drop), with its open
+/// transaction; `None` when it records no batch ([`decide::settle`]): its
+/// transaction then ended as the decision says.
+async fn record_of<'t>(
+    ctx: &Ctx,
+    tx: tokio_postgres::Transaction<'t>,
+    planned: &PlannedBatch,
+    part: &Part,
+    (exhausted, xid, out, drop_parts): (bool, Option<u64>, &Extracted, Option<&[Partition]>),
+) -> Result<Option<(tokio_postgres::Transaction<'t>, BatchRecord)>> {
+    let settle = decide::settle(
+        planned,
+        ctx.mode,
+        exhausted,
+        out.streamed,
+        out.written,
+        drop_parts.is_some(),
+    );
+    let settles = match settle {
+        Settle::Skip {
+            commit_postgres,
+            drop_partitions,
+        } => {
+            let parts = drop_parts.filter(|_| drop_partitions);
+            end_skipped(ctx, tx, parts.map(|p| (p, out.streamed)), commit_postgres).await?;
+            return Ok(None);
+        }
+        Settle::Record { settles } => settles,
+    };
+    let rec = BatchRecord {
+        pg_history: xid.and(ctx.pg_history.clone()),
+        ..part.record(
+            planned,
+            ctx.mode,
+            xid,
+            settles,
+            out.written,
+            out.checksum.hex(),
+        )
+    };
+    Ok(Some((tx, rec)))
+}
+
+/// Ends a copy's transaction once its rows are read: it changed nothing,
+/// and its snapshot is not needed for the commit and read-back.
+async fn end_read(tx: tokio_postgres::Transaction<'_>) -> Result<()> {
+    tx.commit()
+        .await
+        .map_err(|e| Error::postgres("cannot end the copy's read transaction", e))
 }
 
 /// Ends the transaction of a part that records no batch: drops `parts`

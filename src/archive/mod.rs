@@ -544,15 +544,14 @@ fn plan_of(facts: &TableFacts, opts: &ArchiveOptions, batch_windows: u32) -> Pla
 /// ([`workers`]: their error is the caller's to report, after planning).
 async fn pending_side(
     client: &tokio_postgres::Client,
-    cfg: &Config,
-    t: &TableConfig,
+    (cfg, t, mode): (&Config, &TableConfig, BatchMode),
     src: &source::SourceTable,
     (lower, cutoff): (Option<Micros>, Micros),
 ) -> Result<(Vec<Window>, u32, Result<Vec<tokio_postgres::Client>>)> {
     let pending = windows::nonempty_windows(client, src, t.partition_by, lower, cutoff).await?;
     let (per_batch, own) = futures::join!(
         batch_windows(client, t, src, pending.len(), (lower, cutoff)),
-        workers(cfg, t, src.oid, pending.len())
+        workers(cfg, t, mode, src.oid, pending.len())
     );
     Ok((pending, per_batch?, own))
 }
@@ -624,7 +623,7 @@ async fn archive_on(
     // catalog change is not cut off halfway); the catalog's error first.
     let (table, postgres) = futures::join!(
         lake::table::ensure_table(catalog, t, &src),
-        pending_side(client, cfg, t, &src, (lower, cutoff))
+        pending_side(client, (cfg, t, mode_of(opts)), &src, (lower, cutoff))
     );
     let table = table?;
     let (pending, per_batch, own) = postgres?;
@@ -663,7 +662,7 @@ async fn archive_on(
         let _ = source::unlock_table(client, src.oid).await;
         return Ok(());
     }
-    let result = match own.map(|own| needed(own, cfg, t, plan.batches.len())) {
+    let result = match own.map(|own| needed(own, cfg, t, mode_of(opts), plan.batches.len())) {
         Ok(own) => {
             let idle = match own.is_empty() {
                 true => vec![Worker::Run(&mut *client)],
@@ -807,21 +806,24 @@ fn report_plan(t: &TableConfig, plan: &Plan, report: &mut TableReport) -> bool {
 
 /// The connections of the batch workers for up to `batches` batches: none
 /// when one worker runs the batches on the run's own connection (the one
-/// holding the table's lock), else one each.  With `parallel_windows` > 1
-/// there are up to [`FINISHING`](crate::config::FINISHING) workers more
-/// than extraction slots when `pool_size` leaves room for them: while
-/// batches commit, verify and settle (their transactions still open), the
-/// slots keep extracting.  With 1, batches run strictly one after another.
+/// holding the table's lock), else one each ([`worker_count`]).  For a
+/// move, with `parallel_windows` > 1 there are up to
+/// [`FINISHING`](crate::config::FINISHING) workers more than extraction
+/// slots when `pool_size` leaves room for them: while batches commit,
+/// verify and settle (their transactions still open), the slots keep
+/// extracting.  A copy's batches give their connections back once read,
+/// so it has one per slot.  With 1, batches run strictly one after another.
 /// When Postgres admits fewer (connection limits), the run works with
 /// those it admitted, with a warning; with fewer than two, one after
 /// another on its own connection.
 async fn workers(
     cfg: &Config,
     t: &TableConfig,
+    mode: BatchMode,
     table_oid: u32,
     batches: usize,
 ) -> Result<Vec<tokio_postgres::Client>> {
-    let n = worker_count(t.parallel_windows, cfg.database.pool_size, batches);
+    let n = worker_count(mode, t.parallel_windows, cfg.database.pool_size, batches);
     if n < 2 {
         return Ok(Vec::new());
     }
@@ -860,26 +862,42 @@ fn needed(
     mut own: Vec<tokio_postgres::Client>,
     cfg: &Config,
     t: &TableConfig,
+    mode: BatchMode,
     batches: usize,
 ) -> Vec<tokio_postgres::Client> {
-    match worker_count(t.parallel_windows, cfg.database.pool_size, batches) {
+    match worker_count(mode, t.parallel_windows, cfg.database.pool_size, batches) {
         n if n < 2 => own.clear(),
         n => own.truncate(n),
     }
     own
 }
 
-/// How many batches run at once: `parallel` extracting plus up to
-/// [`FINISHING`](crate::config::FINISHING) finishing, within `pool_size` less the run's own
-/// connection, and no more than there are batches.
-pub(crate) fn worker_count(parallel: usize, pool_size: usize, batches: usize) -> usize {
-    let n = match parallel {
-        1 => 1,
-        p => (p + crate::config::FINISHING)
+/// How many worker connections a run of `batches` batches uses: a move's
+/// batches hold theirs to their Postgres commit, so `parallel` extracting
+/// plus up to [`FINISHING`](crate::config::FINISHING) finishing, within
+/// `pool_size` less the run's own connection; a copy's give theirs back
+/// once read, so one per extraction slot.  No more than there are batches.
+pub(crate) fn worker_count(
+    mode: BatchMode,
+    parallel: usize,
+    pool_size: usize,
+    batches: usize,
+) -> usize {
+    let n = match (mode, parallel) {
+        (_, 1) => 1,
+        (BatchMode::Copy, p) => p,
+        (BatchMode::Move, p) => (p + crate::config::FINISHING)
             .min(pool_size.saturating_sub(1))
             .max(p),
     };
     n.min(batches)
+}
+
+/// How many batches are in flight at once: `parallel` extracting plus up
+/// to [`FINISHING`](crate::config::FINISHING) committing and reading back
+/// (fewer when fewer workers hold a move's batches).
+fn in_flight_limit(parallel: usize) -> usize {
+    parallel + crate::config::FINISHING
 }
 
 /// Where a batch runs: inline on the run's own connection (one worker), or
@@ -892,39 +910,63 @@ enum Worker<'c> {
 
 type Done = Result<batch::Ran>;
 
+/// What a batch in flight tells [`run_batches`].
+enum Event<'c> {
+    /// A copy gave its worker back once its rows were read, and goes on
+    /// committing and reading back (`None`: it did not; the worker comes
+    /// back when the batch ends).
+    Released(Option<Worker<'c>>),
+    /// The batch ended; its worker, unless it gave it back earlier or its
+    /// task panicked (the connection is gone with it).
+    Ended(Option<Worker<'c>>, Done),
+}
+
+type Events<'c> = futures::future::BoxFuture<'c, Event<'c>>;
+
 impl<'c> Worker<'c> {
-    /// Runs `planned`; gives the worker back with the outcome (`None` when
-    /// its task panicked: the connection is gone with it).
-    async fn run(
+    /// Starts `planned` on this worker: what the batch will tell.
+    fn start(
         self,
         ctx: Arc<Ctx>,
         turn: usize,
         planned: plan::PlannedBatch,
         bar: indicatif::ProgressBar,
-    ) -> (Option<Worker<'c>>, Done) {
+    ) -> Vec<Events<'c>> {
+        use futures::FutureExt;
         match self {
-            Worker::Run(client) => {
-                let _turn = TurnGuard(&ctx, turn);
-                let r = batch::run_planned(&ctx, client, turn, &planned, &bar).await;
-                (Some(Worker::Run(client)), r)
-            }
-            Worker::Own(mut client) => {
+            Worker::Run(client) => vec![
+                async move {
+                    let _turn = TurnGuard(&ctx, turn);
+                    let mut lease = batch::Lease::Run(client);
+                    let r = batch::run_planned(&ctx, &mut lease, turn, &planned, &bar).await;
+                    Event::Ended(lease.into_run().map(Worker::Run), r)
+                }
+                .boxed(),
+            ],
+            Worker::Own(client) => {
+                let (back, returned) = tokio::sync::oneshot::channel();
+                let back = (ctx.mode == BatchMode::Copy).then_some(back);
                 // The task logs in the table's context, like the run.
                 let task = tokio::spawn(
                     async move {
                         let _turn = TurnGuard(&ctx, turn);
-                        let r = batch::run_planned(&ctx, &mut client, turn, &planned, &bar).await;
-                        (client, r)
+                        let mut lease = batch::Lease::Own(Some(client), back);
+                        let r = batch::run_planned(&ctx, &mut lease, turn, &planned, &bar).await;
+                        (lease.into_own(), r)
                     }
                     .instrument(tracing::Span::current()),
                 );
-                match task.await {
-                    Ok((client, r)) => (Some(Worker::Own(client)), r),
-                    Err(e) => (
-                        None,
-                        Err(Error::internal(format!("a batch task failed: {e}"))),
-                    ),
-                }
+                let ended = async move {
+                    match task.await {
+                        Ok((client, r)) => Event::Ended(client.map(Worker::Own), r),
+                        Err(e) => Event::Ended(
+                            None,
+                            Err(Error::internal(format!("a batch task failed: {e}"))),
+                        ),
+                    }
+                };
+                let released = async move { Event::Released(returned.await.ok().map(Worker::Own)) };
+                vec![released.boxed(), ended.boxed()]
             }
         }
     }
@@ -951,8 +993,9 @@ async fn run_batches(
     let mut queue = plan.batches.iter().enumerate();
     let mut running = futures::stream::FuturesUnordered::new();
     let (mut failed, mut cut, mut whole) = (None::<Error>, false, 0);
+    let (mut in_flight, most) = (0, in_flight_limit(ctx.cfg.parallel_windows));
     loop {
-        while failed.is_none() && !cut && !idle.is_empty() && queue.len() > 0 {
+        while failed.is_none() && !cut && !idle.is_empty() && in_flight < most && queue.len() > 0 {
             if shutdown::stop_requested() {
                 cut = true;
                 break;
@@ -960,11 +1003,18 @@ async fn run_batches(
             let (Some(worker), Some((turn, planned))) = (idle.pop(), queue.next()) else {
                 break;
             };
-            running.push(worker.run(ctx.clone(), turn, planned.clone(), bar.clone()));
+            running.extend(worker.start(ctx.clone(), turn, planned.clone(), bar.clone()));
+            in_flight += 1;
         }
-        let Some((worker, r)) = running.next().await else {
-            break;
+        let (worker, r) = match running.next().await {
+            None => break,
+            Some(Event::Released(worker)) => {
+                idle.extend(worker);
+                continue;
+            }
+            Some(Event::Ended(worker, r)) => (worker, r),
         };
+        in_flight -= 1;
         idle.extend(worker);
         bar.inc(1);
         match r {
@@ -1069,6 +1119,7 @@ fn fill_dry_run(
 #[cfg(test)]
 mod tests {
     use super::{LONG_HISTORY, long_history, worker_count};
+    use crate::ledger::BatchMode::{Copy, Move};
 
     #[test]
     fn a_long_history_is_told_with_its_remedy() {
@@ -1084,17 +1135,49 @@ mod tests {
 
     #[test]
     fn finishing_workers_beside_the_slots_when_the_pool_has_room() {
-        // (parallel_windows, pool_size, batches) → workers
-        assert_eq!(worker_count(1, 8, 30), 1, "1: strictly one after another");
+        // (mode, parallel_windows, pool_size, batches) → workers
         assert_eq!(
-            worker_count(2, 6, 30),
+            worker_count(Move, 1, 8, 30),
+            1,
+            "1: strictly one after another"
+        );
+        assert_eq!(
+            worker_count(Move, 2, 6, 30),
             5,
             "the default on 2 cores: 2 slots, 3 finishing"
         );
-        assert_eq!(worker_count(2, 4, 30), 3, "room for one finishing worker");
-        assert_eq!(worker_count(2, 3, 30), 2, "no room in the pool for one");
-        assert_eq!(worker_count(8, 12, 30), 11, "the default on 8 cores");
-        assert_eq!(worker_count(4, 16, 2), 2, "no more workers than batches");
-        assert_eq!(worker_count(3, 1, 30), 3, "never fewer than the slots");
+        assert_eq!(
+            worker_count(Move, 2, 4, 30),
+            3,
+            "room for one finishing worker"
+        );
+        assert_eq!(
+            worker_count(Move, 2, 3, 30),
+            2,
+            "no room in the pool for one"
+        );
+        assert_eq!(worker_count(Move, 8, 12, 30), 11, "the default on 8 cores");
+        assert_eq!(
+            worker_count(Move, 4, 16, 2),
+            2,
+            "no more workers than batches"
+        );
+        assert_eq!(
+            worker_count(Move, 3, 1, 30),
+            3,
+            "never fewer than the slots"
+        );
+        assert_eq!(worker_count(Copy, 1, 8, 30), 1, "a copy too");
+        assert_eq!(worker_count(Copy, 2, 6, 30), 2, "a copy: one per slot");
+        assert_eq!(
+            worker_count(Copy, 8, 4, 30),
+            8,
+            "a copy: never fewer than the slots"
+        );
+        assert_eq!(
+            worker_count(Copy, 4, 16, 2),
+            2,
+            "a copy: no more than batches"
+        );
     }
 }

@@ -400,6 +400,70 @@ async fn a_spare_worker_lets_extraction_go_on_while_a_batch_finishes() {
     f.assert_reconciled("spare worker");
 }
 
+/// A copy (`--no-delete`) changes nothing in Postgres, so its batches end
+/// their transactions once read and give their connections back: with the
+/// first window's batch held after its verification, the other three are
+/// copied on the two slots' connections, and the run holds three: its own
+/// (the lock) and one per slot, none of them in a transaction (no snapshot
+/// held while a batch commits and reads back).
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_copy_gives_its_connection_back_once_read() {
+    let s = services!();
+    let table = "    parallel_windows: 2\n";
+    let f = Fixture::new(&s, None, Cat::Sqlite, 50, 4, table, "").await;
+    let c = f.db.client().await;
+    let pause = Pause::new();
+    let spec = pause.env("after-verify");
+    let child = f.spawn_archive(&["--no-delete"], &[("PERMAFROST_PAUSE", spec.as_str())]);
+    let Some(handle) = pause.wait_reached(Duration::from_secs(120)) else {
+        panic!("never reached after-verify:\n{}", finish(child).stderr);
+    };
+    // The other three batches commit while the first is held.
+    let snapshots = || {
+        let out = f.ws.run_env(
+            &["snapshots", "-c", &f.cfg, "-t", "sensor_readings", "--json"],
+            &f.env_with(&[]),
+        );
+        out.json().as_array().map_or(0, Vec::len)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while snapshots() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other windows were not copied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let row = c
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE xact_start IS NOT NULL) \
+             FROM pg_stat_activity WHERE application_name = 'permafrost' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity");
+    Pause::resume(handle);
+    let out = finish(child);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        row.get::<_, i64>(0),
+        3,
+        "the lock and one connection per slot"
+    );
+    assert_eq!(
+        row.get::<_, i64>(1),
+        0,
+        "no transaction open while batches finish"
+    );
+    assert_eq!(archived_rows(&out.json()), 200);
+    assert_eq!(
+        count(&c, "sensor_readings", "true").await,
+        200,
+        "a copy deletes nothing"
+    );
+}
+
 /// Rows a batch in flight cannot take (inserted into its window after its
 /// `DELETE`) are reported as left behind, once, with the oldest's time; the
 /// next run archives them as a second batch of the window.
