@@ -944,8 +944,10 @@ impl<'c> Worker<'c> {
                 .boxed(),
             ],
             Worker::Own(client) => {
+                // A copy gives its connection back once read (see `batch::Lease`).
+                let early = ctx.mode == BatchMode::Copy;
                 let (back, returned) = tokio::sync::oneshot::channel();
-                let back = (ctx.mode == BatchMode::Copy).then_some(back);
+                let back = early.then_some(back);
                 // The task logs in the table's context, like the run.
                 let task = tokio::spawn(
                     async move {
@@ -966,7 +968,10 @@ impl<'c> Worker<'c> {
                     }
                 };
                 let released = async move { Event::Released(returned.await.ok().map(Worker::Own)) };
-                vec![released.boxed(), ended.boxed()]
+                match early {
+                    true => vec![released.boxed(), ended.boxed()],
+                    false => vec![ended.boxed()],
+                }
             }
         }
     }
