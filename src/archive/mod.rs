@@ -1140,49 +1140,29 @@ mod tests {
 
     #[test]
     fn finishing_workers_beside_the_slots_when_the_pool_has_room() {
-        // (mode, parallel_windows, pool_size, batches) → workers
-        assert_eq!(
-            worker_count(Move, 1, 8, 30),
-            1,
-            "1: strictly one after another"
-        );
-        assert_eq!(
-            worker_count(Move, 2, 6, 30),
-            5,
-            "the default on 2 cores: 2 slots, 3 finishing"
-        );
-        assert_eq!(
-            worker_count(Move, 2, 4, 30),
-            3,
-            "room for one finishing worker"
-        );
-        assert_eq!(
-            worker_count(Move, 2, 3, 30),
-            2,
-            "no room in the pool for one"
-        );
-        assert_eq!(worker_count(Move, 8, 12, 30), 11, "the default on 8 cores");
-        assert_eq!(
-            worker_count(Move, 4, 16, 2),
-            2,
-            "no more workers than batches"
-        );
-        assert_eq!(
-            worker_count(Move, 3, 1, 30),
-            3,
-            "never fewer than the slots"
-        );
-        assert_eq!(worker_count(Copy, 1, 8, 30), 1, "a copy too");
-        assert_eq!(worker_count(Copy, 2, 6, 30), 2, "a copy: one per slot");
-        assert_eq!(
-            worker_count(Copy, 8, 4, 30),
-            8,
-            "a copy: never fewer than the slots"
-        );
-        assert_eq!(
-            worker_count(Copy, 4, 16, 2),
-            2,
-            "a copy: no more than batches"
-        );
+        let cases = [
+            // (mode, parallel_windows, pool_size, batches) → workers
+            (Move, 1, 8, 30, 1, "1: strictly one after another"),
+            (
+                Move,
+                2,
+                6,
+                30,
+                5,
+                "the default on 2 cores: 2 slots, 3 finishing",
+            ),
+            (Move, 2, 4, 30, 3, "room for one finishing worker"),
+            (Move, 2, 3, 30, 2, "no room in the pool for one"),
+            (Move, 8, 12, 30, 11, "the default on 8 cores"),
+            (Move, 4, 16, 2, 2, "no more workers than batches"),
+            (Move, 3, 1, 30, 3, "never fewer than the slots"),
+            (Copy, 1, 8, 30, 1, "a copy too"),
+            (Copy, 2, 6, 30, 2, "a copy: one per slot"),
+            (Copy, 8, 4, 30, 8, "a copy: never fewer than the slots"),
+            (Copy, 4, 16, 2, 2, "a copy: no more than batches"),
+        ];
+        for (mode, parallel, pool, batches, want, why) in cases {
+            assert_eq!(worker_count(mode, parallel, pool, batches), want, "{why}");
+        }
     }
 }

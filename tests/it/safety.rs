@@ -380,17 +380,15 @@ async fn a_spare_worker_lets_extraction_go_on_while_a_batch_finishes() {
     let c = f.db.client().await;
     let mut connections = 0;
     let out = paused_run(&f, "after-verify", async || {
-        wait_for_rows(&c, 50, "the other windows were not archived while the first was held").await;
-        let row = c
-            .query_one(
-                "SELECT count(*), count(*) FILTER (WHERE state = 'idle in transaction') \
-                 FROM pg_stat_activity WHERE application_name = 'permafrost' AND datname = current_database()",
-                &[],
-            )
-            .await
-            .expect("pg_stat_activity");
-        connections = row.get::<_, i64>(0);
-        assert_eq!(row.get::<_, i64>(1), 1, "the held batch's transaction");
+        wait_for_rows(
+            &c,
+            50,
+            "the other windows were not archived while the first was held",
+        )
+        .await;
+        let in_transaction;
+        (connections, in_transaction) = run_sessions(&c).await;
+        assert_eq!(in_transaction, 1, "the held batch's transaction");
     })
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -398,6 +396,20 @@ async fn a_spare_worker_lets_extraction_go_on_while_a_batch_finishes() {
     assert_eq!(archived_rows(&out.json()), 200);
     assert_eq!(count(&c, "sensor_readings", "true").await, 0);
     f.assert_reconciled("spare worker");
+}
+
+/// The run's sessions in this database, and how many of them are in a
+/// transaction.
+async fn run_sessions(c: &tokio_postgres::Client) -> (i64, i64) {
+    let row = c
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE xact_start IS NOT NULL) \
+             FROM pg_stat_activity WHERE application_name = 'permafrost' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity");
+    (row.get(0), row.get(1))
 }
 
 /// A copy (`--no-delete`) changes nothing in Postgres, so its batches end
@@ -435,25 +447,13 @@ async fn a_copy_gives_its_connection_back_once_read() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let row = c
-        .query_one(
-            "SELECT count(*), count(*) FILTER (WHERE xact_start IS NOT NULL) \
-             FROM pg_stat_activity WHERE application_name = 'permafrost' AND datname = current_database()",
-            &[],
-        )
-        .await
-        .expect("pg_stat_activity");
+    let (connections, in_transaction) = run_sessions(&c).await;
     Pause::resume(handle);
     let out = finish(child);
     assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(connections, 3, "the lock and one connection per slot");
     assert_eq!(
-        row.get::<_, i64>(0),
-        3,
-        "the lock and one connection per slot"
-    );
-    assert_eq!(
-        row.get::<_, i64>(1),
-        0,
+        in_transaction, 0,
         "no transaction open while batches finish"
     );
     assert_eq!(archived_rows(&out.json()), 200);
