@@ -398,6 +398,57 @@ async fn a_spare_worker_lets_extraction_go_on_while_a_batch_finishes() {
     f.assert_reconciled("spare worker");
 }
 
+/// A parallel copy killed at any point on its way (before its read
+/// transaction ends, after it gave its connection back, after its commit)
+/// is completed by the next copy without a row twice: a move after it
+/// finds every copied row already archived and deletes them, and the
+/// archive then holds each source row exactly once.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn a_killed_parallel_copy_is_completed_exactly_once() {
+    let s = services!();
+    let points = permafrost::fault::POINTS
+        .iter()
+        .filter(|p| **p != "after-pg-commit");
+    for point in points {
+        let table = "    parallel_windows: 2\n";
+        let f = Fixture::new(&s, None, Cat::Sqlite, 200, 6, table, "").await;
+        let c = f.db.client().await;
+        let out = f.archive(&["--no-delete"], &[("PERMAFROST_FAULT", point)]);
+        assert_ne!(
+            out.code, 0,
+            "{point}: the fault should kill the run:\n{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(&format!("fault injected at `{point}`")),
+            "{point}: {}",
+            out.stderr
+        );
+        let out = f.archive(&["--no-delete"], &[]);
+        assert_eq!(
+            out.code, 0,
+            "{point}: the next copy completes:\n{}",
+            out.stderr
+        );
+        assert_eq!(
+            count(&c, "sensor_readings", "true").await,
+            1200,
+            "{point}: a copy deletes nothing"
+        );
+        let out = f.archive(&[], &[]);
+        assert_eq!(out.code, 0, "{point}: the move after it:\n{}", out.stderr);
+        let moved = archived_rows(&out.json());
+        assert_eq!(
+            moved, 0,
+            "{point}: every row was copied already: {}",
+            out.stdout
+        );
+        assert_eq!(count(&c, "sensor_readings", "true").await, 0, "{point}");
+        f.assert_reconciled(&format!("copy killed at {point}"));
+    }
+}
+
 /// The run's sessions in this database, and how many of them are in a
 /// transaction.
 async fn run_sessions(c: &tokio_postgres::Client) -> (i64, i64) {
