@@ -80,7 +80,7 @@ impl<'c> Lease<'c> {
         if let Lease::Own(client, back @ Some(_)) = self
             && let (Some(client), Some(back)) = (client.take(), back.take())
         {
-            // The run gone: the connection closes.
+            // The run no longer waiting for it, the connection closes.
             let _ = back.send(client);
         }
     }

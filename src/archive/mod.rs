@@ -977,10 +977,12 @@ impl<'c> Worker<'c> {
     }
 }
 
-/// Runs the planned batches, one per worker at a time, in plan order.  No
-/// batch starts after one failed or a stop came; the batches in flight
-/// finish (each commits or rolls back on its own).  The first failure is
-/// the table's; the reports come in window order.
+/// Runs the planned batches, one per worker at a time, in plan order (a
+/// copy's worker takes the next batch once its rows are read), at most
+/// [`in_flight_limit`] at once.  No batch starts after one failed or a stop
+/// came; the batches in flight finish (each commits or rolls back on its
+/// own).  The first failure is the table's; the reports come in window
+/// order.
 async fn run_batches(
     ctx: Arc<Ctx>,
     mut idle: Vec<Worker<'_>>,
@@ -1143,14 +1145,7 @@ mod tests {
         let cases = [
             // (mode, parallel_windows, pool_size, batches) → workers
             (Move, 1, 8, 30, 1, "1: strictly one after another"),
-            (
-                Move,
-                2,
-                6,
-                30,
-                5,
-                "the default on 2 cores: 2 slots, 3 finishing",
-            ),
+            (Move, 2, 6, 30, 5, "2 cores' default: 2 slots, 3 finishing"),
             (Move, 2, 4, 30, 3, "room for one finishing worker"),
             (Move, 2, 3, 30, 2, "no room in the pool for one"),
             (Move, 8, 12, 30, 11, "the default on 8 cores"),
