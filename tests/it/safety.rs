@@ -102,6 +102,21 @@ impl Fixture {
         self.ws.run_env(&args, &self.env_with(more_env))
     }
 
+    /// An archive run with `extra_args`, killed by the fault at `point`.
+    fn archive_killed_at(&self, extra_args: &[&str], point: &str) {
+        let out = self.archive(extra_args, &[("PERMAFROST_FAULT", point)]);
+        assert_ne!(
+            out.code, 0,
+            "{point}: the fault should kill the run:\n{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(&format!("fault injected at `{point}`")),
+            "{point}: {}",
+            out.stderr
+        );
+    }
+
     fn spawn_archive(&self, extra_args: &[&str], more_env: &[(&str, &str)]) -> std::process::Child {
         let mut args = vec!["archive", "-c", self.cfg.as_str(), "--json"];
         args.extend_from_slice(extra_args);
@@ -231,17 +246,7 @@ async fn fault_matrix_of(
             } else {
                 None
             };
-            let out = f.archive(&[], &[("PERMAFROST_FAULT", point)]);
-            assert_ne!(
-                out.code, 0,
-                "{point}: the fault should kill the run:\n{}",
-                out.stderr
-            );
-            assert!(
-                out.stderr.contains(&format!("fault injected at `{point}`")),
-                "{point}: {}",
-                out.stderr
-            );
+            f.archive_killed_at(&[], point);
             let out = f.archive(&[], &[]);
             let inserted = match inserter {
                 Some(i) => i.stop().await,
@@ -414,17 +419,7 @@ async fn a_killed_parallel_copy_is_completed_exactly_once() {
         let table = "    parallel_windows: 2\n";
         let f = Fixture::new(&s, None, Cat::Sqlite, 200, 6, table, "").await;
         let c = f.db.client().await;
-        let out = f.archive(&["--no-delete"], &[("PERMAFROST_FAULT", point)]);
-        assert_ne!(
-            out.code, 0,
-            "{point}: the fault should kill the run:\n{}",
-            out.stderr
-        );
-        assert!(
-            out.stderr.contains(&format!("fault injected at `{point}`")),
-            "{point}: {}",
-            out.stderr
-        );
+        f.archive_killed_at(&["--no-delete"], point);
         let out = f.archive(&["--no-delete"], &[]);
         assert_eq!(
             out.code, 0,
