@@ -348,44 +348,133 @@ fn encode_nested(arr: &dyn Array, i: usize, buf: &mut Vec<u8>) -> Result<()> {
 }
 
 /// A multiset of row hashes, used to drop rows that are already archived.
-/// Memory: 17 bytes per row.
+///
+/// Memory: 16 bytes and a bit per hash, held as given — one sorted part
+/// per source (an unsettled batch, a restored one), never copied into one
+/// array — so a bag of a batch's rows costs what its hashes cost to read
+/// (see `lake::readback::row_hashes`, which sizes its vector from the
+/// files' record counts).
 #[derive(Debug, Default)]
 pub struct HashBag {
-    sorted: Vec<u128>,
-    used: Vec<bool>,
+    parts: Vec<SortedBag>,
 }
 
-impl HashBag {
-    /// Builds the bag from unsorted hashes.
+/// A multiset of row hashes from one source, sorted, and which of them
+/// were taken: 16 bytes and a bit per hash.
+#[derive(Debug)]
+pub struct SortedBag {
+    sorted: Vec<u128>,
+    /// One bit per hash of `sorted`: taken.
+    used: Vec<u64>,
+}
+
+impl SortedBag {
+    /// Sorts `hashes` in place: the bag holds them.
     pub fn new(mut hashes: Vec<u128>) -> Self {
         hashes.sort_unstable();
-        let used = vec![false; hashes.len()];
+        let used = vec![0; hashes.len().div_ceil(64)];
         Self {
             sorted: hashes,
             used,
         }
     }
 
-    /// Number of hashes not yet taken.
-    pub fn remaining(&self) -> usize {
-        self.used.iter().filter(|u| !**u).count()
+    /// Number of hashes, taken or not.
+    pub fn len(&self) -> usize {
+        self.sorted.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.sorted.is_empty()
     }
 
+    fn is_used(&self, i: usize) -> bool {
+        self.used[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn mark(&mut self, i: usize) {
+        self.used[i / 64] |= 1 << (i % 64);
+    }
+
     /// Takes one occurrence of `h`; false when none is left.
     pub fn take(&mut self, h: u128) -> bool {
         let mut i = self.sorted.partition_point(|x| *x < h);
         while i < self.sorted.len() && self.sorted[i] == h {
-            if !self.used[i] {
-                self.used[i] = true;
+            if !self.is_used(i) {
+                self.mark(i);
                 return true;
             }
             i += 1;
         }
         false
+    }
+
+    /// Takes every hash of `hashes` (a multiset) when all of them are left,
+    /// else takes none; sorts `hashes`.  One walk of both, in order.
+    pub fn take_all(&mut self, hashes: &mut [u128]) -> bool {
+        hashes.sort_unstable();
+        if !self.walk(hashes, false) {
+            return false;
+        }
+        self.walk(hashes, true)
+    }
+
+    /// Whether each hash of the sorted `hashes` has an occurrence left of
+    /// its own; `mark`: takes them.
+    fn walk(&mut self, hashes: &[u128], mark: bool) -> bool {
+        let mut i = 0;
+        for h in hashes {
+            while i < self.sorted.len() && (self.sorted[i] < *h || self.is_used(i)) {
+                i += 1;
+            }
+            if i == self.sorted.len() || self.sorted[i] != *h {
+                return false;
+            }
+            if mark {
+                self.mark(i);
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// Number of hashes not yet taken.
+    pub fn remaining(&self) -> usize {
+        let taken: u32 = self.used.iter().map(|w| w.count_ones()).sum();
+        self.sorted.len() - taken as usize
+    }
+}
+
+impl HashBag {
+    /// Builds the bag from unsorted hashes.
+    pub fn new(hashes: Vec<u128>) -> Self {
+        Self::from_parts(vec![hashes])
+    }
+
+    /// Builds the bag holding every hash of `parts` (a multiset: a hash in
+    /// two parts counts twice), each part sorted in place.
+    pub fn from_parts(parts: Vec<Vec<u128>>) -> Self {
+        Self {
+            parts: parts
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .map(SortedBag::new)
+                .collect(),
+        }
+    }
+
+    /// Number of hashes not yet taken.
+    pub fn remaining(&self) -> usize {
+        self.parts.iter().map(SortedBag::remaining).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// Takes one occurrence of `h`; false when none is left.
+    pub fn take(&mut self, h: u128) -> bool {
+        self.parts.iter_mut().any(|p| p.take(h))
     }
 }
 
@@ -711,5 +800,59 @@ mod tests {
         assert!(bag.take(3));
         assert!(!bag.take(4));
         assert_eq!(bag.remaining(), 0);
+    }
+
+    /// `take_all` takes a whole multiset or nothing: duplicates need an
+    /// occurrence each, and what an earlier call took is not there again.
+    #[test]
+    fn sorted_bag_takes_all_or_nothing() {
+        let mut bag = SortedBag::new(vec![7, 2, 9, 2, 5, 2]);
+        assert!(!bag.take_all(&mut [2, 2, 2, 2]), "three 2s only");
+        assert_eq!(bag.remaining(), 6, "a refused take takes nothing");
+        assert!(!bag.take_all(&mut [9, 4]));
+        assert_eq!(bag.remaining(), 6);
+        assert!(bag.take_all(&mut [9, 2, 2]));
+        assert_eq!(bag.remaining(), 3);
+        assert!(!bag.take_all(&mut [9]), "9 was taken");
+        assert!(!bag.take_all(&mut [2, 2]), "one 2 is left");
+        assert!(bag.take_all(&mut [5, 2, 7]));
+        assert_eq!(bag.remaining(), 0);
+        assert!(bag.take_all(&mut []), "nothing is always there");
+        assert!(!bag.take(2));
+    }
+
+    /// A bag of several parts takes exactly what one multiset of all their
+    /// hashes would: every occurrence once, across parts and across the
+    /// 64-hash words of its taken-bits.
+    #[test]
+    fn hash_bag_of_parts_is_one_multiset() {
+        use std::collections::HashMap;
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            u128::from(x % 300)
+        };
+        let parts: Vec<Vec<u128>> = [0, 1, 130, 700]
+            .iter()
+            .map(|n| (0..*n).map(|_| next()).collect())
+            .collect();
+        let mut left: HashMap<u128, usize> = HashMap::new();
+        for h in parts.iter().flatten() {
+            *left.entry(*h).or_default() += 1;
+        }
+        let mut bag = HashBag::from_parts(parts);
+        assert_eq!(bag.remaining(), 831);
+        for _ in 0..2000 {
+            let h = next();
+            let expected = left.get(&h).is_some_and(|n| *n > 0);
+            assert_eq!(bag.take(h), expected, "hash {h}");
+            if expected {
+                *left.entry(h).or_default() -= 1;
+            }
+        }
+        assert_eq!(bag.remaining(), left.values().sum::<usize>());
+        assert!(HashBag::from_parts(vec![vec![], vec![]]).is_empty());
     }
 }

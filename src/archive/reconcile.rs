@@ -4,9 +4,9 @@
 //! form the bag the batch filters its stream with
 //! ([`crate::plan::batch::keep_unarchived`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
-use crate::checksum::HashBag;
+use crate::checksum::{HashBag, SortedBag};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lake;
 use crate::ledger::keys;
@@ -30,27 +30,28 @@ pub(super) async fn archived_rows(
         tracing::info!(
             "{}: reconciling {} archived row(s) of unsettled batch(es) {}",
             ctx.cfg.source_name(),
-            archived.len(),
+            archived.iter().map(Vec::len).sum::<usize>(),
             planned.reconcile.join(", ")
         );
     }
     if !planned.restorable.is_empty() {
         archived.extend(restored_rows(ctx, client, planned).await?);
     }
-    Ok((!archived.is_empty()).then(|| HashBag::new(archived)))
+    let bag = HashBag::from_parts(archived);
+    Ok((!bag.is_empty()).then_some(bag))
 }
 
-/// Row hashes of the open batches `ids`: from their snapshots, or — when a
-/// snapshot was expired — from the files the durable ledger recorded.  A
-/// batch whose rows cannot be read is an error, never skipped: skipping
-/// would archive its rows a second time.
-async fn open_rows(ctx: &Ctx, ids: &[String]) -> Result<Vec<u128>> {
+/// Row hashes of the open batches `ids`, a vector per batch: from their
+/// snapshots, or — when a snapshot was expired — from the files the durable
+/// ledger recorded.  A batch whose rows cannot be read is an error, never
+/// skipped: skipping would archive its rows a second time.
+async fn open_rows(ctx: &Ctx, ids: &[String]) -> Result<Vec<Vec<u128>>> {
     let ledger = read_ledger_full(&ctx.table.table, &ctx.src.source_id())?;
     let mut out = Vec::new();
     for id in ids {
         let table = &ctx.storage.current(&ctx.table.table).await?;
         if let Some(snap) = find_batch(table, id) {
-            out.extend(lake::readback::row_hashes(table, &[snap]).await?);
+            out.push(lake::readback::row_hashes(table, &[snap]).await?);
             continue;
         }
         let files = ledger.files_of(id).unwrap_or(&[]);
@@ -78,7 +79,7 @@ async fn open_rows(ctx: &Ctx, ids: &[String]) -> Result<Vec<u128>> {
         let hashes = lake::readback::row_hashes_of_files(table, files)
             .await
             .map_err(|e| missing().with_context("cause", e.message()))?;
-        out.extend(hashes);
+        out.push(hashes);
     }
     Ok(out)
 }
@@ -87,12 +88,12 @@ async fn open_rows(ctx: &Ctx, ids: &[String]) -> Result<Vec<u128>> {
 /// content is in Postgres again (a restore brought them back): those rows
 /// are already archived.  A batch counts only when every one of its rows is
 /// present (as a multiset), so new rows that merely equal some archived row
-/// are still archived.
+/// are still archived.  A vector per batch (or per expired range).
 async fn restored_rows(
     ctx: &Ctx,
     client: &tokio_postgres::Client,
     planned: &PlannedBatch,
-) -> Result<Vec<u128>> {
+) -> Result<Vec<Vec<u128>>> {
     let src = &ctx.src;
     let pred = windows::range_predicate(src, &planned.range);
     let query = format!(
@@ -108,14 +109,14 @@ async fn restored_rows(
     let decoder =
         extract::CopyDecoder::new(ctx.table.arrow_schema.clone(), labels, &ctx.table.kinds)?;
     let mut rows = extract::CopyRows::spawn(stream, decoder);
-    let mut present: HashMap<u128, u32> = HashMap::new();
+    let mut in_range = Vec::new();
     while let Some((_, hashes)) = rows.next().await {
-        for h in hashes {
-            *present.entry(h).or_default() += 1;
-        }
+        in_range.extend(hashes);
     }
     rows.finish().await?;
-    let in_pg: u64 = present.values().map(|n| u64::from(*n)).sum();
+    // The range's rows in Postgres: 16 bytes and a bit each.
+    let mut present = SortedBag::new(in_range);
+    let in_pg = present.len() as u64;
     if in_pg == 0 {
         return Ok(vec![]);
     }
@@ -151,22 +152,22 @@ async fn restored_rows(
         if rows == 0 || rows > in_pg {
             continue;
         }
-        let hashes = lake::readback::row_hashes(table, &[snap]).await?;
-        if take_if_present(&mut present, &hashes) {
+        let mut hashes = lake::readback::row_hashes(table, &[snap]).await?;
+        if present.take_all(&mut hashes) {
             tracing::info!(
                 "{}: the {} row(s) of batch {id} are back in Postgres (restored); they are settled, not archived again",
                 ctx.cfg.source_name(),
                 hashes.len()
             );
-            out.extend(hashes);
+            out.push(hashes);
         }
     }
     for ((start, end), ids) in expired {
         let range = Window { start, end };
         let table = &ctx.storage.current(&ctx.table.table).await?;
-        let hashes =
+        let mut hashes =
             lake::readback::row_hashes_in_windows(table, ctx.cfg.partition_by, &range).await?;
-        if !hashes.is_empty() && take_if_present(&mut present, &hashes) {
+        if !hashes.is_empty() && present.take_all(&mut hashes) {
             tracing::info!(
                 "{}: the {} archived row(s) of {} (batches {}, snapshots expired) are back in Postgres (restored); they are settled, not archived again",
                 ctx.cfg.source_name(),
@@ -174,7 +175,7 @@ async fn restored_rows(
                 rfc3339(start),
                 ids.join(", ")
             );
-            out.extend(hashes);
+            out.push(hashes);
         }
     }
     Ok(out)
@@ -222,25 +223,4 @@ async fn intact_snapshot(
     };
     let files = lake::readback::added_files(table, &snap).await?;
     Ok(files.iter().all(|f| live.contains(&f.path)).then_some(snap))
-}
-
-/// Whether every hash of `hashes` is in `present` (as a multiset); if so,
-/// takes them out.
-fn take_if_present(present: &mut HashMap<u128, u32>, hashes: &[u128]) -> bool {
-    let mut need: HashMap<u128, u32> = HashMap::new();
-    for h in hashes {
-        *need.entry(*h).or_default() += 1;
-    }
-    if !need
-        .iter()
-        .all(|(h, n)| present.get(h).is_some_and(|p| p >= n))
-    {
-        return false;
-    }
-    for (h, n) in need {
-        if let Some(p) = present.get_mut(&h) {
-            *p -= n;
-        }
-    }
-    true
 }

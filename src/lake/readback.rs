@@ -644,6 +644,8 @@ async fn checksum_file(mut rows: BoxStream<'static, Result<RecordBatch>>) -> Res
 }
 
 /// Row hashes of the rows added by each of `snapshots` (for reconciliation).
+/// The vector is sized by the files' record counts before they are read:
+/// 16 bytes per row, never the twice that growing it would pass through.
 pub async fn row_hashes(table: &Table, snapshots: &[SnapshotRef]) -> Result<Vec<u128>> {
     let mut hasher = RowHasher::default();
     let mut hashes = Vec::new();
@@ -653,9 +655,18 @@ pub async fn row_hashes(table: &Table, snapshots: &[SnapshotRef]) -> Result<Vec<
             continue;
         }
         let files = added_files(table, s).await?;
+        room_for(&mut hashes, &files);
         for_each_batch(table, s, &files, |b| hasher.hash_rows(b, &mut hashes)).await?;
     }
     Ok(hashes)
+}
+
+/// Makes room in `hashes` for the rows `files` hold, as their manifests
+/// record them.  Best effort: a count no allocation can hold (a manifest
+/// another engine wrote wrong) leaves the vector to grow as rows come.
+fn room_for(hashes: &mut Vec<u128>, files: &[AddedFile]) {
+    let n: u64 = files.iter().map(|f| f.records).sum();
+    let _ = hashes.try_reserve_exact(usize::try_from(n).unwrap_or(usize::MAX));
 }
 
 /// Row hashes of the rows in `files` (a batch whose snapshot was expired, as
@@ -676,13 +687,18 @@ pub async fn row_hashes_of_files(
     let Some(current) = table.metadata().current_snapshot().cloned() else {
         return Ok(vec![]);
     };
-    hashes_of(batches(table, &current, &files)?).await
+    hashes_of(batches(table, &current, &files)?, &files).await
 }
 
-/// Row hashes of the rows `stream` yields.
-async fn hashes_of(mut stream: BoxStream<'static, Result<RecordBatch>>) -> Result<Vec<u128>> {
+/// Row hashes of the rows `stream` yields: those of `files` (which size
+/// the vector).
+async fn hashes_of(
+    mut stream: BoxStream<'static, Result<RecordBatch>>,
+    files: &[AddedFile],
+) -> Result<Vec<u128>> {
     let mut hasher = RowHasher::default();
     let mut hashes = Vec::new();
+    room_for(&mut hashes, files);
     while let Some(batch) = stream.try_next().await? {
         hasher.hash_rows(&batch, &mut hashes)?;
     }
@@ -721,7 +737,8 @@ pub async fn row_hashes_in_windows(
         refuse_deletion_vectors(table, current).await?;
     }
     let deleted = deleted_from(table).await?;
-    hashes_of(live_batches(table, &files, &deleted)?.0).await
+    // Rows deleted since make fewer than the files record: room to spare.
+    hashes_of(live_batches(table, &files, &deleted)?.0, &files).await
 }
 
 #[cfg(test)]
