@@ -11,6 +11,7 @@
 
 pub mod archive;
 pub mod aws;
+pub mod bag;
 pub mod check;
 pub mod checksum;
 pub mod cli;

@@ -20,7 +20,8 @@ use arrow_array::BooleanArray;
 use iceberg::spec::DataFile;
 use tracing::Instrument;
 
-use crate::checksum::{Checksum, HashBag};
+use crate::bag::HashBag;
+use crate::checksum::Checksum;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault;
 use crate::lake;
@@ -654,9 +655,9 @@ async fn extract_write(
         if std::mem::take(&mut first) {
             fault::point("after-extract").await;
         }
-        let keep = decide::keep_unarchived(bag.as_deref_mut(), &hashes);
         let step = async {
             shutdown::check_abort()?;
+            let keep = decide::keep_unarchived(bag.as_deref_mut(), &hashes)?;
             let streamed = hashes.len();
             let (batch, hashes) = match &keep {
                 Some(keep) => keep_rows(batch, hashes, keep)?,

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::checksum::{HashBag, SortedBag};
+use crate::bag::{Collector, HashBag, Multiset};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lake;
 use crate::ledger::keys;
@@ -30,7 +30,7 @@ pub(super) async fn archived_rows(
         tracing::info!(
             "{}: reconciling {} archived row(s) of unsettled batch(es) {}",
             ctx.cfg.source_name(),
-            archived.iter().map(Vec::len).sum::<usize>(),
+            archived.iter().map(Multiset::len).sum::<usize>(),
             planned.reconcile.join(", ")
         );
     }
@@ -41,17 +41,17 @@ pub(super) async fn archived_rows(
     Ok((!bag.is_empty()).then_some(bag))
 }
 
-/// Row hashes of the open batches `ids`, a vector per batch: from their
+/// Row hashes of the open batches `ids`, a multiset per batch: from their
 /// snapshots, or — when a snapshot was expired — from the files the durable
 /// ledger recorded.  A batch whose rows cannot be read is an error, never
 /// skipped: skipping would archive its rows a second time.
-async fn open_rows(ctx: &Ctx, ids: &[String]) -> Result<Vec<Vec<u128>>> {
+async fn open_rows(ctx: &Ctx, ids: &[String]) -> Result<Vec<Multiset>> {
     let ledger = read_ledger_full(&ctx.table.table, &ctx.src.source_id())?;
     let mut out = Vec::new();
     for id in ids {
         let table = &ctx.storage.current(&ctx.table.table).await?;
         if let Some(snap) = find_batch(table, id) {
-            out.push(lake::readback::row_hashes(table, &[snap]).await?);
+            out.push(lake::readback::row_hashes(table, &snap).await?);
             continue;
         }
         let files = ledger.files_of(id).unwrap_or(&[]);
@@ -93,7 +93,7 @@ async fn restored_rows(
     ctx: &Ctx,
     client: &tokio_postgres::Client,
     planned: &PlannedBatch,
-) -> Result<Vec<Vec<u128>>> {
+) -> Result<Vec<Multiset>> {
     let src = &ctx.src;
     let pred = windows::range_predicate(src, &planned.range);
     let query = format!(
@@ -109,13 +109,14 @@ async fn restored_rows(
     let decoder =
         extract::CopyDecoder::new(ctx.table.arrow_schema.clone(), labels, &ctx.table.kinds)?;
     let mut rows = extract::CopyRows::spawn(stream, decoder);
-    let mut in_range = Vec::new();
+    // The range's rows in Postgres, as a multiset (spilled to disk when
+    // there are millions).
+    let mut in_range = Collector::new(0);
     while let Some((_, hashes)) = rows.next().await {
-        in_range.extend(hashes);
+        in_range.extend(&hashes)?;
     }
     rows.finish().await?;
-    // The range's rows in Postgres: 16 bytes and a bit each.
-    let mut present = SortedBag::new(in_range);
+    let mut present = in_range.finish()?;
     let in_pg = present.len() as u64;
     if in_pg == 0 {
         return Ok(vec![]);
@@ -152,8 +153,8 @@ async fn restored_rows(
         if rows == 0 || rows > in_pg {
             continue;
         }
-        let mut hashes = lake::readback::row_hashes(table, &[snap]).await?;
-        if present.take_all(&mut hashes) {
+        let hashes = lake::readback::row_hashes(table, &snap).await?;
+        if present.take_all(&hashes)? {
             tracing::info!(
                 "{}: the {} row(s) of batch {id} are back in Postgres (restored); they are settled, not archived again",
                 ctx.cfg.source_name(),
@@ -165,9 +166,9 @@ async fn restored_rows(
     for ((start, end), ids) in expired {
         let range = Window { start, end };
         let table = &ctx.storage.current(&ctx.table.table).await?;
-        let mut hashes =
+        let hashes =
             lake::readback::row_hashes_in_windows(table, ctx.cfg.partition_by, &range).await?;
-        if !hashes.is_empty() && present.take_all(&mut hashes) {
+        if !hashes.is_empty() && present.take_all(&hashes)? {
             tracing::info!(
                 "{}: the {} archived row(s) of {} (batches {}, snapshots expired) are back in Postgres (restored); they are settled, not archived again",
                 ctx.cfg.source_name(),

@@ -5,7 +5,7 @@
 //! (not from anything kept in memory since the write) and read with
 //! iceberg-rust's Arrow reader.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
@@ -20,6 +20,7 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 
+use crate::bag::{Collector, Multiset};
 use crate::checksum::{Checksum, RowHasher};
 use crate::error::{Error, Result};
 use crate::lake::vended::TableStorage;
@@ -643,30 +644,27 @@ async fn checksum_file(mut rows: BoxStream<'static, Result<RecordBatch>>) -> Res
     Ok(sum)
 }
 
-/// Row hashes of the rows added by each of `snapshots` (for reconciliation).
-/// The vector is sized by the files' record counts before they are read:
-/// 16 bytes per row, never the twice that growing it would pass through.
-pub async fn row_hashes(table: &Table, snapshots: &[SnapshotRef]) -> Result<Vec<u128>> {
+/// Row hashes of the rows `snapshot` added (for reconciliation), as a
+/// multiset ([`Collector`]: sized by the files' record counts,
+/// spilled to disk past its memory budget).
+pub async fn row_hashes(table: &Table, snapshot: &SnapshotRef) -> Result<Multiset> {
+    let files = added_files(table, snapshot).await?;
     let mut hasher = RowHasher::default();
     let mut hashes = Vec::new();
-    let mut seen = HashSet::new();
-    for s in snapshots {
-        if !seen.insert(s.snapshot_id()) {
-            continue;
-        }
-        let files = added_files(table, s).await?;
-        room_for(&mut hashes, &files);
-        for_each_batch(table, s, &files, |b| hasher.hash_rows(b, &mut hashes)).await?;
-    }
-    Ok(hashes)
+    let mut set = Collector::new(records(&files));
+    for_each_batch(table, snapshot, &files, |b| {
+        hashes.clear();
+        hasher.hash_rows(b, &mut hashes)?;
+        set.extend(&hashes)
+    })
+    .await?;
+    set.finish()
 }
 
-/// Makes room in `hashes` for the rows `files` hold, as their manifests
-/// record them.  Best effort: a count no allocation can hold (a manifest
-/// another engine wrote wrong) leaves the vector to grow as rows come.
-fn room_for(hashes: &mut Vec<u128>, files: &[AddedFile]) {
+/// The rows `files` hold, as their manifests record them.
+fn records(files: &[AddedFile]) -> usize {
     let n: u64 = files.iter().map(|f| f.records).sum();
-    let _ = hashes.try_reserve_exact(usize::try_from(n).unwrap_or(usize::MAX));
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 /// Row hashes of the rows in `files` (a batch whose snapshot was expired, as
@@ -675,7 +673,7 @@ fn room_for(hashes: &mut Vec<u128>, files: &[AddedFile]) {
 pub async fn row_hashes_of_files(
     table: &Table,
     files: &[crate::ledger::durable::LedgerFile],
-) -> Result<Vec<u128>> {
+) -> Result<Multiset> {
     let files = files
         .iter()
         .map(|f| AddedFile {
@@ -685,24 +683,26 @@ pub async fn row_hashes_of_files(
         })
         .collect::<Vec<_>>();
     let Some(current) = table.metadata().current_snapshot().cloned() else {
-        return Ok(vec![]);
+        return Ok(Multiset::in_memory(vec![]));
     };
     hashes_of(batches(table, &current, &files)?, &files).await
 }
 
-/// Row hashes of the rows `stream` yields: those of `files` (which size
-/// the vector).
+/// Row hashes of the rows `stream` yields, those of `files`, as a
+/// multiset.
 async fn hashes_of(
     mut stream: BoxStream<'static, Result<RecordBatch>>,
     files: &[AddedFile],
-) -> Result<Vec<u128>> {
+) -> Result<Multiset> {
     let mut hasher = RowHasher::default();
     let mut hashes = Vec::new();
-    room_for(&mut hashes, files);
+    let mut set = Collector::new(records(files));
     while let Some(batch) = stream.try_next().await? {
+        hashes.clear();
         hasher.hash_rows(&batch, &mut hashes)?;
+        set.extend(&hashes)?;
     }
-    Ok(hashes)
+    set.finish()
 }
 
 /// Row hashes of the live rows in the partitions (windows of `g`) that lie
@@ -712,7 +712,7 @@ pub async fn row_hashes_in_windows(
     table: &Table,
     g: crate::plan::window::Granularity,
     range: &crate::plan::window::Window,
-) -> Result<Vec<u128>> {
+) -> Result<Multiset> {
     use iceberg::spec::{Literal, PrimitiveLiteral};
     let files = live_files(table)
         .await?
@@ -731,7 +731,7 @@ pub async fn row_hashes_in_windows(
         })
         .collect::<Vec<_>>();
     if files.is_empty() {
-        return Ok(vec![]);
+        return Ok(Multiset::in_memory(vec![]));
     }
     if let Some(current) = table.metadata().current_snapshot() {
         refuse_deletion_vectors(table, current).await?;

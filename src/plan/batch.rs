@@ -9,7 +9,8 @@
 //! [`settle`] (record a snapshot, or end the transaction without one) →
 //! [`Part::next`].
 
-use crate::checksum::HashBag;
+use crate::bag::HashBag;
+use crate::error::Result;
 use crate::ledger::{BatchMode, BatchRecord};
 
 use super::{PlannedBatch, batch_id};
@@ -95,8 +96,16 @@ pub fn take(mode: BatchMode, limit: Option<u64>, drops_partitions: bool) -> Take
 /// The keep mask of streamed rows: `false` for a row an open batch already
 /// archived (taken out of `bag`, once per occurrence), `true` for a new row.
 /// `None` without a bag: every row is new (the common case costs nothing).
-pub fn keep_unarchived(bag: Option<&mut HashBag>, hashes: &[u128]) -> Option<Vec<bool>> {
-    bag.map(|bag| hashes.iter().map(|h| !bag.take(*h)).collect())
+/// Fails when a bag spilled to disk cannot be read.
+pub fn keep_unarchived(bag: Option<&mut HashBag>, hashes: &[u128]) -> Result<Option<Vec<bool>>> {
+    let Some(bag) = bag else {
+        return Ok(None);
+    };
+    let mut keep = Vec::with_capacity(hashes.len());
+    for h in hashes {
+        keep.push(!bag.take(*h)?);
+    }
+    Ok(Some(keep))
 }
 
 /// What a part does once its rows are streamed and written.
@@ -319,9 +328,9 @@ mod tests {
     fn rows_of_open_batches_are_filtered_once_per_occurrence() {
         let mut bag = HashBag::new(vec![1, 1, 2]);
         assert_eq!(
-            keep_unarchived(Some(&mut bag), &[1, 1, 1, 2, 3]),
+            keep_unarchived(Some(&mut bag), &[1, 1, 1, 2, 3]).unwrap(),
             Some(vec![false, false, true, false, true])
         );
-        assert_eq!(keep_unarchived(None, &[1, 2]), None);
+        assert_eq!(keep_unarchived(None, &[1, 2]).unwrap(), None);
     }
 }

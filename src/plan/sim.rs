@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::checksum::HashBag;
+use crate::bag::HashBag;
 use crate::ledger::durable::{self as ledger, LedgerEntry};
 use crate::ledger::{BatchMode, BatchRecord};
 
@@ -731,7 +731,7 @@ impl Model {
         let take = batch::take(mode, f.limit, false);
         let streamed = self.stream(&p.range, take);
         let hashes: Vec<u128> = streamed.iter().map(|id| u128::from(*id)).collect();
-        let keep = batch::keep_unarchived(f.bag.as_mut(), &hashes);
+        let keep = batch::keep_unarchived(f.bag.as_mut(), &hashes).expect("a bag in memory");
         let new: Vec<u64> = streamed
             .iter()
             .enumerate()

@@ -403,6 +403,48 @@ async fn a_spare_worker_lets_extraction_go_on_while_a_batch_finishes() {
     f.assert_reconciled("spare worker");
 }
 
+/// A batch killed after verifying leaves its rows both in the archive and
+/// in Postgres; the run after it reconciles them from hashes kept on disk
+/// (the memory budget lowered to 100 hashes, so one batch of 2,000 rows
+/// spills as millions would past the default): nothing archived again,
+/// every row deleted, each source row in the archive exactly once.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn an_unsettled_batch_larger_than_memory_is_reconciled_from_disk() {
+    let s = services!();
+    let f = Fixture::new(
+        &s,
+        None,
+        Cat::Sqlite,
+        400,
+        5,
+        "    batch_windows: all\n",
+        "",
+    )
+    .await;
+    f.archive_killed_at(&[], "after-verify");
+    let out = f.archive(&[], &[("PERMAFROST_BAG_HASHES", "100")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("2000 row hashes are kept in a temporary file (more than the 100"),
+        "{}",
+        out.stderr
+    );
+    let j = out.json();
+    let batches = j[0]["batches"].as_array().expect("batches");
+    let sum = |k: &str| {
+        batches
+            .iter()
+            .map(|b| b[k].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    assert_eq!((sum("rows"), sum("reconciled_rows")), (0, 2000), "{j}");
+    let c = f.db.client().await;
+    assert_eq!(count(&c, "sensor_readings", "true").await, 0);
+    f.assert_reconciled("reconciled from disk");
+}
+
 /// A parallel copy killed at any point on its way (before its read
 /// transaction ends, after it gave its connection back, after its commit)
 /// is completed by the next copy without a row twice: a move after it
