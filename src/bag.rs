@@ -14,10 +14,12 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 
-/// Hashes a multiset keeps in memory (64 MiB) before it spills to disk.
+/// Hashes the multisets of a process keep in memory together (64 MiB)
+/// before they spill to disk.
 pub const MEMORY_HASHES: usize = 4 << 20;
 
 /// Hashes per block of a spilled multiset: one read per lookup.
@@ -31,6 +33,8 @@ pub struct Multiset {
     store: Store,
     /// One bit per hash, in sorted order: taken.
     taken: Vec<u64>,
+    /// The pool's room its hashes take in memory (given back when dropped).
+    claim: Option<Claim>,
 }
 
 #[derive(Debug)]
@@ -79,6 +83,7 @@ impl Multiset {
         Self {
             store: Store::Memory(hashes),
             taken,
+            claim: None,
         }
     }
 
@@ -234,42 +239,141 @@ impl<'a> Sorted<'a> {
     }
 }
 
-/// Gathers a source's hashes: in memory up to a budget, then in sorted
-/// runs on disk ([`Collector::finish`] merges them).
+/// The hashes every multiset of the process holds in memory together may
+/// not pass: the rest goes to disk.  Claimed a chunk at a time, given back
+/// when a multiset is dropped (or spills).
+#[derive(Debug)]
+pub struct Pool {
+    capacity: usize,
+    left: Mutex<usize>,
+}
+
+impl Pool {
+    /// A pool of `capacity` hashes (at least one).
+    pub fn new(capacity: usize) -> Arc<Self> {
+        let capacity = capacity.max(1);
+        Arc::new(Self {
+            capacity,
+            left: Mutex::new(capacity),
+        })
+    }
+
+    /// The process's pool: [`MEMORY_HASHES`], or with `fault-injection` the
+    /// hashes in `PERMAFROST_BAG_HASHES` (tests make batches spill with it).
+    pub fn global() -> Arc<Self> {
+        static GLOBAL: OnceLock<Arc<Pool>> = OnceLock::new();
+        GLOBAL.get_or_init(|| Pool::new(memory_hashes())).clone()
+    }
+
+    /// What a collector may fill before it asks again.
+    fn chunk(&self) -> usize {
+        CHUNK.min(self.capacity)
+    }
+
+    fn left(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.left
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Up to `want` hashes, as many as are left: how many.
+    fn take(&self, want: usize) -> usize {
+        let mut left = self.left();
+        let got = want.min(*left);
+        *left -= got;
+        got
+    }
+
+    /// An empty claim on the pool.
+    fn claim(self: &Arc<Self>) -> Claim {
+        Claim {
+            pool: self.clone(),
+            hashes: 0,
+        }
+    }
+}
+
+/// Room for hashes claimed from a [`Pool`], given back when dropped.
+#[derive(Debug)]
+struct Claim {
+    pool: Arc<Pool>,
+    hashes: usize,
+}
+
+impl Claim {
+    /// Claims up to `more` hashes more: how many it got.
+    fn grow(&mut self, more: usize) -> usize {
+        let got = self.pool.take(more);
+        self.hashes += got;
+        got
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        *self.pool.left() += self.hashes;
+    }
+}
+
+/// Hashes a collector may hold besides its claim (and claims at a time):
+/// 1 MiB.
+const CHUNK: usize = 1 << 16;
+
+fn memory_hashes() -> usize {
+    #[cfg(feature = "fault-injection")]
+    if let Some(n) = std::env::var("PERMAFROST_BAG_HASHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    MEMORY_HASHES
+}
+
+/// Gathers a source's hashes: in memory while its pool has room, then in
+/// sorted runs on disk ([`Collector::finish`] merges them).
 pub struct Collector {
-    budget: usize,
+    claim: Claim,
     memory: Vec<u128>,
     runs: Vec<File>,
 }
 
 impl Collector {
-    /// A collector expecting about `expected` hashes (the first size of its
-    /// vector, up to the budget) and keeping [`MEMORY_HASHES`] in memory.
+    /// A collector expecting about `expected` hashes, in the process's pool.
     pub fn new(expected: usize) -> Self {
-        Self::with_budget(expected, memory_hashes())
+        Self::in_pool(expected, Pool::global())
     }
 
-    /// The same with a budget of `budget` hashes (at least one).
-    pub fn with_budget(expected: usize, budget: usize) -> Self {
-        let budget = budget.max(1);
+    /// A collector expecting about `expected` hashes (a first size of its
+    /// vector, up to one chunk), in `pool`.
+    pub fn in_pool(expected: usize, pool: Arc<Pool>) -> Self {
         let mut memory = Vec::new();
-        let _ = memory.try_reserve_exact(expected.min(budget));
+        let _ = memory.try_reserve_exact(expected.min(pool.chunk()));
         Self {
-            budget,
+            claim: pool.claim(),
             memory,
             runs: Vec::new(),
         }
     }
 
+    /// How many more hashes fit in memory: a chunk beyond the claim.
+    fn room(&self) -> usize {
+        (self.claim.hashes + self.claim.pool.chunk()).saturating_sub(self.memory.len())
+    }
+
     /// Adds `hashes`.
     pub fn extend(&mut self, mut hashes: &[u128]) -> Result<()> {
         while !hashes.is_empty() {
-            let room = self.budget - self.memory.len();
-            let (now, later) = hashes.split_at(room.min(hashes.len()));
-            self.memory.extend_from_slice(now);
-            if self.memory.len() == self.budget {
-                self.spill()?;
+            if self.room() == 0 {
+                // In memory so far: ask the pool for another chunk; once
+                // spilled, runs are as long as the claim allows.
+                let chunk = self.claim.pool.chunk();
+                if !self.runs.is_empty() || self.claim.grow(chunk) == 0 {
+                    self.spill()?;
+                }
             }
+            let (now, later) = hashes.split_at(self.room().min(hashes.len()));
+            self.memory.extend_from_slice(now);
             hashes = later;
         }
         Ok(())
@@ -289,41 +393,36 @@ impl Collector {
         Ok(())
     }
 
-    /// The multiset of every hash added: in memory when they fit the
-    /// budget, else the runs merged into one sorted file.
+    /// The multiset of every hash added: in memory when the pool holds
+    /// them all (the multiset keeps their claim), else the runs merged into
+    /// one sorted file.
     pub fn finish(mut self) -> Result<Multiset> {
         if self.runs.is_empty() {
-            return Ok(Multiset::in_memory(self.memory));
+            let short = self.memory.len().saturating_sub(self.claim.hashes);
+            if self.claim.grow(short) == short {
+                let mut set = Multiset::in_memory(std::mem::take(&mut self.memory));
+                set.claim = Some(self.claim);
+                return Ok(set);
+            }
         }
         if !self.memory.is_empty() {
             self.spill()?;
         }
-        self.memory = Vec::new();
-        let spilled = merge(self.runs)?;
+        let Collector { claim, runs, .. } = self;
+        let capacity = claim.pool.capacity;
+        drop(claim);
+        let spilled = merge(runs)?;
         tracing::info!(
-            "{} row hashes are kept in a temporary file (more than the {} held in memory)",
+            "{} row hashes are kept in a temporary file: memory holds at most {capacity}",
             spilled.len,
-            self.budget
         );
         let taken = vec![0; spilled.len.div_ceil(64)];
         Ok(Multiset {
             store: Store::Disk(spilled),
             taken,
+            claim: None,
         })
     }
-}
-
-/// The budget: [`MEMORY_HASHES`], or with `fault-injection` the hashes in
-/// `PERMAFROST_BAG_HASHES` (tests make batches spill with it).
-fn memory_hashes() -> usize {
-    #[cfg(feature = "fault-injection")]
-    if let Some(n) = std::env::var("PERMAFROST_BAG_HASHES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        return n;
-    }
-    MEMORY_HASHES
 }
 
 /// One sorted file of the sorted `runs`, with its fences.
@@ -446,7 +545,7 @@ mod tests {
     }
 
     fn collected(hs: &[u128], budget: usize) -> Multiset {
-        let mut c = Collector::with_budget(hs.len(), budget);
+        let mut c = Collector::in_pool(hs.len(), Pool::new(budget));
         for chunk in hs.chunks(7) {
             c.extend(chunk).unwrap();
         }
@@ -483,7 +582,7 @@ mod tests {
                 *left.entry(*h).or_default() += 1;
             }
             let mut set = collected(&hs, budget);
-            assert_eq!(set.spilled(), n >= budget, "{n} hashes, budget {budget}");
+            assert_eq!(set.spilled(), n > budget, "{n} hashes, budget {budget}");
             assert_eq!(set.len(), n);
             for h in hashes(7, 3 * n + 10, spread + 2) {
                 let expected = left.get(&h).is_some_and(|c| *c > 0);
@@ -494,6 +593,29 @@ mod tests {
             }
             assert_eq!(set.remaining(), left.values().sum::<usize>());
         }
+    }
+
+    /// The multisets of one pool hold at most its hashes in memory
+    /// together; one dropped gives its room back.
+    #[test]
+    fn multisets_share_their_pool() {
+        let pool = Pool::new(1000);
+        let of = |n: u64| {
+            let mut c = Collector::in_pool(0, pool.clone());
+            c.extend(&(0..u128::from(n)).collect::<Vec<_>>()).unwrap();
+            c.finish().unwrap()
+        };
+        let first = of(700);
+        assert!(!first.spilled());
+        let second = of(400);
+        assert!(second.spilled(), "700 + 400 > 1000");
+        let third = of(300);
+        assert!(!third.spilled(), "700 + 300 fit");
+        assert_eq!(*pool.left(), 0);
+        drop((first, second));
+        assert_eq!(*pool.left(), 700);
+        drop(third);
+        assert_eq!(*pool.left(), 1000);
     }
 
     /// Every occurrence of one value, spilled over many blocks, is taken

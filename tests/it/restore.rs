@@ -270,8 +270,9 @@ async fn days_10_to_12_equal_the_originals_and_are_never_archived_twice(kind: Ca
             let out = fx.archive_env(&[("PERMAFROST_BAG_HASHES", "64")]);
             assert_eq!(out.code, 0, "{}", out.stderr);
             assert!(
-                out.stderr
-                    .contains("200 row hashes are kept in a temporary file (more than the 64"),
+                out.stderr.contains(
+                    "200 row hashes are kept in a temporary file: memory holds at most 64"
+                ),
                 "{}",
                 out.stderr
             );

@@ -427,7 +427,7 @@ async fn an_unsettled_batch_larger_than_memory_is_reconciled_from_disk() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
         out.stderr
-            .contains("2000 row hashes are kept in a temporary file (more than the 100"),
+            .contains("2000 row hashes are kept in a temporary file: memory holds at most 100"),
         "{}",
         out.stderr
     );
