@@ -2,13 +2,15 @@
 //! `archive::reconcile`).
 //!
 //! A source's hashes (an unsettled batch, a restored one, the rows of a
-//! range in Postgres) are held in memory, 16 bytes and a bit each, up to
-//! [`MEMORY_HASHES`] of them; beyond that they go to sorted runs in a
-//! temporary file each, merged into one sorted file, of which memory keeps
-//! a bit per hash and the first hash of every block of [`BLOCK`] — so a
-//! batch that meets rows already archived needs bounded memory whatever
-//! its size.  A lookup then reads one block (4 KiB), or a few when a hash
-//! repeats across blocks; the files go away with the multiset.
+//! range in Postgres) are held in memory, 16 bytes and a bit each, while
+//! the process's [`Pool`] has room — [`MEMORY_HASHES`] for every multiset
+//! together, claimed a chunk at a time; beyond that they go to sorted runs
+//! in temporary files, merged into one sorted file, of which memory keeps
+//! a bit per hash and the first hash of every block of [`BLOCK`].  So the
+//! batches that meet rows already archived need bounded memory together,
+//! whatever their size.  A lookup on disk reads one block (4 KiB), or a few
+//! when a hash repeats across blocks; the files go away with the multiset
+//! (unnamed temporary files in `TMPDIR`).
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -344,11 +346,12 @@ impl Collector {
         Self::in_pool(expected, Pool::global())
     }
 
-    /// A collector expecting about `expected` hashes (a first size of its
-    /// vector, up to one chunk), in `pool`.
+    /// A collector expecting about `expected` hashes, in `pool`: its vector
+    /// is sized for them up to the pool's capacity (address space only:
+    /// what is not filled costs no memory), so it does not grow by copies.
     pub fn in_pool(expected: usize, pool: Arc<Pool>) -> Self {
         let mut memory = Vec::new();
-        let _ = memory.try_reserve_exact(expected.min(pool.chunk()));
+        let _ = memory.try_reserve_exact(expected.min(pool.capacity));
         Self {
             claim: pool.claim(),
             memory,
