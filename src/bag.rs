@@ -57,7 +57,7 @@ struct Spilled {
 fn spill_error(e: std::io::Error) -> Error {
     Error::io("cannot spill row hashes to a temporary file", e).with_hint(
         "a batch meeting millions of rows already archived keeps their hashes on disk: \
-         give TMPDIR room (16 bytes per row), or lower `max_batch_rows`; nothing was deleted",
+         give TMPDIR room and write access (16 bytes per such row); nothing was deleted",
     )
 }
 
@@ -108,8 +108,8 @@ impl Multiset {
 
     /// Number of hashes not yet taken.
     pub fn remaining(&self) -> usize {
-        let taken: u32 = self.taken.iter().map(|w| w.count_ones()).sum();
-        self.len() - taken as usize
+        let taken: usize = self.taken.iter().map(|w| w.count_ones() as usize).sum();
+        self.len() - taken
     }
 
     /// Takes one occurrence of `h`; false when none is left.

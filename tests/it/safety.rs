@@ -407,7 +407,8 @@ async fn a_spare_worker_lets_extraction_go_on_while_a_batch_finishes() {
 /// in Postgres; the run after it reconciles them from hashes kept on disk
 /// (the memory budget lowered to 100 hashes, so one batch of 2,000 rows
 /// spills as millions would past the default): nothing archived again,
-/// every row deleted, each source row in the archive exactly once.
+/// every row deleted, each source row in the archive exactly once.  With
+/// no temporary file to write, the run stops first and deletes nothing.
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn an_unsettled_batch_larger_than_memory_is_reconciled_from_disk() {
@@ -423,6 +424,21 @@ async fn an_unsettled_batch_larger_than_memory_is_reconciled_from_disk() {
     )
     .await;
     f.archive_killed_at(&[], "after-verify");
+    let c = f.db.client().await;
+    // Without a writable TMPDIR: one line and a hint, exit 1, nothing deleted.
+    let tmp = ("TMPDIR", "/nonexistent/permafrost-tmp");
+    let out = f.archive(&[], &[("PERMAFROST_BAG_HASHES", "100"), tmp]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("cannot spill row hashes to a temporary file")
+            && out
+                .stderr
+                .contains("hint: a batch meeting millions of rows"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(count(&c, "sensor_readings", "true").await, 2000);
     let out = f.archive(&[], &[("PERMAFROST_BAG_HASHES", "100")]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
@@ -440,7 +456,6 @@ async fn an_unsettled_batch_larger_than_memory_is_reconciled_from_disk() {
             .sum::<u64>()
     };
     assert_eq!((sum("rows"), sum("reconciled_rows")), (0, 2000), "{j}");
-    let c = f.db.client().await;
     assert_eq!(count(&c, "sensor_readings", "true").await, 0);
     f.assert_reconciled("reconciled from disk");
 }
