@@ -337,8 +337,15 @@ fn memory_hashes() -> usize {
 pub struct Collector {
     claim: Claim,
     memory: Vec<u128>,
-    runs: Vec<File>,
+    /// Sorted runs and their levels (a run of level `k + 1` is [`FAN`] of
+    /// level `k` merged), levels never rising towards the end.
+    runs: Vec<(u32, File)>,
 }
+
+/// Runs of one level merged into one of the next: a source's last merge
+/// reads at most `FAN - 1` runs per level (a few dozen files and 64 KiB
+/// buffers), however small the pool left its runs.
+const FAN: usize = 16;
 
 impl Collector {
     /// A collector expecting about `expected` hashes, in the process's pool.
@@ -391,8 +398,18 @@ impl Collector {
             out.write_all(&h.to_le_bytes()).map_err(spill_error)?;
         }
         let file = out.into_inner().map_err(|e| spill_error(e.into_error()))?;
-        self.runs.push(file);
+        self.runs.push((0, file));
         self.memory.clear();
+        // Like a counter in base FAN: FAN runs of a level become one run of
+        // the next.
+        while let Some(&(level, _)) = self.runs.last() {
+            let n = self.runs.len();
+            if n < FAN || self.runs[n - FAN..].iter().any(|(l, _)| *l != level) {
+                break;
+            }
+            let tail = self.runs.drain(n - FAN..).map(|(_, f)| f).collect();
+            self.runs.push((level + 1, merge(tail)?.file));
+        }
         Ok(())
     }
 
@@ -411,10 +428,14 @@ impl Collector {
         if !self.memory.is_empty() {
             self.spill()?;
         }
-        let Collector { claim, runs, .. } = self;
+        let Collector {
+            claim,
+            memory,
+            runs,
+        } = self;
         let capacity = claim.pool.capacity;
-        drop(claim);
-        let spilled = merge(runs)?;
+        drop((memory, claim));
+        let spilled = merge(runs.into_iter().map(|(_, f)| f).collect())?;
         tracing::info!(
             "{} row hashes are kept in a temporary file: memory holds at most {capacity}",
             spilled.len,
@@ -552,6 +573,8 @@ mod tests {
         for chunk in hs.chunks(7) {
             c.extend(chunk).unwrap();
         }
+        // However many runs the pool made, few are left open to merge.
+        assert!(c.runs.len() < 3 * FAN, "{} runs open", c.runs.len());
         c.finish().unwrap()
     }
 
@@ -574,6 +597,7 @@ mod tests {
         for (n, spread, budget) in [
             (0, 10, 5),
             (1, 10, 1),
+            (1500, 300, 1),
             (1000, 40, 64),
             (3000, 7, 1000),
             (2600, 2000, 300),
