@@ -88,7 +88,7 @@ async fn open_rows(ctx: &Ctx, ids: &[String]) -> Result<Vec<Multiset>> {
 /// content is in Postgres again (a restore brought them back): those rows
 /// are already archived.  A batch counts only when every one of its rows is
 /// present (as a multiset), so new rows that merely equal some archived row
-/// are still archived.  A vector per batch (or per expired range).
+/// are still archived.  A multiset per batch (or per expired range).
 async fn restored_rows(
     ctx: &Ctx,
     client: &tokio_postgres::Client,

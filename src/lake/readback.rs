@@ -645,8 +645,8 @@ async fn checksum_file(mut rows: BoxStream<'static, Result<RecordBatch>>) -> Res
 }
 
 /// Row hashes of the rows `snapshot` added (for reconciliation), as a
-/// multiset ([`Collector`]: sized by the files' record counts,
-/// spilled to disk past its memory budget).
+/// multiset ([`Collector`]: sized by the files' record counts, on disk
+/// past the process's pool).
 pub async fn row_hashes(table: &Table, snapshot: &SnapshotRef) -> Result<Multiset> {
     let files = added_files(table, snapshot).await?;
     let mut hasher = RowHasher::default();
