@@ -649,16 +649,7 @@ async fn checksum_file(mut rows: BoxStream<'static, Result<RecordBatch>>) -> Res
 /// past the process's pool).
 pub async fn row_hashes(table: &Table, snapshot: &SnapshotRef) -> Result<Multiset> {
     let files = added_files(table, snapshot).await?;
-    let mut hasher = RowHasher::default();
-    let mut hashes = Vec::new();
-    let mut set = Collector::new(records(&files));
-    for_each_batch(table, snapshot, &files, |b| {
-        hashes.clear();
-        hasher.hash_rows(b, &mut hashes)?;
-        set.extend(&hashes)
-    })
-    .await?;
-    set.finish()
+    hashes_of(batches(table, snapshot, &files)?, &files).await
 }
 
 /// The rows `files` hold, as their manifests record them.
