@@ -11,6 +11,11 @@
 //! whatever their size.  A lookup on disk reads one block (4 KiB), or a few
 //! when a hash repeats across blocks; the files go away with the multiset
 //! (unnamed temporary files in `TMPDIR`).
+//!
+//! Sorting, spilling, merging and walking a whole multiset take up to
+//! seconds of CPU and disk: on a runtime worker they run through
+//! [`blocking`], so the worker's other tasks (the other batches, the
+//! connections' keepalives) move to another thread meanwhile.
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -80,7 +85,7 @@ impl Spilled {
 impl Multiset {
     /// The multiset of `hashes` (sorted in place), in memory.
     pub fn in_memory(mut hashes: Vec<u128>) -> Self {
-        hashes.sort_unstable();
+        blocking(hashes.len(), || hashes.sort_unstable());
         let taken = vec![0; hashes.len().div_ceil(64)];
         Self {
             store: Store::Memory(hashes),
@@ -146,10 +151,12 @@ impl Multiset {
     /// here, else takes none.  One walk of both in order, twice (look, then
     /// take).
     pub fn take_all(&mut self, other: &Multiset) -> Result<bool> {
-        if !self.walk(other, false)? {
-            return Ok(false);
-        }
-        self.walk(other, true)
+        blocking(self.len().max(other.len()), || {
+            if !self.walk(other, false)? {
+                return Ok(false);
+            }
+            self.walk(other, true)
+        })
     }
 
     /// Whether each hash of `other` has an occurrence left here of its own;
@@ -379,7 +386,7 @@ impl Collector {
                 // spilled, runs are as long as the claim allows.
                 let chunk = self.claim.pool.chunk();
                 if !self.runs.is_empty() || self.claim.grow(chunk) == 0 {
-                    self.spill()?;
+                    blocking(self.memory.len(), || self.spill())?;
                 }
             }
             let (now, later) = hashes.split_at(self.room().min(hashes.len()));
@@ -416,7 +423,12 @@ impl Collector {
     /// The multiset of every hash added: in memory when the pool holds
     /// them all (the multiset keeps their claim), else the runs merged into
     /// one sorted file.
-    pub fn finish(mut self) -> Result<Multiset> {
+    pub fn finish(self) -> Result<Multiset> {
+        let spilled = self.runs.len() * CHUNK;
+        blocking(self.memory.len().max(spilled), || self.finish_here())
+    }
+
+    fn finish_here(mut self) -> Result<Multiset> {
         if self.runs.is_empty() {
             let short = self.memory.len().saturating_sub(self.claim.hashes);
             if self.claim.grow(short) == short {
@@ -446,6 +458,21 @@ impl Collector {
             taken,
             claim: None,
         })
+    }
+}
+
+/// Runs `f`, work on `hashes` hashes that may block the thread for a while
+/// (CPU or disk): past [`CHUNK`] of them on a worker of a multi-thread
+/// runtime, after handing the worker's other tasks to another thread;
+/// else (fewer, a blocking thread, a current-thread runtime, no runtime)
+/// in place.
+fn blocking<T>(hashes: usize, f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if hashes >= CHUNK && h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
@@ -552,6 +579,7 @@ impl HashBag {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::time::Duration;
 
     use super::*;
 
@@ -576,6 +604,34 @@ mod tests {
         // However many runs the pool made, few are left open to merge.
         assert!(c.runs.len() < 3 * FAN, "{} runs open", c.runs.len());
         c.finish().unwrap()
+    }
+
+    /// While a long sort or merge holds the only worker of a runtime, the
+    /// worker's other tasks still run (a connection's keepalive, the other
+    /// batches): the work here waits for one of them, which a blocked
+    /// worker would never run.
+    #[test]
+    fn work_on_many_hashes_leaves_the_worker_to_other_tasks() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        // On the worker (`block_on` itself runs on this thread).
+        let answered = rt.block_on(rt.spawn(async {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let other = tokio::spawn(async move { tx.send(()) });
+            let waited = blocking(CHUNK, || rx.recv_timeout(Duration::from_secs(30)));
+            (waited, other.await)
+        }));
+        assert!(matches!(answered, Ok((Ok(()), Ok(Ok(()))))), "{answered:?}");
+        // Below a chunk, and on a current-thread runtime, in place.
+        let here = std::thread::current().id();
+        assert_eq!(blocking(CHUNK - 1, || std::thread::current().id()), here);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let at = rt.block_on(async { blocking(CHUNK, || std::thread::current().id()) });
+        assert_eq!(at, here);
     }
 
     #[test]
