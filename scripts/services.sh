@@ -156,7 +156,7 @@ start_postgres() {
   PF_PG_CTL="$bin/pg_ctl"; PF_PG_DATAS+=("$dir/data")
   export PERMAFROST_TEST_PG_BIN="$bin"
   export "$var=postgresql://postgres@127.0.0.1:$port/postgres"
-  log "postgres on 127.0.0.1:$port ($var)"
+  log "postgres $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port ($var)"
 }
 
 # A second cluster for TLS and client-certificate authentication
