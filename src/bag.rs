@@ -85,7 +85,7 @@ impl Spilled {
 impl Multiset {
     /// The multiset of `hashes` (sorted in place), in memory.
     pub fn in_memory(mut hashes: Vec<u128>) -> Self {
-        blocking(hashes.len(), || hashes.sort_unstable());
+        blocking(hashes.len() >= CHUNK, || hashes.sort_unstable());
         let taken = vec![0; hashes.len().div_ceil(64)];
         Self {
             store: Store::Memory(hashes),
@@ -109,6 +109,12 @@ impl Multiset {
     /// Whether the hashes are on disk.
     pub fn spilled(&self) -> bool {
         matches!(self.store, Store::Disk(_))
+    }
+
+    /// Whether walking it is long work for [`blocking`]: on disk, or a
+    /// chunk of hashes or more.
+    fn long_walk(&self) -> bool {
+        self.spilled() || self.len() >= CHUNK
     }
 
     /// Number of hashes not yet taken.
@@ -151,7 +157,7 @@ impl Multiset {
     /// here, else takes none.  One walk of both in order, twice (look, then
     /// take).
     pub fn take_all(&mut self, other: &Multiset) -> Result<bool> {
-        blocking(self.len().max(other.len()), || {
+        blocking(self.long_walk() || other.long_walk(), || {
             if !self.walk(other, false)? {
                 return Ok(false);
             }
@@ -386,7 +392,7 @@ impl Collector {
                 // spilled, runs are as long as the claim allows.
                 let chunk = self.claim.pool.chunk();
                 if !self.runs.is_empty() || self.claim.grow(chunk) == 0 {
-                    blocking(self.memory.len(), || self.spill())?;
+                    blocking(true, || self.spill())?;
                 }
             }
             let (now, later) = hashes.split_at(self.room().min(hashes.len()));
@@ -424,8 +430,8 @@ impl Collector {
     /// them all (the multiset keeps their claim), else the runs merged into
     /// one sorted file.
     pub fn finish(self) -> Result<Multiset> {
-        let spilled = self.runs.len() * CHUNK;
-        blocking(self.memory.len().max(spilled), || self.finish_here())
+        let long = !self.runs.is_empty() || self.memory.len() >= CHUNK;
+        blocking(long, || self.finish_here())
     }
 
     fn finish_here(mut self) -> Result<Multiset> {
@@ -461,15 +467,14 @@ impl Collector {
     }
 }
 
-/// Runs `f`, work on `hashes` hashes that may block the thread for a while
-/// (CPU or disk): past [`CHUNK`] of them on a worker of a multi-thread
-/// runtime, after handing the worker's other tasks to another thread;
-/// else (fewer, a blocking thread, a current-thread runtime, no runtime)
-/// in place.
-fn blocking<T>(hashes: usize, f: impl FnOnce() -> T) -> T {
+/// Runs `f`: when it is `long` (disk, or [`CHUNK`] hashes or more: up to
+/// seconds) on a worker of a multi-thread runtime, after handing the
+/// worker's other tasks to another thread; else (short, a blocking thread,
+/// a current-thread runtime, no runtime) in place.
+fn blocking<T>(long: bool, f: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
-        Ok(h) if hashes >= CHUNK && h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+        Ok(h) if long && h.runtime_flavor() == RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)
         }
         _ => f(),
@@ -620,17 +625,17 @@ mod tests {
         let answered = rt.block_on(rt.spawn(async {
             let (tx, rx) = std::sync::mpsc::channel();
             let other = tokio::spawn(async move { tx.send(()) });
-            let waited = blocking(CHUNK, || rx.recv_timeout(Duration::from_secs(30)));
+            let waited = blocking(true, || rx.recv_timeout(Duration::from_secs(30)));
             (waited, other.await)
         }));
         assert!(matches!(answered, Ok((Ok(()), Ok(Ok(()))))), "{answered:?}");
-        // Below a chunk, and on a current-thread runtime, in place.
+        // Short work, and any on a current-thread runtime, in place.
         let here = std::thread::current().id();
-        assert_eq!(blocking(CHUNK - 1, || std::thread::current().id()), here);
+        assert_eq!(blocking(false, || std::thread::current().id()), here);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let at = rt.block_on(async { blocking(CHUNK, || std::thread::current().id()) });
+        let at = rt.block_on(async { blocking(true, || std::thread::current().id()) });
         assert_eq!(at, here);
     }
 
