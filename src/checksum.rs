@@ -62,15 +62,15 @@ impl RowHasher {
     /// one buffer that holds every row's encoding side by side (the same
     /// bytes as row by row, with one type dispatch per column instead of
     /// per value); one with lists or structs, a row at a time.
+    ///
+    /// The flat layout takes the rows a slice at a time, about
+    /// [`LAYOUT_BYTES`] of values each, so its buffer stays that size
+    /// whatever the width of the rows.
     pub fn hash_rows(&mut self, batch: &RecordBatch, out: &mut Vec<u128>) -> Result<()> {
-        let cols = batch
-            .columns()
-            .iter()
-            .map(|c| Column::new(c.as_ref()))
-            .collect::<Result<Vec<_>>>()?;
         let n = batch.num_rows();
         out.reserve(n);
-        if cols.iter().any(|c| matches!(c.values, Values::Nested(_))) {
+        if batch.columns().iter().any(|c| c.data_type().is_nested()) {
+            let cols = columns(batch)?;
             for i in 0..n {
                 self.buf.clear();
                 for c in &cols {
@@ -80,8 +80,21 @@ impl RowHasher {
             }
             return Ok(());
         }
-        self.lay_out(&cols, n);
-        for c in &cols {
+        let step = slice_rows(batch);
+        let mut from = 0;
+        while from < n {
+            let part = batch.slice(from, step.min(n - from));
+            self.hash_flat(&columns(&part)?, part.num_rows(), out)?;
+            from += part.num_rows();
+        }
+        Ok(())
+    }
+
+    /// Appends the hashes of the `n` rows of `cols`, none nested, laid out
+    /// side by side.
+    fn hash_flat(&mut self, cols: &[Column<'_>], n: usize, out: &mut Vec<u128>) -> Result<()> {
+        self.lay_out(cols, n);
+        for c in cols {
             encode_column(c, &mut self.buf, &mut self.at);
         }
         if self.at.iter().ne(&self.starts[1..]) {
@@ -120,6 +133,26 @@ impl RowHasher {
             self.buf.resize(end, 0);
         }
     }
+}
+
+/// Bytes of values [`RowHasher::hash_rows`] lays out at a time.
+pub const LAYOUT_BYTES: usize = 1 << 20;
+
+/// Resolves every column of `batch`.
+fn columns(batch: &RecordBatch) -> Result<Vec<Column<'_>>> {
+    batch
+        .columns()
+        .iter()
+        .map(|c| Column::new(c.as_ref()))
+        .collect()
+}
+
+/// Rows of `batch` whose values take about [`LAYOUT_BYTES`] (at least one
+/// row; all of a batch smaller than that).
+fn slice_rows(batch: &RecordBatch) -> usize {
+    let n = batch.num_rows();
+    let bytes = batch.get_array_memory_size().max(1);
+    (n.saturating_mul(LAYOUT_BYTES) / bytes).clamp(1, n.max(1))
 }
 
 /// Adds each row's encoded length of `col` to `lens` (see [`put`]).
@@ -649,6 +682,35 @@ mod tests {
             hasher.hash_rows(&batch, &mut got).unwrap();
             assert_eq!(got, row_by_row(&batch));
         }
+    }
+
+    #[test]
+    fn wide_rows_hash_a_slice_at_a_time() {
+        // 3,000 rows of 2 KB: 6 MB of values, hashed in slices of ~1 MiB.
+        let n = 3000;
+        let batch = RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(Int64Array::from_iter_values(0..n)) as arrow_array::ArrayRef,
+            ),
+            (
+                "payload",
+                Arc::new(StringArray::from_iter(
+                    (0..n).map(|i| (i % 11 != 0).then(|| format!("{i:04}").repeat(500))),
+                )),
+            ),
+        ])
+        .unwrap();
+        assert!(slice_rows(&batch) < 1000, "{}", slice_rows(&batch));
+        let mut hasher = RowHasher::default();
+        let mut got = vec![];
+        hasher.hash_rows(&batch, &mut got).unwrap();
+        assert_eq!(got, row_by_row(&batch));
+        assert!(
+            hasher.buf.len() <= 2 * LAYOUT_BYTES,
+            "laid out {} bytes at once",
+            hasher.buf.len()
+        );
     }
 
     #[test]
