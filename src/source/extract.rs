@@ -33,7 +33,7 @@ pub const BATCH_ROWS: usize = 8 * 1024;
 /// Flush a record batch early once its rows' bytes pass this size: rows of
 /// kilobytes each then come about a thousand at a time, and the batch, its
 /// row hashes' buffer and the writer's copy stay a few megabytes each.
-pub const BATCH_BYTES: usize = 8 * 1024 * 1024;
+pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// Microseconds between 1970-01-01 and 2000-01-01 (Postgres' epoch).
@@ -675,10 +675,11 @@ impl CopyDecoder {
 async fn decode_stream(
     stream: tokio_postgres::CopyOutStream,
     mut decoder: CopyDecoder,
-    tx: tokio::sync::mpsc::Sender<(RecordBatch, Vec<u128>)>,
+    tx: Ahead,
 ) -> Result<u64> {
     let mut stream = std::pin::pin!(stream);
-    let mut buf = BytesMut::with_capacity(1 << 20);
+    // Only a row split across messages is copied here (see `feed`).
+    let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut hasher = RowHasher::default();
     let hashed = |b: RecordBatch, hasher: &mut RowHasher| -> Result<(RecordBatch, Vec<u128>)> {
@@ -690,8 +691,8 @@ async fn decode_stream(
         let chunk = chunk.map_err(|e| Error::postgres("COPY failed", e))?;
         decoder.feed(&mut buf, &chunk, &mut out)?;
         for b in out.drain(..) {
-            let item = hashed(b, &mut hasher)?;
-            if tx.send(item).await.is_err() {
+            let (b, h) = hashed(b, &mut hasher)?;
+            if !tx.send(b, h).await {
                 return Ok(decoder.total_rows());
             }
         }
@@ -703,36 +704,80 @@ async fn decode_stream(
         ));
     }
     if decoder.buffered_rows() > 0 {
-        let item = hashed(decoder.flush()?, &mut hasher)?;
-        let _ = tx.send(item).await;
+        let (b, h) = hashed(decoder.flush()?, &mut hasher)?;
+        tx.send(b, h).await;
     }
     Ok(decoder.total_rows())
 }
 
+/// Decoded batches the decoding task holds ready for the consumer at most,
+/// besides the one it is building.
+const AHEAD_BATCHES: usize = 4;
+/// Bytes of decoded batches held ready at most (one batch, however large,
+/// is always let through): narrow rows come [`AHEAD_BATCHES`] batches
+/// ahead, rows of kilobytes one.
+const AHEAD_BYTES: usize = BATCH_BYTES;
+
+/// A decoded batch, its row hashes, and its share of [`AHEAD_BYTES`]
+/// (given back when the consumer takes it).
+type Ready = (RecordBatch, Vec<u128>, tokio::sync::OwnedSemaphorePermit);
+
+/// The decoding task's end of the queue of batches ready.
+struct Ahead {
+    tx: tokio::sync::mpsc::Sender<Ready>,
+    /// Kibibytes of [`AHEAD_BYTES`] not held by a batch ready.
+    room: Arc<tokio::sync::Semaphore>,
+}
+
+impl Ahead {
+    /// Queues a batch once there is room for it; false when the consumer
+    /// has stopped reading.
+    async fn send(&self, batch: RecordBatch, hashes: Vec<u128>) -> bool {
+        let kib = (batch.get_array_memory_size() / 1024).clamp(1, AHEAD_BYTES / 1024);
+        let Ok(held) = self.room.clone().acquire_many_owned(kib as u32).await else {
+            return false;
+        };
+        self.tx.send((batch, hashes, held)).await.is_ok()
+    }
+}
+
 /// The rows of a binary COPY, decoded and hashed on their own task while the
-/// caller consumes them (at most 4 batches ahead: back-pressure).  The one
-/// COPY pipeline of archive, reconcile and restore validation.
+/// caller consumes them (back-pressure: at most [`AHEAD_BATCHES`] batches
+/// or [`AHEAD_BYTES`] ahead).  The one COPY pipeline of archive, reconcile
+/// and restore validation.
 pub struct CopyRows {
-    receiver: tokio::sync::mpsc::Receiver<(RecordBatch, Vec<u128>)>,
+    receiver: tokio::sync::mpsc::Receiver<Ready>,
+    room: Arc<tokio::sync::Semaphore>,
     task: tokio::task::JoinHandle<Result<u64>>,
 }
 
 impl CopyRows {
     /// Starts decoding `stream` (a `COPY … TO STDOUT (FORMAT binary)`).
     pub fn spawn(stream: tokio_postgres::CopyOutStream, decoder: CopyDecoder) -> Self {
-        let (sender, receiver) = tokio::sync::mpsc::channel(4);
-        let task = tokio::spawn(decode_stream(stream, decoder, sender));
-        Self { receiver, task }
+        let (tx, receiver) = tokio::sync::mpsc::channel(AHEAD_BATCHES);
+        let room = Arc::new(tokio::sync::Semaphore::new(AHEAD_BYTES / 1024));
+        let ahead = Ahead {
+            tx,
+            room: room.clone(),
+        };
+        let task = tokio::spawn(decode_stream(stream, decoder, ahead));
+        Self {
+            receiver,
+            room,
+            task,
+        }
     }
 
     /// The next batch and its row hashes; `None` at the end (or on an error,
     /// which [`CopyRows::finish`] returns).
     pub async fn next(&mut self) -> Option<(RecordBatch, Vec<u128>)> {
-        self.receiver.recv().await
+        let (batch, hashes, _room) = self.receiver.recv().await?;
+        Some((batch, hashes))
     }
 
     /// Stops reading and returns the rows streamed, or the stream's error.
     pub async fn finish(self) -> Result<u64> {
+        self.room.close();
         drop(self.receiver);
         self.task
             .await
