@@ -494,14 +494,40 @@ fn take_query(ctx: &Ctx, range: &Window, take: Take, drop_parts: Option<&[Partit
     }
 }
 
-/// One of the table's `parallel_windows` extraction slots, held while a
-/// batch reads (and deletes) its rows.  Batches queue for the slots in plan
-/// order (a batch's later parts, and a batch whose turn passed, at once).
-async fn extraction_slot(ctx: &Ctx, turn: usize) -> Result<tokio::sync::SemaphorePermit<'_>> {
+/// One of the table's `parallel_windows` extraction slots and its share of
+/// the run's memory ([`super::memory`]), held while a batch reads (and
+/// deletes) its rows and writes them.  Batches queue for both in plan order
+/// (a batch's later parts, and a batch whose turn passed, at once).
+async fn extraction_slot(ctx: &Ctx, turn: usize) -> Result<Slot<'_>> {
     ctx.extract_turns.wait(turn).await;
-    let slot = ctx.extracting.acquire().await;
+    let slot = async {
+        let slot = ctx.extracting.acquire().await;
+        let slot = slot.map_err(|_| Error::internal("the extraction slots were closed"))?;
+        let memory = ctx.memory.reserve(ctx.row_width.bytes()).await?;
+        let now = ctx.extracting_now.fetch_add(1, Ordering::Relaxed) + 1;
+        ctx.extracting_peak.fetch_max(now, Ordering::Relaxed);
+        Ok(Slot {
+            ctx,
+            _slot: slot,
+            _memory: memory,
+        })
+    }
+    .await;
     ctx.extract_turns.finish(turn);
-    slot.map_err(|_| Error::internal("the extraction slots were closed"))
+    slot
+}
+
+/// An extraction slot and its memory, given back when dropped.
+struct Slot<'a> {
+    ctx: &'a Ctx,
+    _slot: tokio::sync::SemaphorePermit<'a>,
+    _memory: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.ctx.extracting_now.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Whether Postgres lets the batch's `DELETE … RETURNING` commit.
@@ -651,10 +677,12 @@ async fn extract_write(
     let mut reconciled = 0u64;
     let mut write_err = None;
     let mut first = true;
+    let mut decoded = 0u64;
     while let Some((batch, hashes)) = rows.next().await {
         if std::mem::take(&mut first) {
             fault::point("after-extract").await;
         }
+        decoded += batch.get_array_memory_size() as u64;
         let step = async {
             shutdown::check_abort()?;
             let keep = decide::keep_unarchived(bag.as_deref_mut(), &hashes)?;
@@ -673,6 +701,7 @@ async fn extract_write(
         }
     }
     let streamed = rows.finish().await?;
+    ctx.row_width.saw(streamed, decoded);
     if let Some(e) = write_err {
         return Err(e);
     }

@@ -24,10 +24,12 @@
 
 mod batch;
 pub mod facts;
+mod memory;
 mod reconcile;
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use iceberg::Catalog;
 use serde::Serialize;
@@ -88,6 +90,10 @@ pub struct TableReport {
     /// `DROP` held up) that this run dropped.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub emptied_partitions_dropped: Vec<String>,
+    /// Batches that held an extraction slot at once, at most: up to
+    /// `parallel_windows`, fewer when `global.memory_limit` holds fewer
+    /// slots for rows this wide (0: no batch ran).
+    pub extraction_slots_peak: usize,
 }
 
 /// Ranges a copy found holding the rows its open batches recorded, no
@@ -239,6 +245,13 @@ struct Ctx {
     /// commits, verifies and settles — so with a spare worker (see
     /// [`workers`]) the next window's extraction overlaps that tail.
     extracting: tokio::sync::Semaphore,
+    /// The run's memory budget: an extraction slot is taken with its share.
+    memory: Arc<memory::Memory>,
+    /// How wide the table's rows are, for that share.
+    row_width: memory::RowWidth,
+    /// Batches holding an extraction slot now, and at most.
+    extracting_now: std::sync::atomic::AtomicUsize,
+    extracting_peak: std::sync::atomic::AtomicUsize,
     /// Batches known to be settled (the ledger drops their files): settled
     /// when the run started, and settled by this run's Postgres commits.
     /// Apart from the committer, so a batch settling never waits for
@@ -376,6 +389,7 @@ pub async fn run(
 ) -> Result<Vec<TableReport>> {
     let tables = cfg.select_tables(opts.table.as_deref())?;
     let (opened, slot) = tokio::sync::watch::channel(None);
+    let memory = Arc::new(memory::Memory::new(cfg.global.memory_limit));
     let open = async {
         let catalog = async {
             let catalog = lake::open_catalog(&cfg.catalog).await?;
@@ -388,8 +402,11 @@ pub async fn run(
     };
     use futures::{FutureExt, StreamExt};
     let reports = futures::stream::iter(tables.into_iter().map(|t| {
-        let slot = CatalogSlot(slot.clone());
-        async move { archive_table(cfg, &t, slot, opts, progress).await }
+        let shared = Shared {
+            catalog: CatalogSlot(slot.clone()),
+            memory: memory.clone(),
+        };
+        async move { archive_table(cfg, &t, shared, opts, progress).await }
     }))
     // One connection per table in flight: `database.pool_size` caps it too.
     .buffered(cfg.global.max_table_concurrency.min(cfg.database.pool_size))
@@ -398,6 +415,12 @@ pub async fn run(
     // On the catalog's error the tables, all still waiting for it, are dropped.
     let (_, reports) = futures::future::try_join(open, reports).await?;
     Ok(reports)
+}
+
+/// What the tables of a run share: its catalog, and its memory budget.
+struct Shared {
+    catalog: CatalogSlot,
+    memory: Arc<memory::Memory>,
 }
 
 /// The run's catalog as [`run`] opens it: `None` until it has tried,
@@ -421,7 +444,7 @@ impl CatalogSlot {
 async fn archive_table(
     cfg: &Config,
     t: &TableConfig,
-    slot: CatalogSlot,
+    shared: Shared,
     opts: &ArchiveOptions,
     progress: &Progress,
 ) -> TableReport {
@@ -437,6 +460,7 @@ async fn archive_table(
         pending: None,
         unchanged: None,
         emptied_partitions_dropped: vec![],
+        extraction_slots_peak: 0,
     };
     let span =
         tracing::trace_span!(target: crate::logging::CONTEXT, "table", table = %t.source_name());
@@ -445,7 +469,7 @@ async fn archive_table(
             "stopped by a signal before this table started",
         ))
     } else {
-        archive_table_inner(cfg, t, slot, opts, progress, &mut report)
+        archive_table_inner(cfg, t, shared, opts, progress, &mut report)
             .instrument(span)
             .await
     };
@@ -490,13 +514,13 @@ async fn notify_failure(cfg: &Config, t: &TableConfig, e: &Error) {
 async fn archive_table_inner(
     cfg: &Config,
     t: &TableConfig,
-    slot: CatalogSlot,
+    shared: Shared,
     opts: &ArchiveOptions,
     progress: &Progress,
     report: &mut TableReport,
 ) -> Result<()> {
     let mut client = source::connect(&cfg.database).await?;
-    match archive_on(&mut client, cfg, t, slot, opts, progress, report).await {
+    match archive_on(&mut client, cfg, t, shared, opts, progress, report).await {
         Err(e) => Err(source::explain_lock_timeout(&client, &t.quoted_name(), e).await),
         ok => ok,
     }
@@ -538,22 +562,69 @@ fn plan_of(facts: &TableFacts, opts: &ArchiveOptions, batch_windows: u32) -> Pla
     )
 }
 
-/// What a run plans from Postgres alone, under the table's lock: the
-/// windows in `[lower, cutoff)` that hold rows; then, at once, the windows
-/// per batch ([`batch_windows`]) and the batch workers' connections
-/// ([`workers`]: their error is the caller's to report, after planning).
+/// What a run plans from Postgres alone, under the table's lock.
+struct PostgresSide {
+    /// The windows in `[lower, cutoff)` that hold rows.
+    pending: Vec<Window>,
+    /// Windows per batch ([`batch_windows`]).
+    per_batch: u32,
+    /// The batch workers' connections ([`workers`]: their error is the
+    /// caller's to report, after planning).
+    own: Result<Vec<tokio_postgres::Client>>,
+    /// The rows' width, as far as it can bound the slots ([`row_width`]).
+    width: memory::RowWidth,
+}
+
+/// The [`PostgresSide`] of a run: the pending windows, then the rest at once.
 async fn pending_side(
     client: &tokio_postgres::Client,
     (cfg, t, mode): (&Config, &TableConfig, BatchMode),
     src: &source::SourceTable,
     (lower, cutoff): (Option<Micros>, Micros),
-) -> Result<(Vec<Window>, u32, Result<Vec<tokio_postgres::Client>>)> {
+) -> Result<PostgresSide> {
     let pending = windows::nonempty_windows(client, src, t.partition_by, lower, cutoff).await?;
-    let (per_batch, own) = futures::join!(
+    let (per_batch, own, width) = futures::join!(
         batch_windows(client, t, src, pending.len(), (lower, cutoff)),
-        workers(cfg, t, mode, src.oid, pending.len())
+        workers(cfg, t, mode, src.oid, pending.len()),
+        row_width(client, cfg, t, src)
     );
-    Ok((pending, per_batch?, own))
+    Ok(PostgresSide {
+        pending,
+        per_batch: per_batch?,
+        own,
+        width: width?,
+    })
+}
+
+/// The width of `src`'s rows by Postgres's statistics, asked only when
+/// wide rows could make the table's slots, and those of the tables run at
+/// once, more than `global.memory_limit` holds (else taken as wide); logs
+/// how many slots fit when that is fewer than `parallel_windows`.
+async fn row_width(
+    client: &tokio_postgres::Client,
+    cfg: &Config,
+    t: &TableConfig,
+    src: &source::SourceTable,
+) -> Result<memory::RowWidth> {
+    let limit = cfg.global.memory_limit;
+    let at_once = t.parallel_windows * cfg.global.max_table_concurrency;
+    if plan::memory::slots_within(limit, u64::MAX, at_once) == at_once {
+        return Ok(memory::RowWidth::estimated(None));
+    }
+    let bytes = windows::row_bytes(client, src).await?;
+    let fit = plan::memory::slots_within(limit, bytes.unwrap_or(u64::MAX), t.parallel_windows);
+    if fit < t.parallel_windows {
+        let width = bytes.map_or("unknown width (no statistics yet)".into(), |b| {
+            format!("about {b} bytes on disk")
+        });
+        tracing::info!(
+            "{}: rows of {width}: {fit} of {} extraction slots fit in `global.memory_limit` ({} MiB)",
+            t.quoted_name(),
+            t.parallel_windows,
+            limit >> 20
+        );
+    }
+    Ok(memory::RowWidth::estimated(bytes))
 }
 
 /// The windows per batch of a run of `pending` windows holding rows:
@@ -589,7 +660,7 @@ async fn archive_on(
     client: &mut tokio_postgres::Client,
     cfg: &Config,
     t: &TableConfig,
-    mut slot: CatalogSlot,
+    mut shared: Shared,
     opts: &ArchiveOptions,
     progress: &Progress,
     report: &mut TableReport,
@@ -597,7 +668,7 @@ async fn archive_on(
     let ((_, server_now), src, catalog) = futures::try_join!(
         source::server_facts(client),
         source::introspect::introspect(client, t),
-        slot.get()
+        shared.catalog.get()
     )?;
     let catalog = &catalog;
     let (lower, cutoff) = run_range(t, opts, opts.now.unwrap_or(server_now));
@@ -626,7 +697,12 @@ async fn archive_on(
         pending_side(client, (cfg, t, mode_of(opts)), &src, (lower, cutoff))
     );
     let table = table?;
-    let (pending, per_batch, own) = postgres?;
+    let PostgresSide {
+        pending,
+        per_batch,
+        own,
+        width,
+    } = postgres?;
     let snapshots = table.table.metadata().snapshots().count();
     if let Some(warning) = long_history(snapshots, cfg.maintenance.after_archive) {
         tracing::warn!("{}: {warning}", table.ident);
@@ -653,6 +729,10 @@ async fn archive_on(
         turns: Turns::new(),
         extract_turns: Turns::new(),
         extracting: tokio::sync::Semaphore::new(t.parallel_windows),
+        memory: shared.memory.clone(),
+        row_width: width,
+        extracting_now: Default::default(),
+        extracting_peak: Default::default(),
         settled: std::sync::Mutex::new(plan::settled_batches(&facts)),
         pg_history: facts.pg_history.clone(),
         table,
@@ -668,7 +748,10 @@ async fn archive_on(
                 true => vec![Worker::Run(&mut *client)],
                 false => own.into_iter().map(Worker::Own).collect(),
             };
-            run_batches(Arc::new(ctx), idle, &plan, progress, report).await
+            let ctx = Arc::new(ctx);
+            let result = run_batches(ctx.clone(), idle, &plan, progress, report).await;
+            report.extraction_slots_peak = ctx.extracting_peak.load(Ordering::Relaxed);
+            result
         }
         Err(e) => Err(e),
     };

@@ -256,7 +256,13 @@ impl TableConfig {
 pub struct GlobalConfig {
     /// Tables archived in parallel.
     pub max_table_concurrency: usize,
+    /// Bytes an archive run aims to stay within: its tables' extraction
+    /// slots share what is left after the run's own ([`crate::plan::memory`]).
+    pub memory_limit: u64,
 }
+
+/// `global.memory_limit`'s default: the peak RSS #14 asked of a run.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// Failure notifications.
 #[derive(Debug, Clone, Default)]
@@ -467,6 +473,8 @@ struct RawGlobal {
     #[serde(default, deserialize_with = "opt_scalar")]
     max_table_concurrency: Option<usize>,
     #[serde(default)]
+    memory_limit: Option<serde_norway::Value>,
+    #[serde(default)]
     namespace: Option<String>,
 }
 
@@ -546,12 +554,20 @@ impl Config {
                 "`global.max_table_concurrency` must be between 1 and {MAX_POOL_SIZE}"
             )));
         }
+        let memory_limit = size_value(raw.global.memory_limit, "`global.memory_limit`")?
+            .unwrap_or(DEFAULT_MEMORY_LIMIT);
+        if !(64 * 1024 * 1024..=MAX_FILE_SIZE).contains(&memory_limit) {
+            return Err(Error::config(
+                "`global.memory_limit` must be between 64MiB and 64GiB",
+            ));
+        }
         Ok(Config {
             database,
             catalog,
             tables,
             global: GlobalConfig {
                 max_table_concurrency,
+                memory_limit,
             },
             notify: notify_config(raw.notify)?,
             maintenance: maintenance_config(raw.maintenance)?,
@@ -741,23 +757,8 @@ fn parse_table(
     }
     let table = t.table.unwrap_or_else(|| t.name.clone());
     nonempty("table", &table)?;
-    let target_file_size = match t.target_file_size {
-        None => 128 * 1024 * 1024,
-        Some(serde_norway::Value::Number(n)) => n.as_u64().ok_or_else(|| {
-            Error::config(format!(
-                "{} must be a positive size",
-                key("target_file_size")
-            ))
-        })?,
-        Some(serde_norway::Value::String(s)) => parse_size(&s)
-            .map_err(|m| Error::config(format!("{}: {m}", key("target_file_size"))))?,
-        Some(_) => {
-            return Err(Error::config(format!(
-                "{} must be a size like 128MiB",
-                key("target_file_size")
-            )));
-        }
-    };
+    let target_file_size =
+        size_value(t.target_file_size, &key("target_file_size"))?.unwrap_or(128 * 1024 * 1024);
     if !(1024 * 1024..=MAX_FILE_SIZE).contains(&target_file_size) {
         return Err(Error::config(format!(
             "{} must be between 1MiB and 64GiB",
@@ -1010,6 +1011,22 @@ fn humantime_secs(d: Duration) -> String {
     }
 }
 
+/// A size setting's value (a number of bytes, or a string like `128MiB`),
+/// if set; `name` is the key as errors show it.
+fn size_value(v: Option<serde_norway::Value>, name: &str) -> Result<Option<u64>> {
+    match v {
+        None => Ok(None),
+        Some(serde_norway::Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| Error::config(format!("{name} must be a positive size"))),
+        Some(serde_norway::Value::String(s)) => parse_size(&s)
+            .map(Some)
+            .map_err(|m| Error::config(format!("{name}: {m}"))),
+        Some(_) => Err(Error::config(format!("{name} must be a size like 128MiB"))),
+    }
+}
+
 /// Parses `134217728`, `128MiB`, `128MB`, `1GiB`, `512KiB`.
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim();
@@ -1127,6 +1144,30 @@ mod tests {
             expand_env("cost $5 and $${A}", &e).unwrap(),
             "cost $5 and ${A}"
         );
+    }
+
+    #[test]
+    fn the_memory_limit_is_a_size_of_64mib_or_more() {
+        let limit = |v: &str| {
+            let yaml = format!(
+                "database:\n  dsn: host=h\nglobal:\n{v}tables:\n  - name: t\n    timestamp_column: ts\n"
+            );
+            Config::from_str_with(&yaml, Path::new("."), &env(&[]))
+                .map(|c| c.global.memory_limit)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(limit(""), Ok(DEFAULT_MEMORY_LIMIT));
+        assert_eq!(limit("  memory_limit: 1GiB\n"), Ok(1 << 30));
+        assert_eq!(limit("  memory_limit: 134217728\n"), Ok(128 << 20));
+        let err = limit("  memory_limit: 32MiB\n").unwrap_err();
+        assert!(
+            err.contains("`global.memory_limit` must be between 64MiB"),
+            "{err}"
+        );
+        let err = limit("  memory_limit: lots\n").unwrap_err();
+        assert!(err.contains("`global.memory_limit`"), "{err}");
+        let err = limit("  memory_limit: [1]\n").unwrap_err();
+        assert!(err.contains("must be a size like 128MiB"), "{err}");
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! twice.
 
 pub mod batch;
+pub mod memory;
 pub mod window;
 
 #[cfg(test)]

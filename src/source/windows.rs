@@ -252,6 +252,23 @@ pub async fn estimated_rows(
     Ok(rows.max(0.0) as u64)
 }
 
+/// Bytes per row of `t` on disk by Postgres's statistics: its heap and
+/// TOAST (its partitions', when partitioned) over the rows `VACUUM` and
+/// `ANALYZE` counted; `None` before they counted any.  Compressed values
+/// make it less than the rows' decoded bytes, free space more.
+pub async fn row_bytes(client: &Client, t: &SourceTable) -> Result<Option<u64>> {
+    let row = client
+        .query_typed_one(
+            "SELECT (sum(pg_table_size(c.oid)) / nullif(sum(greatest(c.reltuples, 0)), 0))::int8 \
+             FROM pg_class c WHERE c.oid = $1 \
+               OR c.oid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass))",
+            &[(&t.oid, Type::OID)],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("cannot read the size of {}", t.qualified()), e))?;
+    Ok(row.get::<_, Option<i64>>(0).map(|b| b.max(1) as u64))
+}
+
 /// Whether `ANALYZE` has gathered statistics on `t`'s time column, on the
 /// table itself or on one of its partitions (autovacuum analyses the
 /// partitions, never a partitioned parent).

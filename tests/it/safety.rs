@@ -729,6 +729,60 @@ async fn wide_rows_make_row_groups_of_bounded_bytes() {
     );
 }
 
+/// Wide rows on more slots than `global.memory_limit` holds wait for
+/// memory: with 64 MiB (one wide slot's share) and `parallel_windows: 4`,
+/// four hourly batches of 4 KB rows extract one at a time, and every row
+/// is archived.  (Without the gate the four overlap: `extraction_slots_peak`
+/// 2–4.)
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn wide_rows_take_the_slots_the_memory_limit_holds() {
+    let s = services!();
+    let db = TestDb::create(&s, "wideslots").await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE wide (ts timestamptz NOT NULL, id bigint, payload text); \
+         INSERT INTO wide SELECT '2024-01-01'::timestamptz + g.i * interval '3 seconds', g.i, \
+           (SELECT string_agg(md5(x::text || g.i::text), '') \
+            FROM generate_series(1, 128) x WHERE g.i > 0) \
+         FROM generate_series(0, 4799) g(i); \
+         ANALYZE wide",
+    )
+    .await
+    .expect("wide rows");
+    let ws = Ws::new();
+    let cat = CatalogSetup::new(Cat::Sqlite, &s, &ws).await;
+    let cfg = ws.config(
+        "wide.yaml",
+        &format!(
+            "database:\n  dsn: \"{}\"\n  pool_size: 8\n{}global:\n  namespace: {}\n  memory_limit: 64MiB\n\
+             tables:\n  - name: wide\n    timestamp_column: ts\n    partition_by: hour\n    lag: 1d\n\
+             \x20   parallel_windows: 4\n    batch_windows: 1\n",
+            db.dsn, cat.yaml, cat.namespace
+        ),
+    );
+    let out = ws.run(&["archive", "--json", "-c", &cfg.to_string_lossy()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = out.json();
+    assert_eq!(archived_rows(&report), 4800, "{}", out.stdout);
+    assert_eq!(report[0]["batches"].as_array().map(Vec::len), Some(4));
+    assert_eq!(report[0]["extraction_slots_peak"], 1, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("rows of about")
+            && out
+                .stderr
+                .contains("1 of 4 extraction slots fit in `global.memory_limit` (64 MiB)"),
+        "{}",
+        out.stderr
+    );
+    let left: i64 = c
+        .query_one("SELECT count(*) FROM wide", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0);
+}
+
 /// Every `.parquet` file under `dir`.
 fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
