@@ -89,13 +89,13 @@ mod tests {
 
     #[test]
     fn wide_shares_wait_for_the_budget_and_narrow_ones_pass() {
-        // 160 MiB: eight wide shares of 18 MiB.
-        let memory = Memory::new(256 * MIB);
-        let held: Vec<_> = (0..8)
+        // 148 MiB: six wide shares of 24 MiB.
+        let memory = Memory::new(260 * MIB);
+        let held: Vec<_> = (0..6)
             .map(|_| memory.reserve(2_000).now_or_never().unwrap().unwrap())
             .collect();
         assert!(memory.reserve(2_000).now_or_never().is_none());
-        // 16 MiB are left: a narrow share still fits.
+        // 4 MiB are left: a narrow share still fits.
         assert!(memory.reserve(40).now_or_never().is_some());
         drop(held);
         assert!(memory.reserve(2_000).now_or_never().is_some());

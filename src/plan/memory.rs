@@ -16,13 +16,15 @@ use crate::source::extract::{BATCH_BYTES, BATCH_ROWS};
 const MIB: u64 = 1 << 20;
 
 /// What a run holds besides its extraction slots: the runtime, catalog
-/// clients, the finishing batches' read-back and uploads.  Measured: a
-/// narrow table's run peaks at 52 MiB with one slot; a wide one's (1.9 KB
-/// rows, into S3) at 130 MiB, one slot included.
-pub const BASE: u64 = 96 * MIB;
-/// A slot's buffers when its record batches reach [`BATCH_BYTES`]:
-/// 1.9 KB rows into S3 grew by 15–17 MiB per busy slot from 1 to 16.
-pub const WIDE_SLOT: u64 = 18 * MIB;
+/// clients, the finishing batches' read-back and uploads.  Measured (peak
+/// RSS, README "Memory"): a narrow table's run 65 MiB with two slots; a
+/// wide one's (1.9 KB rows, into S3) 134 MiB with one, 147 with two.
+pub const BASE: u64 = 112 * MIB;
+/// A slot's buffers when its record batches reach [`BATCH_BYTES`]: 1.9 KB
+/// rows into S3 grew by 17.5 MiB per busy slot from 2 to 8 on average, by
+/// up to 45 from 1 to 2, and runs vary by ±15 MiB.  With 24 the default
+/// limit holds six such slots: 232–242 MiB (seven: 241–269).
+pub const WIDE_SLOT: u64 = 24 * MIB;
 /// A slot's buffers however narrow its rows.
 const NARROW_SLOT: u64 = 2 * MIB;
 
@@ -63,11 +65,11 @@ mod tests {
     #[test]
     fn wide_rows_get_fewer_slots_than_asked() {
         let limit = 256 * MIB;
-        // 256 - 96 = 160 MiB: eight wide slots, every narrow one.
-        assert_eq!(slots_within(limit, 2_000, 32), 8);
+        // 256 - 112 = 144 MiB: six wide slots, every narrow one.
+        assert_eq!(slots_within(limit, 2_000, 32), 6);
         assert_eq!(slots_within(limit, 2_000, 4), 4);
         assert_eq!(slots_within(limit, 40, 32), 32);
-        assert_eq!(slots_within(512 * MIB, 2_000, 32), 23);
+        assert_eq!(slots_within(512 * MIB, 2_000, 32), 16);
         // A limit below the base still runs one slot.
         assert_eq!(slots_within(64 * MIB, 2_000, 8), 1);
         assert_eq!(slots_within(limit, 2_000, 0), 1);
