@@ -687,16 +687,7 @@ async fn wide_rows_make_row_groups_of_bounded_bytes() {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let s = services!();
     let db = TestDb::create(&s, "wide").await;
-    let c = db.client().await;
-    c.batch_execute(
-        "CREATE TABLE wide (ts timestamptz NOT NULL, id bigint, payload text); \
-         INSERT INTO wide SELECT '2024-01-01'::timestamptz + g.i * interval '1 second', g.i, \
-           (SELECT string_agg(md5(x::text || g.i::text || random()::text), '') \
-            FROM generate_series(1, 128) x WHERE g.i > 0) \
-         FROM generate_series(1, 12000) g(i)",
-    )
-    .await
-    .expect("wide rows");
+    wide_table(&db.client().await, 12_000, 1).await;
     let ws = Ws::new();
     let cat = CatalogSetup::new(Cat::Sqlite, &s, &ws).await;
     let cfg = ws.config(
@@ -740,16 +731,7 @@ async fn wide_rows_take_the_slots_the_memory_limit_holds() {
     let s = services!();
     let db = TestDb::create(&s, "wideslots").await;
     let c = db.client().await;
-    c.batch_execute(
-        "CREATE TABLE wide (ts timestamptz NOT NULL, id bigint, payload text); \
-         INSERT INTO wide SELECT '2024-01-01'::timestamptz + g.i * interval '3 seconds', g.i, \
-           (SELECT string_agg(md5(x::text || g.i::text), '') \
-            FROM generate_series(1, 128) x WHERE g.i > 0) \
-         FROM generate_series(0, 4799) g(i); \
-         ANALYZE wide",
-    )
-    .await
-    .expect("wide rows");
+    wide_table(&c, 4800, 3).await;
     let ws = Ws::new();
     let cat = CatalogSetup::new(Cat::Sqlite, &s, &ws).await;
     let cfg = ws.config(
@@ -781,6 +763,21 @@ async fn wide_rows_take_the_slots_the_memory_limit_holds() {
         .expect("count")
         .get(0);
     assert_eq!(left, 0);
+}
+
+/// Creates `wide`: `rows` rows `seconds` apart from 2024-01-01, each with a
+/// payload of 4 KB of random hex (the first one's NULL), analysed.
+async fn wide_table(c: &tokio_postgres::Client, rows: u32, seconds: u32) {
+    c.batch_execute(&format!(
+        "CREATE TABLE wide (ts timestamptz NOT NULL, id bigint, payload text); \
+         INSERT INTO wide SELECT '2024-01-01'::timestamptz + g.i * interval '{seconds} seconds', \
+           g.i, (SELECT string_agg(md5(x::text || g.i::text || random()::text), '') \
+            FROM generate_series(1, 128) x WHERE g.i > 0) \
+         FROM generate_series(0, {rows} - 1) g(i); \
+         ANALYZE wide"
+    ))
+    .await
+    .expect("wide rows");
 }
 
 /// Every `.parquet` file under `dir`.
