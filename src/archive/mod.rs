@@ -608,11 +608,11 @@ async fn row_width(
 ) -> Result<memory::RowWidth> {
     let limit = cfg.global.memory_limit;
     let at_once = t.parallel_windows * cfg.global.max_table_concurrency;
-    if plan::memory::slots_within(limit, u64::MAX, at_once) == at_once {
+    if memory::slots_within(limit, u64::MAX, at_once) == at_once {
         return Ok(memory::RowWidth::estimated(None));
     }
     let bytes = windows::row_bytes(client, src).await?;
-    let fit = plan::memory::slots_within(limit, bytes.unwrap_or(u64::MAX), t.parallel_windows);
+    let fit = memory::slots_within(limit, bytes.unwrap_or(u64::MAX), t.parallel_windows);
     if fit < t.parallel_windows {
         let width = bytes.map_or("unknown width (no statistics yet)".into(), |b| {
             format!("about {b} bytes on disk")

@@ -257,7 +257,8 @@ pub struct GlobalConfig {
     /// Tables archived in parallel.
     pub max_table_concurrency: usize,
     /// Bytes an archive run aims to stay within: its tables' extraction
-    /// slots share what is left after the run's own ([`crate::plan::memory`]).
+    /// slots share what is left after the run's own (the archive's memory
+    /// budget).
     pub memory_limit: u64,
 }
 

@@ -26,7 +26,6 @@
 //! twice.
 
 pub mod batch;
-pub mod memory;
 pub mod window;
 
 #[cfg(test)]
