@@ -154,6 +154,13 @@ pub(super) async fn run_planned(
                     .with_context("window_end", rfc3339(planned.range.end))
             })?;
         out.extend(done.report);
+        if done.stopped {
+            return Ok(Ran {
+                reports: out,
+                stopped: true,
+                unchanged: None,
+            });
+        }
         let Some(next) = part.next(
             &ctx.src.source_id(),
             planned,
@@ -182,6 +189,9 @@ struct PartDone {
     report: Option<BatchReport>,
     /// No row of the range is left in Postgres (as this transaction sees it).
     exhausted: bool,
+    /// A stop was asked for while the part waited for its extraction slot:
+    /// it did nothing.
+    stopped: bool,
 }
 
 /// What the extract + write stage produced.
@@ -208,6 +218,13 @@ async fn run_part(
 ) -> Result<PartDone> {
     let started = Instant::now();
     let slot = extraction_slot(ctx, turn).await?;
+    if shutdown::stop_requested() {
+        return Ok(PartDone {
+            report: None,
+            exhausted: false,
+            stopped: true,
+        });
+    }
     let extracting = Instant::now();
     let range = planned.range;
     let client = lease.client()?;
@@ -238,6 +255,7 @@ async fn run_part(
         return Ok(PartDone {
             report: None,
             exhausted,
+            stopped: false,
         });
     };
     // The last moment a stop may still leave this batch: nothing committed.
@@ -308,6 +326,7 @@ async fn run_part(
     Ok(PartDone {
         report: Some(report),
         exhausted,
+        stopped: false,
     })
 }
 

@@ -296,6 +296,63 @@ async fn sigterm_lets_the_batch_in_flight_finish() {
     f.assert_reconciled("after a graceful stop");
 }
 
+/// SIGTERM while batches wait for the run's memory (wide rows, a budget of
+/// one slot, `parallel_windows: 3`): the batch holding it finishes, and the
+/// batches that were waiting start nothing; the next run archives the rest.
+/// (Before they stopped, each ran in turn: all 4,800 rows archived.)
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn sigterm_stops_the_batches_waiting_for_memory() {
+    let s = services!();
+    let f = Fixture::new(&s, None, Cat::Sqlite, 1, 1, "", "").await;
+    let c = f.db.client().await;
+    crate::safety::wide_table(&c, 4800, 3).await;
+    let cfg = f
+        .ws
+        .config(
+            "wide.yaml",
+            &format!(
+                "database:\n  dsn: \"{}\"\n  pool_size: 8\n{}global:\n  namespace: {}\n  memory_limit: 64MiB\n\
+                 tables:\n  - name: wide\n    timestamp_column: ts\n    partition_by: hour\n    lag: 1d\n\
+                 \x20   batch_windows: 1\n    parallel_windows: 3\n",
+                f.db.dsn, f.cat.yaml, f.cat.namespace
+            ),
+        )
+        .to_string_lossy()
+        .to_string();
+    let pause = Pause::new();
+    let point = pause.env("after-write");
+    let run = Running::start(
+        &f,
+        &["archive", "-c", &cfg, "--json"],
+        &[("PERMAFROST_PAUSE", &point)],
+    );
+    let fifo = pause
+        .wait_reached(Duration::from_secs(120))
+        .expect("the first batch wrote its files");
+    run.signal("TERM");
+    run.wait_for("SIGTERM received", Duration::from_secs(30));
+    Pause::resume(fifo);
+    let out = run.finish(Duration::from_secs(60));
+    assert_eq!(out.code, 8, "{}", out.stderr);
+    let report = out.json();
+    assert_eq!(archived_rows(&report), 1200, "one hour: {report}");
+    assert_eq!(report[0]["extraction_slots_peak"], 1, "{report}");
+    assert_eq!(report[0]["outcome"]["kind"], "interrupted", "{report}");
+    assert!(
+        report[0]["outcome"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("3 planned batch(es) left")),
+        "{report}"
+    );
+    assert_eq!(count(&c, "wide", "true").await, 3600);
+    let next =
+        f.ws.run_env(&["archive", "-c", &cfg, "--json"], &f.env_with(&[]));
+    assert_eq!(next.code, 0, "{}", next.stderr);
+    assert_eq!(archived_rows(&next.json()), 3600, "{}", next.stdout);
+    assert_eq!(count(&c, "wide", "true").await, 0);
+}
+
 /// A second signal turns the stop into an abort: the batch paused before
 /// its commit rolls back (nothing committed, nothing deleted).
 #[tokio::test(flavor = "multi_thread")]

@@ -767,7 +767,7 @@ async fn wide_rows_take_the_slots_the_memory_limit_holds() {
 
 /// Creates `wide`: `rows` rows `seconds` apart from 2024-01-01, each with a
 /// payload of 4 KB of random hex (the first one's NULL), analysed.
-async fn wide_table(c: &tokio_postgres::Client, rows: u32, seconds: u32) {
+pub(crate) async fn wide_table(c: &tokio_postgres::Client, rows: u32, seconds: u32) {
     c.batch_execute(&format!(
         "CREATE TABLE wide (ts timestamptz NOT NULL, id bigint, payload text); \
          INSERT INTO wide SELECT '2024-01-01'::timestamptz + g.i * interval '{seconds} seconds', \
