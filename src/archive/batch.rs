@@ -194,6 +194,17 @@ struct PartDone {
     stopped: bool,
 }
 
+impl PartDone {
+    /// A part that started nothing: a stop came first.
+    fn stopped() -> Self {
+        Self {
+            report: None,
+            exhausted: false,
+            stopped: true,
+        }
+    }
+}
+
 /// What the extract + write stage produced.
 struct Extracted {
     files: Vec<DataFile>,
@@ -217,14 +228,9 @@ async fn run_part(
     bar: &indicatif::ProgressBar,
 ) -> Result<PartDone> {
     let started = Instant::now();
-    let slot = extraction_slot(ctx, turn).await?;
-    if shutdown::stop_requested() {
-        return Ok(PartDone {
-            report: None,
-            exhausted: false,
-            stopped: true,
-        });
-    }
+    let Some(slot) = extraction_slot(ctx, turn).await? else {
+        return Ok(PartDone::stopped());
+    };
     let extracting = Instant::now();
     let range = planned.range;
     let client = lease.client()?;
@@ -517,19 +523,23 @@ fn take_query(ctx: &Ctx, range: &Window, take: Take, drop_parts: Option<&[Partit
 /// the run's memory ([`super::memory`]), held while a batch reads (and
 /// deletes) its rows and writes them.  Batches queue for both in plan order
 /// (a batch's later parts, and a batch whose turn passed, at once).
-async fn extraction_slot(ctx: &Ctx, turn: usize) -> Result<Slot<'_>> {
+/// `None` when a stop was asked for meanwhile: the part starts nothing.
+async fn extraction_slot(ctx: &Ctx, turn: usize) -> Result<Option<Slot<'_>>> {
     ctx.extract_turns.wait(turn).await;
     let slot = async {
         let slot = ctx.extracting.acquire().await;
         let slot = slot.map_err(|_| Error::internal("the extraction slots were closed"))?;
         let memory = ctx.memory.reserve(ctx.row_width.bytes()).await?;
+        if shutdown::stop_requested() {
+            return Ok(None);
+        }
         let now = ctx.extracting_now.fetch_add(1, Ordering::Relaxed) + 1;
         ctx.extracting_peak.fetch_max(now, Ordering::Relaxed);
-        Ok(Slot {
+        Ok(Some(Slot {
             ctx,
             _slot: slot,
             _memory: memory,
-        })
+        }))
     }
     .await;
     ctx.extract_turns.finish(turn);
