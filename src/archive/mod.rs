@@ -586,7 +586,7 @@ async fn pending_side(
     let (per_batch, own, width) = futures::join!(
         batch_windows(client, t, src, pending.len(), (lower, cutoff)),
         workers(cfg, t, mode, src.oid, pending.len()),
-        row_width(client, cfg, t, src)
+        row_width(client, (cfg, t), src, pending.len())
     );
     Ok(PostgresSide {
         pending,
@@ -598,17 +598,18 @@ async fn pending_side(
 
 /// The width of `src`'s rows by Postgres's statistics, asked only when
 /// wide rows could make the table's slots, and those of the tables run at
-/// once, more than `global.memory_limit` holds (else taken as wide); logs
-/// how many slots fit when that is fewer than `parallel_windows`.
+/// once, more than `global.memory_limit` holds, and `pending` windows could
+/// make two batches (else taken as wide); logs how many slots fit when that
+/// is fewer than `parallel_windows`.
 async fn row_width(
     client: &tokio_postgres::Client,
-    cfg: &Config,
-    t: &TableConfig,
+    (cfg, t): (&Config, &TableConfig),
     src: &source::SourceTable,
+    pending: usize,
 ) -> Result<memory::RowWidth> {
     let limit = cfg.global.memory_limit;
     let at_once = t.parallel_windows * cfg.global.max_table_concurrency;
-    if memory::slots_within(limit, u64::MAX, at_once) == at_once {
+    if pending < 2 || memory::slots_within(limit, u64::MAX, at_once) == at_once {
         return Ok(memory::RowWidth::estimated(None));
     }
     let bytes = windows::row_bytes(client, src).await?;
