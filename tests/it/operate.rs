@@ -257,11 +257,15 @@ async fn run_mode_archives_as_rows_age_and_serves_metrics() {
 /// These tests follow one batch: the run's batches one at a time.
 const ONE_AT_A_TIME: &str = "    parallel_windows: 1\n";
 
-fn terminated_between_write_and_commit(f: &Fixture, pause: &Pause) -> (Running, std::fs::File) {
+fn terminated_between_write_and_commit(
+    f: &Fixture,
+    cfg: &str,
+    pause: &Pause,
+) -> (Running, std::fs::File) {
     let point = pause.env("after-write");
     let run = Running::start(
         f,
-        &["archive", "-c", &f.cfg, "--json"],
+        &["archive", "-c", cfg, "--json"],
         &[("PERMAFROST_PAUSE", &point)],
     );
     let fifo = pause
@@ -281,7 +285,7 @@ async fn sigterm_lets_the_batch_in_flight_finish() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Sqlite, 20, 3, ONE_AT_A_TIME, "").await;
     let pause = Pause::new();
-    let (run, fifo) = terminated_between_write_and_commit(&f, &pause);
+    let (run, fifo) = terminated_between_write_and_commit(&f, &f.cfg, &pause);
     Pause::resume(fifo);
     let out = run.finish(Duration::from_secs(60));
     assert_eq!(out.code, 8, "{}", out.stderr);
@@ -321,17 +325,7 @@ async fn sigterm_stops_the_batches_waiting_for_memory() {
         .to_string_lossy()
         .to_string();
     let pause = Pause::new();
-    let point = pause.env("after-write");
-    let run = Running::start(
-        &f,
-        &["archive", "-c", &cfg, "--json"],
-        &[("PERMAFROST_PAUSE", &point)],
-    );
-    let fifo = pause
-        .wait_reached(Duration::from_secs(120))
-        .expect("the first batch wrote its files");
-    run.signal("TERM");
-    run.wait_for("SIGTERM received", Duration::from_secs(30));
+    let (run, fifo) = terminated_between_write_and_commit(&f, &cfg, &pause);
     Pause::resume(fifo);
     let out = run.finish(Duration::from_secs(60));
     assert_eq!(out.code, 8, "{}", out.stderr);
@@ -361,7 +355,7 @@ async fn a_second_signal_aborts_the_batch_before_its_commit() {
     let s = services!();
     let f = Fixture::new(&s, None, Cat::Sqlite, 20, 3, ONE_AT_A_TIME, "").await;
     let pause = Pause::new();
-    let (run, fifo) = terminated_between_write_and_commit(&f, &pause);
+    let (run, fifo) = terminated_between_write_and_commit(&f, &f.cfg, &pause);
     run.signal("INT");
     run.wait_for("aborting the batch in flight", Duration::from_secs(30));
     Pause::resume(fifo);
