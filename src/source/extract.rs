@@ -1056,4 +1056,40 @@ mod tests {
         assert!(e.to_string().contains("column `t`"), "{e}");
         assert!(e.to_string().contains("infinity"), "{e}");
     }
+
+    #[test]
+    fn batches_ahead_of_the_writer_are_bounded_in_bytes() {
+        use futures::FutureExt;
+        let batch = |kib: usize| {
+            let values = arrow_array::Int64Array::from(vec![7i64; kib * 128]);
+            RecordBatch::try_from_iter([("v", Arc::new(values) as ArrayRef)]).unwrap()
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(AHEAD_BATCHES);
+        let room = Arc::new(tokio::sync::Semaphore::new(AHEAD_BYTES / 1024));
+        let ahead = Ahead { tx, room };
+        // Three MiB ready: a second batch of three waits for the first to be taken.
+        assert_eq!(
+            ahead.send(batch(3 << 10), vec![]).now_or_never(),
+            Some(true)
+        );
+        assert_eq!(ahead.send(batch(3 << 10), vec![]).now_or_never(), None);
+        let first = rx.recv().now_or_never().flatten().expect("the first batch");
+        drop(first);
+        assert_eq!(
+            ahead.send(batch(3 << 10), vec![]).now_or_never(),
+            Some(true)
+        );
+        // Narrow batches: the count bounds them.
+        drop(rx.recv().now_or_never());
+        for _ in 0..AHEAD_BATCHES {
+            assert_eq!(ahead.send(batch(16), vec![]).now_or_never(), Some(true));
+        }
+        assert_eq!(ahead.send(batch(16), vec![]).now_or_never(), None);
+        // A batch over the whole bound still goes through, alone.
+        while rx.try_recv().is_ok() {}
+        assert_eq!(
+            ahead.send(batch(8 << 10), vec![]).now_or_never(),
+            Some(true)
+        );
+    }
 }
