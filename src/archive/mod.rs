@@ -598,9 +598,10 @@ async fn pending_side(
 
 /// The width of `src`'s rows by Postgres's statistics, asked only when
 /// wide rows could make the table's slots, and those of the tables run at
-/// once, more than `global.memory_limit` holds, and `pending` windows could
-/// make two batches (else taken as wide); logs how many slots fit when that
-/// is fewer than `parallel_windows`.
+/// once, more than `global.memory_limit` holds, and a window is pending
+/// (else taken as wide: a run of one batch still shares the budget with
+/// the other tables'); logs how many slots fit when that is fewer than
+/// `parallel_windows`.
 async fn row_width(
     client: &tokio_postgres::Client,
     (cfg, t): (&Config, &TableConfig),
@@ -609,7 +610,7 @@ async fn row_width(
 ) -> Result<memory::RowWidth> {
     let limit = cfg.global.memory_limit;
     let at_once = t.parallel_windows * cfg.global.max_table_concurrency;
-    if pending < 2 || memory::slots_within(limit, u64::MAX, at_once) == at_once {
+    if pending == 0 || memory::slots_within(limit, u64::MAX, at_once) == at_once {
         return Ok(memory::RowWidth::estimated(None));
     }
     let bytes = windows::row_bytes(client, src).await?;
