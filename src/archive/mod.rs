@@ -596,12 +596,12 @@ async fn pending_side(
     })
 }
 
-/// The width of `src`'s rows by Postgres's statistics, asked only when
-/// wide rows could make the table's slots, and those of the tables run at
-/// once, more than `global.memory_limit` holds, and a window is pending
-/// (else taken as wide: a run of one batch still shares the budget with
-/// the other tables'); logs how many slots fit when that is fewer than
-/// `parallel_windows`.
+/// The width of `src`'s rows by Postgres's statistics, asked only when a
+/// window is pending and wide rows could make the slots of this table, and
+/// of the tables run at once, more than `global.memory_limit` holds (else
+/// taken as wide).  One batch asks too: its share comes out of the budget
+/// the other tables draw on.  Logs how many slots fit when that is fewer
+/// than `parallel_windows`.
 async fn row_width(
     client: &tokio_postgres::Client,
     (cfg, t): (&Config, &TableConfig),
