@@ -172,7 +172,7 @@ pub async fn check(cfg: &Config, table: Option<&str>) -> Result<CheckReport> {
     };
     let mut out = Vec::new();
     for t in &tables {
-        out.push(check_table(&client, &catalog, t, (server_now, cfg.database.pool_size)).await);
+        out.push(check_table(&client, &catalog, t, (server_now, cfg)).await);
     }
     Ok(CheckReport {
         ok: out.iter().all(|t| t.ok) && endpoints.iter().all(|e| e.ok),
@@ -202,8 +202,9 @@ async fn check_table(
     client: &tokio_postgres::Client,
     catalog: &lake::catalog::CatalogHandle,
     t: &TableConfig,
-    (server_now, pool_size): (Micros, usize),
+    (server_now, cfg): (Micros, &Config),
 ) -> TableCheck {
+    let pool_size = cfg.database.pool_size;
     let mut tc = TableCheck {
         source: t.source_name(),
         iceberg_table: t.iceberg_name(),
@@ -251,6 +252,10 @@ async fn check_table(
         )),
         Err(e) => tc.fail(&e),
     }
+    match memory_warning(client, &src, t, cfg.global.memory_limit).await {
+        Ok(warning) => tc.warnings.extend(warning),
+        Err(e) => tc.fail(&e),
+    }
     match source::catalog::read_only(client).await {
         Ok(Some(why)) => tc.warnings.push(format!(
             "the server takes no writes ({why}): archiving with deletion and restoring fail there; {}",
@@ -282,6 +287,29 @@ async fn check_table(
         }
     }
     tc
+}
+
+/// What `archive` logs when the table's rows, by Postgres's statistics,
+/// are wide enough that `global.memory_limit` holds fewer extraction slots
+/// than `parallel_windows` asks; nothing without statistics (a run then
+/// learns the width from its first batch).
+async fn memory_warning(
+    client: &tokio_postgres::Client,
+    src: &source::SourceTable,
+    t: &TableConfig,
+    limit: u64,
+) -> Result<Option<String>> {
+    if t.parallel_windows < 2 {
+        return Ok(None);
+    }
+    let Some(bytes) = source::windows::row_bytes(client, src).await? else {
+        return Ok(None);
+    };
+    Ok(
+        crate::archive::memory::fewer_slots(limit, Some(bytes), t.parallel_windows).map(|f| {
+            format!("{f}: the others wait; raise it (and the container's memory) for more")
+        }),
+    )
 }
 
 /// Writes, reads back and deletes a probe object where the table's data

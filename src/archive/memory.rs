@@ -59,6 +59,23 @@ pub fn slots_within(limit: u64, row_bytes: u64, wanted: usize) -> usize {
     (fit as usize).clamp(1, wanted.max(1))
 }
 
+/// What to tell when rows of `row_bytes` (on disk, by Postgres's
+/// statistics; `None`: unknown, taken as wide) leave fewer than `wanted`
+/// slots within `limit`; `None` when all fit.
+pub fn fewer_slots(limit: u64, row_bytes: Option<u64>, wanted: usize) -> Option<String> {
+    let fit = slots_within(limit, row_bytes.unwrap_or(u64::MAX), wanted);
+    if fit >= wanted {
+        return None;
+    }
+    let width = row_bytes.map_or("unknown width (no statistics yet)".into(), |b| {
+        format!("about {b} bytes on disk")
+    });
+    Some(format!(
+        "rows of {width}: {fit} of {wanted} extraction slots fit in `global.memory_limit` ({} MiB)",
+        limit / MIB
+    ))
+}
+
 /// The budget: `global.memory_limit` less a run's own, in MiB.
 pub struct Memory {
     budget_mib: u32,

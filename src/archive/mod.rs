@@ -24,7 +24,7 @@
 
 mod batch;
 pub mod facts;
-mod memory;
+pub mod memory;
 mod reconcile;
 
 use std::collections::HashSet;
@@ -614,17 +614,8 @@ async fn row_width(
         return Ok(memory::RowWidth::estimated(None));
     }
     let bytes = windows::row_bytes(client, src).await?;
-    let fit = memory::slots_within(limit, bytes.unwrap_or(u64::MAX), t.parallel_windows);
-    if fit < t.parallel_windows {
-        let width = bytes.map_or("unknown width (no statistics yet)".into(), |b| {
-            format!("about {b} bytes on disk")
-        });
-        tracing::info!(
-            "{}: rows of {width}: {fit} of {} extraction slots fit in `global.memory_limit` ({} MiB)",
-            t.quoted_name(),
-            t.parallel_windows,
-            limit >> 20
-        );
+    if let Some(fewer) = memory::fewer_slots(limit, bytes, t.parallel_windows) {
+        tracing::info!("{}: {fewer}", t.quoted_name());
     }
     Ok(memory::RowWidth::estimated(bytes))
 }

@@ -743,6 +743,13 @@ async fn wide_rows_take_the_slots_the_memory_limit_holds() {
             db.dsn, cat.yaml, cat.namespace
         ),
     );
+    let check = ws.run(&["check", "--json", "-c", &cfg.to_string_lossy()]);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    let warnings = check.json()["tables"][0]["warnings"].to_string();
+    assert!(
+        warnings.contains("1 of 4 extraction slots fit in `global.memory_limit` (64 MiB)"),
+        "{warnings}"
+    );
     let out = ws.run(&["archive", "--json", "-c", &cfg.to_string_lossy()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let report = out.json();
