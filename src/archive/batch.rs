@@ -706,12 +706,10 @@ async fn extract_write(
     let mut reconciled = 0u64;
     let mut write_err = None;
     let mut first = true;
-    let mut decoded = 0u64;
     while let Some((batch, hashes)) = rows.next().await {
         if std::mem::take(&mut first) {
             fault::point("after-extract").await;
         }
-        decoded += batch.get_array_memory_size() as u64;
         let step = async {
             shutdown::check_abort()?;
             let keep = decide::keep_unarchived(bag.as_deref_mut(), &hashes)?;
@@ -729,6 +727,7 @@ async fn extract_write(
             break;
         }
     }
+    let decoded = rows.taken_bytes();
     let streamed = rows.finish().await?;
     ctx.row_width.saw(streamed, decoded);
     if let Some(e) = write_err {

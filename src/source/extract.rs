@@ -718,9 +718,14 @@ const AHEAD_BATCHES: usize = 4;
 /// ahead, rows of kilobytes one.
 const AHEAD_BYTES: usize = BATCH_BYTES;
 
-/// A decoded batch, its row hashes, and its share of [`AHEAD_BYTES`]
-/// (given back when the consumer takes it).
-type Ready = (RecordBatch, Vec<u128>, tokio::sync::OwnedSemaphorePermit);
+/// A decoded batch, its row hashes, its bytes (Arrow's), and its share of
+/// [`AHEAD_BYTES`] (given back when the consumer takes it).
+struct Ready {
+    batch: RecordBatch,
+    hashes: Vec<u128>,
+    bytes: usize,
+    _room: tokio::sync::OwnedSemaphorePermit,
+}
 
 /// The decoding task's end of the queue of batches ready.
 struct Ahead {
@@ -733,11 +738,18 @@ impl Ahead {
     /// Queues a batch once there is room for it; false when the consumer
     /// has stopped reading.
     async fn send(&self, batch: RecordBatch, hashes: Vec<u128>) -> bool {
-        let kib = (batch.get_array_memory_size() / 1024).clamp(1, AHEAD_BYTES / 1024);
-        let Ok(held) = self.room.clone().acquire_many_owned(kib as u32).await else {
+        let bytes = batch.get_array_memory_size();
+        let kib = (bytes / 1024).clamp(1, AHEAD_BYTES / 1024);
+        let Ok(room) = self.room.clone().acquire_many_owned(kib as u32).await else {
             return false;
         };
-        self.tx.send((batch, hashes, held)).await.is_ok()
+        let ready = Ready {
+            batch,
+            hashes,
+            bytes,
+            _room: room,
+        };
+        self.tx.send(ready).await.is_ok()
     }
 }
 
@@ -749,6 +761,8 @@ pub struct CopyRows {
     receiver: tokio::sync::mpsc::Receiver<Ready>,
     room: Arc<tokio::sync::Semaphore>,
     task: tokio::task::JoinHandle<Result<u64>>,
+    /// Bytes (Arrow's) of the batches taken so far.
+    taken_bytes: u64,
 }
 
 impl CopyRows {
@@ -765,14 +779,21 @@ impl CopyRows {
             receiver,
             room,
             task,
+            taken_bytes: 0,
         }
     }
 
     /// The next batch and its row hashes; `None` at the end (or on an error,
     /// which [`CopyRows::finish`] returns).
     pub async fn next(&mut self) -> Option<(RecordBatch, Vec<u128>)> {
-        let (batch, hashes, _room) = self.receiver.recv().await?;
-        Some((batch, hashes))
+        let ready = self.receiver.recv().await?;
+        self.taken_bytes += ready.bytes as u64;
+        Some((ready.batch, ready.hashes))
+    }
+
+    /// Bytes (Arrow's) of the batches [`CopyRows::next`] has given.
+    pub fn taken_bytes(&self) -> u64 {
+        self.taken_bytes
     }
 
     /// Stops reading and returns the rows streamed, or the stream's error.
