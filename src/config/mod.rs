@@ -1287,7 +1287,10 @@ mod tests {
         assert_eq!(stated["default"], serde_json::json!(DEFAULT_ZSTD_LEVEL));
         assert_eq!(level("    zstd_level: 19\n"), Ok(19));
         let err = level("    zstd_level: 0\n").unwrap_err();
-        assert!(err.contains("zstd_level` must be between 1 and 22"), "{err}");
+        assert!(
+            err.contains("zstd_level` must be between 1 and 22"),
+            "{err}"
+        );
     }
 
     /// The keys serde accepts in `database` and in a table, read from its
