@@ -80,18 +80,16 @@ struct IntervalCol {
     fields: Fields,
 }
 
+/// [`be_i32_at`], failing with a description when `v` ends before it.
 fn be_i32(v: &[u8], at: usize) -> std::result::Result<i32, String> {
-    v.get(at..at + 4)
-        .and_then(|b| b.try_into().ok())
-        .map(i32::from_be_bytes)
-        .ok_or_else(|| "truncated value".to_string())
+    be_i32_at(v, at).ok_or_else(|| "truncated value".to_string())
 }
 
-/// The length word of a COPY field at `at` (-1: NULL), `None` when `buf`
-/// ends before it; one 4-byte load, not four bounds-checked byte reads
-/// (the decoder reads two of these per value).
+/// The big-endian `i32` at `at` (a COPY field's length word, -1: NULL),
+/// `None` when `buf` ends before it; one 4-byte load, not four
+/// bounds-checked byte reads (the decoder reads two length words per value).
 #[inline]
-fn field_len(buf: &[u8], at: usize) -> Option<i32> {
+fn be_i32_at(buf: &[u8], at: usize) -> Option<i32> {
     let word: [u8; 4] = buf.get(at..at.checked_add(4)?)?.try_into().ok()?;
     Some(i32::from_be_bytes(word))
 }
@@ -647,7 +645,7 @@ impl CopyDecoder {
         // Is the whole row here?
         let mut pos = 2;
         for _ in 0..ncols {
-            let Some(len) = field_len(buf, pos) else {
+            let Some(len) = be_i32_at(buf, pos) else {
                 return Ok(None);
             };
             pos += 4 + len.max(0) as usize;
@@ -657,7 +655,7 @@ impl CopyDecoder {
         };
         let mut p = 2;
         for (i, col) in self.cols.iter_mut().enumerate() {
-            let len = field_len(row, p)
+            let len = be_i32_at(row, p)
                 .ok_or_else(|| Error::internal("COPY row ends inside its fields"))?;
             p += 4;
             if len < 0 {
