@@ -14,8 +14,6 @@
 //! the configured target size, and are named `{batch id}-{uuid}-NNNNN.parquet`
 //! so no two writers — or retries — ever share a path.
 
-use std::collections::HashMap;
-
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampMicrosecondType;
 use arrow_array::{Array, RecordBatch, UInt32Array};
@@ -261,6 +259,10 @@ impl BatchWriter {
         self.retire_idle().await
     }
 
+    /// Hands each window's rows of `batch` to that window's file: a run of
+    /// rows in one window as a slice of the batch (no copy), a window whose
+    /// rows come in several runs (rows out of time order) as one batch
+    /// gathered from them.
     async fn route(&mut self, batch: RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
         let ts = batch
@@ -271,47 +273,23 @@ impl BatchWriter {
                 "a row without a time value reached the writer",
             ));
         }
-        let g = self.granularity;
-        let values = ts.values();
-        // Rows mostly arrive in time order: remember the current window.
-        let mut cur = g.window_of(values[0]);
-        let mut cur_ord = g.ordinal(values[0]);
-        let mut groups: HashMap<i64, Vec<u32>> = HashMap::new();
-        let mut single = true;
-        for (i, t) in values.iter().enumerate() {
-            if !cur.contains(*t) {
-                cur = g.window_of(*t);
-                cur_ord = g.ordinal(*t);
-                single = false;
-            }
-            if !single {
-                groups.entry(cur_ord).or_default().push(i as u32);
-            }
-        }
-        if single {
-            let ord = g.ordinal(values[0]);
-            return self
-                .writer_for(ord)
-                .await?
-                .write(batch)
-                .await
-                .map_err(|e| Error::storage("cannot write a data file", e));
-        }
-        // Rows before the first change all belong to the first window.
-        let first = g.ordinal(values[0]);
-        let first_change = values
-            .iter()
-            .position(|t| g.ordinal(*t) != first)
-            .unwrap_or(values.len());
-        let head: Vec<u32> = (0..first_change as u32).collect();
-        groups.entry(first).or_default().splice(0..0, head);
-        let mut ords: Vec<i64> = groups.keys().copied().collect();
-        ords.sort_unstable();
-        for ord in ords {
-            let idx = UInt32Array::from(groups.remove(&ord).unwrap_or_default());
-            let part = arrow_select::take::take_record_batch(&batch, &idx)
-                .map_err(|e| Error::arrow("cannot split a batch by partition", e))?;
-            self.writer_for(ord)
+        let mut runs = window_runs(ts.values(), self.granularity);
+        // Stable: a window's runs stay in row order.
+        runs.sort_by_key(|r| r.0);
+        for same in runs.chunk_by(|a, b| a.0 == b.0) {
+            let part = match same {
+                [(_, rows)] => batch.slice(rows.start, rows.len()),
+                _ => {
+                    let idx: UInt32Array = same
+                        .iter()
+                        .flat_map(|(_, rows)| rows.clone())
+                        .map(|i| i as u32)
+                        .collect();
+                    arrow_select::take::take_record_batch(&batch, &idx)
+                        .map_err(|e| Error::arrow("cannot split a batch by partition", e))?
+                }
+            };
+            self.writer_for(same[0].0)
                 .await?
                 .write(part)
                 .await
@@ -416,6 +394,25 @@ impl Setup {
     }
 }
 
+/// `values` cut into runs of consecutive rows in one window each:
+/// (the window's ordinal, the rows), in row order.  Rows mostly arrive in
+/// time order, so a batch is one run or a few.
+fn window_runs(values: &[i64], g: Granularity) -> Vec<(i64, std::ops::Range<usize>)> {
+    let mut runs = Vec::new();
+    let Some(first) = values.first() else {
+        return runs;
+    };
+    let (mut cur, mut start) = (g.window_of(*first), 0);
+    for (i, t) in values.iter().enumerate() {
+        if !cur.contains(*t) {
+            runs.push((g.ordinal(values[start]), start..i));
+            (cur, start) = (g.window_of(*t), i);
+        }
+    }
+    runs.push((g.ordinal(values[start]), start..values.len()));
+    runs
+}
+
 /// The top-level columns written without a dictionary: the time column,
 /// and every flat column whose values in a sample of `first` are mostly
 /// distinct (sensor readings, ids, payloads).  For those a dictionary only
@@ -493,7 +490,7 @@ mod tests {
             SortOrder::unsorted_order(),
             location.clone(),
             FormatVersion::V2,
-            HashMap::new(),
+            std::collections::HashMap::new(),
         )
         .expect("metadata")
         .build()
@@ -524,12 +521,10 @@ mod tests {
         RecordBatch::try_new(Arc::new(schema), vec![Arc::new(ts), Arc::new(v)]).expect("batch")
     }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_partition_left_behind_is_closed_and_a_late_row_gets_a_file_of_its_own() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let table = daily_table(dir.path());
-        let mut w = BatchWriter::for_table(
-            &table,
+    /// A writer of daily files into `table`.
+    fn writer(table: &iceberg::table::Table) -> BatchWriter {
+        BatchWriter::for_table(
+            table,
             Granularity::Day,
             0,
             "b",
@@ -540,7 +535,14 @@ mod tests {
                 floats: FloatEncoding::Plain,
             },
         )
-        .expect("writer");
+        .expect("writer")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_partition_left_behind_is_closed_and_a_late_row_gets_a_file_of_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = daily_table(dir.path());
+        let mut w = writer(&table);
         w.write(rows_of_day(&table, 100, 50))
             .await
             .expect("day 100");
@@ -572,6 +574,75 @@ mod tests {
             let path = f.file_path().trim_start_matches("file://");
             assert!(std::path::Path::new(path).exists(), "{path}");
         }
+    }
+
+    #[test]
+    fn window_runs_follow_the_rows() {
+        let h = 3_600_000_000i64;
+        let day = |d: i64| d * 24 * h;
+        let ts = [
+            day(100),
+            day(100) + h,
+            day(101),
+            day(100) + 2 * h,
+            day(102),
+            day(102),
+        ];
+        assert_eq!(
+            window_runs(&ts, Granularity::Day),
+            [(100, 0..2), (101, 2..3), (100, 3..4), (102, 4..6)]
+        );
+        assert_eq!(window_runs(&ts[..2], Granularity::Day), [(100, 0..2)]);
+        assert!(window_runs(&[], Granularity::Day).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn rows_out_of_time_order_reach_their_windows_in_row_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = daily_table(dir.path());
+        let mut w = writer(&table);
+        let schema = iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
+            .expect("arrow schema");
+        let days = [100i64, 100, 101, 100, 102, 102];
+        let ts = TimestampMicrosecondArray::from_iter_values(
+            days.iter()
+                .enumerate()
+                .map(|(i, d)| d * 86_400_000_000 + i as i64),
+        );
+        let v = arrow_array::Int64Array::from_iter_values(0..6);
+        let batch =
+            RecordBatch::try_new(Arc::new(schema), vec![Arc::new(ts), Arc::new(v)]).expect("batch");
+        w.write(batch).await.expect("write");
+        let (files, rows) = w.close().await.expect("close");
+        assert_eq!(rows, 6);
+        let mut per_day: Vec<(String, Vec<i64>)> = files
+            .iter()
+            .map(|f| {
+                let path = f.file_path().trim_start_matches("file://");
+                let file = std::fs::File::open(path).expect("data file");
+                let reader =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                        .expect("parquet")
+                        .build()
+                        .expect("reader");
+                let mut vs = vec![];
+                for b in reader {
+                    let b = b.expect("batch");
+                    let col = b.column(1).as_primitive::<arrow_array::types::Int64Type>();
+                    vs.extend(col.values().iter().copied());
+                }
+                (format!("{:?}", f.partition()), vs)
+            })
+            .collect();
+        per_day.sort();
+        let day = |d: i32| format!("{:?}", Struct::from_iter([Some(Literal::date(d))]));
+        let mut want = vec![
+            (day(100), vec![0, 1, 3]),
+            (day(101), vec![2]),
+            (day(102), vec![4, 5]),
+        ];
+        want.sort();
+        assert_eq!(per_day, want);
     }
 
     #[test]
