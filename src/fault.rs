@@ -26,7 +26,8 @@
 //! the previous batch's commit leaves, before that commit is sent.
 //!
 //! `restore-loaded` is a restore's: every loader has copied its rows into the
-//! staging table, none has committed.
+//! staging table, none has committed. `restore-staged` (pause only): the
+//! staging table is loaded and committed, not yet checked.
 //!
 //! `serve-query` holds an HTTP API query after its table is loaded, with its
 //! query slot taken (pause only), for the timeout and busy tests.

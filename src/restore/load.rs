@@ -19,6 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use arrow_array::RecordBatch;
 use bytes::Bytes;
 use futures::{SinkExt, TryStreamExt};
 use iceberg::scan::FileScanTask;
@@ -27,13 +28,17 @@ use iceberg::table::Table;
 use tokio_postgres::Client;
 
 use super::encode::{CopyEncoder, Enc};
+use super::pghash::{RowHash, RowSum};
+use super::validate::Part;
 use super::{Archived, Loaded, StagedColumn, in_transaction, pg};
 use crate::checksum::{Checksum, RowHasher};
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::quote_ident;
 use crate::lake::readback::{file_reader, read_files};
 use crate::lake::vended::TableStorage;
+use crate::plan::window::Window;
 use crate::source::catalog::{self, map_context, resolve_type};
+use crate::source::extract::CopyDecoder;
 use crate::types::{Mapping, TypeInfo, map_type, text_mapping};
 
 /// The comment a staging table carries until every loader has committed.
@@ -74,6 +79,67 @@ struct Share {
     read: Checksum,
     copied: u64,
     per_file: HashMap<String, Checksum>,
+    /// The rows sent, hashed as Postgres hashes them.
+    sent: RowSum,
+    /// The rows sent, decoded again.
+    echo: Part,
+}
+
+/// Where a restore's rows load, and what counts as inside its range.
+pub(super) struct Stage<'a> {
+    pub staging: &'a str,
+    pub ts: &'a str,
+    pub range: Window,
+}
+
+/// Decodes the rows a loader sends with the archive's own extractor (the
+/// decoder that reads the source), so that what Postgres is proved to hold
+/// ([`super::pghash`]) is proved to mean the archive's rows.
+struct Echo<'a> {
+    decoder: CopyDecoder,
+    hasher: RowHasher,
+    how: &'a Copying,
+    out: Vec<RecordBatch>,
+}
+
+impl<'a> Echo<'a> {
+    /// Starts with the stream's `header`.
+    fn new(how: &'a Copying, header: &[u8]) -> Result<Self> {
+        let labels = how
+            .cols
+            .iter()
+            .map(|c| format!("`{}` ({})", c.name, c.pg_type))
+            .collect();
+        let kinds: Vec<_> = how.cols.iter().map(|c| c.kind.clone()).collect();
+        let mut decoder = CopyDecoder::new(how.schema.clone(), labels, &kinds)?;
+        let mut out = Vec::new();
+        decoder.decode_slice(header, &mut out)?;
+        Ok(Self {
+            decoder,
+            hasher: RowHasher::default(),
+            how,
+            out,
+        })
+    }
+
+    /// Decodes `rows` (whole rows as sent) into `part`.
+    fn add(&mut self, rows: &[u8], part: &mut Part) -> Result<()> {
+        let used = self.decoder.decode_slice(rows, &mut self.out)?;
+        if used != rows.len() {
+            return Err(Error::internal("the rows sent end inside a row"));
+        }
+        if self.decoder.buffered_rows() > 0 {
+            self.out.push(self.decoder.flush()?);
+        }
+        let mut hashes = Vec::new();
+        for batch in self.out.drain(..) {
+            hashes.clear();
+            self.hasher.hash_rows(&batch, &mut hashes)?;
+            let how = self.how;
+            part.add((&batch, &hashes), &how.cols, how.ts_index, how.range);
+        }
+        Ok(())
+    }
 }
 
 /// Creates the staging table and loads the rows of `tasks` into it over
@@ -84,24 +150,54 @@ pub(super) async fn load(
     loaders: &[Arc<Client>],
     (table, storage): (&Table, &Arc<TableStorage>),
     src: &Archived,
-    staging: &str,
+    stage: &Stage<'_>,
     tasks: Vec<FileScanTask>,
     progress: &indicatif::ProgressBar,
 ) -> Result<Option<Loaded>> {
+    let staging = stage.staging;
     let files = tasks.len();
+    let arrow_schema = Arc::new(
+        iceberg::arrow::schema_to_arrow_schema(&src.schema)
+            .map_err(|e| Error::iceberg("cannot derive the Arrow schema", e))?,
+    );
     let (staged, encoder) = in_transaction(client, "the staging table", async {
         let created = create_staging(client, &src.cols, staging).await?;
         comment(client, staging, Some(UNFINISHED)).await?;
         Ok(created)
     })
     .await?;
+    let cols: Vec<StagedColumn> = staged
+        .iter()
+        .map(|c| StagedColumn {
+            name: c.name.clone(),
+            pg_type: c.pg_type.clone(),
+            kind: c.mapping.kind.clone(),
+            cast: c.mapping.cast.clone(),
+        })
+        .collect();
+    let hash = match RowHash::of(client, staging, &cols).await {
+        Ok(hash) => hash.map(Arc::new),
+        Err(e) => {
+            drop_staging(client, staging).await;
+            return Err(e);
+        }
+    };
     let loaded = async {
         let names: Vec<String> = staged.iter().map(|c| quote_ident(&c.name)).collect();
         let copy = format!(
             "COPY {staging} ({}) FROM STDIN (FORMAT binary)",
             names.join(", ")
         );
-        let share = copy_all(loaders, (table, storage), encoder, copy, tasks, progress).await?;
+        let how = Copying {
+            encoder,
+            copy,
+            hash: hash.as_ref().ok().cloned(),
+            schema: arrow_schema.clone(),
+            cols: cols.clone(),
+            ts_index: cols.iter().position(|c| c.name == stage.ts),
+            range: stage.range,
+        };
+        let share = copy_all(loaders, (table, storage), how, tasks, progress).await?;
         if share.read.rows == 0 {
             return Ok(None);
         }
@@ -112,6 +208,7 @@ pub(super) async fn load(
             comment(client, staging, None).await
         })
         .await?;
+        crate::fault::point("restore-staged").await;
         Ok(Some(share))
     }
     .await;
@@ -123,26 +220,31 @@ pub(super) async fn load(
             return failed_or_empty.map(|_| None);
         }
     };
-    let arrow_schema = Arc::new(
-        iceberg::arrow::schema_to_arrow_schema(&src.schema)
-            .map_err(|e| Error::iceberg("cannot derive the Arrow schema", e))?,
-    );
     Ok(Some(Loaded {
         read: share.read,
         copied: share.copied,
         files,
         per_file: share.per_file,
-        cols: staged
-            .into_iter()
-            .map(|c| StagedColumn {
-                name: c.name,
-                pg_type: c.pg_type,
-                kind: c.mapping.kind,
-                cast: c.mapping.cast,
-            })
-            .collect(),
+        hash,
+        sent: share.sent,
+        echo: share.echo,
+        cols,
         arrow_schema,
     }))
+}
+
+/// How every loader copies: the encoder, the COPY statement, and what the
+/// rows sent are decoded into: the staged columns, the time column's place
+/// among them and the range.
+struct Copying {
+    encoder: CopyEncoder,
+    copy: String,
+    /// How Postgres will hash the staged rows, if it can.
+    hash: Option<Arc<RowHash>>,
+    schema: arrow_schema::SchemaRef,
+    cols: Vec<StagedColumn>,
+    ts_index: Option<usize>,
+    range: Window,
 }
 
 /// Runs one loader per connection over a shared queue of files and waits
@@ -151,21 +253,20 @@ pub(super) async fn load(
 async fn copy_all(
     loaders: &[Arc<Client>],
     (table, storage): (&Table, &Arc<TableStorage>),
-    encoder: CopyEncoder,
-    copy: String,
+    how: Copying,
     tasks: Vec<FileScanTask>,
     progress: &indicatif::ProgressBar,
 ) -> Result<Share> {
     let queue = Arc::new(Mutex::new(VecDeque::from(tasks)));
-    let (encoder, copy) = (Arc::new(encoder), Arc::new(copy));
+    let how = Arc::new(how);
     let mut set = tokio::task::JoinSet::new();
     for client in loaders {
-        let (client, table, encoder) = (client.clone(), table.clone(), encoder.clone());
-        let (copy, queue, progress) = (copy.clone(), queue.clone(), progress.clone());
+        let (client, table, how) = (client.clone(), table.clone(), how.clone());
+        let (queue, progress) = (queue.clone(), progress.clone());
         let storage = storage.clone();
         set.spawn(async move {
             let files = (table, storage.as_ref());
-            let share = copy_share(&client, files, &encoder, &copy, &queue, &progress).await;
+            let share = copy_share(&client, files, &how, &queue, &progress).await;
             if share.is_err()
                 && let Ok(mut q) = queue.lock()
             {
@@ -184,6 +285,8 @@ async fn copy_all(
             Ok(s) => {
                 total.read.add(s.read);
                 total.copied += s.copied;
+                total.sent.add(s.sent);
+                total.echo.merge(s.echo);
                 for (path, sum) in s.per_file {
                     total.per_file.entry(path).or_default().add(sum);
                 }
@@ -202,12 +305,12 @@ async fn copy_all(
 /// One loader: opens a transaction on `client` and copies the files it
 /// takes from `queue` until the queue is empty (uncommitted); each file is
 /// read with `storage`'s keys as they are when it is taken (renewed before
-/// keys a catalog vends expire).
+/// keys a catalog vends expire). The rows it sends are hashed as Postgres
+/// hashes them and decoded again ([`Echo`]) on the way.
 async fn copy_share(
     client: &Client,
     (mut table, storage): (Table, &TableStorage),
-    encoder: &CopyEncoder,
-    copy: &str,
+    how: &Copying,
     queue: &Mutex<VecDeque<FileScanTask>>,
     progress: &indicatif::ProgressBar,
 ) -> Result<Share> {
@@ -216,12 +319,13 @@ async fn copy_share(
         .await
         .map_err(pg("cannot begin a transaction"))?;
     let sink = client
-        .copy_in::<_, Bytes>(copy)
+        .copy_in::<_, Bytes>(how.copy.as_str())
         .await
         .map_err(pg("cannot start COPY into the staging table"))?;
     let mut sink = std::pin::pin!(sink);
     let mut buf = Vec::with_capacity(1 << 20);
     CopyEncoder::header(&mut buf);
+    let mut echo = Echo::new(how, &buf)?;
     let mut hasher = RowHasher::default();
     let mut hashes = Vec::new();
     let mut share = Share::default();
@@ -237,7 +341,15 @@ async fn copy_share(
             hashes.clear();
             hasher.hash_rows(&batch, &mut hashes)?;
             file_sum.add_hashes(&hashes);
-            encoder.encode(&batch, &mut buf)?;
+            let start = buf.len();
+            how.encoder.encode(&batch, &mut buf)?;
+            let sent = &buf[start..];
+            // Only for the hash check: without it, the rows are read back.
+            if let Some(hash) = &how.hash {
+                hash.add_copy_rows(sent, &mut share.sent)
+                    .map_err(|why| Error::internal(format!("cannot hash the rows sent: {why}")))?;
+                echo.add(sent, &mut share.echo)?;
+            }
             progress.inc(batch.num_rows() as u64);
             if buf.len() >= 1 << 20 {
                 let chunk = Bytes::from(std::mem::replace(&mut buf, Vec::with_capacity(1 << 20)));

@@ -30,6 +30,7 @@
 pub mod apply;
 pub mod encode;
 pub mod load;
+mod pghash;
 mod provenance;
 pub mod target;
 pub mod validate;
@@ -422,12 +423,17 @@ pub async fn restore(
     if tasks.is_empty() {
         return Err(empty());
     }
+    let stage = load::Stage {
+        staging: &staging,
+        ts: &t.timestamp_column,
+        range: req.range,
+    };
     let loaded = load::load(
         &client,
         &loaders,
         (table, &storage),
         &src,
-        &staging,
+        &stage,
         tasks,
         progress,
     )
@@ -793,6 +799,12 @@ pub(crate) struct Loaded {
     files: usize,
     /// Per data file: count and checksum of its rows inside the range.
     per_file: HashMap<String, Checksum>,
+    /// How Postgres hashes the staged rows, or why it cannot ([`pghash`]).
+    hash: std::result::Result<Arc<pghash::RowHash>, String>,
+    /// The rows sent, hashed that way.
+    sent: pghash::RowSum,
+    /// The rows sent, decoded with the archive's own extractor.
+    echo: validate::Part,
     cols: Vec<StagedColumn>,
     /// The Arrow schema of the rows (the snapshot's schema).
     arrow_schema: arrow_schema::SchemaRef,

@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 
+use arrow_array::RecordBatch;
 use futures::{StreamExt, TryStreamExt};
 use iceberg::spec::{SchemaRef, SnapshotRef};
 use iceberg::table::Table;
 use tokio_postgres::Client;
 
+use super::pghash::{RowHash, RowSum};
 use super::provenance::{self, Rewrite};
 use super::target::{self, TargetColumn, primary_key, target_columns};
 use super::{Apply, BatchCheck, BatchMatch, Check, Loaded, OnConflict, StagedColumn, literal, pg};
@@ -221,9 +223,15 @@ pub(crate) struct Readback {
     pub nulls: HashMap<String, u64>,
 }
 
-/// Reads the staged rows back out of Postgres with the archive's own
-/// extractor: count and checksum must equal what the archive returned; on
-/// the way, counts rows outside the range and NULLs per column.
+/// Proves the staging table holds the rows the archive returned: count and
+/// checksum, and on the way rows outside the range and NULLs per column.
+///
+/// Postgres hashes the staged rows' binary form ([`super::pghash`]); when
+/// that matches the rows as sent, and the sent rows decoded in the process
+/// have the archive's checksum, that is the proof, and the decoded rows
+/// give the range and NULL counts. Otherwise (a difference, a server
+/// before PostgreSQL 14, a type without a binary form) the rows are read
+/// back out of Postgres with the archive's own extractor, and that decides.
 pub(crate) async fn staged_content(
     clients: &[&Client],
     staging: &str,
@@ -231,70 +239,78 @@ pub(crate) async fn staged_content(
     ts: &str,
     range: &Window,
 ) -> Result<Readback> {
-    // The table's blocks in ranges, a few per connection, each connection
-    // taking the next range when it is done (one COPY per range): a reader
-    // slowed by the other work on the machine takes fewer.
-    let blocks: i64 = clients[0]
-        .query_one(
-            "SELECT (pg_relation_size($1::text::regclass) / current_setting('block_size')::int8)",
-            &[&staging],
-        )
-        .await
-        .map_err(pg("cannot size the staging table"))?
-        .get(0);
-    let ranges = block_ranges(blocks, clients.len() * READ_RANGES_PER_READER);
-    let next = std::sync::atomic::AtomicUsize::new(0);
     let ts_index = loaded.cols.iter().position(|c| c.name == ts);
-    let readers = clients.iter().map(|client| async {
-        let mut part = Part::default();
-        loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(&(lo, hi)) = ranges.get(i) else {
-                return Ok::<_, Error>(part);
-            };
-            let mut cond = format!("ctid >= '({lo},0)'::tid");
-            if let Some(hi) = hi {
-                cond.push_str(&format!(" AND ctid < '({hi},0)'::tid"));
+    let why_read = match &loaded.hash {
+        Ok(how) => {
+            let pg = hashed_in_postgres(clients, staging, how).await?;
+            match by_hash(loaded, pg) {
+                Ok(proof) => return Ok(readback(proof, &loaded.echo, ts_index, ts)),
+                Err(difference) => difference,
             }
-            let sql = format!(
-                "COPY (SELECT {} FROM {staging} WHERE {cond}) TO STDOUT (FORMAT binary)",
-                select_list(&loaded.cols)
-            );
-            read_part(client, sql, loaded, ts_index, *range, &mut part).await?;
         }
-    });
-    let mut sum = Checksum::default();
-    let mut nulls: HashMap<String, u64> = HashMap::new();
-    let mut outside = 0u64;
-    for part in futures::future::join_all(readers).await {
-        let part = part?;
-        sum.add(part.sum);
-        for (k, v) in part.nulls {
-            *nulls.entry(k).or_default() += v;
-        }
-        outside += part.outside;
+        Err(why) => why.clone(),
+    };
+    let part = read_back(clients, staging, loaded, ts_index, range).await?;
+    let ok = part.sum == loaded.read;
+    let detail = if ok {
+        format!(
+            "the {} staged row(s) read back from Postgres have the archive's checksum {}",
+            part.sum.rows,
+            part.sum.hex()
+        )
+    } else {
+        format!(
+            "staged rows read back: {} row(s), checksum {}; the archive returned {} row(s), checksum {}",
+            part.sum.rows,
+            part.sum.hex(),
+            loaded.read.rows,
+            loaded.read.hex()
+        )
+    };
+    let detail = format!("{detail} (read back because {why_read})");
+    let content = Check {
+        name: "content".into(),
+        ok,
+        detail,
+    };
+    Ok(readback(content, &part, ts_index, ts))
+}
+
+/// The content check proved by hashes: Postgres's hash of the staged rows
+/// `pg` equals the hash of the rows sent, and the rows sent decode to the
+/// archive's checksum; or why not.
+fn by_hash(loaded: &Loaded, pg: RowSum) -> std::result::Result<Check, String> {
+    if loaded.echo.sum != loaded.read {
+        return Err(format!(
+            "the rows sent decode to {} row(s), checksum {}, not the archive's {} row(s), checksum {}",
+            loaded.echo.sum.rows,
+            loaded.echo.sum.hex(),
+            loaded.read.rows,
+            loaded.read.hex()
+        ));
     }
-    let ok = sum == loaded.read;
-    Ok(Readback {
-        content: Check {
-            name: "content".into(),
-            ok,
-            detail: if ok {
-                format!(
-                    "the {} staged row(s) read back from Postgres have the archive's checksum {}",
-                    sum.rows,
-                    sum.hex()
-                )
-            } else {
-                format!(
-                    "staged rows read back: {} row(s), checksum {}; the archive returned {} row(s), checksum {}",
-                    sum.rows,
-                    sum.hex(),
-                    loaded.read.rows,
-                    loaded.read.hex()
-                )
-            },
-        },
+    if pg != loaded.sent {
+        return Err(format!(
+            "Postgres hashes {} staged row(s) to {}, the {} row(s) sent hash to {}",
+            pg.rows, pg.sum, loaded.sent.rows, loaded.sent.sum
+        ));
+    }
+    Ok(Check {
+        name: "content".into(),
+        ok: true,
+        detail: format!(
+            "the {} staged row(s) hash in Postgres as the rows sent, which decode to the archive's checksum {}",
+            pg.rows,
+            loaded.read.hex()
+        ),
+    })
+}
+
+/// The checks decoded rows answer: `content` as given, the range from `part`.
+fn readback(content: Check, part: &Part, ts_index: Option<usize>, ts: &str) -> Readback {
+    let outside = part.outside;
+    Readback {
+        content,
         range: Check {
             name: "range".into(),
             ok: outside == 0 && ts_index.is_some(),
@@ -306,8 +322,111 @@ pub(crate) async fn staged_content(
                 format!("{outside} staged row(s) lie outside the requested range")
             },
         },
-        nulls,
+        nulls: part.nulls.clone(),
+    }
+}
+
+/// Postgres's count and hash sum of the staged rows, on `clients` a range of
+/// blocks at a time.
+async fn hashed_in_postgres(clients: &[&Client], staging: &str, how: &RowHash) -> Result<RowSum> {
+    let parts = by_block_ranges(clients, staging, |client, cond| {
+        let sql = how.sum_sql(staging, &cond);
+        async move {
+            let row = client
+                .query_one(sql.as_str(), &[])
+                .await
+                .map_err(pg("cannot hash the staged rows"))?;
+            let rows: i64 = row.get(0);
+            let sum: String = row.get(1);
+            let sum = sum.parse::<i128>().map_err(|e| {
+                Error::internal(format!("Postgres's hash sum {sum} is not an integer: {e}"))
+            })?;
+            Ok(RowSum {
+                rows: rows as u64,
+                sum,
+            })
+        }
     })
+    .await?;
+    let mut total = RowSum::default();
+    for p in parts {
+        total.add(p);
+    }
+    Ok(total)
+}
+
+/// Reads the staged rows back out of Postgres with the archive's own
+/// extractor, a range of blocks at a time on `clients`.
+async fn read_back(
+    clients: &[&Client],
+    staging: &str,
+    loaded: &Loaded,
+    ts_index: Option<usize>,
+    range: &Window,
+) -> Result<Part> {
+    let select = select_list(&loaded.cols);
+    let parts = by_block_ranges(clients, staging, |client, cond| {
+        let sql =
+            format!("COPY (SELECT {select} FROM {staging} WHERE {cond}) TO STDOUT (FORMAT binary)");
+        async move {
+            let mut part = Part::default();
+            read_part(client, sql, loaded, ts_index, *range, &mut part).await?;
+            Ok(part)
+        }
+    })
+    .await?;
+    let mut total = Part::default();
+    for p in parts {
+        total.merge(p);
+    }
+    Ok(total)
+}
+
+/// Runs `each` over the staging table's blocks in ranges, a few per
+/// connection, each connection taking the next range when it is done (a
+/// reader slowed by the other work on the machine takes fewer); `each`
+/// gets the range's condition on `ctid`. The results, in no order.
+async fn by_block_ranges<'a, T, F, Fut>(
+    clients: &[&'a Client],
+    staging: &str,
+    each: F,
+) -> Result<Vec<T>>
+where
+    F: Fn(&'a Client, String) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let blocks: i64 = clients[0]
+        .query_one(
+            "SELECT (pg_relation_size($1::text::regclass) / current_setting('block_size')::int8)",
+            &[&staging],
+        )
+        .await
+        .map_err(pg("cannot size the staging table"))?
+        .get(0);
+    let ranges = block_ranges(blocks, clients.len() * READ_RANGES_PER_READER);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = clients.iter().map(|client| {
+        let (each, next, ranges) = (&each, &next, &ranges);
+        async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&(lo, hi)) = ranges.get(i) else {
+                    return Ok::<_, Error>(out);
+                };
+                let mut cond = format!("ctid >= '({lo},0)'::tid");
+                if let Some(hi) = hi {
+                    cond.push_str(&format!(" AND ctid < '({hi},0)'::tid"));
+                }
+                out.push(each(client, cond).await?);
+            }
+        }
+    });
+    let mut all = Vec::new();
+    for done in futures::future::join_all(workers).await {
+        all.extend(done?);
+    }
+    Ok(all)
 }
 
 /// Block ranges per reader of the staged rows.
@@ -324,12 +443,53 @@ fn block_ranges(blocks: i64, n: usize) -> Vec<(i64, Option<i64>)> {
         .collect()
 }
 
-/// What reading staged rows back found.
+/// What decoding staged rows found: read back from Postgres, or (see
+/// [`super::pghash`]) the rows as they were sent.
 #[derive(Default)]
-struct Part {
-    sum: Checksum,
-    nulls: HashMap<String, u64>,
-    outside: u64,
+pub(crate) struct Part {
+    pub sum: Checksum,
+    pub nulls: HashMap<String, u64>,
+    pub outside: u64,
+}
+
+impl Part {
+    /// Adds a decoded batch and its row hashes: checksum, NULLs per column,
+    /// rows outside `range` (or without a time) in column `ts_index`.
+    pub fn add(
+        &mut self,
+        (batch, hashes): (&RecordBatch, &[u128]),
+        cols: &[StagedColumn],
+        ts_index: Option<usize>,
+        range: Window,
+    ) {
+        use arrow_array::Array;
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::TimestampMicrosecondType;
+        self.sum.add_hashes(hashes);
+        for (c, col) in cols.iter().zip(batch.columns()) {
+            *self.nulls.entry(c.name.clone()).or_default() += col.null_count() as u64;
+        }
+        if let Some(i) = ts_index
+            && let Some(t) = batch
+                .column(i)
+                .as_primitive_opt::<TimestampMicrosecondType>()
+        {
+            self.outside += t.null_count() as u64;
+            self.outside += t
+                .iter()
+                .flatten()
+                .filter(|v| *v < range.start || *v >= range.end)
+                .count() as u64;
+        }
+    }
+
+    pub fn merge(&mut self, other: Part) {
+        self.sum.add(other.sum);
+        for (k, v) in other.nulls {
+            *self.nulls.entry(k).or_default() += v;
+        }
+        self.outside += other.outside;
+    }
 }
 
 /// Reads one range of the staged rows back into `part`: checksum, NULLs per
@@ -342,9 +502,6 @@ async fn read_part(
     range: Window,
     part: &mut Part,
 ) -> Result<()> {
-    use arrow_array::Array;
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::TimestampMicrosecondType;
     let stream = client
         .copy_out(sql.as_str())
         .await
@@ -358,28 +515,8 @@ async fn read_part(
     let decoder =
         crate::source::extract::CopyDecoder::new(loaded.arrow_schema.clone(), labels, &kinds)?;
     let mut rows = crate::source::extract::CopyRows::spawn(stream, decoder);
-    let Part {
-        sum,
-        nulls,
-        outside,
-    } = part;
     while let Some((batch, hashes)) = rows.next().await {
-        sum.add_hashes(&hashes);
-        for (c, col) in loaded.cols.iter().zip(batch.columns()) {
-            *nulls.entry(c.name.clone()).or_default() += col.null_count() as u64;
-        }
-        if let Some(i) = ts_index
-            && let Some(t) = batch
-                .column(i)
-                .as_primitive_opt::<TimestampMicrosecondType>()
-        {
-            *outside += t.null_count() as u64;
-            *outside += t
-                .iter()
-                .flatten()
-                .filter(|v| *v < range.start || *v >= range.end)
-                .count() as u64;
-        }
+        part.add((&batch, &hashes), &loaded.cols, ts_index, range);
     }
     rows.finish().await?;
     Ok(())

@@ -1756,6 +1756,109 @@ async fn a_failed_load_is_dropped_and_a_killed_one_is_marked() {
     assert_eq!(comment, None);
 }
 
+/// The staged rows are proved by Postgres's hash of their binary form,
+/// without reading them back; a value changed, or a row swapped for a copy
+/// of another, between the load and the checks is caught by the hash, and
+/// the rows then read back confirm it: nothing is applied.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
+async fn staged_rows_changed_before_the_checks_are_caught() {
+    let s = services!();
+    let db = sensor_db(&s, "restore_tampered").await;
+    let extra = "    parallel_windows: 2\n";
+    let fx = Fx::with(
+        &s,
+        db,
+        Cat::Sqlite,
+        "sensor_readings",
+        "recorded_at",
+        "5d",
+        extra,
+    )
+    .await;
+    let c = fx.db.client().await;
+    fx.archive();
+    let want = rows(&c, "before_rows", &fx.range("recorded_at", 0, 3), "id").await;
+    assert_eq!(want.len(), 600);
+
+    let out = fx.restore("sensor_readings", 0, 3, &["--into", "clean"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    let content = check(&r, "content");
+    assert_eq!(content["ok"], true, "{r}");
+    assert!(
+        content["detail"].as_str().is_some_and(
+            |d| d.starts_with("the 600 staged row(s) hash in Postgres as the rows sent")
+        ),
+        "{content}"
+    );
+    assert_eq!(rows(&c, "clean", "true", "id").await, want);
+
+    let changes = [
+        (
+            "changed",
+            "UPDATE changed SET value = value + 0.001 WHERE id = (SELECT min(id) FROM changed)",
+        ),
+        (
+            "swapped",
+            "DELETE FROM swapped WHERE id = (SELECT max(id) FROM swapped); \
+             INSERT INTO swapped SELECT * FROM swapped WHERE id = (SELECT min(id) FROM swapped)",
+        ),
+    ];
+    for (into, change) in changes {
+        let (f, t) = (rfc3339(fx.day0), rfc3339(fx.day0 + 3 * DAY));
+        let args = [
+            "restore",
+            "-c",
+            &fx.cfg,
+            "-t",
+            "sensor_readings",
+            "--from",
+            &f,
+            "--to",
+            &t,
+            "--into",
+            into,
+            "--json",
+        ];
+        let pause = Pause::new();
+        let point = pause.env("restore-staged");
+        let child = fx
+            .ws
+            .spawn(&args, &fx.env_with(&[("PERMAFROST_PAUSE", &point)]));
+        let fifo = pause
+            .wait_reached(std::time::Duration::from_secs(120))
+            .expect("the restore reached restore-staged");
+        c.batch_execute(change)
+            .await
+            .expect("change the staged rows");
+        assert_eq!(count(&c, into, "true").await, 600, "{into}");
+        Pause::resume(fifo);
+        let out = finish(child);
+        assert_eq!(out.code, 5, "{into}: {}", out.stderr);
+        let r = out.json();
+        assert_eq!(
+            (r["valid"].clone(), r["action"].clone()),
+            (false.into(), "none".into()),
+            "{r}"
+        );
+        let content = check(&r, "content");
+        assert_eq!(content["ok"], false, "{r}");
+        let detail = content["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.starts_with("staged rows read back: 600 row(s)")
+                && detail.contains("(read back because Postgres hashes 600 staged row(s) to ")
+                && detail.contains("the 600 row(s) sent hash to "),
+            "{into}: {detail}"
+        );
+        assert_eq!(
+            count(&c, into, "true").await,
+            600,
+            "{into}: the staging table is kept"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(services), ignore = "needs the test services: run scripts/test")]
 async fn type_zoo_restores_value_for_value() {
@@ -1785,6 +1888,15 @@ async fn type_zoo_restores_value_for_value() {
     let r = out.json();
     assert_eq!(r["valid"], true, "{r}");
     assert_eq!(r["rows"], 4);
+    // Every type of the zoo is proved by Postgres's hash of its binary
+    // form: what Postgres sends back is byte for byte what it took.
+    let content = check(&r, "content");
+    assert!(
+        content["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("hash in Postgres as the rows sent")),
+        "{content}"
+    );
     assert_eq!(
         rows(&c, "zoo_back", "true", "id").await,
         rows(&c, "zoo_before", "true", "id").await
