@@ -5,7 +5,8 @@
 //! the rows back over the wire: Postgres hashes each staged row and sums
 //! the hashes per range of blocks; permafrost computes the same sum over
 //! the binary `COPY … FROM` rows it sent. Equal sums (and counts) mean
-//! Postgres holds, value for value, what it took; that those values are
+//! Postgres holds, value for value, what it took (as its `=` compares
+//! values: a float's -0 and 0, and its NaNs, hash alike); that those values are
 //! the archive's is proved apart, in the process, by decoding the rows sent
 //! with the archive's own decoder ([`super::load`]). Together that is what
 //! reading the rows back proved, for about half of Postgres's work.
