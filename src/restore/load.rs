@@ -100,6 +100,7 @@ struct Echo<'a> {
     hasher: RowHasher,
     how: &'a Copying,
     out: Vec<RecordBatch>,
+    hashes: Vec<u128>,
 }
 
 impl<'a> Echo<'a> {
@@ -119,6 +120,7 @@ impl<'a> Echo<'a> {
             hasher: RowHasher::default(),
             how,
             out,
+            hashes: Vec::new(),
         })
     }
 
@@ -131,12 +133,11 @@ impl<'a> Echo<'a> {
         if self.decoder.buffered_rows() > 0 {
             self.out.push(self.decoder.flush()?);
         }
-        let mut hashes = Vec::new();
+        let how = self.how;
         for batch in self.out.drain(..) {
-            hashes.clear();
-            self.hasher.hash_rows(&batch, &mut hashes)?;
-            let how = self.how;
-            part.add((&batch, &hashes), &how.cols, how.ts_index, how.range);
+            self.hashes.clear();
+            self.hasher.hash_rows(&batch, &mut self.hashes)?;
+            part.add((&batch, &self.hashes), &how.cols, how.ts_index, how.range);
         }
         Ok(())
     }

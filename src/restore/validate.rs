@@ -226,12 +226,12 @@ pub(crate) struct Readback {
 /// Proves the staging table holds the rows the archive returned: count and
 /// checksum, and on the way rows outside the range and NULLs per column.
 ///
-/// Postgres hashes the staged rows' binary form ([`super::pghash`]); when
-/// that matches the rows as sent, and the sent rows decoded in the process
-/// have the archive's checksum, that is the proof, and the decoded rows
-/// give the range and NULL counts. Otherwise (a difference, a server
-/// before PostgreSQL 14, a type without a binary form) the rows are read
-/// back out of Postgres with the archive's own extractor, and that decides.
+/// Postgres hashes the staged rows ([`super::pghash`]); when that matches
+/// the same hash of the rows as sent, and the rows sent, decoded in the
+/// process, have the archive's checksum, that is the proof, and the decoded
+/// rows give the range and NULL counts. Otherwise (a difference, a server
+/// that cannot hash them as permafrost does) the rows are read back out of
+/// Postgres with the archive's own extractor, and that decides.
 pub(crate) async fn staged_content(
     clients: &[&Client],
     staging: &str,
