@@ -29,7 +29,7 @@ use tokio_postgres::Client;
 
 use super::encode::{CopyEncoder, Enc};
 use super::pghash::{RowHash, RowSum};
-use super::validate::Part;
+use super::validate::{Part, staged_decoder};
 use super::{Archived, Loaded, StagedColumn, in_transaction, pg};
 use crate::checksum::{Checksum, RowHasher};
 use crate::error::{Error, ErrorKind, Result};
@@ -106,13 +106,7 @@ struct Echo<'a> {
 impl<'a> Echo<'a> {
     /// Starts with the stream's `header`.
     fn new(how: &'a Copying, header: &[u8]) -> Result<Self> {
-        let labels = how
-            .cols
-            .iter()
-            .map(|c| format!("`{}` ({})", c.name, c.pg_type))
-            .collect();
-        let kinds: Vec<_> = how.cols.iter().map(|c| c.kind.clone()).collect();
-        let mut decoder = CopyDecoder::new(how.schema.clone(), labels, &kinds)?;
+        let mut decoder = staged_decoder(&how.cols, &how.schema)?;
         let mut out = Vec::new();
         decoder.decode_slice(header, &mut out)?;
         Ok(Self {

@@ -492,6 +492,20 @@ impl Part {
     }
 }
 
+/// The archive's own decoder for rows of the staged columns, each in the
+/// form it is loaded and read back in (through its cast, if it has one).
+pub(crate) fn staged_decoder(
+    cols: &[StagedColumn],
+    schema: &arrow_schema::SchemaRef,
+) -> Result<crate::source::extract::CopyDecoder> {
+    let labels = cols
+        .iter()
+        .map(|c| format!("`{}` ({})", c.name, c.pg_type))
+        .collect();
+    let kinds: Vec<_> = cols.iter().map(|c| c.kind.clone()).collect();
+    crate::source::extract::CopyDecoder::new(schema.clone(), labels, &kinds)
+}
+
 /// Reads one range of the staged rows back into `part`: checksum, NULLs per
 /// column, rows outside the range.
 async fn read_part(
@@ -506,14 +520,7 @@ async fn read_part(
         .copy_out(sql.as_str())
         .await
         .map_err(pg("cannot read the staging table back"))?;
-    let labels = loaded
-        .cols
-        .iter()
-        .map(|c| format!("`{}` ({})", c.name, c.pg_type))
-        .collect();
-    let kinds: Vec<_> = loaded.cols.iter().map(|c| c.kind.clone()).collect();
-    let decoder =
-        crate::source::extract::CopyDecoder::new(loaded.arrow_schema.clone(), labels, &kinds)?;
+    let decoder = staged_decoder(&loaded.cols, &loaded.arrow_schema)?;
     let mut rows = crate::source::extract::CopyRows::spawn(stream, decoder);
     while let Some((batch, hashes)) = rows.next().await {
         part.add((&batch, &hashes), &loaded.cols, ts_index, range);
