@@ -53,8 +53,9 @@ impl RowSum {
 pub enum ColumnHash {
     Int2,
     Int4,
-    /// `int8`, and the microseconds of `timestamp` and `timestamptz`.
     Int8,
+    /// `timestamp` and `timestamptz` hash their microseconds as `int8` does.
+    Timestamp,
     Timestamptz,
     Float4,
     Float8,
@@ -69,7 +70,8 @@ impl ColumnHash {
         match send {
             "int2send" => Self::Int2,
             "int4send" => Self::Int4,
-            "int8send" | "timestamp_send" => Self::Int8,
+            "int8send" => Self::Int8,
+            "timestamp_send" => Self::Timestamp,
             "timestamptz_send" => Self::Timestamptz,
             "float4send" => Self::Float4,
             "float8send" => Self::Float8,
@@ -84,8 +86,8 @@ impl ColumnHash {
         match self {
             Self::Int2 => format!("hashint2extended({col}, {seed})"),
             Self::Int4 => format!("hashint4extended({col}, {seed})"),
-            Self::Int8 if send == "int8send" => format!("hashint8extended({col}, {seed})"),
-            Self::Int8 => format!("timestamp_hash_extended({col}, {seed})"),
+            Self::Int8 => format!("hashint8extended({col}, {seed})"),
+            Self::Timestamp => format!("timestamp_hash_extended({col}, {seed})"),
             // The same microseconds, as a timestamp (UTC has no offset).
             Self::Timestamptz => {
                 format!("timestamp_hash_extended({col} AT TIME ZONE 'UTC', {seed})")
@@ -102,7 +104,7 @@ impl ColumnHash {
         Ok(match self {
             Self::Int2 => hash_u32(i32::from(i16::from_be_bytes(be(v)?)) as u32, seed),
             Self::Int4 => hash_u32(i32::from_be_bytes(be(v)?) as u32, seed),
-            Self::Int8 | Self::Timestamptz => {
+            Self::Int8 | Self::Timestamp | Self::Timestamptz => {
                 let v = i64::from_be_bytes(be(v)?);
                 let (lo, hi) = (v as u32, (v >> 32) as u32);
                 hash_u32(lo ^ if v >= 0 { hi } else { !hi }, seed)
